@@ -1,0 +1,1 @@
+"""Benchmarks: scenarios against a SQLite baseline, in one run."""

@@ -1,0 +1,1 @@
+"""The ``auditlog`` command line and its TOML configuration (thin wiring)."""

@@ -1,0 +1,156 @@
+"""Configuration: every setting declared once (name, default, help, check),
+loaded from a TOML file into a frozen dataclass.  Secrets never live here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import ConfigError
+from engine.settings import FSYNC_MODES, MIN_RETENTION_DAYS, StoreSettings
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any, name: str) -> float:
+    """Seconds from a number or a string like ``"1d"``, ``"12h"``, ``"30s"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a duration like 86400 or \"1d\", got {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            secs = float(m.group(1)) * _UNITS[m.group(2)]
+            if secs > 0:
+                return secs
+    raise ConfigError(f"{name}: expected a duration like 86400 or \"1d\", got {value!r}")
+
+
+def parse_retention(value: Any, name: str = "retention_days") -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number of days (at least {MIN_RETENTION_DAYS}) "
+                          f"or \"forever\", got {value!r}")
+    if value < MIN_RETENTION_DAYS:
+        raise ConfigError(f"{name} must be at least {MIN_RETENTION_DAYS} days "
+                          f"(audit evidence is kept at least {MIN_RETENTION_DAYS} days), got {value}")
+    return value
+
+
+def _int_at_least(lo: int) -> Callable[[Any, str], int]:
+    def check(v: Any, name: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be a whole number >= {lo}, got {v!r}")
+        return v
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(v: Any, name: str) -> str:
+        if v not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {v!r}")
+        return v
+    return check
+
+
+def _str(v: Any, name: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str           # dotted for tables: "server.listen"
+    default: Any
+    help: str
+    check: Callable[[Any, str], Any]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("node_id", None, "node id, [a-z0-9][a-z0-9-]{0,62} (default: from the data dir)", _str),
+    Setting("retention_days", 365, "days to keep entries, at least 90, or \"forever\"", parse_retention),
+    Setting("segment_max_bytes", 64 * 1024 * 1024, "roll a segment at this size", _int_at_least(4096)),
+    Setting("segment_max_age", 86400.0, "roll a segment at this age (seconds or \"1d\")", parse_duration),
+    Setting("fsync", "always", "always | interval | none (benchmarks only)", _choice(FSYNC_MODES)),
+    Setting("server.listen", "127.0.0.1:8080", "HTTP API address HOST:PORT", _str),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+#: tables handled by later layers; their keys are checked there
+_OPEN_TABLES = {"cluster", "syslog", "server"}
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str | None = None
+    retention_days: int | None = 365
+    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_age: float = 86400.0
+    fsync: str = "always"
+    server_listen: str = "127.0.0.1:8080"
+    source: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(segment_max_bytes=self.segment_max_bytes,
+                             segment_max_age=self.segment_max_age, fsync=self.fsync,
+                             retention_days=self.retention_days)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and check a TOML config file; None gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw_bytes = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in _OPEN_TABLES:
+            for sub, subv in value.items():
+                s = _BY_NAME.get(f"{key}.{sub}")
+                if s is not None:
+                    values[s.name] = s.check(subv, f"{key}.{sub}")
+            continue
+        s = _BY_NAME.get(key)
+        if s is None:
+            known = ", ".join(x.name for x in SETTINGS if "." not in x.name)
+            raise ConfigError(f"config file {p}: unknown setting {key!r} (known: {known}, "
+                              f"and the tables [server], [cluster], [syslog])")
+        values[key] = s.check(value, key)
+    if "node_id" in values:
+        from engine.datadir import check_node_id
+        check_node_id(values["node_id"])
+    return Config(
+        node_id=values.get("node_id"),
+        retention_days=values.get("retention_days", 365),
+        segment_max_bytes=values.get("segment_max_bytes", 64 * 1024 * 1024),
+        segment_max_age=values.get("segment_max_age", 86400.0),
+        fsync=values.get("fsync", "always"),
+        server_listen=values.get("server.listen", "127.0.0.1:8080"),
+        source=str(p), raw=data)

@@ -1,0 +1,465 @@
+"""``auditlog``: the command line.  Thin wiring over engine/, ingest/, query/, export/.
+
+Exit codes: 0 ok, 1 an integrity violation was found (after printing
+everything), 2 a usage or input error (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from cli.config import Config, load_config, parse_retention
+from engine.datadir import DataDir, Node
+from engine.entry import Entry, EntryDraft, format_ts
+from engine.errors import AuditLogError
+from engine.log import NodeLog
+
+EXIT_VIOLATION = 1
+EXIT_USAGE = 2
+
+
+class Context:
+    def __init__(self, data_dir: str, config_path: str | None):
+        self.data_dir = DataDir(Path(data_dir))
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def node(self) -> Node:
+        self.config  # a broken config file is reported before anything else
+        return self.data_dir.open()
+
+    def writer(self):
+        from engine.writer import LogWriter
+        return LogWriter(self.data_dir, self.node(), self.config.store_settings()).open()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"auditlog: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn the project's errors into one clear line and the documented exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AuditLogError as e:
+            fail(str(e), e.exit_code)
+        except BrokenPipeError:
+            sys.stderr.close()
+            sys.exit(0)
+    return wrapper
+
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--data-dir", envvar="AUDITLOG_DATA_DIR", default="./auditlog-data", show_default=True,
+              type=click.Path(file_okay=False), help="The node's data directory (env AUDITLOG_DATA_DIR).")
+@click.option("--config", "config_path", envvar="AUDITLOG_CONFIG", default=None,
+              type=click.Path(dir_okay=False), help="TOML config file (env AUDITLOG_CONFIG).")
+@click.version_option(package_name="auditlog")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str, config_path: str | None) -> None:
+    """Tamper-evident, append-only audit log of a mail-security gateway node.
+
+    \b
+    Example:
+      auditlog init --node-id gw1
+      auditlog append --user alice --action auth.login --ip 192.0.2.10
+      auditlog query --from -1d --action 'auth.*'
+      auditlog verify
+    """
+    ctx.obj = Context(data_dir, config_path)
+
+
+# -- init -----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--node-id", required=True, help="This node's id: a-z, 0-9 and '-', up to 63 characters.")
+@click.pass_obj
+@handle_errors
+def init(obj: Context, node_id: str) -> None:
+    """Create a data dir: node id, a new random node key (mode 0600), segments/.
+
+    \b
+    Example:
+      auditlog --data-dir /var/lib/auditlog init --node-id gw1
+    """
+    obj.config
+    node = obj.data_dir.init(node_id)
+    click.echo(f"initialised {obj.data_dir.root} for node {node.node_id} "
+               f"(key in {obj.data_dir.key_path}, mode 0600)")
+
+
+# -- append ---------------------------------------------------------------------
+
+@cli.command()
+@click.option("--user", help="Actor: admin user, API key name, or 'system'.")
+@click.option("--action", help="Dotted action name from the taxonomy, e.g. config.filter_update.")
+@click.option("--target", help="Object acted on (domain, filter id, mail id, user).")
+@click.option("--domain", help="Mail domain concerned.")
+@click.option("--ip", help="Client IPv4/IPv6 address.")
+@click.option("--user-agent", help="Client user agent.")
+@click.option("--failure", is_flag=True, help="Record the action as failed (success=false).")
+@click.option("--detail", "details", multiple=True, metavar="KEY=VALUE",
+              help="A details field; VALUE is parsed as JSON when it is JSON. Repeatable.")
+@click.option("--file", "file", type=click.File("rb"), default=None,
+              help="Append NDJSON events from FILE ('-' for stdin), all or nothing.")
+@click.pass_obj
+@handle_errors
+def append(obj: Context, user, action, target, domain, ip, user_agent, failure, details, file) -> None:
+    """Append one event (prints its id) or an NDJSON file (prints the count).
+
+    \b
+    Examples:
+      auditlog append --user alice --action config.filter_update --target filter-12 \\
+          --detail old=block --detail new=quarantine
+      auditlog append --file events.ndjson
+    """
+    from ingest.event import parse_detail_args, parse_ndjson, validate_event
+    if file is not None:
+        if any(v is not None for v in (user, action, target, domain, ip, user_agent)) or failure or details:
+            fail("--file cannot be combined with single-event options")
+        drafts = parse_ndjson(_read_lines(file))
+        with obj.writer() as w:
+            total = 0
+            chunk = 10000
+            with _progress(len(drafts), "appending") as bar:
+                # one call per chunk keeps memory bounded; all-or-nothing holds because
+                # every event was validated before the first write
+                res = w.append_batch(drafts) if len(drafts) <= 50000 else None
+                if res is None:
+                    for i in range(0, len(drafts), chunk):
+                        w.append_batch(drafts[i:i + chunk])
+                        bar.update(len(drafts[i:i + chunk]))
+                else:
+                    bar.update(len(drafts))
+                total = len(drafts)
+        click.echo(total)
+        return
+    if user is None or action is None:
+        fail("append needs --user and --action (or --file)")
+    event = {"user": user, "action": action, "success": not failure}
+    for k, v in (("target", target), ("domain", domain), ("ip", ip), ("user_agent", user_agent)):
+        if v is not None:
+            event[k] = v
+    if details:
+        event["details"] = parse_detail_args(details)
+    draft = validate_event(event)
+    with obj.writer() as w:
+        res = w.append_batch([draft])
+        click.echo(f"{w.node}:{res.first_seq}")
+
+
+def _read_lines(file) -> Iterator[bytes]:
+    yield from file
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _progress(total: int, label: str):
+    if on_terminal() and total:
+        return click.progressbar(length=total, label=label, file=sys.stderr)
+    return _NoBar()
+
+
+# -- query ------------------------------------------------------------------------
+
+def filter_options(fn):
+    """The filters of SPEC section 6, shared by query and export."""
+    opts = [
+        click.option("--from", "from_", metavar="TIME", help="Inclusive start: RFC 3339, a date, or -30d/-12h."),
+        click.option("--to", metavar="TIME", help="Exclusive end: RFC 3339, a date, or relative."),
+        click.option("--user", help="User(s), comma-separated."),
+        click.option("--action", help="Action(s), exact or prefix like 'config.*'."),
+        click.option("--target", help="Target(s)."),
+        click.option("--domain", help="Domain(s)."),
+        click.option("--ip", help="IP address(es)."),
+        click.option("--recipient", help="details.recipient value(s)."),
+        click.option("--success/--failure", "success", default=None, help="Only successes / failures."),
+        click.option("--node", help="Node id(s)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def build_filter(from_, to, user, action, target, domain, ip, recipient, success, node):
+    from query.filters import Filter
+    params = {k: v for k, v in (("from", from_), ("to", to), ("user", user), ("action", action),
+                                ("target", target), ("domain", domain), ("ip", ip),
+                                ("recipient", recipient), ("node", node)) if v is not None}
+    if success is not None:
+        params["success"] = "true" if success else "false"
+    return Filter.from_params(params)
+
+
+class ViolationCounter:
+    def __init__(self, entries):
+        self.entries = entries
+        self.violations = 0
+        self.rows = 0
+
+    def __iter__(self):
+        for e in self.entries:
+            if e.integrity != "ok":
+                self.violations += 1
+            self.rows += 1
+            yield e
+
+
+def _limited(entries, limit):
+    if limit is None:
+        yield from entries
+        return
+    for i, e in enumerate(entries):
+        if i >= limit:
+            return
+        yield e
+
+
+@cli.command()
+@filter_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson", "csv"]), default="table",
+              show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N entries (default: all).")
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+@click.pass_obj
+@handle_errors
+def query(obj: Context, from_, to, user, action, target, domain, ip, recipient, success, node,
+          fmt, limit, order) -> None:
+    """Stream matching entries, verified; exit 1 after printing if a violation was met.
+
+    \b
+    Examples:
+      auditlog query --from 2026-03-14T09:00:00Z --to 2026-03-14T12:00:00Z --action 'config.*'
+      auditlog query --user alice --ip 192.0.2.10 --from -30d --format csv > alice.csv
+    """
+    from query.scan import scan_node
+    flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
+    log = NodeLog(obj.data_dir, obj.node())
+    counted = ViolationCounter(_limited(scan_node(log, flt, order=order), limit))
+    out = sys.stdout
+    if fmt == "table":
+        _print_table(counted, out)
+    elif fmt == "json":
+        first = True
+        out.write("[")
+        for e in counted:
+            out.write(("\n" if first else ",\n") + json.dumps(e.to_wire(), ensure_ascii=False))
+            first = False
+        out.write("\n]\n" if not first else "]\n")
+    elif fmt == "ndjson":
+        from export.ndjson import iter_ndjson
+        for chunk in iter_ndjson(counted):
+            out.write(chunk)
+    else:
+        from export.csv import iter_csv
+        for chunk in iter_csv(counted, bom=False):
+            out.write(chunk)
+    out.flush()
+    if counted.violations:
+        click.echo(f"auditlog: {counted.violations} entr{'y' if counted.violations == 1 else 'ies'} "
+                   "with integrity violations (see the integrity column)", err=True)
+        sys.exit(EXIT_VIOLATION)
+
+
+def _print_table(entries, out) -> None:
+    cols = ("time", "id", "user", "action", "target", "ip", "ok", "integrity")
+    widths = (27, 14, 16, 28, 20, 15, 3, 9)
+    def row(vals):
+        return "  ".join(str(v if v is not None else "-")[:w].ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out.write(row(cols) + "\n")
+    for e in entries:
+        line = row((format_ts(e.ts), e.id, e.user, e.action, e.target, e.ip,
+                    "yes" if e.success else "NO", e.integrity))
+        if e.violation:
+            line += f"\n    !! {e.violation}"
+        out.write(line + "\n")
+
+
+# -- verify -----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@handle_errors
+def verify(obj: Context, as_json: bool) -> None:
+    """Check every byte of this node's log; exit 0 intact, 1 when anything is wrong.
+
+    \b
+    Example:
+      auditlog verify --json
+    """
+    from engine.verify import verify_node
+    node = obj.node()
+    bar = None
+    progress = None
+    if on_terminal() and not as_json:
+        total = sum(p.stat().st_size for p in obj.data_dir.segments.glob("*.seg"))
+        bar = click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr)
+        bar.__enter__()
+        progress = lambda done, tot: bar.update(done - bar.pos)  # noqa: E731
+    report = verify_node(obj.data_dir, node, progress)
+    if bar is not None:
+        bar.__exit__(None, None, None)
+    if as_json:
+        d = report.to_dict()
+        d.pop("node")
+        click.echo(json.dumps(d, indent=2))
+    else:
+        if report.ok:
+            click.echo(f"ok: node {node.node_id}, {report.entries_checked} entries verified, no violations")
+        else:
+            click.echo(f"VIOLATIONS: node {node.node_id}, {report.entries_checked} entries checked, "
+                       f"{len(report.violations)} problem(s):")
+            for v in report.violations:
+                rng = f"seq {v.seq_from}..{v.seq_to}" if v.seq_to is not None else f"seq {v.seq_from}.."
+                click.echo(f"  {v.kind:20s} {rng:22s} {v.segment}: {v.detail}")
+    sys.exit(0 if report.ok else EXIT_VIOLATION)
+
+
+# -- retention ----------------------------------------------------------------------
+
+@cli.group()
+def retention() -> None:
+    """Retention of old segments (whole segments, never single entries)."""
+
+
+@retention.command("run")
+@click.option("--as-of", metavar="TIME", help="Pretend it is TIME (RFC 3339 or date); default now.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be dropped.")
+@click.option("--retention-days", metavar="DAYS|forever", help="Override the configured retention_days.")
+@click.pass_obj
+@handle_errors
+def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
+    """Drop segments whose newest entry is older than retention_days (>= 90).
+
+    \b
+    Example:
+      auditlog retention run --dry-run
+      auditlog retention run --as-of 2027-06-01
+    """
+    import dataclasses
+    from engine.retention import run_retention
+    from query.timeparse import parse_time
+    settings = obj.config.store_settings()
+    if retention_days is not None:
+        settings = dataclasses.replace(settings, retention_days=parse_retention(retention_days, "--retention-days"))
+    as_of_us = parse_time(as_of) if as_of else None
+    from engine.writer import LogWriter
+    with LogWriter(obj.data_dir, obj.node(), settings).open() as w:
+        report = run_retention(w, as_of_us, dry_run)
+    days = "forever" if report.retention_days is None else f"{report.retention_days} days"
+    verb = "would drop" if dry_run else "dropped"
+    if report.dropped_segments:
+        click.echo(f"{verb} {len(report.dropped_segments)} segment(s), {report.dropped_entries} entries "
+                   f"(seq {report.seq_from}..{report.seq_to}, {report.ts_from} .. {report.ts_to}); "
+                   f"retention {days}, as of {report.as_of}")
+    else:
+        click.echo(f"nothing to drop (retention {days}, as of {report.as_of})")
+
+
+# -- export -------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson"]))
+@filter_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write ('-' for stdout).")
+@click.pass_obj
+@handle_errors
+def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node,
+           output) -> None:
+    """Export the filtered range (all of it) to a file; the export itself is audited.
+
+    \b
+    Example:
+      auditlog export csv --from 2026-03-14T09:00:00Z --to 2026-03-14T12:00:00Z \\
+          --action 'config.*' -o config-changes.csv
+    """
+    from query.scan import scan_node
+    flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
+    node_obj = obj.node()
+    log = NodeLog(obj.data_dir, node_obj)
+    from export.csv import iter_csv
+    from export.ndjson import iter_ndjson
+    render = iter_csv if fmt == "csv" else iter_ndjson
+    # the export is recorded by the writer: take it first so that a running
+    # server (which owns the writer) is reported before any file is written
+    with obj.writer() as w:
+        counted = ViolationCounter(scan_node(log, flt))
+        target_path = None if output == "-" else Path(output)
+        tmp = None if target_path is None else target_path.with_name(target_path.name + ".part")
+        try:
+            out = sys.stdout if tmp is None else open(tmp, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            fail(f"cannot write {output}: {e.strerror}")
+        try:
+            for chunk in render(counted):
+                out.write(chunk)
+            out.flush()
+        finally:
+            if tmp is not None:
+                out.close()
+        if tmp is not None:
+            os.replace(tmp, target_path)
+        w.append_batch([EntryDraft("cli", "audit.export", details={
+            "format": fmt, "filters": flt.to_params(), "rows": counted.rows,
+            "integrity_violations": counted.violations, "via": "cli"})])
+    click.echo(f"exported {counted.rows} entries to {output}", err=True)
+    if counted.violations:
+        click.echo(f"auditlog: {counted.violations} exported entries carry integrity violations", err=True)
+        sys.exit(EXIT_VIOLATION)
+
+
+# -- bench --------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Smaller data sets (stated in the output).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON here.")
+@click.option("--only", multiple=True, help="Run only these scenarios (repeatable).")
+@handle_errors
+def bench(quick: bool, json_path: str | None, only: tuple[str, ...]) -> None:
+    """Run the benchmarks against the SQLite baseline in the same run.
+
+    \b
+    Example:
+      auditlog bench --quick --json bench-results.json
+    """
+    from bench.runner import run_bench
+    run_bench(quick=quick, json_path=json_path, only=only)
+
+
+def main() -> None:
+    cli(prog_name="auditlog")
+
+
+if __name__ == "__main__":
+    main()

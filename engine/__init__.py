@@ -1,0 +1,1 @@
+"""Per-node, append-only, HMAC-chained segment log (no HTTP in here)."""

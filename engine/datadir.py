@@ -1,0 +1,101 @@
+"""The data directory: its layout, ``init``, and the node identity.
+
+    <data-dir>/node.id          the node id (text)
+    <data-dir>/node.key         32 random bytes, mode 0600
+    <data-dir>/LOCK             the single-writer lock (fcntl)
+    <data-dir>/segments/*.seg   the log; *.idx and MANIFEST are derived
+    <data-dir>/state/           other node-local state (API keys, cursors)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.chain import NodeKey, create_key_file, load_key_file
+from engine.errors import AlreadyInitialisedError, ConfigError, NotInitialisedError
+
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def check_node_id(node: str) -> str:
+    if not isinstance(node, str) or not NODE_ID_RE.match(node):
+        raise ConfigError(
+            f"invalid node id {node!r}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit")
+    return node
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry change (create, rename, unlink) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def segments(self) -> Path:
+        return self.root / "segments"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def node_path(self) -> Path:
+        return self.root / "node.id"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "LOCK"
+
+    def is_initialised(self) -> bool:
+        return self.node_path.exists()
+
+    def init(self, node_id: str) -> "Node":
+        check_node_id(node_id)
+        if self.node_path.exists() or self.key_path.exists() or (
+                self.segments.exists() and any(self.segments.iterdir())):
+            raise AlreadyInitialisedError(f"{self.root} is already initialised; refusing to touch it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.segments.mkdir(exist_ok=True)
+        self.state.mkdir(mode=0o700, exist_ok=True)
+        key = create_key_file(self.key_path)
+        tmp = self.node_path.with_suffix(".tmp")
+        tmp.write_text(node_id + "\n")
+        os.replace(tmp, self.node_path)
+        fsync_dir(self.root)
+        return Node(node_id, key)
+
+    def open(self) -> "Node":
+        if not self.node_path.exists():
+            raise NotInitialisedError(
+                f"{self.root} is not an auditlog data dir (run: auditlog --data-dir {self.root} init --node-id NAME)")
+        try:
+            node_id = self.node_path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise NotInitialisedError(f"cannot read {self.node_path}: {e}") from None
+        check_node_id(node_id)
+        key = load_key_file(self.key_path)
+        self.segments.mkdir(exist_ok=True)
+        return Node(node_id, key)
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    key: NodeKey
+
+    def __repr__(self) -> str:
+        return f"Node({self.node_id!r})"

@@ -1,0 +1,149 @@
+"""The stored entry and its canonical (signed) encoding.
+
+What exactly is signed: the msgpack encoding of the array
+
+    [node, seq, ts, user, action, target, domain, ip, user_agent, success, details]
+
+with ``details`` a map whose keys are sorted (recursively).  The record stored
+in a frame is the array
+
+    [seq, ts, user, action, target, domain, ip, user_agent, success, details, signature]
+
+so the stored record shares every byte of the signed encoding after the node
+(see docs/FORMAT.md).  ``signature`` is 32 raw bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, NamedTuple
+
+import msgpack
+
+_packer = msgpack.Packer(use_bin_type=True)
+_pack = _packer.pack
+
+# Field positions in a stored record (a decoded frame payload element).
+R_SEQ, R_TS, R_USER, R_ACTION, R_TARGET, R_DOMAIN, R_IP, R_UA, R_SUCCESS, R_DETAILS, R_SIG = range(11)
+RECORD_FIELDS = 11
+_FIXARRAY_11 = b"\x9b"
+_BIN8_32 = b"\xc4\x20"
+
+WIRE_FIELDS = (
+    "id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
+    "user_agent", "success", "details", "signature", "integrity",
+)
+
+
+class EntryDraft(NamedTuple):
+    """A validated event before the node assigns seq, ts and signature."""
+
+    user: str
+    action: str
+    target: str | None = None
+    domain: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    success: bool = True
+    details: dict = {}
+
+
+def sort_details(value: Any) -> Any:
+    """Return ``value`` with every map's keys sorted, recursively (canonical form)."""
+    if isinstance(value, dict):
+        return {k: sort_details(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [sort_details(v) for v in value]
+    return value
+
+
+def canonical_bytes(node: str, seq: int, ts: int, draft: EntryDraft | tuple) -> bytes:
+    """The bytes that are signed for one entry."""
+    return _pack([node, seq, ts, *draft])
+
+
+def record_from_canonical(node_len: int, canonical: bytes, signature: bytes) -> bytes:
+    """Stored record bytes, reusing the canonical encoding (no second pack)."""
+    return _FIXARRAY_11 + canonical[1 + node_len:] + _BIN8_32 + signature
+
+
+def packed_len(node: str) -> int:
+    return len(_pack(node))
+
+
+def format_ts(ts_us: int) -> str:
+    """µs since the epoch (UTC) -> RFC 3339 with microseconds and ``Z``."""
+    secs, micros = divmod(ts_us, 1_000_000)
+    d = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=secs)
+    return f"{d:%Y-%m-%dT%H:%M:%S}.{micros:06d}Z"
+
+
+class Entry:
+    """One entry as read back, with the integrity verdict of this read."""
+
+    __slots__ = (
+        "node", "seq", "ts", "user", "action", "target", "domain", "ip",
+        "user_agent", "success", "details", "signature", "integrity", "violation",
+    )
+
+    def __init__(self, node: str, seq: int, ts: int, user: str, action: str,
+                 target: str | None, domain: str | None, ip: str | None,
+                 user_agent: str | None, success: bool, details: dict,
+                 signature: bytes, integrity: str = "ok", violation: str | None = None):
+        self.node = node
+        self.seq = seq
+        self.ts = ts
+        self.user = user
+        self.action = action
+        self.target = target
+        self.domain = domain
+        self.ip = ip
+        self.user_agent = user_agent
+        self.success = success
+        self.details = details
+        self.signature = signature
+        self.integrity = integrity
+        self.violation = violation
+
+    @classmethod
+    def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> "Entry":
+        return cls(node, *rec, integrity)
+
+    @classmethod
+    def marker(cls, node: str, seq: int, ts: int, violation: str) -> "Entry":
+        """Stand-in for an undecodable range: ``seq`` is the first seq of the range."""
+        return cls(node, seq, ts, "", "audit.integrity_violation", None, None, None,
+                   None, False, {}, b"", "violation", violation)
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}:{self.seq}"
+
+    @property
+    def sort_key(self) -> tuple[int, str, int]:
+        return (self.ts, self.node, self.seq)
+
+    def to_wire(self) -> dict:
+        """The JSON shape of SPEC section 3 (ts as RFC 3339, signature as hex)."""
+        d = {
+            "id": self.id, "node": self.node, "seq": self.seq, "ts": format_ts(self.ts),
+            "user": self.user, "action": self.action, "target": self.target,
+            "domain": self.domain, "ip": self.ip, "user_agent": self.user_agent,
+            "success": self.success, "details": _plain(self.details),
+            "signature": self.signature.hex(), "integrity": self.integrity,
+        }
+        if self.violation is not None:
+            d["violation"] = self.violation
+        return d
+
+    def __repr__(self) -> str:
+        return f"Entry({self.id} {self.action} by {self.user!r}, {self.integrity})"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (as msgpack decodes arrays) back to lists for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,105 @@
+"""Frames: the unit of writing, checksumming and MAC verification.
+
+Layout (little-endian), see docs/FORMAT.md::
+
+    header  48 bytes  magic "ALF1", payload_len u32, count u32, flags u32,
+                      first_seq u64, min_ts i64, max_ts i64, payload_xxh64 u64
+    payload           msgpack array of `count` records
+    mac     32 bytes  HMAC(key, prev_mac || header || payload)
+
+``prev_mac`` is the MAC of the previous frame in the same segment, or the
+segment header's MAC for the first frame: one chain runs through every byte of
+a segment after its header.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import xxhash
+
+from engine.chain import NodeKey
+
+FRAME_MAGIC = b"ALF1"
+HEADER = struct.Struct("<4sIIIQqqQ")
+HEADER_SIZE = HEADER.size  # 48
+MAC_SIZE = 32
+OVERHEAD = HEADER_SIZE + MAC_SIZE
+#: records per frame are bounded by bytes; this is the default payload budget.
+MAX_PAYLOAD = 64 * 1024
+#: a frame is never larger than this (one oversized record alone may exceed
+#: MAX_PAYLOAD; anything claiming more than this is structurally invalid).
+HARD_MAX_PAYLOAD = 16 * 1024 * 1024
+
+_xxh64 = xxhash.xxh64_intdigest
+
+
+class FrameHeader(NamedTuple):
+    payload_len: int
+    count: int
+    flags: int
+    first_seq: int
+    min_ts: int
+    max_ts: int
+    checksum: int
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    @property
+    def total_size(self) -> int:
+        return OVERHEAD + self.payload_len
+
+
+class FrameError(Exception):
+    """Structural problem with a frame (internal; readers turn it into a violation)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def build_frame(records: list[bytes], first_seq: int, min_ts: int, max_ts: int,
+                key: NodeKey, prev_mac: bytes) -> tuple[bytes, bytes]:
+    """Encode one frame from stored-record bytes; returns (frame bytes, its mac)."""
+    payload = array_header(len(records)) + b"".join(records)
+    header = HEADER.pack(FRAME_MAGIC, len(payload), len(records), 0, first_seq,
+                         min_ts, max_ts, _xxh64(payload))
+    mac = key.mac(prev_mac, header, payload)
+    return header + payload + mac, mac
+
+
+def parse_header(buf: bytes) -> FrameHeader:
+    """Parse and sanity-check a 48-byte frame header (no MAC check)."""
+    if len(buf) < HEADER_SIZE:
+        raise FrameError("truncated", f"frame header cut short ({len(buf)} of {HEADER_SIZE} bytes)")
+    magic, plen, count, flags, first_seq, min_ts, max_ts, checksum = HEADER.unpack_from(buf)
+    if magic != FRAME_MAGIC:
+        raise FrameError("frame_corrupt", f"bad frame magic {magic!r}")
+    if plen == 0 or plen > HARD_MAX_PAYLOAD or count == 0 or count > plen or flags != 0:
+        raise FrameError("frame_corrupt",
+                         f"implausible frame header (payload {plen} bytes, count {count}, flags {flags})")
+    if first_seq < 1 or min_ts > max_ts:
+        raise FrameError("frame_corrupt", f"implausible frame header (first seq {first_seq}, ts {min_ts}..{max_ts})")
+    return FrameHeader(plen, count, flags, first_seq, min_ts, max_ts, checksum)
+
+
+def check_frame(header_bytes: bytes, hdr: FrameHeader, payload: bytes, mac: bytes,
+                key: NodeKey, prev_mac: bytes) -> str | None:
+    """Return None when the frame is intact, else the violation kind."""
+    if _xxh64(payload) != hdr.checksum:
+        return "checksum_mismatch"
+    if key.mac(prev_mac, header_bytes, payload) != mac:
+        return "mac_mismatch"
+    return None

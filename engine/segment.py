@@ -1,0 +1,211 @@
+"""One segment file: its header and the walk over its frames.
+
+A segment is ``<first_seq:020d>.seg``: a header, then frames back to back.
+The header links the segment to its predecessor (last entry signature and last
+frame MAC) and is itself MAC'd, so every byte of a segment is covered by a
+checksum, a MAC or a structural check.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import msgpack
+
+from engine.chain import NodeKey
+from engine.frame import (HEADER_SIZE, MAC_SIZE, FrameError, FrameHeader, check_frame,
+                          parse_header)
+
+SEGMENT_MAGIC = b"AUDITSEG"
+FORMAT_VERSION = 1
+SEGMENT_SUFFIX = ".seg"
+# magic, version u16, flags u16, header_len u32, first_seq u64, created_us i64,
+# key_id 8s, prev_sig 32s, prev_mac 32s, node_len u8
+_FIXED = struct.Struct("<8sHHIQq8s32s32sB")
+_HEADER_MAC_LABEL = b"auditlog segment header v1"
+MAX_HEADER = _FIXED.size + 63 + MAC_SIZE
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def seq_from_name(name: str) -> int | None:
+    stem = name[: -len(SEGMENT_SUFFIX)] if name.endswith(SEGMENT_SUFFIX) else ""
+    return int(stem) if stem.isdigit() and len(stem) == 20 else None
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    node: str
+    first_seq: int
+    created_us: int
+    key_id: bytes
+    prev_sig: bytes
+    prev_mac: bytes
+    mac: bytes
+    size: int
+
+    @staticmethod
+    def build(key: NodeKey, node: str, first_seq: int, created_us: int,
+              prev_sig: bytes, prev_mac: bytes) -> tuple[bytes, "SegmentHeader"]:
+        nb = node.encode()
+        size = _FIXED.size + len(nb) + MAC_SIZE
+        body = _FIXED.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, size, first_seq, created_us,
+                           key.key_id, prev_sig, prev_mac, len(nb)) + nb
+        mac = key.mac(_HEADER_MAC_LABEL, body)
+        return body + mac, SegmentHeader(node, first_seq, created_us, key.key_id,
+                                         prev_sig, prev_mac, mac, size)
+
+
+class SegmentHeaderError(Exception):
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def parse_segment_header(buf: bytes, key: NodeKey | None) -> SegmentHeader:
+    """Parse a segment header; with a key, check its MAC and key id."""
+    if len(buf) < _FIXED.size:
+        raise SegmentHeaderError("header_corrupt", f"segment header cut short ({len(buf)} bytes)")
+    (magic, version, flags, size, first_seq, created, key_id, prev_sig, prev_mac,
+     node_len) = _FIXED.unpack_from(buf)
+    if magic != SEGMENT_MAGIC:
+        raise SegmentHeaderError("header_corrupt", f"not a segment file (magic {magic[:8]!r})")
+    if version != FORMAT_VERSION:
+        raise SegmentHeaderError("header_corrupt", f"unsupported segment format version {version}")
+    if size != _FIXED.size + node_len + MAC_SIZE or node_len > 63 or len(buf) < size:
+        raise SegmentHeaderError("header_corrupt", "segment header length fields are inconsistent")
+    body = buf[: size - MAC_SIZE]
+    mac = bytes(buf[size - MAC_SIZE: size])
+    try:
+        node = bytes(buf[_FIXED.size: _FIXED.size + node_len]).decode()
+    except UnicodeDecodeError:
+        raise SegmentHeaderError("header_corrupt", "segment header node id is not UTF-8") from None
+    if key is not None:
+        if key_id != key.key_id:
+            raise SegmentHeaderError("foreign_segment",
+                                     "segment was written under another node key")
+        if key.mac(_HEADER_MAC_LABEL, body) != mac:
+            raise SegmentHeaderError("header_corrupt", "segment header MAC does not match")
+    if flags != 0:
+        raise SegmentHeaderError("header_corrupt", f"unknown segment header flags {flags}")
+    return SegmentHeader(node, first_seq, created, key_id, prev_sig, prev_mac, mac, size)
+
+
+@dataclass
+class FrameRead:
+    """One frame as walked: where it is, what it claims, and whether it checks out."""
+
+    offset: int
+    header: FrameHeader | None
+    payload: bytes | None
+    mac: bytes | None
+    problem: str | None = None       # violation kind, None when intact
+    detail: str = ""
+    end: int = 0                     # offset just past this frame (or resync point)
+
+    def records(self) -> list:
+        return msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
+
+
+class SegmentData:
+    """A read-only view of a segment file (mmap'd; the OS pages it in lazily).
+
+    The view is fixed at the size the file had when opened: a reader sees a
+    consistent prefix while the writer keeps appending.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
+            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+
+    def close(self) -> None:
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
+
+    def __enter__(self) -> "SegmentData":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: NodeKey,
+                end: int | None = None, verify: bool = True) -> Iterator[FrameRead]:
+    """Walk frames from ``start`` (a frame boundary) to ``end`` of ``data``.
+
+    Intact frames come back with ``problem=None``.  A frame failing its
+    checksum or MAC comes back with its kind; when the header itself is not
+    a frame header the walk looks ahead for the next frame that verifies
+    against the 32 bytes in front of it and reports the damaged stretch as one
+    ``frame_corrupt`` read (header None).  A frame cut short by the end of the
+    data is reported as ``truncated``.
+    """
+    end = len(data) if end is None else end
+    pos = start
+    mv = data
+    while pos < end:
+        try:
+            hdr = parse_header(bytes(mv[pos: pos + HEADER_SIZE]))
+        except FrameError as e:
+            if e.kind == "truncated":
+                yield FrameRead(pos, None, None, None, "truncated", e.detail, end)
+                return
+            nxt = _resync(data, pos + 1, end, key)
+            yield FrameRead(pos, None, None, None, "frame_corrupt", e.detail, nxt)
+            if nxt >= end:
+                return
+            pos = nxt
+            prev_mac = bytes(mv[nxt - MAC_SIZE: nxt])
+            continue
+        fend = pos + HEADER_SIZE + hdr.payload_len + MAC_SIZE
+        if fend > end:
+            yield FrameRead(pos, hdr, None, None, "truncated",
+                            f"frame at offset {pos} needs {fend - pos} bytes, only {end - pos} present", end)
+            return
+        hbytes = bytes(mv[pos: pos + HEADER_SIZE])
+        payload = bytes(mv[pos + HEADER_SIZE: fend - MAC_SIZE])
+        mac = bytes(mv[fend - MAC_SIZE: fend])
+        problem = check_frame(hbytes, hdr, payload, mac, key, prev_mac) if verify else None
+        yield FrameRead(pos, hdr, payload, mac, problem,
+                        "" if problem is None else f"frame at offset {pos}: {problem.replace('_', ' ')}", fend)
+        prev_mac = mac
+        pos = fend
+
+
+def _resync(data, pos: int, end: int, key: NodeKey) -> int:
+    """Offset of the next frame that verifies against its predecessor's MAC bytes, or ``end``."""
+    from engine.frame import FRAME_MAGIC
+    while True:
+        i = data.find(FRAME_MAGIC, pos, end)
+        if i < 0 or i < MAC_SIZE:
+            return end
+        try:
+            hdr = parse_header(bytes(data[i: i + HEADER_SIZE]))
+            fend = i + HEADER_SIZE + hdr.payload_len + MAC_SIZE
+            if fend <= end and check_frame(bytes(data[i: i + HEADER_SIZE]), hdr,
+                                           bytes(data[i + HEADER_SIZE: fend - MAC_SIZE]),
+                                           bytes(data[fend - MAC_SIZE: fend]), key,
+                                           bytes(data[i - MAC_SIZE: i])) is None:
+                return i
+        except FrameError:
+            pass
+        pos = i + 1
+
+
+def list_segments(seg_dir: Path) -> list[Path]:
+    """Segment files in log order (their names sort in seq order)."""
+    try:
+        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return []
+    return [seg_dir / n for n in names]

@@ -1,0 +1,168 @@
+"""Whole-node verification and the violation kinds.
+
+``verify_node`` re-reads every byte of every segment: segment headers and
+their links, every frame's checksum and chained MAC, every entry's chained
+signature, seq continuity, and the timestamps.  Findings are ``Violation``
+records (data), never exceptions.
+
+Violation kinds:
+
+=====================  ==========================================================
+header_corrupt         a segment header fails its MAC or does not parse
+foreign_segment        a segment written under another node key or node id
+segment_misnamed       file name and header first seq disagree (renamed/swapped)
+segment_missing        seqs missing between segments or before the first one
+                       (and no retention purge accounts for them)
+segment_duplicate      a segment overlaps seqs already seen (copied/duplicated)
+chain_broken           a segment header does not link to its predecessor's end
+frame_corrupt          bytes that are not a frame where a frame should be
+checksum_mismatch      a frame's xxhash does not match its payload
+mac_mismatch           a frame's chained MAC does not match
+undecodable            a frame verifies structurally but its records do not decode
+truncated              a sealed segment ends inside a frame
+torn_tail              the active segment ends inside a frame and no writer is
+                       running (a crash; the next writer cuts it back)
+signature_mismatch     an entry's chained signature does not match its content
+seq_gap                entries missing or out of order inside a segment
+timestamp_anomaly      a timestamp earlier than its predecessor (clock, not tampering)
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import msgpack
+
+from engine.datadir import DataDir, Node
+from engine.entry import canonical_bytes
+from engine.log import NodeLog, index_segment
+from engine.segment import SegmentData, list_segments, walk_frames
+
+#: kinds that mean "not evidence of tampering"
+ANOMALY_KINDS = frozenset({"timestamp_anomaly"})
+
+
+@dataclass
+class Violation:
+    kind: str
+    node: str
+    seq_from: int | None
+    seq_to: int | None
+    segment: str
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    node: str
+    entries_checked: int = 0
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "node": self.node, "entries_checked": self.entries_checked,
+                "violations": [v.to_dict() for v in self.violations]}
+
+
+def verify_node(data_dir: DataDir, node: Node,
+                progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check everything of one node's log; ``progress(bytes_done, bytes_total)``."""
+    from engine.writer import WriterLock
+
+    log = NodeLog(data_dir, node)
+    report = VerifyReport(node.node_id)
+    paths = list_segments(data_dir.segments)
+    total = sum(p.stat().st_size for p in paths)
+    done = 0
+    infos = []
+    writer_running = WriterLock.is_held(data_dir.lock_path)
+    sign = node.key.signer()
+    nid = node.node_id
+    prev_ts = None
+    for i, path in enumerate(paths):
+        is_active = i == len(paths) - 1
+        info = index_segment(path, node.key, nid)
+        infos.append(info)
+        name = path.name
+        if info.header is None:
+            done += path.stat().st_size
+            continue   # reported by structure_problems
+        for o, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
+            report.violations.append(Violation(kind, nid, sf, st, name, detail))
+        if info.tail is not None:
+            off, detail = info.tail
+            if not is_active:
+                report.violations.append(Violation("truncated", nid, info.last_seq + 1, None, name, detail))
+            elif not writer_running:
+                report.violations.append(Violation(
+                    "torn_tail", nid, info.last_seq + 1, None, name,
+                    f"{detail}; the next writer start cuts it back and records audit.recovery"))
+        # entry-level checks over the intact frames
+        prev_sig = info.header.prev_sig
+        expected = info.header.first_seq
+        bad: list[int] = []
+        with SegmentData(path) as sd:
+            for fr in walk_frames(sd.data, info.header.size, info.header.mac, node.key,
+                                  info.index.size):
+                if fr.problem is not None or fr.header is None:
+                    prev_sig = None
+                    if fr.header is not None:
+                        expected = fr.header.first_seq + fr.header.count
+                    continue
+                try:
+                    recs = fr.records()
+                except (ValueError, msgpack.UnpackException):
+                    prev_sig = None
+                    continue
+                h = fr.header
+                if recs and (recs[0][0] != h.first_seq or len(recs) != h.count):
+                    report.violations.append(Violation(
+                        "frame_corrupt", nid, h.first_seq, h.last_seq, name,
+                        f"frame at offset {fr.offset}: header does not describe its records"))
+                for r in recs:
+                    seq, ts = r[0], r[1]
+                    if seq != expected:
+                        report.violations.append(Violation(
+                            "seq_gap", nid, min(seq, expected), max(seq, expected) - 1 if seq > expected else expected,
+                            name, f"expected seq {expected}, found {seq}"))
+                    expected = seq + 1
+                    if prev_ts is not None and ts < prev_ts:
+                        report.violations.append(Violation(
+                            "timestamp_anomaly", nid, seq, seq, name,
+                            f"timestamp goes back {prev_ts - ts} µs from its predecessor"))
+                    prev_ts = ts if prev_ts is None else max(prev_ts, ts)
+                    if prev_sig is None or sign(prev_sig, canonical_bytes(nid, seq, ts, r[2:10])) != r[10]:
+                        if prev_sig is not None:
+                            bad.append(seq)
+                    prev_sig = r[10]
+                    report.entries_checked += 1
+                if progress:
+                    progress(done + fr.end, total)
+        for a, b in _ranges(bad):
+            report.violations.append(Violation("signature_mismatch", nid, a, b, name,
+                                               "entry signature does not match its content"))
+        done += path.stat().st_size
+        if progress:
+            progress(done, total)
+    for p in log.structure_problems(infos):
+        report.violations.append(Violation(p.kind, nid, p.seq_from, p.seq_to, p.segment, p.detail))
+    report.violations.sort(key=lambda v: (v.seq_from or 0, v.segment, v.kind))
+    return report
+
+
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out

@@ -1,0 +1,518 @@
+"""The single writer of a node's log: lock, recovery, group commit, rolling.
+
+``append_batch`` returns only once its entries are durable (``fsync="always"``).
+Concurrent callers share one write and one fsync: the first caller to find no
+commit in progress becomes the leader, takes everything queued and commits it;
+the others wait for the result of the commit that carried their entries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from engine.chain import GENESIS
+from engine.datadir import DataDir, Node, fsync_dir
+from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical
+from engine.errors import EngineError, WriteFailedError, WriterLockedError
+from engine.frame import build_frame
+from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row, save_manifest,
+                          write_atomic)
+from engine.log import NodeLog, SegmentInfo, index_segment
+from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
+from engine.settings import StoreSettings
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    first_seq: int
+    last_seq: int
+    ts: int
+
+
+class _Pending:
+    __slots__ = ("drafts", "result", "error", "done")
+
+    def __init__(self, drafts):
+        self.drafts = drafts
+        self.result: AppendResult | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class WriterLock:
+    """An exclusive fcntl lock on ``<data-dir>/LOCK`` held for the writer's lifetime."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise WriterLockedError(
+                f"another auditlog process is writing to {self.path.parent} "
+                "(only one writer per data dir; readers need no lock)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)   # closing drops the lock
+            self.fd = None
+
+    @staticmethod
+    def is_held(path: Path) -> bool:
+        """True when some process holds the writer lock (tested without taking it)."""
+        import struct
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            # F_GETLK asks who would block a write lock, without acquiring anything.
+            flock = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+            res = fcntl.fcntl(fd, fcntl.F_GETLK, flock)
+            return struct.unpack("hhqqi", res)[0] != fcntl.F_UNLCK
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+
+class LogWriter:
+    """Appends to one node's log.  Thread-safe; one per data dir (OS lock)."""
+
+    def __init__(self, data_dir: DataDir, node: Node, settings: StoreSettings = StoreSettings(),
+                 log: NodeLog | None = None):
+        self.data_dir = data_dir
+        self.node = node.node_id
+        self.key = node.key
+        self.settings = settings
+        self.log = log or NodeLog(data_dir, node)
+        self._sign = node.key.signer()
+        self._node_len = packed_len(self.node)
+        self._index_key = node.key.derive(b"index")
+        self._lock = WriterLock(data_dir.lock_path)
+        self._cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._closed = True
+        self._active: SegmentInfo | None = None
+        self._fd: int | None = None
+        self.next_seq = 1
+        self.last_sig = GENESIS
+        self.last_mac = GENESIS
+        self.last_ts = 0
+        self._in_skew = False
+        self._last_sync = 0.0
+        self._dirty = False
+        self.recovery: dict | None = None
+        #: observers: called with (batch_size, fsync_seconds) after each commit
+        self.on_commit = None
+
+    # -- open / close --------------------------------------------------------
+
+    def open(self) -> "LogWriter":
+        self._lock.acquire()
+        try:
+            self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+        self.log.live_active = lambda: self._active
+        if self.recovery is not None:
+            self.append_batch([EntryDraft("system", "audit.recovery", details=self.recovery)])
+        return self
+
+    def close(self) -> None:
+        with self._cv:
+            while self._committing:
+                self._cv.wait()
+            if self._closed:
+                return
+            self._closed = True
+        if self._fd is not None:
+            if self._dirty:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        self.log.live_active = None
+        self._lock.release()
+
+    def __enter__(self) -> "LogWriter":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _recover(self) -> None:
+        seg_dir = self.data_dir.segments
+        seg_dir.mkdir(exist_ok=True)
+        for n in os.listdir(seg_dir):
+            if n.endswith(".tmp"):
+                os.unlink(seg_dir / n)   # an interrupted create or index write; never log data
+        paths = list_segments(seg_dir)
+        if not paths:
+            self._create_segment(1, GENESIS, GENESIS)
+            return
+        active = paths[-1]
+        info = index_segment(active, self.key, self.node)
+        if info.header is None or info.problem is not None:
+            # The active segment's header is unreadable or not ours: keep it untouched,
+            # continue after it without reusing any seq it may hold.
+            prev_infos = [i for i in self.log.segment_infos()[:-1] if i.header is not None]
+            base = prev_infos[-1] if prev_infos else None
+            next_seq = max((seq_from_name(active.name) or 1) + 1, (base.last_seq + 1) if base else 1)
+            next_seq = max(next_seq, _max_claimed_seq(active) + 1)
+            self.recovery = {"reason": "active segment unusable, continued in a new segment",
+                             "segment": active.name, "detail": info.problem.detail if info.problem else ""}
+            self.last_ts = (base.index.max_ts if base and base.index and base.index.frames else 0) or 0
+            self._create_segment(next_seq, base.last_sig if base else GENESIS,
+                                 base.last_mac if base else GENESIS)
+            return
+        idx = info.index
+        cut_at = None
+        if info.tail is not None:
+            cut_at = info.tail[0]
+        damaged = sorted(idx.damaged)
+        if damaged:
+            first_bad = damaged[0]
+            if all(d in idx.damaged for d in range(first_bad, len(idx.frames))):
+                # nothing intact after the damage: a torn tail, cut it off
+                cut_at = idx.frames[first_bad].offset
+                del idx.frames[first_bad:]
+                del idx._max_ts[first_bad:]
+                for d in damaged:
+                    idx.damaged.pop(d)
+                idx.size = cut_at
+                if idx.frames:
+                    idx.last_mac = _frame_mac_at(active, idx.frames[-1].offset)
+                    idx.last_sig = _last_sig_of_frame(active, idx.frames[-1].offset)
+                else:
+                    idx.last_mac, idx.last_sig = b"", b""
+        self.last_ts = idx.max_ts if idx.frames else 0
+        self.last_ts = max(self.last_ts or 0, 0)
+        if cut_at is not None:
+            size = active.stat().st_size
+            with open(active, "r+b") as f:
+                f.truncate(cut_at)
+                f.flush()
+                os.fsync(f.fileno())
+            info.tail = None
+            self.recovery = {"reason": "torn tail cut back to the last whole frame",
+                             "segment": active.name, "cut_offset": cut_at, "cut_bytes": size - cut_at}
+        self.next_seq = info.last_seq + 1 if idx.frames else info.header.first_seq
+        self.last_sig = info.last_sig or GENESIS
+        self.last_mac = info.last_mac
+        if idx.damaged:
+            self.recovery = {"reason": "active segment damaged in the middle; kept as is, "
+                                       "continued in a new segment",
+                             "segment": active.name,
+                             "damaged": [[v[0], v[2], v[3]] for v in idx.damaged.values()]}
+            self._create_segment(self.next_seq, self.last_sig, self.last_mac)
+            return
+        self._set_active(info)
+
+    # -- segments --------------------------------------------------------------
+
+    def _set_active(self, info: SegmentInfo) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(info.path, os.O_WRONLY | os.O_APPEND)
+        self._active = info
+        self._active_size = info.index.size
+
+    def _create_segment(self, first_seq: int, prev_sig: bytes, prev_mac: bytes) -> None:
+        """Create a segment durably: header to a temp file, fsync, rename, fsync the dir."""
+        seg_dir = self.data_dir.segments
+        path = seg_dir / segment_name(first_seq)
+        if path.exists():
+            raise EngineError(f"segment {path.name} already exists; refusing to overwrite it")
+        raw, header = SegmentHeader.build(self.key, self.node, first_seq, now_us(), prev_sig, prev_mac)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(seg_dir)   # a crash before this line may lose the empty segment, nothing else
+        self.next_seq = first_seq
+        self.last_sig = prev_sig
+        self.last_mac = header.mac
+        self._set_active(SegmentInfo(path, header, SegmentIndex(path.name, header.mac, header.size)))
+
+    def _seal_active(self) -> None:
+        """Write the sealed segment's index and the manifest (derived, best effort)."""
+        info = self._active
+        try:
+            write_atomic(index_path(info.path), info.index.to_bytes(self._index_key), sync=False)
+            rows = []
+            for i in self.log.segment_infos()[:-1]:
+                if i.index is not None and i.header is not None:
+                    rows.append(manifest_row(i.index, i.header.first_seq))
+            save_manifest(self.data_dir.segments, rows, self._index_key)
+        except OSError:
+            pass
+
+    def roll(self) -> None:
+        """Seal the active segment and start a new one (no entries needed)."""
+        with self._cv:
+            while self._committing:
+                self._cv.wait()
+            self._committing = True
+        try:
+            self._roll_locked()
+        finally:
+            with self._cv:
+                self._committing = False
+                self._cv.notify_all()
+
+    def _roll_locked(self) -> None:
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+        old = self._active
+        self._create_segment(self.next_seq, self.last_sig, self.last_mac)
+        self._active_prev = old
+        info, self._active = self._active, old
+        self._seal_active()
+        self._active = info
+
+    def active_age(self) -> float:
+        return (now_us() - self._active.header.created_us) / 1e6
+
+    # -- appending ---------------------------------------------------------------
+
+    def append_batch(self, drafts: Sequence[EntryDraft]) -> AppendResult:
+        """Append validated drafts; returns once durable.  All or nothing."""
+        if not drafts:
+            raise EngineError("empty batch")
+        req = _Pending(drafts)
+        with self._cv:
+            if self._closed:
+                raise EngineError("the writer is closed")
+            self._queue.append(req)
+            while not req.done:
+                if not self._committing:
+                    batch, self._queue = self._queue, []
+                    self._committing = True
+                    self._cv.release()
+                    try:
+                        self._commit(batch)
+                    finally:
+                        self._cv.acquire()
+                        self._committing = False
+                        self._cv.notify_all()
+                else:
+                    self._cv.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            self._commit_unsafe(batch)
+        except OSError as e:
+            err = WriteFailedError(f"write to the log failed ({e.strerror or e}); "
+                                   "nothing from this batch was stored")
+            for r in batch:
+                r.error, r.done = err, True
+        except BaseException as e:   # pragma: no cover - defensive
+            for r in batch:
+                r.error, r.done = e, True
+
+    def _commit_unsafe(self, batch: list[_Pending]) -> None:
+        t = now_us()
+        settings = self.settings
+        if self._active.index.frames and (
+                (t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):
+            self._roll_locked()
+        skew = None
+        if t < self.last_ts:
+            if not self._in_skew:
+                skew = EntryDraft("system", "audit.clock_skew", details={
+                    "clock_us": t, "last_ts_us": self.last_ts, "behind_us": self.last_ts - t})
+            self._in_skew = True
+            ts = self.last_ts
+        else:
+            self._in_skew = False
+            ts = t
+        # snapshot for rollback
+        snap = (self.next_seq, self.last_sig, self.last_mac, self._active, self._active_size,
+                len(self._active.index.frames))
+        created: list[SegmentInfo] = []
+        sign = self._sign
+        node, nlen = self.node, self._node_len
+        seq = self.next_seq
+        prev = self.last_sig
+        frame_max = settings.frame_max_payload
+        pending_files: list[tuple[SegmentInfo, list[bytes], list]] = []
+        cur_info = self._active
+        cur_bufs: list[bytes] = []
+        cur_rows: list = []
+        cur_size = self._active_size
+        last_mac = self.last_mac
+        records: list[bytes] = []
+        terms: list[tuple] = []
+        rsize = 0
+        first = seq
+        all_drafts = [skew] if skew else []
+        for r in batch:
+            all_drafts.extend(r.drafts)
+
+        def emit_frame():
+            nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, terms, rsize, first
+            fbytes_len = 48 + 3 + rsize + 32
+            if cur_info.index.frames or cur_rows:
+                if cur_size + fbytes_len > settings.segment_max_bytes:
+                    if cur_bufs:
+                        pending_files.append((cur_info, cur_bufs, cur_rows))
+                    self._write_pending(pending_files)
+                    pending_files.clear()
+                    self.next_seq, self.last_sig, self.last_mac = first, prev_of_first[0], last_mac
+                    self._roll_locked()
+                    created.append(self._active)
+                    cur_info, cur_bufs, cur_rows = self._active, [], []
+                    cur_size, last_mac = self._active_size, self._active.header.mac
+            fb, mac = build_frame(records, first, ts, ts, self.key, last_mac)
+            cur_rows.append((FrameRow(cur_size, first, len(records), ts, ts), terms, mac, prev))
+            cur_bufs.append(fb)
+            cur_size += len(fb)
+            last_mac = mac
+            first += len(records)
+            records, terms, rsize = [], [], 0
+
+        prev_of_first = [prev]
+        for d in all_drafts:
+            canon = canonical_bytes(node, seq, ts, d)
+            sig = sign(prev, canon)
+            rec = record_from_canonical(nlen, canon, sig)
+            if records and rsize + len(rec) > frame_max:
+                emit_frame()
+                prev_of_first[0] = prev
+            records.append(rec)
+            terms.append((seq, ts, *d))
+            rsize += len(rec)
+            prev = sig
+            seq += 1
+        emit_frame()
+        pending_files.append((cur_info, cur_bufs, cur_rows))
+        try:
+            self._write_pending(pending_files, last=True)
+        except OSError:
+            self._rollback(snap, created)
+            raise
+        self.next_seq, self.last_sig, self.last_mac, self.last_ts = seq, prev, last_mac, ts
+        res = AppendResult(seq - len(all_drafts) + (1 if skew else 0), seq - 1, ts)
+        for r in batch:
+            n = len(r.drafts)
+            r.result = AppendResult(res.first_seq, res.first_seq + n - 1, ts)
+            res = AppendResult(res.first_seq + n, res.last_seq, ts)
+            r.done = True
+
+    def _write_pending(self, pending, last: bool = False) -> None:
+        """Write frames to the active file, make them durable, then publish them to readers."""
+        for info, bufs, rows in pending:
+            if not bufs:
+                continue
+            if info is not self._active:
+                raise EngineError("internal: frames for a segment that is no longer active")
+            data = b"".join(bufs)
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)   # O_APPEND: lands at the end of the file
+                view = view[n:]
+            t0 = time.perf_counter()
+            mode = self.settings.fsync
+            if mode == "always" or (mode == "interval" and
+                                    time.monotonic() - self._last_sync >= self.settings.fsync_interval):
+                # after this line the frames survive a crash; before it, a crash may
+                # leave a torn tail, which recovery cuts back (never acknowledged)
+                os.fdatasync(self._fd)
+                self._last_sync = time.monotonic()
+                self._dirty = False
+            else:
+                self._dirty = True
+            dt = time.perf_counter() - t0
+            idx = info.index
+            for row, terms, mac, last_sig in rows:
+                idx.add_frame(row, terms)
+                idx.last_mac = mac
+                idx.last_sig = last_sig
+            self._active_size += len(data)
+            idx.size = self._active_size
+            if self.on_commit:
+                self.on_commit(sum(r[0].count for r in rows), dt)
+
+    def _rollback(self, snap, created) -> None:
+        next_seq, last_sig, last_mac, active, size, nframes = snap
+        for info in created:
+            try:
+                os.unlink(info.path)
+            except OSError:
+                pass
+        if created:
+            self._set_active(active)
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        idx = active.index
+        if len(idx.frames) > nframes:
+            idx.last_mac, idx.last_sig = last_mac, last_sig
+        del idx.frames[nframes:]
+        del idx._max_ts[nframes:]
+        idx.size = size
+        self._active_size = size
+        self.next_seq, self.last_sig, self.last_mac = next_seq, last_sig, last_mac
+
+
+def _frame_mac_at(path: Path, offset: int) -> bytes:
+    from engine.frame import HEADER_SIZE, parse_header
+    with open(path, "rb") as f:
+        f.seek(offset)
+        hdr = parse_header(f.read(HEADER_SIZE))
+        f.seek(offset + HEADER_SIZE + hdr.payload_len)
+        return f.read(32)
+
+
+def _last_sig_of_frame(path: Path, offset: int) -> bytes:
+    import msgpack
+    from engine.frame import HEADER_SIZE, parse_header
+    with open(path, "rb") as f:
+        f.seek(offset)
+        hdr = parse_header(f.read(HEADER_SIZE))
+        recs = msgpack.unpackb(f.read(hdr.payload_len), use_list=False, raw=False)
+        return recs[-1][-1]
+
+
+def _max_claimed_seq(path: Path) -> int:
+    """Highest seq any parseable frame header in a damaged segment claims (to avoid reuse)."""
+    from engine.frame import FRAME_MAGIC, HEADER_SIZE, FrameError, parse_header
+    data = path.read_bytes()
+    best = 0
+    i = data.find(FRAME_MAGIC)
+    while i >= 0:
+        try:
+            h = parse_header(data[i:i + HEADER_SIZE])
+            best = max(best, h.first_seq + h.count - 1)
+        except FrameError:
+            pass
+        i = data.find(FRAME_MAGIC, i + 1)
+    return best

@@ -1,0 +1,1 @@
+"""Renderers of verified entry streams: CSV, NDJSON/ECS, PDF, syslog forwarding, reports."""

@@ -1,0 +1,23 @@
+"""Node-local range scans: a Filter pushed down onto one node's verified log."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from engine.entry import Entry
+from engine.log import NodeLog
+from query.filters import Filter
+
+
+def scan_node(log: NodeLog, flt: Filter, *, order: str = "asc",
+              after_seq: int | None = None) -> Iterator[Entry]:
+    """Matching entries of one node in (ts, seq) order, violations included.
+
+    The time range and exact-value terms narrow what is read (segments and
+    frames); the filter's predicate then decides entry by entry.  Damaged
+    entries and markers are always returned (damage is never filtered away).
+    """
+    if not flt.admits_node(log.node):
+        return iter(())
+    return log.scan(flt.from_us, flt.to_us, terms=flt.index_terms() or None, order=order,
+                    after_seq=after_seq, predicate=flt.matcher())
