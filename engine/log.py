@@ -288,7 +288,8 @@ class NodeLog:
         """Is the log's first seq accounted for by an ``audit.retention_purge`` entry?"""
         for e in self.scan(terms={"action": frozenset(["audit.retention_purge"])}, check_structure=False,
                            infos=infos):
-            if e.integrity != "ok" or e.action != "audit.retention_purge":
+            # only the node's own, intact purge entries count (clients cannot write audit.*)
+            if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system":
                 continue
             for row in e.details.get("segments", ()):
                 # [name, first_seq, last_seq, last_signature hex]

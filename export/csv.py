@@ -48,9 +48,12 @@ def iter_csv(entries: Iterable[Entry], bom: bool = True) -> Iterator[str]:
         # The first eight cells (None becomes the empty cell), proven clean by
         # one scan of their join in the common case.  user_agent is left out:
         # browser strings usually hold a comma, so it always goes cell by cell.
-        head = ",".join((timestamps(e.ts), e.node, str(e.seq), e.user, e.action,
-                         e.target or "", e.domain or "", e.ip or ""))
-        if (head.count(",") != 7 or '"' in head or "\r" in head or "\n" in head
+        try:
+            head = ",".join((timestamps(e.ts), e.node, str(e.seq), e.user, e.action,
+                             e.target or "", e.domain or "", e.ip or ""))
+        except TypeError:  # a non-text value in a damaged record: never crash an export
+            head = ""
+        if (not head or head.count(",") != 7 or '"' in head or "\r" in head or "\n" in head
                 or ",=" in head or ",+" in head or ",-" in head or ",@" in head
                 or ",\t" in head):
             head = _slow_head(e, timestamps)
@@ -72,10 +75,12 @@ def _slow_head(e: Entry, timestamps: Callable[[int], str]) -> str:
                      _cell(e.action), _cell(e.target), _cell(e.domain), _cell(e.ip)))
 
 
-def _cell(text: str | None) -> str:
+def _cell(text: Any) -> str:
     """One text cell: neutralised if it looks like a formula, then quoted if RFC 4180 needs it."""
-    if not text:
+    if text is None or text == "":
         return ""
+    if type(text) is not str:  # only a damaged record has one
+        text = str(text)
     if text[0] in _FORMULA_START:
         text = "'" + text
     # Four substring scans beat one regex search several times over here.

@@ -19,8 +19,8 @@ from json.encoder import encode_basestring as _q
 from engine.entry import Entry
 from export.csv import CHUNK_CHARS, TimestampFormatter, make_json_encoder
 
-# Details in stored order (ingest stores them canonically sorted), as to_wire does.
-_details_json = make_json_encoder(sort_keys=False)
+# Maps in stored order (ingest stores details canonically sorted), as to_wire does.
+_json = make_json_encoder(sort_keys=False)
 
 
 def render_json_entry(entry: Entry) -> str:
@@ -49,6 +49,13 @@ def iter_ndjson(entries: Iterable[Entry]) -> Iterator[str]:
 
 
 def _render(e: Entry, timestamps: Callable[[int], str]) -> str:
+    try:
+        return _template(e, timestamps)
+    except TypeError:  # a non-text value in a damaged record: never crash an export
+        return _json(e.to_wire())
+
+
+def _template(e: Entry, timestamps: Callable[[int], str]) -> str:
     node = e.node
     violation = "" if e.violation is None else f',"violation":{_q(e.violation)}'
     return (
@@ -56,7 +63,7 @@ def _render(e: Entry, timestamps: Callable[[int], str]) -> str:
         f'"ts":"{timestamps(e.ts)}","user":{_q(e.user)},"action":{_q(e.action)},'
         f'"target":{_qn(e.target)},"domain":{_qn(e.domain)},"ip":{_qn(e.ip)},'
         f'"user_agent":{_qn(e.user_agent)},"success":{"true" if e.success else "false"},'
-        f'"details":{_details_json(e.details) if e.details else "{}"},'
+        f'"details":{_json(e.details) if e.details else "{}"},'
         f'"signature":"{e.signature.hex()}","integrity":{_q(e.integrity)}{violation}}}'
     )
 

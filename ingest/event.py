@@ -26,7 +26,7 @@ import msgpack
 from engine.entry import EntryDraft, sort_details
 from ingest.errors import BatchTooLargeError, InvalidEventError
 from ingest.limits import DEFAULT_LIMITS, Limits
-from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, TAXONOMY
+from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, CUSTOM_PREFIX, TAXONOMY
 
 __all__ = [
     "validate_event", "validate_batch", "parse_ndjson", "parse_detail_args",
@@ -295,6 +295,11 @@ def _check(obj: Any, index: int, limits: Limits, problems: list[dict]) -> EntryD
         add(_problem(index, "action", "required"))
     elif type(action) is not str:
         add(_problem(index, "action", f"must be a string, got {_tname(action)}"))
+    elif action in AUDIT_ACTIONS:
+        # The log's own bookkeeping (purge anchors, recovery, exports...) is written
+        # only by the node itself: a client-made audit.retention_purge could
+        # otherwise pose as the anchor that excuses deleted segments.
+        add(_problem(index, "action", f"{_show(action)} is reserved for the log's own entries"))
     elif action not in TAXONOMY:
         if len(action) > max_len:
             add(_problem(index, "action", f"too long: {len(action)} characters (limit {max_len})"))

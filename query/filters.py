@@ -3,7 +3,7 @@
 A :class:`Filter` is built from query-string / CLI parameters with
 :meth:`Filter.from_params`, or directly; either way the values are validated
 and normalised the way ingest stores them (IPs through :mod:`ipaddress`,
-domains lower-cased), so comparisons are plain equality.
+domains lower-cased, IDNs as punycode), so comparisons are plain equality.
 
 Semantics: several values of one field are OR, fields are AND; ``from`` is
 inclusive, ``to`` exclusive.  ``action`` takes exact names or prefixes written
@@ -19,13 +19,17 @@ writes, so parameters round-trip exactly.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.entry import Entry, format_ts
+# The very normalisers ingest stores with, so a filter value compares equal to
+# what is on disk (private there today; one spelling of each rule in the tree).
+from ingest.event import _normalise_domain as _ingest_domain
+from ingest.event import _normalise_ip as _ingest_ip
+from ingest.taxonomy import ACTION_RE
 from query.errors import InvalidFilterError
 from query.timeparse import now_us as _current_us
 from query.timeparse import MAX_TS_US, parse_time
@@ -44,12 +48,11 @@ _LIST_FIELDS = (
     ("ip", "ips"), ("recipient", "recipients"), ("node", "nodes"),
 )
 
-_ACTION = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+", re.ASCII)
 _ACTION_PREFIX = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*\.\*", re.ASCII)
 _NODE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
-# C0 controls and DEL: no stored field has them, and in a filter they are
-# either a mistake or an attempt to forge log lines / report headers.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters and lone surrogates: ingest stores none, and in a filter
+# they are either a mistake or an attempt to forge log lines / report headers.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # Bounds on hostile input: no real filter comes near them.
 MAX_VALUE_CHARS = 1024
@@ -331,21 +334,18 @@ def _same(param: str, value: str) -> str:
 
 def _normalise_action(param: str, value: str) -> str:
     value = value.lower()
-    if value == "*" or _ACTION.fullmatch(value) or _ACTION_PREFIX.fullmatch(value):
+    if value == "*" or ACTION_RE.fullmatch(value) or _ACTION_PREFIX.fullmatch(value):
         return value
     raise InvalidFilterError(param, value,
                              "expected an action name (config.dkim_rotate) or a prefix (config.*)")
 
 
 def _normalise_ip(param: str, value: str) -> str:
-    """The same normal form ingest stores: ipaddress's, IPv4-mapped IPv6 as IPv4."""
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidFilterError(param, value, "not an IPv4 or IPv6 address") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    """ipaddress's normal form, IPv4-mapped IPv6 as IPv4 (as ingest stores it)."""
+    normal = _ingest_ip(value)
+    if normal is None:
+        raise InvalidFilterError(param, value, "not an IPv4 or IPv6 address")
+    return normal
 
 
 def _normalise_node(param: str, value: str) -> str:
@@ -356,7 +356,11 @@ def _normalise_node(param: str, value: str) -> str:
 
 
 def _normalise_domain(param: str, value: str) -> str:
-    return value.lower()
+    """Lower case, punycode for IDNs, no trailing dot (as ingest stores it)."""
+    normal, reason = _ingest_domain(value)
+    if normal is None:
+        raise InvalidFilterError(param, value, reason or "not a domain name")
+    return normal
 
 
 _NORMALISERS: dict[str, Callable[[str, str], str]] = {
