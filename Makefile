@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m bench.demo
+	$(BIN)/auditlog --data-dir ./auditlog-data serve --demo --listen 127.0.0.1:8080
 
 test: $(STAMP)
 	$(BIN)/pytest -n auto -q

@@ -6,6 +6,7 @@ everything), 2 a usage or input error (one line on stderr, nothing written).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -20,9 +21,12 @@ from engine.datadir import DataDir, Node
 from engine.entry import Entry, EntryDraft, format_ts
 from engine.errors import AuditLogError
 from engine.log import NodeLog
+from ingest.limits import DEFAULT_LIMITS
 
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
+#: events one ``append --file`` accepts (all validated in memory before the first write)
+FILE_MAX_EVENTS = 1_000_000
 
 
 class Context:
@@ -69,7 +73,39 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class InputError(click.ClickException):
+    """A usage error shown the documented way: one ``auditlog: error:`` line, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        click.echo(f"auditlog: error: {self.format_message()}", err=True)
+
+
+class AuditlogGroup(click.Group):
+    """Reports click's own usage errors (bad flag values, unknown options, unreadable
+    ``--file``/``--config`` paths) as one line like every other input error, instead of
+    click's three-line usage block."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise InputError(" ".join(e.format_message().split())) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise InputError(" ".join(e.format_message().split())) from None
+
+
+@click.group(cls=AuditlogGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data-dir", envvar="AUDITLOG_DATA_DIR", default="./auditlog-data", show_default=True,
               type=click.Path(file_okay=False), help="The node's data directory (env AUDITLOG_DATA_DIR).")
 @click.option("--config", "config_path", envvar="AUDITLOG_CONFIG", default=None,
@@ -137,7 +173,10 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
     if file is not None:
         if any(v is not None for v in (user, action, target, domain, ip, user_agent)) or failure or details:
             fail("--file cannot be combined with single-event options")
-        drafts = parse_ndjson(_read_lines(file))
+        # a file is a bulk import, not an HTTP batch: the per-batch limit of the
+        # API (10 000) would refuse any real export file
+        limits = dataclasses.replace(DEFAULT_LIMITS, max_batch=FILE_MAX_EVENTS)
+        drafts = parse_ndjson(_read_lines(file), limits)
         with obj.writer() as w:
             total = 0
             chunk = 10000
@@ -349,7 +388,12 @@ def verify(obj: Context, as_json: bool) -> None:
 
 @cli.group()
 def retention() -> None:
-    """Retention of old segments (whole segments, never single entries)."""
+    """Retention of old segments (whole segments, never single entries).
+
+    \b
+    Example:
+      auditlog retention run --dry-run
+    """
 
 
 @retention.command("run")
@@ -366,7 +410,6 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
       auditlog retention run --dry-run
       auditlog retention run --as-of 2027-06-01
     """
-    import dataclasses
     from engine.retention import run_retention
     from query.timeparse import parse_time
     settings = obj.config.store_settings()
@@ -437,6 +480,167 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
     if counted.violations:
         click.echo(f"auditlog: {counted.violations} exported entries carry integrity violations", err=True)
         sys.exit(EXIT_VIOLATION)
+
+
+# -- serve ----------------------------------------------------------------------------
+
+def default_node_id() -> str:
+    import re
+    import socket
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return (name or "node")[:63]
+
+
+@cli.command()
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="HTTP address (default [server] listen, or 127.0.0.1:8080).")
+@click.option("--unix-socket", default=None, type=click.Path(dir_okay=False),
+              help="Also listen on this Unix socket (mode 0660) for same-host subsystems.")
+@click.option("--demo", is_flag=True, help="On an empty log, seed a day of sample events and print a reader key.")
+@click.pass_obj
+@handle_errors
+def serve(obj: Context, listen, unix_socket, demo) -> None:
+    """Run the HTTP API (and the node's writer) until SIGINT/SIGTERM.
+
+    On a data dir that does not exist yet, initialise one (node id from the
+    config's node_id, else the hostname), so the log is on with no setup.
+
+    \b
+    Example:
+      auditlog serve --listen 127.0.0.1:8080
+      auditlog --data-dir ./demo-data serve --demo
+    """
+    import asyncio
+    import logging
+    from query.server import parse_listen, serve as run_serve
+    from query.service import Service
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = obj.config
+    listen = listen or cfg.server_listen
+    parse_listen(listen)
+    if not obj.data_dir.is_initialised():
+        node_id = cfg.node_id or default_node_id()
+        obj.data_dir.init(node_id)
+        click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
+    service = Service(obj.data_dir, obj.node(), cfg.store_settings()).open()
+    try:
+        if demo:
+            _seed_demo(service)
+    except BaseException:
+        service.close()
+        raise
+
+    def ready(runner):
+        click.echo(f"auditlog: node {service.node_id} serving http://{listen}/ "
+                   f"(data dir {obj.data_dir.root})", err=True)
+
+    try:
+        asyncio.run(run_serve(service, listen, unix_socket, ready))
+    except OSError as e:
+        service.close()
+        fail(f"cannot listen on {listen}: {e.strerror or e}")
+
+
+def _seed_demo(service) -> None:
+    from ingest.demo import confirmations, demo_day
+    head, _ = service.log.head()
+    if head <= 1:   # empty (or only the recovery/first bookkeeping entry)
+        drafts = demo_day()
+        res = service.writer.append_batch(drafts)
+        rot = [f"{service.node_id}:{res.first_seq + i}" for i, d in enumerate(drafts)
+               if d.action == "config.dkim_rotate"]
+        service.writer.append_batch(confirmations(rot))
+        click.echo(f"auditlog: demo: seeded {len(drafts) + 2} sample events", err=True)
+    rec, token = service.keys.create("demo-reader", "reader")
+    click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)
+    click.echo(token)
+
+
+# -- apikey ---------------------------------------------------------------------------
+
+@cli.group()
+def apikey() -> None:
+    """API keys for the HTTP API (stored hashed; a key is shown once)."""
+
+
+def _key_writer_record(obj: Context, user: str, action: str, target: str, details: dict) -> None:
+    from engine.errors import WriterLockedError
+    try:
+        with obj.writer() as w:
+            w.append_batch([EntryDraft(user, action, target, None, None, None, True, details)])
+    except WriterLockedError:
+        fail("the server is running and owns the writer: manage keys over the API "
+             "(POST/DELETE /api/v1/api-keys with an admin key) so the change is audited")
+
+
+@apikey.command("create")
+@click.option("--role", required=True, type=click.Choice(["writer", "reader", "admin"]))
+@click.option("--name", required=True, help="Who or what uses the key (shown in the audit log).")
+@click.pass_obj
+@handle_errors
+def apikey_create(obj: Context, role: str, name: str) -> None:
+    """Create a key; the key is the LAST line of stdout, printed once.
+
+    \b
+    Example:
+      auditlog apikey create --role writer --name quarantine-service
+    """
+    from query.auth import KeyStore, check_name
+    obj.node()
+    check_name(name)
+    from engine.writer import WriterLock
+    if WriterLock.is_held(obj.data_dir.lock_path):
+        fail("the server is running and owns the writer: manage keys over the API "
+             "(POST /api/v1/api-keys with an admin key) so the change is audited")
+    store = KeyStore(obj.data_dir.state)
+    rec, token = store.create(name, role)
+    _key_writer_record(obj, "cli", "audit.api_key_create", rec.name, {"key_id": rec.id, "role": rec.role})
+    click.echo(f"created {role} key {rec.id} for {name!r}; store it now, it is not shown again:")
+    click.echo(token)
+
+
+@apikey.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def apikey_list(obj: Context, as_json: bool) -> None:
+    """List keys (id, name, role, created, revoked); never the keys themselves.
+
+    \b
+    Example:
+      auditlog apikey list
+    """
+    from query.auth import KeyStore
+    obj.node()
+    keys = [k.public() for k in KeyStore(obj.data_dir.state).list()]
+    if as_json:
+        click.echo(json.dumps({"keys": keys}, indent=2))
+        return
+    for k in keys:
+        click.echo(f"{k['id']}  {k['role']:6s}  {k['name']}  created {k['created']}"
+                   + (f"  REVOKED {k['revoked']}" if k["revoked"] else ""))
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+@handle_errors
+def apikey_revoke(obj: Context, key_id: str) -> None:
+    """Revoke a key by id (it stops working at once).
+
+    \b
+    Example:
+      auditlog apikey revoke 3f2a9c1b7d4e
+    """
+    from query.auth import KeyStore
+    from engine.writer import WriterLock
+    obj.node()
+    if WriterLock.is_held(obj.data_dir.lock_path):
+        fail("the server is running and owns the writer: revoke over the API "
+             "(DELETE /api/v1/api-keys/ID with an admin key) so the change is audited")
+    rec = KeyStore(obj.data_dir.state).revoke(key_id)
+    _key_writer_record(obj, "cli", "audit.api_key_revoke", rec.name, {"key_id": rec.id, "role": rec.role})
+    click.echo(f"revoked key {rec.id} ({rec.name})")
 
 
 # -- bench --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from engine.chain import GENESIS
 from engine.datadir import DataDir, Node, fsync_dir
-from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical
+from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
 from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row, save_manifest,
@@ -399,6 +399,9 @@ class LogWriter:
 
         prev_of_first = [prev]
         for d in all_drafts:
+            if d.details:
+                # canonical form: map keys sorted (validated drafts already are)
+                d = d._replace(details=sort_details(d.details))
             canon = canonical_bytes(node, seq, ts, d)
             sig = sign(prev, canon)
             rec = record_from_canonical(nlen, canon, sig)

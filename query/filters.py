@@ -31,8 +31,8 @@ from ingest.event import _normalise_domain as _ingest_domain
 from ingest.event import _normalise_ip as _ingest_ip
 from ingest.taxonomy import ACTION_RE
 from query.errors import InvalidFilterError
-from query.timeparse import now_us as _current_us
 from query.timeparse import MAX_TS_US, parse_time
+from query.timeparse import now_us as _current_us
 
 #: The parameter names understood by :meth:`Filter.from_params`.
 PARAM_NAMES = ("from", "to", "user", "action", "target", "domain", "ip", "recipient",
@@ -118,7 +118,8 @@ class Filter:
                 bounds[param] = parse_time(texts[param], now, param=param)
             else:
                 bounds[param] = None
-        if bounds["from"] is not None and bounds["to"] is not None and bounds["from"] >= bounds["to"]:
+        lo, hi = bounds["from"], bounds["to"]
+        if lo is not None and hi is not None and lo >= hi:
             raise InvalidFilterError("from", texts["from"], f"must be before to ({texts['to']!r})")
 
         lists = {name: _split_values(param, _raw_values(params, param))
@@ -221,15 +222,20 @@ class Filter:
         checks_t = tuple(checks)
 
         def match(entry: Entry) -> bool:
-            ts = entry.ts
-            if ts < lo or ts >= hi:
-                return False
-            if nodes is not None and entry.node not in nodes:
-                return False
-            for check in checks_t:
-                if not check(entry):
-                    # Only on the rejecting path: markers are rare, scans are hot.
-                    return entry.integrity == "violation" and entry.action == MARKER_ACTION
+            try:
+                ts = entry.ts
+                if ts < lo or ts >= hi:
+                    return False
+                if nodes is not None and entry.node not in nodes:
+                    return False
+                for check in checks_t:
+                    if not check(entry):
+                        # Only on the rejecting path: markers are rare, scans are hot.
+                        return entry.integrity == "violation" and entry.action == MARKER_ACTION
+            except (TypeError, AttributeError):
+                # A damaged record decoded with values of the wrong types: show
+                # it when flagged (damage is never filtered away), never crash.
+                return entry.integrity == "violation"
             return True
 
         return match
@@ -256,7 +262,7 @@ def _split_values(param: str, raw: Iterable[str]) -> tuple[str, ...]:
     """Comma-separated values, ``\\,`` and ``\\\\`` unescaped, blanks dropped."""
     out: list[str] = []
     for text in raw:
-        if len(text) > MAX_VALUE_CHARS * 4:  # before regex work on a huge string
+        if len(text) > MAX_VALUE_CHARS * 4:  # before splitting a huge string
             raise InvalidFilterError(param, text, "too long")
         for value in _split_escaped(text):
             value = value.strip()
@@ -266,6 +272,7 @@ def _split_values(param: str, raw: Iterable[str]) -> tuple[str, ...]:
 
 
 def _split_escaped(text: str) -> list[str]:
+    """Split at commas not escaped as ``\\,``; ``\\\\`` is one backslash."""
     if "\\" not in text:
         return text.split(",")
     values: list[str] = []

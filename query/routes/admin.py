@@ -1,0 +1,45 @@
+"""API key management (admin role): create, list, revoke; each audited."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from query.app import SERVICE, authorize
+from query.errors import QueryError
+
+
+async def create_key(request: web.Request) -> web.Response:
+    admin = authorize(request, "admin")
+    service = request.app[SERVICE]
+    try:
+        body = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        raise QueryError('body must be JSON: {"name": "...", "role": "writer|reader|admin"}') from None
+    if not isinstance(body, dict) or set(body) - {"name", "role"}:
+        raise QueryError('body must be {"name": "...", "role": "writer|reader|admin"}')
+    rec, token = service.keys.create(body.get("name"), body.get("role"))
+    await service.record(admin.name, "audit.api_key_create", target=rec.name, ip=request.remote,
+                         details={"key_id": rec.id, "role": rec.role, "by_key_id": admin.id})
+    return web.json_response({**rec.public(), "key": token}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    return web.json_response({"keys": [k.public() for k in request.app[SERVICE].keys.list()]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    admin = authorize(request, "admin")
+    service = request.app[SERVICE]
+    rec = service.keys.revoke(request.match_info["key_id"])
+    await service.record(admin.name, "audit.api_key_revoke", target=rec.name, ip=request.remote,
+                         details={"key_id": rec.id, "role": rec.role, "by_key_id": admin.id})
+    return web.json_response(rec.public())
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/api-keys", create_key)
+    app.router.add_get("/api/v1/api-keys", list_keys)
+    app.router.add_delete("/api/v1/api-keys/{key_id}", revoke_key)

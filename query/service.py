@@ -1,0 +1,185 @@
+"""The running node: its writer, reader, keys, metrics and bookkeeping entries.
+
+Everything the HTTP routes need lives here, built once by ``auditlog serve``
+(or a test) and handed to ``create_app``.  Blocking work (appends, scans,
+verification) runs in a thread pool so the event loop stays responsive; the
+writer's group commit merges concurrent appends into one write and fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.datadir import DataDir, Node
+from engine.entry import EntryDraft
+from engine.log import NodeLog
+from engine.settings import StoreSettings
+from engine.writer import AppendResult, LogWriter
+from ingest.limits import DEFAULT_LIMITS, Limits
+from query.auth import ApiKey, KeyStore
+from query.metrics import Metrics
+
+log = logging.getLogger("auditlog.service")
+
+
+class Overloaded(Exception):
+    """The write queue is full: the caller should retry later (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_query_limit: int = 10000
+    default_query_limit: int = 1000
+    max_pending_events: int = 200_000
+    idempotency_entries: int = 10_000
+    key_use_interval: float = 60.0
+    retention_interval: float = 86400.0
+    limits: Limits = DEFAULT_LIMITS
+
+
+class IdempotencyCache:
+    """Recently seen Idempotency-Key values -> the response they got (bounded LRU)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._d: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+class Service:
+    def __init__(self, data_dir: DataDir, node: Node, store: StoreSettings = StoreSettings(),
+                 settings: ServiceSettings = ServiceSettings()):
+        self.data_dir = data_dir
+        self.node = node
+        self.node_id = node.node_id
+        self.store = store
+        self.settings = settings
+        self.log = NodeLog(data_dir, node)
+        self.writer = LogWriter(data_dir, node, store, self.log)
+        self.keys = KeyStore(data_dir.state)
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
+        self.idempotency = IdempotencyCache(settings.idempotency_entries)
+        self._idem_locks: dict[str, asyncio.Lock] = {}
+        self.pending_events = 0
+        self._key_uses: dict[str, list] = {}
+        self._key_lock = threading.Lock()
+        self.started = time.time()
+        self.last_retention: dict | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> "Service":
+        self.writer.on_commit = self._on_commit
+        self.writer.open()
+        from engine.retention import load_last_run
+        self.last_retention = load_last_run(self.data_dir)
+        m = self.metrics
+        m.gauge("auditlog_write_queue_events", "Events waiting for the writer", lambda: self.pending_events)
+        m.gauge("auditlog_head_seq", "Last seq appended on this node", lambda: self.writer.next_seq - 1)
+        m.gauge("auditlog_retention_last_run_timestamp_seconds", "When retention last ran",
+                lambda: _parse_iso(self.last_retention.get("ran_at")) if self.last_retention else None)
+        m.gauge("auditlog_retention_last_dropped_entries", "Entries dropped by the last retention run",
+                lambda: self.last_retention.get("dropped_entries") if self.last_retention else None)
+        return self
+
+    def close(self) -> None:
+        try:
+            self.flush_key_uses()
+        except Exception:   # pragma: no cover - shutdown must go on
+            log.exception("could not record API key use at shutdown")
+        self.writer.close()
+        self.executor.shutdown(wait=True)
+
+    def _on_commit(self, n: int, seconds: float) -> None:
+        self.metrics.inc("auditlog_appended_entries_total", n)
+        self.metrics.fsync_seconds.observe(seconds)
+        self.metrics.batch_size.observe(n)
+
+    # -- writing -----------------------------------------------------------------
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def append(self, drafts: list[EntryDraft]) -> AppendResult:
+        n = len(drafts)
+        if self.pending_events + n > self.settings.max_pending_events:
+            raise Overloaded(f"write queue full ({self.pending_events} events waiting)")
+        self.pending_events += n
+        try:
+            return await self.run(self.writer.append_batch, drafts)
+        finally:
+            self.pending_events -= n
+
+    def idempotency_lock(self, key: str) -> asyncio.Lock:
+        lock = self._idem_locks.get(key)
+        if lock is None:
+            if len(self._idem_locks) > 10000:
+                self._idem_locks = {k: v for k, v in self._idem_locks.items() if v.locked()}
+            lock = self._idem_locks[key] = asyncio.Lock()
+        return lock
+
+    async def record(self, user: str, action: str, **fields) -> AppendResult:
+        """Append one of the log's own bookkeeping entries."""
+        return await self.append([EntryDraft(user, action, fields.get("target"), None,
+                                             fields.get("ip"), fields.get("user_agent"), True,
+                                             fields.get("details", {}))])
+
+    # -- API key use (at most one entry per key per interval, with a count) ----
+
+    def note_key_use(self, key: ApiKey, ip: str | None) -> None:
+        with self._key_lock:
+            rec = self._key_uses.get(key.id)
+            if rec is None:
+                self._key_uses[key.id] = [key.name, key.role, 1, time.time(), ip]
+            else:
+                rec[2] += 1
+                rec[4] = ip or rec[4]
+
+    def flush_key_uses(self) -> int:
+        with self._key_lock:
+            uses, self._key_uses = self._key_uses, {}
+        if not uses:
+            return 0
+        drafts = [EntryDraft(name, "auth.api_key_used", kid, None, ip, None, True,
+                             {"key_id": kid, "role": role, "count": count,
+                              "first_use": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first))})
+                  for kid, (name, role, count, first, ip) in sorted(uses.items())]
+        self.writer.append_batch(drafts)
+        return len(drafts)
+
+    # -- retention -----------------------------------------------------------------
+
+    def run_retention(self, as_of_us=None, dry_run=False):
+        from engine.retention import run_retention
+        report = run_retention(self.writer, as_of_us, dry_run)
+        if not dry_run:
+            self.last_retention = report.to_dict()
+        return report
+
+
+def _parse_iso(s: str | None) -> float | None:
+    if not s:
+        return None
+    from query.timeparse import parse_time
+    return parse_time(s) / 1e6

@@ -1,0 +1,285 @@
+"""Shared helpers for engine-level tests (tamper, every-byte, crash, lock suites).
+
+A plain module: ``import helpers_engine`` (``tests/conftest.py`` puts
+``tests/`` on ``sys.path``).  Everything here works on real files: a real data dir, the
+real writer, the real CLI (in-process through click's CliRunner, or as a
+subprocess of the installed console script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import msgpack
+
+from engine.datadir import DataDir, Node
+from engine.entry import EntryDraft
+from engine.frame import HEADER_SIZE, MAC_SIZE, parse_header
+from engine.segment import (SegmentData, list_segments, parse_segment_header, walk_frames,
+                            MAX_HEADER)
+from engine.settings import StoreSettings
+from engine.writer import LogWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+AUDITLOG = str(VENV_BIN / "auditlog")
+
+#: small enough that a few dozen entries fill several segments (frames <= 1 KiB)
+SMALL_SEGMENT = 4096
+
+
+def draft(i: int, **extra) -> EntryDraft:
+    """A recognisable event: details {"n": i} is the marker tests look for."""
+    return EntryDraft("alice", "config.filter_update", target=f"filter-{i}", domain="example.org",
+                      ip="192.0.2.10", details={"n": i, **extra})
+
+
+def init_dir(root: Path, node_id: str = "gw1") -> tuple[DataDir, Node]:
+    dd = DataDir(Path(root))
+    return dd, dd.init(node_id)
+
+
+def settings(segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none", **kw) -> StoreSettings:
+    return StoreSettings(segment_max_bytes=segment_max_bytes, fsync=fsync, **kw)
+
+
+def append_events(dd: DataDir, node: Node, n: int, *, per_batch: int = 1, start: int = 0,
+                  segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none") -> None:
+    """Append events ``start .. start+n-1`` (details n=i) in batches of ``per_batch``."""
+    with LogWriter(dd, node, settings(segment_max_bytes, fsync)) as w:
+        for i in range(start, start + n, per_batch):
+            w.append_batch([draft(j) for j in range(i, min(start + n, i + per_batch))])
+
+
+def build_log(root: Path, n: int = 60, *, node_id: str = "gw1", per_batch: int = 1,
+              segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none",
+              min_sealed: int = 3) -> tuple[DataDir, Node]:
+    """Init ``root`` and append ``n`` events so that there are several sealed segments."""
+    dd, node = init_dir(root, node_id)
+    append_events(dd, node, n, per_batch=per_batch, segment_max_bytes=segment_max_bytes, fsync=fsync)
+    segs = segment_paths(dd)
+    assert len(segs) - 1 >= min_sealed, f"expected >= {min_sealed} sealed segments, got {len(segs) - 1}"
+    return dd, node
+
+
+def segment_paths(dd: DataDir) -> list[Path]:
+    return list_segments(dd.segments)
+
+
+def segment_header(path: Path, node: Node | None = None):
+    with SegmentData(path) as sd:
+        return parse_segment_header(bytes(sd.data[:MAX_HEADER]), node.key if node else None)
+
+
+class FrameInfo:
+    """Where one frame sits in a segment file, and its decoded records."""
+
+    def __init__(self, offset: int, end: int, first_seq: int, count: int, records: list):
+        self.offset = offset
+        self.end = end
+        self.first_seq = first_seq
+        self.count = count
+        self.records = records
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    @property
+    def payload_offset(self) -> int:
+        return self.offset + HEADER_SIZE
+
+    @property
+    def mac_offset(self) -> int:
+        return self.end - MAC_SIZE
+
+    def __repr__(self) -> str:
+        return f"FrameInfo(@{self.offset}..{self.end}, seq {self.first_seq}..{self.last_seq})"
+
+
+def frames_of(path: Path, node: Node) -> list[FrameInfo]:
+    """The intact frames of a segment file, in order (asserts they are all intact)."""
+    hdr = segment_header(path, node)
+    out = []
+    with SegmentData(path) as sd:
+        for fr in walk_frames(sd.data, hdr.size, hdr.mac, node.key):
+            assert fr.problem is None, (path, fr.problem, fr.detail)
+            out.append(FrameInfo(fr.offset, fr.end, fr.header.first_seq, fr.header.count,
+                                 list(fr.records())))
+    return out
+
+
+def seqs_of(path: Path, node: Node) -> list[int]:
+    return [s for f in frames_of(path, node) for s in range(f.first_seq, f.last_seq + 1)]
+
+
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> int:
+    """XOR one byte of a file in place; returns the original byte."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([old ^ mask]))
+    return old
+
+
+def replace_bytes(path: Path, start: int, end: int, new: bytes) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:start] + new + data[end:])
+
+
+def read_frame_header(path: Path, offset: int):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return parse_header(f.read(HEADER_SIZE))
+
+
+def drop_derived(dd: DataDir) -> None:
+    """Remove indexes and the manifest (derived data), so nothing cached hides damage."""
+    for p in dd.segments.iterdir():
+        if not p.name.endswith(".seg"):
+            p.unlink()
+
+
+# -- the CLI --------------------------------------------------------------------
+
+def run_cli(data_dir: Path, *args: str, config: Path | None = None, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``auditlog`` console script as a real subprocess."""
+    cmd = [AUDITLOG, "--data-dir", str(data_dir)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITLOG_")}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          input=input, env=env)
+
+
+def invoke_cli(data_dir: Path, *args: str, config: Path | None = None):
+    """Run the CLI in-process (click's CliRunner, exceptions propagate)."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    pre = ["--data-dir", str(data_dir)]
+    if config is not None:
+        pre += ["--config", str(config)]
+    return CliRunner().invoke(cli, pre + list(args), catch_exceptions=False)
+
+
+def verify_json(data_dir: Path, *, subprocess_: bool = False) -> tuple[int, dict]:
+    """``auditlog --data-dir D verify --json`` -> (exit code, parsed report)."""
+    if subprocess_:
+        p = run_cli(data_dir, "verify", "--json")
+        assert p.stdout.strip(), p.stderr
+        return p.returncode, json.loads(p.stdout)
+    r = invoke_cli(data_dir, "verify", "--json")
+    return r.exit_code, json.loads(r.stdout)
+
+
+def query_json(data_dir: Path, *args: str, subprocess_: bool = False) -> tuple[int, list[dict], str]:
+    """``auditlog query --format json`` -> (exit code, entries, stderr)."""
+    if subprocess_:
+        p = run_cli(data_dir, "query", "--format", "json", *args)
+        return p.returncode, json.loads(p.stdout), p.stderr
+    r = invoke_cli(data_dir, "query", "--format", "json", *args)
+    return r.exit_code, json.loads(r.stdout), r.stderr
+
+
+def write_config(path: Path, **values) -> Path:
+    """A TOML config file with top-level settings (ints, strings)."""
+    lines = []
+    for k, v in values.items():
+        lines.append(f"{k} = {json.dumps(v) if isinstance(v, str) else v}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def kinds(report: dict) -> list[str]:
+    return [v["kind"] for v in report["violations"]]
+
+
+def violations_of(report: dict, kind: str) -> list[dict]:
+    return [v for v in report["violations"] if v["kind"] == kind]
+
+
+def covers(v: dict, seq_from: int, seq_to: int) -> bool:
+    """Does violation ``v`` cover seqs seq_from..seq_to (an open end covers everything after)?"""
+    lo = v["seq_from"]
+    hi = v["seq_to"]
+    return lo is not None and lo <= seq_from and (hi is None or hi >= seq_to)
+
+
+def records_details(entries: Iterable[dict]) -> list:
+    return [e["details"].get("n") for e in entries]
+
+
+def unpack_payload(payload: bytes):
+    return msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True)
+
+
+# -- forging with the key (what an insider holding node.key could do) ---------------
+
+def frame_spans(path: Path, start: int) -> list[tuple[int, int]]:
+    """(offset, end) of each frame from ``start``, by the length fields alone (no checks)."""
+    data = path.read_bytes()
+    spans, pos = [], start
+    while pos < len(data):
+        hdr = parse_header(data[pos: pos + HEADER_SIZE])
+        end = pos + hdr.total_size
+        spans.append((pos, end))
+        pos = end
+    return spans
+
+
+def rewrite_frame(path: Path, node: Node, offset: int, records: list, *, first_seq: int | None = None) -> None:
+    """Replace the frame at ``offset`` with one holding ``records`` (decoded records).
+
+    The header (count, checksum, first seq) and the frame MAC are recomputed with
+    the node key, as an insider would; entry signatures are left as given.  The
+    frames after it are *not* re-MAC'd: call :func:`rechain` for that.
+    """
+    from engine.frame import build_frame
+    data = path.read_bytes()
+    hdr = parse_header(data[offset: offset + HEADER_SIZE])
+    end = offset + hdr.total_size
+    prev_mac = data[offset - MAC_SIZE: offset]
+    raw = [msgpack.packb(list(r), use_bin_type=True) for r in records]
+    fs = hdr.first_seq if first_seq is None else first_seq
+    fb, _ = build_frame(raw, fs, hdr.min_ts, hdr.max_ts, node.key, prev_mac)
+    path.write_bytes(data[:offset] + fb + data[end:])
+
+
+def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
+    """Recompute, with the key, every frame MAC from ``from_segment`` on and every
+    later segment header's links, so only what the forger left alone (the
+    per-entry signatures) can still give the forgery away."""
+    from engine.segment import SegmentHeader
+    paths = segment_paths(dd)
+    i = paths.index(from_segment)
+    prev_mac = prev_sig = None
+    for p in paths[i:]:
+        data = bytearray(p.read_bytes())
+        h = segment_header(p, node)
+        if prev_mac is not None:
+            raw, h2 = SegmentHeader.build(node.key, h.node, h.first_seq, h.created_us, prev_sig, prev_mac)
+            assert len(raw) == h.size
+            data[: h.size] = raw
+            h = h2
+        mac = h.mac
+        last_sig = h.prev_sig
+        pos = h.size
+        while pos < len(data):
+            fh = parse_header(bytes(data[pos: pos + HEADER_SIZE]))
+            pend = pos + HEADER_SIZE + fh.payload_len
+            mac = node.key.mac(mac, bytes(data[pos: pos + HEADER_SIZE]), bytes(data[pos + HEADER_SIZE: pend]))
+            data[pend: pend + MAC_SIZE] = mac
+            last_sig = unpack_payload(bytes(data[pos + HEADER_SIZE: pend]))[-1][-1]
+            pos = pend + MAC_SIZE
+        p.write_bytes(bytes(data))
+        prev_mac, prev_sig = mac, last_sig
+    drop_derived(dd)
