@@ -560,7 +560,12 @@ def _seed_demo(service) -> None:
 
 @cli.group()
 def apikey() -> None:
-    """API keys for the HTTP API (stored hashed; a key is shown once)."""
+    """API keys for the HTTP API (stored hashed; a key is shown once).
+
+    \b
+    Example:
+      auditlog apikey create --role reader --name soc-dashboard
+    """
 
 
 def _key_writer_record(obj: Context, user: str, action: str, target: str, details: dict) -> None:

@@ -21,7 +21,7 @@ NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 def check_node_id(node: str) -> str:
-    if not isinstance(node, str) or not NODE_ID_RE.match(node):
+    if not isinstance(node, str) or not NODE_ID_RE.fullmatch(node):
         raise ConfigError(
             f"invalid node id {node!r}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit")
     return node

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -50,7 +51,20 @@ class _Pending:
 
 
 class WriterLock:
-    """An exclusive fcntl lock on ``<data-dir>/LOCK`` held for the writer's lifetime."""
+    """An exclusive lock on ``<data-dir>/LOCK`` held for the writer's lifetime.
+
+    On Linux it is an open-file-description lock (``F_OFD_SETLK``): unlike a
+    classic POSIX ``lockf`` lock it belongs to this one open file, so a second
+    writer in the *same* process is refused too, and closing some other
+    descriptor of the file (``is_held`` in the writer's own process, a second
+    writer's failed start) does not silently drop it.  Elsewhere ``flock``
+    gives the same semantics.
+    """
+
+    _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+    _OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", None)
+    # struct flock: l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t)
+    _FLOCK = "hhqqi"
 
     def __init__(self, path: Path):
         self.path = path
@@ -59,12 +73,16 @@ class WriterLock:
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._OFD_SETLK is not None:
+                fcntl.fcntl(fd, self._OFD_SETLK, struct.pack(self._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+            else:   # pragma: no cover - non-Linux
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise WriterLockedError(
-                f"another auditlog process is writing to {self.path.parent} "
-                "(only one writer per data dir; readers need no lock)") from None
+                f"another auditlog writer is active on {self.path.parent} (a running server or "
+                "another command holds its lock; only one writer per data dir, readers need no lock)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -74,19 +92,25 @@ class WriterLock:
             os.close(self.fd)   # closing drops the lock
             self.fd = None
 
-    @staticmethod
-    def is_held(path: Path) -> bool:
-        """True when some process holds the writer lock (tested without taking it)."""
-        import struct
+    @classmethod
+    def is_held(cls, path: Path) -> bool:
+        """True when some writer holds the lock (tested without taking it where possible)."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return False
         try:
-            # F_GETLK asks who would block a write lock, without acquiring anything.
-            flock = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
-            res = fcntl.fcntl(fd, fcntl.F_GETLK, flock)
-            return struct.unpack("hhqqi", res)[0] != fcntl.F_UNLCK
+            if cls._OFD_GETLK is not None:
+                # asks who would block a write lock, without acquiring anything; also
+                # sees a lock held through another open file of this same process
+                res = fcntl.fcntl(fd, cls._OFD_GETLK, struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+                return struct.unpack(cls._FLOCK, res)[0] != fcntl.F_UNLCK
+            try:   # pragma: no cover - non-Linux
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
         except OSError:
             return False
         finally:

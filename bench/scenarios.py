@@ -1,0 +1,672 @@
+"""Benchmark scenarios, the synthetic data they run on, and the job entry point.
+
+Every measurement runs as a *job* in a fresh interpreter
+(``python -m bench.scenarios JOB_JSON RESULT_FILE``, started by
+:mod:`bench.runner`), so the peak RSS a job reports
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that one scenario and
+one engine: ours and the SQLite baseline are always measured in separate jobs.
+
+Data: :class:`EventGenerator` makes realistic events from a seeded
+``random.Random`` (about 1000 users with a skewed activity, about 20 000 IPs,
+IPv4 and some IPv6, each user mostly seen from a few "home" addresses, the
+action taxonomy mix of a mail-security gateway, details of a few fields).
+The same seed gives the same events, batch for batch, to both engines.
+
+The read scenarios share one data set per size, built once (``fsync="none"``
+for our log and ``synchronous=OFF`` for SQLite: that is data preparation, not
+a measurement) and cached in ``/tmp/auditlog-bench-cache-<params hash>``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import itertools
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from engine.entry import EntryDraft
+
+#: Bump when the generator's output changes: it is part of the cache key.
+GEN_VERSION = 1
+SEED = 20260314
+NODE_ID = "bench-node"
+BUILD_BATCH = 1000
+N_USERS = 1000
+N_IPS = 20000
+
+#: The action mix (weights in per mille).  auth.login 40 %, auth.login_failed 15 %.
+ACTION_MIX: tuple[tuple[str, int], ...] = (
+    ("auth.login", 400), ("auth.login_failed", 150), ("auth.logout", 90),
+    ("auth.api_key_used", 60), ("auth.totp_setup", 4), ("auth.totp_reset", 2),
+    ("quarantine.release", 80), ("quarantine.discard", 50), ("quarantine.train_spam", 20),
+    ("quarantine.train_ham", 10),
+    ("config.filter_update", 20), ("config.filter_create", 8), ("config.filter_delete", 3),
+    ("config.domain_add", 3), ("config.domain_remove", 1), ("config.rbl_enable", 2),
+    ("config.rbl_disable", 1), ("config.dmarc_policy_change", 3), ("config.dkim_rotate", 2),
+    ("config.dkim_rotate_confirm", 2),
+    ("user.create", 5), ("user.update", 12), ("user.role_change", 4), ("user.password_reset", 8),
+    ("user.delete", 2),
+    ("security.rate_limit_hit", 40), ("security.brute_force_detected", 6),
+    ("security.session_hijack_detected", 1),
+    ("cluster.node_join", 1), ("backup.trigger", 3), ("licence.renew", 1), ("restore.execute", 1),
+)
+
+_FIRST = ("anna", "ben", "carla", "dev", "emma", "farid", "greta", "hugo", "ines", "jonas",
+          "kim", "lena", "mehmet", "nora", "omar", "petra", "quentin", "rosa", "sven", "tara")
+_LAST = ("adler", "berg", "costa", "dietz", "egger", "fuchs", "graf", "hahn", "iwan", "jung",
+         "keller", "lang", "meyer", "novak", "otto", "peters", "richter", "schulz", "vogel",
+         "wolf")
+_BROWSERS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:124.0) Gecko/20100101 Firefox/124.0",
+)
+_API_AGENTS = ("python-requests/2.31.0", "curl/8.5.0", "splunk-addon/3.2")
+_SUBJECTS = ("Invoice {n}", "Your parcel {n} is waiting", "Meeting notes week {n}",
+             "RE: order #{n}", "Password expiry notice", "Quarterly report Q{q}",
+             "Payment confirmation {n}", "Ihre Bestellung {n}")
+_FILTER_NEW = ("block", "quarantine", "tag", "allow")
+
+
+class EventGenerator:
+    """Deterministic synthetic events (as pre-validated ``EntryDraft`` values)."""
+
+    def __init__(self, seed: int = SEED, n_users: int = N_USERS, n_ips: int = N_IPS):
+        r = random.Random(seed)
+        self._r = r
+        users: list[str] = []
+        seen: set[str] = set()
+        n_api = max(1, n_users // 50)
+        for i in range(n_users - n_api - 1):
+            name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}"
+            while name in seen:
+                name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}{r.randrange(10, 1000)}"
+            seen.add(name)
+            users.append(name)
+        users.insert(3, "system")
+        for i in range(n_api):
+            users.insert(1 + 7 * i, f"apikey:siem-{i:02d}")
+        #: users in activity rank order (rank 0 is the busiest)
+        self.users = users
+        # Zipf-like activity (s = 0.9): a few admins and API keys do most of the work.
+        cw = list(itertools.accumulate(1.0 / (i + 1) ** 0.9 for i in range(len(users))))
+        self._user_cw = cw
+        self._user_total = cw[-1]
+
+        ips: list[str] = []
+        seen_ip: set[str] = set()
+        while len(ips) < n_ips:
+            if r.random() < 0.12:
+                a = ipaddress.IPv6Address((0x20010DB8 << 96) | (r.getrandbits(16) << 64)
+                                          | r.getrandbits(64))
+            else:
+                a = ipaddress.IPv4Address(r.randrange(0x01000000, 0xDF000000))
+            s = str(a)   # ipaddress's normal form, as ingest stores it
+            if s not in seen_ip:
+                seen_ip.add(s)
+                ips.append(s)
+        self.ips = ips
+        #: each user's "home" addresses (office, VPN, home, phone)
+        self.user_ips = [[ips[r.randrange(n_ips)] for _ in range(r.randint(1, 8))]
+                         for _ in users]
+        self._user_agent = [
+            (r.choice(_API_AGENTS) if u.startswith("apikey:") else None if u == "system"
+             else r.choice(_BROWSERS)) for u in users]
+        self.domains = [f"{r.choice(('mail', 'corp', 'shop', 'news', 'bank'))}{i}.example"
+                        for i in range(150)]
+        acw = list(itertools.accumulate(w for _, w in ACTION_MIX))
+        self._actions = [a for a, _ in ACTION_MIX]
+        self._action_cw = acw
+        self._action_total = acw[-1]
+        #: the selective query's (user, ip): a median-activity user and its first home IP
+        rank = len(users) // 2
+        self.query_user = users[rank]
+        self.query_ip = self.user_ips[rank][0]
+        self.matches = 0     # events generated so far that the selective query finds
+
+    def draft(self) -> EntryDraft:
+        r = self._r
+        rnd = r.random
+        u = bisect.bisect_left(self._user_cw, rnd() * self._user_total)
+        if u >= len(self.users):
+            u = len(self.users) - 1
+        a = self._actions[bisect.bisect_left(self._action_cw, rnd() * self._action_total)]
+        user = self.users[u]
+        homes = self.user_ips[u]
+        if a == "auth.login_failed" and rnd() < 0.6:
+            ip = self.ips[r.randrange(len(self.ips))]      # password spraying from anywhere
+        elif rnd() < 0.92:
+            ip = homes[r.randrange(len(homes))]
+        else:
+            ip = self.ips[r.randrange(len(self.ips))]
+        ua = self._user_agent[u]
+        success = True
+        target = domain = None
+        family = a.split(".", 1)[0]
+        if family == "auth":
+            if a == "auth.login_failed":
+                success = False
+                details = {"reason": ("bad_password", "unknown_user", "totp_invalid",
+                                      "locked")[r.randrange(4)]}
+            elif a == "auth.api_key_used":
+                details = {"endpoint": ("/api/v1/events", "/api/v1/export", "/api/v1/cluster")[
+                    r.randrange(3)], "key_id": f"k{u:04d}"}
+            else:
+                details = {"method": ("password", "totp", "sso")[r.randrange(3)],
+                           "session": f"{r.getrandbits(64):016x}"}
+        elif family == "quarantine":
+            domain = self.domains[r.randrange(len(self.domains))]
+            mail_id = f"{r.getrandbits(64):016X}"
+            target = mail_id
+            subj = _SUBJECTS[r.randrange(len(_SUBJECTS))].format(n=r.randrange(100000),
+                                                                  q=1 + r.randrange(4))
+            details = {"mail_id": mail_id, "recipient": f"u{r.randrange(20000)}@{domain}",
+                       "sender": f"news{r.randrange(5000)}@sender{r.randrange(400)}.example",
+                       "subject": subj}
+        elif family == "config":
+            if "domain" in a or "dkim" in a or "dmarc" in a:
+                domain = self.domains[r.randrange(len(self.domains))]
+                target = domain
+            else:
+                target = f"filter-{r.randrange(2000)}"
+            if a == "config.dkim_rotate_confirm":
+                details = {"confirms": f"{NODE_ID}:{1 + r.randrange(1_000_000)}"}
+            else:
+                details = {"new": _FILTER_NEW[r.randrange(4)], "old": _FILTER_NEW[r.randrange(4)]}
+        elif family == "user":
+            target = self.users[r.randrange(len(self.users))]
+            details = ({"new": "admin", "old": "operator"} if a == "user.role_change" else {})
+        elif family == "security":
+            details = {"attempts": 5 + r.randrange(200), "window_s": 60}
+            user = "system"
+            ua = None
+        else:
+            details = {"job": f"job-{r.randrange(10000)}"}
+        if user == self.query_user and ip == self.query_ip:
+            self.matches += 1
+        return EntryDraft(user, a, target, domain, ip, ua, success, details)
+
+    def batch(self, n: int) -> list[EntryDraft]:
+        d = self.draft
+        return [d() for _ in range(n)]
+
+
+def draft_to_event(d: EntryDraft) -> dict:
+    """The wire form of a draft (what a client would send)."""
+    return {"user": d.user, "action": d.action, "target": d.target, "domain": d.domain,
+            "ip": d.ip, "user_agent": d.user_agent, "success": d.success, "details": d.details}
+
+
+def validated(drafts: list[EntryDraft]) -> list[EntryDraft]:
+    """Run the drafts through ingest validation (as the write path would), in ≤ max_batch chunks."""
+    from ingest.event import validate_batch
+    out: list[EntryDraft] = []
+    for i in range(0, len(drafts), 5000):
+        out.extend(validate_batch([draft_to_event(d) for d in drafts[i:i + 5000]]))
+    if out != drafts:
+        raise AssertionError("bench generator produced events that ingest normalises differently")
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class Progress:
+    """A one-line progress indicator on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, total
+        self.on = on_terminal()
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.on:
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.5 and done < self.total:
+            return
+        self._last = now
+        pct = 100.0 * done / self.total if self.total else 100.0
+        sys.stderr.write(f"\r  {self.label}: {done:,}/{self.total:,} ({pct:4.1f} %, "
+                         f"{now - self.t0:5.1f} s)\x1b[K")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.on:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process, MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_anon_mb() -> float:
+    """Current anonymous (heap) resident memory, MB; mmap'd file pages excluded."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _open_log(data_dir: str):
+    from engine.datadir import DataDir
+    from engine.log import NodeLog
+    dd = DataDir(Path(data_dir))
+    node = dd.open()
+    return dd, node, NodeLog(dd, node)
+
+
+def _meta(cache_dir: str) -> dict:
+    return json.loads((Path(cache_dir) / "meta.json").read_text())
+
+
+def _batch_range(meta: dict, first_batch: int, n_batches: int, key: str) -> tuple[int, int, int]:
+    """(from_us, to_us, expected entries) for batches [first_batch, first_batch + n_batches)."""
+    ts = meta[key]
+    last = first_batch + n_batches
+    to_us = ts[last] if last < len(ts) else ts[-1] + 1
+    return ts[first_batch], to_us, n_batches * meta["batch"]
+
+
+def scan_slice(meta: dict) -> tuple[int, int]:
+    """The middle slice the ``scan`` scenario reads: (first batch, batch count)."""
+    nb = len(meta["log_batch_ts"])
+    want = max(1, min(nb // 2, 2_000_000 // meta["batch"]))
+    return (nb - want) // 2, want
+
+
+def csv_slice(meta: dict, rows: int = 200_000) -> tuple[int, int]:
+    nb = len(meta["log_batch_ts"])
+    want = max(1, min(nb, rows // meta["batch"]))
+    return (nb - want) // 2, want
+
+
+# --------------------------------------------------------------------------- data builds
+
+def job_build_log(cache_dir: str, n: int, seed: int, batch: int) -> dict:
+    """Write the shared read-scenario log (fsync="none": data preparation, not measured)."""
+    from engine.datadir import DataDir
+    from engine.settings import StoreSettings
+    from engine.writer import LogWriter
+    root = Path(cache_dir) / "log"
+    if root.exists():
+        shutil.rmtree(root)
+    dd = DataDir(root)
+    node = dd.init(NODE_ID)
+    gen = EventGenerator(seed)
+    validated(gen.batch(min(n, 5000)))    # the generator's events pass ingest validation
+    gen = EventGenerator(seed)
+    batch_ts: list[int] = []
+    prog = Progress("building our log (fsync=none)", n)
+    t0 = time.perf_counter()
+    with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            res = w.append_batch(gen.batch(k))
+            batch_ts.append(res.ts)
+            done += k
+            prog.update(done)
+    prog.done()
+    size = sum(p.stat().st_size for p in dd.segments.iterdir())
+    return {"batch_ts": batch_ts, "matches": gen.matches, "query_user": gen.query_user,
+            "query_ip": gen.query_ip, "seconds": time.perf_counter() - t0, "bytes": size}
+
+
+def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int) -> dict:
+    from bench.baseline_sqlite import SqliteBaseline
+    path = Path(cache_dir) / "baseline.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            p.unlink()
+    gen = EventGenerator(seed)
+    prog = Progress("building the SQLite baseline (synchronous=OFF)", n)
+    t0 = time.perf_counter()
+    db = SqliteBaseline(str(path), NODE_ID, _bench_key(), synchronous="OFF")
+    batch_ts: list[int] = []
+    done = 0
+    while done < n:
+        k = min(batch, n - done)
+        batch_ts.append(db.append_batch(gen.batch(k)))
+        done += k
+        prog.update(done)
+    prog.done()
+    if on_terminal():
+        sys.stderr.write("  indexing the SQLite baseline (user, ip; ANALYZE)...")
+        sys.stderr.flush()
+    db.create_query_indexes()
+    if on_terminal():
+        sys.stderr.write("\r\x1b[K")
+    db.close()
+    size = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal")
+               if Path(str(path) + s).exists())
+    return {"batch_ts": batch_ts, "matches": gen.matches, "seconds": time.perf_counter() - t0,
+            "bytes": size}
+
+
+def _bench_key():
+    """A fixed key for the SQLite baseline's chain (the cost is the same for any key)."""
+    from engine.chain import NodeKey
+    return NodeKey(bytes(range(32)))
+
+
+# --------------------------------------------------------------------------- append
+
+def _append_data(events: int, batch: int, seed: int) -> list[list[EntryDraft]]:
+    gen = EventGenerator(seed + 1)
+    drafts = validated(gen.batch(events))      # pre-validated, outside the timing
+    return [drafts[i:i + batch] for i in range(0, len(drafts), batch)]
+
+
+def job_append(events: int, batch: int, threads: int, reps: int, seed: int, workdir: str) -> dict:
+    """Durable appends (fsync="always") on a fresh data dir per run, through append_batch."""
+    from engine.datadir import DataDir
+    from engine.settings import StoreSettings
+    from engine.writer import LogWriter
+    batches = _append_data(events, batch, seed)
+    runs: list[float] = []
+    fsyncs: list[int] = []
+    for rep in range(reps):
+        d = Path(tempfile.mkdtemp(prefix="append-", dir=workdir))
+        try:
+            dd = DataDir(d / "data")
+            node = dd.init(NODE_ID)
+            w = LogWriter(dd, node, StoreSettings(fsync="always")).open()
+            commits = [0]
+
+            def on_commit(n, dt, c=commits):
+                c[0] += 1
+            w.on_commit = on_commit
+            elapsed = _drive(w.append_batch, batches, threads)
+            w.close()
+            runs.append(events / elapsed)
+            fsyncs.append(commits[0])
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return {"value": median(runs), "runs": runs, "commits": fsyncs}
+
+
+def _drive(append: Callable[[list], Any], batches: list, threads: int) -> float:
+    """Append every batch, from ``threads`` threads (round-robin split); wall seconds."""
+    if threads <= 1:
+        t0 = time.perf_counter()
+        for b in batches:
+            append(b)
+        return time.perf_counter() - t0
+    shares = [batches[i::threads] for i in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work(share):
+        barrier.wait()
+        try:
+            for b in share:
+                append(b)
+        except BaseException as e:   # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(s,)) for s in shares]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+# --------------------------------------------------------------------------- reads
+
+def job_scan(cache_dir: str, reps: int) -> dict:
+    """Verified time-range scan of the middle slice via NodeLog.scan(from_us, to_us)."""
+    meta = _meta(cache_dir)
+    first, nb = scan_slice(meta)
+    lo, hi, expected = _batch_range(meta, first, nb, "log_batch_ts")
+    _, _, log = _open_log(str(Path(cache_dir) / "log"))
+    # Open the segments once (sidecar indexes, the active segment's index), untimed.
+    for _ in log.scan(lo, lo + 1):
+        pass
+    runs, count = [], 0
+    prog = Progress("scan", reps * expected)
+    for rep in range(reps):
+        n = bad = 0
+        t0 = time.perf_counter()
+        for e in log.scan(lo, hi):
+            n += 1
+        dt = time.perf_counter() - t0
+        runs.append(n / dt)
+        count = n
+        prog.update((rep + 1) * expected)
+    prog.done()
+    for e in log.scan(lo, hi):
+        if e.integrity != "ok":
+            bad += 1
+    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
+            "violations": bad}
+
+
+def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
+    """One user + one IP over the whole log via scan_node(Filter(users=, ips=))."""
+    from query.filters import Filter
+    from query.scan import scan_node
+    meta = _meta(cache_dir)
+    flt = Filter(users=(meta["query_user"],), ips=(meta["query_ip"],))
+    root = str(Path(cache_dir) / "log")
+    cold, warm = [], []
+    count = 0
+    log = None
+    for _ in range(cold_reps):
+        _, _, log = _open_log(root)          # a fresh NodeLog: nothing cached in-process
+        t0 = time.perf_counter()
+        rows = list(scan_node(log, flt))
+        cold.append(time.perf_counter() - t0)
+        count = len(rows)
+    for _ in range(warm_reps):
+        t0 = time.perf_counter()
+        rows = list(scan_node(log, flt))
+        warm.append(time.perf_counter() - t0)
+        count = len(rows)
+    return {"cold": median(cold), "warm": median(warm), "cold_runs": cold, "warm_runs": warm,
+            "count": count, "expected": meta["matches"],
+            "violations": sum(1 for e in rows if e.integrity != "ok")}
+
+
+class _Counted:
+    def __init__(self, it: Iterator):
+        self.it, self.n = it, 0
+
+    def __iter__(self):
+        for x in self.it:
+            self.n += 1
+            yield x
+
+
+def job_csv(cache_dir: str, reps: int, rows: int) -> dict:
+    """iter_csv over scan_node of a ~200k-entry range, UTF-8 encoded into /dev/null."""
+    from export.csv import iter_csv
+    from query.filters import Filter
+    from query.scan import scan_node
+    meta = _meta(cache_dir)
+    first, nb = csv_slice(meta, rows)
+    lo, hi, expected = _batch_range(meta, first, nb, "log_batch_ts")
+    _, _, log = _open_log(str(Path(cache_dir) / "log"))
+    for _ in log.scan(lo, lo + 1):
+        pass
+    flt = Filter(from_us=lo, to_us=hi)
+    runs, count, nbytes = [], 0, 0
+    with open(os.devnull, "wb") as out:
+        for _ in range(reps):
+            src = _Counted(scan_node(log, flt))
+            nbytes = 0
+            t0 = time.perf_counter()
+            for chunk in iter_csv(src):
+                b = chunk.encode("utf-8")
+                nbytes += len(b)
+                out.write(b)
+            dt = time.perf_counter() - t0
+            runs.append(src.n / dt)
+            count = src.n
+    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
+            "bytes": nbytes}
+
+
+def job_scan_rss(cache_dir: str, which: str) -> dict:
+    """Scan a small range or the whole log, sampling heap RSS: memory must stay flat."""
+    meta = _meta(cache_dir)
+    nb = len(meta["log_batch_ts"])
+    if which == "small":
+        k = max(1, min(nb, 10_000 // meta["batch"]))
+        lo, hi, expected = _batch_range(meta, (nb - k) // 2, k, "log_batch_ts")
+    else:
+        lo, hi, expected = None, None, meta["n"]
+    base_anon = rss_anon_mb()
+    _, _, log = _open_log(str(Path(cache_dir) / "log"))
+    peak_anon = rss_anon_mb()
+    prog = Progress(f"scan_rss ({which} range)", expected)
+    n = 0
+    t0 = time.perf_counter()
+    for e in log.scan(lo, hi):
+        n += 1
+        if not n & 0xFFFF:
+            peak_anon = max(peak_anon, rss_anon_mb())
+            prog.update(n)
+    dt = time.perf_counter() - t0
+    prog.done()
+    peak_anon = max(peak_anon, rss_anon_mb())
+    return {"count": n, "seconds": dt, "peak_anon_mb": peak_anon, "base_anon_mb": base_anon}
+
+
+# --------------------------------------------------------------------------- SQLite jobs
+
+def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: int,
+                      workdir: str) -> dict:
+    from bench.baseline_sqlite import SqliteBaseline
+    batches = _append_data(events, batch, seed)
+    runs = []
+    for _ in range(reps):
+        d = Path(tempfile.mkdtemp(prefix="sqlite-append-", dir=workdir))
+        try:
+            db = SqliteBaseline(str(d / "baseline.sqlite"), NODE_ID, _bench_key(),
+                                synchronous="FULL", threadsafe=threads > 1)
+            elapsed = _drive(db.append_batch, batches, threads)
+            db.close()
+            runs.append(events / elapsed)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return {"value": median(runs), "runs": runs}
+
+
+def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
+    from bench.baseline_sqlite import SqliteBaseline
+    meta = _meta(cache_dir)
+    first, nb = scan_slice(meta)
+    lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
+    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
+                                      _bench_key())
+    runs, count = [], 0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        count = db.scan_count(lo, hi)
+        runs.append(count / (time.perf_counter() - t0))
+    # Extra, once: the same range with the per-row HMAC chain re-verified in Python.
+    t0 = time.perf_counter()
+    vcount, vbad = db.scan_verify(lo, hi)
+    verified = vcount / (time.perf_counter() - t0)
+    db.close()
+    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
+            "verified_value": verified, "verified_bad": vbad}
+
+
+def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
+    from bench.baseline_sqlite import SqliteBaseline
+    meta = _meta(cache_dir)
+    path = str(Path(cache_dir) / "baseline.sqlite")
+    cold, warm, count = [], [], 0
+    db = None
+    for _ in range(cold_reps):
+        if db is not None:
+            db.close()
+        db = SqliteBaseline.open_existing(path, NODE_ID, _bench_key())
+        t0 = time.perf_counter()
+        count = len(db.selective(meta["query_user"], meta["query_ip"]))
+        cold.append(time.perf_counter() - t0)
+    for _ in range(warm_reps):
+        t0 = time.perf_counter()
+        count = len(db.selective(meta["query_user"], meta["query_ip"]))
+        warm.append(time.perf_counter() - t0)
+    plan = db.selective_plan(meta["query_user"], meta["query_ip"])
+    db.close()
+    return {"cold": median(cold), "warm": median(warm), "count": count, "plan": plan}
+
+
+def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
+    from bench.baseline_sqlite import SqliteBaseline
+    meta = _meta(cache_dir)
+    first, nb = csv_slice(meta, rows)
+    lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
+    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
+                                      _bench_key())
+    runs, count = [], 0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        count = db.export_csv(lo, hi, os.devnull)
+        runs.append(count / (time.perf_counter() - t0))
+    db.close()
+    return {"value": median(runs), "runs": runs, "count": count}
+
+
+JOBS: dict[str, Callable[..., dict]] = {
+    "build_log": job_build_log, "build_sqlite": job_build_sqlite,
+    "append": job_append, "scan": job_scan, "selective": job_selective, "csv": job_csv,
+    "scan_rss": job_scan_rss,
+    "sqlite_append": job_sqlite_append, "sqlite_scan": job_sqlite_scan,
+    "sqlite_selective": job_sqlite_selective, "sqlite_csv": job_sqlite_csv,
+}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.scenarios '{"job": ..., "kwargs": {...}}' RESULT_FILE``."""
+    spec = json.loads(argv[0])
+    result = JOBS[spec["job"]](**spec["kwargs"])
+    result["peak_rss_mb"] = peak_rss_mb()
+    tmp = argv[1] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
