@@ -146,6 +146,10 @@ class EventGenerator:
             u = len(self.users) - 1
         a = self._actions[bisect.bisect_left(self._action_cw, rnd() * self._action_total)]
         user = self.users[u]
+        if user.startswith("apikey:"):
+            a = "auth.api_key_used"        # API keys do nothing else
+        elif a == "auth.api_key_used":
+            a = "auth.login"
         homes = self.user_ips[u]
         if a == "auth.login_failed" and rnd() < 0.6:
             ip = self.ips[r.randrange(len(self.ips))]      # password spraying from anywhere
@@ -229,11 +233,13 @@ def on_terminal() -> bool:
 
 
 class Progress:
-    """A one-line progress indicator on stderr, only when stderr is a terminal."""
+    """Progress of a long step: a line on stderr when it is a terminal, or, with
+    ``path``, "done total" written to that file for the runner to show (used when
+    two jobs run side by side)."""
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
-        self.on = on_terminal()
+    def __init__(self, label: str, total: int, path: str | None = None):
+        self.label, self.total, self.path = label, total, path
+        self.on = path is not None or on_terminal()
         self.t0 = time.perf_counter()
         self._last = 0.0
 
@@ -244,13 +250,19 @@ class Progress:
         if now - self._last < 0.5 and done < self.total:
             return
         self._last = now
+        if self.path is not None:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{done} {self.total}")
+            os.replace(tmp, self.path)
+            return
         pct = 100.0 * done / self.total if self.total else 100.0
         sys.stderr.write(f"\r  {self.label}: {done:,}/{self.total:,} ({pct:4.1f} %, "
                          f"{now - self.t0:5.1f} s)\x1b[K")
         sys.stderr.flush()
 
     def done(self) -> None:
-        if self.on:
+        if self.on and self.path is None:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
 
@@ -311,7 +323,8 @@ def csv_slice(meta: dict, rows: int = 200_000) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- data builds
 
-def job_build_log(cache_dir: str, n: int, seed: int, batch: int) -> dict:
+def job_build_log(cache_dir: str, n: int, seed: int, batch: int,
+                  progress_file: str | None = None) -> dict:
     """Write the shared read-scenario log (fsync="none": data preparation, not measured)."""
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
@@ -325,7 +338,7 @@ def job_build_log(cache_dir: str, n: int, seed: int, batch: int) -> dict:
     validated(gen.batch(min(n, 5000)))    # the generator's events pass ingest validation
     gen = EventGenerator(seed)
     batch_ts: list[int] = []
-    prog = Progress("building our log (fsync=none)", n)
+    prog = Progress("building our log (fsync=none)", n, progress_file)
     t0 = time.perf_counter()
     with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
         done = 0
@@ -341,7 +354,8 @@ def job_build_log(cache_dir: str, n: int, seed: int, batch: int) -> dict:
             "query_ip": gen.query_ip, "seconds": time.perf_counter() - t0, "bytes": size}
 
 
-def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int) -> dict:
+def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int,
+                     progress_file: str | None = None) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
     path = Path(cache_dir) / "baseline.sqlite"
     for suffix in ("", "-wal", "-shm"):
@@ -349,7 +363,7 @@ def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int) -> dict:
         if p.exists():
             p.unlink()
     gen = EventGenerator(seed)
-    prog = Progress("building the SQLite baseline (synchronous=OFF)", n)
+    prog = Progress("building the SQLite baseline (synchronous=OFF)", n, progress_file)
     t0 = time.perf_counter()
     db = SqliteBaseline(str(path), NODE_ID, _bench_key(), synchronous="OFF")
     batch_ts: list[int] = []
@@ -360,12 +374,7 @@ def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int) -> dict:
         done += k
         prog.update(done)
     prog.done()
-    if on_terminal():
-        sys.stderr.write("  indexing the SQLite baseline (user, ip; ANALYZE)...")
-        sys.stderr.flush()
     db.create_query_indexes()
-    if on_terminal():
-        sys.stderr.write("\r\x1b[K")
     db.close()
     size = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal")
                if Path(str(path) + s).exists())
@@ -458,10 +467,10 @@ def job_scan(cache_dir: str, reps: int) -> dict:
     # Open the segments once (sidecar indexes, the active segment's index), untimed.
     for _ in log.scan(lo, lo + 1):
         pass
-    runs, count = [], 0
+    runs, count, bad = [], 0, 0
     prog = Progress("scan", reps * expected)
     for rep in range(reps):
-        n = bad = 0
+        n = 0
         t0 = time.perf_counter()
         for e in log.scan(lo, hi):
             n += 1
@@ -498,9 +507,22 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
         rows = list(scan_node(log, flt))
         warm.append(time.perf_counter() - t0)
         count = len(rows)
+    # What the term index made the scan read (untimed): frames decoded vs all frames.
+    terms = flt.index_terms()
+    frames = decoded = total = 0
+    for info in log.segment_infos():
+        idx = info.index
+        if idx is None:
+            continue
+        total += len(idx.frames)
+        hits = idx.frames_matching(terms)
+        for o in (range(len(idx.frames)) if hits is None else hits):
+            frames += 1
+            decoded += idx.frames[o].count
     return {"cold": median(cold), "warm": median(warm), "cold_runs": cold, "warm_runs": warm,
             "count": count, "expected": meta["matches"],
-            "violations": sum(1 for e in rows if e.integrity != "ok")}
+            "violations": sum(1 for e in rows if e.integrity != "ok"),
+            "frames_read": frames, "frames_total": total, "entries_decoded": decoded}
 
 
 class _Counted:
@@ -553,7 +575,9 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
         lo, hi, expected = None, None, meta["n"]
     base_anon = rss_anon_mb()
     _, _, log = _open_log(str(Path(cache_dir) / "log"))
-    peak_anon = rss_anon_mb()
+    log.segment_infos()          # what opening the log costs in memory (indexes)
+    open_anon = rss_anon_mb()
+    peak_anon = open_anon
     prog = Progress(f"scan_rss ({which} range)", expected)
     n = 0
     t0 = time.perf_counter()
@@ -565,7 +589,8 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
     dt = time.perf_counter() - t0
     prog.done()
     peak_anon = max(peak_anon, rss_anon_mb())
-    return {"count": n, "seconds": dt, "peak_anon_mb": peak_anon, "base_anon_mb": base_anon}
+    return {"count": n, "seconds": dt, "peak_anon_mb": peak_anon, "base_anon_mb": base_anon,
+            "index_anon_mb": open_anon - base_anon}
 
 
 # --------------------------------------------------------------------------- SQLite jobs

@@ -92,6 +92,66 @@ _OPEN_TABLES = {"cluster", "syslog", "server"}
 
 
 @dataclass(frozen=True)
+class PeerEntry:
+    node: str
+    url: str
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: the peer listener (mTLS) and the configured peers."""
+
+    listen: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    peer_timeout: float = 2.0
+    checkpoint_interval: float = 60.0
+    peers: tuple[PeerEntry, ...] = ()
+
+
+_CLUSTER_KEYS = {"listen", "ca", "cert", "key", "peer_timeout", "checkpoint_interval", "peers"}
+
+
+def parse_cluster(table: Any, base: Path) -> ClusterConfig:
+    """Check ``[cluster]``; relative file paths are taken relative to the config file."""
+    from engine.datadir import check_node_id
+    if not isinstance(table, dict):
+        raise ConfigError("[cluster] must be a table")
+    unknown = set(table) - _CLUSTER_KEYS
+    if unknown:
+        raise ConfigError(f"[cluster]: unknown setting(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(_CLUSTER_KEYS))})")
+    files = {}
+    for k in ("ca", "cert", "key"):
+        if k in table:
+            files[k] = str((base / _str(table[k], f"cluster.{k}")).resolve())
+    peers = []
+    raw_peers = table.get("peers", [])
+    if not isinstance(raw_peers, list):
+        raise ConfigError("[[cluster.peers]] must be an array of tables with node and url")
+    for i, p in enumerate(raw_peers):
+        if not isinstance(p, dict) or set(p) != {"node", "url"}:
+            raise ConfigError(f"[[cluster.peers]] #{i + 1} must have exactly node and url")
+        check_node_id(p["node"])
+        url = _str(p["url"], f"cluster.peers[{i}].url")
+        if not url.startswith("https://"):
+            raise ConfigError(f"[[cluster.peers]] {p['node']}: url must be https://HOST:PORT (mutual TLS), got {url!r}")
+        peers.append(PeerEntry(p["node"], url))
+    if len({p.node for p in peers}) != len(peers):
+        raise ConfigError("[[cluster.peers]]: a node is listed twice")
+    cfg = ClusterConfig(
+        listen=_str(table["listen"], "cluster.listen") if "listen" in table else None,
+        ca=files.get("ca"), cert=files.get("cert"), key=files.get("key"),
+        peer_timeout=parse_duration(table.get("peer_timeout", 2.0), "cluster.peer_timeout"),
+        checkpoint_interval=parse_duration(table.get("checkpoint_interval", 60.0), "cluster.checkpoint_interval"),
+        peers=tuple(peers))
+    if (cfg.listen or cfg.peers) and not (cfg.ca and cfg.cert and cfg.key):
+        raise ConfigError("[cluster] needs ca, cert and key (see auditlog cluster ca-init / issue-cert)")
+    return cfg
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str | None = None
     retention_days: int | None = 365
@@ -101,6 +161,8 @@ class Config:
     server_listen: str = "127.0.0.1:8080"
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    cluster: "ClusterConfig | None" = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(segment_max_bytes=self.segment_max_bytes,
@@ -131,6 +193,9 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "cluster":
+            values["cluster"] = parse_cluster(value, p.parent)
+            continue
         if isinstance(value, dict) and key in _OPEN_TABLES:
             for sub, subv in value.items():
                 s = _BY_NAME.get(f"{key}.{sub}")
@@ -153,4 +218,5 @@ def load_config(path: str | Path | None) -> Config:
         segment_max_age=values.get("segment_max_age", 86400.0),
         fsync=values.get("fsync", "always"),
         server_listen=values.get("server.listen", "127.0.0.1:8080"),
+        cluster=values.get("cluster"),
         source=str(p), raw=data)

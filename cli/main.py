@@ -46,8 +46,10 @@ class Context:
         return self.data_dir.open()
 
     def writer(self):
+        """The node's writer, not yet opened: ``with obj.writer() as w`` takes the lock
+        (opening it here as well took the lock twice, which the writer refuses)."""
         from engine.writer import LogWriter
-        return LogWriter(self.data_dir, self.node(), self.config.store_settings()).open()
+        return LogWriter(self.data_dir, self.node(), self.config.store_settings())
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -417,7 +419,7 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
         settings = dataclasses.replace(settings, retention_days=parse_retention(retention_days, "--retention-days"))
     as_of_us = parse_time(as_of) if as_of else None
     from engine.writer import LogWriter
-    with LogWriter(obj.data_dir, obj.node(), settings).open() as w:
+    with LogWriter(obj.data_dir, obj.node(), settings) as w:
         report = run_retention(w, as_of_us, dry_run)
     days = "forever" if report.retention_days is None else f"{report.retention_days} days"
     verb = "would drop" if dry_run else "dropped"
@@ -646,6 +648,47 @@ def apikey_revoke(obj: Context, key_id: str) -> None:
     rec = KeyStore(obj.data_dir.state).revoke(key_id)
     _key_writer_record(obj, "cli", "audit.api_key_revoke", rec.name, {"key_id": rec.id, "role": rec.role})
     click.echo(f"revoked key {rec.id} ({rec.name})")
+
+
+# -- cluster ------------------------------------------------------------------------
+
+@cli.group()
+def cluster() -> None:
+    """Cluster PKI: a private CA and node certificates for the mTLS peer listener."""
+
+
+@cluster.command("ca-init")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for ca.pem and ca.key.")
+@handle_errors
+def cluster_ca_init(out: str) -> None:
+    """Create the cluster CA (ca.pem, ca.key with mode 0600); refuses to overwrite.
+
+    \b
+    Example:
+      auditlog cluster ca-init --out /etc/auditlog/ca
+    """
+    from query.pki import ca_init
+    cert, key = ca_init(Path(out))
+    click.echo(f"wrote {cert} and {key} (keep ca.key offline; it signs node certificates)")
+
+
+@cluster.command("issue-cert")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False), help="Directory of the cluster CA.")
+@click.option("--node", required=True, help="Node id the certificate is for.")
+@click.option("--san", multiple=True, metavar="HOST_OR_IP",
+              help="Host name or IP peers use to reach this node (repeatable; default 127.0.0.1 and localhost).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for NODE.pem and NODE.key.")
+@handle_errors
+def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str) -> None:
+    """Issue a node certificate (NODE.pem, NODE.key with mode 0600) from the cluster CA.
+
+    \b
+    Example:
+      auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net --out /etc/auditlog/tls
+    """
+    from query.pki import issue_cert
+    cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out))
+    click.echo(f"wrote {cert} and {key} for node {node}")
 
 
 # -- bench --------------------------------------------------------------------------

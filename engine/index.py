@@ -100,6 +100,10 @@ class SegmentIndex:
                 r = d.get("recipient") if isinstance(d, dict) else None
                 if isinstance(r, str):
                     _note(tr, r, ordinal)
+                elif isinstance(r, (list, tuple)):   # a multi-recipient mail (query.filters agrees)
+                    for v in r:
+                        if isinstance(v, str):
+                            _note(tr, v, ordinal)
 
     def add_damaged(self, row: FrameRow, kind: str, detail: str, seq_from: int, seq_to: int | None) -> None:
         self.damaged[len(self.frames)] = [kind, detail, seq_from, seq_to]
@@ -149,7 +153,7 @@ class SegmentIndex:
             return None
         try:
             d = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            if d.get("v") != INDEX_VERSION:
+            if not isinstance(d, dict) or d.get("v") != INDEX_VERSION:
                 return None
             idx = cls(d["name"], d["header_mac"], d["size"], last_sig=d["last_sig"],
                       last_mac=d["last_mac"])
@@ -222,7 +226,7 @@ def load_manifest(seg_dir: Path, key: NodeKey) -> dict[str, ManifestRow]:
         return {}
     try:
         d = msgpack.unpackb(raw[:-_MAC], raw=False)
-        if d.get("v") != INDEX_VERSION:
+        if not isinstance(d, dict) or d.get("v") != INDEX_VERSION:
             return {}
         return {r[0]: ManifestRow(*r) for r in d["segments"]}
     except (ValueError, KeyError, TypeError, msgpack.UnpackException):

@@ -119,10 +119,20 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
         expected_seq = (idx.last_seq + 1) if idx.frames else header.first_seq
         last_ts = idx.max_ts if idx.frames else header.created_us
         tail = None
+        stretch: list | None = None   # an open-ended damaged stretch (not a frame at all)
+
+        def close_stretch(next_first: int) -> None:
+            # the stretch held what lies between the frames around it
+            if stretch is not None and next_first - 1 >= stretch[2]:
+                stretch[3] = next_first - 1
+
         for fr in walk_frames(data, start, prev_mac, key, size):
             if fr.problem == "truncated":
                 tail = (fr.offset, fr.detail)
                 break
+            if fr.header is not None:
+                close_stretch(fr.header.first_seq)
+                stretch = None
             if fr.problem is None:
                 try:
                     recs = _unpack(fr.payload)
@@ -142,18 +152,41 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
                 fr.problem, fr.detail = "undecodable", f"frame at offset {fr.offset} does not decode"
             h = fr.header
             if h is not None:
-                row = FrameRow(fr.offset, h.first_seq, h.count, min(h.min_ts, last_ts), max(h.max_ts, last_ts))
-                seq_to = h.first_seq + h.count - 1
+                first, count = h.first_seq, h.count
+                if fr.problem == "mac_mismatch":
+                    # the payload still matches the checksum in the header, so the header
+                    # (which only the MAC covers) is the suspect: the records say which
+                    # seqs the damage concerns
+                    first, count = _record_seq_range(fr.payload) or (first, count)
+                row = FrameRow(fr.offset, first, count, min(h.min_ts, last_ts), max(h.max_ts, last_ts))
+                seq_to = first + count - 1
                 idx.last_mac = fr.mac or idx.last_mac
-                expected_seq = h.first_seq + h.count
+                expected_seq = first + count
             else:
                 row = FrameRow(fr.offset, expected_seq, 0, last_ts, last_ts)
                 seq_to = None
             idx.add_damaged(row, fr.problem, fr.detail, row.first_seq, seq_to)
+            if h is None:
+                stretch = idx.damaged[len(idx.frames) - 1]
             idx.size = fr.end
             # signatures of what follows cannot be chained from a damaged frame
             idx.last_sig = b""
         return SegmentInfo(path, header, idx, problem, tail)
+
+
+def _record_seq_range(payload: bytes) -> tuple[int, int] | None:
+    """(first seq, count) the records of a payload carry, if they decode and are contiguous."""
+    try:
+        recs = _unpack(payload)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if not (isinstance(recs, tuple) and recs and all(
+            isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)):
+        return None
+    first = recs[0][0]
+    if first < 1 or any(r[0] != first + i for i, r in enumerate(recs)):
+        return None
+    return first, len(recs)
 
 
 class NodeLog:
@@ -247,6 +280,8 @@ class NodeLog:
         """Findings about the sequence of segments: gaps, overlaps, broken links, head anchor."""
         problems: list[Problem] = []
         prev: SegmentInfo | None = None
+        #: findings about segments whose header cannot be read, since ``prev``
+        unreadable: list[Problem] = []
         for info in infos:
             if info.problem is not None:
                 p = info.problem
@@ -256,9 +291,24 @@ class NodeLog:
                     prev.index.max_ts if prev and prev.index and prev.index.frames else 0) or 0
                 problems.append(p)
             if info.header is None:
+                if info.problem is not None:
+                    unreadable.append(info.problem)
                 continue
             h = info.header
-            if prev is None:
+            # An unreadable segment whose name says it starts where the next readable
+            # one's predecessor ends holds the seqs in between: name that range on it
+            # instead of also calling those seqs missing.
+            gap_from = 1 if prev is None else prev.last_seq + 1
+            accounted = False
+            if unreadable and h.first_seq > gap_from:
+                for p in unreadable:
+                    if p.seq_to is None:
+                        p.seq_to = h.first_seq - 1
+                accounted = unreadable[0].seq_from == gap_from
+            unreadable = []
+            if accounted:
+                pass
+            elif prev is None:
                 if h.first_seq != 1 and not self._anchored(infos, h):
                     problems.append(Problem(
                         "segment_missing", 1, h.first_seq - 1, info.name,
@@ -414,8 +464,10 @@ class NodeLog:
         try:
             hdr = parse_header(hbytes)
         except FrameError as e:
+            rng = (f"seq {row.first_seq}..{row.first_seq + row.count - 1}" if row.count
+                   else f"from seq {row.first_seq}")
             return [Entry.marker(node, row.first_seq, row.min_ts,
-                                 f"{e.kind}: from seq {row.first_seq} in {info.name}: {e.detail}")]
+                                 f"{e.kind}: {rng} in {info.name}: {e.detail}")]
         end = off + HEADER_SIZE + hdr.payload_len
         payload = data[off + HEADER_SIZE: end]
         mac = data[end: end + MAC_SIZE]
@@ -425,6 +477,11 @@ class NodeLog:
             problem = "truncated"
         else:
             problem = check_frame(hbytes, hdr, payload, mac, self.key, prev_mac)
+            if problem == "mac_mismatch" and o > 0:
+                # were only the previous frame's MAC bytes altered? (see walk_frames)
+                alt = self._content_mac(data, info.index.frames[o - 1].offset)
+                if alt is not None and check_frame(hbytes, hdr, payload, mac, self.key, alt) is None:
+                    problem = None
         try:
             recs = _unpack(payload)
             if not (isinstance(recs, tuple) and all(isinstance(r, tuple) and len(r) == 11 for r in recs)):
@@ -452,6 +509,15 @@ class NodeLog:
         if out and not any("own signature" not in (e.violation or "") for e in out):
             pass  # the header or MAC was altered: every entry stays flagged
         return out
+
+    def _content_mac(self, data, off: int) -> bytes | None:
+        """The MAC the frame at ``off`` should carry, computed from its content."""
+        try:
+            hdr = parse_header(data[off: off + HEADER_SIZE])
+        except FrameError:
+            return None
+        end = off + HEADER_SIZE + hdr.payload_len
+        return self.key.mac(data[off - MAC_SIZE: off], data[off: off + HEADER_SIZE], data[off + HEADER_SIZE: end])
 
     def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
         try:

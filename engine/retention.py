@@ -46,13 +46,18 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
     report = RetentionReport(format_ts(now_us()), format_ts(as_of), days, dry_run)
     if days is not None:
         cutoff = as_of - days * DAY_US
-        if not dry_run and writer._active.index.frames and (
-                writer._active.index.max_ts < cutoff or writer.active_age() >= writer.settings.segment_max_age):
-            writer.roll()   # a quiet node's only segment must become droppable too
+        active = writer._active.index
+        # a quiet node's active segment must become droppable too: it is sealed
+        # (rolled) first; a dry run reports what that roll would make droppable
+        would_roll = bool(active.frames) and (
+            active.max_ts < cutoff or writer.active_age() >= writer.settings.segment_max_age)
+        if would_roll and not dry_run:
+            writer.roll()
         infos = writer.log.segment_infos()
         structural = {p.segment for p in writer.log.structure_problems(infos)}
         victims = []
-        for info in infos[:-1]:   # never the active segment
+        candidates = infos if (would_roll and dry_run) else infos[:-1]   # never the active segment
+        for info in candidates:
             idx = info.index
             if (info.header is None or info.problem or idx is None or idx.damaged or info.tail
                     or info.name in structural):

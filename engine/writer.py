@@ -22,10 +22,11 @@ from engine.datadir import DataDir, Node, fsync_dir
 from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
-from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row, save_manifest,
-                          write_atomic)
+from engine.index import (INDEX_SUFFIX, FrameRow, SegmentIndex, index_path, manifest_row,
+                          save_manifest, write_atomic)
 from engine.log import NodeLog, SegmentInfo, index_segment
-from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
+from engine.segment import (SEGMENT_SUFFIX, SegmentHeader, list_segments, segment_name,
+                            seq_from_name)
 from engine.settings import StoreSettings
 
 
@@ -145,6 +146,8 @@ class LogWriter:
         self._last_sync = 0.0
         self._dirty = False
         self.recovery: dict | None = None
+        #: set when a failed write could not even be cut back: no more appends
+        self._failed: str | None = None
         #: observers: called with (batch_size, fsync_seconds) after each commit
         self.on_commit = None
 
@@ -210,27 +213,21 @@ class LogWriter:
                                  base.last_mac if base else GENESIS)
             return
         idx = info.index
-        cut_at = None
-        if info.tail is not None:
-            cut_at = info.tail[0]
-        damaged = sorted(idx.damaged)
-        if damaged:
-            first_bad = damaged[0]
-            if all(d in idx.damaged for d in range(first_bad, len(idx.frames))):
-                # nothing intact after the damage: a torn tail, cut it off
-                cut_at = idx.frames[first_bad].offset
-                del idx.frames[first_bad:]
-                del idx._max_ts[first_bad:]
-                for d in damaged:
-                    idx.damaged.pop(d)
-                idx.size = cut_at
-                if idx.frames:
-                    idx.last_mac = _frame_mac_at(active, idx.frames[-1].offset)
-                    idx.last_sig = _last_sig_of_frame(active, idx.frames[-1].offset)
-                else:
-                    idx.last_mac, idx.last_sig = b"", b""
-        self.last_ts = idx.max_ts if idx.frames else 0
-        self.last_ts = max(self.last_ts or 0, 0)
+        # The torn tail is what a crash mid-write can leave: a last frame cut short
+        # (``info.tail``) or, after it, bytes that are not a frame at all (garbage,
+        # zeros).  A *whole* frame that fails its checksum, MAC or decoding is
+        # damage, wherever it sits: it is kept and never cut (it may hold
+        # acknowledged entries), and its seqs are never reused.
+        cut_at = info.tail[0] if info.tail is not None else None
+        last = len(idx.frames) - 1
+        if last >= 0 and last in idx.damaged and idx.frames[last].count == 0:
+            cut_at = idx.frames[last].offset
+            idx.damaged.pop(last)
+            del idx.frames[last:]
+            del idx._max_ts[last:]
+            idx.size = cut_at
+            idx.last_mac, idx.last_sig = _tail_links(active, idx)
+        recovery: dict = {}
         if cut_at is not None:
             size = active.stat().st_size
             with open(active, "r+b") as f:
@@ -238,18 +235,26 @@ class LogWriter:
                 f.flush()
                 os.fsync(f.fileno())
             info.tail = None
-            self.recovery = {"reason": "torn tail cut back to the last whole frame",
-                             "segment": active.name, "cut_offset": cut_at, "cut_bytes": size - cut_at}
+            recovery = {"reason": "torn tail cut back to the last whole frame",
+                        "segment": active.name, "cut_offset": cut_at, "cut_bytes": size - cut_at}
+        self.last_ts = _last_intact_ts(idx)
+        if self.last_ts is None:   # nothing intact here yet: the previous segment's end
+            prev_infos = [i for i in self.log.segment_infos()[:-1] if i.index is not None]
+            self.last_ts = _last_intact_ts(prev_infos[-1].index) if prev_infos else None
+        self.last_ts = self.last_ts or 0
         self.next_seq = info.last_seq + 1 if idx.frames else info.header.first_seq
         self.last_sig = info.last_sig or GENESIS
         self.last_mac = info.last_mac
         if idx.damaged:
-            self.recovery = {"reason": "active segment damaged in the middle; kept as is, "
-                                       "continued in a new segment",
-                             "segment": active.name,
-                             "damaged": [[v[0], v[2], v[3]] for v in idx.damaged.values()]}
+            reason = "active segment damaged; kept as is, continued in a new segment"
+            if recovery:
+                reason = recovery["reason"] + "; " + reason
+            recovery.update({"reason": reason, "segment": active.name,
+                             "damaged": [[v[0], v[2], v[3]] for v in idx.damaged.values()]})
+            self.recovery = recovery
             self._create_segment(self.next_seq, self.last_sig, self.last_mac)
             return
+        self.recovery = recovery or None
         self._set_active(info)
 
     # -- segments --------------------------------------------------------------
@@ -330,6 +335,8 @@ class LogWriter:
         with self._cv:
             if self._closed:
                 raise EngineError("the writer is closed")
+            if self._failed:
+                raise WriteFailedError(self._failed)
             self._queue.append(req)
             while not req.done:
                 if not self._committing:
@@ -422,26 +429,28 @@ class LogWriter:
             records, terms, rsize = [], [], 0
 
         prev_of_first = [prev]
-        for d in all_drafts:
-            if d.details:
-                # canonical form: map keys sorted (validated drafts already are)
-                d = d._replace(details=sort_details(d.details))
-            canon = canonical_bytes(node, seq, ts, d)
-            sig = sign(prev, canon)
-            rec = record_from_canonical(nlen, canon, sig)
-            if records and rsize + len(rec) > frame_max:
-                emit_frame()
-                prev_of_first[0] = prev
-            records.append(rec)
-            terms.append((seq, ts, *d))
-            rsize += len(rec)
-            prev = sig
-            seq += 1
-        emit_frame()
-        pending_files.append((cur_info, cur_bufs, cur_rows))
         try:
+            for d in all_drafts:
+                if d.details:
+                    # canonical form: map keys sorted (validated drafts already are)
+                    d = d._replace(details=sort_details(d.details))
+                canon = canonical_bytes(node, seq, ts, d)
+                sig = sign(prev, canon)
+                rec = record_from_canonical(nlen, canon, sig)
+                if records and rsize + len(rec) > frame_max:
+                    emit_frame()   # may write earlier frames and roll to a new segment
+                    prev_of_first[0] = prev
+                records.append(rec)
+                terms.append((seq, ts, *d))
+                rsize += len(rec)
+                prev = sig
+                seq += 1
+            emit_frame()
+            pending_files.append((cur_info, cur_bufs, cur_rows))
             self._write_pending(pending_files, last=True)
-        except OSError:
+        except BaseException:
+            # whatever failed (a write, an fsync, creating the next segment), nothing
+            # of this batch may stay behind: it was never acknowledged
             self._rollback(snap, created)
             raise
         self.next_seq, self.last_sig, self.last_mac, self.last_ts = seq, prev, last_mac, ts
@@ -487,19 +496,34 @@ class LogWriter:
                 self.on_commit(sum(r[0].count for r in rows), dt)
 
     def _rollback(self, snap, created) -> None:
+        """Undo a failed commit: drop the segments it created, cut the active file
+        back to its last good frame.  If even that fails the writer refuses further
+        appends (the next open recovers the file)."""
         next_seq, last_sig, last_mac, active, size, nframes = snap
-        for info in created:
-            try:
-                os.unlink(info.path)
-            except OSError:
-                pass
-        if created:
-            self._set_active(active)
+        seg_dir = self.data_dir.segments
         try:
+            # every segment after the snapshot's active one was created by this commit
+            # (also one whose creation failed half-way, not yet in ``created``)
+            rolled = False
+            for n in sorted(os.listdir(seg_dir)):
+                if n > active.path.name and n.endswith((SEGMENT_SUFFIX, INDEX_SUFFIX, ".tmp")):
+                    os.unlink(seg_dir / n)
+                    rolled = True
+            if rolled or created or self._active is not active:
+                # a roll sealed ``active`` (its index written) before the failure:
+                # that index describes frames that are being removed now
+                try:
+                    os.unlink(index_path(active.path))
+                except FileNotFoundError:
+                    pass
+                fsync_dir(seg_dir)
+            if self._active is not active:
+                self._set_active(active)
             os.ftruncate(self._fd, size)
             os.fsync(self._fd)
-        except OSError:
-            pass
+        except OSError as e:
+            self._failed = (f"the log could not be cut back after a failed write ({e.strerror or e}); "
+                            "restart the writer to recover the segment")
         idx = active.index
         if len(idx.frames) > nframes:
             idx.last_mac, idx.last_sig = last_mac, last_sig
@@ -508,6 +532,20 @@ class LogWriter:
         idx.size = size
         self._active_size = size
         self.next_seq, self.last_sig, self.last_mac = next_seq, last_sig, last_mac
+
+
+def _tail_links(path: Path, idx: SegmentIndex) -> tuple[bytes, bytes]:
+    """(last frame MAC, last entry signature) of a segment whose index was cut back."""
+    if not idx.frames:
+        return b"", b""
+    off = idx.frames[-1].offset
+    sig = b"" if (len(idx.frames) - 1) in idx.damaged else _last_sig_of_frame(path, off)
+    return _frame_mac_at(path, off), sig
+
+
+def _last_intact_ts(idx: SegmentIndex) -> int | None:
+    """Largest ts of the frames that verified (a damaged header's ts is not trusted)."""
+    return max((r.max_ts for i, r in enumerate(idx.frames) if i not in idx.damaged), default=None)
 
 
 def _frame_mac_at(path: Path, offset: int) -> bytes:

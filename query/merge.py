@@ -1,16 +1,79 @@
-"""k-way merge of per-node ordered streams by (ts, node, seq)."""
+"""k-way merge of per-node ordered streams by (ts, node, seq).
+
+Each node's stream is already ordered (a node's timestamps never go back), so
+the merge keeps one head per node in a heap.  Sources are pulled in batches;
+a source that fails (a peer lost mid-stream) stops contributing and says why
+in its status, and the merge carries on with the others.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from typing import Iterable, Iterator
+from collections import deque
+from typing import AsyncIterator, Iterable, Iterator
 
 from engine.entry import Entry
 
 
 def merge_streams(streams: Iterable[Iterator[Entry]], order: str = "asc") -> Iterator[Entry]:
-    """Merge streams each already ordered by (ts, seq) within one node."""
+    """Merge synchronous streams each already ordered by (ts, seq) within one node."""
     streams = list(streams)
     if len(streams) == 1:
         return iter(streams[0])
     return heapq.merge(*streams, key=lambda e: (e.ts, e.node, e.seq), reverse=(order == "desc"))
+
+
+def _desc_node(node: str) -> tuple:
+    # orders node ids backwards inside a min-heap ("ab" before "a" before "")
+    return tuple(-ord(c) for c in node) + (1,)
+
+
+class Source:
+    """One node's ordered stream, pulled batch by batch."""
+
+    node: str
+
+    def __init__(self, node: str):
+        self.node = node
+        self.status: dict = {"status": "ok"}
+        self.consumed = 0
+
+    async def next_batch(self) -> list[Entry] | None:   # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fail(self, reason: str) -> None:
+        self.status = {"status": "unreachable", "error": reason}
+
+    async def close(self) -> None:
+        pass
+
+
+async def merge_sources(sources: list[Source], order: str = "asc") -> AsyncIterator[Entry]:
+    desc = order == "desc"
+    if desc:
+        def key(e: Entry):
+            return (-e.ts, _desc_node(e.node), -e.seq)
+    else:
+        def key(e: Entry):
+            return (e.ts, e.node, e.seq)
+    bufs: list[deque] = [deque() for _ in sources]
+    heap: list = []
+
+    async def refill(i: int) -> None:
+        batch = await sources[i].next_batch()
+        if batch:
+            bufs[i].extend(batch)
+            heapq.heappush(heap, (key(bufs[i][0]), i))
+
+    await asyncio.gather(*(refill(i) for i in range(len(sources))))
+    while heap:
+        _, i = heapq.heappop(heap)
+        buf = bufs[i]
+        e = buf.popleft()
+        sources[i].consumed += 1
+        yield e
+        if buf:
+            heapq.heappush(heap, (key(buf[0]), i))
+        else:
+            await refill(i)

@@ -9,6 +9,7 @@ subprocess of the installed console script).
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -283,3 +284,37 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
         p.write_bytes(bytes(data))
         prev_mac, prev_sig = mac, last_sig
     drop_derived(dd)
+
+
+# -- what a read returned -----------------------------------------------------------
+
+_MARKER_RANGE = re.compile(r"seq (\d+)\.\.(\d+)|from seq (\d+)")
+MARKER_ACTION = "audit.integrity_violation"
+
+
+def read_coverage(entries: list[dict], last_seq: int) -> tuple[dict[int, dict], set[int]]:
+    """Split what a read returned into intact entries (by seq) and flagged seqs.
+
+    A damaged entry flags its own seq; a marker entry flags the range its
+    ``violation`` text names (``seq A..B``, or ``from seq A`` up to ``last_seq``).
+    """
+    ok: dict[int, dict] = {}
+    flagged: set[int] = set()
+    for e in entries:
+        if e["integrity"] == "ok":
+            assert "violation" not in e, e
+            ok[e["seq"]] = e
+            continue
+        assert e["integrity"] == "violation", e
+        assert e.get("violation"), e
+        if e["action"] == MARKER_ACTION:
+            m = _MARKER_RANGE.search(e["violation"])
+            assert m, e["violation"]
+            if m.group(1):
+                flagged.update(range(int(m.group(1)), int(m.group(2)) + 1))
+            else:
+                flagged.update(range(int(m.group(3)), last_seq + 1))
+            assert e["seq"] == int(m.group(1) or m.group(3)), e
+        else:
+            flagged.add(e["seq"])
+    return ok, flagged

@@ -1,0 +1,615 @@
+"""``auditlog bench``: run the scenarios, print the table, write the JSON.
+
+Each measurement runs in a fresh interpreter (see :mod:`bench.scenarios`), ours
+and the SQLite baseline's in separate ones, so every peak RSS belongs to one
+scenario of one engine.  Values are medians over several repetitions: the
+machines this runs on are shared and noisy.
+
+JSON (``--json FILE``)::
+
+    {"results": [{"name", "value", "unit", "baseline", "ratio", "params",
+                  "peak_rss_mb", "target", "status"}],
+     "machine": {...}, "quick": bool, "errors": [...]}
+
+``ratio`` is oriented so that > 1 always means "better than SQLite":
+value / baseline for throughputs, baseline / value for durations and sizes.
+A missed target prints MISS; it never fails the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import AuditLogError
+
+from bench import scenarios as sc
+from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
+
+SCENARIOS = ("append", "scan", "selective_query", "csv_export", "scan_rss")
+#: result names that select their scenario in ``--only``
+_ALIASES = {"append_4threads": "append", "selective_query_cold": "selective_query",
+            "csv": "csv_export", "selective": "selective_query"}
+_ROOT = Path(__file__).resolve().parents[1]
+#: each data-set segment mmap is at most this big; a scan maps one segment at a time
+_SEGMENT_MB = 64
+
+
+class BenchError(AuditLogError):
+    """A usage problem with ``auditlog bench`` (exit 2, one line)."""
+
+
+class JobFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run (``--quick`` and the full run differ only here)."""
+
+    n: int                      # events in the shared read data set
+    append_events: int          # events per append run
+    append_reps: int
+    reps: int                   # repetitions of the read scenarios
+    cold_reps: int
+    warm_reps: int
+    csv_rows: int
+    batch: int = sc.BUILD_BATCH
+    seed: int = sc.SEED
+
+    @classmethod
+    def make(cls, quick: bool, events: int | None) -> "Plan":
+        if events is not None:           # tiny runs (tests): a few thousand events
+            return cls(n=events, append_events=events, append_reps=2, reps=2,
+                       cold_reps=2, warm_reps=3, csv_rows=events,
+                       batch=max(10, min(sc.BUILD_BATCH, events // 20)))
+        if quick:
+            return cls(n=1_000_000, append_events=100_000, append_reps=3, reps=3,
+                       cold_reps=3, warm_reps=7, csv_rows=200_000)
+        return cls(n=10_000_000, append_events=200_000, append_reps=3, reps=5,
+                   cold_reps=5, warm_reps=11, csv_rows=200_000)
+
+
+@dataclass
+class Result:
+    name: str
+    value: float | None
+    unit: str
+    baseline: float | None
+    higher_is_better: bool
+    params: dict[str, Any]
+    peak_rss_mb: float | None
+    targets: list[tuple[str, Callable[["Result"], bool]]] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.value or not self.baseline:
+            return None
+        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+
+    def checks(self) -> list[tuple[str, bool]]:
+        return [(text, bool(ok(self))) for text, ok in self.targets]
+
+    @property
+    def status(self) -> str | None:
+        c = self.checks()
+        if not c:
+            return None
+        return "PASS" if all(ok for _, ok in c) else "MISS"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "value": self.value, "unit": self.unit,
+                "baseline": self.baseline, "ratio": self.ratio, "params": self.params,
+                "peak_rss_mb": self.peak_rss_mb,
+                "target": "; ".join(t for t, _ in self.targets) or None,
+                "status": self.status,
+                "checks": [{"target": t, "pass": ok} for t, ok in self.checks()]}
+
+
+# --------------------------------------------------------------------------- jobs
+
+def _run_job(job: str, **kwargs: Any) -> dict:
+    """Run one job in a fresh interpreter; its result dict (with peak_rss_mb)."""
+    with tempfile.TemporaryDirectory(prefix="auditlog-bench-job-") as t:
+        out = os.path.join(t, "result.json")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                           if env.get("PYTHONPATH") else "")
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.scenarios", json.dumps({"job": job, "kwargs": kwargs}),
+             out], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if not sc.on_terminal() else None, text=True)
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = (proc.stderr or "").strip().splitlines()[-3:] if proc.stderr else []
+            raise JobFailed(f"job {job} failed (exit {proc.returncode})"
+                            + (": " + " | ".join(tail) if tail else ""))
+        with open(out) as f:
+            return json.load(f)
+
+
+def _run_parallel(jobs: list[tuple[str, dict]], labels: list[str]) -> list[dict | BaseException]:
+    """Run jobs side by side (each in its own process), showing their progress files."""
+    results: list[dict | BaseException | None] = [None] * len(jobs)
+    with tempfile.TemporaryDirectory(prefix="auditlog-bench-progress-") as t:
+        files = [os.path.join(t, f"p{i}") for i in range(len(jobs))]
+
+        def run(i: int) -> None:
+            name, kw = jobs[i]
+            try:
+                results[i] = _run_job(name, progress_file=files[i], **kw)
+            except BaseException as e:   # reported by the caller
+                results[i] = e
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for th in threads:
+            th.start()
+        t0 = time.perf_counter()
+        while any(th.is_alive() for th in threads):
+            time.sleep(0.5)
+            if sc.on_terminal():
+                parts = []
+                for label, path in zip(labels, files):
+                    try:
+                        done, total = map(int, Path(path).read_text().split())
+                        parts.append(f"{label} {done / 1e6:.2f}M/{total / 1e6:.2f}M")
+                    except (OSError, ValueError):
+                        parts.append(f"{label} starting")
+                sys.stderr.write(f"\r  building data ({time.perf_counter() - t0:5.0f} s): "
+                                 + ", ".join(parts) + "\x1b[K")
+                sys.stderr.flush()
+        for th in threads:
+            th.join()
+        if sc.on_terminal():
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- data set
+
+def _cache_dir(plan: Plan, cache_root: str) -> Path:
+    from engine.frame import FRAME_MAGIC
+    from engine.segment import FORMAT_VERSION
+    from engine.settings import StoreSettings
+    key = json.dumps({"gen": sc.GEN_VERSION, "n": plan.n, "seed": plan.seed, "batch": plan.batch,
+                      "format": FORMAT_VERSION, "frame": FRAME_MAGIC.decode(),
+                      "segment_max_bytes": StoreSettings().segment_max_bytes,
+                      "node": sc.NODE_ID}, sort_keys=True)
+    return Path(cache_root) / f"auditlog-bench-cache-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _log_ok(cache: Path, plan: Plan) -> bool:
+    """Is the cached log there, ours (node.id) and complete (head seq = N)?"""
+    try:
+        meta = json.loads((cache / "meta_log.json").read_text())
+        if meta.get("n") != plan.n or len(meta.get("batch_ts", ())) * plan.batch < plan.n:
+            return False
+        if (cache / "log" / "node.id").read_text().strip() != sc.NODE_ID:
+            return False
+        from engine.datadir import DataDir
+        from engine.log import NodeLog
+        dd = DataDir(cache / "log")
+        seq, _ = NodeLog(dd, dd.open()).head()
+        return seq == plan.n
+    except (OSError, ValueError, KeyError, AuditLogError):
+        return False
+
+
+def _sqlite_ok(cache: Path, plan: Plan) -> bool:
+    try:
+        meta = json.loads((cache / "meta_sqlite.json").read_text())
+        if meta.get("n") != plan.n:
+            return False
+        conn = sqlite3.connect(f"file:{cache / 'baseline.sqlite'}?mode=ro", uri=True)
+        try:
+            (top,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        finally:
+            conn.close()
+        return top == plan.n and {"events_ts", "events_user", "events_ip"} <= names
+    except (OSError, ValueError, KeyError, sqlite3.Error):
+        return False
+
+
+def ensure_dataset(plan: Plan, cache_root: str, say: Callable[[str], None]) -> Path:
+    """The cached read data set for ``plan`` (built, both engines side by side, if missing)."""
+    cache = _cache_dir(plan, cache_root)
+    cache.mkdir(parents=True, exist_ok=True)
+    need = []
+    if not _log_ok(cache, plan):
+        need.append(("build_log", "log"))
+    if not _sqlite_ok(cache, plan):
+        need.append(("build_sqlite", "sqlite"))
+    if need:
+        say(f"# building the data set: {plan.n:,} events into {cache} "
+            f"({', '.join(l for _, l in need)}; ours with fsync=none, SQLite with "
+            "synchronous=OFF: data preparation, not measured)")
+        (cache / "meta.json").unlink(missing_ok=True)
+        kw = {"cache_dir": str(cache), "n": plan.n, "seed": plan.seed, "batch": plan.batch}
+        t0 = time.perf_counter()
+        outs = _run_parallel([(job, kw) for job, _ in need], [l for _, l in need])
+        for (job, label), out in zip(need, outs):
+            if isinstance(out, BaseException):
+                raise JobFailed(f"building the {label} data set failed: {out}")
+            out["n"] = plan.n
+            (cache / f"meta_{label}.json").write_text(json.dumps(out))
+        say(f"# data set built in {time.perf_counter() - t0:.0f} s")
+    else:
+        say(f"# reusing the cached data set {cache} ({plan.n:,} events; node.id and head verified)")
+    mlog = json.loads((cache / "meta_log.json").read_text())
+    msql = json.loads((cache / "meta_sqlite.json").read_text())
+    if mlog["matches"] != msql["matches"]:
+        raise JobFailed("the two data sets differ (generator not deterministic?)")
+    meta = {"n": plan.n, "batch": plan.batch, "seed": plan.seed,
+            "log_batch_ts": mlog["batch_ts"], "sqlite_batch_ts": msql["batch_ts"],
+            "matches": mlog["matches"], "query_user": mlog["query_user"],
+            "query_ip": mlog["query_ip"], "log_bytes": mlog.get("bytes"),
+            "sqlite_bytes": msql.get("bytes")}
+    (cache / "meta.json").write_text(json.dumps(meta))
+    return cache
+
+
+# --------------------------------------------------------------------------- scenarios
+
+def _at_least(x: float) -> Callable[[Result], bool]:
+    return lambda r: r.value is not None and r.value >= x
+
+
+def _at_most(x: float) -> Callable[[Result], bool]:
+    return lambda r: r.value is not None and r.value <= x
+
+
+def _ratio_at_least(x: float) -> Callable[[Result], bool]:
+    return lambda r: r.ratio is not None and r.ratio >= x
+
+
+def _rnd(xs: list[float], nd: int = 0) -> list[float]:
+    return [round(x, nd) if nd else round(x) for x in xs]
+
+
+def scenario_append(plan: Plan, ctx: dict) -> list[Result]:
+    out = []
+    for name, threads, batch in (("append", 1, 1000), ("append_4threads", 4, 250)):
+        if ctx["tiny"]:
+            batch = min(batch, plan.batch)
+        kw = dict(events=plan.append_events, batch=batch, threads=threads, reps=plan.append_reps,
+                  seed=plan.seed, workdir=ctx["workdir"])
+        ours = _run_job("append", **kw)
+        base = _run_job("sqlite_append", **kw)
+        commits = ours["commits"]
+        params = {
+            "N": plan.append_events, "batch": batch, "threads": threads, "fsync": "always",
+            "runs": plan.append_reps, "data_dir": "fresh per run",
+            "input": "pre-validated EntryDraft lists (ingest.validate_batch, untimed)",
+            "events_per_fsync": round(plan.append_events / (sum(commits) / len(commits)), 1),
+            "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+            "baseline": f"{SQLITE_DESCRIPTION}; synchronous=FULL; same batches"
+                        + ("; 4 threads share one connection under a lock" if threads > 1 else ""),
+            "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+        }
+        targets = [("≥ 250k events/s", _at_least(250_000))]
+        if threads == 1:
+            targets.append(("≥ 3× SQLite", _ratio_at_least(3.0)))
+        out.append(Result(name, ours["value"], "events/s", base["value"], True, params,
+                          ours["peak_rss_mb"], targets))
+        ctx["emit"](out[-1])
+    return out
+
+
+def scenario_scan(plan: Plan, ctx: dict) -> list[Result]:
+    cache = ctx["cache"]()
+    ours = _run_job("scan", cache_dir=str(cache), reps=plan.reps)
+    base = _run_job("sqlite_scan", cache_dir=str(cache), reps=plan.reps)
+    params = {
+        "N": plan.n, "range_entries": ours["count"], "slice": "middle of the log",
+        "reps": plan.reps, "api": "NodeLog.scan(from_us, to_us), counting entries",
+        "verified": "xxhash + chained frame MAC of every frame read",
+        "violations": ours["violations"], "ours_runs": _rnd(ours["runs"]),
+        "baseline_runs": _rnd(base["runs"]),
+        "baseline": "SQLite SELECT all columns WHERE ts >= ? AND ts < ? (index on ts), "
+                    "iterating row tuples; details not decoded, HMAC chain NOT re-verified",
+        "baseline_rows": base["count"],
+        "baseline_with_chain_verify_events_per_s": round(base["verified_value"]),
+        "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+    }
+    if ours["count"] != ours["expected"] or base["count"] != ours["expected"]:
+        params["warning"] = f"expected {ours['expected']} entries"
+    r = Result("scan", ours["value"], "events/s", base["value"], True, params,
+               ours["peak_rss_mb"], [("≥ 1M events/s", _at_least(1_000_000))])
+    ctx["emit"](r)
+    return [r]
+
+
+def scenario_selective(plan: Plan, ctx: dict) -> list[Result]:
+    cache = ctx["cache"]()
+    meta = json.loads((cache / "meta.json").read_text())
+    ours = _run_job("selective", cache_dir=str(cache), cold_reps=plan.cold_reps,
+                    warm_reps=plan.warm_reps)
+    base = _run_job("sqlite_selective", cache_dir=str(cache), cold_reps=plan.cold_reps,
+                    warm_reps=plan.warm_reps)
+    common = {
+        "N": plan.n, "user": meta["query_user"], "ip": meta["query_ip"],
+        "matches": ours["count"], "expected_matches": meta["matches"],
+        "frames_read": ours["frames_read"], "frames_total": ours["frames_total"],
+        "entries_decoded": ours["entries_decoded"],
+        "pick": "median-activity user and its first home IP",
+        "api": "query.scan.scan_node(log, Filter(users=(u,), ips=(ip,))), list()",
+        "violations": ours["violations"],
+        "baseline": "SQLite WHERE user = ? AND ip = ? ORDER BY seq, indexes on user and ip "
+                    f"(+ts), ANALYZE; plan: {base['plan']}",
+        "baseline_matches": base["count"],
+        "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+    }
+    if ours["count"] != meta["matches"] or base["count"] != meta["matches"]:
+        common["warning"] = "match count differs from what the generator produced"
+    target = f"≤ 50 ms over {plan.n / 1e6:g}M events"
+    warm = Result("selective_query", ours["warm"], "s", base["warm"], False,
+                  {**common, "mode": "warm (same NodeLog, indexes cached)",
+                   "reps": plan.warm_reps, "runs_ms": _rnd([x * 1e3 for x in ours["warm_runs"]], 2)},
+                  ours["peak_rss_mb"], [(target, _at_most(0.050))])
+    cold = Result("selective_query_cold", ours["cold"], "s", base["cold"], False,
+                  {**common, "mode": "cold (first query after opening a fresh NodeLog / "
+                                     "SQLite connection; OS page cache warm)",
+                   "reps": plan.cold_reps, "runs_ms": _rnd([x * 1e3 for x in ours["cold_runs"]], 2)},
+                  ours["peak_rss_mb"])
+    ctx["emit"](warm)
+    ctx["emit"](cold)
+    return [warm, cold]
+
+
+def scenario_csv(plan: Plan, ctx: dict) -> list[Result]:
+    cache = ctx["cache"]()
+    ours = _run_job("csv", cache_dir=str(cache), reps=plan.reps, rows=plan.csv_rows)
+    base = _run_job("sqlite_csv", cache_dir=str(cache), reps=plan.reps, rows=plan.csv_rows)
+    params = {
+        "N": plan.n, "rows": ours["count"], "reps": plan.reps, "output": "/dev/null (UTF-8)",
+        "csv_bytes": ours["bytes"],
+        "api": "export.csv.iter_csv(scan_node(log, Filter(from_us, to_us)))",
+        "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+        "baseline": "SQLite range SELECT -> stdlib csv.writer, same 13 columns, details "
+                    "msgpack -> sorted JSON, no formula neutralising, no chain verification",
+        "baseline_rows": base["count"],
+        "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+    }
+    r = Result("csv_export", ours["value"], "rows/s", base["value"], True, params,
+               ours["peak_rss_mb"], [("≥ 200k rows/s", _at_least(200_000))])
+    ctx["emit"](r)
+    return [r]
+
+
+def scenario_scan_rss(plan: Plan, ctx: dict) -> list[Result]:
+    cache = ctx["cache"]()
+    small = _run_job("scan_rss", cache_dir=str(cache), which="small")
+    full = _run_job("scan_rss", cache_dir=str(cache), which="full")
+    params = {
+        "N": plan.n, "small_range_entries": small["count"], "full_entries": full["count"],
+        "value": "peak RSS scanning the whole log", "baseline": "peak RSS scanning a small range",
+        "small_peak_rss_mb": round(small["peak_rss_mb"], 1),
+        "full_peak_rss_mb": round(full["peak_rss_mb"], 1),
+        "small_peak_heap_mb": round(small["peak_anon_mb"], 1),
+        "full_peak_heap_mb": round(full["peak_anon_mb"], 1),
+        "index_heap_mb": round(full["index_anon_mb"], 1),
+        "full_scan_events_per_s": round(full["count"] / full["seconds"]) if full["seconds"] else None,
+        "note": f"RSS includes mmap'd segment pages (one segment, ≤ {_SEGMENT_MB} MiB, "
+                "mapped at a time); heap = RssAnon sampled during the scan",
+    }
+
+    def flat(r: Result) -> bool:
+        return (full["peak_anon_mb"] - small["peak_anon_mb"] <= 32
+                and full["peak_rss_mb"] - small["peak_rss_mb"] <= _SEGMENT_MB + 32)
+
+    r = Result("scan_rss", full["peak_rss_mb"], "MB", small["peak_rss_mb"], False, params,
+               full["peak_rss_mb"],
+               [(f"flat: full − small ≤ {_SEGMENT_MB}+32 MB RSS and ≤ 32 MB heap", flat)])
+    ctx["emit"](r)
+    return [r]
+
+
+_RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
+    "append": scenario_append, "scan": scenario_scan, "selective_query": scenario_selective,
+    "csv_export": scenario_csv, "scan_rss": scenario_scan_rss,
+}
+
+
+# --------------------------------------------------------------------------- output
+
+def _fmt_num(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1e3:.2f} ms" if v < 10 else f"{v:.1f} s"
+    if unit == "MB":
+        return f"{v:.1f} MB"
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.3g}"
+
+
+_SHOWN_PARAMS = ("N", "batch", "threads", "fsync", "events_per_fsync", "range_entries", "rows",
+                 "matches", "frames_read", "entries_decoded", "mode", "reps", "runs",
+                 "small_range_entries", "full_entries", "small_peak_heap_mb", "full_peak_heap_mb",
+                 "index_heap_mb", "baseline_with_chain_verify_events_per_s", "warning")
+_COLS = ("name", "value", "unit", "baseline", "ratio", "peak RSS", "target", "status")
+_WIDTHS = (22, 10, 9, 10, 7, 9, 34, 6)
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS)).rstrip()
+
+
+def _print_row(r: Result) -> None:
+    unit_shown = "ms" if r.unit == "s" else r.unit
+    value = _fmt_num(r.value, r.unit)
+    base = _fmt_num(r.baseline, r.unit)
+    if r.unit == "s":
+        value, base = value.replace(" ms", ""), base.replace(" ms", "")
+    if r.unit == "MB":
+        value, base = value.replace(" MB", ""), base.replace(" MB", "")
+    ratio = f"{r.ratio:.3g}x" if r.ratio is not None else "-"
+    rss = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb is not None else "-"
+    checks = r.checks()
+    target = "; ".join(t for t, _ in checks) or "(info)"
+    status = ("PASS" if all(ok for _, ok in checks) else
+              "MISS " + ",".join(str(i + 1) for i, (_, ok) in enumerate(checks) if not ok)
+              if len(checks) > 1 else "MISS") if checks else "-"
+    print(_row((r.name, value, unit_shown, base, ratio, rss, target, status)))
+    shown = {k: r.params[k] for k in _SHOWN_PARAMS if k in r.params}
+    print("    params: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    if r.params.get("baseline"):
+        print(f"    baseline: {r.params['baseline']}")
+    sys.stdout.flush()
+
+
+def machine_info() -> dict:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_start": _loadavg(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    info["mem_total_mb"] = int(line.split()[1]) // 1024
+                    break
+    except OSError:
+        pass
+    try:
+        import msgpack
+        import xxhash
+        info["msgpack"] = ".".join(map(str, msgpack.version))
+        info["xxhash"] = xxhash.VERSION
+    except Exception:   # pragma: no cover - informational only
+        pass
+    return info
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str, ...] = (),
+              *, events: int | None = None, cache_root: str | None = None) -> dict:
+    """Run the benchmarks; print the table; write ``json_path``; return the JSON document.
+
+    ``events`` overrides every size with a tiny one (a few thousand events, for
+    tests); ``cache_root`` is where the data-set cache and scratch dirs go
+    (default ``/tmp``).
+    """
+    wanted: list[str] = []
+    for name in only:
+        for part in name.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            s = _ALIASES.get(part, part)
+            if s not in SCENARIOS:
+                raise BenchError(f"unknown bench scenario {part!r} "
+                                 f"(choose from {', '.join(SCENARIOS)})")
+            if s not in wanted:
+                wanted.append(s)
+    selected = [s for s in SCENARIOS if not wanted or s in wanted]
+    plan = Plan.make(quick, events)
+    root = cache_root or tempfile.gettempdir()
+    Path(root).mkdir(parents=True, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="auditlog-bench-work-", dir=root)
+    doc: dict[str, Any] = {"results": [], "machine": machine_info(), "quick": bool(quick),
+                           "events": plan.n, "errors": []}
+
+    def say(msg: str) -> None:
+        print(msg)
+        sys.stdout.flush()
+
+    header_done = [False]
+
+    def emit(r: Result) -> None:
+        if not header_done[0]:
+            print(_row(_COLS))
+            print(_row(tuple("-" * w for w in _WIDTHS)))
+            header_done[0] = True
+        _print_row(r)
+        doc["results"].append(r.to_json())
+        if json_path:
+            _write_json(json_path, doc)
+
+    cache_holder: list[Path] = []
+
+    def cache() -> Path:
+        if not cache_holder:
+            cache_holder.append(ensure_dataset(plan, root, say))
+        return cache_holder[0]
+
+    ctx = {"emit": emit, "cache": cache, "workdir": workdir, "tiny": events is not None}
+    mode = "tiny" if events is not None else ("quick" if quick else "full")
+    say(f"# auditlog bench ({mode}): {plan.n:,} events in the read data set, "
+        f"appends {plan.append_reps} x {plan.append_events:,} events with fsync=always; "
+        f"medians over repetitions; {doc['machine'].get('cpus_usable')} CPUs, "
+        f"Python {doc['machine']['python']}, SQLite {sqlite3.sqlite_version}, "
+        f"load average {doc['machine']['loadavg_start']}")
+    if (doc["machine"]["loadavg_start"] or [0])[0] > 0.5 * (doc["machine"]["cpus_usable"] or 1):
+        say("# note: the machine is busy (load average above half the CPUs): expect noisy numbers")
+    t0 = time.perf_counter()
+    results: list[Result] = []
+    try:
+        for s in selected:
+            try:
+                results.extend(_RUNNERS[s](plan, ctx))
+            except JobFailed as e:
+                doc["errors"].append({"scenario": s, "error": str(e)})
+                print(f"!! {s}: {e}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    doc["seconds"] = round(elapsed, 1)
+    doc["machine"]["loadavg_end"] = _loadavg()
+    say("")
+    say("# targets (SPEC section 10):")
+    for r in results:
+        for text, ok in r.checks():
+            say(f"  {'PASS' if ok else 'MISS'}  {r.name}: {text} "
+                f"(measured {_fmt_num(r.value, r.unit)}{'' if r.unit in ('s', 'MB') else ' ' + r.unit}"
+                + (f", {r.ratio:.3g}x SQLite" if r.ratio is not None and r.name != "scan_rss" else "")
+                + ")")
+    if doc["errors"]:
+        say(f"# {len(doc['errors'])} scenario(s) failed to run: "
+            + "; ".join(e["scenario"] for e in doc["errors"]))
+    say(f"# done in {elapsed:.0f} s" + (f"; JSON written to {json_path}" if json_path else ""))
+    if json_path:
+        _write_json(json_path, doc)
+    return doc

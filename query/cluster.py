@@ -1,0 +1,254 @@
+"""The cluster as one node sees it: its peers, fan-out reads, heads, membership.
+
+Nothing is replicated.  A read on any node scans its own log and asks every
+peer (over mutual TLS) for its node-local scan, then merges the streams.  A
+peer that refuses, times out or fails mid-stream is reported ``unreachable``
+with the reason; the answer still comes, after at most ``peer_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from engine.entry import Entry, EntryDraft
+from query.filters import Filter
+from query.merge import Source
+from query.peers import PeerClient, PeerConfig, PeerError
+from query.scan import scan_node
+
+log = logging.getLogger("auditlog.cluster")
+MEMBERS_FILE = "cluster_members.json"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    listen: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    peer_timeout: float = 2.0
+    checkpoint_interval: float = 60.0
+    peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or bool(self.peers)
+
+
+class LocalSource(Source):
+    def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 1000):
+        super().__init__(service.node_id)
+        self.service = service
+        self.gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
+        self.batch = batch
+
+    async def next_batch(self) -> list[Entry] | None:
+        return await self.service.run(_take, self.gen, self.batch) or None
+
+
+def _take(gen, n: int) -> list:
+    out = []
+    for e in gen:
+        out.append(e)
+        if len(out) >= n:
+            break
+    return out
+
+
+class PeerSource(Source):
+    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+        super().__init__(client.node)
+        self.agen = client.scan(params, order, after_seq)
+        self.done = False
+
+    async def next_batch(self) -> list[Entry] | None:
+        if self.done:
+            return None
+        try:
+            return await self.agen.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return None
+        except PeerError as e:
+            self.done = True
+            self.fail(str(e) if not self.consumed else f"lost mid-stream after {self.consumed} entries: {e}")
+            return None
+
+    async def close(self) -> None:
+        await self.agen.aclose()
+
+
+class Cluster:
+    def __init__(self, service, settings: ClusterSettings):
+        self.service = service
+        self.settings = settings
+        self.session: aiohttp.ClientSession | None = None
+        self.peers: dict[str, PeerClient] = {}
+        self.client_ssl = None
+        self.last_checkpoint: dict | None = None
+        self.checkpoint_errors: dict[str, str] = {}
+
+    async def start(self) -> None:
+        from query.pki import client_context
+        s = self.settings
+        if s.peers:
+            self.client_ssl = client_context(s.ca, s.cert, s.key)
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.client_ssl, limit=64))
+            self.peers = {p.node: PeerClient(p, self.session, s.peer_timeout) for p in s.peers}
+        await self.service.run(self.record_membership)
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def record_membership(self) -> None:
+        """``cluster.node_join``/``node_leave`` when a peer first appears in or leaves the config."""
+        path = self.service.data_dir.state / MEMBERS_FILE
+        try:
+            known = set(json.loads(path.read_text())["peers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            known = set()
+        now = {p.node for p in self.settings.peers}
+        drafts = [EntryDraft("system", "cluster.node_join", n, details={"node": n, "via": "config"})
+                  for n in sorted(now - known)]
+        drafts += [EntryDraft("system", "cluster.node_leave", n, details={"node": n, "via": "config"})
+                   for n in sorted(known - now)]
+        if drafts:
+            self.service.writer.append_batch(drafts)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"peers": sorted(now)}))
+        os.replace(tmp, path)
+
+    def sources(self, flt: Filter, order: str, positions: dict[str, int]) -> list[Source]:
+        srcs: list[Source] = []
+        svc = self.service
+        if flt.admits_node(svc.node_id):
+            srcs.append(LocalSource(svc, flt, order, positions.get(svc.node_id)))
+        params = flt.to_params()
+        for node, client in self.peers.items():
+            if flt.admits_node(node):
+                srcs.append(PeerSource(client, params, order, positions.get(node)))
+        return srcs
+
+    async def peer_json(self, path: str, params=None) -> dict[str, dict]:
+        """GET ``path`` on every peer concurrently; {node: answer or {"error": ...}}."""
+        async def one(node, client):
+            try:
+                return node, await client.json(path, params)
+            except PeerError as e:
+                return node, {"error": str(e)}
+        pairs = await asyncio.gather(*(one(n, c) for n, c in self.peers.items()))
+        return dict(pairs)
+
+
+# -- witnessed checkpoints ------------------------------------------------------------
+
+async def send_checkpoints(cluster: Cluster) -> dict:
+    """Sign this node's head and hand it to every peer to witness."""
+    from query.witness import current_head, sign_checkpoint
+    svc = cluster.service
+    cp = await svc.run(current_head, svc)
+    if cp is None or not cluster.peers:
+        return {}
+    sig = await svc.run(sign_checkpoint, cluster.settings.key, cp)
+    results = {}
+
+    async def one(node, client):
+        try:
+            results[node] = await client.post_json("/checkpoint", {"checkpoint": cp, "witness_signature": sig})
+            cluster.checkpoint_errors.pop(node, None)
+        except PeerError as e:
+            cluster.checkpoint_errors[node] = str(e)
+            results[node] = {"error": str(e)}
+
+    await asyncio.gather(*(one(n, c) for n, c in cluster.peers.items()))
+    cluster.last_checkpoint = {"seq": cp["seq"], "ts": cp["ts"],
+                               "witnessed_by": sorted(n for n, r in results.items() if "error" not in r)}
+    return results
+
+
+async def checkpoint_loop(cluster: Cluster) -> None:
+    while True:
+        await asyncio.sleep(cluster.settings.checkpoint_interval)
+        try:
+            await send_checkpoints(cluster)
+        except Exception:
+            log.exception("checkpoint round failed")
+
+
+async def _held_checkpoints(cluster: Cluster, about: str) -> tuple[list[dict], dict[int, str], dict[str, str]]:
+    """Checkpoints about node ``about`` held by every other node: (list, seq->witness, errors)."""
+    flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
+    svc = cluster.service
+    sources = [s for s in cluster.sources(flt, "desc", {}) if s.node != about]
+    found: list[dict] = []
+    witnesses: dict[int, str] = {}
+    errors: dict[str, str] = {}
+    for src in sources:
+        taken = 0
+        while taken < MAX_CHECKPOINTS:
+            batch = await src.next_batch()
+            if not batch:
+                break
+            for e in batch:
+                d = e.details
+                if e.integrity == "ok" and e.user == "system" and isinstance(d, dict) \
+                        and d.get("node") == about and type(d.get("seq")) is int:
+                    found.append({"seq": d["seq"], "signature": d.get("signature"), "ts": d.get("ts")})
+                    witnesses.setdefault(d["seq"], src.node)
+                    taken += 1
+        if src.status["status"] != "ok":
+            errors[src.node] = src.status.get("error", "unreachable")
+        await src.close()
+    return found, witnesses, errors
+
+
+MAX_CHECKPOINTS = 200
+
+
+async def cluster_verify(cluster: Cluster) -> dict:
+    """Every node's own verification plus the witness comparison, as one report."""
+    from engine.verify import verify_node
+    from query.witness import check_witnessed
+    svc = cluster.service
+    local = await svc.run(verify_node, svc.data_dir, svc.node)
+    nodes: dict[str, dict] = {svc.node_id: {"status": "ok", "ok": local.ok}}
+    violations = [v.to_dict() for v in local.violations]
+    checked = local.entries_checked
+    remote = await cluster.peer_json("/verify")
+    for node, rep in remote.items():
+        if "error" in rep:
+            nodes[node] = {"status": "unreachable", "error": rep["error"]}
+            continue
+        nodes[node] = {"status": "ok", "ok": rep.get("ok", False)}
+        violations += rep.get("violations", [])
+        checked += rep.get("entries_checked", 0)
+    for node in [svc.node_id, *cluster.peers]:
+        if nodes.get(node, {}).get("status") != "ok":
+            continue
+        cps, witnesses, _ = await _held_checkpoints(cluster, node)
+        if not cps:
+            continue
+        seqs = sorted({c["seq"] for c in cps})
+        if node == svc.node_id:
+            info = await svc.run(svc.signatures_at, seqs)
+        else:
+            try:
+                info = await cluster.peers[node].json("/signatures", {"seqs": ",".join(map(str, seqs))})
+            except PeerError as e:
+                nodes[node] = {"status": "unreachable", "error": str(e)}
+                continue
+        sigs = {int(k): v for k, v in info.get("sigs", {}).items()}
+        found = check_witnessed(node, cps, info["head_seq"], info["first_seq"], sigs, witnesses)
+        violations += found
+        if found:
+            nodes[node]["ok"] = False
+    return {"ok": not violations and all(n.get("status") == "ok" for n in nodes.values()),
+            "entries_checked": checked, "violations": violations, "nodes": nodes}

@@ -1,0 +1,135 @@
+"""The peer listener (mutual TLS): node-local scans, head, signatures, checkpoints.
+
+Only a client presenting a certificate from the cluster CA gets past the TLS
+handshake; on top of that its certificate's node id must be a configured peer.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from aiohttp import web
+
+from query.app import SERVICE, error_middleware
+from query.errors import QueryError
+from query.filters import PARAM_NAMES, Filter
+from query.peers import entry_to_compact
+from query.pki import node_id_of
+from query.scan import scan_node
+
+CLUSTER: web.AppKey = web.AppKey("cluster", object)
+MAX_SIGNATURE_SEQS = 10000
+
+
+class PeerForbidden(QueryError):
+    http_status = 403
+
+
+def peer_node(request: web.Request) -> tuple[str, bytes]:
+    ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = ssl_obj.getpeercert() if ssl_obj else None
+    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+    node = node_id_of(cert) if cert else None
+    cluster = request.app[CLUSTER]
+    if node is None or node not in {p.node for p in cluster.settings.peers}:
+        raise PeerForbidden(f"certificate node {node!r} is not a configured peer of this node")
+    return node, der
+
+
+async def scan(request: web.Request) -> web.StreamResponse:
+    peer_node(request)
+    service = request.app[SERVICE]
+    q = request.rel_url.query
+    flt = Filter.from_params({k: q.getall(k) for k in PARAM_NAMES if k in q})
+    order = q.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise QueryError("order must be asc or desc")
+    after = q.get("after_seq")
+    if after is not None and not after.isdigit():
+        raise QueryError("after_seq must be a whole number")
+    gen = scan_node(service.log, flt, order=order, after_seq=int(after) if after else None)
+    resp = web.StreamResponse(headers={"Content-Type": "application/msgpack"})
+    await resp.prepare(request)
+    count = 0
+    packer = msgpack.Packer(use_bin_type=True)
+    while True:
+        batch = await service.run(_chunk, gen, packer)
+        if batch is None:
+            break
+        data, n = batch
+        count += n
+        await resp.write(data)
+    await resp.write(packer.pack({"end": {"count": count}}))
+    await resp.write_eof()
+    return resp
+
+
+def _chunk(gen, packer, n: int = 2000):
+    out = []
+    for e in gen:
+        out.append(entry_to_compact(e))
+        if len(out) >= n:
+            break
+    if not out:
+        return None
+    return packer.pack({"e": out}), len(out)
+
+
+async def head(request: web.Request) -> web.Response:
+    peer_node(request)
+    service = request.app[SERVICE]
+    return web.json_response(await service.run(service.head_info))
+
+
+async def verify(request: web.Request) -> web.Response:
+    peer_node(request)
+    service = request.app[SERVICE]
+    from engine.verify import verify_node
+    report = await service.run(verify_node, service.data_dir, service.node)
+    return web.json_response(report.to_dict())
+
+
+async def signatures(request: web.Request) -> web.Response:
+    """Signatures of the entries at the given seqs (for witness checks)."""
+    peer_node(request)
+    service = request.app[SERVICE]
+    raw = request.rel_url.query.get("seqs", "")
+    try:
+        seqs = sorted({int(s) for s in raw.split(",") if s})
+    except ValueError:
+        raise QueryError("seqs must be comma-separated whole numbers") from None
+    if len(seqs) > MAX_SIGNATURE_SEQS:
+        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request")
+    return web.json_response(await service.run(service.signatures_at, seqs))
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    node, der = peer_node(request)
+    service = request.app[SERVICE]
+    try:
+        body = await request.json()
+        cp, sig = body["checkpoint"], body["witness_signature"]
+        ok = (isinstance(cp, dict) and cp.get("node") == node and type(cp.get("seq")) is int
+              and isinstance(cp.get("signature"), str) and len(cp["signature"]) == 64
+              and isinstance(cp.get("ts"), str) and isinstance(sig, str) and len(sig) < 400)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise QueryError("checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature}"
+                         " for the calling node")
+    from query.witness import verify_checkpoint, witness_draft
+    verify_checkpoint(der, cp, sig)
+    res = await service.append([witness_draft(cp, sig, der)])
+    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"},
+                             status=201)
+
+
+def create_peer_app(service, cluster) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[SERVICE] = service
+    app[CLUSTER] = cluster
+    app.router.add_get("/peer/v1/scan", scan)
+    app.router.add_get("/peer/v1/head", head)
+    app.router.add_get("/peer/v1/verify", verify)
+    app.router.add_get("/peer/v1/signatures", signatures)
+    app.router.add_post("/peer/v1/checkpoint", checkpoint)
+    return app

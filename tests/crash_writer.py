@@ -1,0 +1,133 @@
+"""A real writer process for the crash, failed-write and lock tests (not a test module).
+
+    crash_writer.py loop DATA_DIR START_N SEGMENT_MAX_BYTES FSYNC SEED [MAX_BATCHES]
+        Open the writer (recovery runs), print ``ready <next_seq>``, then append
+        batches of 1-50 events until killed (or MAX_BATCHES is reached: print
+        ``done``).  After each ``append_batch`` returns it prints
+        ``ack <first_seq> <last_seq> <first_n> <last_n>``; event n carries
+        ``details = expected_details(n)``.
+
+    crash_writer.py fsize DATA_DIR SEGMENT_MAX_BYTES LIMIT SCENARIO
+        Run under ``RLIMIT_FSIZE = LIMIT`` with SIGXFSZ ignored, so a write past
+        LIMIT fails with EFBIG.  Appends single events until the active segment
+        is close to the limit, then one batch that cannot fit (printing
+        ``failed <first_n> <last_n> <message>`` and the sizes before and after),
+        then single events again until one fails.  SCENARIO ``plain`` fails in
+        the active segment; ``roll`` fails in the segment the batch rolled into.
+
+Every line is flushed at once: what was printed was acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.datadir import DataDir  # noqa: E402
+from engine.entry import EntryDraft  # noqa: E402
+from engine.errors import WriteFailedError  # noqa: E402
+from engine.segment import list_segments  # noqa: E402
+from engine.settings import StoreSettings  # noqa: E402
+from engine.writer import LogWriter  # noqa: E402
+
+
+def expected_details(n: int) -> dict:
+    """Deterministic content of event n (the pad makes batches span frames and pages)."""
+    return {"n": n, "pad": "x" * (n * 37 % 300)}
+
+
+def event(n: int, pad: int | None = None) -> EntryDraft:
+    d = expected_details(n) if pad is None else {"n": n, "pad": "y" * pad}
+    return EntryDraft("crash", "config.filter_update", target=f"t-{n}", details=d)
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_batches: int | None) -> None:
+    dd = DataDir(Path(data_dir))
+    node = dd.open()
+    rng = random.Random(seed)
+    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max, fsync=fsync)).open()
+    say(f"ready {w.next_seq}")
+    n = start_n
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        k = rng.randint(1, 50)
+        res = w.append_batch([event(i) for i in range(n, n + k)])
+        say(f"ack {res.first_seq} {res.last_seq} {n} {n + k - 1}")
+        n += k
+        batches += 1
+    w.close()
+    say("done")
+
+
+def active_size(dd: DataDir) -> int:
+    return list_segments(dd.segments)[-1].stat().st_size
+
+
+def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    dd = DataDir(Path(data_dir))
+    node = dd.open()
+    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max)).open()
+    say(f"ready {w.next_seq}")
+    n = 0
+    # fill the active segment: "plain" to just below the limit (a single event, at
+    # most ~600 bytes, still fits after that); "roll" until a 4 KiB frame no longer
+    # fits in the segment (LIMIT must leave room for one more single event)
+    fill_to = limit - 1200 if scenario == "plain" else seg_max - 4150
+    while active_size(dd) < fill_to:
+        res = w.append_batch([event(n)])
+        say(f"ack {res.first_seq} {res.last_seq} {n} {n}")
+        n += 1
+    before = active_size(dd)
+    segs_before = len(list_segments(dd.segments))
+    if scenario == "plain":
+        batch = [event(i) for i in range(n, n + 30)]
+    else:
+        # the first frame does not fit in the active segment: the batch rolls to a
+        # new segment, and the write fails there
+        batch = [event(n, pad=4000)] + [event(i) for i in range(n + 1, n + 60)]
+    try:
+        res = w.append_batch(batch)
+        say(f"ack {res.first_seq} {res.last_seq} {n} {n + len(batch) - 1}")
+    except WriteFailedError as e:
+        say(f"failed {n} {n + len(batch) - 1} {e}")
+    say(f"sizes {before} {active_size(dd)} segments {segs_before} {len(list_segments(dd.segments))}")
+    n += len(batch)
+    # the writer keeps working for what still fits
+    while True:
+        try:
+            res = w.append_batch([event(n)])
+        except WriteFailedError as e:
+            say(f"failed {n} {n} {e}")
+            break
+        say(f"ack {res.first_seq} {res.last_seq} {n} {n}")
+        n += 1
+    w.close()
+    say("done")
+
+
+def main(argv: list[str]) -> None:
+    mode = argv[1]
+    if mode == "loop":
+        loop(argv[2], int(argv[3]), int(argv[4]), argv[5], int(argv[6]),
+             int(argv[7]) if len(argv) > 7 else None)
+    elif mode == "fsize":
+        fsize(argv[2], int(argv[3]), int(argv[4]), argv[5])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark harness (bench/): a tiny run, every scenario, JSON shape.
+
+This checks the harness, not the speed: a few thousand events, the documented
+JSON keys, positive values, and that both engines saw the same data.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.runner import SCENARIOS, BenchError, run_bench
+
+RESULT_KEYS = {"name", "value", "unit", "baseline", "ratio", "params", "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "bench.json"
+    doc = run_bench(quick=True, json_path=str(out), only=(), events=3000,
+                    cache_root=str(root / "cache"))
+    return doc, json.loads(out.read_text()), root
+
+
+def test_json_has_documented_shape(tiny_run):
+    doc, on_disk, _ = tiny_run
+    assert on_disk["results"] == doc["results"]
+    assert on_disk["quick"] is True
+    assert on_disk["errors"] == []
+    machine = on_disk["machine"]
+    assert machine["cpu_count"] >= 1 and machine["python"].startswith("3.")
+    names = [r["name"] for r in on_disk["results"]]
+    assert names == ["append", "append_4threads", "scan", "selective_query",
+                     "selective_query_cold", "csv_export", "scan_rss"]
+    for r in on_disk["results"]:
+        assert RESULT_KEYS <= r.keys(), r["name"]
+        assert isinstance(r["params"], dict) and r["params"]["N"] > 0
+        assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r["name"]
+        assert r["peak_rss_mb"] > 1
+        assert r["status"] in ("PASS", "MISS", None)
+
+
+def test_ratio_is_oriented_better_is_above_one(tiny_run):
+    for r in tiny_run[1]["results"]:
+        if r["unit"] in ("s", "MB"):
+            assert r["ratio"] == pytest.approx(r["baseline"] / r["value"])
+        else:
+            assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
+
+
+def test_both_engines_read_the_same_data(tiny_run):
+    by_name = {r["name"]: r for r in tiny_run[1]["results"]}
+    scan = by_name["scan"]["params"]
+    assert scan["range_entries"] == scan["baseline_rows"] > 0
+    assert scan["violations"] == 0
+    sel = by_name["selective_query"]["params"]
+    assert sel["matches"] == sel["baseline_matches"] == sel["expected_matches"]
+    csv = by_name["csv_export"]["params"]
+    assert csv["rows"] == csv["baseline_rows"] == 3000
+    assert by_name["append"]["params"]["fsync"] == "always"
+
+
+def test_cached_data_set_is_reused(tiny_run, capsys):
+    _, _, root = tiny_run
+    run_bench(quick=True, json_path=None, only=("scan",), events=3000,
+              cache_root=str(root / "cache"))
+    assert "reusing the cached data set" in capsys.readouterr().out
+
+
+def test_unknown_scenario_is_a_usage_error(tmp_path):
+    with pytest.raises(BenchError, match="unknown bench scenario"):
+        run_bench(quick=True, only=("nope",), events=3000, cache_root=str(tmp_path))
+    assert set(SCENARIOS) >= {"append", "scan", "selective_query", "csv_export"}

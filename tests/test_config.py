@@ -1,0 +1,276 @@
+"""cli.config: the TOML config file, every setting's validation, durations and retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.config import SETTINGS, Config, load_config, parse_duration, parse_retention
+from engine.errors import AuditLogError, ConfigError
+from engine.settings import MIN_RETENTION_DAYS, StoreSettings
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "auditlog.toml") -> Path:
+    p = tmp_path / name
+    p.write_bytes(text.encode() if isinstance(text, str) else text)
+    return p
+
+
+def load(tmp_path: Path, text: str | bytes) -> Config:
+    return load_config(write(tmp_path, text))
+
+
+def refused(tmp_path: Path, text: str | bytes) -> str:
+    with pytest.raises(ConfigError) as ei:
+        load(tmp_path, text)
+    msg = str(ei.value)
+    assert "\n" not in msg          # one line for the CLI
+    assert ei.value.exit_code == 2
+    return msg
+
+
+# ----------------------------------------------------------------------------- valid files
+
+def test_no_file_gives_defaults():
+    c = load_config(None)
+    assert c == Config()
+    assert (c.node_id, c.retention_days, c.segment_max_bytes, c.segment_max_age, c.fsync,
+            c.server_listen, c.source) == (None, 365, 64 * 1024 * 1024, 86400.0, "always",
+                                           "127.0.0.1:8080", None)
+    assert c.store_settings() == StoreSettings()
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    c = load(tmp_path, "")
+    assert c == Config(source=str(tmp_path / "auditlog.toml"))
+    assert c.retention_days == 365 and c.fsync == "always"
+
+
+def test_full_valid_file(tmp_path):
+    c = load(tmp_path, """
+# a complete node configuration
+node_id = "gw-2"
+retention_days = 400
+segment_max_bytes = 8388608
+segment_max_age = "12h"
+fsync = "interval"
+
+[server]
+listen = "0.0.0.0:9090"
+
+[cluster]
+listen = "0.0.0.0:9443"
+ca = "/etc/auditlog/ca.pem"
+peer_timeout = 2.5
+
+[[cluster.peers]]
+node = "gw-1"
+url = "https://gw-1:9443"
+
+[syslog]
+target = "tcp://siem:6514"
+sd_id = "audit@32473"
+""")
+    assert c.node_id == "gw-2"
+    assert c.retention_days == 400
+    assert c.segment_max_bytes == 8 * 1024 * 1024
+    assert c.segment_max_age == 12 * 3600
+    assert c.fsync == "interval"
+    assert c.server_listen == "0.0.0.0:9090"
+    assert c.source == str(tmp_path / "auditlog.toml")
+    # tables for later layers stay available, untouched
+    assert c.raw["cluster"]["peers"] == [{"node": "gw-1", "url": "https://gw-1:9443"}]
+    assert c.raw["syslog"]["target"] == "tcp://siem:6514"
+    s = c.store_settings()
+    assert (s.segment_max_bytes, s.segment_max_age, s.fsync, s.retention_days) == (
+        8 * 1024 * 1024, 43200.0, "interval", 400)
+
+
+def test_config_is_frozen(tmp_path):
+    c = load(tmp_path, "fsync = 'none'\n")
+    with pytest.raises(AttributeError):
+        c.fsync = "always"  # type: ignore[misc]
+
+
+def test_bom_is_not_toml(tmp_path):
+    # a UTF-8 BOM is not valid TOML; refused with a clear message, never a traceback
+    msg = refused(tmp_path, b"\xef\xbb\xbffsync = 'none'\n")
+    assert "TOML" in msg
+
+
+def test_settings_declared_once_with_help():
+    names = [s.name for s in SETTINGS]
+    assert len(names) == len(set(names))
+    assert {"node_id", "retention_days", "segment_max_bytes", "segment_max_age", "fsync",
+            "server.listen"} <= set(names)
+    for s in SETTINGS:
+        assert s.help and callable(s.check)
+        if s.default is not None:
+            assert s.check(s.default, s.name) == s.default
+
+
+# ----------------------------------------------------------------------------- retention_days
+
+@pytest.mark.parametrize("value, expected", [
+    ("90", 90), ("365", 365), ("3650", 3650), ('"forever"', None), ('"Forever"', None),
+    ('" forever "', None), ('"120"', 120),
+])
+def test_retention_days_valid(tmp_path, value, expected):
+    c = load(tmp_path, f"retention_days = {value}\n")
+    assert c.retention_days == expected
+    assert c.store_settings().retention_days == expected
+
+
+@pytest.mark.parametrize("value", ["89", "30", "0", "-1", '"30"'])
+def test_retention_days_under_90_refused_saying_so(tmp_path, value):
+    msg = refused(tmp_path, f"retention_days = {value}\n")
+    assert "retention_days" in msg and "90" in msg and "at least" in msg
+
+
+@pytest.mark.parametrize("value", ["90.5", "true", '"never"', '"1y"', "[365]", "{}", '""'])
+def test_retention_days_wrong_type_refused(tmp_path, value):
+    msg = refused(tmp_path, f"retention_days = {value}\n")
+    assert "retention_days" in msg and "forever" in msg
+
+
+def test_parse_retention_direct():
+    assert parse_retention("forever") is None
+    assert parse_retention(MIN_RETENTION_DAYS) == MIN_RETENTION_DAYS
+    with pytest.raises(ConfigError, match="--retention-days must be at least 90"):
+        parse_retention("45", "--retention-days")
+    with pytest.raises(ConfigError):
+        parse_retention(True)
+    with pytest.raises(ConfigError):
+        parse_retention(None)
+
+
+# ----------------------------------------------------------------------------- durations
+
+@pytest.mark.parametrize("text, seconds", [
+    ('"1d"', 86400.0), ('"12h"', 43200.0), ('"30m"', 1800.0), ('"45s"', 45.0), ('"2w"', 1209600.0),
+    ('"500ms"', 0.5), ('"1.5h"', 5400.0), ('" 3 d "', 259200.0), ('"90"', 90.0),
+    ("86400", 86400.0), ("0.25", 0.25),
+])
+def test_segment_max_age_durations(tmp_path, text, seconds):
+    c = load(tmp_path, f"segment_max_age = {text}\n")
+    assert c.segment_max_age == seconds
+    assert isinstance(c.segment_max_age, float)
+
+
+@pytest.mark.parametrize("text", ['"1x"', '"d"', '"-1d"', '"0d"', '"0"', "0", "-5", "true", '""',
+                                  '"1 day"', '"1D"', "[1]"])
+def test_segment_max_age_invalid(tmp_path, text):
+    msg = refused(tmp_path, f"segment_max_age = {text}\n")
+    assert "segment_max_age" in msg
+
+
+def test_parse_duration_direct():
+    assert parse_duration("1d", "x") == 86400
+    assert parse_duration(3, "x") == 3.0
+    with pytest.raises(ConfigError, match="peer_timeout"):
+        parse_duration("soon", "peer_timeout")
+    with pytest.raises(ConfigError):
+        parse_duration(False, "x")
+
+
+# ----------------------------------------------------------------------------- other settings
+
+@pytest.mark.parametrize("value, ok", [
+    ("4096", True), ("67108864", True), ("4095", False), ("0", False), ("-4096", False),
+    ('"64MiB"', False), ("4096.0", False), ("true", False),
+])
+def test_segment_max_bytes(tmp_path, value, ok):
+    text = f"segment_max_bytes = {value}\n"
+    if ok:
+        assert load(tmp_path, text).segment_max_bytes == int(value)
+    else:
+        assert "segment_max_bytes" in refused(tmp_path, text)
+
+
+@pytest.mark.parametrize("value", ["always", "interval", "none"])
+def test_fsync_modes(tmp_path, value):
+    assert load(tmp_path, f'fsync = "{value}"\n').fsync == value
+
+
+@pytest.mark.parametrize("value", ['"ALWAYS"', '"sometimes"', '""', "true", "1"])
+def test_fsync_invalid(tmp_path, value):
+    msg = refused(tmp_path, f"fsync = {value}\n")
+    assert "fsync" in msg and "always, interval, none" in msg
+
+
+@pytest.mark.parametrize("value", ['"gw1"', '"a"', '"node-0-x"', '"' + "a" * 63 + '"'])
+def test_node_id_valid(tmp_path, value):
+    assert load(tmp_path, f"node_id = {value}\n").node_id == value.strip('"')
+
+
+@pytest.mark.parametrize("value", ['"GW1"', '"-gw"', '"gw_1"', '""', '"' + "a" * 64 + '"', "7",
+                                   '"gw1\\n"'])
+def test_node_id_invalid(tmp_path, value):
+    msg = refused(tmp_path, f"node_id = {value}\n")
+    assert "node" in msg
+
+
+@pytest.mark.parametrize("value, ok", [('"127.0.0.1:8080"', True), ('"[::1]:80"', True),
+                                       ("8080", False), ('""', False), ("[]", False)])
+def test_server_listen(tmp_path, value, ok):
+    text = f"[server]\nlisten = {value}\n"
+    if ok:
+        assert load(tmp_path, text).server_listen == value.strip('"')
+    else:
+        assert "server.listen" in refused(tmp_path, text)
+
+
+# ----------------------------------------------------------------------------- broken files
+
+@pytest.mark.parametrize("text, expect", [
+    ("colour = 'blue'\n", "unknown setting 'colour'"),
+    ("retention-days = 365\n", "unknown setting 'retention-days'"),
+    ("Fsync = 'none'\n", "unknown setting 'Fsync'"),
+    ("server = 'x'\n", "unknown setting 'server'"),
+    ("[storage]\nfsync = 'none'\n", "unknown setting 'storage'"),
+])
+def test_unknown_keys_refused_naming_the_known_ones(tmp_path, text, expect):
+    msg = refused(tmp_path, text)
+    assert expect in msg
+    assert "retention_days" in msg and "fsync" in msg
+
+
+@pytest.mark.parametrize("text", [
+    "retention_days = [\n", "not toml\n", "a = 1\na = 2\n", "[server\n", "x = 'unterminated\n",
+    "retention_days = 365 365\n",
+])
+def test_invalid_toml(tmp_path, text):
+    msg = refused(tmp_path, text)
+    assert "not valid TOML" in msg and "auditlog.toml" in msg
+
+
+@pytest.mark.parametrize("junk", [b"\xff\xfe\x00\x01binary", bytes(range(256)), b"\x89PNG\r\n\x1a\n"])
+def test_binary_junk(tmp_path, junk):
+    msg = refused(tmp_path, junk)
+    assert "auditlog.toml" in msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    p = write(tmp_path, "fsync = 'none'\n")
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(ConfigError, match="cannot read config file .*Permission denied"):
+        load_config(p)
+
+
+def test_config_error_is_an_auditlog_error():
+    assert issubclass(ConfigError, AuditLogError)
