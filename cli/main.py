@@ -525,6 +525,14 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
     service = Service(obj.data_dir, obj.node(), cfg.store_settings()).open()
+    if cfg.cluster is not None and (cfg.cluster.listen or cfg.cluster.peers):
+        from query.cluster import Cluster, ClusterSettings
+        from query.peers import PeerConfig
+        c = cfg.cluster
+        service.cluster = Cluster(service, ClusterSettings(
+            listen=c.listen, ca=Path(c.ca), cert=Path(c.cert), key=Path(c.key),
+            peer_timeout=c.peer_timeout, checkpoint_interval=c.checkpoint_interval,
+            peers=tuple(PeerConfig(p.node, p.url) for p in c.peers if p.node != service.node_id)))
     try:
         if demo:
             _seed_demo(service)
@@ -654,7 +662,13 @@ def apikey_revoke(obj: Context, key_id: str) -> None:
 
 @cli.group()
 def cluster() -> None:
-    """Cluster PKI: a private CA and node certificates for the mTLS peer listener."""
+    """Cluster PKI: a private CA and node certificates for the mTLS peer listener.
+
+    \b
+    Example:
+      auditlog cluster ca-init --out ./ca
+      auditlog cluster issue-cert --ca ./ca --node gw1 --san 10.0.0.11 --out ./tls
+    """
 
 
 @cluster.command("ca-init")

@@ -153,7 +153,6 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
     end = len(data) if end is None else end
     pos = start
     mv = data
-    alt_prev: bytes | None = None   # see below
     while pos < end:
         try:
             hdr = parse_header(bytes(mv[pos: pos + HEADER_SIZE]))
@@ -167,7 +166,6 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
                 return
             pos = nxt
             prev_mac = bytes(mv[nxt - MAC_SIZE: nxt])
-            alt_prev = None
             continue
         fend = pos + HEADER_SIZE + hdr.payload_len + MAC_SIZE
         if fend > end:
@@ -178,15 +176,8 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
         payload = bytes(mv[pos + HEADER_SIZE: fend - MAC_SIZE])
         mac = bytes(mv[fend - MAC_SIZE: fend])
         problem = check_frame(hbytes, hdr, payload, mac, key, prev_mac) if verify else None
-        if problem == "mac_mismatch" and alt_prev is not None and \
-                check_frame(hbytes, hdr, payload, mac, key, alt_prev) is None:
-            problem = None   # only the previous frame's MAC bytes were altered, not this frame
         yield FrameRead(pos, hdr, payload, mac, problem,
                         "" if problem is None else f"frame at offset {pos}: {problem.replace('_', ' ')}", fend)
-        # After a failed frame, the next one is also tried against the MAC this frame's
-        # content really has: when only its stored MAC bytes were altered, the damage
-        # stays with this frame instead of spilling onto the next.
-        alt_prev = key.mac(prev_mac, hbytes, payload) if problem is not None and verify else None
         prev_mac = mac
         pos = fend
 

@@ -95,26 +95,15 @@ def verify_node(data_dir: DataDir, node: Node,
         if info.header is None:
             done += path.stat().st_size
             continue   # reported by structure_problems
-        damaged = sorted(info.index.damaged.items())
-        tail = info.tail
-        if is_active and tail is None and damaged:
-            # bytes at the very end of the active segment that are not a frame at all
-            # are a torn tail too (the writer's recovery cuts them the same way)
-            o, (kind, detail, sf, st) = damaged[-1]
-            row = info.index.frames[o]
-            if o == len(info.index.frames) - 1 and row.count == 0:
-                damaged.pop()
-                tail = (row.offset, detail)
-        for o, (kind, detail, sf, st) in damaged:
+        for o, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
             report.violations.append(Violation(kind, nid, sf, st, name, detail))
-        if tail is not None:
-            off, detail = tail
-            first_cut = info.index.frames[-1].first_seq if tail is not info.tail else info.last_seq + 1
+        if info.tail is not None:
+            off, detail = info.tail
             if not is_active:
                 report.violations.append(Violation("truncated", nid, info.last_seq + 1, None, name, detail))
             elif not writer_running:
                 report.violations.append(Violation(
-                    "torn_tail", nid, first_cut, None, name,
+                    "torn_tail", nid, info.last_seq + 1, None, name,
                     f"{detail}; the next writer start cuts it back and records audit.recovery"))
         # entry-level checks over the intact frames
         prev_sig = info.header.prev_sig

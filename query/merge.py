@@ -49,7 +49,9 @@ class Source:
         pass
 
 
-async def merge_sources(sources: list[Source], order: str = "asc") -> AsyncIterator[Entry]:
+async def merge_sources(sources: list[Source], order: str = "asc",
+                        batch: int = 1000) -> AsyncIterator[list[Entry]]:
+    """Merged entries in batches (a batch per ``yield`` keeps the per-entry cost low)."""
     desc = order == "desc"
     if desc:
         def key(e: Entry):
@@ -59,21 +61,42 @@ async def merge_sources(sources: list[Source], order: str = "asc") -> AsyncItera
             return (e.ts, e.node, e.seq)
     bufs: list[deque] = [deque() for _ in sources]
     heap: list = []
+    push, pop = heapq.heappush, heapq.heappop
 
     async def refill(i: int) -> None:
-        batch = await sources[i].next_batch()
-        if batch:
-            bufs[i].extend(batch)
-            heapq.heappush(heap, (key(bufs[i][0]), i))
+        got = await sources[i].next_batch()
+        if got:
+            bufs[i].extend(got)
+            push(heap, (key(bufs[i][0]), i))
 
     await asyncio.gather(*(refill(i) for i in range(len(sources))))
+    if len(sources) == 1:
+        # one node: its stream is already in order
+        src, buf = sources[0], bufs[0]
+        while buf:
+            out = list(buf)
+            buf.clear()
+            src.consumed += len(out)
+            yield out
+            await refill(0)
+        return
+    out: list[Entry] = []
     while heap:
-        _, i = heapq.heappop(heap)
+        _, i = pop(heap)
         buf = bufs[i]
         e = buf.popleft()
         sources[i].consumed += 1
-        yield e
+        out.append(e)
         if buf:
-            heapq.heappush(heap, (key(buf[0]), i))
+            push(heap, (key(buf[0]), i))
         else:
+            if out:
+                yield out
+                out = []
             await refill(i)
+            continue
+        if len(out) >= batch:
+            yield out
+            out = []
+    if out:
+        yield out

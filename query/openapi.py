@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from ingest.taxonomy import AUDIT_ACTIONS, TAXONOMY
 from query.filters import PARAM_NAMES
+
+#: One event as a client sends it (also the request body example).
+EXAMPLE_EVENT = {"user": "alice", "action": "config.filter_update", "target": "filter-12",
+                 "domain": "example.org", "ip": "192.0.2.10", "user_agent": "admin-ui/1.0",
+                 "success": True, "details": {"old": "block", "new": "quarantine"}}
 
 _FILTER_DOCS = {
     "from": "Inclusive start: RFC 3339, a date (YYYY-MM-DD) or relative (-30d, -12h, -15m)",
@@ -44,9 +50,14 @@ def openapi_document() -> dict:
         "type": "object", "additionalProperties": False, "required": ["user", "action"],
         "properties": {
             "user": {"type": "string", "minLength": 1, "maxLength": 1024},
-            "action": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"},
+            # what the server accepts: the taxonomy (less the log's own actions) or custom.*
+            "action": {"anyOf": [
+                {"type": "string", "enum": sorted(TAXONOMY - AUDIT_ACTIONS)},
+                {"type": "string", "maxLength": 1024, "pattern": r"^custom(\.[a-z0-9_]+)+$"}]},
             "target": {"type": ["string", "null"]}, "domain": {"type": ["string", "null"]},
-            "ip": {"type": ["string", "null"]}, "user_agent": {"type": ["string", "null"]},
+            "ip": {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"},
+                             {"type": "null"}]},
+            "user_agent": {"type": ["string", "null"]},
             "success": {"type": "boolean"}, "details": {"type": "object"},
         }}
     entry = {"type": "object", "properties": {
@@ -58,7 +69,8 @@ def openapi_document() -> dict:
             ("signature", "string"), ("integrity", "string"), ("violation", "string"))}}
     bearer = [{"bearer": []}]
     return {
-        "openapi": "3.0.3",
+        # 3.1: the schemas use JSON Schema type lists such as ["string", "null"]
+        "openapi": "3.1.0",
         "info": {"title": "auditlog", "version": "1",
                  "description": "Tamper-evident, append-only audit log. There is no update or delete."},
         "components": {
@@ -77,7 +89,7 @@ def openapi_document() -> dict:
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "maxLength": 200}}],
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"oneOf": [
+                    "application/json": {"example": [EXAMPLE_EVENT], "schema": {"oneOf": [
                         {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}},
                         {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {"events": {"type": "array",

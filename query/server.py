@@ -56,9 +56,35 @@ async def serve(service: Service, listen: str, unix_socket: str | None = None,
     app.cleanup_ctx.append(background_jobs(service))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    host, port = parse_listen(listen)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    peer_runner = None
+    cluster = service.cluster
+    try:
+        host, port = parse_listen(listen)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if cluster is not None:
+            await cluster.start()
+            if cluster.settings.listen:
+                from query.pki import server_context
+                from query.routes.peer import create_peer_app
+                s = cluster.settings
+                peer_runner = web.AppRunner(create_peer_app(service, cluster), access_log=None,
+                                            handle_signals=False)
+                await peer_runner.setup()
+                phost, pport = parse_listen(s.listen)
+                await web.TCPSite(peer_runner, phost, pport,
+                                  ssl_context=server_context(s.ca, s.cert, s.key)).start()
+    except BaseException:
+        if cluster is not None:
+            await cluster.stop()
+        if peer_runner is not None:
+            await peer_runner.cleanup()
+        await runner.cleanup()
+        raise
+    jobs = []
+    if cluster is not None and cluster.peers:
+        from query.cluster import checkpoint_loop
+        jobs.append(asyncio.create_task(checkpoint_loop(cluster)))
     if unix_socket:
         usite = web.UnixSite(runner, unix_socket)
         await usite.start()
@@ -72,5 +98,12 @@ async def serve(service: Service, listen: str, unix_socket: str | None = None,
     try:
         await stop.wait()
     finally:
+        for t in jobs:
+            t.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        if peer_runner is not None:
+            await peer_runner.cleanup()
         await runner.cleanup()
+        if cluster is not None:
+            await cluster.stop()
         await loop.run_in_executor(None, service.close)

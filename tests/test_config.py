@@ -62,6 +62,8 @@ listen = "0.0.0.0:9090"
 [cluster]
 listen = "0.0.0.0:9443"
 ca = "/etc/auditlog/ca.pem"
+cert = "/etc/auditlog/gw-2.pem"
+key = "/etc/auditlog/gw-2.key"
 peer_timeout = 2.5
 
 [[cluster.peers]]
@@ -81,6 +83,9 @@ sd_id = "audit@32473"
     assert c.source == str(tmp_path / "auditlog.toml")
     # tables for later layers stay available, untouched
     assert c.raw["cluster"]["peers"] == [{"node": "gw-1", "url": "https://gw-1:9443"}]
+    assert c.cluster.listen == "0.0.0.0:9443" and c.cluster.peer_timeout == 2.5
+    assert [(p.node, p.url) for p in c.cluster.peers] == [("gw-1", "https://gw-1:9443")]
+    assert c.cluster.ca == "/etc/auditlog/ca.pem" and c.cluster.checkpoint_interval == 60.0
     assert c.raw["syslog"]["target"] == "tcp://siem:6514"
     s = c.store_settings()
     assert (s.segment_max_bytes, s.segment_max_age, s.fsync, s.retention_days) == (
@@ -274,3 +279,15 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
 def test_config_error_is_an_auditlog_error():
     assert issubclass(ConfigError, AuditLogError)
+
+
+@pytest.mark.parametrize("table, needle", [
+    ('[cluster]\nlisten = "127.0.0.1:9443"\n', "ca, cert and key"),
+    ('[cluster]\nbogus = 1\n', "bogus"),
+    ('[cluster]\npeer_timeout = "abc"\n', "peer_timeout"),
+    ('[cluster]\nca="a"\ncert="b"\nkey="c"\n[[cluster.peers]]\nnode = "gw-1"\nurl = "http://gw-1:9443"\n', "https://"),
+    ('[cluster]\nca="a"\ncert="b"\nkey="c"\n[[cluster.peers]]\nnode = "GW 1"\nurl = "https://x:1"\n', "node id"),
+    ('[cluster]\nca="a"\ncert="b"\nkey="c"\n[[cluster.peers]]\nnode = "gw-1"\n', "node and url"),
+])
+def test_cluster_table_checked(tmp_path, table, needle):
+    assert needle in refused(tmp_path, table.encode())

@@ -12,20 +12,21 @@ is reproducible.
 
 from __future__ import annotations
 
-import collections
 import json
 
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from helpers_http import ServeProcess, run_cli
-from query.openapi import openapi_document
+from query.openapi import EXAMPLE_EVENT, openapi_document
 
 MAX_EXAMPLES = 30
+#: aiohttp's default limit on the request line (longer ones get a plain-text 400)
+MAX_REQUEST_LINE = 8190
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,10 @@ def fuzz_server(tmp_path_factory):
     try:
         srv.wait_ready()
         yield srv, keys
+        assert srv.terminate() == 0, srv.stderr()       # a clean stop after all of it
+        # the error middleware logs every 500 as "unhandled error" (aiohttp itself logs a
+        # traceback for each request line it cannot parse: noisy, but not a server error)
+        assert "unhandled error" not in srv.stderr()
     finally:
         srv.close()
 
@@ -63,6 +68,15 @@ OPERATIONS = sorted((path, method.upper()) for path, ops in openapi_document()["
                     for method in ops)
 
 
+#: One documented, valid request per operation, always sent first (Phase.explicit).
+EXPLICIT = {
+    ("/api/v1/events", "POST"): {"body": [EXAMPLE_EVENT], "media_type": "application/json"},
+    ("/api/v1/api-keys", "POST"): {"body": {"name": "fuzz-explicit", "role": "reader"},
+                                   "media_type": "application/json"},
+    ("/api/v1/api-keys/{key_id}", "DELETE"): {"path_parameters": {"key_id": "000000000000"}},
+}
+
+
 @pytest.mark.parametrize("path,method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
 def test_no_server_errors(api_schema, fuzz_server, http, path, method):
     srv, keys = fuzz_server
@@ -73,6 +87,7 @@ def test_no_server_errors(api_schema, fuzz_server, http, path, method):
     seen: list[int] = []
 
     @given(case=strategy)
+    @example(case=operation.Case(**EXPLICIT.get((path, method), {})))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     def fuzz(case):
@@ -81,29 +96,34 @@ def test_no_server_errors(api_schema, fuzz_server, http, path, method):
         assert resp.status_code < 500, (case.as_curl_command(), resp.status_code, resp.text[:500])
         if 400 <= resp.status_code < 500:
             ctype = (resp.headers.get("content-type") or [""])[0]
-            assert ctype.startswith("application/json"), (case.as_curl_command(), resp.status_code, ctype)
-            body = json.loads(resp.content)
-            assert body["error"]["status"] == resp.status_code, body
-            assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+            if resp.status_code == 400 and len(resp.request.url) > MAX_REQUEST_LINE:
+                # refused by aiohttp's HTTP parser before the app sees it (plain text)
+                assert f"Got more than {MAX_REQUEST_LINE} bytes" in resp.text, resp.text[:200]
+            else:
+                assert ctype.startswith("application/json"), (case.as_curl_command(), resp.status_code, ctype)
+                body = json.loads(resp.content)
+                assert body["error"]["status"] == resp.status_code, body
+                assert isinstance(body["error"]["message"], str) and body["error"]["message"]
         # never a key in a response (POST /api/v1/api-keys shows only the new key, once)
         for t in keys.values():
             assert t not in resp.text
 
     fuzz()
-    print(method, path, sorted(collections.Counter(seen).items()))
-    assert len(seen) >= min(MAX_EXAMPLES, 5), seen   # it really sent requests
+    assert srv.json("/healthz")[0] == 200
+    assert seen      # it really sent requests (one, for an operation with nothing to vary)
+    if path != "/api/v1/api-keys/{key_id}":    # (random key ids: 404)
+        assert any(200 <= s < 300 for s in seen), seen    # the key worked: not all refused
 
 
-def test_server_survives_fuzzing(fuzz_server, api_schema):
-    """After (or without) the fuzzing: alive, still appending, and the log verifies."""
+def test_server_survives_fuzzing(fuzz_server):
+    """Alive, still appending, and the log verifies (over the API and with the CLI)."""
     srv, keys = fuzz_server
+    assert srv.json("/api/v1/openapi.json") == (200, openapi_document())   # what was fuzzed
     status, body = srv.json("/api/v1/events", keys["writer"], method="POST",
                             body=json.dumps([{"user": "after", "action": "custom.fuzz_done"}]).encode(),
                             headers={"Content-Type": "application/json"})
     assert status == 201, body
-    assert srv.json("/healthz")[0] == 200
     status, report = srv.json("/api/v1/verify", keys["admin"])
     assert status == 200 and report["ok"] is True, report
-    assert srv.terminate() == 0
     v = run_cli(srv.data_dir, "verify")
     assert v.returncode == 0, v.stdout + v.stderr

@@ -11,8 +11,8 @@ from query.app import SERVICE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
-from query.merge import merge_streams
-from query.scan import scan_node
+from query.cluster import LocalSource
+from query.merge import Source, merge_sources
 
 PAGE_PARAMS = ("limit", "cursor", "order", "format")
 CHUNK = 2000
@@ -43,20 +43,59 @@ def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     return flt, order, limit, positions, fingerprint
 
 
-def open_streams(service, flt: Filter, order: str, positions: dict[str, int]):
-    """Per-node ordered streams and their status (this node only, until peers are configured)."""
-    streams = [scan_node(service.log, flt, order=order, after_seq=positions.get(service.node_id))]
-    nodes = {service.node_id: {"status": "ok"}}
-    return merge_streams(streams, order), nodes
+def open_sources(service, flt: Filter, order: str, positions: dict[str, int]) -> list[Source]:
+    """One ordered source per node: this node, plus every peer when a cluster is configured."""
+    if service.cluster is not None:
+        return service.cluster.sources(flt, order, positions)
+    if not flt.admits_node(service.node_id):
+        return []
+    return [LocalSource(service, flt, order, positions.get(service.node_id))]
 
 
-def take(it, n: int) -> list:
-    out = []
-    for e in it:
-        out.append(e)
-        if len(out) >= n:
-            break
-    return out
+def node_status(sources: list[Source], service) -> dict:
+    nodes = {s.node: dict(s.status) for s in sources}
+    if service.cluster is not None:   # nodes excluded by a node filter are still listed
+        for n in [service.node_id, *service.cluster.peers]:
+            nodes.setdefault(n, {"status": "ok", "skipped": "excluded by the node filter"})
+    else:
+        nodes.setdefault(service.node_id, {"status": "ok"})
+    return nodes
+
+
+class Merged:
+    """The merged stream with its sources, primed so node status is known up front."""
+
+    def __init__(self, sources: list[Source], order: str):
+        self.sources = sources
+        self.it = merge_sources(sources, order, CHUNK)
+        self.first: list | None = None
+
+    async def prime(self) -> None:
+        """Wait for every node's first answer (bounded by peer_timeout)."""
+        try:
+            self.first = await self.it.__anext__()
+        except StopAsyncIteration:
+            self.first = None
+
+    async def batches(self, limit: int | None = None):
+        n = 0
+        pending = self.first
+        self.first = None
+        while pending is not None:
+            if limit is not None and n + len(pending) >= limit:
+                yield pending[: limit - n]
+                return
+            n += len(pending)
+            yield pending
+            try:
+                pending = await self.it.__anext__()
+            except StopAsyncIteration:
+                pending = None
+
+    async def close(self) -> None:
+        await self.it.aclose()
+        for s in self.sources:
+            await s.close()
 
 
 async def get_audit_log(request: web.Request) -> web.StreamResponse:
@@ -71,15 +110,22 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     if fmt == "ecs":
         raise InvalidFilterError("format=ecs is not available on this server version")
     service.metrics.inc("auditlog_queries_total", format=fmt or "json")
-    merged, nodes = open_streams(service, flt, order, positions)
-    if fmt == "ndjson":
-        return await stream_ndjson(request, service, merged, limit, nodes)
-    limit = limit or service.settings.default_query_limit
-    page = await service.run(take, merged, limit + 1)
-    more = len(page) > limit
-    page = page[:limit]
-    for e in page:
-        positions[e.node] = e.seq
+    merged = Merged(open_sources(service, flt, order, positions), order)
+    try:
+        await merged.prime()
+        if fmt == "ndjson":
+            return await stream_lines(request, service, merged, limit)
+        limit = limit or service.settings.default_query_limit
+        page = []
+        async for batch in merged.batches(limit + 1):
+            page.extend(batch)
+        more = len(page) > limit
+        page = page[:limit]
+        for e in page:
+            positions[e.node] = e.seq
+        nodes = node_status(merged.sources, service)
+    finally:
+        await merged.close()
     violations = sum(1 for e in page if e.integrity != "ok")
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
@@ -91,74 +137,80 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
-async def stream_ndjson(request, service, merged, limit, nodes) -> web.StreamResponse:
+async def stream_lines(request, service, merged: Merged, limit) -> web.StreamResponse:
+    """NDJSON: one entry per line.  Nodes not ``ok`` at the end add one
+    ``{"node_status": {...}}`` line each, so a reader of the body alone learns
+    of a peer lost mid-stream; the ``X-Auditlog-Nodes`` header has the status
+    at the start."""
     from export.ndjson import iter_ndjson
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8",
-                                       "X-Auditlog-Nodes": json.dumps(nodes, separators=(",", ":"))})
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/x-ndjson; charset=utf-8",
+        "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
     await resp.prepare(request)
-    counter = {"n": 0, "v": 0}
-
-    def counted():
-        for e in merged:
-            if limit is not None and counter["n"] >= limit:
-                return
-            counter["n"] += 1
-            if e.integrity != "ok":
-                counter["v"] += 1
-            yield e
-
-    chunks = iter_ndjson(counted())
-    while True:
-        batch = await service.run(_take_chunks, chunks)
-        if not batch:
-            break
-        await resp.write(batch.encode("utf-8"))
-    if counter["v"]:
-        service.metrics.inc("auditlog_integrity_violations_total", counter["v"])
+    violations = 0
+    async for batch in merged.batches(limit=limit):
+        violations += sum(1 for e in batch if e.integrity != "ok")
+        await resp.write("".join(iter_ndjson(batch)).encode("utf-8"))
+    if violations:
+        service.metrics.inc("auditlog_integrity_violations_total", violations)
+    trailer = [json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
+               for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"]
+    if trailer:
+        await resp.write(("\n".join(trailer) + "\n").encode("utf-8"))
     await resp.write_eof()
     return resp
 
 
-def _take_chunks(chunks, budget: int = 256 * 1024) -> str:
-    out, size = [], 0
-    for c in chunks:
-        out.append(c)
-        size += len(c)
-        if size >= budget:
-            break
-    return "".join(out)
-
-
 async def export_csv(request: web.Request) -> web.StreamResponse:
+    """CSV of the whole filtered range; a node that is unreachable, or lost
+    mid-stream, adds a final row whose integrity cell says so."""
     key = authorize(request, "read")
     service = request.app[SERVICE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order",))
     from export.csv import iter_csv
-    merged, nodes = open_streams(service, flt, order, {})
-    counter = {"n": 0, "v": 0}
-
-    def counted():
-        for e in merged:
-            counter["n"] += 1
-            if e.integrity != "ok":
-                counter["v"] += 1
-            yield e
-
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.csv"'})
-    await resp.prepare(request)
-    chunks = iter_csv(counted())
-    while True:
-        batch = await service.run(_take_chunks, chunks)
-        if not batch:
-            break
-        await resp.write(batch.encode("utf-8"))
+    merged = Merged(open_sources(service, flt, order, {}), order)
+    rows = violations = 0
+    try:
+        await merged.prime()
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.csv"',
+            "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
+        await resp.prepare(request)
+        first = True
+        async for batch in merged.batches():
+            rows += len(batch)
+            violations += sum(1 for e in batch if e.integrity != "ok")
+            chunks = list(iter_csv(batch, bom=first))
+            if not first:
+                chunks = chunks[1:]   # the header line comes once
+            first = False
+            await resp.write("".join(chunks).encode("utf-8"))
+        if first:
+            await resp.write("".join(iter_csv([])).encode("utf-8"))
+        bad = {n: st for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"}
+        if bad:
+            await resp.write(unreachable_rows(bad).encode("utf-8"))
+        nodes = node_status(merged.sources, service)
+    finally:
+        await merged.close()
     await resp.write_eof()
     await service.record(key.name, "audit.export", ip=request.remote, details={
-        "format": "csv", "filters": flt.to_params(), "rows": counter["n"],
-        "integrity_violations": counter["v"], "api_key_id": key.id})
+        "format": "csv", "filters": flt.to_params(), "rows": rows,
+        "integrity_violations": violations, "api_key_id": key.id,
+        "nodes": {n: st.get("status") for n, st in nodes.items()}})
     return resp
+
+
+def unreachable_rows(bad: dict) -> str:
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    for node, st in bad.items():
+        w.writerow(["", node, "", "", "", "", "", "", "", "", "", "",
+                    f"unreachable: {st.get('error', '')}"])
+    return buf.getvalue()
 
 
 async def not_allowed(request: web.Request) -> web.Response:

@@ -72,7 +72,7 @@ async def post_events(request: web.Request) -> web.Response:
             if body is None:
                 res = await service.append(drafts)
                 body = _result(service, res)
-                service.idempotency.put(scoped, body)
+                await service.run(service.idempotency.put, scoped, body)
             elif body["appended"] != len(drafts):
                 raise BodyError("Idempotency-Key was already used for a different batch")
             else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
-from engine.entry import format_ts
 from query.app import SERVICE, authorize
 from query.errors import InvalidFilterError
 from query.openapi import openapi_document
@@ -30,27 +31,40 @@ async def verify(request: web.Request) -> web.Response:
     scope = request.rel_url.query.get("scope", "node")
     if scope not in ("node", "cluster"):
         raise InvalidFilterError(f"scope must be node or cluster, got {scope[:20]!r}")
-    from engine.verify import verify_node
-    report = await service.run(verify_node, service.data_dir, service.node)
-    if report.violations:
-        service.metrics.inc("auditlog_integrity_violations_total", len(report.violations))
-    body = report.to_dict()
-    body.pop("node")
-    body["nodes"] = {service.node_id: {"status": "ok", "ok": report.ok}}
+    if scope == "cluster" and service.cluster is not None:
+        from query.cluster import cluster_verify
+        body = await cluster_verify(service.cluster)
+    else:
+        from engine.verify import verify_node
+        report = await service.run(verify_node, service.data_dir, service.node)
+        body = report.to_dict()
+        body.pop("node")
+        body["nodes"] = {service.node_id: {"status": "ok", "ok": report.ok}}
+    if body["violations"]:
+        service.metrics.inc("auditlog_integrity_violations_total", len(body["violations"]))
     return web.json_response(body)
 
 
 async def cluster(request: web.Request) -> web.Response:
     authorize(request, "read")
     service = request.app[SERVICE]
-    head_seq, last_ts = await service.run(service.log.head)
-    days = service.store.retention_days
-    return web.json_response({"node": service.node_id, "nodes": [{
-        "node": service.node_id, "self": True, "status": "ok", "head_seq": head_seq,
-        "last_ts": format_ts(last_ts) if last_ts else None,
-        "retention_days": "forever" if days is None else days,
-        "retention_last_run": service.last_retention,
-    }]})
+    me = await service.run(service.head_info)
+    me["self"] = True
+    rows = [me]
+    if service.cluster is not None:
+        for node, info in (await service.cluster.peer_json("/head")).items():
+            if "error" in info:
+                rows.append({"node": node, "status": "unreachable", "error": info["error"]})
+            else:
+                rows.append({**info, "node": node, "status": "ok"})
+    policies = {json.dumps(r.get("retention_days")) for r in rows if r.get("status") == "ok"}
+    mismatch = len(policies) > 1
+    if mismatch:
+        for r in rows:
+            if r.get("status") == "ok":
+                r["retention_mismatch"] = True
+    return web.json_response({"node": service.node_id, "nodes": rows, "retention_consistent": not mismatch,
+                              "checkpoint_errors": service.cluster.checkpoint_errors if service.cluster else {}})
 
 
 async def openapi(request: web.Request) -> web.Response:
