@@ -110,6 +110,60 @@ class ClusterConfig:
     peers: tuple[PeerEntry, ...] = ()
 
 
+@dataclass(frozen=True)
+class SyslogConfig:
+    """``[syslog]``: forward this node's log to a syslog receiver / SIEM."""
+
+    target: str
+    format: str = "rfc5424"
+    sd_id: str = "audit@32473"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+    udp_max_bytes: int = 8192
+
+
+_SYSLOG_KEYS = {"target", "format", "sd_id", "ca", "cert", "key", "server_name", "udp_max_bytes"}
+
+
+def parse_syslog(table: Any, base: Path) -> SyslogConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[syslog] must be a table")
+    unknown = set(table) - _SYSLOG_KEYS
+    if unknown:
+        raise ConfigError(f"[syslog]: unknown setting(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(_SYSLOG_KEYS))})")
+    if "target" not in table:
+        raise ConfigError("[syslog] needs target = \"udp://HOST:PORT\", \"tcp://HOST:PORT\" or \"tls://HOST:PORT\"")
+    target = _str(table["target"], "syslog.target")
+    from urllib.parse import urlsplit
+    try:
+        u = urlsplit(target)
+        port = u.port
+    except ValueError:
+        port = None
+        u = None
+    if u is None or u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not port:
+        raise ConfigError(f"syslog.target must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, got {target!r}")
+    fmt = table.get("format", "rfc5424")
+    if fmt != "rfc5424":
+        raise ConfigError(f"syslog.format must be \"rfc5424\", got {fmt!r}")
+    sd_id = _str(table.get("sd_id", "audit@32473"), "syslog.sd_id")
+    name, at, num = sd_id.partition("@")
+    if not (at and name and num.isdigit() and len(sd_id) <= 32 and all(
+            "!" <= c <= "~" and c not in '="]' for c in sd_id)):
+        raise ConfigError(f"syslog.sd_id must look like name@<enterprise number>, got {sd_id!r}")
+    files = {k: str((base / _str(table[k], f"syslog.{k}")).resolve()) for k in ("ca", "cert", "key") if k in table}
+    if u.scheme != "tls" and files:
+        raise ConfigError("syslog ca/cert/key only apply to a tls:// target")
+    return SyslogConfig(target=target, format=fmt, sd_id=sd_id, ca=files.get("ca"), cert=files.get("cert"),
+                        key=files.get("key"),
+                        server_name=_str(table["server_name"], "syslog.server_name") if "server_name" in table else None,
+                        udp_max_bytes=_int_at_least(480)(table.get("udp_max_bytes", 8192), "syslog.udp_max_bytes"))
+
+
+_SERVER_KEYS = {"listen", "unix_socket"}
 _CLUSTER_KEYS = {"listen", "ca", "cert", "key", "peer_timeout", "checkpoint_interval", "peers"}
 
 
@@ -163,6 +217,8 @@ class Config:
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     cluster: "ClusterConfig | None" = None
+    syslog: "SyslogConfig | None" = None
+    server_unix_socket: str | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(segment_max_bytes=self.segment_max_bytes,
@@ -196,6 +252,18 @@ def load_config(path: str | Path | None) -> Config:
         if key == "cluster":
             values["cluster"] = parse_cluster(value, p.parent)
             continue
+        if key == "syslog":
+            values["syslog"] = parse_syslog(value, p.parent)
+            continue
+        if key == "server":
+            if not isinstance(value, dict):
+                raise ConfigError("[server] must be a table")
+            unknown = set(value) - _SERVER_KEYS
+            if unknown:
+                raise ConfigError(f"[server]: unknown setting(s) {', '.join(sorted(unknown))} "
+                                  f"(known: {', '.join(sorted(_SERVER_KEYS))})")
+            if "unix_socket" in value:
+                values["server.unix_socket"] = str((p.parent / _str(value["unix_socket"], "server.unix_socket")).resolve())
         if isinstance(value, dict) and key in _OPEN_TABLES:
             for sub, subv in value.items():
                 s = _BY_NAME.get(f"{key}.{sub}")
@@ -219,4 +287,6 @@ def load_config(path: str | Path | None) -> Config:
         fsync=values.get("fsync", "always"),
         server_listen=values.get("server.listen", "127.0.0.1:8080"),
         cluster=values.get("cluster"),
+        syslog=values.get("syslog"),
+        server_unix_socket=values.get("server.unix_socket"),
         source=str(p), raw=data)

@@ -434,41 +434,60 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
 # -- export -------------------------------------------------------------------------
 
 @cli.command()
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson"]))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson", "ecs", "pdf"]))
 @filter_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write ('-' for stdout).")
+@click.option("--title", default="Audit log report", show_default=True, help="PDF report title.")
 @click.pass_obj
 @handle_errors
 def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node,
-           output) -> None:
+           output, title) -> None:
     """Export the filtered range (all of it) to a file; the export itself is audited.
 
+    csv: RFC 4180 with a BOM for Excel; ndjson: one entry per line; ecs:
+    Elastic Common Schema documents (NDJSON); pdf: a report with the filters,
+    node coverage, a table of the entries, integrity status and page numbers.
+
     \b
-    Example:
+    Examples:
       auditlog export csv --from 2026-03-14T09:00:00Z --to 2026-03-14T12:00:00Z \\
           --action 'config.*' -o config-changes.csv
+      auditlog export pdf --recipient anna@example.com --action quarantine.release \\
+          --title 'Subject access: anna@example.com' -o anna.pdf
+      auditlog export ecs --from -1d -o today.ecs.ndjson
     """
     from query.scan import scan_node
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     node_obj = obj.node()
     log = NodeLog(obj.data_dir, node_obj)
     from export.csv import iter_csv
+    from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
-    render = iter_csv if fmt == "csv" else iter_ndjson
+    render = {"csv": iter_csv, "ndjson": iter_ndjson, "ecs": iter_ecs}.get(fmt)
     # the export is recorded by the writer: take it first so that a running
     # server (which owns the writer) is reported before any file is written
     with obj.writer() as w:
         counted = ViolationCounter(scan_node(log, flt))
         target_path = None if output == "-" else Path(output)
         tmp = None if target_path is None else target_path.with_name(target_path.name + ".part")
+        binary = fmt == "pdf"
         try:
-            out = sys.stdout if tmp is None else open(tmp, "w", encoding="utf-8", newline="")
+            if tmp is None:
+                out = sys.stdout.buffer if binary else sys.stdout
+            else:
+                out = open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")
         except OSError as e:
             fail(f"cannot write {output}: {e.strerror}")
         try:
-            for chunk in render(counted):
-                out.write(chunk)
+            if binary:
+                from export.pdf import render_pdf
+                pdf, _ = render_pdf(counted, title=title, filters=flt.describe(),
+                                    nodes={node_obj.node_id: {"status": "ok"}}, generated_by="auditlog CLI")
+                out.write(pdf)
+            else:
+                for chunk in render(counted):
+                    out.write(chunk)
             out.flush()
         finally:
             if tmp is not None:
@@ -482,6 +501,64 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
     if counted.violations:
         click.echo(f"auditlog: {counted.violations} exported entries carry integrity violations", err=True)
         sys.exit(EXIT_VIOLATION)
+
+
+# -- reports ---------------------------------------------------------------------------
+
+@cli.group()
+def report() -> None:
+    """Compliance reports over the log.
+
+    \b
+    Example:
+      auditlog report four-eyes --from -90d
+    """
+
+
+@report.command("four-eyes")
+@click.option("--from", "from_", metavar="TIME", help="Inclusive start of the range of actions.")
+@click.option("--to", metavar="TIME", help="Exclusive end of the range of actions.")
+@click.option("--pair", "pairs", multiple=True, metavar="ACTION:CONFIRM",
+              help="Action and its confirming action (repeatable; default "
+                   "config.dkim_rotate:config.dkim_rotate_confirm).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@handle_errors
+def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
+    """Was every sensitive change confirmed by a second, different admin? Exit 1 if not.
+
+    \b
+    Example:
+      auditlog report four-eyes --from 2026-01-01 --json
+      auditlog report four-eyes --pair config.filter_delete:custom.filter_delete_confirm
+    """
+    from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
+    from query.filters import Filter
+    from query.scan import scan_node
+    try:
+        rules = parse_pairs(pairs) if pairs else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
+    except ValueError as e:
+        fail(str(e))
+    base = build_filter(from_, to, None, None, None, None, None, None, None, None)
+    params = base.to_params()
+    params.pop("to", None)
+    params["action"] = ",".join(sorted({r.action for r in rules} | {r.confirm for r in rules}))
+    log = NodeLog(obj.data_dir, obj.node())
+    rep = four_eyes(scan_node(log, Filter.from_params(params)), rules, base.from_us, base.to_us)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, ensure_ascii=False))
+    else:
+        for a in rep["rotations"]:
+            mark = "ok  " if a["ok"] else "FAIL"
+            who = ", ".join(a["confirmed_by"]) or "-"
+            click.echo(f"{mark} {a['ts']} {a['id']:<12} {a['action']} {a['target'] or '-'} by {a['user']}; "
+                       f"confirmed by: {who}" + (f"  ({a['problem']})" if a["problem"] else ""))
+        for o in rep["orphan_confirmations"]:
+            click.echo(f"FAIL {o['ts']} {o['id']:<12} {o['action']} by {o['user']} confirms "
+                       f"{o['confirms']!r}: {o['problem']}")
+        if not rep["rotations"] and not rep["orphan_confirmations"]:
+            click.echo("no actions needing a second pair of eyes in this range")
+    sys.exit(0 if rep["ok"] else EXIT_VIOLATION)
 
 
 # -- serve ----------------------------------------------------------------------------
@@ -525,6 +602,12 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
     service = Service(obj.data_dir, obj.node(), cfg.store_settings()).open()
+    if cfg.syslog is not None:
+        from export.syslog import SyslogSettings
+        y = cfg.syslog
+        service.start_syslog(SyslogSettings(target=y.target, sd_id=y.sd_id, udp_max_bytes=y.udp_max_bytes,
+                                            ca=y.ca, cert=y.cert, key=y.key, server_name=y.server_name))
+    unix_socket = unix_socket or cfg.server_unix_socket
     if cfg.cluster is not None and (cfg.cluster.listen or cfg.cluster.peers):
         from query.cluster import Cluster, ClusterSettings
         from query.peers import PeerConfig

@@ -4,10 +4,18 @@
 Concurrent callers share one write and one fsync: the first caller to find no
 commit in progress becomes the leader, takes everything queued and commits it;
 the others wait for the result of the commit that carried their entries.
+
+Recovery on open cuts a torn tail (a last frame cut short, or bytes at the end
+that are not a frame) back to the last whole frame; a whole frame that fails
+its checks is kept as is and the writer continues in a new segment.  A commit
+that fails part-way (a write, an fsync, creating the next segment) is undone:
+segments it created are removed and the active file is cut back to its last
+good frame before the error is returned.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -22,11 +30,10 @@ from engine.datadir import DataDir, Node, fsync_dir
 from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
-from engine.index import (INDEX_SUFFIX, FrameRow, SegmentIndex, index_path, manifest_row,
+from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row,
                           save_manifest, write_atomic)
 from engine.log import NodeLog, SegmentInfo, index_segment
-from engine.segment import (SEGMENT_SUFFIX, SegmentHeader, list_segments, segment_name,
-                            seq_from_name)
+from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
 from engine.settings import StoreSettings
 
 
@@ -58,8 +65,8 @@ class WriterLock:
     classic POSIX ``lockf`` lock it belongs to this one open file, so a second
     writer in the *same* process is refused too, and closing some other
     descriptor of the file (``is_held`` in the writer's own process, a second
-    writer's failed start) does not silently drop it.  Elsewhere ``flock``
-    gives the same semantics.
+    writer's failed start) does not silently drop it.  Without OFD locks
+    ``flock`` gives the same semantics.
     """
 
     _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
@@ -74,12 +81,11 @@ class WriterLock:
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if self._OFD_SETLK is not None:
-                fcntl.fcntl(fd, self._OFD_SETLK, struct.pack(self._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
-            else:   # pragma: no cover - non-Linux
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            self._lock(fd, exclusive=True)
+        except OSError as e:
             os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise EngineError(f"cannot lock {self.path}: {e.strerror or e}") from None
             raise WriterLockedError(
                 f"another auditlog writer is active on {self.path.parent} (a running server or "
                 "another command holds its lock; only one writer per data dir, readers need no lock)"
@@ -87,6 +93,18 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+
+    @classmethod
+    def _lock(cls, fd: int, exclusive: bool) -> None:
+        if cls._OFD_SETLK is not None:
+            try:
+                fcntl.fcntl(fd, cls._OFD_SETLK, struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                cls._OFD_SETLK = cls._OFD_GETLK = None   # a kernel without OFD locks
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -104,9 +122,15 @@ class WriterLock:
             if cls._OFD_GETLK is not None:
                 # asks who would block a write lock, without acquiring anything; also
                 # sees a lock held through another open file of this same process
-                res = fcntl.fcntl(fd, cls._OFD_GETLK, struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
-                return struct.unpack(cls._FLOCK, res)[0] != fcntl.F_UNLCK
-            try:   # pragma: no cover - non-Linux
+                try:
+                    res = fcntl.fcntl(fd, cls._OFD_GETLK,
+                                      struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+                    return struct.unpack(cls._FLOCK, res)[0] != fcntl.F_UNLCK
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    cls._OFD_SETLK = cls._OFD_GETLK = None
+            try:   # pragma: no cover - no OFD locks
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 return True
@@ -146,6 +170,8 @@ class LogWriter:
         self._last_sync = 0.0
         self._dirty = False
         self.recovery: dict | None = None
+        #: segments created by the commit in progress (removed again if it fails)
+        self._new_segments: list[Path] | None = None
         #: set when a failed write could not even be cut back: no more appends
         self._failed: str | None = None
         #: observers: called with (batch_size, fsync_seconds) after each commit
@@ -274,12 +300,22 @@ class LogWriter:
             raise EngineError(f"segment {path.name} already exists; refusing to overwrite it")
         raw, header = SegmentHeader.build(self.key, self.node, first_seq, now_us(), prev_sig, prev_mac)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(seg_dir)   # a crash before this line may lose the empty segment, nothing else
+        try:
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(seg_dir)   # a crash before this line may lose the empty segment, nothing else
+        except BaseException:
+            for p in (tmp, path):   # a failed create leaves nothing behind (it holds no entry)
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            raise
+        if self._new_segments is not None:
+            self._new_segments.append(path)
         self.next_seq = first_seq
         self.last_sig = prev_sig
         self.last_mac = header.mac
@@ -319,8 +355,10 @@ class LogWriter:
         self._create_segment(self.next_seq, self.last_sig, self.last_mac)
         self._active_prev = old
         info, self._active = self._active, old
-        self._seal_active()
-        self._active = info
+        try:
+            self._seal_active()
+        finally:
+            self._active = info
 
     def active_age(self) -> float:
         return (now_us() - self._active.header.created_us) / 1e6
@@ -374,6 +412,7 @@ class LogWriter:
                 (t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):
             self._roll_locked()
         skew = None
+        was_in_skew = self._in_skew
         if t < self.last_ts:
             if not self._in_skew:
                 skew = EntryDraft("system", "audit.clock_skew", details={
@@ -386,7 +425,6 @@ class LogWriter:
         # snapshot for rollback
         snap = (self.next_seq, self.last_sig, self.last_mac, self._active, self._active_size,
                 len(self._active.index.frames))
-        created: list[SegmentInfo] = []
         sign = self._sign
         node, nlen = self.node, self._node_len
         seq = self.next_seq
@@ -417,7 +455,6 @@ class LogWriter:
                     pending_files.clear()
                     self.next_seq, self.last_sig, self.last_mac = first, prev_of_first[0], last_mac
                     self._roll_locked()
-                    created.append(self._active)
                     cur_info, cur_bufs, cur_rows = self._active, [], []
                     cur_size, last_mac = self._active_size, self._active.header.mac
             fb, mac = build_frame(records, first, ts, ts, self.key, last_mac)
@@ -429,6 +466,7 @@ class LogWriter:
             records, terms, rsize = [], [], 0
 
         prev_of_first = [prev]
+        self._new_segments = []
         try:
             for d in all_drafts:
                 if d.details:
@@ -451,8 +489,11 @@ class LogWriter:
         except BaseException:
             # whatever failed (a write, an fsync, creating the next segment), nothing
             # of this batch may stay behind: it was never acknowledged
-            self._rollback(snap, created)
+            self._rollback(snap)
+            self._in_skew = was_in_skew   # a lost audit.clock_skew entry is written next time
             raise
+        finally:
+            self._new_segments = None
         self.next_seq, self.last_sig, self.last_mac, self.last_ts = seq, prev, last_mac, ts
         res = AppendResult(seq - len(all_drafts) + (1 if skew else 0), seq - 1, ts)
         for r in batch:
@@ -495,29 +536,29 @@ class LogWriter:
             if self.on_commit:
                 self.on_commit(sum(r[0].count for r in rows), dt)
 
-    def _rollback(self, snap, created) -> None:
+    def _rollback(self, snap) -> None:
         """Undo a failed commit: drop the segments it created, cut the active file
         back to its last good frame.  If even that fails the writer refuses further
         appends (the next open recovers the file)."""
         next_seq, last_sig, last_mac, active, size, nframes = snap
         seg_dir = self.data_dir.segments
+        new = self._new_segments or []
         try:
-            # every segment after the snapshot's active one was created by this commit
-            # (also one whose creation failed half-way, not yet in ``created``)
-            rolled = False
-            for n in sorted(os.listdir(seg_dir)):
-                if n > active.path.name and n.endswith((SEGMENT_SUFFIX, INDEX_SUFFIX, ".tmp")):
-                    os.unlink(seg_dir / n)
-                    rolled = True
-            if rolled or created or self._active is not active:
-                # a roll sealed ``active`` (its index written) before the failure:
-                # that index describes frames that are being removed now
+            for p in new:
+                for q in (p, index_path(p)):
+                    try:
+                        os.unlink(q)
+                    except FileNotFoundError:
+                        pass
+            if new:
+                # rolling sealed ``active`` (its index written) before the failure:
+                # that index describes frames that are removed now
                 try:
                     os.unlink(index_path(active.path))
                 except FileNotFoundError:
                     pass
                 fsync_dir(seg_dir)
-            if self._active is not active:
+            if new or self._active is not active:
                 self._set_active(active)
             os.ftruncate(self._fd, size)
             os.fsync(self._fd)

@@ -72,8 +72,10 @@ def check_role(role: str) -> str:
 
 
 def check_name(name) -> str:
+    # C0/C1 controls as ingest refuses them in any logged field; lone surrogates cannot be
+    # encoded (the key was saved, then its audit entry failed: an unaudited key)
     if not isinstance(name, str) or not name.strip() or len(name) > 128 or any(
-            ord(c) < 32 or ord(c) == 127 for c in name):
+            ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF for c in name):
         raise QueryError("name must be 1-128 printable characters")
     return name
 

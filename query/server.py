@@ -19,7 +19,7 @@ log = logging.getLogger("auditlog.server")
 def parse_listen(text: str) -> tuple[str, int]:
     from engine.errors import ConfigError
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen address must be HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -68,6 +68,8 @@ class Service:
         self.last_retention: dict | None = None
         #: set by ``auditlog serve`` when [cluster] is configured (query.cluster.Cluster)
         self.cluster = None
+        #: set by ``auditlog serve`` when [syslog] is configured (export.syslog.SyslogForwarder)
+        self.syslog = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -86,6 +88,8 @@ class Service:
         return self
 
     def close(self) -> None:
+        if self.syslog is not None:
+            self.syslog.stop()
         try:
             self.flush_key_uses()
         except Exception:   # pragma: no cover - shutdown must go on
@@ -94,7 +98,21 @@ class Service:
         self.idempotency.close()
         self.executor.shutdown(wait=True)
 
+    def start_syslog(self, settings) -> None:
+        from export.syslog import SyslogForwarder
+        self.syslog = SyslogForwarder(self, settings)
+        m = self.metrics
+        m.gauge("auditlog_syslog_lag_entries", "Entries appended but not yet forwarded to syslog",
+                lambda: self.syslog.status()["lag"])
+        m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start",
+                lambda: self.syslog.errors)
+        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver",
+                lambda: int(self.syslog.connected))
+        self.syslog.start()
+
     def _on_commit(self, n: int, seconds: float) -> None:
+        if self.syslog is not None:
+            self.syslog.wake.set()
         self.metrics.inc("auditlog_appended_entries_total", n)
         self.metrics.fsync_seconds.observe(seconds)
         self.metrics.batch_size.observe(n)
@@ -123,10 +141,14 @@ class Service:
         return lock
 
     async def record(self, user: str, action: str, **fields) -> AppendResult:
-        """Append one of the log's own bookkeeping entries."""
-        return await self.append([EntryDraft(user, action, fields.get("target"), None,
-                                             fields.get("ip"), fields.get("user_agent"), True,
-                                             fields.get("details", {}))])
+        """Append one of the log's own bookkeeping entries.
+
+        Not subject to back-pressure: it records something already done (a key
+        created or revoked, an export sent), so a full queue must not drop it.
+        """
+        return await self.run(self.writer.append_batch, [EntryDraft(
+            user, action, fields.get("target"), None, fields.get("ip"), fields.get("user_agent"), True,
+            fields.get("details", {}))])
 
     # -- API key use (at most one entry per key per interval, with a count) ----
 
@@ -163,7 +185,8 @@ class Service:
                 "last_ts": format_ts(last_ts) if last_ts else None,
                 "retention_days": "forever" if days is None else days,
                 "retention_last_run": self.last_retention,
-                "last_checkpoint": cluster.last_checkpoint if cluster else None}
+                "last_checkpoint": cluster.last_checkpoint if cluster else None,
+                "syslog": self.syslog.status() if self.syslog else None}
 
     def signatures_at(self, seqs: list[int]) -> dict:
         """Signatures of the entries at ``seqs`` plus the log's seq range (witness checks)."""

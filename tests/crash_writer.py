@@ -13,14 +13,15 @@
         is close to the limit, then one batch that cannot fit (printing
         ``failed <first_n> <last_n> <message>`` and the sizes before and after),
         then single events again until one fails.  SCENARIO ``plain`` fails in
-        the active segment; ``roll`` fails in the segment the batch rolled into.
+        the active segment; ``roll`` fails in the segment the batch rolled into;
+        ``create`` applies LIMIT only for that batch (which fails creating the
+        segment it rolls into), then lifts it for three more appends.
 
 Every line is flushed at once: what was printed was acknowledged.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import resource
 import signal
@@ -76,7 +77,9 @@ def active_size(dd: DataDir) -> int:
 
 def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if scenario != "create":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     dd = DataDir(Path(data_dir))
     node = dd.open()
     w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max)).open()
@@ -92,6 +95,10 @@ def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
         n += 1
     before = active_size(dd)
     segs_before = len(list_segments(dd.segments))
+    if scenario == "create":
+        # no file may grow past LIMIT (< a segment header): the batch rolls, and
+        # creating the new segment fails
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     if scenario == "plain":
         batch = [event(i) for i in range(n, n + 30)]
     else:
@@ -105,6 +112,14 @@ def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
         say(f"failed {n} {n + len(batch) - 1} {e}")
     say(f"sizes {before} {active_size(dd)} segments {segs_before} {len(list_segments(dd.segments))}")
     n += len(batch)
+    if scenario == "create":
+        # lift the limit again: the same writer object carries on
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        for _ in range(3):
+            res = w.append_batch([event(n)])
+            say(f"ack {res.first_seq} {res.last_seq} {n} {n}")
+            n += 1
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     # the writer keeps working for what still fits
     while True:
         try:

@@ -232,7 +232,6 @@ def test_server_listen(tmp_path, value, ok):
     ("colour = 'blue'\n", "unknown setting 'colour'"),
     ("retention-days = 365\n", "unknown setting 'retention-days'"),
     ("Fsync = 'none'\n", "unknown setting 'Fsync'"),
-    ("server = 'x'\n", "unknown setting 'server'"),
     ("[storage]\nfsync = 'none'\n", "unknown setting 'storage'"),
 ])
 def test_unknown_keys_refused_naming_the_known_ones(tmp_path, text, expect):
@@ -291,3 +290,26 @@ def test_config_error_is_an_auditlog_error():
 ])
 def test_cluster_table_checked(tmp_path, table, needle):
     assert needle in refused(tmp_path, table.encode())
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("server = 'x'\n", "[server] must be a table"),
+    ("[server]\nbogus = 1\n", "bogus"),
+    ("[syslog]\nsd_id = 'x@1'\n", "needs target"),
+    ("[syslog]\ntarget = 'http://siem:514'\n", "udp://"),
+    ("[syslog]\ntarget = 'tcp://siem'\n", "udp://"),
+    ("[syslog]\ntarget = 'tcp://siem:514'\nsd_id = 'no-at-sign'\n", "sd_id"),
+    ("[syslog]\ntarget = 'tcp://siem:514'\nformat = 'cef'\n", "rfc5424"),
+    ("[syslog]\ntarget = 'tcp://siem:514'\nca = 'ca.pem'\n", "tls://"),
+    ("[syslog]\ntarget = 'udp://siem:514'\nudp_max_bytes = 100\n", "udp_max_bytes"),
+])
+def test_server_and_syslog_tables_checked(tmp_path, text, needle):
+    assert needle in refused(tmp_path, text.encode())
+
+
+def test_syslog_table_loaded(tmp_path):
+    c = load(tmp_path, "[syslog]\ntarget = 'tls://siem.example:6514'\nca = 'ca.pem'\nsd_id = 'gw@99999'\n"
+                       "[server]\nlisten = '127.0.0.1:9000'\nunix_socket = 'audit.sock'\n")
+    assert c.syslog.target == "tls://siem.example:6514" and c.syslog.sd_id == "gw@99999"
+    assert c.syslog.ca == str(tmp_path / "ca.pem")
+    assert c.server_listen == "127.0.0.1:9000" and c.server_unix_socket == str(tmp_path / "audit.sock")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from helpers_engine import draft, flip_byte, init_dir, segment_header, segment_paths
 from helpers_engine import settings as store_settings
+from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.verify import verify_node
 from engine.writer import LogWriter
@@ -147,7 +148,6 @@ def test_the_fixture_is_restored_intact(small_log, tmp_path):
     dd, node, segs = small_log
     root = tmp_path / "copy"
     shutil.copytree(dd.root, root)
-    from engine.datadir import DataDir
     copy = DataDir(root)
     assert verify_node(copy, node).ok
     entries = list(NodeLog(copy, node).scan())

@@ -169,6 +169,10 @@ BAD_QUERIES = [
     ({"limit": "-1"}, "limit"),
     ({"limit": "1.5"}, "limit"),
     ({"limit": ""}, "limit"),
+    ({"limit": "\u00b2"}, "limit"),                   # isdigit() but not int()-able: was a 500
+    ({"limit": "9" * 5000}, "limit"),                 # beyond int()'s digit limit: was a 500
+    ({"limit": "\u0661\u0660"}, "limit"),             # Arabic-Indic "10"
+    ({"limit": " 10"}, "limit"),
     ({"cursor": "zzz"}, "cursor"),
     ({"cursor": "eyJ2IjoxfQ"}, "cursor"),            # base64 of {"v":1}: no positions
     ({"from": "yesterday"}, "from"),
@@ -272,3 +276,26 @@ async def test_back_pressure_503_with_retry_after_and_nothing_lost(make_service,
     # metrics show the queue depth back at zero
     text = await (await client.get("/metrics")).text()
     assert "auditlog_write_queue_events 0" in text.splitlines()
+
+
+async def test_bookkeeping_entries_are_not_dropped_by_back_pressure(make_service, make_client):
+    """A key created or revoked, or an export sent, is recorded even when the write queue
+    refuses client batches: the action happened, so its audit entry must not be lost."""
+    svc = make_service(settings=ServiceSettings(max_pending_events=0))
+    keys = make_keys(svc)
+    client = await make_client(svc)
+    admin = bearer(keys["admin"])
+    await assert_error(await post_events(client, keys["writer"], [ev(1)]), 503, "retry")
+    assert head_seq(svc) == 0
+    resp = await client.post("/api/v1/api-keys", json={"name": "under-load", "role": "reader"}, headers=admin)
+    assert resp.status == 201, await resp.text()
+    kid = (await resp.json())["id"]
+    assert (await client.delete(f"/api/v1/api-keys/{kid}", headers=admin)).status == 200
+    assert (await client.get("/api/v1/audit-log/export.csv", headers=admin)).status == 200
+    for _ in range(100):
+        if head_seq(svc) == 3:
+            break
+        await asyncio.sleep(0.02)
+    got = (await query(client, keys["admin"]))["events"]
+    assert [e["action"] for e in got] == ["audit.api_key_create", "audit.api_key_revoke", "audit.export"]
+    assert got[0]["details"]["key_id"] == kid == got[1]["details"]["key_id"]

@@ -9,7 +9,7 @@ import pytest
 
 from engine.entry import EntryDraft
 from engine.settings import StoreSettings
-from helpers_http import bearer, ev, head_seq, ids, make_keys, post_events, query
+from helpers_http import ev, head_seq, ids, make_keys, post_events, query
 
 N = 3000
 USERS = ("alice", "bob", "carol", "dave")

@@ -194,3 +194,15 @@ def test_ndjson_stream_of_a_big_range_keeps_rss_flat(tmp_path):
     finally:
         srv.close()
 
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:\u00b2", "127.0.0.1:99999", "127.0.0.1", "host:-1",
+                                    "127.0.0.1:" + "9" * 5000],
+                         ids=["superscript", "too-big", "no-port", "negative", "huge"])
+def test_serve_bad_listen_is_a_usage_error(tmp_path, listen):
+    data = tmp_path / "never"
+    p = run_cli(data, "serve", "--listen", listen, timeout=30)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("auditlog: error:") and "listen" in lines[0], p.stderr
+    assert not data.exists()          # refused before anything was initialised

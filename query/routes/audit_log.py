@@ -34,7 +34,10 @@ def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     limit = None
     if "limit" in q:
         text = q["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= service.settings.max_query_limit:
+        # isdigit() alone takes "²" (int() refuses it) and 5000-digit strings (int() refuses
+        # those too): both were 500s
+        if not (text.isascii() and text.isdigit() and len(text) <= 9) \
+                or not 1 <= int(text) <= service.settings.max_query_limit:
             raise InvalidFilterError(
                 f"limit must be a whole number from 1 to {service.settings.max_query_limit}, got {text[:20]!r}")
         limit = int(text)
@@ -107,14 +110,12 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
         fmt = "ndjson"
     if fmt not in (None, "json", "ndjson", "ecs"):
         raise InvalidFilterError(f"format must be json, ndjson or ecs, got {fmt[:20]!r}")
-    if fmt == "ecs":
-        raise InvalidFilterError("format=ecs is not available on this server version")
     service.metrics.inc("auditlog_queries_total", format=fmt or "json")
     merged = Merged(open_sources(service, flt, order, positions), order)
     try:
         await merged.prime()
-        if fmt == "ndjson":
-            return await stream_lines(request, service, merged, limit)
+        if fmt in ("ndjson", "ecs"):
+            return await stream_lines(request, service, merged, limit, ecs=fmt == "ecs")
         limit = limit or service.settings.default_query_limit
         page = []
         async for batch in merged.batches(limit + 1):
@@ -137,12 +138,14 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
-async def stream_lines(request, service, merged: Merged, limit) -> web.StreamResponse:
+async def stream_lines(request, service, merged: Merged, limit, ecs: bool = False) -> web.StreamResponse:
     """NDJSON: one entry per line.  Nodes not ``ok`` at the end add one
     ``{"node_status": {...}}`` line each, so a reader of the body alone learns
     of a peer lost mid-stream; the ``X-Auditlog-Nodes`` header has the status
     at the start."""
+    from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
+    render = iter_ecs if ecs else iter_ndjson
     resp = web.StreamResponse(headers={
         "Content-Type": "application/x-ndjson; charset=utf-8",
         "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
@@ -150,7 +153,7 @@ async def stream_lines(request, service, merged: Merged, limit) -> web.StreamRes
     violations = 0
     async for batch in merged.batches(limit=limit):
         violations += sum(1 for e in batch if e.integrity != "ok")
-        await resp.write("".join(iter_ndjson(batch)).encode("utf-8"))
+        await resp.write("".join(render(batch)).encode("utf-8"))
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
     trailer = [json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
@@ -213,6 +216,71 @@ def unreachable_rows(bad: dict) -> str:
     return buf.getvalue()
 
 
+async def export_pdf(request: web.Request) -> web.Response:
+    """PDF report of the filtered entries (GDPR subject access, audit appendix); audited."""
+    key = authorize(request, "read")
+    service = request.app[SERVICE]
+    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title"))
+    title = request.rel_url.query.get("title", "Audit log report")[:200]
+    merged = Merged(open_sources(service, flt, order, {}), order)
+    entries = []
+    try:
+        await merged.prime()
+        async for batch in merged.batches(limit=MAX_PDF_ROWS + 1):
+            entries.extend(batch)
+        nodes = node_status(merged.sources, service)
+    finally:
+        await merged.close()
+    if len(entries) > MAX_PDF_ROWS:
+        raise InvalidFilterError(f"more than {MAX_PDF_ROWS} entries match: narrow the filters "
+                                 "(or use the CSV export for bulk data)")
+    from export.pdf import render_pdf
+    pdf, counts = await service.run(lambda: render_pdf(
+        entries, title=title, filters=flt.describe(), nodes=nodes, generated_by=f"{key.name} (API key {key.id})"))
+    await service.record(key.name, "audit.export", ip=request.remote, details={
+        "format": "pdf", "filters": flt.to_params(), "rows": counts["rows"],
+        "integrity_violations": counts["violations"], "api_key_id": key.id,
+        "nodes": {n: st.get("status") for n, st in nodes.items()}})
+    return web.Response(body=pdf, content_type="application/pdf", headers={
+        "Content-Disposition": f'attachment; filename="auditlog-report-{service.node_id}.pdf"'})
+
+
+async def four_eyes_report(request: web.Request) -> web.Response:
+    authorize(request, "read")
+    service = request.app[SERVICE]
+    q = request.rel_url.query
+    for name in q.keys():
+        if name not in ("from", "to", "pair", "node"):
+            raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: from, to, pair, node)")
+    from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
+    try:
+        rules = parse_pairs(q.getall("pair")) if "pair" in q else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
+    except ValueError as e:
+        raise InvalidFilterError(str(e)) from None
+    base = Filter.from_params({k: q.getall(k) for k in ("from", "to", "node") if k in q})
+    actions = sorted({r.action for r in rules} | {r.confirm for r in rules})
+    # confirmations may come after the range: read from `from` to now
+    params = base.to_params()
+    params.pop("to", None)
+    params["action"] = ",".join(actions)
+    flt = Filter.from_params(params)
+    merged = Merged(open_sources(service, flt, "asc", {}), "asc")
+    entries = []
+    try:
+        await merged.prime()
+        async for batch in merged.batches():
+            entries.extend(batch)
+        nodes = node_status(merged.sources, service)
+    finally:
+        await merged.close()
+    report = four_eyes(entries, rules, base.from_us, base.to_us)
+    report["nodes"] = nodes
+    return web.json_response(report)
+
+
+MAX_PDF_ROWS = 20000
+
+
 async def not_allowed(request: web.Request) -> web.Response:
     raise web.HTTPMethodNotAllowed(request.method, ["GET"])
 
@@ -220,6 +288,8 @@ async def not_allowed(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit-log", get_audit_log)
     app.router.add_get("/api/v1/audit-log/export.csv", export_csv)
+    app.router.add_get("/api/v1/audit-log/export.pdf", export_pdf)
+    app.router.add_get("/api/v1/reports/four-eyes", four_eyes_report)
     for path in ("/api/v1/audit-log", "/api/v1/audit-log/{tail:.*}"):
         for m in ("PUT", "PATCH", "DELETE", "POST"):
             app.router.add_route(m, path, not_allowed)

@@ -51,15 +51,20 @@ async def scan(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     count = 0
     packer = msgpack.Packer(use_bin_type=True)
-    while True:
-        batch = await service.run(_chunk, gen, packer)
-        if batch is None:
-            break
-        data, n = batch
-        count += n
-        await resp.write(data)
-    await resp.write(packer.pack({"end": {"count": count}}))
-    await resp.write_eof()
+    try:
+        while True:
+            batch = await service.run(_chunk, gen, packer)
+            if batch is None:
+                break
+            data, n = batch
+            count += n
+            await resp.write(data)
+        await resp.write(packer.pack({"end": {"count": count}}))
+        await resp.write_eof()
+    except ConnectionResetError:
+        # the calling node stopped reading (its page was full, or it gave up on
+        # us): routine for a merge, not a server error
+        pass
     return resp
 
 

@@ -1,0 +1,281 @@
+"""Syslog forwarding: RFC 5424 messages over UDP, TCP (RFC 6587 octet
+counting) or TLS (RFC 5425), following the local log from a persisted cursor.
+
+Each node forwards its own log.  The forwarder runs in its own thread, reads
+through the engine's reader (it never takes the writer's lock, so it never
+slows appends), and remembers in ``<data-dir>/state/syslog_cursor.json`` the
+last seq it handed to the transport.  After a receiver outage or a restart it
+resends from there: delivery is at-least-once over TCP/TLS (the entry id in the
+structured data lets receivers drop duplicates).  UDP has no delivery
+feedback at all: it is best effort, and says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from engine.entry import Entry, format_ts
+from export.errors import ExportError
+
+log = logging.getLogger("auditlog.syslog")
+
+FACILITY_LOG_AUDIT = 13
+SEV_ALERT, SEV_WARNING, SEV_NOTICE, SEV_INFO = 1, 4, 5, 6
+DEFAULT_SD_ID = "audit@32473"
+_SD_ID = re.compile(r"^[!#-~&&[^=\]\" ]]{1,32}$")
+_SD_NAME_OK = re.compile(r"^[\x21\x23-\x3c\x3e-\x5c\x5e-\x7e]{1,32}$")   # printusascii minus = ] " and space
+BOM = "\ufeff"
+CURSOR_FILE = "syslog_cursor.json"
+TIOCOUTQ = 0x5411   # Linux: bytes in the socket send queue not yet acknowledged
+
+
+def check_sd_id(sd_id: str) -> str:
+    name, at, num = sd_id.partition("@")
+    if not (_SD_NAME_OK.match(sd_id) and at and name and num.isdigit()):
+        raise ExportError(f"syslog sd_id must look like name@<private enterprise number>, got {sd_id!r}")
+    return sd_id
+
+
+def _sd_escape(value: str) -> str:
+    # RFC 5424 section 6.3.3: '"', '\' and ']' are escaped inside PARAM-VALUE
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _printable(s: str, limit: int) -> str:
+    s = "".join(c if "!" <= c <= "~" else "_" for c in s)
+    return s[:limit] or "-"
+
+
+def severity(e: Entry) -> int:
+    if e.integrity != "ok":
+        return SEV_ALERT
+    if e.action.startswith("security."):
+        return SEV_WARNING
+    return SEV_INFO if e.success else SEV_NOTICE
+
+
+def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None = None) -> bytes:
+    """One RFC 5424 message (no transport framing)."""
+    pri = FACILITY_LOG_AUDIT * 8 + severity(e)
+    params = [("id", e.id), ("node", e.node), ("seq", str(e.seq)), ("user", e.user), ("action", e.action)]
+    for name, val in (("target", e.target), ("domain", e.domain), ("ip", e.ip), ("user_agent", e.user_agent)):
+        if val is not None:
+            params.append((name, str(val)))
+    params += [("success", "true" if e.success else "false"),
+               ("signature", e.signature.hex() if isinstance(e.signature, bytes) else ""),
+               ("integrity", e.integrity)]
+    if e.violation:
+        params.append(("violation", e.violation))
+    details = json.dumps(e.details, ensure_ascii=False, separators=(",", ":"), default=str) if e.details else None
+    text = f"{e.user} {e.action} {'succeeded' if e.success else 'FAILED'}"
+    if e.target:
+        text += f" on {e.target}"
+    if e.ip:
+        text += f" from {e.ip}"
+    header = (f"<{pri}>1 {format_ts(e.ts)} {_printable(e.node, 255)} auditlog - "
+              f"{_printable(e.action, 32)} ")
+
+    def build(details_value: str | None, truncated: bool, msg: str) -> bytes:
+        ps = params + ([("details", details_value)] if details_value is not None else []) + (
+            [("truncated", "true")] if truncated else [])
+        sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in ps) + "]"
+        return (header + sd + " " + BOM + msg).encode("utf-8")
+
+    out = build(details, False, text)
+    if max_bytes is None or len(out) <= max_bytes:
+        return out
+    # too big for the transport: drop details first, then shorten the text
+    out = build(None, True, text)
+    if len(out) <= max_bytes:
+        return out
+    over = len(out) - max_bytes
+    raw = text.encode("utf-8")[: max(0, len(text.encode("utf-8")) - over)]
+    return build(None, True, raw.decode("utf-8", "ignore"))[:max_bytes]
+
+
+@dataclass(frozen=True)
+class SyslogSettings:
+    target: str                       # udp://host:port | tcp://host:port | tls://host:port
+    sd_id: str = DEFAULT_SD_ID
+    udp_max_bytes: int = 8192
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None    # TLS name to check (default: the target host)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.target).scheme
+
+    def address(self) -> tuple[str, int]:
+        u = urlsplit(self.target)
+        if u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not u.port:
+            raise ExportError(f"syslog target must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, "
+                              f"got {self.target!r}")
+        return u.hostname, u.port
+
+
+class Transport:
+    def __init__(self, settings: SyslogSettings):
+        self.s = settings
+        self.sock: socket.socket | None = None
+
+    def connect(self, timeout: float = 5.0) -> None:
+        host, port = self.s.address()
+        scheme = self.s.scheme
+        if scheme == "udp":
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+            self.sock.connect(info[4])
+            return
+        raw = socket.create_connection((host, port), timeout=timeout)
+        if scheme == "tls":
+            ctx = ssl.create_default_context(cafile=self.s.ca)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.s.cert:
+                ctx.load_cert_chain(self.s.cert, self.s.key)
+            try:
+                raw = ctx.wrap_socket(raw, server_hostname=self.s.server_name or host)
+            except BaseException:
+                raw.close()
+                raise
+        raw.settimeout(timeout)
+        self.sock = raw
+
+    def send(self, messages: list[bytes]) -> None:
+        if self.s.scheme == "udp":
+            for m in messages:
+                self.sock.send(m)
+            return
+        # RFC 6587 octet counting (also what RFC 5425 prescribes over TLS)
+        self.sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
+        self.wait_acked()
+
+    def wait_acked(self, timeout: float = 10.0) -> None:
+        """Block until the receiver's TCP stack acknowledged every byte sent.
+
+        ``sendall`` returns once bytes are in our kernel's buffer; if the
+        receiver dies then, they are lost.  The cursor only moves past what
+        the receiver acknowledged (Linux TIOCOUTQ: bytes not yet acked), so a
+        batch in flight during an outage is sent again.
+        """
+        deadline = time.monotonic() + timeout
+        fd = self.sock.fileno()
+        buf = bytearray(4)
+        while True:
+            try:
+                fcntl.ioctl(fd, TIOCOUTQ, buf)
+            except OSError:
+                return   # not supported here: fall back to sendall's guarantee
+            if int.from_bytes(buf, "little") == 0:
+                return
+            if time.monotonic() > deadline:
+                raise OSError("receiver did not acknowledge the data in time")
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+
+class SyslogForwarder:
+    """Follows the local log and forwards it; restartable from its cursor."""
+
+    def __init__(self, service, settings: SyslogSettings, batch: int = 500):
+        self.service = service
+        self.settings = settings
+        self.batch = batch
+        check_sd_id(settings.sd_id)
+        settings.address()
+        self.path = Path(service.data_dir.state) / CURSOR_FILE
+        self.cursor = self._load_cursor()
+        self.sent = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.connected = False
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _load_cursor(self) -> int:
+        try:
+            d = json.loads(self.path.read_text())
+            if d.get("target") == self.settings.target and type(d.get("seq")) is int:
+                return d["seq"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
+
+    def _save_cursor(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"target": self.settings.target, "seq": self.cursor}))
+        os.replace(tmp, self.path)
+
+    def status(self) -> dict:
+        head = self.service.writer.next_seq - 1
+        return {"target": self.settings.target, "cursor_seq": self.cursor, "lag": max(0, head - self.cursor),
+                "connected": self.connected, "sent": self.sent, "errors": self.errors,
+                "last_error": self.last_error}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="auditlog-syslog", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        transport = Transport(self.settings)
+        max_udp = self.settings.udp_max_bytes if self.settings.scheme == "udp" else None
+        while not self._stop.is_set():
+            try:
+                if transport.sock is None:
+                    transport.connect()
+                    self.connected = True
+                entries = self._next_entries()
+                if not entries:
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                transport.send([format_message(e, self.settings.sd_id, max_udp) for e in entries])
+                self.cursor = max(self.cursor, entries[-1].seq)
+                self.sent += len(entries)
+                self._save_cursor()
+                backoff = 0.2
+            except (OSError, ssl.SSLError, ExportError) as e:
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                if self.connected:
+                    log.warning("syslog forwarding to %s failed: %s", self.settings.target, e)
+                self.connected = False
+                transport.close()
+                self._stop.wait(backoff * (1 + random.random() / 2))
+                backoff = min(backoff * 2, 30.0)
+        transport.close()
+
+    def _next_entries(self) -> list[Entry]:
+        out = []
+        for e in self.service.log.scan(after_seq=self.cursor or None):
+            out.append(e)
+            if len(out) >= self.batch:
+                break
+        return out
