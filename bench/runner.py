@@ -279,6 +279,17 @@ def _rnd(xs: list[float], nd: int = 0) -> list[float]:
     return [round(x, nd) if nd else round(x) for x in xs]
 
 
+def _cpu(ours: dict, base: dict, key: str = "cpu_value", higher_is_better: bool = True,
+         scale: float = 1.0, unit: str = "") -> dict:
+    """The same measurement in CPU time (steadier than wall time on a busy machine)."""
+    a, b = ours.get(key), base.get(key)
+    if not a or not b:
+        return {}
+    return {f"cpu_value{unit}": (round(a * scale, 2) if scale != 1 else round(a)),
+            f"baseline_cpu_value{unit}": (round(b * scale, 2) if scale != 1 else round(b)),
+            "cpu_ratio": round(a / b if higher_is_better else b / a, 3)}
+
+
 def scenario_append(plan: Plan, ctx: dict) -> list[Result]:
     out = []
     for name, threads, batch in (("append", 1, 1000), ("append_4threads", 4, 250)):
@@ -298,6 +309,7 @@ def scenario_append(plan: Plan, ctx: dict) -> list[Result]:
             "baseline": f"{SQLITE_DESCRIPTION}; synchronous=FULL; same batches"
                         + ("; 4 threads share one connection under a lock" if threads > 1 else ""),
             "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+            **_cpu(ours, base),
         }
         targets = [("≥ 250k events/s", _at_least(250_000))]
         if threads == 1:
@@ -323,6 +335,7 @@ def scenario_scan(plan: Plan, ctx: dict) -> list[Result]:
         "baseline_rows": base["count"],
         "baseline_with_chain_verify_events_per_s": round(base["verified_value"]),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+        **_cpu(ours, base),
     }
     if ours["count"] != ours["expected"] or base["count"] != ours["expected"]:
         params["warning"] = f"expected {ours['expected']} entries"
@@ -357,12 +370,14 @@ def scenario_selective(plan: Plan, ctx: dict) -> list[Result]:
     target = f"≤ 50 ms over {plan.n / 1e6:g}M events"
     warm = Result("selective_query", ours["warm"], "s", base["warm"], False,
                   {**common, "mode": "warm (same NodeLog, indexes cached)",
-                   "reps": plan.warm_reps, "runs_ms": _rnd([x * 1e3 for x in ours["warm_runs"]], 2)},
+                   "reps": plan.warm_reps, "runs_ms": _rnd([x * 1e3 for x in ours["warm_runs"]], 2),
+                   **_cpu(ours, base, "warm_cpu", False, 1e3, "_ms")},
                   ours["peak_rss_mb"], [(target, _at_most(0.050))])
     cold = Result("selective_query_cold", ours["cold"], "s", base["cold"], False,
                   {**common, "mode": "cold (first query after opening a fresh NodeLog / "
                                      "SQLite connection; OS page cache warm)",
-                   "reps": plan.cold_reps, "runs_ms": _rnd([x * 1e3 for x in ours["cold_runs"]], 2)},
+                   "reps": plan.cold_reps, "runs_ms": _rnd([x * 1e3 for x in ours["cold_runs"]], 2),
+                   **_cpu(ours, base, "cold_cpu", False, 1e3, "_ms")},
                   ours["peak_rss_mb"])
     ctx["emit"](warm)
     ctx["emit"](cold)
@@ -382,6 +397,7 @@ def scenario_csv(plan: Plan, ctx: dict) -> list[Result]:
                     "msgpack -> sorted JSON, no formula neutralising, no chain verification",
         "baseline_rows": base["count"],
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+        **_cpu(ours, base),
     }
     r = Result("csv_export", ours["value"], "rows/s", base["value"], True, params,
                ours["peak_rss_mb"], [("≥ 200k rows/s", _at_least(200_000))])
@@ -442,7 +458,9 @@ def _fmt_num(v: float | None, unit: str = "") -> str:
 _SHOWN_PARAMS = ("N", "batch", "threads", "fsync", "events_per_fsync", "range_entries", "rows",
                  "matches", "frames_read", "entries_decoded", "mode", "reps", "runs",
                  "small_range_entries", "full_entries", "small_peak_heap_mb", "full_peak_heap_mb",
-                 "index_heap_mb", "baseline_with_chain_verify_events_per_s", "warning")
+                 "index_heap_mb", "baseline_with_chain_verify_events_per_s", "cpu_value",
+                 "baseline_cpu_value", "cpu_value_ms", "baseline_cpu_value_ms", "cpu_ratio",
+                 "warning")
 _COLS = ("name", "value", "unit", "baseline", "ratio", "peak RSS", "target", "status")
 _WIDTHS = (22, 10, 9, 10, 7, 9, 34, 6)
 

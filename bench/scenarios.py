@@ -288,6 +288,25 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+class Clock:
+    """Wall time and this process's CPU time (all threads) of one timed step.
+
+    Wall time is what the results report; CPU time is given beside it because
+    on a shared, busy machine it is the steadier of the two (it leaves out the
+    time other processes had the CPU, and time spent waiting for fsync).
+    """
+
+    __slots__ = ("w0", "c0", "wall", "cpu")
+
+    def __enter__(self) -> "Clock":
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = max(time.process_time() - self.c0, 1e-9)
+
+
 def _open_log(data_dir: str):
     from engine.datadir import DataDir
     from engine.log import NodeLog
@@ -403,6 +422,7 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
     from engine.writer import LogWriter
     batches = _append_data(events, batch, seed)
     runs: list[float] = []
+    cpu_runs: list[float] = []
     fsyncs: list[int] = []
     for rep in range(reps):
         d = Path(tempfile.mkdtemp(prefix="append-", dir=workdir))
@@ -415,13 +435,16 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
             def on_commit(n, dt, c=commits):
                 c[0] += 1
             w.on_commit = on_commit
-            elapsed = _drive(w.append_batch, batches, threads)
+            with Clock() as c:
+                _drive(w.append_batch, batches, threads)
             w.close()
-            runs.append(events / elapsed)
+            runs.append(events / c.wall)
+            cpu_runs.append(events / c.cpu)
             fsyncs.append(commits[0])
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    return {"value": median(runs), "runs": runs, "commits": fsyncs}
+    return {"value": median(runs), "runs": runs, "commits": fsyncs,
+            "cpu_value": median(cpu_runs)}
 
 
 def _drive(append: Callable[[list], Any], batches: list, threads: int) -> float:
@@ -467,15 +490,15 @@ def job_scan(cache_dir: str, reps: int) -> dict:
     # Open the segments once (sidecar indexes, the active segment's index), untimed.
     for _ in log.scan(lo, lo + 1):
         pass
-    runs, count, bad = [], 0, 0
+    runs, cpu_runs, count, bad = [], [], 0, 0
     prog = Progress("scan", reps * expected)
     for rep in range(reps):
         n = 0
-        t0 = time.perf_counter()
-        for e in log.scan(lo, hi):
-            n += 1
-        dt = time.perf_counter() - t0
-        runs.append(n / dt)
+        with Clock() as c:
+            for e in log.scan(lo, hi):
+                n += 1
+        runs.append(n / c.wall)
+        cpu_runs.append(n / c.cpu)
         count = n
         prog.update((rep + 1) * expected)
     prog.done()
@@ -483,7 +506,7 @@ def job_scan(cache_dir: str, reps: int) -> dict:
         if e.integrity != "ok":
             bad += 1
     return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "violations": bad}
+            "violations": bad, "cpu_value": median(cpu_runs)}
 
 
 def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
@@ -493,19 +516,21 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     meta = _meta(cache_dir)
     flt = Filter(users=(meta["query_user"],), ips=(meta["query_ip"],))
     root = str(Path(cache_dir) / "log")
-    cold, warm = [], []
+    cold, warm, cold_cpu, warm_cpu = [], [], [], []
     count = 0
     log = None
     for _ in range(cold_reps):
         _, _, log = _open_log(root)          # a fresh NodeLog: nothing cached in-process
-        t0 = time.perf_counter()
-        rows = list(scan_node(log, flt))
-        cold.append(time.perf_counter() - t0)
+        with Clock() as c:
+            rows = list(scan_node(log, flt))
+        cold.append(c.wall)
+        cold_cpu.append(c.cpu)
         count = len(rows)
     for _ in range(warm_reps):
-        t0 = time.perf_counter()
-        rows = list(scan_node(log, flt))
-        warm.append(time.perf_counter() - t0)
+        with Clock() as c:
+            rows = list(scan_node(log, flt))
+        warm.append(c.wall)
+        warm_cpu.append(c.cpu)
         count = len(rows)
     # What the term index made the scan read (untimed): frames decoded vs all frames.
     terms = flt.index_terms()
@@ -520,6 +545,7 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
             frames += 1
             decoded += idx.frames[o].count
     return {"cold": median(cold), "warm": median(warm), "cold_runs": cold, "warm_runs": warm,
+            "cold_cpu": median(cold_cpu), "warm_cpu": median(warm_cpu),
             "count": count, "expected": meta["matches"],
             "violations": sum(1 for e in rows if e.integrity != "ok"),
             "frames_read": frames, "frames_total": total, "entries_decoded": decoded}
@@ -547,21 +573,21 @@ def job_csv(cache_dir: str, reps: int, rows: int) -> dict:
     for _ in log.scan(lo, lo + 1):
         pass
     flt = Filter(from_us=lo, to_us=hi)
-    runs, count, nbytes = [], 0, 0
+    runs, cpu_runs, count, nbytes = [], [], 0, 0
     with open(os.devnull, "wb") as out:
         for _ in range(reps):
             src = _Counted(scan_node(log, flt))
             nbytes = 0
-            t0 = time.perf_counter()
-            for chunk in iter_csv(src):
-                b = chunk.encode("utf-8")
-                nbytes += len(b)
-                out.write(b)
-            dt = time.perf_counter() - t0
-            runs.append(src.n / dt)
+            with Clock() as c:
+                for chunk in iter_csv(src):
+                    b = chunk.encode("utf-8")
+                    nbytes += len(b)
+                    out.write(b)
+            runs.append(src.n / c.wall)
+            cpu_runs.append(src.n / c.cpu)
             count = src.n
     return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "bytes": nbytes}
+            "bytes": nbytes, "cpu_value": median(cpu_runs)}
 
 
 def job_scan_rss(cache_dir: str, which: str) -> dict:
@@ -599,18 +625,20 @@ def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: in
                       workdir: str) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
     batches = _append_data(events, batch, seed)
-    runs = []
+    runs, cpu_runs = [], []
     for _ in range(reps):
         d = Path(tempfile.mkdtemp(prefix="sqlite-append-", dir=workdir))
         try:
             db = SqliteBaseline(str(d / "baseline.sqlite"), NODE_ID, _bench_key(),
                                 synchronous="FULL", threadsafe=threads > 1)
-            elapsed = _drive(db.append_batch, batches, threads)
+            with Clock() as c:
+                _drive(db.append_batch, batches, threads)
             db.close()
-            runs.append(events / elapsed)
+            runs.append(events / c.wall)
+            cpu_runs.append(events / c.cpu)
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    return {"value": median(runs), "runs": runs}
+    return {"value": median(runs), "runs": runs, "cpu_value": median(cpu_runs)}
 
 
 def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
@@ -620,40 +648,44 @@ def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
     lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
     db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
                                       _bench_key())
-    runs, count = [], 0
+    runs, cpu_runs, count = [], [], 0
     for _ in range(reps):
-        t0 = time.perf_counter()
-        count = db.scan_count(lo, hi)
-        runs.append(count / (time.perf_counter() - t0))
+        with Clock() as c:
+            count = db.scan_count(lo, hi)
+        runs.append(count / c.wall)
+        cpu_runs.append(count / c.cpu)
     # Extra, once: the same range with the per-row HMAC chain re-verified in Python.
     t0 = time.perf_counter()
     vcount, vbad = db.scan_verify(lo, hi)
     verified = vcount / (time.perf_counter() - t0)
     db.close()
     return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "verified_value": verified, "verified_bad": vbad}
+            "verified_value": verified, "verified_bad": vbad, "cpu_value": median(cpu_runs)}
 
 
 def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
     meta = _meta(cache_dir)
     path = str(Path(cache_dir) / "baseline.sqlite")
-    cold, warm, count = [], [], 0
+    cold, warm, cold_cpu, warm_cpu, count = [], [], [], [], 0
     db = None
     for _ in range(cold_reps):
         if db is not None:
             db.close()
         db = SqliteBaseline.open_existing(path, NODE_ID, _bench_key())
-        t0 = time.perf_counter()
-        count = len(db.selective(meta["query_user"], meta["query_ip"]))
-        cold.append(time.perf_counter() - t0)
+        with Clock() as c:
+            count = len(db.selective(meta["query_user"], meta["query_ip"]))
+        cold.append(c.wall)
+        cold_cpu.append(c.cpu)
     for _ in range(warm_reps):
-        t0 = time.perf_counter()
-        count = len(db.selective(meta["query_user"], meta["query_ip"]))
-        warm.append(time.perf_counter() - t0)
+        with Clock() as c:
+            count = len(db.selective(meta["query_user"], meta["query_ip"]))
+        warm.append(c.wall)
+        warm_cpu.append(c.cpu)
     plan = db.selective_plan(meta["query_user"], meta["query_ip"])
     db.close()
-    return {"cold": median(cold), "warm": median(warm), "count": count, "plan": plan}
+    return {"cold": median(cold), "warm": median(warm), "count": count, "plan": plan,
+            "cold_cpu": median(cold_cpu), "warm_cpu": median(warm_cpu)}
 
 
 def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
@@ -663,13 +695,14 @@ def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
     lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
     db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
                                       _bench_key())
-    runs, count = [], 0
+    runs, cpu_runs, count = [], [], 0
     for _ in range(reps):
-        t0 = time.perf_counter()
-        count = db.export_csv(lo, hi, os.devnull)
-        runs.append(count / (time.perf_counter() - t0))
+        with Clock() as c:
+            count = db.export_csv(lo, hi, os.devnull)
+        runs.append(count / c.wall)
+        cpu_runs.append(count / c.cpu)
     db.close()
-    return {"value": median(runs), "runs": runs, "count": count}
+    return {"value": median(runs), "runs": runs, "count": count, "cpu_value": median(cpu_runs)}
 
 
 JOBS: dict[str, Callable[..., dict]] = {

@@ -109,7 +109,8 @@ def openapi_document() -> dict:
                     _param("limit", "Page size, 1..10000 (default 1000)", {"type": "integer", "minimum": 1, "maximum": 10000}),
                     _param("cursor", "next_cursor from the previous page"),
                     _param("order", "asc (default) or desc", {"type": "string", "enum": ["asc", "desc"]}),
-                    _param("format", "json (default) or ndjson", {"type": "string", "enum": ["json", "ndjson"]})],
+                    _param("format", "json (default), ndjson, or ecs (Elastic Common Schema, NDJSON)",
+                           {"type": "string", "enum": ["json", "ndjson", "ecs"]})],
                 "responses": _responses({"200": {"description": "A page", "content": {
                     "application/json": {"schema": {"type": "object", "properties": {
                         "events": {"type": "array", "items": {"$ref": "#/components/schemas/Entry"}},
@@ -122,6 +123,26 @@ def openapi_document() -> dict:
                 "parameters": _filters() + [_param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]})],
                 "responses": _responses({"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}},
                                         400, 401, 403)}},
+            "/api/v1/audit-log/export.pdf": {"get": {
+                "summary": "PDF report of the filtered entries (GDPR subject access; audited)",
+                "security": bearer,
+                "parameters": _filters() + [
+                    _param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
+                    _param("title", "Report title", {"type": "string", "maxLength": 200})],
+                "responses": _responses({"200": {"description": "PDF", "content": {
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}}}}}, 400, 401, 403)}},
+            "/api/v1/reports/four-eyes": {"get": {
+                "summary": "Four-eyes report: each action confirmed by a different user?",
+                "security": bearer,
+                "parameters": [_param("from", _FILTER_DOCS["from"]), _param("to", _FILTER_DOCS["to"]),
+                               _param("node", _FILTER_DOCS["node"]),
+                               _param("pair", "ACTION:CONFIRM_ACTION (repeatable; default "
+                                              "config.dkim_rotate:config.dkim_rotate_confirm)")],
+                "responses": _responses({"200": {"description": "Report", "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "rotations": {"type": "array", "items": {"type": "object"}},
+                        "orphan_confirmations": {"type": "array"}, "ok": {"type": "boolean"}}}}}}},
+                    400, 401, 403)}},
             "/api/v1/verify": {"get": {
                 "summary": "Integrity report of this node (scope=cluster: all nodes)", "security": bearer,
                 "parameters": [_param("scope", "node or cluster", {"type": "string", "enum": ["node", "cluster"]})],

@@ -460,3 +460,12 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
         prev_sig, prev_mac = sig, mac
     assert found, f"no entry {seq} in {data_dir}"
     _drop_derived(dd)
+
+
+def ensure_running(*nodes: ClusterNode) -> None:
+    """Start whichever of ``nodes`` is down (concurrently) and wait until each is ready."""
+    down = [n for n in nodes if not n.running]
+    for n in down:
+        n.start()
+    for n in down:
+        n.wait_ready()

@@ -40,6 +40,8 @@ def test_json_has_documented_shape(tiny_run):
         assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r["name"]
         assert r["peak_rss_mb"] > 1
         assert r["status"] in ("PASS", "MISS", None)
+        if r["name"] != "scan_rss":   # the same measurement in CPU time, beside wall time
+            assert r["params"]["cpu_ratio"] > 0, r["name"]
 
 
 def test_ratio_is_oriented_better_is_above_one(tiny_run):

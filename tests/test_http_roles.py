@@ -38,6 +38,8 @@ ROUTES = [
     ("audit-log", "GET", "/api/v1/audit-log", {"reader", "admin"}, 200),
     ("audit-log-ndjson", "GET", "/api/v1/audit-log?format=ndjson", {"reader", "admin"}, 200),
     ("export-csv", "GET", "/api/v1/audit-log/export.csv", {"reader", "admin"}, 200),
+    ("export-pdf", "GET", "/api/v1/audit-log/export.pdf", {"reader", "admin"}, 200),
+    ("four-eyes", "GET", "/api/v1/reports/four-eyes", {"reader", "admin"}, 200),
     ("verify", "GET", "/api/v1/verify", {"reader", "admin"}, 200),
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
     ("keys-list", "GET", "/api/v1/api-keys", {"admin"}, 200),
