@@ -635,15 +635,12 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
 
 
 def _seed_demo(service) -> None:
-    from ingest.demo import confirmations, demo_day
+    from engine.writer import now_us
+    from ingest.demo import seed_demo
     head, _ = service.log.head()
     if head <= 1:   # empty (or only the recovery/first bookkeeping entry)
-        drafts = demo_day()
-        res = service.writer.append_batch(drafts)
-        rot = [f"{service.node_id}:{res.first_seq + i}" for i, d in enumerate(drafts)
-               if d.action == "config.dkim_rotate"]
-        service.writer.append_batch(confirmations(rot))
-        click.echo(f"auditlog: demo: seeded {len(drafts) + 2} sample events", err=True)
+        n = seed_demo(service.writer, now_us())
+        click.echo(f"auditlog: demo: seeded {n} sample events over the last 24 hours", err=True)
     rec, token = service.keys.create("demo-reader", "reader")
     click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)
     click.echo(token)

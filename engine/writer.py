@@ -393,9 +393,9 @@ class LogWriter:
             raise req.error
         return req.result
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending], forced_ts: int | None = None) -> None:
         try:
-            self._commit_unsafe(batch)
+            self._commit_unsafe(batch, forced_ts)
         except OSError as e:
             err = WriteFailedError(f"write to the log failed ({e.strerror or e}); "
                                    "nothing from this batch was stored")
@@ -405,8 +405,32 @@ class LogWriter:
             for r in batch:
                 r.error, r.done = e, True
 
-    def _commit_unsafe(self, batch: list[_Pending]) -> None:
-        t = now_us()
+    def seed_history(self, drafts: Sequence[EntryDraft], at_us: int) -> AppendResult:
+        """Append drafts stamped ``at_us`` instead of now: only for seeding a demo log.
+
+        The stamp must not go back from the last entry nor lie in the future, so
+        the log's time order and chain hold as for any other append; the HTTP
+        API and the CLI's append never reach this.
+        """
+        if at_us < self.last_ts or at_us > now_us():
+            raise EngineError("seed timestamps must not go backwards or into the future")
+        with self._cv:
+            while self._committing:
+                self._cv.wait()
+            self._committing = True
+        req = _Pending(drafts)
+        try:
+            self._commit([req], at_us)
+        finally:
+            with self._cv:
+                self._committing = False
+                self._cv.notify_all()
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _commit_unsafe(self, batch: list[_Pending], forced_ts: int | None = None) -> None:
+        t = now_us() if forced_ts is None else forced_ts
         settings = self.settings
         if self._active.index.frames and (
                 (t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):

@@ -34,7 +34,6 @@ log = logging.getLogger("auditlog.syslog")
 FACILITY_LOG_AUDIT = 13
 SEV_ALERT, SEV_WARNING, SEV_NOTICE, SEV_INFO = 1, 4, 5, 6
 DEFAULT_SD_ID = "audit@32473"
-_SD_ID = re.compile(r"^[!#-~&&[^=\]\" ]]{1,32}$")
 _SD_NAME_OK = re.compile(r"^[\x21\x23-\x3c\x3e-\x5c\x5e-\x7e]{1,32}$")   # printusascii minus = ] " and space
 BOM = "\ufeff"
 CURSOR_FILE = "syslog_cursor.json"
@@ -87,8 +86,8 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
     header = (f"<{pri}>1 {format_ts(e.ts)} {_printable(e.node, 255)} auditlog - "
               f"{_printable(e.action, 32)} ")
 
-    def build(details_value: str | None, truncated: bool, msg: str) -> bytes:
-        ps = params + ([("details", details_value)] if details_value is not None else []) + (
+    def build(details_value: str | None, truncated: bool, msg: str, base: list | None = None) -> bytes:
+        ps = (params if base is None else base) + ([("details", details_value)] if details_value is not None else []) + (
             [("truncated", "true")] if truncated else [])
         sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in ps) + "]"
         return (header + sd + " " + BOM + msg).encode("utf-8")
@@ -100,9 +99,25 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
     out = build(None, True, text)
     if len(out) <= max_bytes:
         return out
-    over = len(out) - max_bytes
-    raw = text.encode("utf-8")[: max(0, len(text.encode("utf-8")) - over)]
-    return build(None, True, raw.decode("utf-8", "ignore"))[:max_bytes]
+    # still too big (long user, target, user agent...): clip the free-text values and
+    # the text to the longest length that fits.  id, node, seq, success, signature and
+    # integrity stay whole; cutting the bytes instead would break the structured data
+    # or a UTF-8 sequence and the receiver would drop the message.
+    keep = {"id", "node", "seq", "success", "signature", "integrity"}
+
+    def clipped(n: int) -> bytes:
+        return build(None, True, text[:n], [(k, v if k in keep else v[:n]) for k, v in params])
+
+    lo, hi = 0, max([len(v) for _, v in params] + [len(text)])
+    best = clipped(0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = clipped(mid)
+        if len(cand) <= max_bytes:
+            best, lo = cand, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """A realistic day of gateway activity, for ``auditlog serve --demo``.
 
-Events are ordinary drafts; the node stamps them when they are appended, so
-"the day" is compressed into the moment of seeding (``details.demo_time`` says
-when in the day each one would have happened).
+``seed_demo`` spreads the day over the 24 hours before now (``details.demo_time``
+is the time of day each event is set at), through the writer's demo-only
+``seed_history``, so quick ranges and the histogram have something to show.
+Events are ordinary signed entries; seeding happens only on an empty log.
 """
 
 from __future__ import annotations
@@ -69,6 +70,46 @@ def demo_day(seed: int = 7) -> list[EntryDraft]:
     out.append(EntryDraft("system", "cluster.node_join", "gw2", None, None, None, True, at(6, 0)))
     out.append(EntryDraft("system", "backup.trigger", "nightly", None, None, None, True, at(2, 0)))
     return out
+
+
+def seed_demo(writer, now_us: int) -> int:
+    """Append the demo day (and its DKIM confirmations) stamped over the last 24 h."""
+    day_start = now_us - 24 * 3600 * 1_000_000
+    items = [(_minute(d), d) for d in demo_day()]
+    pending_confirms = [("10:30", 0, "dave"), ("14:25", 1, "bob")]
+    rotations: list[str] = []
+    items.sort(key=lambda x: x[0])
+    by_minute: dict[int, list[EntryDraft]] = {}
+    for m, d in items:
+        by_minute.setdefault(m, []).append(d)
+    for hhmm, idx, who in pending_confirms:
+        by_minute.setdefault(_minute_of(hhmm), [])
+    count = 0
+    for m in sorted(by_minute):
+        drafts = list(by_minute[m])
+        for hhmm, idx, who in pending_confirms:
+            if _minute_of(hhmm) == m and idx < len(rotations):
+                rot = ["example.com", "example.org"][idx]
+                drafts.append(EntryDraft(who, "config.dkim_rotate_confirm", rot, rot, ADMIN_IPS[who], UA, True,
+                                         {"demo_time": hhmm, "confirms": rotations[idx]}))
+        if not drafts:
+            continue
+        at = max(day_start + m * 60 * 1_000_000, writer.last_ts)
+        res = writer.seed_history(drafts, min(at, now_us))
+        for i, d in enumerate(drafts):
+            if d.action == "config.dkim_rotate":
+                rotations.append(f"{writer.node}:{res.first_seq + i}")
+        count += len(drafts)
+    return count
+
+
+def _minute_of(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+def _minute(d: EntryDraft) -> int:
+    return _minute_of(d.details.get("demo_time", "00:00"))
 
 
 def confirmations(first_rotation_ids: list[str]) -> list[EntryDraft]:

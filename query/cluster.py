@@ -183,11 +183,13 @@ async def checkpoint_loop(cluster: Cluster) -> None:
             log.exception("checkpoint round failed")
 
 
-async def _held_checkpoints(cluster: Cluster, about: str) -> tuple[list[dict], dict[int, str], dict[str, str]]:
-    """Checkpoints about node ``about`` held by every other node: (list, seq->witness, errors)."""
+async def _held_checkpoints(cluster: Cluster, about: str, skip: frozenset[str] | set[str] = frozenset()
+                            ) -> tuple[list[dict], dict[int, str], dict[str, str]]:
+    """Checkpoints about node ``about`` held by every other node but those in ``skip``
+    (known unreachable: not waited for again): (list, seq->witness, errors)."""
     flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
     svc = cluster.service
-    sources = [s for s in cluster.sources(flt, "desc", {}) if s.node != about]
+    sources = [s for s in cluster.sources(flt, "desc", {}) if s.node != about and s.node not in skip]
     found: list[dict] = []
     witnesses: dict[int, str] = {}
     errors: dict[str, str] = {}
@@ -230,10 +232,13 @@ async def cluster_verify(cluster: Cluster) -> dict:
         nodes[node] = {"status": "ok", "ok": rep.get("ok", False)}
         violations += rep.get("violations", [])
         checked += rep.get("entries_checked", 0)
+    # a peer that did not answer is not asked again (each wait costs up to peer_timeout)
+    down = {n for n, st in nodes.items() if st.get("status") != "ok"}
     for node in [svc.node_id, *cluster.peers]:
         if nodes.get(node, {}).get("status") != "ok":
             continue
-        cps, witnesses, _ = await _held_checkpoints(cluster, node)
+        cps, witnesses, errors = await _held_checkpoints(cluster, node, down)
+        down.update(errors)
         if not cps:
             continue
         seqs = sorted({c["seq"] for c in cps})
@@ -244,6 +249,7 @@ async def cluster_verify(cluster: Cluster) -> dict:
                 info = await cluster.peers[node].json("/signatures", {"seqs": ",".join(map(str, seqs))})
             except PeerError as e:
                 nodes[node] = {"status": "unreachable", "error": str(e)}
+                down.add(node)
                 continue
         sigs = {int(k): v for k, v in info.get("sigs", {}).items()}
         found = check_witnessed(node, cps, info["head_seq"], info["first_seq"], sigs, witnesses)

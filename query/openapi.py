@@ -162,6 +162,8 @@ def openapi_document() -> dict:
                 "summary": "Revoke an API key (admin)", "security": bearer,
                 "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": _responses({"200": {"description": "Revoked"}}, 401, 403, 404)}},
+            "/api/v1/whoami": {"get": {"summary": "The calling key's name and role", "security": bearer,
+                                       "responses": _responses({"200": {"description": "Identity"}}, 401)}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},

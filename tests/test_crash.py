@@ -104,6 +104,7 @@ def check_log(dd, node, acked: dict[int, int]) -> list:
 def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     dd, node = init_dir(tmp_path / "data")
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
+    print(f"CRASH_SEED={seed} reproduces this run")
     rng = random.Random(seed)
     acked: dict[int, int] = {}
     cuts = torn = 0

@@ -504,7 +504,8 @@ async def test_openapi_describes_every_route(client):
     served = set()
     for route in client.app.router.routes():
         path = route.resource.canonical if route.resource else None
-        if route.method in ("HEAD", "*") or path in (None, "/") or route.handler.__name__ == "not_allowed":
+        # "/" and "/ui/*" are the admin UI's static files, not API operations
+        if route.method in ("HEAD", "*") or path in (None, "/", "/ui") or route.handler.__name__ == "not_allowed":
             continue
         served.add((path, route.method.lower()))
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
@@ -516,7 +517,9 @@ async def test_openapi_describes_every_route(client):
             assert op.get("summary") and op.get("responses"), (path, method)
             if path not in ("/healthz", "/metrics", "/api/v1/openapi.json"):
                 assert op.get("security") == [{"bearer": []}], (path, method)
-                assert "401" in op["responses"] and "403" in op["responses"]
+                assert "401" in op["responses"]
+                if path != "/api/v1/whoami":   # any valid key may ask who it is
+                    assert "403" in op["responses"]
 
 
 # ----------------------------------------------------------------------------- auth.api_key_used

@@ -40,6 +40,8 @@ ROUTES = [
     ("export-csv", "GET", "/api/v1/audit-log/export.csv", {"reader", "admin"}, 200),
     ("export-pdf", "GET", "/api/v1/audit-log/export.pdf", {"reader", "admin"}, 200),
     ("four-eyes", "GET", "/api/v1/reports/four-eyes", {"reader", "admin"}, 200),
+    ("export-pdf", "GET", "/api/v1/audit-log/export.pdf", {"reader", "admin"}, 200),
+    ("four-eyes", "GET", "/api/v1/reports/four-eyes", {"reader", "admin"}, 200),
     ("verify", "GET", "/api/v1/verify", {"reader", "admin"}, 200),
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
     ("keys-list", "GET", "/api/v1/api-keys", {"admin"}, 200),
@@ -48,6 +50,9 @@ ROUTES = [
     ("healthz", "GET", "/healthz", None, 200),
     ("metrics", "GET", "/metrics", None, 200),
     ("openapi", "GET", "/api/v1/openapi.json", None, 200),
+    ("whoami", "GET", "/api/v1/whoami", {"writer", "reader", "admin"}, 200),
+    ("ui-root", "GET", "/", None, 200),
+    ("ui-static", "GET", "/ui/app.js", None, 200),
     ("ui", "GET", "/", None, 200),
 ]
 
@@ -121,3 +126,12 @@ async def test_events_route_only_appends(client, keys, method):
 async def test_unknown_path_is_json_404(client, keys):
     await assert_error(await client.get("/api/v1/nothing-here", headers=bearer(keys["admin"])), 404,
                        "/api/v1/nothing-here")
+
+
+async def test_matrix_covers_every_route(client):
+    """A route added to the app without a row above would escape the role checks."""
+    served = {(r.method, r.resource.canonical) for r in client.app.router.routes()
+              if r.method != "HEAD" and r.handler.__name__ != "not_allowed"}
+    covered = {(m, p.split("?")[0].replace("{victim}", "{key_id}").replace("/ui/app.js", "/ui"))
+               for _, m, p, _, _ in ROUTES}
+    assert served <= covered, served - covered

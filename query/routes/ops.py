@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from aiohttp import web
 
@@ -71,13 +72,31 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-UI_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>auditlog</title>
-<body><h1>auditlog</h1><p>This node serves the audit-log API under <code>/api/v1/</code>;
-see <a href="/api/v1/openapi.json">the OpenAPI description</a>.</p></body></html>"""
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+UI_HEADERS = {
+    # no inline script, no third-party anything; the key lives in sessionStorage
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache",
+}
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.Response(text=UI_PAGE, content_type="text/html")
+    return web.FileResponse(UI_DIR / "index.html", headers={**UI_HEADERS, "Content-Type": "text/html; charset=utf-8"})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The calling key's name and role (for the UI)."""
+    key = authenticate_only(request)
+    return web.json_response({"name": key.name, "role": key.role, "key_id": key.id,
+                              "node": request.app[SERVICE].node_id})
+
+
+def authenticate_only(request: web.Request):
+    service = request.app[SERVICE]
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    return service.keys.authenticate(token)
 
 
 def setup(app: web.Application) -> None:
@@ -87,3 +106,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/cluster", cluster)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/", index)
+    app.router.add_get("/api/v1/whoami", whoami)
+    app.router.add_static("/ui/", UI_DIR, show_index=False, follow_symlinks=False, append_version=False)
