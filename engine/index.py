@@ -25,8 +25,11 @@ from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 INDEX_SUFFIX = ".idx"
 MANIFEST_NAME = "MANIFEST"
-INDEX_VERSION = 1
+INDEX_VERSION = 3   # 3: term postings packed per field (1: plain maps)
+MANIFEST_VERSION = 1
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
+_RECORD_TERMS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN),
+                 ("ip", R_IP))
 _MAC = 32
 
 
@@ -84,17 +87,21 @@ class SegmentIndex:
         # "largest ts so far": stays monotonic even if a frame's ts went backwards
         self._max_ts.append(max(row.max_ts, self._max_ts[-1]) if self._max_ts else row.max_ts)
         t = self.terms
-        tu, ta, tt, td, ti, tr = (t["user"], t["action"], t["target"], t["domain"],
-                                  t["ip"], t["recipient"])
+        # per frame, each distinct value once: far cheaper than a call per entry
+        for fname, pos in _RECORD_TERMS:
+            idx = t[fname]
+            if type(idx) is bytes:
+                idx = self.field(fname)
+            for v in {r[pos] for r in records}:
+                if v is None:
+                    continue
+                lst = idx.get(v)
+                if lst is None:
+                    idx[v] = [ordinal]
+                elif lst[-1] != ordinal:
+                    lst.append(ordinal)
+        tr = t["recipient"] if type(t["recipient"]) is not bytes else self.field("recipient")
         for rec in records:
-            _note(tu, rec[R_USER], ordinal)
-            _note(ta, rec[R_ACTION], ordinal)
-            if rec[R_TARGET] is not None:
-                _note(tt, rec[R_TARGET], ordinal)
-            if rec[R_DOMAIN] is not None:
-                _note(td, rec[R_DOMAIN], ordinal)
-            if rec[R_IP] is not None:
-                _note(ti, rec[R_IP], ordinal)
             d = rec[R_DETAILS]
             if d:
                 r = d.get("recipient") if isinstance(d, dict) else None
@@ -104,6 +111,20 @@ class SegmentIndex:
                     for v in r:
                         if isinstance(v, str):
                             _note(tr, v, ordinal)
+
+    def field(self, fname: str) -> dict:
+        """The postings of one field, decoded on first use (stored indexes keep
+        each field packed until a query needs it: a time-range scan never does)."""
+        v = self.terms.get(fname)
+        if type(v) is bytes:
+            try:
+                v = msgpack.unpackb(v, raw=False, use_list=True)
+                if not isinstance(v, dict):
+                    v = {}
+            except (ValueError, TypeError, msgpack.UnpackException):
+                v = {}
+            self.terms[fname] = v
+        return v if v is not None else {}
 
     def add_damaged(self, row: FrameRow, kind: str, detail: str, seq_from: int, seq_to: int | None) -> None:
         self.damaged[len(self.frames)] = [kind, detail, seq_from, seq_to]
@@ -118,9 +139,9 @@ class SegmentIndex:
         """Frame ordinals that may hold a match for every term constraint (None = all)."""
         result: set[int] | None = None
         for fname, values in terms.items():
-            idx = self.terms.get(fname)
-            if idx is None:
+            if fname not in self.terms:
                 continue
+            idx = self.field(fname)
             hits: set[int] = set()
             for v in values:
                 hits.update(idx.get(v, ()))
@@ -139,7 +160,9 @@ class SegmentIndex:
             "v": INDEX_VERSION, "name": self.name, "header_mac": self.header_mac,
             "size": self.size, "last_sig": self.last_sig, "last_mac": self.last_mac,
             "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
-            "terms": self.terms, "damaged": self.damaged,
+            "terms": {f: (v if type(v) is bytes else msgpack.packb(v, use_bin_type=True))
+                      for f, v in self.terms.items()},
+            "damaged": self.damaged,
         }, use_bin_type=True)
         return body + key.mac(b"index", body)
 
@@ -162,7 +185,8 @@ class SegmentIndex:
             for f in idx.frames:
                 running = f.max_ts if running is None else max(running, f.max_ts)
                 idx._max_ts.append(running)
-            idx.terms = {f: d["terms"].get(f, {}) for f in TERM_FIELDS}
+            terms = d["terms"]
+            idx.terms = {f: terms[f] if isinstance(terms.get(f), bytes) else {} for f in TERM_FIELDS}
             idx.damaged = {int(k): v for k, v in d.get("damaged", {}).items()}
             return idx
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
@@ -210,7 +234,7 @@ def manifest_row(idx: SegmentIndex, first_seq: int) -> ManifestRow:
 
 
 def save_manifest(seg_dir: Path, rows: list[ManifestRow], key: NodeKey) -> None:
-    body = msgpack.packb({"v": INDEX_VERSION, "segments": [
+    body = msgpack.packb({"v": MANIFEST_VERSION, "segments": [
         [r.name, r.first_seq, r.last_seq, r.count, r.min_ts, r.max_ts, r.size, r.header_mac]
         for r in rows]}, use_bin_type=True)
     write_atomic(seg_dir / MANIFEST_NAME, body + key.mac(b"manifest", body))
@@ -226,7 +250,7 @@ def load_manifest(seg_dir: Path, key: NodeKey) -> dict[str, ManifestRow]:
         return {}
     try:
         d = msgpack.unpackb(raw[:-_MAC], raw=False)
-        if not isinstance(d, dict) or d.get("v") != INDEX_VERSION:
+        if not isinstance(d, dict) or d.get("v") != MANIFEST_VERSION:
             return {}
         return {r[0]: ManifestRow(*r) for r in d["segments"]}
     except (ValueError, KeyError, TypeError, msgpack.UnpackException):

@@ -365,10 +365,17 @@ class LogWriter:
 
     # -- appending ---------------------------------------------------------------
 
-    def append_batch(self, drafts: Sequence[EntryDraft]) -> AppendResult:
-        """Append validated drafts; returns once durable.  All or nothing."""
+    def append_batch(self, drafts: Sequence[EntryDraft], canonical: bool = False) -> AppendResult:
+        """Append drafts; returns once durable.  All or nothing.
+
+        ``canonical=True`` promises every ``details`` map already has its keys
+        sorted (ingest's validation does that); otherwise they are sorted here,
+        in the caller's thread, before the batch joins the commit queue.
+        """
         if not drafts:
             raise EngineError("empty batch")
+        if not canonical:
+            drafts = [d._replace(details=sort_details(d.details)) if d.details else d for d in drafts]
         req = _Pending(drafts)
         with self._cv:
             if self._closed:
@@ -493,9 +500,6 @@ class LogWriter:
         self._new_segments = []
         try:
             for d in all_drafts:
-                if d.details:
-                    # canonical form: map keys sorted (validated drafts already are)
-                    d = d._replace(details=sort_details(d.details))
                 canon = canonical_bytes(node, seq, ts, d)
                 sig = sign(prev, canon)
                 rec = record_from_canonical(nlen, canon, sig)

@@ -3,12 +3,14 @@
 Title, the filters used, generation time, node coverage (unreachable nodes
 named), a table of the entries with long values wrapped, the integrity status,
 and page numbers.  Text is set in DejaVu Sans when the font is installed
-(full Unicode); otherwise in Helvetica with characters outside Latin-1
-replaced, so a report is always produced.
+(characters it has no glyph for, such as CJK or emoji, are shown as
+``<U+XXXX>`` rather than dropped); otherwise in Helvetica with characters
+outside Latin-1 replaced, so a report is always produced.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Iterable
@@ -58,7 +60,15 @@ def render_pdf(entries: Iterable[Entry], *, title: str, filters: str, nodes: dic
         pdf.add_font("DejaVu", "", regular)
         pdf.add_font("DejaVu", "B", bold)
         pdf.family_name = "DejaVu"
-        clean = _clip
+        # fpdf2 silently drops characters the font has no glyph for (CJK, emoji in
+        # DejaVu Sans): a subject would lose words without a trace.  Show them as U+XXXX.
+        covered = frozenset(pdf.fonts["dejavu"].cmap) & frozenset(pdf.fonts["dejavuB"].cmap)
+
+        def clean(s: str) -> str:
+            s = _clip(s)
+            if s.isascii() or all(ord(ch) in covered for ch in s):
+                return s
+            return "".join(ch if ord(ch) in covered or ch == "\n" else f"<U+{ord(ch):04X}>" for ch in s)
     else:
         pdf.family_name = "helvetica"
         clean = lambda s: _clip(s).encode("latin-1", "replace").decode("latin-1")  # noqa: E731
@@ -200,8 +210,14 @@ def _describe(e: Entry) -> str:
         parts.append(f"domain {e.domain}")
     d = e.details if isinstance(e.details, dict) else {}
     for k in ("subject", "sender", "recipient", "old", "new", "confirms", "reason"):
-        if d.get(k) not in (None, ""):
-            parts.append(f"{k}: {d[k]}")
+        v = d.get(k)
+        if v in (None, ""):
+            continue
+        if isinstance(v, (list, tuple)):   # several recipients (arrays read back as tuples)
+            v = ", ".join(str(x) for x in v)
+        elif isinstance(v, dict):
+            v = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
+        parts.append(f"{k}: {v}")
     return "; ".join(parts)
 
 

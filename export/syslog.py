@@ -6,7 +6,10 @@ through the engine's reader (it never takes the writer's lock, so it never
 slows appends), and remembers in ``<data-dir>/state/syslog_cursor.json`` the
 last seq it handed to the transport.  After a receiver outage or a restart it
 resends from there: delivery is at-least-once over TCP/TLS (the entry id in the
-structured data lets receivers drop duplicates).  UDP has no delivery
+structured data lets receivers drop duplicates).  The cursor moves only past
+bytes the receiver's TCP stack acknowledged, and after a lost connection the
+last ``resend_bytes`` sent on it go out again, since acknowledged bytes still
+in a stopped receiver's socket buffer are lost with it.  UDP has no delivery
 feedback at all: it is best effort, and says so.
 """
 
@@ -22,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +42,7 @@ _SD_NAME_OK = re.compile(r"^[\x21\x23-\x3c\x3e-\x5c\x5e-\x7e]{1,32}$")   # print
 BOM = "\ufeff"
 CURSOR_FILE = "syslog_cursor.json"
 TIOCOUTQ = 0x5411   # Linux: bytes in the socket send queue not yet acknowledged
+TCP_CLOSE = 7       # Linux tcp_info.tcpi_state of a closed (reset) connection
 
 
 def check_sd_id(sd_id: str) -> str:
@@ -196,6 +201,14 @@ class Transport:
                 return   # not supported here: fall back to sendall's guarantee
             if int.from_bytes(buf, "little") == 0:
                 return
+            # a receiver that went away resets the connection: the unacknowledged count
+            # then never drops to 0, so notice it now rather than after the timeout
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"connection to the receiver lost: {os.strerror(err)}")
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+            if info and info[0] == TCP_CLOSE:
+                raise OSError("connection closed by the receiver before it acknowledged the data")
             if time.monotonic() > deadline:
                 raise OSError("receiver did not acknowledge the data in time")
             time.sleep(0.002)
@@ -210,6 +223,12 @@ class Transport:
 
 class SyslogForwarder:
     """Follows the local log and forwards it; restartable from its cursor."""
+
+    #: after a lost TCP/TLS connection, the last this many bytes sent on it are sent
+    #: again: plain syslog over TCP has no application-level acknowledgement, and a
+    #: receiver stopped with data in its socket buffer loses it although its kernel
+    #: acknowledged it (rsyslog does, on SIGTERM)
+    resend_bytes = 1 << 20
 
     def __init__(self, service, settings: SyslogSettings, batch: int = 500):
         self.service = service
@@ -260,20 +279,34 @@ class SyslogForwarder:
     def _run(self) -> None:
         backoff = 0.2
         transport = Transport(self.settings)
-        max_udp = self.settings.udp_max_bytes if self.settings.scheme == "udp" else None
+        udp = self.settings.scheme == "udp"
+        max_udp = self.settings.udp_max_bytes if udp else None
+        # (cursor before the batch, its bytes) of the batches acknowledged on this connection
+        recent: deque[tuple[int, int]] = deque()
+        recent_bytes = 0
         while not self._stop.is_set():
             try:
                 if transport.sock is None:
                     transport.connect()
                     self.connected = True
+                    recent.clear()
+                    recent_bytes = 0
                 entries = self._next_entries()
                 if not entries:
                     self.wake.wait(0.5)
                     self.wake.clear()
                     continue
-                transport.send([format_message(e, self.settings.sd_id, max_udp) for e in entries])
+                messages = [format_message(e, self.settings.sd_id, max_udp) for e in entries]
+                before = self.cursor
+                transport.send(messages)
                 self.cursor = max(self.cursor, entries[-1].seq)
                 self.sent += len(entries)
+                if not udp:
+                    size = sum(len(m) for m in messages)
+                    recent.append((before, size))
+                    recent_bytes += size
+                    while len(recent) > 1 and recent_bytes - recent[0][1] >= self.resend_bytes:
+                        recent_bytes -= recent.popleft()[1]
                 self._save_cursor()
                 backoff = 0.2
             except (OSError, ssl.SSLError, ExportError) as e:
@@ -283,6 +316,18 @@ class SyslogForwarder:
                     log.warning("syslog forwarding to %s failed: %s", self.settings.target, e)
                 self.connected = False
                 transport.close()
+                if recent:
+                    # bytes the receiver's kernel acknowledged may never have reached the
+                    # receiver itself (a receiver stopped with data in its socket buffer
+                    # drops it): send the last resend_bytes of this connection again
+                    # (at-least-once; the id lets receivers drop the duplicates)
+                    self.cursor = min(self.cursor, recent[0][0])
+                    recent.clear()
+                    recent_bytes = 0
+                    try:
+                        self._save_cursor()
+                    except OSError:   # pragma: no cover - kept in memory, saved next time
+                        log.exception("cannot save the syslog cursor")
                 self._stop.wait(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 30.0)
         transport.close()

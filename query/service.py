@@ -122,13 +122,14 @@ class Service:
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def append(self, drafts: list[EntryDraft]) -> AppendResult:
+    async def append(self, drafts: list[EntryDraft], canonical: bool = False) -> AppendResult:
+        """Append through the writer's queue; ``canonical`` for validated drafts."""
         n = len(drafts)
         if self.pending_events + n > self.settings.max_pending_events:
             raise Overloaded(f"write queue full ({self.pending_events} events waiting)")
         self.pending_events += n
         try:
-            return await self.run(self.writer.append_batch, drafts)
+            return await self.run(self.writer.append_batch, drafts, canonical)
         finally:
             self.pending_events -= n
 

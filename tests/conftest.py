@@ -78,3 +78,14 @@ async def make_client(make_service, aiohttp_client):
 @pytest_asyncio.fixture
 async def client(make_client, service):
     return await make_client(service)
+
+
+# -- test outcome on the item (tests/test_ui.py saves screenshots on failure) -----
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report as ``item.rep_setup`` / ``rep_call`` / ``rep_teardown``,
+    so a fixture's teardown can tell whether its test failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

@@ -380,7 +380,7 @@ class Poster:
     """Posts batches of events over HTTP in a thread until stopped; retries on connection errors
     (the node may be restarting) so that no batch is silently lost."""
 
-    def __init__(self, node_ref: list, key: str, batch: int = 25, pause: float = 0.01):
+    def __init__(self, node_ref: list, key: str, batch: int = 10, pause: float = 0.02):
         self.node_ref, self.key, self.batch, self.pause = node_ref, key, batch, pause
         self.posted = 0
         self.i = 100_000
@@ -433,21 +433,16 @@ def rsyslog_tcp(tmp_path):
 @pytest.mark.e2e
 def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rsyslog_tcp):
     rs = rsyslog_tcp
-    T0 = time.monotonic()
     n = 2000
     data, cfg, keys = setup_node(tmp_path, f'target = "{rs.target}"', n)
     node = Node(data, cfg)
     nodes = [node]
     try:
         node.wait_ready()
-        print("T", round(time.monotonic()-T0,2), 'node.wait_ready()', flush=True)
         head0 = node.json("/api/v1/cluster", keys["reader"])[1]["nodes"][0]["head_seq"]
-        print("T", round(time.monotonic()-T0,2), 'head0 = node.json("/api/v1/cluster", key', flush=True)
         assert head0 >= n
         by_id = wait_seqs(rs, head0)
-        print("T", round(time.monotonic()-T0,2), 'by_id = wait_seqs(rs, head0)', flush=True)
         log = log_entries(node, keys["reader"])
-        print("T", round(time.monotonic()-T0,2), 'log = log_entries(node, keys["reader"])', flush=True)
         for s in range(1, head0 + 1):
             arrivals = by_id[f"gw1:{s}"]
             assert len(arrivals) == 1, (s, len(arrivals))    # no restart yet: exactly once
@@ -455,68 +450,59 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
         # rsyslog's parser found our SD element too
         assert all(p["rsyslog_sd"].startswith('[audit@32473 id="gw1:') for p in received(rs)[1])
         st = wait_caught_up(node, keys["reader"])
-        print("T", round(time.monotonic()-T0,2), 'st = wait_caught_up(node, keys["reader"]', flush=True)
         assert st["cursor_seq"] >= head0 and st["target"] == rs.target and st["sent"] >= head0
         assert metric(node, "auditlog_syslog_lag_entries") == 0
         assert metric(node, "auditlog_syslog_connected") == 1
         cursor_file = json.loads((data / "state" / "syslog_cursor.json").read_text())
-        print("T", round(time.monotonic()-T0,2), 'cursor_file = json.loads((data / "state"', flush=True)
         assert cursor_file["target"] == rs.target and cursor_file["seq"] >= head0
 
         poster = Poster(nodes, keys["writer"]).start()
-        print("T", round(time.monotonic()-T0,2), 'poster = Poster(nodes, keys["writer"]).s', flush=True)
         try:
             # 1. the node restarts mid-stream: the forwarder resumes from its cursor
             time.sleep(0.7)
-            before_restart = len(rs.messages())
-            print("T", round(time.monotonic()-T0,2), 'before_restart = len(rs.messages())', flush=True)
             assert node.terminate() == 0, node.stderr()
-            print("T", round(time.monotonic()-T0,2), 'assert node.terminate() == 0, node.stder', flush=True)
             saved = json.loads((data / "state" / "syslog_cursor.json").read_text())["seq"]
             assert saved > head0
             node = Node(data, cfg, port=node.port)
-            print("T", round(time.monotonic()-T0,2), 'node = Node(data, cfg, port=node.port)', flush=True)
             nodes[0] = node
             node.wait_ready()
-            print("T", round(time.monotonic()-T0,2), 'node.wait_ready()', flush=True)
             time.sleep(0.7)
+            wait_caught_up(node, keys["reader"])
+            cursor = syslog_status(node, keys["reader"])["cursor_seq"]
+            by_id = wait_seqs(rs, cursor)
+            # resumed from the cursor, not from seq 1: nothing before the restart came
+            # twice, except at most the one batch in flight when it stopped
+            assert all(len(by_id[f"gw1:{s}"]) == 1 for s in range(1, head0 + 1))
+            dups_node_restart = sum(len(v) - 1 for v in by_id.values())
+            assert dups_node_restart <= 500, dups_node_restart
+
             # 2. the receiver goes away while events keep coming, and comes back ~1 s later
             rs.stop()
-            print("T", round(time.monotonic()-T0,2), 'rs.stop()', flush=True)
-            time.sleep(0.3)
-            down_deadline = time.monotonic() + 10
+            # the forwarder notices at its next send (not after an ack timeout) and lags
+            down_deadline = time.monotonic() + 5
             while metric(node, "auditlog_syslog_lag_entries") == 0 or metric(node, "auditlog_syslog_connected"):
-                assert time.monotonic() < down_deadline, "lag never grew while the receiver was down"
+                assert time.monotonic() < down_deadline, "receiver outage not noticed within 5 s"
                 time.sleep(0.05)
+            st = syslog_status(node, keys["reader"])
+            assert not st["connected"] and st["lag"] > 0 and st["errors"] > 0 and st["last_error"]
             time.sleep(0.7)
             rs.start()
-            print("T", round(time.monotonic()-T0,2), 'rs.start()', flush=True)
             time.sleep(0.7)
         finally:
             posted = poster.stop()
         assert posted > 0
         st = wait_caught_up(node, keys["reader"], timeout=45)
-        print("T", round(time.monotonic()-T0,2), 'st = wait_caught_up(node, keys["reader"]', flush=True)
         head = node.json("/api/v1/cluster", keys["reader"])[1]["nodes"][0]["head_seq"]
-        print("T", round(time.monotonic()-T0,2), 'head = node.json("/api/v1/cluster", keys', flush=True)
         assert head >= head0 + posted
         by_id = wait_seqs(rs, head)
-        print("T", round(time.monotonic()-T0,2), 'by_id = wait_seqs(rs, head)', flush=True)
         assert st["cursor_seq"] >= head - 2   # (a key-use entry may have been appended since)
         log = log_entries(node, keys["reader"])
-        print("T", round(time.monotonic()-T0,2), 'log = log_entries(node, keys["reader"])', flush=True)
-        for s in range(1, head + 1):
-            check_against_log(by_id[f"gw1:{s}"][0], log[f"gw1:{s}"])
-        # at-least-once, not "from the start again": the first 2000 entries were not resent,
-        # and duplicates are at most a batch or two in flight at the receiver's outage
+        for s in range(1, head + 1):   # every entry arrived, intact (duplicates allowed)
+            for p in by_id[f"gw1:{s}"]:
+                check_against_log(p, log[f"gw1:{s}"])
         assert all(len(by_id[f"gw1:{s}"]) == 1 for s in range(1, head0 + 1))
-        dups = sum(len(v) - 1 for v in by_id.values())
-        print("T", round(time.monotonic()-T0,2), 'dups = sum(len(v) - 1 for v in by_id.val', flush=True)
-        assert dups <= 1000, dups
-        assert before_restart >= head0
     finally:
         node.close()
-        print("T", round(time.monotonic()-T0,2), 'node.close()', flush=True)
         assert "Traceback" not in node.stderr(), node.stderr()
 
 

@@ -63,14 +63,14 @@ async def post_events(request: web.Request) -> web.Response:
     objs = decode_body(raw, request.content_type if request.body_exists else "")
     drafts = await service.run(validate_batch, objs, service.settings.limits)
     if idem is None:
-        res = await service.append(drafts)
+        res = await service.append(drafts, canonical=True)
         body = _result(service, res)
     else:
         scoped = f"{key.id}:{idem}"
         async with service.idempotency_lock(scoped):
             body = service.idempotency.get(scoped)
             if body is None:
-                res = await service.append(drafts)
+                res = await service.append(drafts, canonical=True)
                 body = _result(service, res)
                 await service.run(service.idempotency.put, scoped, body)
             elif body["appended"] != len(drafts):

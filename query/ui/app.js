@@ -5,7 +5,11 @@
 const FILTERS = ["from", "to", "user", "action", "target", "domain", "ip", "recipient", "success", "node"];
 const PAGE = 200;
 const $ = (sel) => document.querySelector(sel);
-const state = { cursor: null, entries: [], violations: 0, nodes: {} };
+// query: the parameters of the search on screen, relative times pinned (see pinTimes);
+// shown: the same as the person typed them (the URL); gen: bumped by every search so
+// that answers to a superseded search are dropped instead of mixed in.
+const state = { cursor: null, entries: [], violations: 0, down: {}, query: null, shown: null, gen: 0,
+                loading: false, returnTo: null, skew: 0 };
 
 function key() { return sessionStorage.getItem("auditlog-key"); }
 
@@ -29,9 +33,13 @@ function cell(row, s, cls) { const td = document.createElement("td"); text(td, s
 async function signIn(k) {
   sessionStorage.setItem("auditlog-key", k);
   try {
-    const who = await (await api("/api/v1/whoami")).json();
+    const resp = await api("/api/v1/whoami");
+    const server = Date.parse(resp.headers.get("Date") || "");
+    state.skew = Number.isFinite(server) ? server - Date.now() : 0;
+    const who = await resp.json();
     text($("#who"), `${who.name} · role ${who.role} · node ${who.node}`);
     $("#signin").hidden = true;
+    text($("#signin-error"), "");   // a stale "not valid" must not come back with the form
     $("#main").hidden = false;
     $("#signout").hidden = false;
     formFromUrl();
@@ -64,6 +72,29 @@ function params() {
   return p;
 }
 
+// "-24h", "now": the API resolves them against its clock at every request, so a
+// cursor from page 1 would no longer match page 2's filter.  One search pins them
+// to absolute times once (on the server's clock, from the Date header), while the
+// URL keeps what was typed, so a shared "last 24 h" link stays relative.
+const RELATIVE = /^-(\d{1,12})([smhdw])$/;
+const UNIT_MS = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 };
+
+function pinTime(v, now) {
+  const m = RELATIVE.exec(v);
+  let t = null;
+  if (m) t = now - Number(m[1]) * UNIT_MS[m[2]];
+  else if (v.toLowerCase() === "now") t = now;
+  if (t === null || !Number.isFinite(t) || t < 0) return v;   // the API explains what is wrong
+  return new Date(t).toISOString();
+}
+
+function pinTimes(p) {
+  const q = new URLSearchParams(p);
+  const now = Date.now() + state.skew;
+  for (const name of ["from", "to"]) if (q.has(name)) q.set(name, pinTime(q.get(name), now));
+  return q;
+}
+
 function formFromUrl() {
   const q = new URLSearchParams(location.search);
   const form = $("#filters");
@@ -76,14 +107,48 @@ function formFromUrl() {
 async function search() {
   const p = params();
   history.replaceState(null, "", "?" + p.toString());
-  state.cursor = null; state.entries = []; state.violations = 0;
+  state.shown = p.toString();
+  state.query = pinTimes(p);
+  state.gen++;
+  state.cursor = null; state.entries = []; state.violations = 0; state.down = {};
+  state.loading = false;
   $("#results tbody").replaceChildren();
+  $("#load-more").hidden = true;
   $("#report").hidden = true;
+  if (!$("#detail").hidden) closeDetail(false);
+  banners(); histogram();   // nothing from the previous search lingers, even if this one fails
   await loadPage();
 }
 
+// The search on screen is the one in the form (an edited, unsubmitted form is searched
+// first), so exports and reports cover exactly what the table and the URL show.
+async function applied() {
+  if (state.query === null || params().toString() !== state.shown) await search();
+  return new URLSearchParams(state.query);
+}
+
+// Appends the next page of the search on screen; returns its first new row (or null).
+// While a page loads the table is aria-busy and "load more" aria-disabled.
 async function loadPage() {
-  const p = params();
+  if (state.loading) return null;      // a double click must not fetch the same page twice
+  const gen = state.gen;
+  state.loading = true;
+  busy(true);
+  try {
+    return await fetchPage(gen);
+  } finally {
+    if (gen === state.gen) { state.loading = false; busy(false); }
+  }
+}
+
+function busy(on) {
+  $("#results").setAttribute("aria-busy", on ? "true" : "false");
+  // not .disabled: disabling the focused button would drop its focus
+  if (on) $("#load-more").setAttribute("aria-disabled", "true"); else $("#load-more").removeAttribute("aria-disabled");
+}
+
+async function fetchPage(gen) {
+  const p = new URLSearchParams(state.query);
   p.set("limit", PAGE);
   if (state.cursor) p.set("cursor", state.cursor);
   $("#error-banner").hidden = true;
@@ -91,22 +156,29 @@ async function loadPage() {
   try {
     data = await (await api("/api/v1/audit-log?" + p.toString())).json();
   } catch (e) {
-    if (e.status === 401) return showSignIn("Your API key is no longer valid.");
+    if (gen !== state.gen) return null;
+    if (e.status === 401) { showSignIn("Your API key is no longer valid."); return null; }
     text($("#error-banner"), e.message); $("#error-banner").hidden = false;
-    return;
+    return null;
   }
+  if (gen !== state.gen) return null;  // a newer search replaced this one
   state.cursor = data.next_cursor;
-  state.nodes = data.nodes || {};
+  // a node down for any page of this search leaves a gap, even if it is back now
+  for (const [n, s] of Object.entries(data.nodes || {})) if (s.status !== "ok") state.down[n] = s;
   const tbody = $("#results tbody");
+  let first = null;
   for (const e of data.events) {
     state.entries.push(e);
     if (e.integrity !== "ok") state.violations++;
-    tbody.appendChild(row(e));
+    const tr = row(e);
+    first = first || tr;
+    tbody.appendChild(tr);
   }
   $("#load-more").hidden = !state.cursor;
   text($("#count"), `${state.entries.length} shown${state.cursor ? ", more available" : ""}`);
   banners();
   histogram();
+  return first;
 }
 
 function row(e) {
@@ -126,6 +198,8 @@ function row(e) {
     if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); showDetail(e, tr); }
     if (ev.key === "ArrowDown" && tr.nextElementSibling) { ev.preventDefault(); tr.nextElementSibling.focus(); }
     if (ev.key === "ArrowUp" && tr.previousElementSibling) { ev.preventDefault(); tr.previousElementSibling.focus(); }
+    if (ev.key === "Home" && tr.parentNode.firstElementChild) { ev.preventDefault(); tr.parentNode.firstElementChild.focus(); }
+    if (ev.key === "End" && tr.parentNode.lastElementChild) { ev.preventDefault(); tr.parentNode.lastElementChild.focus(); }
   });
   return tr;
 }
@@ -136,7 +210,7 @@ function banners() {
     text(vb, `Integrity violation: ${state.violations} entr${state.violations === 1 ? "y" : "ies"} in this result failed verification (highlighted). The log may have been tampered with.`);
     vb.hidden = false;
   } else vb.hidden = true;
-  const down = Object.entries(state.nodes).filter(([, s]) => s.status !== "ok");
+  const down = Object.entries(state.down);
   const ub = $("#unreachable-banner");
   if (down.length) {
     text(ub, down.map(([n, s]) => `Node ${n} temporarily unreachable${s.error ? " (" + s.error + ")" : ""}: its entries are missing from this result.`).join(" "));
@@ -161,15 +235,15 @@ function showDetail(e, tr) {
   add("integrity", e.integrity + (e.violation ? ": " + e.violation : ""));
   text($("#detail-title"), "Entry " + (e.id || ""));
   $("#detail").hidden = false;
-  $("#detail").dataset.returnTo = tr.dataset.id;
+  state.returnTo = tr;   // the row itself: integrity markers can share (or lack) an id
   $("#detail-close").focus();
 }
 
-function closeDetail() {
-  const d = $("#detail");
-  d.hidden = true;
-  const back = document.querySelector(`#results tr[data-id="${CSS.escape(d.dataset.returnTo || "")}"]`);
-  if (back) back.focus();
+function closeDetail(refocus = true) {
+  $("#detail").hidden = true;
+  const back = state.returnTo;
+  state.returnTo = null;
+  if (refocus && back && back.isConnected) back.focus();
 }
 
 // -- histogram -----------------------------------------------------------------------
@@ -179,7 +253,8 @@ function histogram() {
   svg.replaceChildren();
   const ts = state.entries.filter((e) => e.ts).map((e) => Date.parse(e.ts));
   if (!ts.length) { text($("#histogram-caption"), ""); return; }
-  const lo = Math.min(...ts), hi = Math.max(...ts);
+  // not Math.min(...ts): spreading ~100k loaded entries overflows the call stack
+  const lo = ts.reduce((a, b) => (b < a ? b : a)), hi = ts.reduce((a, b) => (b > a ? b : a));
   const n = 48, span = Math.max(hi - lo, 1), width = svg.clientWidth || 800, h = 64;
   const bins = new Array(n).fill(0), bad = new Array(n).fill(0);
   state.entries.forEach((e) => {
@@ -187,7 +262,7 @@ function histogram() {
     const i = Math.min(n - 1, Math.floor(((Date.parse(e.ts) - lo) / span) * n));
     bins[i]++; if (e.integrity !== "ok") bad[i]++;
   });
-  const max = Math.max(...bins), bw = width / n;
+  const max = bins.reduce((a, b) => (b > a ? b : a)), bw = width / n;
   const ns = "http://www.w3.org/2000/svg";
   bins.forEach((c, i) => {
     if (!c) return;
@@ -206,7 +281,7 @@ function histogram() {
 // -- exports and reports -------------------------------------------------------------
 
 async function download(path, filename) {
-  const p = params();
+  const p = await applied();
   try {
     const blob = await (await api(path + "?" + p.toString())).blob();
     const a = document.createElement("a");
@@ -220,9 +295,9 @@ async function download(path, filename) {
 }
 
 async function fourEyes() {
+  const q = await applied();
   const p = new URLSearchParams();
-  const form = $("#filters");
-  for (const name of ["from", "to", "node"]) if (form.elements[name].value.trim()) p.set(name, form.elements[name].value.trim());
+  for (const name of ["from", "to", "node"]) if (q.has(name)) p.set(name, q.get(name));
   let rep;
   try { rep = await (await api("/api/v1/reports/four-eyes?" + p.toString())).json(); }
   catch (e) { text($("#error-banner"), e.message); $("#error-banner").hidden = false; return; }
@@ -257,17 +332,25 @@ async function fourEyes() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#signin-form").addEventListener("submit", (ev) => { ev.preventDefault(); signIn($("#apikey").value.trim()); });
-  $("#signout").addEventListener("click", () => { sessionStorage.removeItem("auditlog-key"); showSignIn(""); });
+  $("#signout").addEventListener("click", () => {
+    sessionStorage.removeItem("auditlog-key");
+    state.gen++;   // answers still in flight belong to the signed-out session
+    showSignIn("");
+  });
   $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
-  $("#reset").addEventListener("click", () => { $("#filters").reset(); search(); });
+  // not id="reset": a form control with that id shadows form.reset() (a TypeError on Clear)
+  $("#clear-filters").addEventListener("click", () => { $("#filters").reset(); search(); });
   document.querySelectorAll("[data-range]").forEach((b) => b.addEventListener("click", () => {
     $("#filters").elements.from.value = b.dataset.range; $("#filters").elements.to.value = ""; search();
   }));
-  $("#load-more").addEventListener("click", loadPage);
+  $("#load-more").addEventListener("click", async () => {
+    const first = await loadPage();
+    if (first && $("#load-more").hidden) first.focus();   // the button is gone: keep focus in the table
+  });
   $("#export-csv").addEventListener("click", () => download("/api/v1/audit-log/export.csv", "auditlog.csv"));
   $("#export-pdf").addEventListener("click", () => download("/api/v1/audit-log/export.pdf", "auditlog-report.pdf"));
   $("#four-eyes").addEventListener("click", fourEyes);
-  $("#detail-close").addEventListener("click", closeDetail);
+  $("#detail-close").addEventListener("click", () => closeDetail());
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("#detail").hidden) closeDetail(); });
   if (key()) signIn(key()); else showSignIn("");
 });
