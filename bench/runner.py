@@ -38,10 +38,12 @@ from engine.errors import AuditLogError
 from bench import scenarios as sc
 from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
 
-SCENARIOS = ("append", "scan", "selective_query", "csv_export", "scan_rss")
+SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss")
 #: result names that select their scenario in ``--only``
 _ALIASES = {"append_4threads": "append", "selective_query_cold": "selective_query",
-            "csv": "csv_export", "selective": "selective_query"}
+            "csv": "csv_export", "selective": "selective_query", "http": "http_ingest",
+            "http_ingest_msgpack": "http_ingest", "http_append_p99_ms": "http_ingest",
+            "merge_first_byte_ms": "merge", "unreachable_peer_cost_s": "merge"}
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
 _SEGMENT_MB = 64
@@ -66,20 +68,39 @@ class Plan:
     cold_reps: int
     warm_reps: int
     csv_rows: int
+    http_events: int            # events per HTTP ingest run (batches of http_batch)
+    http_reps: int
+    latency_seconds: float      # measured window of the paced single-event POSTs
+    merge_events: int           # events over the 3 cluster nodes (N/3 each)
+    merge_reps: int
     batch: int = sc.BUILD_BATCH
     seed: int = sc.SEED
+    http_batch: int = 1000
+    http_conns: int = 8
+    latency_rate: float = 5000.0
+    latency_conns: int = 32
+    ttfb_reps: int = 7
+    query_reps: int = 5
+    peer_timeout: float = 2.0
 
     @classmethod
     def make(cls, quick: bool, events: int | None) -> "Plan":
         if events is not None:           # tiny runs (tests): a few thousand events
             return cls(n=events, append_events=events, append_reps=2, reps=2,
                        cold_reps=2, warm_reps=3, csv_rows=events,
-                       batch=max(10, min(sc.BUILD_BATCH, events // 20)))
+                       batch=max(10, min(sc.BUILD_BATCH, events // 20)),
+                       http_events=events, http_reps=1, latency_seconds=0.5,
+                       merge_events=events, merge_reps=1, http_batch=min(1000, max(10, events // 6)),
+                       http_conns=4, latency_rate=500.0, latency_conns=8, ttfb_reps=3, query_reps=3)
         if quick:
             return cls(n=1_000_000, append_events=100_000, append_reps=3, reps=3,
-                       cold_reps=3, warm_reps=7, csv_rows=200_000)
+                       cold_reps=3, warm_reps=7, csv_rows=200_000,
+                       http_events=50_000, http_reps=3, latency_seconds=2.0,
+                       merge_events=300_000, merge_reps=3)
         return cls(n=10_000_000, append_events=200_000, append_reps=3, reps=5,
-                   cold_reps=5, warm_reps=11, csv_rows=200_000)
+                   cold_reps=5, warm_reps=11, csv_rows=200_000,
+                   http_events=200_000, http_reps=3, latency_seconds=5.0,
+                   merge_events=1_500_000, merge_reps=3)
 
 
 @dataclass
@@ -433,9 +454,157 @@ def scenario_scan_rss(plan: Plan, ctx: dict) -> list[Result]:
     return [r]
 
 
+def _profiled_note(*outs: dict) -> dict:
+    if any(o.get("profiled") for o in outs):
+        return {"profiled": f"servers ran under cProfile ({sc_profile_env()}): slower than normal"}
+    return {}
+
+
+def sc_profile_env() -> str:
+    from bench.servers import PROFILE_ENV
+    return PROFILE_ENV
+
+
+def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
+    out = []
+    kw = dict(events=plan.http_events, batch=plan.http_batch, reps=plan.http_reps, seed=plan.seed,
+              workdir=ctx["workdir"])
+    base = _run_job("sqlite_append", threads=1, **kw)
+    server = ("a real `auditlog serve` subprocess, fsync=always, fresh data dir per run "
+              "(init + `apikey create --role writer` first), free loopback port")
+    for name, fmt in (("http_ingest", "json"), ("http_ingest_msgpack", "msgpack")):
+        ours = _run_job("http_ingest", conns=plan.http_conns, fmt=fmt, **kw)
+        params = {
+            "N": plan.http_events, "batch": plan.http_batch, "conns": plan.http_conns,
+            "body": f"{'JSON array' if fmt == 'json' else 'msgpack array'} "
+                    f"(Content-Type: {sc._CTYPE[fmt]}), ~{ours['body_bytes'] // 1024} KiB per batch",
+            "fsync": "always", "runs": plan.http_reps, "server": server,
+            "client": f"aiohttp in the bench process, {plan.http_conns} keep-alive connections "
+                      "(opened before timing), bodies pre-encoded, each answer checked (201, appended)",
+            "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+            "server_cpu_value": round(ours["cpu_value"]),
+            "client_cpu_s": round(ours["client_cpu_s"], 2),
+            "baseline": f"the append baseline: {SQLITE_DESCRIPTION}; synchronous=FULL; the same "
+                        f"{plan.http_batch}-event batches appended in-process (no HTTP, no parsing)",
+            "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+            "client_peak_rss_mb": round(ours["peak_rss_mb"], 1),
+            "peak_rss": "of the server process (VmHWM)",
+            **_profiled_note(ours),
+        }
+        r = Result(name, ours["value"], "events/s", base["value"], True, params,
+                   ours["server_peak_rss_mb"], [("≥ 80k events/s", _at_least(80_000))])
+        ctx["emit"](r)
+        out.append(r)
+    lat = _run_job("http_latency", rate=plan.latency_rate, seconds=plan.latency_seconds,
+                   conns=plan.latency_conns, seed=plan.seed, workdir=ctx["workdir"])
+    params = {
+        "N": lat["requests"], "rate": plan.latency_rate, "seconds": plan.latency_seconds,
+        "conns": plan.latency_conns, "fsync": "always",
+        "p50_ms": round(lat["p50_ms"], 2), "p90_ms": round(lat["p90_ms"], 2),
+        "p99_ms": round(lat["p99_ms"], 2), "max_ms": round(lat["max_ms"], 2),
+        "achieved_rate": round(lat["achieved_rate"]),
+        "p99_from_due_ms": round(lat["p99_from_due_ms"], 2),
+        "warmup_requests": lat["warmup_requests"],
+        "server_cpu_s": round(lat["server_cpu_s"], 2), "client_cpu_s": round(lat["client_cpu_s"], 2),
+        "method": f"single-event POST /api/v1/events (JSON), request i due at i/{plan.latency_rate:g} s; "
+                  f"{plan.latency_conns} workers with a keep-alive connection each take every "
+                  f"{plan.latency_conns}th request; latency from send to answer (p99_from_due_ms: "
+                  "from the due time, which includes the wait of a worker that fell behind)",
+        "server": server, "peak_rss": "of the server process (VmHWM)",
+        **_profiled_note(lat),
+    }
+    r = Result("http_append_p99_ms", lat["p99_ms"], "ms", None, False, params,
+               lat["server_peak_rss_mb"])
+    ctx["emit"](r)
+    out.append(r)
+    return out
+
+
+def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
+    kw = dict(events=plan.merge_events, reps=plan.merge_reps, seed=plan.seed, workdir=ctx["workdir"])
+    ours = _run_job("merge", ttfb_reps=plan.ttfb_reps, query_reps=plan.query_reps,
+                    peer_timeout=plan.peer_timeout, **kw)
+    base = _run_job("sqlite_merge", **kw)
+    per_node = ours["per_node"]
+    cluster = (f"3 real `auditlog serve` nodes ({', '.join(sc.MERGE_NODES)}), mTLS peer listeners "
+               f"(`cluster ca-init`/`issue-cert`), peer_timeout={plan.peer_timeout:g} s, "
+               "checkpoint_interval=3600 s (no checkpoint rounds during the run)")
+    load = (f"{per_node:,} generated events per node (its own seed) loaded before the servers start "
+            f"with `auditlog append --file` of NDJSON chunks of ≤ {sc.MERGE_FILE_CHUNK:,} events "
+            "(fsync=always, the node's own config; each chunk is written as 10,000-event batches "
+            "with their own ts, the 3 nodes loaded concurrently, so their streams interleave in "
+            "runs); plus each node's bookkeeping entries (node_join, api_key_create)")
+    common = {"N": ours["expected"], "nodes": 3, "per_node": per_node, "heads": ours["heads"],
+              "cluster": cluster, "load": load, "build_seconds": round(ours["build_seconds"], 1),
+              **_profiled_note(ours)}
+    sc_cpu = [round(sum(x), 2) for x in ours["server_cpu"]]
+    params = {
+        **common, "reps": plan.merge_reps,
+        "request": "GET /api/v1/audit-log?format=ndjson on node 1 (reader key), no limit, "
+                   "read to the end by aiohttp in the bench process, lines counted "
+                   "(= sum of head_seq checked, no node_status lines); one untimed warm-up stream",
+        "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+        "ndjson_bytes": ours["bytes"],
+        "server_cpu_s": sc_cpu,
+        "serving_node_cpu_s": [round(x[0], 2) for x in ours["server_cpu"]],
+        "cpu_value": round(ours["cpu_value"]), "baseline_cpu_value": round(base["cpu_value"]),
+        "cpu_ratio": round(ours["cpu_value"] / base["cpu_value"], 3),
+        "cpu_note": "cpu_value = entries / CPU seconds of all 3 servers; baseline: of its one process",
+        "serving_node_cpu_value": round(ours["serving_cpu_value"]),
+        "baseline": "SQLite: the same 3 data sets (same generator seeds) in 3 SQLite DBs (WAL, "
+                    "index on ts, built with synchronous=OFF, untimed), merged in ONE process "
+                    "with heapq.merge over 3 ordered cursors (SELECT all columns ORDER BY ts, seq), "
+                    "key (ts, node, seq), each row rendered as the same NDJSON line "
+                    "(export.ndjson) to /dev/null; no HTTP, no TLS, no chain verification",
+        "baseline_rows": base["count"],
+        "baseline_merge_only_events_per_s": round(base["merge_only_value"]),
+        "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
+        "peer_peak_rss_mb": [round(x, 1) for x in ours["peer_peak_rss_mb"] if x],
+        "client_peak_rss_mb": round(ours["peak_rss_mb"], 1),
+        "peak_rss": "of the serving node's process (VmHWM)",
+    }
+    if base["count"] != plan.merge_events - plan.merge_events % 3:
+        params["warning"] = f"baseline merged {base['count']} rows"
+    merge = Result("merge", ours["value"], "events/s", base["value"], True, params,
+                   ours["serving_peak_rss_mb"], [("≥ 500k events/s", _at_least(500_000))])
+    ctx["emit"](merge)
+    fb = Result("merge_first_byte_ms", ours["ttfb_ms"], "ms", None, False, {
+        **common, "reps": plan.ttfb_reps,
+        "runs_ms": _rnd([x * 1e3 for x in ours["ttfb"]], 2),
+        "request": "GET /api/v1/audit-log?format=ndjson on node 1, no limit, a fresh connection "
+                   "each; time from sending to the first body byte, then hang up; 0.3 s apart",
+        "full_stream_ttfb_ms": _rnd([x * 1e3 for x in ours["stream_ttfb"]], 2),
+        "baseline_first_line_ms": round(base["first_line_ms"], 2),
+        "peak_rss": "of the serving node's process (VmHWM)",
+    }, ours["serving_peak_rss_mb"], [("≤ 100 ms", _at_most(100.0))])
+    ctx["emit"](fb)
+    added = ours["added_s"]
+    st = ours.get("victim_status") or {}
+    un = Result("unreachable_peer_cost_s", max(added), "s", None, False, {
+        **common, "reps": plan.query_reps, "peer_timeout_s": plan.peer_timeout,
+        "request": "GET /api/v1/audit-log?limit=100 (JSON) on node 1",
+        "healthy_ms": _rnd([x * 1e3 for x in ours["healthy_query"]], 2),
+        "degraded_ms": _rnd([x * 1e3 for x in ours["degraded_query"]], 2),
+        "added_ms": _rnd([x * 1e3 for x in added], 2),
+        "value": "the largest added time over the queries after the SIGKILL (the first one "
+                 "included) minus the healthy median",
+        "victim": ours["victim"], "victim_status": st.get("status"),
+        "victim_error": st.get("error"), "events_returned": ours.get("degraded_events"),
+        "note": "a SIGKILLed node on loopback refuses connections at once (RST); a peer that "
+                "accepts and never answers is what costs up to peer_timeout",
+        "peak_rss": "of the serving node's process (VmHWM)",
+    }, ours["serving_peak_rss_mb"], [(f"≤ peer_timeout ({plan.peer_timeout:g} s)",
+                                      _at_most(plan.peer_timeout))])
+    if st.get("status") != "unreachable":
+        un.params["warning"] = f"node 1 reported the killed node as {st!r}"
+    ctx["emit"](un)
+    return [merge, fb, un]
+
+
 _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "append": scenario_append, "scan": scenario_scan, "selective_query": scenario_selective,
-    "csv_export": scenario_csv, "scan_rss": scenario_scan_rss,
+    "csv_export": scenario_csv, "http_ingest": scenario_http_ingest, "merge": scenario_merge,
+    "scan_rss": scenario_scan_rss,
 }
 
 
@@ -460,7 +629,11 @@ _SHOWN_PARAMS = ("N", "batch", "threads", "fsync", "events_per_fsync", "range_en
                  "small_range_entries", "full_entries", "small_peak_heap_mb", "full_peak_heap_mb",
                  "index_heap_mb", "baseline_with_chain_verify_events_per_s", "cpu_value",
                  "baseline_cpu_value", "cpu_value_ms", "baseline_cpu_value_ms", "cpu_ratio",
-                 "warning")
+                 "conns", "server_cpu_value", "client_cpu_s", "rate", "achieved_rate", "p50_ms",
+                 "p99_ms", "p99_from_due_ms", "max_ms", "nodes", "per_node",
+                 "serving_node_cpu_value", "baseline_merge_only_events_per_s", "runs_ms",
+                 "full_stream_ttfb_ms", "baseline_first_line_ms", "peer_timeout_s", "healthy_ms",
+                 "added_ms", "victim_status", "profiled", "warning")
 _COLS = ("name", "value", "unit", "baseline", "ratio", "peak RSS", "target", "status")
 _WIDTHS = (22, 10, 9, 10, 7, 9, 34, 6)
 

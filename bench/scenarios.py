@@ -533,23 +533,43 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
         warm.append(c.wall)
         warm_cpu.append(c.cpu)
         count = len(rows)
-    # What the term index made the scan read (untimed): frames decoded vs all frames.
-    terms = flt.index_terms()
-    frames = decoded = total = 0
-    for info in log.segment_infos():
-        idx = info.index
-        if idx is None:
-            continue
-        total += len(idx.frames)
-        hits = idx.frames_matching(terms)
-        for o in (range(len(idx.frames)) if hits is None else hits):
-            frames += 1
-            decoded += idx.frames[o].count
+    frames, decoded, total = _selective_read_stats(log, flt.index_terms())
     return {"cold": median(cold), "warm": median(warm), "cold_runs": cold, "warm_runs": warm,
             "cold_cpu": median(cold_cpu), "warm_cpu": median(warm_cpu),
             "count": count, "expected": meta["matches"],
             "violations": sum(1 for e in rows if e.integrity != "ok"),
             "frames_read": frames, "frames_total": total, "entries_decoded": decoded}
+
+
+def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | None]:
+    """What the term index makes the selective scan read (untimed): (frames read,
+    entries decoded, frames in the log).  The engine's index API moves; when it is
+    not one this knows, the counts are None rather than a failed scenario."""
+    try:
+        from engine.segment import SegmentData
+        frames = decoded = total = 0
+        infos = log.segment_infos()
+        for info in infos:
+            idx = info.index
+            if idx is None:
+                continue
+            n = len(idx.frames)
+            total += n
+            if hasattr(idx, "frames_matching"):          # term postings in the .idx (v1)
+                hits = idx.frames_matching(terms)
+            else:                                        # postings in engine.terms (v2)
+                with SegmentData(info.path) as sd:
+                    hits = log._term_hits(info, sd.data, terms, n, info is not infos[-1])
+            if isinstance(hits, list):                   # point reads of single entries
+                frames += len({idx.frame_of_seq(seq) for seq, _ in hits})
+                decoded += len(hits)
+                continue
+            for o in (range(n) if hits is None else hits):
+                frames += 1
+                decoded += idx.frames[o].count
+        return frames, decoded, total
+    except Exception:   # noqa: BLE001 - statistics only
+        return None, None, None
 
 
 class _Counted:
@@ -706,12 +726,436 @@ def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
     return {"value": median(runs), "runs": runs, "count": count, "cpu_value": median(cpu_runs)}
 
 
+# --------------------------------------------------------------------------- HTTP (real server)
+
+def _pct(xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) of xs, nearest rank."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def _encode_bodies(batches: list[list[EntryDraft]], fmt: str) -> list[bytes]:
+    import msgpack
+    if fmt == "msgpack":
+        pack = msgpack.Packer(use_bin_type=True).pack
+        return [pack([draft_to_event(d) for d in b]) for b in batches]
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return [dumps([draft_to_event(d) for d in b]).encode("utf-8") for b in batches]
+
+
+_CTYPE = {"json": "application/json", "msgpack": "application/msgpack"}
+
+
+async def _warm_connections(session, base: str, conns: int) -> None:
+    """Open ``conns`` keep-alive connections (concurrent GET /healthz), untimed."""
+    import asyncio
+
+    async def one():
+        async with session.get(base + "/healthz") as r:
+            await r.read()
+    await asyncio.gather(*(one() for _ in range(conns)))
+
+
+async def _post_all(base: str, token: str, bodies: list[bytes], ctype: str, conns: int,
+                    srv) -> dict:
+    import asyncio
+    import aiohttp
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": ctype}
+    url = base + "/api/v1/events"
+    state = {"next": 0, "appended": 0}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as s:
+        await _warm_connections(s, base, conns)
+
+        async def worker():
+            while state["next"] < len(bodies):
+                i = state["next"]
+                state["next"] += 1
+                async with s.post(url, data=bodies[i], headers=headers) as r:
+                    raw = await r.read()
+                    if r.status != 201:
+                        raise RuntimeError(f"POST /api/v1/events: HTTP {r.status}: {raw[:300]!r}")
+                    state["appended"] += json.loads(raw)["appended"]
+
+        cpu0 = srv.cpu_seconds()
+        with Clock() as c:
+            await asyncio.gather(*(worker() for _ in range(conns)))
+        cpu1 = srv.cpu_seconds()
+    return {"wall": c.wall, "client_cpu": c.cpu, "server_cpu": cpu1 - cpu0,
+            "appended": state["appended"]}
+
+
+def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, workdir: str,
+                    fmt: str = "json") -> dict:
+    """POST pre-built batches to a real ``auditlog serve`` (fsync="always", fresh data dir
+    per run) over ``conns`` keep-alive loopback connections; events/s over the whole load."""
+    import asyncio
+    from bench import servers
+    batches = _append_data(events, batch, seed)      # the same events as the append scenario
+    bodies = _encode_bodies(batches, fmt)
+    runs, cpu_runs, client_cpu, rss, walls = [], [], [], [], []
+    for rep in range(reps):
+        root = Path(tempfile.mkdtemp(prefix=f"http-{fmt}-", dir=workdir))
+        srv = None
+        try:
+            srv = servers.single_node(root, role="writer", fsync="always")
+            out = asyncio.run(_post_all(srv.base, srv.keys["writer"], bodies, _CTYPE[fmt], conns, srv))
+            srv.stop()
+            if out["appended"] != events:
+                raise RuntimeError(f"appended {out['appended']} of {events} events")
+            walls.append(out["wall"])
+            runs.append(events / out["wall"])
+            cpu_runs.append(events / max(out["server_cpu"], 1e-9))
+            client_cpu.append(out["client_cpu"])
+            rss.append(srv.peak_rss_mb)
+        finally:
+            if srv is not None:
+                srv.kill()
+            shutil.rmtree(root, ignore_errors=True)
+    return {"value": median(runs), "runs": runs, "cpu_value": median(cpu_runs),
+            "client_cpu_s": median(client_cpu), "server_peak_rss_mb": max(r or 0 for r in rss),
+            "body_bytes": sum(len(b) for b in bodies) // len(bodies), "walls": walls,
+            "profiled": servers.profile_dir() is not None}
+
+
+async def _paced_posts(session, url: str, headers: dict, bodies: list[bytes], rate: float,
+                       conns: int) -> dict:
+    """Open-loop-ish pacing: request i is due at t0 + i/rate; ``conns`` workers (one
+    keep-alive connection each) take every conns-th request.  A worker that is late
+    sends at once; latency is measured from the send and, also, from the due time."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    n = len(bodies)
+    sent = [0.0] * n
+    done = [0.0] * n
+    errors = []
+    t0 = loop.time() + 0.02
+
+    async def worker(w: int):
+        for i in range(w, n, conns):
+            due = t0 + i / rate
+            d = due - loop.time()
+            if d > 0:
+                await asyncio.sleep(d)
+            ts = loop.time()
+            async with session.post(url, data=bodies[i], headers=headers) as r:
+                raw = await r.read()
+                if r.status != 201:
+                    errors.append(f"HTTP {r.status}: {raw[:200]!r}")
+            sent[i], done[i] = ts, loop.time()
+
+    await asyncio.gather(*(worker(w) for w in range(conns)))
+    lat = [(done[i] - sent[i]) * 1e3 for i in range(n)]
+    lat_due = [(done[i] - (t0 + i / rate)) * 1e3 for i in range(n)]
+    span = max(done) - t0
+    return {"lat": lat, "lat_due": lat_due, "span": span, "errors": errors}
+
+
+def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir: str) -> dict:
+    """Single-event POSTs at a paced ``rate`` for ``seconds`` (after an untimed warm-up at
+    the same rate), fsync="always": per-request latency percentiles."""
+    import asyncio
+    import aiohttp
+    from bench import servers
+    n = max(conns, int(rate * seconds))
+    warm_n = max(conns, int(rate * min(1.0, seconds / 4)))
+    gen = EventGenerator(seed + 2)
+    drafts = validated(gen.batch(n + warm_n))
+    bodies = _encode_bodies([[d] for d in drafts], "json")
+    root = Path(tempfile.mkdtemp(prefix="http-latency-", dir=workdir))
+    srv = None
+    try:
+        srv = servers.single_node(root, role="writer", fsync="always")
+        headers = {"Authorization": f"Bearer {srv.keys['writer']}", "Content-Type": "application/json"}
+
+        async def go():
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as s:
+                await _warm_connections(s, srv.base, conns)
+                await _paced_posts(s, srv.base + "/api/v1/events", headers, bodies[:warm_n], rate, conns)
+                cpu0 = srv.cpu_seconds()
+                with Clock() as c:
+                    out = await _paced_posts(s, srv.base + "/api/v1/events", headers, bodies[warm_n:],
+                                             rate, conns)
+                out["server_cpu"] = srv.cpu_seconds() - cpu0
+                out["client_cpu"] = c.cpu
+                return out
+
+        out = asyncio.run(go())
+        srv.stop()
+    finally:
+        if srv is not None:
+            srv.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    if out["errors"]:
+        raise RuntimeError(f"{len(out['errors'])} failed POSTs, e.g. {out['errors'][0]}")
+    lat, lat_due = out["lat"], out["lat_due"]
+    return {"p50_ms": _pct(lat, 0.50), "p90_ms": _pct(lat, 0.90), "p99_ms": _pct(lat, 0.99),
+            "max_ms": max(lat), "p50_from_due_ms": _pct(lat_due, 0.50),
+            "p99_from_due_ms": _pct(lat_due, 0.99), "requests": n, "warmup_requests": warm_n,
+            "achieved_rate": n / out["span"], "seconds": out["span"],
+            "server_cpu_s": out["server_cpu"], "client_cpu_s": out["client_cpu"],
+            "server_peak_rss_mb": srv.peak_rss_mb, "profiled": servers.profile_dir() is not None}
+
+
+# --------------------------------------------------------------------------- merge (3 real nodes)
+
+MERGE_NODES = ("bench-n1", "bench-n2", "bench-n3")
+#: events per ``auditlog append --file`` call when loading a merge node (an append of more
+#: than 50 000 events is written in 10 000-event batches, each with its own ts)
+MERGE_FILE_CHUNK = 100_000
+
+
+def _merge_seed(seed: int, i: int) -> int:
+    return seed + 100 + i
+
+
+def _merge_chunks(per_node: int, chunk: int) -> list[int]:
+    return [min(chunk, per_node - k) for k in range(0, per_node, chunk)]
+
+
+def _load_node(node, seed: int, per_node: int, chunk: int, tmp: Path) -> None:
+    """NDJSON chunk files of this node's events, each loaded with ``auditlog append --file``."""
+    gen = EventGenerator(seed)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    for k, size in enumerate(_merge_chunks(per_node, chunk)):
+        path = tmp / f"{node.node_id}-{k}.ndjson"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(dumps(draft_to_event(d)) for d in gen.batch(size)))
+            f.write("\n")
+        node.run("append", "--file", str(path))
+        path.unlink()
+
+
+async def _stream_ndjson(session, url: str, headers: dict) -> dict:
+    """GET a merged NDJSON answer to the end: time to first body byte, total, lines."""
+    t0 = time.perf_counter()
+    first = None
+    lines = nbytes = 0
+    tail = b""
+    async with session.get(url, headers=headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"GET {url}: HTTP {r.status}: {(await r.read())[:300]!r}")
+        async for chunk in r.content.iter_any():
+            if first is None:
+                first = time.perf_counter() - t0
+            lines += chunk.count(b"\n")
+            nbytes += len(chunk)
+            tail = (tail + chunk)[-65536:]
+    total = time.perf_counter() - t0
+    status_lines = tail.count(b'\n{"node_status"') + tail.startswith(b'{"node_status"')
+    return {"ttfb": first if first is not None else total, "seconds": total,
+            "lines": lines - status_lines, "status_lines": status_lines, "bytes": nbytes}
+
+
+async def _first_byte(url: str, headers: dict) -> float:
+    """Time to the first body byte of a fresh connection's GET; then hang up."""
+    import aiohttp
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        t0 = time.perf_counter()
+        async with s.get(url, headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"GET {url}: HTTP {r.status}")
+            await r.content.readany()
+            dt = time.perf_counter() - t0
+            r.close()
+    return dt
+
+
+async def _json_query(session, url: str, headers: dict) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    async with session.get(url, headers=headers) as r:
+        raw = await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"GET {url}: HTTP {r.status}: {raw[:300]!r}")
+    return time.perf_counter() - t0, json.loads(raw)
+
+
+def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int, workdir: str,
+              peer_timeout: float = 2.0, chunk: int = MERGE_FILE_CHUNK) -> dict:
+    """3 real nodes (mTLS), N/3 events each loaded with ``auditlog append --file``; the
+    merged NDJSON stream from node 1, first-byte times, then one node SIGKILLed."""
+    import asyncio
+    import aiohttp
+    from bench import servers
+    per_node = events // len(MERGE_NODES)
+    root = Path(tempfile.mkdtemp(prefix="merge-", dir=workdir))
+    cluster = servers.Cluster(root, list(MERGE_NODES), peer_timeout=peer_timeout)
+    out: dict[str, Any] = {"per_node": per_node, "profiled": servers.profile_dir() is not None}
+    try:
+        t0 = time.perf_counter()
+        cluster.build()
+        tmp = root / "ndjson"
+        tmp.mkdir()
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(MERGE_NODES)) as pool:
+            list(pool.map(lambda i: _load_node(cluster[i], _merge_seed(seed, i), per_node, chunk, tmp),
+                          range(len(MERGE_NODES))))
+        n1 = cluster[0]
+        n1.new_key("reader")
+        out["build_seconds"] = time.perf_counter() - t0
+        cluster.start()
+        headers = {"Authorization": f"Bearer {n1.keys['reader']}"}
+        heads = {r["node"]: r["head_seq"] for r in n1.get_json("/api/v1/cluster")["nodes"]}
+        expected = sum(heads.values())
+        out["heads"] = heads
+        out["expected"] = expected
+        stream_url = n1.base + "/api/v1/audit-log?format=ndjson"
+        query_url = n1.base + "/api/v1/audit-log?limit=100"
+
+        def cpu_all() -> list[float]:
+            return [n.cpu_seconds() for n in cluster.nodes]
+
+        async def healthy_part():
+            res: dict[str, Any] = {"runs": [], "stream_ttfb": [], "server_cpu": [], "client_cpu": []}
+            async with aiohttp.ClientSession() as s:
+                warm = await _stream_ndjson(s, stream_url, headers)       # untimed warm-up
+                res["warmup"] = warm
+                for _ in range(reps):
+                    c0 = cpu_all()
+                    with Clock() as c:
+                        r = await _stream_ndjson(s, stream_url, headers)
+                    c1 = cpu_all()
+                    if r["lines"] != expected or r["status_lines"]:
+                        raise RuntimeError(f"merged stream had {r['lines']} entries and "
+                                           f"{r['status_lines']} node_status lines, expected {expected}")
+                    res["runs"].append(r["lines"] / r["seconds"])
+                    res["stream_ttfb"].append(r["ttfb"])
+                    res["server_cpu"].append([b - a for a, b in zip(c0, c1)])
+                    res["client_cpu"].append(c.cpu)
+                    res["bytes"] = r["bytes"]
+                res["ttfb"] = []
+                for _ in range(ttfb_reps):
+                    await asyncio.sleep(0.3)     # let the servers notice the last hang-up
+                    res["ttfb"].append(await _first_byte(stream_url, headers))
+                await asyncio.sleep(0.3)
+                await _json_query(s, query_url, headers)                  # warm-up
+                res["healthy_query"] = []
+                for _ in range(query_reps):
+                    dt, body = await _json_query(s, query_url, headers)
+                    res["healthy_query"].append(dt)
+                    if len(body["events"]) != 100:
+                        raise RuntimeError(f"limit=100 query returned {len(body['events'])} events")
+            return res
+
+        out.update(asyncio.run(healthy_part()))
+        for n in cluster.nodes:
+            n.note_rss()
+        victim = cluster[-1]
+        victim.kill()
+
+        async def degraded_part():
+            res: dict[str, Any] = {"degraded_query": [], "victim_status": None}
+            async with aiohttp.ClientSession() as s:
+                for _ in range(query_reps):
+                    dt, body = await _json_query(s, query_url, headers)
+                    res["degraded_query"].append(dt)
+                    res["victim_status"] = body["nodes"].get(victim.node_id)
+                    res["degraded_events"] = len(body["events"])
+            return res
+
+        out.update(asyncio.run(degraded_part()))
+        out["victim"] = victim.node_id
+        n1.note_rss()
+        out["serving_peak_rss_mb"] = n1.peak_rss_mb
+        out["peer_peak_rss_mb"] = [n.peak_rss_mb for n in cluster.nodes[1:]]
+    finally:
+        cluster.close()
+        shutil.rmtree(root, ignore_errors=True)
+    out["value"] = median(out["runs"])
+    out["ttfb_ms"] = median(out["ttfb"]) * 1e3
+    sc = [sum(x) for x in out["server_cpu"]]
+    out["cpu_value"] = expected / median(sc)
+    out["serving_cpu_value"] = expected / median([x[0] for x in out["server_cpu"]])
+    healthy = median(out["healthy_query"])
+    out["healthy_query_s"] = healthy
+    out["added_s"] = [d - healthy for d in out["degraded_query"]]
+    return out
+
+
+def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
+                     chunk: int = MERGE_FILE_CHUNK) -> dict:
+    """The same three data sets in three SQLite DBs (built with synchronous=OFF, untimed),
+    merged in one process with heapq.merge over three ``ORDER BY ts, seq`` cursors; every
+    merged row rendered as the same NDJSON line (export.ndjson) and counted."""
+    import heapq
+    import msgpack
+    from bench.baseline_sqlite import _COLUMNS, SqliteBaseline
+    from engine.entry import Entry
+    from export.ndjson import iter_ndjson
+    per_node = events // len(MERGE_NODES)
+    d = Path(tempfile.mkdtemp(prefix="sqlite-merge-", dir=workdir))
+    try:
+        paths = []
+        for i, node in enumerate(MERGE_NODES):
+            path = str(d / f"{node}.sqlite")
+            db = SqliteBaseline(path, node, _bench_key(), synchronous="OFF")
+            gen = EventGenerator(_merge_seed(seed, i))
+            for size in _merge_chunks(per_node, chunk):
+                b = gen.batch(size)
+                for k in range(0, len(b), 10_000):   # as `append --file` writes a big file
+                    db.append_batch(b[k:k + 10_000])
+            db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.close()
+            paths.append(path)
+
+        def cursors():
+            conns = [sqlite3_connect(p) for p in paths]
+            its = []
+            for node, conn in zip(MERGE_NODES, conns):
+                cur = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY ts, seq")
+                its.append(((r[1], node, r[0], r) for r in cur))
+            return conns, its
+
+        unpackb = msgpack.unpackb
+        runs, cpu_runs, bare, count, ttfb = [], [], [], 0, []
+        for _ in range(reps):
+            conns, its = cursors()
+            n = 0
+            first = None
+            with open(os.devnull, "wb") as out, Clock() as c:
+                def entries():
+                    for ts, node, seq, r in heapq.merge(*its):
+                        yield Entry(node, seq, ts, r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
+                                    unpackb(r[9], raw=False), r[10], "ok", None)
+                for text in iter_ndjson(entries()):
+                    b = text.encode("utf-8")
+                    if first is None:
+                        first = time.perf_counter() - c.w0
+                    n += b.count(b"\n")
+                    out.write(b)
+            for conn in conns:
+                conn.close()
+            runs.append(n / c.wall)
+            cpu_runs.append(n / c.cpu)
+            ttfb.append(first or 0.0)
+            count = n
+            conns, its = cursors()
+            with Clock() as c:
+                m = sum(1 for _ in heapq.merge(*its))
+            for conn in conns:
+                conn.close()
+            bare.append(m / c.wall)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return {"value": median(runs), "runs": runs, "cpu_value": median(cpu_runs), "count": count,
+            "merge_only_value": median(bare), "first_line_ms": median(ttfb) * 1e3}
+
+
+def sqlite3_connect(path: str):
+    import sqlite3
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
 JOBS: dict[str, Callable[..., dict]] = {
     "build_log": job_build_log, "build_sqlite": job_build_sqlite,
     "append": job_append, "scan": job_scan, "selective": job_selective, "csv": job_csv,
     "scan_rss": job_scan_rss,
     "sqlite_append": job_sqlite_append, "sqlite_scan": job_sqlite_scan,
     "sqlite_selective": job_sqlite_selective, "sqlite_csv": job_sqlite_csv,
+    "http_ingest": job_http_ingest, "http_latency": job_http_latency,
+    "merge": job_merge, "sqlite_merge": job_sqlite_merge,
 }
 
 

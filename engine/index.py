@@ -1,10 +1,9 @@
 """Derived, rebuildable lookup data: the per-segment index and the manifest.
 
 ``<seg>.idx`` holds, for one sealed segment, the sparse time index (one row
-per frame: offset, first seq, count, min ts, max ts) and a term index (for each
-of user/action/target/domain/ip/recipient: value -> frame ordinals) used by
-selective queries.  ``MANIFEST`` summarises every sealed segment (seq range,
-time range, size) so a query opens only the segments it needs.
+per frame: offset, first seq, count, min ts, max ts) and the frames that did
+not verify.  ``MANIFEST`` summarises every sealed segment (seq range, time
+range, size).  Term postings for selective queries are in ``engine.terms``.
 
 Both are MAC'd with a key derived from the node key and bound to the segment's
 size and header MAC.  Anything missing, damaged or inconsistent is rebuilt from
@@ -21,15 +20,11 @@ from pathlib import Path
 import msgpack
 
 from engine.chain import NodeKey
-from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 INDEX_SUFFIX = ".idx"
 MANIFEST_NAME = "MANIFEST"
-INDEX_VERSION = 3   # 3: term postings packed per field (1: plain maps)
+INDEX_VERSION = 2   # 2: term postings moved to engine.terms (.terms files); 1 had them here
 MANIFEST_VERSION = 1
-TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
-_RECORD_TERMS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN),
-                 ("ip", R_IP))
 _MAC = 32
 
 
@@ -50,8 +45,6 @@ class SegmentIndex:
     header_mac: bytes
     size: int = 0
     frames: list[FrameRow] = field(default_factory=list)
-    terms: dict[str, dict[str, list[int]]] = field(
-        default_factory=lambda: {f: {} for f in TERM_FIELDS})
     last_sig: bytes = b""
     last_mac: bytes = b""
     #: frame ordinals whose bytes did not verify: ordinal -> [kind, detail, seq_from, seq_to].
@@ -59,6 +52,7 @@ class SegmentIndex:
     damaged: dict[int, list] = field(default_factory=dict)
     # columns kept for bisect
     _max_ts: list[int] = field(default_factory=list)
+    _first_seqs: list[int] = field(default_factory=list)
 
     @property
     def first_seq(self) -> int | None:
@@ -81,50 +75,12 @@ class SegmentIndex:
     def max_ts(self) -> int | None:
         return self._max_ts[-1] if self._max_ts else None
 
-    def add_frame(self, row: FrameRow, records: list | tuple) -> None:
-        ordinal = len(self.frames)
+    def add_frame(self, row: FrameRow, records=None) -> None:
+        """Add one frame's row (``records`` is accepted for callers that have them; the
+        term postings live in ``engine.terms`` and are built by readers)."""
         self.frames.append(row)
         # "largest ts so far": stays monotonic even if a frame's ts went backwards
         self._max_ts.append(max(row.max_ts, self._max_ts[-1]) if self._max_ts else row.max_ts)
-        t = self.terms
-        # per frame, each distinct value once: far cheaper than a call per entry
-        for fname, pos in _RECORD_TERMS:
-            idx = t[fname]
-            if type(idx) is bytes:
-                idx = self.field(fname)
-            for v in {r[pos] for r in records}:
-                if v is None:
-                    continue
-                lst = idx.get(v)
-                if lst is None:
-                    idx[v] = [ordinal]
-                elif lst[-1] != ordinal:
-                    lst.append(ordinal)
-        tr = t["recipient"] if type(t["recipient"]) is not bytes else self.field("recipient")
-        for rec in records:
-            d = rec[R_DETAILS]
-            if d:
-                r = d.get("recipient") if isinstance(d, dict) else None
-                if isinstance(r, str):
-                    _note(tr, r, ordinal)
-                elif isinstance(r, (list, tuple)):   # a multi-recipient mail (query.filters agrees)
-                    for v in r:
-                        if isinstance(v, str):
-                            _note(tr, v, ordinal)
-
-    def field(self, fname: str) -> dict:
-        """The postings of one field, decoded on first use (stored indexes keep
-        each field packed until a query needs it: a time-range scan never does)."""
-        v = self.terms.get(fname)
-        if type(v) is bytes:
-            try:
-                v = msgpack.unpackb(v, raw=False, use_list=True)
-                if not isinstance(v, dict):
-                    v = {}
-            except (ValueError, TypeError, msgpack.UnpackException):
-                v = {}
-            self.terms[fname] = v
-        return v if v is not None else {}
 
     def add_damaged(self, row: FrameRow, kind: str, detail: str, seq_from: int, seq_to: int | None) -> None:
         self.damaged[len(self.frames)] = [kind, detail, seq_from, seq_to]
@@ -135,23 +91,12 @@ class SegmentIndex:
         """Ordinal of the first frame that may hold an entry with ts >= ``ts``."""
         return bisect.bisect_left(self._max_ts, ts)
 
-    def frames_matching(self, terms: dict[str, frozenset[str]]) -> list[int] | None:
-        """Frame ordinals that may hold a match for every term constraint (None = all)."""
-        result: set[int] | None = None
-        for fname, values in terms.items():
-            if fname not in self.terms:
-                continue
-            idx = self.field(fname)
-            hits: set[int] = set()
-            for v in values:
-                hits.update(idx.get(v, ()))
-            result = hits if result is None else (result & hits)
-            if not result:
-                result = set()
-                break
-        if result is None:
-            return None
-        return sorted(result | set(self.damaged))
+    def frame_of_seq(self, seq: int) -> int:
+        """Ordinal of the frame holding ``seq`` (frames are in seq order)."""
+        firsts = self._first_seqs
+        if len(firsts) != len(self.frames):
+            firsts[:] = [f.first_seq for f in self.frames]
+        return bisect.bisect_right(firsts, seq) - 1
 
     # -- persistence ---------------------------------------------------------
 
@@ -160,8 +105,6 @@ class SegmentIndex:
             "v": INDEX_VERSION, "name": self.name, "header_mac": self.header_mac,
             "size": self.size, "last_sig": self.last_sig, "last_mac": self.last_mac,
             "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
-            "terms": {f: (v if type(v) is bytes else msgpack.packb(v, use_bin_type=True))
-                      for f, v in self.terms.items()},
             "damaged": self.damaged,
         }, use_bin_type=True)
         return body + key.mac(b"index", body)
@@ -185,20 +128,12 @@ class SegmentIndex:
             for f in idx.frames:
                 running = f.max_ts if running is None else max(running, f.max_ts)
                 idx._max_ts.append(running)
-            terms = d["terms"]
-            idx.terms = {f: terms[f] if isinstance(terms.get(f), bytes) else {} for f in TERM_FIELDS}
             idx.damaged = {int(k): v for k, v in d.get("damaged", {}).items()}
             return idx
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             return None
 
 
-def _note(index: dict, value, ordinal: int) -> None:
-    lst = index.get(value)
-    if lst is None:
-        index[value] = [ordinal]
-    elif lst[-1] != ordinal:
-        lst.append(ordinal)
 
 
 def index_path(seg_path: Path) -> Path:

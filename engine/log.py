@@ -12,6 +12,7 @@ what is there.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,11 +23,16 @@ from engine.chain import GENESIS, NodeKey
 from engine.datadir import DataDir, Node
 from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
-from engine.index import (FrameRow, ManifestRow, SegmentIndex, index_path, load_manifest)
+from engine.index import FrameRow, SegmentIndex, index_path, write_atomic
+from engine.terms import TermIndex, terms_path
 from engine.segment import (SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
                             parse_segment_header, seq_from_name, walk_frames, MAX_HEADER)
 
 FAR_FUTURE = 2**62
+#: postings kept decoded in memory, all segments together (least recently used go first)
+TERMS_CACHE_BYTES = 256 * 1024 * 1024
+#: no record is larger than this (details are bounded far below it)
+MAX_RECORD_PEEK = 1024 * 1024
 
 
 def _unpack(payload: bytes):
@@ -200,6 +206,10 @@ class NodeLog:
         self._index_key = node.key.derive(b"index")
         self._cache: dict[str, SegmentInfo] = {}
         self._lock = threading.Lock()
+        self._terms: OrderedDict[str, TermIndex] = OrderedDict()
+        self._terms_lock = threading.Lock()
+        # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
+        self._canon_prefix = b"\x9b" + msgpack.packb(node.node_id)
         #: set by an in-process writer: returns its live SegmentInfo for the active segment
         self.live_active: Callable[[], SegmentInfo | None] | None = None
 
@@ -388,7 +398,8 @@ class NodeLog:
                 elif after_seq is not None and not desc and info.first_seq > after_seq and False:
                     pass
                 else:
-                    yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate)
+                    yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
+                                                  sealed=info is not infos[-1])
             if desc:
                 yield from reversed(markers)
 
@@ -398,7 +409,8 @@ class NodeLog:
                             f"{p.kind}: {rng} in {p.segment}: {p.detail}")
 
     def _scan_segment(self, info: SegmentInfo, lo: int, hi: int, terms, desc: bool,
-                      seq_ok, predicate) -> Iterator[Entry]:
+                      seq_ok, predicate, after_seq: int | None = None,
+                      sealed: bool = True) -> Iterator[Entry]:
         idx = info.index
         nframes = len(idx.frames)
         if nframes == 0:
@@ -412,11 +424,6 @@ class NodeLog:
         for d in idx.damaged:
             if start - 1 <= d <= stop and d not in candidates and 0 <= d < nframes:
                 candidates.append(d)
-        if terms:
-            allowed = idx.frames_matching(terms)
-            if allowed is not None:
-                allowed_set = set(allowed)
-                candidates = [c for c in candidates if c in allowed_set]
         candidates.sort(reverse=desc)
         if not candidates:
             return
@@ -427,6 +434,13 @@ class NodeLog:
             return
         with sd:
             data = sd.data
+            if terms:
+                hits = self._term_hits(info, data, terms, nframes, sealed)
+                if isinstance(hits, list):
+                    yield from self._scan_hits(info, data, hits, candidates, lo, hi, desc, seq_ok, predicate)
+                    return
+                if isinstance(hits, set):   # many hits: read whole frames, fewer of them
+                    candidates = [c for c in candidates if c in hits or c in idx.damaged]
             for o in candidates:
                 row = frames[o]
                 if o in idx.damaged:
@@ -446,6 +460,10 @@ class NodeLog:
                 whole = lo <= row.min_ts and row.max_ts < hi
                 if desc:
                     entries.reverse()
+                if whole and predicate is None and (after_seq is None or (
+                        row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq)):
+                    yield from entries   # the whole frame is wanted: no per-entry checks
+                    continue
                 for e in entries:
                     if not seq_ok(e.seq):
                         continue
@@ -455,6 +473,142 @@ class NodeLog:
                         if predicate is not None and not predicate(e):
                             continue
                     yield e
+
+    # -- selective reads through term postings -----------------------------------
+
+    def _term_hits(self, info: SegmentInfo, data, terms, nframes: int, sealed: bool):
+        """Postings matching ``terms``: a list of (seq, file offset), a set of frame
+        ordinals when so many match that whole frames are cheaper, or None."""
+        ti = self._terms_for(info, data, nframes, sealed)
+        if ti is None:
+            return None
+        found = ti.lookup(terms)
+        if found is None:
+            return None
+        total = sum(f.count for f in info.index.frames[:nframes])
+        first = info.header.first_seq
+        if len(found) > max(256, total // 16):
+            return {info.index.frame_of_seq(first + so) for so, _ in found}
+        return [(first + so, off) for so, off in found]
+
+    def _terms_for(self, info: SegmentInfo, data, nframes: int, sealed: bool) -> TermIndex | None:
+        with self._terms_lock:
+            ti = self._terms.get(info.name)
+            if ti is not None and ti.header_mac != info.header.mac:
+                ti = None
+            if ti is None and sealed:
+                ti = self._load_terms(info)
+            if ti is None:
+                ti = TermIndex(info.name, info.header.mac, info.header.first_seq)
+            grew = ti.frames < nframes
+            if grew:
+                self._extend_terms(ti, info, data, nframes)
+                if sealed:
+                    try:
+                        write_atomic(terms_path(info.path), ti.to_bytes(self._index_key, ti.size), sync=False)
+                    except OSError:
+                        pass   # derived data: rebuilt next time
+            self._terms[info.name] = ti
+            self._terms.move_to_end(info.name)
+            budget, used = TERMS_CACHE_BYTES, 0
+            for name in reversed(list(self._terms)):
+                used += self._terms[name].approx_bytes()
+                if used > budget and name != info.name:
+                    del self._terms[name]
+            return ti
+
+    def _load_terms(self, info: SegmentInfo) -> TermIndex | None:
+        try:
+            raw = terms_path(info.path).read_bytes()
+        except OSError:
+            return None
+        ti = TermIndex.from_bytes(raw, self._index_key)
+        if ti is None or ti.name != info.name or ti.header_mac != info.header.mac \
+                or ti.frames != len(info.index.frames) or ti.size != info.index.size:
+            return None
+        return ti
+
+    def _extend_terms(self, ti: TermIndex, info: SegmentInfo, data, nframes: int) -> None:
+        """Index frames ``ti.frames .. nframes-1``; only frames that verify are indexed."""
+        frames = info.index.frames
+        for o in range(ti.frames, nframes):
+            if o in info.index.damaged:
+                continue
+            off = frames[o].offset
+            try:
+                hdr = parse_header(data[off: off + HEADER_SIZE])
+                end = off + HEADER_SIZE + hdr.payload_len
+                payload = data[off + HEADER_SIZE: end]
+                if check_frame(data[off: off + HEADER_SIZE], hdr, payload, data[end: end + MAC_SIZE],
+                               self.key, data[off - MAC_SIZE: off]) is None:
+                    ti.add_frame(payload, off + HEADER_SIZE)
+            except (FrameError, ValueError, TypeError, msgpack.UnpackException):
+                pass   # not indexed: any read of this frame reports what is wrong
+        ti.frames = nframes
+        ti.size = info.index.size if nframes == len(frames) else frames[nframes].offset
+
+    def _scan_hits(self, info: SegmentInfo, data, hits: list, candidates: list[int], lo: int, hi: int,
+                   desc: bool, seq_ok, predicate) -> Iterator[Entry]:
+        idx = info.index
+        cand = set(candidates)
+        items = [(seq, off) for seq, off in hits]
+        for o in cand:
+            if o in idx.damaged:
+                kind, detail, sf, st = idx.damaged[o]
+                items.append((sf, -1 - o))   # a damaged frame: visited whatever the terms say
+        items.sort(reverse=desc)
+        done_frames: set[int] = set()
+        for seq, off in items:
+            if off < 0:
+                o = -1 - off
+                for e in self._read_frame(info, data, o, idx.frames[o]):
+                    if e.integrity != "ok" and seq_ok(e.seq):
+                        yield e
+                continue
+            o = idx.frame_of_seq(seq)
+            if o not in cand or o in done_frames or not seq_ok(seq):
+                continue
+            e = self._read_record(info, data, seq, off, o)
+            if e is None:
+                # the record does not verify where the posting points: read the whole
+                # frame, checked, and report what is wrong with it
+                done_frames.add(o)
+                entries = self._read_frame(info, data, o, idx.frames[o])
+                if desc:
+                    entries.reverse()
+                for e2 in entries:
+                    if seq_ok(e2.seq) and (e2.integrity != "ok" or (
+                            lo <= e2.ts < hi and (predicate is None or predicate(e2)))):
+                        yield e2
+                continue
+            if lo <= e.ts < hi and (predicate is None or predicate(e)):
+                yield e
+
+    def _read_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
+        """One record read through a posting, checked against its chained signature."""
+        row = info.index.frames[o]
+        try:
+            hdr = parse_header(data[row.offset: row.offset + HEADER_SIZE])
+            end = row.offset + HEADER_SIZE + hdr.payload_len
+            if not row.offset + HEADER_SIZE < off < end:
+                return None
+            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
+            up.feed(data[off: min(end, off + MAX_RECORD_PEEK)])
+            rec = up.unpack()
+            n = up.tell()
+            if not (isinstance(rec, tuple) and len(rec) == 11 and rec[0] == seq
+                    and isinstance(rec[R_SIG], bytes)):
+                return None
+            raw = data[off: off + n]
+        except (FrameError, ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if seq == row.first_seq:
+            prev = info.header.prev_sig if o == 0 else data[row.offset - 2 * MAC_SIZE: row.offset - MAC_SIZE]
+        else:
+            prev = data[off - MAC_SIZE: off]
+        if self.sign(prev, self._canon_prefix + raw[1: n - 34]) != rec[R_SIG]:
+            return None
+        return Entry(self.node, *rec)
 
     def _read_frame(self, info: SegmentInfo, data, o: int, row: FrameRow) -> list[Entry]:
         """Decode one frame, checked; on a failed check, flag the entries that fail."""
@@ -479,14 +633,15 @@ class NodeLog:
             problem = check_frame(hbytes, hdr, payload, mac, self.key, prev_mac)
         try:
             recs = _unpack(payload)
+            if problem is None:
+                # the MAC verified: these records are what the writer wrote
+                return [Entry(node, *r) for r in recs]
             if not (isinstance(recs, tuple) and all(isinstance(r, tuple) and len(r) == 11 for r in recs)):
                 raise ValueError("bad record shape")
         except (ValueError, TypeError, msgpack.UnpackException):
             return [Entry.marker(node, row.first_seq, row.min_ts,
                                  f"{problem or 'undecodable'}: seq {row.first_seq}..{row.first_seq + row.count - 1}"
                                  f" in {info.name}: frame at offset {off} does not decode")]
-        if problem is None:
-            return [Entry(node, *r) for r in recs]
         # The frame failed its check: find out entry by entry what still verifies.
         prev_sig = self._prev_sig(info, data, o)
         out = []

@@ -40,12 +40,15 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
     """Build the report from a stream holding the actions and their confirmations.
 
     Actions count when inside [from, to); confirmations count whenever they
-    came (a confirmation may follow after the range ends).
+    came (a confirmation may follow after the range ends).  A confirmation is
+    an orphan when it lies in the range and confirms no action seen (one after
+    the range that confirms an action after the range is not this report's).
     """
     rules = tuple(rules)
     by_action = {r.action: r for r in rules}
     by_confirm = {r.confirm: r for r in rules}
     actions: dict[str, dict] = {}
+    outside: dict[str, str] = {}   # id -> action of the actions seen after the range
     confirmations: list[Entry] = []
     for e in entries:
         if e.action in by_action:
@@ -53,13 +56,19 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
                 actions[e.id] = {"id": e.id, "action": e.action, "user": e.user, "target": e.target,
                                  "ts": format_ts(e.ts), "integrity": e.integrity,
                                  "confirmed_by": [], "confirmations": [], "self_confirmations": []}
+            else:
+                outside[e.id] = e.action
         elif e.action in by_confirm:
             confirmations.append(e)
     orphans = []
     for c in confirmations:
         ref = c.details.get("confirms") if isinstance(c.details, dict) else None
         a = actions.get(ref) if isinstance(ref, str) else None
+        if a is None and isinstance(ref, str) and outside.get(ref) == by_confirm[c.action].action:
+            continue   # confirms an action that exists but lies outside the range: not this report's
         if a is None or by_confirm[c.action].action != a["action"]:
+            if (from_us is not None and c.ts < from_us) or (to_us is not None and c.ts >= to_us):
+                continue   # read only to find late confirmations of the range's actions
             orphans.append({"id": c.id, "action": c.action, "user": c.user, "confirms": ref,
                             "ts": format_ts(c.ts), "problem": "confirms an action not found in the range"})
             continue

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import select
 import socket
 import ssl
 import threading
@@ -213,6 +214,15 @@ class Transport:
                 raise OSError("receiver did not acknowledge the data in time")
             time.sleep(0.002)
 
+    def peer_gone(self) -> bool:
+        """Whether the receiver closed or reset the connection (checked while idle, so a
+        receiver restart is noticed, and what it lost resent, without waiting for a new entry)."""
+        if self.sock is None or self.s.scheme == "udp":
+            return False
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLRDHUP | select.POLLERR | select.POLLHUP)
+        return any(ev & (select.POLLRDHUP | select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
     def close(self) -> None:
         if self.sock is not None:
             try:
@@ -293,6 +303,8 @@ class SyslogForwarder:
                     recent_bytes = 0
                 entries = self._next_entries()
                 if not entries:
+                    if transport.peer_gone():
+                        raise OSError("the receiver closed the connection")
                     self.wake.wait(0.5)
                     self.wake.clear()
                     continue

@@ -3,8 +3,10 @@
 ``Rsyslog(workdir, proto="tcp"|"tls"|"udp")`` writes a private config and runs
 ``rsyslogd -n -C -f CONF -i PIDFILE`` in the foreground as a subprocess:
 
-* its own ``$WorkDirectory`` (``global(workDirectory=...)``), no kernel log,
-  no system socket, nothing shared with a system rsyslog;
+* its own ``$WorkDirectory`` (``global(workDirectory=...)``) and pid file;
+  only the modules below are loaded, so no kernel log (imklog) and no
+  ``/dev/log`` socket (imuxsock): nothing is shared with a system rsyslog
+  (``-C``: it does not chdir to ``/`` either);
 * one input on a free loopback port: ``imtcp`` (plain; RFC 6587 octet
   counting is detected by imtcp), ``imtcp`` with the gtls stream driver in
   TLS-only mode, anonymous client auth, the test CA/cert/key (RFC 5425), or
@@ -211,7 +213,7 @@ class Rsyslog:
         except FileNotFoundError:
             pass
         self._log = open(self.log_path, "ab")
-        # -C: no /dev/log socket of our own (and no kernel log: imklog is not loaded)
+        # -n: foreground; -C: no chdir to /; -i: our own pid file (a system rsyslogd may run too)
         self.proc = subprocess.Popen([self.rsyslogd, "-n", "-C", "-f", str(self.conf), "-i", str(self.pidfile)],
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)

@@ -241,7 +241,7 @@ def test_unknown_option(log):
     (b"\x00\x01\x02ELF\xff\xfe", "config file"),
     (b"colour = 'blue'\n", "unknown setting 'colour'"),
     (b"retention-days = 365\n", "unknown setting"),
-    (b"server = 'x'\n", "unknown setting 'server'"),
+    (b"server = 'x'\n", "[server] must be a table"),
     (b"fsync = 3\n", "fsync"),
     (b"fsync = 'sometimes'\n", "fsync"),
     (b"retention_days = '365 days'\n", "retention_days"),

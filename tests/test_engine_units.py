@@ -28,7 +28,8 @@ from engine.entry import (R_SIG, RECORD_FIELDS, EntryDraft, canonical_bytes, pac
 from engine.errors import KeyFileError
 from engine.frame import (FRAME_MAGIC, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError,
                           build_frame, check_frame, parse_header)
-from engine.index import (MANIFEST_NAME, TERM_FIELDS, FrameRow, ManifestRow, SegmentIndex,
+from engine.terms import TERM_FIELDS, TermIndex
+from engine.index import (MANIFEST_NAME, FrameRow, ManifestRow, SegmentIndex,
                           index_path, load_manifest, manifest_row, save_manifest)
 from engine.log import NodeLog
 from engine.segment import list_segments
@@ -437,7 +438,6 @@ def same_index(a: SegmentIndex, b: SegmentIndex) -> None:
     assert (a.name, a.header_mac, a.size, a.last_sig, a.last_mac) == (
         b.name, b.header_mac, b.size, b.last_sig, b.last_mac)
     assert a.frames == b.frames
-    assert {f: a.field(f) for f in a.terms} == {f: b.field(f) for f in b.terms}
     assert a.damaged == b.damaged
     assert a._max_ts == b._max_ts
     assert (a.first_seq, a.last_seq, a.count, a.min_ts, a.max_ts) == (
@@ -471,7 +471,7 @@ def test_index_any_flipped_byte_is_refused(gen, data):
 
 
 def test_index_with_valid_mac_but_wrong_shape_is_refused():
-    for body in (msgpack.packb({"v": 2, "name": "x"}), msgpack.packb({"v": 1}),
+    for body in (msgpack.packb({"v": 99, "name": "x"}), msgpack.packb({"v": 1}),
                  msgpack.packb({"v": 1, "name": "x", "header_mac": b"", "size": 1, "last_sig": b"",
                                 "last_mac": b"", "frames": [[1, 2]], "terms": {}}),
                  b"\xc1garbage"):
@@ -509,22 +509,21 @@ def test_first_frame_at_is_a_monotonic_bisect_over_the_running_max(max_ts, probe
     assert got == sorted(got)
 
 
-def _ref_matching(idx: SegmentIndex, contents, terms) -> list[int] | None:
-    field_of = {"user": 2, "action": 3, "target": 4, "domain": 5, "ip": 6}
+def _ref_matching(contents, terms) -> list[int] | None:
+    """Seqs whose record carries, for every known field, one of the wanted values."""
     known = {f: v for f, v in terms.items() if f in TERM_FIELDS}
     if not known:
         return None
+    field_of = {"user": 2, "action": 3, "target": 4, "domain": 5, "ip": 6}
 
-    def value(rec, f):
+    def values(rec, f):
         if f == "recipient":
-            return rec[9].get("recipient")
-        return rec[field_of[f]]
+            r = rec[9].get("recipient")
+            return set(r) if isinstance(r, (list, tuple)) else {r}
+        return {rec[field_of[f]]}
 
-    out = set(idx.damaged)
-    for o, recs in enumerate(contents):
-        if all(any(value(r, f) in vals for r in recs) for f, vals in known.items()):
-            out.add(o)
-    return sorted(out)
+    return [r[0] for recs in contents for r in recs
+            if all(values(r, f) & set(vals) for f, vals in known.items())]
 
 
 term_constraints = st.dictionaries(
@@ -534,33 +533,56 @@ term_constraints = st.dictionaries(
     max_size=3)
 
 
+def _term_index(contents) -> tuple[TermIndex, dict[int, int]]:
+    """A TermIndex over frames of these records, as if each payload sat at 1000*k in a file."""
+    ti = TermIndex("s.seg", b"\0" * 32, 1)
+    where = {}
+    for k, recs in enumerate(contents):
+        if not recs:
+            continue
+        payload = msgpack.packb(list(recs), use_bin_type=True)
+        ti.add_frame(payload, 1000 * k)
+        up = msgpack.Unpacker(raw=False, use_list=False)
+        up.feed(payload)
+        up.read_array_header()
+        for _ in recs:
+            pos = up.tell()
+            rec = up.unpack()
+            where[rec[0]] = 1000 * k + pos
+    ti.frames = len(contents)
+    return ti, where
+
+
 @PROPS
 @given(gen=segment_indexes(), terms=term_constraints)
-def test_frames_matching_intersects_fields_and_keeps_damaged_frames(gen, terms):
-    idx, contents = gen
-    got = idx.frames_matching(terms)
-    assert got == _ref_matching(idx, contents, terms)
-    if got is not None:
-        assert set(idx.damaged) <= set(got)
-        assert got == sorted(set(got))
+def test_term_postings_intersect_fields_and_point_at_the_records(gen, terms):
+    _, contents = gen
+    ti, where = _term_index(contents)
+    got = ti.lookup(terms)
+    want = _ref_matching(contents, terms)
+    if want is None:
+        assert got is None
+        return
+    assert [1 + so for so, _ in got] == want          # seq offsets, in seq order
+    assert all(off == where[1 + so] for so, off in got)   # file offsets of those records
     # the same answer after a round trip through the stored form
-    back = SegmentIndex.from_bytes(idx.to_bytes(INDEX_KEY), INDEX_KEY)
-    assert back.frames_matching(terms) == got
+    back = TermIndex.from_bytes(ti.to_bytes(INDEX_KEY, 123), INDEX_KEY)
+    assert back.lookup(terms) == got and back.frames == ti.frames and back.size == 123
+    assert TermIndex.from_bytes(ti.to_bytes(INDEX_KEY, 123), OTHER_KEY) is None
 
 
-def test_frames_matching_examples():
-    idx = SegmentIndex("s.seg", b"\0" * 32)
-    rec = lambda user, ip: (1, 1, user, "auth.login", None, None, ip, None, True, {}, b"")  # noqa: E731
-    idx.add_frame(FrameRow(0, 1, 1, 1, 1), [rec("alice", "192.0.2.1")])
-    idx.add_frame(FrameRow(1, 2, 1, 1, 1), [rec("bob", "192.0.2.1")])
-    idx.add_damaged(FrameRow(2, 3, 1, 1, 1), "checksum_mismatch", "d", 3, 3)
-    idx.add_frame(FrameRow(3, 4, 2, 1, 1), [rec("alice", None), rec("bob", "192.0.2.2")])
-    assert idx.frames_matching({}) is None
-    assert idx.frames_matching({"user": frozenset({"alice"})}) == [0, 2, 3]
-    assert idx.frames_matching({"user": frozenset({"alice", "bob"})}) == [0, 1, 2, 3]
-    assert idx.frames_matching({"user": frozenset({"alice"}), "ip": frozenset({"192.0.2.1"})}) == [0, 2]
-    assert idx.frames_matching({"user": frozenset({"nobody"})}) == [2]
-    assert idx.frames_matching({"bogus": frozenset({"x"})}) is None
+def test_term_postings_examples():
+    rec = lambda seq, user, ip, rcpt=None: (seq, 1, user, "auth.login", None, None, ip, None, True,  # noqa: E731
+                                            {"recipient": rcpt} if rcpt else {}, b"")
+    ti, _ = _term_index([[rec(1, "alice", "192.0.2.1")], [rec(2, "bob", "192.0.2.1")], [],
+                         [rec(4, "alice", None, ["a@x", "b@x"]), rec(5, "bob", "192.0.2.2", "a@x")]])
+    seqs = lambda terms: [1 + so for so, _ in ti.lookup(terms)]  # noqa: E731
+    assert ti.lookup({}) is None and ti.lookup({"bogus": frozenset({"x"})}) is None
+    assert seqs({"user": frozenset({"alice"})}) == [1, 4]
+    assert seqs({"user": frozenset({"alice", "bob"})}) == [1, 2, 4, 5]
+    assert seqs({"user": frozenset({"alice"}), "ip": frozenset({"192.0.2.1"})}) == [1]
+    assert seqs({"recipient": frozenset({"a@x"})}) == [4, 5]    # list-valued recipients too
+    assert seqs({"user": frozenset({"nobody"})}) == []
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -724,3 +746,33 @@ def test_index_of_another_segment_with_same_size_is_not_trusted(many_segments, t
     index_path(a).write_bytes(rb)
     index_path(b).write_bytes(ra)
     assert snapshot_queries(root) == baseline
+
+
+def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
+    """Index version 1 kept term postings inside .idx; such files are ignored and
+    rebuilt, with the same answers (the on-disk log format itself is unchanged)."""
+    from helpers_engine import build_log
+    dd, node = build_log(tmp_path, n=300, segment_max_bytes=8192)
+    log = NodeLog(dd, node)
+    before = [(e.seq, e.signature) for e in log.scan()]
+    selective = [(e.seq, e.target) for e in log.scan(terms={"target": frozenset({"filter-17"})},
+                                                     predicate=lambda e: e.target == "filter-17")]
+    assert selective and all(t == "filter-17" for _, t in selective)
+    key = node.key.derive(b"index")
+    idx_files = sorted(dd.segments.glob("*.idx"))
+    assert idx_files
+    for p in idx_files:
+        raw = p.read_bytes()
+        d = msgpack.unpackb(raw[:-32], raw=False, strict_map_key=False)
+        d["v"] = 1
+        d["terms"] = {"target": {"filter-17": [0]}}  # the old layout, and a wrong hint
+        d["frames"] = d["frames"][:1]                # an old file describing less
+        body = msgpack.packb(d, use_bin_type=True)
+        p.write_bytes(body + key.mac(b"index", body))
+    fresh = NodeLog(dd, node)
+    assert [(e.seq, e.signature) for e in fresh.scan()] == before
+    assert [(e.seq, e.target) for e in fresh.scan(terms={"target": frozenset({"filter-17"})},
+                                                  predicate=lambda e: e.target == "filter-17")] == selective
+    for p in idx_files:   # rewritten in the current version
+        d = msgpack.unpackb(p.read_bytes()[:-32], raw=False, strict_map_key=False)
+        assert d["v"] == 2 and "terms" not in d

@@ -123,7 +123,7 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
         more = len(page) > limit
         page = page[:limit]
         for e in page:
-            positions[e.node] = e.seq if e.node == service.node_id else positions.get(e.node, 0)
+            positions[e.node] = e.seq
         nodes = node_status(merged.sources, service)
     finally:
         await merged.close()

@@ -1,0 +1,173 @@
+"""Term postings: which entries of a segment carry a given user, IP, action...
+
+For each of the fields ``user``, ``action``, ``target``, ``domain``, ``ip`` and
+``recipient`` (``details.recipient``), value -> the entries carrying it, each
+as (seq offset in the segment, byte offset of its record in the file).  A
+selective query reads exactly those records and checks each one's chained
+signature (its predecessor's signature is the 32 bytes in front of it), so it
+costs per match, not per frame.
+
+Postings are derived data, built off the write path by readers from verified
+frames, cached in a ``<seg>.terms`` sidecar MAC'd with a derived key and bound
+to the segment's header MAC and size, and rebuilt whenever missing or
+inconsistent.  A posting is only a pointer: the record it points at must decode
+to the expected seq and verify, or the reader falls back to the whole frame.
+"""
+
+from __future__ import annotations
+
+from array import array
+from pathlib import Path
+
+import msgpack
+
+from engine.chain import NodeKey
+from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
+
+TERMS_SUFFIX = ".terms"
+TERMS_VERSION = 1
+TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
+_FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN),
+              ("ip", R_IP))
+_MAC = 32
+
+
+def terms_path(seg_path: Path) -> Path:
+    return seg_path.with_suffix(TERMS_SUFFIX)
+
+
+class TermIndex:
+    """Postings of one segment; ``frames`` says how many frames they cover."""
+
+    def __init__(self, name: str, header_mac: bytes, first_seq: int):
+        self.name = name
+        self.header_mac = header_mac
+        self.first_seq = first_seq
+        self.frames = 0
+        self.size = 0
+        # field -> value -> array('I') of interleaved (seq offset, file offset),
+        # or the packed bytes of the field's map until a query needs it
+        self.fields: dict[str, dict | bytes] = {f: {} for f in TERM_FIELDS}
+
+    def field(self, fname: str) -> dict:
+        v = self.fields[fname]
+        if type(v) is bytes:
+            try:
+                v = msgpack.unpackb(v, raw=False)
+                if not isinstance(v, dict):
+                    v = {}
+            except (ValueError, TypeError, msgpack.UnpackException):
+                v = {}
+            self.fields[fname] = v
+        return v
+
+    def add_frame(self, payload: bytes, payload_offset: int) -> None:
+        """Index the records of one verified frame (payload at ``payload_offset`` in the file);
+        the caller advances ``frames``."""
+        up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
+        up.feed(payload)
+        n = up.read_array_header()
+        first = self.first_seq
+        fields = [(self.field(f), pos) for f, pos in _FIELD_POS]
+        recipients = self.field("recipient")
+        for _ in range(n):
+            start = up.tell()
+            rec = up.unpack()
+            pair = (rec[0] - first, payload_offset + start)
+            for idx, pos in fields:
+                v = rec[pos]
+                if v is not None:
+                    _post(idx, v, pair)
+            d = rec[R_DETAILS]
+            if d and isinstance(d, dict):
+                r = d.get("recipient")
+                if isinstance(r, str):
+                    _post(recipients, r, pair)
+                elif isinstance(r, (list, tuple)):   # a multi-recipient mail (query.filters agrees)
+                    for v in r:
+                        if isinstance(v, str):
+                            _post(recipients, v, pair)
+
+    def lookup(self, terms: dict[str, frozenset[str]]) -> list[tuple[int, int]] | None:
+        """(seq offset, file offset) of entries matching every constraint, in seq order.
+
+        None when no constraint applies to indexed fields.
+        """
+        result: dict[int, int] | None = None
+        for fname, values in terms.items():
+            if fname not in self.fields:
+                continue
+            idx = self.field(fname)
+            hits: dict[int, int] = {}
+            for v in values:
+                p = idx.get(v)
+                if p is None:
+                    continue
+                if type(p) is bytes:
+                    a = array("I")
+                    a.frombytes(p)
+                    p = idx[v] = a
+                it = iter(p)
+                hits.update(zip(it, it))
+            if result is None:
+                result = hits
+            else:
+                result = {k: v for k, v in result.items() if k in hits} if len(result) <= len(hits) \
+                    else {k: result[k] for k in hits if k in result}
+            if not result:
+                return []
+        if result is None:
+            return None
+        return sorted(result.items())
+
+    # -- persistence -----------------------------------------------------------
+
+    def to_bytes(self, key: NodeKey, size: int) -> bytes:
+        packed = {}
+        for f in TERM_FIELDS:
+            v = self.fields[f]
+            if type(v) is not bytes:
+                v = msgpack.packb({k: (p.tobytes() if type(p) is array else p) for k, p in v.items()},
+                                  use_bin_type=True)
+            packed[f] = v
+        body = msgpack.packb({"v": TERMS_VERSION, "name": self.name, "header_mac": self.header_mac,
+                              "first_seq": self.first_seq, "frames": self.frames, "size": size,
+                              "fields": packed}, use_bin_type=True)
+        return body + key.mac(b"terms", body)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, key: NodeKey) -> "TermIndex | None":
+        if len(raw) < _MAC or key.mac(b"terms", raw[:-_MAC]) != raw[-_MAC:]:
+            return None
+        try:
+            d = msgpack.unpackb(raw[:-_MAC], raw=False)
+            if not isinstance(d, dict) or d.get("v") != TERMS_VERSION:
+                return None
+            t = cls(d["name"], d["header_mac"], d["first_seq"])
+            t.frames, t.size = d["frames"], d["size"]
+            fields = d["fields"]
+            t.fields = {f: fields[f] if isinstance(fields.get(f), bytes) else {} for f in TERM_FIELDS}
+            return t
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return None
+
+    def approx_bytes(self) -> int:
+        total = 0
+        for v in self.fields.values():
+            if type(v) is bytes:
+                total += len(v)
+            else:
+                total += sum(len(k) + 80 + (len(p) * 4 if type(p) is array else len(p)) for k, p in v.items())
+        return total
+
+
+def _post(idx: dict, value, pair: tuple[int, int]) -> None:
+    a = idx.get(value)
+    if a is None:
+        idx[value] = array("I", pair)
+    else:
+        if type(a) is bytes:
+            b = array("I")
+            b.frombytes(a)
+            a = idx[value] = b
+        a.extend(pair)
