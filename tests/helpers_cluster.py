@@ -378,7 +378,8 @@ class StalledPeer:
 # -- what an attacker with the data dir can do ---------------------------------------------
 
 def _frames_of(data_dir: Path):
-    """[(segment path, [FrameRead...])] for every segment, frames walked and checked."""
+    """(data dir, node, [(segment path, its header, its bytes, [FrameRead...])]) for every
+    segment, each frame walked and checked (an attack starts from an intact log)."""
     from engine.datadir import DataDir
     from engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
     dd = DataDir(Path(data_dir))

@@ -269,8 +269,9 @@ def _frames(buf: bytes) -> list[bytes]:
 
 
 def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
-    """A receiver stops reading, its kernel still acknowledges (so the cursor moves on), then it
-    is reset with that data unread, as rsyslog on SIGTERM.  Plain TCP syslog has no
+    """A receiver stops reading, its kernel still acknowledges everything (so the cursor reaches
+    the head and the forwarder goes idle), then it is reset with that data unread, as rsyslog
+    on SIGTERM.  Plain TCP syslog has no
     application acknowledgement: the forwarder must send the last bytes of the lost connection
     again, and notice the reset while idle, or those entries are never delivered."""
     import socket
@@ -281,9 +282,10 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
 
     service = make_service()
     service.writer.append_batch([EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i})
-                                 for i in range(400)])
+                                 for i in range(120)])
     head = service.writer.next_seq - 1
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)   # room for every entry, unread
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     srv.settimeout(15)
@@ -299,11 +301,14 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
         read = {audit_params(parse_rfc5424(m))["id"] for m in _frames(buf)}
         last_read = max(int(i.split(":")[1]) for i in read)
         deadline = time.monotonic() + 10
-        while fwd.cursor < last_read + 50:     # acknowledged by the kernel, never read
+        while fwd.cursor < head:     # all sent and acknowledged by the kernel; most never read
             assert time.monotonic() < deadline, (fwd.cursor, last_read)
             time.sleep(0.01)
+        assert last_read < head - 50
+        time.sleep(0.6)                        # the forwarder is idle now: nothing new to send
         conn1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn1.close()                          # reset, the unread bytes gone
+        srv.settimeout(5)                      # noticed while idle, without a new entry
         conn2, _ = srv.accept()
         conn2.settimeout(10)
         buf2 = b""
