@@ -599,6 +599,7 @@ def test_cluster_status_membership_and_retention_mismatch(make_cluster):
     assert body["retention_consistent"] is False
     assert rows["c"]["retention_days"] == 400 and rows["c"].get("retention_mismatch") is True
     assert rows["a"]["retention_days"] == 365
+    assert "retention_mismatch" not in rows["a"] and "retention_mismatch" not in rows["b"]   # only the odd one out
 
     # membership: each node recorded its peers joining, once, on first start
     def joins(node):

@@ -58,11 +58,14 @@ async def cluster(request: web.Request) -> web.Response:
                 rows.append({"node": node, "status": "unreachable", "error": info["error"]})
             else:
                 rows.append({**info, "node": node, "status": "ok"})
-    policies = {json.dumps(r.get("retention_days")) for r in rows if r.get("status") == "ok"}
-    mismatch = len(policies) > 1
+    # retention is a cluster-wide policy: flag the nodes that differ from the most common setting
+    from collections import Counter
+    counts = Counter(json.dumps(r.get("retention_days")) for r in rows if r.get("status") == "ok")
+    mismatch = len(counts) > 1
     if mismatch:
+        usual = counts.most_common(1)[0][0]
         for r in rows:
-            if r.get("status") == "ok":
+            if r.get("status") == "ok" and json.dumps(r.get("retention_days")) != usual:
                 r["retention_mismatch"] = True
     return web.json_response({"node": service.node_id, "nodes": rows, "retention_consistent": not mismatch,
                               "checkpoint_errors": service.cluster.checkpoint_errors if service.cluster else {}})
