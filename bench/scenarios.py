@@ -922,8 +922,9 @@ def _load_node(node, seed: int, per_node: int, chunk: int, tmp: Path) -> None:
     for k, size in enumerate(_merge_chunks(per_node, chunk)):
         path = tmp / f"{node.node_id}-{k}.ndjson"
         with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(dumps(draft_to_event(d)) for d in gen.batch(size)))
-            f.write("\n")
+            for k0 in range(0, size, 1000):      # bounded memory: 3 nodes are loaded at once
+                f.write("".join(dumps(draft_to_event(d)) + "\n"
+                                for d in gen.batch(min(1000, size - k0))))
         node.run("append", "--file", str(path))
         path.unlink()
 

@@ -388,20 +388,24 @@ class NodeLog:
             markers = [m for m in markers if seq_ok(m.seq)]
             if not desc:
                 yield from markers
-            if info.index is not None and info.header is not None:
-                idx = info.index
-                if idx.frames and idx.max_ts is not None and (idx.max_ts < lo or idx.min_ts >= hi) \
-                        and not idx.damaged:
-                    pass
-                elif after_seq is not None and idx.frames and not desc and info.last_seq <= after_seq:
-                    pass
-                elif after_seq is not None and not desc and info.first_seq > after_seq and False:
-                    pass
-                else:
-                    yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
-                                                  sealed=info is not infos[-1])
+            if info.index is not None and info.header is not None and self._may_hold(
+                    info, lo, hi, after_seq, desc):
+                yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
+                                              sealed=info is not infos[-1])
             if desc:
                 yield from reversed(markers)
+
+    @staticmethod
+    def _may_hold(info: SegmentInfo, lo: int, hi: int, after_seq: int | None, desc: bool) -> bool:
+        """Can this segment hold anything the scan wants?  (Damage is always visited.)"""
+        idx = info.index
+        if not idx.frames or idx.damaged:
+            return bool(idx.frames)
+        if idx.max_ts < lo or idx.min_ts >= hi:
+            return False
+        if after_seq is not None:
+            return info.first_seq < after_seq if desc else info.last_seq > after_seq
+        return True
 
     def _marker(self, p: Problem) -> Entry:
         rng = f"seq {p.seq_from}..{p.seq_to}" if p.seq_to is not None else f"from seq {p.seq_from}"
@@ -656,8 +660,8 @@ class NodeLog:
                            + ("" if not good else "; this entry's own signature verifies"))
             out.append(e)
             prev_sig = r[R_SIG] if isinstance(r[R_SIG], bytes) else None
-        if out and not any("own signature" not in (e.violation or "") for e in out):
-            pass  # the header or MAC was altered: every entry stays flagged
+        # (when every entry's own signature verifies, the frame header or MAC was
+        # altered: the entries still stay flagged, the frame is not what was written)
         return out
 
     def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:

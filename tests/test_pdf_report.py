@@ -150,7 +150,9 @@ def check_report(pages: list[str], wire: dict[str, dict], *, title: str, node: s
         assert (r["ts"], r["user"], r["action"], r["outcome"], r["integrity"]) == (
             e["ts"], e["user"], "quarantine.release", "success", "ok"), r
         assert r["ip"] == e["ip"]
-        assert f"subject: {e['details']['subject'] if e['details']['mail_id'] != 'QCJK' else ''}" in r["desc"]
+        assert r["desc"].startswith(e["details"]["mail_id"] + ";"), r
+        if e["details"]["mail_id"] != "QCJK":     # (CJK checked below: the font may lack it)
+            assert f"subject: {e['details']['subject']};" in r["desc"], r
     by_mail = {wire[i]["details"]["mail_id"]: r for i, r in rows.items()}
     for i in range(N_PLAIN):
         assert by_mail[f"Q{i:05d}"]["desc"] == (f"Q{i:05d}; domain example.com; subject: Rechnung {i:03d}; "
