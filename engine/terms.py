@@ -48,10 +48,12 @@ class TermIndex:
         # field -> value -> array('I') of interleaved (seq offset, file offset),
         # or the packed bytes of the field's map until a query needs it
         self.fields: dict[str, dict | bytes] = {f: {} for f in TERM_FIELDS}
+        self._approx = 0
 
     def field(self, fname: str) -> dict:
         v = self.fields[fname]
         if type(v) is bytes:
+            self._approx += 2 * len(v)   # decoded maps weigh about twice their packed form
             try:
                 v = msgpack.unpackb(v, raw=False)
                 if not isinstance(v, dict):
@@ -67,6 +69,7 @@ class TermIndex:
         up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
         up.feed(payload)
         n = up.read_array_header()
+        self._approx += 64 * n   # ~6 postings of 8 bytes per record, plus new keys
         first = self.first_seq
         fields = [(self.field(f), pos) for f, pos in _FIELD_POS]
         recipients = self.field("recipient")
@@ -147,18 +150,14 @@ class TermIndex:
             t.frames, t.size = d["frames"], d["size"]
             fields = d["fields"]
             t.fields = {f: fields[f] if isinstance(fields.get(f), bytes) else {} for f in TERM_FIELDS}
+            t._approx = sum(len(v) for v in t.fields.values() if type(v) is bytes)
             return t
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             return None
 
     def approx_bytes(self) -> int:
-        total = 0
-        for v in self.fields.values():
-            if type(v) is bytes:
-                total += len(v)
-            else:
-                total += sum(len(k) + 80 + (len(p) * 4 if type(p) is array else len(p)) for k, p in v.items())
-        return total
+        """A cheap running estimate of the memory held (for the readers' cache budget)."""
+        return self._approx
 
 
 def _post(idx: dict, value, pair: tuple[int, int]) -> None:
