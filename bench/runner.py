@@ -11,6 +11,13 @@ JSON (``--json FILE``)::
                   "peak_rss_mb", "target", "status"}],
      "machine": {...}, "quick": bool, "errors": [...]}
 
+``http_ingest`` and ``merge`` run real ``auditlog serve`` processes (one node,
+or a 3-node mTLS cluster) on free loopback ports, started and stopped by their
+job (:mod:`bench.servers`); their ``peak_rss_mb`` is the server's (VmHWM).
+``AUDITLOG_BENCH_PROFILE=DIR auditlog bench ...`` runs those servers under
+cProfile and leaves ``DIR/*.pstats`` and ``*.txt`` (the numbers of such a run
+are slower and say so in ``params.profiled``).
+
 ``ratio`` is oriented so that > 1 always means "better than SQLite":
 value / baseline for throughputs, baseline / value for durations and sizes.
 A missed target prints MISS; it never fails the process.
@@ -37,6 +44,7 @@ from engine.errors import AuditLogError
 
 from bench import scenarios as sc
 from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
+from bench.servers import PROFILE_ENV
 
 SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss")
 #: result names that select their scenario in ``--only``
@@ -456,13 +464,8 @@ def scenario_scan_rss(plan: Plan, ctx: dict) -> list[Result]:
 
 def _profiled_note(*outs: dict) -> dict:
     if any(o.get("profiled") for o in outs):
-        return {"profiled": f"servers ran under cProfile ({sc_profile_env()}): slower than normal"}
+        return {"profiled": f"servers ran under cProfile ({PROFILE_ENV}): slower than normal"}
     return {}
-
-
-def sc_profile_env() -> str:
-    from bench.servers import PROFILE_ENV
-    return PROFILE_ENV
 
 
 def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
@@ -483,6 +486,8 @@ def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
                       "(opened before timing), bodies pre-encoded, each answer checked (201, appended)",
             "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
             "server_cpu_value": round(ours["cpu_value"]),
+            "cpu_note": "server_cpu_value = events / CPU seconds (utime+stime, /proc) of the "
+                        "server process in the timed window; client_cpu_s = the bench process's",
             "client_cpu_s": round(ours["client_cpu_s"], 2),
             "baseline": f"the append baseline: {SQLITE_DESCRIPTION}; synchronous=FULL; the same "
                         f"{plan.http_batch}-event batches appended in-process (no HTTP, no parsing)",
@@ -513,6 +518,10 @@ def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
         "server": server, "peak_rss": "of the server process (VmHWM)",
         **_profiled_note(lat),
     }
+    if lat["achieved_rate"] < 0.9 * plan.latency_rate:
+        params["warning"] = (f"offered {plan.latency_rate:g}/s, achieved {lat['achieved_rate']:.0f}/s "
+                             f"(server CPU {lat['server_cpu_s']:.2f} s in {lat['seconds']:.2f} s): "
+                             "the server was saturated; these are a saturated server's latencies")
     r = Result("http_append_p99_ms", lat["p99_ms"], "ms", None, False, params,
                lat["server_peak_rss_mb"])
     ctx["emit"](r)

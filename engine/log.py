@@ -24,7 +24,7 @@ from engine.datadir import DataDir, Node
 from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
 from engine.index import FrameRow, SegmentIndex, index_path, write_atomic
-from engine.terms import TermIndex, terms_path
+from engine.terms import TERM_FIELDS, TermIndex, terms_path
 from engine.segment import (SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
                             parse_segment_header, seq_from_name, walk_frames, MAX_HEADER)
 
@@ -483,7 +483,7 @@ class NodeLog:
     def _term_hits(self, info: SegmentInfo, data, terms, nframes: int, sealed: bool):
         """Postings matching ``terms``: a list of (seq, file offset), a set of frame
         ordinals when so many match that whole frames are cheaper, or None."""
-        ti = self._terms_for(info, data, nframes, sealed)
+        ti = self._terms_for(info, data, nframes, sealed, tuple(terms))
         if ti is None:
             return None
         found = ti.lookup(terms)
@@ -495,29 +495,45 @@ class NodeLog:
             return {info.index.frame_of_seq(first + so) for so, _ in found}
         return [(first + so, off) for so, off in found]
 
-    def _terms_for(self, info: SegmentInfo, data, nframes: int, sealed: bool) -> TermIndex | None:
+    def _terms_for(self, info: SegmentInfo, data, nframes: int, sealed: bool,
+                   fields=()) -> TermIndex | None:
+        """Postings of a segment covering its first ``nframes`` frames.
+
+        Sealed segments are kept in memory as lean copies holding only the
+        fields queries asked for (the rest is reloaded from the sidecar when
+        needed), within a cache budget; the active segment is kept whole and
+        extended as the writer adds frames.
+        """
         with self._terms_lock:
             ti = self._terms.get(info.name)
-            if ti is not None and ti.header_mac != info.header.mac:
+            if ti is not None and (ti.header_mac != info.header.mac
+                                   or (sealed and not all(ti.has(f) for f in fields))):
                 ti = None
+            if ti is not None and (sealed or ti.frames >= nframes):
+                self._terms.move_to_end(info.name)
+                return ti
             if ti is None and sealed:
                 ti = self._load_terms(info)
             if ti is None:
                 ti = TermIndex(info.name, info.header.mac, info.header.first_seq)
-            grew = ti.frames < nframes
-            if grew:
+            if ti.frames < nframes:
                 self._extend_terms(ti, info, data, nframes)
                 if sealed:
                     try:
                         write_atomic(terms_path(info.path), ti.to_bytes(self._index_key, ti.size), sync=False)
                     except OSError:
                         pass   # derived data: rebuilt next time
+            if sealed:
+                cached = self._terms.get(info.name)
+                keep = set(fields) | ({f for f in TERM_FIELDS if cached.has(f)} if cached is not None
+                                      and cached.header_mac == ti.header_mac else set())
+                ti = ti.lean(keep)
             self._terms[info.name] = ti
             self._terms.move_to_end(info.name)
-            budget, used = TERMS_CACHE_BYTES, 0
+            used = 0
             for name in reversed(list(self._terms)):
                 used += self._terms[name].approx_bytes()
-                if used > budget and name != info.name:
+                if used > TERMS_CACHE_BYTES and name != info.name:
                     del self._terms[name]
             return ti
 

@@ -50,18 +50,38 @@ class TermIndex:
         self.fields: dict[str, dict | bytes] = {f: {} for f in TERM_FIELDS}
         self._approx = 0
 
+    def has(self, fname: str) -> bool:
+        """Whether this field's postings are held (a lean copy may hold only some)."""
+        return self.fields.get(fname) is not None
+
     def field(self, fname: str) -> dict:
         v = self.fields[fname]
         if type(v) is bytes:
-            self._approx += 2 * len(v)   # decoded maps weigh about twice their packed form
             try:
                 v = msgpack.unpackb(v, raw=False)
                 if not isinstance(v, dict):
                     v = {}
             except (ValueError, TypeError, msgpack.UnpackException):
                 v = {}
+            # keys and posting blobs, decoded: the blobs stay bytes until looked up
+            self._approx += sum(len(k) + len(p) + 120 for k, p in v.items())
             self.fields[fname] = v
         return v
+
+    def lean(self, keep) -> "TermIndex":
+        """A copy holding only the fields in ``keep`` (what queries have asked for)."""
+        t = TermIndex(self.name, self.header_mac, self.first_seq)
+        t.frames, t.size = self.frames, self.size
+        t.fields = {f: (self.fields[f] if f in keep else None) for f in TERM_FIELDS}
+        t._approx = 0
+        for f in keep:
+            v = t.fields.get(f)
+            if type(v) is bytes:
+                t._approx += len(v)
+            elif v:
+                t._approx += sum(len(k) + 120 + (len(p) * 4 if type(p) is array else len(p))
+                                 for k, p in v.items())
+        return t
 
     def add_frame(self, payload: bytes, payload_offset: int) -> None:
         """Index the records of one verified frame (payload at ``payload_offset`` in the file);
@@ -100,6 +120,8 @@ class TermIndex:
         for fname, values in terms.items():
             if fname not in self.fields:
                 continue
+            if self.fields[fname] is None:
+                raise KeyError(fname)   # a lean copy without this field: reload it
             idx = self.field(fname)
             hits: dict[int, int] = {}
             for v in values:
