@@ -57,6 +57,7 @@ class TermIndex:
     def field(self, fname: str) -> dict:
         v = self.fields[fname]
         if type(v) is bytes:
+            self._approx -= len(v)   # the packed form is dropped once decoded
             try:
                 v = msgpack.unpackb(v, raw=False)
                 if not isinstance(v, dict):

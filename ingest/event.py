@@ -92,7 +92,7 @@ def _text_problem(v: str, max_len: int) -> str | None:
 
 # Both normalisers are pure and slow-ish (ipaddress parses in Python); the same
 # addresses and domains recur across events, so a bounded cache pays off.
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)
 def _normalise_domain(v: str) -> tuple[str | None, str | None]:
     """``(normalised, None)`` or ``(None, reason)`` for a mail domain."""
     d = v
@@ -124,7 +124,7 @@ def _normalise_domain(v: str) -> tuple[str | None, str | None]:
     return d, None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)
 def _normalise_ip(v: str) -> str | None:
     try:
         a = ipaddress.ip_address(v)

@@ -88,9 +88,17 @@ class KeyStore:
         self._lock = threading.Lock()
         self._keys: dict[str, ApiKey] = {}
         self._mtime = None
+        self._checked = 0.0
         self._load()
 
-    def _load(self) -> None:
+    def _load(self, max_age: float = 0.0) -> None:
+        """Reload the key file if it changed; ``max_age`` skips the check when
+        the file was looked at that recently (changes made through this store
+        are seen at once either way)."""
+        now = time.monotonic()
+        if max_age and now - self._checked < max_age:
+            return
+        self._checked = now
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -153,7 +161,7 @@ class KeyStore:
         if len(parts) != 3 or parts[0] != "alk":
             raise AuthError("invalid API key")
         with self._lock:
-            self._load()
+            self._load(max_age=1.0)
             rec = self._keys.get(parts[1])
         expected = rec.hash if rec is not None else _hash("x" * 52)
         ok = hmac.compare_digest(_hash(parts[2]), expected)
