@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -370,6 +371,12 @@ class NodeLog:
         returned entry still goes through ``predicate``).  Violation markers and
         damaged entries are returned whatever the predicate says.
         """
+        return chain.from_iterable(self._scan_batches(from_us, to_us, terms, order, after_seq, predicate,
+                                                      check_structure, infos))
+
+    def _scan_batches(self, from_us, to_us, terms, order, after_seq, predicate, check_structure,
+                      infos) -> Iterator[list[Entry]]:
+        """The scan as lists of entries (a frame's worth at a time: cheap per entry)."""
         lo = -FAR_FUTURE if from_us is None else from_us
         hi = FAR_FUTURE if to_us is None else to_us
         if infos is None:
@@ -386,14 +393,14 @@ class NodeLog:
             markers = [self._marker(p) for p in by_segment.get(info.name, ())
                        if lo <= p.ts_hint < hi or p.ts_hint == 0]
             markers = [m for m in markers if seq_ok(m.seq)]
-            if not desc:
-                yield from markers
+            if not desc and markers:
+                yield markers
             if info.index is not None and info.header is not None and self._may_hold(
                     info, lo, hi, after_seq, desc):
                 yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
                                               sealed=info is not infos[-1])
-            if desc:
-                yield from reversed(markers)
+            if desc and markers:
+                yield markers[::-1]
 
     @staticmethod
     def _may_hold(info: SegmentInfo, lo: int, hi: int, after_seq: int | None, desc: bool) -> bool:
@@ -414,7 +421,7 @@ class NodeLog:
 
     def _scan_segment(self, info: SegmentInfo, lo: int, hi: int, terms, desc: bool,
                       seq_ok, predicate, after_seq: int | None = None,
-                      sealed: bool = True) -> Iterator[Entry]:
+                      sealed: bool = True) -> Iterator[list[Entry]]:
         idx = info.index
         nframes = len(idx.frames)
         if nframes == 0:
@@ -454,7 +461,7 @@ class NodeLog:
                             f"seq {sf}..{st}" if st is not None else f"from seq {sf}") +
                             f" in {info.name}: {detail}")
                         if seq_ok(m.seq):
-                            yield m
+                            yield [m]
                         continue
                 if not desc and not seq_ok(row.first_seq + row.count - 1):
                     continue
@@ -466,8 +473,9 @@ class NodeLog:
                     entries.reverse()
                 if whole and predicate is None and (after_seq is None or (
                         row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq)):
-                    yield from entries   # the whole frame is wanted: no per-entry checks
+                    yield entries   # the whole frame is wanted: no per-entry checks
                     continue
+                out = []
                 for e in entries:
                     if not seq_ok(e.seq):
                         continue
@@ -476,7 +484,9 @@ class NodeLog:
                             continue
                         if predicate is not None and not predicate(e):
                             continue
-                    yield e
+                    out.append(e)
+                if out:
+                    yield out
 
     # -- selective reads through term postings -----------------------------------
 
@@ -568,7 +578,7 @@ class NodeLog:
         ti.size = info.index.size if nframes == len(frames) else frames[nframes].offset
 
     def _scan_hits(self, info: SegmentInfo, data, hits: list, candidates: list[int], lo: int, hi: int,
-                   desc: bool, seq_ok, predicate) -> Iterator[Entry]:
+                   desc: bool, seq_ok, predicate) -> Iterator[list[Entry]]:
         idx = info.index
         cand = set(candidates)
         items = [(seq, off) for seq, off in hits]
@@ -581,9 +591,10 @@ class NodeLog:
         for seq, off in items:
             if off < 0:
                 o = -1 - off
-                for e in self._read_frame(info, data, o, idx.frames[o]):
-                    if e.integrity != "ok" and seq_ok(e.seq):
-                        yield e
+                bad = [e for e in self._read_frame(info, data, o, idx.frames[o])
+                       if e.integrity != "ok" and seq_ok(e.seq)]
+                if bad:
+                    yield bad
                 continue
             o = idx.frame_of_seq(seq)
             if o not in cand or o in done_frames or not seq_ok(seq):
@@ -596,13 +607,13 @@ class NodeLog:
                 entries = self._read_frame(info, data, o, idx.frames[o])
                 if desc:
                     entries.reverse()
-                for e2 in entries:
-                    if seq_ok(e2.seq) and (e2.integrity != "ok" or (
-                            lo <= e2.ts < hi and (predicate is None or predicate(e2)))):
-                        yield e2
+                keep = [e2 for e2 in entries if seq_ok(e2.seq) and (e2.integrity != "ok" or (
+                    lo <= e2.ts < hi and (predicate is None or predicate(e2))))]
+                if keep:
+                    yield keep
                 continue
             if lo <= e.ts < hi and (predicate is None or predicate(e)):
-                yield e
+                yield [e]
 
     def _read_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
         """One record read through a posting, checked against its chained signature."""
@@ -655,7 +666,7 @@ class NodeLog:
             recs = _unpack(payload)
             if problem is None:
                 # the MAC verified: these records are what the writer wrote
-                return [Entry(node, *r) for r in recs]
+                return Entry.from_records(node, recs)
             if not (isinstance(recs, tuple) and all(isinstance(r, tuple) and len(r) == 11 for r in recs)):
                 raise ValueError("bad record shape")
         except (ValueError, TypeError, msgpack.UnpackException):
