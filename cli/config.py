@@ -127,13 +127,19 @@ class SyslogConfig:
 _SYSLOG_KEYS = {"target", "format", "sd_id", "ca", "cert", "key", "server_name", "udp_max_bytes"}
 
 
-def parse_syslog(table: Any, base: Path) -> SyslogConfig:
+def check_table(table: Any, name: str, known: set[str]) -> dict:
+    """A TOML table with only known keys, or a ConfigError naming the strays."""
     if not isinstance(table, dict):
-        raise ConfigError("[syslog] must be a table")
-    unknown = set(table) - _SYSLOG_KEYS
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(table) - known
     if unknown:
-        raise ConfigError(f"[syslog]: unknown setting(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_SYSLOG_KEYS))})")
+        raise ConfigError(f"[{name}]: unknown setting(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(known))})")
+    return table
+
+
+def parse_syslog(table: Any, base: Path) -> SyslogConfig:
+    check_table(table, "syslog", _SYSLOG_KEYS)
     if "target" not in table:
         raise ConfigError("[syslog] needs target = \"udp://HOST:PORT\", \"tcp://HOST:PORT\" or \"tls://HOST:PORT\"")
     target = _str(table["target"], "syslog.target")
@@ -170,12 +176,7 @@ _CLUSTER_KEYS = {"listen", "ca", "cert", "key", "peer_timeout", "checkpoint_inte
 def parse_cluster(table: Any, base: Path) -> ClusterConfig:
     """Check ``[cluster]``; relative file paths are taken relative to the config file."""
     from engine.datadir import check_node_id
-    if not isinstance(table, dict):
-        raise ConfigError("[cluster] must be a table")
-    unknown = set(table) - _CLUSTER_KEYS
-    if unknown:
-        raise ConfigError(f"[cluster]: unknown setting(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_CLUSTER_KEYS))})")
+    check_table(table, "cluster", _CLUSTER_KEYS)
     files = {}
     for k in ("ca", "cert", "key"):
         if k in table:
@@ -256,12 +257,7 @@ def load_config(path: str | Path | None) -> Config:
             values["syslog"] = parse_syslog(value, p.parent)
             continue
         if key == "server":
-            if not isinstance(value, dict):
-                raise ConfigError("[server] must be a table")
-            unknown = set(value) - _SERVER_KEYS
-            if unknown:
-                raise ConfigError(f"[server]: unknown setting(s) {', '.join(sorted(unknown))} "
-                                  f"(known: {', '.join(sorted(_SERVER_KEYS))})")
+            check_table(value, "server", _SERVER_KEYS)
             if "unix_socket" in value:
                 values["server.unix_socket"] = str((p.parent / _str(value["unix_socket"], "server.unix_socket")).resolve())
         if isinstance(value, dict) and key in _OPEN_TABLES:
