@@ -84,7 +84,7 @@ class Plan:
     batch: int = sc.BUILD_BATCH
     seed: int = sc.SEED
     http_batch: int = 1000
-    http_conns: int = 8
+    http_conns: int = 16   # enough requests in flight to cover one commit's fsync and validation latency
     latency_rate: float = 5000.0
     latency_conns: int = 32
     ttfb_reps: int = 7

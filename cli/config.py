@@ -169,7 +169,7 @@ def parse_syslog(table: Any, base: Path) -> SyslogConfig:
                         udp_max_bytes=_int_at_least(480)(table.get("udp_max_bytes", 8192), "syslog.udp_max_bytes"))
 
 
-_SERVER_KEYS = {"listen", "unix_socket"}
+_SERVER_KEYS = {"listen", "unix_socket", "validate_workers"}
 _CLUSTER_KEYS = {"listen", "ca", "cert", "key", "peer_timeout", "checkpoint_interval", "peers"}
 
 
@@ -220,6 +220,8 @@ class Config:
     cluster: "ClusterConfig | None" = None
     syslog: "SyslogConfig | None" = None
     server_unix_socket: str | None = None
+    #: worker processes validating ingest bodies; None = 1 when there are 2+ CPUs
+    server_validate_workers: int | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(segment_max_bytes=self.segment_max_bytes,
@@ -258,6 +260,9 @@ def load_config(path: str | Path | None) -> Config:
             continue
         if key == "server":
             check_table(value, "server", _SERVER_KEYS)
+            if "validate_workers" in value:
+                values["server.validate_workers"] = _int_at_least(0)(value["validate_workers"],
+                                                                     "server.validate_workers")
             if "unix_socket" in value:
                 values["server.unix_socket"] = str((p.parent / _str(value["unix_socket"], "server.unix_socket")).resolve())
         if isinstance(value, dict) and key in _OPEN_TABLES:
@@ -285,4 +290,5 @@ def load_config(path: str | Path | None) -> Config:
         cluster=values.get("cluster"),
         syslog=values.get("syslog"),
         server_unix_socket=values.get("server.unix_socket"),
+        server_validate_workers=values.get("server.validate_workers"),
         source=str(p), raw=data)

@@ -601,7 +601,12 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
         node_id = cfg.node_id or default_node_id()
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
-    service = Service(obj.data_dir, obj.node(), cfg.store_settings()).open()
+    from query.service import ServiceSettings
+    workers = cfg.server_validate_workers
+    if workers is None:
+        workers = 1 if (os.cpu_count() or 1) > 1 else 0
+    service = Service(obj.data_dir, obj.node(), cfg.store_settings(),
+                      ServiceSettings(validate_workers=workers)).open()
     if cfg.syslog is not None:
         from export.syslog import SyslogSettings
         y = cfg.syslog

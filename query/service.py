@@ -39,6 +39,8 @@ class ServiceSettings:
     default_query_limit: int = 1000
     max_pending_events: int = 200_000
     idempotency_entries: int = 10_000
+    #: worker processes that decode and validate ingest bodies (0: in a thread here)
+    validate_workers: int = 0
     key_use_interval: float = 60.0
     retention_interval: float = 86400.0
     limits: Limits = DEFAULT_LIMITS
@@ -57,6 +59,10 @@ class Service:
         self.keys = KeyStore(data_dir.state)
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
+        self.validators = None
+        if settings.validate_workers > 0:
+            from query.validation_pool import ValidationPool
+            self.validators = ValidationPool(settings.validate_workers)
         self.idempotency = IdempotencyCache(
             settings.idempotency_entries, data_dir.state / IdempotencyCache.FILE_NAME,
             fsync=store.fsync != "none")
@@ -96,6 +102,8 @@ class Service:
             log.exception("could not record API key use at shutdown")
         self.writer.close()
         self.idempotency.close()
+        if self.validators is not None:
+            self.validators.close()
         self.executor.shutdown(wait=True)
 
     def start_syslog(self, settings) -> None:
@@ -121,6 +129,17 @@ class Service:
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def decode_and_validate(self, raw: bytes, ctype: str) -> list[EntryDraft]:
+        """An ingest body's validated drafts (in a worker process when configured)."""
+        from query.routes.events import _decode_and_validate
+        limits = self.settings.limits
+        if self.validators is None:
+            return await self.run(_decode_and_validate, raw, ctype, limits)
+        from query.validation_pool import decode_and_validate_packed, unpack_result
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.validators.executor, decode_and_validate_packed, raw, ctype, limits)
+        return unpack_result(result)
 
     async def append(self, drafts: list[EntryDraft], canonical: bool = False) -> AppendResult:
         """Append through the writer's queue; ``canonical`` for validated drafts."""

@@ -66,7 +66,7 @@ async def post_events(request: web.Request) -> web.Response:
     raw = await request.read()
     ctype = request.content_type if request.body_exists else ""
     # decoding and validation are CPU work: off the event loop, in one hop
-    drafts = await service.run(_decode_and_validate, raw, ctype, service.settings.limits)
+    drafts = await service.decode_and_validate(raw, ctype)
     if idem is None:
         res = await service.append(drafts, canonical=True)
         body = _result(service, res)

@@ -1,0 +1,74 @@
+"""Decoding and validating ingest bodies in worker processes.
+
+Validation is pure CPU (about 5 µs an event) and holds the GIL, so in one
+process it competes with the writer, the HTTP server and the readers for one
+core.  Worker processes take it off the serving process: a body goes in as
+bytes, validated drafts come back as one msgpack blob (cheap to move and to
+unpack), and errors come back as plain data and are raised again here as the
+same exceptions, so callers cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import msgpack
+
+from engine.entry import EntryDraft
+from engine.errors import AuditLogError
+from ingest.errors import BatchTooLargeError, InvalidEventError
+from ingest.limits import Limits
+
+
+def decode_and_validate_packed(raw: bytes, ctype: str, limits: Limits):
+    """In a worker: ("ok", packed drafts) or ("error", kind, data)."""
+    from query.routes.events import BodyError, UnsupportedMediaError, _decode_and_validate
+    try:
+        drafts = _decode_and_validate(raw, ctype, limits)
+    except InvalidEventError as e:
+        return ("error", "invalid", (e.problems, e.label))
+    except BatchTooLargeError as e:
+        return ("error", "too_large", (e.limit, e.count))
+    except UnsupportedMediaError as e:
+        return ("error", "media", str(e))
+    except BodyError as e:
+        return ("error", "body", str(e))
+    return ("ok", msgpack.packb([tuple(d) for d in drafts], use_bin_type=True))
+
+
+def unpack_result(result) -> list[EntryDraft]:
+    from query.routes.events import BodyError, UnsupportedMediaError
+    if result[0] == "ok":
+        rows = msgpack.unpackb(result[1], raw=False, use_list=False, strict_map_key=True)
+        return [EntryDraft(*r) for r in rows]
+    _, kind, data = result
+    if kind == "invalid":
+        raise InvalidEventError(*data)
+    if kind == "too_large":
+        raise BatchTooLargeError(*data)
+    if kind == "media":
+        raise UnsupportedMediaError(data)
+    if kind == "body":
+        raise BodyError(data)
+    raise AuditLogError("internal: unknown validation result")
+
+
+def _warm_up() -> int:
+    """Import the validation path in a worker (so the first request does not pay for it)."""
+    import query.routes.events  # noqa: F401
+    return 1
+
+
+class ValidationPool:
+    def __init__(self, workers: int):
+        # forkserver: workers start from a clean process, not a fork of a
+        # threaded server holding the writer's lock and open files
+        ctx = multiprocessing.get_context("forkserver")
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # start every worker now, before the first request
+        for f in [self.executor.submit(_warm_up) for _ in range(workers)]:
+            f.result(timeout=60)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,56 @@
+"""Ingest validation in worker processes answers exactly as validation in-process."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from helpers_http import make_keys
+from ingest.limits import Limits
+from query.service import ServiceSettings
+
+GOOD = [{"user": "alice", "action": "auth.login", "ip": "::ffff:192.0.2.7",
+         "details": {"z": 1, "a": {"y": 2, "b": 3}}},
+        {"user": "bob", "action": "quarantine.release", "target": "Q1",
+         "details": {"recipient": "anna@example.com", "subject": "Grüße"}}]
+BAD = [GOOD[0], {"user": "", "action": "Not.Valid", "ip": "300.1.1.1"}, {"user": "x"}]
+
+CASES = [
+    ("good", json.dumps(GOOD).encode(), "application/json", 201),
+    ("good-msgpack", msgpack.packb(GOOD), "application/msgpack", 201),
+    ("bad-events", json.dumps(BAD).encode(), "application/json", 400),
+    ("bad-json", b"[{", "application/json", 400),
+    ("bad-type", b"<x/>", "application/xml", 415),
+    ("too-many", json.dumps([GOOD[0]] * 11).encode(), "application/json", 413),
+    ("duplicate-key", b'[{"user": "a", "user": "b", "action": "auth.login"}]', "application/json", 400),
+]
+
+
+@pytest.mark.parametrize("name,body,ctype,status", CASES, ids=[c[0] for c in CASES])
+async def test_worker_validation_matches_in_process(make_service, make_client, name, body, ctype, status):
+    answers = []
+    for workers in (0, 1):
+        svc = make_service(settings=ServiceSettings(validate_workers=workers,
+                                                    limits=Limits(max_batch=10)), name=f"d{workers}")
+        assert (svc.validators is not None) == (workers == 1)
+        client = await make_client(svc)
+        keys = make_keys(svc)
+        token = keys["writer"]
+        resp = await client.post("/api/v1/events", data=body,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        assert resp.status == status, await resp.text()
+        got = await resp.json()
+        if status == 201:
+            page = await (await client.get("/api/v1/audit-log", headers={
+                "Authorization": f"Bearer {keys['reader']}"})).json()
+            stored = [(e["user"], e["ip"], json.dumps(e["details"])) for e in page["events"]
+                      if not e["action"].startswith("auth.api_key")]
+            answers.append((got["appended"], stored))
+        else:
+            answers.append(got)
+    assert answers[0] == answers[1]     # same answer, same stored entries (details canonical)
+    if status == 400 and name == "bad-events":
+        fields = {(p["index"], p["field"]) for p in answers[1]["error"]["problems"]}
+        assert {(1, "user"), (1, "action"), (1, "ip"), (2, "action")} <= fields
