@@ -54,6 +54,32 @@ def unpack_result(result) -> list[EntryDraft]:
     raise AuditLogError("internal: unknown validation result")
 
 
+def _worker_init() -> None:
+    """Tie the worker's life to the server's and let go of its stdout.
+
+    A worker outliving a killed server would keep the server's stdout pipe
+    open (whoever reads it would never see the end) and hold memory for
+    nothing: on Linux the kernel sends it SIGKILL when its parent dies.
+    """
+    import os
+    import sys
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:   # the parent died before prctl took effect
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = open(os.devnull, "w")
+
+
 def _warm_up() -> int:
     """Import the validation path in a worker (so the first request does not pay for it)."""
     import query.routes.events  # noqa: F401
@@ -62,10 +88,11 @@ def _warm_up() -> int:
 
 class ValidationPool:
     def __init__(self, workers: int):
-        # forkserver: workers start from a clean process, not a fork of a
-        # threaded server holding the writer's lock and open files
-        ctx = multiprocessing.get_context("forkserver")
-        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # spawn: workers start from a clean interpreter, not a fork of a threaded
+        # server holding the writer's lock and open files, and they are the
+        # server's own children (so they die with it, see _worker_init)
+        ctx = multiprocessing.get_context("spawn")
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
         # start every worker now, before the first request
         for f in [self.executor.submit(_warm_up) for _ in range(workers)]:
             f.result(timeout=60)

@@ -54,3 +54,47 @@ async def test_worker_validation_matches_in_process(make_service, make_client, n
     if status == 400 and name == "bad-events":
         fields = {(p["index"], p["field"]) for p in answers[1]["error"]["problems"]}
         assert {(1, "user"), (1, "action"), (1, "ip"), (2, "action")} <= fields
+
+
+def test_worker_processes_die_with_a_killed_server(tmp_path):
+    """A SIGKILLed server must not leave validation workers behind holding its pipes."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    exe = str(Path(sys.executable).with_name("auditlog"))
+    subprocess.run([exe, "--data-dir", str(tmp_path / "d"), "init", "--node-id", "n"], check=True,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nvalidate_workers = 1\n")
+    proc = subprocess.Popen([exe, "--data-dir", str(tmp_path / "d"), "--config", str(cfg), "serve",
+                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert children, "serve should have started its validation worker"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    t0 = time.monotonic()
+    assert proc.stdout.read() == b""          # EOF: nobody else holds the pipe open
+    assert time.monotonic() - t0 < 10
+    for pid in children:                       # and the workers are gone
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"worker {pid} outlived the killed server")
+    proc.stdout.close()
+    proc.stderr.close()
