@@ -547,6 +547,25 @@ class NodeLog:
                     del self._terms[name]
             return ti
 
+    def build_missing_terms(self, limit: int = 4) -> int:
+        """Write ``.terms`` sidecars for up to ``limit`` sealed segments that lack
+        one, so the first selective query after a roll or a restart need not
+        build them.  Returns how many were built."""
+        built = 0
+        infos = self.segment_infos()
+        for info in infos[:-1]:
+            if built >= limit:
+                break
+            if info.header is None or info.index is None or terms_path(info.path).exists():
+                continue
+            try:
+                with SegmentData(info.path) as sd:
+                    self._terms_for(info, sd.data, len(info.index.frames), True)
+            except FileNotFoundError:
+                continue   # dropped by retention meanwhile
+            built += 1
+        return built
+
     def _load_terms(self, info: SegmentInfo) -> TermIndex | None:
         try:
             raw = terms_path(info.path).read_bytes()

@@ -41,6 +41,9 @@ def background_jobs(service: Service):
                                        "api-key-use", service)),
             asyncio.create_task(_every(service.settings.retention_interval, service.run_retention,
                                        "retention", service, first_delay=60.0)),
+            # term postings of sealed segments, built ahead of the first selective query
+            asyncio.create_task(_every(30.0, service.log.build_missing_terms, "term-postings",
+                                       service, first_delay=5.0)),
         ]
         yield
         for t in tasks:
