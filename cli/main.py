@@ -180,19 +180,10 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
         limits = dataclasses.replace(DEFAULT_LIMITS, max_batch=FILE_MAX_EVENTS)
         drafts = parse_ndjson(_read_lines(file), limits)
         with obj.writer() as w:
-            total = 0
-            chunk = 10000
-            with _progress(len(drafts), "appending") as bar:
-                # one call per chunk keeps memory bounded; all-or-nothing holds because
-                # every event was validated before the first write
-                res = w.append_batch(drafts, canonical=True) if len(drafts) <= 50000 else None
-                if res is None:
-                    for i in range(0, len(drafts), chunk):
-                        w.append_batch(drafts[i:i + chunk], canonical=True)
-                        bar.update(len(drafts[i:i + chunk]))
-                else:
-                    bar.update(len(drafts))
-                total = len(drafts)
+            # one commit: the whole file is durable, or none of it (the writer
+            # splits it into frames and segments itself)
+            w.append_batch(drafts, canonical=True)
+        total = len(drafts)
         click.echo(total)
         return
     if user is None or action is None:
@@ -210,7 +201,15 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
 
 
 def _read_lines(file) -> Iterator[bytes]:
-    yield from file
+    """The file's lines, with a progress bar (by bytes read) when on a terminal."""
+    try:
+        total = os.fstat(file.fileno()).st_size
+    except (OSError, ValueError, AttributeError):
+        total = 0   # a pipe: no size to measure against
+    with _progress(total, "reading and validating") as bar:
+        for line in file:
+            bar.update(len(line))
+            yield line
 
 
 class _NoBar:

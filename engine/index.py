@@ -75,9 +75,8 @@ class SegmentIndex:
     def max_ts(self) -> int | None:
         return self._max_ts[-1] if self._max_ts else None
 
-    def add_frame(self, row: FrameRow, records=None) -> None:
-        """Add one frame's row (``records`` is accepted for callers that have them; the
-        term postings live in ``engine.terms`` and are built by readers)."""
+    def add_frame(self, row: FrameRow) -> None:
+        """Add one frame's row (term postings live in ``engine.terms``, built by readers)."""
         self.frames.append(row)
         # "largest ts so far": stays monotonic even if a frame's ts went backwards
         self._max_ts.append(max(row.max_ts, self._max_ts[-1]) if self._max_ts else row.max_ts)

@@ -59,6 +59,7 @@ class SegmentInfo:
     index: SegmentIndex | None
     problem: Problem | None = None       # header unreadable / foreign / misnamed
     tail: tuple[int, str] | None = None   # (offset, detail) of an incomplete last frame
+    file_size: int = 0                    # size of the file when it was indexed
 
     @property
     def name(self) -> str:
@@ -149,7 +150,7 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
                     ok = False
                 if ok:
                     h = fr.header
-                    idx.add_frame(FrameRow(fr.offset, h.first_seq, h.count, h.min_ts, h.max_ts), recs)
+                    idx.add_frame(FrameRow(fr.offset, h.first_seq, h.count, h.min_ts, h.max_ts))
                     idx.last_sig = recs[-1][R_SIG]
                     idx.last_mac = fr.mac
                     expected_seq = h.first_seq + h.count
@@ -220,7 +221,6 @@ class NodeLog:
         """Every segment, indexed; the last one is the active (growing) segment."""
         paths = list_segments(self.data_dir.segments)
         live = self.live_active() if self.live_active else None
-        manifest = None
         infos = []
         for i, p in enumerate(paths):
             last = i == len(paths) - 1
@@ -228,7 +228,7 @@ class NodeLog:
                 infos.append(live)
                 continue
             try:
-                infos.append(self._info(p, sealed=not last, manifest_rows=manifest))
+                infos.append(self._info(p, sealed=not last))
             except FileNotFoundError:
                 continue   # dropped by retention while we listed
         with self._lock:
@@ -238,14 +238,14 @@ class NodeLog:
                     del self._cache[n]
         return infos
 
-    def _info(self, path: Path, sealed: bool, manifest_rows=None) -> SegmentInfo:
+    def _info(self, path: Path, sealed: bool) -> SegmentInfo:
         st = path.stat()
         with self._lock:
             cached = self._cache.get(path.name)
         if cached is not None and cached.index is not None and cached.index.size == st.st_size \
                 and cached.tail is None:
             return cached
-        if cached is not None and cached.header is None and getattr(cached, "_size", None) == st.st_size:
+        if cached is not None and cached.header is None and cached.file_size == st.st_size:
             return cached
         info = None
         if sealed and cached is None:
@@ -255,7 +255,7 @@ class NodeLog:
             info = index_segment(path, self.key, self.node, resume=resume)
             if sealed and info.index is not None and info.problem is None and info.tail is None:
                 self._save_sidecar(path, info.index)
-        info._size = st.st_size  # type: ignore[attr-defined]
+        info.file_size = st.st_size
         with self._lock:
             self._cache[path.name] = info
         return info
@@ -279,7 +279,6 @@ class NodeLog:
         return SegmentInfo(path, header, idx)
 
     def _save_sidecar(self, path: Path, idx: SegmentIndex) -> None:
-        from engine.index import write_atomic
         try:
             write_atomic(index_path(path), idx.to_bytes(self._index_key), sync=False)
         except OSError:

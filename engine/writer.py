@@ -321,9 +321,8 @@ class LogWriter:
         self.last_mac = header.mac
         self._set_active(SegmentInfo(path, header, SegmentIndex(path.name, header.mac, header.size)))
 
-    def _seal_active(self) -> None:
-        """Write the sealed segment's index and the manifest (derived, best effort)."""
-        info = self._active
+    def _seal(self, info: SegmentInfo) -> None:
+        """Write a just-sealed segment's index and the manifest (derived, best effort)."""
         try:
             write_atomic(index_path(info.path), info.index.to_bytes(self._index_key), sync=False)
             rows = []
@@ -353,12 +352,7 @@ class LogWriter:
             self._dirty = False
         old = self._active
         self._create_segment(self.next_seq, self.last_sig, self.last_mac)
-        self._active_prev = old
-        info, self._active = self._active, old
-        try:
-            self._seal_active()
-        finally:
-            self._active = info
+        self._seal(old)
 
     def active_age(self) -> float:
         return (now_us() - self._active.header.created_us) / 1e6
@@ -468,7 +462,6 @@ class LogWriter:
         cur_size = self._active_size
         last_mac = self.last_mac
         records: list[bytes] = []
-        terms: list[tuple] = []
         rsize = 0
         first = seq
         all_drafts = [skew] if skew else []
@@ -476,7 +469,7 @@ class LogWriter:
             all_drafts.extend(r.drafts)
 
         def emit_frame():
-            nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, terms, rsize, first
+            nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, rsize, first
             fbytes_len = 48 + 3 + rsize + 32
             if cur_info.index.frames or cur_rows:
                 if cur_size + fbytes_len > settings.segment_max_bytes:
@@ -489,12 +482,12 @@ class LogWriter:
                     cur_info, cur_bufs, cur_rows = self._active, [], []
                     cur_size, last_mac = self._active_size, self._active.header.mac
             fb, mac = build_frame(records, first, ts, ts, self.key, last_mac)
-            cur_rows.append((FrameRow(cur_size, first, len(records), ts, ts), terms, mac, prev))
+            cur_rows.append((FrameRow(cur_size, first, len(records), ts, ts), mac, prev))
             cur_bufs.append(fb)
             cur_size += len(fb)
             last_mac = mac
             first += len(records)
-            records, terms, rsize = [], [], 0
+            records, rsize = [], 0
 
         prev_of_first = [prev]
         self._new_segments = []
@@ -507,7 +500,6 @@ class LogWriter:
                     emit_frame()   # may write earlier frames and roll to a new segment
                     prev_of_first[0] = prev
                 records.append(rec)
-                terms.append((seq, ts, *d))
                 rsize += len(rec)
                 prev = sig
                 seq += 1
@@ -555,8 +547,8 @@ class LogWriter:
                 self._dirty = True
             dt = time.perf_counter() - t0
             idx = info.index
-            for row, terms, mac, last_sig in rows:
-                idx.add_frame(row, terms)
+            for row, mac, last_sig in rows:
+                idx.add_frame(row)
                 idx.last_mac = mac
                 idx.last_sig = last_sig
             self._active_size += len(data)

@@ -11,17 +11,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from typing import AsyncIterator, Iterable, Iterator
+from typing import AsyncIterator
 
 from engine.entry import Entry
-
-
-def merge_streams(streams: Iterable[Iterator[Entry]], order: str = "asc") -> Iterator[Entry]:
-    """Merge synchronous streams each already ordered by (ts, seq) within one node."""
-    streams = list(streams)
-    if len(streams) == 1:
-        return iter(streams[0])
-    return heapq.merge(*streams, key=lambda e: (e.ts, e.node, e.seq), reverse=(order == "desc"))
 
 
 def _desc_node(node: str) -> tuple:

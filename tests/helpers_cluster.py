@@ -31,26 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.servers import free_ports  # noqa: F401  (re-exported for the cluster tests)
 from helpers_http import AUDITLOG, bearer, clean_env
 
 #: actions used for generated events (a mix of families for filter tests)
 ACTIONS = ("config.filter_update", "config.domain_add", "auth.login", "auth.login_failed",
            "quarantine.release", "user.update")
 USERS = ("alice", "bob", "carol", "dave")
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports nothing listens on (all bound to port 0 at once, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:

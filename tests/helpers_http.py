@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench.servers import free_ports
 from query.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +101,8 @@ def seqs(events) -> list[int]:
 # -- a real ``auditlog serve`` process -----------------------------------------------
 
 def free_port() -> int:
-    """A port nothing listens on right now (bound and released; the kernel will not
-    hand it out again at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on right now."""
+    return free_ports(1)[0]
 
 
 def clean_env() -> dict[str, str]:

@@ -79,54 +79,11 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def make_tls_files(out: Path, sans: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, Path]:
     """A test CA and a server certificate (SAN 127.0.0.1) for rsyslog's TLS input:
-    {"ca", "cert", "key"} (EC P-256, PEM)."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "auditlog test syslog CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for s in sans:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(s)))
-        except ValueError:
-            names.append(x509.DNSName(s))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.TraditionalOpenSSL,
-                                               serialization.NoEncryption()))
-    os.chmod(paths["key"], 0o600)
-    return paths
+    {"ca", "cert", "key"} (EC P-256, PEM), made with the cluster PKI's own tools."""
+    from query.pki import ca_init, issue_cert
+    ca_cert, _ = ca_init(out / "ca", name="auditlog test syslog CA")
+    cert, key = issue_cert(out / "ca", "syslog-receiver", list(sans), out)
+    return {"ca": ca_cert, "cert": cert, "key": key}
 
 
 _TEMPLATE = """\

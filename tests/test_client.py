@@ -21,21 +21,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers_http import free_port
 from ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
 from ingest.errors import InvalidEventError
-from query.service import IdempotencyCache
+from query.idempotency import IdempotencyCache
 
 AUDITLOG = str(Path(sys.executable).with_name("auditlog"))
 ACTION = "custom.client_test"
 
 
 # --------------------------------------------------------------------------- helpers
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run_cli(data: Path, *args: str) -> str:
     p = subprocess.run([AUDITLOG, "--data-dir", str(data), *args], capture_output=True, text=True,

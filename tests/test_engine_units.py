@@ -421,7 +421,7 @@ def segment_indexes(draw) -> tuple[SegmentIndex, list[list[tuple]]]:
             contents.append([])
         else:
             recs = [draw(index_records(seq + k, min_ts)) for k in range(count)]
-            idx.add_frame(row, recs)
+            idx.add_frame(row)
             contents.append(recs)
         seq += count
         off += 200
@@ -494,7 +494,7 @@ def test_index_and_manifest_with_valid_mac_but_non_map_body_are_refused(tmp_path
 def test_first_frame_at_is_a_monotonic_bisect_over_the_running_max(max_ts, probes):
     idx = SegmentIndex("s.seg", b"\0" * 32)
     for i, m in enumerate(max_ts):          # timestamps may go backwards between frames
-        idx.add_frame(FrameRow(i * 100, i + 1, 1, max(0, m - 3), m), [])
+        idx.add_frame(FrameRow(i * 100, i + 1, 1, max(0, m - 3), m))
     running = [max(max_ts[: i + 1]) for i in range(len(max_ts))]
     assert idx._max_ts == running
     for ts in probes:

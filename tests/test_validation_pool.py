@@ -7,7 +7,7 @@ import json
 import msgpack
 import pytest
 
-from helpers_http import make_keys
+from helpers_http import free_port, make_keys
 from ingest.limits import Limits
 from query.service import ServiceSettings
 
@@ -68,9 +68,7 @@ def test_worker_processes_die_with_a_killed_server(tmp_path):
     exe = str(Path(sys.executable).with_name("auditlog"))
     subprocess.run([exe, "--data-dir", str(tmp_path / "d"), "init", "--node-id", "n"], check=True,
                    capture_output=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = tmp_path / "c.toml"
     cfg.write_text("[server]\nvalidate_workers = 1\n")
     proc = subprocess.Popen([exe, "--data-dir", str(tmp_path / "d"), "--config", str(cfg), "serve",
