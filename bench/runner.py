@@ -103,7 +103,7 @@ class Plan:
         if quick:
             return cls(n=1_000_000, append_events=100_000, append_reps=3, reps=3,
                        cold_reps=3, warm_reps=7, csv_rows=200_000,
-                       http_events=50_000, http_reps=3, latency_seconds=2.0,
+                       http_events=200_000, http_reps=3, latency_seconds=2.0,
                        merge_events=300_000, merge_reps=3)
         return cls(n=10_000_000, append_events=200_000, append_reps=3, reps=5,
                    cold_reps=5, warm_reps=11, csv_rows=200_000,

@@ -27,7 +27,8 @@ from typing import Sequence
 
 from engine.chain import GENESIS
 from engine.datadir import DataDir, Node, fsync_dir
-from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
+from engine.entry import (RECORD_HEADER, SIGNATURE_HEADER, EntryDraft, canonical_bytes, pack_value,
+                          packed_len, record_from_canonical, sort_details)
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
 from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row,
@@ -46,6 +47,12 @@ class AppendResult:
     first_seq: int
     last_seq: int
     ts: int
+
+
+def canonical_drafts(drafts: Sequence[EntryDraft]) -> list:
+    """The drafts with every ``details`` map in canonical (sorted) form; packed drafts as they are."""
+    return [d._replace(details=sort_details(d.details)) if type(d) is not bytes and d.details else d
+            for d in drafts]
 
 
 class _Pending:
@@ -365,19 +372,34 @@ class LogWriter:
         ``canonical=True`` promises every ``details`` map already has its keys
         sorted (ingest's validation does that); otherwise they are sorted here,
         in the caller's thread, before the batch joins the commit queue.
+        An item may also be a packed draft (``bytes`` from ``pack_draft``),
+        which is taken as it is.
         """
-        if not drafts:
-            raise EngineError("empty batch")
-        if not canonical:
-            drafts = [d._replace(details=sort_details(d.details)) if d.details else d for d in drafts]
-        req = _Pending(drafts)
+        return self.append_batches([drafts], canonical)[0]
+
+    def append_batches(self, batches: Sequence[Sequence[EntryDraft]],
+                       canonical: bool = False) -> list[AppendResult]:
+        """Append several batches in one group commit; returns once all are durable.
+
+        Each batch gets its own result (its own contiguous seqs, in the order
+        given).  They are written together, so they succeed or fail together:
+        a failed commit raises and leaves none of them behind.
+        """
+        reqs = []
+        for drafts in batches:
+            if not drafts:
+                raise EngineError("empty batch")
+            reqs.append(_Pending(drafts if canonical else canonical_drafts(drafts)))
+        if not reqs:
+            return []
+        last = reqs[-1]
         with self._cv:
             if self._closed:
                 raise EngineError("the writer is closed")
             if self._failed:
                 raise WriteFailedError(self._failed)
-            self._queue.append(req)
-            while not req.done:
+            self._queue.extend(reqs)   # taken by one commit, all together
+            while not last.done:
                 if not self._committing:
                     batch, self._queue = self._queue, []
                     self._committing = True
@@ -390,9 +412,10 @@ class LogWriter:
                         self._cv.notify_all()
                 else:
                     self._cv.wait()
-        if req.error is not None:
-            raise req.error
-        return req.result
+        for r in reqs:
+            if r.error is not None:
+                raise r.error
+        return [r.result for r in reqs]
 
     def _commit(self, batch: list[_Pending], forced_ts: int | None = None) -> None:
         try:
@@ -491,11 +514,19 @@ class LogWriter:
 
         prev_of_first = [prev]
         self._new_segments = []
+        # a packed draft is the tail of its canonical encoding (see pack_draft)
+        head = RECORD_HEADER + pack_value(node)
+        ts_packed = pack_value(ts)
         try:
             for d in all_drafts:
-                canon = canonical_bytes(node, seq, ts, d)
-                sig = sign(prev, canon)
-                rec = record_from_canonical(nlen, canon, sig)
+                if type(d) is bytes:
+                    mid = pack_value(seq) + ts_packed + d
+                    sig = sign(prev, head + mid)
+                    rec = RECORD_HEADER + mid + SIGNATURE_HEADER + sig
+                else:
+                    canon = canonical_bytes(node, seq, ts, d)
+                    sig = sign(prev, canon)
+                    rec = record_from_canonical(nlen, canon, sig)
                 if records and rsize + len(rec) > frame_max:
                     emit_frame()   # may write earlier frames and roll to a new segment
                     prev_of_first[0] = prev

@@ -257,10 +257,124 @@ def _check_details(v: dict, limits: Limits) -> tuple[dict | None, list[str]]:
     return canonical, []
 
 
+# --------------------------------------------------------------------------- fast path
+
+# Taxonomy actions a client may write (the log's own audit.* ones excluded).
+_CLIENT_ACTIONS = TAXONOMY - AUDIT_ACTIONS
+
+
+def _fast_details(d: dict, limits: Limits) -> dict | None:
+    """Canonical form of a flat ``details`` map that is certainly valid, else None.
+
+    Anything unusual (nesting, odd types, a size near the limit) returns None
+    and goes through the full walk.  The size test uses an upper bound on the
+    msgpack encoding: a map header is at most 5 bytes, a key or string value
+    at most 5 + 4 per character, any other scalar at most 9.
+    """
+    chars = 0
+    for k, v in d.items():
+        if type(k) is not str:
+            return None
+        t = type(v)
+        if t is str:
+            chars += len(k) + len(v)
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return None
+        elif t is int:
+            if not _I64_MIN <= v <= _I64_MAX:
+                return None
+            chars += len(k)
+        elif t is bool or v is None:
+            chars += len(k)
+        elif t is float:
+            if not math.isfinite(v):
+                return None
+            chars += len(k)
+        else:
+            return None
+        if not k.isascii():
+            try:
+                k.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+    if 5 + 14 * len(d) + 4 * chars > limits.max_details_bytes:
+        return None
+    return dict(sorted(d.items()))
+
+
+def _fast_check(obj: dict, limits: Limits) -> EntryDraft | None:
+    """The draft of a plainly valid event, or None to run the full checks.
+
+    Most events are plain: known fields, printable strings, a taxonomy action,
+    a flat ``details``.  This path decides those with a few C-level calls and
+    builds no messages; whatever it is unsure of goes to ``_check``'s full
+    rules, which then name every problem.  It accepts nothing the full rules
+    reject and returns the same draft (a test holds the two to that).
+    ``isprintable()`` is false for every character ``_BAD_CHAR`` matches.
+    """
+    if not obj.keys() <= _FIELDS:
+        return None
+    get = obj.get
+    max_len = limits.max_field_len
+    user = get("user")
+    if type(user) is not str or len(user) > max_len or not user.isprintable() or not user.strip():
+        return None
+    action = get("action")
+    if type(action) is not str or action not in _CLIENT_ACTIONS:
+        return None
+    target = get("target")
+    if target is not None and (type(target) is not str or len(target) > max_len
+                               or not target.isprintable()):
+        return None
+    ua = get("user_agent")
+    if ua is not None and (type(ua) is not str or len(ua) > limits.max_user_agent_len
+                           or not ua.isprintable()):
+        return None
+    domain = get("domain")
+    if domain is not None:
+        if type(domain) is not str or len(domain) > max_len:
+            return None
+        domain, msg = _normalise_domain(domain)
+        if msg is not None:
+            return None
+    ip = get("ip")
+    if ip is not None:
+        if type(ip) is not str or len(ip) > max_len:
+            return None
+        ip = _normalise_ip(ip)
+        if ip is None or not ip.isprintable():
+            return None
+    success = get("success", True)
+    if success is not True and success is not False:
+        return None
+    details = get("details")
+    if details is None:
+        details = {}
+    elif type(details) is not dict:
+        return None
+    elif details:
+        details = _fast_details(details, limits)
+        if details is None:
+            return None
+    return EntryDraft(user, action, target, domain, ip, ua, success, details)
+
+
 # --------------------------------------------------------------------------- events
 
 def _check(obj: Any, index: int, limits: Limits, problems: list[dict]) -> EntryDraft | None:
     """Validate one event, appending its problems; the draft if there were none."""
+    if type(obj) is dict:
+        draft = _fast_check(obj, limits)
+        if draft is not None:
+            return draft
+    return _check_full(obj, index, limits, problems)
+
+
+def _check_full(obj: Any, index: int, limits: Limits, problems: list[dict]) -> EntryDraft | None:
+    """Every rule, with a message for each problem found."""
     if not isinstance(obj, dict):
         problems.append(_problem(index, "(event)", f"expected an object, got {_tname(obj)}"))
         return None

@@ -17,15 +17,31 @@ from dataclasses import dataclass
 
 from engine.datadir import DataDir, Node
 from engine.entry import EntryDraft
+from engine.errors import EngineError
 from engine.log import NodeLog
 from engine.settings import StoreSettings
-from engine.writer import AppendResult, LogWriter
+from engine.writer import AppendResult, LogWriter, canonical_drafts
 from ingest.limits import DEFAULT_LIMITS, Limits
 from query.auth import ApiKey, KeyStore
 from query.idempotency import IdempotencyCache
 from query.metrics import Metrics
 
 log = logging.getLogger("auditlog.service")
+
+#: Ingest bodies up to this size are decoded and validated on the event loop
+#: (a few events take tens of microseconds; a hop to a thread or worker costs more).
+INLINE_VALIDATION_BYTES = 16384
+
+
+def _settle(items: list, results: list | None, error: BaseException | None) -> None:
+    """On the event loop: answer the requests of one commit."""
+    for i, (_, _, fut) in enumerate(items):
+        if fut.done():           # the request went away; its events are stored all the same
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(results[i])
 
 
 class Overloaded(Exception):
@@ -68,6 +84,9 @@ class Service:
             fsync=store.fsync != "none")
         self._idem_locks: dict[str, asyncio.Lock] = {}
         self.pending_events = 0
+        self._appends: list[tuple[list, bool, asyncio.Future]] = []
+        self._appends_lock = threading.Lock()
+        self._committer_running = False
         self._key_uses: dict[str, list] = {}
         self._key_lock = threading.Lock()
         self.started = time.time()
@@ -130,27 +149,63 @@ class Service:
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def decode_and_validate(self, raw: bytes, ctype: str) -> list[EntryDraft]:
-        """An ingest body's validated drafts (in a worker process when configured)."""
-        from query.routes.events import _decode_and_validate
+    async def decode_and_validate(self, raw: bytes, ctype: str) -> list[EntryDraft] | list[bytes]:
+        """An ingest body's validated drafts (in a worker process when configured,
+        then as packed drafts: either kind goes to ``append``)."""
+        from ingest.body import decode_and_validate
         limits = self.settings.limits
+        if len(raw) <= INLINE_VALIDATION_BYTES:
+            # a few events: cheaper here than the hop to a thread or a worker
+            return decode_and_validate(raw, ctype, limits)
         if self.validators is None:
-            return await self.run(_decode_and_validate, raw, ctype, limits)
+            return await self.run(decode_and_validate, raw, ctype, limits)
         from query.validation_pool import decode_and_validate_packed, unpack_result
         result = await asyncio.get_running_loop().run_in_executor(
             self.validators.executor, decode_and_validate_packed, raw, ctype, limits)
         return unpack_result(result)
 
-    async def append(self, drafts: list[EntryDraft], canonical: bool = False) -> AppendResult:
+    async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False) -> AppendResult:
         """Append through the writer's queue; ``canonical`` for validated drafts."""
         n = len(drafts)
+        if not n:
+            raise EngineError("empty batch")
         if self.pending_events + n > self.settings.max_pending_events:
             raise Overloaded(f"write queue full ({self.pending_events} events waiting)")
         self.pending_events += n
         try:
-            return await self.run(self.writer.append_batch, drafts, canonical)
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            with self._appends_lock:
+                self._appends.append((drafts, canonical, fut))
+                start = not self._committer_running
+                self._committer_running = True
+            if start:
+                loop.run_in_executor(self.executor, self._commit_appends, loop)
+            return await fut
         finally:
             self.pending_events -= n
+
+    def _commit_appends(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The committer (one thread at a time): every batch waiting goes into one
+        group commit, and one wake-up of the event loop answers them all.
+
+        One thread instead of a thread per request: requests never wait for a
+        free executor thread to join a commit, so a commit takes every request
+        that arrived during the previous fsync.
+        """
+        while True:
+            with self._appends_lock:
+                items, self._appends = self._appends, []
+                if not items:
+                    self._committer_running = False
+                    return
+            try:
+                batches = [d if canonical else canonical_drafts(d) for d, canonical, _ in items]
+                results = self.writer.append_batches(batches, canonical=True)
+            except BaseException as e:   # every waiting request gets the error
+                loop.call_soon_threadsafe(_settle, items, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, items, results, None)
 
     def idempotency_lock(self, key: str) -> asyncio.Lock:
         lock = self._idem_locks.get(key)

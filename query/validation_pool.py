@@ -1,10 +1,11 @@
 """Decoding and validating ingest bodies in worker processes.
 
-Validation is pure CPU (about 5 µs an event) and holds the GIL, so in one
-process it competes with the writer, the HTTP server and the readers for one
-core.  Worker processes take it off the serving process: a body goes in as
-bytes, validated drafts come back as one msgpack blob (cheap to move and to
-unpack), and errors come back as plain data and are raised again here as the
+Validation is pure CPU and holds the GIL, so in one process it competes with
+the writer, the HTTP server and the readers for one core.  Worker processes
+take it off the serving process: a body goes in as bytes, and the validated
+events come back already packed (``engine.entry.pack_draft``: the tail of
+each entry's canonical encoding), so the writer only adds seq, ts and the
+signature.  Errors come back as plain data and are raised again here as the
 same exceptions, so callers cannot tell the difference.
 """
 
@@ -13,19 +14,17 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-import msgpack
-
-from engine.entry import EntryDraft
+from engine.entry import pack_draft
 from engine.errors import AuditLogError
+from ingest.body import BodyError, UnsupportedMediaError, decode_and_validate
 from ingest.errors import BatchTooLargeError, InvalidEventError
 from ingest.limits import Limits
 
 
 def decode_and_validate_packed(raw: bytes, ctype: str, limits: Limits):
-    """In a worker: ("ok", packed drafts) or ("error", kind, data)."""
-    from query.routes.events import BodyError, UnsupportedMediaError, _decode_and_validate
+    """In a worker: ("ok", [packed draft, ...]) or ("error", kind, data)."""
     try:
-        drafts = _decode_and_validate(raw, ctype, limits)
+        drafts = decode_and_validate(raw, ctype, limits)
     except InvalidEventError as e:
         return ("error", "invalid", (e.problems, e.label))
     except BatchTooLargeError as e:
@@ -34,14 +33,13 @@ def decode_and_validate_packed(raw: bytes, ctype: str, limits: Limits):
         return ("error", "media", str(e))
     except BodyError as e:
         return ("error", "body", str(e))
-    return ("ok", msgpack.packb([tuple(d) for d in drafts], use_bin_type=True))
+    return ("ok", [pack_draft(d) for d in drafts])
 
 
-def unpack_result(result) -> list[EntryDraft]:
-    from query.routes.events import BodyError, UnsupportedMediaError
+def unpack_result(result) -> list[bytes]:
+    """The packed drafts of a worker's result (for ``LogWriter.append_batch``), or its error."""
     if result[0] == "ok":
-        rows = msgpack.unpackb(result[1], raw=False, use_list=False, strict_map_key=True)
-        return [EntryDraft(*r) for r in rows]
+        return result[1]
     _, kind, data = result
     if kind == "invalid":
         raise InvalidEventError(*data)
@@ -82,7 +80,7 @@ def _worker_init() -> None:
 
 def _warm_up() -> int:
     """Import the validation path in a worker (so the first request does not pay for it)."""
-    import query.routes.events  # noqa: F401
+    import ingest.body  # noqa: F401
     return 1
 
 
