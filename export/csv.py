@@ -8,6 +8,10 @@ cell a spreadsheet would read as a formula (first character ``= + - @``, tab
 or CR) is prefixed with ``'``, as OWASP recommends; this applies to every
 stored text cell, since a tampered file can put anything in any field.
 
+``details`` is encoded by orjson (the json module only for what orjson cannot
+take: non-text keys, integers beyond 64 bits); both escape strings alike,
+numbers take their shortest exact form.
+
 An integrity marker (an undecodable range) has no details of its own; its
 ``violation`` text goes into the ``details`` cell as ``{"violation": ...}`` so
 that an auditor reading only the CSV still sees what was damaged.
@@ -25,10 +29,15 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import orjson
+
 from engine.entry import Entry, format_ts
 
 CSV_COLUMNS = ("timestamp", "node_id", "seq", "user", "action", "target", "domain",
                "ip_address", "user_agent", "success", "details", "signature", "integrity")
+
+_orjson_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 #: Target size of each yielded chunk, in characters.
 CHUNK_CHARS = 64 * 1024
@@ -92,7 +101,11 @@ def _cell(text: Any) -> str:
 def _details_cell(e: Entry) -> str:
     details = e.details
     if details:
-        text = sorted_json(details)
+        try:
+            text = _orjson_dumps(details, json_default, _SORT_KEYS).decode("utf-8")
+        except (TypeError, orjson.JSONEncodeError):
+            # non-text keys or integers beyond 64 bits (a damaged record): the json module
+            text = sorted_json(details)
     elif e.violation is not None:
         text = sorted_json({"violation": e.violation})
     else:

@@ -18,7 +18,10 @@ from pathlib import Path
 import aiohttp
 
 from engine.entry import Entry, EntryDraft
+from export.csv import TimestampFormatter
+from export.ndjson import ndjson_lines
 from query.filters import Filter
+from query.linemerge import LineSource
 from query.merge import Source
 from query.peers import PeerClient, PeerConfig, PeerError
 from query.scan import scan_node
@@ -60,6 +63,59 @@ def _take(gen, n: int) -> list:
         if len(out) >= n:
             break
     return out
+
+
+class LocalLineSource(LineSource):
+    """This node's part of an NDJSON answer, scanned and rendered in a worker thread."""
+
+    def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 2000):
+        super().__init__(service.node_id)
+        self.service = service
+        self.gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
+        self.batch = batch
+        self.timestamps = TimestampFormatter().format
+
+    async def next_lines(self):
+        got = await self.service.run(take_lines, self.gen, self.batch, self.timestamps)
+        if got is None:
+            return None
+        ts, lines, bad = got
+        self.violations += bad
+        return ts, lines
+
+
+def take_lines(gen, n: int, timestamps) -> tuple[list[int], list[bytes], int] | None:
+    """The next ``n`` entries of a scan as (timestamps, NDJSON lines, non-ok count)."""
+    batch = _take(gen, n)
+    if not batch:
+        return None
+    bad = sum(1 for e in batch if e.integrity != "ok")
+    return [e.ts for e in batch], ndjson_lines(batch, timestamps), bad
+
+
+class PeerLineSource(LineSource):
+    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+        super().__init__(client.node)
+        self.agen = client.scan_lines(params, order, after_seq)
+        self.done = False
+
+    async def next_lines(self):
+        if self.done:
+            return None
+        try:
+            ts, lines, bad = await self.agen.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return None
+        except PeerError as e:
+            self.done = True
+            self.fail(str(e) if not self.consumed else f"lost mid-stream after {self.consumed} entries: {e}")
+            return None
+        self.violations += bad
+        return ts, lines
+
+    async def close(self) -> None:
+        await self.agen.aclose()
 
 
 class PeerSource(Source):
@@ -126,15 +182,18 @@ class Cluster:
         tmp.write_text(json.dumps({"peers": sorted(now)}))
         os.replace(tmp, path)
 
-    def sources(self, flt: Filter, order: str, positions: dict[str, int]) -> list[Source]:
+    def sources(self, flt: Filter, order: str, positions: dict[str, int],
+                lines: bool = False) -> list[Source]:
+        """One source per node the filter admits; ``lines`` for NDJSON line sources."""
         srcs: list[Source] = []
         svc = self.service
+        local, remote = (LocalLineSource, PeerLineSource) if lines else (LocalSource, PeerSource)
         if flt.admits_node(svc.node_id):
-            srcs.append(LocalSource(svc, flt, order, positions.get(svc.node_id)))
+            srcs.append(local(svc, flt, order, positions.get(svc.node_id)))
         params = flt.to_params()
         for node, client in self.peers.items():
             if flt.admits_node(node):
-                srcs.append(PeerSource(client, params, order, positions.get(node)))
+                srcs.append(remote(client, params, order, positions.get(node)))
         return srcs
 
     async def peer_json(self, path: str, params=None) -> dict[str, dict]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -99,31 +101,13 @@ class PeerClient:
         if after_seq is not None:
             q["after_seq"] = str(after_seq)
         resp = await self._get("/scan", q)
-        unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
-                                    max_buffer_size=64 * 1024 * 1024)
         count = 0
+        node = self.node
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(resp.content.readany(), self.timeout)
-                except asyncio.TimeoutError:
-                    raise PeerError(f"stalled mid-stream after {count} entries "
-                                    f"(nothing for {self.timeout:g} s)") from None
-                except (aiohttp.ClientError, OSError) as e:
-                    raise PeerError(f"failed mid-stream after {count} entries: {_describe(e)}") from None
-                if not chunk:
-                    raise PeerError(f"stream cut after {count} entries (no end marker)")
-                unpacker.feed(chunk)
-                batch: list[Entry] = []
-                for msg in unpacker:
-                    if not isinstance(msg, dict):
-                        raise PeerError("malformed scan stream")
-                    if "end" in msg:
-                        if batch:
-                            yield batch
-                        return
-                    node = self.node
-                    batch.extend(entry_from_compact(node, c) for c in msg.get("e", ()))
+            async for msg in _read_messages(resp, self.timeout, lambda: count):
+                if "end" in msg:
+                    return
+                batch = [entry_from_compact(node, c) for c in msg.get("e", ())]
                 count += len(batch)
                 if batch:
                     yield batch
@@ -131,6 +115,77 @@ class PeerClient:
             raise PeerError(f"malformed scan stream: {e}") from None
         finally:
             resp.close()
+
+    async def scan_lines(self, params: dict[str, str], order: str,
+                         after_seq: int | None) -> AsyncIterator[tuple[list[int], list[bytes], int]]:
+        """The peer's matching entries rendered as NDJSON lines, chunk by chunk:
+        ``(timestamps, lines, non-ok count)``; PeerError if cut short."""
+        q = dict(params)
+        q["order"] = order
+        q["format"] = "lines"
+        if after_seq is not None:
+            q["after_seq"] = str(after_seq)
+        resp = await self._get("/scan", q)
+        count = 0
+        try:
+            async for msg in _read_messages(resp, self.timeout, lambda: count):
+                if "end" in msg:
+                    return
+                chunk = unpack_line_chunk(msg)
+                count += len(chunk[1])
+                yield chunk
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+            raise PeerError(f"malformed scan stream: {e!r}"[:300]) from None
+        finally:
+            resp.close()
+
+
+async def _read_messages(resp, timeout: float, seen) -> AsyncIterator[dict]:
+    """The msgpack maps of a scan stream as they arrive; PeerError if it stalls or breaks.
+
+    ``seen()`` gives the number of entries passed on so far (for the messages).
+    """
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
+                                max_buffer_size=64 * 1024 * 1024)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(resp.content.readany(), timeout)
+        except asyncio.TimeoutError:
+            raise PeerError(f"stalled mid-stream after {seen()} entries "
+                            f"(nothing for {timeout:g} s)") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise PeerError(f"failed mid-stream after {seen()} entries: {_describe(e)}") from None
+        if not chunk:
+            raise PeerError(f"stream cut after {seen()} entries (no end marker)")
+        unpacker.feed(chunk)
+        for msg in unpacker:
+            if not isinstance(msg, dict):
+                raise PeerError("malformed scan stream")
+            yield msg
+
+
+def pack_line_chunk(packer, ts: list[int], lines: list[bytes], bad: int) -> bytes:
+    """One chunk of a ``format=lines`` scan: timestamps as little-endian int64s,
+    the lines (each ending in ``\n``) as one blob, and the count of non-ok entries."""
+    a = array("q", ts)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return packer.pack({"t": a.tobytes(), "l": b"".join(lines), "v": bad})
+
+
+def unpack_line_chunk(msg: dict) -> tuple[list[int], list[bytes], int]:
+    t, blob, bad = msg["t"], msg["l"], msg["v"]
+    if type(t) is not bytes or type(blob) is not bytes or type(bad) is not int or len(t) % 8:
+        raise PeerError("malformed line chunk")
+    a = array("q")
+    a.frombytes(t)
+    if sys.byteorder == "big":
+        a.byteswap()
+    # JSON escapes every CR and LF inside a line, so splitting on them is exact
+    lines = blob.splitlines(keepends=True)
+    if len(lines) != len(a) or (blob and not blob.endswith(b"\n")):
+        raise PeerError("malformed line chunk: timestamps and lines disagree")
+    return a.tolist(), lines, bad
 
 
 def _describe(e: BaseException) -> str:

@@ -11,7 +11,8 @@ from query.app import SERVICE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
-from query.cluster import LocalSource
+from query.cluster import LocalLineSource, LocalSource
+from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
 
 PAGE_PARAMS = ("limit", "cursor", "order", "format")
@@ -46,13 +47,16 @@ def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     return flt, order, limit, positions, fingerprint
 
 
-def open_sources(service, flt: Filter, order: str, positions: dict[str, int]) -> list[Source]:
-    """One ordered source per node: this node, plus every peer when a cluster is configured."""
+def open_sources(service, flt: Filter, order: str, positions: dict[str, int],
+                 lines: bool = False) -> list[Source]:
+    """One ordered source per node: this node, plus every peer when a cluster is configured
+    (``lines``: sources of rendered NDJSON lines, for :func:`query.linemerge.merge_lines`)."""
     if service.cluster is not None:
-        return service.cluster.sources(flt, order, positions)
+        return service.cluster.sources(flt, order, positions, lines=lines)
     if not flt.admits_node(service.node_id):
         return []
-    return [LocalSource(service, flt, order, positions.get(service.node_id))]
+    local = LocalLineSource if lines else LocalSource
+    return [local(service, flt, order, positions.get(service.node_id))]
 
 
 def node_status(sources: list[Source], service) -> dict:
@@ -111,11 +115,13 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     if fmt not in (None, "json", "ndjson", "ecs"):
         raise InvalidFilterError(f"format must be json, ndjson or ecs, got {fmt[:20]!r}")
     service.metrics.inc("auditlog_queries_total", format=fmt or "json")
+    if fmt == "ndjson":
+        return await stream_ndjson(request, service, flt, order, positions, limit)
     merged = Merged(open_sources(service, flt, order, positions), order)
     try:
         await merged.prime()
-        if fmt in ("ndjson", "ecs"):
-            return await stream_lines(request, service, merged, limit, ecs=fmt == "ecs")
+        if fmt == "ecs":
+            return await stream_lines(request, service, merged, limit, ecs=True)
         limit = limit or service.settings.default_query_limit
         page = []
         async for batch in merged.batches(limit + 1):
@@ -138,6 +144,49 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
+async def stream_ndjson(request, service, flt: Filter, order: str, positions: dict[str, int],
+                        limit: int | None) -> web.StreamResponse:
+    """NDJSON: one entry per line, merged from every node's rendered lines.
+
+    The status header waits for every node's first answer (bounded by
+    ``peer_timeout``); nodes not ``ok`` at the end add one
+    ``{"node_status": {...}}`` line each, so a reader of the body alone learns
+    of a peer lost mid-stream."""
+    sources = open_sources(service, flt, order, positions, lines=True)
+    merged = merge_lines(sources, order, node_ranks(s.node for s in sources))
+    try:
+        chunk = await anext(merged, None)
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8",
+            "X-Auditlog-Nodes": json.dumps(node_status(sources, service), separators=(",", ":"))})
+        await resp.prepare(request)
+        sent = 0
+        while chunk is not None:
+            if limit is not None and sent + len(chunk) >= limit:
+                await resp.write(b"".join(chunk[:limit - sent]))
+                break
+            sent += len(chunk)
+            await resp.write(b"".join(chunk))
+            chunk = await anext(merged, None)
+        violations = sum(s.violations for s in sources)
+        if violations:
+            service.metrics.inc("auditlog_integrity_violations_total", violations)
+        await _write_status_trailer(resp, sources, service)
+    finally:
+        await merged.aclose()
+        for s in sources:
+            await s.close()
+    await resp.write_eof()
+    return resp
+
+
+async def _write_status_trailer(resp, sources, service) -> None:
+    trailer = [json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
+               for n, st in node_status(sources, service).items() if st.get("status") != "ok"]
+    if trailer:
+        await resp.write(("\n".join(trailer) + "\n").encode("utf-8"))
+
+
 async def stream_lines(request, service, merged: Merged, limit, ecs: bool = False) -> web.StreamResponse:
     """NDJSON: one entry per line.  Nodes not ``ok`` at the end add one
     ``{"node_status": {...}}`` line each, so a reader of the body alone learns
@@ -156,10 +205,7 @@ async def stream_lines(request, service, merged: Merged, limit, ecs: bool = Fals
         await resp.write("".join(render(batch)).encode("utf-8"))
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
-    trailer = [json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
-               for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"]
-    if trailer:
-        await resp.write(("\n".join(trailer) + "\n").encode("utf-8"))
+    await _write_status_trailer(resp, merged.sources, service)
     await resp.write_eof()
     return resp
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import msgpack
 from aiohttp import web
 
+from export.csv import TimestampFormatter
 from query.app import SERVICE, error_middleware
+from query.cluster import take_lines
 from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
-from query.peers import entry_to_compact
+from query.peers import entry_to_compact, pack_line_chunk
 from query.pki import node_id_of
 from query.scan import scan_node
 
@@ -44,16 +46,23 @@ async def scan(request: web.Request) -> web.StreamResponse:
     if order not in ("asc", "desc"):
         raise QueryError("order must be asc or desc")
     after = q.get("after_seq")
-    if after is not None and not after.isdigit():
+    if after is not None and not (after.isascii() and after.isdigit()):
         raise QueryError("after_seq must be a whole number")
+    fmt = q.get("format", "entries")
+    if fmt not in ("entries", "lines"):
+        raise QueryError("format must be entries or lines")
     gen = scan_node(service.log, flt, order=order, after_seq=int(after) if after else None)
     resp = web.StreamResponse(headers={"Content-Type": "application/msgpack"})
     await resp.prepare(request)
     count = 0
     packer = msgpack.Packer(use_bin_type=True)
+    if fmt == "lines":
+        chunk, args = _line_chunk, (gen, packer, TimestampFormatter().format)
+    else:
+        chunk, args = _chunk, (gen, packer)
     try:
         while True:
-            batch = await service.run(_chunk, gen, packer)
+            batch = await service.run(chunk, *args)
             if batch is None:
                 break
             data, n = batch
@@ -77,6 +86,14 @@ def _chunk(gen, packer, n: int = 2000):
     if not out:
         return None
     return packer.pack({"e": out}), len(out)
+
+
+def _line_chunk(gen, packer, timestamps, n: int = 2000):
+    got = take_lines(gen, n, timestamps)
+    if got is None:
+        return None
+    ts, lines, bad = got
+    return pack_line_chunk(packer, ts, lines, bad), len(lines)
 
 
 async def head(request: web.Request) -> web.Response:

@@ -1,0 +1,135 @@
+"""query.linemerge: merged NDJSON lines come out exactly in (ts, node, seq) order
+(or its reverse), whatever the chunking, ties and stream lengths; the peer
+line-chunk wire format round-trips and refuses malformed chunks."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from query.linemerge import LineSource, merge_lines, node_ranks
+from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
+
+
+class ListSource(LineSource):
+    """A node's stream from a list of (ts, seq), handed out in the given chunk sizes;
+    ``fail_after`` chunks it fails as a lost peer does."""
+
+    def __init__(self, node: str, rows: list[tuple[int, int]], chunks: list[int],
+                 fail_after: int | None = None):
+        super().__init__(node)
+        self.rows = rows
+        self.chunks = list(chunks)
+        self.fail_after = fail_after
+        self.served = 0
+
+    async def next_lines(self):
+        if self.fail_after is not None and self.served >= self.fail_after:
+            self.fail("lost")
+            return None
+        if not self.rows:
+            return None
+        n = self.chunks.pop(0) if self.chunks else 3
+        part, self.rows = self.rows[:n], self.rows[n:]
+        self.served += 1
+        return [ts for ts, _ in part], [line(self.node, ts, seq) for ts, seq in part]
+
+
+def line(node: str, ts: int, seq: int) -> bytes:
+    return json.dumps({"node": node, "seq": seq, "ts": ts}).encode() + b"\n"
+
+
+def node_rows(rnd: random.Random, n: int, order: str) -> list[tuple[int, int]]:
+    ts, rows = 1000, []
+    for seq in range(1, n + 1):
+        ts += rnd.choice([0, 0, 1, 2, 5])          # equal timestamps within a node happen
+        rows.append((ts, seq))
+    return rows[::-1] if order == "desc" else rows
+
+
+async def merged(sources, order) -> list[tuple[int, str, int]]:
+    out = []
+    async for chunk in merge_lines(sources, order, node_ranks(s.node for s in sources)):
+        for raw in chunk:
+            d = json.loads(raw)
+            out.append((d["ts"], d["node"], d["seq"]))
+    return out
+
+
+def expected(per_node: dict[str, list[tuple[int, int]]], order: str) -> list[tuple[int, str, int]]:
+    rows = [(ts, node, seq) for node, rs in per_node.items() for ts, seq in rs]
+    return sorted(rows, reverse=(order == "desc"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), order=st.sampled_from(["asc", "desc"]),
+       sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+       chunking=st.lists(st.integers(1, 17), min_size=1, max_size=8))
+async def test_merge_order_matches_a_full_sort(seed, order, sizes, chunking):
+    rnd = random.Random(seed)
+    names = ["node-b", "a", "node-a", "zz"][:len(sizes)]
+    per_node = {name: node_rows(rnd, n, order) for name, n in zip(names, sizes)}
+    sources = [ListSource(name, rows, [rnd.choice(chunking) for _ in range(50)])
+               for name, rows in per_node.items()]
+    got = await merged(sources, order)
+    assert got == expected(per_node, order)
+    assert [s.consumed for s in sources] == [len(per_node[s.node]) for s in sources]
+
+
+async def test_same_timestamp_on_every_node_orders_by_node_then_seq():
+    per_node = {"n2": [(5, 1), (5, 2)], "n1": [(5, 1), (5, 2)], "n3": [(4, 1), (5, 2)]}
+    for order in ("asc", "desc"):
+        rows = {n: (r[::-1] if order == "desc" else r) for n, r in per_node.items()}
+        got = await merged([ListSource(n, r, [1, 1, 1]) for n, r in rows.items()], order)
+        assert got == expected(rows, order)
+
+
+async def test_a_source_lost_mid_stream_stops_and_the_rest_still_arrives():
+    rnd = random.Random(7)
+    per_node = {"a": node_rows(rnd, 30, "asc"), "b": node_rows(rnd, 30, "asc")}
+    lost = ListSource("b", per_node["b"], [5, 5, 5], fail_after=2)
+    got = await merged([ListSource("a", per_node["a"], [4] * 10), lost], "asc")
+    assert [r for r in got if r[1] == "a"] == [(ts, "a", s) for ts, s in per_node["a"]]
+    assert [r for r in got if r[1] == "b"] == [(ts, "b", s) for ts, s in per_node["b"][:10]]
+    assert got == sorted(got)
+    assert lost.status["status"] == "unreachable" and lost.consumed == 10
+
+
+async def test_no_sources_and_empty_sources():
+    assert await merged([], "asc") == []
+    assert await merged([ListSource("a", [], [])], "asc") == []
+
+
+def test_line_chunk_round_trip():
+    packer = msgpack.Packer(use_bin_type=True)
+    ts = [1_700_000_000_000_000, 1_700_000_000_000_001, -5]
+    lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b'{}\n']
+    msg = msgpack.unpackb(pack_line_chunk(packer, ts, lines, 2), raw=False)
+    assert unpack_line_chunk(msg) == (ts, lines, 2)
+
+
+@pytest.mark.parametrize("msg", [
+    {"t": b"\0" * 7, "l": b"{}\n", "v": 0},                  # not whole int64s
+    {"t": b"\0" * 16, "l": b"{}\n", "v": 0},                 # two stamps, one line
+    {"t": b"\0" * 8, "l": b"{}", "v": 0},                    # line not terminated
+    {"t": b"\0" * 8, "l": b"{}\r\n{}\n", "v": 0},            # a raw CR splits a line
+    {"t": "x", "l": b"{}\n", "v": 0},
+    {"t": b"\0" * 8, "l": b"{}\n", "v": "1"},
+])
+def test_malformed_line_chunks_are_refused(msg):
+    with pytest.raises(PeerError):
+        unpack_line_chunk(msg)
+
+
+async def test_a_stream_out_of_order_is_cut_off_not_looped_on():
+    good = ListSource("a", [(1, 1), (2, 2), (3, 3), (4, 4)], [2, 2])
+    bad = ListSource("b", [(1, 1), (9, 2), (3, 3), (2, 4), (1, 5)], [2, 3])
+    got = await merged([good, bad], "asc")
+    assert [r for r in got if r[1] == "a"] == [(1, "a", 1), (2, "a", 2), (3, "a", 3), (4, "a", 4)]
+    assert bad.status == {"status": "unreachable", "error": "sent entries out of order"}
+    assert got == sorted(got)
