@@ -93,38 +93,14 @@ def take_lines(gen, n: int, timestamps) -> tuple[list[int], list[bytes], int] | 
     return [e.ts for e in batch], ndjson_lines(batch, timestamps), bad
 
 
-class PeerLineSource(LineSource):
-    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
-        super().__init__(client.node)
-        self.agen = client.scan_lines(params, order, after_seq)
-        self.done = False
+class _PeerStream:
+    """A peer's scan stream pulled item by item: None at its end, and None on
+    failure, with the reason in the source's status."""
 
-    async def next_lines(self):
-        if self.done:
-            return None
-        try:
-            ts, lines, bad = await self.agen.__anext__()
-        except StopAsyncIteration:
-            self.done = True
-            return None
-        except PeerError as e:
-            self.done = True
-            self.fail(str(e) if not self.consumed else f"lost mid-stream after {self.consumed} entries: {e}")
-            return None
-        self.violations += bad
-        return ts, lines
+    agen: object
+    done = False
 
-    async def close(self) -> None:
-        await self.agen.aclose()
-
-
-class PeerSource(Source):
-    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
-        super().__init__(client.node)
-        self.agen = client.scan(params, order, after_seq)
-        self.done = False
-
-    async def next_batch(self) -> list[Entry] | None:
+    async def _pull(self):
         if self.done:
             return None
         try:
@@ -139,6 +115,29 @@ class PeerSource(Source):
 
     async def close(self) -> None:
         await self.agen.aclose()
+
+
+class PeerLineSource(_PeerStream, LineSource):
+    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+        super().__init__(client.node)
+        self.agen = client.scan_lines(params, order, after_seq)
+
+    async def next_lines(self):
+        got = await self._pull()
+        if got is None:
+            return None
+        ts, lines, bad = got
+        self.violations += bad
+        return ts, lines
+
+
+class PeerSource(_PeerStream, Source):
+    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+        super().__init__(client.node)
+        self.agen = client.scan(params, order, after_seq)
+
+    async def next_batch(self) -> list[Entry] | None:
+        return await self._pull()
 
 
 class Cluster:
