@@ -1061,6 +1061,7 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
         n1.note_rss()
         out["serving_peak_rss_mb"] = n1.peak_rss_mb
         out["peer_peak_rss_mb"] = [n.peak_rss_mb for n in cluster.nodes[1:]]
+        out["merge_stage"] = _merge_stage([n.data_dir for n in cluster.nodes], reps)
     finally:
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -1073,6 +1074,48 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
     out["healthy_query_s"] = healthy
     out["added_s"] = [d - healthy for d in out["degraded_query"]]
     return out
+
+
+def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
+    """The serving node's own stage alone, in this process: the three nodes' lines,
+    rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
+    import asyncio
+    from engine.datadir import DataDir
+    from engine.log import NodeLog
+    from export.csv import TimestampFormatter
+    from query.cluster import take_lines
+    from query.filters import Filter
+    from query.linemerge import LineSource, merge_lines, node_ranks
+    from query.scan import scan_node
+
+    per_node = {}
+    for d in data_dirs:
+        dd = DataDir(d)
+        node = dd.open()
+        gen = scan_node(NodeLog(dd, node), Filter())
+        tsf = TimestampFormatter().format
+        chunks = []
+        while (got := take_lines(gen, 2000, tsf)) is not None:
+            chunks.append(got[:2])
+        per_node[node.node_id] = chunks
+
+    class Replay(LineSource):
+        def __init__(self, node, chunks):
+            super().__init__(node)
+            self.it = iter(chunks)
+
+        async def next_lines(self):
+            return next(self.it, None)
+
+    async def once() -> float:
+        sources = [Replay(n, c) for n, c in per_node.items()]
+        n = 0
+        with Clock() as c:
+            async for part in merge_lines(sources, "asc", node_ranks(per_node)):
+                n += len(b"".join(part).splitlines())
+        return n / c.wall
+
+    return [asyncio.run(once()) for _ in range(reps)]
 
 
 def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
