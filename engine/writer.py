@@ -56,10 +56,12 @@ def canonical_drafts(drafts: Sequence[EntryDraft]) -> list:
 
 
 class _Pending:
-    __slots__ = ("drafts", "result", "error", "done")
+    __slots__ = ("drafts", "tag", "result", "error", "done")
 
-    def __init__(self, drafts):
+    def __init__(self, drafts, tag=None):
         self.drafts = drafts
+        #: the caller's label for this batch, handed to ``LogWriter.before_commit``
+        self.tag = tag
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -183,6 +185,9 @@ class LogWriter:
         self._failed: str | None = None
         #: observers: called with (batch_size, fsync_seconds) after each commit
         self.on_commit = None
+        #: called in the commit, before anything is written, with ``[(tag, AppendResult)]``
+        #: for the tagged batches in it; if it raises, the commit fails and writes nothing
+        self.before_commit = None
 
     # -- open / close --------------------------------------------------------
 
@@ -378,18 +383,20 @@ class LogWriter:
         return self.append_batches([drafts], canonical)[0]
 
     def append_batches(self, batches: Sequence[Sequence[EntryDraft]],
-                       canonical: bool = False) -> list[AppendResult]:
+                       canonical: bool = False, tags: Sequence | None = None) -> list[AppendResult]:
         """Append several batches in one group commit; returns once all are durable.
 
         Each batch gets its own result (its own contiguous seqs, in the order
         given).  They are written together, so they succeed or fail together:
-        a failed commit raises and leaves none of them behind.
+        a failed commit raises and leaves none of them behind.  ``tags`` (one
+        per batch, None for untagged) are passed to :attr:`before_commit`.
         """
         reqs = []
-        for drafts in batches:
+        for i, drafts in enumerate(batches):
             if not drafts:
                 raise EngineError("empty batch")
-            reqs.append(_Pending(drafts if canonical else canonical_drafts(drafts)))
+            reqs.append(_Pending(drafts if canonical else canonical_drafts(drafts),
+                                 tags[i] if tags is not None else None))
         if not reqs:
             return []
         last = reqs[-1]
@@ -490,6 +497,13 @@ class LogWriter:
         all_drafts = [skew] if skew else []
         for r in batch:
             all_drafts.extend(r.drafts)
+        # every batch's seqs are known before anything is written
+        first_of = seq + (1 if skew else 0)
+        for r in batch:
+            n = len(r.drafts)
+            r.result = AppendResult(first_of, first_of + n - 1, ts)
+            first_of += n
+        tagged = [(r.tag, r.result) for r in batch if r.tag is not None]
 
         def emit_frame():
             nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, rsize, first
@@ -518,6 +532,10 @@ class LogWriter:
         head = RECORD_HEADER + pack_value(node)
         ts_packed = pack_value(ts)
         try:
+            if tagged and self.before_commit is not None:
+                # before any byte of the batch is written: what the hook records
+                # (e.g. idempotency keys) is durable before the entries are
+                self.before_commit(tagged)
             for d in all_drafts:
                 if type(d) is bytes:
                     mid = pack_value(seq) + ts_packed + d
@@ -546,11 +564,7 @@ class LogWriter:
         finally:
             self._new_segments = None
         self.next_seq, self.last_sig, self.last_mac, self.last_ts = seq, prev, last_mac, ts
-        res = AppendResult(seq - len(all_drafts) + (1 if skew else 0), seq - 1, ts)
         for r in batch:
-            n = len(r.drafts)
-            r.result = AppendResult(res.first_seq, res.first_seq + n - 1, ts)
-            res = AppendResult(res.first_seq + n, res.last_seq, ts)
             r.done = True
 
     def _write_pending(self, pending, last: bool = False) -> None:

@@ -46,10 +46,10 @@ is down, only if the process dies or ``close()`` gives up after its timeout
 timeout, server restarted after the commit) is retried with the same key and the
 server replays its first answer instead of appending again.  This holds within
 the server's idempotency window: the key must still be among the node's last
-``idempotency_entries`` (10 000) keys, which survive restarts (see
-``query.service.IdempotencyCache``, and its docstring for the one crash window
-that can still duplicate a batch).  Retries happen within seconds to minutes,
-far inside that window unless thousands of batches arrive in between.
+``idempotency_entries`` (10 000) keys, which survive restarts and crashes: the
+server makes a batch's key durable in the same commit as its entries (see
+``query.idempotency.IdempotencyCache``).  Retries happen within seconds to
+minutes, far inside that window unless thousands of batches arrive in between.
 
 Raise or buffer: ``on_unavailable``
 -----------------------------------

@@ -16,6 +16,14 @@ from pathlib import Path
 log = logging.getLogger("auditlog.idempotency")
 
 
+def _last_seq(answer: dict) -> int | None:
+    """The last seq an append answer names (``"last_id": "node:seq"``)."""
+    try:
+        return int(str(answer["last_id"]).rpartition(":")[2])
+    except (KeyError, ValueError):
+        return None
+
+
 class IdempotencyCache:
     """Recently seen Idempotency-Key values -> the response they got (bounded LRU),
     persisted so that a batch retried across a server restart is not appended twice.
@@ -36,21 +44,16 @@ class IdempotencyCache:
     in the log and the client must hear so -- it is logged, the entry is kept in
     memory, and the next ``put`` rewrites the whole file.
 
-    Window that remains (documented, not closed here): the key is recorded
-    *after* the log's commit.  If the process dies (or the machine loses power)
-    between the log's fsync of a batch and the fsync of its line here, and the
-    client, which never saw the 201, retries the batch with the same key after the
-    restart, that batch is appended a second time.  The window is the time from the
-    writer thread's return to this ``put`` on the event loop (microseconds to a few
-    milliseconds) and needs a crash inside it *and* a lost response.  Closing it
-    cleanly needs the key to become durable in the same commit as the entries,
-    which this class cannot do from outside the writer: the route would pass the
-    scoped key to ``LogWriter.append_batch``, the writer would append
-    ``key -> (first_seq, last_seq)`` to this file before the frame's fdatasync, and
-    on startup, after the writer's recovery, records claiming seqs beyond the
-    recovered head would be dropped.  (A record written ahead of a commit that
-    then fails must also be removed on that error path: the failed batch's seqs
-    are reused by the next batch.)
+    Ordering against the log: the service records a batch's key *inside* the
+    commit that writes the batch (``LogWriter.before_commit``, via
+    :meth:`put_many`), after the seqs are assigned and before any byte of the
+    entries is written, so the key is durable no later than the entries.  A
+    crash between the two leaves a key whose answer names seqs the log does not
+    hold (recovery cut the torn commit back): :meth:`prune_beyond`, called at
+    start-up with the recovered head, drops such keys, and the client's retry is
+    appended.  A commit that fails after its keys were written makes the
+    service call :meth:`forget`, which rewrites the file without them at once
+    (the failed batch's seqs are reused by the next one).
 
     With ``fsync=False`` (used when the store runs with ``fsync = "none"``) lines
     are written but not fsynced: they survive a process crash, not a power loss,
@@ -105,6 +108,63 @@ class IdempotencyCache:
                           "until the next successful write", self.path, e.strerror or e)
                 self._rewrite = True
                 self._close_fd()
+
+    def put_many(self, items: list[tuple[str, dict]]) -> None:
+        """Record several keys with one write and one sync; raises ``OSError`` if
+        they could not be made durable (then none of them is kept)."""
+        with self._lock:
+            for key, value in items:
+                self._d[key] = value
+                self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+            if self.path is None:
+                return
+            try:
+                if self._rewrite or self._lines + len(items) > 2 * max(self.size, 1):
+                    self._compact()
+                else:
+                    self._append(b"".join(self._line(k, v) for k, v in items))
+                    self._lines += len(items) - 1
+            except OSError:
+                for key, _ in items:
+                    self._d.pop(key, None)
+                self._rewrite = True
+                self._close_fd()
+                raise
+
+    def forget(self, keys: list[str]) -> None:
+        """Drop keys whose batch was not stored after all, from memory and from disk now."""
+        with self._lock:
+            for key in keys:
+                self._d.pop(key, None)
+            if self.path is None:
+                return
+            try:
+                self._compact()
+            except OSError as e:
+                log.error("could not rewrite %s without keys of a failed commit (%s); "
+                          "retrying on the next write", self.path, e.strerror or e)
+                self._rewrite = True
+                self._close_fd()
+
+    def prune_beyond(self, head_seq: int) -> int:
+        """Drop keys whose answer ends after ``head_seq`` (their batch was lost in a
+        crash before it was durable); returns how many were dropped."""
+        with self._lock:
+            stale = [k for k, v in self._d.items() if _last_seq(v) is None or _last_seq(v) > head_seq]
+            for k in stale:
+                del self._d[k]
+            if stale:
+                log.warning("dropped %d idempotency key(s) of batches a crash kept out of the log",
+                            len(stale))
+                if self.path is not None:
+                    try:
+                        self._compact()
+                    except OSError as e:
+                        log.error("could not rewrite %s (%s)", self.path, e.strerror or e)
+                        self._rewrite = True
+            return len(stale)
 
     def close(self) -> None:
         with self._lock:

@@ -35,7 +35,7 @@ INLINE_VALIDATION_BYTES = 16384
 
 def _settle(items: list, results: list | None, error: BaseException | None) -> None:
     """On the event loop: answer the requests of one commit."""
-    for i, (_, _, fut) in enumerate(items):
+    for i, (_, _, fut, _) in enumerate(items):
         if fut.done():           # the request went away; its events are stored all the same
             continue
         if error is not None:
@@ -100,7 +100,11 @@ class Service:
 
     def open(self) -> "Service":
         self.writer.on_commit = self._on_commit
+        self.writer.before_commit = self._record_idempotency_keys
         self.writer.open()
+        # keys written ahead of a commit that a crash then lost (cut back by recovery)
+        # must not answer for seqs the log does not hold
+        self.idempotency.prune_beyond(self.writer.next_seq - 1)
         from engine.retention import load_last_run
         self.last_retention = load_last_run(self.data_dir)
         m = self.metrics
@@ -164,8 +168,25 @@ class Service:
             self.validators.executor, decode_and_validate_packed, raw, ctype, limits)
         return unpack_result(result)
 
-    async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False) -> AppendResult:
-        """Append through the writer's queue; ``canonical`` for validated drafts."""
+    def answer(self, res: AppendResult) -> dict:
+        """The body of a 201 for an appended batch (also what an idempotent replay returns)."""
+        n = self.node_id
+        return {"appended": res.last_seq - res.first_seq + 1, "first_id": f"{n}:{res.first_seq}",
+                "last_id": f"{n}:{res.last_seq}"}
+
+    def _record_idempotency_keys(self, tagged: list) -> None:
+        """In the commit, before its entries are written: the batches' idempotency keys
+        and answers, durable first (a crash in between leaves a key for seqs the log
+        lacks, which ``prune_beyond`` drops at the next start)."""
+        self.idempotency.put_many([(key, self.answer(res)) for key, res in tagged])
+
+    async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False,
+                     idempotency_key: str | None = None) -> AppendResult:
+        """Append through the writer's queue; ``canonical`` for validated drafts.
+
+        With ``idempotency_key`` the key and its answer are recorded durably in
+        the same commit as the entries (see ``IdempotencyCache``).
+        """
         n = len(drafts)
         if not n:
             raise EngineError("empty batch")
@@ -176,7 +197,7 @@ class Service:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
             with self._appends_lock:
-                self._appends.append((drafts, canonical, fut))
+                self._appends.append((drafts, canonical, fut, idempotency_key))
                 start = not self._committer_running
                 self._committer_running = True
             if start:
@@ -200,9 +221,13 @@ class Service:
                     self._committer_running = False
                     return
             try:
-                batches = [d if canonical else canonical_drafts(d) for d, canonical, _ in items]
-                results = self.writer.append_batches(batches, canonical=True)
+                batches = [d if canonical else canonical_drafts(d) for d, canonical, _, _ in items]
+                results = self.writer.append_batches(batches, canonical=True,
+                                                     tags=[key for *_, key in items])
             except BaseException as e:   # every waiting request gets the error
+                keys = [key for *_, key in items if key is not None]
+                if keys:
+                    self.idempotency.forget(keys)   # they answer for nothing now
                 loop.call_soon_threadsafe(_settle, items, None, e)
             else:
                 loop.call_soon_threadsafe(_settle, items, results, None)

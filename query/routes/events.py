@@ -21,27 +21,20 @@ async def post_events(request: web.Request) -> web.Response:
     # decoding and validation are CPU work: off the event loop, in one hop
     drafts = await service.decode_and_validate(raw, ctype)
     if idem is None:
-        res = await service.append(drafts, canonical=True)
-        body = _result(service, res)
+        body = service.answer(await service.append(drafts, canonical=True))
     else:
         scoped = f"{key.id}:{idem}"
         async with service.idempotency_lock(scoped):
             body = service.idempotency.get(scoped)
             if body is None:
-                res = await service.append(drafts, canonical=True)
-                body = _result(service, res)
-                await service.run(service.idempotency.put, scoped, body)
+                # the key is recorded in the same commit as the entries
+                body = service.answer(await service.append(drafts, canonical=True,
+                                                           idempotency_key=scoped))
             elif body["appended"] != len(drafts):
                 raise BodyError("Idempotency-Key was already used for a different batch")
             else:
                 return web.json_response(body, status=200, headers={"Idempotent-Replay": "true"})
     return web.json_response(body, status=201)
-
-
-def _result(service, res) -> dict:
-    n = service.node_id
-    return {"appended": res.last_seq - res.first_seq + 1, "first_id": f"{n}:{res.first_seq}",
-            "last_id": f"{n}:{res.last_seq}"}
 
 
 def setup(app: web.Application) -> None:
