@@ -2,7 +2,7 @@
 
 Batching, retry across a server restart, retry across a dropped response (a tiny
 TCP proxy that forwards a request and then hangs up before relaying the answer),
-idempotency keys that survive a restart, and the raise/buffer choice.  Every
+idempotency keys that survive a restart and a SIGKILL mid-stream, and the raise/buffer choice.  Every
 check of "no event lost, none appended twice" uses a unique ``details.n`` per event.
 """
 
@@ -500,3 +500,61 @@ def test_buffer_mode_delivers_when_server_returns(server):
     finally:
         c.close(10)
     assert_exactly_once(server.numbers_http(), 150)
+
+
+def test_exactly_once_across_a_sigkill_mid_stream(server):
+    """Writers post keyed batches; the server is SIGKILLed mid-stream; after a restart
+    every batch is sent again with its key.  Each event must be in the log exactly
+    once, and every batch acknowledged before the crash must come back as a replay."""
+    server.start()
+    per, nbatches = 20, 400
+    batches = [json.dumps([{"user": "svc", "action": ACTION, "details": {"n": b * per + i}}
+                           for i in range(per)]).encode() for b in range(nbatches)]
+    acked: dict[int, dict] = {}
+    lock = threading.Lock()
+    nxt = iter(range(nbatches))
+
+    def post(b: int):
+        return server.request("POST", "/api/v1/events", batches[b],
+                              {"Content-Type": "application/json", "Idempotency-Key": f"crash-{b}"},
+                              key=server.writer_key)
+
+    def writer():
+        while True:
+            with lock:
+                b = next(nxt, None)
+            if b is None:
+                return
+            try:
+                status, _, body = post(b)
+            except OSError:
+                return                      # the server is gone
+            if status == 201:
+                with lock:
+                    acked[b] = json.loads(body)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < nbatches // 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.proc.kill()                       # SIGKILL, mid-stream
+    for t in threads:
+        t.join(30)
+    server.proc.wait(10)
+    server.proc = None
+    server._err.close()
+    assert nbatches // 4 <= len(acked) < nbatches, len(acked)
+
+    server.start()
+    replays = 0
+    for b in range(nbatches):
+        status, headers, body = post(b)
+        assert status in (200, 201), body
+        if b in acked:
+            assert status == 200 and headers.get("Idempotent-Replay") == "true", (b, status)
+            assert json.loads(body) == acked[b]
+            replays += 1
+    assert replays == len(acked)
+    assert_exactly_once(server.numbers_http(), per * nbatches)
