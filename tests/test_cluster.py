@@ -442,6 +442,13 @@ def test_peer_listener_tls_refusals(fc):
     # positive control: a configured peer's certificate gets an answer
     status, body = _https_get(fc, port, "/peer/v1/head", fc["b"].cert, fc["b"].key)
     assert status == 200 and json.loads(body)["node"] == "a"
+    # a configured peer sending nonsense gets a 400 naming the problem
+    for path, needle in (("/peer/v1/scan?format=xml", "format"), ("/peer/v1/scan?order=up", "order"),
+                         ("/peer/v1/scan?after_seq=%C2%B2", "after_seq"),
+                         ("/peer/v1/scan?after_seq=-1", "after_seq"),
+                         ("/peer/v1/signatures?seqs=1,x", "seqs")):
+        status, body = _https_get(fc, port, path, fc["b"].cert, fc["b"].key)
+        assert status == 400 and needle in json.loads(body)["error"]["message"], (path, status, body)
 
     for make in (lambda: _client_ctx(fc, fc["b"].cert, fc["b"].key),
                  lambda: _tls12(_client_ctx(fc, fc["b"].cert, fc["b"].key))):
