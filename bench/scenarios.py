@@ -1086,16 +1086,16 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     from query.cluster import take_lines
     from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
-    from query.scan import scan_node
+    from query.scan import scan_node_batches
 
     per_node = {}
     for d in data_dirs:
         dd = DataDir(d)
         node = dd.open()
-        gen = scan_node(NodeLog(dd, node), Filter())
+        batches = scan_node_batches(NodeLog(dd, node), Filter())
         tsf = TimestampFormatter().format
         chunks = []
-        while (got := take_lines(gen, 2000, tsf)) is not None:
+        while (got := take_lines(batches, 2000, tsf, node.node_id)) is not None:
             chunks.append(got[:2])
         per_node[node.node_id] = chunks
 

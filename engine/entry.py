@@ -53,6 +53,15 @@ class EntryDraft(NamedTuple):
     details: dict = {}
 
 
+class VerifiedRecords(tuple):
+    """A frame's worth of stored records (tuples laid out as ``R_*``) whose frame
+    MAC verified: every entry is intact (integrity ``ok``).  Handed out by
+    ``NodeLog.scan_batches(records=True)`` to readers that can use the tuples
+    as they are, without an ``Entry`` per record."""
+
+    __slots__ = ()
+
+
 def sort_details(value: Any) -> Any:
     """Return ``value`` with every map's keys sorted, recursively (canonical form)."""
     if isinstance(value, dict):

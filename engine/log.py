@@ -22,7 +22,7 @@ import msgpack
 
 from engine.chain import GENESIS, NodeKey
 from engine.datadir import DataDir, Node
-from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, canonical_bytes
+from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, VerifiedRecords, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
 from engine.index import FrameRow, SegmentIndex, index_path, write_atomic
 from engine.terms import TERM_FIELDS, TermIndex, terms_path
@@ -373,8 +373,22 @@ class NodeLog:
         return chain.from_iterable(self._scan_batches(from_us, to_us, terms, order, after_seq, predicate,
                                                       check_structure, infos))
 
+    def scan_batches(self, from_us: int | None = None, to_us: int | None = None, *,
+                     terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
+                     after_seq: int | None = None, predicate: Callable[[Entry], bool] | None = None,
+                     records: bool = False) -> Iterator[list[Entry] | VerifiedRecords]:
+        """The same scan as :meth:`scan`, in batches (about a frame each).
+
+        With ``records=True`` a frame wanted whole, whose MAC verified, comes
+        as :class:`VerifiedRecords` (its record tuples, in scan order) instead
+        of a list of entries; everything else (damage, markers, frames cut by
+        the range, the predicate or ``after_seq``) still comes as entries.
+        """
+        return self._scan_batches(from_us, to_us, terms, order, after_seq, predicate, True, None,
+                                  records)
+
     def _scan_batches(self, from_us, to_us, terms, order, after_seq, predicate, check_structure,
-                      infos) -> Iterator[list[Entry]]:
+                      infos, records: bool = False) -> Iterator[list[Entry] | VerifiedRecords]:
         """The scan as lists of entries (a frame's worth at a time: cheap per entry)."""
         lo = -FAR_FUTURE if from_us is None else from_us
         hi = FAR_FUTURE if to_us is None else to_us
@@ -397,7 +411,7 @@ class NodeLog:
             if info.index is not None and info.header is not None and self._may_hold(
                     info, lo, hi, after_seq, desc):
                 yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
-                                              sealed=info is not infos[-1])
+                                              sealed=info is not infos[-1], records=records)
             if desc and markers:
                 yield markers[::-1]
 
@@ -420,7 +434,7 @@ class NodeLog:
 
     def _scan_segment(self, info: SegmentInfo, lo: int, hi: int, terms, desc: bool,
                       seq_ok, predicate, after_seq: int | None = None,
-                      sealed: bool = True) -> Iterator[list[Entry]]:
+                      sealed: bool = True, records: bool = False) -> Iterator[list[Entry]]:
         idx = info.index
         nframes = len(idx.frames)
         if nframes == 0:
@@ -466,12 +480,16 @@ class NodeLog:
                     continue
                 if desc and not seq_ok(row.first_seq):
                     continue
-                entries = self._read_frame(info, data, o, row)
                 whole = lo <= row.min_ts and row.max_ts < hi
+                all_wanted = whole and predicate is None and (after_seq is None or (
+                    row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq))
+                entries = self._read_frame(info, data, o, row, records and all_wanted)
+                if type(entries) is VerifiedRecords:
+                    yield VerifiedRecords(entries[::-1]) if desc else entries
+                    continue
                 if desc:
                     entries.reverse()
-                if whole and predicate is None and (after_seq is None or (
-                        row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq)):
+                if all_wanted:
                     yield entries   # the whole frame is wanted: no per-entry checks
                     continue
                 out = []
@@ -659,8 +677,10 @@ class NodeLog:
             return None
         return Entry(self.node, *rec)
 
-    def _read_frame(self, info: SegmentInfo, data, o: int, row: FrameRow) -> list[Entry]:
-        """Decode one frame, checked; on a failed check, flag the entries that fail."""
+    def _read_frame(self, info: SegmentInfo, data, o: int, row: FrameRow,
+                    records: bool = False) -> list[Entry] | VerifiedRecords:
+        """Decode one frame, checked; on a failed check, flag the entries that fail.
+        ``records``: a frame that verifies comes back as its record tuples."""
         node = self.node
         off = row.offset
         hbytes = data[off: off + HEADER_SIZE]
@@ -684,7 +704,7 @@ class NodeLog:
             recs = _unpack(payload)
             if problem is None:
                 # the MAC verified: these records are what the writer wrote
-                return Entry.from_records(node, recs)
+                return VerifiedRecords(recs) if records else Entry.from_records(node, recs)
             if not (isinstance(recs, tuple) and all(isinstance(r, tuple) and len(r) == 11 for r in recs)):
                 raise ValueError("bad record shape")
         except (ValueError, TypeError, msgpack.UnpackException):

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import aiohttp
 
-from engine.entry import Entry, EntryDraft
+from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
 from export.csv import TimestampFormatter
-from export.ndjson import ndjson_lines
+from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
 from query.linemerge import LineSource
 from query.merge import Source
 from query.peers import PeerClient, PeerConfig, PeerError
-from query.scan import scan_node
+from query.scan import scan_node, scan_node_batches
 
 log = logging.getLogger("auditlog.cluster")
 MEMBERS_FILE = "cluster_members.json"
@@ -71,12 +71,13 @@ class LocalLineSource(LineSource):
     def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 2000):
         super().__init__(service.node_id)
         self.service = service
-        self.gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
+        self.batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
         self.batch = batch
         self.timestamps = TimestampFormatter().format
 
     async def next_lines(self):
-        got = await self.service.run(take_lines, self.gen, self.batch, self.timestamps)
+        got = await self.service.run(take_lines, self.batches, self.batch, self.timestamps,
+                                     self.service.node_id)
         if got is None:
             return None
         ts, lines, bad = got
@@ -84,13 +85,25 @@ class LocalLineSource(LineSource):
         return ts, lines
 
 
-def take_lines(gen, n: int, timestamps) -> tuple[list[int], list[bytes], int] | None:
-    """The next ``n`` entries of a scan as (timestamps, NDJSON lines, non-ok count)."""
-    batch = _take(gen, n)
-    if not batch:
+def take_lines(batches, n: int, timestamps, node: str) -> tuple[list[int], list[bytes], int] | None:
+    """At least ``n`` entries (or the rest) of a batched scan (``scan_node_batches``)
+    as (timestamps, NDJSON lines, non-ok count)."""
+    ts: list[int] = []
+    lines: list[bytes] = []
+    bad = 0
+    for batch in batches:
+        if type(batch) is VerifiedRecords:
+            ts += [r[R_TS] for r in batch]
+            lines += record_lines(node, batch, timestamps)
+        else:
+            ts += [e.ts for e in batch]
+            lines += ndjson_lines(batch, timestamps)
+            bad += sum(1 for e in batch if e.integrity != "ok")
+        if len(lines) >= n:
+            break
+    if not lines:
         return None
-    bad = sum(1 for e in batch if e.integrity != "ok")
-    return [e.ts for e in batch], ndjson_lines(batch, timestamps), bad
+    return ts, lines, bad
 
 
 class _PeerStream:

@@ -137,6 +137,13 @@ class Filter:
         """The compiled predicate behind :meth:`matches`, to skip a call in hot loops."""
         return self._match  # type: ignore[attr-defined]
 
+    def scan_predicate(self) -> Callable[[Entry], bool] | None:
+        """What a node scan must still check entry by entry, or None when nothing is
+        left: the scan applies the time range itself and ``admits_node`` the node
+        filter, so a filter of only those needs no per-entry call (and whole
+        frames go out as they are)."""
+        return self._match if self._per_entry else None  # type: ignore[attr-defined]
+
     def overlaps(self, min_ts: int, max_ts: int) -> bool:
         """Whether a frame/segment spanning ``min_ts..max_ts`` (inclusive) can hold matches."""
         return ((self.from_us is None or max_ts >= self.from_us)
@@ -220,6 +227,7 @@ class Filter:
             want = self.success
             checks.append(lambda e: e.success == want)
         checks_t = tuple(checks)
+        object.__setattr__(self, "_per_entry", bool(checks_t))
 
         def match(entry: Entry) -> bool:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from engine.entry import Entry
+from engine.entry import Entry, VerifiedRecords
 from engine.log import NodeLog
 from query.filters import Filter
 
@@ -20,4 +20,14 @@ def scan_node(log: NodeLog, flt: Filter, *, order: str = "asc",
     if not flt.admits_node(log.node):
         return iter(())
     return log.scan(flt.from_us, flt.to_us, terms=flt.index_terms() or None, order=order,
-                    after_seq=after_seq, predicate=flt.matcher())
+                    after_seq=after_seq, predicate=flt.scan_predicate())
+
+
+def scan_node_batches(log: NodeLog, flt: Filter, *, order: str = "asc",
+                      after_seq: int | None = None) -> Iterator[list[Entry] | VerifiedRecords]:
+    """The same scan as :func:`scan_node` in batches: verified whole frames as
+    record tuples (``VerifiedRecords``), everything else as entries."""
+    if not flt.admits_node(log.node):
+        return iter(())
+    return log.scan_batches(flt.from_us, flt.to_us, terms=flt.index_terms() or None, order=order,
+                            after_seq=after_seq, predicate=flt.scan_predicate(), records=True)

@@ -16,7 +16,7 @@ from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
 from query.peers import entry_to_compact, pack_line_chunk
 from query.pki import node_id_of
-from query.scan import scan_node
+from query.scan import scan_node, scan_node_batches
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 MAX_SIGNATURE_SEQS = 10000
@@ -51,14 +51,16 @@ async def scan(request: web.Request) -> web.StreamResponse:
     fmt = q.get("format", "entries")
     if fmt not in ("entries", "lines"):
         raise QueryError("format must be entries or lines")
-    gen = scan_node(service.log, flt, order=order, after_seq=int(after) if after else None)
+    after_seq = int(after) if after else None
     resp = web.StreamResponse(headers={"Content-Type": "application/msgpack"})
     await resp.prepare(request)
     count = 0
     packer = msgpack.Packer(use_bin_type=True)
     if fmt == "lines":
-        chunk, args = _line_chunk, (gen, packer, TimestampFormatter().format)
+        batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
+        chunk, args = _line_chunk, (batches, packer, TimestampFormatter().format, service.node_id)
     else:
+        gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
         chunk, args = _chunk, (gen, packer)
     try:
         while True:
@@ -88,8 +90,8 @@ def _chunk(gen, packer, n: int = 2000):
     return packer.pack({"e": out}), len(out)
 
 
-def _line_chunk(gen, packer, timestamps, n: int = 2000):
-    got = take_lines(gen, n, timestamps)
+def _line_chunk(batches, packer, timestamps, node: str, n: int = 2000):
+    got = take_lines(batches, n, timestamps, node)
     if got is None:
         return None
     ts, lines, bad = got
