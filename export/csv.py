@@ -66,8 +66,26 @@ def iter_csv(entries: Iterable[Entry], bom: bool = True) -> Iterator[str]:
                 or ",=" in head or ",+" in head or ",-" in head or ",@" in head
                 or ",\t" in head):
             head = _slow_head(e, timestamps)
-        line = (f"{head},{_cell(e.user_agent)},{'true' if e.success else 'false'},"
-                f"{_details_cell(e)},{e.signature.hex()},{e.integrity}\r\n")
+        ua = e.user_agent
+        if ua is None:
+            ua = ""
+        elif type(ua) is not str or not ua or ua[0] in _FORMULA_START or '"' in ua or "\r" in ua \
+                or "\n" in ua:
+            ua = _cell(ua)
+        elif "," in ua:
+            ua = f'"{ua}"'
+        details = e.details
+        if details and type(details) is dict:
+            try:
+                # a map's JSON starts with "{" (no formula) and holds '"': always quoted
+                text = _orjson_dumps(details, json_default, _SORT_KEYS).decode("utf-8")
+                cell = '"' + text.replace('"', '""') + '"'
+            except (TypeError, orjson.JSONEncodeError):
+                cell = _details_cell(e)
+        else:
+            cell = _details_cell(e)
+        line = (f"{head},{ua},{'true' if e.success else 'false'},"
+                f"{cell},{e.signature.hex()},{e.integrity}\r\n")
         lines.append(line)
         size += len(line)
         if size >= CHUNK_CHARS:
