@@ -137,6 +137,16 @@ def test_merged_order_from_every_node(ro):
     lines = ndjson_lines(body)
     assert [e["id"] for e in lines] == [e["id"] for e in truth]
     assert json.loads(headers["X-Auditlog-Nodes"]) == {n: {"status": "ok"} for n in "abc"}
+    # each node renders its own lines: the same objects as the JSON page, in every order
+    page = ro["c"].get_ok(q("/api/v1/audit-log", to=ro.to, limit=10000))["events"]
+    assert lines == page
+    status, _, body = ro["a"].request(q("/api/v1/audit-log", to=ro.to, format="ndjson", order="desc"))
+    assert status == 200 and ndjson_lines(body) == page[::-1]
+    status, _, body = ro["c"].request(q("/api/v1/audit-log", to=ro.to, format="ndjson", limit=50))
+    assert status == 200 and ndjson_lines(body) == page[:50]
+    user = truth[len(truth) // 2]["user"]
+    status, _, body = ro["b"].request(q("/api/v1/audit-log", to=ro.to, format="ndjson", user=user))
+    assert status == 200 and ndjson_lines(body) == [e for e in page if e["user"] == user]
 
 
 def _paginate(nodes, limit: int, **params) -> list[dict]:
