@@ -30,19 +30,19 @@ class IdempotencyCache:
 
     In memory: an ``OrderedDict`` of the last ``size`` keys (least recently used
     dropped first).  On disk (``path``, normally ``<data-dir>/state/idempotency.jsonl``,
-    mode 0600): one JSON line ``{"k": key, "v": response}`` appended per ``put``,
-    written with one ``write`` and made durable (``fdatasync``) before ``put``
-    returns, i.e. before the client is sent its 201.  At startup the file is read
+    mode 0600): one JSON line ``{"k": key, "v": response}`` per key, appended by
+    ``put_many`` with one ``write`` and made durable (``fdatasync``) before it
+    returns, i.e. before the batch's entries are written.  At startup the file is read
     back keeping the last ``size`` keys (a torn or garbled line is skipped); once the
     file holds more than ``2 * size`` lines it is compacted: the live entries are
     written to a temp file, fsynced and renamed over it (then the directory is
     fsynced), so a crash leaves either the old or the new file, never a mix.
 
-    The file is only opened for writing on the first ``put`` (a second process
-    that reads it in ``__init__`` and then fails to get the writer lock never
-    touches it).  A failure to persist never fails the request -- the batch *is*
-    in the log and the client must hear so -- it is logged, the entry is kept in
-    memory, and the next ``put`` rewrites the whole file.
+    The file is only opened for writing on the first ``put_many`` (a second
+    process that reads it in ``__init__`` and then fails to get the writer lock
+    never touches it).  A failure to persist raises: the commit that asked fails
+    and writes nothing (the client retries), the keys are dropped from memory
+    and the next write rewrites the whole file.
 
     Ordering against the log: the service records a batch's key *inside* the
     commit that writes the batch (``LogWriter.before_commit``, via
@@ -87,27 +87,6 @@ class IdempotencyCache:
             if v is not None:
                 self._d.move_to_end(key)
             return v
-
-    def put(self, key: str, value: dict) -> None:
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-            if self.path is None:
-                return
-            try:
-                if self._rewrite or self._lines + 1 > 2 * max(self.size, 1):
-                    self._compact()
-                else:
-                    self._append(self._line(key, value))
-            except OSError as e:
-                # The batch is durable in the log; failing the request now would make the
-                # client retry it.  Keep the key in memory and rewrite the file next time.
-                log.error("could not persist idempotency key to %s (%s); kept in memory only "
-                          "until the next successful write", self.path, e.strerror or e)
-                self._rewrite = True
-                self._close_fd()
 
     def put_many(self, items: list[tuple[str, dict]]) -> None:
         """Record several keys with one write and one sync; raises ``OSError`` if

@@ -418,7 +418,7 @@ def test_idempotency_file_compaction_and_torn_line(tmp_path):
     path = tmp_path / "state" / IdempotencyCache.FILE_NAME
     c = IdempotencyCache(3, path)
     for i in range(20):
-        c.put(f"k{i}", {"appended": 1, "first_id": f"t1:{i}", "last_id": f"t1:{i}"})
+        c.put_many([(f"k{i}", {"appended": 1, "first_id": f"t1:{i}", "last_id": f"t1:{i}"})])
         assert len(path.read_bytes().splitlines()) <= 6
     c.close()
     with open(path, "ab") as f:
@@ -426,7 +426,7 @@ def test_idempotency_file_compaction_and_torn_line(tmp_path):
     c2 = IdempotencyCache(3, path)
     assert c2.get("k19") == {"appended": 1, "first_id": "t1:19", "last_id": "t1:19"}
     assert c2.get("k16") is None and len(c2) == 3
-    c2.put("k20", {"appended": 2})
+    c2.put_many([("k20", {"appended": 2})])
     c2.close()
     lines = path.read_bytes().splitlines()
     assert all(json.loads(x) for x in lines) and json.loads(lines[-1])["k"] == "k20"
