@@ -28,10 +28,9 @@ R_SEQ, R_TS, R_USER, R_ACTION, R_TARGET, R_DOMAIN, R_IP, R_UA, R_SUCCESS, R_DETA
 RECORD_FIELDS = 11
 _FIXARRAY_11 = b"\x9b"
 _BIN8_32 = b"\xc4\x20"
-#: For the writer's packed-draft path: the record's array header, the header
-#: of its 32-byte signature, and the packer every canonical encoding uses.
+#: For the writer: the header of the canonical array (and of the record, both
+#: have 11 elements), and the packer every canonical encoding uses.
 RECORD_HEADER = _FIXARRAY_11
-SIGNATURE_HEADER = _BIN8_32
 pack_value = _pack
 
 WIRE_FIELDS = (

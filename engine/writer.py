@@ -27,8 +27,8 @@ from typing import Sequence
 
 from engine.chain import GENESIS
 from engine.datadir import DataDir, Node, fsync_dir
-from engine.entry import (RECORD_HEADER, SIGNATURE_HEADER, EntryDraft, canonical_bytes, pack_value,
-                          packed_len, record_from_canonical, sort_details)
+from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len,
+                          record_from_canonical, sort_details)
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
 from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row,
@@ -470,8 +470,8 @@ class LogWriter:
         was_in_skew = self._in_skew
         if t < self.last_ts:
             if not self._in_skew:
-                skew = EntryDraft("system", "audit.clock_skew", details={
-                    "clock_us": t, "last_ts_us": self.last_ts, "behind_us": self.last_ts - t})
+                skew = EntryDraft("system", "audit.clock_skew", details={   # keys in canonical order
+                    "behind_us": self.last_ts - t, "clock_us": t, "last_ts_us": self.last_ts})
             self._in_skew = True
             ts = self.last_ts
         else:
@@ -528,7 +528,8 @@ class LogWriter:
 
         prev_of_first = [prev]
         self._new_segments = []
-        # a packed draft is the tail of its canonical encoding (see pack_draft)
+        # canonical = [node, seq, ts, *draft]: a fixed head, seq, ts, then the
+        # packed draft (the validation worker sends drafts already packed)
         head = RECORD_HEADER + pack_value(node)
         ts_packed = pack_value(ts)
         try:
@@ -537,14 +538,9 @@ class LogWriter:
                 # (e.g. idempotency keys) is durable before the entries are
                 self.before_commit(tagged)
             for d in all_drafts:
-                if type(d) is bytes:
-                    mid = pack_value(seq) + ts_packed + d
-                    sig = sign(prev, head + mid)
-                    rec = RECORD_HEADER + mid + SIGNATURE_HEADER + sig
-                else:
-                    canon = canonical_bytes(node, seq, ts, d)
-                    sig = sign(prev, canon)
-                    rec = record_from_canonical(nlen, canon, sig)
+                canon = head + pack_value(seq) + ts_packed + (d if type(d) is bytes else pack_draft(d))
+                sig = sign(prev, canon)
+                rec = record_from_canonical(nlen, canon, sig)
                 if records and rsize + len(rec) > frame_max:
                     emit_frame()   # may write earlier frames and roll to a new segment
                     prev_of_first[0] = prev

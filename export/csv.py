@@ -74,18 +74,8 @@ def iter_csv(entries: Iterable[Entry], bom: bool = True) -> Iterator[str]:
             ua = _cell(ua)
         elif "," in ua:
             ua = f'"{ua}"'
-        details = e.details
-        if details and type(details) is dict:
-            try:
-                # a map's JSON starts with "{" (no formula) and holds '"': always quoted
-                text = _orjson_dumps(details, json_default, _SORT_KEYS).decode("utf-8")
-                cell = '"' + text.replace('"', '""') + '"'
-            except (TypeError, orjson.JSONEncodeError):
-                cell = _details_cell(e)
-        else:
-            cell = _details_cell(e)
         line = (f"{head},{ua},{'true' if e.success else 'false'},"
-                f"{cell},{e.signature.hex()},{e.integrity}\r\n")
+                f"{_details_cell(e)},{e.signature.hex()},{e.integrity}\r\n")
         lines.append(line)
         size += len(line)
         if size >= CHUNK_CHARS:
@@ -118,12 +108,17 @@ def _cell(text: Any) -> str:
 
 def _details_cell(e: Entry) -> str:
     details = e.details
-    if details:
+    if details and type(details) is dict:
         try:
             text = _orjson_dumps(details, json_default, _SORT_KEYS).decode("utf-8")
         except (TypeError, orjson.JSONEncodeError):
             # non-text keys or integers beyond 64 bits (a damaged record): the json module
             text = sorted_json(details)
+        else:
+            # a map's JSON starts with "{" (no formula) and holds '"': always quoted
+            return '"' + text.replace('"', '""') + '"'
+    elif details:
+        text = sorted_json(details)    # not a map: only a damaged record has one
     elif e.violation is not None:
         text = sorted_json({"violation": e.violation})
     else:

@@ -776,3 +776,29 @@ def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
     for p in idx_files:   # rewritten in the current version
         d = msgpack.unpackb(p.read_bytes()[:-32], raw=False, strict_map_key=False)
         assert d["v"] == 2 and "terms" not in d
+
+
+def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path, monkeypatch):
+    """The system clock stepping back: entries keep the last ts (never go back), one
+    audit.clock_skew entry says by how much (details in canonical order), verify is clean."""
+    import engine.writer as writer_mod
+    dd = DataDir(tmp_path / "data")
+    node = dd.init("gw1")
+    clock = [1_800_000_000_000_000]
+    monkeypatch.setattr(writer_mod, "now_us", lambda: clock[0])
+    with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
+        w.append_batch([EntryDraft("a", "auth.login")])
+        clock[0] -= 5_000_000                       # the clock steps back 5 s
+        w.append_batch([EntryDraft("b", "auth.login")])
+        w.append_batch([EntryDraft("c", "auth.login")])
+        clock[0] += 10_000_000                      # and recovers
+        w.append_batch([EntryDraft("d", "auth.login")])
+    entries = list(NodeLog(dd, node).scan())
+    skews = [e for e in entries if e.action == "audit.clock_skew"]
+    assert len(skews) == 1
+    assert list(skews[0].details) == sorted(skews[0].details)
+    assert skews[0].details["behind_us"] == 5_000_000
+    assert [e.user for e in entries if e.action == "auth.login"] == ["a", "b", "c", "d"]
+    ts = [e.ts for e in entries]
+    assert ts == sorted(ts) and ts[-1] == 1_800_000_005_000_000
+    assert verify_node(dd, node).ok
