@@ -36,6 +36,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, mode: int = 0o666,
+                 sync_dir: bool = False) -> None:
+    """Write via a temp file and rename: a crash leaves the old or the new file, never half.
+
+    ``mode`` applies from creation on (a secret is never readable by others,
+    not even half-written; the umask still narrows it); ``sync`` makes the
+    bytes durable before the rename, ``sync_dir`` the rename itself.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        os.unlink(tmp)   # a leftover would keep its own mode
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
 @dataclass(frozen=True)
 class DataDir:
     root: Path
@@ -72,10 +99,7 @@ class DataDir:
         self.segments.mkdir(exist_ok=True)
         self.state.mkdir(mode=0o700, exist_ok=True)
         key = create_key_file(self.key_path)
-        tmp = self.node_path.with_suffix(".tmp")
-        tmp.write_text(node_id + "\n")
-        os.replace(tmp, self.node_path)
-        fsync_dir(self.root)
+        write_atomic(self.node_path, (node_id + "\n").encode(), sync_dir=True)
         return Node(node_id, key)
 
     def open(self) -> "Node":

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgpack
 
 from engine.chain import NodeKey
+from engine.datadir import write_atomic
 
 INDEX_SUFFIX = ".idx"
 MANIFEST_NAME = "MANIFEST"
@@ -137,17 +138,6 @@ class SegmentIndex:
 
 def index_path(seg_path: Path) -> Path:
     return seg_path.with_suffix(INDEX_SUFFIX)
-
-
-def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write via a temp file and rename: a crash leaves the old or the new file, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

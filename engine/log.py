@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 import msgpack
 
 from engine.chain import GENESIS, NodeKey
-from engine.datadir import DataDir, Node
+from engine.datadir import DataDir, Node, write_atomic
 from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, VerifiedRecords, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
-from engine.index import FrameRow, SegmentIndex, index_path, write_atomic
+from engine.index import FrameRow, SegmentIndex, index_path
 from engine.terms import TERM_FIELDS, TermIndex, terms_path
 from engine.segment import (SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
                             parse_segment_header, seq_from_name, walk_frames, MAX_HEADER)

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from engine.datadir import fsync_dir
+from engine.datadir import fsync_dir, write_atomic
 from engine.entry import EntryDraft, format_ts
 from engine.index import index_path
 from engine.writer import LogWriter, now_us
@@ -101,9 +101,7 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
 def save_last_run(writer: LogWriter, report: RetentionReport) -> None:
     state = writer.data_dir.state
     state.mkdir(exist_ok=True)
-    tmp = state / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=1))
-    os.replace(tmp, state / STATE_FILE)
+    write_atomic(state / STATE_FILE, json.dumps(report.to_dict(), indent=1).encode())
 
 
 def load_last_run(data_dir) -> dict | None:

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.chain import GENESIS
-from engine.datadir import DataDir, Node, fsync_dir
+from engine.datadir import DataDir, Node, fsync_dir, write_atomic
 from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len,
                           record_from_canonical, sort_details)
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
-from engine.index import (FrameRow, SegmentIndex, index_path, manifest_row,
-                          save_manifest, write_atomic)
+from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_manifest
 from engine.log import NodeLog, SegmentInfo, index_segment
 from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
 from engine.settings import StoreSettings

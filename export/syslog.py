@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from engine.datadir import write_atomic
 from engine.entry import Entry, format_ts
 from export.errors import ExportError
 
@@ -266,9 +267,8 @@ class SyslogForwarder:
         return 0
 
     def _save_cursor(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"target": self.settings.target, "seq": self.cursor}))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"target": self.settings.target, "seq": self.cursor}).encode(),
+                     sync=False)
 
     def status(self) -> dict:
         head = self.service.writer.next_seq - 1

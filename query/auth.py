@@ -13,13 +13,13 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.datadir import write_atomic
 from query.errors import QueryError
 
 ROLES = ("writer", "reader", "admin")
@@ -115,13 +115,8 @@ class KeyStore:
 
     def _save(self) -> None:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"keys": [asdict(k) for k in self._keys.values()]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        body = json.dumps({"keys": [asdict(k) for k in self._keys.values()]}, indent=1)
+        write_atomic(self.path, body.encode(), mode=0o600)
         self._mtime = self.path.stat().st_mtime_ns
 
     def create(self, name: str, role: str) -> tuple[ApiKey, str]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from engine.datadir import write_atomic
 from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
@@ -190,9 +190,7 @@ class Cluster:
                    for n in sorted(known - now)]
         if drafts:
             self.service.writer.append_batch(drafts)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"peers": sorted(now)}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"peers": sorted(now)}).encode())
 
     def sources(self, flt: Filter, order: str, positions: dict[str, int],
                 lines: bool = False) -> list[Source]:

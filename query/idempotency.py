@@ -13,6 +13,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from engine.datadir import write_atomic
+
 log = logging.getLogger("auditlog.idempotency")
 
 
@@ -220,23 +222,9 @@ class IdempotencyCache:
 
     def _compact(self) -> None:
         """Rewrite the file with the live entries only: temp file, fsync, rename, fsync dir."""
-        from engine.datadir import fsync_dir
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = b"".join(self._line(k, v) for k, v in self._d.items())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, data, sync=self._fsync, mode=0o600, sync_dir=self._fsync)
         self._close_fd()
-        os.replace(tmp, self.path)
-        if self._fsync:
-            fsync_dir(self.path.parent)
         self._lines = len(self._d)
         self._rewrite = False

@@ -802,3 +802,28 @@ def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path, monkey
     ts = [e.ts for e in entries]
     assert ts == sorted(ts) and ts[-1] == 1_800_000_005_000_000
     assert verify_node(dd, node).ok
+
+
+def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
+    """The one temp-file-and-rename writer: a secret file is 0600 whatever a
+    leftover temp file looked like, and the old content is replaced whole."""
+    from engine.datadir import write_atomic
+    target = tmp_path / "api_keys.json"
+    target.write_bytes(b"old")
+    leftover = tmp_path / "api_keys.json.tmp"
+    leftover.write_bytes(b"half-written by a crashed run" * 100)
+    leftover.chmod(0o644)
+    write_atomic(target, b'{"keys": []}', mode=0o600, sync_dir=True)
+    assert target.read_bytes() == b'{"keys": []}'
+    assert (target.stat().st_mode & 0o777) == 0o600
+    assert not leftover.exists()
+    write_atomic(target, b"x" * 200_000, sync=False)
+    assert target.read_bytes() == b"x" * 200_000
+
+
+def test_api_key_store_is_0600(tmp_path):
+    from query.auth import KeyStore
+    store = KeyStore(tmp_path / "state")
+    store.create("soc", "reader")
+    (path,) = [p for p in (tmp_path / "state").iterdir()]
+    assert (path.stat().st_mode & 0o777) == 0o600
