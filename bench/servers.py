@@ -57,6 +57,42 @@ def profile_dir() -> str | None:
     return os.environ.get(PROFILE_ENV) or None
 
 
+def wait_serving(proc: subprocess.Popen, base: str, peer_port: int | None = None,
+                 timeout: float = 60) -> str | None:
+    """Poll until ``base``/healthz answers 200 (and ``peer_port``, if given, accepts
+    connections).  None once it does; otherwise why not, for the caller's error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                healthy = r.status == 200
+            if peer_port:
+                with socket.create_connection(("127.0.0.1", peer_port), timeout=2):
+                    pass
+            if healthy:
+                return None
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    return f"not ready after {timeout:g}s"
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM and wait; SIGKILL if it outlives ``timeout``.  True if it ended by itself."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return False
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports nothing listens on (bound together, then released)."""
     socks = []
@@ -171,23 +207,9 @@ class Server:
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Until /healthz answers 200 (and the peer listener accepts, if any)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited with {self.proc.returncode}: "
-                                   f"{self.stderr()[-800:]}")
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as r:
-                    healthy = r.status == 200
-                if self.peer_port:
-                    with socket.create_connection(("127.0.0.1", self.peer_port), timeout=2):
-                        pass
-                if healthy:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"node {self.node_id} not ready after {timeout}s: {self.stderr()[-800:]}")
+        why = wait_serving(self.proc, self.base, self.peer_port, timeout)
+        if why is not None:
+            raise RuntimeError(f"node {self.node_id} {why}: {self.stderr()[-800:]}")
 
     def note_rss(self) -> None:
         if self.running:
@@ -200,13 +222,7 @@ class Server:
         if self.proc is None:
             return
         self.note_rss()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         self._close_stderr()
 
     def kill(self) -> None:

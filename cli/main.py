@@ -18,7 +18,7 @@ import click
 
 from cli.config import Config, load_config, parse_retention
 from engine.datadir import DataDir, Node
-from engine.entry import Entry, EntryDraft, format_ts
+from engine.entry import EntryDraft, format_ts
 from engine.errors import AuditLogError
 from engine.log import NodeLog
 from ingest.limits import DEFAULT_LIMITS

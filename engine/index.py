@@ -13,7 +13,6 @@ the ``.seg`` file and never trusted: the signed record stream is the truth.
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 

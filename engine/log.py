@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from itertools import chain
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import msgpack
 
-from engine.chain import GENESIS, NodeKey
+from engine.chain import NodeKey
 from engine.datadir import DataDir, Node, write_atomic
-from engine.entry import R_ACTION, R_DETAILS, R_SIG, R_TS, Entry, VerifiedRecords, canonical_bytes
+from engine.entry import R_SIG, Entry, VerifiedRecords, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
 from engine.index import FrameRow, SegmentIndex, index_path
 from engine.terms import TERM_FIELDS, TermIndex, terms_path

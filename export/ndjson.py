@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 import orjson
 
 from engine.entry import Entry
-from export.csv import CHUNK_CHARS, TimestampFormatter, json_default, make_json_encoder
+from export.csv import CHUNK_CHARS, TimestampFormatter, make_json_encoder
 
 # Maps in stored order (ingest stores details canonically sorted), as to_wire does.
 _json = make_json_encoder(sort_keys=False)

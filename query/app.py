@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from engine.errors import AuditLogError
-from query.auth import AuthError, ForbiddenError, require
+from query.auth import AuthError, require
 from query.service import Overloaded, Service
 
 log = logging.getLogger("auditlog.http")
@@ -39,7 +39,7 @@ async def error_middleware(request: web.Request, handler):
     except Overloaded as e:
         resp = error_response(503, f"{e}; retry later", )
         resp.headers["Retry-After"] = "1"
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:
         resp = error_response(413, f"request body too large (limit {service.settings.max_body_bytes} bytes)")
     except web.HTTPMethodNotAllowed as e:
         resp = error_response(405, f"method {request.method} not allowed here; the log is append-only "

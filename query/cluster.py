@@ -257,7 +257,6 @@ async def _held_checkpoints(cluster: Cluster, about: str, skip: frozenset[str] |
     """Checkpoints about node ``about`` held by every other node but those in ``skip``
     (known unreachable: not waited for again): (list, seq->witness, errors)."""
     flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
-    svc = cluster.service
     sources = [s for s in cluster.sources(flt, "desc", {}) if s.node != about and s.node not in skip]
     found: list[dict] = []
     witnesses: dict[int, str] = {}

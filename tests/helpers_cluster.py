@@ -20,18 +20,16 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import free_ports  # noqa: F401  (re-exported for the cluster tests)
+from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
 from helpers_http import AUDITLOG, bearer, clean_env
 
 #: actions used for generated events (a mix of families for filter tests)
@@ -166,33 +164,16 @@ class ClusterNode:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until /healthz answers and the peer listener accepts connections."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node {self.name} exited with {self.proc.returncode}:\n{self.stderr()}")
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as r:
-                    healthy = r.status == 200
-                with socket.create_connection(("127.0.0.1", self.peer_port), timeout=2):
-                    pass
-                if healthy:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"node {self.name} not ready after {timeout}s:\n{self.stderr()}")
+        why = wait_serving(self.proc, self.base, self.peer_port, timeout)
+        if why is not None:
+            raise AssertionError(f"node {self.name} {why}:\n{self.stderr()}")
 
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM and wait (a clean shutdown); returns the exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise AssertionError(f"node {self.name} ignored SIGTERM for {timeout}s")
+        if not terminate(self.proc, timeout):
+            self._close_stderr()
+            raise AssertionError(f"node {self.name} ignored SIGTERM for {timeout}s")
         self._close_stderr()
         return self.proc.returncode
 

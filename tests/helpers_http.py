@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.servers import free_ports
+from bench.servers import free_ports, wait_serving
 from query.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,18 +148,9 @@ class ServeProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited with {self.proc.returncode}: {self.stderr()}")
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"serve not ready after {timeout}s: {self.stderr()}")
+        why = wait_serving(self.proc, self.base, timeout=timeout)
+        if why is not None:
+            raise AssertionError(f"serve {why}: {self.stderr()}")
 
     def last_stdout_line(self, timeout: float = 5) -> str:
         deadline = time.monotonic() + timeout

@@ -31,13 +31,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from bench.servers import terminate
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/aarch64-linux-gnu/rsyslog",
@@ -205,14 +206,8 @@ class Rsyslog:
         """SIGTERM and wait (the Direct queue means nothing accepted is left unwritten)."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError(f"rsyslogd ignored SIGTERM for {timeout}s: {self.log()}")
+        if not terminate(self.proc, timeout):
+            raise AssertionError(f"rsyslogd ignored SIGTERM for {timeout}s: {self.log()}")
         if self._log is not None:
             self._log.close()
             self._log = None

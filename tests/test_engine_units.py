@@ -13,7 +13,6 @@ import os
 import pickle
 import random
 import shutil
-import struct
 from pathlib import Path
 
 import msgpack

@@ -6,7 +6,6 @@ import json
 
 from aiohttp import web
 
-from engine.entry import EntryDraft
 from query.app import SERVICE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
