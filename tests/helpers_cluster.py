@@ -23,14 +23,12 @@ import os
 import socket
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
-from helpers_http import AUDITLOG, bearer, clean_env
+from helpers_http import AUDITLOG, bearer, clean_env, http_request
 
 #: actions used for generated events (a mix of families for filter tests)
 ACTIONS = ("config.filter_update", "config.domain_add", "auth.login", "auth.login_failed",
@@ -208,17 +206,9 @@ class ClusterNode:
     def request(self, path: str, key: str | None = "reader", *, method: str = "GET",
                 body: bytes | None = None, headers: dict | None = None, timeout: float = 60):
         """(status, headers, body bytes); ``key`` is "reader", "writer", None or a token."""
-        h = dict(headers or {})
         token = {"reader": self.reader_key, "writer": self.writer_key}.get(key, key) if key else None
-        if token:
-            h.update(bearer(token))
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.headers, e.read()
+        return http_request(self.base + path, token, method=method, body=body, headers=headers,
+                            timeout=timeout)
 
     def json(self, path: str, key: str | None = "reader", **kw):
         status, _, body = self.request(path, key, **kw)

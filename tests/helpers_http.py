@@ -114,6 +114,21 @@ def run_cli(data_dir: Path, *args: str, timeout: float = 120, input: str | None 
                           text=True, timeout=timeout, input=input, env=clean_env())
 
 
+def http_request(url: str, token: str | None = None, *, method: str = "GET", body: bytes | None = None,
+                 headers: dict | None = None, timeout: float = 30):
+    """(status, headers, body bytes) of one request over urllib (errors are answers too)."""
+    h = dict(headers or {})
+    if token is not None:
+        h.update(bearer(token))
+    req = urllib.request.Request(url, data=body, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.headers, e.read()
+
+
 class ServeProcess:
     """``auditlog --data-dir D serve --listen 127.0.0.1:PORT [args]`` in a subprocess.
 
@@ -162,16 +177,8 @@ class ServeProcess:
     def request(self, path: str, token: str | None = None, *, method: str = "GET",
                 body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
         """(status, headers, body bytes) of one request (errors are answers too)."""
-        h = dict(headers or {})
-        if token is not None:
-            h.update(bearer(token))
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.headers, e.read()
+        return http_request(self.base + path, token, method=method, body=body, headers=headers,
+                            timeout=timeout)
 
     def json(self, path: str, token: str | None = None, **kw):
         status, _, body = self.request(path, token, **kw)
