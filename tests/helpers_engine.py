@@ -19,7 +19,7 @@ from typing import Iterable
 import msgpack
 
 from engine.datadir import DataDir, Node
-from engine.entry import EntryDraft
+from engine.entry import Entry, EntryDraft
 from engine.frame import HEADER_SIZE, MAC_SIZE, parse_header
 from engine.segment import (SegmentData, list_segments, parse_segment_header, walk_frames,
                             MAX_HEADER)
@@ -39,6 +39,20 @@ def draft(i: int, **extra) -> EntryDraft:
     """A recognisable event: details {"n": i} is the marker tests look for."""
     return EntryDraft("alice", "config.filter_update", target=f"filter-{i}", domain="example.org",
                       ip="192.0.2.10", details={"n": i, **extra})
+
+
+#: fixed values of :func:`sample_entry` (2026-03-14T09:12:33.123456Z; a recognisable signature)
+SAMPLE_TS = 1_773_479_553_123_456
+SAMPLE_SIG = bytes(range(32))
+
+
+def sample_entry(seq: int = 1, **kw) -> Entry:
+    """An entry as read back (for renderer tests): node-a, alice, auth.login; override any field."""
+    fields = dict(node="node-a", seq=seq, ts=SAMPLE_TS + seq, user="alice", action="auth.login",
+                  target=None, domain=None, ip="192.0.2.1", user_agent=None, success=True,
+                  details={}, signature=SAMPLE_SIG)
+    fields.update(kw)
+    return Entry(**fields)
 
 
 def init_dir(root: Path, node_id: str = "gw1") -> tuple[DataDir, Node]:

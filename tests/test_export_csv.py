@@ -12,17 +12,7 @@ from hypothesis import strategies as st
 
 from engine.entry import Entry, format_ts
 from export.csv import CHUNK_CHARS, CSV_COLUMNS, iter_csv
-
-TS = 1_773_479_553_123_456  # 2026-03-14T09:12:33.123456Z
-SIG = bytes(range(32))
-
-
-def entry(seq: int = 1, **kw) -> Entry:
-    fields = dict(node="node-a", seq=seq, ts=TS + seq, user="alice", action="auth.login",
-                  target=None, domain=None, ip="192.0.2.1", user_agent=None, success=True,
-                  details={}, signature=SIG)
-    fields.update(kw)
-    return Entry(**fields)
+from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
 
 def render(entries, bom: bool = True) -> str:

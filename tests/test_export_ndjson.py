@@ -10,19 +10,10 @@ from hypothesis import strategies as st
 from engine.entry import WIRE_FIELDS, Entry
 from export.csv import CHUNK_CHARS
 from export.ndjson import iter_ndjson, render_json_entry
+from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
-TS = 1_773_479_553_123_456
-SIG = bytes(range(32))
 SPEC_FIELDS = ["id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
                "user_agent", "success", "details", "signature", "integrity"]
-
-
-def entry(seq: int = 1, **kw) -> Entry:
-    fields = dict(node="node-a", seq=seq, ts=TS + seq, user="alice", action="auth.login",
-                  target=None, domain=None, ip="192.0.2.1", user_agent=None, success=True,
-                  details={}, signature=SIG)
-    fields.update(kw)
-    return Entry(**fields)
 
 
 def lines(entries) -> list[str]:
