@@ -64,6 +64,12 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
     return check
 
 
+def _bool(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+    return v
+
+
 def _str(v: Any, name: str) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
@@ -84,6 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("segment_max_bytes", 64 * 1024 * 1024, "roll a segment at this size", _int_at_least(4096)),
     Setting("segment_max_age", 86400.0, "roll a segment at this age (seconds or \"1d\")", parse_duration),
     Setting("fsync", "always", "always | interval | none (benchmarks only)", _choice(FSYNC_MODES)),
+    Setting("line_files", True, "keep rendered NDJSON lines beside segments (faster reads, more disk)",
+            _bool),
     Setting("server.listen", "127.0.0.1:8080", "HTTP API address HOST:PORT", _str),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -213,6 +221,7 @@ class Config:
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age: float = 86400.0
     fsync: str = "always"
+    line_files: bool = True
     server_listen: str = "127.0.0.1:8080"
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -226,7 +235,7 @@ class Config:
     def store_settings(self) -> StoreSettings:
         return StoreSettings(segment_max_bytes=self.segment_max_bytes,
                              segment_max_age=self.segment_max_age, fsync=self.fsync,
-                             retention_days=self.retention_days)
+                             retention_days=self.retention_days, line_files=self.line_files)
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -286,6 +295,7 @@ def load_config(path: str | Path | None) -> Config:
         segment_max_bytes=values.get("segment_max_bytes", 64 * 1024 * 1024),
         segment_max_age=values.get("segment_max_age", 86400.0),
         fsync=values.get("fsync", "always"),
+        line_files=values.get("line_files", True),
         server_listen=values.get("server.listen", "127.0.0.1:8080"),
         cluster=values.get("cluster"),
         syslog=values.get("syslog"),

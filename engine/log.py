@@ -24,6 +24,7 @@ from engine.chain import NodeKey
 from engine.datadir import DataDir, Node, write_atomic
 from engine.entry import R_SIG, Entry, VerifiedRecords, canonical_bytes
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
+from engine.lines import LineFiles, RenderedFrame
 from engine.index import FrameRow, SegmentIndex, index_path
 from engine.terms import TERM_FIELDS, TermIndex, terms_path
 from engine.segment import (SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
@@ -212,6 +213,8 @@ class NodeLog:
         self._terms_lock = threading.Lock()
         # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
         self._canon_prefix = b"\x9b" + msgpack.packb(node.node_id)
+        #: rendered lines kept beside the segments (set by the server; see engine.lines)
+        self.line_files: LineFiles | None = None
         #: set by an in-process writer: returns its live SegmentInfo for the active segment
         self.live_active: Callable[[], SegmentInfo | None] | None = None
 
@@ -236,6 +239,8 @@ class NodeLog:
             for n in list(self._cache):
                 if n not in names:
                     del self._cache[n]
+        if self.line_files is not None:
+            self.line_files.forget(names)
         return infos
 
     def _info(self, path: Path, sealed: bool) -> SegmentInfo:
@@ -376,19 +381,23 @@ class NodeLog:
     def scan_batches(self, from_us: int | None = None, to_us: int | None = None, *,
                      terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
                      after_seq: int | None = None, predicate: Callable[[Entry], bool] | None = None,
-                     records: bool = False) -> Iterator[list[Entry] | VerifiedRecords]:
+                     records: bool = False, lines: bool = False
+                     ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
         """The same scan as :meth:`scan`, in batches (about a frame each).
 
         With ``records=True`` a frame wanted whole, whose MAC verified, comes
         as :class:`VerifiedRecords` (its record tuples, in scan order) instead
-        of a list of entries; everything else (damage, markers, frames cut by
-        the range, the predicate or ``after_seq``) still comes as entries.
+        of a list of entries; with ``lines=True`` (and :attr:`line_files` set)
+        such a frame comes as a :class:`~engine.lines.RenderedFrame` instead.
+        Everything else (damage, markers, frames cut by the range, the
+        predicate or ``after_seq``) still comes as entries.
         """
         return self._scan_batches(from_us, to_us, terms, order, after_seq, predicate, True, None,
-                                  records)
+                                  records, lines and self.line_files is not None)
 
     def _scan_batches(self, from_us, to_us, terms, order, after_seq, predicate, check_structure,
-                      infos, records: bool = False) -> Iterator[list[Entry] | VerifiedRecords]:
+                      infos, records: bool = False, lines: bool = False
+                      ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
         """The scan as lists of entries (a frame's worth at a time: cheap per entry)."""
         lo = -FAR_FUTURE if from_us is None else from_us
         hi = FAR_FUTURE if to_us is None else to_us
@@ -411,7 +420,8 @@ class NodeLog:
             if info.index is not None and info.header is not None and self._may_hold(
                     info, lo, hi, after_seq, desc):
                 yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
-                                              sealed=info is not infos[-1], records=records)
+                                              sealed=info is not infos[-1], records=records,
+                                              lines=lines)
             if desc and markers:
                 yield markers[::-1]
 
@@ -434,7 +444,8 @@ class NodeLog:
 
     def _scan_segment(self, info: SegmentInfo, lo: int, hi: int, terms, desc: bool,
                       seq_ok, predicate, after_seq: int | None = None,
-                      sealed: bool = True, records: bool = False) -> Iterator[list[Entry]]:
+                      sealed: bool = True, records: bool = False, lines: bool = False
+                      ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
         idx = info.index
         nframes = len(idx.frames)
         if nframes == 0:
@@ -483,6 +494,11 @@ class NodeLog:
                 whole = lo <= row.min_ts and row.max_ts < hi
                 all_wanted = whole and predicate is None and (after_seq is None or (
                     row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq))
+                if lines and all_wanted:
+                    rendered = self._frame_lines(info, data, o, row)
+                    if rendered is not None:
+                        yield rendered.reversed() if desc else rendered
+                        continue
                 entries = self._read_frame(info, data, o, row, records and all_wanted)
                 if type(entries) is VerifiedRecords:
                     yield VerifiedRecords(entries[::-1]) if desc else entries
@@ -728,6 +744,28 @@ class NodeLog:
         # (when every entry's own signature verifies, the frame header or MAC was
         # altered: the entries still stay flagged, the frame is not what was written)
         return out
+
+    def _frame_lines(self, info: SegmentInfo, data, o: int, row: FrameRow) -> RenderedFrame | None:
+        """A frame's rendered lines (``line_files``) once the frame verifies; None
+        when it does not (the entry path then says what is wrong with it)."""
+        off = row.offset
+        hbytes = data[off: off + HEADER_SIZE]
+        try:
+            hdr = parse_header(hbytes)
+        except FrameError:
+            return None
+        end = off + HEADER_SIZE + hdr.payload_len
+        mac = data[end: end + MAC_SIZE]
+        if len(mac) != MAC_SIZE or hdr.count != row.count:
+            return None
+        payload = data[off + HEADER_SIZE: end]
+        if check_frame(hbytes, hdr, payload, mac, self.key, data[off - MAC_SIZE: off]) is not None:
+            return None
+        try:
+            return self.line_files.frame(info.path, o, off, end + MAC_SIZE, bytes(mac),
+                                         lambda: _unpack(payload))
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+            return None
 
     def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
         try:

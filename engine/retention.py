@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from engine.datadir import fsync_dir, write_atomic
 from engine.entry import EntryDraft, format_ts
 from engine.index import index_path
+from engine.lines import lines_path
+from engine.terms import terms_path
 from engine.writer import LogWriter, now_us
 
 DAY_US = 86_400 * 1_000_000
@@ -86,7 +88,7 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 # oldest first: a crash part-way leaves a prefix dropped, which the
                 # purge entry above still accounts for segment by segment
                 for v in victims:
-                    for p in (v.path, index_path(v.path)):
+                    for p in (v.path, index_path(v.path), terms_path(v.path), lines_path(v.path)):
                         try:
                             os.unlink(p)
                         except FileNotFoundError:

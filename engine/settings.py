@@ -18,6 +18,7 @@ class StoreSettings:
     fsync: str = "always"
     fsync_interval: float = 1.0               # seconds, for fsync="interval"
     retention_days: int | None = 365          # None = forever
+    line_files: bool = True                   # keep rendered lines beside segments (engine.lines)
 
     def __post_init__(self):
         if self.segment_max_bytes < 4096:

@@ -68,6 +68,18 @@ def record_lines(node: str, recs, timestamps: Callable[[int], str]) -> list[byte
     return out
 
 
+#: names what :func:`record_lines` writes, for line files (``engine.lines``): change it
+#: whenever a line would come out differently, so lines kept before are not used
+LINES_TAG = "ndjson-1"
+
+
+def line_renderer(node: str) -> Callable[[tuple], list[bytes]]:
+    """``record_lines`` for one node's verified frames (the ``engine.lines`` callback)."""
+    def render(recs: tuple) -> list[bytes]:
+        return record_lines(node, recs, TimestampFormatter().format)
+    return render
+
+
 def _odd_line(e: Entry) -> bytes:
     """A damaged record's line: whatever its values are, never crash an export."""
     try:

@@ -18,6 +18,7 @@ import aiohttp
 
 from engine.datadir import write_atomic
 from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
+from engine.lines import RenderedFrame
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
@@ -92,7 +93,10 @@ def take_lines(batches, n: int, timestamps, node: str) -> tuple[list[int], list[
     lines: list[bytes] = []
     bad = 0
     for batch in batches:
-        if type(batch) is VerifiedRecords:
+        if type(batch) is RenderedFrame:
+            ts += batch.ts
+            lines += batch.lines
+        elif type(batch) is VerifiedRecords:
             ts += [r[R_TS] for r in batch]
             lines += record_lines(node, batch, timestamps)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from engine.entry import Entry, VerifiedRecords
+from engine.lines import RenderedFrame
 from engine.log import NodeLog
 from query.filters import Filter
 
@@ -24,10 +25,13 @@ def scan_node(log: NodeLog, flt: Filter, *, order: str = "asc",
 
 
 def scan_node_batches(log: NodeLog, flt: Filter, *, order: str = "asc",
-                      after_seq: int | None = None) -> Iterator[list[Entry] | VerifiedRecords]:
+                      after_seq: int | None = None
+                      ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
     """The same scan as :func:`scan_node` in batches: verified whole frames as
-    record tuples (``VerifiedRecords``), everything else as entries."""
+    rendered NDJSON lines when the log keeps line files (``RenderedFrame``),
+    else as record tuples (``VerifiedRecords``); everything else as entries."""
     if not flt.admits_node(log.node):
         return iter(())
     return log.scan_batches(flt.from_us, flt.to_us, terms=flt.index_terms() or None, order=order,
-                            after_seq=after_seq, predicate=flt.scan_predicate(), records=True)
+                            after_seq=after_seq, predicate=flt.scan_predicate(), records=True,
+                            lines=True)

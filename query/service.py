@@ -71,6 +71,11 @@ class Service:
         self.store = store
         self.settings = settings
         self.log = NodeLog(data_dir, node)
+        if store.line_files:
+            from engine.lines import LineFiles
+            from export.ndjson import LINES_TAG, line_renderer
+            self.log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
+                                            line_renderer(node.node_id), keep=True)
         self.writer = LogWriter(data_dir, node, store, self.log)
         self.keys = KeyStore(data_dir.state)
         self.metrics = Metrics()
