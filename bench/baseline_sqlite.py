@@ -92,10 +92,11 @@ class SqliteBaseline:
 
     # -- writing -------------------------------------------------------------
 
-    def append_batch(self, drafts: Sequence[EntryDraft]) -> int:
-        """Sign and insert one batch in one transaction; returns the batch's ts."""
+    def append_batch(self, drafts: Sequence[EntryDraft], at_us: int | None = None) -> int:
+        """Sign and insert one batch in one transaction; returns the batch's ts
+        (now, or ``at_us`` as the merge bench's schedule gives it)."""
         with self._lock:
-            ts = max(time.time_ns() // 1000, self.last_ts)
+            ts = max(time.time_ns() // 1000 if at_us is None else at_us, self.last_ts)
             node, sign, pack = self.node, self._sign, self._pack
             seq, prev = self.next_seq, self.prev
             rows = []

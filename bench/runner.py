@@ -538,11 +538,12 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
     cluster = (f"3 real `auditlog serve` nodes ({', '.join(sc.MERGE_NODES)}), mTLS peer listeners "
                f"(`cluster ca-init`/`issue-cert`), peer_timeout={plan.peer_timeout:g} s, "
                "checkpoint_interval=3600 s (no checkpoint rounds during the run)")
-    load = (f"{per_node:,} generated events per node (its own seed) loaded before the servers start "
-            f"with `auditlog append --file` of NDJSON chunks of ≤ {sc.MERGE_FILE_CHUNK:,} events "
-            "(fsync=always, the node's own config; each chunk is written as 10,000-event batches "
-            "with their own ts, the 3 nodes loaded concurrently, so their streams interleave in "
-            "runs); plus each node's bookkeeping entries (node_join, api_key_create)")
+    load = (f"{per_node:,} generated events per node (its own seed) written before the servers "
+            f"start by each node's LogWriter in commits of {sc.MERGE_COMMIT} events (fsync off: "
+            "an untimed fixture), the 3 nodes' commits taking turns 1 ms apart, so the merged "
+            f"stream switches node every {sc.MERGE_COMMIT} entries; the SQLite data sets get the "
+            "same commits and timestamps; plus each node's bookkeeping entries (node_join, "
+            "api_key_create)")
     common = {"N": ours["expected"], "nodes": 3, "per_node": per_node, "heads": ours["heads"],
               "cluster": cluster, "load": load, "build_seconds": round(ours["build_seconds"], 1),
               **_profiled_note(ours)}
@@ -553,6 +554,11 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
                    "read to the end by aiohttp in the bench process, lines counted "
                    "(= sum of head_seq checked, no node_status lines); one untimed warm-up stream",
         "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+        "first_read_events_per_s": round(ours["first_read"]),
+        "first_read": "the untimed warm-up stream: every node renders its frames and keeps the "
+                      "lines in its .lines files (line_files = true, the default); the timed "
+                      "runs send those lines",
+        "segment_bytes": ours["disk"][".seg"], "line_file_bytes": ours["disk"][".lines"],
         "ndjson_bytes": ours["bytes"],
         "server_cpu_s": sc_cpu,
         "serving_node_cpu_s": [round(x[0], 2) for x in ours["server_cpu"]],
@@ -644,7 +650,8 @@ _SHOWN_PARAMS = ("N", "batch", "threads", "fsync", "events_per_fsync", "range_en
                  "baseline_cpu_value", "cpu_value_ms", "baseline_cpu_value_ms", "cpu_ratio",
                  "conns", "server_cpu_value", "client_cpu_s", "rate", "achieved_rate", "p50_ms",
                  "p99_ms", "p99_from_due_ms", "max_ms", "nodes", "per_node",
-                 "serving_node_cpu_value", "baseline_merge_only_events_per_s", "merge_stage_events_per_s", "runs_ms",
+                 "serving_node_cpu_value", "baseline_merge_only_events_per_s", "merge_stage_events_per_s",
+                 "first_read_events_per_s", "segment_bytes", "line_file_bytes", "runs_ms",
                  "full_stream_ttfb_ms", "baseline_first_line_ms", "peer_timeout_s", "healthy_ms",
                  "added_ms", "victim_status", "profiled", "warning")
 _COLS = ("name", "value", "unit", "baseline", "ratio", "peak RSS", "target", "status")

@@ -902,31 +902,42 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
 # --------------------------------------------------------------------------- merge (3 real nodes)
 
 MERGE_NODES = ("bench-n1", "bench-n2", "bench-n3")
-#: events per ``auditlog append --file`` call when loading a merge node (an append of more
-#: than 50 000 events is written in 10 000-event batches, each with its own ts)
-MERGE_FILE_CHUNK = 100_000
+#: events per commit when building a merge node's log.  The three nodes' commits take
+#: turns in time, 1 ms apart, so the merged stream switches node every this many entries,
+#: as in a busy cluster whose nodes all take events at once (group commits of ~100)
+MERGE_COMMIT = 100
+_MERGE_STEP_US = 1000
 
 
 def _merge_seed(seed: int, i: int) -> int:
     return seed + 100 + i
 
 
-def _merge_chunks(per_node: int, chunk: int) -> list[int]:
-    return [min(chunk, per_node - k) for k in range(0, per_node, chunk)]
+def _merge_schedule(per_node: int, commit: int, now: int) -> list[tuple[int, int]]:
+    """(batch size, ts of node 0's commit) per round; node i commits ``i`` steps later."""
+    sizes = [min(commit, per_node - k) for k in range(0, per_node, commit)]
+    t0 = now - (len(sizes) + 1) * len(MERGE_NODES) * _MERGE_STEP_US
+    return [(n, t0 + r * len(MERGE_NODES) * _MERGE_STEP_US) for r, n in enumerate(sizes)]
 
 
-def _load_node(node, seed: int, per_node: int, chunk: int, tmp: Path) -> None:
-    """NDJSON chunk files of this node's events, each loaded with ``auditlog append --file``."""
-    gen = EventGenerator(seed)
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    for k, size in enumerate(_merge_chunks(per_node, chunk)):
-        path = tmp / f"{node.node_id}-{k}.ndjson"
-        with open(path, "w", encoding="utf-8") as f:
-            for k0 in range(0, size, 1000):      # bounded memory: 3 nodes are loaded at once
-                f.write("".join(dumps(draft_to_event(d)) + "\n"
-                                for d in gen.batch(min(1000, size - k0))))
-        node.run("append", "--file", str(path))
-        path.unlink()
+def _load_nodes(data_dirs: list[Path], seed: int, per_node: int, commit: int) -> None:
+    """Every node's log written in-process (fsync off: an untimed fixture), the nodes'
+    commits interleaved in time by :func:`_merge_schedule`."""
+    from engine.datadir import DataDir
+    from engine.settings import StoreSettings
+    from engine.writer import LogWriter, now_us
+    writers, gens = [], []
+    try:
+        for i, d in enumerate(data_dirs):
+            dd = DataDir(d)
+            writers.append(LogWriter(dd, dd.open(), StoreSettings(fsync="none")).open())
+            gens.append(EventGenerator(_merge_seed(seed, i)))
+        for n, t in _merge_schedule(per_node, commit, now_us()):
+            for i, w in enumerate(writers):
+                w.seed_history(gens[i].batch(n), t + i * _MERGE_STEP_US)
+    finally:
+        for w in writers:
+            w.close()
 
 
 async def _stream_ndjson(session, url: str, headers: dict) -> dict:
@@ -974,8 +985,8 @@ async def _json_query(session, url: str, headers: dict) -> tuple[float, dict]:
 
 
 def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int, workdir: str,
-              peer_timeout: float = 2.0, chunk: int = MERGE_FILE_CHUNK) -> dict:
-    """3 real nodes (mTLS), N/3 events each loaded with ``auditlog append --file``; the
+              peer_timeout: float = 2.0, commit: int = MERGE_COMMIT) -> dict:
+    """3 real nodes (mTLS), N/3 events each, their commits interleaved in time; the
     merged NDJSON stream from node 1, first-byte times, then one node SIGKILLed."""
     import asyncio
     import aiohttp
@@ -987,12 +998,7 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
     try:
         t0 = time.perf_counter()
         cluster.build()
-        tmp = root / "ndjson"
-        tmp.mkdir()
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=len(MERGE_NODES)) as pool:
-            list(pool.map(lambda i: _load_node(cluster[i], _merge_seed(seed, i), per_node, chunk, tmp),
-                          range(len(MERGE_NODES))))
+        _load_nodes([n.data_dir for n in cluster.nodes], seed, per_node, commit)
         n1 = cluster[0]
         n1.new_key("reader")
         out["build_seconds"] = time.perf_counter() - t0
@@ -1041,6 +1047,10 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
             return res
 
         out.update(asyncio.run(healthy_part()))
+        out["first_read"] = out["warmup"]["lines"] / out["warmup"]["seconds"]
+        out["disk"] = {suffix: sum(p.stat().st_size for n in cluster.nodes
+                                   for p in (n.data_dir / "segments").glob("*" + suffix))
+                       for suffix in (".seg", ".lines")}
         for n in cluster.nodes:
             n.note_rss()
         victim = cluster[-1]
@@ -1080,6 +1090,7 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     """The serving node's own stage alone, in this process: the three nodes' lines,
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
+    from itertools import accumulate
     from engine.datadir import DataDir
     from engine.log import NodeLog
     from export.csv import TimestampFormatter
@@ -1096,7 +1107,8 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
         tsf = TimestampFormatter().format
         chunks = []
         while (got := take_lines(batches, 2000, tsf, node.node_id)) is not None:
-            chunks.append(got[:2])
+            ts, lens, blob, _ = got
+            chunks.append((ts, list(accumulate(lens)), blob))
         per_node[node.node_id] = chunks
 
     class Replay(LineSource):
@@ -1111,15 +1123,16 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
         sources = [Replay(n, c) for n, c in per_node.items()]
         n = 0
         with Clock() as c:
-            async for part in merge_lines(sources, "asc", node_ranks(per_node)):
-                n += len(b"".join(part).splitlines())
+            async for k, parts in merge_lines(sources, "asc", node_ranks(per_node)):
+                b"".join(parts)                  # as the answer is written
+                n += k
         return n / c.wall
 
     return [asyncio.run(once()) for _ in range(reps)]
 
 
 def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
-                     chunk: int = MERGE_FILE_CHUNK) -> dict:
+                     commit: int = MERGE_COMMIT) -> dict:
     """The same three data sets in three SQLite DBs (built with synchronous=OFF, untimed),
     merged in one process with heapq.merge over three ``ORDER BY ts, seq`` cursors; every
     merged row rendered as the same NDJSON line (export.ndjson) and counted."""
@@ -1130,16 +1143,16 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
     from export.ndjson import iter_ndjson
     per_node = events // len(MERGE_NODES)
     d = Path(tempfile.mkdtemp(prefix="sqlite-merge-", dir=workdir))
+    from engine.writer import now_us
+    schedule = _merge_schedule(per_node, commit, now_us())
     try:
         paths = []
         for i, node in enumerate(MERGE_NODES):
             path = str(d / f"{node}.sqlite")
             db = SqliteBaseline(path, node, _bench_key(), synchronous="OFF")
             gen = EventGenerator(_merge_seed(seed, i))
-            for size in _merge_chunks(per_node, chunk):
-                b = gen.batch(size)
-                for k in range(0, len(b), 10_000):   # as `append --file` writes a big file
-                    db.append_batch(b[k:k + 10_000])
+            for n, t in schedule:                     # the same commits and timestamps
+                db.append_batch(gen.batch(n), at_us=t + i * _MERGE_STEP_US)
             db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
             paths.append(path)

@@ -32,6 +32,7 @@ import struct
 import sys
 import threading
 from array import array
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable
 
@@ -53,19 +54,56 @@ def lines_path(seg_path: Path) -> Path:
 
 
 class RenderedFrame:
-    """A whole verified frame as ``ts`` (µs, in scan order) and ``lines``."""
+    """A whole verified frame as rendered lines: ``ts`` (µs, in scan order),
+    ``lens`` (each line's length in bytes, an ``array`` of :data:`LEN_CODE`)
+    and ``blob`` (the lines, each ending in ``\n``, one after the other)."""
 
-    __slots__ = ("ts", "lines")
+    __slots__ = ("ts", "lens", "blob")
 
-    def __init__(self, ts: list[int], lines: list[bytes]):
+    def __init__(self, ts: list[int], lens: array, blob: bytes):
         self.ts = ts
-        self.lines = lines
+        self.lens = lens
+        self.blob = blob
+
+    @classmethod
+    def of_lines(cls, ts: list[int], lines: list[bytes]) -> "RenderedFrame":
+        return cls(ts, array(LEN_CODE, map(len, lines)), b"".join(lines))
+
+    @property
+    def lines(self) -> list[bytes]:
+        return split_lines(self.blob, self.lens)
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.ts)
 
     def reversed(self) -> "RenderedFrame":
-        return RenderedFrame(self.ts[::-1], self.lines[::-1])
+        return RenderedFrame.of_lines(self.ts[::-1], self.lines[::-1])
+
+
+#: array type code of line lengths: 4-byte unsigned, little-endian on disk and on the wire
+LEN_CODE = "I"
+assert array(LEN_CODE).itemsize == 4
+
+
+def split_lines(blob: bytes, lens) -> list[bytes]:
+    """``blob`` cut into its lines by their lengths."""
+    ends = list(accumulate(lens))
+    return list(map(blob.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+def lens_to_bytes(lens: array) -> bytes:
+    if _BIG_ENDIAN:
+        lens = array(LEN_CODE, lens)
+        lens.byteswap()
+    return lens.tobytes()
+
+
+def lens_from_bytes(raw) -> array:
+    a = array(LEN_CODE)
+    a.frombytes(raw)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a
 
 
 class _LineFile:
@@ -81,6 +119,11 @@ class _LineFile:
         self.next_frame: int | None = None   # the frame after the last block
         self.usable = True         # False: a foreign header (another renderer or version)
         self.cut = False           # True once this process cut the file to ``walked``
+
+    def reset(self) -> None:
+        """Forget the file (it is gone): it is started afresh from the first frame."""
+        self.blocks.clear()
+        self.walked, self.next_frame, self.usable, self.cut = 0, None, True, False
 
 
 class LineFiles:
@@ -123,9 +166,10 @@ class LineFiles:
         lines = self._render(recs)
         ts = [r[R_TS] for r in recs]
         self.rendered += 1
+        rendered = RenderedFrame.of_lines(ts, lines)
         if self.keep:
-            self._append(seg_path, index, offset, end, frame_mac, ts, lines)
-        return RenderedFrame(ts, lines)
+            self._append(seg_path, index, offset, end, frame_mac, rendered)
+        return rendered
 
     def _file(self, seg_path: Path) -> _LineFile:
         name = seg_path.name
@@ -147,9 +191,13 @@ class LineFiles:
             if b is None:
                 return None
         pos, _, count, nbytes = b
-        size = _BLOCK.size + 8 * count + nbytes + MAC_SIZE
+        size = _BLOCK.size + 12 * count + nbytes + MAC_SIZE
         try:
             fd = os.open(lf.path, os.O_RDONLY)
+        except FileNotFoundError:
+            with self._lock:
+                lf.reset()       # deleted under us: kept again from the first frame
+            return None
         except OSError:
             return None
         try:
@@ -164,16 +212,14 @@ class LineFiles:
             self._reject(lf, offset)
             return None
         t_end = _BLOCK.size + 8 * count
+        l_end = t_end + 4 * count
         ts = array("q")
         ts.frombytes(view[_BLOCK.size:t_end])
         if _BIG_ENDIAN:
             ts.byteswap()
-        # the renderer's lines hold no CR or LF but their final "\n" (checked when kept)
-        lines = raw[t_end:size - MAC_SIZE].splitlines(keepends=True)
-        if len(lines) != count:
-            self._reject(lf, offset)
-            return None
-        return RenderedFrame(ts.tolist(), lines)
+        # the MAC vouches for the block as kept: lengths that add up to the lines
+        return RenderedFrame(ts.tolist(), lens_from_bytes(view[t_end:l_end]),
+                             raw[l_end:size - MAC_SIZE])
 
     def _reject(self, lf: _LineFile, offset: int) -> None:
         """A block that does not check out: forget it and all after it (kept
@@ -212,7 +258,7 @@ class LineFiles:
                 while pos + _BLOCK.size <= size:
                     f.seek(pos)
                     off, fend, count, nbytes = _BLOCK.unpack(f.read(_BLOCK.size))
-                    total = _BLOCK.size + 8 * count + nbytes + MAC_SIZE
+                    total = _BLOCK.size + 12 * count + nbytes + MAC_SIZE
                     if pos + total > size or count == 0 or fend <= off or (
                             lf.next_frame is not None and off != lf.next_frame):
                         break
@@ -220,16 +266,20 @@ class LineFiles:
                     lf.next_frame = fend
                     pos += total
                 lf.walked = pos
+        except FileNotFoundError:
+            lf.reset()
         except OSError:
             return
 
     # -- keeping lines ----------------------------------------------------------
 
     def _append(self, seg_path: Path, index: int, offset: int, end: int, frame_mac: bytes,
-                ts: list[int], lines: list[bytes]) -> None:
-        blob = b"".join(lines)
-        if len(blob.splitlines()) != len(lines) or not blob.endswith(b"\n"):
-            return     # lines that would not split back the same are never kept
+                rendered: RenderedFrame) -> None:
+        ts, lens, blob = rendered.ts, rendered.lens, rendered.blob
+        # kept only if the lengths cut the blob at its only line breaks (LF, and no CR)
+        if blob.count(b"\n") != len(lens) or b"\r" in blob or not all(
+                blob[e - 1] == 10 for e in accumulate(lens)):
+            return
         lf = self._file(seg_path)
         with self._lock:
             if lf.usable:
@@ -255,10 +305,11 @@ class LineFiles:
                 a = array("q", ts)
                 if _BIG_ENDIAN:
                     a.byteswap()
-                body = _BLOCK.pack(offset, end, len(lines), len(blob)) + a.tobytes() + blob
+                body = b"".join((_BLOCK.pack(offset, end, len(lens), len(blob)), a.tobytes(),
+                                 lens_to_bytes(lens), blob))
                 mac = self._key.mac(self._tag, frame_mac, body)
                 os.pwrite(fd, body + mac, lf.walked)
-                lf.blocks[offset] = (lf.walked, end, len(lines), len(blob))
+                lf.blocks[offset] = (lf.walked, end, len(lens), len(blob))
                 lf.walked += len(body) + MAC_SIZE
                 lf.next_frame = end
             except OSError:

@@ -436,7 +436,8 @@ class LogWriter:
                 r.error, r.done = e, True
 
     def seed_history(self, drafts: Sequence[EntryDraft], at_us: int) -> AppendResult:
-        """Append drafts stamped ``at_us`` instead of now: only for seeding a demo log.
+        """Append drafts stamped ``at_us`` instead of now: only for seeding a demo log
+        (and the merge benchmark's data sets).
 
         The stamp must not go back from the last entry nor lie in the future, so
         the log's time order and chain hold as for any other append; the HTTP

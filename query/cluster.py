@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from array import array
+from itertools import accumulate
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import aiohttp
 
 from engine.datadir import write_atomic
 from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
-from engine.lines import RenderedFrame
+from engine.lines import LEN_CODE, RenderedFrame
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
@@ -81,33 +83,40 @@ class LocalLineSource(LineSource):
                                      self.service.node_id)
         if got is None:
             return None
-        ts, lines, bad = got
+        ts, lens, blob, bad = got
         self.violations += bad
-        return ts, lines
+        return ts, list(accumulate(lens)), blob
 
 
-def take_lines(batches, n: int, timestamps, node: str) -> tuple[list[int], list[bytes], int] | None:
+def take_lines(batches, n: int, timestamps, node: str, *, joined: bool = True
+               ) -> tuple[list[int], array, bytes | list[bytes], int] | None:
     """At least ``n`` entries (or the rest) of a batched scan (``scan_node_batches``)
-    as (timestamps, NDJSON lines, non-ok count)."""
+    as NDJSON lines: (timestamps, line lengths, the lines as one blob, non-ok count);
+    ``joined=False``: the lines as a list of blobs, to be joined by the caller."""
     ts: list[int] = []
-    lines: list[bytes] = []
+    lens = array(LEN_CODE)
+    parts: list[bytes] = []
     bad = 0
     for batch in batches:
         if type(batch) is RenderedFrame:
             ts += batch.ts
-            lines += batch.lines
-        elif type(batch) is VerifiedRecords:
-            ts += [r[R_TS] for r in batch]
-            lines += record_lines(node, batch, timestamps)
+            lens += batch.lens
+            parts.append(batch.blob)
         else:
-            ts += [e.ts for e in batch]
-            lines += ndjson_lines(batch, timestamps)
-            bad += sum(1 for e in batch if e.integrity != "ok")
-        if len(lines) >= n:
+            if type(batch) is VerifiedRecords:
+                ts += [r[R_TS] for r in batch]
+                lines = record_lines(node, batch, timestamps)
+            else:
+                ts += [e.ts for e in batch]
+                lines = ndjson_lines(batch, timestamps)
+                bad += sum(1 for e in batch if e.integrity != "ok")
+            lens.extend(map(len, lines))
+            parts.append(b"".join(lines))
+        if len(ts) >= n:
             break
-    if not lines:
+    if not ts:
         return None
-    return ts, lines, bad
+    return ts, lens, b"".join(parts) if joined else parts, bad
 
 
 class _PeerStream:
@@ -143,9 +152,9 @@ class PeerLineSource(_PeerStream, LineSource):
         got = await self._pull()
         if got is None:
             return None
-        ts, lines, bad = got
+        ts, ends, blob, bad = got
         self.violations += bad
-        return ts, lines
+        return ts, ends, blob
 
 
 class PeerSource(_PeerStream, Source):

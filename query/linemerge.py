@@ -3,31 +3,28 @@
 An NDJSON answer needs no entry objects at the serving node: every node
 (this one in a thread, each peer in its own process) renders its matching
 entries to lines and sends them with their timestamps, and the serving node
-only orders lines.  Each line gets one integer sort key, ``ts * R + rank``
-(``rank``: the node's place among the cluster's node ids, ``R`` above any
-rank), so ordering by key is ordering by ``(ts, node)``; a node's own lines
-with equal keys keep their stream order, which is seq order, because the
-sort is stable.  For ``desc`` the key is ``(R - 1 - rank) - ts * R``.
+only orders lines.  The order is by ``(ts, node)`` (each node's own lines
+keep their stream order, which is seq order), or its reverse for ``desc``.
 
 Merging runs in rounds.  Every source still streaming has lines buffered;
-the smallest of their last buffered keys is a bound below which nothing is
-still to come from anyone, so every buffered line up to the bound is sorted
-(one C-level sort of whole runs) and sent, and the sources whose buffers ran
-dry are refilled, concurrently.  A source that fails stops contributing and
-reports why in its status, as in :mod:`query.merge`.
+the least of their last buffered ``(ts, node rank)`` is a bound below which
+nothing is still to come from anyone, so every buffered line up to the bound
+(found by bisecting each source's timestamps) is sent, and the sources whose
+buffers ran dry are refilled, concurrently.  When lines of several nodes
+meet in a round, they are put side by side in node order and sorted by
+timestamp alone: the sort is stable, so equal timestamps stay in node order,
+and no per-line key is ever built.  A source that fails stops contributing
+and reports why in its status, as in :mod:`query.merge`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from operator import neg
 from typing import AsyncIterator
 
 from query.merge import Source
-
-#: Above any node rank (a cluster has far fewer nodes).
-RANK_SPACE = 1 << 16
-
 
 class LineSource(Source):
     """One node's ordered stream of rendered lines, pulled chunk by chunk."""
@@ -37,8 +34,9 @@ class LineSource(Source):
         #: entries with integrity other than "ok" seen in this stream
         self.violations = 0
 
-    async def next_lines(self) -> tuple[list[int], list[bytes]] | None:   # pragma: no cover
-        """``(timestamps, lines)`` of the next chunk, or None at the end."""
+    async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:   # pragma: no cover
+        """``(timestamps, end offsets, blob)`` of the next chunk (line ``k`` is
+        ``blob[ends[k-1]:ends[k]]``), or None at the end."""
         raise NotImplementedError
 
 
@@ -47,70 +45,155 @@ def node_ranks(nodes) -> dict[str, int]:
 
 
 async def merge_lines(sources: list[LineSource], order: str,
-                      ranks: dict[str, int]) -> AsyncIterator[list[bytes]]:
-    """Lists of lines in merged order, about a chunk per source at a time."""
+                      ranks: dict[str, int]) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """``(n, parts)`` in merged order, about a chunk per source at a time: ``parts``
+    are byte strings of whole lines, ``n`` lines in all."""
     desc = order == "desc"
     k = len(sources)
-    keys: list[list[int]] = [[] for _ in range(k)]
-    lines: list[list[bytes]] = [[] for _ in range(k)]
+    rank = [ranks[s.node] for s in sources]
+    # ties go to the lower node rank first (asc), the higher first (desc)
+    by_rank = sorted(range(k), key=rank.__getitem__, reverse=desc)
+    stamps: list[list[int]] = [[] for _ in range(k)]
+    ends: list[list[int]] = [[] for _ in range(k)]
+    blobs: list[bytes] = [b""] * k
     pos = [0] * k
     done = [False] * k
-    R = RANK_SPACE
+
+    def stop(i: int) -> None:
+        done[i] = True
+        stamps[i], ends[i], blobs[i], pos[i] = [], [], b"", 0
 
     async def refill(i: int) -> None:
         src = sources[i]
         while True:
             got = await src.next_lines()
             if got is None:
-                done[i] = True
-                keys[i], lines[i], pos[i] = [], [], 0
+                stop(i)
                 return
-            ts, ls = got
-            if ls:
+            ts, es, blob = got
+            if ts:
                 break
-        r = ranks[src.node]
-        if desc:
-            base = R - 1 - r
-            ks = [base - t * R for t in ts]
-        else:
-            ks = [t * R + r for t in ts]
         # a stream out of order (a faulty peer) would stall the rounds: refuse it
-        last = keys[i][-1] if keys[i] else None
-        if ks != sorted(ks) or (last is not None and ks[0] < last):
+        last = stamps[i][-1] if stamps[i] else None
+        if desc:
+            ok = ts == sorted(ts, reverse=True) and (last is None or ts[0] <= last)
+        else:
+            ok = ts == sorted(ts) and (last is None or ts[0] >= last)
+        if not ok or len(ts) != len(es):
             src.fail("sent entries out of order")
-            done[i] = True
-            keys[i], lines[i], pos[i] = [], [], 0
+            stop(i)
             return
-        keys[i], lines[i], pos[i] = ks, ls, 0
+        stamps[i], ends[i], blobs[i], pos[i] = ts, es, blob, 0
 
     while True:
-        need = [i for i in range(k) if not done[i] and pos[i] >= len(keys[i])]
+        need = [i for i in range(k) if not done[i] and pos[i] >= len(stamps[i])]
         if need:
             await asyncio.gather(*(refill(i) for i in need))
-        live = [i for i in range(k) if pos[i] < len(keys[i])]
+        live = [i for i in by_rank if pos[i] < len(stamps[i])]
         if not live:
             return
         # every source that may still send has lines buffered: nothing to come
-        # from any of them sorts before the smallest of their last keys
-        open_ends = [keys[i][-1] for i in range(k) if not done[i]]
-        bound = min(open_ends) if open_ends else None
-        parts_k: list[int] = []
-        parts_l: list[bytes] = []
-        contributors = 0
+        # from any of them sorts before the least of their last (ts, rank)
+        open_ends = [(stamps[i][-1], rank[i]) for i in range(k) if not done[i]]
+        if not open_ends:
+            bound = None
+        elif desc:
+            bound = max(open_ends)        # the least in descending order
+        else:
+            bound = min(open_ends)
+        # each live source's window of lines up to the bound, in tie order
+        wins: list[list[int]] = []
         for i in live:
-            ks, p = keys[i], pos[i]
-            j = len(ks) if bound is None else bisect_right(ks, bound, p)
+            ts, p = stamps[i], pos[i]
+            if bound is None:
+                j = len(ts)
+            else:
+                j = _upto(ts, p, len(ts), bound[0], bound[1], rank[i], desc)
             if j > p:
-                contributors += 1
-                if j - p == len(ks):
-                    parts_k += ks
-                    parts_l += lines[i]
-                else:
-                    parts_k += ks[p:j]
-                    parts_l += lines[i][p:j]
+                wins.append([i, p, j])
                 pos[i] = j
                 sources[i].consumed += j - p
-        if contributors > 1:
-            idx = sorted(range(len(parts_k)), key=parts_k.__getitem__)
-            parts_l = [parts_l[x] for x in idx]
-        yield parts_l
+        if len(wins) == 1:
+            i, p, j = wins[0]
+            yield j - p, [_span(blobs[i], ends[i], p, j)]
+        elif wins:
+            yield sum(j - p for _, p, j in wins), _merge_windows(wins, stamps, ends, blobs, rank,
+                                                                 desc)
+
+
+def _span(blob: bytes, ends: list[int], p: int, j: int) -> bytes:
+    """Lines ``p`` to ``j - 1`` of a chunk, as one byte string."""
+    start = ends[p - 1] if p else 0
+    if start == 0 and j == len(ends):
+        return blob
+    return blob[start:ends[j - 1]]
+
+
+def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc: bool) -> int:
+    """End of the stretch of ``ts[p:j]`` (a node of rank ``rank``) that sorts at or
+    before ``(b_ts, b_rank)``: earlier timestamps, or the same from a node not after it."""
+    if desc:
+        return (bisect_right if rank >= b_rank else bisect_left)(ts, -b_ts, p, j, key=neg)
+    return (bisect_right if rank <= b_rank else bisect_left)(ts, b_ts, p, j)
+
+
+#: below this many lines per run on average, a round is merged by one sort instead
+_SHORT_RUNS = 8
+
+
+def _merge_windows(wins: list[list[int]], stamps, ends, blobs, rank, desc: bool) -> list[bytes]:
+    """The lines of several sources' windows ``[source, start, end]`` in merged order.
+
+    Nodes' entries come in runs (a commit's entries are contiguous and share
+    their ts), so the windows are merged run by run: the source whose next
+    line sorts first gives every line up to the next line of any other source
+    as one slice.  Where runs turn out short, the rest is merged by one
+    stable sort of the timestamps instead.
+    """
+    out: list[bytes] = []
+    cur = wins                              # in tie order
+    runs = taken = 0
+    while len(cur) > 1:
+        if runs >= 16 and taken < runs * _SHORT_RUNS:
+            return out + _sort_windows(cur, stamps, ends, blobs, desc)
+        # the source whose next line sorts first (ties: the earlier in tie order)
+        first = cur[0]
+        f_ts = stamps[first[0]][first[1]]
+        for w in cur[1:]:
+            t = stamps[w[0]][w[1]]
+            if (t > f_ts) if desc else (t < f_ts):
+                first, f_ts = w, t
+        # the next line of any other source bounds the run
+        nxt = None
+        for w in cur:
+            if w is first:
+                continue
+            t, r = stamps[w[0]][w[1]], rank[w[0]]
+            if nxt is None or ((t, r) > nxt if desc else (t, r) < nxt):
+                nxt = (t, r)
+        i, p, j = first
+        q = max(p + 1, _upto(stamps[i], p, j, nxt[0], nxt[1], rank[i], desc))
+        out.append(_span(blobs[i], ends[i], p, q))
+        runs += 1
+        taken += q - p
+        if q >= j:
+            cur.remove(first)
+        else:
+            first[1] = q
+    i, p, j = cur[0]
+    out.append(_span(blobs[i], ends[i], p, j))
+    return out
+
+
+def _sort_windows(cur, stamps, ends, blobs, desc: bool) -> list[bytes]:
+    """Windows merged by one stable sort of their timestamps (laid out in tie order,
+    so equal timestamps keep node order, then stream order)."""
+    parts_t: list[int] = []
+    parts_l: list[bytes] = []
+    for i, p, j in cur:
+        parts_t += stamps[i][p:j]
+        es = ends[i]
+        starts = es[p - 1:j - 1] if p else [0, *es[:j - 1]]
+        parts_l += map(blobs[i].__getitem__, map(slice, starts, es[p:j]))
+    idx = sorted(range(len(parts_t)), key=parts_t.__getitem__, reverse=desc)
+    return [parts_l[x] for x in idx]

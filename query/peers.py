@@ -13,12 +13,15 @@ import ssl
 import sys
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import itemgetter
 from typing import AsyncIterator
 
 import aiohttp
 import msgpack
 
 from engine.entry import Entry
+from engine.lines import lens_from_bytes, lens_to_bytes
 
 PEER_PREFIX = "/peer/v1"
 
@@ -117,9 +120,10 @@ class PeerClient:
             resp.close()
 
     async def scan_lines(self, params: dict[str, str], order: str,
-                         after_seq: int | None) -> AsyncIterator[tuple[list[int], list[bytes], int]]:
+                         after_seq: int | None
+                         ) -> AsyncIterator[tuple[list[int], list[int], bytes, int]]:
         """The peer's matching entries rendered as NDJSON lines, chunk by chunk:
-        ``(timestamps, lines, non-ok count)``; PeerError if cut short."""
+        ``(timestamps, line end offsets, lines blob, non-ok count)``; PeerError if cut short."""
         q = dict(params)
         q["order"] = order
         q["format"] = "lines"
@@ -132,7 +136,7 @@ class PeerClient:
                 if "end" in msg:
                     return
                 chunk = unpack_line_chunk(msg)
-                count += len(chunk[1])
+                count += len(chunk[0])
                 yield chunk
         except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
             raise PeerError(f"malformed scan stream: {e!r}"[:300]) from None
@@ -164,28 +168,57 @@ async def _read_messages(resp, timeout: float, seen) -> AsyncIterator[dict]:
             yield msg
 
 
-def pack_line_chunk(packer, ts: list[int], lines: list[bytes], bad: int) -> bytes:
-    """One chunk of a ``format=lines`` scan: timestamps as little-endian int64s,
-    the lines (each ending in ``\n``) as one blob, and the count of non-ok entries."""
+def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> bytes:
+    """One chunk of a ``format=lines`` scan, a msgpack map: ``t`` timestamps as
+    little-endian int64s, ``n`` the lines' lengths as little-endian uint32s, ``v``
+    the count of non-ok entries, ``l`` the lines (each ending in ``\n``) as one
+    blob (``parts`` joined).  Framed here rather than by a Packer, so the lines
+    are copied once."""
     a = array("q", ts)
     if sys.byteorder == "big":
         a.byteswap()
-    return packer.pack({"t": a.tobytes(), "l": b"".join(lines), "v": bad})
+    t, n = a.tobytes(), lens_to_bytes(lens)
+    size = sum(map(len, parts))
+    head = b"".join((b"\x84\xa1t", _bin_header(len(t)), t, b"\xa1n", _bin_header(len(n)), n,
+                     b"\xa1v", msgpack.packb(bad), b"\xa1l", _bin_header(size)))
+    return b"".join((head, *parts))
 
 
-def unpack_line_chunk(msg: dict) -> tuple[list[int], list[bytes], int]:
-    t, blob, bad = msg["t"], msg["l"], msg["v"]
-    if type(t) is not bytes or type(blob) is not bytes or type(bad) is not int or len(t) % 8:
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
+    """A chunk as (timestamps, each line's end offset in the blob, blob, non-ok count).
+
+    Refused unless the lengths cut the whole blob into non-empty lines that each
+    end in ``\n`` and no line holds a CR (JSON escapes both inside a line; a LF
+    inside a line is not looked for, which would cost a scan of every byte)."""
+    t, n, blob, bad = msg["t"], msg["n"], msg["l"], msg["v"]
+    if type(t) is not bytes or type(n) is not bytes or type(blob) is not bytes \
+            or type(bad) is not int or len(t) % 8 or len(n) * 2 != len(t):
         raise PeerError("malformed line chunk")
     a = array("q")
     a.frombytes(t)
     if sys.byteorder == "big":
         a.byteswap()
-    # JSON escapes every CR and LF inside a line, so splitting on them is exact
-    lines = blob.splitlines(keepends=True)
-    if len(lines) != len(a) or (blob and not blob.endswith(b"\n")):
-        raise PeerError("malformed line chunk: timestamps and lines disagree")
-    return a.tolist(), lines, bad
+    lens = lens_from_bytes(n)
+    ends = list(accumulate(lens))
+    if (ends[-1] if ends else 0) != len(blob) or 0 in lens or b"\r" in blob or (
+            ends and _last_bytes(blob, ends) != b"\n" * len(ends)):
+        raise PeerError("malformed line chunk: lengths and lines disagree")
+    return a.tolist(), ends, blob, bad
+
+
+def _last_bytes(blob: bytes, ends: list[int]) -> bytes:
+    """The byte before each end offset."""
+    if len(ends) == 1:
+        return blob[ends[0] - 1:ends[0]]
+    return bytes(itemgetter(*[e - 1 for e in ends])(blob))
 
 
 def _describe(e: BaseException) -> str:

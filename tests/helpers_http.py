@@ -136,14 +136,17 @@ class ServeProcess:
     one); stderr goes to a file next to the data dir.
     """
 
-    def __init__(self, data_dir: Path, *args: str, port: int | None = None):
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None,
+                 config: Path | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stderr_path = self.data_dir.parent / f"serve-{self.port}.stderr"
         self._stderr = open(self.stderr_path, "wb")
+        options = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
-            [AUDITLOG, "--data-dir", str(self.data_dir), "serve", "--listen", f"127.0.0.1:{self.port}", *args],
+            [AUDITLOG, "--data-dir", str(self.data_dir), *options, "serve", "--listen",
+             f"127.0.0.1:{self.port}", *args],
             stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=clean_env())
         self.stdout_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)

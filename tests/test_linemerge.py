@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
+from itertools import accumulate
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.lines import LEN_CODE
 from query.linemerge import LineSource, merge_lines, node_ranks
 from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
 
@@ -37,7 +40,8 @@ class ListSource(LineSource):
         n = self.chunks.pop(0) if self.chunks else 3
         part, self.rows = self.rows[:n], self.rows[n:]
         self.served += 1
-        return [ts for ts, _ in part], [line(self.node, ts, seq) for ts, seq in part]
+        lines = [line(self.node, ts, seq) for ts, seq in part]
+        return [ts for ts, _ in part], list(accumulate(map(len, lines))), b"".join(lines)
 
 
 def line(node: str, ts: int, seq: int) -> bytes:
@@ -54,8 +58,10 @@ def node_rows(rnd: random.Random, n: int, order: str) -> list[tuple[int, int]]:
 
 async def merged(sources, order) -> list[tuple[int, str, int]]:
     out = []
-    async for chunk in merge_lines(sources, order, node_ranks(s.node for s in sources)):
-        for raw in chunk:
+    async for n, parts in merge_lines(sources, order, node_ranks(s.node for s in sources)):
+        lines = b"".join(parts).splitlines()
+        assert len(lines) == n
+        for raw in lines:
             d = json.loads(raw)
             out.append((d["ts"], d["node"], d["seq"]))
     return out
@@ -79,6 +85,29 @@ async def test_merge_order_matches_a_full_sort(seed, order, sizes, chunking):
     got = await merged(sources, order)
     assert got == expected(per_node, order)
     assert [s.consumed for s in sources] == [len(per_node[s.node]) for s in sources]
+
+
+@pytest.mark.parametrize("run", [1, 2, 7, 50, 400])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_runs_long_and_short_merge_exactly(run, order):
+    """Nodes taking turns every ``run`` entries (a commit's entries share a ts and are
+    contiguous): long runs are merged slice by slice, short ones fall back to one sort
+    per round; both give the full sort's order, ties included."""
+    rnd = random.Random(run)
+    per_node: dict[str, list[tuple[int, int]]] = {"n1": [], "n2": [], "n3": []}
+    t = 1000
+    for turn in range(1200 // run):
+        node = ["n1", "n2", "n3"][turn % 3] if turn % 5 else rnd.choice(["n1", "n2", "n3"])
+        rows = per_node[node]
+        same = rnd.random() < 0.3                    # a run whose ts equals the last one's
+        t += 0 if same else rnd.choice([1, 3])
+        for _ in range(run):
+            rows.append((t, len(rows) + 1))
+    if order == "desc":
+        per_node = {n: r[::-1] for n, r in per_node.items()}
+    sources = [ListSource(n, r, [rnd.choice([5, 64, 300, 2000]) for _ in range(400)])
+               for n, r in per_node.items()]
+    assert await merged(sources, order) == expected(per_node, order)
 
 
 async def test_same_timestamp_on_every_node_orders_by_node_then_seq():
@@ -106,20 +135,47 @@ async def test_no_sources_and_empty_sources():
 
 
 def test_line_chunk_round_trip():
-    packer = msgpack.Packer(use_bin_type=True)
     ts = [1_700_000_000_000_000, 1_700_000_000_000_001, -5]
     lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b'{}\n']
-    msg = msgpack.unpackb(pack_line_chunk(packer, ts, lines, 2), raw=False)
-    assert unpack_line_chunk(msg) == (ts, lines, 2)
+    lens = array(LEN_CODE, map(len, lines))
+    msg = msgpack.unpackb(pack_line_chunk(ts, lens, [lines[0], lines[1] + lines[2]], 2), raw=False)
+    assert unpack_line_chunk(msg) == (ts, [13, 24, 27], b"".join(lines), 2)
+    one = msgpack.unpackb(pack_line_chunk(ts[:1], lens[:1], [lines[0]], 0), raw=False)
+    assert unpack_line_chunk(one) == (ts[:1], [13], lines[0], 0)
+    empty = msgpack.unpackb(pack_line_chunk([], array(LEN_CODE), [], 0), raw=False)
+    assert unpack_line_chunk(empty) == ([], [], b"", 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+@pytest.mark.parametrize("bad", [0, 127, 128, 70_000])
+def test_line_chunk_framing_is_msgpack(size, bad):
+    """The hand-framed chunk decodes as the map msgpack itself would encode, at every
+    bin-length boundary."""
+    line = b"x" * (size - 1) + b"\n" if size else b""
+    lens = array(LEN_CODE, [size] if size else [])
+    ts = [7] if size else []
+    raw = pack_line_chunk(ts, lens, [line[:size // 2], line[size // 2:]], bad)
+    t = array("q", ts).tobytes()
+    assert msgpack.unpackb(raw, raw=False) == {"t": t, "n": lens.tobytes(), "v": bad, "l": line}
+
+
+def _lens(*ns: int) -> bytes:
+    return array(LEN_CODE, ns).tobytes()
 
 
 @pytest.mark.parametrize("msg", [
-    {"t": b"\0" * 7, "l": b"{}\n", "v": 0},                  # not whole int64s
-    {"t": b"\0" * 16, "l": b"{}\n", "v": 0},                 # two stamps, one line
-    {"t": b"\0" * 8, "l": b"{}", "v": 0},                    # line not terminated
-    {"t": b"\0" * 8, "l": b"{}\r\n{}\n", "v": 0},            # a raw CR splits a line
-    {"t": "x", "l": b"{}\n", "v": 0},
-    {"t": b"\0" * 8, "l": b"{}\n", "v": "1"},
+    {"t": b"\0" * 7, "n": _lens(3), "l": b"{}\n", "v": 0},         # not whole int64s
+    {"t": b"\0" * 16, "n": _lens(3), "l": b"{}\n", "v": 0},        # two stamps, one length
+    {"t": b"\0" * 16, "n": _lens(1, 2), "l": b"{}\n", "v": 0},     # a line cut before its LF
+    {"t": b"\0" * 16, "n": _lens(0, 3), "l": b"{}\n", "v": 0},     # an empty line
+    {"t": b"\0" * 8, "n": _lens(2), "l": b"{}", "v": 0},           # line not terminated
+    {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n{}\n", "v": 0},     # lengths short of the blob
+    {"t": b"\0" * 8, "n": _lens(7), "l": b"{}\n", "v": 0},         # lengths beyond the blob
+    {"t": b"\0" * 8, "n": _lens(5), "l": b"{\r}\n", "v": 0},       # a raw CR
+    {"t": b"", "n": b"", "l": b"{}\n", "v": 0},                   # lines without stamps
+    {"t": "x", "n": _lens(3), "l": b"{}\n", "v": 0},
+    {"t": b"\0" * 8, "n": "x", "l": b"{}\n", "v": 0},
+    {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n", "v": "1"},
 ])
 def test_malformed_line_chunks_are_refused(msg):
     with pytest.raises(PeerError):
@@ -137,14 +193,17 @@ async def test_a_stream_out_of_order_is_cut_off_not_looped_on():
 
 # ------------------------------------------------------------------ a node's own lines
 
+@pytest.mark.parametrize("line_files", [False, True])
 @pytest.mark.parametrize("damage", [False, True])
-def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage):
-    """take_lines over the batched scan (verified frames as record tuples) gives
-    byte for byte the lines of the entry scan, also around a damaged frame."""
+def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, line_files):
+    """take_lines over the batched scan (verified frames as record tuples, or as
+    lines from line files, first kept and then read back) gives byte for byte
+    the lines of the entry scan, also around a damaged frame, as lines and joined."""
     from export.csv import TimestampFormatter
     from export.ndjson import ndjson_lines
     from helpers_engine import build_log, frames_of, segment_paths
     from engine.log import NodeLog
+    from engine.lines import split_lines
     from query.cluster import take_lines
     from query.filters import Filter
     from query.scan import scan_node, scan_node_batches
@@ -157,6 +216,11 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage):
         raw[fr.payload_offset + 5] ^= 0x01
         seg.write_bytes(bytes(raw))
     log = NodeLog(dd, node)
+    if line_files:
+        from engine.lines import LineFiles
+        from export.ndjson import LINES_TAG, line_renderer
+        log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
+                                   line_renderer(node.node_id), keep=True)
     from engine.entry import format_ts
     all_ts = sorted(e.ts for e in log.scan())
     mid = format_ts(all_ts[len(all_ts) // 2])
@@ -164,7 +228,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage):
              ({"from": mid}, "asc", None), ({"to": mid}, "desc", None),
              ({"user": "alice"}, "asc", None), ({"target": "filter-3"}, "desc", None)]
     kinds = set()
-    for params, order, after in cases:
+    for params, order, after in cases * (2 if line_files else 1):
         flt = Filter.from_params(params)
         want = ndjson_lines(scan_node(log, flt, order=order, after_seq=after),
                             TimestampFormatter().format)
@@ -174,12 +238,16 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage):
         tsf = TimestampFormatter().format
         while (chunk := take_lines(batches, 13, tsf, node.node_id)) is not None:
             ts += chunk[0]
-            got += chunk[1]
+            got += split_lines(chunk[2], chunk[1])
         assert got == want, (params, order, after)
         assert ts == [_ts_of(line) for line in got]
         if damage and not params and after is None:
             assert any(b'"integrity":"violation"' in line for line in got)
-    assert kinds == {"VerifiedRecords", "list"}     # both paths were taken
+    if line_files:
+        assert kinds == {"RenderedFrame", "list"}
+        assert log.line_files.hits > 0 and log.line_files.rejected == 0
+    else:
+        assert kinds == {"VerifiedRecords", "list"}     # both paths were taken
 
 
 def _ts_of(line: bytes) -> int:

@@ -161,11 +161,14 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
         await resp.prepare(request)
         sent = 0
         while chunk is not None:
-            if limit is not None and sent + len(chunk) >= limit:
-                await resp.write(b"".join(chunk[:limit - sent]))
+            n, parts = chunk
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if limit is not None and sent + n >= limit:
+                # lines hold no LF but their last byte: the first ones are cut at a LF
+                await resp.write(b"".join(data.splitlines(keepends=True)[:limit - sent]))
                 break
-            sent += len(chunk)
-            await resp.write(b"".join(chunk))
+            sent += n
+            await resp.write(data)
             chunk = await anext(merged, None)
         violations = sum(s.violations for s in sources)
         if violations:

@@ -58,7 +58,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
     packer = msgpack.Packer(use_bin_type=True)
     if fmt == "lines":
         batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
-        chunk, args = _line_chunk, (batches, packer, TimestampFormatter().format, service.node_id)
+        chunk, args = _line_chunk, (batches, TimestampFormatter().format, service.node_id)
     else:
         gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
         chunk, args = _chunk, (gen, packer)
@@ -90,12 +90,12 @@ def _chunk(gen, packer, n: int = 2000):
     return packer.pack({"e": out}), len(out)
 
 
-def _line_chunk(batches, packer, timestamps, node: str, n: int = 2000):
-    got = take_lines(batches, n, timestamps, node)
+def _line_chunk(batches, timestamps, node: str, n: int = 2000):
+    got = take_lines(batches, n, timestamps, node, joined=False)
     if got is None:
         return None
-    ts, lines, bad = got
-    return pack_line_chunk(packer, ts, lines, bad), len(lines)
+    ts, lens, parts, bad = got
+    return pack_line_chunk(ts, lens, parts, bad), len(ts)
 
 
 async def head(request: web.Request) -> web.Response:
