@@ -1090,13 +1090,12 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     """The serving node's own stage alone, in this process: the three nodes' lines,
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
-    from itertools import accumulate
     from engine.datadir import DataDir
     from engine.log import NodeLog
     from export.csv import TimestampFormatter
     from query.cluster import take_lines
     from query.filters import Filter
-    from query.linemerge import LineSource, merge_lines, node_ranks
+    from query.linemerge import LineSource, line_marks, merge_lines, node_ranks
     from query.scan import scan_node_batches
 
     per_node = {}
@@ -1108,7 +1107,7 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
         chunks = []
         while (got := take_lines(batches, 2000, tsf, node.node_id)) is not None:
             ts, lens, blob, _ = got
-            chunks.append((ts, list(accumulate(lens)), blob))
+            chunks.append((ts, line_marks(lens), blob))
         per_node[node.node_id] = chunks
 
     class Replay(LineSource):

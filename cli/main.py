@@ -590,7 +590,7 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
     """
     import asyncio
     import logging
-    from query.server import parse_listen, serve as run_serve
+    from query.server import parse_listen, serve as run_serve, serve_forever
     from query.service import Service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = obj.config
@@ -632,7 +632,7 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
                    f"(data dir {obj.data_dir.root})", err=True)
 
     try:
-        asyncio.run(run_serve(service, listen, unix_socket, ready))
+        serve_forever(run_serve(service, listen, unix_socket, ready))
     except OSError as e:
         service.close()
         fail(f"cannot listen on {listen}: {e.strerror or e}")

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from array import array
-from itertools import accumulate
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from engine.lines import LEN_CODE, RenderedFrame
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
-from query.linemerge import LineSource
+from query.linemerge import LineSource, line_marks
 from query.merge import Source
 from query.peers import PeerClient, PeerConfig, PeerError
 from query.scan import scan_node, scan_node_batches
@@ -69,7 +68,8 @@ def _take(gen, n: int) -> list:
 
 
 class LocalLineSource(LineSource):
-    """This node's part of an NDJSON answer, scanned and rendered in a worker thread."""
+    """This node's part of an NDJSON answer, scanned and rendered in a worker thread,
+    one chunk ahead: the next chunk is read while this one is merged and sent."""
 
     def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 2000):
         super().__init__(service.node_id)
@@ -77,15 +77,38 @@ class LocalLineSource(LineSource):
         self.batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
         self.batch = batch
         self.timestamps = TimestampFormatter().format
+        self._ahead: asyncio.Future | None = None
+
+    def _read_ahead(self) -> None:
+        self._ahead = asyncio.get_running_loop().run_in_executor(
+            self.service.executor, _take_marked, self.batches, self.batch, self.timestamps,
+            self.service.node_id)
 
     async def next_lines(self):
-        got = await self.service.run(take_lines, self.batches, self.batch, self.timestamps,
-                                     self.service.node_id)
+        if self._ahead is None:
+            self._read_ahead()
+        got = await self._ahead
+        self._ahead = None
         if got is None:
             return None
-        ts, lens, blob, bad = got
+        self._read_ahead()
+        ts, marks, blob, bad = got
         self.violations += bad
-        return ts, list(accumulate(lens)), blob
+        return ts, marks, blob
+
+    async def close(self) -> None:
+        # the scan generator is busy in a worker until its chunk is done
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            try:
+                await ahead
+            except Exception:
+                pass
+
+
+def _take_marked(batches, n: int, timestamps, node: str):
+    got = take_lines(batches, n, timestamps, node)
+    return None if got is None else (got[0], line_marks(got[1]), got[2], got[3])
 
 
 def take_lines(batches, n: int, timestamps, node: str, *, joined: bool = True
@@ -152,9 +175,9 @@ class PeerLineSource(_PeerStream, LineSource):
         got = await self._pull()
         if got is None:
             return None
-        ts, ends, blob, bad = got
+        ts, marks, blob, bad = got
         self.violations += bad
-        return ts, ends, blob
+        return ts, marks, blob
 
 
 class PeerSource(_PeerStream, Source):

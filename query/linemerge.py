@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from operator import neg
 from typing import AsyncIterator
 
@@ -35,9 +36,15 @@ class LineSource(Source):
         self.violations = 0
 
     async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:   # pragma: no cover
-        """``(timestamps, end offsets, blob)`` of the next chunk (line ``k`` is
-        ``blob[ends[k-1]:ends[k]]``), or None at the end."""
+        """``(timestamps, marks, blob)`` of the next chunk, or None at the end:
+        ``marks`` (:func:`line_marks`) say where each line ends."""
         raise NotImplementedError
+
+
+def line_marks(lens) -> list[int]:
+    """``-1``, then the offset of each line's last byte (its ``\n``), from the lines'
+    lengths: line ``k`` of the blob is ``blob[marks[k] + 1:marks[k + 1] + 1]``."""
+    return list(accumulate(lens, initial=-1))
 
 
 def node_ranks(nodes) -> dict[str, int]:
@@ -54,14 +61,14 @@ async def merge_lines(sources: list[LineSource], order: str,
     # ties go to the lower node rank first (asc), the higher first (desc)
     by_rank = sorted(range(k), key=rank.__getitem__, reverse=desc)
     stamps: list[list[int]] = [[] for _ in range(k)]
-    ends: list[list[int]] = [[] for _ in range(k)]
+    marks: list[list[int]] = [[-1] for _ in range(k)]
     blobs: list[bytes] = [b""] * k
     pos = [0] * k
     done = [False] * k
 
     def stop(i: int) -> None:
         done[i] = True
-        stamps[i], ends[i], blobs[i], pos[i] = [], [], b"", 0
+        stamps[i], marks[i], blobs[i], pos[i] = [], [-1], b"", 0
 
     async def refill(i: int) -> None:
         src = sources[i]
@@ -79,11 +86,11 @@ async def merge_lines(sources: list[LineSource], order: str,
             ok = ts == sorted(ts, reverse=True) and (last is None or ts[0] <= last)
         else:
             ok = ts == sorted(ts) and (last is None or ts[0] >= last)
-        if not ok or len(ts) != len(es):
+        if not ok or len(ts) + 1 != len(es):
             src.fail("sent entries out of order")
             stop(i)
             return
-        stamps[i], ends[i], blobs[i], pos[i] = ts, es, blob, 0
+        stamps[i], marks[i], blobs[i], pos[i] = ts, es, blob, 0
 
     while True:
         need = [i for i in range(k) if not done[i] and pos[i] >= len(stamps[i])]
@@ -115,18 +122,17 @@ async def merge_lines(sources: list[LineSource], order: str,
                 sources[i].consumed += j - p
         if len(wins) == 1:
             i, p, j = wins[0]
-            yield j - p, [_span(blobs[i], ends[i], p, j)]
+            yield j - p, [_span(blobs[i], marks[i], p, j)]
         elif wins:
-            yield sum(j - p for _, p, j in wins), _merge_windows(wins, stamps, ends, blobs, rank,
+            yield sum(j - p for _, p, j in wins), _merge_windows(wins, stamps, marks, blobs, rank,
                                                                  desc)
 
 
-def _span(blob: bytes, ends: list[int], p: int, j: int) -> bytes:
+def _span(blob: bytes, marks: list[int], p: int, j: int) -> bytes:
     """Lines ``p`` to ``j - 1`` of a chunk, as one byte string."""
-    start = ends[p - 1] if p else 0
-    if start == 0 and j == len(ends):
+    if p == 0 and j == len(marks) - 1:
         return blob
-    return blob[start:ends[j - 1]]
+    return blob[marks[p] + 1:marks[j] + 1]
 
 
 def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc: bool) -> int:
@@ -141,7 +147,7 @@ def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc
 _SHORT_RUNS = 8
 
 
-def _merge_windows(wins: list[list[int]], stamps, ends, blobs, rank, desc: bool) -> list[bytes]:
+def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool) -> list[bytes]:
     """The lines of several sources' windows ``[source, start, end]`` in merged order.
 
     Nodes' entries come in runs (a commit's entries are contiguous and share
@@ -155,7 +161,7 @@ def _merge_windows(wins: list[list[int]], stamps, ends, blobs, rank, desc: bool)
     runs = taken = 0
     while len(cur) > 1:
         if runs >= 16 and taken < runs * _SHORT_RUNS:
-            return out + _sort_windows(cur, stamps, ends, blobs, desc)
+            return out + _sort_windows(cur, stamps, marks, blobs, desc)
         # the source whose next line sorts first (ties: the earlier in tie order)
         first = cur[0]
         f_ts = stamps[first[0]][first[1]]
@@ -173,7 +179,7 @@ def _merge_windows(wins: list[list[int]], stamps, ends, blobs, rank, desc: bool)
                 nxt = (t, r)
         i, p, j = first
         q = max(p + 1, _upto(stamps[i], p, j, nxt[0], nxt[1], rank[i], desc))
-        out.append(_span(blobs[i], ends[i], p, q))
+        out.append(_span(blobs[i], marks[i], p, q))
         runs += 1
         taken += q - p
         if q >= j:
@@ -181,19 +187,19 @@ def _merge_windows(wins: list[list[int]], stamps, ends, blobs, rank, desc: bool)
         else:
             first[1] = q
     i, p, j = cur[0]
-    out.append(_span(blobs[i], ends[i], p, j))
+    out.append(_span(blobs[i], marks[i], p, j))
     return out
 
 
-def _sort_windows(cur, stamps, ends, blobs, desc: bool) -> list[bytes]:
+def _sort_windows(cur, stamps, marks, blobs, desc: bool) -> list[bytes]:
     """Windows merged by one stable sort of their timestamps (laid out in tie order,
     so equal timestamps keep node order, then stream order)."""
     parts_t: list[int] = []
     parts_l: list[bytes] = []
     for i, p, j in cur:
         parts_t += stamps[i][p:j]
-        es = ends[i]
-        starts = es[p - 1:j - 1] if p else [0, *es[:j - 1]]
-        parts_l += map(blobs[i].__getitem__, map(slice, starts, es[p:j]))
+        after = map((1).__add__, marks[i][p:j + 1])   # each line's start, then the end
+        bounds = list(after)
+        parts_l += map(blobs[i].__getitem__, map(slice, bounds[:-1], bounds[1:]))
     idx = sorted(range(len(parts_t)), key=parts_t.__getitem__, reverse=desc)
     return [parts_l[x] for x in idx]

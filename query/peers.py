@@ -13,7 +13,7 @@ import ssl
 import sys
 from array import array
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import islice
 from operator import itemgetter
 from typing import AsyncIterator
 
@@ -22,6 +22,7 @@ import msgpack
 
 from engine.entry import Entry
 from engine.lines import lens_from_bytes, lens_to_bytes
+from query.linemerge import line_marks
 
 PEER_PREFIX = "/peer/v1"
 
@@ -193,7 +194,7 @@ def _bin_header(size: int) -> bytes:
 
 
 def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
-    """A chunk as (timestamps, each line's end offset in the blob, blob, non-ok count).
+    """A chunk as (timestamps, line marks (``query.linemerge.line_marks``), blob, non-ok count).
 
     Refused unless the lengths cut the whole blob into non-empty lines that each
     end in ``\n`` and no line holds a CR (JSON escapes both inside a line; a LF
@@ -207,18 +208,18 @@ def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
     if sys.byteorder == "big":
         a.byteswap()
     lens = lens_from_bytes(n)
-    ends = list(accumulate(lens))
-    if (ends[-1] if ends else 0) != len(blob) or 0 in lens or b"\r" in blob or (
-            ends and _last_bytes(blob, ends) != b"\n" * len(ends)):
+    marks = line_marks(lens)
+    if marks[-1] + 1 != len(blob) or 0 in lens or b"\r" in blob or (
+            len(marks) > 1 and _bytes_at(blob, marks) != b"\n" * (len(marks) - 1)):
         raise PeerError("malformed line chunk: lengths and lines disagree")
-    return a.tolist(), ends, blob, bad
+    return a.tolist(), marks, blob, bad
 
 
-def _last_bytes(blob: bytes, ends: list[int]) -> bytes:
-    """The byte before each end offset."""
-    if len(ends) == 1:
-        return blob[ends[0] - 1:ends[0]]
-    return bytes(itemgetter(*[e - 1 for e in ends])(blob))
+def _bytes_at(blob: bytes, marks: list[int]) -> bytes:
+    """The byte at each mark but the leading -1 (each line's last byte)."""
+    if len(marks) == 2:
+        return blob[marks[1]:marks[1] + 1]
+    return bytes(itemgetter(*islice(marks, 1, None))(blob))
 
 
 def _describe(e: BaseException) -> str:

@@ -109,3 +109,15 @@ async def serve(service: Service, listen: str, unix_socket: str | None = None,
         if cluster is not None:
             await cluster.stop()
         await loop.run_in_executor(None, service.close)
+
+
+def serve_forever(main) -> None:
+    """Run the server's coroutine to its end, on uvloop's event loop where uvloop is
+    installed (its sockets and TLS cost less CPU per byte than asyncio's, which
+    shows in merged reads), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

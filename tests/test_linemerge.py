@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 from array import array
-from itertools import accumulate
 
 import msgpack
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.lines import LEN_CODE
-from query.linemerge import LineSource, merge_lines, node_ranks
+from query.linemerge import LineSource, line_marks, merge_lines, node_ranks
 from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
 
 
@@ -41,7 +40,7 @@ class ListSource(LineSource):
         part, self.rows = self.rows[:n], self.rows[n:]
         self.served += 1
         lines = [line(self.node, ts, seq) for ts, seq in part]
-        return [ts for ts, _ in part], list(accumulate(map(len, lines))), b"".join(lines)
+        return [ts for ts, _ in part], line_marks(map(len, lines)), b"".join(lines)
 
 
 def line(node: str, ts: int, seq: int) -> bytes:
@@ -139,11 +138,11 @@ def test_line_chunk_round_trip():
     lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b'{}\n']
     lens = array(LEN_CODE, map(len, lines))
     msg = msgpack.unpackb(pack_line_chunk(ts, lens, [lines[0], lines[1] + lines[2]], 2), raw=False)
-    assert unpack_line_chunk(msg) == (ts, [13, 24, 27], b"".join(lines), 2)
+    assert unpack_line_chunk(msg) == (ts, [-1, 12, 23, 26], b"".join(lines), 2)
     one = msgpack.unpackb(pack_line_chunk(ts[:1], lens[:1], [lines[0]], 0), raw=False)
-    assert unpack_line_chunk(one) == (ts[:1], [13], lines[0], 0)
+    assert unpack_line_chunk(one) == (ts[:1], [-1, 12], lines[0], 0)
     empty = msgpack.unpackb(pack_line_chunk([], array(LEN_CODE), [], 0), raw=False)
-    assert unpack_line_chunk(empty) == ([], [], b"", 0)
+    assert unpack_line_chunk(empty) == ([], [-1], b"", 0)
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])

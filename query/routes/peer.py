@@ -6,6 +6,8 @@ handshake; on top of that its certificate's node id must be a configured peer.
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 from aiohttp import web
 
@@ -62,11 +64,15 @@ async def scan(request: web.Request) -> web.StreamResponse:
     else:
         gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
         chunk, args = _chunk, (gen, packer)
+    loop = asyncio.get_running_loop()
+    ahead = loop.run_in_executor(service.executor, chunk, *args)
     try:
         while True:
-            batch = await service.run(chunk, *args)
+            batch = await ahead
             if batch is None:
                 break
+            # the next chunk is read while this one is sent
+            ahead = loop.run_in_executor(service.executor, chunk, *args)
             data, n = batch
             count += n
             await resp.write(data)
@@ -76,6 +82,11 @@ async def scan(request: web.Request) -> web.StreamResponse:
         # the calling node stopped reading (its page was full, or it gave up on
         # us): routine for a merge, not a server error
         pass
+    finally:
+        if not ahead.done():
+            await asyncio.wait([ahead])     # the scan is busy in a worker until then
+        if not ahead.cancelled():
+            ahead.exception()               # a chunk never sent needs no report
     return resp
 
 
