@@ -588,7 +588,6 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
       auditlog serve --listen 127.0.0.1:8080
       auditlog --data-dir ./demo-data serve --demo
     """
-    import asyncio
     import logging
     from query.server import parse_listen, serve as run_serve, serve_forever
     from query.service import Service
