@@ -52,9 +52,9 @@ def node_ranks(nodes) -> dict[str, int]:
 
 
 async def merge_lines(sources: list[LineSource], order: str,
-                      ranks: dict[str, int]) -> AsyncIterator[tuple[int, list[bytes]]]:
+                      ranks: dict[str, int]) -> AsyncIterator[tuple[int, list[bytes | memoryview]]]:
     """``(n, parts)`` in merged order, about a chunk per source at a time: ``parts``
-    are byte strings of whole lines, ``n`` lines in all."""
+    are bytes-like objects of whole lines, ``n`` lines in all."""
     desc = order == "desc"
     k = len(sources)
     rank = [ranks[s.node] for s in sources]
@@ -128,11 +128,11 @@ async def merge_lines(sources: list[LineSource], order: str,
                                                                  desc)
 
 
-def _span(blob: bytes, marks: list[int], p: int, j: int) -> bytes:
-    """Lines ``p`` to ``j - 1`` of a chunk, as one byte string."""
+def _span(blob: bytes, marks: list[int], p: int, j: int) -> bytes | memoryview:
+    """Lines ``p`` to ``j - 1`` of a chunk, as one bytes-like object (a view: not copied)."""
     if p == 0 and j == len(marks) - 1:
         return blob
-    return blob[marks[p] + 1:marks[j] + 1]
+    return memoryview(blob)[marks[p] + 1:marks[j] + 1]
 
 
 def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc: bool) -> int:
@@ -147,7 +147,8 @@ def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc
 _SHORT_RUNS = 8
 
 
-def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool) -> list[bytes]:
+def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool
+                   ) -> list[bytes | memoryview]:
     """The lines of several sources' windows ``[source, start, end]`` in merged order.
 
     Nodes' entries come in runs (a commit's entries are contiguous and share
@@ -156,7 +157,7 @@ def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool
     as one slice.  Where runs turn out short, the rest is merged by one
     stable sort of the timestamps instead.
     """
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     cur = wins                              # in tie order
     runs = taken = 0
     while len(cur) > 1:

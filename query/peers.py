@@ -169,12 +169,12 @@ async def _read_messages(resp, timeout: float, seen) -> AsyncIterator[dict]:
             yield msg
 
 
-def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> bytes:
+def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> list[bytes]:
     """One chunk of a ``format=lines`` scan, a msgpack map: ``t`` timestamps as
     little-endian int64s, ``n`` the lines' lengths as little-endian uint32s, ``v``
     the count of non-ok entries, ``l`` the lines (each ending in ``\n``) as one
-    blob (``parts`` joined).  Framed here rather than by a Packer, so the lines
-    are copied once."""
+    blob (``parts``, in order).  Framed here rather than by a Packer, and given
+    as a list of byte strings, so the lines are not copied before the socket."""
     a = array("q", ts)
     if sys.byteorder == "big":
         a.byteswap()
@@ -182,7 +182,7 @@ def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> bytes:
     size = sum(map(len, parts))
     head = b"".join((b"\x84\xa1t", _bin_header(len(t)), t, b"\xa1n", _bin_header(len(n)), n,
                      b"\xa1v", msgpack.packb(bad), b"\xa1l", _bin_header(size)))
-    return b"".join((head, *parts))
+    return [head, *parts]
 
 
 def _bin_header(size: int) -> bytes:

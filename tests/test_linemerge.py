@@ -137,11 +137,11 @@ def test_line_chunk_round_trip():
     ts = [1_700_000_000_000_000, 1_700_000_000_000_001, -5]
     lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b'{}\n']
     lens = array(LEN_CODE, map(len, lines))
-    msg = msgpack.unpackb(pack_line_chunk(ts, lens, [lines[0], lines[1] + lines[2]], 2), raw=False)
+    msg = msgpack.unpackb(b"".join(pack_line_chunk(ts, lens, [lines[0], lines[1] + lines[2]], 2)), raw=False)
     assert unpack_line_chunk(msg) == (ts, [-1, 12, 23, 26], b"".join(lines), 2)
-    one = msgpack.unpackb(pack_line_chunk(ts[:1], lens[:1], [lines[0]], 0), raw=False)
+    one = msgpack.unpackb(b"".join(pack_line_chunk(ts[:1], lens[:1], [lines[0]], 0)), raw=False)
     assert unpack_line_chunk(one) == (ts[:1], [-1, 12], lines[0], 0)
-    empty = msgpack.unpackb(pack_line_chunk([], array(LEN_CODE), [], 0), raw=False)
+    empty = msgpack.unpackb(b"".join(pack_line_chunk([], array(LEN_CODE), [], 0)), raw=False)
     assert unpack_line_chunk(empty) == ([], [-1], b"", 0)
 
 
@@ -153,7 +153,7 @@ def test_line_chunk_framing_is_msgpack(size, bad):
     line = b"x" * (size - 1) + b"\n" if size else b""
     lens = array(LEN_CODE, [size] if size else [])
     ts = [7] if size else []
-    raw = pack_line_chunk(ts, lens, [line[:size // 2], line[size // 2:]], bad)
+    raw = b"".join(pack_line_chunk(ts, lens, [line[:size // 2], line[size // 2:]], bad))
     t = array("q", ts).tobytes()
     assert msgpack.unpackb(raw, raw=False) == {"t": t, "n": lens.tobytes(), "v": bad, "l": line}
 

@@ -11,6 +11,7 @@ from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
 from query.cluster import LocalLineSource, LocalSource
+from query.chunked import PartsWriter
 from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
 
@@ -158,17 +159,19 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
         resp = web.StreamResponse(headers={
             "Content-Type": "application/x-ndjson; charset=utf-8",
             "X-Auditlog-Nodes": json.dumps(node_status(sources, service), separators=(",", ":"))})
+        PartsWriter.prepare(request, resp)
         await resp.prepare(request)
+        body = PartsWriter(request, resp)
         sent = 0
         while chunk is not None:
             n, parts = chunk
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
             if limit is not None and sent + n >= limit:
                 # lines hold no LF but their last byte: the first ones are cut at a LF
-                await resp.write(b"".join(data.splitlines(keepends=True)[:limit - sent]))
+                lines = b"".join(parts).splitlines(keepends=True)
+                await body.write([b"".join(lines[:limit - sent])])
                 break
             sent += n
-            await resp.write(data)
+            await body.write(parts)
             chunk = await anext(merged, None)
         violations = sum(s.violations for s in sources)
         if violations:

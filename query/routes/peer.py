@@ -13,6 +13,7 @@ from aiohttp import web
 
 from export.csv import TimestampFormatter
 from query.app import SERVICE, error_middleware
+from query.chunked import PartsWriter
 from query.cluster import take_lines
 from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
@@ -55,7 +56,9 @@ async def scan(request: web.Request) -> web.StreamResponse:
         raise QueryError("format must be entries or lines")
     after_seq = int(after) if after else None
     resp = web.StreamResponse(headers={"Content-Type": "application/msgpack"})
+    PartsWriter.prepare(request, resp)
     await resp.prepare(request)
+    body = PartsWriter(request, resp)
     count = 0
     packer = msgpack.Packer(use_bin_type=True)
     if fmt == "lines":
@@ -73,10 +76,10 @@ async def scan(request: web.Request) -> web.StreamResponse:
                 break
             # the next chunk is read while this one is sent
             ahead = loop.run_in_executor(service.executor, chunk, *args)
-            data, n = batch
+            parts, n = batch
             count += n
-            await resp.write(data)
-        await resp.write(packer.pack({"end": {"count": count}}))
+            await body.write(parts)
+        await body.write([packer.pack({"end": {"count": count}})])
         await resp.write_eof()
     except ConnectionResetError:
         # the calling node stopped reading (its page was full, or it gave up on
@@ -98,7 +101,7 @@ def _chunk(gen, packer, n: int = 2000):
             break
     if not out:
         return None
-    return packer.pack({"e": out}), len(out)
+    return [packer.pack({"e": out})], len(out)
 
 
 def _line_chunk(batches, timestamps, node: str, n: int = 2000):
