@@ -332,3 +332,19 @@ def read_coverage(entries: list[dict], last_seq: int) -> tuple[dict[int, dict], 
         else:
             flagged.add(e["seq"])
     return ok, flagged
+
+
+def served_log(tmp_path: Path, name: str, config_text: str, n: int = 3000):
+    """A data dir with ``n`` events over small segments, a reader key, and a config file."""
+    data, cfg = tmp_path / name, tmp_path / f"{name}.toml"
+    cfg.write_text(f'segment_max_bytes = 16384\nfsync = "none"\n{config_text}')
+    assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
+    src = tmp_path / f"{name}.ndjson"
+    src.write_text("".join(json.dumps({"user": f"u{i % 7}", "action": "config.filter_update",
+                                       "target": f"filter-{i}", "details": {"n": i}}) + "\n"
+                           for i in range(n)))
+    for args in (("append", "--file", str(src)), ("apikey", "create", "--role", "reader", "--name", "t")):
+        p = run_cli(data, *args, config=cfg)
+        assert p.returncode == 0, p.stderr
+    assert len(list((data / "segments").glob("*.seg"))) >= n // 300
+    return data, cfg, p.stdout.strip().splitlines()[-1]

@@ -27,7 +27,7 @@ from query.filters import Filter
 from query.scan import scan_node, scan_node_batches
 
 from helpers_engine import (build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths,
-                            write_config)
+                            served_log, write_config)
 from helpers_http import ServeProcess
 
 SEG = 8192                      # 400 events in batches of 7: ~7 segments of ~8 frames
@@ -376,22 +376,6 @@ def test_retention_drops_side_files_with_their_segment(kept, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the server
-
-def served_log(tmp_path: Path, name: str, config_text: str, n: int = 3000):
-    """A data dir with ``n`` events over small segments, a reader key, and a config file."""
-    data, cfg = tmp_path / name, tmp_path / f"{name}.toml"
-    cfg.write_text(f'segment_max_bytes = 16384\nfsync = "none"\n{config_text}')
-    assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
-    src = tmp_path / f"{name}.ndjson"
-    src.write_text("".join(json.dumps({"user": f"u{i % 7}", "action": "config.filter_update",
-                                       "target": f"filter-{i}", "details": {"n": i}}) + "\n"
-                           for i in range(n)))
-    for args in (("append", "--file", str(src)), ("apikey", "create", "--role", "reader", "--name", "t")):
-        p = run_cli(data, *args, config=cfg)
-        assert p.returncode == 0, p.stderr
-    assert len(list((data / "segments").glob("*.seg"))) >= n // 300
-    return data, cfg, p.stdout.strip().splitlines()[-1]
-
 
 def ndjson_and_pages(srv, key: str, order: str) -> tuple[bytes, list[dict]]:
     status, _, body = srv.request(f"/api/v1/audit-log?format=ndjson&order={order}", key)

@@ -154,6 +154,7 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
     of a peer lost mid-stream."""
     sources = open_sources(service, flt, order, positions, lines=True)
     merged = merge_lines(sources, order, node_ranks(s.node for s in sources))
+    resp = None
     try:
         chunk = await anext(merged, None)
         resp = web.StreamResponse(headers={
@@ -177,11 +178,15 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
         if violations:
             service.metrics.inc("auditlog_integrity_violations_total", violations)
         await _write_status_trailer(resp, sources, service)
+        await resp.write_eof()
+    except ConnectionError:
+        if resp is None or not resp.prepared:
+            raise
+        # the client hung up: routine for a stream, nothing is left to answer
     finally:
         await merged.aclose()
         for s in sources:
             await s.close()
-    await resp.write_eof()
     return resp
 
 
@@ -205,13 +210,16 @@ async def stream_lines(request, service, merged: Merged, limit, ecs: bool = Fals
         "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
     await resp.prepare(request)
     violations = 0
-    async for batch in merged.batches(limit=limit):
-        violations += sum(1 for e in batch if e.integrity != "ok")
-        await resp.write("".join(render(batch)).encode("utf-8"))
+    try:
+        async for batch in merged.batches(limit=limit):
+            violations += sum(1 for e in batch if e.integrity != "ok")
+            await resp.write("".join(render(batch)).encode("utf-8"))
+        await _write_status_trailer(resp, merged.sources, service)
+        await resp.write_eof()
+    except ConnectionError:
+        pass    # the client hung up: routine for a stream, nothing is left to answer
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
-    await _write_status_trailer(resp, merged.sources, service)
-    await resp.write_eof()
     return resp
 
 
@@ -232,23 +240,27 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
             "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
         await resp.prepare(request)
         first = True
-        async for batch in merged.batches():
-            rows += len(batch)
-            violations += sum(1 for e in batch if e.integrity != "ok")
-            chunks = list(iter_csv(batch, bom=first))
-            if not first:
-                chunks = chunks[1:]   # the header line comes once
-            first = False
-            await resp.write("".join(chunks).encode("utf-8"))
-        if first:
-            await resp.write("".join(iter_csv([])).encode("utf-8"))
-        bad = {n: st for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"}
-        if bad:
-            await resp.write(unreachable_rows(bad).encode("utf-8"))
+        try:
+            async for batch in merged.batches():
+                violations += sum(1 for e in batch if e.integrity != "ok")
+                chunks = list(iter_csv(batch, bom=first))
+                if not first:
+                    chunks = chunks[1:]   # the header line comes once
+                first = False
+                await resp.write("".join(chunks).encode("utf-8"))
+                rows += len(batch)
+            if first:
+                await resp.write("".join(iter_csv([])).encode("utf-8"))
+            bad = {n: st for n, st in node_status(merged.sources, service).items()
+                   if st.get("status") != "ok"}
+            if bad:
+                await resp.write(unreachable_rows(bad).encode("utf-8"))
+            await resp.write_eof()
+        except ConnectionError:
+            pass    # the client hung up: the export is still recorded, with the rows sent
         nodes = node_status(merged.sources, service)
     finally:
         await merged.close()
-    await resp.write_eof()
     await service.record(key.name, "audit.export", ip=request.remote, details={
         "format": "csv", "filters": flt.to_params(), "rows": rows,
         "integrity_violations": violations, "api_key_id": key.id,

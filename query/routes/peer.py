@@ -81,7 +81,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
             await body.write(parts)
         await body.write([packer.pack({"end": {"count": count}})])
         await resp.write_eof()
-    except ConnectionResetError:
+    except ConnectionError:
         # the calling node stopped reading (its page was full, or it gave up on
         # us): routine for a merge, not a server error
         pass
