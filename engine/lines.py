@@ -32,6 +32,7 @@ import struct
 import sys
 import threading
 from array import array
+from collections import OrderedDict
 from itertools import accumulate
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,9 @@ MAGIC = b"AULN"
 VERSION = 1
 MAC_SIZE = 32
 MAX_TAG = 255
+#: bytes read at a time from a line file (a block or more), and how many files' reads are kept
+READ_AHEAD = 256 * 1024
+WINDOWS = 8
 _FILE_HEADER = struct.Struct("<4sBB")       # magic, version, tag length; then the tag
 _BLOCK = struct.Struct("<QQII")             # frame offset, frame end, count, lines length
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -146,6 +150,7 @@ class LineFiles:
         self._render = render
         self.keep = keep
         self._files: dict[str, _LineFile] = {}
+        self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._lock = threading.Lock()
         #: counters, for metrics and tests
         self.hits = 0
@@ -171,6 +176,11 @@ class LineFiles:
             self._append(seg_path, index, offset, end, frame_mac, rendered)
         return rendered
 
+    def begin(self, seg_path: Path) -> None:
+        """A scan starts on this segment: nothing it reads comes from an earlier read-ahead."""
+        with self._lock:
+            self._windows.pop(lines_path(seg_path).name, None)
+
     def _file(self, seg_path: Path) -> _LineFile:
         name = seg_path.name
         with self._lock:
@@ -192,23 +202,11 @@ class LineFiles:
                 return None
         pos, _, count, nbytes = b
         size = _BLOCK.size + 12 * count + nbytes + MAC_SIZE
-        try:
-            fd = os.open(lf.path, os.O_RDONLY)
-        except FileNotFoundError:
-            with self._lock:
-                lf.reset()       # deleted under us: kept again from the first frame
+        view = self._read(lf, pos, size)
+        if view is None:
             return None
-        except OSError:
-            return None
-        try:
-            raw = os.pread(fd, size, pos)
-        except OSError:
-            raw = b""
-        finally:
-            os.close(fd)
-        view = memoryview(raw)
-        if len(raw) != size or not _eq(self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]),
-                                       raw[-MAC_SIZE:]):
+        if len(view) != size or not _eq(self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]),
+                                        view[-MAC_SIZE:]):
             self._reject(lf, offset)
             return None
         t_end = _BLOCK.size + 8 * count
@@ -219,13 +217,46 @@ class LineFiles:
             ts.byteswap()
         # the MAC vouches for the block as kept: lengths that add up to the lines
         return RenderedFrame(ts.tolist(), lens_from_bytes(view[t_end:l_end]),
-                             raw[l_end:size - MAC_SIZE])
+                             bytes(view[l_end:size - MAC_SIZE]))
+
+    def _read(self, lf: _LineFile, pos: int, size: int) -> memoryview | None:
+        """``size`` bytes of the file at ``pos`` (fewer at its end), through a window read
+        ahead: the blocks of small frames are read many at a time, not one call each."""
+        win = self._windows.get(lf.path.name)
+        if win is not None and win[0] <= pos and pos + size <= win[0] + len(win[1]):
+            return memoryview(win[1])[pos - win[0]:pos - win[0] + size]
+        try:
+            fd = os.open(lf.path, os.O_RDONLY)
+        except FileNotFoundError:
+            with self._lock:
+                lf.reset()       # deleted under us: kept again from the first frame
+                self._forget_window(lf)
+            return None
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, max(size, READ_AHEAD), pos)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._windows[lf.path.name] = (pos, data)
+            self._windows.move_to_end(lf.path.name)
+            while len(self._windows) > WINDOWS:
+                self._windows.popitem(last=False)
+        return memoryview(data)[:size]
+
+    def _forget_window(self, lf: _LineFile) -> None:
+        """(under the lock) The file changed here: what was read ahead is stale."""
+        self._windows.pop(lf.path.name, None)
 
     def _reject(self, lf: _LineFile, offset: int) -> None:
         """A block that does not check out: forget it and all after it (kept
         again from there when this process keeps lines)."""
         self.rejected += 1
         with self._lock:
+            self._forget_window(lf)
             b = lf.blocks.get(offset)
             if b is None:
                 return
@@ -268,6 +299,7 @@ class LineFiles:
                 lf.walked = pos
         except FileNotFoundError:
             lf.reset()
+            self._forget_window(lf)
         except OSError:
             return
 
@@ -291,6 +323,7 @@ class LineFiles:
                 fd = os.open(lf.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError:
                 return
+            self._forget_window(lf)
             try:
                 if not lf.usable or lf.walked == 0:
                     if index != 0:
@@ -322,6 +355,8 @@ class LineFiles:
         with self._lock:
             for name in [n for n in self._files if n not in keep_names]:
                 del self._files[name]
+            for name in [n for n in self._windows if n[:-len(LINES_SUFFIX)] + ".seg" not in keep_names]:
+                del self._windows[name]
 
     def __repr__(self) -> str:
         return f"LineFiles(tag={self._tag.decode()!r}, keep={self.keep})"

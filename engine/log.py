@@ -469,6 +469,8 @@ class NodeLog:
             return
         with sd:
             data = sd.data
+            if lines:
+                self.line_files.begin(info.path)
             if terms:
                 hits = self._term_hits(info, data, terms, nframes, sealed)
                 if isinstance(hits, list):
