@@ -21,9 +21,9 @@ from aiohttp.http import HttpVersion11
 
 #: wait for the transport to drain once it holds more than this (as aiohttp's writer)
 DRAIN_ABOVE = 1 << 16
-#: more parts than this are joined first: each part costs a buffer of its own (a TLS
-#: record on a TLS transport), which for many small parts costs more than the copy
-MAX_PARTS = 32
+#: parts smaller than this on average are joined first: each part costs a buffer of its
+#: own (a TLS record on a TLS transport), which for small parts costs more than the copy
+SMALL_PART = 4096
 
 
 class PartsWriter:
@@ -50,11 +50,11 @@ class PartsWriter:
             self._started = True
             await self.resp.write(parts[0] if len(parts) == 1 else b"".join(parts))
             return
-        if len(parts) > MAX_PARTS:
-            parts = [b"".join(parts)]     # many small parts cost more than one copy
         size = sum(map(len, parts))
         if not size:
             return
+        if len(parts) > 1 and size < len(parts) * SMALL_PART:
+            parts = [b"".join(parts)]     # small parts cost more than one copy
         transport = self.transport
         if transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
