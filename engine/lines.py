@@ -27,6 +27,7 @@ line each.  The layout is in docs/FORMAT.md ("Line files").
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 import sys
@@ -152,7 +153,7 @@ class LineFiles:
         self._files: dict[str, _LineFile] = {}
         self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._lock = threading.Lock()
-        #: counters, for metrics and tests
+        #: what reads found (not exact under concurrent reads; for tests and diagnosis)
         self.hits = 0
         self.rendered = 0
         self.rejected = 0
@@ -362,6 +363,5 @@ class LineFiles:
         return f"LineFiles(tag={self._tag.decode()!r}, keep={self.keep})"
 
 
-def _eq(a: bytes, b: bytes) -> bool:
-    import hmac
+def _eq(a: bytes, b) -> bool:
     return hmac.compare_digest(a, b)
