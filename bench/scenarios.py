@@ -1095,7 +1095,8 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     from export.csv import TimestampFormatter
     from query.cluster import take_lines
     from query.filters import Filter
-    from query.linemerge import LineSource, line_marks, merge_lines, node_ranks
+    from engine.lines import line_marks
+    from query.linemerge import LineSource, merge_lines, node_ranks
     from query.scan import scan_node_batches
 
     per_node = {}

@@ -76,7 +76,7 @@ class RenderedFrame:
 
     @property
     def lines(self) -> list[bytes]:
-        return split_lines(self.blob, self.lens)
+        return cut_lines(self.blob, line_marks(self.lens))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -90,21 +90,33 @@ LEN_CODE = "I"
 assert array(LEN_CODE).itemsize == 4
 
 
-def split_lines(blob: bytes, lens) -> list[bytes]:
-    """``blob`` cut into its lines by their lengths."""
-    ends = list(accumulate(lens))
-    return list(map(blob.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+def line_marks(lens) -> list[int]:
+    """``-1``, then the offset of each line's last byte (its ``\n``), from the lines'
+    lengths: line ``k`` of the blob is ``blob[marks[k] + 1:marks[k + 1] + 1]``."""
+    return list(accumulate(lens, initial=-1))
 
 
-def lens_to_bytes(lens: array) -> bytes:
+def cut_lines(blob: bytes, marks: list[int], p: int = 0, j: int | None = None) -> list[bytes]:
+    """Lines ``p`` to ``j - 1`` (all by default) of ``blob``, one bytes object each."""
+    bounds = [m + 1 for m in marks[p:None if j is None else j + 1]]   # line starts, then the end
+    return list(map(blob.__getitem__, map(slice, bounds[:-1], bounds[1:])))
+
+
+#: array type code of timestamps (µs): 8-byte signed, little-endian on disk and on the wire
+TS_CODE = "q"
+
+
+def le_bytes(code: str, values) -> bytes:
+    """``values`` as a little-endian array of ``code`` (:data:`TS_CODE`, :data:`LEN_CODE`)."""
+    a = array(code, values)
     if _BIG_ENDIAN:
-        lens = array(LEN_CODE, lens)
-        lens.byteswap()
-    return lens.tobytes()
+        a.byteswap()
+    return a.tobytes()
 
 
-def lens_from_bytes(raw) -> array:
-    a = array(LEN_CODE)
+def le_array(code: str, raw) -> array:
+    """The array :func:`le_bytes` wrote."""
+    a = array(code)
     a.frombytes(raw)
     if _BIG_ENDIAN:
         a.byteswap()
@@ -206,19 +218,15 @@ class LineFiles:
         view = self._read(lf, pos, size)
         if view is None:
             return None
-        if len(view) != size or not _eq(self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]),
-                                        view[-MAC_SIZE:]):
+        if len(view) != size or not hmac.compare_digest(
+                self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]), view[-MAC_SIZE:]):
             self._reject(lf, offset)
             return None
         t_end = _BLOCK.size + 8 * count
         l_end = t_end + 4 * count
-        ts = array("q")
-        ts.frombytes(view[_BLOCK.size:t_end])
-        if _BIG_ENDIAN:
-            ts.byteswap()
         # the MAC vouches for the block as kept: lengths that add up to the lines
-        return RenderedFrame(ts.tolist(), lens_from_bytes(view[t_end:l_end]),
-                             bytes(view[l_end:size - MAC_SIZE]))
+        return RenderedFrame(le_array(TS_CODE, view[_BLOCK.size:t_end]).tolist(),
+                             le_array(LEN_CODE, view[t_end:l_end]), bytes(view[l_end:size - MAC_SIZE]))
 
     def _read(self, lf: _LineFile, pos: int, size: int) -> memoryview | None:
         """``size`` bytes of the file at ``pos`` (fewer at its end), through a window read
@@ -336,11 +344,8 @@ class LineFiles:
                 elif not lf.cut:
                     os.ftruncate(fd, lf.walked)      # a torn block from an earlier crash
                     lf.cut = True
-                a = array("q", ts)
-                if _BIG_ENDIAN:
-                    a.byteswap()
-                body = b"".join((_BLOCK.pack(offset, end, len(lens), len(blob)), a.tobytes(),
-                                 lens_to_bytes(lens), blob))
+                body = b"".join((_BLOCK.pack(offset, end, len(lens), len(blob)),
+                                 le_bytes(TS_CODE, ts), le_bytes(LEN_CODE, lens), blob))
                 mac = self._key.mac(self._tag, frame_mac, body)
                 os.pwrite(fd, body + mac, lf.walked)
                 lf.blocks[offset] = (lf.walked, end, len(lens), len(blob))
@@ -361,7 +366,3 @@ class LineFiles:
 
     def __repr__(self) -> str:
         return f"LineFiles(tag={self._tag.decode()!r}, keep={self.keep})"
-
-
-def _eq(a: bytes, b) -> bool:
-    return hmac.compare_digest(a, b)

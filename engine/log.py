@@ -701,23 +701,13 @@ class NodeLog:
         ``records``: a frame that verifies comes back as its record tuples."""
         node = self.node
         off = row.offset
-        hbytes = data[off: off + HEADER_SIZE]
         try:
-            hdr = parse_header(hbytes)
+            _, payload, _, problem = self._check_frame_at(data, off)
         except FrameError as e:
             rng = (f"seq {row.first_seq}..{row.first_seq + row.count - 1}" if row.count
                    else f"from seq {row.first_seq}")
             return [Entry.marker(node, row.first_seq, row.min_ts,
                                  f"{e.kind}: {rng} in {info.name}: {e.detail}")]
-        end = off + HEADER_SIZE + hdr.payload_len
-        payload = data[off + HEADER_SIZE: end]
-        mac = data[end: end + MAC_SIZE]
-        prev_mac = data[off - MAC_SIZE: off]
-        problem = None
-        if len(mac) != MAC_SIZE:
-            problem = "truncated"
-        else:
-            problem = check_frame(hbytes, hdr, payload, mac, self.key, prev_mac)
         try:
             recs = _unpack(payload)
             if problem is None:
@@ -747,25 +737,32 @@ class NodeLog:
         # altered: the entries still stay flagged, the frame is not what was written)
         return out
 
+    def _check_frame_at(self, data, off: int):
+        """``(header, payload, mac, problem)`` of the frame at ``off``: ``problem`` is
+        None when its checksum and chained MAC verify.  FrameError: no header there."""
+        hbytes = data[off: off + HEADER_SIZE]
+        hdr = parse_header(hbytes)
+        end = off + HEADER_SIZE + hdr.payload_len
+        payload = data[off + HEADER_SIZE: end]
+        mac = data[end: end + MAC_SIZE]
+        if len(mac) != MAC_SIZE:
+            return hdr, payload, mac, "truncated"
+        return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, self.key,
+                                              data[off - MAC_SIZE: off])
+
     def _frame_lines(self, info: SegmentInfo, data, o: int, row: FrameRow) -> RenderedFrame | None:
         """A frame's rendered lines (``line_files``) once the frame verifies; None
         when it does not (the entry path then says what is wrong with it)."""
         off = row.offset
-        hbytes = data[off: off + HEADER_SIZE]
         try:
-            hdr = parse_header(hbytes)
+            hdr, payload, mac, problem = self._check_frame_at(data, off)
         except FrameError:
             return None
-        end = off + HEADER_SIZE + hdr.payload_len
-        mac = data[end: end + MAC_SIZE]
-        if len(mac) != MAC_SIZE or hdr.count != row.count:
-            return None
-        payload = data[off + HEADER_SIZE: end]
-        if check_frame(hbytes, hdr, payload, mac, self.key, data[off - MAC_SIZE: off]) is not None:
+        if problem is not None or hdr.count != row.count:
             return None
         try:
-            return self.line_files.frame(info.path, o, off, end + MAC_SIZE, bytes(mac),
-                                         lambda: _unpack(payload))
+            return self.line_files.frame(info.path, o, off, off + HEADER_SIZE + hdr.payload_len
+                                         + MAC_SIZE, bytes(mac), lambda: _unpack(payload))
         except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             return None
 

@@ -19,11 +19,11 @@ import aiohttp
 
 from engine.datadir import write_atomic
 from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
-from engine.lines import LEN_CODE, RenderedFrame
+from engine.lines import LEN_CODE, RenderedFrame, line_marks
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
-from query.linemerge import LineSource, line_marks
+from query.linemerge import LineSource
 from query.merge import Source
 from query.peers import PeerClient, PeerConfig, PeerError
 from query.scan import scan_node, scan_node_batches

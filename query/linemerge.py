@@ -10,21 +10,23 @@ Merging runs in rounds.  Every source still streaming has lines buffered;
 the least of their last buffered ``(ts, node rank)`` is a bound below which
 nothing is still to come from anyone, so every buffered line up to the bound
 (found by bisecting each source's timestamps) is sent, and the sources whose
-buffers ran dry are refilled, concurrently.  When lines of several nodes
-meet in a round, they are put side by side in node order and sorted by
-timestamp alone: the sort is stable, so equal timestamps stay in node order,
-and no per-line key is ever built.  A source that fails stops contributing
-and reports why in its status, as in :mod:`query.merge`.
+buffers ran dry are refilled, concurrently.  Lines travel as a blob per chunk
+with *marks* (where each line ends), so a run of one node's lines is sent as
+one slice of its blob; when several nodes' lines meet in a round, runs are
+taken in turn, and where runs are short one stable sort of the timestamps
+(node order laid out first) does the round.  No per-line key is ever built.
+A source that fails stops contributing and reports why in its status, as in
+:mod:`query.merge`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
 from operator import neg
 from typing import AsyncIterator
 
+from engine.lines import cut_lines
 from query.merge import Source
 
 class LineSource(Source):
@@ -37,14 +39,8 @@ class LineSource(Source):
 
     async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:   # pragma: no cover
         """``(timestamps, marks, blob)`` of the next chunk, or None at the end:
-        ``marks`` (:func:`line_marks`) say where each line ends."""
+        ``marks`` (:func:`engine.lines.line_marks`) say where each line ends."""
         raise NotImplementedError
-
-
-def line_marks(lens) -> list[int]:
-    """``-1``, then the offset of each line's last byte (its ``\n``), from the lines'
-    lengths: line ``k`` of the blob is ``blob[marks[k] + 1:marks[k + 1] + 1]``."""
-    return list(accumulate(lens, initial=-1))
 
 
 def node_ranks(nodes) -> dict[str, int]:
@@ -199,8 +195,6 @@ def _sort_windows(cur, stamps, marks, blobs, desc: bool) -> list[bytes]:
     parts_l: list[bytes] = []
     for i, p, j in cur:
         parts_t += stamps[i][p:j]
-        after = map((1).__add__, marks[i][p:j + 1])   # each line's start, then the end
-        bounds = list(after)
-        parts_l += map(blobs[i].__getitem__, map(slice, bounds[:-1], bounds[1:]))
+        parts_l += cut_lines(blobs[i], marks[i], p, j)
     idx = sorted(range(len(parts_t)), key=parts_t.__getitem__, reverse=desc)
     return [parts_l[x] for x in idx]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import sys
-from array import array
 from dataclasses import dataclass
 from itertools import islice
 from operator import itemgetter
@@ -21,8 +19,7 @@ import aiohttp
 import msgpack
 
 from engine.entry import Entry
-from engine.lines import lens_from_bytes, lens_to_bytes
-from query.linemerge import line_marks
+from engine.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
 
 PEER_PREFIX = "/peer/v1"
 
@@ -124,7 +121,7 @@ class PeerClient:
                          after_seq: int | None
                          ) -> AsyncIterator[tuple[list[int], list[int], bytes, int]]:
         """The peer's matching entries rendered as NDJSON lines, chunk by chunk:
-        ``(timestamps, line end offsets, lines blob, non-ok count)``; PeerError if cut short."""
+        ``(timestamps, line marks, lines blob, non-ok count)``; PeerError if cut short."""
         q = dict(params)
         q["order"] = order
         q["format"] = "lines"
@@ -175,10 +172,7 @@ def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> list[b
     the count of non-ok entries, ``l`` the lines (each ending in ``\n``) as one
     blob (``parts``, in order).  Framed here rather than by a Packer, and given
     as a list of byte strings, so the lines are not copied before the socket."""
-    a = array("q", ts)
-    if sys.byteorder == "big":
-        a.byteswap()
-    t, n = a.tobytes(), lens_to_bytes(lens)
+    t, n = le_bytes(TS_CODE, ts), le_bytes(LEN_CODE, lens)
     size = sum(map(len, parts))
     head = b"".join((b"\x84\xa1t", _bin_header(len(t)), t, b"\xa1n", _bin_header(len(n)), n,
                      b"\xa1v", msgpack.packb(bad), b"\xa1l", _bin_header(size)))
@@ -194,7 +188,7 @@ def _bin_header(size: int) -> bytes:
 
 
 def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
-    """A chunk as (timestamps, line marks (``query.linemerge.line_marks``), blob, non-ok count).
+    """A chunk as (timestamps, line marks (``engine.lines.line_marks``), blob, non-ok count).
 
     Refused unless the lengths cut the whole blob into non-empty lines that each
     end in ``\n`` and no line holds a CR (JSON escapes both inside a line; a LF
@@ -203,16 +197,12 @@ def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
     if type(t) is not bytes or type(n) is not bytes or type(blob) is not bytes \
             or type(bad) is not int or len(t) % 8 or len(n) * 2 != len(t):
         raise PeerError("malformed line chunk")
-    a = array("q")
-    a.frombytes(t)
-    if sys.byteorder == "big":
-        a.byteswap()
-    lens = lens_from_bytes(n)
+    lens = le_array(LEN_CODE, n)
     marks = line_marks(lens)
     if marks[-1] + 1 != len(blob) or 0 in lens or b"\r" in blob or (
             len(marks) > 1 and _bytes_at(blob, marks) != b"\n" * (len(marks) - 1)):
         raise PeerError("malformed line chunk: lengths and lines disagree")
-    return a.tolist(), marks, blob, bad
+    return le_array(TS_CODE, t).tolist(), marks, blob, bad
 
 
 def _bytes_at(blob: bytes, marks: list[int]) -> bytes:

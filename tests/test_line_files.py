@@ -79,23 +79,25 @@ def reference(dd, node, *args, **kw):
 
 
 def blocks(path: Path) -> tuple[str, list[tuple[int, int, int, int, int]]]:
-    """(tag, [(file pos, frame offset, frame end, count, block size)]) of a whole line file.
-    Per line a block holds an 8-byte ts and maybe more: that width is the one that tiles the
-    file with blocks chained frame to frame (tests touch only the ts, the lines, the MAC)."""
+    """(tag, [(file pos, frame offset, frame end, count, block size)]) of a whole line file,
+    read by the layout in docs/FORMAT.md (per line an 8-byte ts and a 4-byte length)."""
     data = path.read_bytes()
     magic, _, n = FILE_HEADER.unpack_from(data)
     assert magic == b"AULN"
-    for per_line in (8, 12, 16):
-        pos, out = FILE_HEADER.size + n, []
-        while pos + BLOCK.size <= len(data):
-            off, end, count, nbytes = BLOCK.unpack_from(data, pos)
-            if out and off != out[-1][2]:
-                break
-            out.append((pos, off, end, count, BLOCK.size + per_line * count + nbytes + MAC))
-            pos += out[-1][4]
-        if pos == len(data):
-            return data[FILE_HEADER.size: FILE_HEADER.size + n].decode(), out
-    raise AssertionError(f"{path} is not a sequence of whole blocks")
+    pos, out = FILE_HEADER.size + n, []
+    while pos + BLOCK.size <= len(data):
+        off, end, count, nbytes = BLOCK.unpack_from(data, pos)
+        assert not out or off == out[-1][2], "blocks chained frame to frame"
+        out.append((pos, off, end, count, BLOCK.size + 12 * count + nbytes + MAC))
+        pos += out[-1][4]
+    assert pos == len(data), f"{path} is not a sequence of whole blocks"
+    return data[FILE_HEADER.size: FILE_HEADER.size + n].decode(), out
+
+
+def damage_setup(dd, node, segment: int):
+    """(frame count, reference read, a segment's line file, its bytes, its blocks)."""
+    path = lines_path(segment_paths(dd)[segment])
+    return n_frames(dd, node), reference(dd, node), path, path.read_bytes(), blocks(path)[1]
 
 
 def n_frames(dd, node) -> int:
@@ -177,11 +179,7 @@ def test_desc_reads_by_a_keeper_keep_blocks_in_frame_order_only(built):
 @pytest.mark.parametrize("where", ["lines", "ts", "mac", "count"])
 def test_tampered_block_is_never_served_and_is_kept_again(kept, where):
     dd, node = kept
-    total = n_frames(dd, node)
-    ref = reference(dd, node)
-    path = lines_path(segment_paths(dd)[1])
-    good = path.read_bytes()
-    _, bl = blocks(path)
+    total, ref, path, good, bl = damage_setup(dd, node, 1)
     k = 2
     pos, _, _, _, size = bl[k]
     at = {"lines": pos + size - MAC - 40, "ts": pos + BLOCK.size + 8 + 1,
@@ -263,11 +261,7 @@ def test_damaged_segment_frame_is_flagged_never_served_from_its_block(kept, rebu
 @pytest.mark.parametrize("cut", ["lines", "block_header", "file_header", "junk"])
 def test_torn_tail_is_cut_back_and_kept_again(kept, cut):
     dd, node = kept
-    total = n_frames(dd, node)
-    ref = reference(dd, node)
-    path = lines_path(segment_paths(dd)[2])
-    good = path.read_bytes()
-    _, bl = blocks(path)
+    total, ref, path, good, bl = damage_setup(dd, node, 2)
     pos, _, _, _, size = bl[-1]
     at = {"lines": pos + size // 2, "block_header": pos + 10, "file_header": 3, "junk": pos}[cut]
     os.truncate(path, at)

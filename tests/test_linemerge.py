@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.lines import LEN_CODE
-from query.linemerge import LineSource, line_marks, merge_lines, node_ranks
+from engine.lines import LEN_CODE, line_marks
+from query.linemerge import LineSource, merge_lines, node_ranks
 from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
 
 
@@ -202,7 +202,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     from export.ndjson import ndjson_lines
     from helpers_engine import build_log, frames_of, segment_paths
     from engine.log import NodeLog
-    from engine.lines import split_lines
+    from engine.lines import cut_lines
     from query.cluster import take_lines
     from query.filters import Filter
     from query.scan import scan_node, scan_node_batches
@@ -237,7 +237,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
         tsf = TimestampFormatter().format
         while (chunk := take_lines(batches, 13, tsf, node.node_id)) is not None:
             ts += chunk[0]
-            got += split_lines(chunk[2], chunk[1])
+            got += cut_lines(chunk[2], line_marks(chunk[1]))
         assert got == want, (params, order, after)
         assert ts == [_ts_of(line) for line in got]
         if damage and not params and after is None:
