@@ -925,7 +925,8 @@ def _load_nodes(data_dirs: list[Path], seed: int, per_node: int, commit: int) ->
     commits interleaved in time by :func:`_merge_schedule`."""
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
-    from engine.writer import LogWriter, now_us
+    from engine.clock import now_us
+    from engine.writer import LogWriter
     writers, gens = [], []
     try:
         for i, d in enumerate(data_dirs):
@@ -1143,7 +1144,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
     from export.ndjson import iter_ndjson
     per_node = events // len(MERGE_NODES)
     d = Path(tempfile.mkdtemp(prefix="sqlite-merge-", dir=workdir))
-    from engine.writer import now_us
+    from engine.clock import now_us
     schedule = _merge_schedule(per_node, commit, now_us())
     try:
         paths = []

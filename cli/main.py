@@ -638,11 +638,10 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
 
 
 def _seed_demo(service) -> None:
-    from engine.writer import now_us
     from ingest.demo import seed_demo
     head, _ = service.log.head()
     if head <= 1:   # empty (or only the recovery/first bookkeeping entry)
-        n = seed_demo(service.writer, now_us())
+        n = seed_demo(service.writer, service.writer.now())
         click.echo(f"auditlog: demo: seeded {n} sample events over the last 24 hours", err=True)
     rec, token = service.keys.create("demo-reader", "reader")
     click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)

@@ -17,7 +17,7 @@ from engine.entry import EntryDraft, format_ts
 from engine.index import index_path
 from engine.lines import lines_path
 from engine.terms import terms_path
-from engine.writer import LogWriter, now_us
+from engine.writer import LogWriter
 
 DAY_US = 86_400 * 1_000_000
 STATE_FILE = "retention.json"
@@ -43,8 +43,9 @@ class RetentionReport:
 
 def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool = False) -> RetentionReport:
     days = writer.settings.retention_days
-    as_of = now_us() if as_of_us is None else as_of_us
-    report = RetentionReport(format_ts(now_us()), format_ts(as_of), days, dry_run)
+    now = writer.now()
+    as_of = now if as_of_us is None else as_of_us
+    report = RetentionReport(format_ts(now), format_ts(as_of), days, dry_run)
     if days is not None:
         cutoff = as_of - days * DAY_US
         active = writer._active.index

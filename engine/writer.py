@@ -23,8 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from engine import clock
 from engine.chain import GENESIS
 from engine.datadir import DataDir, Node, fsync_dir, write_atomic
 from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len,
@@ -35,10 +36,6 @@ from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_
 from engine.log import NodeLog, SegmentInfo, index_segment
 from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
 from engine.settings import StoreSettings
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
@@ -154,8 +151,10 @@ class LogWriter:
     """Appends to one node's log.  Thread-safe; one per data dir (OS lock)."""
 
     def __init__(self, data_dir: DataDir, node: Node, settings: StoreSettings = StoreSettings(),
-                 log: NodeLog | None = None):
+                 log: NodeLog | None = None, clock: Callable[[], int] | None = None):
         self.data_dir = data_dir
+        #: where "now" comes from (µs); None: the system clock (``engine.clock.now_us``)
+        self._clock = clock
         self.node = node.node_id
         self.key = node.key
         self.settings = settings
@@ -187,6 +186,10 @@ class LogWriter:
         #: called in the commit, before anything is written, with ``[(tag, AppendResult)]``
         #: for the tagged batches in it; if it raises, the commit fails and writes nothing
         self.before_commit = None
+
+    def now(self) -> int:
+        """The writer's current time, µs (its injected clock, else the system's)."""
+        return self._clock() if self._clock is not None else clock.now_us()
 
     # -- open / close --------------------------------------------------------
 
@@ -309,7 +312,7 @@ class LogWriter:
         path = seg_dir / segment_name(first_seq)
         if path.exists():
             raise EngineError(f"segment {path.name} already exists; refusing to overwrite it")
-        raw, header = SegmentHeader.build(self.key, self.node, first_seq, now_us(), prev_sig, prev_mac)
+        raw, header = SegmentHeader.build(self.key, self.node, first_seq, self.now(), prev_sig, prev_mac)
         tmp = path.with_name(path.name + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -366,7 +369,7 @@ class LogWriter:
         self._seal(old)
 
     def active_age(self) -> float:
-        return (now_us() - self._active.header.created_us) / 1e6
+        return (self.now() - self._active.header.created_us) / 1e6
 
     # -- appending ---------------------------------------------------------------
 
@@ -443,7 +446,7 @@ class LogWriter:
         the log's time order and chain hold as for any other append; the HTTP
         API and the CLI's append never reach this.
         """
-        if at_us < self.last_ts or at_us > now_us():
+        if at_us < self.last_ts or at_us > self.now():
             raise EngineError("seed timestamps must not go backwards or into the future")
         with self._cv:
             while self._committing:
@@ -461,7 +464,7 @@ class LogWriter:
         return req.result
 
     def _commit_unsafe(self, batch: list[_Pending], forced_ts: int | None = None) -> None:
-        t = now_us() if forced_ts is None else forced_ts
+        t = self.now() if forced_ts is None else forced_ts
         settings = self.settings
         if self._active.index.frames and (
                 (t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):

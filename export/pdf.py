@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Iterable
 
 from fpdf import FPDF
 
+from engine import clock
 from engine.entry import Entry, format_ts
 
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/local/share/fonts")
@@ -82,7 +82,7 @@ def render_pdf(entries: Iterable[Entry], *, title: str, filters: str, nodes: dic
     pdf.set_font(fam, "B", 15)
     pdf.multi_cell(0, 8, clean(title), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(fam, "", 9)
-    generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    generated = format_ts(clock.now_us())[:19] + "Z"
     pdf.multi_cell(0, 5, clean(f"Generated {generated}" + (f" by {generated_by}" if generated_by else "")),
                    new_x="LMARGIN", new_y="NEXT")
     pdf.multi_cell(0, 5, clean(f"Filters: {filters or '(none: every entry)'}"), new_x="LMARGIN", new_y="NEXT")

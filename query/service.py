@@ -15,8 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from engine import clock
 from engine.datadir import DataDir, Node
-from engine.entry import EntryDraft
+from engine.entry import EntryDraft, format_ts
 from engine.errors import EngineError
 from engine.log import NodeLog
 from engine.settings import StoreSettings
@@ -261,7 +262,7 @@ class Service:
         with self._key_lock:
             rec = self._key_uses.get(key.id)
             if rec is None:
-                self._key_uses[key.id] = [key.name, key.role, 1, time.time(), ip]
+                self._key_uses[key.id] = [key.name, key.role, 1, clock.now_us(), ip]
             else:
                 rec[2] += 1
                 rec[4] = ip or rec[4]
@@ -273,7 +274,7 @@ class Service:
             return 0
         drafts = [EntryDraft(name, "auth.api_key_used", kid, None, ip, None, True,
                              {"key_id": kid, "role": role, "count": count,
-                              "first_use": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first))})
+                              "first_use": format_ts(first)[:19] + "Z"})
                   for kid, (name, role, count, first, ip) in sorted(uses.items())]
         self.writer.append_batch(drafts)
         return len(drafts)

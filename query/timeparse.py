@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import time
+from engine import clock
 
 from query.errors import InvalidFilterError
 
@@ -49,8 +49,8 @@ _EXPECTED = ("expected RFC 3339 (2026-03-14T09:12:33Z), a date (2026-03-14), "
 
 
 def now_us() -> int:
-    """The current time in µs since the epoch (UTC)."""
-    return time.time_ns() // 1000
+    """The current time in µs since the epoch (UTC): the node's clock (``engine.clock``)."""
+    return clock.now_us()
 
 
 def parse_time(text: str, now_us: int | None = None, *, param: str = "time") -> int:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from engine import clock
 from engine.entry import EntryDraft, format_ts
 from query.errors import QueryError
 
@@ -61,7 +61,7 @@ def witness_draft(cp: dict, witness_sig: str, cert_der: bytes) -> EntryDraft:
     return EntryDraft("system", "audit.checkpoint", cp["node"], details={
         "node": cp["node"], "seq": cp["seq"], "signature": cp["signature"], "ts": cp["ts"],
         "witness_signature": witness_sig, "cert_sha256": hashlib.sha256(cert_der).hexdigest(),
-        "received": format_ts(time.time_ns() // 1000)})
+        "received": format_ts(clock.now_us())})
 
 
 def check_witnessed(node: str, checkpoints: list[dict], head_seq: int, first_seq: int,

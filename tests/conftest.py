@@ -2,6 +2,13 @@
 
 ``tests/`` is put on ``sys.path`` so that suites can ``import helpers_engine``
 (the shared engine-test helpers) whatever pytest's import mode is.
+
+Time is frozen for everything that runs in the test process: ``engine.clock``
+starts at :data:`TEST_EPOCH_US` (2026-03-14T09:00:00Z) and moves 1 ms per reading,
+so no test depends on today's date.  A test that needs time to pass advances
+the ``frozen_clock`` fixture.  Programs the tests start as subprocesses (the
+CLI, servers, peers) keep the system clock: their own stamps and relative
+times agree with each other whatever the date.
 """
 
 from __future__ import annotations
@@ -15,12 +22,36 @@ for _p in (str(_TESTS), str(_TESTS.parent)):
         sys.path.insert(0, _p)
 
 
+import pytest  # noqa: E402
+
+from engine import clock as _clock  # noqa: E402
+
+#: the instant in-process time starts at in every test
+TEST_EPOCH_US = 1_773_478_800_000_000   # 2026-03-14T09:00:00Z
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_clock():
+    """Installed before any other fixture (module-scoped logs included): one clock for
+    the whole test process, moving forward only, so logs built early and tests run
+    later never see time go back."""
+    fc = _clock.FrozenClock(TEST_EPOCH_US, step_us=1000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_clock, "now_us", fc)
+        yield fc
+
+
+@pytest.fixture
+def frozen_clock(_session_clock) -> _clock.FrozenClock:
+    """The test process's clock (``advance(us)`` to let time pass)."""
+    return _session_clock
+
+
 # -- HTTP service fixtures (tests/test_http_*.py) --------------------------------
 #
 # A real Service on a real data dir in tmp_path, real API keys, and an aiohttp
 # test client over a real socket: no mocks anywhere.
 
-import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 
 from engine.datadir import DataDir  # noqa: E402

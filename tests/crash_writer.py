@@ -18,6 +18,11 @@
         segment it rolls into), then lifts it for three more appends.
 
 Every line is flushed at once: what was printed was acknowledged.
+
+Time is not the system's: each writer process stamps from a frozen clock that
+starts a day before the tests' epoch (or just after the log's last entry) and
+moves 1 µs per reading, so runs do not depend on the date and a test process
+continuing the log (its clock starts at the epoch) never sees time go back.
 """
 
 from __future__ import annotations
@@ -30,12 +35,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.clock import FrozenClock  # noqa: E402
 from engine.datadir import DataDir  # noqa: E402
 from engine.entry import EntryDraft  # noqa: E402
 from engine.errors import WriteFailedError  # noqa: E402
+from engine.log import NodeLog  # noqa: E402
 from engine.segment import list_segments  # noqa: E402
 from engine.settings import StoreSettings  # noqa: E402
 from engine.writer import LogWriter  # noqa: E402
+
+
+#: the tests' epoch (tests/conftest.py TEST_EPOCH_US) less one day
+CLOCK_START_US = 1_773_478_800_000_000 - 86_400_000_000
+
+
+def writer_clock(dd: DataDir, node) -> FrozenClock:
+    """A frozen clock for this process: after the log's last entry, 1 µs per reading."""
+    _, last_ts = NodeLog(dd, node).head()
+    return FrozenClock(max(CLOCK_START_US, (last_ts or 0) + 1), step_us=1)
 
 
 def expected_details(n: int) -> dict:
@@ -57,7 +74,8 @@ def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_b
     dd = DataDir(Path(data_dir))
     node = dd.open()
     rng = random.Random(seed)
-    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max, fsync=fsync)).open()
+    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max, fsync=fsync),
+                  clock=writer_clock(dd, node)).open()
     say(f"ready {w.next_seq}")
     n = start_n
     batches = 0
@@ -82,7 +100,7 @@ def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     dd = DataDir(Path(data_dir))
     node = dd.open()
-    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max)).open()
+    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max), clock=writer_clock(dd, node)).open()
     say(f"ready {w.next_seq}")
     n = 0
     # fill the active segment: "plain" to just below the limit (a single event, at

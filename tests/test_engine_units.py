@@ -777,15 +777,13 @@ def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
         assert d["v"] == 2 and "terms" not in d
 
 
-def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path, monkeypatch):
+def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path):
     """The system clock stepping back: entries keep the last ts (never go back), one
     audit.clock_skew entry says by how much (details in canonical order), verify is clean."""
-    import engine.writer as writer_mod
     dd = DataDir(tmp_path / "data")
     node = dd.init("gw1")
     clock = [1_800_000_000_000_000]
-    monkeypatch.setattr(writer_mod, "now_us", lambda: clock[0])
-    with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
+    with LogWriter(dd, node, StoreSettings(fsync="none"), clock=lambda: clock[0]) as w:
         w.append_batch([EntryDraft("a", "auth.login")])
         clock[0] -= 5_000_000                       # the clock steps back 5 s
         w.append_batch([EntryDraft("b", "auth.login")])

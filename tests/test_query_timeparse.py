@@ -56,11 +56,12 @@ def test_relative_forms_use_the_given_now(text: str, delta_us: int) -> None:
     assert parse_time(text, now_us=NOW) == NOW - delta_us
 
 
-def test_relative_without_given_now_uses_the_clock() -> None:
-    before = dt.datetime.now(dt.timezone.utc).timestamp() * 1e6
+def test_relative_without_given_now_uses_the_clock(frozen_clock) -> None:
+    """With no ``now`` given, relative times count back from the node's clock (engine.clock)."""
+    frozen_clock.advance(86_400_000_000)
+    before = frozen_clock.now
     got = parse_time("-1h")
-    after = dt.datetime.now(dt.timezone.utc).timestamp() * 1e6
-    assert before - 3600e6 - 1e6 <= got <= after - 3600e6 + 1e6
+    assert before - 3600_000_000 <= got <= frozen_clock.now - 3600_000_000
 
 
 @pytest.mark.parametrize("text", [
