@@ -1092,22 +1092,21 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
     from engine.datadir import DataDir
-    from engine.log import NodeLog
-    from export.csv import TimestampFormatter
-    from query.cluster import take_lines
-    from query.filters import Filter
     from engine.lines import line_marks
+    from engine.log import NodeLog
+    from query.cluster import LineTaker
+    from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
-    from query.scan import scan_node_batches
+    from query.scan import read_node
 
     per_node = {}
     for d in data_dirs:
         dd = DataDir(d)
         node = dd.open()
-        batches = scan_node_batches(NodeLog(dd, node), Filter())
-        tsf = TimestampFormatter().format
+        log = NodeLog(dd, node)
+        taker = LineTaker(log, read_node(log, Filter()), None, None, "asc")
         chunks = []
-        while (got := take_lines(batches, 2000, tsf, node.node_id)) is not None:
+        while (got := taker.take(2000)) is not None:
             ts, lens, blob, _ = got
             chunks.append((ts, line_marks(lens), blob))
         per_node[node.node_id] = chunks

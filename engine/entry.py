@@ -33,6 +33,10 @@ _BIN8_32 = b"\xc4\x20"
 RECORD_HEADER = _FIXARRAY_11
 pack_value = _pack
 
+#: ``sub`` of an entry's position ``(seq, sub)`` in its node's log; markers for
+#: damage sit before the entry of the same seq (``engine.items``)
+ENTRY_SUB = 100
+
 WIRE_FIELDS = (
     "id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
     "user_agent", "success", "details", "signature", "integrity",
@@ -50,15 +54,6 @@ class EntryDraft(NamedTuple):
     user_agent: str | None = None
     success: bool = True
     details: dict = {}
-
-
-class VerifiedRecords(tuple):
-    """A frame's worth of stored records (tuples laid out as ``R_*``) whose frame
-    MAC verified: every entry is intact (integrity ``ok``).  Handed out by
-    ``NodeLog.scan_batches(records=True)`` to readers that can use the tuples
-    as they are, without an ``Entry`` per record."""
-
-    __slots__ = ()
 
 
 def sort_details(value: Any) -> Any:
@@ -109,7 +104,7 @@ class Entry:
 
     __slots__ = (
         "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-        "user_agent", "success", "details", "signature", "integrity", "violation",
+        "user_agent", "success", "details", "signature", "integrity", "violation", "sub",
     )
 
     def __init__(self, node: str, seq: int, ts: int, user: str, action: str,
@@ -130,6 +125,7 @@ class Entry:
         self.signature = signature
         self.integrity = integrity
         self.violation = violation
+        self.sub = ENTRY_SUB
 
     @classmethod
     def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> "Entry":
@@ -148,6 +144,7 @@ class Entry:
             e.node = node
             e.integrity = "ok"
             e.violation = None
+            e.sub = ENTRY_SUB
             append(e)
         return out
 
@@ -160,6 +157,11 @@ class Entry:
     @property
     def id(self) -> str:
         return f"{self.node}:{self.seq}"
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the entry sits in its node's log (``engine.items``): cursors continue after it."""
+        return (self.seq, self.sub)
 
     @property
     def sort_key(self) -> tuple[int, str, int]:

@@ -2,7 +2,7 @@
 
 Layout (little-endian), see docs/FORMAT.md::
 
-    header  48 bytes  magic "ALF1", payload_len u32, count u32, flags u32,
+    header  48 bytes  magic, payload_len u32, count u32, flags u32,
                       first_seq u64, min_ts i64, max_ts i64, payload_xxh64 u64
     payload           msgpack array of `count` records
     mac     32 bytes  HMAC(key, prev_mac || header || payload)
@@ -10,6 +10,12 @@ Layout (little-endian), see docs/FORMAT.md::
 ``prev_mac`` is the MAC of the previous frame in the same segment, or the
 segment header's MAC for the first frame: one chain runs through every byte of
 a segment after its header.
+
+The magic names the segment format version the frame belongs to: ``ALF1``
+(version 1: ``flags`` is always 0) or ``ALF2`` (version 2: bit 0 of ``flags``,
+:data:`FLAG_CONTINUES`, says that the commit this frame belongs to goes on in
+the next frame, so recovery can tell a commit a crash interrupted from a
+finished one).
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ import xxhash
 
 from engine.chain import NodeKey
 
-FRAME_MAGIC = b"ALF1"
+#: frame magic of each segment format version
+FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2"}
+CURRENT_VERSION = 2
+FRAME_MAGIC = FRAME_MAGICS[CURRENT_VERSION]
+#: flags bit: the commit goes on in the next frame (version 2 on)
+FLAG_CONTINUES = 1
+#: flags bits a frame of each version may carry
+_VALID_FLAGS = {1: 0, 2: FLAG_CONTINUES}
 HEADER = struct.Struct("<4sIIIQqqQ")
 HEADER_SIZE = HEADER.size  # 48
 MAC_SIZE = 32
@@ -52,6 +65,11 @@ class FrameHeader(NamedTuple):
     def total_size(self) -> int:
         return OVERHEAD + self.payload_len
 
+    @property
+    def continues(self) -> bool:
+        """Whether the commit this frame belongs to goes on in the next frame."""
+        return bool(self.flags & FLAG_CONTINUES)
+
 
 class FrameError(Exception):
     """Structural problem with a frame (internal; readers turn it into a violation)."""
@@ -71,23 +89,28 @@ def array_header(count: int) -> bytes:
 
 
 def build_frame(records: list[bytes], first_seq: int, min_ts: int, max_ts: int,
-                key: NodeKey, prev_mac: bytes) -> tuple[bytes, bytes]:
-    """Encode one frame from stored-record bytes; returns (frame bytes, its mac)."""
+                key: NodeKey, prev_mac: bytes, *, continues: bool = False,
+                version: int = CURRENT_VERSION) -> tuple[bytes, bytes]:
+    """Encode one frame from stored-record bytes; returns (frame bytes, its mac).
+    ``continues``: more frames of the same commit follow (version 2 on)."""
+    if continues and not _VALID_FLAGS[version] & FLAG_CONTINUES:
+        raise ValueError(f"segment format {version} frames cannot say that a commit continues")
     payload = array_header(len(records)) + b"".join(records)
-    header = HEADER.pack(FRAME_MAGIC, len(payload), len(records), 0, first_seq,
-                         min_ts, max_ts, _xxh64(payload))
+    header = HEADER.pack(FRAME_MAGICS[version], len(payload), len(records),
+                         FLAG_CONTINUES if continues else 0, first_seq, min_ts, max_ts, _xxh64(payload))
     mac = key.mac(prev_mac, header, payload)
     return header + payload + mac, mac
 
 
-def parse_header(buf: bytes) -> FrameHeader:
-    """Parse and sanity-check a 48-byte frame header (no MAC check)."""
+def parse_header(buf: bytes, version: int = CURRENT_VERSION) -> FrameHeader:
+    """Parse and sanity-check a 48-byte frame header of a segment of format
+    ``version`` (no MAC check)."""
     if len(buf) < HEADER_SIZE:
         raise FrameError("truncated", f"frame header cut short ({len(buf)} of {HEADER_SIZE} bytes)")
     magic, plen, count, flags, first_seq, min_ts, max_ts, checksum = HEADER.unpack_from(buf)
-    if magic != FRAME_MAGIC:
-        raise FrameError("frame_corrupt", f"bad frame magic {magic!r}")
-    if plen == 0 or plen > HARD_MAX_PAYLOAD or count == 0 or count > plen or flags != 0:
+    if magic != FRAME_MAGICS[version]:
+        raise FrameError("frame_corrupt", f"bad frame magic {bytes(magic)!r}")
+    if plen == 0 or plen > HARD_MAX_PAYLOAD or count == 0 or count > plen or flags & ~_VALID_FLAGS[version]:
         raise FrameError("frame_corrupt",
                          f"implausible frame header (payload {plen} bytes, count {count}, flags {flags})")
     if first_seq < 1 or min_ts > max_ts:

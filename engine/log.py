@@ -1,34 +1,46 @@
-"""NodeLog: one node's segments read in order, verified as they are read.
+"""NodeLog: one node's log read in order, everything returned verified or reported.
 
-The reader never needs the writer's lock.  It lists the segment files once per
-scan and reads each at the size it had when opened, so it sees a consistent,
-committed prefix while a writer appends.  Every frame returned is checked
-(xxhash + chained MAC); damage comes back as data: entries marked
-``integrity="violation"`` or, for stretches that cannot be decoded, one marker
-entry per stretch.  Indexes only say where to look; they are never trusted for
-what is there.
+:meth:`NodeLog.read` is the one reader every read path goes through.  It
+yields, in log order (or reversed), :class:`~engine.items.VerifiedFrame`
+items (a frame whose checksum and chained MAC verified when it was read, whole
+or the part the read wants) and :class:`~engine.items.Damage` items (what it
+could not verify, with the seqs and times that covers).  Nothing that could
+hold an entry the read asks for is skipped without being verified or reported:
+
+* the time index (``engine.index``) only says which frames can hold the
+  window; a damaged frame's row carries the times its entries can have, so a
+  read of any window that overlaps it visits it;
+* term postings (``engine.terms``) only say which records can match; each is
+  checked against its chained signature when read (a failure sends the read
+  to the whole frame), and frames that did not verify when the postings were
+  built are listed there and visited by every selective read of their window;
+* structure problems (gaps, unreadable or foreign files, broken links, cut
+  tails: ``engine.layout``) are placed in the stream with their time coverage,
+  so a read whose window falls into a gap is told so.
+
+The reader never needs the writer's lock.  It reads each segment at the size it
+had when opened, so it sees a consistent, committed prefix while a writer
+appends.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import Callable, Iterator
 
 import msgpack
 
-from engine.chain import NodeKey
+from engine.catalog import Catalog, SegmentInfo, unpack_records
 from engine.datadir import DataDir, Node, write_atomic
-from engine.entry import R_SIG, Entry, VerifiedRecords, canonical_bytes
+from engine.entry import ENTRY_SUB, R_SIG, Entry
 from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
-from engine.lines import LineFiles, RenderedFrame
-from engine.index import FrameRow, SegmentIndex, index_path
+from engine.index import FrameRow
+from engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
+from engine.layout import Slot, layout
+from engine.segment import SegmentData
 from engine.terms import TERM_FIELDS, TermIndex, terms_path
-from engine.segment import (SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
-                            parse_segment_header, seq_from_name, walk_frames, MAX_HEADER)
 
 FAR_FUTURE = 2**62
 #: postings kept decoded in memory, all segments together (least recently used go first)
@@ -36,166 +48,7 @@ TERMS_CACHE_BYTES = 256 * 1024 * 1024
 #: no record is larger than this (details are bounded far below it)
 MAX_RECORD_PEEK = 1024 * 1024
 
-
-def _unpack(payload: bytes):
-    return msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True)
-
-
-@dataclass
-class Problem:
-    """A structural finding about the segment sequence (data, not an exception)."""
-
-    kind: str
-    seq_from: int | None
-    seq_to: int | None
-    segment: str
-    detail: str
-    ts_hint: int = 0
-
-
-@dataclass
-class SegmentInfo:
-    path: Path
-    header: SegmentHeader | None
-    index: SegmentIndex | None
-    problem: Problem | None = None       # header unreadable / foreign / misnamed
-    tail: tuple[int, str] | None = None   # (offset, detail) of an incomplete last frame
-    file_size: int = 0                    # size of the file when it was indexed
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def first_seq(self) -> int:
-        if self.header is not None:
-            return self.header.first_seq
-        return seq_from_name(self.path.name) or 0
-
-    @property
-    def last_seq(self) -> int:
-        if self.index is not None and self.index.frames:
-            row = self.index.frames[-1]
-            return row.first_seq + max(row.count, 1) - 1
-        return self.first_seq - 1
-
-    @property
-    def last_sig(self) -> bytes:
-        if self.index is not None and self.index.last_sig:
-            return self.index.last_sig
-        return self.header.prev_sig if self.header else b""
-
-    @property
-    def last_mac(self) -> bytes:
-        if self.index is not None and self.index.last_mac:
-            return self.index.last_mac
-        return self.header.mac if self.header else b""
-
-
-def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
-                  resume: SegmentIndex | None = None) -> SegmentInfo:
-    """Walk a segment's frames (from where ``resume`` stopped) and index them."""
-    try:
-        sd = SegmentData(path)
-    except FileNotFoundError:
-        raise
-    with sd:
-        data = sd.data
-        size = sd.size if upto is None else min(upto, sd.size)
-        try:
-            header = parse_segment_header(data[:MAX_HEADER], key)
-        except SegmentHeaderError as e:
-            return SegmentInfo(path, None, None, Problem(
-                e.kind, seq_from_name(path.name), None, path.name, e.detail))
-        problem = None
-        if header.node != node:
-            problem = Problem("foreign_segment", header.first_seq, None, path.name,
-                              f"segment belongs to node {header.node!r}, not {node!r}")
-        elif seq_from_name(path.name) != header.first_seq:
-            problem = Problem("segment_misnamed", header.first_seq, None, path.name,
-                              f"file name does not match the first seq {header.first_seq} in its header")
-        if resume is not None and resume.header_mac == header.mac:
-            idx = resume
-            start = idx.size
-            prev_mac = idx.last_mac or header.mac
-        else:
-            idx = SegmentIndex(path.name, header.mac, header.size)
-            start = header.size
-            prev_mac = header.mac
-        if start > size:   # the file shrank under us: start again
-            idx = SegmentIndex(path.name, header.mac, header.size)
-            start, prev_mac = header.size, header.mac
-        expected_seq = (idx.last_seq + 1) if idx.frames else header.first_seq
-        last_ts = idx.max_ts if idx.frames else header.created_us
-        tail = None
-        stretch: list | None = None   # an open-ended damaged stretch (not a frame at all)
-
-        def close_stretch(next_first: int) -> None:
-            # the stretch held what lies between the frames around it
-            if stretch is not None and next_first - 1 >= stretch[2]:
-                stretch[3] = next_first - 1
-
-        for fr in walk_frames(data, start, prev_mac, key, size):
-            if fr.problem == "truncated":
-                tail = (fr.offset, fr.detail)
-                break
-            if fr.header is not None:
-                close_stretch(fr.header.first_seq)
-                stretch = None
-            if fr.problem is None:
-                try:
-                    recs = _unpack(fr.payload)
-                    ok = (isinstance(recs, tuple) and len(recs) == fr.header.count
-                          and all(isinstance(r, tuple) and len(r) == 11 for r in recs))
-                except (ValueError, msgpack.UnpackException):
-                    ok = False
-                if ok:
-                    h = fr.header
-                    idx.add_frame(FrameRow(fr.offset, h.first_seq, h.count, h.min_ts, h.max_ts))
-                    idx.last_sig = recs[-1][R_SIG]
-                    idx.last_mac = fr.mac
-                    expected_seq = h.first_seq + h.count
-                    last_ts = max(last_ts, h.max_ts)
-                    idx.size = fr.end
-                    continue
-                fr.problem, fr.detail = "undecodable", f"frame at offset {fr.offset} does not decode"
-            h = fr.header
-            if h is not None:
-                first, count = h.first_seq, h.count
-                if fr.problem == "mac_mismatch":
-                    # the payload still matches the checksum in the header, so the header
-                    # (which only the MAC covers) is the suspect: the records say which
-                    # seqs the damage concerns
-                    first, count = _record_seq_range(fr.payload) or (first, count)
-                row = FrameRow(fr.offset, first, count, min(h.min_ts, last_ts), max(h.max_ts, last_ts))
-                seq_to = first + count - 1
-                idx.last_mac = fr.mac or idx.last_mac
-                expected_seq = first + count
-            else:
-                row = FrameRow(fr.offset, expected_seq, 0, last_ts, last_ts)
-                seq_to = None
-            idx.add_damaged(row, fr.problem, fr.detail, row.first_seq, seq_to)
-            if h is None:
-                stretch = idx.damaged[len(idx.frames) - 1]
-            idx.size = fr.end
-            # signatures of what follows cannot be chained from a damaged frame
-            idx.last_sig = b""
-        return SegmentInfo(path, header, idx, problem, tail)
-
-
-def _record_seq_range(payload: bytes) -> tuple[int, int] | None:
-    """(first seq, count) the records of a payload carry, if they decode and are contiguous."""
-    try:
-        recs = _unpack(payload)
-    except (ValueError, msgpack.UnpackException):
-        return None
-    if not (isinstance(recs, tuple) and recs and all(
-            isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)):
-        return None
-    first = recs[0][0]
-    if first < 1 or any(r[0] != first + i for i, r in enumerate(recs)):
-        return None
-    return first, len(recs)
+Item = VerifiedFrame | Damage
 
 
 class NodeLog:
@@ -207,338 +60,334 @@ class NodeLog:
         self.key = node.key
         self.sign = node.key.signer()
         self._index_key = node.key.derive(b"index")
-        self._cache: dict[str, SegmentInfo] = {}
-        self._lock = threading.Lock()
+        self.catalog = Catalog(data_dir, node)
         self._terms: OrderedDict[str, TermIndex] = OrderedDict()
         self._terms_lock = threading.Lock()
+        self._anchor: tuple | None = None
         # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
         self._canon_prefix = b"\x9b" + msgpack.packb(node.node_id)
         #: rendered lines kept beside the segments (set by the server; see engine.lines)
-        self.line_files: LineFiles | None = None
-        #: set by an in-process writer: returns its live SegmentInfo for the active segment
-        self.live_active: Callable[[], SegmentInfo | None] | None = None
+        self.line_files = None
 
-    # -- segment discovery -----------------------------------------------------
+    @property
+    def live_active(self) -> Callable[[], SegmentInfo | None] | None:
+        return self.catalog.live_active
+
+    @live_active.setter
+    def live_active(self, fn: Callable[[], SegmentInfo | None] | None) -> None:
+        """Set by an in-process writer: returns its live SegmentInfo for the active segment."""
+        self.catalog.live_active = fn
+
+    # -- the segments ----------------------------------------------------------------
 
     def segment_infos(self) -> list[SegmentInfo]:
-        """Every segment, indexed; the last one is the active (growing) segment."""
-        paths = list_segments(self.data_dir.segments)
-        live = self.live_active() if self.live_active else None
-        infos = []
-        for i, p in enumerate(paths):
-            last = i == len(paths) - 1
-            if last and live is not None and live.path == p:
-                infos.append(live)
-                continue
-            try:
-                infos.append(self._info(p, sealed=not last))
-            except FileNotFoundError:
-                continue   # dropped by retention while we listed
-        with self._lock:
-            names = {p.name for p in paths}
-            for n in list(self._cache):
-                if n not in names:
-                    del self._cache[n]
+        """Every segment file, indexed, in log order; the last is the active one."""
+        infos = self.catalog.infos()
         if self.line_files is not None:
-            self.line_files.forget(names)
+            self.line_files.forget({i.name for i in infos})
         return infos
 
-    def _info(self, path: Path, sealed: bool) -> SegmentInfo:
-        st = path.stat()
-        with self._lock:
-            cached = self._cache.get(path.name)
-        if cached is not None and cached.index is not None and cached.index.size == st.st_size \
-                and cached.tail is None:
-            return cached
-        if cached is not None and cached.header is None and cached.file_size == st.st_size:
-            return cached
-        info = None
-        if sealed and cached is None:
-            info = self._load_sidecar(path, st.st_size)
-        if info is None:
-            resume = cached.index if (cached is not None and not sealed and cached.index) else None
-            info = index_segment(path, self.key, self.node, resume=resume)
-            if sealed and info.index is not None and info.problem is None and info.tail is None:
-                self._save_sidecar(path, info.index)
-        info.file_size = st.st_size
-        with self._lock:
-            self._cache[path.name] = info
-        return info
+    def layout(self, infos: list[SegmentInfo]) -> list[Slot | Damage]:
+        """The segments and the structural damage between them (``engine.layout``)."""
+        return layout(self.node, infos, lambda info: self._anchored(infos, info), self._writer_running)
 
-    def _load_sidecar(self, path: Path, size: int) -> SegmentInfo | None:
-        try:
-            raw = index_path(path).read_bytes()
-        except OSError:
-            return None
-        idx = SegmentIndex.from_bytes(raw, self._index_key)
-        if idx is None or idx.size != size or idx.name != path.name:
-            return None
-        try:
-            with SegmentData(path) as sd:
-                header = parse_segment_header(sd.data[:MAX_HEADER], self.key)
-        except SegmentHeaderError:
-            return None
-        if header.mac != idx.header_mac or header.node != self.node \
-                or seq_from_name(path.name) != header.first_seq:
-            return None
-        return SegmentInfo(path, header, idx)
+    def structure_problems(self, infos: list[SegmentInfo]) -> list[Damage]:
+        """The structural damage of the log: gaps, overlaps, broken links, unreadable
+        files, cut tails (each with its seq and time coverage)."""
+        out: list[Damage] = []
+        for it in self.layout(infos):
+            out.extend(it.damage if isinstance(it, Slot) else [it])
+        return out
 
-    def _save_sidecar(self, path: Path, idx: SegmentIndex) -> None:
-        try:
-            write_atomic(index_path(path), idx.to_bytes(self._index_key), sync=False)
-        except OSError:
-            pass   # derived data: a read-only dir just means rebuilding next time
+    def _writer_running(self) -> bool:
+        if self.catalog.live_active is not None:
+            return True
+        from engine.writer import WriterLock
+        return WriterLock.is_held(self.data_dir.lock_path)
 
-    # -- structure ---------------------------------------------------------------
-
-    def structure_problems(self, infos: list[SegmentInfo]) -> list[Problem]:
-        """Findings about the sequence of segments: gaps, overlaps, broken links, head anchor."""
-        problems: list[Problem] = []
-        prev: SegmentInfo | None = None
-        #: findings about segments whose header cannot be read, since ``prev``
-        unreadable: list[Problem] = []
-        for info in infos:
-            if info.problem is not None:
-                p = info.problem
-                if p.seq_to is None and info.index is not None and info.index.frames:
-                    p.seq_to = info.last_seq
-                p.ts_hint = info.index.min_ts if (info.index and info.index.frames) else (
-                    prev.index.max_ts if prev and prev.index and prev.index.frames else 0) or 0
-                problems.append(p)
-            if info.header is None:
-                if info.problem is not None:
-                    unreadable.append(info.problem)
-                continue
-            h = info.header
-            # An unreadable segment whose name says it starts where the next readable
-            # one's predecessor ends holds the seqs in between: name that range on it
-            # instead of also calling those seqs missing.
-            gap_from = 1 if prev is None else prev.last_seq + 1
-            accounted = False
-            if unreadable and h.first_seq > gap_from:
-                for p in unreadable:
-                    if p.seq_to is None:
-                        p.seq_to = h.first_seq - 1
-                accounted = unreadable[0].seq_from == gap_from
-            unreadable = []
-            if accounted:
-                pass
-            elif prev is None:
-                if h.first_seq != 1 and not self._anchored(infos, h):
-                    problems.append(Problem(
-                        "segment_missing", 1, h.first_seq - 1, info.name,
-                        f"log starts at seq {h.first_seq} and no retention purge accounts for seq 1..{h.first_seq - 1}",
-                        info.index.min_ts if info.index and info.index.frames else h.created_us))
-            else:
-                expected = prev.last_seq + 1
-                ts_hint = (prev.index.max_ts if prev.index and prev.index.frames else h.created_us) or 0
-                if h.first_seq > expected:
-                    problems.append(Problem(
-                        "segment_missing", expected, h.first_seq - 1, info.name,
-                        f"seq {expected}..{h.first_seq - 1} missing before this segment", ts_hint))
-                elif h.first_seq < expected:
-                    problems.append(Problem(
-                        "segment_duplicate", h.first_seq, min(expected - 1, info.last_seq), info.name,
-                        f"segment starts at seq {h.first_seq}, but seq up to {expected - 1} came before it",
-                        ts_hint))
-                elif prev.header is not None and (h.prev_mac != prev.last_mac or (
-                        prev.last_sig and h.prev_sig != prev.last_sig)):
-                    problems.append(Problem(
-                        "chain_broken", h.first_seq, h.first_seq, info.name,
-                        f"segment header does not link to the end of {prev.name}", ts_hint))
-            prev = info
-        return problems
-
-    def _anchored(self, infos: list[SegmentInfo], head: SegmentHeader) -> bool:
-        """Is the log's first seq accounted for by an ``audit.retention_purge`` entry?"""
+    def _anchored(self, infos: list[SegmentInfo], head: SegmentInfo) -> bool:
+        """Is the log's first seq accounted for by an intact ``audit.retention_purge`` entry?"""
+        key = (head.name, head.ident, head.header.mac)
+        if self._anchor is not None and self._anchor[0] == key:
+            seq = self._anchor[1]
+            e = self.get(seq) if seq else None
+            if e is not None and self._anchors(e, head):
+                return True
+        want = head.first_seq - 1
         for e in self.scan(terms={"action": frozenset(["audit.retention_purge"])}, check_structure=False,
                            infos=infos):
-            # only the node's own, intact purge entries count (clients cannot write audit.*)
-            if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system":
-                continue
-            for row in e.details.get("segments", ()):
-                # [name, first_seq, last_seq, last_signature hex]
-                if len(row) == 4 and row[2] == head.first_seq - 1 and row[3] == head.prev_sig.hex():
-                    return True
+            if self._anchors(e, head):
+                self._anchor = (key, e.seq)
+                return True
+        self._anchor = (key, 0) if want else None
         return False
 
-    # -- scanning ----------------------------------------------------------------
+    @staticmethod
+    def _anchors(e: Entry, head: SegmentInfo) -> bool:
+        # only the node's own, intact purge entries count (clients cannot write audit.*)
+        if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" \
+                or not isinstance(e.details, dict):
+            return False
+        for row in e.details.get("segments", ()):
+            # [name, first_seq, last_seq, last_signature hex]
+            if isinstance(row, (list, tuple)) and len(row) == 4 and row[2] == head.first_seq - 1 \
+                    and row[3] == head.header.prev_sig.hex():
+                return True
+        return False
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, from_us: int | None = None, to_us: int | None = None, *,
+             terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
+             after: tuple[int, int] | None = None, predicate: Callable[[Entry], bool] | None = None,
+             check_structure: bool = True, infos: list[SegmentInfo] | None = None) -> Iterator[Item]:
+        """Verified frames and damage for entries with ``from_us <= ts < to_us``, in log
+        order (``order="desc"``: reversed).
+
+        ``after``: continue a previous read strictly after this position ``(seq, sub)``
+        in read order (``Entry.position``).  ``terms`` narrows the records read
+        through the term postings (a hint: every entry still goes through
+        ``predicate``).  Damage is returned whatever the predicate says, when its
+        time coverage overlaps the window.
+        """
+        lo = -FAR_FUTURE if from_us is None else from_us
+        hi = FAR_FUTURE if to_us is None else to_us
+        desc = order == "desc"
+        if infos is None:
+            infos = self.segment_infos()
+        if check_structure:
+            items = self.layout(infos)
+        else:
+            items = [Slot(i) for i in infos if i.header is not None and i.index is not None]
+        if after is None:
+            pos_ok = None
+        elif desc:
+            def pos_ok(p, _a=after):
+                return p < _a
+        else:
+            def pos_ok(p, _a=after):
+                return p > _a
+        active = infos[-1] if infos else None
+        for it in (reversed(items) if desc else items):
+            if type(it) is Damage:
+                if it.overlaps(lo, hi) and (pos_ok is None or pos_ok(it.position)):
+                    yield it
+                continue
+            marks = [d for d in it.damage if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position))]
+            if marks and not desc:
+                yield from marks
+            if self._may_hold(it, lo, hi, after, desc):
+                yield from self._read_slot(it, lo, hi, terms, desc, after, pos_ok, predicate,
+                                           sealed=it.info is not active)
+            if marks and desc:
+                yield from reversed(marks)
 
     def scan(self, from_us: int | None = None, to_us: int | None = None, *,
              terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
-             after_seq: int | None = None, predicate: Callable[[Entry], bool] | None = None,
+             after_seq: int | None = None, after: tuple[int, int] | None = None,
+             predicate: Callable[[Entry], bool] | None = None,
              check_structure: bool = True, infos: list[SegmentInfo] | None = None) -> Iterator[Entry]:
-        """Entries with ``from_us <= ts < to_us`` in seq order (``desc`` reverses it).
+        """:meth:`read` as entries: verified ones, flagged ones and markers, in order.
 
-        ``after_seq`` continues a previous scan: strictly after it in scan order.
-        ``terms`` narrows the frames read with the term index (a hint; every
-        returned entry still goes through ``predicate``).  Violation markers and
-        damaged entries are returned whatever the predicate says.
+        ``after_seq`` is ``after=(after_seq, ENTRY_SUB)``: strictly after that entry.
         """
-        return chain.from_iterable(self._scan_batches(from_us, to_us, terms, order, after_seq, predicate,
-                                                      check_structure, infos))
-
-    def scan_batches(self, from_us: int | None = None, to_us: int | None = None, *,
-                     terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
-                     after_seq: int | None = None, predicate: Callable[[Entry], bool] | None = None,
-                     records: bool = False, lines: bool = False
-                     ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
-        """The same scan as :meth:`scan`, in batches (about a frame each).
-
-        With ``records=True`` a frame wanted whole, whose MAC verified, comes
-        as :class:`VerifiedRecords` (its record tuples, in scan order) instead
-        of a list of entries; with ``lines=True`` (and :attr:`line_files` set)
-        such a frame comes as a :class:`~engine.lines.RenderedFrame` instead.
-        Everything else (damage, markers, frames cut by the range, the
-        predicate or ``after_seq``) still comes as entries.
-        """
-        return self._scan_batches(from_us, to_us, terms, order, after_seq, predicate, True, None,
-                                  records, lines and self.line_files is not None)
-
-    def _scan_batches(self, from_us, to_us, terms, order, after_seq, predicate, check_structure,
-                      infos, records: bool = False, lines: bool = False
-                      ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
-        """The scan as lists of entries (a frame's worth at a time: cheap per entry)."""
-        lo = -FAR_FUTURE if from_us is None else from_us
-        hi = FAR_FUTURE if to_us is None else to_us
-        if infos is None:
-            infos = self.segment_infos()
-        desc = order == "desc"
-        problems = self.structure_problems(infos) if check_structure else []
-        by_segment: dict[str, list[Problem]] = {}
-        for p in problems:
-            by_segment.setdefault(p.segment, []).append(p)
-        seq_ok = (lambda s: True) if after_seq is None else (
-            (lambda s: s < after_seq) if desc else (lambda s: s > after_seq))
-        ordered = reversed(infos) if desc else infos
-        for info in ordered:
-            markers = [self._marker(p) for p in by_segment.get(info.name, ())
-                       if lo <= p.ts_hint < hi or p.ts_hint == 0]
-            markers = [m for m in markers if seq_ok(m.seq)]
-            if not desc and markers:
-                yield markers
-            if info.index is not None and info.header is not None and self._may_hold(
-                    info, lo, hi, after_seq, desc):
-                yield from self._scan_segment(info, lo, hi, terms, desc, seq_ok, predicate, after_seq,
-                                              sealed=info is not infos[-1], records=records,
-                                              lines=lines)
-            if desc and markers:
-                yield markers[::-1]
+        if after is None and after_seq is not None:
+            after = (after_seq, ENTRY_SUB)
+        items = self.read(from_us, to_us, terms=terms, order=order, after=after, predicate=predicate,
+                          check_structure=check_structure, infos=infos)
+        return chain.from_iterable(entry_batches(items, from_us, to_us, order == "desc"))
 
     @staticmethod
-    def _may_hold(info: SegmentInfo, lo: int, hi: int, after_seq: int | None, desc: bool) -> bool:
-        """Can this segment hold anything the scan wants?  (Damage is always visited.)"""
-        idx = info.index
-        if not idx.frames or idx.damaged:
-            return bool(idx.frames)
-        if idx.max_ts < lo or idx.min_ts >= hi:
+    def _may_hold(slot: Slot, lo: int, hi: int, after: tuple[int, int] | None, desc: bool) -> bool:
+        """Can this segment hold anything the read wants?  (Damage inside is always visited.)"""
+        info, idx = slot.info, slot.info.index
+        if not idx.frames:
             return False
-        if after_seq is not None:
-            return info.first_seq < after_seq if desc else info.last_seq > after_seq
+        if idx.damaged:
+            return True
+        if idx.verified_hi is None or idx.verified_hi < lo or idx.verified_lo >= hi:
+            return False
+        if after is not None:
+            return (info.first_seq, ENTRY_SUB) < after if desc else (info.last_seq, ENTRY_SUB) > after
         return True
 
-    def _marker(self, p: Problem) -> Entry:
-        rng = f"seq {p.seq_from}..{p.seq_to}" if p.seq_to is not None else f"from seq {p.seq_from}"
-        return Entry.marker(self.node, p.seq_from or 0, p.ts_hint or 0,
-                            f"{p.kind}: {rng} in {p.segment}: {p.detail}")
-
-    def _scan_segment(self, info: SegmentInfo, lo: int, hi: int, terms, desc: bool,
-                      seq_ok, predicate, after_seq: int | None = None,
-                      sealed: bool = True, records: bool = False, lines: bool = False
-                      ) -> Iterator[list[Entry] | VerifiedRecords | RenderedFrame]:
-        idx = info.index
-        nframes = len(idx.frames)
-        if nframes == 0:
-            return
+    def _read_slot(self, slot: Slot, lo: int, hi: int, terms, desc: bool, after, pos_ok, predicate,
+                   sealed: bool) -> Iterator[Item]:
+        info, idx = slot.info, slot.info.index
+        frames = idx.frames
+        nframes = len(frames)
         start = idx.first_frame_at(lo)
         stop = start
-        frames = idx.frames
         while stop < nframes and frames[stop].min_ts < hi:
             stop += 1
-        candidates = list(range(start, stop))
-        for d in idx.damaged:
-            if start - 1 <= d <= stop and d not in candidates and 0 <= d < nframes:
-                candidates.append(d)
-        candidates.sort(reverse=desc)
-        if not candidates:
+        if start >= stop:
             return
-        node = self.node
         try:
             sd = SegmentData(info.path)
         except FileNotFoundError:
+            # dropped by retention while we read (never a file under the read's window:
+            # retention only drops segments older than every window it would not report)
             return
         with sd:
             data = sd.data
-            if lines:
-                self.line_files.begin(info.path)
             if terms:
-                hits = self._term_hits(info, data, terms, nframes, sealed)
-                if isinstance(hits, list):
-                    yield from self._scan_hits(info, data, hits, candidates, lo, hi, desc, seq_ok, predicate)
+                found = self._term_hits(info, data, terms, nframes, sealed)
+                if found is not None:
+                    hits, suspect = found
+                    if isinstance(hits, list):
+                        yield from self._read_hits(slot, data, hits, suspect, start, stop, lo, hi, desc,
+                                                   pos_ok, predicate)
+                        return
+                    # many hits: read whole frames, fewer of them
+                    wanted = hits | suspect | set(idx.damaged)
+                    order = [o for o in range(start, stop) if o in wanted]
+                    yield from self._read_frames(slot, data, order[::-1] if desc else order, lo, hi, desc,
+                                                 after, pos_ok, predicate)
                     return
-                if isinstance(hits, set):   # many hits: read whole frames, fewer of them
-                    candidates = [c for c in candidates if c in hits or c in idx.damaged]
-            for o in candidates:
-                row = frames[o]
-                if o in idx.damaged:
-                    kind, detail, sf, st = idx.damaged[o]
-                    if row.count == 0 or kind in ("frame_corrupt", "undecodable"):
-                        m = Entry.marker(node, sf, row.min_ts, f"{kind}: " + (
-                            f"seq {sf}..{st}" if st is not None else f"from seq {sf}") +
-                            f" in {info.name}: {detail}")
-                        if seq_ok(m.seq):
-                            yield [m]
-                        continue
-                if not desc and not seq_ok(row.first_seq + row.count - 1):
+            order = range(stop - 1, start - 1, -1) if desc else range(start, stop)
+            yield from self._read_frames(slot, data, order, lo, hi, desc, after, pos_ok, predicate)
+
+    def _read_frames(self, slot: Slot, data, ordinals, lo: int, hi: int, desc: bool, after, pos_ok,
+                     predicate) -> Iterator[Item]:
+        idx = slot.info.index
+        frames = idx.frames
+        damaged = idx.damaged
+        for o in ordinals:
+            row = frames[o]
+            if o in damaged:
+                d = self._frame_damage(slot, data, o, row)
+                d = _keep(d, lo, hi, pos_ok, desc)
+                if d is not None:
+                    yield d
+                continue
+            last = row.first_seq + row.count - 1
+            if after is not None:
+                if desc and (row.first_seq, ENTRY_SUB) >= after:
                     continue
-                if desc and not seq_ok(row.first_seq):
+                if not desc and (last, ENTRY_SUB) <= after:
                     continue
-                whole = lo <= row.min_ts and row.max_ts < hi
-                all_wanted = whole and predicate is None and (after_seq is None or (
-                    row.first_seq + row.count - 1 < after_seq if desc else row.first_seq > after_seq))
-                if lines and all_wanted:
-                    rendered = self._frame_lines(info, data, o, row)
-                    if rendered is not None:
-                        yield rendered.reversed() if desc else rendered
-                        continue
-                entries = self._read_frame(info, data, o, row, records and all_wanted)
-                if type(entries) is VerifiedRecords:
-                    yield VerifiedRecords(entries[::-1]) if desc else entries
-                    continue
-                if desc:
-                    entries.reverse()
-                if all_wanted:
-                    yield entries   # the whole frame is wanted: no per-entry checks
-                    continue
-                out = []
-                for e in entries:
-                    if not seq_ok(e.seq):
-                        continue
-                    if e.integrity == "ok":
-                        if not whole and not (lo <= e.ts < hi):
-                            continue
-                        if predicate is not None and not predicate(e):
-                            continue
-                    out.append(e)
-                if out:
-                    yield out
+            got = self._verified_frame(slot, data, o, row, desc)
+            if type(got) is Damage:
+                d = _keep(got, lo, hi, pos_ok, desc)
+                if d is not None:
+                    yield d
+                continue
+            whole = lo <= row.min_ts and row.max_ts < hi and predicate is None and (
+                after is None or ((last, ENTRY_SUB) < after if desc else (row.first_seq, ENTRY_SUB) > after))
+            if whole:
+                yield got
+                continue
+            keep = [e for e in got.entries() if lo <= e.ts < hi and (pos_ok is None or pos_ok(e.position))
+                    and (predicate is None or predicate(e))]
+            if keep:
+                yield VerifiedFrame(self.node, got.path, o, got.offset, got.end, got.mac, desc=desc,
+                                    entries=keep)
+
+    def _verified_frame(self, slot: Slot, data, o: int, row: FrameRow, desc: bool) -> VerifiedFrame | Damage:
+        """The frame at row ``o``, checked now: verified, or what is wrong with it."""
+        info = slot.info
+        off = row.offset
+        try:
+            hdr, payload, mac, problem = self._check_frame_at(data, off, info.version)
+        except FrameError as e:
+            return self._damage(slot, o, row, e.kind, f"frame at offset {off}: {e.detail}")
+        if problem is None and (hdr.first_seq != row.first_seq or hdr.count != row.count):
+            problem = "frame_corrupt"
+        if problem is not None:
+            d = self._damage(slot, o, row, problem, f"frame at offset {off}: {problem.replace('_', ' ')}")
+            d.entries = self._salvage(payload, d, problem, info.name, off)
+            return d
+        return VerifiedFrame(self.node, info.path, o, off, off + HEADER_SIZE + hdr.payload_len + MAC_SIZE,
+                             bytes(mac), bytes(payload), desc)
+
+    def _damage(self, slot: Slot, o: int, row: FrameRow, kind: str, detail: str) -> Damage:
+        lo, hi = self._coverage(slot, row)
+        return Damage(self.node, kind, slot.info.name, detail, row.first_seq,
+                      row.first_seq + row.count - 1 if row.count else None, lo, hi, FRAME_SUB)
+
+    @staticmethod
+    def _coverage(slot: Slot, row: FrameRow) -> tuple[int | None, int | None]:
+        """The times a frame's entries can have (a damaged row's own, settled in its
+        segment; where the segment has none on a side, the neighbouring segments')."""
+        lo = slot.ts_before if row.min_ts == TS_UNKNOWN_LO else row.min_ts
+        hi = slot.ts_after if row.max_ts == TS_UNKNOWN_HI else row.max_ts
+        return lo, hi
+
+    def _frame_damage(self, slot: Slot, data, o: int, row: FrameRow) -> Damage:
+        """A frame the index knows did not verify: its flagged entries, or a marker."""
+        info = slot.info
+        kind, detail, sf, st = slot.info.index.damaged[o]
+        lo, hi = self._coverage(slot, row)
+        d = Damage(self.node, kind, info.name, detail, sf, st, lo, hi, FRAME_SUB)
+        if row.count == 0 or kind in ("frame_corrupt", "undecodable"):
+            return d
+        try:
+            _, payload, _, _ = self._check_frame_at(data, row.offset, info.version)
+        except FrameError:
+            return d
+        d.entries = self._salvage(payload, d, kind, info.name, row.offset)
+        return d
+
+    def _salvage(self, payload, d: Damage, problem: str, segment: str, off: int) -> list[Entry]:
+        """Flagged entries of a damaged frame, when its records decode (else [] and a marker)."""
+        if payload is None or d.seq_to is None:
+            return []
+        try:
+            recs = unpack_records(payload)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return []
+        text = f"{problem}: frame at offset {off} in {segment}"
+        out = salvage(self.node, recs, d.seq_from, d.seq_to - d.seq_from + 1, d.ts_lo, d.ts_hi, text)
+        if not out:
+            return []
+        # which entries still carry a signature that chains from the one before them
+        # (the frame was altered around them; they stay flagged)
+        prev = None
+        for e, r in zip(out, recs):
+            if prev is not None and e.signature and self._sig_ok(prev, r):
+                e.violation += "; this entry's own signature verifies"
+            prev = e.signature or None
+        return out
+
+    def _check_frame_at(self, data, off: int, version: int):
+        """``(header, payload, mac, problem)`` of the frame at ``off``: ``problem`` is
+        None when its checksum and chained MAC verify.  FrameError: no header there."""
+        hbytes = data[off: off + HEADER_SIZE]
+        hdr = parse_header(hbytes, version)
+        end = off + HEADER_SIZE + hdr.payload_len
+        payload = data[off + HEADER_SIZE: end]
+        mac = data[end: end + MAC_SIZE]
+        if len(mac) != MAC_SIZE:
+            return hdr, payload, mac, "truncated"
+        return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, self.key,
+                                              data[off - MAC_SIZE: off])
+
+    def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
+        from engine.entry import canonical_bytes
+        try:
+            return self.sign(prev_sig, canonical_bytes(self.node, r[0], r[1], r[2:10])) == r[R_SIG]
+        except (TypeError, ValueError, OverflowError):
+            return False
 
     # -- selective reads through term postings -----------------------------------
 
     def _term_hits(self, info: SegmentInfo, data, terms, nframes: int, sealed: bool):
-        """Postings matching ``terms``: a list of (seq, file offset), a set of frame
-        ordinals when so many match that whole frames are cheaper, or None."""
+        """Postings matching ``terms`` and the frames they cannot speak for:
+        ``(hits, suspect)`` with hits a list of (seq, file offset), or a set of frame
+        ordinals when so many match that whole frames are cheaper; None when the
+        postings cannot answer."""
         ti = self._terms_for(info, data, nframes, sealed, tuple(terms))
         if ti is None:
             return None
         found = ti.lookup(terms)
         if found is None:
             return None
+        suspect = set(ti.damaged)
         total = sum(f.count for f in info.index.frames[:nframes])
         first = info.header.first_seq
         if len(found) > max(256, total // 16):
-            return {info.index.frame_of_seq(first + so) for so, _ in found}
-        return [(first + so, off) for so, off in found]
+            return {info.index.frame_of_seq(first + so) for so, _ in found}, suspect
+        return [(first + so, off) for so, off in found], suspect
 
     def _terms_for(self, info: SegmentInfo, data, nframes: int, sealed: bool,
                    fields=()) -> TermIndex | None:
@@ -551,10 +400,10 @@ class NodeLog:
         """
         with self._terms_lock:
             ti = self._terms.get(info.name)
-            if ti is not None and (ti.header_mac != info.header.mac
+            if ti is not None and (ti.header_mac != info.header.mac or ti.frames > nframes
                                    or (sealed and not all(ti.has(f) for f in fields))):
                 ti = None
-            if ti is not None and (sealed or ti.frames >= nframes):
+            if ti is not None and ti.frames == nframes:
                 self._terms.move_to_end(info.name)
                 return ti
             if ti is None and sealed:
@@ -591,7 +440,7 @@ class NodeLog:
         for info in infos[:-1]:
             if built >= limit:
                 break
-            if info.header is None or info.index is None or terms_path(info.path).exists():
+            if not info.usable or terms_path(info.path).exists():
                 continue
             try:
                 with SegmentData(info.path) as sd:
@@ -613,67 +462,76 @@ class NodeLog:
         return ti
 
     def _extend_terms(self, ti: TermIndex, info: SegmentInfo, data, nframes: int) -> None:
-        """Index frames ``ti.frames .. nframes-1``; only frames that verify are indexed."""
+        """Index frames ``ti.frames .. nframes-1``.  Only frames that verify are indexed;
+        every other one is listed as damaged, and selective reads visit it."""
         frames = info.index.frames
         for o in range(ti.frames, nframes):
             if o in info.index.damaged:
                 continue
             off = frames[o].offset
             try:
-                hdr = parse_header(data[off: off + HEADER_SIZE])
-                end = off + HEADER_SIZE + hdr.payload_len
-                payload = data[off + HEADER_SIZE: end]
-                if check_frame(data[off: off + HEADER_SIZE], hdr, payload, data[end: end + MAC_SIZE],
-                               self.key, data[off - MAC_SIZE: off]) is None:
+                hdr, payload, _, problem = self._check_frame_at(data, off, info.version)
+                if problem is None and hdr.first_seq == frames[o].first_seq:
                     ti.add_frame(payload, off + HEADER_SIZE)
+                    continue
             except (FrameError, ValueError, TypeError, msgpack.UnpackException):
-                pass   # not indexed: any read of this frame reports what is wrong
+                pass
+            ti.damaged.add(o)
         ti.frames = nframes
         ti.size = info.index.size if nframes == len(frames) else frames[nframes].offset
 
-    def _scan_hits(self, info: SegmentInfo, data, hits: list, candidates: list[int], lo: int, hi: int,
-                   desc: bool, seq_ok, predicate) -> Iterator[list[Entry]]:
-        idx = info.index
-        cand = set(candidates)
-        items = [(seq, off) for seq, off in hits]
-        for o in cand:
-            if o in idx.damaged:
-                kind, detail, sf, st = idx.damaged[o]
-                items.append((sf, -1 - o))   # a damaged frame: visited whatever the terms say
-        items.sort(reverse=desc)
-        done_frames: set[int] = set()
-        for seq, off in items:
-            if off < 0:
-                o = -1 - off
-                bad = [e for e in self._read_frame(info, data, o, idx.frames[o])
-                       if e.integrity != "ok" and seq_ok(e.seq)]
-                if bad:
-                    yield bad
+    def _read_hits(self, slot: Slot, data, hits: list, suspect: set[int], start: int, stop: int,
+                   lo: int, hi: int, desc: bool, pos_ok, predicate) -> Iterator[Item]:
+        """Records found through postings, each checked against its chained signature;
+        frames the postings cannot speak for (damaged) visited whole."""
+        info, idx = slot.info, slot.info.index
+        visit = sorted({o for o in suspect | set(idx.damaged) if start <= o < stop}, reverse=desc)
+        events = [(seq, off) for seq, off in hits] + [(idx.frames[o].first_seq, -1 - o) for o in visit]
+        events.sort(reverse=desc)
+        done: set[int] = set()
+        batch: list[Entry] = []
+        batch_frame = -1
+        for seq, off in events:
+            o = -1 - off if off < 0 else idx.frame_of_seq(seq)
+            if not start <= o < stop or o in done:
                 continue
-            o = idx.frame_of_seq(seq)
-            if o not in cand or o in done_frames or not seq_ok(seq):
+            if off < 0 or o in idx.damaged or o in suspect:
+                done.add(o)
+                if batch:
+                    yield self._partial(info, batch_frame, batch, desc)
+                    batch = []
+                yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
+                continue
+            if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
                 continue
             e = self._read_record(info, data, seq, off, o)
             if e is None:
                 # the record does not verify where the posting points: read the whole
                 # frame, checked, and report what is wrong with it
-                done_frames.add(o)
-                entries = self._read_frame(info, data, o, idx.frames[o])
-                if desc:
-                    entries.reverse()
-                keep = [e2 for e2 in entries if seq_ok(e2.seq) and (e2.integrity != "ok" or (
-                    lo <= e2.ts < hi and (predicate is None or predicate(e2))))]
-                if keep:
-                    yield keep
+                done.add(o)
+                if batch:
+                    yield self._partial(info, batch_frame, batch, desc)
+                    batch = []
+                yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
                 continue
             if lo <= e.ts < hi and (predicate is None or predicate(e)):
-                yield [e]
+                if batch and batch_frame != o:
+                    yield self._partial(info, batch_frame, batch, desc)
+                    batch = []
+                batch.append(e)
+                batch_frame = o
+        if batch:
+            yield self._partial(info, batch_frame, batch, desc)
+
+    def _partial(self, info: SegmentInfo, o: int, entries: list[Entry], desc: bool) -> VerifiedFrame:
+        row = info.index.frames[o]
+        return VerifiedFrame(self.node, info.path, o, row.offset, 0, b"", desc=desc, entries=entries)
 
     def _read_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
         """One record read through a posting, checked against its chained signature."""
         row = info.index.frames[o]
         try:
-            hdr = parse_header(data[row.offset: row.offset + HEADER_SIZE])
+            hdr = parse_header(data[row.offset: row.offset + HEADER_SIZE], info.version)
             end = row.offset + HEADER_SIZE + hdr.payload_len
             if not row.offset + HEADER_SIZE < off < end:
                 return None
@@ -681,8 +539,8 @@ class NodeLog:
             up.feed(data[off: min(end, off + MAX_RECORD_PEEK)])
             rec = up.unpack()
             n = up.tell()
-            if not (isinstance(rec, tuple) and len(rec) == 11 and rec[0] == seq
-                    and isinstance(rec[R_SIG], bytes)):
+            if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq
+                    and type(rec[R_SIG]) is bytes):
                 return None
             raw = data[off: off + n]
         except (FrameError, ValueError, TypeError, msgpack.UnpackException):
@@ -695,106 +553,43 @@ class NodeLog:
             return None
         return Entry(self.node, *rec)
 
-    def _read_frame(self, info: SegmentInfo, data, o: int, row: FrameRow,
-                    records: bool = False) -> list[Entry] | VerifiedRecords:
-        """Decode one frame, checked; on a failed check, flag the entries that fail.
-        ``records``: a frame that verifies comes back as its record tuples."""
-        node = self.node
-        off = row.offset
-        try:
-            _, payload, _, problem = self._check_frame_at(data, off)
-        except FrameError as e:
-            rng = (f"seq {row.first_seq}..{row.first_seq + row.count - 1}" if row.count
-                   else f"from seq {row.first_seq}")
-            return [Entry.marker(node, row.first_seq, row.min_ts,
-                                 f"{e.kind}: {rng} in {info.name}: {e.detail}")]
-        try:
-            recs = _unpack(payload)
-            if problem is None:
-                # the MAC verified: these records are what the writer wrote
-                return VerifiedRecords(recs) if records else Entry.from_records(node, recs)
-            if not (isinstance(recs, tuple) and all(isinstance(r, tuple) and len(r) == 11 for r in recs)):
-                raise ValueError("bad record shape")
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return [Entry.marker(node, row.first_seq, row.min_ts,
-                                 f"{problem or 'undecodable'}: seq {row.first_seq}..{row.first_seq + row.count - 1}"
-                                 f" in {info.name}: frame at offset {off} does not decode")]
-        # The frame failed its check: find out entry by entry what still verifies.
-        prev_sig = self._prev_sig(info, data, o)
-        out = []
-        for r in recs:
-            try:
-                e = Entry(node, *r)
-            except TypeError:
-                continue
-            good = prev_sig is not None and self._sig_ok(prev_sig, r)
-            e.integrity = "violation"
-            e.violation = (f"{problem}: frame at offset {off} in {info.name}"
-                           + ("" if not good else "; this entry's own signature verifies"))
-            out.append(e)
-            prev_sig = r[R_SIG] if isinstance(r[R_SIG], bytes) else None
-        # (when every entry's own signature verifies, the frame header or MAC was
-        # altered: the entries still stay flagged, the frame is not what was written)
-        return out
-
-    def _check_frame_at(self, data, off: int):
-        """``(header, payload, mac, problem)`` of the frame at ``off``: ``problem`` is
-        None when its checksum and chained MAC verify.  FrameError: no header there."""
-        hbytes = data[off: off + HEADER_SIZE]
-        hdr = parse_header(hbytes)
-        end = off + HEADER_SIZE + hdr.payload_len
-        payload = data[off + HEADER_SIZE: end]
-        mac = data[end: end + MAC_SIZE]
-        if len(mac) != MAC_SIZE:
-            return hdr, payload, mac, "truncated"
-        return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, self.key,
-                                              data[off - MAC_SIZE: off])
-
-    def _frame_lines(self, info: SegmentInfo, data, o: int, row: FrameRow) -> RenderedFrame | None:
-        """A frame's rendered lines (``line_files``) once the frame verifies; None
-        when it does not (the entry path then says what is wrong with it)."""
-        off = row.offset
-        try:
-            hdr, payload, mac, problem = self._check_frame_at(data, off)
-        except FrameError:
-            return None
-        if problem is not None or hdr.count != row.count:
-            return None
-        try:
-            return self.line_files.frame(info.path, o, off, off + HEADER_SIZE + hdr.payload_len
-                                         + MAC_SIZE, bytes(mac), lambda: _unpack(payload))
-        except (ValueError, TypeError, IndexError, msgpack.UnpackException):
-            return None
-
-    def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
-        try:
-            return self.sign(prev_sig, canonical_bytes(self.node, r[0], r[1], r[2:10])) == r[R_SIG]
-        except (TypeError, ValueError, OverflowError):
-            return False
-
-    def _prev_sig(self, info: SegmentInfo, data, o: int) -> bytes | None:
-        if o == 0:
-            return info.header.prev_sig
-        prow = info.index.frames[o - 1]
-        if (o - 1) in info.index.damaged:
-            return None
-        hdr = parse_header(data[prow.offset: prow.offset + HEADER_SIZE])
-        recs = _unpack(data[prow.offset + HEADER_SIZE: prow.offset + HEADER_SIZE + hdr.payload_len])
-        return recs[-1][R_SIG]
-
     # -- small queries -----------------------------------------------------------
 
     def head(self) -> tuple[int, int | None]:
-        """(last seq, last ts) of the committed log; (0, None) when empty."""
+        """(last seq, last verified ts) of the committed log; (0, None) when empty."""
         infos = self.segment_infos()
         for info in reversed(infos):
             if info.index is not None and info.index.frames:
-                return info.last_seq, info.index.max_ts
+                return info.last_seq, info.index.verified_hi
             if info.header is not None:
                 return info.header.first_seq - 1, None
         return 0, None
 
     def get(self, seq: int) -> Entry | None:
-        for e in self.scan(after_seq=seq - 1, check_structure=False):
+        for e in self.scan(after=(seq - 1, ENTRY_SUB), check_structure=False):
             return e if e.seq == seq else None
         return None
+
+
+def _keep(d: Damage, lo: int, hi: int, pos_ok, desc: bool) -> Damage | None:
+    """``d`` as a read of ``[lo, hi)`` after a cursor returns it, or None."""
+    if not d.overlaps(lo, hi):
+        return None
+    if d.entries:
+        if desc:
+            d.entries.reverse()
+        if pos_ok is not None:
+            d.entries = [e for e in d.entries if pos_ok(e.position)]
+        return d if d.entries else None
+    return d if pos_ok is None or pos_ok(d.position) else None
+
+
+def entry_batches(items, from_us: int | None = None, to_us: int | None = None,
+                  desc: bool = False) -> Iterator[list[Entry]]:
+    """The entries of :meth:`NodeLog.read` items, a list per item (markers placed
+    in the read's window)."""
+    for it in items:
+        if type(it) is VerifiedFrame:
+            yield it.entries()
+        else:
+            yield it.as_entries(from_us, to_us)

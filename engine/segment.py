@@ -18,16 +18,18 @@ from typing import Iterator
 import msgpack
 
 from engine.chain import NodeKey
-from engine.frame import (HEADER_SIZE, MAC_SIZE, FrameError, FrameHeader, check_frame,
-                          parse_header)
+from engine.frame import (CURRENT_VERSION, FRAME_MAGICS, HEADER_SIZE, MAC_SIZE, FrameError,
+                          FrameHeader, check_frame, parse_header)
 
 SEGMENT_MAGIC = b"AUDITSEG"
-FORMAT_VERSION = 1
+#: the version new segments are written in; every version in FORMAT_VERSIONS is read
+FORMAT_VERSION = CURRENT_VERSION
+FORMAT_VERSIONS = (1, 2)
 SEGMENT_SUFFIX = ".seg"
 # magic, version u16, flags u16, header_len u32, first_seq u64, created_us i64,
 # key_id 8s, prev_sig 32s, prev_mac 32s, node_len u8
 _FIXED = struct.Struct("<8sHHIQq8s32s32sB")
-_HEADER_MAC_LABEL = b"auditlog segment header v1"
+_HEADER_MAC_LABELS = {v: b"auditlog segment header v%d" % v for v in FORMAT_VERSIONS}
 MAX_HEADER = _FIXED.size + 63 + MAC_SIZE
 
 
@@ -50,17 +52,19 @@ class SegmentHeader:
     prev_mac: bytes
     mac: bytes
     size: int
+    version: int = FORMAT_VERSION
 
     @staticmethod
     def build(key: NodeKey, node: str, first_seq: int, created_us: int,
-              prev_sig: bytes, prev_mac: bytes) -> tuple[bytes, "SegmentHeader"]:
+              prev_sig: bytes, prev_mac: bytes, version: int = FORMAT_VERSION
+              ) -> tuple[bytes, "SegmentHeader"]:
         nb = node.encode()
         size = _FIXED.size + len(nb) + MAC_SIZE
-        body = _FIXED.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, size, first_seq, created_us,
+        body = _FIXED.pack(SEGMENT_MAGIC, version, 0, size, first_seq, created_us,
                            key.key_id, prev_sig, prev_mac, len(nb)) + nb
-        mac = key.mac(_HEADER_MAC_LABEL, body)
+        mac = key.mac(_HEADER_MAC_LABELS[version], body)
         return body + mac, SegmentHeader(node, first_seq, created_us, key.key_id,
-                                         prev_sig, prev_mac, mac, size)
+                                         prev_sig, prev_mac, mac, size, version)
 
 
 class SegmentHeaderError(Exception):
@@ -78,7 +82,7 @@ def parse_segment_header(buf: bytes, key: NodeKey | None) -> SegmentHeader:
      node_len) = _FIXED.unpack_from(buf)
     if magic != SEGMENT_MAGIC:
         raise SegmentHeaderError("header_corrupt", f"not a segment file (magic {magic[:8]!r})")
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise SegmentHeaderError("header_corrupt", f"unsupported segment format version {version}")
     if size != _FIXED.size + node_len + MAC_SIZE or node_len > 63 or len(buf) < size:
         raise SegmentHeaderError("header_corrupt", "segment header length fields are inconsistent")
@@ -92,11 +96,11 @@ def parse_segment_header(buf: bytes, key: NodeKey | None) -> SegmentHeader:
         if key_id != key.key_id:
             raise SegmentHeaderError("foreign_segment",
                                      "segment was written under another node key")
-        if key.mac(_HEADER_MAC_LABEL, body) != mac:
+        if key.mac(_HEADER_MAC_LABELS[version], body) != mac:
             raise SegmentHeaderError("header_corrupt", "segment header MAC does not match")
     if flags != 0:
         raise SegmentHeaderError("header_corrupt", f"unknown segment header flags {flags}")
-    return SegmentHeader(node, first_seq, created, key_id, prev_sig, prev_mac, mac, size)
+    return SegmentHeader(node, first_seq, created, key_id, prev_sig, prev_mac, mac, size, version)
 
 
 @dataclass
@@ -140,8 +144,10 @@ class SegmentData:
 
 
 def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: NodeKey,
-                end: int | None = None, verify: bool = True) -> Iterator[FrameRead]:
-    """Walk frames from ``start`` (a frame boundary) to ``end`` of ``data``.
+                end: int | None = None, verify: bool = True,
+                version: int = FORMAT_VERSION) -> Iterator[FrameRead]:
+    """Walk frames from ``start`` (a frame boundary) to ``end`` of ``data``, a
+    segment of format ``version``.
 
     Intact frames come back with ``problem=None``.  A frame failing its
     checksum or MAC comes back with its kind; when the header itself is not
@@ -155,12 +161,12 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
     mv = data
     while pos < end:
         try:
-            hdr = parse_header(bytes(mv[pos: pos + HEADER_SIZE]))
+            hdr = parse_header(bytes(mv[pos: pos + HEADER_SIZE]), version)
         except FrameError as e:
             if e.kind == "truncated":
                 yield FrameRead(pos, None, None, None, "truncated", e.detail, end)
                 return
-            nxt = _resync(data, pos + 1, end, key)
+            nxt = _resync(data, pos + 1, end, key, version)
             yield FrameRead(pos, None, None, None, "frame_corrupt", e.detail, nxt)
             if nxt >= end:
                 return
@@ -182,15 +188,15 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
         pos = fend
 
 
-def _resync(data, pos: int, end: int, key: NodeKey) -> int:
+def _resync(data, pos: int, end: int, key: NodeKey, version: int) -> int:
     """Offset of the next frame that verifies against its predecessor's MAC bytes, or ``end``."""
-    from engine.frame import FRAME_MAGIC
+    magic = FRAME_MAGICS[version]
     while True:
-        i = data.find(FRAME_MAGIC, pos, end)
+        i = data.find(magic, pos, end)
         if i < 0 or i < MAC_SIZE:
             return end
         try:
-            hdr = parse_header(bytes(data[i: i + HEADER_SIZE]))
+            hdr = parse_header(bytes(data[i: i + HEADER_SIZE]), version)
             fend = i + HEADER_SIZE + hdr.payload_len + MAC_SIZE
             if fend <= end and check_frame(bytes(data[i: i + HEADER_SIZE]), hdr,
                                            bytes(data[i + HEADER_SIZE: fend - MAC_SIZE]),

@@ -12,6 +12,9 @@ frames, cached in a ``<seg>.terms`` sidecar MAC'd with a derived key and bound
 to the segment's header MAC and size, and rebuilt whenever missing or
 inconsistent.  A posting is only a pointer: the record it points at must decode
 to the expected seq and verify, or the reader falls back to the whole frame.
+A frame that does not verify when the postings are built is not indexed but
+listed in ``damaged``: every selective read whose window reaches it visits it
+and reports what is wrong with it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from engine.chain import NodeKey
 from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
-TERMS_VERSION = 1
+TERMS_VERSION = 2   # 2: frames that did not verify are listed ("damaged")
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
 _FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN),
               ("ip", R_IP))
@@ -45,6 +48,8 @@ class TermIndex:
         self.first_seq = first_seq
         self.frames = 0
         self.size = 0
+        #: ordinals of frames that did not verify when they were indexed
+        self.damaged: set[int] = set()
         # field -> value -> array('I') of interleaved (seq offset, file offset),
         # or the packed bytes of the field's map until a query needs it
         self.fields: dict[str, dict | bytes] = {f: {} for f in TERM_FIELDS}
@@ -72,7 +77,7 @@ class TermIndex:
     def lean(self, keep) -> "TermIndex":
         """A copy holding only the fields in ``keep`` (what queries have asked for)."""
         t = TermIndex(self.name, self.header_mac, self.first_seq)
-        t.frames, t.size = self.frames, self.size
+        t.frames, t.size, t.damaged = self.frames, self.size, self.damaged
         t.fields = {f: (self.fields[f] if f in keep else None) for f in TERM_FIELDS}
         t._approx = 0
         for f in keep:
@@ -158,7 +163,7 @@ class TermIndex:
             packed[f] = v
         body = msgpack.packb({"v": TERMS_VERSION, "name": self.name, "header_mac": self.header_mac,
                               "first_seq": self.first_seq, "frames": self.frames, "size": size,
-                              "fields": packed}, use_bin_type=True)
+                              "damaged": sorted(self.damaged), "fields": packed}, use_bin_type=True)
         return body + key.mac(b"terms", body)
 
     @classmethod
@@ -171,6 +176,9 @@ class TermIndex:
                 return None
             t = cls(d["name"], d["header_mac"], d["first_seq"])
             t.frames, t.size = d["frames"], d["size"]
+            t.damaged = set(d["damaged"])
+            if not all(type(o) is int and 0 <= o < t.frames for o in t.damaged):
+                return None
             fields = d["fields"]
             t.fields = {f: fields[f] if isinstance(fields.get(f), bytes) else {} for f in TERM_FIELDS}
             t._approx = sum(len(v) for v in t.fields.values() if type(v) is bytes)

@@ -25,6 +25,8 @@ torn_tail              the active segment ends inside a frame and no writer is
 signature_mismatch     an entry's chained signature does not match its content
 seq_gap                entries missing or out of order inside a segment
 timestamp_anomaly      a timestamp earlier than its predecessor (clock, not tampering)
+set_aside              a file the writer moved out of segments/ into quarantine/
+                       because it could not continue the log (kept for review)
 =====================  ==========================================================
 """
 
@@ -35,9 +37,11 @@ from typing import Callable
 
 import msgpack
 
+from engine.catalog import index_segment
 from engine.datadir import DataDir, Node
 from engine.entry import canonical_bytes
-from engine.log import NodeLog, index_segment
+from engine.log import NodeLog
+from engine.recovery import quarantined
 from engine.segment import SegmentData, list_segments, walk_frames
 
 #: kinds that mean "not evidence of tampering"
@@ -75,20 +79,16 @@ class VerifyReport:
 def verify_node(data_dir: DataDir, node: Node,
                 progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Check everything of one node's log; ``progress(bytes_done, bytes_total)``."""
-    from engine.writer import WriterLock
-
     log = NodeLog(data_dir, node)
     report = VerifyReport(node.node_id)
     paths = list_segments(data_dir.segments)
     total = sum(p.stat().st_size for p in paths)
     done = 0
     infos = []
-    writer_running = WriterLock.is_held(data_dir.lock_path)
     sign = node.key.signer()
     nid = node.node_id
     prev_ts = None
-    for i, path in enumerate(paths):
-        is_active = i == len(paths) - 1
+    for path in paths:
         info = index_segment(path, node.key, nid)
         infos.append(info)
         name = path.name
@@ -97,14 +97,7 @@ def verify_node(data_dir: DataDir, node: Node,
             continue   # reported by structure_problems
         for o, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
             report.violations.append(Violation(kind, nid, sf, st, name, detail))
-        if info.tail is not None:
-            off, detail = info.tail
-            if not is_active:
-                report.violations.append(Violation("truncated", nid, info.last_seq + 1, None, name, detail))
-            elif not writer_running:
-                report.violations.append(Violation(
-                    "torn_tail", nid, info.last_seq + 1, None, name,
-                    f"{detail}; the next writer start cuts it back and records audit.recovery"))
+        # (an incomplete last frame is reported with the structure, below)
         # entry-level checks over the intact frames
         prev_sig = info.header.prev_sig
         expected = info.header.first_seq
@@ -113,7 +106,7 @@ def verify_node(data_dir: DataDir, node: Node,
         rows = {r.offset: r for r in info.index.frames}
         with SegmentData(path) as sd:
             for fr in walk_frames(sd.data, info.header.size, info.header.mac, node.key,
-                                  info.index.size):
+                                  info.index.size, version=info.version):
                 if fr.problem is not None or fr.header is None:
                     # reported above; what follows continues from the seqs the index
                     # attributes to the damage (unknown after bytes that are no frame)
@@ -162,7 +155,18 @@ def verify_node(data_dir: DataDir, node: Node,
         if progress:
             progress(done, total)
     for p in log.structure_problems(infos):
-        report.violations.append(Violation(p.kind, nid, p.seq_from, p.seq_to, p.segment, p.detail))
+        seq_from, seq_to = p.seq_from, p.seq_to
+        if p.named_seq is not None:
+            # a file whose header cannot be read: named by the seq its name claims
+            # (FORMAT.md section 9, step 5), its range open when it holds no seq of the log
+            seq_from = p.named_seq if p.named_seq is not None else seq_from
+            seq_to = seq_to if seq_to is not None and seq_to >= p.seq_from and seq_to >= seq_from else None
+        report.violations.append(Violation(p.kind, nid, seq_from, seq_to, p.segment, p.detail))
+    for q in quarantined(data_dir):
+        report.violations.append(Violation(
+            "set_aside", nid, None, None, f"quarantine/{q.name}",
+            "moved out of segments/ by the writer: it could not continue the log (see the "
+            "audit.recovery entry); review it, then remove it"))
     report.violations.sort(key=lambda v: (v.seq_from or 0, v.segment, v.kind))
     return report
 

@@ -33,8 +33,10 @@ from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, pac
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
 from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_manifest
-from engine.log import NodeLog, SegmentInfo, index_segment
-from engine.segment import SegmentHeader, list_segments, segment_name, seq_from_name
+from engine.catalog import SegmentInfo, index_segment
+from engine.log import NodeLog
+from engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
+from engine.segment import FORMAT_VERSION, SegmentData, SegmentHeader, list_segments, segment_name, seq_from_name
 from engine.settings import StoreSettings
 
 
@@ -228,74 +230,111 @@ class LogWriter:
         self.close()
 
     def _recover(self) -> None:
+        """Make the log writable again after whatever ended the last writer, cutting
+        only what can be an unfinished write (``engine.recovery``)."""
         seg_dir = self.data_dir.segments
         seg_dir.mkdir(exist_ok=True)
         for n in os.listdir(seg_dir):
             if n.endswith(".tmp"):
                 os.unlink(seg_dir / n)   # an interrupted create or index write; never log data
+        notes: dict = {}
+        reasons: list[str] = []
+        moved, claimed = set_aside_blocking(self.data_dir, self.key, self.node)
+        if moved:
+            notes["set_aside"] = moved
+            reasons.append(f"{len(moved)} file(s) in segments/ that cannot continue this log "
+                           "set aside in quarantine/")
         paths = list_segments(seg_dir)
         if not paths:
-            self._create_segment(1, GENESIS, GENESIS)
+            self.recovery = self._note(reasons, notes)
+            self._create_segment(claimed + 1, GENESIS, GENESIS)
             return
         active = paths[-1]
         info = index_segment(active, self.key, self.node)
-        if info.header is None or info.problem is not None:
+        if not info.usable:
             # The active segment's header is unreadable or not ours: keep it untouched,
             # continue after it without reusing any seq it may hold.
-            prev_infos = [i for i in self.log.segment_infos()[:-1] if i.header is not None]
+            prev_infos = [i for i in self.log.segment_infos()[:-1] if i.usable]
             base = prev_infos[-1] if prev_infos else None
-            next_seq = max((seq_from_name(active.name) or 1) + 1, (base.last_seq + 1) if base else 1)
-            next_seq = max(next_seq, _max_claimed_seq(active) + 1)
-            self.recovery = {"reason": "active segment unusable, continued in a new segment",
-                             "segment": active.name, "detail": info.problem.detail if info.problem else ""}
-            self.last_ts = (base.index.max_ts if base and base.index and base.index.frames else 0) or 0
+            next_seq = max((seq_from_name(active.name) or 1) + 1, (base.last_seq + 1) if base else 1,
+                           verified_claims(active, self.key, self.node) + 1, claimed + 1)
+            reasons.append("active segment unusable, continued in a new segment")
+            notes.update({"segment": active.name, "detail": info.problem.detail if info.problem else ""})
+            self.recovery = self._note(reasons, notes)
+            self.last_ts = (base.index.verified_hi if base else None) or 0
             self._create_segment(next_seq, base.last_sig if base else GENESIS,
                                  base.last_mac if base else GENESIS)
             return
         idx = info.index
-        # The torn tail is what a crash mid-write can leave: a last frame cut short
-        # (``info.tail``) or, after it, bytes that are not a frame at all (garbage,
-        # zeros).  A *whole* frame that fails its checksum, MAC or decoding is
-        # damage, wherever it sits: it is kept and never cut (it may hold
-        # acknowledged entries), and its seqs are never reused.
+        # What a crash mid-write can leave after the last whole frame: a frame cut
+        # short (``info.tail``), or bytes that are not a frame at all.  They are cut
+        # only if nothing in them is a whole frame; a whole frame that fails its
+        # checks is damage wherever it sits: kept, never cut (it may hold
+        # acknowledged entries), its seqs never reused.
         cut_at = info.tail[0] if info.tail is not None else None
         last = len(idx.frames) - 1
         if last >= 0 and last in idx.damaged and idx.frames[last].count == 0:
             cut_at = idx.frames[last].offset
-            idx.damaged.pop(last)
-            del idx.frames[last:]
-            del idx._max_ts[last:]
-            idx.size = cut_at
-            idx.last_mac, idx.last_sig = _tail_links(active, idx)
-        recovery: dict = {}
+        kept_tail = None
+        if cut_at is not None:
+            with SegmentData(active) as sd:
+                kept_tail = whole_frame_in(sd.data, cut_at, sd.size, info.version, self.key)
+            if kept_tail is not None:
+                notes["kept_tail"] = {"offset": cut_at, "detail": kept_tail}
+                reasons.append(f"bytes after the last whole frame hold {kept_tail}: kept as damage")
+                cut_at = None
         if cut_at is not None:
             size = active.stat().st_size
             with open(active, "r+b") as f:
                 f.truncate(cut_at)
                 f.flush()
                 os.fsync(f.fileno())
-            info.tail = None
-            recovery = {"reason": "torn tail cut back to the last whole frame",
-                        "segment": active.name, "cut_offset": cut_at, "cut_bytes": size - cut_at}
-        self.last_ts = _last_intact_ts(idx)
+            reasons.append("torn tail cut back to the last whole frame")
+            notes.update({"segment": active.name, "cut_offset": cut_at, "cut_bytes": size - cut_at})
+            info = index_segment(active, self.key, self.node)
+            idx = info.index
+        if not idx.damaged and info.tail is None:
+            commit = interrupted_commit(self.log.segment_infos())
+            if commit is not None:
+                cut = cut_back(commit)
+                reasons.append(f"an interrupted commit (seq {commit.seq_from}..{commit.seq_to}, never "
+                               "acknowledged) cut back whole")
+                notes["interrupted_commit"] = cut
+                paths = list_segments(seg_dir)
+                active = paths[-1]
+                info = index_segment(active, self.key, self.node)
+                idx = info.index
+        self.last_ts = idx.verified_hi
         if self.last_ts is None:   # nothing intact here yet: the previous segment's end
             prev_infos = [i for i in self.log.segment_infos()[:-1] if i.index is not None]
-            self.last_ts = _last_intact_ts(prev_infos[-1].index) if prev_infos else None
+            self.last_ts = prev_infos[-1].index.verified_hi if prev_infos else None
         self.last_ts = self.last_ts or 0
-        self.next_seq = info.last_seq + 1 if idx.frames else info.header.first_seq
+        self.next_seq = max(info.last_seq + 1 if idx.frames else info.header.first_seq, claimed + 1)
         self.last_sig = info.last_sig or GENESIS
         self.last_mac = info.last_mac
-        if idx.damaged:
-            reason = "active segment damaged; kept as is, continued in a new segment"
-            if recovery:
-                reason = recovery["reason"] + "; " + reason
-            recovery.update({"reason": reason, "segment": active.name,
-                             "damaged": [[v[0], v[2], v[3]] for v in idx.damaged.values()]})
-            self.recovery = recovery
+        if idx.damaged or info.tail is not None:
+            reasons.append("active segment damaged; kept as is, continued in a new segment")
+            notes["segment"] = active.name
+            if idx.damaged:
+                notes["damaged"] = [[v[0], v[2], v[3]] for v in idx.damaged.values()]
+            self.recovery = self._note(reasons, notes)
             self._create_segment(self.next_seq, self.last_sig, self.last_mac)
             return
-        self.recovery = recovery or None
+        self.recovery = self._note(reasons, notes)
+        if info.version < FORMAT_VERSION or self.next_seq != (info.last_seq + 1 if idx.frames
+                                                              else info.header.first_seq):
+            # an older format (its frames cannot say where a commit ends), or seqs in use
+            # elsewhere: new entries go to a new segment
+            self._create_segment(self.next_seq, self.last_sig, self.last_mac)
+            return
         self._set_active(info)
+
+    @staticmethod
+    def _note(reasons: list[str], notes: dict) -> dict | None:
+        """The details of the ``audit.recovery`` entry, or None when nothing happened."""
+        if not reasons:
+            return None
+        return {"reason": "; ".join(reasons), **notes}
 
     # -- segments --------------------------------------------------------------
 
@@ -508,7 +547,9 @@ class LogWriter:
             first_of += n
         tagged = [(r.tag, r.result) for r in batch if r.tag is not None]
 
-        def emit_frame():
+        def emit_frame(continues: bool):
+            # ``continues``: more frames of this commit follow (recovery cuts a commit
+            # whose last frame on disk says so: it was never acknowledged)
             nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, rsize, first
             fbytes_len = 48 + 3 + rsize + 32
             if cur_info.index.frames or cur_rows:
@@ -521,7 +562,7 @@ class LogWriter:
                     self._roll_locked()
                     cur_info, cur_bufs, cur_rows = self._active, [], []
                     cur_size, last_mac = self._active_size, self._active.header.mac
-            fb, mac = build_frame(records, first, ts, ts, self.key, last_mac)
+            fb, mac = build_frame(records, first, ts, ts, self.key, last_mac, continues=continues)
             cur_rows.append((FrameRow(cur_size, first, len(records), ts, ts), mac, prev))
             cur_bufs.append(fb)
             cur_size += len(fb)
@@ -545,13 +586,13 @@ class LogWriter:
                 sig = sign(prev, canon)
                 rec = record_from_canonical(nlen, canon, sig)
                 if records and rsize + len(rec) > frame_max:
-                    emit_frame()   # may write earlier frames and roll to a new segment
+                    emit_frame(True)   # may write earlier frames and roll to a new segment
                     prev_of_first[0] = prev
                 records.append(rec)
                 rsize += len(rec)
                 prev = sig
                 seq += 1
-            emit_frame()
+            emit_frame(False)
             pending_files.append((cur_info, cur_bufs, cur_rows))
             self._write_pending(pending_files, last=True)
         except BaseException:
@@ -632,57 +673,10 @@ class LogWriter:
         idx = active.index
         if len(idx.frames) > nframes:
             idx.last_mac, idx.last_sig = last_mac, last_sig
-        del idx.frames[nframes:]
-        del idx._max_ts[nframes:]
+        idx.truncate(nframes)
         idx.size = size
         self._active_size = size
         self.next_seq, self.last_sig, self.last_mac = next_seq, last_sig, last_mac
 
 
-def _tail_links(path: Path, idx: SegmentIndex) -> tuple[bytes, bytes]:
-    """(last frame MAC, last entry signature) of a segment whose index was cut back."""
-    if not idx.frames:
-        return b"", b""
-    off = idx.frames[-1].offset
-    sig = b"" if (len(idx.frames) - 1) in idx.damaged else _last_sig_of_frame(path, off)
-    return _frame_mac_at(path, off), sig
 
-
-def _last_intact_ts(idx: SegmentIndex) -> int | None:
-    """Largest ts of the frames that verified (a damaged header's ts is not trusted)."""
-    return max((r.max_ts for i, r in enumerate(idx.frames) if i not in idx.damaged), default=None)
-
-
-def _frame_mac_at(path: Path, offset: int) -> bytes:
-    from engine.frame import HEADER_SIZE, parse_header
-    with open(path, "rb") as f:
-        f.seek(offset)
-        hdr = parse_header(f.read(HEADER_SIZE))
-        f.seek(offset + HEADER_SIZE + hdr.payload_len)
-        return f.read(32)
-
-
-def _last_sig_of_frame(path: Path, offset: int) -> bytes:
-    import msgpack
-    from engine.frame import HEADER_SIZE, parse_header
-    with open(path, "rb") as f:
-        f.seek(offset)
-        hdr = parse_header(f.read(HEADER_SIZE))
-        recs = msgpack.unpackb(f.read(hdr.payload_len), use_list=False, raw=False)
-        return recs[-1][-1]
-
-
-def _max_claimed_seq(path: Path) -> int:
-    """Highest seq any parseable frame header in a damaged segment claims (to avoid reuse)."""
-    from engine.frame import FRAME_MAGIC, HEADER_SIZE, FrameError, parse_header
-    data = path.read_bytes()
-    best = 0
-    i = data.find(FRAME_MAGIC)
-    while i >= 0:
-        try:
-            h = parse_header(data[i:i + HEADER_SIZE])
-            best = max(best, h.first_seq + h.count - 1)
-        except FrameError:
-            pass
-        i = data.find(FRAME_MAGIC, i + 1)
-    return best

@@ -51,7 +51,7 @@ def ndjson_lines(entries: Iterable[Entry], timestamps: Callable[[int], str] | No
 
 
 def record_lines(node: str, recs, timestamps: Callable[[int], str]) -> list[bytes]:
-    """:func:`ndjson_lines` for verified records (``engine.entry.VerifiedRecords``):
+    """:func:`ndjson_lines` for the records of a verified frame (``engine.items.VerifiedFrame``):
     the same lines, without an ``Entry`` per record."""
     out = []
     append = out.append

@@ -18,15 +18,16 @@ from pathlib import Path
 import aiohttp
 
 from engine.datadir import write_atomic
-from engine.entry import R_TS, Entry, EntryDraft, VerifiedRecords
-from engine.lines import LEN_CODE, RenderedFrame, line_marks
+from engine.entry import Entry, EntryDraft
+from engine.items import VerifiedFrame
+from engine.lines import LEN_CODE, line_marks
 from export.csv import TimestampFormatter
 from export.ndjson import ndjson_lines, record_lines
 from query.filters import Filter
 from query.linemerge import LineSource
 from query.merge import Source
 from query.peers import PeerClient, PeerConfig, PeerError
-from query.scan import scan_node, scan_node_batches
+from query.scan import read_node, scan_node
 
 log = logging.getLogger("auditlog.cluster")
 MEMBERS_FILE = "cluster_members.json"
@@ -48,10 +49,10 @@ class ClusterSettings:
 
 
 class LocalSource(Source):
-    def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 1000):
+    def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 1000):
         super().__init__(service.node_id)
         self.service = service
-        self.gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
+        self.gen = scan_node(service.log, flt, order=order, after=after)
         self.batch = batch
 
     async def next_batch(self) -> list[Entry] | None:
@@ -71,18 +72,17 @@ class LocalLineSource(LineSource):
     """This node's part of an NDJSON answer, scanned and rendered in a worker thread,
     one chunk ahead: the next chunk is read while this one is merged and sent."""
 
-    def __init__(self, service, flt: Filter, order: str, after_seq: int | None, batch: int = 2000):
+    def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 2000):
         super().__init__(service.node_id)
         self.service = service
-        self.batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
+        self.taker = LineTaker(service.log, read_node(service.log, flt, order=order, after=after),
+                               flt.from_us, flt.to_us, order)
         self.batch = batch
-        self.timestamps = TimestampFormatter().format
         self._ahead: asyncio.Future | None = None
 
     def _read_ahead(self) -> None:
         self._ahead = asyncio.get_running_loop().run_in_executor(
-            self.service.executor, _take_marked, self.batches, self.batch, self.timestamps,
-            self.service.node_id)
+            self.service.executor, _take_marked, self.taker, self.batch)
 
     async def next_lines(self):
         if self._ahead is None:
@@ -106,40 +106,79 @@ class LocalLineSource(LineSource):
                 pass
 
 
-def _take_marked(batches, n: int, timestamps, node: str):
-    got = take_lines(batches, n, timestamps, node)
+def _take_marked(taker: "LineTaker", n: int):
+    got = taker.take(n)
     return None if got is None else (got[0], line_marks(got[1]), got[2], got[3])
 
 
-def take_lines(batches, n: int, timestamps, node: str, *, joined: bool = True
-               ) -> tuple[list[int], array, bytes | list[bytes], int] | None:
-    """At least ``n`` entries (or the rest) of a batched scan (``scan_node_batches``)
-    as NDJSON lines: (timestamps, line lengths, the lines as one blob, non-ok count);
-    ``joined=False``: the lines as a list of blobs, to be joined by the caller."""
-    ts: list[int] = []
-    lens = array(LEN_CODE)
-    parts: list[bytes] = []
-    bad = 0
-    for batch in batches:
-        if type(batch) is RenderedFrame:
-            ts += batch.ts
-            lens += batch.lens
-            parts.append(batch.blob)
-        else:
-            if type(batch) is VerifiedRecords:
-                ts += [r[R_TS] for r in batch]
-                lines = record_lines(node, batch, timestamps)
+class LineTaker:
+    """One node's read (``query.scan.read_node``) as NDJSON lines, chunk by chunk.
+
+    The one path from the reader's items to lines: a whole verified frame is
+    rendered from its records, or taken from the segment's line file when the
+    log keeps them (``engine.lines``: a block is used only for the very frame,
+    by MAC, that has just verified); a part of a frame and damage (flagged
+    entries, markers placed in the window) are rendered entry by entry.
+    """
+
+    def __init__(self, log, items, from_us: int | None, to_us: int | None, order: str):
+        self.items = items
+        self.node = log.node
+        self.lines = log.line_files
+        self.lo, self.hi = from_us, to_us
+        self.desc = order == "desc"
+        self.timestamps = TimestampFormatter().format
+        self._segment = None
+
+    def take(self, n: int, *, joined: bool = True
+             ) -> tuple[list[int], array, bytes | list[bytes], int] | None:
+        """At least ``n`` entries (or the rest) as (timestamps, line lengths, the lines
+        as one blob, non-ok count); ``joined=False``: the lines as a list of blobs."""
+        ts: list[int] = []
+        lens = array(LEN_CODE)
+        parts: list[bytes] = []
+        bad = 0
+        timestamps = self.timestamps
+        for item in self.items:
+            if type(item) is VerifiedFrame:
+                if item.whole:
+                    if self.lines is not None:
+                        if item.path != self._segment:
+                            self._segment = item.path
+                            self.lines.begin(item.path)
+                        try:
+                            r = self.lines.frame(item.path, item.ordinal, item.offset, item.end, item.mac,
+                                                 item.stored_records)
+                        except (ValueError, TypeError, IndexError):
+                            r = None
+                        if r is not None:
+                            if self.desc:
+                                r = r.reversed()
+                            ts += r.ts
+                            lens += r.lens
+                            parts.append(r.blob)
+                            if len(ts) >= n:
+                                break
+                            continue
+                    recs = item.records()
+                    ts += [r[1] for r in recs]
+                    lines = record_lines(self.node, recs, timestamps)
+                else:
+                    entries = item.entries()
+                    ts += [e.ts for e in entries]
+                    lines = ndjson_lines(entries, timestamps)
             else:
-                ts += [e.ts for e in batch]
-                lines = ndjson_lines(batch, timestamps)
-                bad += sum(1 for e in batch if e.integrity != "ok")
+                entries = item.as_entries(self.lo, self.hi)
+                ts += [e.ts for e in entries]
+                lines = ndjson_lines(entries, timestamps)
+                bad += len(entries)
             lens.extend(map(len, lines))
             parts.append(b"".join(lines))
-        if len(ts) >= n:
-            break
-    if not ts:
-        return None
-    return ts, lens, b"".join(parts) if joined else parts, bad
+            if len(ts) >= n:
+                break
+        if not ts:
+            return None
+        return ts, lens, b"".join(parts) if joined else parts, bad
 
 
 class _PeerStream:
@@ -167,9 +206,9 @@ class _PeerStream:
 
 
 class PeerLineSource(_PeerStream, LineSource):
-    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+    def __init__(self, client: PeerClient, params: dict, order: str, after: tuple[int, int] | None):
         super().__init__(client.node)
-        self.agen = client.scan_lines(params, order, after_seq)
+        self.agen = client.scan_lines(params, order, after)
 
     async def next_lines(self):
         got = await self._pull()
@@ -181,9 +220,9 @@ class PeerLineSource(_PeerStream, LineSource):
 
 
 class PeerSource(_PeerStream, Source):
-    def __init__(self, client: PeerClient, params: dict, order: str, after_seq: int | None):
+    def __init__(self, client: PeerClient, params: dict, order: str, after: tuple[int, int] | None):
         super().__init__(client.node)
-        self.agen = client.scan(params, order, after_seq)
+        self.agen = client.scan(params, order, after)
 
     async def next_batch(self) -> list[Entry] | None:
         return await self._pull()
@@ -228,7 +267,7 @@ class Cluster:
             self.service.writer.append_batch(drafts)
         write_atomic(path, json.dumps({"peers": sorted(now)}).encode())
 
-    def sources(self, flt: Filter, order: str, positions: dict[str, int],
+    def sources(self, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
                 lines: bool = False) -> list[Source]:
         """One source per node the filter admits; ``lines`` for NDJSON line sources."""
         srcs: list[Source] = []

@@ -26,13 +26,26 @@ PEER_PREFIX = "/peer/v1"
 
 def entry_to_compact(e: Entry) -> list:
     return [e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-            e.details, e.signature, e.integrity, e.violation]
+            e.details, e.signature, e.integrity, e.violation, e.sub]
 
 
 def entry_from_compact(node: str, c: list | tuple) -> Entry:
-    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c
-    return Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig,
-                 integrity, violation)
+    """An entry a peer sent; fields of the wrong type are a malformed stream (ValueError)."""
+    if not isinstance(c, (list, tuple)) or len(c) not in (13, 14):
+        raise ValueError("malformed entry")
+    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:13]
+    if not (type(seq) is int and type(ts) is int and type(user) is str and type(action) is str
+            and all(v is None or type(v) is str for v in (target, domain, ip, ua, violation))
+            and type(success) is bool and isinstance(details, dict) and type(sig) is bytes
+            and integrity in ("ok", "violation")):
+        raise ValueError("malformed entry")
+    e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig,
+              integrity, violation)
+    if len(c) == 14:
+        if type(c[13]) is not int:
+            raise ValueError("malformed entry")
+        e.sub = c[13]
+    return e
 
 
 class PeerError(Exception):
@@ -95,12 +108,13 @@ class PeerClient:
         except (aiohttp.ClientError, ssl.SSLError, OSError, ValueError) as e:
             raise PeerError(_describe(e)) from None
 
-    async def scan(self, params: dict[str, str], order: str, after_seq: int | None) -> AsyncIterator[list[Entry]]:
+    async def scan(self, params: dict[str, str], order: str,
+                   after: tuple[int, int] | None) -> AsyncIterator[list[Entry]]:
         """Batches of the peer's matching entries, in its order; PeerError if cut short."""
         q = dict(params)
         q["order"] = order
-        if after_seq is not None:
-            q["after_seq"] = str(after_seq)
+        if after is not None:
+            q["after_seq"], q["after_sub"] = str(after[0]), str(after[1])
         resp = await self._get("/scan", q)
         count = 0
         node = self.node
@@ -118,15 +132,15 @@ class PeerClient:
             resp.close()
 
     async def scan_lines(self, params: dict[str, str], order: str,
-                         after_seq: int | None
+                         after: tuple[int, int] | None
                          ) -> AsyncIterator[tuple[list[int], list[int], bytes, int]]:
         """The peer's matching entries rendered as NDJSON lines, chunk by chunk:
         ``(timestamps, line marks, lines blob, non-ok count)``; PeerError if cut short."""
         q = dict(params)
         q["order"] = order
         q["format"] = "lines"
-        if after_seq is not None:
-            q["after_seq"] = str(after_seq)
+        if after is not None:
+            q["after_seq"], q["after_sub"] = str(after[0]), str(after[1])
         resp = await self._get("/scan", q)
         count = 0
         try:

@@ -3,9 +3,9 @@
     crash_writer.py loop DATA_DIR START_N SEGMENT_MAX_BYTES FSYNC SEED [MAX_BATCHES]
         Open the writer (recovery runs), print ``ready <next_seq>``, then append
         batches of 1-50 events until killed (or MAX_BATCHES is reached: print
-        ``done``).  After each ``append_batch`` returns it prints
-        ``ack <first_seq> <last_seq> <first_n> <last_n>``; event n carries
-        ``details = expected_details(n)``.
+        ``done``).  Before each ``append_batch`` it prints ``try <first_n>
+        <last_n>``, after it returns ``ack <first_seq> <last_seq> <first_n>
+        <last_n>``; event n carries ``details = expected_details(n)``.
 
     crash_writer.py fsize DATA_DIR SEGMENT_MAX_BYTES LIMIT SCENARIO
         Run under ``RLIMIT_FSIZE = LIMIT`` with SIGXFSZ ignored, so a write past
@@ -81,6 +81,7 @@ def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_b
     batches = 0
     while max_batches is None or batches < max_batches:
         k = rng.randint(1, 50)
+        say(f"try {n} {n + k - 1}")
         res = w.append_batch([event(i) for i in range(n, n + k)])
         say(f"ack {res.first_seq} {res.last_seq} {n} {n + k - 1}")
         n += k

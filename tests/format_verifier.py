@@ -27,7 +27,11 @@ FRAME_HEADER = struct.Struct("<4sIIIQqqQ")                # 4.1, 48 bytes
 MAC_LEN = 32
 FRAME_OVERHEAD = FRAME_HEADER.size + MAC_LEN              # 80
 MAX_PAYLOAD = 16 * 1024 * 1024
-SEG_HEADER_LABEL = b"auditlog segment header v1"
+#: 3.1 and 10: segment format versions, each with its header MAC label and frame magic
+SEG_HEADER_LABELS = {1: b"auditlog segment header v1", 2: b"auditlog segment header v2"}
+FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2"}
+#: 4.1: the flags bits a frame may carry in each version (2: bit 0, the commit continues)
+FRAME_FLAGS = {1: 0, 2: 1}
 KEY_ID_LABEL = b"auditlog key-id v1"
 SIG_TRAILER = b"\xc4\x20"                                  # bin8, 32 bytes
 PURGE_ACTION = "audit.retention_purge"
@@ -79,6 +83,7 @@ class _Header:
     size: int
     mac: bytes
     flags: int
+    version: int
 
 
 class _HeaderError(Exception):
@@ -95,7 +100,7 @@ def _parse_header(data: bytes, key: bytes, key_id: bytes) -> _Header:
      node_len) = SEG_FIXED.unpack_from(data)
     if magic != b"AUDITSEG":
         raise _HeaderError("header_corrupt", f"bad magic {magic!r}")
-    if version != 1:
+    if version not in SEG_HEADER_LABELS:
         raise _HeaderError("header_corrupt", f"unknown format version {version}")
     if node_len > 63 or size != SEG_FIXED.size + node_len + MAC_LEN or len(data) < size:
         raise _HeaderError("header_corrupt", "header length fields are inconsistent")
@@ -106,11 +111,11 @@ def _parse_header(data: bytes, key: bytes, key_id: bytes) -> _Header:
     if kid != key_id:
         raise _HeaderError("foreign_segment", "key id differs from the node key's")
     mac = data[size - MAC_LEN: size]
-    if not hmac.compare_digest(_hmac(key, SEG_HEADER_LABEL, data[: size - MAC_LEN]), mac):
+    if not hmac.compare_digest(_hmac(key, SEG_HEADER_LABELS[version], data[: size - MAC_LEN]), mac):
         raise _HeaderError("header_corrupt", "header MAC does not match")
     if flags != 0:
         raise _HeaderError("header_corrupt", f"flags {flags} set")
-    return _Header(first_seq, kid, prev_sig, prev_mac, node, size, mac, flags)
+    return _Header(first_seq, kid, prev_sig, prev_mac, node, size, mac, flags, version)
 
 
 class _Frame(NamedTuple):
@@ -124,10 +129,10 @@ class _Frame(NamedTuple):
     mac: bytes
 
 
-def _plausible(fields) -> bool:
+def _plausible(fields, version: int) -> bool:
     magic, plen, count, flags, first_seq, min_ts, max_ts, _ck = fields
-    return (magic == b"ALF1" and 0 < plen <= MAX_PAYLOAD and 0 < count <= plen and flags == 0
-            and first_seq >= 1 and min_ts <= max_ts)
+    return (magic == FRAME_MAGICS[version] and 0 < plen <= MAX_PAYLOAD and 0 < count <= plen
+            and not flags & ~FRAME_FLAGS[version] and first_seq >= 1 and min_ts <= max_ts)
 
 
 def _frame_ok(data: bytes, off: int, fields, prev_mac: bytes, key: bytes) -> str | None:
@@ -141,15 +146,15 @@ def _frame_ok(data: bytes, off: int, fields, prev_mac: bytes, key: bytes) -> str
     return None
 
 
-def _resync(data: bytes, pos: int, key: bytes) -> int:
+def _resync(data: bytes, pos: int, key: bytes, version: int) -> int:
     """Next offset o >= 32 holding a frame that verifies with prev_mac = data[o-32:o] (4.1, 3.6)."""
     while True:
-        o = data.find(b"ALF1", pos)
+        o = data.find(FRAME_MAGICS[version], pos)
         if o < 0:
             return len(data)
         if o >= MAC_LEN and o + 48 <= len(data):
             fields = FRAME_HEADER.unpack_from(data, o)
-            if _plausible(fields) and o + FRAME_OVERHEAD + fields[1] <= len(data) \
+            if _plausible(fields, version) and o + FRAME_OVERHEAD + fields[1] <= len(data) \
                     and _frame_ok(data, o, fields, data[o - MAC_LEN: o], key) is None:
                 return o
         pos = o + 1
@@ -306,8 +311,8 @@ class _Verifier:
         stretch: int | None = None     # index in self.problems of an open corrupt stretch
         while pos < end:
             fields = FRAME_HEADER.unpack_from(data, pos) if end - pos >= 48 else None
-            if fields is not None and not _plausible(fields):
-                nxt = _resync(data, pos + 1, self.key)
+            if fields is not None and not _plausible(fields, hdr.version):
+                nxt = _resync(data, pos + 1, self.key, hdr.version)
                 self.report("frame_corrupt", expected, None, name,
                             f"bytes {pos}..{nxt - 1} are not a frame")
                 stretch = len(self.problems) - 1

@@ -302,7 +302,7 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
 
 # -- what a read returned -----------------------------------------------------------
 
-_MARKER_RANGE = re.compile(r"seq (\d+)\.\.(\d+)|from seq (\d+)")
+_MARKER_RANGE = re.compile(r"seq (\d+)\.\.(\d+)|from seq (\d+)|before seq (\d+)")
 MARKER_ACTION = "audit.integrity_violation"
 
 
@@ -310,7 +310,8 @@ def read_coverage(entries: list[dict], last_seq: int) -> tuple[dict[int, dict], 
     """Split what a read returned into intact entries (by seq) and flagged seqs.
 
     A damaged entry flags its own seq; a marker entry flags the range its
-    ``violation`` text names (``seq A..B``, or ``from seq A`` up to ``last_seq``).
+    ``violation`` text names (``seq A..B``, or ``from seq A`` up to ``last_seq``; ``before
+    seq A`` is a file that holds none of the log's seqs).
     """
     ok: dict[int, dict] = {}
     flagged: set[int] = set()
@@ -326,9 +327,9 @@ def read_coverage(entries: list[dict], last_seq: int) -> tuple[dict[int, dict], 
             assert m, e["violation"]
             if m.group(1):
                 flagged.update(range(int(m.group(1)), int(m.group(2)) + 1))
-            else:
+            elif m.group(3):
                 flagged.update(range(int(m.group(3)), last_seq + 1))
-            assert e["seq"] == int(m.group(1) or m.group(3)), e
+            assert e["seq"] == int(m.group(1) or m.group(3) or m.group(4)), e
         else:
             flagged.add(e["seq"])
     return ok, flagged

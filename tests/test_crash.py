@@ -22,7 +22,8 @@ import pytest
 from helpers_engine import (PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths,
                             settings)
 from crash_writer import expected_details
-from engine.log import NodeLog, index_segment
+from engine.catalog import index_segment
+from engine.log import NodeLog
 from engine.verify import verify_node
 from engine.writer import LogWriter
 
@@ -46,6 +47,11 @@ def parse_acks(out: str) -> dict[int, int]:
             for i in range(last_n - first_n + 1):
                 acked[first_n + i] = first_seq + i
     return acked
+
+
+def parse_tries(out: str) -> list[tuple[int, int]]:
+    """(first n, last n) of every batch the writer began to append."""
+    return [tuple(map(int, line.split()[1:3])) for line in out.split("\n")[:-1] if line.startswith("try ")]
 
 
 def expected_cut(dd, node) -> tuple[str, int, int] | None:
@@ -107,7 +113,8 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     print(f"CRASH_SEED={seed} reproduces this run")
     rng = random.Random(seed)
     acked: dict[int, int] = {}
-    cuts = torn = 0
+    tried: list[tuple[int, int]] = []
+    cuts = torn = interrupted = 0
     t_end = time.monotonic() + 12
     rounds = 0
     while rounds < 20 or (rounds < 40 and time.monotonic() < t_end):
@@ -134,16 +141,30 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
         assert (cut is not None) == bool(rep.violations), (seed, cut, rep.violations)
         w = LogWriter(dd, node, settings(seg_max, fsync="always")).open()
         try:
+            rec = dict(w.recovery or {})
+            commit = rec.pop("interrupted_commit", None)
+            if commit is not None:
+                # the log ended inside a commit: it was never acknowledged, and it is
+                # cut back whole, also out of the segments it rolled into
+                interrupted += 1
+                a, b = commit["seqs"]
+                assert not {s for s in acked.values() if a <= s <= b}, (seed, commit)
             if cut is None:
-                assert w.recovery is None, (seed, w.recovery)
+                assert not rec or set(rec) == {"reason"}, (seed, w.recovery)
             else:
                 cuts += 1
                 seg, off, nbytes = cut
-                assert w.recovery["segment"] == seg
-                assert (w.recovery["cut_offset"], w.recovery["cut_bytes"]) == (off, nbytes), seed
+                assert rec["segment"] == seg
+                assert (rec["cut_offset"], rec["cut_bytes"]) == (off, nbytes), seed
         finally:
             w.close()
         entries = check_log(dd, node, acked)
+        # every batch begun is in the log whole, or not at all
+        tried.extend(parse_tries(out))
+        have = {e.details["n"] for e in entries if e.user == "crash"}
+        for first_n, last_n in tried:
+            got = len({n for n in range(first_n, last_n + 1) if n in have})
+            assert got in (0, last_n - first_n + 1), (seed, first_n, last_n, got)
         if cut is not None:
             rec = [e for e in entries if e.action == "audit.recovery"]
             assert rec and rec[-1].details["cut_offset"] == cut[1] and rec[-1].details["cut_bytes"] == cut[2]
@@ -153,7 +174,8 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     assert len(segment_paths(dd)) >= 3
     assert cuts >= torn
     print(f"seed {seed}: {rounds} rounds, {len(acked)} acknowledged events, {cuts} torn tails cut "
-          f"({torn} of them made by tearing an unacknowledged last frame)")
+          f"({torn} of them made by tearing an unacknowledged last frame), {interrupted} "
+          "interrupted commits cut back whole")
 
 
 # -- torn tails and damage, made by hand --------------------------------------------------------

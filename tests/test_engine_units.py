@@ -28,7 +28,7 @@ from engine.errors import KeyFileError
 from engine.frame import (FRAME_MAGIC, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError,
                           build_frame, check_frame, parse_header)
 from engine.terms import TERM_FIELDS, TermIndex
-from engine.index import (MANIFEST_NAME, FrameRow, ManifestRow, SegmentIndex,
+from engine.index import (INDEX_VERSION, MANIFEST_NAME, FrameRow, ManifestRow, SegmentIndex,
                           index_path, load_manifest, manifest_row, save_manifest)
 from engine.log import NodeLog
 from engine.segment import list_segments
@@ -158,11 +158,11 @@ def test_payload_change_reported_as_checksum_mismatch():
 
 
 @pytest.mark.parametrize("fields, kind", [
-    ((b"ALF2", 10, 1, 0, 1, 0, 0, 0), "frame_corrupt"),      # magic
+    ((b"ALF9", 10, 1, 0, 1, 0, 0, 0), "frame_corrupt"),      # magic
     ((FRAME_MAGIC, 0, 1, 0, 1, 0, 0, 0), "frame_corrupt"),   # empty payload
     ((FRAME_MAGIC, 10, 0, 0, 1, 0, 0, 0), "frame_corrupt"),  # no records
     ((FRAME_MAGIC, 10, 11, 0, 1, 0, 0, 0), "frame_corrupt"),  # more records than bytes
-    ((FRAME_MAGIC, 10, 1, 1, 1, 0, 0, 0), "frame_corrupt"),  # unknown flags
+    ((FRAME_MAGIC, 10, 1, 2, 1, 0, 0, 0), "frame_corrupt"),  # unknown flags
     ((FRAME_MAGIC, 10, 1, 0, 0, 0, 0, 0), "frame_corrupt"),  # seq 0
     ((FRAME_MAGIC, 10, 1, 0, 1, 9, 8, 0), "frame_corrupt"),  # min_ts > max_ts
     ((FRAME_MAGIC, 2 ** 31, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # absurd length
@@ -774,7 +774,7 @@ def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
                                                   predicate=lambda e: e.target == "filter-17")] == selective
     for p in idx_files:   # rewritten in the current version
         d = msgpack.unpackb(p.read_bytes()[:-32], raw=False, strict_map_key=False)
-        assert d["v"] == 2 and "terms" not in d
+        assert d["v"] == INDEX_VERSION and "terms" not in d
 
 
 def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path):

@@ -179,7 +179,7 @@ def test_derived_files_match_section_7(built):
         d = msgpack.unpackb(body, raw=False, strict_map_key=False)
         seg = p.with_suffix(".seg").read_bytes()
         header_len = struct.unpack_from("<I", seg, 12)[0]
-        assert d["v"] == 2 and d["name"] == p.with_suffix(".seg").name and d["size"] == len(seg)
+        assert d["v"] == 3 and d["name"] == p.with_suffix(".seg").name and d["size"] == len(seg)
         assert "terms" not in d   # term postings live in .terms files (section 7)
         assert d["header_mac"] == seg[header_len - 32: header_len]
         assert [r[0] for r in d["frames"]] == [o for o, _ in _frame_offsets(seg)]
@@ -336,10 +336,7 @@ def _doc_block(tag: str) -> str:
     return m.group(1)
 
 
-def test_doc_test_vector(tmp_path):
-    """Section 11: the published bytes verify, and the engine produces exactly them."""
-    seg_bytes = bytes.fromhex("".join(_doc_block("hex-segment").split()))
-    values = dict(line.split() for line in _doc_block("test-vector").strip().splitlines())
+def _vector_dir(tmp_path, seg_bytes: bytes) -> Path:
     key = bytes(range(32))
     root = tmp_path / "data"
     (root / "segments").mkdir(parents=True)
@@ -348,23 +345,89 @@ def test_doc_test_vector(tmp_path):
     os.write(fd, key)
     os.close(fd)
     (root / "segments" / "00000000000000000001.seg").write_bytes(seg_bytes)
+    return root
+
+
+def test_doc_test_vector(tmp_path):
+    """Section 11.1: the published version 1 bytes verify, and the engine produces exactly them."""
+    seg_bytes = bytes.fromhex("".join(_doc_block("hex-segment").split()))
+    values = dict(line.split() for line in _doc_block("test-vector").strip().splitlines())
+    key = bytes(range(32))
+    root = _vector_dir(tmp_path, seg_bytes)
 
     res = verify_data_dir(root)
     assert res.problems == [] and res.entries_verified == 1
     assert res.signatures[1].hex() == values["signature"]
 
-    # the engine writes byte-identical output for the documented inputs
+    # the engine writes byte-identical output for the documented inputs (format 1)
     nk = NodeKey(key)
     assert nk.key_id.hex() == values["key_id"]
     assert hmac.digest(key, b"auditlog derive:index", "sha256").hex() == values["index_key"]
     ts = 1773479553123456
-    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32))
+    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32), version=1)
     draft = EntryDraft("alice", "config.dkim_rotate", "example.com", "example.com",
                        "2001:db8::1", None, True, {"new": "k2", "old": "k1"})
     canon = canonical_bytes("node-1", 1, ts, draft)
     assert canon.hex() == values["canonical"]
     sig = nk.mac(bytes(32), canon)
-    frame, _ = build_frame([record_from_canonical(packed_len("node-1"), canon, sig)], 1, ts, ts, nk, h.mac)
+    frame, _ = build_frame([record_from_canonical(packed_len("node-1"), canon, sig)], 1, ts, ts, nk, h.mac,
+                           version=1)
     assert hdr + frame == seg_bytes
     dd = DataDir(root)
     assert verify_node(dd, dd.open()).ok
+
+
+def test_doc_test_vector_version_2(tmp_path):
+    """Section 11.2: the published version 2 bytes (one commit in two frames, the first
+    saying that it continues) verify, and the engine's writer produces exactly them."""
+    seg_bytes = bytes.fromhex("".join(_doc_block("hex-segment-2").split()))
+    values = dict(line.split() for line in _doc_block("test-vector-2").strip().splitlines())
+    root = _vector_dir(tmp_path, seg_bytes)
+    res = verify_data_dir(root)
+    assert res.problems == [] and res.entries_verified == 2
+    assert [res.signatures[1].hex(), res.signatures[2].hex()] == [values["signature1"], values["signature2"]]
+    assert seg_bytes[8:10] == b"\x02\x00" and seg_bytes[143:147] == b"ALF2"
+    assert seg_bytes[143 + 12] == 1 and seg_bytes[347 + 12] == 0     # flags: continues, then ends
+    dd = DataDir(root)
+    assert verify_node(dd, dd.open()).ok
+    entries = list(NodeLog(dd, dd.open()).scan())
+    assert [(e.seq, e.user, e.integrity) for e in entries] == [(1, "alice", "ok"), (2, "bob", "ok")]
+
+    # the engine's frame builder gives exactly these bytes
+    nk = NodeKey(bytes(range(32)))
+    ts = 1773479553123456
+    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32))
+    assert h.mac.hex() == values["header_mac"]
+    d1 = EntryDraft("alice", "config.dkim_rotate", "example.com", "example.com", "2001:db8::1", None, True,
+                    {"new": "k2", "old": "k1"})
+    d2 = EntryDraft("bob", "config.dkim_rotate_confirm", "example.com", "example.com", None, None, True,
+                    {"confirms": "node-1:1"})
+    c1, c2 = canonical_bytes("node-1", 1, ts, d1), canonical_bytes("node-1", 2, ts, d2)
+    assert c2.hex() == values["canonical2"]
+    s1 = nk.mac(bytes(32), c1)
+    s2 = nk.mac(s1, c2)
+    f1, m1 = build_frame([record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac,
+                         continues=True)
+    f2, _ = build_frame([record_from_canonical(packed_len("node-1"), c2, s2)], 2, ts, ts, nk, m1)
+    assert hdr + f1 + f2 == seg_bytes
+
+
+def test_writer_marks_every_frame_of_a_commit_but_the_last(tmp_path):
+    """A batch bigger than a frame: its frames say "continues" except the last (4.1)."""
+    dd = DataDir(tmp_path / "data")
+    node = dd.init("gw1")
+    with LogWriter(dd, node, StoreSettings(segment_max_bytes=1 << 20, fsync="none")) as w:
+        w.append_batch([EntryDraft("a", "auth.login")])
+        w.append_batch([EntryDraft("a", "config.filter_update", details={"pad": "x" * 900, "n": i})
+                        for i in range(200)])
+        w.append_batch([EntryDraft("b", "auth.login")])
+    data = (dd.segments / "00000000000000000001.seg").read_bytes()
+    flags = []
+    pos = 105 + 3 + 32
+    while pos < len(data):
+        (_m, plen, _c, fl, *_rest) = struct.unpack_from("<4sIIIQqqQ", data, pos)
+        flags.append(fl)
+        pos += 80 + plen
+    assert len(flags) > 4
+    assert flags[0] == 0 and flags[-1] == 0 and flags[-2] == 0       # single-frame commits end at once
+    assert flags[1:-2] == [1] * (len(flags) - 3)      # the big one: continues, then (flags[-2]) ends

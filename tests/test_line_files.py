@@ -17,14 +17,16 @@ import pytest
 
 from cli.config import load_config
 from engine.datadir import DataDir
-from engine.entry import R_TS, VerifiedRecords
+from dataclasses import dataclass
+
 from engine.errors import ConfigError
-from engine.lines import LineFiles, RenderedFrame, lines_path
+from engine.items import VerifiedFrame
+from engine.lines import LineFiles, cut_lines, line_marks, lines_path
 from engine.log import NodeLog
-from export.csv import TimestampFormatter
-from export.ndjson import LINES_TAG, line_renderer, ndjson_lines, record_lines
+from export.ndjson import LINES_TAG, line_renderer, ndjson_lines
+from query.cluster import LineTaker
 from query.filters import Filter
-from query.scan import scan_node, scan_node_batches
+from query.scan import read_node, scan_node
 
 from helpers_engine import (build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths,
                             served_log, write_config)
@@ -52,24 +54,39 @@ def log_with(dd, node, lf: LineFiles | None) -> NodeLog:
     return log
 
 
-def joined(batches) -> tuple[list[int], list[bytes]]:
-    """(ts, lines) of a batched scan: whole frames' lines as given, the rest rendered."""
-    ts: list[int] = []
-    lines: list[bytes] = []
-    for b in batches:
-        if type(b) is RenderedFrame:
-            ts, lines = ts + list(b.ts), lines + list(b.lines)
-        elif type(b) is VerifiedRecords:
-            ts, lines = ts + [r[R_TS] for r in b], lines + record_lines("gw1", b, TimestampFormatter().format)
-        else:
-            ts, lines = ts + [e.ts for e in b], lines + ndjson_lines(b)
-    return ts, lines
+@dataclass
+class Piece:
+    """What the NDJSON path (``query.cluster.LineTaker``) made of one item of a read:
+    ``kind`` "frame" for a whole verified frame (from a line file or rendered), "entries"
+    for a part of a frame or damage (``entries``: what was rendered)."""
+
+    kind: str
+    ts: list[int]
+    lines: list[bytes]
+    entries: list | None
 
 
-def read(dd, node, lf: LineFiles | None, *args, **kw):
-    """(ts, lines, batches) of ``scan_batches(records=True, lines=True)`` with ``lf``."""
-    batches = list(log_with(dd, node, lf).scan_batches(*args, records=True, lines=True, **kw))
-    return (*joined(batches), batches)
+def pieces(log: NodeLog, items, lo=None, hi=None, order="asc") -> list[Piece]:
+    out = []
+    for item in items:
+        ts, lens, blob, _ = LineTaker(log, iter([item]), lo, hi, order).take(1 << 30)
+        whole = type(item) is VerifiedFrame and item.whole
+        entries = None if whole else (item.entries() if type(item) is VerifiedFrame
+                                      else item.as_entries(lo, hi))
+        out.append(Piece("frame" if whole else "entries", ts, cut_lines(blob, line_marks(lens)), entries))
+    return out
+
+
+def joined(ps: list[Piece]) -> tuple[list[int], list[bytes]]:
+    """(ts, lines) of the pieces, in order."""
+    return [t for p in ps for t in p.ts], [x for p in ps for x in p.lines]
+
+
+def read(dd, node, lf: LineFiles | None, lo=None, hi=None, order="asc"):
+    """(ts, lines, pieces) of an NDJSON read with line files ``lf``."""
+    log = log_with(dd, node, lf)
+    ps = pieces(log, log.read(lo, hi, order=order), lo, hi, order)
+    return (*joined(ps), ps)
 
 
 def reference(dd, node, *args, **kw):
@@ -133,7 +150,7 @@ def test_lines_equal_entry_path_rendered_then_from_files(built):
     lf = line_files(node)
     ts, lines, batches = read(dd, node, lf)
     assert (ts, lines) == reference(dd, node)
-    assert all(type(b) is RenderedFrame for b in batches)
+    assert all(b.kind == "frame" for b in batches)
     assert (lf.rendered, lf.hits, lf.rejected) == (total, 0, 0)
     for seg in segment_paths(dd):           # one block per frame, bound to its place
         tag, bl = blocks(lines_path(seg))
@@ -148,8 +165,8 @@ def test_lines_equal_entry_path_rendered_then_from_files(built):
         assert (lf.hits, lf.rendered, lf.rejected) == (total, 0, 0)
         i = 0
         for b in batches:                   # each frame's .ts are its entries' ts
-            assert type(b) is RenderedFrame and b.ts == ref_ts[i: i + len(b)]
-            i += len(b)
+            assert b.kind == "frame" and b.ts == ref_ts[i: i + len(b.ts)]
+            i += len(b.ts)
     assert snapshot(dd) == before           # bytes and mtimes: nothing written again
 
 
@@ -247,7 +264,7 @@ def test_damaged_segment_frame_is_flagged_never_served_from_its_block(kept, rebu
         lf = line_files(node)
         ts, lines, batches = read(dd, node, lf, order=order)
         assert (ts, lines) == reference(dd, node, order=order)
-        flagged = [b for b in batches if type(b) is list]
+        flagged = [b.entries for b in batches if b.kind == "entries"]
         assert len(flagged) == 1 and {e.seq for e in flagged[0]} == damaged
         assert all(e.integrity == "violation" and e.violation for e in flagged[0])
         assert any(e.target.startswith("gilter-") for e in flagged[0])
@@ -287,12 +304,12 @@ def test_file_deleted_under_a_running_keeper_is_kept_again(kept):
     dd, node = kept
     lf = line_files(node)
     log = log_with(dd, node, lf)
-    assert joined(log.scan_batches(records=True, lines=True)) == reference(dd, node)
+    assert joined(pieces(log, log.read())) == reference(dd, node)
     path = lines_path(segment_paths(dd)[1])
     good = path.read_bytes()
     path.unlink()
     for _ in range(2):
-        assert joined(log.scan_batches(records=True, lines=True)) == reference(dd, node)
+        assert joined(pieces(log, log.read())) == reference(dd, node)
     assert path.exists() and path.read_bytes() == good
 
 
@@ -338,14 +355,16 @@ def test_time_range_and_after_seq_cut_frames_like_the_entry_path(kept):
         assert 0 < len(lines) < len(entries) - 40 and lf.hits == len(batches)
         for after in (45, 300):                 # inside a frame of 7 (seq 43..49, 295..301)
             lf = line_files(node)
-            batches = list(scan_node_batches(log_with(dd, node, lf), Filter(), order=order, after_seq=after))
-            want = list(scan_node(NodeLog(dd, node), Filter(), order=order, after_seq=after))
+            log = log_with(dd, node, lf)
+            batches = pieces(log, read_node(log, Filter(), order=order, after=(after, 100)), order=order)
+            want = list(scan_node(NodeLog(dd, node), Filter(), order=order, after=(after, 100)))
             assert joined(batches) == ([e.ts for e in want], ndjson_lines(want))
             assert {e.seq for e in want} == set(range(after + 1, 401) if order == "asc" else range(1, after))
-            assert {type(b) for b in batches} == {RenderedFrame, list} and lf.hits == len(batches) - 1
+            assert {b.kind for b in batches} == {"frame", "entries"} and lf.hits == len(batches) - 1
     flt = Filter(users=("alice",), from_us=lo)         # a predicate: every frame through entries
     lf = line_files(node)
-    got = joined(scan_node_batches(log_with(dd, node, lf), flt))
+    log = log_with(dd, node, lf)
+    got = joined(pieces(log, read_node(log, flt), flt.from_us))
     assert got[1] == ndjson_lines(list(scan_node(NodeLog(dd, node), flt))) and lf.hits == 0
 
 

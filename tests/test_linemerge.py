@@ -195,17 +195,18 @@ async def test_a_stream_out_of_order_is_cut_off_not_looped_on():
 @pytest.mark.parametrize("line_files", [False, True])
 @pytest.mark.parametrize("damage", [False, True])
 def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, line_files):
-    """take_lines over the batched scan (verified frames as record tuples, or as
-    lines from line files, first kept and then read back) gives byte for byte
+    """LineTaker over the reader's items (verified frames rendered from their records,
+    or taken from line files, first kept and then read back) gives byte for byte
     the lines of the entry scan, also around a damaged frame, as lines and joined."""
     from export.csv import TimestampFormatter
     from export.ndjson import ndjson_lines
     from helpers_engine import build_log, frames_of, segment_paths
     from engine.log import NodeLog
     from engine.lines import cut_lines
-    from query.cluster import take_lines
+    from engine.items import VerifiedFrame
+    from query.cluster import LineTaker
     from query.filters import Filter
-    from query.scan import scan_node, scan_node_batches
+    from query.scan import read_node, scan_node
 
     dd, node = build_log(tmp_path / "data", 120, per_batch=7)
     if damage:
@@ -229,24 +230,23 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     kinds = set()
     for params, order, after in cases * (2 if line_files else 1):
         flt = Filter.from_params(params)
-        want = ndjson_lines(scan_node(log, flt, order=order, after_seq=after),
+        pos = None if after is None else (after, 100)
+        want = ndjson_lines(scan_node(log, flt, order=order, after=pos),
                             TimestampFormatter().format)
-        batches = scan_node_batches(log, flt, order=order, after_seq=after)
-        kinds |= {type(b).__name__ for b in scan_node_batches(log, flt, order=order, after_seq=after)}
+        taker = LineTaker(log, read_node(log, flt, order=order, after=pos), flt.from_us, flt.to_us, order)
+        kinds |= {"whole" if type(b) is VerifiedFrame and b.whole else "part"
+                  for b in read_node(log, flt, order=order, after=pos)}
         got, ts = [], []
-        tsf = TimestampFormatter().format
-        while (chunk := take_lines(batches, 13, tsf, node.node_id)) is not None:
+        while (chunk := taker.take(13)) is not None:
             ts += chunk[0]
             got += cut_lines(chunk[2], line_marks(chunk[1]))
         assert got == want, (params, order, after)
         assert ts == [_ts_of(line) for line in got]
         if damage and not params and after is None:
             assert any(b'"integrity":"violation"' in line for line in got)
+    assert kinds == {"whole", "part"}     # both paths were taken
     if line_files:
-        assert kinds == {"RenderedFrame", "list"}
         assert log.line_files.hits > 0 and log.line_files.rejected == 0
-    else:
-        assert kinds == {"VerifiedRecords", "list"}     # both paths were taken
 
 
 def _ts_of(line: bytes) -> int:

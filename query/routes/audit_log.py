@@ -47,7 +47,7 @@ def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     return flt, order, limit, positions, fingerprint
 
 
-def open_sources(service, flt: Filter, order: str, positions: dict[str, int],
+def open_sources(service, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
                  lines: bool = False) -> list[Source]:
     """One ordered source per node: this node, plus every peer when a cluster is configured
     (``lines``: sources of rendered NDJSON lines, for :func:`query.linemerge.merge_lines`)."""
@@ -129,7 +129,7 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
         more = len(page) > limit
         page = page[:limit]
         for e in page:
-            positions[e.node] = e.seq
+            positions[e.node] = e.position
         nodes = node_status(merged.sources, service)
     finally:
         await merged.close()
@@ -144,7 +144,7 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
-async def stream_ndjson(request, service, flt: Filter, order: str, positions: dict[str, int],
+async def stream_ndjson(request, service, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
                         limit: int | None) -> web.StreamResponse:
     """NDJSON: one entry per line, merged from every node's rendered lines.
 

@@ -11,15 +11,15 @@ import asyncio
 import msgpack
 from aiohttp import web
 
-from export.csv import TimestampFormatter
 from query.app import SERVICE, error_middleware
 from query.chunked import PartsWriter
-from query.cluster import take_lines
+from engine.entry import ENTRY_SUB
+from query.cluster import LineTaker
 from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
 from query.peers import entry_to_compact, pack_line_chunk
 from query.pki import node_id_of
-from query.scan import scan_node, scan_node_batches
+from query.scan import read_node, scan_node
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 MAX_SIGNATURE_SEQS = 10000
@@ -48,13 +48,14 @@ async def scan(request: web.Request) -> web.StreamResponse:
     order = q.get("order", "asc")
     if order not in ("asc", "desc"):
         raise QueryError("order must be asc or desc")
-    after = q.get("after_seq")
-    if after is not None and not (after.isascii() and after.isdigit()):
-        raise QueryError("after_seq must be a whole number")
+    after_seq, after_sub = q.get("after_seq"), q.get("after_sub", str(ENTRY_SUB))
+    for name, value in (("after_seq", after_seq), ("after_sub", after_sub)):
+        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 20):
+            raise QueryError(f"{name} must be a whole number")
     fmt = q.get("format", "entries")
     if fmt not in ("entries", "lines"):
         raise QueryError("format must be entries or lines")
-    after_seq = int(after) if after else None
+    after = (int(after_seq), int(after_sub)) if after_seq else None
     resp = web.StreamResponse(headers={"Content-Type": "application/msgpack"})
     PartsWriter.prepare(request, resp)
     await resp.prepare(request)
@@ -62,10 +63,10 @@ async def scan(request: web.Request) -> web.StreamResponse:
     count = 0
     packer = msgpack.Packer(use_bin_type=True)
     if fmt == "lines":
-        batches = scan_node_batches(service.log, flt, order=order, after_seq=after_seq)
-        chunk, args = _line_chunk, (batches, TimestampFormatter().format, service.node_id)
+        batches = read_node(service.log, flt, order=order, after=after)
+        chunk, args = _line_chunk, (LineTaker(service.log, batches, flt.from_us, flt.to_us, order),)
     else:
-        gen = scan_node(service.log, flt, order=order, after_seq=after_seq)
+        gen = scan_node(service.log, flt, order=order, after=after)
         chunk, args = _chunk, (gen, packer)
     loop = asyncio.get_running_loop()
     ahead = loop.run_in_executor(service.executor, chunk, *args)
@@ -104,8 +105,8 @@ def _chunk(gen, packer, n: int = 2000):
     return [packer.pack({"e": out})], len(out)
 
 
-def _line_chunk(batches, timestamps, node: str, n: int = 2000):
-    got = take_lines(batches, n, timestamps, node, joined=False)
+def _line_chunk(taker, n: int = 2000):
+    got = taker.take(n, joined=False)
     if got is None:
         return None
     ts, lens, parts, bad = got
