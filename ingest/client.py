@@ -19,7 +19,9 @@ batches (JSON, up to ``batch_size`` events, or whatever is queued once the
 oldest event has waited ``flush_interval`` seconds) to ``POST /api/v1/events``.
 
 Every batch gets a fresh ``Idempotency-Key`` (a uuid4) that stays the same on
-every retry of that batch.  Retries, with exponential backoff and jitter, happen
+every retry of that batch, and every retry sends the very same body bytes: the
+server binds a key to its request (body SHA-256 and Content-Type family) and
+answers 422 to the same key with another body.  Retries, with exponential backoff and jitter, happen
 on connection errors, timeouts, 408/425/429/502/503/504 (``Retry-After`` is
 honoured) and 500.  Any other 4xx (or a 500 that persists past the retry budget)
 means the server will never take the batch: it is *rejected*, kept in

@@ -26,11 +26,11 @@ import msgpack
 from engine.entry import EntryDraft, sort_details
 from ingest.errors import BatchTooLargeError, InvalidEventError
 from ingest.limits import DEFAULT_LIMITS, Limits
-from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, CUSTOM_PREFIX, TAXONOMY
+from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY
 
 __all__ = [
     "validate_event", "validate_batch", "parse_ndjson", "parse_detail_args",
-    "reject_duplicate_keys",
+    "reject_duplicate_keys", "DuplicateKeyError",
 ]
 
 _FIELDS = frozenset({
@@ -259,8 +259,8 @@ def _check_details(v: dict, limits: Limits) -> tuple[dict | None, list[str]]:
 
 # --------------------------------------------------------------------------- fast path
 
-# Taxonomy actions a client may write (the log's own audit.* ones excluded).
-_CLIENT_ACTIONS = TAXONOMY - AUDIT_ACTIONS
+# Taxonomy actions a client may write (the node's own ones excluded).
+_CLIENT_ACTIONS = TAXONOMY - RESERVED_ACTIONS
 
 
 def _fast_details(d: dict, limits: Limits) -> dict | None:
@@ -409,11 +409,13 @@ def _check_full(obj: Any, index: int, limits: Limits, problems: list[dict]) -> E
         add(_problem(index, "action", "required"))
     elif type(action) is not str:
         add(_problem(index, "action", f"must be a string, got {_tname(action)}"))
-    elif action in AUDIT_ACTIONS:
-        # The log's own bookkeeping (purge anchors, recovery, exports...) is written
-        # only by the node itself: a client-made audit.retention_purge could
-        # otherwise pose as the anchor that excuses deleted segments.
-        add(_problem(index, "action", f"{_show(action)} is reserved for the log's own entries"))
+    elif action in RESERVED_ACTIONS:
+        # The log's own bookkeeping (purge anchors, recovery, exports, membership,
+        # key use) is written only by the node itself, straight through the writer:
+        # a client-made audit.retention_purge could otherwise pose as the anchor that
+        # excuses deleted segments, a cluster.node_join as the node's own record.
+        add(_problem(index, "action", f"{_show(action)} is reserved for the log's own entries "
+                                      "(written by the node, not by clients)"))
     elif action not in TAXONOMY:
         if len(action) > max_len:
             add(_problem(index, "action", f"too long: {len(action)} characters (limit {max_len})"))
@@ -529,12 +531,13 @@ def validate_batch(objs: list, limits: Limits = DEFAULT_LIMITS) -> list[EntryDra
 
 # --------------------------------------------------------------------------- NDJSON
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A map (JSON object, msgpack map) holds the same key twice."""
 
 
 def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """``object_pairs_hook`` for ``json.loads`` that rejects repeated keys.
+    """``object_pairs_hook`` for ``json.loads`` and ``msgpack.unpackb`` that rejects
+    repeated keys (raises ``DuplicateKeyError`` naming the key).
 
     Parsers disagree on which of two repeated keys wins; in an audit log that
     ambiguity could hide the real value, so such input is refused.
@@ -544,7 +547,7 @@ def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise _DuplicateKey(f"duplicate key {_show(k)}")
+                raise DuplicateKeyError(f"duplicate key {_show(k)}")
             seen.add(k)
     return d
 
@@ -554,7 +557,7 @@ def _loads_line(line: str) -> tuple[Any, str | None]:
         return json.loads(line, object_pairs_hook=reject_duplicate_keys), None
     except json.JSONDecodeError as e:
         return None, f"invalid JSON: {e.msg} (column {e.colno})"
-    except _DuplicateKey as e:
+    except DuplicateKeyError as e:
         return None, f"invalid JSON: {e}"
     except RecursionError:
         return None, "invalid JSON: nested too deeply"

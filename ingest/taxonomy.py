@@ -1,4 +1,5 @@
-"""The action taxonomy (SPEC section 3) and the rule for action names."""
+"""The action taxonomy (SPEC section 3), the rule for action names, and which
+actions are the node's own (never accepted from a client)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ AUDIT_ACTIONS: frozenset[str] = frozenset({
     "audit.retention_purge", "audit.export", "audit.recovery", "audit.clock_skew",
     "audit.api_key_create", "audit.api_key_revoke", "audit.checkpoint",
 })
+
+#: Actions outside ``audit.*`` that the node records about itself: its cluster
+#: membership (``query.cluster``) and the use of its API keys (``query.service``).
+NODE_ACTIONS: frozenset[str] = frozenset({
+    "cluster.node_join", "cluster.node_leave", "auth.api_key_used",
+})
+
+#: Everything only the node writes; ingest refuses these from clients (a forged
+#: ``cluster.node_join`` or ``auth.api_key_used`` would pass for the node's own record).
+RESERVED_ACTIONS: frozenset[str] = AUDIT_ACTIONS | NODE_ACTIONS
 
 TAXONOMY: frozenset[str] = frozenset({
     "auth.login", "auth.login_failed", "auth.logout", "auth.totp_setup", "auth.totp_reset",

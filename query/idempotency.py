@@ -1,21 +1,59 @@
-"""Idempotency keys of ingest batches: remembered (bounded) and persisted.
+"""Idempotency keys of ingest batches: bound to their request, remembered
+(bounded) and persisted as sealed state.
 
 A batch retried with the same ``Idempotency-Key`` (scoped to the API key that
-sent it) gets the first answer back instead of being appended twice.
+sent it) and the same request gets the first answer back instead of being
+appended twice.  The key is bound to the request's fingerprint (the body's
+SHA-256 and the Content-Type family): the same key with another request is
+refused (HTTP 422), as the IETF httpapi Idempotency-Key draft asks, so a
+client that reuses a key by mistake learns of it instead of losing a batch.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.datadir import write_atomic
+from engine.state import StateSeal
+from ingest.body import JSON_TYPES, MSGPACK_TYPES
+from ingest.errors import IngestError
 
 log = logging.getLogger("auditlog.idempotency")
+
+#: at most this many rejected lines are logged one by one at start (then a count)
+_MAX_LOGGED_PROBLEMS = 20
+
+
+class IdempotencyKeyReused(IngestError):
+    """The Idempotency-Key already answered a different request; nothing was written."""
+
+    http_status = 422
+
+
+def request_fingerprint(raw: bytes, content_type: str) -> str:
+    """``family:sha256-hex`` of a request body; the family (``json``, ``msgpack``, or
+    the media type as sent) keeps a JSON and a msgpack body apart whatever their bytes."""
+    if content_type in JSON_TYPES:
+        family = "json"
+    elif content_type in MSGPACK_TYPES:
+        family = "msgpack"
+    else:
+        family = content_type
+    return f"{family}:{hashlib.sha256(raw).hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What a key was first used for: the request's fingerprint and the answer it got."""
+
+    fingerprint: str
+    answer: dict
 
 
 def _last_seq(answer: dict) -> int | None:
@@ -27,18 +65,30 @@ def _last_seq(answer: dict) -> int | None:
 
 
 class IdempotencyCache:
-    """Recently seen Idempotency-Key values -> the response they got (bounded LRU),
-    persisted so that a batch retried across a server restart is not appended twice.
+    """Recently seen Idempotency-Key values -> the request they came with and the
+    response it got (bounded LRU), persisted so that a batch retried across a
+    server restart is not appended twice.
 
     In memory: an ``OrderedDict`` of the last ``size`` keys (least recently used
-    dropped first).  On disk (``path``, normally ``<data-dir>/state/idempotency.jsonl``,
-    mode 0600): one JSON line ``{"k": key, "v": response}`` per key, appended by
-    ``put_many`` with one ``write`` and made durable (``fdatasync``) before it
-    returns, i.e. before the batch's entries are written.  At startup the file is read
-    back keeping the last ``size`` keys (a torn or garbled line is skipped); once the
-    file holds more than ``2 * size`` lines it is compacted: the live entries are
-    written to a temp file, fsynced and renamed over it (then the directory is
+    dropped first), each with its :class:`Remembered` record.  On disk (``path``,
+    normally ``<data-dir>/state/idempotency.jsonl``, mode 0600): one sealed line
+    per key (``engine.state``, name ``idempotency``; the record is
+    ``{"k": key, "fp": fingerprint, "v": response}``), appended by ``put_many``
+    with one ``write`` and made durable (``fdatasync``) before it returns, i.e.
+    before the batch's entries are written.  At startup the file is read back
+    keeping the last ``size`` keys.  A line whose seal does not open (written by
+    hand, edited, or another node's) grants nothing: it is ignored, logged as a
+    warning naming the file and line, and counted in :attr:`rejected` (the
+    service exports it as ``auditlog_state_rejected_total``).  A last line
+    without its newline is a write a crash cut short, not tampering: it is
+    dropped and the file rewritten before the next append.  Once the file holds
+    more than ``2 * size`` lines it is compacted: the live records are written
+    (sealed) to a temp file, fsynced and renamed over it (then the directory is
     fsynced), so a crash leaves either the old or the new file, never a mix.
+
+    A seal proves the node wrote a line, not that the line is the newest: a file
+    put back to an older copy of itself only forgets keys (their retries are
+    appended again) or brings back keys whose batches the log holds anyway.
 
     The file is only opened for writing on the first ``put_many`` (a second
     process that reads it in ``__init__`` and then fails to get the writer lock
@@ -66,36 +116,49 @@ class IdempotencyCache:
     """
 
     FILE_NAME = "idempotency.jsonl"
+    #: the seal's purpose (the file's stem, as ``StateSeal.read_lines`` expects)
+    STATE_NAME = "idempotency"
 
-    def __init__(self, size: int, path: Path | None = None, *, fsync: bool = True):
+    def __init__(self, size: int, path: Path | None = None, *, seal: StateSeal | None = None,
+                 fsync: bool = True):
+        if path is not None and seal is None:
+            raise ValueError("a persisted idempotency cache needs the node's StateSeal")
         self.size = size
         self.path = Path(path) if path is not None else None
+        self._seal = seal
         self._fsync = fsync
-        self._d: OrderedDict[str, dict] = OrderedDict()
+        #: key -> (its record, the sealed line that holds it on disk, None until needed)
+        self._d: OrderedDict[str, tuple[Remembered, bytes | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._fd: int | None = None
-        #: lines in the file (live or superseded); compaction past 2 * size
+        #: lines in the file (live, superseded or rejected); compaction past 2 * size
         self._lines = 0
         #: the file must be rewritten from memory before the next append
         self._rewrite = False
+        #: lines of the file that failed their seal when it was loaded (ignored)
+        self.rejected = 0
         if self.path is not None:
             self._load()
 
     # -- public API ---------------------------------------------------------------
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> Remembered | None:
         with self._lock:
             v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
+            if v is None:
+                return None
+            self._d.move_to_end(key)
+            return v[0]
 
-    def put_many(self, items: list[tuple[str, dict]]) -> None:
-        """Record several keys with one write and one sync; raises ``OSError`` if
-        they could not be made durable (then none of them is kept)."""
+    def put_many(self, items: list[tuple[str, str, dict]]) -> None:
+        """Record several ``(key, fingerprint, answer)`` with one write and one sync;
+        raises ``OSError`` if they could not be made durable (then none of them is kept)."""
         with self._lock:
-            for key, value in items:
-                self._d[key] = value
+            lines = []
+            for key, fingerprint, answer in items:
+                line = self._line(key, fingerprint, answer)
+                lines.append(line)
+                self._d[key] = (Remembered(fingerprint, answer), line)
                 self._d.move_to_end(key)
             while len(self._d) > self.size:
                 self._d.popitem(last=False)
@@ -105,10 +168,10 @@ class IdempotencyCache:
                 if self._rewrite or self._lines + len(items) > 2 * max(self.size, 1):
                     self._compact()
                 else:
-                    self._append(b"".join(self._line(k, v) for k, v in items))
+                    self._append(b"".join(lines))
                     self._lines += len(items) - 1
             except OSError:
-                for key, _ in items:
+                for key, *_ in items:
                     self._d.pop(key, None)
                 self._rewrite = True
                 self._close_fd()
@@ -133,7 +196,11 @@ class IdempotencyCache:
         """Drop keys whose answer ends after ``head_seq`` (their batch was lost in a
         crash before it was durable); returns how many were dropped."""
         with self._lock:
-            stale = [k for k, v in self._d.items() if _last_seq(v) is None or _last_seq(v) > head_seq]
+            stale = []
+            for k, (rec, _) in self._d.items():
+                last = _last_seq(rec.answer)
+                if last is None or last > head_seq:
+                    stale.append(k)
             for k in stale:
                 del self._d[k]
             if stale:
@@ -156,14 +223,17 @@ class IdempotencyCache:
 
     # -- persistence ----------------------------------------------------------------
 
-    @staticmethod
-    def _line(key: str, value: dict) -> bytes:
-        return (json.dumps({"k": key, "v": value}, ensure_ascii=False, separators=(",", ":"))
-                + "\n").encode("utf-8")
+    def _line(self, key: str, fingerprint: str, answer: dict) -> bytes:
+        if self._seal is None:
+            return b""
+        return self._seal.seal(self.STATE_NAME, {"k": key, "fp": fingerprint, "v": answer}) + b"\n"
 
     def _load(self) -> None:
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(size - 1, 0))
+                torn = size > 0 and f.read(1) != b"\n"
         except FileNotFoundError:
             return
         except OSError as e:
@@ -171,30 +241,38 @@ class IdempotencyCache:
                       self.path, e.strerror or e)
             self._rewrite = True
             return
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        elif lines:
-            self._rewrite = True     # torn last line (crash mid-write): rewrite before appending
-        bad = 0
+        records, problems = self._seal.read_lines(self.path)
+        # a torn last line (a crash mid-write) is not returned by read_lines and is
+        # no problem; it must not have the next line appended to it, though
+        self._rewrite = torn
         d = self._d
-        for raw in lines:
+        malformed = 0
+        for rec in records:
             try:
-                rec = json.loads(raw)
-                k, v = rec["k"], rec["v"]
-                if not isinstance(k, str) or not isinstance(v, dict):
-                    raise ValueError("bad record")
-            except (ValueError, KeyError, TypeError):
-                bad += 1
+                k, fp, v = rec["k"], rec["fp"], rec["v"]
+                if not (isinstance(k, str) and isinstance(fp, str) and isinstance(v, dict)):
+                    raise TypeError
+            except (KeyError, TypeError):
+                malformed += 1    # sealed by this node, but not a record this version reads
                 continue
-            d[k] = v
+            d[k] = (Remembered(fp, v), None)   # sealed again only if the file is rewritten
             d.move_to_end(k)
         while len(d) > self.size:
             d.popitem(last=False)
-        self._lines = len(lines)
-        if bad:
+        self._lines = len(records) + len(problems)
+        if malformed:
             self._rewrite = True
-            log.warning("%s: skipped %d unreadable line(s)", self.path, bad)
+            log.warning("%s: skipped %d sealed record(s) of an unknown shape", self.path, malformed)
+        if problems:
+            # kept in the file (where `auditlog verify` sees them) until the next rewrite
+            self.rejected = len(problems)
+            for p in problems[:_MAX_LOGGED_PROBLEMS]:
+                # p starts with the file's name: "idempotency.jsonl line 3: MAC does not match"
+                log.warning("%s%s%s; ignored (it grants no idempotent replay)",
+                            self.path.parent, os.sep, p)
+            if len(problems) > _MAX_LOGGED_PROBLEMS:
+                log.warning("state file %s: %d more line(s) failed their seal; ignored",
+                            self.path, len(problems) - _MAX_LOGGED_PROBLEMS)
 
     def _open_fd(self) -> int:
         if self._fd is None:
@@ -221,9 +299,10 @@ class IdempotencyCache:
         self._lines += 1
 
     def _compact(self) -> None:
-        """Rewrite the file with the live entries only: temp file, fsync, rename, fsync dir."""
+        """Rewrite the file with the live records only: temp file, fsync, rename, fsync dir."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(self._line(k, v) for k, v in self._d.items())
+        data = b"".join(line if line is not None else self._line(k, rec.fingerprint, rec.answer)
+                        for k, (rec, line) in self._d.items())
         write_atomic(self.path, data, sync=self._fsync, mode=0o600, sync_dir=self._fsync)
         self._close_fd()
         self._lines = len(self._d)

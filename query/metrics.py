@@ -48,6 +48,9 @@ class Metrics:
         self.declare("auditlog_integrity_violations_total", "counter",
                      "Entries or ranges returned marked as integrity violations")
         self.declare("auditlog_ingest_rejected_total", "counter", "Ingest batches rejected by reason")
+        self.declare("auditlog_state_rejected_total", "counter",
+                     "Lines of node state files that failed their seal (forged, edited or foreign) "
+                     "and were ignored, by file")
 
     def declare(self, name: str, kind: str, help: str) -> None:
         self.help[name] = (kind, help)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.taxonomy import AUDIT_ACTIONS, TAXONOMY
+from ingest.taxonomy import NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY
 from query.filters import PARAM_NAMES
 
 #: One event as a client sends it (also the request body example).
@@ -39,7 +39,9 @@ def _responses(ok: dict, *codes: int) -> dict:
     r = {**ok}
     text = {400: "Invalid input", 401: "Missing or invalid API key", 403: "Role not allowed",
             404: "Not found", 405: "Method not allowed (the log is append-only)",
-            413: "Body too large", 415: "Unsupported media type", 503: "Overloaded; retry after Retry-After"}
+            413: "Body too large", 415: "Unsupported media type",
+            422: "Idempotency-Key already used for a different request (nothing written)",
+            503: "Overloaded; retry after Retry-After"}
     for c in codes:
         r[str(c)] = {"description": text[c], "content": {"application/json": {"schema": ERROR}}}
     return r
@@ -50,9 +52,11 @@ def openapi_document() -> dict:
         "type": "object", "additionalProperties": False, "required": ["user", "action"],
         "properties": {
             "user": {"type": "string", "minLength": 1, "maxLength": 1024},
-            # what the server accepts: the taxonomy (less the log's own actions) or custom.*
-            "action": {"anyOf": [
-                {"type": "string", "enum": sorted(TAXONOMY - AUDIT_ACTIONS)},
+            # what the server accepts: the taxonomy (less the node's own actions) or custom.*
+            "action": {"description": "Dotted action name. The node's own actions (audit.*, "
+                                      f"{', '.join(sorted(NODE_ACTIONS))}) are refused (400)",
+                       "anyOf": [
+                {"type": "string", "enum": sorted(TAXONOMY - RESERVED_ACTIONS)},
                 {"type": "string", "maxLength": 1024, "pattern": r"^custom(\.[a-z0-9_]+)+$"}]},
             "target": {"type": ["string", "null"]}, "domain": {"type": ["string", "null"]},
             "ip": {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"},
@@ -87,8 +91,19 @@ def openapi_document() -> dict:
                 "summary": "Append a batch of events (all or nothing); 201 once durable",
                 "security": bearer,
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "maxLength": 200}}],
-                "requestBody": {"required": True, "content": {
+                                "description": (
+                                    "Makes a retry safe: bound to the request (SHA-256 of the body "
+                                    "and the Content-Type family, JSON or msgpack) and scoped to the "
+                                    "API key. The same key with the same request replays the first "
+                                    "answer (200, Idempotent-Replay: true) and appends nothing; the "
+                                    "same key with a different request is refused (422). Keys are "
+                                    "kept for the node's last 10 000 keyed batches, across "
+                                    "restarts."),
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+                "requestBody": {"required": True, "description": (
+                    "A JSON array of events, {\"events\": [...]}, or the same in msgpack. A "
+                    "repeated key in any object or map, at any depth, is refused (400 naming it)."),
+                                "content": {
                     "application/json": {"example": [EXAMPLE_EVENT], "schema": {"oneOf": [
                         {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}},
                         {"type": "object", "required": ["events"], "additionalProperties": False,
@@ -100,8 +115,12 @@ def openapi_document() -> dict:
                         "type": "object", "properties": {"appended": {"type": "integer"},
                                                          "first_id": {"type": "string"},
                                                          "last_id": {"type": "string"}}}}}},
-                    "200": {"description": "Replay of an Idempotency-Key already appended"}},
-                    400, 401, 403, 413, 415, 503)}},
+                    "200": {"description": "Replay of an Idempotency-Key already appended with "
+                                           "this request (header Idempotent-Replay: true); the "
+                                           "body is the first answer",
+                            "headers": {"Idempotent-Replay": {"schema": {"type": "string",
+                                                                         "enum": ["true"]}}}}},
+                    400, 401, 403, 413, 415, 422, 503)}},
             "/api/v1/audit-log": {"get": {
                 "summary": "Query entries, merged by (ts, node, seq); JSON page or NDJSON stream",
                 "security": bearer,

@@ -21,10 +21,11 @@ from engine.entry import EntryDraft, format_ts
 from engine.errors import EngineError
 from engine.log import NodeLog
 from engine.settings import StoreSettings
+from engine.state import StateSeal
 from engine.writer import AppendResult, LogWriter, canonical_drafts
 from ingest.limits import DEFAULT_LIMITS, Limits
 from query.auth import ApiKey, KeyStore
-from query.idempotency import IdempotencyCache
+from query.idempotency import IdempotencyCache, request_fingerprint
 from query.metrics import Metrics
 
 log = logging.getLogger("auditlog.service")
@@ -80,6 +81,8 @@ class Service:
         self.writer = LogWriter(data_dir, node, store, self.log)
         self.keys = KeyStore(data_dir.state)
         self.metrics = Metrics()
+        #: seals and opens this node's state files (engine.state)
+        self.state_seal = StateSeal(node.key, node.node_id)
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
         self.validators = None
         if settings.validate_workers > 0:
@@ -87,7 +90,10 @@ class Service:
             self.validators = ValidationPool(settings.validate_workers)
         self.idempotency = IdempotencyCache(
             settings.idempotency_entries, data_dir.state / IdempotencyCache.FILE_NAME,
-            fsync=store.fsync != "none")
+            seal=self.state_seal, fsync=store.fsync != "none")
+        # shown even at 0, so that a scrape tells "checked, nothing forged" from "not checked"
+        self.metrics.inc("auditlog_state_rejected_total", self.idempotency.rejected,
+                         file=IdempotencyCache.FILE_NAME)
         self._idem_locks: dict[str, asyncio.Lock] = {}
         self.pending_events = 0
         self._appends: list[tuple[list, bool, asyncio.Future]] = []
@@ -174,6 +180,13 @@ class Service:
             self.validators.executor, decode_and_validate_packed, raw, ctype, limits)
         return unpack_result(result)
 
+    async def fingerprint(self, raw: bytes, ctype: str) -> str:
+        """The request fingerprint an Idempotency-Key is bound to (``request_fingerprint``);
+        a large body is hashed off the event loop (hashlib lets go of the GIL)."""
+        if len(raw) <= INLINE_VALIDATION_BYTES:
+            return request_fingerprint(raw, ctype)
+        return await self.run(request_fingerprint, raw, ctype)
+
     def answer(self, res: AppendResult) -> dict:
         """The body of a 201 for an appended batch (also what an idempotent replay returns)."""
         n = self.node_id
@@ -181,21 +194,29 @@ class Service:
                 "last_id": f"{n}:{res.last_seq}"}
 
     def _record_idempotency_keys(self, tagged: list) -> None:
-        """In the commit, before its entries are written: the batches' idempotency keys
-        and answers, durable first (a crash in between leaves a key for seqs the log
-        lacks, which ``prune_beyond`` drops at the next start)."""
-        self.idempotency.put_many([(key, self.answer(res)) for key, res in tagged])
+        """In the commit, before its entries are written: the batches' idempotency keys,
+        request fingerprints and answers, durable first (a crash in between leaves a key
+        for seqs the log lacks, which ``prune_beyond`` drops at the next start)."""
+        self.idempotency.put_many([(key, fingerprint, self.answer(res))
+                                   for (key, fingerprint), res in tagged])
 
     async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False,
-                     idempotency_key: str | None = None) -> AppendResult:
+                     idempotency_key: str | None = None,
+                     fingerprint: str | None = None) -> AppendResult:
         """Append through the writer's queue; ``canonical`` for validated drafts.
 
-        With ``idempotency_key`` the key and its answer are recorded durably in
-        the same commit as the entries (see ``IdempotencyCache``).
+        With ``idempotency_key`` (and the ``fingerprint`` of the request it came
+        with) the key, fingerprint and answer are recorded durably in the same
+        commit as the entries (see ``IdempotencyCache``).
         """
         n = len(drafts)
         if not n:
             raise EngineError("empty batch")
+        tag = None
+        if idempotency_key is not None:
+            if fingerprint is None:
+                raise ValueError("an idempotency key needs the fingerprint of its request")
+            tag = (idempotency_key, fingerprint)
         if self.pending_events + n > self.settings.max_pending_events:
             raise Overloaded(f"write queue full ({self.pending_events} events waiting)")
         self.pending_events += n
@@ -203,7 +224,7 @@ class Service:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
             with self._appends_lock:
-                self._appends.append((drafts, canonical, fut, idempotency_key))
+                self._appends.append((drafts, canonical, fut, tag))
                 start = not self._committer_running
                 self._committer_running = True
             if start:
@@ -229,9 +250,9 @@ class Service:
             try:
                 batches = [d if canonical else canonical_drafts(d) for d, canonical, _, _ in items]
                 results = self.writer.append_batches(batches, canonical=True,
-                                                     tags=[key for *_, key in items])
+                                                     tags=[tag for *_, tag in items])
             except BaseException as e:   # every waiting request gets the error
-                keys = [key for *_, key in items if key is not None]
+                keys = [tag[0] for *_, tag in items if tag is not None]
                 if keys:
                     self.idempotency.forget(keys)   # they answer for nothing now
                 loop.call_soon_threadsafe(_settle, items, None, e)

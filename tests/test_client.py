@@ -415,22 +415,27 @@ def test_idempotency_key_survives_restart(server):
 
 
 def test_idempotency_file_compaction_and_torn_line(tmp_path):
+    from engine.chain import NodeKey
+    from engine.state import StateSeal
+    seal = StateSeal(NodeKey(os.urandom(32)), "t1")
     path = tmp_path / "state" / IdempotencyCache.FILE_NAME
-    c = IdempotencyCache(3, path)
+    c = IdempotencyCache(3, path, seal=seal)
     for i in range(20):
-        c.put_many([(f"k{i}", {"appended": 1, "first_id": f"t1:{i}", "last_id": f"t1:{i}"})])
+        c.put_many([(f"k{i}", f"json:{i}", {"appended": 1, "first_id": f"t1:{i}", "last_id": f"t1:{i}"})])
         assert len(path.read_bytes().splitlines()) <= 6
     c.close()
     with open(path, "ab") as f:
-        f.write(b'{"k":"torn","v":{"app')      # a crash in the middle of a write
-    c2 = IdempotencyCache(3, path)
-    assert c2.get("k19") == {"appended": 1, "first_id": "t1:19", "last_id": "t1:19"}
-    assert c2.get("k16") is None and len(c2) == 3
-    c2.put_many([("k20", {"appended": 2})])
+        f.write(seal.seal("idempotency", {"k": "torn", "fp": "json:t", "v": {}})[:40])  # a crash mid-write
+    c2 = IdempotencyCache(3, path, seal=seal)
+    assert c2.rejected == 0                       # a torn last line is no forgery
+    assert c2.get("k19").answer == {"appended": 1, "first_id": "t1:19", "last_id": "t1:19"}
+    assert c2.get("k19").fingerprint == "json:19"
+    assert c2.get("k16") is None and c2.get("torn") is None and len(c2) == 3
+    c2.put_many([("k20", "json:20", {"appended": 2})])
     c2.close()
-    lines = path.read_bytes().splitlines()
-    assert all(json.loads(x) for x in lines) and json.loads(lines[-1])["k"] == "k20"
-    assert IdempotencyCache(3, path).get("k20") == {"appended": 2}
+    records, problems = seal.read_lines(path)     # rewritten: every line sealed, the torn one gone
+    assert problems == [] and [r["k"] for r in records] == ["k18", "k19", "k20"]
+    assert IdempotencyCache(3, path, seal=seal).get("k20").answer == {"appended": 2}
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 

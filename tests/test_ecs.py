@@ -16,7 +16,14 @@ import ipaddress
 import json
 import re
 
+from engine.datadir import DataDir
+from engine.entry import EntryDraft
+from engine.settings import StoreSettings
+from engine.writer import LogWriter
 from helpers_http import bearer, post_events, query_all, run_cli
+from ingest.taxonomy import NODE_ACTIONS
+from query.cluster import Cluster, ClusterSettings
+from query.peers import PeerConfig
 
 # ECS 8.x allowed values (docs/reference/ecs-allowed-values-event-*.md in elastic/ecs)
 KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}
@@ -69,8 +76,11 @@ QUARANTINE = {"mail_id": "Q00012345", "subject": "Rechnung März – 請求書",
 
 
 def events() -> list[dict]:
+    """What clients send: every mapped action but the node's own (see ``node_join``)."""
     out = []
     for i, action in enumerate(MAPPING):
+        if action in NODE_ACTIONS:
+            continue
         e = {"user": f"admin{i % 3}", "action": action, "target": f"t-{i}", "ip": "2001:db8::17" if i % 2 else
              "192.0.2.10", "user_agent": "Mozilla/5.0 (X11) Gecko/20100101", "success": action != "auth.login_failed",
              "details": {"n": i}}
@@ -83,6 +93,10 @@ def events() -> list[dict]:
                 "details": {"mail_id": "Q2", "subject": "two", "sender": "a@b.example",
                             "recipient": ["x@example.com", "y@example.com"]}})
     return out
+
+
+#: what the node itself records when a peer joins its configuration (query.cluster)
+NODE_JOIN = EntryDraft("system", "cluster.node_join", "gw2", details={"node": "gw2", "via": "config"})
 
 
 def get(d: dict, dotted: str):
@@ -157,10 +171,11 @@ def check_document(doc: dict, entry: dict) -> None:
     json.dumps(doc, allow_nan=False)   # plain JSON, no NaN/Infinity
 
 
-async def test_ecs_over_the_api(client, keys):
+async def test_ecs_over_the_api(client, keys, service):
     sent = events()
     resp = await post_events(client, keys["writer"], sent)
     assert resp.status == 201, await resp.text()
+    Cluster(service, ClusterSettings(peers=(PeerConfig("gw2", "https://127.0.0.1:9"),))).record_membership()
     wire = {e["id"]: e for e in await query_all(client, keys["reader"])}
 
     resp = await client.get("/api/v1/audit-log", params={"format": "ecs"}, headers=bearer(keys["reader"]))
@@ -170,11 +185,12 @@ async def test_ecs_over_the_api(client, keys):
     assert body.endswith("\n")
     docs = [json.loads(line) for line in body.splitlines()]
     assert [d["event"]["id"] for d in docs] == list(wire)       # every entry, in order, nothing else
-    client_docs = [d for d in docs if d["user"]["name"] in {e["user"] for e in sent}]
+    client_docs = [d for d in docs if d["user"]["name"] in {e["user"] for e in sent}
+                   and d["event"]["action"] not in NODE_ACTIONS]
     assert len(client_docs) == len(sent)
     for d in docs:
         check_document(d, wire[d["event"]["id"]])
-    actions = {d["event"]["action"] for d in client_docs}
+    actions = {d["event"]["action"] for d in docs}
     assert set(MAPPING) <= actions
 
     # filters apply to the ECS stream as to JSON
@@ -201,6 +217,10 @@ def test_ecs_from_the_cli(tmp_path):
     assert run_cli(data, "init", "--node-id", "gw-ecs").returncode == 0
     src = tmp_path / "events.ndjson"
     src.write_text("".join(json.dumps(e) + "\n" for e in events()))
+    # the node's own record first (stamped by this process's clock, which is behind the CLI's)
+    dd = DataDir(data)
+    with LogWriter(dd, dd.open(), StoreSettings()) as w:
+        w.append_batch([NODE_JOIN])
     r = run_cli(data, "append", "--file", str(src))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out.ecs.ndjson"
@@ -209,7 +229,8 @@ def test_ecs_from_the_cli(tmp_path):
     q = run_cli(data, "query", "--format", "ndjson")
     wire = {e["id"]: e for e in map(json.loads, q.stdout.splitlines())}
     docs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(docs) == len(events())
+    assert len(docs) == len(events()) + 1
+    assert {d["event"]["action"] for d in docs} >= set(MAPPING)
     for d in docs:
         check_document(d, wire[d["event"]["id"]])
         assert d["observer"]["name"] == "gw-ecs"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.entry import EntryDraft, canonical_bytes, pack_draft
 from ingest import event as ev
-from ingest.body import BodyError, _loads_reference, decode_body, loads_json
+from ingest.body import BodyError, _loads_reference, decode_body, loads_json, loads_msgpack
 from ingest.limits import Limits
 
 LIMITS = Limits()
@@ -132,6 +134,85 @@ def test_fast_decoding_matches_the_reference_on_generated_bodies(data):
     assert want[0] == got[0], (raw, want, got)
     if want[0] == "ok":
         assert same_value(want[1], got[1]), (raw, want, got)
+
+
+# ------------------------------------------------------------------ msgpack: repeated keys
+
+_mp_scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1),
+    st.floats(allow_nan=False), st.sampled_from([0.5, -2.25, 1e30, 3.0]),   # some fit a float32
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+)
+
+
+def _mp_header(fix: int, fixmax: int, c16: int, n: int, wide: bool) -> bytes:
+    if wide:
+        return bytes([c16 + 1]) + n.to_bytes(4, "big")         # the 32-bit form, whatever n is
+    if n <= fixmax:
+        return bytes([fix | n])
+    return (bytes([c16]) + n.to_bytes(2, "big")) if n < 65536 else (bytes([c16 + 1]) + n.to_bytes(4, "big"))
+
+
+def _mp_render(value, dup: bool, draw) -> tuple[bytes, set]:
+    """msgpack of ``value`` with headers minimal or (drawn) wider than needed, floats
+    as float32 where exact; with ``dup`` some maps repeat a key.  Returns the bytes
+    and the keys repeated."""
+    wide = draw(st.booleans())
+    if isinstance(value, dict):
+        pairs = [(k, _mp_render(v, dup, draw)) for k, v in value.items()]
+        repeated = set().union(*(r for _, (_, r) in pairs))
+        if dup and pairs and draw(st.booleans()):
+            pairs.append((pairs[-1][0], (msgpack.packb(draw(_mp_scalars)), set())))
+            repeated.add(pairs[-1][0])
+        body = b"".join(_mp_render(k, False, draw)[0] + b for k, (b, _) in pairs)
+        return _mp_header(0x80, 15, 0xde, len(pairs), wide) + body, repeated
+    if isinstance(value, list):
+        parts = [_mp_render(v, dup, draw) for v in value]
+        return (_mp_header(0x90, 15, 0xdc, len(parts), wide) + b"".join(b for b, _ in parts),
+                set().union(*(r for _, r in parts)))
+    if isinstance(value, str) and wide:
+        raw = value.encode("utf-8")
+        return b"\xdb" + len(raw).to_bytes(4, "big") + raw, set()
+    if type(value) is int and wide and -(2 ** 63) <= value < 2 ** 63:
+        return b"\xd3" + value.to_bytes(8, "big", signed=True), set()
+    if type(value) is float and wide and _fits_float32(value):
+        return b"\xca" + struct.pack(">f", value), set()
+    return msgpack.packb(value), set()
+
+
+def _fits_float32(v: float) -> bool:
+    try:
+        return struct.unpack(">f", struct.pack(">f", v))[0] == v
+    except OverflowError:
+        return False
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_msgpack_repeated_keys_are_refused_at_any_depth_and_nothing_else_changes(data):
+    value = data.draw(st.recursive(
+        _mp_scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)),
+        max_leaves=12))
+    raw, repeated = _mp_render(value, data.draw(st.booleans()), data.draw)
+    if repeated:
+        with pytest.raises(BodyError, match="not valid msgpack: duplicate key") as exc:
+            loads_msgpack(raw)
+        assert any(f"duplicate key {k!r}" in str(exc.value) for k in repeated), (exc.value, repeated)
+    else:
+        # minimal or not, a body without repeated keys decodes as msgpack itself decodes it
+        assert same_value(loads_msgpack(raw), msgpack.unpackb(raw, raw=False)), raw
+
+
+def test_msgpack_repeated_key_is_named():
+    event = b"\x83\xa4user\xa1a\xa4user\xa1b\xa6action\xaaauth.login"   # {"user", "user", "action"}
+    with pytest.raises(BodyError, match="duplicate key 'user'"):
+        decode_body(b"\x91" + event, "application/msgpack")
+    nested = (b"\x91\x83\xa4user\xa1u\xa6action\xaaauth.login\xa7details"
+              b"\x81\xa1a\x82\xa1x\x01\xa1x\x02")                        # details.a.x twice
+    with pytest.raises(BodyError, match="duplicate key 'x'"):
+        decode_body(nested, "application/msgpack")
 
 
 def test_decode_body_shapes():

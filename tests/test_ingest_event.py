@@ -15,7 +15,8 @@ from engine.errors import AuditLogError
 from ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
 from ingest.event import parse_detail_args, validate_batch, validate_event
 from ingest.limits import Limits
-from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, TAXONOMY, is_known_action
+from ingest.taxonomy import (ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY,
+                              is_known_action)
 
 GOOD = {"user": "admin", "action": "auth.login"}
 
@@ -98,17 +99,24 @@ def test_custom_action_accepted():
     assert validate_event(ev(action="custom.my_plugin.did_thing")).action == "custom.my_plugin.did_thing"
 
 
-@pytest.mark.parametrize("action", sorted(TAXONOMY - AUDIT_ACTIONS))
+@pytest.mark.parametrize("action", sorted(TAXONOMY - RESERVED_ACTIONS))
 def test_every_client_taxonomy_action_accepted(action):
     assert validate_event(ev(action=action)).action == action
 
 
-@pytest.mark.parametrize("action", sorted(AUDIT_ACTIONS))
+@pytest.mark.parametrize("action", sorted(RESERVED_ACTIONS))
 def test_log_own_actions_refused_from_clients(action):
-    # a client-made audit.retention_purge could otherwise excuse deleted segments
+    # a client-made audit.retention_purge could otherwise excuse deleted segments,
+    # a cluster.node_join pass for the node's own membership record
     with pytest.raises(InvalidEventError) as exc:
         validate_event(ev(action=action))
-    assert "reserved" in str(exc.value) and "'action'" in str(exc.value)
+    assert [(q["index"], q["field"]) for q in exc.value.problems] == [(0, "action")]
+    assert "reserved" in str(exc.value) and "'action'" in str(exc.value) and action in str(exc.value)
+
+
+def test_node_actions_are_the_membership_and_key_use_records():
+    assert NODE_ACTIONS == {"cluster.node_join", "cluster.node_leave", "auth.api_key_used"}
+    assert RESERVED_ACTIONS == AUDIT_ACTIONS | NODE_ACTIONS and RESERVED_ACTIONS <= TAXONOMY
 
 
 # ------------------------------------------------------------------ taxonomy
@@ -576,7 +584,7 @@ ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)
 text_fields = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
                       max_size=40).filter(lambda s: s.strip())
-actions = st.sampled_from(sorted(TAXONOMY - AUDIT_ACTIONS)) | st.from_regex(
+actions = st.sampled_from(sorted(TAXONOMY - RESERVED_ACTIONS)) | st.from_regex(
     r"custom(\.[a-z0-9_]{1,8}){1,3}", fullmatch=True)
 
 

@@ -4,7 +4,6 @@ its own exact seqs, and a failed commit answers every request waiting on it."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
@@ -48,9 +47,14 @@ async def test_a_failed_commit_answers_every_waiting_request(make_service):
 
 # ------------------------------------------------------------------ idempotency keys in the commit
 
+FP = "json:" + "0" * 64   # a request fingerprint (query.idempotency.request_fingerprint)
+
+
 def _file_keys(svc) -> list[str]:
-    path = svc.idempotency.path
-    return [json.loads(line)["k"] for line in path.read_text().splitlines()] if path.exists() else []
+    """The keys in the idempotency file, each line opened with the node's seal."""
+    records, problems = svc.state_seal.read_lines(svc.idempotency.path)
+    assert problems == []
+    return [r["k"] for r in records]
 
 
 async def test_idempotency_key_is_durable_before_its_entries_are_written(make_service):
@@ -65,10 +69,12 @@ async def test_idempotency_key_is_durable_before_its_entries_are_written(make_se
         seen["log_grew"] = svc.writer._active_size != size_before
         seen["tagged"] = [(k, r.first_seq, r.last_seq) for k, r in tagged]
     svc.writer.before_commit = spy
-    res = await svc.append([EntryDraft("u", "auth.login")] * 3, idempotency_key="k1:batch-1")
+    res = await svc.append([EntryDraft("u", "auth.login")] * 3, idempotency_key="k1:batch-1",
+                           fingerprint=FP)
     assert seen["keys_on_disk"] == ["k1:batch-1"] and seen["log_grew"] is False
-    assert seen["tagged"] == [("k1:batch-1", res.first_seq, res.last_seq)]
-    assert svc.idempotency.get("k1:batch-1") == svc.answer(res)
+    assert seen["tagged"] == [(("k1:batch-1", FP), res.first_seq, res.last_seq)]
+    assert svc.idempotency.get("k1:batch-1").answer == svc.answer(res)
+    assert svc.idempotency.get("k1:batch-1").fingerprint == FP
 
 
 async def test_keys_of_a_commit_lost_in_a_crash_are_dropped_at_start(tmp_path):
@@ -77,18 +83,22 @@ async def test_keys_of_a_commit_lost_in_a_crash_are_dropped_at_start(tmp_path):
     dd = DataDir(tmp_path / "data")
     dd.init("node-a")
     svc = Service(dd, dd.open(), StoreSettings(fsync="always"), ServiceSettings(validate_workers=0)).open()
-    res = await svc.append([EntryDraft("u", "auth.login")] * 2, idempotency_key="k:kept")
+    res = await svc.append([EntryDraft("u", "auth.login")] * 2, idempotency_key="k:kept",
+                           fingerprint=FP)
+    seal = svc.state_seal
     svc.close()
-    # what a crash between the key's fsync and the entries' leaves: a key for seqs
-    # the recovered log does not hold
+    # what a crash between the key's fsync and the entries' leaves: a key (sealed by
+    # the node, as it writes them) for seqs the recovered log does not hold
     path = dd.state / "idempotency.jsonl"
-    with path.open("a") as f:
-        f.write(json.dumps({"k": "k:lost", "v": {"appended": 5, "first_id": f"node-a:{res.last_seq + 1}",
-                                                 "last_id": f"node-a:{res.last_seq + 5}"}}) + "\n")
+    with path.open("ab") as f:
+        f.write(seal.seal("idempotency", {
+            "k": "k:lost", "fp": FP, "v": {"appended": 5, "first_id": f"node-a:{res.last_seq + 1}",
+                                           "last_id": f"node-a:{res.last_seq + 5}"}}) + b"\n")
     svc = Service(dd, dd.open(), StoreSettings(fsync="always"), ServiceSettings(validate_workers=0)).open()
     try:
+        assert svc.idempotency.rejected == 0                    # a sealed line: not a forgery
         assert svc.idempotency.get("k:lost") is None           # a retry will be appended
-        assert svc.idempotency.get("k:kept") == svc.answer(res)  # a retry of this one is replayed
+        assert svc.idempotency.get("k:kept").answer == svc.answer(res)  # this one is replayed
         assert _file_keys(svc) == ["k:kept"]
     finally:
         svc.close()
@@ -98,7 +108,7 @@ async def test_a_failed_commit_forgets_its_idempotency_keys(make_service):
     import resource
     import signal
     svc = make_service(store=StoreSettings(fsync="always"))
-    await svc.append([EntryDraft("u", "auth.login")], idempotency_key="k:ok")
+    await svc.append([EntryDraft("u", "auth.login")], idempotency_key="k:ok", fingerprint=FP)
     # a real write failure: the log file may not grow past its size (EFBIG)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -107,12 +117,13 @@ async def test_a_failed_commit_forgets_its_idempotency_keys(make_service):
     try:
         with pytest.raises(AuditLogError, match="write to the log failed"):
             await svc.append([EntryDraft("u", "auth.login", details={"pad": "x" * 200})] * 50,
-                             idempotency_key="k:failed")
+                             idempotency_key="k:failed", fingerprint=FP)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
     assert svc.idempotency.get("k:failed") is None
     assert _file_keys(svc) == ["k:ok"]
     # and the batch retried with its key is appended once, on the seqs it failed to take
-    res = await svc.append([EntryDraft("u", "auth.login")], idempotency_key="k:failed")
-    assert svc.idempotency.get("k:failed") == svc.answer(res)
+    res = await svc.append([EntryDraft("u", "auth.login")], idempotency_key="k:failed",
+                           fingerprint=FP)
+    assert svc.idempotency.get("k:failed").answer == svc.answer(res)
