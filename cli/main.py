@@ -555,7 +555,13 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
         for o in rep["orphan_confirmations"]:
             click.echo(f"FAIL {o['ts']} {o['id']:<12} {o['action']} by {o['user']} confirms "
                        f"{o['confirms']!r}: {o['problem']}")
-        if not rep["rotations"] and not rep["orphan_confirmations"]:
+        for v in rep["violations"]:
+            click.echo(f"FAIL {v['ts']} {v['id']:<12} integrity violation: {v['violation']}")
+        if rep["violations"]:
+            click.echo(f"the log could not be verified everywhere this report reads "
+                       f"({len(rep['violations'])} violation(s)): it cannot vouch that every change "
+                       "was confirmed", err=True)
+        if not rep["rotations"] and not rep["orphan_confirmations"] and not rep["violations"]:
             click.echo("no actions needing a second pair of eyes in this range")
     sys.exit(0 if rep["ok"] else EXIT_VIOLATION)
 

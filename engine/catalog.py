@@ -87,13 +87,17 @@ class SegmentInfo:
 
     @property
     def last_sig(self) -> bytes:
-        if self.index is not None and self.index.last_sig:
+        """Signature of the last entry (b"" when the last frame is damaged: unknown);
+        the header's ``prev_sig`` for a segment without frames."""
+        if self.index is not None and self.index.frames:
             return self.index.last_sig
         return self.header.prev_sig if self.header else b""
 
     @property
     def last_mac(self) -> bytes:
-        if self.index is not None and self.index.last_mac:
+        """MAC of the last frame (b"" after bytes that are no frame: unknown); the
+        header MAC for a segment without frames."""
+        if self.index is not None and self.index.frames:
             return self.index.last_mac
         return self.header.mac if self.header else b""
 

@@ -148,14 +148,31 @@ class Damage:
             ts = hi - 1
         return ts
 
-    def as_entries(self, lo: int | None = None, hi: int | None = None) -> list[Entry]:
+    def as_entries(self, lo: int | None = None, hi: int | None = None, last_ts: int | None = None,
+                   desc: bool = False) -> list[Entry]:
         """The entries a read of ``[lo, hi)`` returns for this stretch, in scan order:
-        its flagged entries, or a marker."""
+        its flagged entries, or a marker.
+
+        Their timestamps are where they sort, not what could be verified: inside the
+        read's window, and never back from ``last_ts`` (the time of what the read
+        returned just before, forward or, with ``desc``, backward), so the node's
+        stream stays in time order for a merge."""
         if self.entries:
-            return self.entries
-        m = Entry.marker(self.node, self.seq_from, self.marker_ts(lo, hi), self.describe())
-        m.sub = self.sub
-        return [m]
+            out = self.entries
+        else:
+            m = Entry.marker(self.node, self.seq_from, self.marker_ts(lo, hi), self.describe())
+            m.sub = self.sub
+            out = [m]
+        for e in out:
+            ts = e.ts
+            if lo is not None and ts < lo:
+                ts = lo
+            if hi is not None and ts >= hi:
+                ts = hi - 1
+            if last_ts is not None and (ts > last_ts if desc else ts < last_ts):
+                ts = last_ts
+            e.ts = last_ts = ts
+        return out
 
 
 def salvage(node: str, records: Any, first_seq: int, count: int, ts_lo: int | None,

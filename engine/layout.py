@@ -85,7 +85,7 @@ def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo]
                                          "came before it", h.first_seq, min(expected - 1, max(info.last_seq, h.first_seq)),
                                          None, None))
         elif prev.header is not None and (
-                h.prev_mac != prev.last_mac or (prev.last_sig and h.prev_sig != prev.last_sig)):
+                (prev.last_mac and h.prev_mac != prev.last_mac) or (prev.last_sig and h.prev_sig != prev.last_sig)):
             slot.damage.insert(0, Damage(node, "chain_broken", info.name,
                                          f"segment header does not link to the end of {prev.name}",
                                          h.first_seq, h.first_seq, None, None))

@@ -586,10 +586,11 @@ def _keep(d: Damage, lo: int, hi: int, pos_ok, desc: bool) -> Damage | None:
 
 def entry_batches(items, from_us: int | None = None, to_us: int | None = None,
                   desc: bool = False) -> Iterator[list[Entry]]:
-    """The entries of :meth:`NodeLog.read` items, a list per item (markers placed
-    in the read's window)."""
+    """The entries of :meth:`NodeLog.read` items, a list per item (damage placed in
+    the read's window and in time order: ``Damage.as_entries``)."""
+    last = None
     for it in items:
-        if type(it) is VerifiedFrame:
-            yield it.entries()
-        else:
-            yield it.as_entries(from_us, to_us)
+        batch = it.entries() if type(it) is VerifiedFrame else it.as_entries(from_us, to_us, last, desc)
+        if batch:
+            last = batch[-1].ts
+        yield batch

@@ -5,6 +5,12 @@ A rule is a pair (action, confirming action); the default is
 ``details.confirms`` names the rotation's id.  An action is ``ok`` only when at
 least one intact confirmation came from a different user.  Confirmations of
 ids that do not exist among the actions seen are listed as orphans.
+
+The report never vouches for what it could not read: every integrity violation
+the read met (a damaged entry, or a marker for a stretch of log that could not
+be verified, such as a deleted segment whose time span overlaps the report's)
+is listed under ``violations`` and makes the whole report ``ok: false``, since
+the missing part could hold an unconfirmed change or the confirmation of one.
 """
 
 from __future__ import annotations
@@ -50,7 +56,11 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
     actions: dict[str, dict] = {}
     outside: dict[str, str] = {}   # id -> action of the actions seen after the range
     confirmations: list[Entry] = []
+    violations: list[dict] = []
     for e in entries:
+        if e.integrity != "ok":
+            violations.append({"id": e.id, "node": e.node, "seq": e.seq, "ts": format_ts(e.ts),
+                               "action": e.action, "violation": e.violation or "integrity violation"})
         if e.action in by_action:
             if (from_us is None or e.ts >= from_us) and (to_us is None or e.ts < to_us):
                 actions[e.id] = {"id": e.id, "action": e.action, "user": e.user, "target": e.target,
@@ -94,5 +104,5 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
             a["problem"] = "unconfirmed"
         out.append(a)
     return {"rules": [{"action": r.action, "confirm": r.confirm} for r in rules],
-            "rotations": out, "orphan_confirmations": orphans,
-            "ok": all(a["ok"] for a in out) and not orphans}
+            "rotations": out, "orphan_confirmations": orphans, "violations": violations,
+            "ok": all(a["ok"] for a in out) and not orphans and not violations}

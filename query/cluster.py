@@ -129,6 +129,7 @@ class LineTaker:
         self.desc = order == "desc"
         self.timestamps = TimestampFormatter().format
         self._segment = None
+        self._last: int | None = None     # ts of the last line handed out
 
     def take(self, n: int, *, joined: bool = True
              ) -> tuple[list[int], array, bytes | list[bytes], int] | None:
@@ -168,7 +169,7 @@ class LineTaker:
                     ts += [e.ts for e in entries]
                     lines = ndjson_lines(entries, timestamps)
             else:
-                entries = item.as_entries(self.lo, self.hi)
+                entries = item.as_entries(self.lo, self.hi, ts[-1] if ts else self._last, self.desc)
                 ts += [e.ts for e in entries]
                 lines = ndjson_lines(entries, timestamps)
                 bad += len(entries)
@@ -178,6 +179,7 @@ class LineTaker:
                 break
         if not ts:
             return None
+        self._last = ts[-1]
         return ts, lens, b"".join(parts) if joined else parts, bad
 
 

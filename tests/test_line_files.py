@@ -72,7 +72,7 @@ def pieces(log: NodeLog, items, lo=None, hi=None, order="asc") -> list[Piece]:
         ts, lens, blob, _ = LineTaker(log, iter([item]), lo, hi, order).take(1 << 30)
         whole = type(item) is VerifiedFrame and item.whole
         entries = None if whole else (item.entries() if type(item) is VerifiedFrame
-                                      else item.as_entries(lo, hi))
+                                      else item.as_entries(lo, hi, None, order == "desc"))
         out.append(Piece("frame" if whole else "entries", ts, cut_lines(blob, line_marks(lens)), entries))
     return out
 
