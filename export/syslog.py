@@ -4,7 +4,13 @@ counting) or TLS (RFC 5425), following the local log from a persisted cursor.
 Each node forwards its own log.  The forwarder runs in its own thread, reads
 through the engine's reader (it never takes the writer's lock, so it never
 slows appends), and remembers in ``<data-dir>/state/syslog_cursor.json`` the
-last seq it handed to the transport.  After a receiver outage or a restart it
+last seq it handed to the transport, sealed (engine/state.py) with the target
+it was sent to.  A cursor that fails its seal (edited, forged, or the plain
+file of an earlier version) is reported (a warning, an ``audit.recovery``
+entry, ``cursor_rejected`` in the status and the state-rejected counter) and
+forwarding starts again from the beginning of the log; a sealed cursor for
+another target starts over too.  A sealed cursor replaced by an older copy of
+itself only makes entries go out again.  After a receiver outage or a restart it
 resends from there: delivery is at-least-once over TCP/TLS (the entry id in the
 structured data lets receivers drop duplicates).  The cursor moves only past
 bytes the receiver's TCP stack acknowledged, and after a lost connection the
@@ -31,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine.datadir import write_atomic
 from engine.entry import Entry, format_ts
+from engine.state import StateTampered
 from export.errors import ExportError
 
 log = logging.getLogger("auditlog.syslog")
@@ -248,6 +254,8 @@ class SyslogForwarder:
         check_sd_id(settings.sd_id)
         settings.address()
         self.path = Path(service.data_dir.state) / CURSOR_FILE
+        #: why the cursor file was not used (None: it was, or there was none)
+        self.cursor_rejected: str | None = None
         self.cursor = self._load_cursor()
         self.sent = 0
         self.errors = 0
@@ -259,22 +267,31 @@ class SyslogForwarder:
 
     def _load_cursor(self) -> int:
         try:
-            d = json.loads(self.path.read_text())
-            if d.get("target") == self.settings.target and type(d.get("seq")) is int:
-                return d["seq"]
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 0
+            d = self.service.seal.read(self.path)
+        except StateTampered as e:
+            self.cursor_rejected = f"{e}; forwarding starts again from the beginning of the log"
+            self.service.state_rejected(CURSOR_FILE, self.cursor_rejected)
+            return 0
+        if not (isinstance(d, dict) and d.get("target") == self.settings.target and type(d.get("seq")) is int
+                and d["seq"] >= 0):
+            return 0   # none yet, or another target's: everything goes to this one
+        head = self.service.log.head()[0]
+        if d["seq"] > head:
+            # the log was cut back (or lost its tail in a crash without fsync): the seqs
+            # after its head will hold new entries, which must go out too
+            log.warning("%s: cursor at seq %d but the log ends at seq %d; forwarding resumes after %d",
+                        CURSOR_FILE, d["seq"], head, head)
+            return head
+        return d["seq"]
 
     def _save_cursor(self) -> None:
-        write_atomic(self.path, json.dumps({"target": self.settings.target, "seq": self.cursor}).encode(),
-                     sync=False)
+        self.service.seal.write(self.path, {"target": self.settings.target, "seq": self.cursor}, sync=False)
 
     def status(self) -> dict:
         head = self.service.writer.next_seq - 1
         return {"target": self.settings.target, "cursor_seq": self.cursor, "lag": max(0, head - self.cursor),
                 "connected": self.connected, "sent": self.sent, "errors": self.errors,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "cursor_rejected": self.cursor_rejected}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="auditlog-syslog", daemon=True)
