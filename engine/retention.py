@@ -146,7 +146,7 @@ def load_last_run(log: NodeLog, seal: StateSeal, state_dir) -> tuple[dict | None
         quiet = seal.read(state_dir / STATE_FILE)
         problem = None
     except StateTampered as e:
-        quiet, problem = None, str(e)
+        quiet, problem = None, f"{STATE_FILE}: {str(e).split(': ', 1)[-1]}"
     if quiet is not None and not (isinstance(quiet, dict) and isinstance(quiet.get("ran_at"), str)
                                   and not quiet.get("dropped_segments")):
         quiet, problem = None, f"{STATE_FILE}: sealed, but not a run that dropped nothing"

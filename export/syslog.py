@@ -269,7 +269,8 @@ class SyslogForwarder:
         try:
             d = self.service.seal.read(self.path)
         except StateTampered as e:
-            self.cursor_rejected = f"{e}; forwarding starts again from the beginning of the log"
+            self.cursor_rejected = (f"{CURSOR_FILE}: {str(e).split(': ', 1)[-1]}; "
+                                    "forwarding starts again from the beginning of the log")
             self.service.state_rejected(CURSOR_FILE, self.cursor_rejected)
             return 0
         if not (isinstance(d, dict) and d.get("target") == self.settings.target and type(d.get("seq")) is int

@@ -213,7 +213,7 @@ class KeyStore:
                 self.problems.append(self.rejected + ": its keys grant nothing; re-create them "
                                      "(auditlog apikey create, or POST /api/v1/api-keys)")
             else:
-                self.rejected = str(e)
+                self.rejected = f"{KEY_FILE}: {str(e).split(': ', 1)[-1]}"
                 self.problems.append(self.rejected + "; ignored, keys rebuilt from the log")
             return None
         if data is None:
