@@ -726,7 +726,7 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
 @click.pass_obj
 @handle_errors
 def apikey_list(obj: Context, as_json: bool) -> None:
-    """List keys (id, name, role, created, revoked); never the keys themselves.
+    """List keys (id, name, role, created, revoked, suspended); never the keys themselves.
 
     Reads the log (works while a server runs).
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -200,6 +201,7 @@ class KeyStore:
             if self.rejected is not None:
                 self.writer.append_batch([EntryDraft("system", "audit.recovery", details={
                     "reason": self.rejected, "file": KEY_FILE})])
+                set_aside(self.path)
             with self._lock:
                 self._save_locked()
         return self
@@ -350,6 +352,15 @@ class KeyStore:
         if rec is None or not ok or rec.revoked is not None or rec.suspended is not None:
             raise AuthError("invalid API key")
         return rec
+
+
+def set_aside(path: Path) -> None:
+    """Keep a state file that failed its seal as ``<name>.rejected`` (for whoever
+    investigates; nothing reads it), so it is reported once, not at every start."""
+    try:
+        os.replace(path, path.with_name(path.name + ".rejected"))
+    except OSError:
+        pass   # reported again next time
 
 
 def _legacy(path: Path) -> bool:

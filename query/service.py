@@ -24,7 +24,7 @@ from engine.settings import StoreSettings
 from engine.state import StateSeal
 from engine.writer import AppendResult, LogWriter, canonical_drafts
 from ingest.limits import DEFAULT_LIMITS, Limits
-from query.auth import KEY_FILE, ApiKey, KeyStore
+from query.auth import KEY_FILE, ApiKey, KeyStore, set_aside
 from query.idempotency import IdempotencyCache
 from query.metrics import Metrics
 
@@ -337,11 +337,13 @@ class Service:
 
     def state_rejected(self, file: str, problem: str) -> None:
         """Report a state file that failed its seal (and is being ignored): a warning,
-        the ``auditlog_state_rejected_total`` counter and an ``audit.recovery`` entry."""
+        the ``auditlog_state_rejected_total`` counter and an ``audit.recovery`` entry;
+        the file is then set aside as ``<file>.rejected``."""
         log.warning("state file %s ignored: %s", file, problem)
         self.metrics.inc("auditlog_state_rejected_total", file=file)
         self.writer.append_batch([EntryDraft("system", "audit.recovery",
                                              details={"reason": problem, "file": file})])
+        set_aside(self.data_dir.state / file)
 
 
 def _parse_iso(s: str | None) -> float | None:

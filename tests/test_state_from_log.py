@@ -165,7 +165,9 @@ def test_keys_come_from_the_log_across_restarts_whatever_the_state_file_says(tmp
             assert metrics(node)['auditlog_state_rejected_total{file="api_keys.json"}'] == 1
         finally:
             assert node.terminate() == 0
-        # replaced by a sealed snapshot of the log's keys: reported once, not at every start
+        # set aside for inspection, replaced by a sealed snapshot of the log's keys: reported
+        # once, not at every start
+        assert kid in (snap.parent / "api_keys.json.rejected").read_text()
         assert json.loads(snap.read_text())["name"] == "api_keys"
     recovered = [e for e in logged(data, cfg, "--action", "audit.recovery")
                  if e["details"].get("file") == "api_keys.json"]
@@ -341,6 +343,7 @@ async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make
     client = await make_client(svc)
     st = svc.syslog.status()
     assert st["cursor_rejected"] and "syslog_cursor.json" in st["cursor_rejected"]
+    assert str(10 ** 9) in (svc.data_dir.state / "syslog_cursor.json.rejected").read_text()
     # every entry goes out, the ones before the forged cursor included
     receiver.wait_for({f"node-a:{s}" for s in range(1, 56)})
     assert (await post_events(client, keys["writer"], [ev(1)])).status == 201
@@ -397,6 +400,7 @@ def test_a_forged_retention_file_does_not_show_a_purge(tmp_path):
         assert "retention.json" in node.stderr()
     finally:
         assert node.terminate() == 0
+    assert not state.exists() and "123456" in (data / "state" / "retention.json.rejected").read_text()
 
     r = cli(data, cfg, "retention", "run", "--as-of", "2999-01-01")
     assert r.returncode == 0 and r.stdout.startswith("dropped "), r.stdout + r.stderr
