@@ -6,6 +6,7 @@ everything), 2 a usage or input error (one line on stderr, nothing written).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -419,6 +420,9 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     as_of_us = parse_time(as_of) if as_of else None
     from engine.writer import LogWriter
     with LogWriter(obj.data_dir, obj.node(), settings) as w:
+        if not dry_run:
+            # the API key snapshot must hold every key whose create entry may be dropped now
+            _key_store(obj, w)
         report = run_retention(w, as_of_us, dry_run)
     days = "forever" if report.retention_days is None else f"{report.retention_days} days"
     verb = "would drop" if dry_run else "dropped"
@@ -649,7 +653,7 @@ def _seed_demo(service) -> None:
     if head <= 1:   # empty (or only the recovery/first bookkeeping entry)
         n = seed_demo(service.writer, service.writer.now())
         click.echo(f"auditlog: demo: seeded {n} sample events over the last 24 hours", err=True)
-    rec, token = service.keys.create("demo-reader", "reader")
+    rec, token = service.keys.create("demo-reader", "reader", user="cli")
     click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)
     click.echo(token)
 
@@ -666,14 +670,40 @@ def apikey() -> None:
     """
 
 
-def _key_writer_record(obj: Context, user: str, action: str, target: str, details: dict) -> None:
+_CREATE_OVER_API = ("the server is running and owns the writer: manage keys over the API "
+                    "(POST /api/v1/api-keys with an admin key) so the change is audited")
+_REVOKE_OVER_API = ("the server is running and owns the writer: revoke over the API "
+                    "(DELETE /api/v1/api-keys/ID with an admin key) so the change is audited")
+
+
+def _key_store(obj: Context, writer=None):
+    """The API keys as the log says (query.auth.KeyStore); problems found go to stderr."""
+    from query.auth import KeyStore
+    node = obj.node() if writer is None else Node(writer.node, writer.key)
+    store = KeyStore(node, obj.data_dir.state, writer.log if writer else NodeLog(obj.data_dir, node),
+                     writer).load()
+    for problem in store.problems:
+        click.echo(f"auditlog: warning: {problem}", err=True)
+    return store
+
+
+@contextlib.contextmanager
+def _key_store_for_change(obj: Context, refused: str):
+    """The key store with the node's writer (keys change through the log); refused
+    with ``refused`` while a server owns the writer."""
     from engine.errors import WriterLockedError
+    from engine.writer import WriterLock
+    obj.node()
+    if WriterLock.is_held(obj.data_dir.lock_path):
+        fail(refused)
     try:
-        with obj.writer() as w:
-            w.append_batch([EntryDraft(user, action, target, None, None, None, True, details)])
+        writer = obj.writer().open()
     except WriterLockedError:
-        fail("the server is running and owns the writer: manage keys over the API "
-             "(POST/DELETE /api/v1/api-keys with an admin key) so the change is audited")
+        fail(refused)
+    try:
+        yield _key_store(obj, writer)
+    finally:
+        writer.close()
 
 
 @apikey.command("create")
@@ -688,16 +718,11 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
     Example:
       auditlog apikey create --role writer --name quarantine-service
     """
-    from query.auth import KeyStore, check_name
+    from query.auth import check_name
     obj.node()
     check_name(name)
-    from engine.writer import WriterLock
-    if WriterLock.is_held(obj.data_dir.lock_path):
-        fail("the server is running and owns the writer: manage keys over the API "
-             "(POST /api/v1/api-keys with an admin key) so the change is audited")
-    store = KeyStore(obj.data_dir.state)
-    rec, token = store.create(name, role)
-    _key_writer_record(obj, "cli", "audit.api_key_create", rec.name, {"key_id": rec.id, "role": rec.role})
+    with _key_store_for_change(obj, _CREATE_OVER_API) as store:
+        rec, token = store.create(name, role, user="cli")
     click.echo(f"created {role} key {rec.id} for {name!r}; store it now, it is not shown again:")
     click.echo(token)
 
@@ -707,21 +732,22 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
 @click.pass_obj
 @handle_errors
 def apikey_list(obj: Context, as_json: bool) -> None:
-    """List keys (id, name, role, created, revoked); never the keys themselves.
+    """List keys (id, name, role, created, revoked, suspended); never the keys themselves.
+
+    Reads the log (works while a server runs).
 
     \b
     Example:
       auditlog apikey list
     """
-    from query.auth import KeyStore
-    obj.node()
-    keys = [k.public() for k in KeyStore(obj.data_dir.state).list()]
+    keys = [k.public() for k in _key_store(obj).list()]
     if as_json:
         click.echo(json.dumps({"keys": keys}, indent=2))
         return
     for k in keys:
         click.echo(f"{k['id']}  {k['role']:6s}  {k['name']}  created {k['created']}"
-                   + (f"  REVOKED {k['revoked']}" if k["revoked"] else ""))
+                   + (f"  REVOKED {k['revoked']}" if k["revoked"] else "")
+                   + (f"  SUSPENDED: {k['suspended']}" if k["suspended"] else ""))
 
 
 @apikey.command("revoke")
@@ -735,14 +761,8 @@ def apikey_revoke(obj: Context, key_id: str) -> None:
     Example:
       auditlog apikey revoke 3f2a9c1b7d4e
     """
-    from query.auth import KeyStore
-    from engine.writer import WriterLock
-    obj.node()
-    if WriterLock.is_held(obj.data_dir.lock_path):
-        fail("the server is running and owns the writer: revoke over the API "
-             "(DELETE /api/v1/api-keys/ID with an admin key) so the change is audited")
-    rec = KeyStore(obj.data_dir.state).revoke(key_id)
-    _key_writer_record(obj, "cli", "audit.api_key_revoke", rec.name, {"key_id": rec.id, "role": rec.role})
+    with _key_store_for_change(obj, _REVOKE_OVER_API) as store:
+        rec = store.revoke(key_id, user="cli")
     click.echo(f"revoked key {rec.id} ({rec.name})")
 
 

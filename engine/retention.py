@@ -4,18 +4,26 @@ Only a prefix of sealed, intact segments is ever dropped, and only after an
 ``audit.retention_purge`` entry naming what goes (seq and time range, count,
 and each dropped segment's last signature) is durable.  Verification then
 accepts the new first segment because that entry anchors its header link.
+
+The last run is derived from the log, not kept beside it: the newest intact
+``audit.retention_purge`` entry is the last purge (its ts is when it ran).  A
+run that dropped nothing writes nothing to the log, so only that is kept, in
+the sealed ``state/retention.json`` (engine/state.py), and shown when it is
+newer than the last purge entry.  A sealed file replaced by an older copy of
+itself can only make the last run look older, never invent a purge.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from engine.datadir import fsync_dir, write_atomic
+from engine.datadir import fsync_dir
 from engine.entry import EntryDraft, format_ts
 from engine.index import index_path
 from engine.lines import lines_path
+from engine.log import NodeLog
+from engine.state import StateSeal, StateTampered
 from engine.terms import terms_path
 from engine.writer import LogWriter
 
@@ -95,19 +103,53 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                         except FileNotFoundError:
                             pass
                 fsync_dir(writer.data_dir.segments)
-    if not dry_run:
+    if not dry_run and not report.dropped_segments:
         save_last_run(writer, report)
     return report
 
 
 def save_last_run(writer: LogWriter, report: RetentionReport) -> None:
-    state = writer.data_dir.state
-    state.mkdir(exist_ok=True)
-    write_atomic(state / STATE_FILE, json.dumps(report.to_dict(), indent=1).encode())
+    """Keep a run that dropped nothing (one that dropped something is its purge entry)."""
+    StateSeal(writer.key, writer.node).write(writer.data_dir.state / STATE_FILE, report.to_dict())
 
 
-def load_last_run(data_dir) -> dict | None:
-    try:
-        return json.loads((data_dir.state / STATE_FILE).read_text())
-    except (OSError, ValueError):
+_PURGE = frozenset({"audit.retention_purge"})
+
+
+def _from_purge(e) -> dict | None:
+    """The last-run report a purge entry stands for (None: not the node's own, intact one)."""
+    d = e.details
+    if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" \
+            or not isinstance(d, dict):
         return None
+    return {"ran_at": format_ts(e.ts), "as_of": d.get("as_of"), "retention_days": d.get("retention_days"),
+            "dry_run": False, "dropped_segments": [row[0] for row in d.get("segments", ())
+                                                   if isinstance(row, (list, tuple)) and row],
+            "dropped_entries": d.get("count"), "seq_from": d.get("seq_from"), "seq_to": d.get("seq_to"),
+            "ts_from": d.get("ts_from"), "ts_to": d.get("ts_to"), "kept_segments": None,
+            "entry_id": e.id}
+
+
+def load_last_run(log: NodeLog, seal: StateSeal, state_dir) -> tuple[dict | None, str | None]:
+    """(the last retention run, a problem with the state file or None).
+
+    The newest intact purge entry, unless the sealed record of a run that
+    dropped nothing is newer.  A state file that fails its seal is ignored.
+    """
+    purge = None
+    for e in log.scan(terms={"action": _PURGE}, order="desc",
+                      predicate=lambda e: e.action == "audit.retention_purge"):
+        purge = _from_purge(e)
+        if purge is not None:
+            break
+    try:
+        quiet = seal.read(state_dir / STATE_FILE)
+        problem = None
+    except StateTampered as e:
+        quiet, problem = None, f"{STATE_FILE}: {str(e).split(': ', 1)[-1]}"
+    if quiet is not None and not (isinstance(quiet, dict) and isinstance(quiet.get("ran_at"), str)
+                                  and not quiet.get("dropped_segments")):
+        quiet, problem = None, f"{STATE_FILE}: sealed, but not a run that dropped nothing"
+    if quiet is not None and (purge is None or quiet["ran_at"] > purge["ran_at"]):
+        return {**quiet, "entry_id": None}, problem
+    return purge, problem

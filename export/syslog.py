@@ -4,7 +4,13 @@ counting) or TLS (RFC 5425), following the local log from a persisted cursor.
 Each node forwards its own log.  The forwarder runs in its own thread, reads
 through the engine's reader (it never takes the writer's lock, so it never
 slows appends), and remembers in ``<data-dir>/state/syslog_cursor.json`` the
-last seq it handed to the transport.  After a receiver outage or a restart it
+last seq it handed to the transport, sealed (engine/state.py) with the target
+it was sent to.  A cursor that fails its seal (edited, forged, or the plain
+file of an earlier version) is reported (a warning, an ``audit.recovery``
+entry, ``cursor_rejected`` in the status and the state-rejected counter) and
+forwarding starts again from the beginning of the log; a sealed cursor for
+another target starts over too.  A sealed cursor replaced by an older copy of
+itself only makes entries go out again.  After a receiver outage or a restart it
 resends from there: delivery is at-least-once over TCP/TLS (the entry id in the
 structured data lets receivers drop duplicates).  The cursor moves only past
 bytes the receiver's TCP stack acknowledged, and after a lost connection the
@@ -31,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine.datadir import write_atomic
-from engine.entry import Entry, format_ts
+from engine.entry import ENTRY_SUB, Entry, format_ts
+from engine.state import StateTampered
 from export.errors import ExportError
 
 log = logging.getLogger("auditlog.syslog")
@@ -248,7 +254,11 @@ class SyslogForwarder:
         check_sd_id(settings.sd_id)
         settings.address()
         self.path = Path(service.data_dir.state) / CURSOR_FILE
-        self.cursor = self._load_cursor()
+        #: why the cursor file was not used (None: it was, or there was none)
+        self.cursor_rejected: str | None = None
+        #: the position (seq, sub) of the last item the receiver acknowledged (a marker for
+        #: damage sits before the entry with the same seq: engine.items); (0, 0) before any
+        self.position: tuple[int, int] = self._load_cursor()
         self.sent = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -257,24 +267,40 @@ class SyslogForwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _load_cursor(self) -> int:
+    @property
+    def cursor(self) -> int:
+        """The seq of the last entry the receiver acknowledged (0: none yet)."""
+        return self.position[0]
+
+    def _load_cursor(self) -> tuple[int, int]:
         try:
-            d = json.loads(self.path.read_text())
-            if d.get("target") == self.settings.target and type(d.get("seq")) is int:
-                return d["seq"]
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 0
+            d = self.service.seal.read(self.path)
+        except StateTampered as e:
+            self.cursor_rejected = (f"{CURSOR_FILE}: {str(e).split(': ', 1)[-1]}; "
+                                    "forwarding starts again from the beginning of the log")
+            self.service.state_rejected(CURSOR_FILE, self.cursor_rejected)
+            return (0, 0)
+        if not (isinstance(d, dict) and d.get("target") == self.settings.target and type(d.get("seq")) is int
+                and d["seq"] >= 0 and type(d.get("sub", ENTRY_SUB)) is int):
+            return (0, 0)   # none yet, or another target's: everything goes to this one
+        head = self.service.log.head()[0]
+        if d["seq"] > head:
+            # the log was cut back (or lost its tail in a crash without fsync): the seqs
+            # after its head will hold new entries, which must go out too
+            log.warning("%s: cursor at seq %d but the log ends at seq %d; forwarding resumes after %d",
+                        CURSOR_FILE, d["seq"], head, head)
+            return (head, ENTRY_SUB)
+        return (d["seq"], d.get("sub", ENTRY_SUB))
 
     def _save_cursor(self) -> None:
-        write_atomic(self.path, json.dumps({"target": self.settings.target, "seq": self.cursor}).encode(),
-                     sync=False)
+        seq, sub = self.position
+        self.service.seal.write(self.path, {"target": self.settings.target, "seq": seq, "sub": sub}, sync=False)
 
     def status(self) -> dict:
         head = self.service.writer.next_seq - 1
         return {"target": self.settings.target, "cursor_seq": self.cursor, "lag": max(0, head - self.cursor),
                 "connected": self.connected, "sent": self.sent, "errors": self.errors,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "cursor_rejected": self.cursor_rejected}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="auditlog-syslog", daemon=True)
@@ -309,9 +335,9 @@ class SyslogForwarder:
                     self.wake.clear()
                     continue
                 messages = [format_message(e, self.settings.sd_id, max_udp) for e in entries]
-                before = self.cursor
+                before = self.position
                 transport.send(messages)
-                self.cursor = max(self.cursor, entries[-1].seq)
+                self.position = max(self.position, entries[-1].position)
                 self.sent += len(entries)
                 if not udp:
                     size = sum(len(m) for m in messages)
@@ -333,7 +359,7 @@ class SyslogForwarder:
                     # receiver itself (a receiver stopped with data in its socket buffer
                     # drops it): send the last resend_bytes of this connection again
                     # (at-least-once; the id lets receivers drop the duplicates)
-                    self.cursor = min(self.cursor, recent[0][0])
+                    self.position = min(self.position, recent[0][0])
                     recent.clear()
                     recent_bytes = 0
                     try:
@@ -346,7 +372,7 @@ class SyslogForwarder:
 
     def _next_entries(self) -> list[Entry]:
         out = []
-        for e in self.service.log.scan(after_seq=self.cursor or None):
+        for e in self.service.log.scan(after=self.position if self.position[0] else None):
             out.append(e)
             if len(out) >= self.batch:
                 break

@@ -9,7 +9,6 @@ with the reason; the answer still comes, after at most ``peer_timeout``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from array import array
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 
-from engine.datadir import write_atomic
 from engine.entry import Entry, EntryDraft
 from engine.items import VerifiedFrame
 from engine.lines import LEN_CODE, line_marks
@@ -30,7 +28,25 @@ from query.peers import PeerClient, PeerConfig, PeerError
 from query.scan import read_node, scan_node
 
 log = logging.getLogger("auditlog.cluster")
-MEMBERS_FILE = "cluster_members.json"
+#: where earlier versions kept the known peers (now derived from the log)
+LEGACY_MEMBERS_FILE = "cluster_members.json"
+_MEMBERSHIP = frozenset({"cluster.node_join", "cluster.node_leave"})
+
+
+def known_members(node_log) -> set[str]:
+    """The peers this node's own intact ``cluster.node_join``/``node_leave`` entries
+    (user ``system``, ``via: config``, as ``record_membership`` writes them) leave joined."""
+    known: set[str] = set()
+    for e in node_log.scan(terms={"action": _MEMBERSHIP}, predicate=lambda e: e.action in _MEMBERSHIP):
+        d = e.details
+        if e.integrity != "ok" or e.user != "system" or not isinstance(d, dict) \
+                or d.get("via") != "config" or d.get("node") != e.target or not isinstance(e.target, str):
+            continue
+        if e.action == "cluster.node_join":
+            known.add(e.target)
+        else:
+            known.discard(e.target)
+    return known
 
 
 @dataclass(frozen=True)
@@ -254,12 +270,13 @@ class Cluster:
             await self.session.close()
 
     def record_membership(self) -> None:
-        """``cluster.node_join``/``node_leave`` when a peer first appears in or leaves the config."""
-        path = self.service.data_dir.state / MEMBERS_FILE
-        try:
-            known = set(json.loads(path.read_text())["peers"])
-        except (OSError, ValueError, KeyError, TypeError):
-            known = set()
+        """``cluster.node_join``/``node_leave`` when a peer first appears in or leaves the config.
+
+        The peers known so far are what this node's own earlier join and leave
+        entries say (no file beside the log to edit); the members file of
+        earlier versions is removed.
+        """
+        known = known_members(self.service.log)
         now = {p.node for p in self.settings.peers}
         drafts = [EntryDraft("system", "cluster.node_join", n, details={"node": n, "via": "config"})
                   for n in sorted(now - known)]
@@ -267,7 +284,10 @@ class Cluster:
                    for n in sorted(known - now)]
         if drafts:
             self.service.writer.append_batch(drafts)
-        write_atomic(path, json.dumps({"peers": sorted(now)}).encode())
+        try:
+            (self.service.data_dir.state / LEGACY_MEMBERS_FILE).unlink()
+        except FileNotFoundError:
+            pass
 
     def sources(self, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
                 lines: bool = False) -> list[Source]:

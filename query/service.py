@@ -24,7 +24,7 @@ from engine.settings import StoreSettings
 from engine.state import StateSeal
 from engine.writer import AppendResult, LogWriter, canonical_drafts
 from ingest.limits import DEFAULT_LIMITS, Limits
-from query.auth import ApiKey, KeyStore
+from query.auth import KEY_FILE, ApiKey, KeyStore, set_aside
 from query.idempotency import IdempotencyCache, request_fingerprint
 from query.metrics import Metrics
 
@@ -79,7 +79,9 @@ class Service:
             self.log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
                                             line_renderer(node.node_id), keep=True)
         self.writer = LogWriter(data_dir, node, store, self.log)
-        self.keys = KeyStore(data_dir.state)
+        self.seal = StateSeal(node.key, node.node_id)
+        #: the API keys: a projection of the log's key entries, held in memory (loaded by ``open``)
+        self.keys = KeyStore(node, data_dir.state, self.log, self.writer)
         self.metrics = Metrics()
         #: seals and opens this node's state files (engine.state)
         self.state_seal = StateSeal(node.key, node.node_id)
@@ -117,9 +119,15 @@ class Service:
         # keys written ahead of a commit that a crash then lost (cut back by recovery)
         # must not answer for seqs the log does not hold
         self.idempotency.prune_beyond(self.writer.next_seq - 1)
-        from engine.retention import load_last_run
-        self.last_retention = load_last_run(self.data_dir)
         m = self.metrics
+        m.declare("auditlog_state_rejected_total", "counter",
+                  "State files under <data-dir>/state/ ignored at start because they failed their seal")
+        self.keys.load()   # records audit.recovery itself for a snapshot it could not use
+        for problem in self.keys.problems:
+            log.warning("%s", problem)
+        if self.keys.rejected is not None:
+            m.inc("auditlog_state_rejected_total", file=KEY_FILE)
+        self.last_retention = self._derive_last_retention(report=True)
         m.gauge("auditlog_write_queue_events", "Events waiting for the writer", lambda: self.pending_events)
         m.gauge("auditlog_head_seq", "Last seq appended on this node", lambda: self.writer.next_seq - 1)
         m.gauge("auditlog_retention_last_run_timestamp_seconds", "When retention last ran",
@@ -331,10 +339,31 @@ class Service:
 
     def run_retention(self, as_of_us=None, dry_run=False):
         from engine.retention import run_retention
+        if not dry_run:
+            # the snapshot must hold every key whose create entry may be dropped now
+            self.keys.checkpoint()
         report = run_retention(self.writer, as_of_us, dry_run)
         if not dry_run:
-            self.last_retention = report.to_dict()
+            self.last_retention = self._derive_last_retention()
         return report
+
+    def _derive_last_retention(self, report: bool = False) -> dict | None:
+        """The last retention run, from the log's purge entries and the sealed quiet-run record."""
+        from engine.retention import STATE_FILE, load_last_run
+        last, problem = load_last_run(self.log, self.seal, self.data_dir.state)
+        if problem is not None and report:
+            self.state_rejected(STATE_FILE, problem)
+        return last
+
+    def state_rejected(self, file: str, problem: str) -> None:
+        """Report a state file that failed its seal (and is being ignored): a warning,
+        the ``auditlog_state_rejected_total`` counter and an ``audit.recovery`` entry;
+        the file is then set aside as ``<file>.rejected``."""
+        log.warning("state file %s ignored: %s", file, problem)
+        self.metrics.inc("auditlog_state_rejected_total", file=file)
+        self.writer.append_batch([EntryDraft("system", "audit.recovery",
+                                             details={"reason": problem, "file": file})])
+        set_aside(self.data_dir.state / file)
 
 
 def _parse_iso(s: str | None) -> float | None:

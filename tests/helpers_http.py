@@ -31,8 +31,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+#: entries ``make_keys`` appends: API keys are the log's own entries (four creates, one revoke)
+KEY_ENTRIES = 5
+
+
 def make_keys(service: Service) -> dict[str, str]:
-    """One key per role, plus a revoked admin key: {"writer"|"reader"|"admin"|"revoked": token}."""
+    """One key per role, plus a revoked admin key: {"writer"|"reader"|"admin"|"revoked": token}.
+
+    Their ``audit.api_key_create``/``revoke`` entries are seqs 1..KEY_ENTRIES of a new log."""
     keys = {role: service.keys.create(f"test-{role}", role)[1] for role in ("writer", "reader", "admin")}
     rec, token = service.keys.create("test-revoked", "admin")
     service.keys.revoke(rec.id)

@@ -625,8 +625,13 @@ def test_cluster_status_membership_and_retention_mismatch(make_cluster):
 
     for node in (a, b, c):
         assert joins(node) == [("system", p) for p in sorted(set("abc") - {node.name})]
+    # a members file written by hand (as earlier versions kept one) changes nothing:
+    # the known peers are what b's own join/leave entries say
+    (b.data_dir / "state" / "cluster_members.json").write_text('{"peers": ["a", "zz"]}')
     b.restart()
     assert joins(b) == [("system", "a"), ("system", "c")]
+    leaves = b.get_ok(q("/api/v1/audit-log", node="b", action="cluster.node_leave"))["events"]
+    assert leaves == [] and not (b.data_dir / "state" / "cluster_members.json").exists()
 
     c.kill()
     body, took = timed(a.get_ok, "/api/v1/cluster")

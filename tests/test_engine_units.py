@@ -818,9 +818,12 @@ def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
     assert target.read_bytes() == b"x" * 200_000
 
 
-def test_api_key_store_is_0600(tmp_path):
+def test_api_key_snapshot_is_0600(tmp_path):
+    from engine.writer import LogWriter
     from query.auth import KeyStore
-    store = KeyStore(tmp_path / "state")
-    store.create("soc", "reader")
-    (path,) = [p for p in (tmp_path / "state").iterdir()]
-    assert (path.stat().st_mode & 0o777) == 0o600
+    dd = DataDir(tmp_path / "d")
+    node = dd.init("n1")
+    with LogWriter(dd, node) as w:
+        KeyStore(node, dd.state, w.log, w).load().create("soc", "reader")
+    (path,) = [p for p in dd.state.iterdir()]
+    assert path.name == "api_keys.json" and (path.stat().st_mode & 0o777) == 0o600

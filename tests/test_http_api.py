@@ -20,8 +20,8 @@ import pytest
 from engine.entry import WIRE_FIELDS
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import (assert_error, bearer, ev, head_seq, ids, post_events, query, query_all,
-                          seqs)
+from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query,
+                          query_all, seqs)
 from query.service import ServiceSettings
 
 NODE = "node-a"
@@ -38,11 +38,12 @@ async def test_post_json_array_201_shape_and_readable(client, keys, service):
     resp = await post_events(client, keys["writer"], events)
     assert resp.status == 201, await resp.text()
     body = await resp.json()
-    assert body == {"appended": 3, "first_id": f"{NODE}:1", "last_id": f"{NODE}:3"}
-    assert head_seq(service) == 3
+    k = KEY_ENTRIES   # the keys' own entries come first
+    assert body == {"appended": 3, "first_id": f"{NODE}:{k + 1}", "last_id": f"{NODE}:{k + 3}"}
+    assert head_seq(service) == k + 3
 
-    got = (await query(client, keys["reader"]))["events"]
-    assert ids(got) == [f"{NODE}:1", f"{NODE}:2", f"{NODE}:3"]
+    got = (await query(client, keys["reader"]))["events"][k:]
+    assert ids(got) == [f"{NODE}:{k + 1}", f"{NODE}:{k + 2}", f"{NODE}:{k + 3}"]
     for e in got:
         assert list(e) == list(WIRE_FIELDS)
         assert e["node"] == NODE and e["integrity"] == "ok"
@@ -58,8 +59,9 @@ async def test_post_json_array_201_shape_and_readable(client, keys, service):
 async def test_post_events_object_body(client, keys, service):
     resp = await post_events(client, keys["writer"], {"events": [ev(7), ev(8)]})
     assert resp.status == 201, await resp.text()
-    assert await resp.json() == {"appended": 2, "first_id": f"{NODE}:1", "last_id": f"{NODE}:2"}
-    got = (await query(client, keys["reader"]))["events"]
+    k = KEY_ENTRIES
+    assert await resp.json() == {"appended": 2, "first_id": f"{NODE}:{k + 1}", "last_id": f"{NODE}:{k + 2}"}
+    got = (await query(client, keys["reader"]))["events"][k:]
     assert [e["details"]["n"] for e in got] == [7, 8]
 
 
@@ -69,7 +71,7 @@ async def test_post_events_msgpack_body(client, keys, service):
                              headers={**bearer(keys["writer"]), "Content-Type": "application/msgpack"})
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["appended"] == 2
-    got = (await query(client, keys["reader"]))["events"]
+    got = (await query(client, keys["reader"]))["events"][KEY_ENTRIES:]
     assert got[0]["user"] == "mp-user"
     assert got[1]["details"] == {"nested": {"a": [1, 2]}}
 
@@ -89,7 +91,7 @@ async def test_post_events_all_or_nothing_names_every_bad_event(client, keys, se
     assert all(p["message"] for p in err["problems"])
     # nothing of the batch was written, not even the good events
     assert head_seq(service) == before
-    assert [e["details"]["n"] for e in await query_all(client, keys["reader"])] == [0]
+    assert [e["details"]["n"] for e in (await query_all(client, keys["reader"]))[KEY_ENTRIES:]] == [0]
 
 
 # ----------------------------------------------------------------------------- GET /api/v1/audit-log
@@ -117,7 +119,7 @@ async def seeded(client, keys, service):
         assert resp.status == 201
         await asyncio.sleep(0.005)
     events = await query_all(client, keys["reader"])
-    assert len(events) == len(DATASET)
+    assert len(events) == KEY_ENTRIES + len(DATASET)   # the keys' own entries, then DATASET
     return events
 
 
@@ -190,7 +192,7 @@ async def test_query_json_shape(client, keys, seeded):
     assert got["nodes"] == {NODE: {"status": "ok"}}
     assert got["integrity_violations"] == 0
     assert got["next_cursor"] is None
-    assert [list(e) for e in got["events"]] == [list(WIRE_FIELDS)] * len(DATASET)
+    assert [list(e) for e in got["events"]] == [list(WIRE_FIELDS)] * len(seeded)
     # ascending by (ts, node, seq)
     keys_ = [(e["ts"], e["node"], e["seq"]) for e in got["events"]]
     assert keys_ == sorted(keys_)
@@ -214,7 +216,7 @@ async def test_default_limit_is_1000(client, keys, service):
     page = await query(client, keys["reader"])
     assert len(page["events"]) == 1000 and page["next_cursor"]
     rest = await query(client, keys["reader"], cursor=page["next_cursor"])
-    assert seqs(rest["events"]) == list(range(1001, 1006))
+    assert seqs(rest["events"]) == list(range(1001, 1006 + KEY_ENTRIES))
 
 
 def _ndjson(text: str) -> list[dict]:
@@ -246,7 +248,7 @@ async def test_ndjson_streams_everything_without_limit(client, keys, service):
     resp = await post_events(client, keys["writer"], [ev(i) for i in range(2500)])
     assert resp.status == 201
     r = await client.get("/api/v1/audit-log", params={"format": "ndjson"}, headers=bearer(keys["reader"]))
-    assert seqs(_ndjson(await r.text())) == list(range(1, 2501))
+    assert seqs(_ndjson(await r.text())) == list(range(1, 2501 + KEY_ENTRIES))
 
 
 # ----------------------------------------------------------------------------- export.csv
@@ -280,7 +282,7 @@ async def test_export_csv(client, keys, service):
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[0] == SPEC_CSV_COLUMNS
     body = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
-    assert [r["seq"] for r in body] == ["1", "2", "3"]
+    assert [int(r["seq"]) - KEY_ENTRIES for r in body] == [1, 2, 3]
     assert all(r["node_id"] == NODE and r["integrity"] == "ok" for r in body)
     # formula injection neutralised: every cell that would start a formula is prefixed
     assert body[0]["user"] == "'=HYPERLINK(\"http://evil\",\"x\")"
@@ -311,9 +313,9 @@ async def test_export_csv_all_pages_and_order(client, keys, service):
     resp = await client.get("/api/v1/audit-log/export.csv", params={"order": "desc"},
                             headers=bearer(keys["admin"]))
     rows = list(csv.reader(io.StringIO((await resp.text())[1:], newline="")))
-    assert [int(r[2]) for r in rows[1:]] == list(range(1500, 0, -1))
+    assert [int(r[2]) for r in rows[1:]] == list(range(1500 + KEY_ENTRIES, 0, -1))
     exports = await _wait_for(client, keys["admin"], action="audit.export")
-    assert exports[0]["details"]["rows"] == 1500 and exports[0]["user"] == "test-admin"
+    assert exports[0]["details"]["rows"] == 1500 + KEY_ENTRIES and exports[0]["user"] == "test-admin"
 
 
 # ----------------------------------------------------------------------------- API keys
@@ -324,7 +326,7 @@ async def test_api_keys_create_list_revoke(client, keys, service):
                              headers=admin)
     assert resp.status == 201, await resp.text()
     created = await resp.json()
-    assert set(created) == {"id", "name", "role", "created", "revoked", "key"}
+    assert set(created) == {"id", "name", "role", "created", "revoked", "suspended", "key"}
     assert created["name"] == "soc-dashboard" and created["role"] == "reader"
     assert created["revoked"] is None
     token = created["key"]
@@ -340,11 +342,11 @@ async def test_api_keys_create_list_revoke(client, keys, service):
     text = await resp.text()
     listed = json.loads(text)["keys"]
     assert created["id"] in {k["id"] for k in listed}
-    assert all(set(k) == {"id", "name", "role", "created", "revoked"} for k in listed)
+    assert all(set(k) == {"id", "name", "role", "created", "revoked", "suspended"} for k in listed)
     secret = token.split("_")[2]
     assert secret not in text and token not in text
     for rec in service.keys.list():
-        assert rec.hash not in text
+        assert rec.secret_hmac not in text
     for t in keys.values():
         assert t.split("_")[2] not in text
 
@@ -357,13 +359,18 @@ async def test_api_keys_create_list_revoke(client, keys, service):
     assert [k["revoked"] for k in listed if k["id"] == created["id"]][0] is not None
 
     # both changes are audited, naming the key by id, never by its secret
-    made = (await query(client, keys["admin"], action="audit.api_key_create"))["events"]
-    gone = (await query(client, keys["admin"], action="audit.api_key_revoke"))["events"]
+    made = (await query(client, keys["admin"], action="audit.api_key_create", target="soc-dashboard"))["events"]
+    gone = (await query(client, keys["admin"], action="audit.api_key_revoke", target="soc-dashboard"))["events"]
     assert len(made) == 1 and len(gone) == 1
     for e in made + gone:
         assert e["user"] == "test-admin" and e["target"] == "soc-dashboard"
         assert e["details"]["key_id"] == created["id"] and e["details"]["role"] == "reader"
         assert secret not in json.dumps(e)
+    # the create entry holds what authentication needs: a keyed hash, not a plain one
+    import hashlib
+    mac = made[0]["details"]["secret_hmac"]
+    assert re.fullmatch(r"[0-9a-f]{64}", mac)
+    assert mac not in {hashlib.sha256(x.encode()).hexdigest() for x in (secret, token)}
 
 
 async def test_api_keys_bad_requests(client, keys, service):
@@ -382,10 +389,10 @@ async def test_api_keys_bad_requests(client, keys, service):
                 b'{"name": "line\\nbreak", "role": "reader"}'):
         await assert_error(await client.post("/api/v1/api-keys", data=raw, headers=admin), 400, "name")
     assert len(service.keys.list()) == n_keys
-    assert head_seq(service) == 0
+    assert head_seq(service) == KEY_ENTRIES
     await assert_error(await client.delete("/api/v1/api-keys/000000000000", headers=admin), 404,
                        "000000000000")
-    assert (await query(client, keys["admin"], action="audit.*"))["events"] == []
+    assert len((await query(client, keys["admin"], action="audit.*"))["events"]) == KEY_ENTRIES
 
 
 # ----------------------------------------------------------------------------- ops
@@ -414,14 +421,14 @@ async def test_metrics(client, keys, service):
     text = await resp.text()
     m = _metrics(text)
     assert "# TYPE auditlog_appended_entries_total counter" in text
-    assert m["auditlog_appended_entries_total"] == 7
+    assert m["auditlog_appended_entries_total"] == 7 + KEY_ENTRIES
     assert "# TYPE auditlog_fsync_seconds histogram" in text
     assert m['auditlog_fsync_seconds_bucket{le="+Inf"}'] == m["auditlog_fsync_seconds_count"] >= 2
     buckets = [v for k, v in m.items() if k.startswith("auditlog_fsync_seconds_bucket")]
     assert buckets == sorted(buckets)                 # cumulative
     assert "# TYPE auditlog_write_queue_events gauge" in text
     assert m["auditlog_write_queue_events"] == 0
-    assert m["auditlog_head_seq"] == 7
+    assert m["auditlog_head_seq"] == 7 + KEY_ENTRIES
     assert m['auditlog_http_requests_total{route="/api/v1/events",status="201"}'] == 2
 
 
@@ -431,7 +438,7 @@ async def test_verify_shape_like_cli(client, keys, service):
     resp = await client.get("/api/v1/verify", headers=bearer(keys["reader"]))
     assert resp.status == 200
     body = await resp.json()
-    assert body["ok"] is True and body["violations"] == [] and body["entries_checked"] == 20
+    assert body["ok"] is True and body["violations"] == [] and body["entries_checked"] == 20 + KEY_ENTRIES
     assert body["nodes"] == {NODE: {"status": "ok", "ok": True}}
     r = invoke_cli(service.data_dir.root, "verify", "--json")
     cli = json.loads(r.stdout)
@@ -471,14 +478,14 @@ async def test_cluster(client, keys, service):
     assert body["node"] == NODE
     (me,) = body["nodes"]
     assert me["node"] == NODE and me["status"] == "ok"
-    assert me["head_seq"] == 0 and me["last_ts"] is None
+    assert me["head_seq"] == KEY_ENTRIES
     assert me["retention_days"] == 365 and me["retention_last_run"] is None
 
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(5)])).status == 201
     last = (await query(client, keys["reader"], order="desc", limit="1"))["events"][0]
     await service.run(service.run_retention)
     (me,) = (await (await client.get("/api/v1/cluster", headers=bearer(keys["admin"]))).json())["nodes"]
-    assert me["head_seq"] == 5 and me["last_ts"] == last["ts"]
+    assert me["head_seq"] == 5 + KEY_ENTRIES and me["last_ts"] == last["ts"]
     run = me["retention_last_run"]
     assert run is not None and run["ran_at"] and run["retention_days"] == 365
     assert run["dropped_entries"] == 0
@@ -538,7 +545,7 @@ async def test_api_key_use_audited_once_per_interval_with_count(make_service, ma
     # a denied request still used the key (authenticated, then refused)
     assert (await client.get("/api/v1/audit-log", headers=bearer(k["writer"]))).status == 403
     # nothing is written per request: only the periodic flush writes
-    assert head_seq(svc) == 3
+    assert head_seq(svc) == 3 + KEY_ENTRIES
     assert svc.flush_key_uses() == 2
     assert svc.flush_key_uses() == 0                 # nothing new since
 

@@ -8,7 +8,7 @@ import json
 
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import bearer, head_seq, make_keys, query_all
+from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
 
 WRITERS = 8
 BATCHES = 12
@@ -63,12 +63,13 @@ async def test_concurrent_writers_and_readers(make_service, make_client):
     total = WRITERS * BATCHES * PER_BATCH
     assert all(s < 500 for s in statuses), sorted(set(statuses))
     assert len(acks) == WRITERS * BATCHES
-    # the acknowledged ranges tile 1..total exactly
+    # the acknowledged ranges tile the seqs after the keys' own entries exactly
+    k = KEY_ENTRIES
     ranges = sorted((first, last) for _, _, first, last in acks)
-    assert ranges[0][0] == 1 and ranges[-1][1] == total
+    assert ranges[0][0] == k + 1 and ranges[-1][1] == k + total
     assert all(last - first + 1 == PER_BATCH for first, last in ranges)
     assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert head_seq(svc) == total
+    assert head_seq(svc) == k + total
 
     # every reader saw a contiguous committed prefix 1..k (never a hole)
     assert len(reads) >= 4
@@ -77,7 +78,7 @@ async def test_concurrent_writers_and_readers(make_service, make_client):
 
     # nothing lost: every posted event is there once, where its ack said
     events = await query_all(client, keys["reader"])
-    assert [e["seq"] for e in events] == list(range(1, total + 1))
+    assert [e["seq"] for e in events] == list(range(1, k + total + 1))
     by_seq = {e["seq"]: e for e in events}
     for w, b, first, _ in acks:
         got = [by_seq[first + i]["details"] for i in range(PER_BATCH)]
@@ -88,12 +89,12 @@ async def test_concurrent_writers_and_readers(make_service, make_client):
     text = await (await client.get("/metrics")).text()
     metric = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
               for line in text.splitlines() if line and not line.startswith("#")}
-    assert metric["auditlog_commit_batch_entries_sum"] == total
-    assert metric["auditlog_appended_entries_total"] == total
-    assert 1 <= metric["auditlog_commit_batch_entries_count"] <= WRITERS * BATCHES
+    assert metric["auditlog_commit_batch_entries_sum"] == k + total
+    assert metric["auditlog_appended_entries_total"] == k + total
+    assert 1 <= metric["auditlog_commit_batch_entries_count"] <= k + WRITERS * BATCHES
 
     # and the whole log verifies, over HTTP and directly
     report = await (await client.get("/api/v1/verify", headers=bearer(keys["reader"]))).json()
     assert report["ok"] is True and report["violations"] == []
-    assert report["entries_checked"] == total
+    assert report["entries_checked"] == k + total
     assert verify_node(svc.data_dir, svc.node).ok

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from helpers_engine import invoke_cli, query_json, run_cli
-from helpers_http import assert_error, bearer, ev, head_seq, post_events, query
+from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, post_events, query
 from ingest.taxonomy import NODE_ACTIONS
 from query.cluster import Cluster, ClusterSettings
 from query.peers import PeerConfig
@@ -69,7 +69,7 @@ async def test_msgpack_repeated_key_is_400_naming_it_and_nothing_written(client,
     await assert_error(await post_msgpack(client, keys["writer"], body), 400,
                        "msgpack", f"duplicate key {named}")
     assert head_seq(service) == before
-    assert (await query(client, keys["reader"]))["events"] == []
+    assert (await query(client, keys["reader"]))["events"][KEY_ENTRIES:] == []
 
 
 async def test_msgpack_without_repeated_keys_is_taken_however_it_is_encoded(client, keys, service):
@@ -100,7 +100,7 @@ async def test_writer_cannot_append_the_nodes_own_actions(client, keys, service,
     assert [(p["index"], p["field"]) for p in err["problems"]] == [(1, "action")]
     assert head_seq(service) == before
     assert (await query(client, keys["admin"], action=action))["events"] == []
-    assert (await query(client, keys["admin"]))["events"] == []
+    assert (await query(client, keys["admin"]))["events"][KEY_ENTRIES:] == []
 
 
 async def test_the_node_still_writes_its_own_membership_and_key_use(client, keys, service):
@@ -111,7 +111,7 @@ async def test_the_node_still_writes_its_own_membership_and_key_use(client, keys
     cluster = Cluster(service, ClusterSettings(peers=(PeerConfig("gw2", "https://127.0.0.1:9"),)))
     cluster.record_membership()
     Cluster(service, ClusterSettings()).record_membership()          # gw2 left the config
-    got = (await query(client, keys["admin"], user="system"))["events"]
+    got = (await query(client, keys["admin"], user="system", action="cluster.*"))["events"]
     assert [(e["action"], e["target"]) for e in got] == [("cluster.node_join", "gw2"),
                                                          ("cluster.node_leave", "gw2")]
     used = (await query(client, keys["admin"], action="auth.api_key_used"))["events"]

@@ -10,8 +10,8 @@ import msgpack
 import pytest
 
 from engine.settings import StoreSettings
-from helpers_http import (assert_error, bearer, ev, head_seq, make_keys, post_events, query,
-                          query_all)
+from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events,
+                          query, query_all)
 from ingest.limits import Limits
 from query.service import ServiceSettings
 
@@ -66,13 +66,13 @@ async def test_batch_over_max_batch_is_413(make_service, make_client):
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(5)])).status == 201
     await assert_error(await post_events(client, keys["writer"], [ev(i) for i in range(6)]), 413,
                        "batch", "6 events", "5")
-    await assert_unharmed(client, keys, svc, 5)
+    await assert_unharmed(client, keys, svc, KEY_ENTRIES + 5)
 
 
 async def test_default_batch_limit_10000(client, keys, service):
     tiny = {"user": "u", "action": "auth.login"}
     await assert_error(await post_events(client, keys["writer"], [tiny] * 10001), 413, "10000")
-    await assert_unharmed(client, keys, service, 0)
+    await assert_unharmed(client, keys, service, KEY_ENTRIES)
 
 
 # ----------------------------------------------------------------------------- bad bodies
@@ -148,7 +148,7 @@ async def test_bad_bodies_refused_nothing_written(client, keys, service, body, c
     resp = await client.post("/api/v1/events", data=body,
                              headers={**bearer(keys["writer"]), "Content-Type": ctype})
     await assert_error(resp, status, *needles)
-    await assert_unharmed(client, keys, service, 1)
+    await assert_unharmed(client, keys, service, KEY_ENTRIES + 1)
 
 
 async def test_problems_are_listed_per_event_and_field(client, keys, service):
@@ -156,7 +156,7 @@ async def test_problems_are_listed_per_event_and_field(client, keys, service):
     err = await assert_error(await post_events(client, keys["writer"], batch), 400)
     got = {(p["index"], p["field"]) for p in err["problems"]}
     assert got == {(1, "user"), (1, "action"), (1, "success"), (1, "colour"), (2, "ip")}
-    await assert_unharmed(client, keys, service, 0)
+    await assert_unharmed(client, keys, service, KEY_ENTRIES)
 
 
 # ----------------------------------------------------------------------------- bad query strings
@@ -225,7 +225,7 @@ async def test_bad_query_strings_on_export_and_verify(client, keys, service):
     await assert_error(await client.get("/api/v1/verify", params={"deep": "1"}, headers=r), 400, "deep")
     # a refused export is not audited as an export
     assert (await query(client, keys["reader"], action="audit.export"))["events"] == []
-    await assert_unharmed(client, keys, service, 0)
+    await assert_unharmed(client, keys, service, KEY_ENTRIES)
 
 
 # ----------------------------------------------------------------------------- back-pressure
@@ -264,14 +264,14 @@ async def test_back_pressure_503_with_retry_after_and_nothing_lost(make_service,
     assert svc.pending_events == 0
 
     # every 201'd event is in the log exactly where the response said; no 503'd one is
-    events = await query_all(client, keys["reader"])
+    events = (await query_all(client, keys["reader"]))[KEY_ENTRIES:]   # after the keys' own entries
     by_seq = {e["seq"]: e for e in events}
     assert len(events) == 4 * len(accepted)
     for no, first, last in accepted:
         assert last - first == 3
         assert [by_seq[s]["details"] for s in range(first, last + 1)] == [{"req": no, "i": i} for i in range(4)]
     assert {e["details"]["req"] for e in events}.isdisjoint(refused)
-    assert sorted(by_seq) == list(range(1, len(events) + 1))
+    assert sorted(by_seq) == list(range(KEY_ENTRIES + 1, KEY_ENTRIES + len(events) + 1))
     # metrics show the queue depth back at zero
     text = await (await client.get("/metrics")).text()
     assert "auditlog_write_queue_events 0" in text.splitlines()
@@ -285,16 +285,16 @@ async def test_bookkeeping_entries_are_not_dropped_by_back_pressure(make_service
     client = await make_client(svc)
     admin = bearer(keys["admin"])
     await assert_error(await post_events(client, keys["writer"], [ev(1)]), 503, "retry")
-    assert head_seq(svc) == 0
+    assert head_seq(svc) == KEY_ENTRIES
     resp = await client.post("/api/v1/api-keys", json={"name": "under-load", "role": "reader"}, headers=admin)
     assert resp.status == 201, await resp.text()
     kid = (await resp.json())["id"]
     assert (await client.delete(f"/api/v1/api-keys/{kid}", headers=admin)).status == 200
     assert (await client.get("/api/v1/audit-log/export.csv", headers=admin)).status == 200
     for _ in range(100):
-        if head_seq(svc) == 3:
+        if head_seq(svc) == KEY_ENTRIES + 3:
             break
         await asyncio.sleep(0.02)
-    got = (await query(client, keys["admin"]))["events"]
+    got = (await query(client, keys["admin"]))["events"][KEY_ENTRIES:]
     assert [e["action"] for e in got] == ["audit.api_key_create", "audit.api_key_revoke", "audit.export"]
     assert got[0]["details"]["key_id"] == kid == got[1]["details"]["key_id"]

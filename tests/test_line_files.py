@@ -377,7 +377,9 @@ def test_retention_drops_side_files_with_their_segment(kept, tmp_path):
     cfg = write_config(tmp_path / "c.toml", segment_max_bytes=SEG, retention_days=90, fsync="none")
     r = invoke_cli(dd.root, "retention", "run", "--as-of", "2999-01-01", config=cfg)
     assert r.exit_code == 0, r.output
-    dropped = json.loads((dd.state / "retention.json").read_text())["dropped_segments"]
+    from engine.retention import load_last_run
+    from engine.state import StateSeal
+    dropped = load_last_run(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state)[0]["dropped_segments"]
     assert set(sealed) <= {Path(n).stem for n in dropped}
     left = sorted(p.name for p in dd.segments.iterdir())
     assert not [n for n in left if Path(n).stem in {Path(d).stem for d in dropped}], left

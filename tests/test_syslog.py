@@ -528,7 +528,8 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
         assert metric(node, "auditlog_syslog_lag_entries") == 0
         assert metric(node, "auditlog_syslog_connected") == 1
         cursor_file = json.loads((data / "state" / "syslog_cursor.json").read_text())
-        assert cursor_file["target"] == rs.target and cursor_file["seq"] >= head0
+        assert cursor_file["name"] == "syslog_cursor" and len(cursor_file["mac"]) == 64     # sealed
+        assert cursor_file["data"]["target"] == rs.target and cursor_file["data"]["seq"] >= head0
 
         poster = Poster(nodes, keys["writer"]).start()
         try:
@@ -538,7 +539,7 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
                 assert time.monotonic() < deadline, "posted events are not being forwarded"
                 time.sleep(0.05)
             assert node.terminate() == 0, node.stderr()
-            saved = json.loads((data / "state" / "syslog_cursor.json").read_text())["seq"]
+            saved = json.loads((data / "state" / "syslog_cursor.json").read_text())["data"]["seq"]
             assert saved > head0
             node = Node(data, cfg, port=node.port)
             nodes[0] = node

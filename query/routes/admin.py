@@ -1,4 +1,9 @@
-"""API key management (admin role): create, list, revoke; each audited."""
+"""API key management (admin role): create, list, revoke.
+
+A create or revoke *is* its audit entry (``audit.api_key_create`` /
+``audit.api_key_revoke``, see query/auth.py): the key store appends it and
+only then changes what authentication accepts.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,9 @@ async def create_key(request: web.Request) -> web.Response:
         raise QueryError('body must be JSON: {"name": "...", "role": "writer|reader|admin"}') from None
     if not isinstance(body, dict) or set(body) - {"name", "role"}:
         raise QueryError('body must be {"name": "...", "role": "writer|reader|admin"}')
-    rec, token = service.keys.create(body.get("name"), body.get("role"))
-    await service.record(admin.name, "audit.api_key_create", target=rec.name, ip=request.remote,
-                         details={"key_id": rec.id, "role": rec.role, "by_key_id": admin.id})
+    name, role, ip = body.get("name"), body.get("role"), request.remote
+    rec, token = await service.run(
+        lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response({**rec.public(), "key": token}, status=201)
 
 
@@ -33,9 +38,8 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
     service = request.app[SERVICE]
-    rec = service.keys.revoke(request.match_info["key_id"])
-    await service.record(admin.name, "audit.api_key_revoke", target=rec.name, ip=request.remote,
-                         details={"key_id": rec.id, "role": rec.role, "by_key_id": admin.id})
+    kid, ip = request.match_info["key_id"], request.remote
+    rec = await service.run(lambda: service.keys.revoke(kid, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response(rec.public())
 
 
