@@ -349,41 +349,60 @@ async def checkpoint_loop(cluster: Cluster) -> None:
             log.exception("checkpoint round failed")
 
 
-async def _held_checkpoints(cluster: Cluster, about: str, skip: frozenset[str] | set[str] = frozenset()
-                            ) -> tuple[list[dict], dict[int, str], dict[str, str]]:
-    """Checkpoints about node ``about`` held by every other node but those in ``skip``
-    (known unreachable: not waited for again): (list, seq->witness, errors)."""
+async def _signatures(cluster: Cluster, node: str, seqs: list[int]) -> dict:
+    """``node``'s answer for ``seqs`` (``Service.signatures_at``); PeerError when a
+    peer fails or answers something else."""
+    svc = cluster.service
+    if node == svc.node_id:
+        return await svc.run(svc.signatures_at, seqs)
+    ans = await cluster.peers[node].post_json("/signatures", {"seqs": seqs})
+    if not (isinstance(ans, dict) and type(ans.get("head_seq")) is int
+            and type(ans.get("first_seq")) is int and isinstance(ans.get("sigs"), dict)):
+        raise PeerError("bad answer to /signatures")
+    return ans
+
+
+async def _check_witness(cluster: Cluster, about: str, witness: str
+                         ) -> tuple[list[dict], str | None, str | None]:
+    """Every checkpoint about node ``about`` that ``witness`` holds, checked against
+    ``about``'s log: (violations, why the witness failed, why ``about`` failed).
+
+    The witness's ``audit.checkpoint`` entries are streamed (its node-local scan,
+    oldest first) and checked ``SIGNATURE_BATCH`` at a time, so memory and each
+    request to ``about`` stay bounded however many checkpoints there are.
+    """
+    from query.witness import SIGNATURE_BATCH, WitnessFindings, checkpoint_of
+    svc = cluster.service
     flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
-    sources = [s for s in cluster.sources(flt, "desc", {}) if s.node != about and s.node not in skip]
-    found: list[dict] = []
-    witnesses: dict[int, str] = {}
-    errors: dict[str, str] = {}
-    for src in sources:
-        taken = 0
-        while taken < MAX_CHECKPOINTS:
+    if witness == svc.node_id:
+        src: Source = LocalSource(svc, flt, "asc", None)
+    else:
+        src = PeerSource(cluster.peers[witness], flt.to_params(), "asc", None)
+    findings = WitnessFindings(about, witness)
+    pending: list[dict] = []
+    about_error = None
+    try:
+        while True:
             batch = await src.next_batch()
+            if batch:
+                pending += [cp for cp in (checkpoint_of(e, about) for e in batch) if cp is not None]
+            while len(pending) >= SIGNATURE_BATCH or (pending and not batch):
+                chunk, pending = pending[:SIGNATURE_BATCH], pending[SIGNATURE_BATCH:]
+                answer = await _signatures(cluster, about, sorted({cp["seq"] for cp in chunk}))
+                findings.check(chunk, answer)
             if not batch:
                 break
-            for e in batch:
-                d = e.details
-                if e.integrity == "ok" and e.user == "system" and isinstance(d, dict) \
-                        and d.get("node") == about and type(d.get("seq")) is int:
-                    found.append({"seq": d["seq"], "signature": d.get("signature"), "ts": d.get("ts")})
-                    witnesses.setdefault(d["seq"], src.node)
-                    taken += 1
-        if src.status["status"] != "ok":
-            errors[src.node] = src.status.get("error", "unreachable")
+    except PeerError as e:
+        about_error = str(e)
+    finally:
         await src.close()
-    return found, witnesses, errors
-
-
-MAX_CHECKPOINTS = 200
+    witness_error = None if src.status["status"] == "ok" else src.status.get("error", "unreachable")
+    return findings.finish(), witness_error, about_error
 
 
 async def cluster_verify(cluster: Cluster) -> dict:
     """Every node's own verification plus the witness comparison, as one report."""
     from engine.verify import verify_node
-    from query.witness import check_witnessed
     svc = cluster.service
     local = await svc.run(verify_node, svc.data_dir, svc.node)
     nodes: dict[str, dict] = {svc.node_id: {"status": "ok", "ok": local.ok}}
@@ -399,27 +418,24 @@ async def cluster_verify(cluster: Cluster) -> dict:
         checked += rep.get("entries_checked", 0)
     # a peer that did not answer is not asked again (each wait costs up to peer_timeout)
     down = {n for n, st in nodes.items() if st.get("status") != "ok"}
-    for node in [svc.node_id, *cluster.peers]:
-        if nodes.get(node, {}).get("status") != "ok":
+    everyone = [svc.node_id, *cluster.peers]
+    for node in everyone:
+        if node in down:
             continue
-        cps, witnesses, errors = await _held_checkpoints(cluster, node, down)
-        down.update(errors)
-        if not cps:
-            continue
-        seqs = sorted({c["seq"] for c in cps})
-        if node == svc.node_id:
-            info = await svc.run(svc.signatures_at, seqs)
-        else:
-            try:
-                info = await cluster.peers[node].json("/signatures", {"seqs": ",".join(map(str, seqs))})
-            except PeerError as e:
-                nodes[node] = {"status": "unreachable", "error": str(e)}
+        witnesses = [w for w in everyone if w != node and w not in down]
+        # a node's witnesses are read side by side (each on its own peer)
+        results = await asyncio.gather(*(_check_witness(cluster, node, w) for w in witnesses))
+        for witness, (found, witness_error, node_error) in zip(witnesses, results):
+            violations += found
+            if found and nodes[node].get("status") == "ok":
+                nodes[node]["ok"] = False
+            if witness_error is not None:
+                # its checkpoints could not all be read: the check is incomplete
+                nodes[witness] = {"status": "unreachable",
+                                  "error": f"reading its checkpoints of {node}: {witness_error}"}
+                down.add(witness)
+            if node_error is not None:
+                nodes[node] = {"status": "unreachable", "error": node_error}
                 down.add(node)
-                continue
-        sigs = {int(k): v for k, v in info.get("sigs", {}).items()}
-        found = check_witnessed(node, cps, info["head_seq"], info["first_seq"], sigs, witnesses)
-        violations += found
-        if found:
-            nodes[node]["ok"] = False
     return {"ok": not violations and all(n.get("status") == "ok" for n in nodes.values()),
             "entries_checked": checked, "violations": violations, "nodes": nodes}

@@ -8,6 +8,15 @@ node's chain with what its peers witnessed: a log shorter than a witnessed
 head (``witness_truncated``) or an entry whose signature differs from the
 witnessed one (``witness_mismatch``, history rewritten even with the node's
 HMAC key) is reported.  A local hash chain alone cannot see a cut tail.
+
+Every checkpoint a witness holds is checked, however old, unless retention
+has since dropped its seq from the node's log: the witness's checkpoints are
+streamed in chunks and the node is asked for the signatures at
+``SIGNATURE_BATCH`` seqs at a time, so neither memory nor a request grows
+with the age of the cluster.  Checkpoints that fail the same way one after
+the other (as a witness holds them) make one violation naming their seq
+range and how many there are, so a rewritten stretch of history is one
+finding per witness, not thousands.
 """
 
 from __future__ import annotations
@@ -26,7 +35,19 @@ from engine.entry import EntryDraft, format_ts
 from query.errors import QueryError
 
 log = logging.getLogger("auditlog.witness")
-MAX_CHECKED_PER_WITNESS = 200
+
+#: seqs per signature request to a node (the peer listener takes up to
+#: ``routes.peer.MAX_SIGNATURE_SEQS``); small enough that the node's answer
+#: comes well within ``peer_timeout`` even when the seqs lie far apart
+SIGNATURE_BATCH = 200
+#: a node computing signatures walks its log from one requested seq to the
+#: next, unless they are more than this many entries apart (then a fresh scan
+#: starts at the next one: a scan's start costs about as much as this walk)
+WALK_GAP = 1024
+#: violations reported per node and witness; further runs are folded into one
+#: violation per kind (damage scattered all over a log must not grow the report
+#: without bound)
+MAX_RUNS_PER_WITNESS = 1000
 
 
 def checkpoint_bytes(cp: dict) -> bytes:
@@ -64,25 +85,105 @@ def witness_draft(cp: dict, witness_sig: str, cert_der: bytes) -> EntryDraft:
         "received": format_ts(clock.now_us())})
 
 
-def check_witnessed(node: str, checkpoints: list[dict], head_seq: int, first_seq: int,
-                    sigs: dict[int, str | None], witnesses: dict[int, str]) -> list[dict]:
-    """Violations of ``node``'s log against checkpoints its peers hold."""
-    out = []
-    for cp in checkpoints:
-        s = cp["seq"]
-        who = witnesses.get(s, "a peer")
-        if s > head_seq:
-            out.append({"kind": "witness_truncated", "node": node, "seq_from": head_seq + 1, "seq_to": s,
-                        "segment": None,
-                        "detail": f"{who} witnessed seq {s} at {cp['ts']}, but the log ends at seq {head_seq}"})
-        elif s >= first_seq:
-            have = sigs.get(s)
-            if have is None:
-                out.append({"kind": "witness_truncated", "node": node, "seq_from": s, "seq_to": s,
-                            "segment": None, "detail": f"{who} witnessed seq {s}, which is missing"})
-            elif have != cp["signature"]:
-                out.append({"kind": "witness_mismatch", "node": node, "seq_from": s, "seq_to": s,
-                            "segment": None,
-                            "detail": f"entry {s} differs from the one {who} witnessed at {cp['ts']} "
-                                      "(history rewritten)"})
-    return out
+def checkpoint_of(e, about: str) -> dict | None:
+    """The checkpoint about node ``about`` that a witness's ``audit.checkpoint``
+    entry holds, or None when the entry is no such evidence (it does not verify,
+    was not written by the log itself, or is about another node)."""
+    d = e.details
+    if e.integrity != "ok" or e.user != "system" or not isinstance(d, dict) \
+            or d.get("node") != about or type(d.get("seq")) is not int:
+        return None
+    return {"seq": d["seq"], "signature": d.get("signature"), "ts": d.get("ts")}
+
+
+class WitnessFindings:
+    """Violations of node ``node``'s log against the checkpoints one witness holds.
+
+    Fed in the witness's order, a chunk at a time, with the node's answer for
+    that chunk (``signatures_at``: first_seq, head_seq, sigs).  A run of
+    checkpoints that fail the same way one after the other is one violation.
+    """
+
+    def __init__(self, node: str, witness: str):
+        self.node = node
+        self.witness = witness
+        self.violations: list[dict] = []
+        self._run: dict | None = None
+        self._overflow: dict[str, dict] = {}
+
+    def check(self, checkpoints: list[dict], answer: dict) -> None:
+        head_seq, first_seq = answer["head_seq"], answer["first_seq"]
+        sigs = answer.get("sigs", {})
+        for cp in checkpoints:
+            s = cp["seq"]
+            if s > head_seq:
+                self._note("beyond", cp, head_seq)
+            elif s < first_seq:
+                self._end_run()     # dropped by retention: no evidence either way
+            else:
+                have = sigs.get(str(s))
+                if have is None:
+                    self._note("missing", cp, head_seq)
+                elif have != cp["signature"]:
+                    self._note("mismatch", cp, head_seq)
+                else:
+                    self._end_run()
+
+    def finish(self) -> list[dict]:
+        self._end_run()
+        for run in self._overflow.values():
+            v = self._violation(run)
+            v["detail"] += f" [{run['runs']} separate runs beyond the first {MAX_RUNS_PER_WITNESS} findings]"
+            self.violations.append(v)
+        self._overflow = {}
+        return self.violations
+
+    def _note(self, how: str, cp: dict, head_seq: int) -> None:
+        run = self._run
+        if run is not None and run["how"] == how:
+            _extend(run, cp["seq"], cp["seq"], 1, cp["ts"], head_seq)
+            return
+        self._end_run()
+        self._run = {"how": how, "seq_from": cp["seq"], "seq_to": cp["seq"], "count": 1,
+                     "first_ts": cp["ts"], "last_ts": cp["ts"], "head_seq": head_seq, "runs": 1}
+
+    def _end_run(self) -> None:
+        run, self._run = self._run, None
+        if run is None:
+            return
+        if len(self.violations) < MAX_RUNS_PER_WITNESS:
+            self.violations.append(self._violation(run))
+            return
+        into = self._overflow.setdefault(run["how"], dict(run, runs=0, count=0))
+        _extend(into, run["seq_from"], run["seq_to"], run["count"], run["last_ts"], run["head_seq"])
+        into["runs"] += 1
+
+    def _violation(self, run: dict) -> dict:
+        who, how, n = self.witness, run["how"], run["count"]
+        lo, hi, head = run["seq_from"], run["seq_to"], run["head_seq"]
+        when = run["first_ts"] if n == 1 else f"{run['first_ts']} .. {run['last_ts']}"
+        if how == "beyond":
+            kind, seq_from = "witness_truncated", head + 1
+            detail = (f"{who} witnessed seq {hi} at {when}, but the log ends at seq {head}" if n == 1 else
+                      f"{who} witnessed seqs up to {hi} ({n} checkpoints, {when}), "
+                      f"but the log ends at seq {head}")
+        elif how == "missing":
+            kind, seq_from = "witness_truncated", lo
+            detail = (f"{who} witnessed seq {lo}, which is missing" if n == 1 else
+                      f"{who} witnessed seqs in {lo}..{hi} ({n} checkpoints), which are missing")
+        else:
+            kind, seq_from = "witness_mismatch", lo
+            detail = (f"entry {lo} differs from the one {who} witnessed at {when} (history rewritten)"
+                      if n == 1 else
+                      f"entries in {lo}..{hi} differ from the ones {who} witnessed "
+                      f"({n} checkpoints, {when}) (history rewritten)")
+        return {"kind": kind, "node": self.node, "seq_from": seq_from, "seq_to": hi, "segment": None,
+                "detail": detail}
+
+
+def _extend(run: dict, lo: int, hi: int, count: int, last_ts, head_seq: int) -> None:
+    run["seq_from"] = min(run["seq_from"], lo)
+    run["seq_to"] = max(run["seq_to"], hi)
+    run["count"] += count
+    run["last_ts"] = last_ts
+    run["head_seq"] = head_seq

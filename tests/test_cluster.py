@@ -436,9 +436,14 @@ def _client_ctx(fc, cert=None, key=None) -> ssl.SSLContext:
 
 
 def _https_get(fc, port: int, path: str, cert, key):
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=_client_ctx(fc, cert, key))
+    return _https(fc, port, "GET", path, None, cert, key)
+
+
+def _https(fc, port: int, method: str, path: str, body: bytes | None, cert, key, timeout: float = 10):
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                       context=_client_ctx(fc, cert, key))
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -476,15 +481,82 @@ def test_peer_listener_tls_refusals(fc):
         status, body = _https_get(fc, port, path, zz_cert, zz_key)
         assert status == 403, (path, status, body)
         assert "zz" in json.loads(body)["error"]["message"]
-    # nor can it hand in a checkpoint
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
-                                       context=_client_ctx(fc, zz_cert, zz_key))
-    try:
-        conn.request("POST", "/peer/v1/checkpoint", body=b"{}", headers={"Content-Type": "application/json"})
-        assert conn.getresponse().status == 403
-    finally:
-        conn.close()
+    # nor can it hand in a checkpoint, nor ask for signatures the way nodes do
+    for path, body in (("/peer/v1/checkpoint", b"{}"), ("/peer/v1/signatures", b'{"seqs": [1]}')):
+        status, answer = _https(fc, port, "POST", path, body, zz_cert, zz_key)
+        assert status == 403 and "zz" in json.loads(answer)["error"]["message"], (path, status, answer)
     assert_alive(a)
+
+
+def _signatures_truth(data_dir, seqs) -> dict[str, str]:
+    """Signatures at ``seqs`` read straight from a node's data dir, the plain way:
+    every entry of the log, one after the other."""
+    from engine.datadir import DataDir
+    from engine.log import NodeLog
+    dd = DataDir(data_dir)
+    want = set(seqs)
+    out = {}
+    for e in NodeLog(dd, dd.open()).scan():
+        if e.seq in want and e.integrity == "ok":
+            out[str(e.seq)] = e.signature.hex()
+    return out
+
+
+def test_peer_signatures_by_post(fc):
+    """How nodes ask each other for signatures (witness checks): a POSTed JSON list of
+    up to 10000 seqs, answered in one walk of the log; malformed bodies get a 400."""
+    from query.routes.peer import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
+    a, b = fc["a"], fc["b"]
+    ensure_running(a, b)
+
+    def post(body: bytes, timeout: float = 30):
+        status, answer = _https(fc, b.peer_port, "POST", "/peer/v1/signatures", body, a.cert, a.key,
+                                timeout=timeout)
+        return status, json.loads(answer)
+
+    head = b.get_ok("/api/v1/cluster")["nodes"][0]["head_seq"]
+    assert head > BULK
+    # the most a request may hold, spread over the whole 200k-entry log, plus seqs beyond it
+    seqs = list(range(1, head + 1, head // MAX_SIGNATURE_SEQS + 1))[:MAX_SIGNATURE_SEQS - 2]
+    seqs += [head, head + 1000]
+    (status, ans), took = timed(post, json.dumps({"seqs": seqs}).encode())
+    assert status == 200, ans
+    assert ans["node"] == "b" and ans["first_seq"] == 1 and ans["head_seq"] >= head
+    assert str(head + 1000) not in ans["sigs"]
+    truth = _signatures_truth(b.data_dir, seqs)
+    assert len(truth) == len(seqs) - 1
+    assert ans["sigs"] == truth
+    # one walk, not a lookup per seq (which takes ten times as long here); a node
+    # asks for far fewer seqs at a time, so its requests stay well within peer_timeout
+    assert took < 2 * PEER_TIMEOUT, took
+    # what a node asks at once, the costliest way: seqs just close enough to be walked to
+    from query.witness import SIGNATURE_BATCH, WALK_GAP
+    spaced = list(range(1, head, min(WALK_GAP, head // SIGNATURE_BATCH)))[:SIGNATURE_BATCH]
+    assert len(spaced) == SIGNATURE_BATCH
+    (status, ans), took = timed(post, json.dumps({"seqs": spaced}).encode())
+    assert status == 200 and len(ans["sigs"]) == SIGNATURE_BATCH and None not in ans["sigs"].values()
+    assert took < PEER_TIMEOUT / 2, took
+    # seqs far apart (each its own short walk) and the old GET form agree with it
+    few = seqs[::997]
+    status, sparse = post(json.dumps({"seqs": few[::-1] + few}).encode())
+    assert status == 200 and sparse["sigs"] == {str(s): truth[str(s)] for s in few}
+    status, body = _https_get(fc, b.peer_port, "/peer/v1/signatures?seqs=" + ",".join(map(str, few)),
+                              a.cert, a.key)
+    assert status == 200 and json.loads(body)["sigs"] == sparse["sigs"]
+
+    for body, needle in ((b"", "JSON"), (b"seqs=1,2", "JSON"), (b"[1, 2]", "seqs"),
+                         (b'{"seqs": "1,2"}', "seqs"), (b'{"seqs": [1, "2"]}', "whole numbers"),
+                         (b'{"seqs": [1.5]}', "whole numbers"), (b'{"seqs": [-1]}', "whole numbers"),
+                         (b'{"seqs": [true]}', "whole numbers"),
+                         (b'{"seqs": [99999999999999999999999]}', "whole numbers"),
+                         (b'{"seqs": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "JSON"),
+                         (json.dumps({"seqs": list(range(MAX_SIGNATURE_SEQS + 1))}).encode(),
+                          f"at most {MAX_SIGNATURE_SEQS}")):
+        status, ans = post(body)
+        assert status == 400 and needle in ans["error"]["message"], (body[:60], status, ans)
+    status, ans = post(b'{"seqs": [' + b"1," * (MAX_PEER_BODY // 2) + b'1]}')
+    assert status == 413 and str(MAX_PEER_BODY) in ans["error"]["message"], (status, ans)
+    assert_alive(b)
 
 
 # =====================================================================================

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
+import orjson
 from aiohttp import web
 
 from query.app import SERVICE, error_middleware
@@ -23,10 +24,17 @@ from query.scan import read_node, scan_node
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 MAX_SIGNATURE_SEQS = 10000
+#: request bodies the peer listener takes (a signature request of
+#: MAX_SIGNATURE_SEQS seqs is a small fraction of it)
+MAX_PEER_BODY = 1024 * 1024
 
 
 class PeerForbidden(QueryError):
     http_status = 403
+
+
+class PeerBodyTooLarge(QueryError):
+    http_status = 413
 
 
 def peer_node(request: web.Request) -> tuple[str, bytes]:
@@ -128,17 +136,44 @@ async def verify(request: web.Request) -> web.Response:
 
 
 async def signatures(request: web.Request) -> web.Response:
-    """Signatures of the entries at the given seqs (for witness checks)."""
+    """Signatures of the entries at the given seqs (for witness checks).
+
+    ``POST`` with a JSON body ``{"seqs": [...]}`` (how nodes ask); ``GET
+    ?seqs=1,2,3`` is still answered for nodes of earlier versions (its request
+    line bounds it to about a thousand seqs).  At most ``MAX_SIGNATURE_SEQS``
+    seqs either way."""
     peer_node(request)
     service = request.app[SERVICE]
-    raw = request.rel_url.query.get("seqs", "")
-    try:
-        seqs = sorted({int(s) for s in raw.split(",") if s})
-    except ValueError:
-        raise QueryError("seqs must be comma-separated whole numbers") from None
+    if request.method == "POST":
+        seqs = await _posted_seqs(request)
+    else:
+        raw = request.rel_url.query.get("seqs", "")
+        parts = [s for s in raw.split(",") if s]
+        if not all(s.isascii() and s.isdigit() for s in parts):
+            raise QueryError("seqs must be comma-separated whole numbers")
+        seqs = [int(s) for s in parts]
     if len(seqs) > MAX_SIGNATURE_SEQS:
-        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request")
+        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request, not {len(seqs)}")
     return web.json_response(await service.run(service.signatures_at, seqs))
+
+
+async def _posted_seqs(request: web.Request) -> list[int]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PeerBodyTooLarge(f"request body too large (limit {MAX_PEER_BODY} bytes)") from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise QueryError(f"signatures body is not JSON: {e}"[:200]) from None
+    seqs = body.get("seqs") if isinstance(body, dict) else None
+    if not isinstance(seqs, list):
+        raise QueryError('signatures body must be {"seqs": [whole numbers]}')
+    if len(seqs) > MAX_SIGNATURE_SEQS:
+        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request, not {len(seqs)}")
+    if not all(type(s) is int and 0 <= s < 1 << 63 for s in seqs):
+        raise QueryError("seqs must be whole numbers")
+    return seqs
 
 
 async def checkpoint(request: web.Request) -> web.Response:
@@ -163,12 +198,13 @@ async def checkpoint(request: web.Request) -> web.Response:
 
 
 def create_peer_app(service, cluster) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_PEER_BODY)
     app[SERVICE] = service
     app[CLUSTER] = cluster
     app.router.add_get("/peer/v1/scan", scan)
     app.router.add_get("/peer/v1/head", head)
     app.router.add_get("/peer/v1/verify", verify)
     app.router.add_get("/peer/v1/signatures", signatures)
+    app.router.add_post("/peer/v1/signatures", signatures)
     app.router.add_post("/peer/v1/checkpoint", checkpoint)
     return app
