@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import xxhash
 
 from engine.catalog import SegmentInfo, index_segment
@@ -44,9 +45,18 @@ from engine.segment import (MAX_HEADER, SegmentData, SegmentHeaderError, list_se
 QUARANTINE = "quarantine"
 
 
-def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> str | None:
+@dataclass
+class KeptTail:
+    """Bytes after the last whole frame that hold a whole frame: damage, not a torn write."""
+
+    detail: str
+    #: records in the whole frames found there (their seqs are never given out again)
+    records: int
+
+
+def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> KeptTail | None:
     """Where ``data[start:end]`` (the bytes after the last whole frame) shows a whole
-    frame, if anywhere: a detail text, or None when it can be an unfinished write.
+    frame, if anywhere, or None when it can be an unfinished write.
 
     A whole frame is recognised by its payload's checksum (the xxHash64 in its
     header, over the payload its length field or the end of the data delimits),
@@ -54,34 +64,51 @@ def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> st
     write is a prefix of what was written, or zeros or stale blocks: neither
     has a payload that matches a checksum.
     """
+    found: list[tuple[int, bytes, str]] = []      # (offset, payload, how)
     size = end - start
     if size >= OVERHEAD:
         # the first header with any of its fields damaged, the frame ending at the end
         checksum = HEADER.unpack_from(data, start)[7]
-        if xxhash.xxh64_intdigest(data[start + HEADER_SIZE: end - MAC_SIZE]) == checksum:
-            return f"a whole frame at offset {start} (its payload matches its checksum)"
+        payload = data[start + HEADER_SIZE: end - MAC_SIZE]
+        if xxhash.xxh64_intdigest(payload) == checksum:
+            found.append((start, payload, "its payload matches its checksum"))
     magic = FRAME_MAGICS[version]
     pos = start
     while True:
         i = data.find(magic, pos, end)
         if i < 0:
-            return None
-        if i + HEADER_SIZE <= end:
+            break
+        if i + HEADER_SIZE <= end and not any(o == i for o, _, _ in found):
             (_, plen, _, _, _, _, _, checksum) = HEADER.unpack_from(data, i)
             fend = i + OVERHEAD + plen
             if 0 < plen and fend <= end:
                 payload = data[i + HEADER_SIZE: fend - MAC_SIZE]
                 if xxhash.xxh64_intdigest(payload) == checksum:
-                    return f"a whole frame at offset {i} (its payload matches its checksum)"
-                try:
-                    hdr = parse_header(data[i: i + HEADER_SIZE], version)
-                    if i >= MAC_SIZE and check_frame(data[i: i + HEADER_SIZE], hdr, payload,
-                                                     data[fend - MAC_SIZE: fend], key,
-                                                     data[i - MAC_SIZE: i]) is None:
-                        return f"a whole frame at offset {i} (its MAC verifies)"
-                except FrameError:
-                    pass
+                    found.append((i, payload, "its payload matches its checksum"))
+                else:
+                    try:
+                        hdr = parse_header(data[i: i + HEADER_SIZE], version)
+                        if i >= MAC_SIZE and check_frame(data[i: i + HEADER_SIZE], hdr, payload,
+                                                         data[fend - MAC_SIZE: fend], key,
+                                                         data[i - MAC_SIZE: i]) is None:
+                            found.append((i, payload, "its MAC verifies"))
+                    except FrameError:
+                        pass
         pos = i + 1
+    if not found:
+        return None
+    off, _, how = found[0]
+    return KeptTail(f"a whole frame at offset {off} ({how})",
+                    sum(_record_count(p) for _, p, _ in found))
+
+
+def _record_count(payload) -> int:
+    """How many records a whole frame's payload holds (1 when it does not decode)."""
+    try:
+        recs = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return 1
+    return len(recs) if isinstance(recs, tuple) and recs else 1
 
 
 @dataclass

@@ -27,6 +27,8 @@ seq_gap                entries missing or out of order inside a segment
 timestamp_anomaly      a timestamp earlier than its predecessor (clock, not tampering)
 set_aside              a file the writer moved out of segments/ into quarantine/
                        because it could not continue the log (kept for review)
+state_corrupt          a file in state/ that fails its seal (edited, forged, another
+                       node's), or one the node set aside as ``.rejected`` for that
 =====================  ==========================================================
 """
 
@@ -43,6 +45,7 @@ from engine.entry import canonical_bytes
 from engine.log import NodeLog
 from engine.recovery import quarantined
 from engine.segment import SegmentData, list_segments, walk_frames
+from engine.state import StateSeal, check_state_dir
 
 #: kinds that mean "not evidence of tampering"
 ANOMALY_KINDS = frozenset({"timestamp_anomaly"})
@@ -162,6 +165,13 @@ def verify_node(data_dir: DataDir, node: Node,
             seq_from = p.named_seq if p.named_seq is not None else seq_from
             seq_to = seq_to if seq_to is not None and seq_to >= p.seq_from and seq_to >= seq_from else None
         report.violations.append(Violation(p.kind, nid, seq_from, seq_to, p.segment, p.detail))
+    for name, problem in check_state_dir(data_dir.state, StateSeal(node.key, nid)):
+        report.violations.append(Violation("state_corrupt", nid, None, None, f"state/{name}", problem))
+    for q in sorted(data_dir.state.glob("*.rejected")) if data_dir.state.is_dir() else ():
+        report.violations.append(Violation(
+            "state_corrupt", nid, None, None, f"state/{q.name}",
+            "failed its seal and was set aside by the node (see the audit.recovery entry naming it); "
+            "review it, then remove it"))
     for q in quarantined(data_dir):
         report.violations.append(Violation(
             "set_aside", nid, None, None, f"quarantine/{q.name}",

@@ -280,8 +280,13 @@ class LogWriter:
             with SegmentData(active) as sd:
                 kept_tail = whole_frame_in(sd.data, cut_at, sd.size, info.version, self.key)
             if kept_tail is not None:
-                notes["kept_tail"] = {"offset": cut_at, "detail": kept_tail}
-                reasons.append(f"bytes after the last whole frame hold {kept_tail}: kept as damage")
+                # the seqs its records held are never given out again
+                first = (info.last_seq + 1) if not (idx.frames and (len(idx.frames) - 1) in idx.damaged
+                                                    and idx.frames[-1].count == 0) else idx.frames[-1].first_seq
+                claimed = max(claimed, first + kept_tail.records - 1)
+                notes["kept_tail"] = {"offset": cut_at, "detail": kept_tail.detail,
+                                      "seqs": [first, first + kept_tail.records - 1]}
+                reasons.append(f"bytes after the last whole frame hold {kept_tail.detail}: kept as damage")
                 cut_at = None
         if cut_at is not None:
             size = active.stat().st_size

@@ -1,0 +1,87 @@
+"""Old files: a log written in segment format 1 (by the code before format 2) still reads,
+verifies and takes new entries, which go to format 2 segments (docs/FORMAT.md section 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers_engine import flip_byte, invoke_cli, query_json, segment_paths, verify_json
+from engine.datadir import DataDir
+from engine.log import NodeLog
+from engine.segment import SegmentData, parse_segment_header
+
+from format_verifier import verify_data_dir
+
+V1_LOG = Path(__file__).with_name("data") / "v1-log"
+V1_ENTRIES = 153
+V1_SEQS = range(151, 304)
+
+
+@pytest.fixture
+def v1(tmp_path) -> DataDir:
+    root = tmp_path / "data"
+    shutil.copytree(V1_LOG, root, ignore=shutil.ignore_patterns("README.md"))
+    os.chmod(root / "node.key", 0o600)
+    return DataDir(root)
+
+
+def versions(dd: DataDir) -> list[int]:
+    out = []
+    for p in segment_paths(dd):
+        with SegmentData(p) as sd:
+            out.append(parse_segment_header(bytes(sd.data[:300]), None).version)
+    return out
+
+
+def test_the_fixture_is_format_1():
+    dd = DataDir(V1_LOG)
+    assert set(versions(dd)) == {1} and len(versions(dd)) == 9
+
+
+def test_a_format_1_log_reads_and_verifies(v1):
+    assert versions(v1) == [1] * 9
+    rc, rep = verify_json(v1.root)
+    assert rc == 0 and rep["ok"] and rep["entries_checked"] == V1_ENTRIES, rep
+    res = verify_data_dir(v1.root)               # the independent verifier, from FORMAT.md alone
+    assert res.problems == [] and res.entries_verified == V1_ENTRIES
+    rc, entries, _ = query_json(v1.root)
+    assert rc == 0 and [e["seq"] for e in entries] == list(V1_SEQS)
+    assert all(e["integrity"] == "ok" for e in entries)
+    # the head is anchored by the retention purge in the first segment
+    assert entries[30]["action"] == "audit.retention_purge"
+    # selective reads (term postings built now, over format 1 frames) give the full scan's answer
+    alice = [e["seq"] for e in entries if e["user"] == "alice" and e["ip"] == "192.0.2.9"]
+    rc, got, _ = query_json(v1.root, "--user", "alice", "--ip", "192.0.2.9")
+    assert rc == 0 and [e["seq"] for e in got] == alice and alice
+    rc, got, _ = query_json(v1.root, "--recipient", "ben@example.com")
+    assert rc == 0 and got and all("ben@example.com" in e["details"]["recipient"] for e in got)
+
+
+def test_a_format_1_log_takes_new_entries_in_a_format_2_segment(v1):
+    before = [p.read_bytes() for p in segment_paths(v1)]
+    r = invoke_cli(v1.root, "append", "--user", "zoe", "--action", "auth.login")
+    assert r.exit_code == 0 and r.stdout.strip() == "gw1:304", r.output
+    assert [p.read_bytes() for p in segment_paths(v1)[:9]] == before     # old files untouched
+    assert versions(v1) == [1] * 9 + [2]
+    rc, rep = verify_json(v1.root)
+    assert rc == 0 and rep["entries_checked"] == V1_ENTRIES + 1, rep
+    res = verify_data_dir(v1.root)
+    assert res.problems == [] and res.entries_verified == V1_ENTRIES + 1
+    entries = list(NodeLog(v1, v1.open()).scan())
+    assert [e.seq for e in entries] == list(range(151, 305)) and entries[-1].user == "zoe"
+
+
+def test_damage_to_a_format_1_segment_is_still_reported(v1):
+    seg = segment_paths(v1)[3]
+    flip_byte(seg, seg.stat().st_size - 100)
+    rc, rep = verify_json(v1.root)
+    assert rc == 1 and {v["segment"] for v in rep["violations"]} == {seg.name}
+    rc, entries, _ = query_json(v1.root)
+    assert rc == 1 and [e for e in entries if e["integrity"] == "violation"]
+    assert not [p for p in verify_data_dir(v1.root).problems if p.segment != seg.name]
+    assert json.loads(json.dumps(rep))["ok"] is False
