@@ -34,6 +34,7 @@ answer for the log as the writer left it: the seqs it cut are not expected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -43,7 +44,9 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
+import gc
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1371,6 +1374,25 @@ class Example:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def unclosed():
+    """Collects what the reads left for the garbage collector to clean up with a
+    complaint (an unclosed file after a crash, say), so that it counts against the
+    test that leaked it and not against whatever test happens to run next.  (Hypothesis
+    keeps a failing example's exception, and with it what the crash left open, for a
+    while: the complaint may come in a later example of the same test.)"""
+    found: list[str] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda u: found.append(
+        f"left behind for the garbage collector (by this example or an earlier one): "
+        f"{u.err_msg or 'Exception ignored in'} {u.object!r}: {type(u.exc_value).__name__}: {u.exc_value}")
+    try:
+        yield found
+        gc.collect()
+    finally:
+        sys.unraisablehook = before
 
 
 def describe_failure(damage: tuple, derived: bool, done: list[str], r: Resolved, failures: list[str]) -> str:

@@ -48,14 +48,14 @@ from helpers_damage import (
     SIDECARS, TARGETS, USERS, CopySegment, CutActive, DeleteSegment, DropSidecar, EditRecord, Example,
     FlipBytes, GarbageSegment, Query, SwapNames, TruncateSealed, build_pristine, check_answer,
     check_four_eyes, describe_failure, expected, four_eyes_oracle, pristine_four_eyes, resolve,
-    run_cli_export, run_cli_four_eyes, run_cli_query, run_http)
+    run_cli_export, run_cli_four_eyes, run_cli_query, run_http, unclosed)
 
 #: Examples drawn per test, beside the explicit ones.  The module runs in about
 #: two minutes on two cores (pytest -n 2); raise them locally to search harder.
-CLI_EXAMPLES = 80
-EXPORT_EXAMPLES = 25
-HTTP_EXAMPLES = 25
-FOUR_EYES_EXAMPLES = 40
+CLI_EXAMPLES = 100
+EXPORT_EXAMPLES = 35
+HTTP_EXAMPLES = 35
+FOUR_EYES_EXAMPLES = 50
 
 DAMAGE_SETTINGS = settings(
     deadline=None, derandomize=True, database=None, print_blob=False,
@@ -132,17 +132,21 @@ def scenarios(draw, damages=damage_st, filters: bool = True):
         n = draw(st.sampled_from((0, 0, 1, 1, 2)))
         for name in draw(st.lists(st.sampled_from(sorted(FILTER_VALUES)), min_size=n, max_size=n,
                                   unique=True)):
-            # an int stands for the value of that pristine entry (resolved once the log exists)
-            chosen[name] = (draw(st.one_of(st.sampled_from(FILTER_VALUES[name]), ref, seqs)),)
+            # an int stands for the value of that pristine entry (resolved once the log exists);
+            # two values are OR
+            chosen[name] = tuple(draw(st.lists(st.one_of(st.sampled_from(FILTER_VALUES[name]), ref, seqs),
+                                               min_size=1, max_size=2)))
     return damage, derived, Query(window, **chosen)
 
 
-# ----------------------------------------------------------------------------- the known holes
+# ----------------------------------------------------------------------------- explicit examples
 
 def _first(pred, start: int) -> int:
     return next(s for s in range(start, N_ENTRIES) if pred(PLAN_EVENTS[s - 1]))
 
 
+# Entries the explicit examples aim at (the plan is fixed: the seqs are known before the log
+# is written; the segment layout is checked in build_pristine).
 #: an entry with an ip, a quarter into the log (a sealed segment)
 EDITED = _first(lambda ev: ev.get("ip"), N_ENTRIES // 4)
 MIDDLE = N_ENTRIES // 2
@@ -159,7 +163,7 @@ ITS_CONFIRMATION = next(
     i + 1 for i, ev in enumerate(PLAN_EVENTS)
     if ev["action"] == "config.dkim_rotate_confirm" and ev["details"].get("confirms") == f"gw1:{CONFIRMED_ROTATION}")
 
-KNOWN_HOLES = [
+EXPLICIT = [
     # (1) a frame of a sealed segment edited (checksum recomputed), its .terms deleted; a
     #     selective query for the user + ip whose match was in that frame
     ((EditRecord(EDITED, "user"), DropSidecar(EDITED, "terms")), True,
@@ -177,13 +181,23 @@ KNOWN_HOLES = [
     ((EditRecord(SEQ_AS_STRING, "seq_str"),), True, Query(("frame", SEQ_AS_STRING))),
     # (6) a config.dkim_rotate frame damaged, then the four-eyes report
     ((EditRecord(CONFIRMED_ROTATION, "user"),), False, Query(("all",))),
-    ((FlipBytes(CONFIRMED_ROTATION, "mac", 0.5, 0x01),), True, Query(("all",))),
+    ((FlipBytes(CONFIRMED_ROTATION, "mac", 0.5, 0x01),), False, Query(("all",))),
     ((EditRecord(ITS_CONFIRMATION, "user"),), True, Query(("all",))),
+    # found by these tests: a file named 99999999999999999999.seg (a writer must start after it)
+    ((GarbageSegment("max", "random", 0),), False, Query(("all",))),
+    # a sealed segment copied under the next free name (duplicated seqs), read by pages
+    ((CopySegment(MIDDLE, "between"),), False, Query(("all",))),
+    # a timestamp and a signature turned into other types
+    ((EditRecord(SEQ_AS_STRING, "ts_float"),), False, Query(("all",))),
+    ((EditRecord(SEQ_AS_STRING, "sig_str"),), True, Query(("all",))),
+    # the active segment cut inside a frame, read with no writer running (the CLI query)
+    ((CutActive(0.5),), False, Query(("all",))),
 ]
 
 
-def known_holes(test):
-    for damage, derived, query in reversed(KNOWN_HOLES):
+def explicit_examples(test):
+    """Every scenario of :data:`EXPLICIT` as an ``@example``, in the order listed."""
+    for damage, derived, query in reversed(EXPLICIT):
         test = example(scenario=(damage, derived, query))(test)
     return test
 
@@ -193,8 +207,8 @@ def known_holes(test):
 def _fail_if(failures: list[str], scenario, done: list[str], r) -> None:
     damage, derived, _ = scenario
     if failures:
-        # a plain AssertionError (not pytest.fail): Hypothesis then reports every failing
-        # explicit example, not only the first
+        # a plain AssertionError (not pytest.fail, which Hypothesis lets through at once):
+        # every explicit example then runs, and the report counts the others that failed
         raise AssertionError("\n" + describe_failure(damage, derived, done, r, failures))
 
 
@@ -234,8 +248,9 @@ def _run(pristine, scratch, scenario, paths) -> None:
         for line in ex.done:
             note(line)
         note(f"query: {r.describe()} ({len(exp)} pristine matches)")
-        failures = paths(ex, r, exp)
-        _fail_if(failures, scenario, ex.done, r)
+        with unclosed() as leaked:
+            failures = paths(ex, r, exp)
+        _fail_if(failures + leaked, scenario, ex.done, r)
 
 
 # ----------------------------------------------------------------------------- the tests
@@ -256,7 +271,7 @@ def test_undamaged_log_every_path_exact(pristine, scratch, derived):
         r = resolve(query, pristine)
         exp = expected(pristine, r)
         assert exp, f"query {r.describe()} matches nothing: a useless control"
-        with Example(pristine, (), derived, scratch) as ex:
+        with Example(pristine, (), derived, scratch) as ex, unclosed() as leaked:
             run = run_http(ex.copy(), r, ex.damaged, ex.p, four_eyes=True)
             answers = run.answers + _cli_queries(ex, r) + _cli_exports(ex, r)
             failures = run.problems + _checked(ex, r, exp, answers)
@@ -264,7 +279,7 @@ def test_undamaged_log_every_path_exact(pristine, scratch, derived):
             failures += _four_eyes(ex, r, http=False)
             failures += [f"{a.path}: reports a violation on an undamaged log ({a.info})"
                          for a in answers if a.reported or a.info not in ("", "exit 0")]
-            _fail_if(failures, ((), derived, query), [], r)
+        _fail_if(failures + leaked, ((), derived, query), [], r)
     # the pristine four-eyes report agrees with the plan (the oracle is not the product)
     r = resolve(Query(("all",)), pristine)
     rep = pristine_four_eyes(pristine, r)
@@ -273,7 +288,44 @@ def test_undamaged_log_every_path_exact(pristine, scratch, derived):
     assert rep["ok"] is False and rep["orphan_confirmations"], "the plan has unconfirmed rotations and an orphan"
 
 
-@known_holes
+def test_the_checks_catch_silent_loss_forgery_and_unlisted_report_changes(pristine):
+    """The property checks themselves: an exact answer passes; a missing, duplicated,
+    reordered, forged or out-of-query ok entry fails unless a violation is reported
+    (and a forged ok entry fails even then); a changed four-eyes report passes only
+    with ok false and its violations listed, and never with a rotation turned ok."""
+    r = resolve(Query(("seqs", 10, 0, 60, 0), user=("alice", "bruno")), pristine)
+    exp = expected(pristine, r)
+    assert len(exp) > 5
+
+    def answer(rows, reported=False, order="asc"):
+        return Answer("test", rows=[dict(x) for x in rows], reported=reported, order=order)
+
+    assert check_answer(answer(exp), exp, pristine, r) == []
+    assert check_answer(answer(exp[::-1], order="desc"), exp, pristine, r) == []
+    assert "missing gw1:" in " ".join(check_answer(answer(exp[:-1]), exp, pristine, r))
+    assert "more than once" in " ".join(check_answer(answer(exp + exp[-1:]), exp, pristine, r))
+    assert "order differs" in " ".join(check_answer(answer(exp[1:2] + exp[:1] + exp[2:]), exp, pristine, r))
+    forged = [dict(exp[0], user="carla")] + exp[1:]
+    assert "not the original's" in " ".join(check_answer(answer(forged, reported=True), exp, pristine, r))
+    other = next(e for e in pristine.entries if e["user"] == "carla")
+    assert "does not match the query" in " ".join(check_answer(answer([other] + exp, reported=True),
+                                                              exp, pristine, r))
+    flagged = [dict(exp[0], integrity="violation")] + exp[1:]
+    assert check_answer(answer(flagged, reported=True), exp, pristine, r) == []
+    assert check_answer(answer(exp[:-1], reported=True), exp, pristine, r) == []
+    assert check_answer(answer(flagged), exp, pristine, r) != []
+
+    base = pristine_four_eyes(pristine, resolve(Query(("all",)), pristine))
+    assert check_four_eyes("test", dict(base), [], base) == []
+    fewer = dict(base, rotations=base["rotations"][1:])
+    assert check_four_eyes("test", fewer, [], base) != []
+    listed = dict(fewer, ok=False, violations=[{"kind": "segment_missing"}])
+    assert check_four_eyes("test", listed, [], base) == []
+    turned = [dict(a, ok=True, confirmed_by=["erika"]) if not a["ok"] else a for a in base["rotations"]]
+    assert check_four_eyes("test", dict(listed, rotations=turned), [], base) != []
+
+
+@explicit_examples
 @given(scenario=scenarios())
 @settings(DAMAGE_SETTINGS, max_examples=CLI_EXAMPLES)
 def test_cli_query_random_damage(pristine, scratch, scenario):
@@ -281,7 +333,7 @@ def test_cli_query_random_damage(pristine, scratch, scenario):
     _run(pristine, scratch, scenario, lambda ex, r, exp: _checked(ex, r, exp, _cli_queries(ex, r)))
 
 
-@known_holes
+@explicit_examples
 @given(scenario=scenarios())
 @settings(DAMAGE_SETTINGS, max_examples=EXPORT_EXAMPLES)
 def test_cli_export_random_damage(pristine, scratch, scenario):
@@ -289,7 +341,7 @@ def test_cli_export_random_damage(pristine, scratch, scenario):
     _run(pristine, scratch, scenario, lambda ex, r, exp: _checked(ex, r, exp, _cli_exports(ex, r)))
 
 
-@known_holes
+@explicit_examples
 @given(scenario=scenarios())
 @settings(DAMAGE_SETTINGS, max_examples=HTTP_EXAMPLES)
 def test_http_random_damage(pristine, scratch, scenario):
@@ -298,7 +350,7 @@ def test_http_random_damage(pristine, scratch, scenario):
     _run(pristine, scratch, scenario, _http)
 
 
-@known_holes
+@explicit_examples
 @given(scenario=scenarios(report_damage_st, filters=False))
 @settings(DAMAGE_SETTINGS, max_examples=FOUR_EYES_EXAMPLES)
 def test_four_eyes_random_damage(pristine, scratch, scenario):
