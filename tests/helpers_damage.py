@@ -617,6 +617,8 @@ class DropSidecar:
 def damage_copy(p: Pristine, damage: tuple, derived: bool, dest: Path) -> list[str]:
     """A copy of the pristine log (with or without derived files) at ``dest``, damaged;
     returns what each damage did."""
+    assert not [f for f in (p.plain / "segments").iterdir() if f.suffix in (".idx", ".terms", ".lines")], \
+        "something read the pristine copy in place (reads write derived files): read a copy"
     shutil.copytree(p.derived if derived else p.plain, dest)
     return [dmg.apply(dest, p) for dmg in damage]
 
@@ -1253,19 +1255,19 @@ def pristine_four_eyes(p: Pristine, r: Resolved, cut: frozenset = frozenset()) -
     they are not whole frames at the end of the log: no prediction)."""
     key = (r.from_us, r.to_us, cut)
     if key not in p.four_eyes_cache:
-        d = p.plain
+        frame = None
         if cut:
             k = min(cut)
-            s = p.active
-            frame = next((f for f in s.frames if f.first_seq == k), None)
+            frame = next((f for f in p.active.frames if f.first_seq == k), None)
             if cut != frozenset(range(k, N_ENTRIES + 1)) or frame is None:
                 return None
-            d = Path(tempfile.mkdtemp(dir=p.plain.parent))
-            shutil.rmtree(d)
-            shutil.copytree(p.plain, d)
-            with open(d / "segments" / s.name, "r+b") as fh:
-                fh.truncate(frame.offset)
-        rep, problems = run_cli_four_eyes(d, r)
+        # on a copy: a read writes derived files, and the pristine copies must stay as built
+        with tempfile.TemporaryDirectory(dir=p.plain.parent) as tmp:
+            d = fresh_copy(p.plain, Path(tmp), "log")
+            if frame is not None:
+                with open(d / "segments" / p.active.name, "r+b") as fh:
+                    fh.truncate(frame.offset)
+            rep, problems = run_cli_four_eyes(d, r)
         assert rep is not None and not problems, problems
         p.four_eyes_cache[key] = rep
     return p.four_eyes_cache[key]
