@@ -1085,8 +1085,9 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
     out["value"] = median(out["runs"])
     out["ttfb_ms"] = median(out["ttfb"]) * 1e3
     sc = [sum(x) for x in out["server_cpu"]]
-    out["cpu_value"] = expected / median(sc)
-    out["serving_cpu_value"] = expected / median([x[0] for x in out["server_cpu"]])
+    # (a tiny smoke-test read can cost less than the 10 ms the kernel counts CPU time in)
+    out["cpu_value"] = expected / max(median(sc), 1e-3)
+    out["serving_cpu_value"] = expected / max(median([x[0] for x in out["server_cpu"]]), 1e-3)
     healthy = median(out["healthy_query"])
     out["healthy_query_s"] = healthy
     out["added_s"] = [d - healthy for d in out["degraded_query"]]

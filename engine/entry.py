@@ -104,7 +104,7 @@ class Entry:
 
     __slots__ = (
         "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-        "user_agent", "success", "details", "signature", "integrity", "violation", "sub",
+        "user_agent", "success", "details", "signature", "integrity", "violation", "sub", "pos_seq",
     )
 
     def __init__(self, node: str, seq: int, ts: int, user: str, action: str,
@@ -126,6 +126,8 @@ class Entry:
         self.integrity = integrity
         self.violation = violation
         self.sub = ENTRY_SUB
+        #: a marker's place in the read (its ``seq`` names the range it stands for)
+        self.pos_seq = seq
 
     @classmethod
     def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> "Entry":
@@ -161,7 +163,7 @@ class Entry:
     @property
     def position(self) -> tuple[int, int]:
         """Where the entry sits in its node's log (``engine.items``): cursors continue after it."""
-        return (self.seq, self.sub)
+        return (self.seq, ENTRY_SUB) if self.sub == ENTRY_SUB else (self.pos_seq, self.sub)
 
     @property
     def sort_key(self) -> tuple[int, str, int]:

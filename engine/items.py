@@ -120,10 +120,16 @@ class Damage:
     entries: list[Entry] = field(default_factory=list)
     #: for a file whose header cannot be read: the seq its name claims (None otherwise)
     named_seq: int | None = None
+    #: where it sits in the read when that is not ``seq_from`` (a segment out of its
+    #: place: its own seqs came before)
+    pos_seq: int | None = None
+    #: where it sorts in time when that is not ``ts_lo`` (a segment out of its place:
+    #: its own times are not where it sits)
+    sort_ts: int | None = None
 
     @property
     def position(self) -> tuple[int, int]:
-        return (self.seq_from, self.sub)
+        return (self.seq_from if self.pos_seq is None else self.pos_seq, self.sub)
 
     def overlaps(self, lo: int, hi: int) -> bool:
         """Can entries of this stretch have a ts in ``[lo, hi)``?"""
@@ -141,9 +147,13 @@ class Damage:
     def marker_ts(self, lo: int | None = None, hi: int | None = None) -> int:
         """Where a marker for this stretch sorts: its earliest possible time, inside the
         read's window (so a node's stream stays in time order)."""
-        ts = self.ts_lo if self.ts_lo is not None else (self.ts_hi if self.ts_hi is not None else 0)
+        ts = self.sort_ts if self.sort_ts is not None else self.ts_lo
+        if ts is None:
+            ts = self.ts_hi if self.ts_hi is not None else 0
         if lo is not None and ts < lo:
             ts = lo
+        if ts < 0:
+            ts = 0
         if hi is not None and ts >= hi:
             ts = hi - 1
         return ts
@@ -161,7 +171,7 @@ class Damage:
             out = self.entries
         else:
             m = Entry.marker(self.node, self.seq_from, self.marker_ts(lo, hi), self.describe())
-            m.sub = self.sub
+            m.pos_seq, m.sub = self.position
             out = [m]
         for e in out:
             ts = e.ts

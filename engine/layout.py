@@ -33,8 +33,10 @@ class Slot:
     info: SegmentInfo
     ts_before: int | None = None
     ts_after: int | None = None
-    #: False for a segment out of its place (misnamed, another node's, a duplicate):
-    #: its times do not bound anything around it
+    #: False for a segment out of its place (misnamed, another node's, a duplicate): its
+    #: entries are authentic but not where the log has them, so a read reports the
+    #: segment (its damage, covering its own seqs and times) instead of returning them
+    #: out of order, and its times bound nothing around it
     sound: bool = True
     #: damage about this file itself, reported before its frames
     damage: list[Damage] = field(default_factory=list)
@@ -91,7 +93,7 @@ def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo]
                                          h.first_seq, h.first_seq, None, None))
         gap, gap_named = [], False
         items.append(slot)
-        if info.tail is not None and info.index is not None:
+        if info.tail is not None and info.index is not None and slot.sound:
             off, detail = info.tail
             if info is not last:
                 items.append(Damage(node, "truncated", info.name, detail, info.last_seq + 1, None, None, None))
@@ -101,12 +103,12 @@ def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo]
                                     "(unless it holds a whole frame) and records audit.recovery",
                                     info.last_seq + 1, None, None, None))
         prev = info
-    _settle(items)
+    _settle(node, items)
     return items
 
 
-def _settle(items: list[Slot | Damage]) -> None:
-    """Time coverage of every item, and distinct positions for damage at one seq."""
+def _settle(node: str, items: list[Slot | Damage]) -> None:
+    """Time coverage of every item, and where each piece of damage sits in a read."""
     # a truncated segment's missing tail ends where the next segment starts
     nxt_first: int | None = None
     for it in reversed(items):
@@ -114,6 +116,24 @@ def _settle(items: list[Slot | Damage]) -> None:
             nxt_first = it.info.first_seq
         elif it.kind == "truncated" and nxt_first is not None and nxt_first - 1 >= it.seq_from:
             it.seq_to = nxt_first - 1
+    # Positions only go forward in a read (a cursor continues after the last one): damage
+    # sits at or after everything before it, a segment out of its place where it is
+    # found, and a segment in its place whose seqs the read has already passed is
+    # reported as a duplicate instead of being read out of order.
+    at_least = 1
+    for it in items:
+        if isinstance(it, Slot) and it.sound and it.info.first_seq < at_least:
+            it.sound = False
+            it.damage.append(Damage(node, "segment_duplicate",
+                                    it.info.name, f"segment starts at seq {it.info.first_seq}, but the log "
+                                    f"has already reached seq {at_least - 1}", it.info.first_seq,
+                                    max(it.info.last_seq, it.info.first_seq), None, None))
+        for d in (it.damage if isinstance(it, Slot) else [it]):
+            if (isinstance(it, Slot) and not it.sound) or d.seq_from < at_least:
+                d.pos_seq = at_least
+            at_least = max(at_least, d.position[0])
+        if isinstance(it, Slot) and it.sound:
+            at_least = max(at_least, it.info.last_seq + 1)
     before: int | None = None
     for it in items:
         if isinstance(it, Slot):
@@ -124,7 +144,7 @@ def _settle(items: list[Slot | Damage]) -> None:
             if it.sound and idx.verified_hi is not None:
                 before = idx.verified_hi if before is None else max(before, idx.verified_hi)
         else:
-            it.ts_lo = before
+            it.ts_lo = it.sort_ts = before
     after: int | None = None
     for it in reversed(items):
         if isinstance(it, Slot):
@@ -140,9 +160,13 @@ def _settle(items: list[Slot | Damage]) -> None:
     subs: dict[int, int] = {}
     for it in items:
         for d in (it.damage if isinstance(it, Slot) else [it]):
-            d.sub = subs.get(d.seq_from, 0)
-            subs[d.seq_from] = d.sub + 1
+            at = d.position[0]
+            d.sub = subs.get(at, 0)
+            subs[at] = d.sub + 1
 
+
+#: where damage sorts when nothing verified comes before it (a read puts it at its window's start)
+_EARLIEST = -(1 << 62)
 
 #: damage about a segment's own content: it covers that segment's own times
 _OWN_KINDS = frozenset({"foreign_segment", "segment_misnamed", "segment_duplicate"})
@@ -150,6 +174,7 @@ _OWN_KINDS = frozenset({"foreign_segment", "segment_misnamed", "segment_duplicat
 
 def _own_or_around(d: Damage, slot: Slot, before: int | None) -> None:
     idx = slot.info.index
+    d.sort_ts = before if before is not None else _EARLIEST   # after what came before it
     if d.kind in _OWN_KINDS and idx.verified_hi is not None:
         d.ts_lo, d.ts_hi = idx.verified_lo, idx.verified_hi
     else:

@@ -176,7 +176,7 @@ class NodeLog:
             marks = [d for d in it.damage if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position))]
             if marks and not desc:
                 yield from marks
-            if self._may_hold(it, lo, hi, after, desc):
+            if it.sound and self._may_hold(it, lo, hi, after, desc):
                 yield from self._read_slot(it, lo, hi, terms, desc, after, pos_ok, predicate,
                                            sealed=it.info is not active)
             if marks and desc:

@@ -26,12 +26,12 @@ PEER_PREFIX = "/peer/v1"
 
 def entry_to_compact(e: Entry) -> list:
     return [e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-            e.details, e.signature, e.integrity, e.violation, e.sub]
+            e.details, e.signature, e.integrity, e.violation, e.sub, e.position[0]]
 
 
 def entry_from_compact(node: str, c: list | tuple) -> Entry:
     """An entry a peer sent; fields of the wrong type are a malformed stream (ValueError)."""
-    if not isinstance(c, (list, tuple)) or len(c) not in (13, 14):
+    if not isinstance(c, (list, tuple)) or len(c) not in (13, 14, 15):
         raise ValueError("malformed entry")
     (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:13]
     if not (type(seq) is int and type(ts) is int and type(user) is str and type(action) is str
@@ -41,10 +41,12 @@ def entry_from_compact(node: str, c: list | tuple) -> Entry:
         raise ValueError("malformed entry")
     e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig,
               integrity, violation)
-    if len(c) == 14:
-        if type(c[13]) is not int:
+    if len(c) >= 14:
+        if not all(type(x) is int for x in c[13:]):
             raise ValueError("malformed entry")
         e.sub = c[13]
+        if len(c) == 15:
+            e.pos_seq = c[14]
     return e
 
 

@@ -288,7 +288,9 @@ def build_derived(data_dir: Path) -> None:
     log = NodeLog(dd, node)
     log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id),
                                keep=True)
-    for _ in log.scan_batches(lines=True):
+    from query.cluster import LineTaker
+    taker = LineTaker(log, log.read(), None, None, "asc")
+    while taker.take(1 << 20) is not None:
         pass
     for _ in log.scan(terms={"user": frozenset(["alice"])}, predicate=lambda e: e.user == "alice"):
         pass
