@@ -373,3 +373,52 @@ def _check_csv_rows(rows: list[dict], by_seq) -> None:
         for k, v in r.items():
             assert not v or v[0] not in "=+-@\t\r", (k, v)
     assert [r for r in rows if r["integrity"] == "violation"]
+
+
+# -- 5. the syslog feed --------------------------------------------------------------------------
+
+def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
+    """A deleted segment and a damaged frame reach the SIEM as alerts naming the seqs, never
+    as a silent hole in the feed (a real forwarder to a TCP receiver on loopback)."""
+    import socket
+    import time
+
+    from export.syslog import SyslogForwarder, SyslogSettings
+    from test_syslog import _frames, audit_params, parse_rfc5424
+
+    dd, node, by_seq = log
+    lost = set(_damage(dd, node, "delete_middle"))
+    seg, fr = frame_holding(dd, node, 5)
+    flip_byte(seg, fr.payload_offset + 5)
+    damaged = set(range(fr.first_seq, fr.last_seq + 1))
+    svc = Service(dd, dd.open(), StoreSettings(fsync="none"), ServiceSettings()).open()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(15)
+    fwd = SyslogForwarder(svc, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=25)
+    svc.syslog = fwd
+    fwd.start()
+    try:
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        buf, msgs = b"", []
+        head = svc.writer.next_seq - 1
+        deadline = time.monotonic() + 20
+        while not msgs or max(int(audit_params(m)["seq"]) for m in msgs) < head:
+            assert time.monotonic() < deadline
+            buf += conn.recv(65536)
+            msgs = [parse_rfc5424(m) for m in _frames(buf)]
+        conn.close()
+    finally:
+        fwd.stop()
+        srv.close()
+        svc.close()
+    params = [audit_params(m) for m in msgs]
+    ok = {int(p["seq"]) for p in params if p["integrity"] == "ok"}
+    alerts = [(m, p) for m, p in zip(msgs, params) if p["integrity"] == "violation"]
+    assert ok.isdisjoint(lost | damaged) and set(by_seq) - lost - damaged <= ok
+    assert all(m["pri"] == 13 * 8 + 1 for m, _ in alerts)          # facility log audit, severity alert
+    texts = " ".join(p.get("violation", "") for _, p in alerts)
+    assert f"segment_missing: seq {min(lost)}..{max(lost)}" in texts
+    assert damaged <= {int(p["seq"]) for _, p in alerts}
