@@ -109,8 +109,13 @@ class NodeLog:
         """Is the log's first seq accounted for by an intact ``audit.retention_purge`` entry?"""
         key = (head.name, head.ident, head.header.mac)
         if self._anchor is not None and self._anchor[0] == key:
+            # the same first segment as last time: not anchored then (a purge entry is
+            # written before its segments go, never after), or anchored by an entry
+            # that must still verify
             seq = self._anchor[1]
-            e = self.get(seq) if seq else None
+            if not seq:
+                return False
+            e = self.get(seq)
             if e is not None and self._anchors(e, head):
                 return True
         want = head.first_seq - 1

@@ -162,8 +162,9 @@ def verify_node(data_dir: DataDir, node: Node,
         if p.named_seq is not None:
             # a file whose header cannot be read: named by the seq its name claims
             # (FORMAT.md section 9, step 5), its range open when it holds no seq of the log
-            seq_from = p.named_seq if p.named_seq is not None else seq_from
-            seq_to = seq_to if seq_to is not None and seq_to >= p.seq_from and seq_to >= seq_from else None
+            seq_from = p.named_seq
+            if seq_to is not None and (seq_to < p.seq_from or seq_to < seq_from):
+                seq_to = None
         report.violations.append(Violation(p.kind, nid, seq_from, seq_to, p.segment, p.detail))
     for name, problem in check_state_dir(data_dir.state, StateSeal(node.key, nid)):
         report.violations.append(Violation("state_corrupt", nid, None, None, f"state/{name}", problem))

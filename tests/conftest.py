@@ -47,6 +47,19 @@ def frozen_clock(_session_clock) -> _clock.FrozenClock:
     return _session_clock
 
 
+@pytest.fixture
+def written(tmp_path):
+    """A log with 20 events (``helpers_engine.draft`` 0..19) in one active segment,
+    two per commit, one frame each (the torn-tail and recovery suites)."""
+    from helpers_engine import draft, init_dir, settings
+    from engine.writer import LogWriter
+    dd, node = init_dir(tmp_path / "data")
+    with LogWriter(dd, node, settings(1 << 20)) as w:
+        for i in range(0, 20, 2):
+            w.append_batch([draft(i), draft(i + 1)])
+    return dd, node
+
+
 # -- HTTP service fixtures (tests/test_http_*.py) --------------------------------
 #
 # A real Service on a real data dir in tmp_path, real API keys, and an aiohttp

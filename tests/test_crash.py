@@ -180,16 +180,6 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
 
 # -- torn tails and damage, made by hand --------------------------------------------------------
 
-@pytest.fixture
-def written(tmp_path):
-    """A log with 20 events in one (active) segment, 2 per frame."""
-    dd, node = init_dir(tmp_path / "data")
-    with LogWriter(dd, node, settings(1 << 20)) as w:
-        for i in range(0, 20, 2):
-            w.append_batch([draft(i), draft(i + 1)])
-    return dd, node
-
-
 def _reopen_and_append(dd, node, *ns):
     w = LogWriter(dd, node, settings(1 << 20)).open()
     recovery = w.recovery

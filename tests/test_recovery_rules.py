@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_engine import (PYTHON, draft, flip_byte, frames_of, init_dir, invoke_cli, run_cli,
+from helpers_engine import (PYTHON, draft, flip_byte, frames_of, invoke_cli, run_cli,
                             segment_paths, settings, verify_json)
 from helpers_http import ServeProcess, clean_env, free_port, http_request
 from engine.log import NodeLog
@@ -24,16 +24,6 @@ from engine.verify import verify_node
 from engine.writer import LogWriter
 
 CRASH_SERVER = str(Path(__file__).with_name("crash_server.py"))
-
-
-@pytest.fixture
-def written(tmp_path):
-    """20 events, 2 per commit (one frame each), in the one active segment."""
-    dd, node = init_dir(tmp_path / "data")
-    with LogWriter(dd, node, settings(1 << 20)) as w:
-        for i in range(0, 20, 2):
-            w.append_batch([draft(i), draft(i + 1)])
-    return dd, node
 
 
 # -- a damaged last whole frame is kept, whatever part of its header is hit -------------------
