@@ -8,7 +8,9 @@ starts at :data:`TEST_EPOCH_US` (2026-03-14T09:00:00Z) and moves 1 ms per readin
 so no test depends on today's date.  A test that needs time to pass advances
 the ``frozen_clock`` fixture.  Programs the tests start as subprocesses (the
 CLI, servers, peers) keep the system clock: their own stamps and relative
-times agree with each other whatever the date.
+times agree with each other whatever the date.  The epoch lies before any day
+the suite runs on, so where one log gets entries from both (an in-process
+writer, then a subprocess), time still only moves forward.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 import cli.main
 from cli.main import cli as auditlog_cli
 from engine.datadir import DataDir
-from engine.entry import WIRE_FIELDS
+from engine.entry import WIRE_FIELDS, format_ts
 from engine.log import NodeLog
 from engine.segment import list_segments, parse_segment_header
 from export.csv import CSV_COLUMNS
@@ -514,7 +514,9 @@ def test_verify_and_query_exit_1_on_violation(data_dir):
 # ----------------------------------------------------------------------------- retention
 
 def future(days: int) -> str:
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``days`` after the node's clock (frozen in tests, tests/conftest.py), as RFC 3339."""
+    from engine import clock
+    return format_ts(clock.now_us() + days * 86_400_000_000)
 
 
 @pytest.fixture

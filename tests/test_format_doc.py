@@ -14,11 +14,11 @@ import re
 import shutil
 import struct
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from engine import clock
 from engine.chain import NodeKey
 from engine.datadir import DataDir
 from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
@@ -308,7 +308,7 @@ def test_tampering_is_reported_like_the_engine(built, tmp_path, tamper, kind):
 def test_retention_anchor_is_accepted(tmp_path):
     dd, node, total = _build(tmp_path / "data", batches=8)
     with LogWriter(dd, node, SETTINGS) as w:
-        report = run_retention(w, as_of_us=time.time_ns() // 1000 + 400 * DAY_US)
+        report = run_retention(w, as_of_us=clock.now_us() + 400 * DAY_US)
         assert report.dropped_entries > 0
         w.append_batch(_drafts(1))
     first = _segments(dd.root)[0]
