@@ -5,18 +5,20 @@ Concurrent callers share one write and one fsync: the first caller to find no
 commit in progress becomes the leader, takes everything queued and commits it;
 the others wait for the result of the commit that carried their entries.
 
-Recovery on open cuts a torn tail (a last frame cut short, or bytes at the end
-that are not a frame) back to the last whole frame; a whole frame that fails
-its checks is kept as is and the writer continues in a new segment.  A commit
-that fails part-way (a write, an fsync, creating the next segment) is undone:
-segments it created are removed and the active file is cut back to its last
-good frame before the error is returned.
+A commit's bytes are planned first (``engine.commit.plan_commit``: entries
+signed, cut into frames, frames into segments), then written, synced and
+published in that order.  Recovery on open (``engine.recovery``) cuts only
+what can be an unfinished write and sets aside files that cannot continue the
+log.  A commit that fails part-way (a write, an fsync, creating the next
+segment) is undone: segments it created are removed and the active file is cut
+back to its last good frame before the error is returned.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+from contextlib import contextmanager
 import os
 import struct
 import threading
@@ -27,11 +29,10 @@ from typing import Callable, Sequence
 
 from engine import clock
 from engine.chain import GENESIS
+from engine.commit import Piece, plan_commit
 from engine.datadir import DataDir, Node, fsync_dir, write_atomic
-from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len,
-                          record_from_canonical, sort_details)
+from engine.entry import EntryDraft, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
-from engine.frame import build_frame
 from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_manifest
 from engine.catalog import SegmentInfo, index_segment
 from engine.log import NodeLog
@@ -161,8 +162,6 @@ class LogWriter:
         self.key = node.key
         self.settings = settings
         self.log = log or NodeLog(data_dir, node)
-        self._sign = node.key.signer()
-        self._node_len = packed_len(self.node)
         self._index_key = node.key.derive(b"index")
         self._lock = WriterLock(data_dir.lock_path)
         self._cv = threading.Condition()
@@ -350,13 +349,16 @@ class LogWriter:
         self._active = info
         self._active_size = info.index.size
 
-    def _create_segment(self, first_seq: int, prev_sig: bytes, prev_mac: bytes) -> None:
-        """Create a segment durably: header to a temp file, fsync, rename, fsync the dir."""
+    def _create_segment(self, first_seq: int, prev_sig: bytes, prev_mac: bytes,
+                        built: tuple[bytes, SegmentHeader] | None = None) -> None:
+        """Create a segment durably: header to a temp file, fsync, rename, fsync the dir
+        (``built``: its header, already built by a commit's plan)."""
         seg_dir = self.data_dir.segments
         path = seg_dir / segment_name(first_seq)
         if path.exists():
             raise EngineError(f"segment {path.name} already exists; refusing to overwrite it")
-        raw, header = SegmentHeader.build(self.key, self.node, first_seq, self.now(), prev_sig, prev_mac)
+        raw, header = built or SegmentHeader.build(self.key, self.node, first_seq, self.now(), prev_sig,
+                                                   prev_mac)
         tmp = path.with_name(path.name + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -391,25 +393,36 @@ class LogWriter:
         except OSError:
             pass
 
-    def roll(self) -> None:
-        """Seal the active segment and start a new one (no entries needed)."""
+    @contextmanager
+    def _exclusive(self):
+        """Hold the commit slot: no group commit runs while the block does."""
         with self._cv:
             while self._committing:
                 self._cv.wait()
             self._committing = True
         try:
-            self._roll_locked()
+            yield
         finally:
             with self._cv:
                 self._committing = False
                 self._cv.notify_all()
 
-    def _roll_locked(self) -> None:
+    def roll(self) -> None:
+        """Seal the active segment and start a new one (no entries needed)."""
+        with self._exclusive():
+            self._roll_locked()
+
+    def _roll_locked(self, piece: Piece | None = None) -> None:
+        """Start a new segment (``piece``: the one a commit's plan rolls into)."""
         if self._dirty:
             os.fsync(self._fd)
             self._dirty = False
         old = self._active
-        self._create_segment(self.next_seq, self.last_sig, self.last_mac)
+        if piece is None:
+            self._create_segment(self.next_seq, self.last_sig, self.last_mac)
+        else:
+            self._create_segment(piece.header.first_seq, piece.header.prev_sig, piece.header.prev_mac,
+                                 (piece.header_bytes, piece.header))
         self._seal(old)
 
     def active_age(self) -> float:
@@ -492,17 +505,9 @@ class LogWriter:
         """
         if at_us < self.last_ts or at_us > self.now():
             raise EngineError("seed timestamps must not go backwards or into the future")
-        with self._cv:
-            while self._committing:
-                self._cv.wait()
-            self._committing = True
         req = _Pending(drafts)
-        try:
+        with self._exclusive():
             self._commit([req], at_us)
-        finally:
-            with self._cv:
-                self._committing = False
-                self._cv.notify_all()
         if req.error is not None:
             raise req.error
         return req.result
@@ -527,79 +532,32 @@ class LogWriter:
         # snapshot for rollback
         snap = (self.next_seq, self.last_sig, self.last_mac, self._active, self._active_size,
                 len(self._active.index.frames))
-        sign = self._sign
-        node, nlen = self.node, self._node_len
-        seq = self.next_seq
-        prev = self.last_sig
-        frame_max = settings.frame_max_payload
-        pending_files: list[tuple[SegmentInfo, list[bytes], list]] = []
-        cur_info = self._active
-        cur_bufs: list[bytes] = []
-        cur_rows: list = []
-        cur_size = self._active_size
-        last_mac = self.last_mac
-        records: list[bytes] = []
-        rsize = 0
-        first = seq
         all_drafts = [skew] if skew else []
         for r in batch:
             all_drafts.extend(r.drafts)
         # every batch's seqs are known before anything is written
-        first_of = seq + (1 if skew else 0)
+        first_of = self.next_seq + (1 if skew else 0)
         for r in batch:
             n = len(r.drafts)
             r.result = AppendResult(first_of, first_of + n - 1, ts)
             first_of += n
         tagged = [(r.tag, r.result) for r in batch if r.tag is not None]
-
-        def emit_frame(continues: bool):
-            # ``continues``: more frames of this commit follow (recovery cuts a commit
-            # whose last frame on disk says so: it was never acknowledged)
-            nonlocal cur_info, cur_bufs, cur_rows, cur_size, last_mac, records, rsize, first
-            fbytes_len = 48 + 3 + rsize + 32
-            if cur_info.index.frames or cur_rows:
-                if cur_size + fbytes_len > settings.segment_max_bytes:
-                    if cur_bufs:
-                        pending_files.append((cur_info, cur_bufs, cur_rows))
-                    self._write_pending(pending_files)
-                    pending_files.clear()
-                    self.next_seq, self.last_sig, self.last_mac = first, prev_of_first[0], last_mac
-                    self._roll_locked()
-                    cur_info, cur_bufs, cur_rows = self._active, [], []
-                    cur_size, last_mac = self._active_size, self._active.header.mac
-            fb, mac = build_frame(records, first, ts, ts, self.key, last_mac, continues=continues)
-            cur_rows.append((FrameRow(cur_size, first, len(records), ts, ts), mac, prev))
-            cur_bufs.append(fb)
-            cur_size += len(fb)
-            last_mac = mac
-            first += len(records)
-            records, rsize = [], 0
-
-        prev_of_first = [prev]
+        plan = plan_commit(all_drafts, key=self.key, node=self.node, seq=self.next_seq, ts=ts,
+                           prev_sig=self.last_sig, prev_mac=self.last_mac, segment_size=self._active_size,
+                           segment_has_frames=bool(self._active.index.frames),
+                           segment_max_bytes=settings.segment_max_bytes,
+                           frame_max_payload=settings.frame_max_payload)
         self._new_segments = []
-        # canonical = [node, seq, ts, *draft]: a fixed head, seq, ts, then the
-        # packed draft (the validation worker sends drafts already packed)
-        head = RECORD_HEADER + pack_value(node)
-        ts_packed = pack_value(ts)
         try:
             if tagged and self.before_commit is not None:
                 # before any byte of the batch is written: what the hook records
                 # (e.g. idempotency keys) is durable before the entries are
                 self.before_commit(tagged)
-            for d in all_drafts:
-                canon = head + pack_value(seq) + ts_packed + (d if type(d) is bytes else pack_draft(d))
-                sig = sign(prev, canon)
-                rec = record_from_canonical(nlen, canon, sig)
-                if records and rsize + len(rec) > frame_max:
-                    emit_frame(True)   # may write earlier frames and roll to a new segment
-                    prev_of_first[0] = prev
-                records.append(rec)
-                rsize += len(rec)
-                prev = sig
-                seq += 1
-            emit_frame(False)
-            pending_files.append((cur_info, cur_bufs, cur_rows))
-            self._write_pending(pending_files, last=True)
+            for piece in plan.pieces:
+                if piece.header is not None:
+                    # the frames written so far are durable before the next segment exists
+                    self._roll_locked(piece)
+                self._write_piece(piece, ts)
         except BaseException:
             # whatever failed (a write, an fsync, creating the next segment), nothing
             # of this batch may stay behind: it was never acknowledged
@@ -608,43 +566,41 @@ class LogWriter:
             raise
         finally:
             self._new_segments = None
-        self.next_seq, self.last_sig, self.last_mac, self.last_ts = seq, prev, last_mac, ts
+        self.next_seq, self.last_sig, self.last_mac, self.last_ts = (plan.next_seq, plan.last_sig,
+                                                                     plan.last_mac, ts)
         for r in batch:
             r.done = True
 
-    def _write_pending(self, pending, last: bool = False) -> None:
-        """Write frames to the active file, make them durable, then publish them to readers."""
-        for info, bufs, rows in pending:
-            if not bufs:
-                continue
-            if info is not self._active:
-                raise EngineError("internal: frames for a segment that is no longer active")
-            data = b"".join(bufs)
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)   # O_APPEND: lands at the end of the file
-                view = view[n:]
-            t0 = time.perf_counter()
-            mode = self.settings.fsync
-            if mode == "always" or (mode == "interval" and
-                                    time.monotonic() - self._last_sync >= self.settings.fsync_interval):
-                # after this line the frames survive a crash; before it, a crash may
-                # leave a torn tail, which recovery cuts back (never acknowledged)
-                os.fdatasync(self._fd)
-                self._last_sync = time.monotonic()
-                self._dirty = False
-            else:
-                self._dirty = True
-            dt = time.perf_counter() - t0
-            idx = info.index
-            for row, mac, last_sig in rows:
-                idx.add_frame(row)
-                idx.last_mac = mac
-                idx.last_sig = last_sig
-            self._active_size += len(data)
-            idx.size = self._active_size
-            if self.on_commit:
-                self.on_commit(sum(r[0].count for r in rows), dt)
+    def _write_piece(self, piece: Piece, ts: int) -> None:
+        """Write a piece's frames to the active segment, make them durable, then publish
+        them to readers."""
+        data = piece.data
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)   # O_APPEND: lands at the end of the file
+            view = view[n:]
+        t0 = time.perf_counter()
+        mode = self.settings.fsync
+        if mode == "always" or (mode == "interval" and
+                                time.monotonic() - self._last_sync >= self.settings.fsync_interval):
+            # after this line the frames survive a crash; before it, a crash may leave
+            # a torn tail, or an unfinished commit, which recovery cuts back (never
+            # acknowledged)
+            os.fdatasync(self._fd)
+            self._last_sync = time.monotonic()
+            self._dirty = False
+        else:
+            self._dirty = True
+        dt = time.perf_counter() - t0
+        idx = self._active.index
+        for f in piece.frames:
+            idx.add_frame(FrameRow(f.offset, f.first_seq, f.count, ts, ts))
+            idx.last_mac = f.mac
+            idx.last_sig = f.last_sig
+        self._active_size += len(data)
+        idx.size = self._active_size
+        if self.on_commit:
+            self.on_commit(sum(f.count for f in piece.frames), dt)
 
     def _rollback(self, snap) -> None:
         """Undo a failed commit: drop the segments it created, cut the active file
@@ -682,6 +638,3 @@ class LogWriter:
         idx.size = size
         self._active_size = size
         self.next_seq, self.last_sig, self.last_mac = next_seq, last_sig, last_mac
-
-
-

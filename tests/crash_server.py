@@ -29,11 +29,11 @@ from engine.writer import LogWriter  # noqa: E402
 def arm(when: str) -> None:
     original = LogWriter._create_segment
 
-    def create_segment(self, first_seq, prev_sig, prev_mac):
+    def create_segment(self, first_seq, prev_sig, prev_mac, *args):
         in_commit = self._new_segments is not None     # a roll inside a commit, not at open
         if in_commit and when == "before-create":
             os.kill(os.getpid(), signal.SIGKILL)
-        original(self, first_seq, prev_sig, prev_mac)
+        original(self, first_seq, prev_sig, prev_mac, *args)
         if in_commit and when == "after-create":
             os.kill(os.getpid(), signal.SIGKILL)
 
