@@ -565,7 +565,8 @@ def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | Non
                 hits = idx.frames_matching(terms)
             else:                                        # postings in engine.terms (v2)
                 with SegmentData(info.path) as sd:
-                    hits = log._term_hits(info, sd.data, terms, n, info is not infos[-1])
+                    found = log.postings.hits(info, sd.data, terms, n, info is not infos[-1])
+                hits = found[0] if found is not None else None
             if isinstance(hits, list):                   # point reads of single entries
                 frames += len({idx.frame_of_seq(seq) for seq, _ in hits})
                 decoded += len(hits)

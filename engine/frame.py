@@ -126,3 +126,18 @@ def check_frame(header_bytes: bytes, hdr: FrameHeader, payload: bytes, mac: byte
     if key.mac(prev_mac, header_bytes, payload) != mac:
         return "mac_mismatch"
     return None
+
+
+def check_frame_at(data, off: int, version: int, key: NodeKey):
+    """``(header, payload, mac, problem)`` of the frame at ``off`` of a segment of format
+    ``version``: ``problem`` is None when its checksum and chained MAC (from the 32 bytes
+    in front of it) verify, ``"truncated"`` when the data ends inside it.  FrameError:
+    no frame header there."""
+    hbytes = data[off: off + HEADER_SIZE]
+    hdr = parse_header(hbytes, version)
+    end = off + HEADER_SIZE + hdr.payload_len
+    payload = data[off + HEADER_SIZE: end]
+    mac = data[end: end + MAC_SIZE]
+    if len(mac) != MAC_SIZE:
+        return hdr, payload, mac, "truncated"
+    return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, key, data[off - MAC_SIZE: off])

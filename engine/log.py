@@ -25,26 +25,22 @@ appends.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from itertools import chain
 from typing import Callable, Iterator
 
 import msgpack
 
 from engine.catalog import Catalog, SegmentInfo, unpack_records
-from engine.datadir import DataDir, Node, write_atomic
+from engine.datadir import DataDir, Node
 from engine.entry import ENTRY_SUB, R_SIG, Entry
-from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame, parse_header
+from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header
 from engine.index import FrameRow
 from engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
 from engine.layout import Slot, layout
+from engine.postings import Postings
 from engine.segment import SegmentData
-from engine.terms import TERM_FIELDS, TermIndex, terms_path
 
 FAR_FUTURE = 2**62
-#: postings kept decoded in memory, all segments together (least recently used go first)
-TERMS_CACHE_BYTES = 256 * 1024 * 1024
 #: no record is larger than this (details are bounded far below it)
 MAX_RECORD_PEEK = 1024 * 1024
 
@@ -61,8 +57,7 @@ class NodeLog:
         self.sign = node.key.signer()
         self._index_key = node.key.derive(b"index")
         self.catalog = Catalog(data_dir, node)
-        self._terms: OrderedDict[str, TermIndex] = OrderedDict()
-        self._terms_lock = threading.Lock()
+        self.postings = Postings(node.key)
         self._anchor: tuple | None = None
         # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
         self._canon_prefix = b"\x9b" + msgpack.packb(node.node_id)
@@ -236,7 +231,7 @@ class NodeLog:
         with sd:
             data = sd.data
             if terms:
-                found = self._term_hits(info, data, terms, nframes, sealed)
+                found = self.postings.hits(info, data, terms, nframes, sealed)
                 if found is not None:
                     hits, suspect = found
                     if isinstance(hits, list):
@@ -355,17 +350,7 @@ class NodeLog:
         return out
 
     def _check_frame_at(self, data, off: int, version: int):
-        """``(header, payload, mac, problem)`` of the frame at ``off``: ``problem`` is
-        None when its checksum and chained MAC verify.  FrameError: no header there."""
-        hbytes = data[off: off + HEADER_SIZE]
-        hdr = parse_header(hbytes, version)
-        end = off + HEADER_SIZE + hdr.payload_len
-        payload = data[off + HEADER_SIZE: end]
-        mac = data[end: end + MAC_SIZE]
-        if len(mac) != MAC_SIZE:
-            return hdr, payload, mac, "truncated"
-        return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, self.key,
-                                              data[off - MAC_SIZE: off])
+        return check_frame_at(data, off, version, self.key)
 
     def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
         from engine.entry import canonical_bytes
@@ -376,114 +361,10 @@ class NodeLog:
 
     # -- selective reads through term postings -----------------------------------
 
-    def _term_hits(self, info: SegmentInfo, data, terms, nframes: int, sealed: bool):
-        """Postings matching ``terms`` and the frames they cannot speak for:
-        ``(hits, suspect)`` with hits a list of (seq, file offset), or a set of frame
-        ordinals when so many match that whole frames are cheaper; None when the
-        postings cannot answer."""
-        ti = self._terms_for(info, data, nframes, sealed, tuple(terms))
-        if ti is None:
-            return None
-        found = ti.lookup(terms)
-        if found is None:
-            return None
-        suspect = set(ti.damaged)
-        total = sum(f.count for f in info.index.frames[:nframes])
-        first = info.header.first_seq
-        if len(found) > max(256, total // 16):
-            return {info.index.frame_of_seq(first + so) for so, _ in found}, suspect
-        return [(first + so, off) for so, off in found], suspect
-
-    def _terms_for(self, info: SegmentInfo, data, nframes: int, sealed: bool,
-                   fields=()) -> TermIndex | None:
-        """Postings of a segment covering its first ``nframes`` frames.
-
-        Sealed segments are kept in memory as lean copies holding only the
-        fields queries asked for (the rest is reloaded from the sidecar when
-        needed), within a cache budget; the active segment is kept whole and
-        extended as the writer adds frames.
-        """
-        with self._terms_lock:
-            ti = self._terms.get(info.name)
-            if ti is not None and (ti.header_mac != info.header.mac or ti.frames > nframes
-                                   or (sealed and not all(ti.has(f) for f in fields))):
-                ti = None
-            if ti is not None and ti.frames == nframes:
-                self._terms.move_to_end(info.name)
-                return ti
-            if ti is None and sealed:
-                ti = self._load_terms(info)
-            if ti is None:
-                ti = TermIndex(info.name, info.header.mac, info.header.first_seq)
-            if ti.frames < nframes:
-                self._extend_terms(ti, info, data, nframes)
-                if sealed:
-                    try:
-                        write_atomic(terms_path(info.path), ti.to_bytes(self._index_key, ti.size), sync=False)
-                    except OSError:
-                        pass   # derived data: rebuilt next time
-            if sealed:
-                cached = self._terms.get(info.name)
-                keep = set(fields) | ({f for f in TERM_FIELDS if cached.has(f)} if cached is not None
-                                      and cached.header_mac == ti.header_mac else set())
-                ti = ti.lean(keep)
-            self._terms[info.name] = ti
-            self._terms.move_to_end(info.name)
-            used = 0
-            for name in reversed(list(self._terms)):
-                used += self._terms[name].approx_bytes()
-                if used > TERMS_CACHE_BYTES and name != info.name:
-                    del self._terms[name]
-            return ti
-
     def build_missing_terms(self, limit: int = 4) -> int:
-        """Write ``.terms`` sidecars for up to ``limit`` sealed segments that lack
-        one, so the first selective query after a roll or a restart need not
-        build them.  Returns how many were built."""
-        built = 0
-        infos = self.segment_infos()
-        for info in infos[:-1]:
-            if built >= limit:
-                break
-            if not info.usable or terms_path(info.path).exists():
-                continue
-            try:
-                with SegmentData(info.path) as sd:
-                    self._terms_for(info, sd.data, len(info.index.frames), True)
-            except FileNotFoundError:
-                continue   # dropped by retention meanwhile
-            built += 1
-        return built
-
-    def _load_terms(self, info: SegmentInfo) -> TermIndex | None:
-        try:
-            raw = terms_path(info.path).read_bytes()
-        except OSError:
-            return None
-        ti = TermIndex.from_bytes(raw, self._index_key)
-        if ti is None or ti.name != info.name or ti.header_mac != info.header.mac \
-                or ti.frames != len(info.index.frames) or ti.size != info.index.size:
-            return None
-        return ti
-
-    def _extend_terms(self, ti: TermIndex, info: SegmentInfo, data, nframes: int) -> None:
-        """Index frames ``ti.frames .. nframes-1``.  Only frames that verify are indexed;
-        every other one is listed as damaged, and selective reads visit it."""
-        frames = info.index.frames
-        for o in range(ti.frames, nframes):
-            if o in info.index.damaged:
-                continue
-            off = frames[o].offset
-            try:
-                hdr, payload, _, problem = self._check_frame_at(data, off, info.version)
-                if problem is None and hdr.first_seq == frames[o].first_seq:
-                    ti.add_frame(payload, off + HEADER_SIZE)
-                    continue
-            except (FrameError, ValueError, TypeError, msgpack.UnpackException):
-                pass
-            ti.damaged.add(o)
-        ti.frames = nframes
-        ti.size = info.index.size if nframes == len(frames) else frames[nframes].offset
+        """Write ``.terms`` sidecars for up to ``limit`` sealed segments that lack one
+        (``engine.postings``); returns how many were built."""
+        return self.postings.build_missing(self.segment_infos()[:-1], limit)
 
     def _read_hits(self, slot: Slot, data, hits: list, suspect: set[int], start: int, stop: int,
                    lo: int, hi: int, desc: bool, pos_ok, predicate) -> Iterator[Item]:
