@@ -63,7 +63,7 @@ class NodeKey:
         return sign
 
     def derive(self, label: bytes) -> "NodeKey":
-        """A sub-key for derived files (indexes, manifest, cursor files)."""
+        """A sub-key for derived files (indexes, line files, sealed state)."""
         return NodeKey(hmac.digest(self._key, b"auditlog derive:" + label, "sha256"))
 
     def equals(self, other: "NodeKey") -> bool:

@@ -3,7 +3,7 @@
     <data-dir>/node.id          the node id (text)
     <data-dir>/node.key         32 random bytes, mode 0600
     <data-dir>/LOCK             the single-writer lock (fcntl)
-    <data-dir>/segments/*.seg   the log; *.idx and MANIFEST are derived
+    <data-dir>/segments/*.seg   the log; *.idx, *.terms and *.lines are derived
     <data-dir>/state/           other node-local state (API keys, cursors)
 """
 

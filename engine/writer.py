@@ -32,7 +32,7 @@ from engine.entry import (RECORD_HEADER, EntryDraft, pack_draft, pack_value, pac
                           record_from_canonical, sort_details)
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.frame import build_frame
-from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_manifest
+from engine.index import FrameRow, SegmentIndex, index_path
 from engine.catalog import SegmentInfo, index_segment
 from engine.log import NodeLog
 from engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
@@ -380,14 +380,9 @@ class LogWriter:
         self._set_active(SegmentInfo(path, header, SegmentIndex(path.name, header.mac, header.size)))
 
     def _seal(self, info: SegmentInfo) -> None:
-        """Write a just-sealed segment's index and the manifest (derived, best effort)."""
+        """Write a just-sealed segment's index (derived, best effort)."""
         try:
             write_atomic(index_path(info.path), info.index.to_bytes(self._index_key), sync=False)
-            rows = []
-            for i in self.log.segment_infos()[:-1]:
-                if i.index is not None and i.header is not None:
-                    rows.append(manifest_row(i.index, i.header.first_seq))
-            save_manifest(self.data_dir.segments, rows, self._index_key)
         except OSError:
             pass
 

@@ -353,9 +353,9 @@ def _frames_of(data_dir: Path):
 
 
 def _drop_derived(dd) -> None:
-    from engine.index import INDEX_SUFFIX, MANIFEST_NAME
+    from engine.index import INDEX_SUFFIX
     for p in dd.segments.iterdir():
-        if p.suffix == INDEX_SUFFIX or p.name == MANIFEST_NAME:
+        if p.suffix == INDEX_SUFFIX:
             p.unlink()
 
 

@@ -156,7 +156,7 @@ def read_frame_header(path: Path, offset: int):
 
 
 def drop_derived(dd: DataDir) -> None:
-    """Remove indexes and the manifest (derived data), so nothing cached hides damage."""
+    """Remove indexes and other sidecars (derived data), so nothing cached hides damage."""
     for p in dd.segments.iterdir():
         if not p.name.endswith(".seg"):
             p.unlink()

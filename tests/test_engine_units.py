@@ -1,7 +1,6 @@
 """Unit and property tests of the engine's building blocks: frames, the canonical
-entry encoding, the HMAC chain and the node key, the segment index and the
-manifest; and one integration check that derived files (``*.idx``, ``MANIFEST``)
-are never trusted: damaging or deleting them does not change what a scan returns.
+entry encoding, the HMAC chain and the node key, the segment index; and one
+integration check that derived files (``*.idx``) are never trusted: damaging or deleting them does not change what a scan returns.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from engine.errors import KeyFileError
 from engine.frame import (FRAME_MAGIC, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError,
                           build_frame, check_frame, parse_header)
 from engine.terms import TERM_FIELDS, TermIndex
-from engine.index import (INDEX_VERSION, MANIFEST_NAME, FrameRow, ManifestRow, SegmentIndex,
-                          index_path, load_manifest, manifest_row, save_manifest)
+from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.settings import StoreSettings
@@ -352,7 +350,7 @@ def test_derived_keys_differ_and_are_deterministic():
     raw = os.urandom(KEY_BYTES)
     a, b = NodeKey(raw), NodeKey(raw)
     assert a.equals(b) and not a.equals(OTHER_KEY)
-    ia, ma = a.derive(b"index"), a.derive(b"manifest")
+    ia, ma = a.derive(b"index"), a.derive(b"terms")
     assert ia.equals(b.derive(b"index"))
     assert not ia.equals(ma) and not ia.equals(a)
     assert ia.mac(b"x") != a.mac(b"x")
@@ -482,10 +480,8 @@ NON_MAP_BODIES = [msgpack.packb([1, 2]), msgpack.packb(7), msgpack.packb("v")]
 
 
 @pytest.mark.parametrize("body", NON_MAP_BODIES)
-def test_index_and_manifest_with_valid_mac_but_non_map_body_are_refused(tmp_path, body):
+def test_index_with_valid_mac_but_non_map_body_is_refused(body):
     assert SegmentIndex.from_bytes(body + INDEX_KEY.mac(b"index", body), INDEX_KEY) is None
-    (tmp_path / MANIFEST_NAME).write_bytes(body + INDEX_KEY.mac(b"manifest", body))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
 
 
 @PROPS
@@ -584,48 +580,6 @@ def test_term_postings_examples():
     assert seqs({"user": frozenset({"nobody"})}) == []
 
 
-# ----------------------------------------------------------------------------- manifest
-
-manifest_rows = st.lists(st.builds(
-    ManifestRow, name=st.from_regex(r"[0-9]{20}\.seg", fullmatch=True), first_seq=seqs,
-    last_seq=st.integers(0, 2 ** 63 - 1), count=st.integers(0, 10 ** 6),
-    min_ts=st.none() | tss, max_ts=st.none() | tss, size=st.integers(0, 2 ** 40),
-    header_mac=st.binary(min_size=32, max_size=32)), max_size=6, unique_by=lambda r: r.name)
-
-
-@PROPS
-@given(rows=manifest_rows, data=st.data())
-def test_manifest_round_trip_and_damage(tmp_path_factory, rows, data):
-    d = tmp_path_factory.mktemp("m")
-    save_manifest(d, rows, INDEX_KEY)
-    assert load_manifest(d, INDEX_KEY) == {r.name: r for r in rows}
-    assert load_manifest(d, OTHER_KEY) == {}
-    raw = (d / MANIFEST_NAME).read_bytes()
-    pos = data.draw(st.integers(0, len(raw) - 1), label="pos")
-    bad = bytearray(raw)
-    bad[pos] ^= data.draw(st.integers(1, 255), label="xor")
-    (d / MANIFEST_NAME).write_bytes(bytes(bad))
-    assert load_manifest(d, INDEX_KEY) == {}
-    (d / MANIFEST_NAME).write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")])
-    assert load_manifest(d, INDEX_KEY) == {}
-    assert not list(d.glob("*.tmp"))
-
-
-def test_manifest_missing_or_garbage_is_empty(tmp_path):
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
-    (tmp_path / MANIFEST_NAME).write_bytes(os.urandom(200))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
-    body = msgpack.packb({"v": 1, "segments": [["a", 1]]})
-    (tmp_path / MANIFEST_NAME).write_bytes(body + INDEX_KEY.mac(b"manifest", body))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}     # valid MAC, wrong shape
-
-
-def test_manifest_row_of_an_empty_segment():
-    idx = SegmentIndex("00000000000000000007.seg", b"m" * 32, 90)
-    row = manifest_row(idx, 7)
-    assert (row.first_seq, row.last_seq, row.count, row.min_ts, row.max_ts) == (7, 6, 0, None, None)
-
-
 # ----------------------------------------------------------------------------- derived files are never trusted
 
 @pytest.fixture(scope="module")
@@ -646,7 +600,6 @@ def many_segments(tmp_path_factory) -> Path:
     assert len(segs) >= 5
     NodeLog(dd, node).head()      # let the reader write any missing sidecar
     assert all(index_path(p).exists() for p in segs[:-1])
-    assert (root / "segments" / MANIFEST_NAME).exists()
     return root
 
 
@@ -698,7 +651,7 @@ def _garbage(p: Path, i: int) -> None:
 
 @pytest.mark.parametrize("damage", [_delete, _flip, _truncate, _empty, _garbage, "swap"],
                          ids=["delete", "flip", "truncate", "empty", "garbage", "swap"])
-def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segments, tmp_path, damage):
+def test_damaged_or_missing_indexes_do_not_change_results(many_segments, tmp_path, damage):
     root = tmp_path / "data"
     shutil.copytree(many_segments, root)
     baseline = snapshot_queries(root)
@@ -710,9 +663,8 @@ def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segm
         contents = [p.read_bytes() for p in idx_files]
         for p, raw in zip(idx_files, contents[1:] + contents[:1]):
             p.write_bytes(raw)
-        (seg_dir / MANIFEST_NAME).write_bytes(b"")
     else:
-        for i, p in enumerate([*idx_files, seg_dir / MANIFEST_NAME]):
+        for i, p in enumerate(idx_files):
             damage(p, i)
     seg_bytes = {p.name: p.read_bytes() for p in list_segments(seg_dir)}
     assert snapshot_queries(root) == baseline
@@ -725,6 +677,25 @@ def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segm
         assert idx is not None and idx.name == p.name and idx.size == p.stat().st_size
     # and a second read through the rebuilt files still agrees
     assert snapshot_queries(root) == baseline
+
+
+def test_a_leftover_manifest_is_ignored_and_never_rewritten(many_segments, tmp_path):
+    """Earlier versions wrote ``segments/MANIFEST`` on every seal; nothing reads it: reads
+    and ``verify`` are the same with it there, and sealing a segment leaves it as it is."""
+    root = tmp_path / "data"
+    shutil.copytree(many_segments, root)
+    baseline = snapshot_queries(root)
+    leftover = root / "segments" / "MANIFEST"
+    leftover.write_bytes(os.urandom(300))
+    before = leftover.read_bytes()
+    assert snapshot_queries(root) == baseline
+    dd = DataDir(root)
+    node = dd.open()
+    with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none")) as w:
+        w.append_batch([EntryDraft("u", "email.receive", details={"i": i}) for i in range(40)])
+        w.roll()
+    assert leftover.read_bytes() == before
+    assert verify_node(dd, node).ok
 
 
 def test_index_of_another_segment_with_same_size_is_not_trusted(many_segments, tmp_path):
