@@ -1101,7 +1101,7 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     from engine.datadir import DataDir
     from engine.lines import line_marks
     from engine.log import NodeLog
-    from query.cluster import LineTaker
+    from query.sources import LineTaker
     from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
     from query.scan import read_node

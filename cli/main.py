@@ -599,51 +599,33 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
       auditlog --data-dir ./demo-data serve --demo
     """
     import logging
-    from query.server import parse_listen, serve as run_serve, serve_forever
-    from query.service import Service
+    from query.http.server import parse_listen, serve as run_serve, serve_forever
+    from query.node import build_node
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = obj.config
-    listen = listen or cfg.server_listen
+    listen = listen or cfg.server.listen
     parse_listen(listen)
     if not obj.data_dir.is_initialised():
         node_id = cfg.node_id or default_node_id()
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
-    from query.service import ServiceSettings
-    workers = cfg.server_validate_workers
-    if workers is None:
-        workers = 1 if (os.cpu_count() or 1) > 1 else 0
-    service = Service(obj.data_dir, obj.node(), cfg.store_settings(),
-                      ServiceSettings(validate_workers=workers)).open()
-    if cfg.syslog is not None:
-        from export.syslog import SyslogSettings
-        y = cfg.syslog
-        service.start_syslog(SyslogSettings(target=y.target, sd_id=y.sd_id, udp_max_bytes=y.udp_max_bytes,
-                                            ca=y.ca, cert=y.cert, key=y.key, server_name=y.server_name))
-    unix_socket = unix_socket or cfg.server_unix_socket
-    if cfg.cluster is not None and (cfg.cluster.listen or cfg.cluster.peers):
-        from query.cluster import Cluster, ClusterSettings
-        from query.peers import PeerConfig
-        c = cfg.cluster
-        service.cluster = Cluster(service, ClusterSettings(
-            listen=c.listen, ca=Path(c.ca), cert=Path(c.cert), key=Path(c.key),
-            peer_timeout=c.peer_timeout, checkpoint_interval=c.checkpoint_interval,
-            peers=tuple(PeerConfig(p.node, p.url) for p in c.peers if p.node != service.node_id)))
+    node = build_node(cfg.node_config(), obj.data_dir)
+    unix_socket = unix_socket or cfg.server.unix_socket
     try:
         if demo:
-            _seed_demo(service)
+            _seed_demo(node)
     except BaseException:
-        service.close()
+        node.close()
         raise
 
     def ready(runner):
-        click.echo(f"auditlog: node {service.node_id} serving http://{listen}/ "
+        click.echo(f"auditlog: node {node.node_id} serving http://{listen}/ "
                    f"(data dir {obj.data_dir.root})", err=True)
 
     try:
-        serve_forever(run_serve(service, listen, unix_socket, ready))
+        serve_forever(run_serve(node, listen, unix_socket, ready))
     except OSError as e:
-        service.close()
+        node.close()
         fail(f"cannot listen on {listen}: {e.strerror or e}")
 
 
@@ -677,8 +659,8 @@ _REVOKE_OVER_API = ("the server is running and owns the writer: revoke over the 
 
 
 def _key_store(obj: Context, writer=None):
-    """The API keys as the log says (query.auth.KeyStore); problems found go to stderr."""
-    from query.auth import KeyStore
+    """The API keys as the log says (query.http.auth.KeyStore); problems found go to stderr."""
+    from query.http.auth import KeyStore
     node = obj.node() if writer is None else Node(writer.node, writer.key)
     store = KeyStore(node, obj.data_dir.state, writer.log if writer else NodeLog(obj.data_dir, node),
                      writer).load()
@@ -718,7 +700,7 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
     Example:
       auditlog apikey create --role writer --name quarantine-service
     """
-    from query.auth import check_name
+    from query.http.auth import check_name
     obj.node()
     check_name(name)
     with _key_store_for_change(obj, _CREATE_OVER_API) as store:
@@ -789,7 +771,7 @@ def cluster_ca_init(out: str) -> None:
     Example:
       auditlog cluster ca-init --out /etc/auditlog/ca
     """
-    from query.pki import ca_init
+    from query.cluster.pki import ca_init
     cert, key = ca_init(Path(out))
     click.echo(f"wrote {cert} and {key} (keep ca.key offline; it signs node certificates)")
 
@@ -808,7 +790,7 @@ def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str) -
     Example:
       auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net --out /etc/auditlog/tls
     """
-    from query.pki import issue_cert
+    from query.cluster.pki import issue_cert
     cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out))
     click.echo(f"wrote {cert} and {key} for node {node}")
 

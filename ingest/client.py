@@ -50,7 +50,7 @@ server replays its first answer instead of appending again.  This holds within
 the server's idempotency window: the key must still be among the node's last
 ``idempotency_entries`` (10 000) keys, which survive restarts and crashes: the
 server makes a batch's key durable in the same commit as its entries (see
-``query.idempotency.IdempotencyCache``).  Retries happen within seconds to
+``ingest.idempotency.IdempotencyCache``).  Retries happen within seconds to
 minutes, far inside that window unless thousands of batches arrive in between.
 
 Raise or buffer: ``on_unavailable``

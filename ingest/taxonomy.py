@@ -19,7 +19,7 @@ AUDIT_ACTIONS: frozenset[str] = frozenset({
 })
 
 #: Actions outside ``audit.*`` that the node records about itself: its cluster
-#: membership (``query.cluster``) and the use of its API keys (``query.service``).
+#: membership (``query.cluster.fanout``) and the use of its API keys (``query.node``).
 NODE_ACTIONS: frozenset[str] = frozenset({
     "cluster.node_join", "cluster.node_leave", "auth.api_key_used",
 })

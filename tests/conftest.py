@@ -64,30 +64,32 @@ def written(tmp_path):
 
 # -- HTTP service fixtures (tests/test_http_*.py) --------------------------------
 #
-# A real Service on a real data dir in tmp_path, real API keys, and an aiohttp
+# A real node (query.node.build_node) on a real data dir in tmp_path, real API keys, and an aiohttp
 # test client over a real socket: no mocks anywhere.
 
 import pytest_asyncio  # noqa: E402
 
 from engine.datadir import DataDir  # noqa: E402
 from engine.settings import StoreSettings  # noqa: E402
-from query.service import Service, ServiceSettings  # noqa: E402
+from query.node import NodeConfig, RunningNode, ServiceSettings, build_node  # noqa: E402
 
 HTTP_NODE = "node-a"
 
 
 @pytest.fixture
 def make_service(tmp_path):
-    """``make_service(store=..., settings=..., name=...)`` -> an open Service on a fresh
-    data dir under tmp_path (node ``node-a``); every one is closed at teardown."""
-    made: list[Service] = []
+    """``make_service(store=..., settings=..., name=..., cluster=..., syslog=...)`` -> an
+    open node (``build_node``) on a fresh data dir under tmp_path (node ``node-a``); its
+    cluster and syslog forwarder run while a client of it runs; every one is closed at
+    teardown."""
+    made: list[RunningNode] = []
 
     def make(store: StoreSettings | None = None, settings: ServiceSettings | None = None,
-             name: str = "data") -> Service:
+             name: str = "data", cluster=None, syslog=None) -> RunningNode:
         dd = DataDir(tmp_path / name)
         dd.init(HTTP_NODE)
-        svc = Service(dd, dd.open(), store or StoreSettings(fsync="none"),
-                      settings or ServiceSettings()).open()
+        svc = build_node(NodeConfig(store or StoreSettings(fsync="none"), settings or ServiceSettings(),
+                                    cluster, syslog), dd)
         made.append(svc)
         return svc
 
@@ -113,9 +115,9 @@ async def make_client(make_service, aiohttp_client):
     """``await make_client(service)`` -> an aiohttp test client serving create_app(service).
 
     make_service is set up first, so the clients are closed before the services."""
-    from query.app import create_app
+    from query.http.app import create_app
 
-    async def make(service: Service):
+    async def make(service: RunningNode):
         return await aiohttp_client(create_app(service))
 
     return make

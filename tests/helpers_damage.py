@@ -288,7 +288,7 @@ def build_derived(data_dir: Path) -> None:
     log = NodeLog(dd, node)
     log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id),
                                keep=True)
-    from query.cluster import LineTaker
+    from query.sources import LineTaker
     taker = LineTaker(log, log.read(), None, None, "asc")
     while taker.take(1 << 20) is not None:
         pass
@@ -1097,14 +1097,13 @@ async def _http_session(d: Path, r: Resolved, four_eyes: bool, only_four_eyes: b
     from aiohttp import web
 
     from engine.settings import StoreSettings
-    from query.app import create_app
-    from query.service import Service, ServiceSettings
+    from query.http.app import create_app
+    from query.node import NodeConfig, build_node
 
     dd = DataDir(d)
     problems: list[str] = []
     try:
-        service = Service(dd, dd.open(), StoreSettings(fsync="none", segment_max_bytes=SEGMENT_MAX),
-                          ServiceSettings()).open()
+        service = build_node(NodeConfig(StoreSettings(fsync="none", segment_max_bytes=SEGMENT_MAX)), dd)
     except Exception as e:   # noqa: BLE001
         return [], None, [f"http: the service does not start on this data dir: {_exc(e)}"], {}
     recovery = service.writer.recovery
@@ -1231,7 +1230,7 @@ class HttpRun:
 def run_http(d: Path, r: Resolved, damaged: Path, p: Pristine, four_eyes: bool = False,
              only_four_eyes: bool = False) -> HttpRun:
     """Serve data dir ``d`` (a copy of its own: the service runs a writer) with the real
-    Service and aiohttp app on 127.0.0.1, and read it every way (``four_eyes``: the
+    node (``query.node.build_node``) and aiohttp app on 127.0.0.1, and read it every way (``four_eyes``: the
     four-eyes report too; ``only_four_eyes``: nothing else)."""
     errors = _Errors()
     root = logging.getLogger()

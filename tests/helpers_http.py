@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.servers import free_ports, wait_serving
-from query.service import Service
+from query.node import RunningNode
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDITLOG = str(ROOT / ".venv" / "bin" / "auditlog")
@@ -35,7 +35,7 @@ def bearer(token: str) -> dict[str, str]:
 KEY_ENTRIES = 5
 
 
-def make_keys(service: Service) -> dict[str, str]:
+def make_keys(service: RunningNode) -> dict[str, str]:
     """One key per role, plus a revoked admin key: {"writer"|"reader"|"admin"|"revoked": token}.
 
     Their ``audit.api_key_create``/``revoke`` entries are seqs 1..KEY_ENTRIES of a new log."""
@@ -54,7 +54,7 @@ def ev(i: int = 0, **kw) -> dict:
     return e
 
 
-def head_seq(service: Service) -> int:
+def head_seq(service: RunningNode) -> int:
     return service.log.head()[0]
 
 

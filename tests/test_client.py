@@ -24,7 +24,7 @@ import pytest
 from helpers_http import free_port
 from ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
 from ingest.errors import InvalidEventError
-from query.idempotency import IdempotencyCache
+from ingest.idempotency import IdempotencyCache
 
 AUDITLOG = str(Path(sys.executable).with_name("auditlog"))
 ACTION = "custom.client_test"

@@ -505,7 +505,7 @@ def _signatures_truth(data_dir, seqs) -> dict[str, str]:
 def test_peer_signatures_by_post(fc):
     """How nodes ask each other for signatures (witness checks): a POSTed JSON list of
     up to 10000 seqs, answered in one walk of the log; malformed bodies get a 400."""
-    from query.routes.peer import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
+    from query.cluster.routes import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
     a, b = fc["a"], fc["b"]
     ensure_running(a, b)
 
@@ -530,7 +530,7 @@ def test_peer_signatures_by_post(fc):
     # asks for far fewer seqs at a time, so its requests stay well within peer_timeout
     assert took < 2 * PEER_TIMEOUT, took
     # what a node asks at once, the costliest way: seqs just close enough to be walked to
-    from query.witness import SIGNATURE_BATCH, WALK_GAP
+    from query.cluster.witness import SIGNATURE_BATCH, WALK_GAP
     spaced = list(range(1, head, min(WALK_GAP, head // SIGNATURE_BATCH)))[:SIGNATURE_BATCH]
     assert len(spaced) == SIGNATURE_BATCH
     (status, ans), took = timed(post, json.dumps({"seqs": spaced}).encode())

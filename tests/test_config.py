@@ -313,3 +313,84 @@ def test_syslog_table_loaded(tmp_path):
     assert c.syslog.target == "tls://siem.example:6514" and c.syslog.sd_id == "gw@99999"
     assert c.syslog.ca == str(tmp_path / "ca.pem")
     assert c.server_listen == "127.0.0.1:9000" and c.server_unix_socket == str(tmp_path / "audit.sock")
+
+
+# ----------------------------------------------------------------------------- declared once
+
+def _readme_config_keys() -> set[str]:
+    """The keys of the README's sample config (commented-out ones too), dotted by table."""
+    import re
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("## Configuration", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    keys, table = set(), ""
+    for line in block.splitlines():
+        m = re.match(r"^\[\[?([a-z_.]+)\]\]?", line)
+        if m:
+            table = m.group(1)
+            continue
+        m = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if m:
+            if table == "cluster.peers":
+                keys.add("cluster.peers")
+            else:
+                keys.add(f"{table}.{m.group(1)}" if table else m.group(1))
+    return keys
+
+
+def test_every_declared_setting_is_in_the_readme_and_nothing_else():
+    assert _readme_config_keys() == {s.name for s in SETTINGS}
+
+
+def test_settings_objects_take_their_defaults_from_the_rows():
+    """The defaults users get are the rows' defaults: no second copy in a settings class."""
+    from dataclasses import fields
+
+    from cli.config import TABLES
+    from engine.settings import STORE_SETTINGS
+    from export.syslog import SyslogSettings
+    from query.cluster.settings import ClusterSettings
+    from query.http.settings import ServerSettings
+
+    objects = {"": StoreSettings(), "server": ServerSettings(), "cluster": ClusterSettings(),
+               "syslog": SyslogSettings(target="udp://siem:514")}
+    rows = {"": STORE_SETTINGS, **TABLES}
+    for table, obj in objects.items():
+        by_key = {s.key: s for s in rows[table]}
+        declared = {f.name for f in fields(obj)}
+        assert set(by_key) - {"target"} <= declared, table
+        for key, s in by_key.items():
+            if key != "target":
+                assert getattr(obj, key) == s.default, (table, key)
+    # and the file's defaults are those objects
+    c = load_config(None)
+    assert c.store == StoreSettings() and c.server == ServerSettings()
+
+
+def test_no_default_is_written_twice_in_the_code():
+    """The settings classes take each configurable default from its row, never a literal
+    of their own, and the config loader writes none: a second copy is how defaults drift."""
+    import ast
+
+    from cli.config import TABLES
+    from engine.settings import STORE_SETTINGS
+
+    root = Path(__file__).resolve().parent.parent
+    classes = {("engine/settings.py", "StoreSettings"): STORE_SETTINGS,
+               ("query/http/settings.py", "ServerSettings"): TABLES["server"],
+               ("query/cluster/settings.py", "ClusterSettings"): TABLES["cluster"],
+               ("export/syslog.py", "SyslogSettings"): TABLES["syslog"]}
+    for (file, name), rows in classes.items():
+        tree = ast.parse((root / file).read_text())
+        cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
+        keys = {s.key for s in rows if s.required is None}     # a required one has no default
+        fields_with_rows = [n for n in cls.body if isinstance(n, ast.AnnAssign)
+                            and isinstance(n.target, ast.Name) and n.target.id in keys]
+        assert {n.target.id for n in fields_with_rows} == keys, name
+        for n in fields_with_rows:
+            assert isinstance(n.value, ast.Subscript), \
+                f"{file}: {name}.{n.target.id} has a default of its own, not its row's"
+    defaults = {s.default for s in SETTINGS if s.default is not None and not isinstance(s.default, (bool, tuple))}
+    tree = ast.parse((root / "cli/config.py").read_text())
+    again = [(n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant)
+             and not isinstance(n.value, bool) and n.value in defaults]
+    assert again == [], f"cli/config.py repeats defaults: {again}"

@@ -22,8 +22,8 @@ from engine.settings import StoreSettings
 from engine.writer import LogWriter
 from helpers_http import bearer, post_events, query_all, run_cli
 from ingest.taxonomy import NODE_ACTIONS
-from query.cluster import Cluster, ClusterSettings
-from query.peers import PeerConfig
+from query.cluster.fanout import Cluster
+from query.cluster.settings import ClusterSettings, PeerConfig
 
 # ECS 8.x allowed values (docs/reference/ecs-allowed-values-event-*.md in elastic/ecs)
 KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}
@@ -95,7 +95,7 @@ def events() -> list[dict]:
     return out
 
 
-#: what the node itself records when a peer joins its configuration (query.cluster)
+#: what the node itself records when a peer joins its configuration (query.cluster.fanout)
 NODE_JOIN = EntryDraft("system", "cluster.node_join", "gw2", details={"node": "gw2", "via": "config"})
 
 

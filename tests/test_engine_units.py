@@ -791,7 +791,7 @@ def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
 
 def test_api_key_snapshot_is_0600(tmp_path):
     from engine.writer import LogWriter
-    from query.auth import KeyStore
+    from query.http.auth import KeyStore
     dd = DataDir(tmp_path / "d")
     node = dd.init("n1")
     with LogWriter(dd, node) as w:

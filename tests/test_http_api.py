@@ -22,7 +22,7 @@ from engine.settings import StoreSettings
 from engine.verify import verify_node
 from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query,
                           query_all, seqs)
-from query.service import ServiceSettings
+from query.node import ServiceSettings
 
 NODE = "node-a"
 SPEC_CSV_COLUMNS = ["timestamp", "node_id", "seq", "user", "action", "target", "domain",

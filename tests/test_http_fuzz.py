@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from helpers_http import ServeProcess, run_cli
-from query.openapi import EXAMPLE_EVENT, openapi_document
+from query.http.openapi import EXAMPLE_EVENT, openapi_document
 
 MAX_EXAMPLES = 30
 #: aiohttp's default limit on the request line (longer ones get a plain-text 400)

@@ -21,8 +21,8 @@ from engine.datadir import DataDir
 from engine.settings import StoreSettings
 from engine.state import StateSeal
 from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
-from query.idempotency import IdempotencyCache, request_fingerprint
-from query.service import Service, ServiceSettings
+from ingest.idempotency import IdempotencyCache, request_fingerprint
+from query.node import RunningNode, ServiceSettings, build_node
 
 JSON = {"Content-Type": "application/json"}
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -44,10 +44,10 @@ async def markers(client, reader: str, user: str) -> list[int]:
     return [e["details"]["n"] for e in (await query(client, reader, user=user))["events"]]
 
 
-def reopen(svc: Service) -> Service:
-    """What a restart does: close the node's Service, open a new one on the same data dir."""
+def reopen(svc: RunningNode) -> RunningNode:
+    """What a restart does: close the node, build a new one on the same data dir."""
     svc.close()
-    return Service(svc.data_dir, svc.data_dir.open(), svc.store, svc.settings).open()
+    return build_node(svc.config, svc.data_dir)
 
 
 def metric(text: str, name: str) -> float | None:
@@ -158,7 +158,7 @@ async def test_a_compacted_file_holds_sealed_lines_that_still_bind(make_service,
     for k, b in bodies.items():
         assert (await post(client, keys["writer"], b, k)).status == 201
     path = svc.data_dir.state / IdempotencyCache.FILE_NAME
-    records, problems = svc.state_seal.read_lines(path)
+    records, problems = svc.seal.read_lines(path)
     assert problems == [] and len(records) <= 4          # compacted past 2 * entries
     assert [r["k"].split(":", 1)[1] for r in records][-2:] == ["c-5", "c-6"]
     assert all(r["fp"] == request_fingerprint(bodies[r["k"].split(":", 1)[1]], "application/json")
@@ -188,7 +188,7 @@ async def test_forged_lines_grant_no_replay_and_are_reported(make_service, make_
     assert (await post(client, keys["writer"], body_of("filler", 8), None)).status == 201
     path = svc.data_dir.state / IdempotencyCache.FILE_NAME
     genuine = path.read_bytes().splitlines()[-1]
-    seal = svc.state_seal
+    seal = svc.seal
 
     # batches that were never appended, each with a line claiming they were; the
     # claimed seqs are inside the log, so only the seal can tell them apart
@@ -213,7 +213,7 @@ async def test_forged_lines_grant_no_replay_and_are_reported(make_service, make_
         f.write(seal.seal("idempotency", record("plain"))[:50])                    # torn: a crash, not a forgery
 
     caplog.set_level(logging.WARNING, logger="auditlog.idempotency")
-    svc = Service(svc.data_dir, svc.data_dir.open(), svc.store, svc.settings).open()
+    svc = build_node(svc.config, svc.data_dir)
     try:
         client = await make_client(svc)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -250,7 +250,7 @@ async def test_an_untouched_file_reports_zero_rejected_lines(make_service, make_
         assert metric(text, STATE_REJECTED) == 0
         path = svc.data_dir.state / IdempotencyCache.FILE_NAME
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-        assert svc.state_seal.read_lines(path)[1] == []
+        assert svc.seal.read_lines(path)[1] == []
     finally:
         svc.close()
 

@@ -13,7 +13,7 @@ from engine.settings import StoreSettings
 from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events,
                           query, query_all)
 from ingest.limits import Limits
-from query.service import ServiceSettings
+from query.node import ServiceSettings
 
 
 async def assert_unharmed(client, keys, service, head: int) -> None:
@@ -261,7 +261,7 @@ async def test_back_pressure_503_with_retry_after_and_nothing_lost(make_service,
     assert refused, "no request was refused with 503 although the queue holds 2 batches"
     assert accepted
     assert all(s in (201, 503) for s in statuses)
-    assert svc.pending_events == 0
+    assert svc.committer.pending_events == 0
 
     # every 201'd event is in the log exactly where the response said; no 503'd one is
     events = (await query_all(client, keys["reader"]))[KEY_ENTRIES:]   # after the keys' own entries

@@ -24,7 +24,7 @@ from engine.items import VerifiedFrame
 from engine.lines import LineFiles, cut_lines, line_marks, lines_path
 from engine.log import NodeLog
 from export.ndjson import LINES_TAG, line_renderer, ndjson_lines
-from query.cluster import LineTaker
+from query.sources import LineTaker
 from query.filters import Filter
 from query.scan import read_node, scan_node
 
@@ -56,7 +56,7 @@ def log_with(dd, node, lf: LineFiles | None) -> NodeLog:
 
 @dataclass
 class Piece:
-    """What the NDJSON path (``query.cluster.LineTaker``) made of one item of a read:
+    """What the NDJSON path (``query.sources.LineTaker``) made of one item of a read:
     ``kind`` "frame" for a whole verified frame (from a line file or rendered), "entries"
     for a part of a frame or damage (``entries``: what was rendered)."""
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from engine.lines import LEN_CODE, line_marks
 from query.linemerge import LineSource, merge_lines, node_ranks
-from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
+from query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
 
 
 class ListSource(LineSource):
@@ -204,7 +204,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     from engine.log import NodeLog
     from engine.lines import cut_lines
     from engine.items import VerifiedFrame
-    from query.cluster import LineTaker
+    from query.sources import LineTaker
     from query.filters import Filter
     from query.scan import read_node, scan_node
 

@@ -284,33 +284,27 @@ async def test_api_pdf_subject_access_report(client, keys, tmp_path):
 
 async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_path):
     from helpers_http import make_keys
-    from query.cluster import Cluster, ClusterSettings
-    from query.peers import PeerConfig
-    from query.pki import ca_init, issue_cert
+    from query.cluster.pki import ca_init, issue_cert
+    from query.cluster.settings import ClusterSettings, PeerConfig
 
-    service = make_service()
-    keys = make_keys(service)
     ca_init(tmp_path / "ca")
     cert, key = issue_cert(tmp_path / "ca", "node-a", ["127.0.0.1"], tmp_path / "tls")
     dead = free_port()   # nothing listens there: the peer refuses
-    service.cluster = Cluster(service, ClusterSettings(
+    service = make_service(cluster=ClusterSettings(
         ca=tmp_path / "ca" / "ca.pem", cert=cert, key=key, peer_timeout=1.0,
         peers=(PeerConfig("gw2", f"https://127.0.0.1:{dead}"),)))
-    await service.cluster.start()
-    try:
-        client = await make_client(service)
-        resp = await post_events(client, keys["writer"], events())
-        assert resp.status == 201
-        wire = {e["id"]: e for e in await query_all(client, keys["reader"]) if e["node"] == "node-a"}
-        resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={
-            "recipient": ANNA, "action": "quarantine.release", "title": "Subject access"})
-        assert resp.status == 200, await resp.text()
-        pages = pdf_text(await resp.read(), tmp_path)
-        check_report(pages, wire, title="Subject access", node="node-a", unreachable="gw2")
-        recs = await query_all(client, keys["reader"], action="audit.export")
-        assert recs[-1]["details"]["nodes"] == {"node-a": "ok", "gw2": "unreachable"}
-    finally:
-        await service.cluster.stop()
+    keys = make_keys(service)
+    client = await make_client(service)      # starts the cluster with the app
+    resp = await post_events(client, keys["writer"], events())
+    assert resp.status == 201
+    wire = {e["id"]: e for e in await query_all(client, keys["reader"]) if e["node"] == "node-a"}
+    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={
+        "recipient": ANNA, "action": "quarantine.release", "title": "Subject access"})
+    assert resp.status == 200, await resp.text()
+    pages = pdf_text(await resp.read(), tmp_path)
+    check_report(pages, wire, title="Subject access", node="node-a", unreachable="gw2")
+    recs = await query_all(client, keys["reader"], action="audit.export")
+    assert recs[-1]["details"]["nodes"] == {"node-a": "ok", "gw2": "unreachable"}
 
 
 def test_render_pdf_marks_violations_and_unreachable_nodes(tmp_path):

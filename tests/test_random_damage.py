@@ -12,7 +12,7 @@ reads it back with one query (a time window [from, to) plus optional user / ip
 
 * CLI ``auditlog query --format json|ndjson|csv`` and ``auditlog export
   csv|ndjson|ecs|pdf -o FILE`` (each on its own copy: export runs the writer);
-* HTTP on a real server (``query.service.Service`` + ``query.app.create_app``
+* HTTP on a real server (``query.node.build_node`` + ``query.http.app.create_app``
   on 127.0.0.1): JSON pages asc and desc (next_cursor followed), NDJSON, ECS,
   the CSV and PDF exports;
 * the four-eyes report, ``auditlog report four-eyes --json`` and

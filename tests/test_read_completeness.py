@@ -31,7 +31,7 @@ from engine.frame import HEADER, HEADER_SIZE
 from engine.log import NodeLog
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
-from query.service import Service, ServiceSettings
+from query.node import NodeConfig, build_node, forwarder
 
 T0 = 1_773_478_800_000_000 - 30 * 86_400_000_000   # 30 days before the tests' epoch
 USERS = ("alice", "bob", "carol")
@@ -130,7 +130,7 @@ def flagged(rows: list[dict]) -> list[dict]:
 
 
 class Served:
-    """A real server (the node's Service and the aiohttp app, on a loopback socket)."""
+    """A real server (the node from ``build_node`` and the aiohttp app, on a loopback socket)."""
 
     def __init__(self, dd, client, keys):
         self.dd, self.client, self.keys = dd, client, keys
@@ -165,11 +165,11 @@ class Served:
 @pytest.fixture
 async def serve(aiohttp_client):
     """``await serve(dd)``: a server on the (damaged) data dir."""
-    from query.app import create_app
+    from query.http.app import create_app
     made = []
 
     async def start(dd):
-        svc = Service(dd, dd.open(), StoreSettings(fsync="none"), ServiceSettings()).open()
+        svc = build_node(NodeConfig(StoreSettings(fsync="none")), dd)
         made.append(svc)
         keys = make_keys(svc)
         return Served(dd, await aiohttp_client(create_app(svc)), keys)
@@ -383,7 +383,7 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     import socket
     import time
 
-    from export.syslog import SyslogForwarder, SyslogSettings
+    from export.syslog import SyslogSettings
     from test_syslog import _frames, audit_params, parse_rfc5424
 
     dd, node, by_seq = log
@@ -391,12 +391,12 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     seg, fr = frame_holding(dd, node, 5)
     flip_byte(seg, fr.payload_offset + 5)
     damaged = set(range(fr.first_seq, fr.last_seq + 1))
-    svc = Service(dd, dd.open(), StoreSettings(fsync="none"), ServiceSettings()).open()
+    svc = build_node(NodeConfig(StoreSettings(fsync="none")), dd)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     srv.settimeout(15)
-    fwd = SyslogForwarder(svc, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=25)
+    fwd = forwarder(svc, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=25)
     svc.syslog = fwd
     fwd.start()
     try:

@@ -334,13 +334,12 @@ def _forged_cursor_sealed_shape(path: Path, target: str) -> None:
 async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make_service, make_client,
                                                                             receiver, forge):
     from export.syslog import SyslogSettings
-    svc = make_service()
+    svc = make_service(syslog=SyslogSettings(target=receiver.target))
     keys = make_keys(svc)
     svc.writer.append_batch([EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i})
                              for i in range(50)])
     forge(svc.data_dir.state / "syslog_cursor.json", receiver.target)
-    svc.start_syslog(SyslogSettings(target=receiver.target))
-    client = await make_client(svc)
+    client = await make_client(svc)      # starts the forwarder, which reads its cursor
     st = svc.syslog.status()
     assert st["cursor_rejected"] and "syslog_cursor.json" in st["cursor_rejected"]
     assert str(10 ** 9) in (svc.data_dir.state / "syslog_cursor.json.rejected").read_text()
@@ -366,7 +365,7 @@ async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make
     saved = json.loads((svc.data_dir.state / "syslog_cursor.json").read_text())
     assert saved["name"] == "syslog_cursor" and saved["data"] == {"target": receiver.target, "seq": head,
                                                                    "sub": ENTRY_SUB}
-    svc.start_syslog(SyslogSettings(target=receiver.target))
+    svc.syslog.start()
     assert svc.syslog.cursor == head and svc.syslog.cursor_rejected is None
 
 
@@ -447,8 +446,8 @@ async def test_a_run_that_dropped_nothing_is_kept_sealed_and_shown_when_newest(m
 # -- cluster membership ----------------------------------------------------------------------
 
 def test_membership_comes_from_the_log_not_from_a_members_file(make_service):
-    from query.cluster import Cluster, ClusterSettings
-    from query.peers import PeerConfig
+    from query.cluster.fanout import Cluster
+    from query.cluster.settings import ClusterSettings, PeerConfig
     svc = make_service()
 
     def start_with(*peers: str) -> list[tuple[str, str]]:

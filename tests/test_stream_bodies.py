@@ -1,4 +1,4 @@
-"""Streamed NDJSON bodies (query.chunked.PartsWriter) on a real server: the chunk
+"""Streamed NDJSON bodies (query.http.chunked.PartsWriter) on a real server: the chunk
 framing written by hand is exact (a keep-alive connection carries the next request),
 HTTP/1.0 clients get the same lines without chunking, a slow reader still gets every
 line, and a reader that hangs up mid-stream leaves the server healthy."""

@@ -278,7 +278,8 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
     import struct
 
     from engine.entry import EntryDraft
-    from export.syslog import SyslogForwarder, SyslogSettings
+    from export.syslog import SyslogSettings
+    from query.node import forwarder
 
     service = make_service()
     service.writer.append_batch([EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i})
@@ -289,7 +290,7 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     srv.settimeout(15)
-    fwd = SyslogForwarder(service, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=10)
+    fwd = forwarder(service, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=10)
     service.syslog = fwd          # stopped by service.close() at teardown
     fwd.start()
     try:

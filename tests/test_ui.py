@@ -1,4 +1,4 @@
-"""The admin web UI (``query/ui/*``) in a real browser.
+"""The admin web UI (``query/http/ui/*``) in a real browser.
 
 Playwright's sync API drives the system Chromium (``/usr/bin/chromium``,
 installed by ``.ci/run``; never a downloaded browser) against real ``auditlog
@@ -57,7 +57,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 WIDTH, HEIGHT = 1280, 800          # "usable at laptop width"
-PAGE_SIZE = 200                    # the UI's page (PAGE in query/ui/app.js)
+PAGE_SIZE = 200                    # the UI's page (PAGE in query/http/ui/app.js)
 BULK_USER, BULK_N = "loadgen", 500
 KEY_ITEM = "auditlog-key"          # the sessionStorage item the UI keeps the key in
 

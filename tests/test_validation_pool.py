@@ -9,7 +9,7 @@ import pytest
 
 from helpers_http import free_port, make_keys
 from ingest.limits import Limits
-from query.service import ServiceSettings
+from query.node import ServiceSettings
 
 GOOD = [{"user": "alice", "action": "auth.login", "ip": "::ffff:192.0.2.7",
          "details": {"z": 1, "a": {"y": 2, "b": 3}}},
@@ -34,7 +34,7 @@ async def test_worker_validation_matches_in_process(make_service, make_client, n
     for workers in (0, 1):
         svc = make_service(settings=ServiceSettings(validate_workers=workers,
                                                     limits=Limits(max_batch=10)), name=f"d{workers}")
-        assert (svc.validators is not None) == (workers == 1)
+        assert (svc.ingest.validator.pool is not None) == (workers == 1)
         client = await make_client(svc)
         keys = make_keys(svc)
         token = keys["writer"]

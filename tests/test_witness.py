@@ -1,6 +1,6 @@
 """Witness checks over a log of any age.
 
-* ``Service.signatures_at``: the answer a node gives for many seqs at once (one
+* ``RunningNode.signatures_at``: the answer a node gives for many seqs at once (one
   ordered walk of its log) agrees entry by entry with reading each entry,
   offers nothing for an entry that does not verify, and leaves out what
   retention dropped and what lies beyond the head;
@@ -27,7 +27,7 @@ from engine.log import NodeLog
 from engine.settings import StoreSettings
 from helpers_cluster import LocalCluster, NodeSpec, make_events
 from helpers_engine import draft, flip_byte, frames_of, segment_paths
-from query.witness import MAX_RUNS_PER_WITNESS, SIGNATURE_BATCH, WALK_GAP, WitnessFindings
+from query.cluster.witness import MAX_RUNS_PER_WITNESS, SIGNATURE_BATCH, WALK_GAP, WitnessFindings
 
 
 # =====================================================================================

@@ -1,15 +1,26 @@
-"""The running node: its writer, reader, keys, metrics and bookkeeping entries.
+"""The running node, and ``build_node``: the one place it is put together.
 
-Everything the HTTP routes need lives here, built once by ``auditlog serve``
-(or a test) and handed to ``create_app``.  Blocking work (appends, scans,
-verification) runs in a thread pool so the event loop stays responsive; the
-writer's group commit merges concurrent appends into one write and fsync.
+``build_node(config, data_dir)`` turns a node's configuration (``NodeConfig``:
+what ``cli.config.Config.node_config`` makes of the config file) and its data
+dir into a ``RunningNode``: the writer and the reader, the API keys, metrics,
+idempotency keys, the committer and validation (``ingest/``), and, when
+configured, the cluster (``query.cluster``) and the syslog forwarder
+(``export.syslog``), each handed what it needs.  The node is open (writer
+recovered, keys loaded) when ``build_node`` returns; its cluster and forwarder
+run while an app made by ``query.http.app.create_app`` runs (``running``, in the
+app's ``cleanup_ctx``), and ``close`` closes everything.
+
+It sits above ``ingest``, ``export`` and the rest of ``query`` because it is
+the only code that needs all of them; ``auditlog serve``, the tests' fixtures
+and the benchmark servers all build their nodes here.  Blocking work (appends,
+scans, verification) runs in a thread pool so the event loop stays responsive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,36 +29,26 @@ from dataclasses import dataclass
 from engine import clock
 from engine.datadir import DataDir, Node
 from engine.entry import EntryDraft, format_ts
-from engine.errors import EngineError
 from engine.log import NodeLog
 from engine.settings import StoreSettings
 from engine.state import StateSeal
-from engine.writer import AppendResult, LogWriter, canonical_drafts
+from engine.writer import AppendResult, LogWriter
+from export.syslog import SyslogForwarder, SyslogSettings
+from ingest.committer import Committer
+from ingest.idempotency import IdempotencyCache
 from ingest.limits import DEFAULT_LIMITS, Limits
-from query.auth import KEY_FILE, ApiKey, KeyStore, set_aside
-from query.idempotency import IdempotencyCache, request_fingerprint
-from query.metrics import Metrics
+from ingest.pipeline import IngestPipeline
+from ingest.validation_pool import Validator
+from query.cluster.fanout import Cluster
+from query.cluster.settings import ClusterSettings
+from query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
+from query.http.metrics import Metrics
 
 log = logging.getLogger("auditlog.service")
 
-#: Ingest bodies up to this size are decoded and validated on the event loop
-#: (a few events take tens of microseconds; a hop to a thread or worker costs more).
-INLINE_VALIDATION_BYTES = 16384
-
-
-def _settle(items: list, results: list | None, error: BaseException | None) -> None:
-    """On the event loop: answer the requests of one commit."""
-    for i, (_, _, fut, _) in enumerate(items):
-        if fut.done():           # the request went away; its events are stored all the same
-            continue
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(results[i])
-
-
-class Overloaded(Exception):
-    """The write queue is full: the caller should retry later (HTTP 503)."""
+def default_validate_workers() -> int:
+    """One validation worker when there is a second CPU for it, else none."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -64,57 +65,95 @@ class ServiceSettings:
     limits: Limits = DEFAULT_LIMITS
 
 
-class Service:
-    def __init__(self, data_dir: DataDir, node: Node, store: StoreSettings = StoreSettings(),
-                 settings: ServiceSettings = ServiceSettings()):
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``build_node`` needs besides the data dir."""
+
+    store: StoreSettings = StoreSettings()
+    service: ServiceSettings = ServiceSettings()
+    cluster: ClusterSettings | None = None
+    syslog: SyslogSettings | None = None
+
+
+def build_node(config: NodeConfig, data_dir: DataDir) -> "RunningNode":
+    """The node of ``data_dir`` as ``config`` says, open; ``close()`` it when done."""
+    node = data_dir.open()
+    store, settings = config.store, config.service
+    reader = NodeLog(data_dir, node)
+    if store.line_files:
+        from engine.lines import LineFiles
+        from export.ndjson import LINES_TAG, line_renderer
+        reader.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
+                                      line_renderer(node.node_id), keep=True)
+    writer = LogWriter(data_dir, node, store, reader)
+    seal = StateSeal(node.key, node.node_id)
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
+    idempotency = IdempotencyCache(settings.idempotency_entries, data_dir.state / IdempotencyCache.FILE_NAME,
+                                   seal=seal, fsync=store.fsync != "none")
+    committer = Committer(writer, executor, max_pending=settings.max_pending_events, idempotency=idempotency)
+    validator = Validator(settings.limits, executor, settings.validate_workers)
+    rn = RunningNode(data_dir, node, config, reader, writer, seal, executor, idempotency, committer,
+                     IngestPipeline(validator, committer, idempotency))
+    try:
+        rn.open()
+        if config.cluster is not None and config.cluster.enabled:
+            rn.cluster = Cluster(rn, config.cluster.without(node.node_id))
+        if config.syslog is not None:
+            rn.syslog = forwarder(rn, config.syslog)
+            rn.metrics_for_syslog()
+    except BaseException:
+        rn.close()
+        raise
+    return rn
+
+
+def forwarder(rn: "RunningNode", settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
+    """A syslog forwarder of ``rn``'s log, handed exactly what it uses."""
+    return SyslogForwarder(settings, reader=rn.log, head_seq=lambda: rn.writer.next_seq - 1,
+                           seal=rn.seal, state_dir=rn.data_dir.state, rejected=rn.state_rejected, batch=batch)
+
+
+class RunningNode:
+    """One node at work: what the HTTP routes, the peer listener and the background
+    jobs use.  Made by ``build_node``."""
+
+    def __init__(self, data_dir: DataDir, node: Node, config: NodeConfig, reader: NodeLog, writer: LogWriter,
+                 seal: StateSeal, executor: ThreadPoolExecutor, idempotency: IdempotencyCache,
+                 committer: Committer, ingest: IngestPipeline):
         self.data_dir = data_dir
         self.node = node
         self.node_id = node.node_id
-        self.store = store
-        self.settings = settings
-        self.log = NodeLog(data_dir, node)
-        if store.line_files:
-            from engine.lines import LineFiles
-            from export.ndjson import LINES_TAG, line_renderer
-            self.log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
-                                            line_renderer(node.node_id), keep=True)
-        self.writer = LogWriter(data_dir, node, store, self.log)
-        self.seal = StateSeal(node.key, node.node_id)
-        #: the API keys: a projection of the log's key entries, held in memory (loaded by ``open``)
-        self.keys = KeyStore(node, data_dir.state, self.log, self.writer)
-        self.metrics = Metrics()
+        self.config = config
+        self.store = config.store
+        self.settings = config.service
+        self.log = reader
+        self.writer = writer
         #: seals and opens this node's state files (engine.state)
-        self.state_seal = StateSeal(node.key, node.node_id)
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
-        self.validators = None
-        if settings.validate_workers > 0:
-            from query.validation_pool import ValidationPool
-            self.validators = ValidationPool(settings.validate_workers)
-        self.idempotency = IdempotencyCache(
-            settings.idempotency_entries, data_dir.state / IdempotencyCache.FILE_NAME,
-            seal=self.state_seal, fsync=store.fsync != "none")
+        self.seal = seal
+        self.executor = executor
+        self.idempotency = idempotency
+        self.committer = committer
+        self.ingest = ingest
+        #: the API keys: a projection of the log's key entries, held in memory (loaded by ``open``)
+        self.keys = KeyStore(node, data_dir.state, reader, writer)
+        self.metrics = Metrics()
         # shown even at 0, so that a scrape tells "checked, nothing forged" from "not checked"
-        self.metrics.inc("auditlog_state_rejected_total", self.idempotency.rejected,
+        self.metrics.inc("auditlog_state_rejected_total", idempotency.rejected,
                          file=IdempotencyCache.FILE_NAME)
-        self._idem_locks: dict[str, asyncio.Lock] = {}
-        self.pending_events = 0
-        self._appends: list[tuple[list, bool, asyncio.Future]] = []
-        self._appends_lock = threading.Lock()
-        self._committer_running = False
         self._key_uses: dict[str, list] = {}
         self._key_lock = threading.Lock()
         self.started = time.time()
         self.last_retention: dict | None = None
-        #: set by ``auditlog serve`` when [cluster] is configured (query.cluster.Cluster)
-        self.cluster = None
-        #: set by ``auditlog serve`` when [syslog] is configured (export.syslog.SyslogForwarder)
-        self.syslog = None
+        #: the cluster (query.cluster.fanout.Cluster) when [cluster] has a listener or peers
+        self.cluster: Cluster | None = None
+        #: the syslog forwarder (export.syslog.SyslogForwarder) when [syslog] is configured
+        self.syslog: SyslogForwarder | None = None
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------
 
-    def open(self) -> "Service":
+    def open(self) -> None:
         self.writer.on_commit = self._on_commit
-        self.writer.before_commit = self._record_idempotency_keys
         self.writer.open()
         # keys written ahead of a commit that a crash then lost (cut back by recovery)
         # must not answer for seqs the log does not hold
@@ -128,15 +167,48 @@ class Service:
         if self.keys.rejected is not None:
             m.inc("auditlog_state_rejected_total", file=KEY_FILE)
         self.last_retention = self._derive_last_retention(report=True)
-        m.gauge("auditlog_write_queue_events", "Events waiting for the writer", lambda: self.pending_events)
+        m.gauge("auditlog_write_queue_events", "Events waiting for the writer",
+                lambda: self.committer.pending_events)
         m.gauge("auditlog_head_seq", "Last seq appended on this node", lambda: self.writer.next_seq - 1)
         m.gauge("auditlog_retention_last_run_timestamp_seconds", "When retention last ran",
                 lambda: _parse_iso(self.last_retention.get("ran_at")) if self.last_retention else None)
         m.gauge("auditlog_retention_last_dropped_entries", "Entries dropped by the last retention run",
                 lambda: self.last_retention.get("dropped_entries") if self.last_retention else None)
-        return self
+
+    def metrics_for_syslog(self) -> None:
+        m, fwd = self.metrics, self.syslog
+        m.gauge("auditlog_syslog_lag_entries", "Entries appended but not yet forwarded to syslog",
+                lambda: fwd.status()["lag"])
+        m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start", lambda: fwd.errors)
+        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver",
+                lambda: int(fwd.connected))
+
+    async def start(self) -> None:
+        """Start what runs beside the requests: the syslog forwarder, the cluster's
+        peer connections (recording membership changes)."""
+        if self.syslog is not None:
+            self.syslog.start()
+        if self.cluster is not None:
+            await self.cluster.start()
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.syslog is not None:
+            self.syslog.stop()
+
+    async def running(self, app=None):
+        """For an aiohttp app's ``cleanup_ctx``: started with the app, stopped with it."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.syslog is not None:
             self.syslog.stop()
         try:
@@ -145,21 +217,8 @@ class Service:
             log.exception("could not record API key use at shutdown")
         self.writer.close()
         self.idempotency.close()
-        if self.validators is not None:
-            self.validators.close()
+        self.ingest.validator.close()
         self.executor.shutdown(wait=True)
-
-    def start_syslog(self, settings) -> None:
-        from export.syslog import SyslogForwarder
-        self.syslog = SyslogForwarder(self, settings)
-        m = self.metrics
-        m.gauge("auditlog_syslog_lag_entries", "Entries appended but not yet forwarded to syslog",
-                lambda: self.syslog.status()["lag"])
-        m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start",
-                lambda: self.syslog.errors)
-        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver",
-                lambda: int(self.syslog.connected))
-        self.syslog.start()
 
     def _on_commit(self, n: int, seconds: float) -> None:
         if self.syslog is not None:
@@ -168,112 +227,8 @@ class Service:
         self.metrics.fsync_seconds.observe(seconds)
         self.metrics.batch_size.observe(n)
 
-    # -- writing -----------------------------------------------------------------
-
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def decode_and_validate(self, raw: bytes, ctype: str) -> list[EntryDraft] | list[bytes]:
-        """An ingest body's validated drafts (in a worker process when configured,
-        then as packed drafts: either kind goes to ``append``)."""
-        from ingest.body import decode_and_validate
-        limits = self.settings.limits
-        if len(raw) <= INLINE_VALIDATION_BYTES:
-            # a few events: cheaper here than the hop to a thread or a worker
-            return decode_and_validate(raw, ctype, limits)
-        if self.validators is None:
-            return await self.run(decode_and_validate, raw, ctype, limits)
-        from query.validation_pool import decode_and_validate_packed, unpack_result
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.validators.executor, decode_and_validate_packed, raw, ctype, limits)
-        return unpack_result(result)
-
-    async def fingerprint(self, raw: bytes, ctype: str) -> str:
-        """The request fingerprint an Idempotency-Key is bound to (``request_fingerprint``);
-        a large body is hashed off the event loop (hashlib lets go of the GIL)."""
-        if len(raw) <= INLINE_VALIDATION_BYTES:
-            return request_fingerprint(raw, ctype)
-        return await self.run(request_fingerprint, raw, ctype)
-
-    def answer(self, res: AppendResult) -> dict:
-        """The body of a 201 for an appended batch (also what an idempotent replay returns)."""
-        n = self.node_id
-        return {"appended": res.last_seq - res.first_seq + 1, "first_id": f"{n}:{res.first_seq}",
-                "last_id": f"{n}:{res.last_seq}"}
-
-    def _record_idempotency_keys(self, tagged: list) -> None:
-        """In the commit, before its entries are written: the batches' idempotency keys,
-        request fingerprints and answers, durable first (a crash in between leaves a key
-        for seqs the log lacks, which ``prune_beyond`` drops at the next start)."""
-        self.idempotency.put_many([(key, fingerprint, self.answer(res))
-                                   for (key, fingerprint), res in tagged])
-
-    async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False,
-                     idempotency_key: str | None = None,
-                     fingerprint: str | None = None) -> AppendResult:
-        """Append through the writer's queue; ``canonical`` for validated drafts.
-
-        With ``idempotency_key`` (and the ``fingerprint`` of the request it came
-        with) the key, fingerprint and answer are recorded durably in the same
-        commit as the entries (see ``IdempotencyCache``).
-        """
-        n = len(drafts)
-        if not n:
-            raise EngineError("empty batch")
-        tag = None
-        if idempotency_key is not None:
-            if fingerprint is None:
-                raise ValueError("an idempotency key needs the fingerprint of its request")
-            tag = (idempotency_key, fingerprint)
-        if self.pending_events + n > self.settings.max_pending_events:
-            raise Overloaded(f"write queue full ({self.pending_events} events waiting)")
-        self.pending_events += n
-        try:
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            with self._appends_lock:
-                self._appends.append((drafts, canonical, fut, tag))
-                start = not self._committer_running
-                self._committer_running = True
-            if start:
-                loop.run_in_executor(self.executor, self._commit_appends, loop)
-            return await fut
-        finally:
-            self.pending_events -= n
-
-    def _commit_appends(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The committer (one thread at a time): every batch waiting goes into one
-        group commit, and one wake-up of the event loop answers them all.
-
-        One thread instead of a thread per request: requests never wait for a
-        free executor thread to join a commit, so a commit takes every request
-        that arrived during the previous fsync.
-        """
-        while True:
-            with self._appends_lock:
-                items, self._appends = self._appends, []
-                if not items:
-                    self._committer_running = False
-                    return
-            try:
-                batches = [d if canonical else canonical_drafts(d) for d, canonical, _, _ in items]
-                results = self.writer.append_batches(batches, canonical=True,
-                                                     tags=[tag for *_, tag in items])
-            except BaseException as e:   # every waiting request gets the error
-                keys = [tag[0] for *_, tag in items if tag is not None]
-                if keys:
-                    self.idempotency.forget(keys)   # they answer for nothing now
-                loop.call_soon_threadsafe(_settle, items, None, e)
-            else:
-                loop.call_soon_threadsafe(_settle, items, results, None)
-
-    def idempotency_lock(self, key: str) -> asyncio.Lock:
-        lock = self._idem_locks.get(key)
-        if lock is None:
-            if len(self._idem_locks) > 10000:
-                self._idem_locks = {k: v for k, v in self._idem_locks.items() if v.locked()}
-            lock = self._idem_locks[key] = asyncio.Lock()
-        return lock
 
     async def record(self, user: str, action: str, **fields) -> AppendResult:
         """Append one of the log's own bookkeeping entries.
@@ -332,7 +287,7 @@ class Service:
         costs about as much as walking that many entries).  A seq in range with no
         entry that verifies (missing, damaged) answers None.
         """
-        from query.witness import WALK_GAP
+        from query.cluster.witness import WALK_GAP
 
         def first_seq() -> int:
             infos = self.log.segment_infos()

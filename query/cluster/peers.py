@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from itertools import islice
 from operator import itemgetter
 from typing import AsyncIterator
@@ -20,6 +19,7 @@ import msgpack
 
 from engine.entry import Entry
 from engine.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
+from query.cluster.settings import PeerConfig
 
 PEER_PREFIX = "/peer/v1"
 
@@ -52,12 +52,6 @@ def entry_from_compact(node: str, c: list | tuple) -> Entry:
 
 class PeerError(Exception):
     """A peer refused, timed out, failed mid-stream or answered nonsense."""
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    node: str
-    url: str
 
 
 class PeerClient:

@@ -21,6 +21,8 @@ finding per witness, not thousands.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hashlib
 import json
 import logging
@@ -54,8 +56,8 @@ def checkpoint_bytes(cp: dict) -> bytes:
     return json.dumps([cp["node"], cp["seq"], cp["signature"], cp["ts"]], separators=(",", ":")).encode()
 
 
-def sign_checkpoint(key_path, cp: dict) -> str:
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+def sign_checkpoint(key_path: str | Path, cp: dict) -> str:
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     return key.sign(checkpoint_bytes(cp), ec.ECDSA(hashes.SHA256())).hex()
 
 

@@ -1,7 +1,7 @@
 """API key management (admin role): create, list, revoke.
 
 A create or revoke *is* its audit entry (``audit.api_key_create`` /
-``audit.api_key_revoke``, see query/auth.py): the key store appends it and
+``audit.api_key_revoke``, see query/http/auth.py): the key store appends it and
 only then changes what authentication accepts.
 """
 
@@ -11,13 +11,13 @@ import json
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
+from query.http.base import NODE, authorize
 from query.errors import QueryError
 
 
 async def create_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     try:
         body = json.loads(await request.text())
     except (ValueError, UnicodeDecodeError):
@@ -32,12 +32,12 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     authorize(request, "admin")
-    return web.json_response({"keys": [k.public() for k in request.app[SERVICE].keys.list()]})
+    return web.json_response({"keys": [k.public() for k in request.app[NODE].keys.list()]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     kid, ip = request.match_info["key_id"], request.remote
     rec = await service.run(lambda: service.keys.revoke(kid, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response(rec.public())

@@ -6,12 +6,12 @@ import json
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
+from query.http.base import NODE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
-from query.cluster import LocalLineSource, LocalSource
-from query.chunked import PartsWriter
+from query.sources import LocalLineSource, LocalSource
+from query.http.chunked import PartsWriter
 from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
 
@@ -21,7 +21,7 @@ CHUNK = 2000
 
 def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     """Filter, order, limit and cursor positions from the query string (unknown names refused)."""
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     q = request.rel_url.query
     for name in q.keys():
         if name not in PARAM_NAMES and name not in allowed_extra:
@@ -107,7 +107,7 @@ class Merged:
 
 async def get_audit_log(request: web.Request) -> web.StreamResponse:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request)
     fmt = request.rel_url.query.get("format")
     if fmt is None and "application/x-ndjson" in request.headers.get("Accept", ""):
@@ -227,7 +227,7 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     """CSV of the whole filtered range; a node that is unreachable, or lost
     mid-stream, adds a final row whose integrity cell says so."""
     key = authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order",))
     from export.csv import iter_csv
     merged = Merged(open_sources(service, flt, order, {}), order)
@@ -282,7 +282,7 @@ def unreachable_rows(bad: dict) -> str:
 async def export_pdf(request: web.Request) -> web.Response:
     """PDF report of the filtered entries (GDPR subject access, audit appendix); audited."""
     key = authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title"))
     title = request.rel_url.query.get("title", "Audit log report")[:200]
     merged = Merged(open_sources(service, flt, order, {}), order)
@@ -310,7 +310,7 @@ async def export_pdf(request: web.Request) -> web.Response:
 
 async def four_eyes_report(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     q = request.rel_url.query
     for name in q.keys():
         if name not in ("from", "to", "pair", "node"):

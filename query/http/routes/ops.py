@@ -7,25 +7,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
+from query.http.base import NODE, authorize
 from query.errors import InvalidFilterError
-from query.openapi import openapi_document
+from query.http.openapi import openapi_document
 
 
 async def healthz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     return web.json_response({"status": "ok", "node": service.node_id})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[SERVICE].metrics.render(),
+    return web.Response(text=request.app[NODE].metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def verify(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     for name in request.rel_url.query:
         if name != "scope":
             raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: scope)")
@@ -33,7 +33,7 @@ async def verify(request: web.Request) -> web.Response:
     if scope not in ("node", "cluster"):
         raise InvalidFilterError(f"scope must be node or cluster, got {scope[:20]!r}")
     if scope == "cluster" and service.cluster is not None:
-        from query.cluster import cluster_verify
+        from query.cluster.checkpoints import cluster_verify
         body = await cluster_verify(service.cluster)
     else:
         from engine.verify import verify_node
@@ -48,7 +48,7 @@ async def verify(request: web.Request) -> web.Response:
 
 async def cluster(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     me = await service.run(service.head_info)
     me["self"] = True
     rows = [me]
@@ -92,11 +92,11 @@ async def whoami(request: web.Request) -> web.Response:
     """The calling key's name and role (for the UI)."""
     key = authenticate_only(request)
     return web.json_response({"name": key.name, "role": key.role, "key_id": key.id,
-                              "node": request.app[SERVICE].node_id})
+                              "node": request.app[NODE].node_id})
 
 
 def authenticate_only(request: web.Request):
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
     return service.keys.authenticate(token)
