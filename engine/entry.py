@@ -37,10 +37,18 @@ pack_value = _pack
 #: damage sit before the entry of the same seq (``engine.items``)
 ENTRY_SUB = 100
 
+#: The entry's wire shape (SPEC section 3), declared once: the fields of its JSON
+#: object in this order, each the ``Entry`` attribute of that name (``id`` is
+#: ``node:seq``), converted by ``WIRE_CONVERSIONS`` where the wire differs from what
+#: is stored; ``violation`` (``WIRE_OPTIONAL``) follows only when set.  ``to_wire``,
+#: the NDJSON renderers (``export.ndjson`` builds its line makers from this), the CSV
+#: columns (``export.csv``) and the peers' compact rows (``query.cluster.peers``) all
+#: follow it.
 WIRE_FIELDS = (
     "id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
     "user_agent", "success", "details", "signature", "integrity",
 )
+WIRE_OPTIONAL = "violation"
 
 
 class EntryDraft(NamedTuple):
@@ -170,16 +178,11 @@ class Entry:
         return (self.ts, self.node, self.seq)
 
     def to_wire(self) -> dict:
-        """The JSON shape of SPEC section 3 (ts as RFC 3339, signature as hex)."""
-        d = {
-            "id": self.id, "node": self.node, "seq": self.seq, "ts": format_ts(self.ts),
-            "user": self.user, "action": self.action, "target": self.target,
-            "domain": self.domain, "ip": self.ip, "user_agent": self.user_agent,
-            "success": self.success, "details": _plain(self.details),
-            "signature": self.signature.hex(), "integrity": self.integrity,
-        }
+        """The JSON shape of SPEC section 3 (``WIRE_FIELDS``: ts as RFC 3339, signature as hex)."""
+        convert = WIRE_CONVERSIONS
+        d = {f: convert[f](getattr(self, f)) if f in convert else getattr(self, f) for f in WIRE_FIELDS}
         if self.violation is not None:
-            d["violation"] = self.violation
+            d[WIRE_OPTIONAL] = self.violation
         return d
 
     def __repr__(self) -> str:
@@ -193,3 +196,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+#: stored value -> wire value, for the wire fields that are not sent as stored:
+#: ``ts`` (int microseconds) as RFC 3339 text, ``signature`` (32 bytes) as hex,
+#: ``details`` with arrays as lists
+WIRE_CONVERSIONS: dict[str, Any] = {"ts": format_ts, "signature": bytes.hex, "details": _plain}

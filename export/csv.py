@@ -31,10 +31,14 @@ from typing import Any
 
 import orjson
 
-from engine.entry import Entry, format_ts
+from engine.entry import WIRE_FIELDS, Entry, format_ts
 
-CSV_COLUMNS = ("timestamp", "node_id", "seq", "user", "action", "target", "domain",
-               "ip_address", "user_agent", "success", "details", "signature", "integrity")
+#: the CSV names of wire fields that SPEC section 8 names otherwise
+_CSV_NAMES = {"ts": "timestamp", "node": "node_id", "ip": "ip_address"}
+#: the timestamp first, then the other wire fields (engine.entry.WIRE_FIELDS) in their
+#: order, without ``id`` (node_id and seq are there), by their CSV names; ``iter_csv``
+#: writes its cells in this order
+CSV_COLUMNS = tuple(_CSV_NAMES.get(f, f) for f in ("ts", *(f for f in WIRE_FIELDS if f not in ("id", "ts"))))
 
 _orjson_dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS

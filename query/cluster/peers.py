@@ -11,29 +11,37 @@ from __future__ import annotations
 import asyncio
 import ssl
 from itertools import islice
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import AsyncIterator
 
 import aiohttp
 import msgpack
 
-from engine.entry import Entry
+from engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
 from engine.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
 from query.cluster.settings import PeerConfig
 
 PEER_PREFIX = "/peer/v1"
 
 
+#: an entry's fields as a peer sends them (msgpack, values as stored: ts in
+#: microseconds, the signature as bytes): the wire fields (engine.entry.WIRE_FIELDS)
+#: but ``id`` and ``node`` (the peer's own), then ``violation``; ``sub`` and the seq of
+#: the entry's position follow (``entry_to_compact``)
+COMPACT_FIELDS = (*(f for f in WIRE_FIELDS if f not in ("id", "node")), WIRE_OPTIONAL)
+_compact = attrgetter(*COMPACT_FIELDS)
+
+
 def entry_to_compact(e: Entry) -> list:
-    return [e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-            e.details, e.signature, e.integrity, e.violation, e.sub, e.position[0]]
+    return [*_compact(e), e.sub, e.position[0]]
 
 
 def entry_from_compact(node: str, c: list | tuple) -> Entry:
     """An entry a peer sent; fields of the wrong type are a malformed stream (ValueError)."""
-    if not isinstance(c, (list, tuple)) or len(c) not in (13, 14, 15):
+    n = len(COMPACT_FIELDS)
+    if not isinstance(c, (list, tuple)) or len(c) not in (n, n + 1, n + 2):
         raise ValueError("malformed entry")
-    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:13]
+    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:n]
     if not (type(seq) is int and type(ts) is int and type(user) is str and type(action) is str
             and all(v is None or type(v) is str for v in (target, domain, ip, ua, violation))
             and type(success) is bool and isinstance(details, dict) and type(sig) is bytes
@@ -41,12 +49,12 @@ def entry_from_compact(node: str, c: list | tuple) -> Entry:
         raise ValueError("malformed entry")
     e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig,
               integrity, violation)
-    if len(c) >= 14:
-        if not all(type(x) is int for x in c[13:]):
+    if len(c) > n:
+        if not all(type(x) is int for x in c[n:]):
             raise ValueError("malformed entry")
-        e.sub = c[13]
-        if len(c) == 15:
-            e.pos_seq = c[14]
+        e.sub = c[n]
+        if len(c) == n + 2:
+            e.pos_seq = c[n + 1]
     return e
 
 
