@@ -31,7 +31,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgpack
 
@@ -84,7 +84,7 @@ class SqliteBaseline:
             1, 0, GENESIS)
 
     @classmethod
-    def open_existing(cls, path: str, node: str, key: NodeKey) -> "SqliteBaseline":
+    def open_existing(cls, path: str, node: str, key: NodeKey) -> SqliteBaseline:
         return cls(path, node, key, synchronous="FULL", create=False)
 
     def close(self) -> None:

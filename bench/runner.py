@@ -36,15 +36,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from engine.errors import AuditLogError
+from typing import Any
 
 from bench import scenarios as sc
 from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
 from bench.servers import PROFILE_ENV
+from engine.errors import AuditLogError
 
 SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss")
 #: result names that select their scenario in ``--only``
@@ -92,7 +92,7 @@ class Plan:
     peer_timeout: float = 2.0
 
     @classmethod
-    def make(cls, quick: bool, events: int | None) -> "Plan":
+    def make(cls, quick: bool, events: int | None) -> Plan:
         if events is not None:           # tiny runs (tests): a few thousand events
             return cls(n=events, append_events=events, append_reps=2, reps=2,
                        cold_reps=2, warm_reps=3, csv_rows=events,
@@ -120,7 +120,7 @@ class Result:
     higher_is_better: bool
     params: dict[str, Any]
     peak_rss_mb: float | None
-    targets: list[tuple[str, Callable[["Result"], bool]]] = field(default_factory=list)
+    targets: list[tuple[str, Callable[[Result], bool]]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -263,13 +263,13 @@ def ensure_dataset(plan: Plan, cache_root: str, say: Callable[[str], None]) -> P
         need.append(("build_sqlite", "sqlite"))
     if need:
         say(f"# building the data set: {plan.n:,} events into {cache} "
-            f"({', '.join(l for _, l in need)}; ours with fsync=none, SQLite with "
+            f"({', '.join(label for _, label in need)}; ours with fsync=none, SQLite with "
             "synchronous=OFF: data preparation, not measured)")
         (cache / "meta.json").unlink(missing_ok=True)
         kw = {"cache_dir": str(cache), "n": plan.n, "seed": plan.seed, "batch": plan.batch}
         t0 = time.perf_counter()
-        outs = _run_parallel([(job, kw) for job, _ in need], [l for _, l in need])
-        for (job, label), out in zip(need, outs):
+        outs = _run_parallel([(job, kw) for job, _ in need], [label for _, label in need])
+        for (_job, label), out in zip(need, outs):
             if isinstance(out, BaseException):
                 raise JobFailed(f"building the {label} data set failed: {out}")
             out["n"] = plan.n

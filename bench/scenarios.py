@@ -32,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from engine.entry import EntryDraft, sort_details
 
@@ -97,7 +98,7 @@ class EventGenerator:
         users: list[str] = []
         seen: set[str] = set()
         n_api = max(1, n_users // 50)
-        for i in range(n_users - n_api - 1):
+        for _ in range(n_users - n_api - 1):
             name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}"
             while name in seen:
                 name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}{r.randrange(10, 1000)}"
@@ -305,7 +306,7 @@ class Clock:
 
     __slots__ = ("w0", "c0", "wall", "cpu")
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -431,7 +432,7 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
     runs: list[float] = []
     cpu_runs: list[float] = []
     fsyncs: list[int] = []
-    for rep in range(reps):
+    for _ in range(reps):
         d = Path(tempfile.mkdtemp(prefix="append-", dir=workdir))
         try:
             dd = DataDir(d / "data")
@@ -443,7 +444,7 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
                 c[0] += 1
             w.on_commit = on_commit
             with Clock() as c:
-                _drive(lambda b: w.append_batch(b, canonical=True), batches, threads)
+                _drive(lambda b: w.append_batch(b, canonical=True), batches, threads)  # noqa: B023 (called now, in this round)
             w.close()
             runs.append(events / c.wall)
             cpu_runs.append(events / c.cpu)
@@ -502,7 +503,7 @@ def job_scan(cache_dir: str, reps: int) -> dict:
     for rep in range(reps):
         n = 0
         with Clock() as c:
-            for e in log.scan(lo, hi):
+            for _e in log.scan(lo, hi):
                 n += 1
         runs.append(n / c.wall)
         cpu_runs.append(n / c.cpu)
@@ -634,7 +635,7 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
     prog = Progress(f"scan_rss ({which} range)", expected)
     n = 0
     t0 = time.perf_counter()
-    for e in log.scan(lo, hi):
+    for _e in log.scan(lo, hi):
         n += 1
         if not n & 0xFFFF:
             peak_anon = max(peak_anon, rss_anon_mb())
@@ -768,6 +769,7 @@ async def _warm_connections(session, base: str, conns: int) -> None:
 async def _post_all(base: str, token: str, bodies: list[bytes], ctype: str, conns: int,
                     srv) -> dict:
     import asyncio
+
     import aiohttp
     headers = {"Authorization": f"Bearer {token}", "Content-Type": ctype}
     url = base + "/api/v1/events"
@@ -798,11 +800,12 @@ def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, w
     """POST pre-built batches to a real ``auditlog serve`` (fsync="always", fresh data dir
     per run) over ``conns`` keep-alive loopback connections; events/s over the whole load."""
     import asyncio
+
     from bench import servers
     batches = _append_data(events, batch, seed)      # the same events as the append scenario
     bodies = _encode_bodies(batches, fmt)
     runs, cpu_runs, client_cpu, rss, walls = [], [], [], [], []
-    for rep in range(reps):
+    for _ in range(reps):
         root = Path(tempfile.mkdtemp(prefix=f"http-{fmt}-", dir=workdir))
         srv = None
         try:
@@ -863,7 +866,9 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
     """Single-event POSTs at a paced ``rate`` for ``seconds`` (after an untimed warm-up at
     the same rate), fsync="always": per-request latency percentiles."""
     import asyncio
+
     import aiohttp
+
     from bench import servers
     n = max(conns, int(rate * seconds))
     warm_n = max(conns, int(rate * min(1.0, seconds / 4)))
@@ -929,9 +934,9 @@ def _merge_schedule(per_node: int, commit: int, now: int) -> list[tuple[int, int
 def _load_nodes(data_dirs: list[Path], seed: int, per_node: int, commit: int) -> None:
     """Every node's log written in-process (fsync off: an untimed fixture), the nodes'
     commits interleaved in time by :func:`_merge_schedule`."""
+    from engine.clock import now_us
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
-    from engine.clock import now_us
     from engine.writer import LogWriter
     writers, gens = [], []
     try:
@@ -996,7 +1001,9 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
     """3 real nodes (mTLS), N/3 events each, their commits interleaved in time; the
     merged NDJSON stream from node 1, first-byte times, then one node SIGKILLed."""
     import asyncio
+
     import aiohttp
+
     from bench import servers
     per_node = events // len(MERGE_NODES)
     root = Path(tempfile.mkdtemp(prefix="merge-", dir=workdir))
@@ -1098,13 +1105,14 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     """The serving node's own stage alone, in this process: the three nodes' lines,
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
+
     from engine.datadir import DataDir
     from engine.lines import line_marks
     from engine.log import NodeLog
-    from query.sources import LineTaker
     from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
     from query.scan import read_node
+    from query.sources import LineTaker
 
     per_node = {}
     for d in data_dirs:
@@ -1144,7 +1152,9 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
     merged in one process with heapq.merge over three ``ORDER BY ts, seq`` cursors; every
     merged row rendered as the same NDJSON line (export.ndjson) and counted."""
     import heapq
+
     import msgpack
+
     from bench.baseline_sqlite import _COLUMNS, SqliteBaseline
     from engine.entry import Entry
     from export.ndjson import iter_ndjson
@@ -1169,7 +1179,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             its = []
             for node, conn in zip(MERGE_NODES, conns):
                 cur = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY ts, seq")
-                its.append(((r[1], node, r[0], r) for r in cur))
+                its.append((r[1], node, r[0], r) for r in cur)
             return conns, its
 
         unpackb = msgpack.unpackb
@@ -1180,7 +1190,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             first = None
             with open(os.devnull, "wb") as out, Clock() as c:
                 def entries():
-                    for ts, node, seq, r in heapq.merge(*its):
+                    for ts, node, seq, r in heapq.merge(*its):  # noqa: B023 (consumed in this round)
                         yield Entry(node, seq, ts, r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
                                     unpackb(r[9], raw=False), r[10], "ok", None)
                 for text in iter_ndjson(entries()):

@@ -288,7 +288,7 @@ class Cluster:
     def __getitem__(self, i: int) -> Server:
         return self.nodes[i]
 
-    def build(self) -> "Cluster":
+    def build(self) -> Cluster:
         """CA, certificates, configs and ``auditlog init`` of every node (not started)."""
         self.root.mkdir(parents=True, exist_ok=True)
         cli("cluster", "ca-init", "--out", str(self.ca))

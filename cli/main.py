@@ -12,8 +12,8 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 
@@ -43,7 +43,7 @@ class Context:
         return self._config
 
     def node(self) -> Node:
-        self.config  # a broken config file is reported before anything else
+        _ = self.config  # a broken config file is reported before anything else
         return self.data_dir.open()
 
     def writer(self):
@@ -141,7 +141,7 @@ def init(obj: Context, node_id: str) -> None:
     Example:
       auditlog --data-dir /var/lib/auditlog init --node-id gw1
     """
-    obj.config
+    _ = obj.config   # a broken config file is reported before anything is created
     node = obj.data_dir.init(node_id)
     click.echo(f"initialised {obj.data_dir.root} for node {node.node_id} "
                f"(key in {obj.data_dir.key_path}, mode 0600)")
@@ -599,7 +599,9 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
       auditlog --data-dir ./demo-data serve --demo
     """
     import logging
-    from query.http.server import parse_listen, serve as run_serve, serve_forever
+
+    from query.http.server import parse_listen, serve_forever
+    from query.http.server import serve as run_serve
     from query.node import build_node
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = obj.config

@@ -62,11 +62,11 @@ class NodeKey:
 
         return sign
 
-    def derive(self, label: bytes) -> "NodeKey":
+    def derive(self, label: bytes) -> NodeKey:
         """A sub-key for derived files (indexes, line files, sealed state)."""
         return NodeKey(hmac.digest(self._key, b"auditlog derive:" + label, "sha256"))
 
-    def equals(self, other: "NodeKey") -> bool:
+    def equals(self, other: NodeKey) -> bool:
         return hmac.compare_digest(self._key, other._key)
 
     def __repr__(self) -> str:

@@ -90,7 +90,7 @@ class DataDir:
     def is_initialised(self) -> bool:
         return self.node_path.exists()
 
-    def init(self, node_id: str) -> "Node":
+    def init(self, node_id: str) -> Node:
         check_node_id(node_id)
         if self.node_path.exists() or self.key_path.exists() or (
                 self.segments.exists() and any(self.segments.iterdir())):
@@ -102,7 +102,7 @@ class DataDir:
         write_atomic(self.node_path, (node_id + "\n").encode(), sync_dir=True)
         return Node(node_id, key)
 
-    def open(self) -> "Node":
+    def open(self) -> Node:
         if not self.node_path.exists():
             raise NotInitialisedError(
                 f"{self.root} is not an auditlog data dir (run: auditlog --data-dir {self.root} init --node-id NAME)")

@@ -138,11 +138,11 @@ class Entry:
         self.pos_seq = seq
 
     @classmethod
-    def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> "Entry":
+    def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> Entry:
         return cls(node, *rec, integrity)
 
     @classmethod
-    def from_records(cls, node: str, recs) -> list["Entry"]:
+    def from_records(cls, node: str, recs) -> list[Entry]:
         """Entries of verified records, built without a call per field (the scan hot path)."""
         new = object.__new__
         out = []
@@ -159,7 +159,7 @@ class Entry:
         return out
 
     @classmethod
-    def marker(cls, node: str, seq: int, ts: int, violation: str) -> "Entry":
+    def marker(cls, node: str, seq: int, ts: int, violation: str) -> Entry:
         """Stand-in for an undecodable range: ``seq`` is the first seq of the range."""
         return cls(node, seq, ts, "", "audit.integrity_violation", None, None, None,
                    None, False, {}, b"", "violation", violation)
@@ -172,10 +172,6 @@ class Entry:
     def position(self) -> tuple[int, int]:
         """Where the entry sits in its node's log (``engine.items``): cursors continue after it."""
         return (self.seq, ENTRY_SUB) if self.sub == ENTRY_SUB else (self.pos_seq, self.sub)
-
-    @property
-    def sort_key(self) -> tuple[int, str, int]:
-        return (self.ts, self.node, self.seq)
 
     def to_wire(self) -> dict:
         """The JSON shape of SPEC section 3 (``WIRE_FIELDS``: ts as RFC 3339, signature as hex)."""

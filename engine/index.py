@@ -163,7 +163,7 @@ class SegmentIndex:
         return body + key.mac(b"index", body)
 
     @classmethod
-    def from_bytes(cls, raw: bytes, key: NodeKey) -> "SegmentIndex | None":
+    def from_bytes(cls, raw: bytes, key: NodeKey) -> SegmentIndex | None:
         """Decode a stored index; None if it fails its MAC or does not parse."""
         if len(raw) < _MAC:
             return None

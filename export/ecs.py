@@ -24,7 +24,7 @@ Field mapping:
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from engine.entry import Entry, format_ts
 

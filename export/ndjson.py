@@ -21,8 +21,17 @@ from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 
-from engine.entry import (R_DETAILS, R_SEQ, R_SIG, R_TS, RECORD_FIELDS, WIRE_CONVERSIONS, WIRE_FIELDS,
-                          WIRE_OPTIONAL, Entry)
+from engine.entry import (
+    R_DETAILS,
+    R_SEQ,
+    R_SIG,
+    R_TS,
+    RECORD_FIELDS,
+    WIRE_CONVERSIONS,
+    WIRE_FIELDS,
+    WIRE_OPTIONAL,
+    Entry,
+)
 from export.csv import CHUNK_CHARS, TimestampFormatter, make_json_encoder
 
 # Maps in stored order (ingest stores details canonically sorted), as to_wire does.

@@ -15,8 +15,8 @@ the missing part could hold an unconfirmed change or the confirmation of one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from engine.entry import Entry, format_ts
 

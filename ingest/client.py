@@ -413,7 +413,7 @@ class AuditClient:
         """Why the log currently counts as unavailable (``None`` when it does not)."""
         return self._unavailable
 
-    def __enter__(self) -> "AuditClient":
+    def __enter__(self) -> AuditClient:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

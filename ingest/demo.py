@@ -82,7 +82,7 @@ def seed_demo(writer, now_us: int) -> int:
     by_minute: dict[int, list[EntryDraft]] = {}
     for m, d in items:
         by_minute.setdefault(m, []).append(d)
-    for hhmm, idx, who in pending_confirms:
+    for hhmm, _idx, _who in pending_confirms:
         by_minute.setdefault(_minute_of(hhmm), [])
     count = 0
     for m in sorted(by_minute):

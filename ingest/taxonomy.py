@@ -44,11 +44,6 @@ TAXONOMY: frozenset[str] = frozenset({
 }) | AUDIT_ACTIONS
 
 
-def is_valid_action_name(a: object) -> bool:
-    """True if ``a`` is a syntactically valid action name (taxonomy or not)."""
-    return isinstance(a, str) and ACTION_RE.fullmatch(a) is not None
-
-
 def is_known_action(a: object) -> bool:
     """True for taxonomy entries and for well-formed names under ``custom.``."""
     if not isinstance(a, str):

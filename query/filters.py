@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.entry import Entry, format_ts
+
 # The very normalisers ingest stores with, so a filter value compares equal to
 # what is on disk (private there today; one spelling of each rule in the tree).
 from ingest.event import _normalise_domain as _ingest_domain
@@ -100,7 +101,7 @@ class Filter:
     # -- building -----------------------------------------------------------
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], now_us: int | None = None) -> "Filter":
+    def from_params(cls, params: Mapping[str, Any], now_us: int | None = None) -> Filter:
         """Build from query-string / CLI parameters (unknown keys are ignored).
 
         Values may be a str or a list of str (repeated parameters accumulate);
@@ -130,12 +131,8 @@ class Filter:
     # -- matching -----------------------------------------------------------
 
     def matches(self, entry: Entry) -> bool:
-        """Whether ``entry`` passes the filter (scan loops should call :meth:`matcher`)."""
+        """Whether ``entry`` passes the filter."""
         return self._match(entry)  # type: ignore[attr-defined]
-
-    def matcher(self) -> Callable[[Entry], bool]:
-        """The compiled predicate behind :meth:`matches`, to skip a call in hot loops."""
-        return self._match  # type: ignore[attr-defined]
 
     def scan_predicate(self) -> Callable[[Entry], bool] | None:
         """What a node scan must still check entry by entry, or None when nothing is

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, bisect_right
+from collections.abc import AsyncIterator
 from operator import neg
-from typing import AsyncIterator
 
 from engine.lines import cut_lines
 from query.merge import Source
+
 
 class LineSource(Source):
     """One node's ordered stream of rendered lines, pulled chunk by chunk."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from engine.entry import Entry
 

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,7 +74,7 @@ class NodeConfig:
     syslog: SyslogSettings | None = None
 
 
-def build_node(config: NodeConfig, data_dir: DataDir) -> "RunningNode":
+def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     """The node of ``data_dir`` as ``config`` says, open; ``close()`` it when done."""
     node = data_dir.open()
     store, settings = config.store, config.service
@@ -107,7 +106,7 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> "RunningNode":
     return rn
 
 
-def forwarder(rn: "RunningNode", settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
+def forwarder(rn: RunningNode, settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
     """A syslog forwarder of ``rn``'s log, handed exactly what it uses."""
     return SyslogForwarder(settings, reader=rn.log, head_seq=lambda: rn.writer.next_seq - 1,
                            seal=rn.seal, state_dir=rn.data_dir.state, rejected=rn.state_rejected, batch=batch)
@@ -142,7 +141,6 @@ class RunningNode:
                          file=IdempotencyCache.FILE_NAME)
         self._key_uses: dict[str, list] = {}
         self._key_lock = threading.Lock()
-        self.started = time.time()
         self.last_retention: dict | None = None
         #: the cluster (query.cluster.fanout.Cluster) when [cluster] has a listener or peers
         self.cluster: Cluster | None = None

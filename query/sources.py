@@ -76,7 +76,7 @@ class LocalLineSource(LineSource):
                 pass
 
 
-def _take_marked(taker: "LineTaker", n: int):
+def _take_marked(taker: LineTaker, n: int):
     got = taker.take(n)
     return None if got is None else (got[0], line_marks(got[1]), got[2], got[3])
 

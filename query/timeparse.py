@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from engine import clock
 
+from engine import clock
 from query.errors import InvalidFilterError
 
 # re.ASCII: \d must not accept other scripts' digits, which int() would.

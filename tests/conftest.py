@@ -54,6 +54,7 @@ def written(tmp_path):
     """A log with 20 events (``helpers_engine.draft`` 0..19) in one active segment,
     two per commit, one frame each (the torn-tail and recovery suites)."""
     from helpers_engine import draft, init_dir, settings
+
     from engine.writer import LogWriter
     dd, node = init_dir(tmp_path / "data")
     with LogWriter(dd, node, settings(1 << 20)) as w:

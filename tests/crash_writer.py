@@ -44,7 +44,6 @@ from engine.segment import list_segments  # noqa: E402
 from engine.settings import StoreSettings  # noqa: E402
 from engine.writer import LogWriter  # noqa: E402
 
-
 #: the tests' epoch (tests/conftest.py TEST_EPOCH_US) less one day
 CLOCK_START_US = 1_773_478_800_000_000 - 86_400_000_000
 

@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
 from helpers_http import AUDITLOG, bearer, clean_env, http_request
+
+from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
 
 #: actions used for generated events (a mix of families for filter tests)
 ACTIONS = ("config.filter_update", "config.domain_add", "auth.login", "auth.login_failed",
@@ -82,7 +83,7 @@ class NodeSpec:
 
 
 class ClusterNode:
-    def __init__(self, cluster: "LocalCluster", spec: NodeSpec, http_port: int, peer_port: int):
+    def __init__(self, cluster: LocalCluster, spec: NodeSpec, http_port: int, peer_port: int):
         self.cluster = cluster
         self.spec = spec
         self.name = spec.name
@@ -267,7 +268,7 @@ class LocalCluster:
             "--san", "127.0.0.1", "--out", str(out))
         return out / f"{name}.pem", out / f"{name}.key"
 
-    def build(self) -> "LocalCluster":
+    def build(self) -> LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         cas = {"main"} | {n.spec.ca for n in self.nodes.values()} | {
             c for n in self.nodes.values() for c in n.spec.trust}
@@ -378,10 +379,11 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
     """Change fields of entry ``seq`` of a (stopped) node and re-sign everything from
     there with the node's own key: entry signatures, frame MACs, later segment headers.
     The node's own verification cannot tell; only a witness can."""
-    from engine.entry import R_SIG, canonical_bytes, record_from_canonical, packed_len
+    import msgpack
+
+    from engine.entry import R_SIG, canonical_bytes, packed_len, record_from_canonical
     from engine.frame import build_frame
     from engine.segment import SegmentHeader
-    import msgpack
     fields = ("user", "action", "target", "domain", "ip", "user_agent", "success", "details")
     dd, node, segs = _frames_of(data_dir)
     sign = node.key.signer()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gc
 import io
 import json
 import logging
@@ -46,7 +47,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import gc
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,7 @@ from typing import Any
 
 import msgpack
 import xxhash
+from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segment_header, settings
 
 from engine.clock import FrozenClock
 from engine.datadir import DataDir
@@ -61,7 +62,6 @@ from engine.entry import EntryDraft
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.writer import LogWriter
-from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segment_header, settings
 
 NODE = "gw1"
 #: 2026-03-01T00:00:00Z: the log lies before the tests' frozen clock (2026-03-14T09:00Z), so
@@ -1152,7 +1152,7 @@ async def _get(http, ans: Answer, path: str, params: dict) -> tuple[bytes | None
                 ans.fail(f"HTTP {resp.status}: {body[:300]!r}")
                 return None, None
             return body, resp.headers
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         ans.fail(f"the response broke off: {_exc(e)}")
         return None, None
 
@@ -1372,7 +1372,7 @@ class Example:
     def close(self) -> None:
         self.tmp.cleanup()
 
-    def __enter__(self) -> "Example":
+    def __enter__(self) -> Example:
         return self
 
     def __exit__(self, *exc) -> None:

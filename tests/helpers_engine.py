@@ -9,20 +9,19 @@ subprocess of the installed console script).
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import msgpack
 
 from engine.datadir import DataDir, Node
 from engine.entry import Entry, EntryDraft
 from engine.frame import HEADER_SIZE, MAC_SIZE, parse_header
-from engine.segment import (SegmentData, list_segments, parse_segment_header, walk_frames,
-                            MAX_HEADER)
+from engine.segment import MAX_HEADER, SegmentData, list_segments, parse_segment_header, walk_frames
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
 

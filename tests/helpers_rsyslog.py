@@ -164,7 +164,7 @@ class Rsyslog:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 15) -> "Rsyslog":
+    def start(self, timeout: float = 15) -> Rsyslog:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         try:
             self.pidfile.unlink()
@@ -221,7 +221,7 @@ class Rsyslog:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "Rsyslog":
+    def __enter__(self) -> Rsyslog:
         return self.start()
 
     def __exit__(self, *exc) -> None:

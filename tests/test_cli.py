@@ -386,7 +386,7 @@ def test_query_time_range_rfc3339_from_inclusive_to_exclusive(log6):
     assert seqs(log6, "--to", ts[3]) == [1, 2]
     assert seqs(log6, "--from", ts[2], "--to", ts[5]) == [2, 3, 4]
     # an explicit offset names the same instant
-    t = dt.datetime.strptime(ts[4], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(ts[4], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     shifted = t.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat()
     assert seqs(log6, "--from", shifted) == [4, 5, 6]
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers_http import free_port
+
 from ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
 from ingest.errors import InvalidEventError
 from ingest.idempotency import IdempotencyCache

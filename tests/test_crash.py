@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers_engine import (PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths,
-                            settings)
 from crash_writer import expected_details
+from helpers_engine import PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths, settings
+
 from engine.catalog import index_segment
 from engine.log import NodeLog
 from engine.verify import verify_node

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers_engine import build_log, draft, flip_byte, frames_of, query_json, segment_paths, settings, verify_json
 
-from helpers_engine import (build_log, draft, flip_byte, frames_of, query_json, segment_paths, settings,
-                            verify_json)
 from engine.datadir import DataDir
 from engine.writer import LogWriter
 

@@ -16,11 +16,12 @@ import ipaddress
 import json
 import re
 
+from helpers_http import bearer, post_events, query_all, run_cli
+
 from engine.datadir import DataDir
 from engine.entry import EntryDraft
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
-from helpers_http import bearer, post_events, query_all, run_cli
 from ingest.taxonomy import NODE_ACTIONS
 from query.cluster.fanout import Cluster
 from query.cluster.settings import ClusterSettings, PeerConfig

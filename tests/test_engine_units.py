@@ -21,16 +21,32 @@ from hypothesis import strategies as st
 
 from engine.chain import GENESIS, KEY_BYTES, NodeKey, create_key_file, load_key_file, sign_entry
 from engine.datadir import DataDir, Node
-from engine.entry import (R_SIG, RECORD_FIELDS, EntryDraft, canonical_bytes, packed_len,
-                          record_from_canonical, sort_details)
+from engine.entry import (
+    R_SIG,
+    RECORD_FIELDS,
+    EntryDraft,
+    canonical_bytes,
+    packed_len,
+    record_from_canonical,
+    sort_details,
+)
 from engine.errors import KeyFileError
-from engine.frame import (FRAME_MAGIC, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError,
-                          build_frame, check_frame, parse_header)
-from engine.terms import TERM_FIELDS, TermIndex
+from engine.frame import (
+    FRAME_MAGIC,
+    HEADER,
+    HEADER_SIZE,
+    MAC_SIZE,
+    OVERHEAD,
+    FrameError,
+    build_frame,
+    check_frame,
+    parse_header,
+)
 from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.settings import StoreSettings
+from engine.terms import TERM_FIELDS, TermIndex
 from engine.verify import verify_node
 from engine.writer import LogWriter
 from query.filters import Filter

@@ -12,11 +12,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from helpers_engine import draft, flip_byte, init_dir, segment_header, segment_paths
+from helpers_engine import settings as store_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers_engine import draft, flip_byte, init_dir, segment_header, segment_paths
-from helpers_engine import settings as store_settings
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.verify import verify_node

@@ -7,12 +7,14 @@ import io
 import json
 
 import pytest
+from helpers_engine import SAMPLE_SIG as SIG
+from helpers_engine import SAMPLE_TS as TS
+from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.entry import Entry, format_ts
 from export.csv import CHUNK_CHARS, CSV_COLUMNS, iter_csv
-from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
 
 def render(entries, bom: bool = True) -> str:

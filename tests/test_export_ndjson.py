@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from helpers_engine import SAMPLE_SIG as SIG
+from helpers_engine import SAMPLE_TS as TS
+from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.entry import WIRE_FIELDS, Entry
 from export.csv import CHUNK_CHARS
 from export.ndjson import iter_ndjson, render_json_entry
-from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
 SPEC_FIELDS = ["id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
                "user_agent", "success", "details", "signature", "integrity"]

@@ -9,13 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
+from format_verifier import verify_data_dir
 from helpers_engine import flip_byte, invoke_cli, query_json, segment_paths, verify_json
+
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.segment import SegmentData, parse_segment_header
-
-from format_verifier import verify_data_dir
 
 V1_LOG = Path(__file__).with_name("data") / "v1-log"
 V1_ENTRIES = 153

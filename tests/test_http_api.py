@@ -16,12 +16,11 @@ import re
 
 import msgpack
 import pytest
+from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query, query_all, seqs
 
 from engine.entry import WIRE_FIELDS
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query,
-                          query_all, seqs)
 from query.node import ServiceSettings
 
 NODE = "node-a"
@@ -176,7 +175,7 @@ async def test_query_time_bounds_absolute_and_date(client, keys, seeded):
     got = await query(client, keys["reader"], **{"from": times[0], "to": times[-1]})
     assert ids(got["events"]) == [e["id"] for e in seeded if times[0] <= e["ts"] < times[-1]]
     # an offset form of the same instant
-    t = dt.datetime.strptime(mid, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(mid, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     shifted = t.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat()
     got = await query(client, keys["reader"], **{"from": shifted})
     assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] >= mid]
@@ -452,7 +451,7 @@ async def test_verify_reports_tampering(make_service, make_client):
     svc = make_service(StoreSettings(fsync="none", segment_max_bytes=4096), name="tamper")
     k = make_keys(svc)
     client = await make_client(svc)
-    for i in range(8):
+    for _ in range(8):
         assert (await post_events(client, k["writer"], [ev(j, details={"pad": "x" * 300})
                                                         for j in range(5)])).status == 201
     segs = sorted(svc.data_dir.segments.glob("*.seg"))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
+
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
 
 WRITERS = 8
 BATCHES = 12

@@ -17,11 +17,11 @@ import json
 import pytest
 import requests
 import schemathesis
+from helpers_http import ServeProcess, run_cli
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from helpers_http import ServeProcess, run_cli
 from query.http.openapi import EXAMPLE_EVENT, openapi_document
 
 MAX_EXAMPLES = 30

@@ -16,11 +16,11 @@ import os
 
 import msgpack
 import pytest
+from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
 
 from engine.datadir import DataDir
 from engine.settings import StoreSettings
 from engine.state import StateSeal
-from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
 from ingest.idempotency import IdempotencyCache, request_fingerprint
 from query.node import RunningNode, ServiceSettings, build_node
 

@@ -8,10 +8,9 @@ import json
 
 import msgpack
 import pytest
+from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events, query, query_all
 
 from engine.settings import StoreSettings
-from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events,
-                          query, query_all)
 from ingest.limits import Limits
 from query.node import ServiceSettings
 

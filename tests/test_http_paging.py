@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers_http import KEY_ENTRIES, ev, head_seq, ids, make_keys, post_events, query
 
 from engine.entry import EntryDraft
 from engine.settings import StoreSettings
-from helpers_http import KEY_ENTRIES, ev, head_seq, ids, make_keys, post_events, query
 
 N = 3000
 USERS = ("alice", "bob", "carol", "dave")

@@ -9,7 +9,6 @@ request changes nothing.  PUT/PATCH/DELETE/POST on the log -> 405, whoever asks.
 from __future__ import annotations
 
 import pytest
-
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq
 
 CREDENTIALS = ["none", "malformed", "malformed-empty", "bad-key", "garbage", "revoked",

@@ -15,8 +15,7 @@ from engine.errors import AuditLogError
 from ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
 from ingest.event import parse_detail_args, validate_batch, validate_event
 from ingest.limits import Limits
-from ingest.taxonomy import (ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY,
-                              is_known_action)
+from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY, is_known_action
 
 GOOD = {"user": "admin", "action": "auth.login"}
 

@@ -235,7 +235,7 @@ def test_arbitrary_lines_only_raise_ingest_errors(lines):
     try:
         drafts = parse_ndjson(data)
     except BatchTooLargeError:
-        raise AssertionError("default limit cannot be reached here")
+        raise AssertionError("default limit cannot be reached here") from None
     except InvalidEventError as e:
         n_lines = data.count("\n") + 1
         assert all(p["index"] == -1 or 1 <= p["index"] <= n_lines for p in e.problems)

@@ -11,26 +11,23 @@ import os
 import shutil
 import struct
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers_engine import build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths, served_log, write_config
+from helpers_http import ServeProcess
 
 from cli.config import load_config
 from engine.datadir import DataDir
-from dataclasses import dataclass
-
 from engine.errors import ConfigError
 from engine.items import VerifiedFrame
 from engine.lines import LineFiles, cut_lines, line_marks, lines_path
 from engine.log import NodeLog
 from export.ndjson import LINES_TAG, line_renderer, ndjson_lines
-from query.sources import LineTaker
 from query.filters import Filter
 from query.scan import read_node, scan_node
-
-from helpers_engine import (build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths,
-                            served_log, write_config)
-from helpers_http import ServeProcess
+from query.sources import LineTaker
 
 SEG = 8192                      # 400 events in batches of 7: ~7 segments of ~8 frames
 FILE_HEADER = struct.Struct("<4sBB")

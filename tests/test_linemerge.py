@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from array import array
+from datetime import UTC
 
 import msgpack
 import pytest
@@ -14,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.lines import LEN_CODE, line_marks
-from query.linemerge import LineSource, merge_lines, node_ranks
 from query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
+from query.linemerge import LineSource, merge_lines, node_ranks
 
 
 class ListSource(LineSource):
@@ -198,15 +199,16 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     """LineTaker over the reader's items (verified frames rendered from their records,
     or taken from line files, first kept and then read back) gives byte for byte
     the lines of the entry scan, also around a damaged frame, as lines and joined."""
+    from helpers_engine import build_log, frames_of, segment_paths
+
+    from engine.items import VerifiedFrame
+    from engine.lines import cut_lines
+    from engine.log import NodeLog
     from export.csv import TimestampFormatter
     from export.ndjson import ndjson_lines
-    from helpers_engine import build_log, frames_of, segment_paths
-    from engine.log import NodeLog
-    from engine.lines import cut_lines
-    from engine.items import VerifiedFrame
-    from query.sources import LineTaker
     from query.filters import Filter
     from query.scan import read_node, scan_node
+    from query.sources import LineTaker
 
     dd, node = build_log(tmp_path / "data", 120, per_batch=7)
     if damage:
@@ -250,7 +252,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
 
 
 def _ts_of(line: bytes) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
     text = json.loads(line)["ts"]
-    d = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    d = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(d.timestamp()) * 1_000_000 + d.microsecond

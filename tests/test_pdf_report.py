@@ -21,9 +21,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers_http import AUDITLOG, bearer, clean_env, free_port, post_events, query_all, run_cli
 
 from export.pdf import _find_font
-from helpers_http import bearer, post_events, query_all, run_cli, AUDITLOG, clean_env, free_port
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -284,6 +284,7 @@ async def test_api_pdf_subject_access_report(client, keys, tmp_path):
 
 async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_path):
     from helpers_http import make_keys
+
     from query.cluster.pki import ca_init, issue_cert
     from query.cluster.settings import ClusterSettings, PeerConfig
 

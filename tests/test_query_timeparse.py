@@ -16,8 +16,8 @@ NOW = 1_773_479_553_123_456  # 2026-03-14T09:12:33.123456Z
 
 
 def us(*args: int) -> int:
-    moment = dt.datetime(*args, tzinfo=dt.timezone.utc)
-    return int((moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds()) * 1_000_000
+    moment = dt.datetime(*args, tzinfo=dt.UTC)
+    return int((moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 1_000_000
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -112,5 +112,5 @@ def test_round_trip_with_format_ts(ts: int) -> None:
 def test_offsets_agree_with_datetime(moment: dt.datetime, offset_min: int) -> None:
     zone = dt.timezone(dt.timedelta(minutes=offset_min))
     aware = moment.replace(tzinfo=zone)
-    expected = (aware - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    expected = (aware - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
     assert parse_time(aware.isoformat(timespec="microseconds")) == expected

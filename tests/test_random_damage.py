@@ -39,16 +39,52 @@ whole directory back.
 from __future__ import annotations
 
 import pytest
+from helpers_damage import (
+    ACTION_QUERIES,
+    CLI_QUERY_FORMATS,
+    CONFIRMATIONS,
+    COPY_TARGETS,
+    EDIT_FIELDS,
+    EXPORT_FORMATS,
+    FLIP_REGIONS,
+    GARBAGE_KINDS,
+    GARBAGE_NAMES,
+    IPS,
+    N_ENTRIES,
+    PLAN_EVENTS,
+    RECIPIENTS,
+    ROTATIONS,
+    SIDECARS,
+    TARGETS,
+    USERS,
+    Answer,
+    CopySegment,
+    CutActive,
+    DeleteSegment,
+    DropSidecar,
+    EditRecord,
+    Example,
+    FlipBytes,
+    GarbageSegment,
+    Query,
+    SwapNames,
+    TruncateSealed,
+    build_pristine,
+    check_answer,
+    check_four_eyes,
+    describe_failure,
+    expected,
+    four_eyes_oracle,
+    pristine_four_eyes,
+    resolve,
+    run_cli_export,
+    run_cli_four_eyes,
+    run_cli_query,
+    run_http,
+    unclosed,
+)
 from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
-
-from helpers_damage import (
-    ACTION_QUERIES, Answer, CLI_QUERY_FORMATS, CONFIRMATIONS, COPY_TARGETS, EDIT_FIELDS, EXPORT_FORMATS,
-    FLIP_REGIONS, GARBAGE_KINDS, GARBAGE_NAMES, IPS, N_ENTRIES, PLAN_EVENTS, RECIPIENTS, ROTATIONS,
-    SIDECARS, TARGETS, USERS, CopySegment, CutActive, DeleteSegment, DropSidecar, EditRecord, Example,
-    FlipBytes, GarbageSegment, Query, SwapNames, TruncateSealed, build_pristine, check_answer,
-    check_four_eyes, describe_failure, expected, four_eyes_oracle, pristine_four_eyes, resolve,
-    run_cli_export, run_cli_four_eyes, run_cli_query, run_http, unclosed)
 
 #: Examples drawn per test, beside the explicit ones.  The module runs in about
 #: two minutes on two cores (pytest -n 2); raise them locally to search harder.

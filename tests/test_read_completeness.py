@@ -21,9 +21,9 @@ from pathlib import Path
 import msgpack
 import pytest
 import xxhash
-
 from helpers_engine import flip_byte, frames_of, invoke_cli, segment_paths
 from helpers_http import bearer, make_keys
+
 from engine.clock import FrozenClock
 from engine.datadir import DataDir
 from engine.entry import EntryDraft, format_ts
@@ -383,8 +383,9 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     import socket
     import time
 
-    from export.syslog import SyslogSettings
     from test_syslog import _frames, audit_params, parse_rfc5424
+
+    from export.syslog import SyslogSettings
 
     dd, node, by_seq = log
     lost = set(_damage(dd, node, "delete_middle"))

@@ -15,10 +15,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from helpers_engine import (PYTHON, draft, flip_byte, frames_of, invoke_cli, run_cli,
-                            segment_paths, settings, verify_json)
+from helpers_engine import (
+    PYTHON,
+    draft,
+    flip_byte,
+    frames_of,
+    invoke_cli,
+    run_cli,
+    segment_paths,
+    settings,
+    verify_json,
+)
 from helpers_http import ServeProcess, clean_env, free_port, http_request
+
 from engine.log import NodeLog
 from engine.verify import verify_node
 from engine.writer import LogWriter

@@ -12,7 +12,6 @@ import time
 import urllib.request
 
 import pytest
-
 from helpers_http import ServeProcess, rss_kib, run_cli
 
 

@@ -24,7 +24,7 @@ async def test_concurrent_appends_share_commits_and_get_their_own_seqs(make_serv
     commits = svc.metrics.batch_size.count - commits0
     assert commits < len(batches) // 2, commits          # grouped, not one fsync per request
     spans = sorted((r.first_seq, r.last_seq) for r in results)
-    for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+    for (_, a1), (b0, _) in zip(spans, spans[1:]):
         assert b0 == a1 + 1                                # contiguous, no overlap
     for want, r in zip(users, results):
         assert r.last_seq - r.first_seq + 1 == len(want)

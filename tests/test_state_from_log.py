@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_http import ServeProcess, bearer, ev, make_keys, post_events, query, run_cli
 
 from engine.entry import ENTRY_SUB, EntryDraft
-from helpers_http import ServeProcess, bearer, ev, make_keys, post_events, query, run_cli
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class Receiver:
                 while not self._stop.is_set():
                     try:
                         chunk = conn.recv(65536)
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     if not chunk:
                         break

@@ -11,7 +11,6 @@ import socket
 import time
 
 import pytest
-
 from helpers_engine import served_log
 from helpers_http import ServeProcess
 

@@ -22,12 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers_http import AUDITLOG, ServeProcess, bearer, clean_env, free_port, run_cli
+from helpers_rsyslog import Rsyslog, make_tls_files, require_gtls, require_rsyslogd
 
 from engine.entry import Entry, format_ts
 from export.errors import ExportError
 from export.syslog import DEFAULT_SD_ID, check_sd_id, format_message
-from helpers_http import AUDITLOG, ServeProcess, bearer, clean_env, free_port, run_cli
-from helpers_rsyslog import Rsyslog, make_tls_files, require_gtls, require_rsyslogd
 
 # -- a strict RFC 5424 parser ------------------------------------------------------------
 
@@ -463,7 +463,7 @@ class Poster:
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Poster":
+    def start(self) -> Poster:
         self.t.start()
         return self
 

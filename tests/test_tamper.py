@@ -19,10 +19,25 @@ from pathlib import Path
 import msgpack
 import pytest
 import xxhash
+from helpers_engine import (
+    SMALL_SEGMENT,
+    append_events,
+    build_log,
+    covers,
+    flip_byte,
+    frames_of,
+    invoke_cli,
+    query_json,
+    read_coverage,
+    rechain,
+    rewrite_frame,
+    segment_paths,
+    settings,
+    verify_json,
+    violations_of,
+    write_config,
+)
 
-from helpers_engine import (SMALL_SEGMENT, append_events, build_log, covers, flip_byte, frames_of,
-                            invoke_cli, query_json, read_coverage, rechain, rewrite_frame,
-                            segment_paths, settings, verify_json, violations_of, write_config)
 from engine.datadir import DataDir, Node
 from engine.entry import EntryDraft, format_ts
 from engine.frame import FRAME_MAGIC, HEADER, HEADER_SIZE

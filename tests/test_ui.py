@@ -33,14 +33,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
+from helpers_http import AUDITLOG, bearer, clean_env, free_port
 
 from export.csv import CSV_COLUMNS
-from helpers_http import AUDITLOG, bearer, clean_env, free_port
 from query.filters import PARAM_NAMES
 
 try:
@@ -123,7 +123,7 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError("serve ignored SIGTERM for 20 s")
+                raise AssertionError("serve ignored SIGTERM for 20 s") from None
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -462,7 +462,7 @@ def test_quick_ranges_set_from(page, demo):
     day = ids(page)
     assert day and day == api_ids(demo, user="alice", **{"from": "-24h"})
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     page.get_by_role("button", name="Last hour").click()
     settle(page)
     assert field(page, "from").input_value() == "-1h" and url_query(page)["from"] == ["-1h"]

@@ -6,8 +6,8 @@ import json
 
 import msgpack
 import pytest
-
 from helpers_http import free_port, make_keys
+
 from ingest.limits import Limits
 from query.node import ServiceSettings
 

@@ -21,14 +21,13 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from helpers_cluster import LocalCluster, NodeSpec, make_events
+from helpers_engine import draft, flip_byte, frames_of, segment_paths
 
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.settings import StoreSettings
-from helpers_cluster import LocalCluster, NodeSpec, make_events
-from helpers_engine import draft, flip_byte, frames_of, segment_paths
 from query.cluster.witness import MAX_RUNS_PER_WITNESS, SIGNATURE_BATCH, WALK_GAP, WitnessFindings
-
 
 # =====================================================================================
 # signatures_at

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_engine import PYTHON, draft, init_dir, run_cli, segment_paths, settings
 
-from helpers_engine import (PYTHON, draft, init_dir, run_cli, segment_paths, settings)
 from engine.errors import WriterLockedError
 from engine.log import NodeLog
 from engine.verify import verify_node

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import aiohttp
 
 from engine.entry import Entry, EntryDraft
-from query.cluster.settings import ClusterSettings
 from query.cluster.peers import PeerClient, PeerError
+from query.cluster.settings import ClusterSettings
 from query.filters import Filter
 from query.linemerge import LineSource
 from query.merge import Source

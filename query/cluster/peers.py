@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from itertools import islice
 from operator import attrgetter, itemgetter
-from typing import AsyncIterator
 
 import aiohttp
 import msgpack
@@ -78,7 +78,7 @@ class PeerClient:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
                                                                sock_read=self.timeout)),
                 self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PeerError(f"no answer within {self.timeout:g} s") from None
         except aiohttp.ClientConnectorCertificateError as e:
             raise PeerError(f"TLS certificate rejected: {e.certificate_error}") from None
@@ -94,7 +94,7 @@ class PeerClient:
         resp = await self._get(path, params)
         try:
             return await asyncio.wait_for(resp.json(), self.timeout)
-        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             raise PeerError(f"bad answer to {path}: {_describe(e)}") from None
         finally:
             resp.release()
@@ -123,7 +123,7 @@ class PeerClient:
         count = 0
         node = self.node
         try:
-            async for msg in _read_messages(resp, self.timeout, lambda: count):
+            async for msg in _read_messages(resp, self.timeout, lambda: count):  # noqa: B023 (the count so far)
                 if "end" in msg:
                     return
                 batch = [entry_from_compact(node, c) for c in msg.get("e", ())]
@@ -148,7 +148,7 @@ class PeerClient:
         resp = await self._get("/scan", q)
         count = 0
         try:
-            async for msg in _read_messages(resp, self.timeout, lambda: count):
+            async for msg in _read_messages(resp, self.timeout, lambda: count):  # noqa: B023 (the count so far)
                 if "end" in msg:
                     return
                 chunk = unpack_line_chunk(msg)
@@ -170,7 +170,7 @@ async def _read_messages(resp, timeout: float, seen) -> AsyncIterator[dict]:
     while True:
         try:
             chunk = await asyncio.wait_for(resp.content.readany(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PeerError(f"stalled mid-stream after {seen()} entries "
                             f"(nothing for {timeout:g} s)") from None
         except (aiohttp.ClientError, OSError) as e:

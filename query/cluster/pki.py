@@ -47,7 +47,7 @@ def ca_init(out: Path, name: str = "auditlog cluster CA") -> tuple[Path, Path]:
             raise ConfigError(f"{p} already exists; refusing to overwrite a CA")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
@@ -93,7 +93,7 @@ def issue_cert(ca_dir: Path, node: str, sans: list[str], out: Path) -> tuple[Pat
                 raise ConfigError(f"--san must be a host name or an IP address, got {s!r}") from None
             names.append(x509.DNSName(s))
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())

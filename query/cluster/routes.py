@@ -12,15 +12,15 @@ import msgpack
 import orjson
 from aiohttp import web
 
-from query.http.base import NODE, error_middleware
-from query.http.chunked import PartsWriter
 from engine.entry import ENTRY_SUB
-from query.sources import LineTaker
-from query.errors import QueryError
-from query.filters import PARAM_NAMES, Filter
 from query.cluster.peers import entry_to_compact, pack_line_chunk
 from query.cluster.pki import node_id_of
+from query.errors import QueryError
+from query.filters import PARAM_NAMES, Filter
+from query.http.base import NODE, error_middleware
+from query.http.chunked import PartsWriter
 from query.scan import read_node, scan_node
+from query.sources import LineTaker
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 MAX_SIGNATURE_SEQS = 10000

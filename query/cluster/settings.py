@@ -73,6 +73,6 @@ class ClusterSettings:
         if self.enabled and not (self.ca and self.cert and self.key):
             raise ConfigError("[cluster] needs ca, cert and key (see auditlog cluster ca-init / issue-cert)")
 
-    def without(self, node_id: str) -> "ClusterSettings":
+    def without(self, node_id: str) -> ClusterSettings:
         """These settings with ``node_id`` (this node, when listed) not among the peers."""
         return replace(self, peers=tuple(p for p in self.peers if p.node != node_id))

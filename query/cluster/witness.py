@@ -21,11 +21,10 @@ finding per witness, not thousands.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

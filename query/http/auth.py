@@ -164,7 +164,7 @@ class KeyStore:
 
     # -- loading ---------------------------------------------------------------
 
-    def load(self) -> "KeyStore":
+    def load(self) -> KeyStore:
         """Snapshot (if it opens) plus the key entries after it; with a writer, the
         snapshot is then brought up to date (and an unusable one replaced, after an
         ``audit.recovery`` entry says so)."""

@@ -6,14 +6,14 @@ import json
 
 from aiohttp import web
 
-from query.http.base import NODE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
-from query.sources import LocalLineSource, LocalSource
+from query.http.base import NODE, authorize
 from query.http.chunked import PartsWriter
 from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
+from query.sources import LocalLineSource, LocalSource
 
 PAGE_PARAMS = ("limit", "cursor", "order", "format")
 CHUNK = 2000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from query.http.base import NODE, authorize
 from query.errors import InvalidFilterError
+from query.http.base import NODE, authorize
 from query.http.openapi import openapi_document
 
 
