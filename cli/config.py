@@ -74,12 +74,15 @@ class Config:
         """What ``query.node.build_node`` needs (``query.node.NodeConfig``): the storage,
         service, cluster and syslog settings."""
         from query.node import NodeConfig, ServiceSettings, default_validate_workers
+
         workers = self.server.validate_workers
         cluster = self.cluster if self.cluster is not None and self.cluster.enabled else None
-        return NodeConfig(store=self.store,
-                          service=ServiceSettings(validate_workers=default_validate_workers()
-                                                  if workers is None else workers),
-                          cluster=cluster, syslog=self.syslog)
+        return NodeConfig(
+            store=self.store,
+            service=ServiceSettings(validate_workers=default_validate_workers() if workers is None else workers),
+            cluster=cluster,
+            syslog=self.syslog,
+        )
 
 
 def check_table(table: Any, name: str, known: set[str]) -> dict:
@@ -88,8 +91,9 @@ def check_table(table: Any, name: str, known: set[str]) -> dict:
         raise ConfigError(f"[{name}] must be a table")
     unknown = set(table) - known
     if unknown:
-        raise ConfigError(f"[{name}]: unknown setting(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"[{name}]: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+        )
     return table
 
 
@@ -135,10 +139,15 @@ def load_config(path: str | Path | None) -> Config:
     for key in data:
         if key not in by_key and key not in TABLES:
             known = ", ".join(s.name for s in _TOP)
-            raise ConfigError(f"config file {p}: unknown setting {key!r} (known: {known}, "
-                              f"and the tables [server], [cluster], [syslog])")
-    tables = {name: _values(rows, check_table(data[name], name, {s.key for s in rows}), p.parent)
-              for name, rows in TABLES.items() if name in data}
+            raise ConfigError(
+                f"config file {p}: unknown setting {key!r} (known: {known}, "
+                f"and the tables [server], [cluster], [syslog])"
+            )
+    tables = {
+        name: _values(rows, check_table(data[name], name, {s.key for s in rows}), p.parent)
+        for name, rows in TABLES.items()
+        if name in data
+    }
     top = _values(_TOP, data, p.parent)
     cluster = None
     if "cluster" in tables:
@@ -150,4 +159,6 @@ def load_config(path: str | Path | None) -> Config:
         server=ServerSettings(**tables.get("server", {})),
         cluster=cluster,
         syslog=SyslogSettings(**tables["syslog"]) if "syslog" in tables else None,
-        source=str(p), raw=data)
+        source=str(p),
+        raw=data,
+    )

@@ -105,7 +105,8 @@ def load_key_file(path: Path) -> NodeKey:
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise KeyFileError(
             f"node key file {path} is readable by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}")
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
     try:
         raw = Path(path).read_bytes()
     except OSError as e:

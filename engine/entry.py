@@ -45,8 +45,20 @@ ENTRY_SUB = 100
 #: columns (``export.csv``) and the peers' compact rows (``query.cluster.peers``) all
 #: follow it.
 WIRE_FIELDS = (
-    "id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-    "user_agent", "success", "details", "signature", "integrity",
+    "id",
+    "node",
+    "seq",
+    "ts",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+    "integrity",
 )
 WIRE_OPTIONAL = "violation"
 
@@ -88,12 +100,12 @@ def pack_draft(draft: EntryDraft) -> bytes:
     drafts).  ``details`` must already be canonical, as validated drafts are.
     Lets the costly packing run where validation runs (a worker process).
     """
-    return _pack(draft)[1:]   # drop the fixarray(8) header
+    return _pack(draft)[1:]  # drop the fixarray(8) header
 
 
 def record_from_canonical(node_len: int, canonical: bytes, signature: bytes) -> bytes:
     """Stored record bytes, reusing the canonical encoding (no second pack)."""
-    return _FIXARRAY_11 + canonical[1 + node_len:] + _BIN8_32 + signature
+    return _FIXARRAY_11 + canonical[1 + node_len :] + _BIN8_32 + signature
 
 
 def packed_len(node: str) -> int:
@@ -111,14 +123,41 @@ class Entry:
     """One entry as read back, with the integrity verdict of this read."""
 
     __slots__ = (
-        "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-        "user_agent", "success", "details", "signature", "integrity", "violation", "sub", "pos_seq",
+        "node",
+        "seq",
+        "ts",
+        "user",
+        "action",
+        "target",
+        "domain",
+        "ip",
+        "user_agent",
+        "success",
+        "details",
+        "signature",
+        "integrity",
+        "violation",
+        "sub",
+        "pos_seq",
     )
 
-    def __init__(self, node: str, seq: int, ts: int, user: str, action: str,
-                 target: str | None, domain: str | None, ip: str | None,
-                 user_agent: str | None, success: bool, details: dict,
-                 signature: bytes, integrity: str = "ok", violation: str | None = None):
+    def __init__(
+        self,
+        node: str,
+        seq: int,
+        ts: int,
+        user: str,
+        action: str,
+        target: str | None,
+        domain: str | None,
+        ip: str | None,
+        user_agent: str | None,
+        success: bool,
+        details: dict,
+        signature: bytes,
+        integrity: str = "ok",
+        violation: str | None = None,
+    ):
         self.node = node
         self.seq = seq
         self.ts = ts
@@ -149,8 +188,19 @@ class Entry:
         append = out.append
         for r in recs:
             e = new(cls)
-            (e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-             e.details, e.signature) = r
+            (
+                e.seq,
+                e.ts,
+                e.user,
+                e.action,
+                e.target,
+                e.domain,
+                e.ip,
+                e.user_agent,
+                e.success,
+                e.details,
+                e.signature,
+            ) = r
             e.node = node
             e.integrity = "ok"
             e.violation = None
@@ -161,8 +211,22 @@ class Entry:
     @classmethod
     def marker(cls, node: str, seq: int, ts: int, violation: str) -> Entry:
         """Stand-in for an undecodable range: ``seq`` is the first seq of the range."""
-        return cls(node, seq, ts, "", "audit.integrity_violation", None, None, None,
-                   None, False, {}, b"", "violation", violation)
+        return cls(
+            node,
+            seq,
+            ts,
+            "",
+            "audit.integrity_violation",
+            None,
+            None,
+            None,
+            None,
+            False,
+            {},
+            b"",
+            "violation",
+            violation,
+        )
 
     @property
     def id(self) -> str:

@@ -154,12 +154,19 @@ class SegmentIndex:
     # -- persistence ---------------------------------------------------------
 
     def to_bytes(self, key: NodeKey) -> bytes:
-        body = msgpack.packb({
-            "v": INDEX_VERSION, "name": self.name, "header_mac": self.header_mac,
-            "size": self.size, "last_sig": self.last_sig, "last_mac": self.last_mac,
-            "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
-            "damaged": self.damaged,
-        }, use_bin_type=True)
+        body = msgpack.packb(
+            {
+                "v": INDEX_VERSION,
+                "name": self.name,
+                "header_mac": self.header_mac,
+                "size": self.size,
+                "last_sig": self.last_sig,
+                "last_mac": self.last_mac,
+                "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
+                "damaged": self.damaged,
+            },
+            use_bin_type=True,
+        )
         return body + key.mac(b"index", body)
 
     @classmethod
@@ -174,8 +181,7 @@ class SegmentIndex:
             d = msgpack.unpackb(body, raw=False, strict_map_key=False)
             if not isinstance(d, dict) or d.get("v") != INDEX_VERSION:
                 return None
-            idx = cls(d["name"], d["header_mac"], d["size"], last_sig=d["last_sig"],
-                      last_mac=d["last_mac"])
+            idx = cls(d["name"], d["header_mac"], d["size"], last_sig=d["last_sig"], last_mac=d["last_mac"])
             idx.frames = [FrameRow(*r) for r in d["frames"]]
             idx.damaged = {int(k): v for k, v in d.get("damaged", {}).items()}
             idx._recount()

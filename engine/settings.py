@@ -25,7 +25,7 @@ MIN_RETENTION_DAYS = 90
 
 @dataclass(frozen=True)
 class Setting:
-    name: str           # dotted for tables: "server.listen"
+    name: str  # dotted for tables: "server.listen"
     default: Any
     help: str
     #: ``check(value, name)``: the value to keep, or a ConfigError naming the setting
@@ -65,7 +65,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 def parse_duration(value: Any, name: str) -> float:
     """Seconds from a number or a string like ``"1d"``, ``"12h"``, ``"30s"``."""
     if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a duration like 86400 or \"1d\", got {value!r}")
+        raise ConfigError(f'{name}: expected a duration like 86400 or "1d", got {value!r}')
     if isinstance(value, (int, float)):
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value!r}")
@@ -76,7 +76,7 @@ def parse_duration(value: Any, name: str) -> float:
             secs = float(m.group(1)) * _UNITS[m.group(2)]
             if secs > 0:
                 return secs
-    raise ConfigError(f"{name}: expected a duration like 86400 or \"1d\", got {value!r}")
+    raise ConfigError(f'{name}: expected a duration like 86400 or "1d", got {value!r}')
 
 
 def parse_retention(value: Any, name: str = "retention_days") -> int | None:
@@ -85,11 +85,14 @@ def parse_retention(value: Any, name: str = "retention_days") -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number of days (at least {MIN_RETENTION_DAYS}) "
-                          f"or \"forever\", got {value!r}")
+        raise ConfigError(
+            f'{name} must be a whole number of days (at least {MIN_RETENTION_DAYS}) or "forever", got {value!r}'
+        )
     if value < MIN_RETENTION_DAYS:
-        raise ConfigError(f"{name} must be at least {MIN_RETENTION_DAYS} days "
-                          f"(audit evidence is kept at least {MIN_RETENTION_DAYS} days), got {value}")
+        raise ConfigError(
+            f"{name} must be at least {MIN_RETENTION_DAYS} days "
+            f"(audit evidence is kept at least {MIN_RETENTION_DAYS} days), got {value}"
+        )
     return value
 
 
@@ -98,6 +101,7 @@ def int_at_least(lo: int) -> Callable[[Any, str], int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"{name} must be a whole number >= {lo}, got {v!r}")
         return v
+
     return check
 
 
@@ -106,6 +110,7 @@ def choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
         if v not in options:
             raise ConfigError(f"{name} must be one of {', '.join(options)}, got {v!r}")
         return v
+
     return check
 
 
@@ -128,12 +133,11 @@ def file_path(v: Any, name: str) -> str:
 
 #: the storage settings: top-level keys of the config file
 STORE_SETTINGS: tuple[Setting, ...] = (
-    Setting("retention_days", 365, "days to keep entries, at least 90, or \"forever\"", parse_retention),
+    Setting("retention_days", 365, 'days to keep entries, at least 90, or "forever"', parse_retention),
     Setting("segment_max_bytes", 64 * 1024 * 1024, "roll a segment at this size", int_at_least(4096)),
-    Setting("segment_max_age", 86400.0, "roll a segment at this age (seconds or \"1d\")", parse_duration),
+    Setting("segment_max_age", 86400.0, 'roll a segment at this age (seconds or "1d")', parse_duration),
     Setting("fsync", "always", "always | interval | none (benchmarks only)", choice(FSYNC_MODES)),
-    Setting("line_files", True, "keep rendered NDJSON lines beside segments (faster reads, more disk)",
-            boolean),
+    Setting("line_files", True, "keep rendered NDJSON lines beside segments (faster reads, more disk)", boolean),
 )
 _STORE = defaults_of(STORE_SETTINGS)
 
@@ -141,14 +145,14 @@ _STORE = defaults_of(STORE_SETTINGS)
 @dataclass(frozen=True)
 class StoreSettings:
     segment_max_bytes: int = _STORE["segment_max_bytes"]
-    segment_max_age: float = _STORE["segment_max_age"]          # seconds
+    segment_max_age: float = _STORE["segment_max_age"]  # seconds
     fsync: str = _STORE["fsync"]
-    fsync_interval: float = 1.0               # seconds, for fsync="interval" (not configurable)
-    retention_days: int | None = _STORE["retention_days"]      # None = forever
-    line_files: bool = _STORE["line_files"]   # keep rendered lines beside segments (engine.lines)
+    fsync_interval: float = 1.0  # seconds, for fsync="interval" (not configurable)
+    retention_days: int | None = _STORE["retention_days"]  # None = forever
+    line_files: bool = _STORE["line_files"]  # keep rendered lines beside segments (engine.lines)
 
     def __post_init__(self):
-        if self.retention_days is None:     # kept forever: nothing to check
+        if self.retention_days is None:  # kept forever: nothing to check
             check_fields(self, tuple(s for s in STORE_SETTINGS if s.name != "retention_days"))
         else:
             check_fields(self, STORE_SETTINGS)

@@ -48,28 +48,35 @@ _NEWLINE = orjson.OPT_APPEND_NEWLINE
 # into locals named as the fields.  ``details`` goes as stored: orjson writes the
 # tuples msgpack decodes as arrays, as ``to_wire``'s lists.
 _CONVERTED = {"ts": "timestamps({})", "signature": "{}.hex()", "details": "{}"}
-if set(_CONVERTED) != set(WIRE_CONVERSIONS):   # a new conversion must be rendered here too
-    raise ImportError(f"export.ndjson renders conversions {sorted(_CONVERTED)}, "
-                      f"the wire declares {sorted(WIRE_CONVERSIONS)}")
+if set(_CONVERTED) != set(WIRE_CONVERSIONS):  # a new conversion must be rendered here too
+    raise ImportError(
+        f"export.ndjson renders conversions {sorted(_CONVERTED)}, the wire declares {sorted(WIRE_CONVERSIONS)}"
+    )
 _ENTRY_SOURCE = {"id": 'f"{node}:{seq}"', "node": "node", "seq": "seq"}
 #: a stored record's fields, in their order (engine.entry: the record array)
-_RECORD = ("seq", "ts", "user", "action", "target", "domain", "ip", "user_agent", "success", "details",
-           "signature")
-if (_RECORD.index("seq"), _RECORD.index("ts"), _RECORD.index("details"), _RECORD.index("signature"),
-        len(_RECORD)) != (R_SEQ, R_TS, R_DETAILS, R_SIG, RECORD_FIELDS):
+_RECORD = ("seq", "ts", "user", "action", "target", "domain", "ip", "user_agent", "success", "details", "signature")
+if (_RECORD.index("seq"), _RECORD.index("ts"), _RECORD.index("details"), _RECORD.index("signature"), len(_RECORD)) != (
+    R_SEQ,
+    R_TS,
+    R_DETAILS,
+    R_SIG,
+    RECORD_FIELDS,
+):
     raise ImportError("export.ndjson: the stored record's fields moved (engine.entry)")
 _RECORD_SOURCE = {"id": "prefix + str(seq)", "integrity": '"ok"'}
 
 
 def _wire_dict(source: dict[str, str], value: str) -> str:
     """The wire dict as a literal, each field from ``source`` or else ``value``."""
+
     def one(f: str) -> str:
         expr = source.get(f, value.format(f))
         return _CONVERTED[f].format(expr) if f in _CONVERTED and f not in source else expr
+
     return "{" + ", ".join(f"{f!r}: {one(f)}" for f in WIRE_FIELDS) + "}"
 
 
-_LINE_MAKERS = f'''
+_LINE_MAKERS = f"""
 def ndjson_lines(entries, timestamps=None):
     timestamps = timestamps or TimestampFormatter().format
     out = []
@@ -97,19 +104,32 @@ def record_lines(node, recs, timestamps):
         except (TypeError, orjson.JSONEncodeError):
             append(_odd_line(Entry(node, {", ".join(_RECORD)})))
     return out
-'''
+"""
+
+
 def _odd_line(e: Entry) -> bytes:
     """A damaged record's line: whatever its values are, never crash an export."""
     try:
         wire = e.to_wire()
-    except (TypeError, ValueError, AttributeError):   # e.g. a signature that is not bytes
-        wire = {"id": f"{e.node}:{e.seq}", "node": e.node, "seq": e.seq, "integrity": "violation",
-                "violation": "record fields of unexpected types"}
+    except (TypeError, ValueError, AttributeError):  # e.g. a signature that is not bytes
+        wire = {
+            "id": f"{e.node}:{e.seq}",
+            "node": e.node,
+            "seq": e.seq,
+            "integrity": "violation",
+            "violation": "record fields of unexpected types",
+        }
     return (_json(wire) + "\n").encode("utf-8", "surrogatepass")
 
 
-_made = {"TimestampFormatter": TimestampFormatter, "Entry": Entry, "orjson": orjson, "_dumps": _dumps,
-         "_NEWLINE": _NEWLINE, "_odd_line": _odd_line}
+_made = {
+    "TimestampFormatter": TimestampFormatter,
+    "Entry": Entry,
+    "orjson": orjson,
+    "_dumps": _dumps,
+    "_NEWLINE": _NEWLINE,
+    "_odd_line": _odd_line,
+}
 exec(compile(_LINE_MAKERS, "<export.ndjson line makers>", "exec"), _made)
 ndjson_lines: Callable[..., list[bytes]] = _made["ndjson_lines"]
 record_lines: Callable[[str, Iterable[tuple], Callable[[int], str]], list[bytes]] = _made["record_lines"]
@@ -125,8 +145,10 @@ LINES_TAG = "ndjson-1"
 
 def line_renderer(node: str) -> Callable[[tuple], list[bytes]]:
     """``record_lines`` for one node's verified frames (the ``engine.lines`` callback)."""
+
     def render(recs: tuple) -> list[bytes]:
         return record_lines(node, recs, TimestampFormatter().format)
+
     return render
 
 

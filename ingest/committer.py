@@ -27,14 +27,17 @@ class Overloaded(Exception):
 
 def append_answer(node_id: str, res: AppendResult) -> dict:
     """The body of a 201 for an appended batch (also what an idempotent replay returns)."""
-    return {"appended": res.last_seq - res.first_seq + 1, "first_id": f"{node_id}:{res.first_seq}",
-            "last_id": f"{node_id}:{res.last_seq}"}
+    return {
+        "appended": res.last_seq - res.first_seq + 1,
+        "first_id": f"{node_id}:{res.first_seq}",
+        "last_id": f"{node_id}:{res.last_seq}",
+    }
 
 
 def _settle(items: list, results: list | None, error: BaseException | None) -> None:
     """On the event loop: answer the requests of one commit."""
     for i, (_, _, fut, _) in enumerate(items):
-        if fut.done():           # the request went away; its events are stored all the same
+        if fut.done():  # the request went away; its events are stored all the same
             continue
         if error is not None:
             fut.set_exception(error)
@@ -45,8 +48,7 @@ def _settle(items: list, results: list | None, error: BaseException | None) -> N
 class Committer:
     """Feeds one writer from the event loop; ``pending_events`` is what waits for it."""
 
-    def __init__(self, writer: LogWriter, executor: Executor, *, max_pending: int,
-                 idempotency: IdempotencyCache):
+    def __init__(self, writer: LogWriter, executor: Executor, *, max_pending: int, idempotency: IdempotencyCache):
         self.writer = writer
         self.executor = executor
         self.max_pending = max_pending
@@ -65,12 +67,15 @@ class Committer:
         """In the commit, before its entries are written: the batches' idempotency keys,
         request fingerprints and answers, durable first (a crash in between leaves a key
         for seqs the log lacks, which ``prune_beyond`` drops at the next start)."""
-        self.idempotency.put_many([(key, fingerprint, self.answer(res))
-                                   for (key, fingerprint), res in tagged])
+        self.idempotency.put_many([(key, fingerprint, self.answer(res)) for (key, fingerprint), res in tagged])
 
-    async def append(self, drafts: list[EntryDraft] | list[bytes], canonical: bool = False,
-                     idempotency_key: str | None = None,
-                     fingerprint: str | None = None) -> AppendResult:
+    async def append(
+        self,
+        drafts: list[EntryDraft] | list[bytes],
+        canonical: bool = False,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> AppendResult:
         """Append through the writer's queue; ``canonical`` for validated drafts.
 
         With ``idempotency_key`` (and the ``fingerprint`` of the request it came
@@ -117,12 +122,11 @@ class Committer:
                     return
             try:
                 batches = [d if canonical else canonical_drafts(d) for d, canonical, _, _ in items]
-                results = self.writer.append_batches(batches, canonical=True,
-                                                     tags=[tag for *_, tag in items])
-            except BaseException as e:   # every waiting request gets the error
+                results = self.writer.append_batches(batches, canonical=True, tags=[tag for *_, tag in items])
+            except BaseException as e:  # every waiting request gets the error
                 keys = [tag[0] for *_, tag in items if tag is not None]
                 if keys:
-                    self.idempotency.forget(keys)   # they answer for nothing now
+                    self.idempotency.forget(keys)  # they answer for nothing now
                 loop.call_soon_threadsafe(_settle, items, None, e)
             else:
                 loop.call_soon_threadsafe(_settle, items, results, None)

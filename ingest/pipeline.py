@@ -35,8 +35,9 @@ class IngestPipeline:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    async def submit(self, raw: bytes, ctype: str, idempotency_key: str | None = None,
-                     scope: str = "") -> tuple[dict, bool]:
+    async def submit(
+        self, raw: bytes, ctype: str, idempotency_key: str | None = None, scope: str = ""
+    ) -> tuple[dict, bool]:
         """(the answer, whether it is a replay of an earlier request's answer); an
         ``idempotency_key`` counts within its ``scope`` (the API key that sent it)."""
         if idempotency_key is None:
@@ -51,10 +52,10 @@ class IngestPipeline:
                     raise IdempotencyKeyReused(
                         f"Idempotency-Key {idempotency_key!r} was already used for a "
                         f"different request (another body or Content-Type); nothing was written. A retry "
-                        f"must send the same body; a new batch needs a new key")
+                        f"must send the same body; a new batch needs a new key"
+                    )
                 return seen.answer, True
             drafts = await self.validator.validate(raw, ctype)
             # the key and fingerprint are recorded in the same commit as the entries
-            res = await self.committer.append(drafts, canonical=True, idempotency_key=scoped,
-                                              fingerprint=fingerprint)
+            res = await self.committer.append(drafts, canonical=True, idempotency_key=scoped, fingerprint=fingerprint)
             return self.committer.answer(res), False

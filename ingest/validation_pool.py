@@ -68,13 +68,15 @@ def _worker_init() -> None:
     """
     import os
     import sys
+
     try:
         import ctypes
         import signal
+
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:   # the parent died before prctl took effect
+        if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(0)
     except (OSError, AttributeError):
         pass
@@ -88,6 +90,7 @@ def _worker_init() -> None:
 def _warm_up() -> int:
     """Import the validation path in a worker (so the first request does not pay for it)."""
     import ingest.body  # noqa: F401
+
     return 1
 
 

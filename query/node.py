@@ -45,6 +45,7 @@ from query.http.metrics import Metrics
 
 log = logging.getLogger("auditlog.service")
 
+
 def default_validate_workers() -> int:
     """One validation worker when there is a second CPU for it, else none."""
     return 1 if (os.cpu_count() or 1) > 1 else 0
@@ -82,17 +83,31 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     if store.line_files:
         from engine.lines import LineFiles
         from export.ndjson import LINES_TAG, line_renderer
-        reader.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
-                                      line_renderer(node.node_id), keep=True)
+
+        reader.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
     writer = LogWriter(data_dir, node, store, reader)
     seal = StateSeal(node.key, node.node_id)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
-    idempotency = IdempotencyCache(settings.idempotency_entries, data_dir.state / IdempotencyCache.FILE_NAME,
-                                   seal=seal, fsync=store.fsync != "none")
+    idempotency = IdempotencyCache(
+        settings.idempotency_entries,
+        data_dir.state / IdempotencyCache.FILE_NAME,
+        seal=seal,
+        fsync=store.fsync != "none",
+    )
     committer = Committer(writer, executor, max_pending=settings.max_pending_events, idempotency=idempotency)
     validator = Validator(settings.limits, executor, settings.validate_workers)
-    rn = RunningNode(data_dir, node, config, reader, writer, seal, executor, idempotency, committer,
-                     IngestPipeline(validator, committer, idempotency))
+    rn = RunningNode(
+        data_dir,
+        node,
+        config,
+        reader,
+        writer,
+        seal,
+        executor,
+        idempotency,
+        committer,
+        IngestPipeline(validator, committer, idempotency),
+    )
     try:
         rn.open()
         if config.cluster is not None and config.cluster.enabled:
@@ -108,17 +123,34 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
 
 def forwarder(rn: RunningNode, settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
     """A syslog forwarder of ``rn``'s log, handed exactly what it uses."""
-    return SyslogForwarder(settings, reader=rn.log, head_seq=lambda: rn.writer.next_seq - 1,
-                           seal=rn.seal, state_dir=rn.data_dir.state, rejected=rn.state_rejected, batch=batch)
+    return SyslogForwarder(
+        settings,
+        reader=rn.log,
+        head_seq=lambda: rn.writer.next_seq - 1,
+        seal=rn.seal,
+        state_dir=rn.data_dir.state,
+        rejected=rn.state_rejected,
+        batch=batch,
+    )
 
 
 class RunningNode:
     """One node at work: what the HTTP routes, the peer listener and the background
     jobs use.  Made by ``build_node``."""
 
-    def __init__(self, data_dir: DataDir, node: Node, config: NodeConfig, reader: NodeLog, writer: LogWriter,
-                 seal: StateSeal, executor: ThreadPoolExecutor, idempotency: IdempotencyCache,
-                 committer: Committer, ingest: IngestPipeline):
+    def __init__(
+        self,
+        data_dir: DataDir,
+        node: Node,
+        config: NodeConfig,
+        reader: NodeLog,
+        writer: LogWriter,
+        seal: StateSeal,
+        executor: ThreadPoolExecutor,
+        idempotency: IdempotencyCache,
+        committer: Committer,
+        ingest: IngestPipeline,
+    ):
         self.data_dir = data_dir
         self.node = node
         self.node_id = node.node_id
@@ -137,8 +169,7 @@ class RunningNode:
         self.keys = KeyStore(node, data_dir.state, reader, writer)
         self.metrics = Metrics()
         # shown even at 0, so that a scrape tells "checked, nothing forged" from "not checked"
-        self.metrics.inc("auditlog_state_rejected_total", idempotency.rejected,
-                         file=IdempotencyCache.FILE_NAME)
+        self.metrics.inc("auditlog_state_rejected_total", idempotency.rejected, file=IdempotencyCache.FILE_NAME)
         self._key_uses: dict[str, list] = {}
         self._key_lock = threading.Lock()
         self.last_retention: dict | None = None
@@ -157,29 +188,39 @@ class RunningNode:
         # must not answer for seqs the log does not hold
         self.idempotency.prune_beyond(self.writer.next_seq - 1)
         m = self.metrics
-        m.declare("auditlog_state_rejected_total", "counter",
-                  "State files under <data-dir>/state/ ignored at start because they failed their seal")
-        self.keys.load()   # records audit.recovery itself for a snapshot it could not use
+        m.declare(
+            "auditlog_state_rejected_total",
+            "counter",
+            "State files under <data-dir>/state/ ignored at start because they failed their seal",
+        )
+        self.keys.load()  # records audit.recovery itself for a snapshot it could not use
         for problem in self.keys.problems:
             log.warning("%s", problem)
         if self.keys.rejected is not None:
             m.inc("auditlog_state_rejected_total", file=KEY_FILE)
         self.last_retention = self._derive_last_retention(report=True)
-        m.gauge("auditlog_write_queue_events", "Events waiting for the writer",
-                lambda: self.committer.pending_events)
+        m.gauge("auditlog_write_queue_events", "Events waiting for the writer", lambda: self.committer.pending_events)
         m.gauge("auditlog_head_seq", "Last seq appended on this node", lambda: self.writer.next_seq - 1)
-        m.gauge("auditlog_retention_last_run_timestamp_seconds", "When retention last ran",
-                lambda: _parse_iso(self.last_retention.get("ran_at")) if self.last_retention else None)
-        m.gauge("auditlog_retention_last_dropped_entries", "Entries dropped by the last retention run",
-                lambda: self.last_retention.get("dropped_entries") if self.last_retention else None)
+        m.gauge(
+            "auditlog_retention_last_run_timestamp_seconds",
+            "When retention last ran",
+            lambda: _parse_iso(self.last_retention.get("ran_at")) if self.last_retention else None,
+        )
+        m.gauge(
+            "auditlog_retention_last_dropped_entries",
+            "Entries dropped by the last retention run",
+            lambda: self.last_retention.get("dropped_entries") if self.last_retention else None,
+        )
 
     def metrics_for_syslog(self) -> None:
         m, fwd = self.metrics, self.syslog
-        m.gauge("auditlog_syslog_lag_entries", "Entries appended but not yet forwarded to syslog",
-                lambda: fwd.status()["lag"])
+        m.gauge(
+            "auditlog_syslog_lag_entries",
+            "Entries appended but not yet forwarded to syslog",
+            lambda: fwd.status()["lag"],
+        )
         m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start", lambda: fwd.errors)
-        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver",
-                lambda: int(fwd.connected))
+        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver", lambda: int(fwd.connected))
 
     async def start(self) -> None:
         """Start what runs beside the requests: the syslog forwarder, the cluster's
@@ -211,7 +252,7 @@ class RunningNode:
             self.syslog.stop()
         try:
             self.flush_key_uses()
-        except Exception:   # pragma: no cover - shutdown must go on
+        except Exception:  # pragma: no cover - shutdown must go on
             log.exception("could not record API key use at shutdown")
         self.writer.close()
         self.idempotency.close()
@@ -234,9 +275,21 @@ class RunningNode:
         Not subject to back-pressure: it records something already done (a key
         created or revoked, an export sent), so a full queue must not drop it.
         """
-        return await self.run(self.writer.append_batch, [EntryDraft(
-            user, action, fields.get("target"), None, fields.get("ip"), fields.get("user_agent"), True,
-            fields.get("details", {}))])
+        return await self.run(
+            self.writer.append_batch,
+            [
+                EntryDraft(
+                    user,
+                    action,
+                    fields.get("target"),
+                    None,
+                    fields.get("ip"),
+                    fields.get("user_agent"),
+                    True,
+                    fields.get("details", {}),
+                )
+            ],
+        )
 
     # -- API key use (at most one entry per key per interval, with a count) ----
 
@@ -254,10 +307,19 @@ class RunningNode:
             uses, self._key_uses = self._key_uses, {}
         if not uses:
             return 0
-        drafts = [EntryDraft(name, "auth.api_key_used", kid, None, ip, None, True,
-                             {"key_id": kid, "role": role, "count": count,
-                              "first_use": format_ts(first)[:19] + "Z"})
-                  for kid, (name, role, count, first, ip) in sorted(uses.items())]
+        drafts = [
+            EntryDraft(
+                name,
+                "auth.api_key_used",
+                kid,
+                None,
+                ip,
+                None,
+                True,
+                {"key_id": kid, "role": role, "count": count, "first_use": format_ts(first)[:19] + "Z"},
+            )
+            for kid, (name, role, count, first, ip) in sorted(uses.items())
+        ]
         self.writer.append_batch(drafts)
         return len(drafts)
 
@@ -266,15 +328,20 @@ class RunningNode:
     def head_info(self) -> dict:
         """This node's row of ``/api/v1/cluster`` (also served to peers)."""
         from engine.entry import format_ts
+
         head_seq, last_ts = self.log.head()
         days = self.store.retention_days
         cluster = self.cluster
-        return {"node": self.node_id, "status": "ok", "head_seq": head_seq,
-                "last_ts": format_ts(last_ts) if last_ts else None,
-                "retention_days": "forever" if days is None else days,
-                "retention_last_run": self.last_retention,
-                "last_checkpoint": cluster.last_checkpoint if cluster else None,
-                "syslog": self.syslog.status() if self.syslog else None}
+        return {
+            "node": self.node_id,
+            "status": "ok",
+            "head_seq": head_seq,
+            "last_ts": format_ts(last_ts) if last_ts else None,
+            "retention_days": "forever" if days is None else days,
+            "retention_last_run": self.last_retention,
+            "last_checkpoint": cluster.last_checkpoint if cluster else None,
+            "syslog": self.syslog.status() if self.syslog else None,
+        }
 
     def signatures_at(self, seqs) -> dict:
         """Signatures of the entries at ``seqs`` plus the log's seq range (witness checks).
@@ -291,7 +358,7 @@ class RunningNode:
             infos = self.log.segment_infos()
             return next((i.first_seq for i in infos if i.header is not None), 1)
 
-        head_seq, _ = self.log.head()      # first: every seq up to it is on disk for the walk
+        head_seq, _ = self.log.head()  # first: every seq up to it is on disk for the walk
         first = first_seq()
         want = sorted({s for s in seqs if first <= s <= head_seq})
         n = len(want)
@@ -302,7 +369,7 @@ class RunningNode:
             for e in self.log.scan(after_seq=want[i] - 1):
                 s = e.seq
                 while i < n and want[i] < s:
-                    i += 1          # passed by: no entry there
+                    i += 1  # passed by: no entry there
                 if i == n:
                     break
                 if want[i] == s:
@@ -311,9 +378,9 @@ class RunningNode:
                         have = found.get(s, e.signature)
                         found[s] = e.signature if have == e.signature else None
                 elif want[i] - s > WALK_GAP:
-                    break           # far to the next one: a fresh scan starts there
+                    break  # far to the next one: a fresh scan starts there
             else:
-                break               # the log ends before the rest
+                break  # the log ends before the rest
             if i == start:
                 break
         # a retention run meanwhile dropped whatever lies below its new first seq
@@ -327,6 +394,7 @@ class RunningNode:
 
     def run_retention(self, as_of_us=None, dry_run=False):
         from engine.retention import run_retention
+
         if not dry_run:
             # the snapshot must hold every key whose create entry may be dropped now
             self.keys.checkpoint()
@@ -338,6 +406,7 @@ class RunningNode:
     def _derive_last_retention(self, report: bool = False) -> dict | None:
         """The last retention run, from the log's purge entries and the sealed quiet-run record."""
         from engine.retention import STATE_FILE, load_last_run
+
         last, problem = load_last_run(self.log, self.seal, self.data_dir.state)
         if problem is not None and report:
             self.state_rejected(STATE_FILE, problem)
@@ -349,8 +418,7 @@ class RunningNode:
         the file is then set aside as ``<file>.rejected``."""
         log.warning("state file %s ignored: %s", file, problem)
         self.metrics.inc("auditlog_state_rejected_total", file=file)
-        self.writer.append_batch([EntryDraft("system", "audit.recovery",
-                                             details={"reason": problem, "file": file})])
+        self.writer.append_batch([EntryDraft("system", "audit.recovery", details={"reason": problem, "file": file})])
         set_aside(self.data_dir.state / file)
 
 
@@ -358,4 +426,5 @@ def _parse_iso(s: str | None) -> float | None:
     if not s:
         return None
     from query.timeparse import parse_time
+
     return parse_time(s) / 1e6

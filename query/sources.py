@@ -45,14 +45,16 @@ class LocalLineSource(LineSource):
     def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 2000):
         super().__init__(service.node_id)
         self.service = service
-        self.taker = LineTaker(service.log, read_node(service.log, flt, order=order, after=after),
-                               flt.from_us, flt.to_us, order)
+        self.taker = LineTaker(
+            service.log, read_node(service.log, flt, order=order, after=after), flt.from_us, flt.to_us, order
+        )
         self.batch = batch
         self._ahead: asyncio.Future | None = None
 
     def _read_ahead(self) -> None:
         self._ahead = asyncio.get_running_loop().run_in_executor(
-            self.service.executor, _take_marked, self.taker, self.batch)
+            self.service.executor, _take_marked, self.taker, self.batch
+        )
 
     async def next_lines(self):
         if self._ahead is None:
@@ -99,10 +101,9 @@ class LineTaker:
         self.desc = order == "desc"
         self.timestamps = TimestampFormatter().format
         self._segment = None
-        self._last: int | None = None     # ts of the last line handed out
+        self._last: int | None = None  # ts of the last line handed out
 
-    def take(self, n: int, *, joined: bool = True
-             ) -> tuple[list[int], array, bytes | list[bytes], int] | None:
+    def take(self, n: int, *, joined: bool = True) -> tuple[list[int], array, bytes | list[bytes], int] | None:
         """At least ``n`` entries (or the rest) as (timestamps, line lengths, the lines
         as one blob, non-ok count); ``joined=False``: the lines as a list of blobs."""
         ts: list[int] = []
@@ -118,8 +119,9 @@ class LineTaker:
                             self._segment = item.path
                             self.lines.begin(item.path)
                         try:
-                            r = self.lines.frame(item.path, item.ordinal, item.offset, item.end, item.mac,
-                                                 item.stored_records)
+                            r = self.lines.frame(
+                                item.path, item.ordinal, item.offset, item.end, item.mac, item.stored_records
+                            )
                         except (ValueError, TypeError, IndexError):
                             r = None
                         if r is not None:

@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 from engine import clock as _clock  # noqa: E402
 
 #: the instant in-process time starts at in every test
-TEST_EPOCH_US = 1_773_478_800_000_000   # 2026-03-14T09:00:00Z
+TEST_EPOCH_US = 1_773_478_800_000_000  # 2026-03-14T09:00:00Z
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,6 +56,7 @@ def written(tmp_path):
     from helpers_engine import draft, init_dir, settings
 
     from engine.writer import LogWriter
+
     dd, node = init_dir(tmp_path / "data")
     with LogWriter(dd, node, settings(1 << 20)) as w:
         for i in range(0, 20, 2):
@@ -85,12 +86,18 @@ def make_service(tmp_path):
     teardown."""
     made: list[RunningNode] = []
 
-    def make(store: StoreSettings | None = None, settings: ServiceSettings | None = None,
-             name: str = "data", cluster=None, syslog=None) -> RunningNode:
+    def make(
+        store: StoreSettings | None = None,
+        settings: ServiceSettings | None = None,
+        name: str = "data",
+        cluster=None,
+        syslog=None,
+    ) -> RunningNode:
         dd = DataDir(tmp_path / name)
         dd.init(HTTP_NODE)
-        svc = build_node(NodeConfig(store or StoreSettings(fsync="none"), settings or ServiceSettings(),
-                                    cluster, syslog), dd)
+        svc = build_node(
+            NodeConfig(store or StoreSettings(fsync="none"), settings or ServiceSettings(), cluster, syslog), dd
+        )
         made.append(svc)
         return svc
 
@@ -108,6 +115,7 @@ def service(make_service):
 def keys(service) -> dict[str, str]:
     """{"writer"|"reader"|"admin"|"revoked": key} on the ``service`` fixture."""
     from helpers_http import make_keys
+
     return make_keys(service)
 
 
@@ -130,6 +138,7 @@ async def client(make_client, service):
 
 
 # -- test outcome on the item (tests/test_ui.py saves screenshots on failure) -----
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

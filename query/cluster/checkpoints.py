@@ -19,6 +19,7 @@ log = logging.getLogger("auditlog.cluster")
 async def send_checkpoints(cluster: Cluster) -> dict:
     """Sign this node's head and hand it to every peer to witness."""
     from query.cluster.witness import current_head, sign_checkpoint
+
     svc = cluster.service
     cp = await svc.run(current_head, svc)
     if cp is None or not cluster.peers:
@@ -35,8 +36,11 @@ async def send_checkpoints(cluster: Cluster) -> dict:
             results[node] = {"error": str(e)}
 
     await asyncio.gather(*(one(n, c) for n, c in cluster.peers.items()))
-    cluster.last_checkpoint = {"seq": cp["seq"], "ts": cp["ts"],
-                               "witnessed_by": sorted(n for n, r in results.items() if "error" not in r)}
+    cluster.last_checkpoint = {
+        "seq": cp["seq"],
+        "ts": cp["ts"],
+        "witnessed_by": sorted(n for n, r in results.items() if "error" not in r),
+    }
     return results
 
 
@@ -56,14 +60,17 @@ async def _signatures(cluster: Cluster, node: str, seqs: list[int]) -> dict:
     if node == svc.node_id:
         return await svc.run(svc.signatures_at, seqs)
     ans = await cluster.peers[node].post_json("/signatures", {"seqs": seqs})
-    if not (isinstance(ans, dict) and type(ans.get("head_seq")) is int
-            and type(ans.get("first_seq")) is int and isinstance(ans.get("sigs"), dict)):
+    if not (
+        isinstance(ans, dict)
+        and type(ans.get("head_seq")) is int
+        and type(ans.get("first_seq")) is int
+        and isinstance(ans.get("sigs"), dict)
+    ):
         raise PeerError("bad answer to /signatures")
     return ans
 
 
-async def _check_witness(cluster: Cluster, about: str, witness: str
-                         ) -> tuple[list[dict], str | None, str | None]:
+async def _check_witness(cluster: Cluster, about: str, witness: str) -> tuple[list[dict], str | None, str | None]:
     """Every checkpoint about node ``about`` that ``witness`` holds, checked against
     ``about``'s log: (violations, why the witness failed, why ``about`` failed).
 
@@ -72,6 +79,7 @@ async def _check_witness(cluster: Cluster, about: str, witness: str
     request to ``about`` stay bounded however many checkpoints there are.
     """
     from query.cluster.witness import SIGNATURE_BATCH, WitnessFindings, checkpoint_of
+
     svc = cluster.service
     flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
     if witness == svc.node_id:
@@ -103,6 +111,7 @@ async def _check_witness(cluster: Cluster, about: str, witness: str
 async def cluster_verify(cluster: Cluster) -> dict:
     """Every node's own verification plus the witness comparison, as one report."""
     from engine.verify import verify_node
+
     svc = cluster.service
     local = await svc.run(verify_node, svc.data_dir, svc.node)
     nodes: dict[str, dict] = {svc.node_id: {"status": "ok", "ok": local.ok}}
@@ -131,11 +140,17 @@ async def cluster_verify(cluster: Cluster) -> dict:
                 nodes[node]["ok"] = False
             if witness_error is not None:
                 # its checkpoints could not all be read: the check is incomplete
-                nodes[witness] = {"status": "unreachable",
-                                  "error": f"reading its checkpoints of {node}: {witness_error}"}
+                nodes[witness] = {
+                    "status": "unreachable",
+                    "error": f"reading its checkpoints of {node}: {witness_error}",
+                }
                 down.add(witness)
             if node_error is not None:
                 nodes[node] = {"status": "unreachable", "error": node_error}
                 down.add(node)
-    return {"ok": not violations and all(n.get("status") == "ok" for n in nodes.values()),
-            "entries_checked": checked, "violations": violations, "nodes": nodes}
+    return {
+        "ok": not violations and all(n.get("status") == "ok" for n in nodes.values()),
+        "entries_checked": checked,
+        "violations": violations,
+        "nodes": nodes,
+    }

@@ -33,8 +33,14 @@ def known_members(node_log) -> set[str]:
     known: set[str] = set()
     for e in node_log.scan(terms={"action": _MEMBERSHIP}, predicate=lambda e: e.action in _MEMBERSHIP):
         d = e.details
-        if e.integrity != "ok" or e.user != "system" or not isinstance(d, dict) \
-                or d.get("via") != "config" or d.get("node") != e.target or not isinstance(e.target, str):
+        if (
+            e.integrity != "ok"
+            or e.user != "system"
+            or not isinstance(d, dict)
+            or d.get("via") != "config"
+            or d.get("node") != e.target
+            or not isinstance(e.target, str)
+        ):
             continue
         if e.action == "cluster.node_join":
             known.add(e.target)
@@ -102,6 +108,7 @@ class Cluster:
 
     async def start(self) -> None:
         from query.cluster.pki import client_context
+
         s = self.settings
         if s.peers:
             self.client_ssl = client_context(s.ca, s.cert, s.key)
@@ -122,10 +129,14 @@ class Cluster:
         """
         known = known_members(self.service.log)
         now = {p.node for p in self.settings.peers}
-        drafts = [EntryDraft("system", "cluster.node_join", n, details={"node": n, "via": "config"})
-                  for n in sorted(now - known)]
-        drafts += [EntryDraft("system", "cluster.node_leave", n, details={"node": n, "via": "config"})
-                   for n in sorted(known - now)]
+        drafts = [
+            EntryDraft("system", "cluster.node_join", n, details={"node": n, "via": "config"})
+            for n in sorted(now - known)
+        ]
+        drafts += [
+            EntryDraft("system", "cluster.node_leave", n, details={"node": n, "via": "config"})
+            for n in sorted(known - now)
+        ]
         if drafts:
             self.service.writer.append_batch(drafts)
         try:
@@ -133,8 +144,9 @@ class Cluster:
         except FileNotFoundError:
             pass
 
-    def sources(self, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
-                lines: bool = False) -> list[Source]:
+    def sources(
+        self, flt: Filter, order: str, positions: dict[str, tuple[int, int]], lines: bool = False
+    ) -> list[Source]:
         """One source per node the filter admits; ``lines`` for NDJSON line sources."""
         srcs: list[Source] = []
         svc = self.service
@@ -149,10 +161,12 @@ class Cluster:
 
     async def peer_json(self, path: str, params=None) -> dict[str, dict]:
         """GET ``path`` on every peer concurrently; {node: answer or {"error": ...}}."""
+
         async def one(node, client):
             try:
                 return node, await client.json(path, params)
             except PeerError as e:
                 return node, {"error": str(e)}
+
         pairs = await asyncio.gather(*(one(n, c) for n, c in self.peers.items()))
         return dict(pairs)

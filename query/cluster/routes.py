@@ -96,9 +96,9 @@ async def scan(request: web.Request) -> web.StreamResponse:
         pass
     finally:
         if not ahead.done():
-            await asyncio.wait([ahead])     # the scan is busy in a worker until then
+            await asyncio.wait([ahead])  # the scan is busy in a worker until then
         if not ahead.cancelled():
-            ahead.exception()               # a chunk never sent needs no report
+            ahead.exception()  # a chunk never sent needs no report
     return resp
 
 
@@ -131,6 +131,7 @@ async def verify(request: web.Request) -> web.Response:
     peer_node(request)
     service = request.app[NODE]
     from engine.verify import verify_node
+
     report = await service.run(verify_node, service.data_dir, service.node)
     return web.json_response(report.to_dict())
 
@@ -182,19 +183,27 @@ async def checkpoint(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         cp, sig = body["checkpoint"], body["witness_signature"]
-        ok = (isinstance(cp, dict) and cp.get("node") == node and type(cp.get("seq")) is int
-              and isinstance(cp.get("signature"), str) and len(cp["signature"]) == 64
-              and isinstance(cp.get("ts"), str) and isinstance(sig, str) and len(sig) < 400)
+        ok = (
+            isinstance(cp, dict)
+            and cp.get("node") == node
+            and type(cp.get("seq")) is int
+            and isinstance(cp.get("signature"), str)
+            and len(cp["signature"]) == 64
+            and isinstance(cp.get("ts"), str)
+            and isinstance(sig, str)
+            and len(sig) < 400
+        )
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise QueryError("checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature}"
-                         " for the calling node")
+        raise QueryError(
+            "checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature} for the calling node"
+        )
     from query.cluster.witness import verify_checkpoint, witness_draft
+
     verify_checkpoint(der, cp, sig)
     res = await service.committer.append([witness_draft(cp, sig, der)])
-    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"},
-                             status=201)
+    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"}, status=201)
 
 
 def create_peer_app(service, cluster) -> web.Application:

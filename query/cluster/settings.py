@@ -30,8 +30,7 @@ def _peers(v, name: str) -> tuple[PeerConfig, ...]:
         check_node_id(p["node"])
         url = text(p["url"], f"cluster.peers[{i}].url")
         if not url.startswith("https://"):
-            raise ConfigError(f"[[cluster.peers]] {p['node']}: url must be https://HOST:PORT (mutual TLS), "
-                              f"got {url!r}")
+            raise ConfigError(f"[[cluster.peers]] {p['node']}: url must be https://HOST:PORT (mutual TLS), got {url!r}")
         peers.append(PeerConfig(p["node"], url))
     if len({p.node for p in peers}) != len(peers):
         raise ConfigError("[[cluster.peers]]: a node is listed twice")

@@ -40,19 +40,25 @@ async def error_middleware(request: web.Request, handler):
             extra["problems"] = problems[:100]
         resp = error_response(e.http_status, str(e), **extra)
     except Overloaded as e:
-        resp = error_response(503, f"{e}; retry later", )
+        resp = error_response(
+            503,
+            f"{e}; retry later",
+        )
         resp.headers["Retry-After"] = "1"
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(413, f"request body too large (limit {node.settings.max_body_bytes} bytes)")
     except web.HTTPMethodNotAllowed as e:
-        resp = error_response(405, f"method {request.method} not allowed here; the log is append-only "
-                                   f"(allowed: {', '.join(sorted(e.allowed_methods))})")
+        resp = error_response(
+            405,
+            f"method {request.method} not allowed here; the log is append-only "
+            f"(allowed: {', '.join(sorted(e.allowed_methods))})",
+        )
         resp.headers["Allow"] = ",".join(sorted(e.allowed_methods))
     except web.HTTPException as e:
         if e.status < 400:
             raise
         resp = error_response(e.status, e.reason if e.status != 404 else f"no such resource: {request.path}")
-    except Exception:   # never leak a traceback to a client
+    except Exception:  # never leak a traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(500, "internal error (logged on the server)")
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"

@@ -16,6 +16,7 @@ from query.node import RunningNode
 
 log = logging.getLogger("auditlog.server")
 
+
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) <= 65535:
@@ -35,28 +36,29 @@ async def _every(seconds: float, fn, name: str, service: RunningNode, first_dela
 
 def background_jobs(node: RunningNode):
     """For the app's ``cleanup_ctx``: the node's periodic jobs, for as long as it serves."""
+
     async def ctx(app):
         tasks = [
-            asyncio.create_task(_every(node.settings.key_use_interval, node.flush_key_uses,
-                                       "api-key-use", node)),
-            asyncio.create_task(_every(node.settings.retention_interval, node.run_retention,
-                                       "retention", node, first_delay=60.0)),
+            asyncio.create_task(_every(node.settings.key_use_interval, node.flush_key_uses, "api-key-use", node)),
+            asyncio.create_task(
+                _every(node.settings.retention_interval, node.run_retention, "retention", node, first_delay=60.0)
+            ),
             # term postings of sealed segments, built ahead of the first selective query
-            asyncio.create_task(_every(30.0, node.log.build_missing_terms, "term-postings",
-                                       node, first_delay=5.0)),
+            asyncio.create_task(_every(30.0, node.log.build_missing_terms, "term-postings", node, first_delay=5.0)),
         ]
         if node.cluster is not None and node.cluster.peers:
             from query.cluster.checkpoints import checkpoint_loop
+
             tasks.append(asyncio.create_task(checkpoint_loop(node.cluster)))
         yield
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
     return ctx
 
 
-async def serve(node: RunningNode, listen: str, unix_socket: str | None = None,
-                ready=None) -> None:
+async def serve(node: RunningNode, listen: str, unix_socket: str | None = None, ready=None) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting, finish requests, flush and close.
 
     The app's ``cleanup_ctx`` starts and stops the node's cluster and syslog
@@ -74,6 +76,7 @@ async def serve(node: RunningNode, listen: str, unix_socket: str | None = None,
         if cluster is not None and cluster.settings.listen:
             from query.cluster.pki import server_context
             from query.cluster.routes import create_peer_app
+
             s = cluster.settings
             peer_runner = web.AppRunner(create_peer_app(node, cluster), access_log=None, handle_signals=False)
             await peer_runner.setup()

@@ -11,8 +11,12 @@ from engine.settings import Setting, check_fields, defaults_of, file_path, int_a
 SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("server.listen", "127.0.0.1:8080", "HTTP API address HOST:PORT", text),
     Setting("server.unix_socket", None, "also listen on this Unix socket (mode 0660)", file_path, path=True),
-    Setting("server.validate_workers", None,
-            "worker processes validating ingest bodies (default: 1 with 2+ CPUs, else 0)", int_at_least(0)),
+    Setting(
+        "server.validate_workers",
+        None,
+        "worker processes validating ingest bodies (default: 1 with 2+ CPUs, else 0)",
+        int_at_least(0),
+    ),
 )
 _SERVER = defaults_of(SERVER_SETTINGS)
 

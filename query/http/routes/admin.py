@@ -25,8 +25,7 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) - {"name", "role"}:
         raise QueryError('body must be {"name": "...", "role": "writer|reader|admin"}')
     name, role, ip = body.get("name"), body.get("role"), request.remote
-    rec, token = await service.run(
-        lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
+    rec, token = await service.run(lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response({**rec.public(), "key": token}, status=201)
 
 
