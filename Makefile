@@ -15,6 +15,9 @@ run: $(STAMP)
 	$(BIN)/auditlog --data-dir ./auditlog-data serve --demo --listen 127.0.0.1:8080
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n auto -q
 
 bench: $(STAMP)

@@ -31,7 +31,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgpack
 
@@ -58,15 +58,24 @@ CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 #: What the baseline does, for the results' params.
-DESCRIPTION = ("SQLite WAL, same fields, index on ts, one transaction per batch, "
-               "per-row HMAC-SHA256 chain in Python (same signer and canonical encoding)")
+DESCRIPTION = (
+    "SQLite WAL, same fields, index on ts, one transaction per batch, "
+    "per-row HMAC-SHA256 chain in Python (same signer and canonical encoding)"
+)
 
 
 class SqliteBaseline:
     """One node's events in SQLite, chained and signed like the engine's."""
 
-    def __init__(self, path: str, node: str, key: NodeKey, synchronous: str = "FULL",
-                 threadsafe: bool = False, create: bool = True):
+    def __init__(
+        self,
+        path: str,
+        node: str,
+        key: NodeKey,
+        synchronous: str = "FULL",
+        threadsafe: bool = False,
+        create: bool = True,
+    ):
         self.path = path
         self.node = node
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=not threadsafe)
@@ -78,13 +87,11 @@ class SqliteBaseline:
         self._sign = key.signer()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._lock = threading.Lock()
-        row = self.conn.execute(
-            "SELECT seq, ts, signature FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        self.next_seq, self.last_ts, self.prev = (row[0] + 1, row[1], row[2]) if row else (
-            1, 0, GENESIS)
+        row = self.conn.execute("SELECT seq, ts, signature FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        self.next_seq, self.last_ts, self.prev = (row[0] + 1, row[1], row[2]) if row else (1, 0, GENESIS)
 
     @classmethod
-    def open_existing(cls, path: str, node: str, key: NodeKey) -> "SqliteBaseline":
+    def open_existing(cls, path: str, node: str, key: NodeKey) -> SqliteBaseline:
         return cls(path, node, key, synchronous="FULL", create=False)
 
     def close(self) -> None:
@@ -135,8 +142,7 @@ class SqliteBaseline:
         the HMAC chain is NOT re-verified (see :meth:`scan_verify`).
         """
         n = 0
-        for _ in self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ?",
-                                   (lo, hi)):
+        for _ in self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ?", (lo, hi)):
             n += 1
         return n
 
@@ -146,12 +152,10 @@ class SqliteBaseline:
         unpackb = msgpack.unpackb
         n = bad = 0
         prev = None
-        for row in self.conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ? ORDER BY seq", (lo, hi)):
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ? ORDER BY seq", (lo, hi)):
             seq = row[0]
             if prev is None:
-                r = self.conn.execute("SELECT signature FROM events WHERE seq = ?",
-                                      (seq - 1,)).fetchone()
+                r = self.conn.execute("SELECT signature FROM events WHERE seq = ?", (seq - 1,)).fetchone()
                 prev = r[0] if r else GENESIS
             draft = row[2:8] + (bool(row[8]), unpackb(row[9], raw=False))
             if sign(prev, canonical_bytes(node, seq, row[1], draft)) != row[10]:
@@ -162,21 +166,21 @@ class SqliteBaseline:
 
     def selective(self, user: str, ip: str) -> list[tuple]:
         return self.conn.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE user = ? AND ip = ? ORDER BY seq",
-            (user, ip)).fetchall()
+            f"SELECT {_COLUMNS} FROM events WHERE user = ? AND ip = ? ORDER BY seq", (user, ip)
+        ).fetchall()
 
     def selective_plan(self, user: str, ip: str) -> str:
         rows = self.conn.execute(
-            f"EXPLAIN QUERY PLAN SELECT {_COLUMNS} FROM events WHERE user = ? AND ip = ? "
-            "ORDER BY seq", (user, ip)).fetchall()
+            f"EXPLAIN QUERY PLAN SELECT {_COLUMNS} FROM events WHERE user = ? AND ip = ? ORDER BY seq", (user, ip)
+        ).fetchall()
         return "; ".join(r[-1] for r in rows)
 
     def export_csv(self, lo: int, hi: int, path: str) -> int:
         """The range as CSV (same 13 columns as export.csv) with the stdlib csv.writer."""
         from export.csv import CSV_COLUMNS, TimestampFormatter
+
         fmt = TimestampFormatter().format
-        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                                 sort_keys=True).encode
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
         unpackb = msgpack.unpackb
         node = self.node
         n = 0
@@ -184,11 +188,25 @@ class SqliteBaseline:
             f.write("\ufeff")
             w = csv.writer(f, lineterminator="\r\n")
             w.writerow(CSV_COLUMNS)
-            for (seq, ts, user, action, target, domain, ip, ua, success, details,
-                 sig) in self.conn.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ?", (lo, hi)):
-                w.writerow((fmt(ts), node, seq, user, action, target, domain, ip, ua,
-                            "true" if success else "false",
-                            dumps(unpackb(details, raw=False)), sig.hex(), "ok"))
+            for seq, ts, user, action, target, domain, ip, ua, success, details, sig in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE ts >= ? AND ts < ?", (lo, hi)
+            ):
+                w.writerow(
+                    (
+                        fmt(ts),
+                        node,
+                        seq,
+                        user,
+                        action,
+                        target,
+                        domain,
+                        ip,
+                        ua,
+                        "true" if success else "false",
+                        dumps(unpackb(details, raw=False)),
+                        sig.hex(),
+                        "ok",
+                    )
+                )
                 n += 1
         return n

@@ -36,22 +36,29 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from engine.errors import AuditLogError
+from typing import Any
 
 from bench import scenarios as sc
 from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
 from bench.servers import PROFILE_ENV
+from engine.errors import AuditLogError
 
 SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss")
 #: result names that select their scenario in ``--only``
-_ALIASES = {"append_4threads": "append", "selective_query_cold": "selective_query",
-            "csv": "csv_export", "selective": "selective_query", "http": "http_ingest",
-            "http_ingest_msgpack": "http_ingest", "http_append_p99_ms": "http_ingest",
-            "merge_first_byte_ms": "merge", "unreachable_peer_cost_s": "merge"}
+_ALIASES = {
+    "append_4threads": "append",
+    "selective_query_cold": "selective_query",
+    "csv": "csv_export",
+    "selective": "selective_query",
+    "http": "http_ingest",
+    "http_ingest_msgpack": "http_ingest",
+    "http_append_p99_ms": "http_ingest",
+    "merge_first_byte_ms": "merge",
+    "unreachable_peer_cost_s": "merge",
+}
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
 _SEGMENT_MB = 64
@@ -69,22 +76,22 @@ class JobFailed(Exception):
 class Plan:
     """Sizes of one run (``--quick`` and the full run differ only here)."""
 
-    n: int                      # events in the shared read data set
-    append_events: int          # events per append run
+    n: int  # events in the shared read data set
+    append_events: int  # events per append run
     append_reps: int
-    reps: int                   # repetitions of the read scenarios
+    reps: int  # repetitions of the read scenarios
     cold_reps: int
     warm_reps: int
     csv_rows: int
-    http_events: int            # events per HTTP ingest run (batches of http_batch)
+    http_events: int  # events per HTTP ingest run (batches of http_batch)
     http_reps: int
-    latency_seconds: float      # measured window of the paced single-event POSTs
-    merge_events: int           # events over the 3 cluster nodes (N/3 each)
+    latency_seconds: float  # measured window of the paced single-event POSTs
+    merge_events: int  # events over the 3 cluster nodes (N/3 each)
     merge_reps: int
     batch: int = sc.BUILD_BATCH
     seed: int = sc.SEED
     http_batch: int = 1000
-    http_conns: int = 16   # enough requests in flight to cover one commit's fsync and validation latency
+    http_conns: int = 16  # enough requests in flight to cover one commit's fsync and validation latency
     latency_rate: float = 5000.0
     latency_conns: int = 32
     ttfb_reps: int = 7
@@ -92,23 +99,58 @@ class Plan:
     peer_timeout: float = 2.0
 
     @classmethod
-    def make(cls, quick: bool, events: int | None) -> "Plan":
-        if events is not None:           # tiny runs (tests): a few thousand events
-            return cls(n=events, append_events=events, append_reps=2, reps=2,
-                       cold_reps=2, warm_reps=3, csv_rows=events,
-                       batch=max(10, min(sc.BUILD_BATCH, events // 20)),
-                       http_events=events, http_reps=1, latency_seconds=0.5,
-                       merge_events=events, merge_reps=1, http_batch=min(1000, max(10, events // 6)),
-                       http_conns=4, latency_rate=500.0, latency_conns=8, ttfb_reps=3, query_reps=3)
+    def make(cls, quick: bool, events: int | None) -> Plan:
+        if events is not None:  # tiny runs (tests): a few thousand events
+            return cls(
+                n=events,
+                append_events=events,
+                append_reps=2,
+                reps=2,
+                cold_reps=2,
+                warm_reps=3,
+                csv_rows=events,
+                batch=max(10, min(sc.BUILD_BATCH, events // 20)),
+                http_events=events,
+                http_reps=1,
+                latency_seconds=0.5,
+                merge_events=events,
+                merge_reps=1,
+                http_batch=min(1000, max(10, events // 6)),
+                http_conns=4,
+                latency_rate=500.0,
+                latency_conns=8,
+                ttfb_reps=3,
+                query_reps=3,
+            )
         if quick:
-            return cls(n=1_000_000, append_events=100_000, append_reps=3, reps=3,
-                       cold_reps=3, warm_reps=7, csv_rows=200_000,
-                       http_events=200_000, http_reps=3, latency_seconds=2.0,
-                       merge_events=300_000, merge_reps=3)
-        return cls(n=10_000_000, append_events=200_000, append_reps=3, reps=5,
-                   cold_reps=5, warm_reps=11, csv_rows=200_000,
-                   http_events=200_000, http_reps=3, latency_seconds=5.0,
-                   merge_events=1_500_000, merge_reps=3)
+            return cls(
+                n=1_000_000,
+                append_events=100_000,
+                append_reps=3,
+                reps=3,
+                cold_reps=3,
+                warm_reps=7,
+                csv_rows=200_000,
+                http_events=200_000,
+                http_reps=3,
+                latency_seconds=2.0,
+                merge_events=300_000,
+                merge_reps=3,
+            )
+        return cls(
+            n=10_000_000,
+            append_events=200_000,
+            append_reps=3,
+            reps=5,
+            cold_reps=5,
+            warm_reps=11,
+            csv_rows=200_000,
+            http_events=200_000,
+            http_reps=3,
+            latency_seconds=5.0,
+            merge_events=1_500_000,
+            merge_reps=3,
+        )
 
 
 @dataclass
@@ -120,7 +162,7 @@ class Result:
     higher_is_better: bool
     params: dict[str, Any]
     peak_rss_mb: float | None
-    targets: list[tuple[str, Callable[["Result"], bool]]] = field(default_factory=list)
+    targets: list[tuple[str, Callable[[Result], bool]]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -139,31 +181,40 @@ class Result:
         return "PASS" if all(ok for _, ok in c) else "MISS"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "value": self.value, "unit": self.unit,
-                "baseline": self.baseline, "ratio": self.ratio, "params": self.params,
-                "peak_rss_mb": self.peak_rss_mb,
-                "target": "; ".join(t for t, _ in self.targets) or None,
-                "status": self.status,
-                "checks": [{"target": t, "pass": ok} for t, ok in self.checks()]}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "params": self.params,
+            "peak_rss_mb": self.peak_rss_mb,
+            "target": "; ".join(t for t, _ in self.targets) or None,
+            "status": self.status,
+            "checks": [{"target": t, "pass": ok} for t, ok in self.checks()],
+        }
 
 
 # --------------------------------------------------------------------------- jobs
+
 
 def _run_job(job: str, **kwargs: Any) -> dict:
     """Run one job in a fresh interpreter; its result dict (with peak_rss_mb)."""
     with tempfile.TemporaryDirectory(prefix="auditlog-bench-job-") as t:
         out = os.path.join(t, "result.json")
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"]
-                                           if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.scenarios", json.dumps({"job": job, "kwargs": kwargs}),
-             out], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if not sc.on_terminal() else None, text=True)
+            [sys.executable, "-m", "bench.scenarios", json.dumps({"job": job, "kwargs": kwargs}), out],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if not sc.on_terminal() else None,
+            text=True,
+        )
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stderr or "").strip().splitlines()[-3:] if proc.stderr else []
-            raise JobFailed(f"job {job} failed (exit {proc.returncode})"
-                            + (": " + " | ".join(tail) if tail else ""))
+            raise JobFailed(f"job {job} failed (exit {proc.returncode})" + (": " + " | ".join(tail) if tail else ""))
         with open(out) as f:
             return json.load(f)
 
@@ -178,7 +229,7 @@ def _run_parallel(jobs: list[tuple[str, dict]], labels: list[str]) -> list[dict 
             name, kw = jobs[i]
             try:
                 results[i] = _run_job(name, progress_file=files[i], **kw)
-            except BaseException as e:   # reported by the caller
+            except BaseException as e:  # reported by the caller
                 results[i] = e
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
@@ -195,8 +246,9 @@ def _run_parallel(jobs: list[tuple[str, dict]], labels: list[str]) -> list[dict 
                         parts.append(f"{label} {done / 1e6:.2f}M/{total / 1e6:.2f}M")
                     except (OSError, ValueError):
                         parts.append(f"{label} starting")
-                sys.stderr.write(f"\r  building data ({time.perf_counter() - t0:5.0f} s): "
-                                 + ", ".join(parts) + "\x1b[K")
+                sys.stderr.write(
+                    f"\r  building data ({time.perf_counter() - t0:5.0f} s): " + ", ".join(parts) + "\x1b[K"
+                )
                 sys.stderr.flush()
         for th in threads:
             th.join()
@@ -208,14 +260,25 @@ def _run_parallel(jobs: list[tuple[str, dict]], labels: list[str]) -> list[dict 
 
 # --------------------------------------------------------------------------- data set
 
+
 def _cache_dir(plan: Plan, cache_root: str) -> Path:
     from engine.frame import FRAME_MAGIC
     from engine.segment import FORMAT_VERSION
     from engine.settings import StoreSettings
-    key = json.dumps({"gen": sc.GEN_VERSION, "n": plan.n, "seed": plan.seed, "batch": plan.batch,
-                      "format": FORMAT_VERSION, "frame": FRAME_MAGIC.decode(),
-                      "segment_max_bytes": StoreSettings().segment_max_bytes,
-                      "node": sc.NODE_ID}, sort_keys=True)
+
+    key = json.dumps(
+        {
+            "gen": sc.GEN_VERSION,
+            "n": plan.n,
+            "seed": plan.seed,
+            "batch": plan.batch,
+            "format": FORMAT_VERSION,
+            "frame": FRAME_MAGIC.decode(),
+            "segment_max_bytes": StoreSettings().segment_max_bytes,
+            "node": sc.NODE_ID,
+        },
+        sort_keys=True,
+    )
     return Path(cache_root) / f"auditlog-bench-cache-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -229,6 +292,7 @@ def _log_ok(cache: Path, plan: Plan) -> bool:
             return False
         from engine.datadir import DataDir
         from engine.log import NodeLog
+
         dd = DataDir(cache / "log")
         seq, _ = NodeLog(dd, dd.open()).head()
         return seq == plan.n
@@ -262,14 +326,16 @@ def ensure_dataset(plan: Plan, cache_root: str, say: Callable[[str], None]) -> P
     if not _sqlite_ok(cache, plan):
         need.append(("build_sqlite", "sqlite"))
     if need:
-        say(f"# building the data set: {plan.n:,} events into {cache} "
-            f"({', '.join(l for _, l in need)}; ours with fsync=none, SQLite with "
-            "synchronous=OFF: data preparation, not measured)")
+        say(
+            f"# building the data set: {plan.n:,} events into {cache} "
+            f"({', '.join(label for _, label in need)}; ours with fsync=none, SQLite with "
+            "synchronous=OFF: data preparation, not measured)"
+        )
         (cache / "meta.json").unlink(missing_ok=True)
         kw = {"cache_dir": str(cache), "n": plan.n, "seed": plan.seed, "batch": plan.batch}
         t0 = time.perf_counter()
-        outs = _run_parallel([(job, kw) for job, _ in need], [l for _, l in need])
-        for (job, label), out in zip(need, outs):
+        outs = _run_parallel([(job, kw) for job, _ in need], [label for _, label in need])
+        for (_job, label), out in zip(need, outs):
             if isinstance(out, BaseException):
                 raise JobFailed(f"building the {label} data set failed: {out}")
             out["n"] = plan.n
@@ -281,16 +347,24 @@ def ensure_dataset(plan: Plan, cache_root: str, say: Callable[[str], None]) -> P
     msql = json.loads((cache / "meta_sqlite.json").read_text())
     if mlog["matches"] != msql["matches"]:
         raise JobFailed("the two data sets differ (generator not deterministic?)")
-    meta = {"n": plan.n, "batch": plan.batch, "seed": plan.seed,
-            "log_batch_ts": mlog["batch_ts"], "sqlite_batch_ts": msql["batch_ts"],
-            "matches": mlog["matches"], "query_user": mlog["query_user"],
-            "query_ip": mlog["query_ip"], "log_bytes": mlog.get("bytes"),
-            "sqlite_bytes": msql.get("bytes")}
+    meta = {
+        "n": plan.n,
+        "batch": plan.batch,
+        "seed": plan.seed,
+        "log_batch_ts": mlog["batch_ts"],
+        "sqlite_batch_ts": msql["batch_ts"],
+        "matches": mlog["matches"],
+        "query_user": mlog["query_user"],
+        "query_ip": mlog["query_ip"],
+        "log_bytes": mlog.get("bytes"),
+        "sqlite_bytes": msql.get("bytes"),
+    }
     (cache / "meta.json").write_text(json.dumps(meta))
     return cache
 
 
 # --------------------------------------------------------------------------- scenarios
+
 
 def _at_least(x: float) -> Callable[[Result], bool]:
     return lambda r: r.value is not None and r.value >= x
@@ -308,15 +382,18 @@ def _rnd(xs: list[float], nd: int = 0) -> list[float]:
     return [round(x, nd) if nd else round(x) for x in xs]
 
 
-def _cpu(ours: dict, base: dict, key: str = "cpu_value", higher_is_better: bool = True,
-         scale: float = 1.0, unit: str = "") -> dict:
+def _cpu(
+    ours: dict, base: dict, key: str = "cpu_value", higher_is_better: bool = True, scale: float = 1.0, unit: str = ""
+) -> dict:
     """The same measurement in CPU time (steadier than wall time on a busy machine)."""
     a, b = ours.get(key), base.get(key)
     if not a or not b:
         return {}
-    return {f"cpu_value{unit}": (round(a * scale, 2) if scale != 1 else round(a)),
-            f"baseline_cpu_value{unit}": (round(b * scale, 2) if scale != 1 else round(b)),
-            "cpu_ratio": round(a / b if higher_is_better else b / a, 3)}
+    return {
+        f"cpu_value{unit}": (round(a * scale, 2) if scale != 1 else round(a)),
+        f"baseline_cpu_value{unit}": (round(b * scale, 2) if scale != 1 else round(b)),
+        "cpu_ratio": round(a / b if higher_is_better else b / a, 3),
+    }
 
 
 def scenario_append(plan: Plan, ctx: dict) -> list[Result]:
@@ -324,27 +401,37 @@ def scenario_append(plan: Plan, ctx: dict) -> list[Result]:
     for name, threads, batch in (("append", 1, 1000), ("append_4threads", 4, 250)):
         if ctx["tiny"]:
             batch = min(batch, plan.batch)
-        kw = dict(events=plan.append_events, batch=batch, threads=threads, reps=plan.append_reps,
-                  seed=plan.seed, workdir=ctx["workdir"])
+        kw = dict(
+            events=plan.append_events,
+            batch=batch,
+            threads=threads,
+            reps=plan.append_reps,
+            seed=plan.seed,
+            workdir=ctx["workdir"],
+        )
         ours = _run_job("append", **kw)
         base = _run_job("sqlite_append", **kw)
         commits = ours["commits"]
         params = {
-            "N": plan.append_events, "batch": batch, "threads": threads, "fsync": "always",
-            "runs": plan.append_reps, "data_dir": "fresh per run",
+            "N": plan.append_events,
+            "batch": batch,
+            "threads": threads,
+            "fsync": "always",
+            "runs": plan.append_reps,
+            "data_dir": "fresh per run",
             "input": "pre-validated EntryDraft lists (ingest.validate_batch, untimed)",
             "events_per_fsync": round(plan.append_events / (sum(commits) / len(commits)), 1),
-            "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+            "ours_runs": _rnd(ours["runs"]),
+            "baseline_runs": _rnd(base["runs"]),
             "baseline": f"{SQLITE_DESCRIPTION}; synchronous=FULL; same batches"
-                        + ("; 4 threads share one connection under a lock" if threads > 1 else ""),
+            + ("; 4 threads share one connection under a lock" if threads > 1 else ""),
             "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
             **_cpu(ours, base),
         }
         targets = [("≥ 250k events/s", _at_least(250_000))]
         if threads == 1:
             targets.append(("≥ 3× SQLite", _ratio_at_least(3.0)))
-        out.append(Result(name, ours["value"], "events/s", base["value"], True, params,
-                          ours["peak_rss_mb"], targets))
+        out.append(Result(name, ours["value"], "events/s", base["value"], True, params, ours["peak_rss_mb"], targets))
         ctx["emit"](out[-1])
     return out
 
@@ -354,13 +441,17 @@ def scenario_scan(plan: Plan, ctx: dict) -> list[Result]:
     ours = _run_job("scan", cache_dir=str(cache), reps=plan.reps)
     base = _run_job("sqlite_scan", cache_dir=str(cache), reps=plan.reps)
     params = {
-        "N": plan.n, "range_entries": ours["count"], "slice": "middle of the log",
-        "reps": plan.reps, "api": "NodeLog.scan(from_us, to_us), counting entries",
+        "N": plan.n,
+        "range_entries": ours["count"],
+        "slice": "middle of the log",
+        "reps": plan.reps,
+        "api": "NodeLog.scan(from_us, to_us), counting entries",
         "verified": "xxhash + chained frame MAC of every frame read",
-        "violations": ours["violations"], "ours_runs": _rnd(ours["runs"]),
+        "violations": ours["violations"],
+        "ours_runs": _rnd(ours["runs"]),
         "baseline_runs": _rnd(base["runs"]),
         "baseline": "SQLite SELECT all columns WHERE ts >= ? AND ts < ? (index on ts), "
-                    "iterating row tuples; details not decoded, HMAC chain NOT re-verified",
+        "iterating row tuples; details not decoded, HMAC chain NOT re-verified",
         "baseline_rows": base["count"],
         "baseline_with_chain_verify_events_per_s": round(base["verified_value"]),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
@@ -368,8 +459,16 @@ def scenario_scan(plan: Plan, ctx: dict) -> list[Result]:
     }
     if ours["count"] != ours["expected"] or base["count"] != ours["expected"]:
         params["warning"] = f"expected {ours['expected']} entries"
-    r = Result("scan", ours["value"], "events/s", base["value"], True, params,
-               ours["peak_rss_mb"], [("≥ 1M events/s", _at_least(1_000_000))])
+    r = Result(
+        "scan",
+        ours["value"],
+        "events/s",
+        base["value"],
+        True,
+        params,
+        ours["peak_rss_mb"],
+        [("≥ 1M events/s", _at_least(1_000_000))],
+    )
     ctx["emit"](r)
     return [r]
 
@@ -377,37 +476,59 @@ def scenario_scan(plan: Plan, ctx: dict) -> list[Result]:
 def scenario_selective(plan: Plan, ctx: dict) -> list[Result]:
     cache = ctx["cache"]()
     meta = json.loads((cache / "meta.json").read_text())
-    ours = _run_job("selective", cache_dir=str(cache), cold_reps=plan.cold_reps,
-                    warm_reps=plan.warm_reps)
-    base = _run_job("sqlite_selective", cache_dir=str(cache), cold_reps=plan.cold_reps,
-                    warm_reps=plan.warm_reps)
+    ours = _run_job("selective", cache_dir=str(cache), cold_reps=plan.cold_reps, warm_reps=plan.warm_reps)
+    base = _run_job("sqlite_selective", cache_dir=str(cache), cold_reps=plan.cold_reps, warm_reps=plan.warm_reps)
     common = {
-        "N": plan.n, "user": meta["query_user"], "ip": meta["query_ip"],
-        "matches": ours["count"], "expected_matches": meta["matches"],
-        "frames_read": ours["frames_read"], "frames_total": ours["frames_total"],
+        "N": plan.n,
+        "user": meta["query_user"],
+        "ip": meta["query_ip"],
+        "matches": ours["count"],
+        "expected_matches": meta["matches"],
+        "frames_read": ours["frames_read"],
+        "frames_total": ours["frames_total"],
         "entries_decoded": ours["entries_decoded"],
         "pick": "median-activity user and its first home IP",
         "api": "query.scan.scan_node(log, Filter(users=(u,), ips=(ip,))), list()",
         "violations": ours["violations"],
         "baseline": "SQLite WHERE user = ? AND ip = ? ORDER BY seq, indexes on user and ip "
-                    f"(+ts), ANALYZE; plan: {base['plan']}",
+        f"(+ts), ANALYZE; plan: {base['plan']}",
         "baseline_matches": base["count"],
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
     }
     if ours["count"] != meta["matches"] or base["count"] != meta["matches"]:
         common["warning"] = "match count differs from what the generator produced"
     target = f"≤ 50 ms over {plan.n / 1e6:g}M events"
-    warm = Result("selective_query", ours["warm"], "s", base["warm"], False,
-                  {**common, "mode": "warm (same NodeLog, indexes cached)",
-                   "reps": plan.warm_reps, "runs_ms": _rnd([x * 1e3 for x in ours["warm_runs"]], 2),
-                   **_cpu(ours, base, "warm_cpu", False, 1e3, "_ms")},
-                  ours["peak_rss_mb"], [(target, _at_most(0.050))])
-    cold = Result("selective_query_cold", ours["cold"], "s", base["cold"], False,
-                  {**common, "mode": "cold (first query after opening a fresh NodeLog / "
-                                     "SQLite connection; OS page cache warm)",
-                   "reps": plan.cold_reps, "runs_ms": _rnd([x * 1e3 for x in ours["cold_runs"]], 2),
-                   **_cpu(ours, base, "cold_cpu", False, 1e3, "_ms")},
-                  ours["peak_rss_mb"])
+    warm = Result(
+        "selective_query",
+        ours["warm"],
+        "s",
+        base["warm"],
+        False,
+        {
+            **common,
+            "mode": "warm (same NodeLog, indexes cached)",
+            "reps": plan.warm_reps,
+            "runs_ms": _rnd([x * 1e3 for x in ours["warm_runs"]], 2),
+            **_cpu(ours, base, "warm_cpu", False, 1e3, "_ms"),
+        },
+        ours["peak_rss_mb"],
+        [(target, _at_most(0.050))],
+    )
+    cold = Result(
+        "selective_query_cold",
+        ours["cold"],
+        "s",
+        base["cold"],
+        False,
+        {
+            **common,
+            "mode": "cold (first query after opening a fresh NodeLog / SQLite connection; OS page cache warm)",
+            "reps": plan.cold_reps,
+            "runs_ms": _rnd([x * 1e3 for x in ours["cold_runs"]], 2),
+            **_cpu(ours, base, "cold_cpu", False, 1e3, "_ms"),
+        },
+        ours["peak_rss_mb"],
+    )
     ctx["emit"](warm)
     ctx["emit"](cold)
     return [warm, cold]
@@ -418,18 +539,30 @@ def scenario_csv(plan: Plan, ctx: dict) -> list[Result]:
     ours = _run_job("csv", cache_dir=str(cache), reps=plan.reps, rows=plan.csv_rows)
     base = _run_job("sqlite_csv", cache_dir=str(cache), reps=plan.reps, rows=plan.csv_rows)
     params = {
-        "N": plan.n, "rows": ours["count"], "reps": plan.reps, "output": "/dev/null (UTF-8)",
+        "N": plan.n,
+        "rows": ours["count"],
+        "reps": plan.reps,
+        "output": "/dev/null (UTF-8)",
         "csv_bytes": ours["bytes"],
         "api": "export.csv.iter_csv(scan_node(log, Filter(from_us, to_us)))",
-        "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+        "ours_runs": _rnd(ours["runs"]),
+        "baseline_runs": _rnd(base["runs"]),
         "baseline": "SQLite range SELECT -> stdlib csv.writer, same 13 columns, details "
-                    "msgpack -> sorted JSON, no formula neutralising, no chain verification",
+        "msgpack -> sorted JSON, no formula neutralising, no chain verification",
         "baseline_rows": base["count"],
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
         **_cpu(ours, base),
     }
-    r = Result("csv_export", ours["value"], "rows/s", base["value"], True, params,
-               ours["peak_rss_mb"], [("≥ 200k rows/s", _at_least(200_000))])
+    r = Result(
+        "csv_export",
+        ours["value"],
+        "rows/s",
+        base["value"],
+        True,
+        params,
+        ours["peak_rss_mb"],
+        [("≥ 200k rows/s", _at_least(200_000))],
+    )
     ctx["emit"](r)
     return [r]
 
@@ -439,8 +572,11 @@ def scenario_scan_rss(plan: Plan, ctx: dict) -> list[Result]:
     small = _run_job("scan_rss", cache_dir=str(cache), which="small")
     full = _run_job("scan_rss", cache_dir=str(cache), which="full")
     params = {
-        "N": plan.n, "small_range_entries": small["count"], "full_entries": full["count"],
-        "value": "peak RSS scanning the whole log", "baseline": "peak RSS scanning a small range",
+        "N": plan.n,
+        "small_range_entries": small["count"],
+        "full_entries": full["count"],
+        "value": "peak RSS scanning the whole log",
+        "baseline": "peak RSS scanning a small range",
         "small_peak_rss_mb": round(small["peak_rss_mb"], 1),
         "full_peak_rss_mb": round(full["peak_rss_mb"], 1),
         "small_peak_heap_mb": round(small["peak_anon_mb"], 1),
@@ -448,16 +584,25 @@ def scenario_scan_rss(plan: Plan, ctx: dict) -> list[Result]:
         "index_heap_mb": round(full["index_anon_mb"], 1),
         "full_scan_events_per_s": round(full["count"] / full["seconds"]) if full["seconds"] else None,
         "note": f"RSS includes mmap'd segment pages (one segment, ≤ {_SEGMENT_MB} MiB, "
-                "mapped at a time); heap = RssAnon sampled during the scan",
+        "mapped at a time); heap = RssAnon sampled during the scan",
     }
 
     def flat(r: Result) -> bool:
-        return (full["peak_anon_mb"] - small["peak_anon_mb"] <= 32
-                and full["peak_rss_mb"] - small["peak_rss_mb"] <= _SEGMENT_MB + 32)
+        return (
+            full["peak_anon_mb"] - small["peak_anon_mb"] <= 32
+            and full["peak_rss_mb"] - small["peak_rss_mb"] <= _SEGMENT_MB + 32
+        )
 
-    r = Result("scan_rss", full["peak_rss_mb"], "MB", small["peak_rss_mb"], False, params,
-               full["peak_rss_mb"],
-               [(f"flat: full − small ≤ {_SEGMENT_MB}+32 MB RSS and ≤ 32 MB heap", flat)])
+    r = Result(
+        "scan_rss",
+        full["peak_rss_mb"],
+        "MB",
+        small["peak_rss_mb"],
+        False,
+        params,
+        full["peak_rss_mb"],
+        [(f"flat: full − small ≤ {_SEGMENT_MB}+32 MB RSS and ≤ 32 MB heap", flat)],
+    )
     ctx["emit"](r)
     return [r]
 
@@ -470,60 +615,90 @@ def _profiled_note(*outs: dict) -> dict:
 
 def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
     out = []
-    kw = dict(events=plan.http_events, batch=plan.http_batch, reps=plan.http_reps, seed=plan.seed,
-              workdir=ctx["workdir"])
+    kw = dict(
+        events=plan.http_events, batch=plan.http_batch, reps=plan.http_reps, seed=plan.seed, workdir=ctx["workdir"]
+    )
     base = _run_job("sqlite_append", threads=1, **kw)
-    server = ("a real `auditlog serve` subprocess, fsync=always, fresh data dir per run "
-              "(init + `apikey create --role writer` first), free loopback port")
+    server = (
+        "a real `auditlog serve` subprocess, fsync=always, fresh data dir per run "
+        "(init + `apikey create --role writer` first), free loopback port"
+    )
     for name, fmt in (("http_ingest", "json"), ("http_ingest_msgpack", "msgpack")):
         ours = _run_job("http_ingest", conns=plan.http_conns, fmt=fmt, **kw)
         params = {
-            "N": plan.http_events, "batch": plan.http_batch, "conns": plan.http_conns,
+            "N": plan.http_events,
+            "batch": plan.http_batch,
+            "conns": plan.http_conns,
             "body": f"{'JSON array' if fmt == 'json' else 'msgpack array'} "
-                    f"(Content-Type: {sc._CTYPE[fmt]}), ~{ours['body_bytes'] // 1024} KiB per batch",
-            "fsync": "always", "runs": plan.http_reps, "server": server,
+            f"(Content-Type: {sc._CTYPE[fmt]}), ~{ours['body_bytes'] // 1024} KiB per batch",
+            "fsync": "always",
+            "runs": plan.http_reps,
+            "server": server,
             "client": f"aiohttp in the bench process, {plan.http_conns} keep-alive connections "
-                      "(opened before timing), bodies pre-encoded, each answer checked (201, appended)",
-            "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+            "(opened before timing), bodies pre-encoded, each answer checked (201, appended)",
+            "ours_runs": _rnd(ours["runs"]),
+            "baseline_runs": _rnd(base["runs"]),
             "server_cpu_value": round(ours["cpu_value"]),
             "cpu_note": "server_cpu_value = events / CPU seconds (utime+stime, /proc) of the "
-                        "server process in the timed window; client_cpu_s = the bench process's",
+            "server process in the timed window; client_cpu_s = the bench process's",
             "client_cpu_s": round(ours["client_cpu_s"], 2),
             "baseline": f"the append baseline: {SQLITE_DESCRIPTION}; synchronous=FULL; the same "
-                        f"{plan.http_batch}-event batches appended in-process (no HTTP, no parsing)",
+            f"{plan.http_batch}-event batches appended in-process (no HTTP, no parsing)",
             "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
             "client_peak_rss_mb": round(ours["peak_rss_mb"], 1),
             "peak_rss": "of the server process (VmHWM)",
             **_profiled_note(ours),
         }
-        r = Result(name, ours["value"], "events/s", base["value"], True, params,
-                   ours["server_peak_rss_mb"], [("≥ 80k events/s", _at_least(80_000))])
+        r = Result(
+            name,
+            ours["value"],
+            "events/s",
+            base["value"],
+            True,
+            params,
+            ours["server_peak_rss_mb"],
+            [("≥ 80k events/s", _at_least(80_000))],
+        )
         ctx["emit"](r)
         out.append(r)
-    lat = _run_job("http_latency", rate=plan.latency_rate, seconds=plan.latency_seconds,
-                   conns=plan.latency_conns, seed=plan.seed, workdir=ctx["workdir"])
+    lat = _run_job(
+        "http_latency",
+        rate=plan.latency_rate,
+        seconds=plan.latency_seconds,
+        conns=plan.latency_conns,
+        seed=plan.seed,
+        workdir=ctx["workdir"],
+    )
     params = {
-        "N": lat["requests"], "rate": plan.latency_rate, "seconds": plan.latency_seconds,
-        "conns": plan.latency_conns, "fsync": "always",
-        "p50_ms": round(lat["p50_ms"], 2), "p90_ms": round(lat["p90_ms"], 2),
-        "p99_ms": round(lat["p99_ms"], 2), "max_ms": round(lat["max_ms"], 2),
+        "N": lat["requests"],
+        "rate": plan.latency_rate,
+        "seconds": plan.latency_seconds,
+        "conns": plan.latency_conns,
+        "fsync": "always",
+        "p50_ms": round(lat["p50_ms"], 2),
+        "p90_ms": round(lat["p90_ms"], 2),
+        "p99_ms": round(lat["p99_ms"], 2),
+        "max_ms": round(lat["max_ms"], 2),
         "achieved_rate": round(lat["achieved_rate"]),
         "p99_from_due_ms": round(lat["p99_from_due_ms"], 2),
         "warmup_requests": lat["warmup_requests"],
-        "server_cpu_s": round(lat["server_cpu_s"], 2), "client_cpu_s": round(lat["client_cpu_s"], 2),
+        "server_cpu_s": round(lat["server_cpu_s"], 2),
+        "client_cpu_s": round(lat["client_cpu_s"], 2),
         "method": f"single-event POST /api/v1/events (JSON), request i due at i/{plan.latency_rate:g} s; "
-                  f"{plan.latency_conns} workers with a keep-alive connection each take every "
-                  f"{plan.latency_conns}th request; latency from send to answer (p99_from_due_ms: "
-                  "from the due time, which includes the wait of a worker that fell behind)",
-        "server": server, "peak_rss": "of the server process (VmHWM)",
+        f"{plan.latency_conns} workers with a keep-alive connection each take every "
+        f"{plan.latency_conns}th request; latency from send to answer (p99_from_due_ms: "
+        "from the due time, which includes the wait of a worker that fell behind)",
+        "server": server,
+        "peak_rss": "of the server process (VmHWM)",
         **_profiled_note(lat),
     }
     if lat["achieved_rate"] < 0.9 * plan.latency_rate:
-        params["warning"] = (f"offered {plan.latency_rate:g}/s, achieved {lat['achieved_rate']:.0f}/s "
-                             f"(server CPU {lat['server_cpu_s']:.2f} s in {lat['seconds']:.2f} s): "
-                             "the server was saturated; these are a saturated server's latencies")
-    r = Result("http_append_p99_ms", lat["p99_ms"], "ms", None, False, params,
-               lat["server_peak_rss_mb"])
+        params["warning"] = (
+            f"offered {plan.latency_rate:g}/s, achieved {lat['achieved_rate']:.0f}/s "
+            f"(server CPU {lat['server_cpu_s']:.2f} s in {lat['seconds']:.2f} s): "
+            "the server was saturated; these are a saturated server's latencies"
+        )
+    r = Result("http_append_p99_ms", lat["p99_ms"], "ms", None, False, params, lat["server_peak_rss_mb"])
     ctx["emit"](r)
     out.append(r)
     return out
@@ -531,52 +706,66 @@ def scenario_http_ingest(plan: Plan, ctx: dict) -> list[Result]:
 
 def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
     kw = dict(events=plan.merge_events, reps=plan.merge_reps, seed=plan.seed, workdir=ctx["workdir"])
-    ours = _run_job("merge", ttfb_reps=plan.ttfb_reps, query_reps=plan.query_reps,
-                    peer_timeout=plan.peer_timeout, **kw)
+    ours = _run_job("merge", ttfb_reps=plan.ttfb_reps, query_reps=plan.query_reps, peer_timeout=plan.peer_timeout, **kw)
     base = _run_job("sqlite_merge", **kw)
     per_node = ours["per_node"]
-    cluster = (f"3 real `auditlog serve` nodes ({', '.join(sc.MERGE_NODES)}), mTLS peer listeners "
-               f"(`cluster ca-init`/`issue-cert`), peer_timeout={plan.peer_timeout:g} s, "
-               "checkpoint_interval=3600 s (no checkpoint rounds during the run)")
-    load = (f"{per_node:,} generated events per node (its own seed) written before the servers "
-            f"start by each node's LogWriter in commits of {sc.MERGE_COMMIT} events (fsync off: "
-            "an untimed fixture), the 3 nodes' commits taking turns 1 ms apart, so the merged "
-            f"stream switches node every {sc.MERGE_COMMIT} entries; the SQLite data sets get the "
-            "same commits and timestamps; plus each node's bookkeeping entries (node_join, "
-            "api_key_create)")
-    common = {"N": ours["expected"], "nodes": 3, "per_node": per_node, "heads": ours["heads"],
-              "cluster": cluster, "load": load, "build_seconds": round(ours["build_seconds"], 1),
-              **_profiled_note(ours)}
+    cluster = (
+        f"3 real `auditlog serve` nodes ({', '.join(sc.MERGE_NODES)}), mTLS peer listeners "
+        f"(`cluster ca-init`/`issue-cert`), peer_timeout={plan.peer_timeout:g} s, "
+        "checkpoint_interval=3600 s (no checkpoint rounds during the run)"
+    )
+    load = (
+        f"{per_node:,} generated events per node (its own seed) written before the servers "
+        f"start by each node's LogWriter in commits of {sc.MERGE_COMMIT} events (fsync off: "
+        "an untimed fixture), the 3 nodes' commits taking turns 1 ms apart, so the merged "
+        f"stream switches node every {sc.MERGE_COMMIT} entries; the SQLite data sets get the "
+        "same commits and timestamps; plus each node's bookkeeping entries (node_join, "
+        "api_key_create)"
+    )
+    common = {
+        "N": ours["expected"],
+        "nodes": 3,
+        "per_node": per_node,
+        "heads": ours["heads"],
+        "cluster": cluster,
+        "load": load,
+        "build_seconds": round(ours["build_seconds"], 1),
+        **_profiled_note(ours),
+    }
     sc_cpu = [round(sum(x), 2) for x in ours["server_cpu"]]
     params = {
-        **common, "reps": plan.merge_reps,
+        **common,
+        "reps": plan.merge_reps,
         "request": "GET /api/v1/audit-log?format=ndjson on node 1 (reader key), no limit, "
-                   "read to the end by aiohttp in the bench process, lines counted "
-                   "(= sum of head_seq checked, no node_status lines); one untimed warm-up stream",
-        "ours_runs": _rnd(ours["runs"]), "baseline_runs": _rnd(base["runs"]),
+        "read to the end by aiohttp in the bench process, lines counted "
+        "(= sum of head_seq checked, no node_status lines); one untimed warm-up stream",
+        "ours_runs": _rnd(ours["runs"]),
+        "baseline_runs": _rnd(base["runs"]),
         "first_read_events_per_s": round(ours["first_read"]),
         "first_read": "the untimed warm-up stream: every node renders its frames and keeps the "
-                      "lines in its .lines files (line_files = true, the default); the timed "
-                      "runs send those lines",
-        "segment_bytes": ours["disk"][".seg"], "line_file_bytes": ours["disk"][".lines"],
+        "lines in its .lines files (line_files = true, the default); the timed "
+        "runs send those lines",
+        "segment_bytes": ours["disk"][".seg"],
+        "line_file_bytes": ours["disk"][".lines"],
         "ndjson_bytes": ours["bytes"],
         "server_cpu_s": sc_cpu,
         "serving_node_cpu_s": [round(x[0], 2) for x in ours["server_cpu"]],
-        "cpu_value": round(ours["cpu_value"]), "baseline_cpu_value": round(base["cpu_value"]),
+        "cpu_value": round(ours["cpu_value"]),
+        "baseline_cpu_value": round(base["cpu_value"]),
         "cpu_ratio": round(ours["cpu_value"] / base["cpu_value"], 3),
         "cpu_note": "cpu_value = entries / CPU seconds of all 3 servers; baseline: of its one process",
         "serving_node_cpu_value": round(ours["serving_cpu_value"]),
         "baseline": "SQLite: the same 3 data sets (same generator seeds) in 3 SQLite DBs (WAL, "
-                    "index on ts, built with synchronous=OFF, untimed), merged in ONE process "
-                    "with heapq.merge over 3 ordered cursors (SELECT all columns ORDER BY ts, seq), "
-                    "key (ts, node, seq), each row rendered as the same NDJSON line "
-                    "(export.ndjson) to /dev/null; no HTTP, no TLS, no chain verification",
+        "index on ts, built with synchronous=OFF, untimed), merged in ONE process "
+        "with heapq.merge over 3 ordered cursors (SELECT all columns ORDER BY ts, seq), "
+        "key (ts, node, seq), each row rendered as the same NDJSON line "
+        "(export.ndjson) to /dev/null; no HTTP, no TLS, no chain verification",
         "baseline_rows": base["count"],
         "baseline_merge_only_events_per_s": round(base["merge_only_value"]),
         "merge_stage_events_per_s": round(sc.median(ours["merge_stage"])),
         "merge_stage": "the serving node's ordering stage alone: query.linemerge.merge_lines over "
-                       "the 3 nodes' lines, rendered beforehand (untimed) in the 2000-entry chunks "
-                       "a peer sends, in the bench process; no scans, TLS or HTTP",
+        "the 3 nodes' lines, rendered beforehand (untimed) in the 2000-entry chunks "
+        "a peer sends, in the bench process; no scans, TLS or HTTP",
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
         "peer_peak_rss_mb": [round(x, 1) for x in ours["peer_peak_rss_mb"] if x],
         "client_peak_rss_mb": round(ours["peak_rss_mb"], 1),
@@ -584,36 +773,66 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
     }
     if base["count"] != plan.merge_events - plan.merge_events % 3:
         params["warning"] = f"baseline merged {base['count']} rows"
-    merge = Result("merge", ours["value"], "events/s", base["value"], True, params,
-                   ours["serving_peak_rss_mb"], [("≥ 500k events/s", _at_least(500_000))])
+    merge = Result(
+        "merge",
+        ours["value"],
+        "events/s",
+        base["value"],
+        True,
+        params,
+        ours["serving_peak_rss_mb"],
+        [("≥ 500k events/s", _at_least(500_000))],
+    )
     ctx["emit"](merge)
-    fb = Result("merge_first_byte_ms", ours["ttfb_ms"], "ms", None, False, {
-        **common, "reps": plan.ttfb_reps,
-        "runs_ms": _rnd([x * 1e3 for x in ours["ttfb"]], 2),
-        "request": "GET /api/v1/audit-log?format=ndjson on node 1, no limit, a fresh connection "
-                   "each; time from sending to the first body byte, then hang up; 0.3 s apart",
-        "full_stream_ttfb_ms": _rnd([x * 1e3 for x in ours["stream_ttfb"]], 2),
-        "baseline_first_line_ms": round(base["first_line_ms"], 2),
-        "peak_rss": "of the serving node's process (VmHWM)",
-    }, ours["serving_peak_rss_mb"], [("≤ 100 ms", _at_most(100.0))])
+    fb = Result(
+        "merge_first_byte_ms",
+        ours["ttfb_ms"],
+        "ms",
+        None,
+        False,
+        {
+            **common,
+            "reps": plan.ttfb_reps,
+            "runs_ms": _rnd([x * 1e3 for x in ours["ttfb"]], 2),
+            "request": "GET /api/v1/audit-log?format=ndjson on node 1, no limit, a fresh connection "
+            "each; time from sending to the first body byte, then hang up; 0.3 s apart",
+            "full_stream_ttfb_ms": _rnd([x * 1e3 for x in ours["stream_ttfb"]], 2),
+            "baseline_first_line_ms": round(base["first_line_ms"], 2),
+            "peak_rss": "of the serving node's process (VmHWM)",
+        },
+        ours["serving_peak_rss_mb"],
+        [("≤ 100 ms", _at_most(100.0))],
+    )
     ctx["emit"](fb)
     added = ours["added_s"]
     st = ours.get("victim_status") or {}
-    un = Result("unreachable_peer_cost_s", max(added), "s", None, False, {
-        **common, "reps": plan.query_reps, "peer_timeout_s": plan.peer_timeout,
-        "request": "GET /api/v1/audit-log?limit=100 (JSON) on node 1",
-        "healthy_ms": _rnd([x * 1e3 for x in ours["healthy_query"]], 2),
-        "degraded_ms": _rnd([x * 1e3 for x in ours["degraded_query"]], 2),
-        "added_ms": _rnd([x * 1e3 for x in added], 2),
-        "value": "the largest added time over the queries after the SIGKILL (the first one "
-                 "included) minus the healthy median",
-        "victim": ours["victim"], "victim_status": st.get("status"),
-        "victim_error": st.get("error"), "events_returned": ours.get("degraded_events"),
-        "note": "a SIGKILLed node on loopback refuses connections at once (RST); a peer that "
-                "accepts and never answers is what costs up to peer_timeout",
-        "peak_rss": "of the serving node's process (VmHWM)",
-    }, ours["serving_peak_rss_mb"], [(f"≤ peer_timeout ({plan.peer_timeout:g} s)",
-                                      _at_most(plan.peer_timeout))])
+    un = Result(
+        "unreachable_peer_cost_s",
+        max(added),
+        "s",
+        None,
+        False,
+        {
+            **common,
+            "reps": plan.query_reps,
+            "peer_timeout_s": plan.peer_timeout,
+            "request": "GET /api/v1/audit-log?limit=100 (JSON) on node 1",
+            "healthy_ms": _rnd([x * 1e3 for x in ours["healthy_query"]], 2),
+            "degraded_ms": _rnd([x * 1e3 for x in ours["degraded_query"]], 2),
+            "added_ms": _rnd([x * 1e3 for x in added], 2),
+            "value": "the largest added time over the queries after the SIGKILL (the first one "
+            "included) minus the healthy median",
+            "victim": ours["victim"],
+            "victim_status": st.get("status"),
+            "victim_error": st.get("error"),
+            "events_returned": ours.get("degraded_events"),
+            "note": "a SIGKILLed node on loopback refuses connections at once (RST); a peer that "
+            "accepts and never answers is what costs up to peer_timeout",
+            "peak_rss": "of the serving node's process (VmHWM)",
+        },
+        ours["serving_peak_rss_mb"],
+        [(f"≤ peer_timeout ({plan.peer_timeout:g} s)", _at_most(plan.peer_timeout))],
+    )
     if st.get("status") != "unreachable":
         un.params["warning"] = f"node 1 reported the killed node as {st!r}"
     ctx["emit"](un)
@@ -621,13 +840,18 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
 
 
 _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
-    "append": scenario_append, "scan": scenario_scan, "selective_query": scenario_selective,
-    "csv_export": scenario_csv, "http_ingest": scenario_http_ingest, "merge": scenario_merge,
+    "append": scenario_append,
+    "scan": scenario_scan,
+    "selective_query": scenario_selective,
+    "csv_export": scenario_csv,
+    "http_ingest": scenario_http_ingest,
+    "merge": scenario_merge,
     "scan_rss": scenario_scan_rss,
 }
 
 
 # --------------------------------------------------------------------------- output
+
 
 def _fmt_num(v: float | None, unit: str = "") -> str:
     if v is None:
@@ -643,17 +867,58 @@ def _fmt_num(v: float | None, unit: str = "") -> str:
     return f"{v:.3g}"
 
 
-_SHOWN_PARAMS = ("N", "batch", "threads", "fsync", "events_per_fsync", "range_entries", "rows",
-                 "matches", "frames_read", "entries_decoded", "mode", "reps", "runs",
-                 "small_range_entries", "full_entries", "small_peak_heap_mb", "full_peak_heap_mb",
-                 "index_heap_mb", "baseline_with_chain_verify_events_per_s", "cpu_value",
-                 "baseline_cpu_value", "cpu_value_ms", "baseline_cpu_value_ms", "cpu_ratio",
-                 "conns", "server_cpu_value", "client_cpu_s", "rate", "achieved_rate", "p50_ms",
-                 "p99_ms", "p99_from_due_ms", "max_ms", "nodes", "per_node",
-                 "serving_node_cpu_value", "baseline_merge_only_events_per_s", "merge_stage_events_per_s",
-                 "first_read_events_per_s", "segment_bytes", "line_file_bytes", "runs_ms",
-                 "full_stream_ttfb_ms", "baseline_first_line_ms", "peer_timeout_s", "healthy_ms",
-                 "added_ms", "victim_status", "profiled", "warning")
+_SHOWN_PARAMS = (
+    "N",
+    "batch",
+    "threads",
+    "fsync",
+    "events_per_fsync",
+    "range_entries",
+    "rows",
+    "matches",
+    "frames_read",
+    "entries_decoded",
+    "mode",
+    "reps",
+    "runs",
+    "small_range_entries",
+    "full_entries",
+    "small_peak_heap_mb",
+    "full_peak_heap_mb",
+    "index_heap_mb",
+    "baseline_with_chain_verify_events_per_s",
+    "cpu_value",
+    "baseline_cpu_value",
+    "cpu_value_ms",
+    "baseline_cpu_value_ms",
+    "cpu_ratio",
+    "conns",
+    "server_cpu_value",
+    "client_cpu_s",
+    "rate",
+    "achieved_rate",
+    "p50_ms",
+    "p99_ms",
+    "p99_from_due_ms",
+    "max_ms",
+    "nodes",
+    "per_node",
+    "serving_node_cpu_value",
+    "baseline_merge_only_events_per_s",
+    "merge_stage_events_per_s",
+    "first_read_events_per_s",
+    "segment_bytes",
+    "line_file_bytes",
+    "runs_ms",
+    "full_stream_ttfb_ms",
+    "baseline_first_line_ms",
+    "peer_timeout_s",
+    "healthy_ms",
+    "added_ms",
+    "victim_status",
+    "profiled",
+    "warning",
+)
 _COLS = ("name", "value", "unit", "baseline", "ratio", "peak RSS", "target", "status")
 _WIDTHS = (22, 10, 9, 10, 7, 9, 34, 6)
 
@@ -674,9 +939,17 @@ def _print_row(r: Result) -> None:
     rss = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb is not None else "-"
     checks = r.checks()
     target = "; ".join(t for t, _ in checks) or "(info)"
-    status = ("PASS" if all(ok for _, ok in checks) else
-              "MISS " + ",".join(str(i + 1) for i, (_, ok) in enumerate(checks) if not ok)
-              if len(checks) > 1 else "MISS") if checks else "-"
+    status = (
+        (
+            "PASS"
+            if all(ok for _, ok in checks)
+            else "MISS " + ",".join(str(i + 1) for i, (_, ok) in enumerate(checks) if not ok)
+            if len(checks) > 1
+            else "MISS"
+        )
+        if checks
+        else "-"
+    )
     print(_row((r.name, value, unit_shown, base, ratio, rss, target, status)))
     shown = {k: r.params[k] for k in _SHOWN_PARAMS if k in r.params}
     print("    params: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
@@ -711,9 +984,10 @@ def machine_info() -> dict:
     try:
         import msgpack
         import xxhash
+
         info["msgpack"] = ".".join(map(str, msgpack.version))
         info["xxhash"] = xxhash.VERSION
-    except Exception:   # pragma: no cover - informational only
+    except Exception:  # pragma: no cover - informational only
         pass
     return info
 
@@ -735,8 +1009,15 @@ def _write_json(path: str, doc: dict) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str, ...] = (),
-              *, events: int | None = None, cache_root: str | None = None) -> dict:
+
+def run_bench(
+    quick: bool = False,
+    json_path: str | None = None,
+    only: tuple[str, ...] = (),
+    *,
+    events: int | None = None,
+    cache_root: str | None = None,
+) -> dict:
     """Run the benchmarks; print the table; write ``json_path``; return the JSON document.
 
     ``events`` overrides every size with a tiny one (a few thousand events, for
@@ -751,8 +1032,7 @@ def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str
                 continue
             s = _ALIASES.get(part, part)
             if s not in SCENARIOS:
-                raise BenchError(f"unknown bench scenario {part!r} "
-                                 f"(choose from {', '.join(SCENARIOS)})")
+                raise BenchError(f"unknown bench scenario {part!r} (choose from {', '.join(SCENARIOS)})")
             if s not in wanted:
                 wanted.append(s)
     selected = [s for s in SCENARIOS if not wanted or s in wanted]
@@ -760,8 +1040,13 @@ def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str
     root = cache_root or tempfile.gettempdir()
     Path(root).mkdir(parents=True, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="auditlog-bench-work-", dir=root)
-    doc: dict[str, Any] = {"results": [], "machine": machine_info(), "quick": bool(quick),
-                           "events": plan.n, "errors": []}
+    doc: dict[str, Any] = {
+        "results": [],
+        "machine": machine_info(),
+        "quick": bool(quick),
+        "events": plan.n,
+        "errors": [],
+    }
 
     def say(msg: str) -> None:
         print(msg)
@@ -788,11 +1073,13 @@ def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str
 
     ctx = {"emit": emit, "cache": cache, "workdir": workdir, "tiny": events is not None}
     mode = "tiny" if events is not None else ("quick" if quick else "full")
-    say(f"# auditlog bench ({mode}): {plan.n:,} events in the read data set, "
+    say(
+        f"# auditlog bench ({mode}): {plan.n:,} events in the read data set, "
         f"appends {plan.append_reps} x {plan.append_events:,} events with fsync=always; "
         f"medians over repetitions; {doc['machine'].get('cpus_usable')} CPUs, "
         f"Python {doc['machine']['python']}, SQLite {sqlite3.sqlite_version}, "
-        f"load average {doc['machine']['loadavg_start']}")
+        f"load average {doc['machine']['loadavg_start']}"
+    )
     if (doc["machine"]["loadavg_start"] or [0])[0] > 0.5 * (doc["machine"]["cpus_usable"] or 1):
         say("# note: the machine is busy (load average above half the CPUs): expect noisy numbers")
     t0 = time.perf_counter()
@@ -813,13 +1100,14 @@ def run_bench(quick: bool = False, json_path: str | None = None, only: tuple[str
     say("# targets (SPEC section 10):")
     for r in results:
         for text, ok in r.checks():
-            say(f"  {'PASS' if ok else 'MISS'}  {r.name}: {text} "
+            say(
+                f"  {'PASS' if ok else 'MISS'}  {r.name}: {text} "
                 f"(measured {_fmt_num(r.value, r.unit)}{'' if r.unit in ('s', 'MB') else ' ' + r.unit}"
                 + (f", {r.ratio:.3g}x SQLite" if r.ratio is not None and r.name != "scan_rss" else "")
-                + ")")
+                + ")"
+            )
     if doc["errors"]:
-        say(f"# {len(doc['errors'])} scenario(s) failed to run: "
-            + "; ".join(e["scenario"] for e in doc["errors"]))
+        say(f"# {len(doc['errors'])} scenario(s) failed to run: " + "; ".join(e["scenario"] for e in doc["errors"]))
     say(f"# done in {elapsed:.0f} s" + (f"; JSON written to {json_path}" if json_path else ""))
     if json_path:
         _write_json(json_path, doc)

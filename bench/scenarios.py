@@ -32,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from engine.entry import EntryDraft, sort_details
 
@@ -53,38 +54,102 @@ API_KEY_ACTION = "custom.api_request"
 #: The action mix (weights in per mille).  auth.login 40 %, auth.login_failed 15 %.
 #: Only actions a client may send (ingest refuses the node's own, see ingest.taxonomy).
 ACTION_MIX: tuple[tuple[str, int], ...] = (
-    ("auth.login", 400), ("auth.login_failed", 150), ("auth.logout", 90),
-    (API_KEY_ACTION, 60), ("auth.totp_setup", 4), ("auth.totp_reset", 2),
-    ("quarantine.release", 80), ("quarantine.discard", 50), ("quarantine.train_spam", 20),
+    ("auth.login", 400),
+    ("auth.login_failed", 150),
+    ("auth.logout", 90),
+    (API_KEY_ACTION, 60),
+    ("auth.totp_setup", 4),
+    ("auth.totp_reset", 2),
+    ("quarantine.release", 80),
+    ("quarantine.discard", 50),
+    ("quarantine.train_spam", 20),
     ("quarantine.train_ham", 10),
-    ("config.filter_update", 20), ("config.filter_create", 8), ("config.filter_delete", 3),
-    ("config.domain_add", 3), ("config.domain_remove", 1), ("config.rbl_enable", 2),
-    ("config.rbl_disable", 1), ("config.dmarc_policy_change", 3), ("config.dkim_rotate", 2),
+    ("config.filter_update", 20),
+    ("config.filter_create", 8),
+    ("config.filter_delete", 3),
+    ("config.domain_add", 3),
+    ("config.domain_remove", 1),
+    ("config.rbl_enable", 2),
+    ("config.rbl_disable", 1),
+    ("config.dmarc_policy_change", 3),
+    ("config.dkim_rotate", 2),
     ("config.dkim_rotate_confirm", 2),
-    ("user.create", 5), ("user.update", 12), ("user.role_change", 4), ("user.password_reset", 8),
+    ("user.create", 5),
+    ("user.update", 12),
+    ("user.role_change", 4),
+    ("user.password_reset", 8),
     ("user.delete", 2),
-    ("security.rate_limit_hit", 40), ("security.brute_force_detected", 6),
+    ("security.rate_limit_hit", 40),
+    ("security.brute_force_detected", 6),
     ("security.session_hijack_detected", 1),
-    ("licence.activate", 1), ("backup.trigger", 3), ("licence.renew", 1), ("restore.execute", 1),
+    ("licence.activate", 1),
+    ("backup.trigger", 3),
+    ("licence.renew", 1),
+    ("restore.execute", 1),
 )
 
-_FIRST = ("anna", "ben", "carla", "dev", "emma", "farid", "greta", "hugo", "ines", "jonas",
-          "kim", "lena", "mehmet", "nora", "omar", "petra", "quentin", "rosa", "sven", "tara")
-_LAST = ("adler", "berg", "costa", "dietz", "egger", "fuchs", "graf", "hahn", "iwan", "jung",
-         "keller", "lang", "meyer", "novak", "otto", "peters", "richter", "schulz", "vogel",
-         "wolf")
+_FIRST = (
+    "anna",
+    "ben",
+    "carla",
+    "dev",
+    "emma",
+    "farid",
+    "greta",
+    "hugo",
+    "ines",
+    "jonas",
+    "kim",
+    "lena",
+    "mehmet",
+    "nora",
+    "omar",
+    "petra",
+    "quentin",
+    "rosa",
+    "sven",
+    "tara",
+)
+_LAST = (
+    "adler",
+    "berg",
+    "costa",
+    "dietz",
+    "egger",
+    "fuchs",
+    "graf",
+    "hahn",
+    "iwan",
+    "jung",
+    "keller",
+    "lang",
+    "meyer",
+    "novak",
+    "otto",
+    "peters",
+    "richter",
+    "schulz",
+    "vogel",
+    "wolf",
+)
 _BROWSERS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.4 Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:124.0) Gecko/20100101 Firefox/124.0",
 )
 _API_AGENTS = ("python-requests/2.31.0", "curl/8.5.0", "splunk-addon/3.2")
-_SUBJECTS = ("Invoice {n}", "Your parcel {n} is waiting", "Meeting notes week {n}",
-             "RE: order #{n}", "Password expiry notice", "Quarterly report Q{q}",
-             "Payment confirmation {n}", "Ihre Bestellung {n}")
+_SUBJECTS = (
+    "Invoice {n}",
+    "Your parcel {n} is waiting",
+    "Meeting notes week {n}",
+    "RE: order #{n}",
+    "Password expiry notice",
+    "Quarterly report Q{q}",
+    "Payment confirmation {n}",
+    "Ihre Bestellung {n}",
+)
 _FILTER_NEW = ("block", "quarantine", "tag", "allow")
 
 
@@ -97,7 +162,7 @@ class EventGenerator:
         users: list[str] = []
         seen: set[str] = set()
         n_api = max(1, n_users // 50)
-        for i in range(n_users - n_api - 1):
+        for _ in range(n_users - n_api - 1):
             name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}"
             while name in seen:
                 name = f"{r.choice(_FIRST)}.{r.choice(_LAST)}{r.randrange(10, 1000)}"
@@ -117,23 +182,21 @@ class EventGenerator:
         seen_ip: set[str] = set()
         while len(ips) < n_ips:
             if r.random() < 0.12:
-                a = ipaddress.IPv6Address((0x20010DB8 << 96) | (r.getrandbits(16) << 64)
-                                          | r.getrandbits(64))
+                a = ipaddress.IPv6Address((0x20010DB8 << 96) | (r.getrandbits(16) << 64) | r.getrandbits(64))
             else:
                 a = ipaddress.IPv4Address(r.randrange(0x01000000, 0xDF000000))
-            s = str(a)   # ipaddress's normal form, as ingest stores it
+            s = str(a)  # ipaddress's normal form, as ingest stores it
             if s not in seen_ip:
                 seen_ip.add(s)
                 ips.append(s)
         self.ips = ips
         #: each user's "home" addresses (office, VPN, home, phone)
-        self.user_ips = [[ips[r.randrange(n_ips)] for _ in range(r.randint(1, 8))]
-                         for _ in users]
+        self.user_ips = [[ips[r.randrange(n_ips)] for _ in range(r.randint(1, 8))] for _ in users]
         self._user_agent = [
-            (r.choice(_API_AGENTS) if u.startswith("apikey:") else None if u == "system"
-             else r.choice(_BROWSERS)) for u in users]
-        self.domains = [f"{r.choice(('mail', 'corp', 'shop', 'news', 'bank'))}{i}.example"
-                        for i in range(150)]
+            (r.choice(_API_AGENTS) if u.startswith("apikey:") else None if u == "system" else r.choice(_BROWSERS))
+            for u in users
+        ]
+        self.domains = [f"{r.choice(('mail', 'corp', 'shop', 'news', 'bank'))}{i}.example" for i in range(150)]
         acw = list(itertools.accumulate(w for _, w in ACTION_MIX))
         self._actions = [a for a, _ in ACTION_MIX]
         self._action_cw = acw
@@ -142,7 +205,7 @@ class EventGenerator:
         rank = len(users) // 2
         self.query_user = users[rank]
         self.query_ip = self.user_ips[rank][0]
-        self.matches = 0     # events generated so far that the selective query finds
+        self.matches = 0  # events generated so far that the selective query finds
 
     def draft(self) -> EntryDraft:
         r = self._r
@@ -153,12 +216,12 @@ class EventGenerator:
         a = self._actions[bisect.bisect_left(self._action_cw, rnd() * self._action_total)]
         user = self.users[u]
         if user.startswith("apikey:"):
-            a = API_KEY_ACTION             # API keys do nothing else
+            a = API_KEY_ACTION  # API keys do nothing else
         elif a == API_KEY_ACTION:
             a = "auth.login"
         homes = self.user_ips[u]
         if a == "auth.login_failed" and rnd() < 0.6:
-            ip = self.ips[r.randrange(len(self.ips))]      # password spraying from anywhere
+            ip = self.ips[r.randrange(len(self.ips))]  # password spraying from anywhere
         elif rnd() < 0.92:
             ip = homes[r.randrange(len(homes))]
         else:
@@ -168,25 +231,30 @@ class EventGenerator:
         target = domain = None
         family = a.split(".", 1)[0]
         if a == API_KEY_ACTION:
-            details = {"endpoint": ("/api/v1/events", "/api/v1/export", "/api/v1/cluster")[
-                r.randrange(3)], "key_id": f"k{u:04d}"}
+            details = {
+                "endpoint": ("/api/v1/events", "/api/v1/export", "/api/v1/cluster")[r.randrange(3)],
+                "key_id": f"k{u:04d}",
+            }
         elif family == "auth":
             if a == "auth.login_failed":
                 success = False
-                details = {"reason": ("bad_password", "unknown_user", "totp_invalid",
-                                      "locked")[r.randrange(4)]}
+                details = {"reason": ("bad_password", "unknown_user", "totp_invalid", "locked")[r.randrange(4)]}
             else:
-                details = {"method": ("password", "totp", "sso")[r.randrange(3)],
-                           "session": f"{r.getrandbits(64):016x}"}
+                details = {
+                    "method": ("password", "totp", "sso")[r.randrange(3)],
+                    "session": f"{r.getrandbits(64):016x}",
+                }
         elif family == "quarantine":
             domain = self.domains[r.randrange(len(self.domains))]
             mail_id = f"{r.getrandbits(64):016X}"
             target = mail_id
-            subj = _SUBJECTS[r.randrange(len(_SUBJECTS))].format(n=r.randrange(100000),
-                                                                  q=1 + r.randrange(4))
-            details = {"mail_id": mail_id, "recipient": f"u{r.randrange(20000)}@{domain}",
-                       "sender": f"news{r.randrange(5000)}@sender{r.randrange(400)}.example",
-                       "subject": subj}
+            subj = _SUBJECTS[r.randrange(len(_SUBJECTS))].format(n=r.randrange(100000), q=1 + r.randrange(4))
+            details = {
+                "mail_id": mail_id,
+                "recipient": f"u{r.randrange(20000)}@{domain}",
+                "sender": f"news{r.randrange(5000)}@sender{r.randrange(400)}.example",
+                "subject": subj,
+            }
         elif family == "config":
             if "domain" in a or "dkim" in a or "dmarc" in a:
                 domain = self.domains[r.randrange(len(self.domains))]
@@ -199,7 +267,7 @@ class EventGenerator:
                 details = {"new": _FILTER_NEW[r.randrange(4)], "old": _FILTER_NEW[r.randrange(4)]}
         elif family == "user":
             target = self.users[r.randrange(len(self.users))]
-            details = ({"new": "admin", "old": "operator"} if a == "user.role_change" else {})
+            details = {"new": "admin", "old": "operator"} if a == "user.role_change" else {}
         elif family == "security":
             details = {"attempts": 5 + r.randrange(200), "window_s": 60}
             user = "system"
@@ -218,22 +286,32 @@ class EventGenerator:
 
 def draft_to_event(d: EntryDraft) -> dict:
     """The wire form of a draft (what a client would send)."""
-    return {"user": d.user, "action": d.action, "target": d.target, "domain": d.domain,
-            "ip": d.ip, "user_agent": d.user_agent, "success": d.success, "details": d.details}
+    return {
+        "user": d.user,
+        "action": d.action,
+        "target": d.target,
+        "domain": d.domain,
+        "ip": d.ip,
+        "user_agent": d.user_agent,
+        "success": d.success,
+        "details": d.details,
+    }
 
 
 def validated(drafts: list[EntryDraft]) -> list[EntryDraft]:
     """Run the drafts through ingest validation (as the write path would), in ≤ max_batch chunks."""
     from ingest.event import validate_batch
+
     out: list[EntryDraft] = []
     for i in range(0, len(drafts), 5000):
-        out.extend(validate_batch([draft_to_event(d) for d in drafts[i:i + 5000]]))
+        out.extend(validate_batch([draft_to_event(d) for d in drafts[i : i + 5000]]))
     if out != drafts:
         raise AssertionError("bench generator produced events that ingest normalises differently")
     return out
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def on_terminal() -> bool:
     return sys.stderr.isatty()
@@ -264,8 +342,7 @@ class Progress:
             os.replace(tmp, self.path)
             return
         pct = 100.0 * done / self.total if self.total else 100.0
-        sys.stderr.write(f"\r  {self.label}: {done:,}/{self.total:,} ({pct:4.1f} %, "
-                         f"{now - self.t0:5.1f} s)\x1b[K")
+        sys.stderr.write(f"\r  {self.label}: {done:,}/{self.total:,} ({pct:4.1f} %, {now - self.t0:5.1f} s)\x1b[K")
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -305,7 +382,7 @@ class Clock:
 
     __slots__ = ("w0", "c0", "wall", "cpu")
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -317,6 +394,7 @@ class Clock:
 def _open_log(data_dir: str):
     from engine.datadir import DataDir
     from engine.log import NodeLog
+
     dd = DataDir(Path(data_dir))
     node = dd.open()
     return dd, node, NodeLog(dd, node)
@@ -349,19 +427,20 @@ def csv_slice(meta: dict, rows: int = 200_000) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- data builds
 
-def job_build_log(cache_dir: str, n: int, seed: int, batch: int,
-                  progress_file: str | None = None) -> dict:
+
+def job_build_log(cache_dir: str, n: int, seed: int, batch: int, progress_file: str | None = None) -> dict:
     """Write the shared read-scenario log (fsync="none": data preparation, not measured)."""
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
     from engine.writer import LogWriter
+
     root = Path(cache_dir) / "log"
     if root.exists():
         shutil.rmtree(root)
     dd = DataDir(root)
     node = dd.init(NODE_ID)
     gen = EventGenerator(seed)
-    validated(gen.batch(min(n, 5000)))    # the generator's events pass ingest validation
+    validated(gen.batch(min(n, 5000)))  # the generator's events pass ingest validation
     gen = EventGenerator(seed)
     batch_ts: list[int] = []
     prog = Progress("building our log (fsync=none)", n, progress_file)
@@ -376,13 +455,19 @@ def job_build_log(cache_dir: str, n: int, seed: int, batch: int,
             prog.update(done)
     prog.done()
     size = sum(p.stat().st_size for p in dd.segments.iterdir())
-    return {"batch_ts": batch_ts, "matches": gen.matches, "query_user": gen.query_user,
-            "query_ip": gen.query_ip, "seconds": time.perf_counter() - t0, "bytes": size}
+    return {
+        "batch_ts": batch_ts,
+        "matches": gen.matches,
+        "query_user": gen.query_user,
+        "query_ip": gen.query_ip,
+        "seconds": time.perf_counter() - t0,
+        "bytes": size,
+    }
 
 
-def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int,
-                     progress_file: str | None = None) -> dict:
+def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int, progress_file: str | None = None) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
+
     path = Path(cache_dir) / "baseline.sqlite"
     for suffix in ("", "-wal", "-shm"):
         p = Path(str(path) + suffix)
@@ -402,24 +487,24 @@ def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int,
     prog.done()
     db.create_query_indexes()
     db.close()
-    size = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal")
-               if Path(str(path) + s).exists())
-    return {"batch_ts": batch_ts, "matches": gen.matches, "seconds": time.perf_counter() - t0,
-            "bytes": size}
+    size = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists())
+    return {"batch_ts": batch_ts, "matches": gen.matches, "seconds": time.perf_counter() - t0, "bytes": size}
 
 
 def _bench_key():
     """A fixed key for the SQLite baseline's chain (the cost is the same for any key)."""
     from engine.chain import NodeKey
+
     return NodeKey(bytes(range(32)))
 
 
 # --------------------------------------------------------------------------- append
 
+
 def _append_data(events: int, batch: int, seed: int) -> list[list[EntryDraft]]:
     gen = EventGenerator(seed + 1)
-    drafts = validated(gen.batch(events))      # pre-validated, outside the timing
-    return [drafts[i:i + batch] for i in range(0, len(drafts), batch)]
+    drafts = validated(gen.batch(events))  # pre-validated, outside the timing
+    return [drafts[i : i + batch] for i in range(0, len(drafts), batch)]
 
 
 def job_append(events: int, batch: int, threads: int, reps: int, seed: int, workdir: str) -> dict:
@@ -427,11 +512,12 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
     from engine.writer import LogWriter
+
     batches = _append_data(events, batch, seed)
     runs: list[float] = []
     cpu_runs: list[float] = []
     fsyncs: list[int] = []
-    for rep in range(reps):
+    for _ in range(reps):
         d = Path(tempfile.mkdtemp(prefix="append-", dir=workdir))
         try:
             dd = DataDir(d / "data")
@@ -441,17 +527,17 @@ def job_append(events: int, batch: int, threads: int, reps: int, seed: int, work
 
             def on_commit(n, dt, c=commits):
                 c[0] += 1
+
             w.on_commit = on_commit
             with Clock() as c:
-                _drive(lambda b: w.append_batch(b, canonical=True), batches, threads)
+                _drive(lambda b: w.append_batch(b, canonical=True), batches, threads)  # noqa: B023 (called now, in this round)
             w.close()
             runs.append(events / c.wall)
             cpu_runs.append(events / c.cpu)
             fsyncs.append(commits[0])
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    return {"value": median(runs), "runs": runs, "commits": fsyncs,
-            "cpu_value": median(cpu_runs)}
+    return {"value": median(runs), "runs": runs, "commits": fsyncs, "cpu_value": median(cpu_runs)}
 
 
 def _drive(append: Callable[[list], Any], batches: list, threads: int) -> float:
@@ -470,7 +556,7 @@ def _drive(append: Callable[[list], Any], batches: list, threads: int) -> float:
         try:
             for b in share:
                 append(b)
-        except BaseException as e:   # reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     ts = [threading.Thread(target=work, args=(s,)) for s in shares]
@@ -488,6 +574,7 @@ def _drive(append: Callable[[list], Any], batches: list, threads: int) -> float:
 
 # --------------------------------------------------------------------------- reads
 
+
 def job_scan(cache_dir: str, reps: int) -> dict:
     """Verified time-range scan of the middle slice via NodeLog.scan(from_us, to_us)."""
     meta = _meta(cache_dir)
@@ -502,7 +589,7 @@ def job_scan(cache_dir: str, reps: int) -> dict:
     for rep in range(reps):
         n = 0
         with Clock() as c:
-            for e in log.scan(lo, hi):
+            for _e in log.scan(lo, hi):
                 n += 1
         runs.append(n / c.wall)
         cpu_runs.append(n / c.cpu)
@@ -512,14 +599,21 @@ def job_scan(cache_dir: str, reps: int) -> dict:
     for e in log.scan(lo, hi):
         if e.integrity != "ok":
             bad += 1
-    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "violations": bad, "cpu_value": median(cpu_runs)}
+    return {
+        "value": median(runs),
+        "runs": runs,
+        "count": count,
+        "expected": expected,
+        "violations": bad,
+        "cpu_value": median(cpu_runs),
+    }
 
 
 def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     """One user + one IP over the whole log via scan_node(Filter(users=, ips=))."""
     from query.filters import Filter
     from query.scan import scan_node
+
     meta = _meta(cache_dir)
     flt = Filter(users=(meta["query_user"],), ips=(meta["query_ip"],))
     root = str(Path(cache_dir) / "log")
@@ -527,7 +621,7 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     count = 0
     log = None
     for _ in range(cold_reps):
-        _, _, log = _open_log(root)          # a fresh NodeLog: nothing cached in-process
+        _, _, log = _open_log(root)  # a fresh NodeLog: nothing cached in-process
         with Clock() as c:
             rows = list(scan_node(log, flt))
         cold.append(c.wall)
@@ -540,11 +634,20 @@ def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
         warm_cpu.append(c.cpu)
         count = len(rows)
     frames, decoded, total = _selective_read_stats(log, flt.index_terms())
-    return {"cold": median(cold), "warm": median(warm), "cold_runs": cold, "warm_runs": warm,
-            "cold_cpu": median(cold_cpu), "warm_cpu": median(warm_cpu),
-            "count": count, "expected": meta["matches"],
-            "violations": sum(1 for e in rows if e.integrity != "ok"),
-            "frames_read": frames, "frames_total": total, "entries_decoded": decoded}
+    return {
+        "cold": median(cold),
+        "warm": median(warm),
+        "cold_runs": cold,
+        "warm_runs": warm,
+        "cold_cpu": median(cold_cpu),
+        "warm_cpu": median(warm_cpu),
+        "count": count,
+        "expected": meta["matches"],
+        "violations": sum(1 for e in rows if e.integrity != "ok"),
+        "frames_read": frames,
+        "frames_total": total,
+        "entries_decoded": decoded,
+    }
 
 
 def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | None]:
@@ -553,6 +656,7 @@ def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | Non
     not one this knows, the counts are None rather than a failed scenario."""
     try:
         from engine.segment import SegmentData
+
         frames = decoded = total = 0
         infos = log.segment_infos()
         for info in infos:
@@ -561,21 +665,21 @@ def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | Non
                 continue
             n = len(idx.frames)
             total += n
-            if hasattr(idx, "frames_matching"):          # term postings in the .idx (v1)
+            if hasattr(idx, "frames_matching"):  # term postings in the .idx (v1)
                 hits = idx.frames_matching(terms)
-            else:                                        # postings in engine.terms (v2)
+            else:  # postings in engine.terms (v2)
                 with SegmentData(info.path) as sd:
                     found = log.postings.hits(info, sd.data, terms, n, info is not infos[-1])
                 hits = found[0] if found is not None else None
-            if isinstance(hits, list):                   # point reads of single entries
+            if isinstance(hits, list):  # point reads of single entries
                 frames += len({idx.frame_of_seq(seq) for seq, _ in hits})
                 decoded += len(hits)
                 continue
-            for o in (range(n) if hits is None else hits):
+            for o in range(n) if hits is None else hits:
                 frames += 1
                 decoded += idx.frames[o].count
         return frames, decoded, total
-    except Exception:   # noqa: BLE001 - statistics only
+    except Exception:  # noqa: BLE001 - statistics only
         return None, None, None
 
 
@@ -594,6 +698,7 @@ def job_csv(cache_dir: str, reps: int, rows: int) -> dict:
     from export.csv import iter_csv
     from query.filters import Filter
     from query.scan import scan_node
+
     meta = _meta(cache_dir)
     first, nb = csv_slice(meta, rows)
     lo, hi, expected = _batch_range(meta, first, nb, "log_batch_ts")
@@ -614,8 +719,14 @@ def job_csv(cache_dir: str, reps: int, rows: int) -> dict:
             runs.append(src.n / c.wall)
             cpu_runs.append(src.n / c.cpu)
             count = src.n
-    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "bytes": nbytes, "cpu_value": median(cpu_runs)}
+    return {
+        "value": median(runs),
+        "runs": runs,
+        "count": count,
+        "expected": expected,
+        "bytes": nbytes,
+        "cpu_value": median(cpu_runs),
+    }
 
 
 def job_scan_rss(cache_dir: str, which: str) -> dict:
@@ -629,13 +740,13 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
         lo, hi, expected = None, None, meta["n"]
     base_anon = rss_anon_mb()
     _, _, log = _open_log(str(Path(cache_dir) / "log"))
-    log.segment_infos()          # what opening the log costs in memory (indexes)
+    log.segment_infos()  # what opening the log costs in memory (indexes)
     open_anon = rss_anon_mb()
     peak_anon = open_anon
     prog = Progress(f"scan_rss ({which} range)", expected)
     n = 0
     t0 = time.perf_counter()
-    for e in log.scan(lo, hi):
+    for _e in log.scan(lo, hi):
         n += 1
         if not n & 0xFFFF:
             peak_anon = max(peak_anon, rss_anon_mb())
@@ -643,22 +754,29 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
     dt = time.perf_counter() - t0
     prog.done()
     peak_anon = max(peak_anon, rss_anon_mb())
-    return {"count": n, "seconds": dt, "peak_anon_mb": peak_anon, "base_anon_mb": base_anon,
-            "index_anon_mb": open_anon - base_anon}
+    return {
+        "count": n,
+        "seconds": dt,
+        "peak_anon_mb": peak_anon,
+        "base_anon_mb": base_anon,
+        "index_anon_mb": open_anon - base_anon,
+    }
 
 
 # --------------------------------------------------------------------------- SQLite jobs
 
-def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: int,
-                      workdir: str) -> dict:
+
+def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: int, workdir: str) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
+
     batches = _append_data(events, batch, seed)
     runs, cpu_runs = [], []
     for _ in range(reps):
         d = Path(tempfile.mkdtemp(prefix="sqlite-append-", dir=workdir))
         try:
-            db = SqliteBaseline(str(d / "baseline.sqlite"), NODE_ID, _bench_key(),
-                                synchronous="FULL", threadsafe=threads > 1)
+            db = SqliteBaseline(
+                str(d / "baseline.sqlite"), NODE_ID, _bench_key(), synchronous="FULL", threadsafe=threads > 1
+            )
             with Clock() as c:
                 _drive(db.append_batch, batches, threads)
             db.close()
@@ -671,11 +789,11 @@ def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: in
 
 def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
+
     meta = _meta(cache_dir)
     first, nb = scan_slice(meta)
     lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
-    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
-                                      _bench_key())
+    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID, _bench_key())
     runs, cpu_runs, count = [], [], 0
     for _ in range(reps):
         with Clock() as c:
@@ -687,12 +805,20 @@ def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
     vcount, vbad = db.scan_verify(lo, hi)
     verified = vcount / (time.perf_counter() - t0)
     db.close()
-    return {"value": median(runs), "runs": runs, "count": count, "expected": expected,
-            "verified_value": verified, "verified_bad": vbad, "cpu_value": median(cpu_runs)}
+    return {
+        "value": median(runs),
+        "runs": runs,
+        "count": count,
+        "expected": expected,
+        "verified_value": verified,
+        "verified_bad": vbad,
+        "cpu_value": median(cpu_runs),
+    }
 
 
 def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
+
     meta = _meta(cache_dir)
     path = str(Path(cache_dir) / "baseline.sqlite")
     cold, warm, cold_cpu, warm_cpu, count = [], [], [], [], 0
@@ -712,17 +838,23 @@ def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict
         warm_cpu.append(c.cpu)
     plan = db.selective_plan(meta["query_user"], meta["query_ip"])
     db.close()
-    return {"cold": median(cold), "warm": median(warm), "count": count, "plan": plan,
-            "cold_cpu": median(cold_cpu), "warm_cpu": median(warm_cpu)}
+    return {
+        "cold": median(cold),
+        "warm": median(warm),
+        "count": count,
+        "plan": plan,
+        "cold_cpu": median(cold_cpu),
+        "warm_cpu": median(warm_cpu),
+    }
 
 
 def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
     from bench.baseline_sqlite import SqliteBaseline
+
     meta = _meta(cache_dir)
     first, nb = csv_slice(meta, rows)
     lo, hi, expected = _batch_range(meta, first, nb, "sqlite_batch_ts")
-    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID,
-                                      _bench_key())
+    db = SqliteBaseline.open_existing(str(Path(cache_dir) / "baseline.sqlite"), NODE_ID, _bench_key())
     runs, cpu_runs, count = [], [], 0
     for _ in range(reps):
         with Clock() as c:
@@ -735,6 +867,7 @@ def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
 
 # --------------------------------------------------------------------------- HTTP (real server)
 
+
 def _pct(xs: list[float], q: float) -> float:
     """The q-quantile (0..1) of xs, nearest rank."""
     s = sorted(xs)
@@ -746,6 +879,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def _encode_bodies(batches: list[list[EntryDraft]], fmt: str) -> list[bytes]:
     import msgpack
+
     if fmt == "msgpack":
         pack = msgpack.Packer(use_bin_type=True).pack
         return [pack([draft_to_event(d) for d in b]) for b in batches]
@@ -763,13 +897,15 @@ async def _warm_connections(session, base: str, conns: int) -> None:
     async def one():
         async with session.get(base + "/healthz") as r:
             await r.read()
+
     await asyncio.gather(*(one() for _ in range(conns)))
 
 
-async def _post_all(base: str, token: str, bodies: list[bytes], ctype: str, conns: int,
-                    srv) -> dict:
+async def _post_all(base: str, token: str, bodies: list[bytes], ctype: str, conns: int, srv) -> dict:
     import asyncio
+
     import aiohttp
+
     headers = {"Authorization": f"Bearer {token}", "Content-Type": ctype}
     url = base + "/api/v1/events"
     state = {"next": 0, "appended": 0}
@@ -790,20 +926,20 @@ async def _post_all(base: str, token: str, bodies: list[bytes], ctype: str, conn
         with Clock() as c:
             await asyncio.gather(*(worker() for _ in range(conns)))
         cpu1 = srv.cpu_seconds()
-    return {"wall": c.wall, "client_cpu": c.cpu, "server_cpu": cpu1 - cpu0,
-            "appended": state["appended"]}
+    return {"wall": c.wall, "client_cpu": c.cpu, "server_cpu": cpu1 - cpu0, "appended": state["appended"]}
 
 
-def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, workdir: str,
-                    fmt: str = "json") -> dict:
+def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, workdir: str, fmt: str = "json") -> dict:
     """POST pre-built batches to a real ``auditlog serve`` (fsync="always", fresh data dir
     per run) over ``conns`` keep-alive loopback connections; events/s over the whole load."""
     import asyncio
+
     from bench import servers
-    batches = _append_data(events, batch, seed)      # the same events as the append scenario
+
+    batches = _append_data(events, batch, seed)  # the same events as the append scenario
     bodies = _encode_bodies(batches, fmt)
     runs, cpu_runs, client_cpu, rss, walls = [], [], [], [], []
-    for rep in range(reps):
+    for _ in range(reps):
         root = Path(tempfile.mkdtemp(prefix=f"http-{fmt}-", dir=workdir))
         srv = None
         try:
@@ -821,18 +957,24 @@ def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, w
             if srv is not None:
                 srv.kill()
             shutil.rmtree(root, ignore_errors=True)
-    return {"value": median(runs), "runs": runs, "cpu_value": median(cpu_runs),
-            "client_cpu_s": median(client_cpu), "server_peak_rss_mb": max(r or 0 for r in rss),
-            "body_bytes": sum(len(b) for b in bodies) // len(bodies), "walls": walls,
-            "profiled": servers.profile_dir() is not None}
+    return {
+        "value": median(runs),
+        "runs": runs,
+        "cpu_value": median(cpu_runs),
+        "client_cpu_s": median(client_cpu),
+        "server_peak_rss_mb": max(r or 0 for r in rss),
+        "body_bytes": sum(len(b) for b in bodies) // len(bodies),
+        "walls": walls,
+        "profiled": servers.profile_dir() is not None,
+    }
 
 
-async def _paced_posts(session, url: str, headers: dict, bodies: list[bytes], rate: float,
-                       conns: int) -> dict:
+async def _paced_posts(session, url: str, headers: dict, bodies: list[bytes], rate: float, conns: int) -> dict:
     """Open-loop-ish pacing: request i is due at t0 + i/rate; ``conns`` workers (one
     keep-alive connection each) take every conns-th request.  A worker that is late
     sends at once; latency is measured from the send and, also, from the due time."""
     import asyncio
+
     loop = asyncio.get_running_loop()
     n = len(bodies)
     sent = [0.0] * n
@@ -864,8 +1006,11 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
     """Single-event POSTs at a paced ``rate`` for ``seconds`` (after an untimed warm-up at
     the same rate), fsync="always": per-request latency percentiles."""
     import asyncio
+
     import aiohttp
+
     from bench import servers
+
     n = max(conns, int(rate * seconds))
     warm_n = max(conns, int(rate * min(1.0, seconds / 4)))
     gen = EventGenerator(seed + 2)
@@ -883,8 +1028,7 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
                 await _paced_posts(s, srv.base + "/api/v1/events", headers, bodies[:warm_n], rate, conns)
                 cpu0 = srv.cpu_seconds()
                 with Clock() as c:
-                    out = await _paced_posts(s, srv.base + "/api/v1/events", headers, bodies[warm_n:],
-                                             rate, conns)
+                    out = await _paced_posts(s, srv.base + "/api/v1/events", headers, bodies[warm_n:], rate, conns)
                 out["server_cpu"] = srv.cpu_seconds() - cpu0
                 out["client_cpu"] = c.cpu
                 return out
@@ -898,12 +1042,22 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
     if out["errors"]:
         raise RuntimeError(f"{len(out['errors'])} failed POSTs, e.g. {out['errors'][0]}")
     lat, lat_due = out["lat"], out["lat_due"]
-    return {"p50_ms": _pct(lat, 0.50), "p90_ms": _pct(lat, 0.90), "p99_ms": _pct(lat, 0.99),
-            "max_ms": max(lat), "p50_from_due_ms": _pct(lat_due, 0.50),
-            "p99_from_due_ms": _pct(lat_due, 0.99), "requests": n, "warmup_requests": warm_n,
-            "achieved_rate": n / out["span"], "seconds": out["span"],
-            "server_cpu_s": out["server_cpu"], "client_cpu_s": out["client_cpu"],
-            "server_peak_rss_mb": srv.peak_rss_mb, "profiled": servers.profile_dir() is not None}
+    return {
+        "p50_ms": _pct(lat, 0.50),
+        "p90_ms": _pct(lat, 0.90),
+        "p99_ms": _pct(lat, 0.99),
+        "max_ms": max(lat),
+        "p50_from_due_ms": _pct(lat_due, 0.50),
+        "p99_from_due_ms": _pct(lat_due, 0.99),
+        "requests": n,
+        "warmup_requests": warm_n,
+        "achieved_rate": n / out["span"],
+        "seconds": out["span"],
+        "server_cpu_s": out["server_cpu"],
+        "client_cpu_s": out["client_cpu"],
+        "server_peak_rss_mb": srv.peak_rss_mb,
+        "profiled": servers.profile_dir() is not None,
+    }
 
 
 # --------------------------------------------------------------------------- merge (3 real nodes)
@@ -930,10 +1084,11 @@ def _merge_schedule(per_node: int, commit: int, now: int) -> list[tuple[int, int
 def _load_nodes(data_dirs: list[Path], seed: int, per_node: int, commit: int) -> None:
     """Every node's log written in-process (fsync off: an untimed fixture), the nodes'
     commits interleaved in time by :func:`_merge_schedule`."""
+    from engine.clock import now_us
     from engine.datadir import DataDir
     from engine.settings import StoreSettings
-    from engine.clock import now_us
     from engine.writer import LogWriter
+
     writers, gens = [], []
     try:
         for i, d in enumerate(data_dirs):
@@ -965,13 +1120,19 @@ async def _stream_ndjson(session, url: str, headers: dict) -> dict:
             tail = (tail + chunk)[-65536:]
     total = time.perf_counter() - t0
     status_lines = tail.count(b'\n{"node_status"') + tail.startswith(b'{"node_status"')
-    return {"ttfb": first if first is not None else total, "seconds": total,
-            "lines": lines - status_lines, "status_lines": status_lines, "bytes": nbytes}
+    return {
+        "ttfb": first if first is not None else total,
+        "seconds": total,
+        "lines": lines - status_lines,
+        "status_lines": status_lines,
+        "bytes": nbytes,
+    }
 
 
 async def _first_byte(url: str, headers: dict) -> float:
     """Time to the first body byte of a fresh connection's GET; then hang up."""
     import aiohttp
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
         t0 = time.perf_counter()
         async with s.get(url, headers=headers) as r:
@@ -992,13 +1153,24 @@ async def _json_query(session, url: str, headers: dict) -> tuple[float, dict]:
     return time.perf_counter() - t0, json.loads(raw)
 
 
-def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int, workdir: str,
-              peer_timeout: float = 2.0, commit: int = MERGE_COMMIT) -> dict:
+def job_merge(
+    events: int,
+    reps: int,
+    ttfb_reps: int,
+    query_reps: int,
+    seed: int,
+    workdir: str,
+    peer_timeout: float = 2.0,
+    commit: int = MERGE_COMMIT,
+) -> dict:
     """3 real nodes (mTLS), N/3 events each, their commits interleaved in time; the
     merged NDJSON stream from node 1, first-byte times, then one node SIGKILLed."""
     import asyncio
+
     import aiohttp
+
     from bench import servers
+
     per_node = events // len(MERGE_NODES)
     root = Path(tempfile.mkdtemp(prefix="merge-", dir=workdir))
     cluster = servers.Cluster(root, list(MERGE_NODES), peer_timeout=peer_timeout)
@@ -1025,7 +1197,7 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
         async def healthy_part():
             res: dict[str, Any] = {"runs": [], "stream_ttfb": [], "server_cpu": [], "client_cpu": []}
             async with aiohttp.ClientSession() as s:
-                warm = await _stream_ndjson(s, stream_url, headers)       # untimed warm-up
+                warm = await _stream_ndjson(s, stream_url, headers)  # untimed warm-up
                 res["warmup"] = warm
                 for _ in range(reps):
                     c0 = cpu_all()
@@ -1033,8 +1205,10 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
                         r = await _stream_ndjson(s, stream_url, headers)
                     c1 = cpu_all()
                     if r["lines"] != expected or r["status_lines"]:
-                        raise RuntimeError(f"merged stream had {r['lines']} entries and "
-                                           f"{r['status_lines']} node_status lines, expected {expected}")
+                        raise RuntimeError(
+                            f"merged stream had {r['lines']} entries and "
+                            f"{r['status_lines']} node_status lines, expected {expected}"
+                        )
                     res["runs"].append(r["lines"] / r["seconds"])
                     res["stream_ttfb"].append(r["ttfb"])
                     res["server_cpu"].append([b - a for a, b in zip(c0, c1)])
@@ -1042,10 +1216,10 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
                     res["bytes"] = r["bytes"]
                 res["ttfb"] = []
                 for _ in range(ttfb_reps):
-                    await asyncio.sleep(0.3)     # let the servers notice the last hang-up
+                    await asyncio.sleep(0.3)  # let the servers notice the last hang-up
                     res["ttfb"].append(await _first_byte(stream_url, headers))
                 await asyncio.sleep(0.3)
-                await _json_query(s, query_url, headers)                  # warm-up
+                await _json_query(s, query_url, headers)  # warm-up
                 res["healthy_query"] = []
                 for _ in range(query_reps):
                     dt, body = await _json_query(s, query_url, headers)
@@ -1056,9 +1230,10 @@ def job_merge(events: int, reps: int, ttfb_reps: int, query_reps: int, seed: int
 
         out.update(asyncio.run(healthy_part()))
         out["first_read"] = out["warmup"]["lines"] / out["warmup"]["seconds"]
-        out["disk"] = {suffix: sum(p.stat().st_size for n in cluster.nodes
-                                   for p in (n.data_dir / "segments").glob("*" + suffix))
-                       for suffix in (".seg", ".lines")}
+        out["disk"] = {
+            suffix: sum(p.stat().st_size for n in cluster.nodes for p in (n.data_dir / "segments").glob("*" + suffix))
+            for suffix in (".seg", ".lines")
+        }
         for n in cluster.nodes:
             n.note_rss()
         victim = cluster[-1]
@@ -1099,13 +1274,14 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     """The serving node's own stage alone, in this process: the three nodes' lines,
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
+
     from engine.datadir import DataDir
     from engine.lines import line_marks
     from engine.log import NodeLog
-    from query.cluster import LineTaker
     from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
     from query.scan import read_node
+    from query.sources import LineTaker
 
     per_node = {}
     for d in data_dirs:
@@ -1132,26 +1308,29 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
         n = 0
         with Clock() as c:
             async for k, parts in merge_lines(sources, "asc", node_ranks(per_node)):
-                b"".join(parts)                  # as the answer is written
+                b"".join(parts)  # as the answer is written
                 n += k
         return n / c.wall
 
     return [asyncio.run(once()) for _ in range(reps)]
 
 
-def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
-                     commit: int = MERGE_COMMIT) -> dict:
+def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str, commit: int = MERGE_COMMIT) -> dict:
     """The same three data sets in three SQLite DBs (built with synchronous=OFF, untimed),
     merged in one process with heapq.merge over three ``ORDER BY ts, seq`` cursors; every
     merged row rendered as the same NDJSON line (export.ndjson) and counted."""
     import heapq
+
     import msgpack
+
     from bench.baseline_sqlite import _COLUMNS, SqliteBaseline
     from engine.entry import Entry
     from export.ndjson import iter_ndjson
+
     per_node = events // len(MERGE_NODES)
     d = Path(tempfile.mkdtemp(prefix="sqlite-merge-", dir=workdir))
     from engine.clock import now_us
+
     schedule = _merge_schedule(per_node, commit, now_us())
     try:
         paths = []
@@ -1159,7 +1338,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             path = str(d / f"{node}.sqlite")
             db = SqliteBaseline(path, node, _bench_key(), synchronous="OFF")
             gen = EventGenerator(_merge_seed(seed, i))
-            for n, t in schedule:                     # the same commits and timestamps
+            for n, t in schedule:  # the same commits and timestamps
                 db.append_batch(gen.batch(n), at_us=t + i * _MERGE_STEP_US)
             db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
@@ -1170,7 +1349,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             its = []
             for node, conn in zip(MERGE_NODES, conns):
                 cur = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY ts, seq")
-                its.append(((r[1], node, r[0], r) for r in cur))
+                its.append((r[1], node, r[0], r) for r in cur)
             return conns, its
 
         unpackb = msgpack.unpackb
@@ -1180,10 +1359,26 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             n = 0
             first = None
             with open(os.devnull, "wb") as out, Clock() as c:
+
                 def entries():
-                    for ts, node, seq, r in heapq.merge(*its):
-                        yield Entry(node, seq, ts, r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
-                                    unpackb(r[9], raw=False), r[10], "ok", None)
+                    for ts, node, seq, r in heapq.merge(*its):  # noqa: B023 (consumed in this round)
+                        yield Entry(
+                            node,
+                            seq,
+                            ts,
+                            r[2],
+                            r[3],
+                            r[4],
+                            r[5],
+                            r[6],
+                            r[7],
+                            bool(r[8]),
+                            unpackb(r[9], raw=False),
+                            r[10],
+                            "ok",
+                            None,
+                        )
+
                 for text in iter_ndjson(entries()):
                     b = text.encode("utf-8")
                     if first is None:
@@ -1204,23 +1399,38 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str,
             bare.append(m / c.wall)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return {"value": median(runs), "runs": runs, "cpu_value": median(cpu_runs), "count": count,
-            "merge_only_value": median(bare), "first_line_ms": median(ttfb) * 1e3}
+    return {
+        "value": median(runs),
+        "runs": runs,
+        "cpu_value": median(cpu_runs),
+        "count": count,
+        "merge_only_value": median(bare),
+        "first_line_ms": median(ttfb) * 1e3,
+    }
 
 
 def sqlite3_connect(path: str):
     import sqlite3
+
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 JOBS: dict[str, Callable[..., dict]] = {
-    "build_log": job_build_log, "build_sqlite": job_build_sqlite,
-    "append": job_append, "scan": job_scan, "selective": job_selective, "csv": job_csv,
+    "build_log": job_build_log,
+    "build_sqlite": job_build_sqlite,
+    "append": job_append,
+    "scan": job_scan,
+    "selective": job_selective,
+    "csv": job_csv,
     "scan_rss": job_scan_rss,
-    "sqlite_append": job_sqlite_append, "sqlite_scan": job_sqlite_scan,
-    "sqlite_selective": job_sqlite_selective, "sqlite_csv": job_sqlite_csv,
-    "http_ingest": job_http_ingest, "http_latency": job_http_latency,
-    "merge": job_merge, "sqlite_merge": job_sqlite_merge,
+    "sqlite_append": job_sqlite_append,
+    "sqlite_scan": job_sqlite_scan,
+    "sqlite_selective": job_sqlite_selective,
+    "sqlite_csv": job_sqlite_csv,
+    "http_ingest": job_http_ingest,
+    "http_latency": job_http_latency,
+    "merge": job_merge,
+    "sqlite_merge": job_sqlite_merge,
 }
 
 

@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
     main_prof = _new_profile()
     sys.argv = ["auditlog", *args]
     from cli.main import main as auditlog_main
+
     code = 0
     main_prof.enable()
     try:
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
         for p in profs:
             try:
                 stats.add(p)
-            except (TypeError, ValueError):   # a thread still running: its profile is partial
+            except (TypeError, ValueError):  # a thread still running: its profile is partial
                 pass
         stats.dump_stats(out + ".pstats")
         buf = io.StringIO()

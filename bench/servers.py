@@ -57,8 +57,7 @@ def profile_dir() -> str | None:
     return os.environ.get(PROFILE_ENV) or None
 
 
-def wait_serving(proc: subprocess.Popen, base: str, peer_port: int | None = None,
-                 timeout: float = 60) -> str | None:
+def wait_serving(proc: subprocess.Popen, base: str, peer_port: int | None = None, timeout: float = 60) -> str | None:
     """Poll until ``base``/healthz answers 200 (and ``peer_port``, if given, accepts
     connections).  None once it does; otherwise why not, for the caller's error."""
     deadline = time.monotonic() + timeout
@@ -108,11 +107,16 @@ def free_ports(n: int) -> list[int]:
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    p = subprocess.run([*auditlog_cmd(), *args], capture_output=True, text=True, timeout=timeout,
-                       env=clean_env(), stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [*auditlog_cmd(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+    )
     if p.returncode != 0:
-        raise RuntimeError(f"auditlog {' '.join(args)} exited {p.returncode}: "
-                           f"{(p.stderr or p.stdout).strip()[-500:]}")
+        raise RuntimeError(f"auditlog {' '.join(args)} exited {p.returncode}: {(p.stderr or p.stdout).strip()[-500:]}")
     return p
 
 
@@ -141,8 +145,9 @@ def proc_peak_rss_mb(pid: int) -> float | None:
 class Server:
     """One node: data dir, config, keys, and its ``auditlog serve`` process."""
 
-    def __init__(self, root: Path, node_id: str, http_port: int, *, fsync: str = "always",
-                 peer_port: int | None = None):
+    def __init__(
+        self, root: Path, node_id: str, http_port: int, *, fsync: str = "always", peer_port: int | None = None
+    ):
         self.root = Path(root)
         self.node_id = node_id
         self.dir = self.root / node_id
@@ -161,14 +166,19 @@ class Server:
         self.profile_path: str | None = None
 
     def write_config(self, cluster_lines: list[str] = ()) -> None:
-        lines = [f'node_id = "{self.node_id}"', f'fsync = "{self.fsync}"', "",
-                 "[server]", f'listen = "127.0.0.1:{self.http_port}"', *cluster_lines]
+        lines = [
+            f'node_id = "{self.node_id}"',
+            f'fsync = "{self.fsync}"',
+            "",
+            "[server]",
+            f'listen = "127.0.0.1:{self.http_port}"',
+            *cluster_lines,
+        ]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return cli("--data-dir", str(self.data_dir), "--config", str(self.config_path), *args,
-                   timeout=timeout)
+        return cli("--data-dir", str(self.data_dir), "--config", str(self.config_path), *args, timeout=timeout)
 
     def init(self) -> None:
         self.run("init", "--node-id", self.node_id)
@@ -202,8 +212,14 @@ class Server:
             cmd = [sys.executable, "-m", "bench.serve_profile", self.profile_path, *args]
         else:
             cmd = [*auditlog_cmd(), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL, env=clean_env(), cwd=str(_ROOT))
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            cwd=str(_ROOT),
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Until /healthz answers 200 (and the peer listener accepts, if any)."""
@@ -248,14 +264,12 @@ class Server:
         return proc_cpu_seconds(self.pid) if self.proc is not None else 0.0
 
     def get_json(self, path: str, role: str = "reader", timeout: float = 60) -> dict:
-        req = urllib.request.Request(self.base + path,
-                                     headers={"Authorization": f"Bearer {self.keys[role]}"})
+        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.keys[role]}"})
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
 
-def single_node(root: Path, *, role: str = "writer", fsync: str = "always",
-                node_id: str = "bench-http") -> Server:
+def single_node(root: Path, *, role: str = "writer", fsync: str = "always", node_id: str = "bench-http") -> Server:
     """A fresh node (init, one ``role`` key), started and ready."""
     (port,) = free_ports(1)
     s = Server(root, node_id, port, fsync=fsync)
@@ -274,38 +288,64 @@ def single_node(root: Path, *, role: str = "writer", fsync: str = "always",
 class Cluster:
     """N nodes of one private CA, every node a peer of every other (mTLS)."""
 
-    def __init__(self, root: Path, names: list[str], *, peer_timeout: float = 2.0,
-                 checkpoint_interval: float = 3600.0, fsync: str = "always"):
+    def __init__(
+        self,
+        root: Path,
+        names: list[str],
+        *,
+        peer_timeout: float = 2.0,
+        checkpoint_interval: float = 3600.0,
+        fsync: str = "always",
+    ):
         self.root = Path(root)
         self.peer_timeout = peer_timeout
         self.checkpoint_interval = checkpoint_interval
         ports = free_ports(2 * len(names))
-        self.nodes = [Server(self.root, n, ports[2 * i], fsync=fsync, peer_port=ports[2 * i + 1])
-                      for i, n in enumerate(names)]
+        self.nodes = [
+            Server(self.root, n, ports[2 * i], fsync=fsync, peer_port=ports[2 * i + 1]) for i, n in enumerate(names)
+        ]
         self.ca = self.root / "ca"
         self.tls = self.root / "tls"
 
     def __getitem__(self, i: int) -> Server:
         return self.nodes[i]
 
-    def build(self) -> "Cluster":
+    def build(self) -> Cluster:
         """CA, certificates, configs and ``auditlog init`` of every node (not started)."""
         self.root.mkdir(parents=True, exist_ok=True)
         cli("cluster", "ca-init", "--out", str(self.ca))
         with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
-            list(pool.map(lambda n: cli("cluster", "issue-cert", "--ca", str(self.ca), "--node",
-                                        n.node_id, "--san", "127.0.0.1", "--out", str(self.tls)),
-                          self.nodes))
+            list(
+                pool.map(
+                    lambda n: cli(
+                        "cluster",
+                        "issue-cert",
+                        "--ca",
+                        str(self.ca),
+                        "--node",
+                        n.node_id,
+                        "--san",
+                        "127.0.0.1",
+                        "--out",
+                        str(self.tls),
+                    ),
+                    self.nodes,
+                )
+            )
             for n in self.nodes:
-                lines = ["", "[cluster]", f'listen = "127.0.0.1:{n.peer_port}"',
-                         f'ca = "{self.ca / "ca.pem"}"', f'cert = "{self.tls / (n.node_id + ".pem")}"',
-                         f'key = "{self.tls / (n.node_id + ".key")}"',
-                         f"peer_timeout = {self.peer_timeout}",
-                         f"checkpoint_interval = {self.checkpoint_interval}"]
+                lines = [
+                    "",
+                    "[cluster]",
+                    f'listen = "127.0.0.1:{n.peer_port}"',
+                    f'ca = "{self.ca / "ca.pem"}"',
+                    f'cert = "{self.tls / (n.node_id + ".pem")}"',
+                    f'key = "{self.tls / (n.node_id + ".key")}"',
+                    f"peer_timeout = {self.peer_timeout}",
+                    f"checkpoint_interval = {self.checkpoint_interval}",
+                ]
                 for p in self.nodes:
                     if p is not n:
-                        lines += ["", "[[cluster.peers]]", f'node = "{p.node_id}"',
-                                  f'url = "{p.peer_url}"']
+                        lines += ["", "[[cluster.peers]]", f'node = "{p.node_id}"', f'url = "{p.peer_url}"']
                 n.write_config(lines)
             list(pool.map(lambda n: n.init(), self.nodes))
         return self
@@ -320,5 +360,5 @@ class Cluster:
         for n in self.nodes:
             try:
                 n.stop(timeout=30)
-            except Exception:   # pragma: no cover - cleanup goes on
+            except Exception:  # pragma: no cover - cleanup goes on
                 n.kill()

@@ -12,8 +12,8 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 
@@ -43,13 +43,14 @@ class Context:
         return self._config
 
     def node(self) -> Node:
-        self.config  # a broken config file is reported before anything else
+        _ = self.config  # a broken config file is reported before anything else
         return self.data_dir.open()
 
     def writer(self):
         """The node's writer, not yet opened: ``with obj.writer() as w`` takes the lock
         (opening it here as well took the lock twice, which the writer refuses)."""
         from engine.writer import LogWriter
+
         return LogWriter(self.data_dir, self.node(), self.config.store_settings())
 
 
@@ -60,6 +61,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 
 def handle_errors(fn):
     """Turn the project's errors into one clear line and the documented exit code."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -69,6 +71,7 @@ def handle_errors(fn):
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(0)
+
     return wrapper
 
 
@@ -107,12 +110,23 @@ class AuditlogGroup(click.Group):
             raise InputError(" ".join(e.format_message().split())) from None
 
 
-@click.group(cls=AuditlogGroup,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--data-dir", envvar="AUDITLOG_DATA_DIR", default="./auditlog-data", show_default=True,
-              type=click.Path(file_okay=False), help="The node's data directory (env AUDITLOG_DATA_DIR).")
-@click.option("--config", "config_path", envvar="AUDITLOG_CONFIG", default=None,
-              type=click.Path(dir_okay=False), help="TOML config file (env AUDITLOG_CONFIG).")
+@click.group(cls=AuditlogGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--data-dir",
+    envvar="AUDITLOG_DATA_DIR",
+    default="./auditlog-data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The node's data directory (env AUDITLOG_DATA_DIR).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="AUDITLOG_CONFIG",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML config file (env AUDITLOG_CONFIG).",
+)
 @click.version_option(package_name="auditlog")
 @click.pass_context
 def cli(ctx: click.Context, data_dir: str, config_path: str | None) -> None:
@@ -130,6 +144,7 @@ def cli(ctx: click.Context, data_dir: str, config_path: str | None) -> None:
 
 # -- init -----------------------------------------------------------------------
 
+
 @cli.command()
 @click.option("--node-id", required=True, help="This node's id: a-z, 0-9 and '-', up to 63 characters.")
 @click.pass_obj
@@ -141,13 +156,13 @@ def init(obj: Context, node_id: str) -> None:
     Example:
       auditlog --data-dir /var/lib/auditlog init --node-id gw1
     """
-    obj.config
+    _ = obj.config  # a broken config file is reported before anything is created
     node = obj.data_dir.init(node_id)
-    click.echo(f"initialised {obj.data_dir.root} for node {node.node_id} "
-               f"(key in {obj.data_dir.key_path}, mode 0600)")
+    click.echo(f"initialised {obj.data_dir.root} for node {node.node_id} (key in {obj.data_dir.key_path}, mode 0600)")
 
 
 # -- append ---------------------------------------------------------------------
+
 
 @cli.command()
 @click.option("--user", help="Actor: admin user, API key name, or 'system'.")
@@ -157,10 +172,20 @@ def init(obj: Context, node_id: str) -> None:
 @click.option("--ip", help="Client IPv4/IPv6 address.")
 @click.option("--user-agent", help="Client user agent.")
 @click.option("--failure", is_flag=True, help="Record the action as failed (success=false).")
-@click.option("--detail", "details", multiple=True, metavar="KEY=VALUE",
-              help="A details field; VALUE is parsed as JSON when it is JSON. Repeatable.")
-@click.option("--file", "file", type=click.File("rb"), default=None,
-              help="Append NDJSON events from FILE ('-' for stdin), all or nothing.")
+@click.option(
+    "--detail",
+    "details",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A details field; VALUE is parsed as JSON when it is JSON. Repeatable.",
+)
+@click.option(
+    "--file",
+    "file",
+    type=click.File("rb"),
+    default=None,
+    help="Append NDJSON events from FILE ('-' for stdin), all or nothing.",
+)
 @click.pass_obj
 @handle_errors
 def append(obj: Context, user, action, target, domain, ip, user_agent, failure, details, file) -> None:
@@ -173,6 +198,7 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
       auditlog append --file events.ndjson
     """
     from ingest.event import parse_detail_args, parse_ndjson, validate_event
+
     if file is not None:
         if any(v is not None for v in (user, action, target, domain, ip, user_agent)) or failure or details:
             fail("--file cannot be combined with single-event options")
@@ -206,7 +232,7 @@ def _read_lines(file) -> Iterator[bytes]:
     try:
         total = os.fstat(file.fileno()).st_size
     except (OSError, ValueError, AttributeError):
-        total = 0   # a pipe: no size to measure against
+        total = 0  # a pipe: no size to measure against
     with _progress(total, "reading and validating") as bar:
         for line in file:
             bar.update(len(line))
@@ -232,6 +258,7 @@ def _progress(total: int, label: str):
 
 # -- query ------------------------------------------------------------------------
 
+
 def filter_options(fn):
     """The filters of SPEC section 6, shared by query and export."""
     opts = [
@@ -253,9 +280,22 @@ def filter_options(fn):
 
 def build_filter(from_, to, user, action, target, domain, ip, recipient, success, node):
     from query.filters import Filter
-    params = {k: v for k, v in (("from", from_), ("to", to), ("user", user), ("action", action),
-                                ("target", target), ("domain", domain), ("ip", ip),
-                                ("recipient", recipient), ("node", node)) if v is not None}
+
+    params = {
+        k: v
+        for k, v in (
+            ("from", from_),
+            ("to", to),
+            ("user", user),
+            ("action", action),
+            ("target", target),
+            ("domain", domain),
+            ("ip", ip),
+            ("recipient", recipient),
+            ("node", node),
+        )
+        if v is not None
+    }
     if success is not None:
         params["success"] = "true" if success else "false"
     return Filter.from_params(params)
@@ -287,14 +327,16 @@ def _limited(entries, limit):
 
 @cli.command()
 @filter_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson", "csv"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "ndjson", "csv"]), default="table", show_default=True
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N entries (default: all).")
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
 @click.pass_obj
 @handle_errors
-def query(obj: Context, from_, to, user, action, target, domain, ip, recipient, success, node,
-          fmt, limit, order) -> None:
+def query(
+    obj: Context, from_, to, user, action, target, domain, ip, recipient, success, node, fmt, limit, order
+) -> None:
     """Stream matching entries, verified; exit 1 after printing if a violation was met.
 
     \b
@@ -303,6 +345,7 @@ def query(obj: Context, from_, to, user, action, target, domain, ip, recipient, 
       auditlog query --user alice --ip 192.0.2.10 --from -30d --format csv > alice.csv
     """
     from query.scan import scan_node
+
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     log = NodeLog(obj.data_dir, obj.node())
     counted = ViolationCounter(_limited(scan_node(log, flt, order=order), limit))
@@ -318,34 +361,41 @@ def query(obj: Context, from_, to, user, action, target, domain, ip, recipient, 
         out.write("\n]\n" if not first else "]\n")
     elif fmt == "ndjson":
         from export.ndjson import iter_ndjson
+
         for chunk in iter_ndjson(counted):
             out.write(chunk)
     else:
         from export.csv import iter_csv
+
         for chunk in iter_csv(counted, bom=False):
             out.write(chunk)
     out.flush()
     if counted.violations:
-        click.echo(f"auditlog: {counted.violations} entr{'y' if counted.violations == 1 else 'ies'} "
-                   "with integrity violations (see the integrity column)", err=True)
+        click.echo(
+            f"auditlog: {counted.violations} entr{'y' if counted.violations == 1 else 'ies'} "
+            "with integrity violations (see the integrity column)",
+            err=True,
+        )
         sys.exit(EXIT_VIOLATION)
 
 
 def _print_table(entries, out) -> None:
     cols = ("time", "id", "user", "action", "target", "ip", "ok", "integrity")
     widths = (27, 14, 16, 28, 20, 15, 3, 9)
+
     def row(vals):
         return "  ".join(str(v if v is not None else "-")[:w].ljust(w) for v, w in zip(vals, widths)).rstrip()
+
     out.write(row(cols) + "\n")
     for e in entries:
-        line = row((format_ts(e.ts), e.id, e.user, e.action, e.target, e.ip,
-                    "yes" if e.success else "NO", e.integrity))
+        line = row((format_ts(e.ts), e.id, e.user, e.action, e.target, e.ip, "yes" if e.success else "NO", e.integrity))
         if e.violation:
             line += f"\n    !! {e.violation}"
         out.write(line + "\n")
 
 
 # -- verify -----------------------------------------------------------------------
+
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -359,6 +409,7 @@ def verify(obj: Context, as_json: bool) -> None:
       auditlog verify --json
     """
     from engine.verify import verify_node
+
     node = obj.node()
     bar = None
     progress = None
@@ -378,8 +429,10 @@ def verify(obj: Context, as_json: bool) -> None:
         if report.ok:
             click.echo(f"ok: node {node.node_id}, {report.entries_checked} entries verified, no violations")
         else:
-            click.echo(f"VIOLATIONS: node {node.node_id}, {report.entries_checked} entries checked, "
-                       f"{len(report.violations)} problem(s):")
+            click.echo(
+                f"VIOLATIONS: node {node.node_id}, {report.entries_checked} entries checked, "
+                f"{len(report.violations)} problem(s):"
+            )
             for v in report.violations:
                 rng = f"seq {v.seq_from}..{v.seq_to}" if v.seq_to is not None else f"seq {v.seq_from}.."
                 click.echo(f"  {v.kind:20s} {rng:22s} {v.segment}: {v.detail}")
@@ -387,6 +440,7 @@ def verify(obj: Context, as_json: bool) -> None:
 
 
 # -- retention ----------------------------------------------------------------------
+
 
 @cli.group()
 def retention() -> None:
@@ -414,11 +468,13 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     """
     from engine.retention import run_retention
     from query.timeparse import parse_time
+
     settings = obj.config.store_settings()
     if retention_days is not None:
         settings = dataclasses.replace(settings, retention_days=parse_retention(retention_days, "--retention-days"))
     as_of_us = parse_time(as_of) if as_of else None
     from engine.writer import LogWriter
+
     with LogWriter(obj.data_dir, obj.node(), settings) as w:
         if not dry_run:
             # the API key snapshot must hold every key whose create entry may be dropped now
@@ -427,25 +483,28 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     days = "forever" if report.retention_days is None else f"{report.retention_days} days"
     verb = "would drop" if dry_run else "dropped"
     if report.dropped_segments:
-        click.echo(f"{verb} {len(report.dropped_segments)} segment(s), {report.dropped_entries} entries "
-                   f"(seq {report.seq_from}..{report.seq_to}, {report.ts_from} .. {report.ts_to}); "
-                   f"retention {days}, as of {report.as_of}")
+        click.echo(
+            f"{verb} {len(report.dropped_segments)} segment(s), {report.dropped_entries} entries "
+            f"(seq {report.seq_from}..{report.seq_to}, {report.ts_from} .. {report.ts_to}); "
+            f"retention {days}, as of {report.as_of}"
+        )
     else:
         click.echo(f"nothing to drop (retention {days}, as of {report.as_of})")
 
 
 # -- export -------------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson", "ecs", "pdf"]))
 @filter_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="File to write ('-' for stdout).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write ('-' for stdout).")
 @click.option("--title", default="Audit log report", show_default=True, help="PDF report title.")
 @click.pass_obj
 @handle_errors
-def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node,
-           output, title) -> None:
+def export(
+    obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node, output, title
+) -> None:
     """Export the filtered range (all of it) to a file; the export itself is audited.
 
     csv: RFC 4180 with a BOM for Excel; ndjson: one entry per line; ecs:
@@ -461,12 +520,14 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
       auditlog export ecs --from -1d -o today.ecs.ndjson
     """
     from query.scan import scan_node
+
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     node_obj = obj.node()
     log = NodeLog(obj.data_dir, node_obj)
     from export.csv import iter_csv
     from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
+
     render = {"csv": iter_csv, "ndjson": iter_ndjson, "ecs": iter_ecs}.get(fmt)
     # the export is recorded by the writer: take it first so that a running
     # server (which owns the writer) is reported before any file is written
@@ -485,8 +546,14 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
         try:
             if binary:
                 from export.pdf import render_pdf
-                pdf, _ = render_pdf(counted, title=title, filters=flt.describe(),
-                                    nodes={node_obj.node_id: {"status": "ok"}}, generated_by="auditlog CLI")
+
+                pdf, _ = render_pdf(
+                    counted,
+                    title=title,
+                    filters=flt.describe(),
+                    nodes={node_obj.node_id: {"status": "ok"}},
+                    generated_by="auditlog CLI",
+                )
                 out.write(pdf)
             else:
                 for chunk in render(counted):
@@ -497,9 +564,21 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
                 out.close()
         if tmp is not None:
             os.replace(tmp, target_path)
-        w.append_batch([EntryDraft("cli", "audit.export", details={
-            "format": fmt, "filters": flt.to_params(), "rows": counted.rows,
-            "integrity_violations": counted.violations, "via": "cli"})])
+        w.append_batch(
+            [
+                EntryDraft(
+                    "cli",
+                    "audit.export",
+                    details={
+                        "format": fmt,
+                        "filters": flt.to_params(),
+                        "rows": counted.rows,
+                        "integrity_violations": counted.violations,
+                        "via": "cli",
+                    },
+                )
+            ]
+        )
     click.echo(f"exported {counted.rows} entries to {output}", err=True)
     if counted.violations:
         click.echo(f"auditlog: {counted.violations} exported entries carry integrity violations", err=True)
@@ -507,6 +586,7 @@ def export(obj: Context, fmt, from_, to, user, action, target, domain, ip, recip
 
 
 # -- reports ---------------------------------------------------------------------------
+
 
 @cli.group()
 def report() -> None:
@@ -521,9 +601,13 @@ def report() -> None:
 @report.command("four-eyes")
 @click.option("--from", "from_", metavar="TIME", help="Inclusive start of the range of actions.")
 @click.option("--to", metavar="TIME", help="Exclusive end of the range of actions.")
-@click.option("--pair", "pairs", multiple=True, metavar="ACTION:CONFIRM",
-              help="Action and its confirming action (repeatable; default "
-                   "config.dkim_rotate:config.dkim_rotate_confirm).")
+@click.option(
+    "--pair",
+    "pairs",
+    multiple=True,
+    metavar="ACTION:CONFIRM",
+    help="Action and its confirming action (repeatable; default config.dkim_rotate:config.dkim_rotate_confirm).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @handle_errors
@@ -538,6 +622,7 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
     from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
     from query.filters import Filter
     from query.scan import scan_node
+
     try:
         rules = parse_pairs(pairs) if pairs else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
     except ValueError as e:
@@ -554,17 +639,23 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
         for a in rep["rotations"]:
             mark = "ok  " if a["ok"] else "FAIL"
             who = ", ".join(a["confirmed_by"]) or "-"
-            click.echo(f"{mark} {a['ts']} {a['id']:<12} {a['action']} {a['target'] or '-'} by {a['user']}; "
-                       f"confirmed by: {who}" + (f"  ({a['problem']})" if a["problem"] else ""))
+            click.echo(
+                f"{mark} {a['ts']} {a['id']:<12} {a['action']} {a['target'] or '-'} by {a['user']}; "
+                f"confirmed by: {who}" + (f"  ({a['problem']})" if a["problem"] else "")
+            )
         for o in rep["orphan_confirmations"]:
-            click.echo(f"FAIL {o['ts']} {o['id']:<12} {o['action']} by {o['user']} confirms "
-                       f"{o['confirms']!r}: {o['problem']}")
+            click.echo(
+                f"FAIL {o['ts']} {o['id']:<12} {o['action']} by {o['user']} confirms {o['confirms']!r}: {o['problem']}"
+            )
         for v in rep["violations"]:
             click.echo(f"FAIL {v['ts']} {v['id']:<12} integrity violation: {v['violation']}")
         if rep["violations"]:
-            click.echo(f"the log could not be verified everywhere this report reads "
-                       f"({len(rep['violations'])} violation(s)): it cannot vouch that every change "
-                       "was confirmed", err=True)
+            click.echo(
+                f"the log could not be verified everywhere this report reads "
+                f"({len(rep['violations'])} violation(s)): it cannot vouch that every change "
+                "was confirmed",
+                err=True,
+            )
         if not rep["rotations"] and not rep["orphan_confirmations"] and not rep["violations"]:
             click.echo("no actions needing a second pair of eyes in this range")
     sys.exit(0 if rep["ok"] else EXIT_VIOLATION)
@@ -572,18 +663,25 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
 
 # -- serve ----------------------------------------------------------------------------
 
+
 def default_node_id() -> str:
     import re
     import socket
+
     name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
     return (name or "node")[:63]
 
 
 @cli.command()
-@click.option("--listen", default=None, metavar="HOST:PORT",
-              help="HTTP address (default [server] listen, or 127.0.0.1:8080).")
-@click.option("--unix-socket", default=None, type=click.Path(dir_okay=False),
-              help="Also listen on this Unix socket (mode 0660) for same-host subsystems.")
+@click.option(
+    "--listen", default=None, metavar="HOST:PORT", help="HTTP address (default [server] listen, or 127.0.0.1:8080)."
+)
+@click.option(
+    "--unix-socket",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also listen on this Unix socket (mode 0660) for same-host subsystems.",
+)
 @click.option("--demo", is_flag=True, help="On an empty log, seed a day of sample events and print a reader key.")
 @click.pass_obj
 @handle_errors
@@ -599,58 +697,43 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
       auditlog --data-dir ./demo-data serve --demo
     """
     import logging
-    from query.server import parse_listen, serve as run_serve, serve_forever
-    from query.service import Service
+
+    from query.http.server import parse_listen, serve_forever
+    from query.http.server import serve as run_serve
+    from query.node import build_node
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = obj.config
-    listen = listen or cfg.server_listen
+    listen = listen or cfg.server.listen
     parse_listen(listen)
     if not obj.data_dir.is_initialised():
         node_id = cfg.node_id or default_node_id()
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
-    from query.service import ServiceSettings
-    workers = cfg.server_validate_workers
-    if workers is None:
-        workers = 1 if (os.cpu_count() or 1) > 1 else 0
-    service = Service(obj.data_dir, obj.node(), cfg.store_settings(),
-                      ServiceSettings(validate_workers=workers)).open()
-    if cfg.syslog is not None:
-        from export.syslog import SyslogSettings
-        y = cfg.syslog
-        service.start_syslog(SyslogSettings(target=y.target, sd_id=y.sd_id, udp_max_bytes=y.udp_max_bytes,
-                                            ca=y.ca, cert=y.cert, key=y.key, server_name=y.server_name))
-    unix_socket = unix_socket or cfg.server_unix_socket
-    if cfg.cluster is not None and (cfg.cluster.listen or cfg.cluster.peers):
-        from query.cluster import Cluster, ClusterSettings
-        from query.peers import PeerConfig
-        c = cfg.cluster
-        service.cluster = Cluster(service, ClusterSettings(
-            listen=c.listen, ca=Path(c.ca), cert=Path(c.cert), key=Path(c.key),
-            peer_timeout=c.peer_timeout, checkpoint_interval=c.checkpoint_interval,
-            peers=tuple(PeerConfig(p.node, p.url) for p in c.peers if p.node != service.node_id)))
+    node = build_node(cfg.node_config(), obj.data_dir)
+    unix_socket = unix_socket or cfg.server.unix_socket
     try:
         if demo:
-            _seed_demo(service)
+            _seed_demo(node)
     except BaseException:
-        service.close()
+        node.close()
         raise
 
     def ready(runner):
-        click.echo(f"auditlog: node {service.node_id} serving http://{listen}/ "
-                   f"(data dir {obj.data_dir.root})", err=True)
+        click.echo(f"auditlog: node {node.node_id} serving http://{listen}/ (data dir {obj.data_dir.root})", err=True)
 
     try:
-        serve_forever(run_serve(service, listen, unix_socket, ready))
+        serve_forever(run_serve(node, listen, unix_socket, ready))
     except OSError as e:
-        service.close()
+        node.close()
         fail(f"cannot listen on {listen}: {e.strerror or e}")
 
 
 def _seed_demo(service) -> None:
     from ingest.demo import seed_demo
+
     head, _ = service.log.head()
-    if head <= 1:   # empty (or only the recovery/first bookkeeping entry)
+    if head <= 1:  # empty (or only the recovery/first bookkeeping entry)
         n = seed_demo(service.writer, service.writer.now())
         click.echo(f"auditlog: demo: seeded {n} sample events over the last 24 hours", err=True)
     rec, token = service.keys.create("demo-reader", "reader", user="cli")
@@ -659,6 +742,7 @@ def _seed_demo(service) -> None:
 
 
 # -- apikey ---------------------------------------------------------------------------
+
 
 @cli.group()
 def apikey() -> None:
@@ -670,18 +754,22 @@ def apikey() -> None:
     """
 
 
-_CREATE_OVER_API = ("the server is running and owns the writer: manage keys over the API "
-                    "(POST /api/v1/api-keys with an admin key) so the change is audited")
-_REVOKE_OVER_API = ("the server is running and owns the writer: revoke over the API "
-                    "(DELETE /api/v1/api-keys/ID with an admin key) so the change is audited")
+_CREATE_OVER_API = (
+    "the server is running and owns the writer: manage keys over the API "
+    "(POST /api/v1/api-keys with an admin key) so the change is audited"
+)
+_REVOKE_OVER_API = (
+    "the server is running and owns the writer: revoke over the API "
+    "(DELETE /api/v1/api-keys/ID with an admin key) so the change is audited"
+)
 
 
 def _key_store(obj: Context, writer=None):
-    """The API keys as the log says (query.auth.KeyStore); problems found go to stderr."""
-    from query.auth import KeyStore
+    """The API keys as the log says (query.http.auth.KeyStore); problems found go to stderr."""
+    from query.http.auth import KeyStore
+
     node = obj.node() if writer is None else Node(writer.node, writer.key)
-    store = KeyStore(node, obj.data_dir.state, writer.log if writer else NodeLog(obj.data_dir, node),
-                     writer).load()
+    store = KeyStore(node, obj.data_dir.state, writer.log if writer else NodeLog(obj.data_dir, node), writer).load()
     for problem in store.problems:
         click.echo(f"auditlog: warning: {problem}", err=True)
     return store
@@ -693,6 +781,7 @@ def _key_store_for_change(obj: Context, refused: str):
     with ``refused`` while a server owns the writer."""
     from engine.errors import WriterLockedError
     from engine.writer import WriterLock
+
     obj.node()
     if WriterLock.is_held(obj.data_dir.lock_path):
         fail(refused)
@@ -718,7 +807,8 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
     Example:
       auditlog apikey create --role writer --name quarantine-service
     """
-    from query.auth import check_name
+    from query.http.auth import check_name
+
     obj.node()
     check_name(name)
     with _key_store_for_change(obj, _CREATE_OVER_API) as store:
@@ -745,9 +835,11 @@ def apikey_list(obj: Context, as_json: bool) -> None:
         click.echo(json.dumps({"keys": keys}, indent=2))
         return
     for k in keys:
-        click.echo(f"{k['id']}  {k['role']:6s}  {k['name']}  created {k['created']}"
-                   + (f"  REVOKED {k['revoked']}" if k["revoked"] else "")
-                   + (f"  SUSPENDED: {k['suspended']}" if k["suspended"] else ""))
+        click.echo(
+            f"{k['id']}  {k['role']:6s}  {k['name']}  created {k['created']}"
+            + (f"  REVOKED {k['revoked']}" if k["revoked"] else "")
+            + (f"  SUSPENDED: {k['suspended']}" if k["suspended"] else "")
+        )
 
 
 @apikey.command("revoke")
@@ -767,6 +859,7 @@ def apikey_revoke(obj: Context, key_id: str) -> None:
 
 
 # -- cluster ------------------------------------------------------------------------
+
 
 @cli.group()
 def cluster() -> None:
@@ -789,7 +882,8 @@ def cluster_ca_init(out: str) -> None:
     Example:
       auditlog cluster ca-init --out /etc/auditlog/ca
     """
-    from query.pki import ca_init
+    from query.cluster.pki import ca_init
+
     cert, key = ca_init(Path(out))
     click.echo(f"wrote {cert} and {key} (keep ca.key offline; it signs node certificates)")
 
@@ -797,8 +891,12 @@ def cluster_ca_init(out: str) -> None:
 @cluster.command("issue-cert")
 @click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False), help="Directory of the cluster CA.")
 @click.option("--node", required=True, help="Node id the certificate is for.")
-@click.option("--san", multiple=True, metavar="HOST_OR_IP",
-              help="Host name or IP peers use to reach this node (repeatable; default 127.0.0.1 and localhost).")
+@click.option(
+    "--san",
+    multiple=True,
+    metavar="HOST_OR_IP",
+    help="Host name or IP peers use to reach this node (repeatable; default 127.0.0.1 and localhost).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for NODE.pem and NODE.key.")
 @handle_errors
 def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str) -> None:
@@ -808,12 +906,14 @@ def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str) -
     Example:
       auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net --out /etc/auditlog/tls
     """
-    from query.pki import issue_cert
+    from query.cluster.pki import issue_cert
+
     cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out))
     click.echo(f"wrote {cert} and {key} for node {node}")
 
 
 # -- bench --------------------------------------------------------------------------
+
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Smaller data sets (stated in the output).")
@@ -828,6 +928,7 @@ def bench(quick: bool, json_path: str | None, only: tuple[str, ...]) -> None:
       auditlog bench --quick --json bench-results.json
     """
     from bench.runner import run_bench
+
     run_bench(quick=quick, json_path=json_path, only=only)
 
 

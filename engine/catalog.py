@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import msgpack
 
@@ -30,8 +30,16 @@ from engine.chain import NodeKey
 from engine.datadir import DataDir, Node, write_atomic
 from engine.entry import R_SIG
 from engine.index import FrameRow, SegmentIndex, index_path
-from engine.segment import (MAX_HEADER, SegmentData, SegmentHeader, SegmentHeaderError, list_segments,
-                            parse_segment_header, seq_from_name, walk_frames)
+from engine.segment import (
+    MAX_HEADER,
+    SegmentData,
+    SegmentHeader,
+    SegmentHeaderError,
+    list_segments,
+    parse_segment_header,
+    seq_from_name,
+    walk_frames,
+)
 
 
 def unpack_records(payload: bytes):
@@ -54,10 +62,10 @@ class SegmentInfo:
     path: Path
     header: SegmentHeader | None
     index: SegmentIndex | None
-    problem: Problem | None = None       # header unreadable / foreign / misnamed
-    tail: tuple[int, str] | None = None   # (offset, detail) of an incomplete last frame
-    file_size: int = 0                    # size of the file when it was indexed
-    ident: tuple | None = None            # (inode, size, mtime, ctime) when it was indexed
+    problem: Problem | None = None  # header unreadable / foreign / misnamed
+    tail: tuple[int, str] | None = None  # (offset, detail) of an incomplete last frame
+    file_size: int = 0  # size of the file when it was indexed
+    ident: tuple | None = None  # (inode, size, mtime, ctime) when it was indexed
 
     @property
     def name(self) -> str:
@@ -106,8 +114,9 @@ def file_ident(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
-                  resume: SegmentIndex | None = None) -> SegmentInfo:
+def index_segment(
+    path: Path, key: NodeKey, node: str, upto: int | None = None, resume: SegmentIndex | None = None
+) -> SegmentInfo:
     """Walk a segment's frames (from where ``resume`` stopped) and index them."""
     with SegmentData(path) as sd:
         data = sd.data
@@ -115,17 +124,31 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
         try:
             header = parse_segment_header(data[:MAX_HEADER], key)
         except SegmentHeaderError as e:
-            return SegmentInfo(path, None, None, Problem(
-                e.kind, seq_from_name(path.name), None, path.name, e.detail), file_size=sd.size)
+            return SegmentInfo(
+                path,
+                None,
+                None,
+                Problem(e.kind, seq_from_name(path.name), None, path.name, e.detail),
+                file_size=sd.size,
+            )
         problem = None
         if header.node != node:
-            problem = Problem("foreign_segment", header.first_seq, None, path.name,
-                              f"segment belongs to node {header.node!r}, not {node!r}")
+            problem = Problem(
+                "foreign_segment",
+                header.first_seq,
+                None,
+                path.name,
+                f"segment belongs to node {header.node!r}, not {node!r}",
+            )
         elif seq_from_name(path.name) != header.first_seq:
-            problem = Problem("segment_misnamed", header.first_seq, None, path.name,
-                              f"file name does not match the first seq {header.first_seq} in its header")
-        if resume is not None and resume.header_mac == header.mac and resume.size <= size \
-                and not resume.damaged:
+            problem = Problem(
+                "segment_misnamed",
+                header.first_seq,
+                None,
+                path.name,
+                f"file name does not match the first seq {header.first_seq} in its header",
+            )
+        if resume is not None and resume.header_mac == header.mac and resume.size <= size and not resume.damaged:
             idx = resume
             start = idx.size
             prev_mac = idx.last_mac or header.mac
@@ -142,8 +165,11 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
             if fr.problem is None:
                 try:
                     recs = unpack_records(fr.payload)
-                    ok = (isinstance(recs, tuple) and len(recs) == fr.header.count
-                          and all(isinstance(r, tuple) and len(r) == 11 for r in recs))
+                    ok = (
+                        isinstance(recs, tuple)
+                        and len(recs) == fr.header.count
+                        and all(isinstance(r, tuple) and len(r) == 11 for r in recs)
+                    )
                 except (ValueError, TypeError, msgpack.UnpackException):
                     ok = False
                 if ok:
@@ -166,11 +192,11 @@ def index_segment(path: Path, key: NodeKey, node: str, upto: int | None = None,
                 seq_to = first + count - 1
                 idx.last_mac = fr.mac or idx.last_mac
             else:
-                first = (idx.frames[-1].first_seq + max(idx.frames[-1].count, 1)) if idx.frames \
-                    else header.first_seq
+                first = (idx.frames[-1].first_seq + max(idx.frames[-1].count, 1)) if idx.frames else header.first_seq
                 count, seq_to = 0, None
-            idx.add_damaged(FrameRow(fr.offset, first, count, last_good_ts, last_good_ts),
-                            fr.problem, fr.detail, first, seq_to)
+            idx.add_damaged(
+                FrameRow(fr.offset, first, count, last_good_ts, last_good_ts), fr.problem, fr.detail, first, seq_to
+            )
             idx.size = fr.end
             # signatures of what follows cannot be chained from a damaged frame
             idx.last_sig = b""
@@ -194,8 +220,11 @@ def record_seq_range(payload: bytes) -> tuple[int, int] | None:
         recs = unpack_records(payload)
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
-    if not (isinstance(recs, tuple) and recs and all(
-            isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)):
+    if not (
+        isinstance(recs, tuple)
+        and recs
+        and all(isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)
+    ):
         return None
     first = recs[0][0]
     if first < 1 or any(r[0] != first + i for i, r in enumerate(recs)):
@@ -223,12 +252,12 @@ class Catalog:
         infos = []
         for i, p in enumerate(paths):
             if live is not None and live.path == p:
-                infos.append(live)   # the writer's own, always current
+                infos.append(live)  # the writer's own, always current
                 continue
             try:
                 infos.append(self._info(p, sealed=i < len(paths) - 1))
             except FileNotFoundError:
-                continue   # dropped by retention while we listed
+                continue  # dropped by retention while we listed
         with self._lock:
             names = {p.name for p in paths}
             for n in [n for n in self._cache if n not in names]:
@@ -249,8 +278,17 @@ class Catalog:
         info = self._load_sidecar(path, st.st_size) if sealed else None
         if info is None:
             # an active segment a writer elsewhere appends to: index only what is new
-            resume = cached.index if (cached is not None and not sealed and cached.index is not None
-                                      and cached.ident[0] == ident[0] and cached.tail is None) else None
+            resume = (
+                cached.index
+                if (
+                    cached is not None
+                    and not sealed
+                    and cached.index is not None
+                    and cached.ident[0] == ident[0]
+                    and cached.tail is None
+                )
+                else None
+            )
             info = index_segment(path, self.key, self.node, resume=resume)
             if sealed and info.usable and info.tail is None:
                 self._save_sidecar(path, info.index)
@@ -273,8 +311,7 @@ class Catalog:
                 header = parse_segment_header(sd.data[:MAX_HEADER], self.key)
         except SegmentHeaderError:
             return None
-        if header.mac != idx.header_mac or header.node != self.node \
-                or seq_from_name(path.name) != header.first_seq:
+        if header.mac != idx.header_mac or header.node != self.node or seq_from_name(path.name) != header.first_seq:
             return None
         return SegmentInfo(path, header, idx)
 
@@ -282,4 +319,4 @@ class Catalog:
         try:
             write_atomic(index_path(path), idx.to_bytes(self._index_key), sync=False)
         except OSError:
-            pass   # derived data: a read-only dir just means indexing again next time
+            pass  # derived data: a read-only dir just means indexing again next time

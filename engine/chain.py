@@ -62,11 +62,11 @@ class NodeKey:
 
         return sign
 
-    def derive(self, label: bytes) -> "NodeKey":
-        """A sub-key for derived files (indexes, manifest, cursor files)."""
+    def derive(self, label: bytes) -> NodeKey:
+        """A sub-key for derived files (indexes, line files, sealed state)."""
         return NodeKey(hmac.digest(self._key, b"auditlog derive:" + label, "sha256"))
 
-    def equals(self, other: "NodeKey") -> bool:
+    def equals(self, other: NodeKey) -> bool:
         return hmac.compare_digest(self._key, other._key)
 
     def __repr__(self) -> str:
@@ -105,7 +105,8 @@ def load_key_file(path: Path) -> NodeKey:
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise KeyFileError(
             f"node key file {path} is readable by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}")
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
     try:
         raw = Path(path).read_bytes()
     except OSError as e:

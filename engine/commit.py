@@ -13,22 +13,22 @@ carries the plan out: writes, syncs, creates segments, in that order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from engine.chain import NodeKey
-from engine.entry import EntryDraft, RECORD_HEADER, pack_draft, pack_value, packed_len, record_from_canonical
-from engine.frame import MAC_SIZE, HEADER_SIZE, array_header, build_frame
+from engine.entry import RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len, record_from_canonical
+from engine.frame import HEADER_SIZE, MAC_SIZE, array_header, build_frame
 from engine.segment import FORMAT_VERSION, SegmentHeader
 
 
 @dataclass
 class PlannedFrame:
-    offset: int          # in its segment file
+    offset: int  # in its segment file
     first_seq: int
     count: int
     mac: bytes
-    last_sig: bytes      # signature of its last entry
+    last_sig: bytes  # signature of its last entry
     data: bytes
 
 
@@ -53,10 +53,21 @@ class Plan:
     last_mac: bytes
 
 
-def plan_commit(drafts: Sequence[EntryDraft | bytes], *, key: NodeKey, node: str, seq: int, ts: int,
-                prev_sig: bytes, prev_mac: bytes, segment_size: int, segment_has_frames: bool,
-                segment_max_bytes: int, frame_max_payload: int,
-                version: int = FORMAT_VERSION) -> Plan:
+def plan_commit(
+    drafts: Sequence[EntryDraft | bytes],
+    *,
+    key: NodeKey,
+    node: str,
+    seq: int,
+    ts: int,
+    prev_sig: bytes,
+    prev_mac: bytes,
+    segment_size: int,
+    segment_has_frames: bool,
+    segment_max_bytes: int,
+    frame_max_payload: int,
+    version: int = FORMAT_VERSION,
+) -> Plan:
     """The frames and segment rolls of one commit whose entries all get ``ts``.
 
     ``drafts`` are validated drafts (``details`` in canonical order) or packed
@@ -72,7 +83,7 @@ def plan_commit(drafts: Sequence[EntryDraft | bytes], *, key: NodeKey, node: str
     records: list[bytes] = []
     rsize = 0
     first = seq
-    sig_before_frame = prev_sig      # signature before the frame being filled
+    sig_before_frame = prev_sig  # signature before the frame being filled
 
     def emit(continues: bool) -> None:
         nonlocal size, has_frames, records, rsize, first, prev_mac, sig_before_frame

@@ -1,10 +1,10 @@
 """The data directory: its layout, ``init``, and the node identity.
 
-    <data-dir>/node.id          the node id (text)
-    <data-dir>/node.key         32 random bytes, mode 0600
-    <data-dir>/LOCK             the single-writer lock (fcntl)
-    <data-dir>/segments/*.seg   the log; *.idx and MANIFEST are derived
-    <data-dir>/state/           other node-local state (API keys, cursors)
+<data-dir>/node.id          the node id (text)
+<data-dir>/node.key         32 random bytes, mode 0600
+<data-dir>/LOCK             the single-writer lock (fcntl)
+<data-dir>/segments/*.seg   the log; *.idx, *.terms and *.lines are derived
+<data-dir>/state/           other node-local state (API keys, cursors)
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 def check_node_id(node: str) -> str:
     if not isinstance(node, str) or not NODE_ID_RE.fullmatch(node):
         raise ConfigError(
-            f"invalid node id {node!r}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit")
+            f"invalid node id {node!r}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit"
+        )
     return node
 
 
@@ -36,8 +37,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True, mode: int = 0o666,
-                 sync_dir: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, mode: int = 0o666, sync_dir: bool = False) -> None:
     """Write via a temp file and rename: a crash leaves the old or the new file, never half.
 
     ``mode`` applies from creation on (a secret is never readable by others,
@@ -46,14 +46,14 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True, mode: int = 0o66
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        os.unlink(tmp)   # a leftover would keep its own mode
+        os.unlink(tmp)  # a leftover would keep its own mode
     except FileNotFoundError:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
     finally:
@@ -90,10 +90,13 @@ class DataDir:
     def is_initialised(self) -> bool:
         return self.node_path.exists()
 
-    def init(self, node_id: str) -> "Node":
+    def init(self, node_id: str) -> Node:
         check_node_id(node_id)
-        if self.node_path.exists() or self.key_path.exists() or (
-                self.segments.exists() and any(self.segments.iterdir())):
+        if (
+            self.node_path.exists()
+            or self.key_path.exists()
+            or (self.segments.exists() and any(self.segments.iterdir()))
+        ):
             raise AlreadyInitialisedError(f"{self.root} is already initialised; refusing to touch it")
         self.root.mkdir(parents=True, exist_ok=True)
         self.segments.mkdir(exist_ok=True)
@@ -102,10 +105,11 @@ class DataDir:
         write_atomic(self.node_path, (node_id + "\n").encode(), sync_dir=True)
         return Node(node_id, key)
 
-    def open(self) -> "Node":
+    def open(self) -> Node:
         if not self.node_path.exists():
             raise NotInitialisedError(
-                f"{self.root} is not an auditlog data dir (run: auditlog --data-dir {self.root} init --node-id NAME)")
+                f"{self.root} is not an auditlog data dir (run: auditlog --data-dir {self.root} init --node-id NAME)"
+            )
         try:
             node_id = self.node_path.read_text().strip()
         except (OSError, UnicodeDecodeError) as e:

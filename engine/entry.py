@@ -37,10 +37,30 @@ pack_value = _pack
 #: damage sit before the entry of the same seq (``engine.items``)
 ENTRY_SUB = 100
 
+#: The entry's wire shape (SPEC section 3), declared once: the fields of its JSON
+#: object in this order, each the ``Entry`` attribute of that name (``id`` is
+#: ``node:seq``), converted by ``WIRE_CONVERSIONS`` where the wire differs from what
+#: is stored; ``violation`` (``WIRE_OPTIONAL``) follows only when set.  ``to_wire``,
+#: the NDJSON renderers (``export.ndjson`` builds its line makers from this), the CSV
+#: columns (``export.csv``) and the peers' compact rows (``query.cluster.peers``) all
+#: follow it.
 WIRE_FIELDS = (
-    "id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-    "user_agent", "success", "details", "signature", "integrity",
+    "id",
+    "node",
+    "seq",
+    "ts",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+    "integrity",
 )
+WIRE_OPTIONAL = "violation"
 
 
 class EntryDraft(NamedTuple):
@@ -80,12 +100,12 @@ def pack_draft(draft: EntryDraft) -> bytes:
     drafts).  ``details`` must already be canonical, as validated drafts are.
     Lets the costly packing run where validation runs (a worker process).
     """
-    return _pack(draft)[1:]   # drop the fixarray(8) header
+    return _pack(draft)[1:]  # drop the fixarray(8) header
 
 
 def record_from_canonical(node_len: int, canonical: bytes, signature: bytes) -> bytes:
     """Stored record bytes, reusing the canonical encoding (no second pack)."""
-    return _FIXARRAY_11 + canonical[1 + node_len:] + _BIN8_32 + signature
+    return _FIXARRAY_11 + canonical[1 + node_len :] + _BIN8_32 + signature
 
 
 def packed_len(node: str) -> int:
@@ -103,14 +123,41 @@ class Entry:
     """One entry as read back, with the integrity verdict of this read."""
 
     __slots__ = (
-        "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-        "user_agent", "success", "details", "signature", "integrity", "violation", "sub", "pos_seq",
+        "node",
+        "seq",
+        "ts",
+        "user",
+        "action",
+        "target",
+        "domain",
+        "ip",
+        "user_agent",
+        "success",
+        "details",
+        "signature",
+        "integrity",
+        "violation",
+        "sub",
+        "pos_seq",
     )
 
-    def __init__(self, node: str, seq: int, ts: int, user: str, action: str,
-                 target: str | None, domain: str | None, ip: str | None,
-                 user_agent: str | None, success: bool, details: dict,
-                 signature: bytes, integrity: str = "ok", violation: str | None = None):
+    def __init__(
+        self,
+        node: str,
+        seq: int,
+        ts: int,
+        user: str,
+        action: str,
+        target: str | None,
+        domain: str | None,
+        ip: str | None,
+        user_agent: str | None,
+        success: bool,
+        details: dict,
+        signature: bytes,
+        integrity: str = "ok",
+        violation: str | None = None,
+    ):
         self.node = node
         self.seq = seq
         self.ts = ts
@@ -130,19 +177,30 @@ class Entry:
         self.pos_seq = seq
 
     @classmethod
-    def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> "Entry":
+    def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> Entry:
         return cls(node, *rec, integrity)
 
     @classmethod
-    def from_records(cls, node: str, recs) -> list["Entry"]:
+    def from_records(cls, node: str, recs) -> list[Entry]:
         """Entries of verified records, built without a call per field (the scan hot path)."""
         new = object.__new__
         out = []
         append = out.append
         for r in recs:
             e = new(cls)
-            (e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-             e.details, e.signature) = r
+            (
+                e.seq,
+                e.ts,
+                e.user,
+                e.action,
+                e.target,
+                e.domain,
+                e.ip,
+                e.user_agent,
+                e.success,
+                e.details,
+                e.signature,
+            ) = r
             e.node = node
             e.integrity = "ok"
             e.violation = None
@@ -151,10 +209,24 @@ class Entry:
         return out
 
     @classmethod
-    def marker(cls, node: str, seq: int, ts: int, violation: str) -> "Entry":
+    def marker(cls, node: str, seq: int, ts: int, violation: str) -> Entry:
         """Stand-in for an undecodable range: ``seq`` is the first seq of the range."""
-        return cls(node, seq, ts, "", "audit.integrity_violation", None, None, None,
-                   None, False, {}, b"", "violation", violation)
+        return cls(
+            node,
+            seq,
+            ts,
+            "",
+            "audit.integrity_violation",
+            None,
+            None,
+            None,
+            None,
+            False,
+            {},
+            b"",
+            "violation",
+            violation,
+        )
 
     @property
     def id(self) -> str:
@@ -165,21 +237,12 @@ class Entry:
         """Where the entry sits in its node's log (``engine.items``): cursors continue after it."""
         return (self.seq, ENTRY_SUB) if self.sub == ENTRY_SUB else (self.pos_seq, self.sub)
 
-    @property
-    def sort_key(self) -> tuple[int, str, int]:
-        return (self.ts, self.node, self.seq)
-
     def to_wire(self) -> dict:
-        """The JSON shape of SPEC section 3 (ts as RFC 3339, signature as hex)."""
-        d = {
-            "id": self.id, "node": self.node, "seq": self.seq, "ts": format_ts(self.ts),
-            "user": self.user, "action": self.action, "target": self.target,
-            "domain": self.domain, "ip": self.ip, "user_agent": self.user_agent,
-            "success": self.success, "details": _plain(self.details),
-            "signature": self.signature.hex(), "integrity": self.integrity,
-        }
+        """The JSON shape of SPEC section 3 (``WIRE_FIELDS``: ts as RFC 3339, signature as hex)."""
+        convert = WIRE_CONVERSIONS
+        d = {f: convert[f](getattr(self, f)) if f in convert else getattr(self, f) for f in WIRE_FIELDS}
         if self.violation is not None:
-            d["violation"] = self.violation
+            d[WIRE_OPTIONAL] = self.violation
         return d
 
     def __repr__(self) -> str:
@@ -193,3 +256,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+#: stored value -> wire value, for the wire fields that are not sent as stored:
+#: ``ts`` (int microseconds) as RFC 3339 text, ``signature`` (32 bytes) as hex,
+#: ``details`` with arrays as lists
+WIRE_CONVERSIONS: dict[str, Any] = {"ts": format_ts, "signature": bytes.hex, "details": _plain}

@@ -49,7 +49,3 @@ class ConfigError(AuditLogError):
     """A configuration value or file is invalid."""
 
     http_status = 400
-
-
-class RetentionError(EngineError):
-    pass

@@ -88,16 +88,32 @@ def array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def build_frame(records: list[bytes], first_seq: int, min_ts: int, max_ts: int,
-                key: NodeKey, prev_mac: bytes, *, continues: bool = False,
-                version: int = CURRENT_VERSION) -> tuple[bytes, bytes]:
+def build_frame(
+    records: list[bytes],
+    first_seq: int,
+    min_ts: int,
+    max_ts: int,
+    key: NodeKey,
+    prev_mac: bytes,
+    *,
+    continues: bool = False,
+    version: int = CURRENT_VERSION,
+) -> tuple[bytes, bytes]:
     """Encode one frame from stored-record bytes; returns (frame bytes, its mac).
     ``continues``: more frames of the same commit follow (version 2 on)."""
     if continues and not _VALID_FLAGS[version] & FLAG_CONTINUES:
         raise ValueError(f"segment format {version} frames cannot say that a commit continues")
     payload = array_header(len(records)) + b"".join(records)
-    header = HEADER.pack(FRAME_MAGICS[version], len(payload), len(records),
-                         FLAG_CONTINUES if continues else 0, first_seq, min_ts, max_ts, _xxh64(payload))
+    header = HEADER.pack(
+        FRAME_MAGICS[version],
+        len(payload),
+        len(records),
+        FLAG_CONTINUES if continues else 0,
+        first_seq,
+        min_ts,
+        max_ts,
+        _xxh64(payload),
+    )
     mac = key.mac(prev_mac, header, payload)
     return header + payload + mac, mac
 
@@ -111,15 +127,17 @@ def parse_header(buf: bytes, version: int = CURRENT_VERSION) -> FrameHeader:
     if magic != FRAME_MAGICS[version]:
         raise FrameError("frame_corrupt", f"bad frame magic {bytes(magic)!r}")
     if plen == 0 or plen > HARD_MAX_PAYLOAD or count == 0 or count > plen or flags & ~_VALID_FLAGS[version]:
-        raise FrameError("frame_corrupt",
-                         f"implausible frame header (payload {plen} bytes, count {count}, flags {flags})")
+        raise FrameError(
+            "frame_corrupt", f"implausible frame header (payload {plen} bytes, count {count}, flags {flags})"
+        )
     if first_seq < 1 or min_ts > max_ts:
         raise FrameError("frame_corrupt", f"implausible frame header (first seq {first_seq}, ts {min_ts}..{max_ts})")
     return FrameHeader(plen, count, flags, first_seq, min_ts, max_ts, checksum)
 
 
-def check_frame(header_bytes: bytes, hdr: FrameHeader, payload: bytes, mac: bytes,
-                key: NodeKey, prev_mac: bytes) -> str | None:
+def check_frame(
+    header_bytes: bytes, hdr: FrameHeader, payload: bytes, mac: bytes, key: NodeKey, prev_mac: bytes
+) -> str | None:
     """Return None when the frame is intact, else the violation kind."""
     if _xxh64(payload) != hdr.checksum:
         return "checksum_mismatch"
@@ -133,11 +151,11 @@ def check_frame_at(data, off: int, version: int, key: NodeKey):
     ``version``: ``problem`` is None when its checksum and chained MAC (from the 32 bytes
     in front of it) verify, ``"truncated"`` when the data ends inside it.  FrameError:
     no frame header there."""
-    hbytes = data[off: off + HEADER_SIZE]
+    hbytes = data[off : off + HEADER_SIZE]
     hdr = parse_header(hbytes, version)
     end = off + HEADER_SIZE + hdr.payload_len
-    payload = data[off + HEADER_SIZE: end]
-    mac = data[end: end + MAC_SIZE]
+    payload = data[off + HEADER_SIZE : end]
+    mac = data[end : end + MAC_SIZE]
     if len(mac) != MAC_SIZE:
         return hdr, payload, mac, "truncated"
-    return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, key, data[off - MAC_SIZE: off])
+    return hdr, payload, mac, check_frame(hbytes, hdr, payload, mac, key, data[off - MAC_SIZE : off])

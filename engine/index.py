@@ -1,4 +1,4 @@
-"""Derived, rebuildable lookup data: the per-segment index and the manifest.
+"""Derived, rebuildable lookup data: the per-segment index.
 
 ``<seg>.idx`` holds, for one sealed segment, the sparse time index (one row
 per frame: offset, first seq, count, min ts, max ts) and the frames that did
@@ -6,10 +6,10 @@ not verify.  A damaged frame's row does not carry the times its (untrusted)
 header claims but the times its entries can have: from the largest verified
 time before it in the segment to the smallest one after it
 (``engine.items.TS_UNKNOWN_LO``/``HI`` where the segment has none on that
-side; the reader fills those from the neighbouring segments).  ``MANIFEST`` summarises every sealed segment (seq range, time
-range, size).  Term postings for selective queries are in ``engine.terms``.
+side; the reader fills those from the neighbouring segments).  Term postings
+for selective queries are in ``engine.terms``.
 
-Both are MAC'd with a key derived from the node key and bound to the segment's
+It is MAC'd with a key derived from the node key and bound to the segment's
 size and header MAC.  Anything missing, damaged or inconsistent is rebuilt from
 the ``.seg`` file and never trusted: the signed record stream is the truth.
 """
@@ -24,14 +24,11 @@ import msgpack
 
 from engine.chain import NodeKey
 from engine.items import TS_UNKNOWN_HI, TS_UNKNOWN_LO
-from engine.datadir import write_atomic
 
 INDEX_SUFFIX = ".idx"
-MANIFEST_NAME = "MANIFEST"
 # 3: damaged rows carry the times their entries can have (2: their headers' claims;
 # 1 also held term postings, now in engine.terms)
 INDEX_VERSION = 3
-MANIFEST_VERSION = 1
 _MAC = 32
 
 
@@ -157,16 +154,23 @@ class SegmentIndex:
     # -- persistence ---------------------------------------------------------
 
     def to_bytes(self, key: NodeKey) -> bytes:
-        body = msgpack.packb({
-            "v": INDEX_VERSION, "name": self.name, "header_mac": self.header_mac,
-            "size": self.size, "last_sig": self.last_sig, "last_mac": self.last_mac,
-            "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
-            "damaged": self.damaged,
-        }, use_bin_type=True)
+        body = msgpack.packb(
+            {
+                "v": INDEX_VERSION,
+                "name": self.name,
+                "header_mac": self.header_mac,
+                "size": self.size,
+                "last_sig": self.last_sig,
+                "last_mac": self.last_mac,
+                "frames": [[f.offset, f.first_seq, f.count, f.min_ts, f.max_ts] for f in self.frames],
+                "damaged": self.damaged,
+            },
+            use_bin_type=True,
+        )
         return body + key.mac(b"index", body)
 
     @classmethod
-    def from_bytes(cls, raw: bytes, key: NodeKey) -> "SegmentIndex | None":
+    def from_bytes(cls, raw: bytes, key: NodeKey) -> SegmentIndex | None:
         """Decode a stored index; None if it fails its MAC or does not parse."""
         if len(raw) < _MAC:
             return None
@@ -177,8 +181,7 @@ class SegmentIndex:
             d = msgpack.unpackb(body, raw=False, strict_map_key=False)
             if not isinstance(d, dict) or d.get("v") != INDEX_VERSION:
                 return None
-            idx = cls(d["name"], d["header_mac"], d["size"], last_sig=d["last_sig"],
-                      last_mac=d["last_mac"])
+            idx = cls(d["name"], d["header_mac"], d["size"], last_sig=d["last_sig"], last_mac=d["last_mac"])
             idx.frames = [FrameRow(*r) for r in d["frames"]]
             idx.damaged = {int(k): v for k, v in d.get("damaged", {}).items()}
             idx._recount()
@@ -187,48 +190,5 @@ class SegmentIndex:
             return None
 
 
-
-
 def index_path(seg_path: Path) -> Path:
     return seg_path.with_suffix(INDEX_SUFFIX)
-
-
-@dataclass
-class ManifestRow:
-    name: str
-    first_seq: int
-    last_seq: int
-    count: int
-    min_ts: int | None
-    max_ts: int | None
-    size: int
-    header_mac: bytes
-
-
-def manifest_row(idx: SegmentIndex, first_seq: int) -> ManifestRow:
-    return ManifestRow(idx.name, first_seq, idx.last_seq if idx.last_seq is not None else first_seq - 1,
-                       idx.count, idx.min_ts, idx.max_ts, idx.size, idx.header_mac)
-
-
-def save_manifest(seg_dir: Path, rows: list[ManifestRow], key: NodeKey) -> None:
-    body = msgpack.packb({"v": MANIFEST_VERSION, "segments": [
-        [r.name, r.first_seq, r.last_seq, r.count, r.min_ts, r.max_ts, r.size, r.header_mac]
-        for r in rows]}, use_bin_type=True)
-    write_atomic(seg_dir / MANIFEST_NAME, body + key.mac(b"manifest", body))
-
-
-def load_manifest(seg_dir: Path, key: NodeKey) -> dict[str, ManifestRow]:
-    """Rows by segment name; empty when the manifest is missing or untrustworthy."""
-    try:
-        raw = (seg_dir / MANIFEST_NAME).read_bytes()
-    except OSError:
-        return {}
-    if len(raw) < _MAC or key.mac(b"manifest", raw[:-_MAC]) != raw[-_MAC:]:
-        return {}
-    try:
-        d = msgpack.unpackb(raw[:-_MAC], raw=False)
-        if not isinstance(d, dict) or d.get("v") != MANIFEST_VERSION:
-            return {}
-        return {r[0]: ManifestRow(*r) for r in d["segments"]}
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
-        return {}

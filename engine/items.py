@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from engine.entry import ENTRY_SUB, Entry
+from engine.entry import Entry
 
 #: ``sub`` of a marker for a damaged frame
 FRAME_SUB = 50
@@ -52,11 +52,20 @@ class VerifiedFrame:
     holds its entries.  ``desc``: records come newest first.
     """
 
-    __slots__ = ("node", "path", "ordinal", "offset", "end", "mac", "payload", "desc", "_entries",
-                 "_records")
+    __slots__ = ("node", "path", "ordinal", "offset", "end", "mac", "payload", "desc", "_entries", "_records")
 
-    def __init__(self, node: str, path, ordinal: int, offset: int, end: int, mac: bytes,
-                 payload: bytes | None = None, desc: bool = False, entries: list[Entry] | None = None):
+    def __init__(
+        self,
+        node: str,
+        path,
+        ordinal: int,
+        offset: int,
+        end: int,
+        mac: bytes,
+        payload: bytes | None = None,
+        desc: bool = False,
+        entries: list[Entry] | None = None,
+    ):
         self.node = node
         self.path = path
         self.ordinal = ordinal
@@ -77,9 +86,22 @@ class VerifiedFrame:
         """The stored record tuples (``engine.entry.R_*``), in scan order."""
         if self._records is None:
             if self._entries is not None:
-                self._records = tuple((e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip,
-                                       e.user_agent, e.success, e.details, e.signature)
-                                      for e in self._entries)
+                self._records = tuple(
+                    (
+                        e.seq,
+                        e.ts,
+                        e.user,
+                        e.action,
+                        e.target,
+                        e.domain,
+                        e.ip,
+                        e.user_agent,
+                        e.success,
+                        e.details,
+                        e.signature,
+                    )
+                    for e in self._entries
+                )
             else:
                 recs = msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
                 self._records = recs[::-1] if self.desc else recs
@@ -99,8 +121,10 @@ class VerifiedFrame:
         return len(self._entries) if self._entries is not None else len(self.records())
 
     def __repr__(self) -> str:
-        return f"VerifiedFrame({self.node} {getattr(self.path, 'name', self.path)}@{self.offset}, " \
-               f"{'whole' if self.whole else f'{len(self._entries)} entries'})"
+        return (
+            f"VerifiedFrame({self.node} {getattr(self.path, 'name', self.path)}@{self.offset}, "
+            f"{'whole' if self.whole else f'{len(self._entries)} entries'})"
+        )
 
 
 @dataclass
@@ -139,7 +163,7 @@ class Damage:
         if self.seq_to is None:
             rng = f"from seq {self.seq_from}"
         elif self.seq_to < self.seq_from:
-            rng = f"before seq {self.seq_from}"   # a file that holds no seq of this log
+            rng = f"before seq {self.seq_from}"  # a file that holds no seq of this log
         else:
             rng = f"seq {self.seq_from}..{self.seq_to}"
         return f"{self.kind}: {rng} in {self.segment}: {self.detail}"
@@ -158,8 +182,9 @@ class Damage:
             ts = hi - 1
         return ts
 
-    def as_entries(self, lo: int | None = None, hi: int | None = None, last_ts: int | None = None,
-                   desc: bool = False) -> list[Entry]:
+    def as_entries(
+        self, lo: int | None = None, hi: int | None = None, last_ts: int | None = None, desc: bool = False
+    ) -> list[Entry]:
         """The entries a read of ``[lo, hi)`` returns for this stretch, in scan order:
         its flagged entries, or a marker.
 
@@ -185,8 +210,9 @@ class Damage:
         return out
 
 
-def salvage(node: str, records: Any, first_seq: int, count: int, ts_lo: int | None,
-            ts_hi: int | None, violation: str) -> list[Entry]:
+def salvage(
+    node: str, records: Any, first_seq: int, count: int, ts_lo: int | None, ts_hi: int | None, violation: str
+) -> list[Entry]:
     """Flagged, well-typed entries of a damaged frame's decoded ``records``.
 
     Seqs come from the frame's place in the log (``first_seq``..), not from the
@@ -223,9 +249,22 @@ def salvage(node: str, records: Any, first_seq: int, count: int, ts_lo: int | No
         sig = rec[10] if type(rec[10]) is bytes and len(rec[10]) == 32 else b""
         if not sig:
             notes.append("stored signature unusable")
-        e = Entry(node, seq, ts, _text(rec[2]) or "", _text(rec[3]) or "", _text(rec[4]), _text(rec[5]),
-                  _text(rec[6]), _text(rec[7]), rec[8] is True, _details(rec[9]), sig, "violation",
-                  violation + (f" ({'; '.join(notes)})" if notes else ""))
+        e = Entry(
+            node,
+            seq,
+            ts,
+            _text(rec[2]) or "",
+            _text(rec[3]) or "",
+            _text(rec[4]),
+            _text(rec[5]),
+            _text(rec[6]),
+            _text(rec[7]),
+            rec[8] is True,
+            _details(rec[9]),
+            sig,
+            "violation",
+            violation + (f" ({'; '.join(notes)})" if notes else ""),
+        )
         out.append(e)
     return out
 

@@ -19,8 +19,8 @@ damaged frames inside it that sit at its edges.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from engine.catalog import SegmentInfo
 from engine.items import Damage
@@ -42,13 +42,14 @@ class Slot:
     damage: list[Damage] = field(default_factory=list)
 
 
-def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo], bool],
-           writer_running: Callable[[], bool]) -> list[Slot | Damage]:
+def layout(
+    node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo], bool], writer_running: Callable[[], bool]
+) -> list[Slot | Damage]:
     """The items of the log in order (see the module docstring)."""
     items: list[Slot | Damage] = []
-    prev: SegmentInfo | None = None     # the last segment with a readable header
-    gap: list[Damage] = []               # header-less files since ``prev``
-    gap_named = False                    # one of them is named after the next expected seq
+    prev: SegmentInfo | None = None  # the last segment with a readable header
+    gap: list[Damage] = []  # header-less files since ``prev``
+    gap_named = False  # one of them is named after the next expected seq
     last = infos[-1] if infos else None
 
     for info in infos:
@@ -65,32 +66,72 @@ def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo]
         if info.problem is not None:
             p = info.problem
             slot.sound = False
-            slot.damage.append(Damage(node, p.kind, info.name, p.detail, h.first_seq,
-                                      max(info.last_seq, h.first_seq), None, None))
-        for d in gap:   # the unreadable files before this one stand for the seqs in between
-            d.seq_to = max(h.first_seq - 1, d.seq_from - 1)   # (an empty range: it holds none)
+            slot.damage.append(
+                Damage(node, p.kind, info.name, p.detail, h.first_seq, max(info.last_seq, h.first_seq), None, None)
+            )
+        for d in gap:  # the unreadable files before this one stand for the seqs in between
+            d.seq_to = max(h.first_seq - 1, d.seq_from - 1)  # (an empty range: it holds none)
         if prev is None:
             if h.first_seq != 1 and not gap_named and not anchored(info):
-                slot.damage.insert(0, Damage(
-                    node, "segment_missing", info.name,
-                    f"log starts at seq {h.first_seq} and no retention purge accounts for "
-                    f"seq 1..{h.first_seq - 1}", 1, h.first_seq - 1, None, None))
+                slot.damage.insert(
+                    0,
+                    Damage(
+                        node,
+                        "segment_missing",
+                        info.name,
+                        f"log starts at seq {h.first_seq} and no retention purge accounts for seq 1..{h.first_seq - 1}",
+                        1,
+                        h.first_seq - 1,
+                        None,
+                        None,
+                    ),
+                )
         elif h.first_seq > expected:
             if not gap_named:
-                slot.damage.insert(0, Damage(node, "segment_missing", info.name,
-                                             f"seq {expected}..{h.first_seq - 1} missing before this segment",
-                                             expected, h.first_seq - 1, None, None))
+                slot.damage.insert(
+                    0,
+                    Damage(
+                        node,
+                        "segment_missing",
+                        info.name,
+                        f"seq {expected}..{h.first_seq - 1} missing before this segment",
+                        expected,
+                        h.first_seq - 1,
+                        None,
+                        None,
+                    ),
+                )
         elif h.first_seq < expected:
             slot.sound = False
-            slot.damage.insert(0, Damage(node, "segment_duplicate", info.name,
-                                         f"segment starts at seq {h.first_seq}, but seq up to {expected - 1} "
-                                         "came before it", h.first_seq, min(expected - 1, max(info.last_seq, h.first_seq)),
-                                         None, None))
+            slot.damage.insert(
+                0,
+                Damage(
+                    node,
+                    "segment_duplicate",
+                    info.name,
+                    f"segment starts at seq {h.first_seq}, but seq up to {expected - 1} came before it",
+                    h.first_seq,
+                    min(expected - 1, max(info.last_seq, h.first_seq)),
+                    None,
+                    None,
+                ),
+            )
         elif prev.header is not None and (
-                (prev.last_mac and h.prev_mac != prev.last_mac) or (prev.last_sig and h.prev_sig != prev.last_sig)):
-            slot.damage.insert(0, Damage(node, "chain_broken", info.name,
-                                         f"segment header does not link to the end of {prev.name}",
-                                         h.first_seq, h.first_seq, None, None))
+            (prev.last_mac and h.prev_mac != prev.last_mac) or (prev.last_sig and h.prev_sig != prev.last_sig)
+        ):
+            slot.damage.insert(
+                0,
+                Damage(
+                    node,
+                    "chain_broken",
+                    info.name,
+                    f"segment header does not link to the end of {prev.name}",
+                    h.first_seq,
+                    h.first_seq,
+                    None,
+                    None,
+                ),
+            )
         gap, gap_named = [], False
         items.append(slot)
         if info.tail is not None and info.index is not None and slot.sound:
@@ -98,10 +139,19 @@ def layout(node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo]
             if info is not last:
                 items.append(Damage(node, "truncated", info.name, detail, info.last_seq + 1, None, None, None))
             elif not writer_running():
-                items.append(Damage(node, "torn_tail", info.name,
-                                    f"{detail}; no writer is running: the next writer start cuts it back "
-                                    "(unless it holds a whole frame) and records audit.recovery",
-                                    info.last_seq + 1, None, None, None))
+                items.append(
+                    Damage(
+                        node,
+                        "torn_tail",
+                        info.name,
+                        f"{detail}; no writer is running: the next writer start cuts it back "
+                        "(unless it holds a whole frame) and records audit.recovery",
+                        info.last_seq + 1,
+                        None,
+                        None,
+                        None,
+                    )
+                )
         prev = info
     _settle(node, items)
     return items
@@ -124,11 +174,19 @@ def _settle(node: str, items: list[Slot | Damage]) -> None:
     for it in items:
         if isinstance(it, Slot) and it.sound and it.info.first_seq < at_least:
             it.sound = False
-            it.damage.append(Damage(node, "segment_duplicate",
-                                    it.info.name, f"segment starts at seq {it.info.first_seq}, but the log "
-                                    f"has already reached seq {at_least - 1}", it.info.first_seq,
-                                    max(it.info.last_seq, it.info.first_seq), None, None))
-        for d in (it.damage if isinstance(it, Slot) else [it]):
+            it.damage.append(
+                Damage(
+                    node,
+                    "segment_duplicate",
+                    it.info.name,
+                    f"segment starts at seq {it.info.first_seq}, but the log has already reached seq {at_least - 1}",
+                    it.info.first_seq,
+                    max(it.info.last_seq, it.info.first_seq),
+                    None,
+                    None,
+                )
+            )
+        for d in it.damage if isinstance(it, Slot) else [it]:
             if (isinstance(it, Slot) and not it.sound) or d.seq_from < at_least:
                 d.pos_seq = at_least
             at_least = max(at_least, d.position[0])
@@ -159,7 +217,7 @@ def _settle(node: str, items: list[Slot | Damage]) -> None:
             it.ts_hi = after
     subs: dict[int, int] = {}
     for it in items:
-        for d in (it.damage if isinstance(it, Slot) else [it]):
+        for d in it.damage if isinstance(it, Slot) else [it]:
             at = d.position[0]
             d.sub = subs.get(at, 0)
             subs[at] = d.sub + 1
@@ -174,7 +232,7 @@ _OWN_KINDS = frozenset({"foreign_segment", "segment_misnamed", "segment_duplicat
 
 def _own_or_around(d: Damage, slot: Slot, before: int | None) -> None:
     idx = slot.info.index
-    d.sort_ts = before if before is not None else _EARLIEST   # after what came before it
+    d.sort_ts = before if before is not None else _EARLIEST  # after what came before it
     if d.kind in _OWN_KINDS and idx.verified_hi is not None:
         d.ts_lo, d.ts_hi = idx.verified_lo, idx.verified_hi
     else:

@@ -34,9 +34,9 @@ import sys
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
-from typing import Callable
 
 from engine.chain import NodeKey
 from engine.entry import R_TS
@@ -49,8 +49,8 @@ MAX_TAG = 255
 #: bytes read at a time from a line file (a block or more), and how many files' reads are kept
 READ_AHEAD = 256 * 1024
 WINDOWS = 8
-_FILE_HEADER = struct.Struct("<4sBB")       # magic, version, tag length; then the tag
-_BLOCK = struct.Struct("<QQII")             # frame offset, frame end, count, lines length
+_FILE_HEADER = struct.Struct("<4sBB")  # magic, version, tag length; then the tag
+_BLOCK = struct.Struct("<QQII")  # frame offset, frame end, count, lines length
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -71,7 +71,7 @@ class RenderedFrame:
         self.blob = blob
 
     @classmethod
-    def of_lines(cls, ts: list[int], lines: list[bytes]) -> "RenderedFrame":
+    def of_lines(cls, ts: list[int], lines: list[bytes]) -> RenderedFrame:
         return cls(ts, array(LEN_CODE, map(len, lines)), b"".join(lines))
 
     @property
@@ -81,7 +81,7 @@ class RenderedFrame:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def reversed(self) -> "RenderedFrame":
+    def reversed(self) -> RenderedFrame:
         return RenderedFrame.of_lines(self.ts[::-1], self.lines[::-1])
 
 
@@ -98,7 +98,7 @@ def line_marks(lens) -> list[int]:
 
 def cut_lines(blob: bytes, marks: list[int], p: int = 0, j: int | None = None) -> list[bytes]:
     """Lines ``p`` to ``j - 1`` (all by default) of ``blob``, one bytes object each."""
-    bounds = [m + 1 for m in marks[p:None if j is None else j + 1]]   # line starts, then the end
+    bounds = [m + 1 for m in marks[p : None if j is None else j + 1]]  # line starts, then the end
     return list(map(blob.__getitem__, map(slice, bounds[:-1], bounds[1:])))
 
 
@@ -132,10 +132,10 @@ class _LineFile:
         self.path = path
         #: frame offset -> (file position, frame end, count, lines length)
         self.blocks: dict[int, tuple[int, int, int, int]] = {}
-        self.walked = 0            # file position up to which blocks were read
-        self.next_frame: int | None = None   # the frame after the last block
-        self.usable = True         # False: a foreign header (another renderer or version)
-        self.cut = False           # True once this process cut the file to ``walked``
+        self.walked = 0  # file position up to which blocks were read
+        self.next_frame: int | None = None  # the frame after the last block
+        self.usable = True  # False: a foreign header (another renderer or version)
+        self.cut = False  # True once this process cut the file to ``walked``
 
     def reset(self) -> None:
         """Forget the file (it is gone): it is started afresh from the first frame."""
@@ -152,8 +152,7 @@ class LineFiles:
     (only the process that holds the writer lock does).
     """
 
-    def __init__(self, key: NodeKey, tag: str, render: Callable[[tuple], list[bytes]], *,
-                 keep: bool):
+    def __init__(self, key: NodeKey, tag: str, render: Callable[[tuple], list[bytes]], *, keep: bool):
         tag_bytes = tag.encode("utf-8")
         if not tag_bytes or len(tag_bytes) > MAX_TAG:
             raise ValueError("a line file tag is 1 to 255 bytes")
@@ -172,8 +171,9 @@ class LineFiles:
 
     # -- the read path ----------------------------------------------------------
 
-    def frame(self, seg_path: Path, index: int, offset: int, end: int, frame_mac: bytes,
-              records: Callable[[], tuple]) -> RenderedFrame:
+    def frame(
+        self, seg_path: Path, index: int, offset: int, end: int, frame_mac: bytes, records: Callable[[], tuple]
+    ) -> RenderedFrame:
         """The lines of a frame that verified: from the line file when a block
         for it checks out, else rendered from ``records()`` (and kept)."""
         got = self._lookup(seg_path, offset, frame_mac)
@@ -219,26 +219,30 @@ class LineFiles:
         if view is None:
             return None
         if len(view) != size or not hmac.compare_digest(
-                self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]), view[-MAC_SIZE:]):
+            self._key.mac(self._tag, frame_mac, view[:-MAC_SIZE]), view[-MAC_SIZE:]
+        ):
             self._reject(lf, offset)
             return None
         t_end = _BLOCK.size + 8 * count
         l_end = t_end + 4 * count
         # the MAC vouches for the block as kept: lengths that add up to the lines
-        return RenderedFrame(le_array(TS_CODE, view[_BLOCK.size:t_end]).tolist(),
-                             le_array(LEN_CODE, view[t_end:l_end]), bytes(view[l_end:size - MAC_SIZE]))
+        return RenderedFrame(
+            le_array(TS_CODE, view[_BLOCK.size : t_end]).tolist(),
+            le_array(LEN_CODE, view[t_end:l_end]),
+            bytes(view[l_end : size - MAC_SIZE]),
+        )
 
     def _read(self, lf: _LineFile, pos: int, size: int) -> memoryview | None:
         """``size`` bytes of the file at ``pos`` (fewer at its end), through a window read
         ahead: the blocks of small frames are read many at a time, not one call each."""
         win = self._windows.get(lf.path.name)
         if win is not None and win[0] <= pos and pos + size <= win[0] + len(win[1]):
-            return memoryview(win[1])[pos - win[0]:pos - win[0] + size]
+            return memoryview(win[1])[pos - win[0] : pos - win[0] + size]
         try:
             fd = os.open(lf.path, os.O_RDONLY)
         except FileNotFoundError:
             with self._lock:
-                lf.reset()       # deleted under us: kept again from the first frame
+                lf.reset()  # deleted under us: kept again from the first frame
                 self._forget_window(lf)
             return None
         except OSError:
@@ -289,7 +293,7 @@ class LineFiles:
                 if lf.walked == 0:
                     head = f.read(len(self._header))
                     if len(head) < len(self._header):
-                        return          # empty or torn header: nothing to use yet
+                        return  # empty or torn header: nothing to use yet
                     if head != self._header:
                         lf.usable = False
                         return
@@ -299,8 +303,12 @@ class LineFiles:
                     f.seek(pos)
                     off, fend, count, nbytes = _BLOCK.unpack(f.read(_BLOCK.size))
                     total = _BLOCK.size + 12 * count + nbytes + MAC_SIZE
-                    if pos + total > size or count == 0 or fend <= off or (
-                            lf.next_frame is not None and off != lf.next_frame):
+                    if (
+                        pos + total > size
+                        or count == 0
+                        or fend <= off
+                        or (lf.next_frame is not None and off != lf.next_frame)
+                    ):
                         break
                     lf.blocks[off] = (pos, fend, count, nbytes)
                     lf.next_frame = fend
@@ -314,12 +322,12 @@ class LineFiles:
 
     # -- keeping lines ----------------------------------------------------------
 
-    def _append(self, seg_path: Path, index: int, offset: int, end: int, frame_mac: bytes,
-                rendered: RenderedFrame) -> None:
+    def _append(
+        self, seg_path: Path, index: int, offset: int, end: int, frame_mac: bytes, rendered: RenderedFrame
+    ) -> None:
         ts, lens, blob = rendered.ts, rendered.lens, rendered.blob
         # kept only if the lengths cut the blob at its only line breaks (LF, and no CR)
-        if blob.count(b"\n") != len(lens) or b"\r" in blob or not all(
-                blob[e - 1] == 10 for e in accumulate(lens)):
+        if blob.count(b"\n") != len(lens) or b"\r" in blob or not all(blob[e - 1] == 10 for e in accumulate(lens)):
             return
         lf = self._file(seg_path)
         with self._lock:
@@ -342,17 +350,23 @@ class LineFiles:
                     lf.blocks.clear()
                     lf.walked, lf.next_frame, lf.usable, lf.cut = len(self._header), None, True, True
                 elif not lf.cut:
-                    os.ftruncate(fd, lf.walked)      # a torn block from an earlier crash
+                    os.ftruncate(fd, lf.walked)  # a torn block from an earlier crash
                     lf.cut = True
-                body = b"".join((_BLOCK.pack(offset, end, len(lens), len(blob)),
-                                 le_bytes(TS_CODE, ts), le_bytes(LEN_CODE, lens), blob))
+                body = b"".join(
+                    (
+                        _BLOCK.pack(offset, end, len(lens), len(blob)),
+                        le_bytes(TS_CODE, ts),
+                        le_bytes(LEN_CODE, lens),
+                        blob,
+                    )
+                )
                 mac = self._key.mac(self._tag, frame_mac, body)
                 os.pwrite(fd, body + mac, lf.walked)
                 lf.blocks[offset] = (lf.walked, end, len(lens), len(blob))
                 lf.walked += len(body) + MAC_SIZE
                 lf.next_frame = end
             except OSError:
-                lf.usable = False     # e.g. disk full: reads go on rendering
+                lf.usable = False  # e.g. disk full: reads go on rendering
             finally:
                 os.close(fd)
 
@@ -361,7 +375,7 @@ class LineFiles:
         with self._lock:
             for name in [n for n in self._files if n not in keep_names]:
                 del self._files[name]
-            for name in [n for n in self._windows if n[:-len(LINES_SUFFIX)] + ".seg" not in keep_names]:
+            for name in [n for n in self._windows if n[: -len(LINES_SUFFIX)] + ".seg" not in keep_names]:
                 del self._windows[name]
 
     def __repr__(self) -> str:

@@ -25,8 +25,8 @@ appends.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Callable, Iterator
 
 import msgpack
 
@@ -98,6 +98,7 @@ class NodeLog:
         if self.catalog.live_active is not None:
             return True
         from engine.writer import WriterLock
+
         return WriterLock.is_held(self.data_dir.lock_path)
 
     def _anchored(self, infos: list[SegmentInfo], head: SegmentInfo) -> bool:
@@ -114,8 +115,7 @@ class NodeLog:
             if e is not None and self._anchors(e, head):
                 return True
         want = head.first_seq - 1
-        for e in self.scan(terms={"action": frozenset(["audit.retention_purge"])}, check_structure=False,
-                           infos=infos):
+        for e in self.scan(terms={"action": frozenset(["audit.retention_purge"])}, check_structure=False, infos=infos):
             if self._anchors(e, head):
                 self._anchor = (key, e.seq)
                 return True
@@ -125,22 +125,38 @@ class NodeLog:
     @staticmethod
     def _anchors(e: Entry, head: SegmentInfo) -> bool:
         # only the node's own, intact purge entries count (clients cannot write audit.*)
-        if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" \
-                or not isinstance(e.details, dict):
+        if (
+            e.integrity != "ok"
+            or e.action != "audit.retention_purge"
+            or e.user != "system"
+            or not isinstance(e.details, dict)
+        ):
             return False
         for row in e.details.get("segments", ()):
             # [name, first_seq, last_seq, last_signature hex]
-            if isinstance(row, (list, tuple)) and len(row) == 4 and row[2] == head.first_seq - 1 \
-                    and row[3] == head.header.prev_sig.hex():
+            if (
+                isinstance(row, (list, tuple))
+                and len(row) == 4
+                and row[2] == head.first_seq - 1
+                and row[3] == head.header.prev_sig.hex()
+            ):
                 return True
         return False
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, from_us: int | None = None, to_us: int | None = None, *,
-             terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
-             after: tuple[int, int] | None = None, predicate: Callable[[Entry], bool] | None = None,
-             check_structure: bool = True, infos: list[SegmentInfo] | None = None) -> Iterator[Item]:
+    def read(
+        self,
+        from_us: int | None = None,
+        to_us: int | None = None,
+        *,
+        terms: dict[str, frozenset[str]] | None = None,
+        order: str = "asc",
+        after: tuple[int, int] | None = None,
+        predicate: Callable[[Entry], bool] | None = None,
+        check_structure: bool = True,
+        infos: list[SegmentInfo] | None = None,
+    ) -> Iterator[Item]:
         """Verified frames and damage for entries with ``from_us <= ts < to_us``, in log
         order (``order="desc"``: reversed).
 
@@ -162,13 +178,16 @@ class NodeLog:
         if after is None:
             pos_ok = None
         elif desc:
+
             def pos_ok(p, _a=after):
                 return p < _a
         else:
+
             def pos_ok(p, _a=after):
                 return p > _a
+
         active = infos[-1] if infos else None
-        for it in (reversed(items) if desc else items):
+        for it in reversed(items) if desc else items:
             if type(it) is Damage:
                 if it.overlaps(lo, hi) and (pos_ok is None or pos_ok(it.position)):
                     yield it
@@ -177,24 +196,41 @@ class NodeLog:
             if marks and not desc:
                 yield from marks
             if it.sound and self._may_hold(it, lo, hi, after, desc):
-                yield from self._read_slot(it, lo, hi, terms, desc, after, pos_ok, predicate,
-                                           sealed=it.info is not active)
+                yield from self._read_slot(
+                    it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=it.info is not active
+                )
             if marks and desc:
                 yield from reversed(marks)
 
-    def scan(self, from_us: int | None = None, to_us: int | None = None, *,
-             terms: dict[str, frozenset[str]] | None = None, order: str = "asc",
-             after_seq: int | None = None, after: tuple[int, int] | None = None,
-             predicate: Callable[[Entry], bool] | None = None,
-             check_structure: bool = True, infos: list[SegmentInfo] | None = None) -> Iterator[Entry]:
+    def scan(
+        self,
+        from_us: int | None = None,
+        to_us: int | None = None,
+        *,
+        terms: dict[str, frozenset[str]] | None = None,
+        order: str = "asc",
+        after_seq: int | None = None,
+        after: tuple[int, int] | None = None,
+        predicate: Callable[[Entry], bool] | None = None,
+        check_structure: bool = True,
+        infos: list[SegmentInfo] | None = None,
+    ) -> Iterator[Entry]:
         """:meth:`read` as entries: verified ones, flagged ones and markers, in order.
 
         ``after_seq`` is ``after=(after_seq, ENTRY_SUB)``: strictly after that entry.
         """
         if after is None and after_seq is not None:
             after = (after_seq, ENTRY_SUB)
-        items = self.read(from_us, to_us, terms=terms, order=order, after=after, predicate=predicate,
-                          check_structure=check_structure, infos=infos)
+        items = self.read(
+            from_us,
+            to_us,
+            terms=terms,
+            order=order,
+            after=after,
+            predicate=predicate,
+            check_structure=check_structure,
+            infos=infos,
+        )
         return chain.from_iterable(entry_batches(items, from_us, to_us, order == "desc"))
 
     @staticmethod
@@ -211,8 +247,9 @@ class NodeLog:
             return (info.first_seq, ENTRY_SUB) < after if desc else (info.last_seq, ENTRY_SUB) > after
         return True
 
-    def _read_slot(self, slot: Slot, lo: int, hi: int, terms, desc: bool, after, pos_ok, predicate,
-                   sealed: bool) -> Iterator[Item]:
+    def _read_slot(
+        self, slot: Slot, lo: int, hi: int, terms, desc: bool, after, pos_ok, predicate, sealed: bool
+    ) -> Iterator[Item]:
         info, idx = slot.info, slot.info.index
         frames = idx.frames
         nframes = len(frames)
@@ -235,20 +272,23 @@ class NodeLog:
                 if found is not None:
                     hits, suspect = found
                     if isinstance(hits, list):
-                        yield from self._read_hits(slot, data, hits, suspect, start, stop, lo, hi, desc,
-                                                   pos_ok, predicate)
+                        yield from self._read_hits(
+                            slot, data, hits, suspect, start, stop, lo, hi, desc, pos_ok, predicate
+                        )
                         return
                     # many hits: read whole frames, fewer of them
                     wanted = hits | suspect | set(idx.damaged)
                     order = [o for o in range(start, stop) if o in wanted]
-                    yield from self._read_frames(slot, data, order[::-1] if desc else order, lo, hi, desc,
-                                                 after, pos_ok, predicate)
+                    yield from self._read_frames(
+                        slot, data, order[::-1] if desc else order, lo, hi, desc, after, pos_ok, predicate
+                    )
                     return
             order = range(stop - 1, start - 1, -1) if desc else range(start, stop)
             yield from self._read_frames(slot, data, order, lo, hi, desc, after, pos_ok, predicate)
 
-    def _read_frames(self, slot: Slot, data, ordinals, lo: int, hi: int, desc: bool, after, pos_ok,
-                     predicate) -> Iterator[Item]:
+    def _read_frames(
+        self, slot: Slot, data, ordinals, lo: int, hi: int, desc: bool, after, pos_ok, predicate
+    ) -> Iterator[Item]:
         idx = slot.info.index
         frames = idx.frames
         damaged = idx.damaged
@@ -272,16 +312,22 @@ class NodeLog:
                 if d is not None:
                     yield d
                 continue
-            whole = lo <= row.min_ts and row.max_ts < hi and predicate is None and (
-                after is None or ((last, ENTRY_SUB) < after if desc else (row.first_seq, ENTRY_SUB) > after))
+            whole = (
+                lo <= row.min_ts
+                and row.max_ts < hi
+                and predicate is None
+                and (after is None or ((last, ENTRY_SUB) < after if desc else (row.first_seq, ENTRY_SUB) > after))
+            )
             if whole:
                 yield got
                 continue
-            keep = [e for e in got.entries() if lo <= e.ts < hi and (pos_ok is None or pos_ok(e.position))
-                    and (predicate is None or predicate(e))]
+            keep = [
+                e
+                for e in got.entries()
+                if lo <= e.ts < hi and (pos_ok is None or pos_ok(e.position)) and (predicate is None or predicate(e))
+            ]
             if keep:
-                yield VerifiedFrame(self.node, got.path, o, got.offset, got.end, got.mac, desc=desc,
-                                    entries=keep)
+                yield VerifiedFrame(self.node, got.path, o, got.offset, got.end, got.mac, desc=desc, entries=keep)
 
     def _verified_frame(self, slot: Slot, data, o: int, row: FrameRow, desc: bool) -> VerifiedFrame | Damage:
         """The frame at row ``o``, checked now: verified, or what is wrong with it."""
@@ -297,13 +343,30 @@ class NodeLog:
             d = self._damage(slot, o, row, problem, f"frame at offset {off}: {problem.replace('_', ' ')}")
             d.entries = self._salvage(payload, d, problem, info.name, off)
             return d
-        return VerifiedFrame(self.node, info.path, o, off, off + HEADER_SIZE + hdr.payload_len + MAC_SIZE,
-                             bytes(mac), bytes(payload), desc)
+        return VerifiedFrame(
+            self.node,
+            info.path,
+            o,
+            off,
+            off + HEADER_SIZE + hdr.payload_len + MAC_SIZE,
+            bytes(mac),
+            bytes(payload),
+            desc,
+        )
 
     def _damage(self, slot: Slot, o: int, row: FrameRow, kind: str, detail: str) -> Damage:
         lo, hi = self._coverage(slot, row)
-        return Damage(self.node, kind, slot.info.name, detail, row.first_seq,
-                      row.first_seq + row.count - 1 if row.count else None, lo, hi, FRAME_SUB)
+        return Damage(
+            self.node,
+            kind,
+            slot.info.name,
+            detail,
+            row.first_seq,
+            row.first_seq + row.count - 1 if row.count else None,
+            lo,
+            hi,
+            FRAME_SUB,
+        )
 
     @staticmethod
     def _coverage(slot: Slot, row: FrameRow) -> tuple[int | None, int | None]:
@@ -354,6 +417,7 @@ class NodeLog:
 
     def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
         from engine.entry import canonical_bytes
+
         try:
             return self.sign(prev_sig, canonical_bytes(self.node, r[0], r[1], r[2:10])) == r[R_SIG]
         except (TypeError, ValueError, OverflowError):
@@ -366,8 +430,20 @@ class NodeLog:
         (``engine.postings``); returns how many were built."""
         return self.postings.build_missing(self.segment_infos()[:-1], limit)
 
-    def _read_hits(self, slot: Slot, data, hits: list, suspect: set[int], start: int, stop: int,
-                   lo: int, hi: int, desc: bool, pos_ok, predicate) -> Iterator[Item]:
+    def _read_hits(
+        self,
+        slot: Slot,
+        data,
+        hits: list,
+        suspect: set[int],
+        start: int,
+        stop: int,
+        lo: int,
+        hi: int,
+        desc: bool,
+        pos_ok,
+        predicate,
+    ) -> Iterator[Item]:
         """Records found through postings, each checked against its chained signature;
         frames the postings cannot speak for (damaged) visited whole."""
         info, idx = slot.info, slot.info.index
@@ -417,25 +493,30 @@ class NodeLog:
         """One record read through a posting, checked against its chained signature."""
         row = info.index.frames[o]
         try:
-            hdr = parse_header(data[row.offset: row.offset + HEADER_SIZE], info.version)
+            hdr = parse_header(data[row.offset : row.offset + HEADER_SIZE], info.version)
             end = row.offset + HEADER_SIZE + hdr.payload_len
             if not row.offset + HEADER_SIZE < off < end:
                 return None
             up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-            up.feed(data[off: min(end, off + MAX_RECORD_PEEK)])
+            up.feed(data[off : min(end, off + MAX_RECORD_PEEK)])
             rec = up.unpack()
             n = up.tell()
-            if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq
-                    and type(rec[R_SIG]) is bytes):
+            if not (
+                isinstance(rec, tuple)
+                and len(rec) == 11
+                and type(rec[0]) is int
+                and rec[0] == seq
+                and type(rec[R_SIG]) is bytes
+            ):
                 return None
-            raw = data[off: off + n]
+            raw = data[off : off + n]
         except (FrameError, ValueError, TypeError, msgpack.UnpackException):
             return None
         if seq == row.first_seq:
-            prev = info.header.prev_sig if o == 0 else data[row.offset - 2 * MAC_SIZE: row.offset - MAC_SIZE]
+            prev = info.header.prev_sig if o == 0 else data[row.offset - 2 * MAC_SIZE : row.offset - MAC_SIZE]
         else:
-            prev = data[off - MAC_SIZE: off]
-        if self.sign(prev, self._canon_prefix + raw[1: n - 34]) != rec[R_SIG]:
+            prev = data[off - MAC_SIZE : off]
+        if self.sign(prev, self._canon_prefix + raw[1 : n - 34]) != rec[R_SIG]:
             return None
         return Entry(self.node, *rec)
 
@@ -470,8 +551,9 @@ def _keep(d: Damage, lo: int, hi: int, pos_ok, desc: bool) -> Damage | None:
     return d if pos_ok is None or pos_ok(d.position) else None
 
 
-def entry_batches(items, from_us: int | None = None, to_us: int | None = None,
-                  desc: bool = False) -> Iterator[list[Entry]]:
+def entry_batches(
+    items, from_us: int | None = None, to_us: int | None = None, desc: bool = False
+) -> Iterator[list[Entry]]:
     """The entries of :meth:`NodeLog.read` items, a list per item (damage placed in
     the read's window and in time order: ``Damage.as_entries``)."""
     last = None

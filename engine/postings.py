@@ -54,8 +54,7 @@ class Postings:
             return {info.index.frame_of_seq(first + so) for so, _ in found}, suspect
         return [(first + so, off) for so, off in found], suspect
 
-    def _for(self, info: SegmentInfo, data, nframes: int, sealed: bool,
-                   fields=()) -> TermIndex | None:
+    def _for(self, info: SegmentInfo, data, nframes: int, sealed: bool, fields=()) -> TermIndex | None:
         """Postings of a segment covering its first ``nframes`` frames.
 
         Sealed segments are kept in memory as lean copies holding only the
@@ -65,8 +64,11 @@ class Postings:
         """
         with self._lock:
             ti = self._cache.get(info.name)
-            if ti is not None and (ti.header_mac != info.header.mac or ti.frames > nframes
-                                   or (sealed and not all(ti.has(f) for f in fields))):
+            if ti is not None and (
+                ti.header_mac != info.header.mac
+                or ti.frames > nframes
+                or (sealed and not all(ti.has(f) for f in fields))
+            ):
                 ti = None
             if ti is not None and ti.frames == nframes:
                 self._cache.move_to_end(info.name)
@@ -81,11 +83,14 @@ class Postings:
                     try:
                         write_atomic(terms_path(info.path), ti.to_bytes(self._index_key, ti.size), sync=False)
                     except OSError:
-                        pass   # derived data: rebuilt next time
+                        pass  # derived data: rebuilt next time
             if sealed:
                 cached = self._cache.get(info.name)
-                keep = set(fields) | ({f for f in TERM_FIELDS if cached.has(f)} if cached is not None
-                                      and cached.header_mac == ti.header_mac else set())
+                keep = set(fields) | (
+                    {f for f in TERM_FIELDS if cached.has(f)}
+                    if cached is not None and cached.header_mac == ti.header_mac
+                    else set()
+                )
                 ti = ti.lean(keep)
             self._cache[info.name] = ti
             self._cache.move_to_end(info.name)
@@ -110,7 +115,7 @@ class Postings:
                 with SegmentData(info.path) as sd:
                     self._for(info, sd.data, len(info.index.frames), True)
             except FileNotFoundError:
-                continue   # dropped by retention meanwhile
+                continue  # dropped by retention meanwhile
             built += 1
         return built
 
@@ -120,8 +125,13 @@ class Postings:
         except OSError:
             return None
         ti = TermIndex.from_bytes(raw, self._index_key)
-        if ti is None or ti.name != info.name or ti.header_mac != info.header.mac \
-                or ti.frames != len(info.index.frames) or ti.size != info.index.size:
+        if (
+            ti is None
+            or ti.name != info.name
+            or ti.header_mac != info.header.mac
+            or ti.frames != len(info.index.frames)
+            or ti.size != info.index.size
+        ):
             return None
         return ti
 

@@ -37,10 +37,16 @@ import xxhash
 from engine.catalog import SegmentInfo, index_segment
 from engine.chain import NodeKey
 from engine.datadir import DataDir, fsync_dir
-from engine.frame import FRAME_MAGICS, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError, check_frame, \
-    parse_header
-from engine.segment import (MAX_HEADER, SegmentData, SegmentHeaderError, list_segments, parse_segment_header,
-                            segment_name, seq_from_name)
+from engine.frame import FRAME_MAGICS, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError, check_frame, parse_header
+from engine.segment import (
+    MAX_HEADER,
+    SegmentData,
+    SegmentHeaderError,
+    list_segments,
+    parse_segment_header,
+    segment_name,
+    seq_from_name,
+)
 
 QUARANTINE = "quarantine"
 
@@ -64,12 +70,12 @@ def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> Ke
     write is a prefix of what was written, or zeros or stale blocks: neither
     has a payload that matches a checksum.
     """
-    found: list[tuple[int, bytes, str]] = []      # (offset, payload, how)
+    found: list[tuple[int, bytes, str]] = []  # (offset, payload, how)
     size = end - start
     if size >= OVERHEAD:
         # the first header with any of its fields damaged, the frame ending at the end
         checksum = HEADER.unpack_from(data, start)[7]
-        payload = data[start + HEADER_SIZE: end - MAC_SIZE]
+        payload = data[start + HEADER_SIZE : end - MAC_SIZE]
         if xxhash.xxh64_intdigest(payload) == checksum:
             found.append((start, payload, "its payload matches its checksum"))
     magic = FRAME_MAGICS[version]
@@ -82,15 +88,24 @@ def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> Ke
             (_, plen, _, _, _, _, _, checksum) = HEADER.unpack_from(data, i)
             fend = i + OVERHEAD + plen
             if 0 < plen and fend <= end:
-                payload = data[i + HEADER_SIZE: fend - MAC_SIZE]
+                payload = data[i + HEADER_SIZE : fend - MAC_SIZE]
                 if xxhash.xxh64_intdigest(payload) == checksum:
                     found.append((i, payload, "its payload matches its checksum"))
                 else:
                     try:
-                        hdr = parse_header(data[i: i + HEADER_SIZE], version)
-                        if i >= MAC_SIZE and check_frame(data[i: i + HEADER_SIZE], hdr, payload,
-                                                         data[fend - MAC_SIZE: fend], key,
-                                                         data[i - MAC_SIZE: i]) is None:
+                        hdr = parse_header(data[i : i + HEADER_SIZE], version)
+                        if (
+                            i >= MAC_SIZE
+                            and check_frame(
+                                data[i : i + HEADER_SIZE],
+                                hdr,
+                                payload,
+                                data[fend - MAC_SIZE : fend],
+                                key,
+                                data[i - MAC_SIZE : i],
+                            )
+                            is None
+                        ):
                             found.append((i, payload, "its MAC verifies"))
                     except FrameError:
                         pass
@@ -98,8 +113,7 @@ def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> Ke
     if not found:
         return None
     off, _, how = found[0]
-    return KeptTail(f"a whole frame at offset {off} ({how})",
-                    sum(_record_count(p) for _, p, _ in found))
+    return KeptTail(f"a whole frame at offset {off} ({how})", sum(_record_count(p) for _, p, _ in found))
 
 
 def _record_count(payload) -> int:
@@ -131,7 +145,7 @@ def interrupted_commit(infos: list[SegmentInfo]) -> InterruptedCommit | None:
         if not info.usable or info.tail is not None or info.index.damaged:
             return None
         if info.version < 2:
-            return None   # format 1 frames do not say where a commit ends
+            return None  # format 1 frames do not say where a commit ends
         frames = info.index.frames
         if not frames:
             later.append(info.path)
@@ -141,7 +155,7 @@ def interrupted_commit(infos: list[SegmentInfo]) -> InterruptedCommit | None:
             return None
         if seq_to is None:
             if not flags[-1]:
-                return None   # the log ends where a commit ends
+                return None  # the log ends where a commit ends
             seq_to = info.last_seq
         # walk back to the first frame of the commit: the one after a frame that ends one
         o = len(frames) - 1
@@ -149,7 +163,7 @@ def interrupted_commit(infos: list[SegmentInfo]) -> InterruptedCommit | None:
             o -= 1
         if o > 0 or not _previous_continues(infos, info):
             return InterruptedCommit(info.path, frames[o].offset, later[::-1], frames[o].first_seq, seq_to)
-        later.append(info.path)   # the commit began in an earlier segment
+        later.append(info.path)  # the commit began in an earlier segment
     return None
 
 
@@ -191,13 +205,17 @@ def cut_back(commit: InterruptedCommit) -> dict:
         os.fsync(f.fileno())
     for suffix in (".idx", ".terms", ".lines"):
         try:
-            os.unlink(commit.segment.with_suffix(suffix))   # they describe the frames cut
+            os.unlink(commit.segment.with_suffix(suffix))  # they describe the frames cut
         except FileNotFoundError:
             pass
     fsync_dir(commit.segment.parent)
-    return {"segment": commit.segment.name, "cut_offset": commit.offset,
-            "cut_bytes": size - commit.offset, "removed_segments": removed[::-1],
-            "seqs": [commit.seq_from, commit.seq_to]}
+    return {
+        "segment": commit.segment.name,
+        "cut_offset": commit.offset,
+        "cut_bytes": size - commit.offset,
+        "removed_segments": removed[::-1],
+        "seqs": [commit.seq_from, commit.seq_to],
+    }
 
 
 def drop_segment_files(path: Path) -> None:
@@ -227,11 +245,21 @@ def verified_claims(path: Path, key: NodeKey, node: str) -> int:
                 i = data.find(magic, start)
                 while i >= 0:
                     try:
-                        hdr = parse_header(data[i: i + HEADER_SIZE], v)
+                        hdr = parse_header(data[i : i + HEADER_SIZE], v)
                         fend = i + OVERHEAD + hdr.payload_len
-                        if i >= MAC_SIZE and fend <= len(data) and check_frame(
-                                data[i: i + HEADER_SIZE], hdr, data[i + HEADER_SIZE: fend - MAC_SIZE],
-                                data[fend - MAC_SIZE: fend], key, data[i - MAC_SIZE: i]) is None:
+                        if (
+                            i >= MAC_SIZE
+                            and fend <= len(data)
+                            and check_frame(
+                                data[i : i + HEADER_SIZE],
+                                hdr,
+                                data[i + HEADER_SIZE : fend - MAC_SIZE],
+                                data[fend - MAC_SIZE : fend],
+                                key,
+                                data[i - MAC_SIZE : i],
+                            )
+                            is None
+                        ):
                             best = max(best, hdr.last_seq)
                     except FrameError:
                         pass
@@ -251,7 +279,7 @@ def set_aside_blocking(data_dir: DataDir, key: NodeKey, node: str) -> tuple[list
         if _header_usable(paths[i], key, node):
             last_ok = i
             break
-    trailing = paths[last_ok + 1:]
+    trailing = paths[last_ok + 1 :]
     if not trailing:
         return [], 0
     if last_ok >= 0:
@@ -263,10 +291,16 @@ def set_aside_blocking(data_dir: DataDir, key: NodeKey, node: str) -> tuple[list
     claimed = 0
     for j, p in enumerate(trailing):
         if j == 0 and keep_first:
-            continue   # a segment of this log whose header is damaged: kept where it is
+            continue  # a segment of this log whose header is damaged: kept where it is
         claimed = max(claimed, verified_claims(p, key, node))
-        moved.append(quarantine(data_dir, p, f"cannot follow {segment_name(expected - 1) if expected > 1 else 'the start of the log'}"
-                                              " as a segment of this log"))
+        moved.append(
+            quarantine(
+                data_dir,
+                p,
+                f"cannot follow {segment_name(expected - 1) if expected > 1 else 'the start of the log'}"
+                " as a segment of this log",
+            )
+        )
     return moved, claimed
 
 
@@ -292,13 +326,18 @@ def quarantine(data_dir: DataDir, path: Path, reason: str) -> dict:
     os.replace(path, dest)
     for side in (path.with_suffix(".idx"), path.with_suffix(".terms"), path.with_suffix(".lines")):
         try:
-            os.unlink(side)   # derived from the file just moved
+            os.unlink(side)  # derived from the file just moved
         except FileNotFoundError:
             pass
     fsync_dir(qdir)
     fsync_dir(path.parent)
-    return {"file": path.name, "moved_to": f"{QUARANTINE}/{dest.name}", "bytes": len(raw),
-            "sha256": hashlib.sha256(raw).hexdigest(), "reason": reason}
+    return {
+        "file": path.name,
+        "moved_to": f"{QUARANTINE}/{dest.name}",
+        "bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "reason": reason,
+    }
 
 
 def quarantined(data_dir: DataDir) -> list[Path]:

@@ -60,17 +60,24 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
         # a quiet node's active segment must become droppable too: it is sealed
         # (rolled) first; a dry run reports what that roll would make droppable
         would_roll = bool(active.frames) and (
-            active.max_ts < cutoff or writer.active_age() >= writer.settings.segment_max_age)
+            active.max_ts < cutoff or writer.active_age() >= writer.settings.segment_max_age
+        )
         if would_roll and not dry_run:
             writer.roll()
         infos = writer.log.segment_infos()
         structural = {p.segment for p in writer.log.structure_problems(infos)}
         victims = []
-        candidates = infos if (would_roll and dry_run) else infos[:-1]   # never the active segment
+        candidates = infos if (would_roll and dry_run) else infos[:-1]  # never the active segment
         for info in candidates:
             idx = info.index
-            if (info.header is None or info.problem or idx is None or idx.damaged or info.tail
-                    or info.name in structural):
+            if (
+                info.header is None
+                or info.problem
+                or idx is None
+                or idx.damaged
+                or info.tail
+                or info.name in structural
+            ):
                 break
             if idx.frames and idx.max_ts >= cutoff:
                 break
@@ -86,14 +93,25 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 report.ts_from = format_ts(with_frames[0].index.min_ts)
                 report.ts_to = format_ts(with_frames[-1].index.max_ts)
             if not dry_run:
-                writer.append_batch([EntryDraft("system", "audit.retention_purge", details={
-                    "seq_from": report.seq_from, "seq_to": report.seq_to,
-                    "ts_from": report.ts_from, "ts_to": report.ts_to,
-                    "count": report.dropped_entries, "retention_days": days,
-                    "as_of": report.as_of,
-                    "last_signature": victims[-1].last_sig.hex(),
-                    "segments": [[v.name, v.first_seq, v.last_seq, v.last_sig.hex()] for v in victims],
-                })])
+                writer.append_batch(
+                    [
+                        EntryDraft(
+                            "system",
+                            "audit.retention_purge",
+                            details={
+                                "seq_from": report.seq_from,
+                                "seq_to": report.seq_to,
+                                "ts_from": report.ts_from,
+                                "ts_to": report.ts_to,
+                                "count": report.dropped_entries,
+                                "retention_days": days,
+                                "as_of": report.as_of,
+                                "last_signature": victims[-1].last_sig.hex(),
+                                "segments": [[v.name, v.first_seq, v.last_seq, v.last_sig.hex()] for v in victims],
+                            },
+                        )
+                    ]
+                )
                 # oldest first: a crash part-way leaves a prefix dropped, which the
                 # purge entry above still accounts for segment by segment
                 for v in victims:
@@ -119,15 +137,22 @@ _PURGE = frozenset({"audit.retention_purge"})
 def _from_purge(e) -> dict | None:
     """The last-run report a purge entry stands for (None: not the node's own, intact one)."""
     d = e.details
-    if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" \
-            or not isinstance(d, dict):
+    if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" or not isinstance(d, dict):
         return None
-    return {"ran_at": format_ts(e.ts), "as_of": d.get("as_of"), "retention_days": d.get("retention_days"),
-            "dry_run": False, "dropped_segments": [row[0] for row in d.get("segments", ())
-                                                   if isinstance(row, (list, tuple)) and row],
-            "dropped_entries": d.get("count"), "seq_from": d.get("seq_from"), "seq_to": d.get("seq_to"),
-            "ts_from": d.get("ts_from"), "ts_to": d.get("ts_to"), "kept_segments": None,
-            "entry_id": e.id}
+    return {
+        "ran_at": format_ts(e.ts),
+        "as_of": d.get("as_of"),
+        "retention_days": d.get("retention_days"),
+        "dry_run": False,
+        "dropped_segments": [row[0] for row in d.get("segments", ()) if isinstance(row, (list, tuple)) and row],
+        "dropped_entries": d.get("count"),
+        "seq_from": d.get("seq_from"),
+        "seq_to": d.get("seq_to"),
+        "ts_from": d.get("ts_from"),
+        "ts_to": d.get("ts_to"),
+        "kept_segments": None,
+        "entry_id": e.id,
+    }
 
 
 def load_last_run(log: NodeLog, seal: StateSeal, state_dir) -> tuple[dict | None, str | None]:
@@ -137,8 +162,7 @@ def load_last_run(log: NodeLog, seal: StateSeal, state_dir) -> tuple[dict | None
     dropped nothing is newer.  A state file that fails its seal is ignored.
     """
     purge = None
-    for e in log.scan(terms={"action": _PURGE}, order="desc",
-                      predicate=lambda e: e.action == "audit.retention_purge"):
+    for e in log.scan(terms={"action": _PURGE}, order="desc", predicate=lambda e: e.action == "audit.retention_purge"):
         purge = _from_purge(e)
         if purge is not None:
             break
@@ -147,8 +171,9 @@ def load_last_run(log: NodeLog, seal: StateSeal, state_dir) -> tuple[dict | None
         problem = None
     except StateTampered as e:
         quiet, problem = None, f"{STATE_FILE}: {str(e).split(': ', 1)[-1]}"
-    if quiet is not None and not (isinstance(quiet, dict) and isinstance(quiet.get("ran_at"), str)
-                                  and not quiet.get("dropped_segments")):
+    if quiet is not None and not (
+        isinstance(quiet, dict) and isinstance(quiet.get("ran_at"), str) and not quiet.get("dropped_segments")
+    ):
         quiet, problem = None, f"{STATE_FILE}: sealed, but not a run that dropped nothing"
     if quiet is not None and (purge is None or quiet["ran_at"] > purge["ran_at"]):
         return {**quiet, "entry_id": None}, problem

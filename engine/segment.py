@@ -11,15 +11,23 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import msgpack
 
 from engine.chain import NodeKey
-from engine.frame import (CURRENT_VERSION, FRAME_MAGICS, HEADER_SIZE, MAC_SIZE, FrameError,
-                          FrameHeader, check_frame, parse_header)
+from engine.frame import (
+    CURRENT_VERSION,
+    FRAME_MAGICS,
+    HEADER_SIZE,
+    MAC_SIZE,
+    FrameError,
+    FrameHeader,
+    check_frame,
+    parse_header,
+)
 
 SEGMENT_MAGIC = b"AUDITSEG"
 #: the version new segments are written in; every version in FORMAT_VERSIONS is read
@@ -55,16 +63,25 @@ class SegmentHeader:
     version: int = FORMAT_VERSION
 
     @staticmethod
-    def build(key: NodeKey, node: str, first_seq: int, created_us: int,
-              prev_sig: bytes, prev_mac: bytes, version: int = FORMAT_VERSION
-              ) -> tuple[bytes, "SegmentHeader"]:
+    def build(
+        key: NodeKey,
+        node: str,
+        first_seq: int,
+        created_us: int,
+        prev_sig: bytes,
+        prev_mac: bytes,
+        version: int = FORMAT_VERSION,
+    ) -> tuple[bytes, SegmentHeader]:
         nb = node.encode()
         size = _FIXED.size + len(nb) + MAC_SIZE
-        body = _FIXED.pack(SEGMENT_MAGIC, version, 0, size, first_seq, created_us,
-                           key.key_id, prev_sig, prev_mac, len(nb)) + nb
+        body = (
+            _FIXED.pack(SEGMENT_MAGIC, version, 0, size, first_seq, created_us, key.key_id, prev_sig, prev_mac, len(nb))
+            + nb
+        )
         mac = key.mac(_HEADER_MAC_LABELS[version], body)
-        return body + mac, SegmentHeader(node, first_seq, created_us, key.key_id,
-                                         prev_sig, prev_mac, mac, size, version)
+        return body + mac, SegmentHeader(
+            node, first_seq, created_us, key.key_id, prev_sig, prev_mac, mac, size, version
+        )
 
 
 class SegmentHeaderError(Exception):
@@ -78,8 +95,7 @@ def parse_segment_header(buf: bytes, key: NodeKey | None) -> SegmentHeader:
     """Parse a segment header; with a key, check its MAC and key id."""
     if len(buf) < _FIXED.size:
         raise SegmentHeaderError("header_corrupt", f"segment header cut short ({len(buf)} bytes)")
-    (magic, version, flags, size, first_seq, created, key_id, prev_sig, prev_mac,
-     node_len) = _FIXED.unpack_from(buf)
+    (magic, version, flags, size, first_seq, created, key_id, prev_sig, prev_mac, node_len) = _FIXED.unpack_from(buf)
     if magic != SEGMENT_MAGIC:
         raise SegmentHeaderError("header_corrupt", f"not a segment file (magic {magic[:8]!r})")
     if version not in FORMAT_VERSIONS:
@@ -87,15 +103,14 @@ def parse_segment_header(buf: bytes, key: NodeKey | None) -> SegmentHeader:
     if size != _FIXED.size + node_len + MAC_SIZE or node_len > 63 or len(buf) < size:
         raise SegmentHeaderError("header_corrupt", "segment header length fields are inconsistent")
     body = buf[: size - MAC_SIZE]
-    mac = bytes(buf[size - MAC_SIZE: size])
+    mac = bytes(buf[size - MAC_SIZE : size])
     try:
-        node = bytes(buf[_FIXED.size: _FIXED.size + node_len]).decode()
+        node = bytes(buf[_FIXED.size : _FIXED.size + node_len]).decode()
     except UnicodeDecodeError:
         raise SegmentHeaderError("header_corrupt", "segment header node id is not UTF-8") from None
     if key is not None:
         if key_id != key.key_id:
-            raise SegmentHeaderError("foreign_segment",
-                                     "segment was written under another node key")
+            raise SegmentHeaderError("foreign_segment", "segment was written under another node key")
         if key.mac(_HEADER_MAC_LABELS[version], body) != mac:
             raise SegmentHeaderError("header_corrupt", "segment header MAC does not match")
     if flags != 0:
@@ -111,9 +126,9 @@ class FrameRead:
     header: FrameHeader | None
     payload: bytes | None
     mac: bytes | None
-    problem: str | None = None       # violation kind, None when intact
+    problem: str | None = None  # violation kind, None when intact
     detail: str = ""
-    end: int = 0                     # offset just past this frame (or resync point)
+    end: int = 0  # offset just past this frame (or resync point)
 
     def records(self) -> list:
         return msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
@@ -136,16 +151,22 @@ class SegmentData:
         if isinstance(self.data, mmap.mmap):
             self.data.close()
 
-    def __enter__(self) -> "SegmentData":
+    def __enter__(self) -> SegmentData:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: NodeKey,
-                end: int | None = None, verify: bool = True,
-                version: int = FORMAT_VERSION) -> Iterator[FrameRead]:
+def walk_frames(
+    data: bytes | mmap.mmap,
+    start: int,
+    prev_mac: bytes,
+    key: NodeKey,
+    end: int | None = None,
+    verify: bool = True,
+    version: int = FORMAT_VERSION,
+) -> Iterator[FrameRead]:
     """Walk frames from ``start`` (a frame boundary) to ``end`` of ``data``, a
     segment of format ``version``.
 
@@ -161,7 +182,7 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
     mv = data
     while pos < end:
         try:
-            hdr = parse_header(bytes(mv[pos: pos + HEADER_SIZE]), version)
+            hdr = parse_header(bytes(mv[pos : pos + HEADER_SIZE]), version)
         except FrameError as e:
             if e.kind == "truncated":
                 yield FrameRead(pos, None, None, None, "truncated", e.detail, end)
@@ -171,19 +192,33 @@ def walk_frames(data: "bytes | mmap.mmap", start: int, prev_mac: bytes, key: Nod
             if nxt >= end:
                 return
             pos = nxt
-            prev_mac = bytes(mv[nxt - MAC_SIZE: nxt])
+            prev_mac = bytes(mv[nxt - MAC_SIZE : nxt])
             continue
         fend = pos + HEADER_SIZE + hdr.payload_len + MAC_SIZE
         if fend > end:
-            yield FrameRead(pos, hdr, None, None, "truncated",
-                            f"frame at offset {pos} needs {fend - pos} bytes, only {end - pos} present", end)
+            yield FrameRead(
+                pos,
+                hdr,
+                None,
+                None,
+                "truncated",
+                f"frame at offset {pos} needs {fend - pos} bytes, only {end - pos} present",
+                end,
+            )
             return
-        hbytes = bytes(mv[pos: pos + HEADER_SIZE])
-        payload = bytes(mv[pos + HEADER_SIZE: fend - MAC_SIZE])
-        mac = bytes(mv[fend - MAC_SIZE: fend])
+        hbytes = bytes(mv[pos : pos + HEADER_SIZE])
+        payload = bytes(mv[pos + HEADER_SIZE : fend - MAC_SIZE])
+        mac = bytes(mv[fend - MAC_SIZE : fend])
         problem = check_frame(hbytes, hdr, payload, mac, key, prev_mac) if verify else None
-        yield FrameRead(pos, hdr, payload, mac, problem,
-                        "" if problem is None else f"frame at offset {pos}: {problem.replace('_', ' ')}", fend)
+        yield FrameRead(
+            pos,
+            hdr,
+            payload,
+            mac,
+            problem,
+            "" if problem is None else f"frame at offset {pos}: {problem.replace('_', ' ')}",
+            fend,
+        )
         prev_mac = mac
         pos = fend
 
@@ -196,12 +231,20 @@ def _resync(data, pos: int, end: int, key: NodeKey, version: int) -> int:
         if i < 0 or i < MAC_SIZE:
             return end
         try:
-            hdr = parse_header(bytes(data[i: i + HEADER_SIZE]), version)
+            hdr = parse_header(bytes(data[i : i + HEADER_SIZE]), version)
             fend = i + HEADER_SIZE + hdr.payload_len + MAC_SIZE
-            if fend <= end and check_frame(bytes(data[i: i + HEADER_SIZE]), hdr,
-                                           bytes(data[i + HEADER_SIZE: fend - MAC_SIZE]),
-                                           bytes(data[fend - MAC_SIZE: fend]), key,
-                                           bytes(data[i - MAC_SIZE: i])) is None:
+            if (
+                fend <= end
+                and check_frame(
+                    bytes(data[i : i + HEADER_SIZE]),
+                    hdr,
+                    bytes(data[i + HEADER_SIZE : fend - MAC_SIZE]),
+                    bytes(data[fend - MAC_SIZE : fend]),
+                    key,
+                    bytes(data[i - MAC_SIZE : i]),
+                )
+                is None
+            ):
                 return i
         except FrameError:
             pass

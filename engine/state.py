@@ -42,8 +42,7 @@ class StateTampered(EngineError):
 
 
 def canonical_json(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 class StateSeal:
@@ -56,13 +55,11 @@ class StateSeal:
         self._node = node_id.encode()
 
     def mac(self, name: str, data: Any) -> str:
-        return self._key.mac(_LABEL, b"\0", self._node, b"\0", name.encode(), b"\0",
-                             canonical_json(data)).hex()
+        return self._key.mac(_LABEL, b"\0", self._node, b"\0", name.encode(), b"\0", canonical_json(data)).hex()
 
     def seal(self, name: str, data: Any) -> bytes:
         """One sealed object as a JSON line (no newline)."""
-        return canonical_json({"v": STATE_VERSION, "name": name, "data": data,
-                               "mac": self.mac(name, data)})
+        return canonical_json({"v": STATE_VERSION, "name": name, "data": data, "mac": self.mac(name, data)})
 
     def open(self, name: str, raw: bytes | str) -> Any:
         """The data of a sealed object; StateTampered if it is not this node's ``name``."""
@@ -112,7 +109,7 @@ class StateSeal:
         except OSError as e:
             return [], [f"{path.name}: cannot be read ({e.strerror or e})"]
         lines = raw.split(b"\n")
-        lines.pop()   # after the last newline: empty, or a torn line
+        lines.pop()  # after the last newline: empty, or a torn line
         out, problems = [], []
         for i, line in enumerate(lines, 1):
             try:

@@ -28,10 +28,9 @@ from engine.chain import NodeKey
 from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
-TERMS_VERSION = 2   # 2: frames that did not verify are listed ("damaged")
+TERMS_VERSION = 2  # 2: frames that did not verify are listed ("damaged")
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
-_FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN),
-              ("ip", R_IP))
+_FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN), ("ip", R_IP))
 _MAC = 32
 
 
@@ -62,7 +61,7 @@ class TermIndex:
     def field(self, fname: str) -> dict:
         v = self.fields[fname]
         if type(v) is bytes:
-            self._approx -= len(v)   # the packed form is dropped once decoded
+            self._approx -= len(v)  # the packed form is dropped once decoded
             try:
                 v = msgpack.unpackb(v, raw=False)
                 if not isinstance(v, dict):
@@ -74,7 +73,7 @@ class TermIndex:
             self.fields[fname] = v
         return v
 
-    def lean(self, keep) -> "TermIndex":
+    def lean(self, keep) -> TermIndex:
         """A copy holding only the fields in ``keep`` (what queries have asked for)."""
         t = TermIndex(self.name, self.header_mac, self.first_seq)
         t.frames, t.size, t.damaged = self.frames, self.size, self.damaged
@@ -85,8 +84,7 @@ class TermIndex:
             if type(v) is bytes:
                 t._approx += len(v)
             elif v:
-                t._approx += sum(len(k) + 120 + (len(p) * 4 if type(p) is array else len(p))
-                                 for k, p in v.items())
+                t._approx += sum(len(k) + 120 + (len(p) * 4 if type(p) is array else len(p)) for k, p in v.items())
         return t
 
     def add_frame(self, payload: bytes, payload_offset: int) -> None:
@@ -95,7 +93,7 @@ class TermIndex:
         up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
         up.feed(payload)
         n = up.read_array_header()
-        self._approx += 64 * n   # ~6 postings of 8 bytes per record, plus new keys
+        self._approx += 64 * n  # ~6 postings of 8 bytes per record, plus new keys
         first = self.first_seq
         fields = [(self.field(f), pos) for f, pos in _FIELD_POS]
         recipients = self.field("recipient")
@@ -112,7 +110,7 @@ class TermIndex:
                 r = d.get("recipient")
                 if isinstance(r, str):
                     _post(recipients, r, pair)
-                elif isinstance(r, (list, tuple)):   # a multi-recipient mail (query.filters agrees)
+                elif isinstance(r, (list, tuple)):  # a multi-recipient mail (query.filters agrees)
                     for v in r:
                         if isinstance(v, str):
                             _post(recipients, v, pair)
@@ -127,7 +125,7 @@ class TermIndex:
             if fname not in self.fields:
                 continue
             if self.fields[fname] is None:
-                raise KeyError(fname)   # a lean copy without this field: reload it
+                raise KeyError(fname)  # a lean copy without this field: reload it
             idx = self.field(fname)
             hits: dict[int, int] = {}
             for v in values:
@@ -143,8 +141,11 @@ class TermIndex:
             if result is None:
                 result = hits
             else:
-                result = {k: v for k, v in result.items() if k in hits} if len(result) <= len(hits) \
+                result = (
+                    {k: v for k, v in result.items() if k in hits}
+                    if len(result) <= len(hits)
                     else {k: result[k] for k in hits if k in result}
+                )
             if not result:
                 return []
         if result is None:
@@ -158,16 +159,27 @@ class TermIndex:
         for f in TERM_FIELDS:
             v = self.fields[f]
             if type(v) is not bytes:
-                v = msgpack.packb({k: (p.tobytes() if type(p) is array else p) for k, p in v.items()},
-                                  use_bin_type=True)
+                v = msgpack.packb(
+                    {k: (p.tobytes() if type(p) is array else p) for k, p in v.items()}, use_bin_type=True
+                )
             packed[f] = v
-        body = msgpack.packb({"v": TERMS_VERSION, "name": self.name, "header_mac": self.header_mac,
-                              "first_seq": self.first_seq, "frames": self.frames, "size": size,
-                              "damaged": sorted(self.damaged), "fields": packed}, use_bin_type=True)
+        body = msgpack.packb(
+            {
+                "v": TERMS_VERSION,
+                "name": self.name,
+                "header_mac": self.header_mac,
+                "first_seq": self.first_seq,
+                "frames": self.frames,
+                "size": size,
+                "damaged": sorted(self.damaged),
+                "fields": packed,
+            },
+            use_bin_type=True,
+        )
         return body + key.mac(b"terms", body)
 
     @classmethod
-    def from_bytes(cls, raw: bytes, key: NodeKey) -> "TermIndex | None":
+    def from_bytes(cls, raw: bytes, key: NodeKey) -> TermIndex | None:
         if len(raw) < _MAC or key.mac(b"terms", raw[:-_MAC]) != raw[-_MAC:]:
             return None
         try:

@@ -34,8 +34,8 @@ state_corrupt          a file in state/ that fails its seal (edited, forged, ano
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import msgpack
 
@@ -46,9 +46,6 @@ from engine.log import NodeLog
 from engine.recovery import quarantined
 from engine.segment import SegmentData, list_segments, walk_frames
 from engine.state import StateSeal, check_state_dir
-
-#: kinds that mean "not evidence of tampering"
-ANOMALY_KINDS = frozenset({"timestamp_anomaly"})
 
 
 @dataclass
@@ -75,12 +72,15 @@ class VerifyReport:
         return not self.violations
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "node": self.node, "entries_checked": self.entries_checked,
-                "violations": [v.to_dict() for v in self.violations]}
+        return {
+            "ok": self.ok,
+            "node": self.node,
+            "entries_checked": self.entries_checked,
+            "violations": [v.to_dict() for v in self.violations],
+        }
 
 
-def verify_node(data_dir: DataDir, node: Node,
-                progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+def verify_node(data_dir: DataDir, node: Node, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Check everything of one node's log; ``progress(bytes_done, bytes_total)``."""
     log = NodeLog(data_dir, node)
     report = VerifyReport(node.node_id)
@@ -97,19 +97,20 @@ def verify_node(data_dir: DataDir, node: Node,
         name = path.name
         if info.header is None:
             done += path.stat().st_size
-            continue   # reported by structure_problems
-        for o, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
+            continue  # reported by structure_problems
+        for _, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
             report.violations.append(Violation(kind, nid, sf, st, name, detail))
         # (an incomplete last frame is reported with the structure, below)
         # entry-level checks over the intact frames
         prev_sig = info.header.prev_sig
         expected = info.header.first_seq
         bad: list[int] = []
-        back: dict[int, int] = {}   # seq -> µs its timestamp goes back
+        back: dict[int, int] = {}  # seq -> µs its timestamp goes back
         rows = {r.offset: r for r in info.index.frames}
         with SegmentData(path) as sd:
-            for fr in walk_frames(sd.data, info.header.size, info.header.mac, node.key,
-                                  info.index.size, version=info.version):
+            for fr in walk_frames(
+                sd.data, info.header.size, info.header.mac, node.key, info.index.size, version=info.version
+            ):
                 if fr.problem is not None or fr.header is None:
                     # reported above; what follows continues from the seqs the index
                     # attributes to the damage (unknown after bytes that are no frame)
@@ -124,15 +125,29 @@ def verify_node(data_dir: DataDir, node: Node,
                     continue
                 h = fr.header
                 if recs and (recs[0][0] != h.first_seq or len(recs) != h.count):
-                    report.violations.append(Violation(
-                        "frame_corrupt", nid, h.first_seq, h.last_seq, name,
-                        f"frame at offset {fr.offset}: header does not describe its records"))
+                    report.violations.append(
+                        Violation(
+                            "frame_corrupt",
+                            nid,
+                            h.first_seq,
+                            h.last_seq,
+                            name,
+                            f"frame at offset {fr.offset}: header does not describe its records",
+                        )
+                    )
                 for r in recs:
                     seq, ts = r[0], r[1]
                     if expected is not None and seq != expected:
-                        report.violations.append(Violation(
-                            "seq_gap", nid, min(seq, expected), max(seq, expected) - 1 if seq > expected else expected,
-                            name, f"expected seq {expected}, found {seq}"))
+                        report.violations.append(
+                            Violation(
+                                "seq_gap",
+                                nid,
+                                min(seq, expected),
+                                max(seq, expected) - 1 if seq > expected else expected,
+                                name,
+                                f"expected seq {expected}, found {seq}",
+                            )
+                        )
                     expected = seq + 1
                     if prev_ts is not None and ts < prev_ts:
                         back[seq] = prev_ts - ts
@@ -145,15 +160,24 @@ def verify_node(data_dir: DataDir, node: Node,
                 if progress:
                     progress(done + fr.end, total)
         for a, b in _ranges(bad):
-            report.violations.append(Violation("signature_mismatch", nid, a, b, name,
-                                               "entry signature does not match its content"))
+            report.violations.append(
+                Violation("signature_mismatch", nid, a, b, name, "entry signature does not match its content")
+            )
         for a, b in _ranges(sorted(back)):
             # one finding per run of entries, not one per entry
             worst = max(back[s] for s in range(a, b + 1) if s in back)
-            report.violations.append(Violation(
-                "timestamp_anomaly", nid, a, b, name,
-                f"timestamp goes back {worst} µs from its predecessor" if a == b else
-                f"{b - a + 1} timestamps earlier than an entry before them (up to {worst} µs)"))
+            report.violations.append(
+                Violation(
+                    "timestamp_anomaly",
+                    nid,
+                    a,
+                    b,
+                    name,
+                    f"timestamp goes back {worst} µs from its predecessor"
+                    if a == b
+                    else f"{b - a + 1} timestamps earlier than an entry before them (up to {worst} µs)",
+                )
+            )
         done += path.stat().st_size
         if progress:
             progress(done, total)
@@ -169,15 +193,29 @@ def verify_node(data_dir: DataDir, node: Node,
     for name, problem in check_state_dir(data_dir.state, StateSeal(node.key, nid)):
         report.violations.append(Violation("state_corrupt", nid, None, None, f"state/{name}", problem))
     for q in sorted(data_dir.state.glob("*.rejected")) if data_dir.state.is_dir() else ():
-        report.violations.append(Violation(
-            "state_corrupt", nid, None, None, f"state/{q.name}",
-            "failed its seal and was set aside by the node (see the audit.recovery entry naming it); "
-            "review it, then remove it"))
+        report.violations.append(
+            Violation(
+                "state_corrupt",
+                nid,
+                None,
+                None,
+                f"state/{q.name}",
+                "failed its seal and was set aside by the node (see the audit.recovery entry naming it); "
+                "review it, then remove it",
+            )
+        )
     for q in quarantined(data_dir):
-        report.violations.append(Violation(
-            "set_aside", nid, None, None, f"quarantine/{q.name}",
-            "moved out of segments/ by the writer: it could not continue the log (see the "
-            "audit.recovery entry); review it, then remove it"))
+        report.violations.append(
+            Violation(
+                "set_aside",
+                nid,
+                None,
+                None,
+                f"quarantine/{q.name}",
+                "moved out of segments/ by the writer: it could not continue the log (see the "
+                "audit.recovery entry); review it, then remove it",
+            )
+        )
     report.violations.sort(key=lambda v: (v.seq_from or 0, v.segment, v.kind))
     return report
 

@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import errno
 import fcntl
-from contextlib import contextmanager
 import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from engine import clock
+from engine.catalog import SegmentInfo, index_segment
 from engine.chain import GENESIS
 from engine.commit import Piece, plan_commit
 from engine.datadir import DataDir, Node, fsync_dir, write_atomic
 from engine.entry import EntryDraft, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
-from engine.index import FrameRow, SegmentIndex, index_path, manifest_row, save_manifest
-from engine.catalog import SegmentInfo, index_segment
+from engine.index import FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
 from engine.segment import FORMAT_VERSION, SegmentData, SegmentHeader, list_segments, segment_name, seq_from_name
@@ -50,8 +50,7 @@ class AppendResult:
 
 def canonical_drafts(drafts: Sequence[EntryDraft]) -> list:
     """The drafts with every ``details`` map in canonical (sorted) form; packed drafts as they are."""
-    return [d._replace(details=sort_details(d.details)) if type(d) is not bytes and d.details else d
-            for d in drafts]
+    return [d._replace(details=sort_details(d.details)) if type(d) is not bytes and d.details else d for d in drafts]
 
 
 class _Pending:
@@ -111,12 +110,12 @@ class WriterLock:
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
-                cls._OFD_SETLK = cls._OFD_GETLK = None   # a kernel without OFD locks
+                cls._OFD_SETLK = cls._OFD_GETLK = None  # a kernel without OFD locks
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)   # closing drops the lock
+            os.close(self.fd)  # closing drops the lock
             self.fd = None
 
     @classmethod
@@ -131,14 +130,13 @@ class WriterLock:
                 # asks who would block a write lock, without acquiring anything; also
                 # sees a lock held through another open file of this same process
                 try:
-                    res = fcntl.fcntl(fd, cls._OFD_GETLK,
-                                      struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+                    res = fcntl.fcntl(fd, cls._OFD_GETLK, struct.pack(cls._FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
                     return struct.unpack(cls._FLOCK, res)[0] != fcntl.F_UNLCK
                 except OSError as e:
                     if e.errno != errno.EINVAL:
                         raise
                     cls._OFD_SETLK = cls._OFD_GETLK = None
-            try:   # pragma: no cover - no OFD locks
+            try:  # pragma: no cover - no OFD locks
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 return True
@@ -153,8 +151,14 @@ class WriterLock:
 class LogWriter:
     """Appends to one node's log.  Thread-safe; one per data dir (OS lock)."""
 
-    def __init__(self, data_dir: DataDir, node: Node, settings: StoreSettings = StoreSettings(),
-                 log: NodeLog | None = None, clock: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        data_dir: DataDir,
+        node: Node,
+        settings: StoreSettings = StoreSettings(),
+        log: NodeLog | None = None,
+        clock: Callable[[], int] | None = None,
+    ):
         self.data_dir = data_dir
         #: where "now" comes from (µs); None: the system clock (``engine.clock.now_us``)
         self._clock = clock
@@ -194,7 +198,7 @@ class LogWriter:
 
     # -- open / close --------------------------------------------------------
 
-    def open(self) -> "LogWriter":
+    def open(self) -> LogWriter:
         self._lock.acquire()
         try:
             self._recover()
@@ -222,7 +226,7 @@ class LogWriter:
         self.log.live_active = None
         self._lock.release()
 
-    def __enter__(self) -> "LogWriter":
+    def __enter__(self) -> LogWriter:
         return self.open()
 
     def __exit__(self, *exc) -> None:
@@ -235,14 +239,13 @@ class LogWriter:
         seg_dir.mkdir(exist_ok=True)
         for n in os.listdir(seg_dir):
             if n.endswith(".tmp"):
-                os.unlink(seg_dir / n)   # an interrupted create or index write; never log data
+                os.unlink(seg_dir / n)  # an interrupted create or index write; never log data
         notes: dict = {}
         reasons: list[str] = []
         moved, claimed = set_aside_blocking(self.data_dir, self.key, self.node)
         if moved:
             notes["set_aside"] = moved
-            reasons.append(f"{len(moved)} file(s) in segments/ that cannot continue this log "
-                           "set aside in quarantine/")
+            reasons.append(f"{len(moved)} file(s) in segments/ that cannot continue this log set aside in quarantine/")
         paths = list_segments(seg_dir)
         if not paths:
             self.recovery = self._note(reasons, notes)
@@ -255,14 +258,17 @@ class LogWriter:
             # continue after it without reusing any seq it may hold.
             prev_infos = [i for i in self.log.segment_infos()[:-1] if i.usable]
             base = prev_infos[-1] if prev_infos else None
-            next_seq = max((seq_from_name(active.name) or 1) + 1, (base.last_seq + 1) if base else 1,
-                           verified_claims(active, self.key, self.node) + 1, claimed + 1)
+            next_seq = max(
+                (seq_from_name(active.name) or 1) + 1,
+                (base.last_seq + 1) if base else 1,
+                verified_claims(active, self.key, self.node) + 1,
+                claimed + 1,
+            )
             reasons.append("active segment unusable, continued in a new segment")
             notes.update({"segment": active.name, "detail": info.problem.detail if info.problem else ""})
             self.recovery = self._note(reasons, notes)
             self.last_ts = (base.index.verified_hi if base else None) or 0
-            self._create_segment(next_seq, base.last_sig if base else GENESIS,
-                                 base.last_mac if base else GENESIS)
+            self._create_segment(next_seq, base.last_sig if base else GENESIS, base.last_mac if base else GENESIS)
             return
         idx = info.index
         # What a crash mid-write can leave after the last whole frame: a frame cut
@@ -280,11 +286,17 @@ class LogWriter:
                 kept_tail = whole_frame_in(sd.data, cut_at, sd.size, info.version, self.key)
             if kept_tail is not None:
                 # the seqs its records held are never given out again
-                first = (info.last_seq + 1) if not (idx.frames and (len(idx.frames) - 1) in idx.damaged
-                                                    and idx.frames[-1].count == 0) else idx.frames[-1].first_seq
+                first = (
+                    (info.last_seq + 1)
+                    if not (idx.frames and (len(idx.frames) - 1) in idx.damaged and idx.frames[-1].count == 0)
+                    else idx.frames[-1].first_seq
+                )
                 claimed = max(claimed, first + kept_tail.records - 1)
-                notes["kept_tail"] = {"offset": cut_at, "detail": kept_tail.detail,
-                                      "seqs": [first, first + kept_tail.records - 1]}
+                notes["kept_tail"] = {
+                    "offset": cut_at,
+                    "detail": kept_tail.detail,
+                    "seqs": [first, first + kept_tail.records - 1],
+                }
                 reasons.append(f"bytes after the last whole frame hold {kept_tail.detail}: kept as damage")
                 cut_at = None
         if cut_at is not None:
@@ -301,15 +313,16 @@ class LogWriter:
             commit = interrupted_commit(self.log.segment_infos())
             if commit is not None:
                 cut = cut_back(commit)
-                reasons.append(f"an interrupted commit (seq {commit.seq_from}..{commit.seq_to}, never "
-                               "acknowledged) cut back whole")
+                reasons.append(
+                    f"an interrupted commit (seq {commit.seq_from}..{commit.seq_to}, never acknowledged) cut back whole"
+                )
                 notes["interrupted_commit"] = cut
                 paths = list_segments(seg_dir)
                 active = paths[-1]
                 info = index_segment(active, self.key, self.node)
                 idx = info.index
         self.last_ts = idx.verified_hi
-        if self.last_ts is None:   # nothing intact here yet: the previous segment's end
+        if self.last_ts is None:  # nothing intact here yet: the previous segment's end
             prev_infos = [i for i in self.log.segment_infos()[:-1] if i.index is not None]
             self.last_ts = prev_infos[-1].index.verified_hi if prev_infos else None
         self.last_ts = self.last_ts or 0
@@ -325,8 +338,9 @@ class LogWriter:
             self._create_segment(self.next_seq, self.last_sig, self.last_mac)
             return
         self.recovery = self._note(reasons, notes)
-        if info.version < FORMAT_VERSION or self.next_seq != (info.last_seq + 1 if idx.frames
-                                                              else info.header.first_seq):
+        if info.version < FORMAT_VERSION or self.next_seq != (
+            info.last_seq + 1 if idx.frames else info.header.first_seq
+        ):
             # an older format (its frames cannot say where a commit ends), or seqs in use
             # elsewhere: new entries go to a new segment
             self._create_segment(self.next_seq, self.last_sig, self.last_mac)
@@ -349,16 +363,16 @@ class LogWriter:
         self._active = info
         self._active_size = info.index.size
 
-    def _create_segment(self, first_seq: int, prev_sig: bytes, prev_mac: bytes,
-                        built: tuple[bytes, SegmentHeader] | None = None) -> None:
+    def _create_segment(
+        self, first_seq: int, prev_sig: bytes, prev_mac: bytes, built: tuple[bytes, SegmentHeader] | None = None
+    ) -> None:
         """Create a segment durably: header to a temp file, fsync, rename, fsync the dir
         (``built``: its header, already built by a commit's plan)."""
         seg_dir = self.data_dir.segments
         path = seg_dir / segment_name(first_seq)
         if path.exists():
             raise EngineError(f"segment {path.name} already exists; refusing to overwrite it")
-        raw, header = built or SegmentHeader.build(self.key, self.node, first_seq, self.now(), prev_sig,
-                                                   prev_mac)
+        raw, header = built or SegmentHeader.build(self.key, self.node, first_seq, self.now(), prev_sig, prev_mac)
         tmp = path.with_name(path.name + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -366,9 +380,9 @@ class LogWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            fsync_dir(seg_dir)   # a crash before this line may lose the empty segment, nothing else
+            fsync_dir(seg_dir)  # a crash before this line may lose the empty segment, nothing else
         except BaseException:
-            for p in (tmp, path):   # a failed create leaves nothing behind (it holds no entry)
+            for p in (tmp, path):  # a failed create leaves nothing behind (it holds no entry)
                 try:
                     os.unlink(p)
                 except FileNotFoundError:
@@ -382,14 +396,9 @@ class LogWriter:
         self._set_active(SegmentInfo(path, header, SegmentIndex(path.name, header.mac, header.size)))
 
     def _seal(self, info: SegmentInfo) -> None:
-        """Write a just-sealed segment's index and the manifest (derived, best effort)."""
+        """Write a just-sealed segment's index (derived, best effort)."""
         try:
             write_atomic(index_path(info.path), info.index.to_bytes(self._index_key), sync=False)
-            rows = []
-            for i in self.log.segment_infos()[:-1]:
-                if i.index is not None and i.header is not None:
-                    rows.append(manifest_row(i.index, i.header.first_seq))
-            save_manifest(self.data_dir.segments, rows, self._index_key)
         except OSError:
             pass
 
@@ -421,8 +430,9 @@ class LogWriter:
         if piece is None:
             self._create_segment(self.next_seq, self.last_sig, self.last_mac)
         else:
-            self._create_segment(piece.header.first_seq, piece.header.prev_sig, piece.header.prev_mac,
-                                 (piece.header_bytes, piece.header))
+            self._create_segment(
+                piece.header.first_seq, piece.header.prev_sig, piece.header.prev_mac, (piece.header_bytes, piece.header)
+            )
         self._seal(old)
 
     def active_age(self) -> float:
@@ -441,8 +451,9 @@ class LogWriter:
         """
         return self.append_batches([drafts], canonical)[0]
 
-    def append_batches(self, batches: Sequence[Sequence[EntryDraft]],
-                       canonical: bool = False, tags: Sequence | None = None) -> list[AppendResult]:
+    def append_batches(
+        self, batches: Sequence[Sequence[EntryDraft]], canonical: bool = False, tags: Sequence | None = None
+    ) -> list[AppendResult]:
         """Append several batches in one group commit; returns once all are durable.
 
         Each batch gets its own result (its own contiguous seqs, in the order
@@ -454,8 +465,9 @@ class LogWriter:
         for i, drafts in enumerate(batches):
             if not drafts:
                 raise EngineError("empty batch")
-            reqs.append(_Pending(drafts if canonical else canonical_drafts(drafts),
-                                 tags[i] if tags is not None else None))
+            reqs.append(
+                _Pending(drafts if canonical else canonical_drafts(drafts), tags[i] if tags is not None else None)
+            )
         if not reqs:
             return []
         last = reqs[-1]
@@ -464,7 +476,7 @@ class LogWriter:
                 raise EngineError("the writer is closed")
             if self._failed:
                 raise WriteFailedError(self._failed)
-            self._queue.extend(reqs)   # taken by one commit, all together
+            self._queue.extend(reqs)  # taken by one commit, all together
             while not last.done:
                 if not self._committing:
                     batch, self._queue = self._queue, []
@@ -487,11 +499,10 @@ class LogWriter:
         try:
             self._commit_unsafe(batch, forced_ts)
         except OSError as e:
-            err = WriteFailedError(f"write to the log failed ({e.strerror or e}); "
-                                   "nothing from this batch was stored")
+            err = WriteFailedError(f"write to the log failed ({e.strerror or e}); nothing from this batch was stored")
             for r in batch:
                 r.error, r.done = err, True
-        except BaseException as e:   # pragma: no cover - defensive
+        except BaseException as e:  # pragma: no cover - defensive
             for r in batch:
                 r.error, r.done = e, True
 
@@ -515,23 +526,35 @@ class LogWriter:
     def _commit_unsafe(self, batch: list[_Pending], forced_ts: int | None = None) -> None:
         t = self.now() if forced_ts is None else forced_ts
         settings = self.settings
-        if self._active.index.frames and (
-                (t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):
+        if self._active.index.frames and ((t - self._active.header.created_us) / 1e6 >= settings.segment_max_age):
             self._roll_locked()
         skew = None
         was_in_skew = self._in_skew
         if t < self.last_ts:
             if not self._in_skew:
-                skew = EntryDraft("system", "audit.clock_skew", details={   # keys in canonical order
-                    "behind_us": self.last_ts - t, "clock_us": t, "last_ts_us": self.last_ts})
+                skew = EntryDraft(
+                    "system",
+                    "audit.clock_skew",
+                    details={  # keys in canonical order
+                        "behind_us": self.last_ts - t,
+                        "clock_us": t,
+                        "last_ts_us": self.last_ts,
+                    },
+                )
             self._in_skew = True
             ts = self.last_ts
         else:
             self._in_skew = False
             ts = t
         # snapshot for rollback
-        snap = (self.next_seq, self.last_sig, self.last_mac, self._active, self._active_size,
-                len(self._active.index.frames))
+        snap = (
+            self.next_seq,
+            self.last_sig,
+            self.last_mac,
+            self._active,
+            self._active_size,
+            len(self._active.index.frames),
+        )
         all_drafts = [skew] if skew else []
         for r in batch:
             all_drafts.extend(r.drafts)
@@ -542,11 +565,19 @@ class LogWriter:
             r.result = AppendResult(first_of, first_of + n - 1, ts)
             first_of += n
         tagged = [(r.tag, r.result) for r in batch if r.tag is not None]
-        plan = plan_commit(all_drafts, key=self.key, node=self.node, seq=self.next_seq, ts=ts,
-                           prev_sig=self.last_sig, prev_mac=self.last_mac, segment_size=self._active_size,
-                           segment_has_frames=bool(self._active.index.frames),
-                           segment_max_bytes=settings.segment_max_bytes,
-                           frame_max_payload=settings.frame_max_payload)
+        plan = plan_commit(
+            all_drafts,
+            key=self.key,
+            node=self.node,
+            seq=self.next_seq,
+            ts=ts,
+            prev_sig=self.last_sig,
+            prev_mac=self.last_mac,
+            segment_size=self._active_size,
+            segment_has_frames=bool(self._active.index.frames),
+            segment_max_bytes=settings.segment_max_bytes,
+            frame_max_payload=settings.frame_max_payload,
+        )
         self._new_segments = []
         try:
             if tagged and self.before_commit is not None:
@@ -562,12 +593,11 @@ class LogWriter:
             # whatever failed (a write, an fsync, creating the next segment), nothing
             # of this batch may stay behind: it was never acknowledged
             self._rollback(snap)
-            self._in_skew = was_in_skew   # a lost audit.clock_skew entry is written next time
+            self._in_skew = was_in_skew  # a lost audit.clock_skew entry is written next time
             raise
         finally:
             self._new_segments = None
-        self.next_seq, self.last_sig, self.last_mac, self.last_ts = (plan.next_seq, plan.last_sig,
-                                                                     plan.last_mac, ts)
+        self.next_seq, self.last_sig, self.last_mac, self.last_ts = (plan.next_seq, plan.last_sig, plan.last_mac, ts)
         for r in batch:
             r.done = True
 
@@ -577,12 +607,13 @@ class LogWriter:
         data = piece.data
         view = memoryview(data)
         while view:
-            n = os.write(self._fd, view)   # O_APPEND: lands at the end of the file
+            n = os.write(self._fd, view)  # O_APPEND: lands at the end of the file
             view = view[n:]
         t0 = time.perf_counter()
         mode = self.settings.fsync
-        if mode == "always" or (mode == "interval" and
-                                time.monotonic() - self._last_sync >= self.settings.fsync_interval):
+        if mode == "always" or (
+            mode == "interval" and time.monotonic() - self._last_sync >= self.settings.fsync_interval
+        ):
             # after this line the frames survive a crash; before it, a crash may leave
             # a torn tail, or an unfinished commit, which recovery cuts back (never
             # acknowledged)
@@ -629,8 +660,10 @@ class LogWriter:
             os.ftruncate(self._fd, size)
             os.fsync(self._fd)
         except OSError as e:
-            self._failed = (f"the log could not be cut back after a failed write ({e.strerror or e}); "
-                            "restart the writer to recover the segment")
+            self._failed = (
+                f"the log could not be cut back after a failed write ({e.strerror or e}); "
+                "restart the writer to recover the segment"
+            )
         idx = active.index
         if len(idx.frames) > nframes:
             idx.last_mac, idx.last_sig = last_mac, last_sig

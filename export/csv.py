@@ -31,10 +31,14 @@ from typing import Any
 
 import orjson
 
-from engine.entry import Entry, format_ts
+from engine.entry import WIRE_FIELDS, Entry, format_ts
 
-CSV_COLUMNS = ("timestamp", "node_id", "seq", "user", "action", "target", "domain",
-               "ip_address", "user_agent", "success", "details", "signature", "integrity")
+#: the CSV names of wire fields that SPEC section 8 names otherwise
+_CSV_NAMES = {"ts": "timestamp", "node": "node_id", "ip": "ip_address"}
+#: the timestamp first, then the other wire fields (engine.entry.WIRE_FIELDS) in their
+#: order, without ``id`` (node_id and seq are there), by their CSV names; ``iter_csv``
+#: writes its cells in this order
+CSV_COLUMNS = tuple(_CSV_NAMES.get(f, f) for f in ("ts", *(f for f in WIRE_FIELDS if f not in ("id", "ts"))))
 
 _orjson_dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
@@ -58,24 +62,34 @@ def iter_csv(entries: Iterable[Entry], bom: bool = True) -> Iterator[str]:
         # one scan of their join in the common case.  user_agent is left out:
         # browser strings usually hold a comma, so it always goes cell by cell.
         try:
-            head = ",".join((timestamps(e.ts), e.node, str(e.seq), e.user, e.action,
-                             e.target or "", e.domain or "", e.ip or ""))
+            head = ",".join(
+                (timestamps(e.ts), e.node, str(e.seq), e.user, e.action, e.target or "", e.domain or "", e.ip or "")
+            )
         except TypeError:  # a non-text value in a damaged record: never crash an export
             head = ""
-        if (not head or head.count(",") != 7 or '"' in head or "\r" in head or "\n" in head
-                or ",=" in head or ",+" in head or ",-" in head or ",@" in head
-                or ",\t" in head):
+        if (
+            not head
+            or head.count(",") != 7
+            or '"' in head
+            or "\r" in head
+            or "\n" in head
+            or ",=" in head
+            or ",+" in head
+            or ",-" in head
+            or ",@" in head
+            or ",\t" in head
+        ):
             head = _slow_head(e, timestamps)
         ua = e.user_agent
         if ua is None:
             ua = ""
-        elif type(ua) is not str or not ua or ua[0] in _FORMULA_START or '"' in ua or "\r" in ua \
-                or "\n" in ua:
+        elif type(ua) is not str or not ua or ua[0] in _FORMULA_START or '"' in ua or "\r" in ua or "\n" in ua:
             ua = _cell(ua)
         elif "," in ua:
             ua = f'"{ua}"'
-        line = (f"{head},{ua},{'true' if e.success else 'false'},"
-                f"{_details_cell(e)},{e.signature.hex()},{e.integrity}\r\n")
+        line = (
+            f"{head},{ua},{'true' if e.success else 'false'},{_details_cell(e)},{e.signature.hex()},{e.integrity}\r\n"
+        )
         lines.append(line)
         size += len(line)
         if size >= CHUNK_CHARS:
@@ -88,8 +102,18 @@ def iter_csv(entries: Iterable[Entry], bom: bool = True) -> Iterator[str]:
 
 def _slow_head(e: Entry, timestamps: Callable[[int], str]) -> str:
     """The first eight cells, one by one, for rows that need quoting or neutralising."""
-    return ",".join((timestamps(e.ts), _cell(e.node), str(e.seq), _cell(e.user),
-                     _cell(e.action), _cell(e.target), _cell(e.domain), _cell(e.ip)))
+    return ",".join(
+        (
+            timestamps(e.ts),
+            _cell(e.node),
+            str(e.seq),
+            _cell(e.user),
+            _cell(e.action),
+            _cell(e.target),
+            _cell(e.domain),
+            _cell(e.ip),
+        )
+    )
 
 
 def _cell(text: Any) -> str:
@@ -118,7 +142,7 @@ def _details_cell(e: Entry) -> str:
             # a map's JSON starts with "{" (no formula) and holds '"': always quoted
             return '"' + text.replace('"', '""') + '"'
     elif details:
-        text = sorted_json(details)    # not a map: only a damaged record has one
+        text = sorted_json(details)  # not a map: only a damaged record has one
     elif e.violation is not None:
         text = sorted_json({"violation": e.violation})
     else:
@@ -163,15 +187,13 @@ def make_json_encoder(sort_keys: bool) -> Callable[[Any], str]:
     call, which is half the cost for a small map; this builds it once.  Without
     the C accelerator it falls back to the pure-Python encoder.
     """
-    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                               sort_keys=sort_keys, default=json_default)
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, default=json_default)
     make_c = getattr(json.encoder, "c_make_encoder", None)
     if make_c is None:
         plain: Callable[[Any], str] = encoder.encode
     else:
         # No circular-reference markers: decoded msgpack cannot be circular.
-        c_encode = make_c(None, json_default, json.encoder.encode_basestring, None, ":", ",",
-                          sort_keys, False, True)
+        c_encode = make_c(None, json_default, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, True)
 
         def plain(value: Any) -> str:
             return "".join(c_encode(value, 0))

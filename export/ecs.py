@@ -24,7 +24,7 @@ Field mapping:
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from engine.entry import Entry, format_ts
 
@@ -47,14 +47,22 @@ _CATEGORY = {
     "custom": (["host"], ["info"]),
 }
 _TYPES = {
-    "auth.login": ["start"], "auth.logout": ["end"], "auth.login_failed": ["start"],
-    "user.create": ["user", "creation"], "user.delete": ["user", "deletion"],
-    "user.update": ["user", "change"], "user.role_change": ["user", "change"],
+    "auth.login": ["start"],
+    "auth.logout": ["end"],
+    "auth.login_failed": ["start"],
+    "user.create": ["user", "creation"],
+    "user.delete": ["user", "deletion"],
+    "user.update": ["user", "change"],
+    "user.role_change": ["user", "change"],
     "user.password_reset": ["user", "change"],
-    "config.domain_add": ["creation"], "config.domain_remove": ["deletion"],
-    "config.filter_create": ["creation"], "config.filter_delete": ["deletion"],
-    "cluster.node_join": ["start"], "cluster.node_leave": ["end"],
-    "audit.api_key_create": ["creation"], "audit.api_key_revoke": ["deletion"],
+    "config.domain_add": ["creation"],
+    "config.domain_remove": ["deletion"],
+    "config.filter_create": ["creation"],
+    "config.filter_delete": ["deletion"],
+    "cluster.node_join": ["start"],
+    "cluster.node_leave": ["end"],
+    "audit.api_key_create": ["creation"],
+    "audit.api_key_revoke": ["deletion"],
     "audit.retention_purge": ["deletion"],
 }
 
@@ -68,11 +76,16 @@ def ecs_document(e: Entry) -> dict:
         "@timestamp": format_ts(e.ts),
         "ecs": {"version": ECS_VERSION},
         "event": {
-            "id": e.id, "sequence": e.seq, "action": e.action, "kind": "alert" if alert else "event",
-            "category": category, "type": types,
+            "id": e.id,
+            "sequence": e.seq,
+            "action": e.action,
+            "kind": "alert" if alert else "event",
+            "category": category,
+            "type": types,
             "outcome": "success" if e.success else "failure",
             "hash": e.signature.hex() if isinstance(e.signature, bytes) else None,
-            "module": "auditlog", "dataset": "auditlog.audit",
+            "module": "auditlog",
+            "dataset": "auditlog.audit",
         },
         "user": {"name": e.user},
         "observer": {"name": e.node, "type": "mail-gateway", "product": "auditlog"},

@@ -21,7 +21,17 @@ from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 
-from engine.entry import Entry
+from engine.entry import (
+    R_DETAILS,
+    R_SEQ,
+    R_SIG,
+    R_TS,
+    RECORD_FIELDS,
+    WIRE_CONVERSIONS,
+    WIRE_FIELDS,
+    WIRE_OPTIONAL,
+    Entry,
+)
 from export.csv import CHUNK_CHARS, TimestampFormatter, make_json_encoder
 
 # Maps in stored order (ingest stores details canonically sorted), as to_wire does.
@@ -30,19 +40,52 @@ _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-def ndjson_lines(entries: Iterable[Entry], timestamps: Callable[[int], str] | None = None) -> list[bytes]:
-    """Each entry as one UTF-8 line ending in ``\n``."""
-    tsf = timestamps or TimestampFormatter().format
+# The two line makers are built from the wire declaration (engine.entry.WIRE_FIELDS
+# and WIRE_CONVERSIONS) with the dict written out inline in the loop, as a literal
+# is the fastest way to build it: one definition of the shape, no cost per line.
+# Each wire field's value, as Python source: in ``ndjson_lines`` from an entry ``e``
+# (``node`` and ``seq`` are locals), in ``record_lines`` from a record unpacked
+# into locals named as the fields.  ``details`` goes as stored: orjson writes the
+# tuples msgpack decodes as arrays, as ``to_wire``'s lists.
+_CONVERTED = {"ts": "timestamps({})", "signature": "{}.hex()", "details": "{}"}
+if set(_CONVERTED) != set(WIRE_CONVERSIONS):  # a new conversion must be rendered here too
+    raise ImportError(
+        f"export.ndjson renders conversions {sorted(_CONVERTED)}, the wire declares {sorted(WIRE_CONVERSIONS)}"
+    )
+_ENTRY_SOURCE = {"id": 'f"{node}:{seq}"', "node": "node", "seq": "seq"}
+#: a stored record's fields, in their order (engine.entry: the record array)
+_RECORD = ("seq", "ts", "user", "action", "target", "domain", "ip", "user_agent", "success", "details", "signature")
+if (_RECORD.index("seq"), _RECORD.index("ts"), _RECORD.index("details"), _RECORD.index("signature"), len(_RECORD)) != (
+    R_SEQ,
+    R_TS,
+    R_DETAILS,
+    R_SIG,
+    RECORD_FIELDS,
+):
+    raise ImportError("export.ndjson: the stored record's fields moved (engine.entry)")
+_RECORD_SOURCE = {"id": "prefix + str(seq)", "integrity": '"ok"'}
+
+
+def _wire_dict(source: dict[str, str], value: str) -> str:
+    """The wire dict as a literal, each field from ``source`` or else ``value``."""
+
+    def one(f: str) -> str:
+        expr = source.get(f, value.format(f))
+        return _CONVERTED[f].format(expr) if f in _CONVERTED and f not in source else expr
+
+    return "{" + ", ".join(f"{f!r}: {one(f)}" for f in WIRE_FIELDS) + "}"
+
+
+_LINE_MAKERS = f"""
+def ndjson_lines(entries, timestamps=None):
+    timestamps = timestamps or TimestampFormatter().format
     out = []
     append = out.append
     for e in entries:
         node, seq = e.node, e.seq
-        d = {"id": f"{node}:{seq}", "node": node, "seq": seq, "ts": tsf(e.ts), "user": e.user,
-             "action": e.action, "target": e.target, "domain": e.domain, "ip": e.ip,
-             "user_agent": e.user_agent, "success": e.success, "details": e.details,
-             "signature": e.signature.hex(), "integrity": e.integrity}
-        if e.violation is not None:
-            d["violation"] = e.violation
+        d = {_wire_dict(_ENTRY_SOURCE, "e.{}")}
+        if e.{WIRE_OPTIONAL} is not None:
+            d[{WIRE_OPTIONAL!r}] = e.{WIRE_OPTIONAL}
         try:
             append(_dumps(d, None, _NEWLINE))
         except (TypeError, orjson.JSONEncodeError):
@@ -50,22 +93,49 @@ def ndjson_lines(entries: Iterable[Entry], timestamps: Callable[[int], str] | No
     return out
 
 
-def record_lines(node: str, recs, timestamps: Callable[[int], str]) -> list[bytes]:
-    """:func:`ndjson_lines` for the records of a verified frame (``engine.items.VerifiedFrame``):
-    the same lines, without an ``Entry`` per record."""
+def record_lines(node, recs, timestamps):
     out = []
     append = out.append
     prefix = node + ":"
-    for seq, ts, user, action, target, domain, ip, ua, success, details, sig in recs:
-        d = {"id": prefix + str(seq), "node": node, "seq": seq, "ts": timestamps(ts), "user": user,
-             "action": action, "target": target, "domain": domain, "ip": ip, "user_agent": ua,
-             "success": success, "details": details, "signature": sig.hex(), "integrity": "ok"}
+    for {", ".join(_RECORD)} in recs:
+        d = {_wire_dict(_RECORD_SOURCE, "{}")}
         try:
             append(_dumps(d, None, _NEWLINE))
         except (TypeError, orjson.JSONEncodeError):
-            append(_odd_line(Entry(node, seq, ts, user, action, target, domain, ip, ua, success,
-                                   details, sig)))
+            append(_odd_line(Entry(node, {", ".join(_RECORD)})))
     return out
+"""
+
+
+def _odd_line(e: Entry) -> bytes:
+    """A damaged record's line: whatever its values are, never crash an export."""
+    try:
+        wire = e.to_wire()
+    except (TypeError, ValueError, AttributeError):  # e.g. a signature that is not bytes
+        wire = {
+            "id": f"{e.node}:{e.seq}",
+            "node": e.node,
+            "seq": e.seq,
+            "integrity": "violation",
+            "violation": "record fields of unexpected types",
+        }
+    return (_json(wire) + "\n").encode("utf-8", "surrogatepass")
+
+
+_made = {
+    "TimestampFormatter": TimestampFormatter,
+    "Entry": Entry,
+    "orjson": orjson,
+    "_dumps": _dumps,
+    "_NEWLINE": _NEWLINE,
+    "_odd_line": _odd_line,
+}
+exec(compile(_LINE_MAKERS, "<export.ndjson line makers>", "exec"), _made)
+ndjson_lines: Callable[..., list[bytes]] = _made["ndjson_lines"]
+record_lines: Callable[[str, Iterable[tuple], Callable[[int], str]], list[bytes]] = _made["record_lines"]
+ndjson_lines.__doc__ = "Each entry as one UTF-8 line ending in ``\\n`` (the wire shape, ``Entry.to_wire``)."
+record_lines.__doc__ = """:func:`ndjson_lines` for the records of a verified frame (``engine.items.VerifiedFrame``):
+the same lines, without an ``Entry`` per record."""
 
 
 #: names what :func:`record_lines` writes, for line files (``engine.lines``): change it
@@ -75,19 +145,11 @@ LINES_TAG = "ndjson-1"
 
 def line_renderer(node: str) -> Callable[[tuple], list[bytes]]:
     """``record_lines`` for one node's verified frames (the ``engine.lines`` callback)."""
+
     def render(recs: tuple) -> list[bytes]:
         return record_lines(node, recs, TimestampFormatter().format)
+
     return render
-
-
-def _odd_line(e: Entry) -> bytes:
-    """A damaged record's line: whatever its values are, never crash an export."""
-    try:
-        wire = e.to_wire()
-    except (TypeError, ValueError, AttributeError):   # e.g. a signature that is not bytes
-        wire = {"id": f"{e.node}:{e.seq}", "node": e.node, "seq": e.seq, "integrity": "violation",
-                "violation": "record fields of unexpected types"}
-    return (_json(wire) + "\n").encode("utf-8", "surrogatepass")
 
 
 def render_json_entry(entry: Entry) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from fpdf import FPDF
 
@@ -51,8 +51,15 @@ class _Report(FPDF):
         self.set_text_color(0)
 
 
-def render_pdf(entries: Iterable[Entry], *, title: str, filters: str, nodes: dict[str, dict],
-               generated_by: str = "", max_rows: int | None = None) -> tuple[bytes, dict]:
+def render_pdf(
+    entries: Iterable[Entry],
+    *,
+    title: str,
+    filters: str,
+    nodes: dict[str, dict],
+    generated_by: str = "",
+    max_rows: int | None = None,
+) -> tuple[bytes, dict]:
     """Build the report; returns (PDF bytes, counts {"rows", "violations"})."""
     pdf = _Report(orientation="L", unit="mm", format="A4")
     regular, bold = _find_font()
@@ -83,18 +90,32 @@ def render_pdf(entries: Iterable[Entry], *, title: str, filters: str, nodes: dic
     pdf.multi_cell(0, 8, clean(title), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(fam, "", 9)
     generated = format_ts(clock.now_us())[:19] + "Z"
-    pdf.multi_cell(0, 5, clean(f"Generated {generated}" + (f" by {generated_by}" if generated_by else "")),
-                   new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(
+        0,
+        5,
+        clean(f"Generated {generated}" + (f" by {generated_by}" if generated_by else "")),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     pdf.multi_cell(0, 5, clean(f"Filters: {filters or '(none: every entry)'}"), new_x="LMARGIN", new_y="NEXT")
-    cover = ", ".join(f"{n}: {st.get('status')}" + (f" ({st.get('error')})" if st.get("error") else "")
-                      for n, st in sorted(nodes.items()))
+    cover = ", ".join(
+        f"{n}: {st.get('status')}" + (f" ({st.get('error')})" if st.get("error") else "")
+        for n, st in sorted(nodes.items())
+    )
     pdf.multi_cell(0, 5, clean(f"Node coverage: {cover}"), new_x="LMARGIN", new_y="NEXT")
     unreachable = [n for n, st in nodes.items() if st.get("status") != "ok"]
     if unreachable:
         pdf.set_text_color(170, 0, 0)
-        pdf.multi_cell(0, 5, clean(f"Incomplete: entries of {', '.join(sorted(unreachable))} are missing "
-                                   "(node unreachable when the report was made)."),
-                       new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(
+            0,
+            5,
+            clean(
+                f"Incomplete: entries of {', '.join(sorted(unreachable))} are missing "
+                "(node unreachable when the report was made)."
+            ),
+            new_x="LMARGIN",
+            new_y="NEXT",
+        )
         pdf.set_text_color(0)
     pdf.ln(2)
     table = _Table(pdf, fam, clean)
@@ -106,9 +127,19 @@ def render_pdf(entries: Iterable[Entry], *, title: str, filters: str, nodes: dic
         rows += 1
         bad = e.integrity != "ok"
         violations += bad
-        table.row((format_ts(e.ts), e.id, e.user, e.action, _describe(e), e.ip or "",
-                   "success" if e.success else "FAILED",
-                   "ok" if not bad else f"VIOLATION: {e.violation or ''}"), bad)
+        table.row(
+            (
+                format_ts(e.ts),
+                e.id,
+                e.user,
+                e.action,
+                _describe(e),
+                e.ip or "",
+                "success" if e.success else "FAILED",
+                "ok" if not bad else f"VIOLATION: {e.violation or ''}",
+            ),
+            bad,
+        )
     pdf.ln(3)
     pdf.set_font(fam, "B", 10)
     if violations:
@@ -158,7 +189,7 @@ class _Table:
                     continue
                 if cur:
                     lines.append(cur)
-                while self.width(word) > maxw:   # a word longer than the column
+                while self.width(word) > maxw:  # a word longer than the column
                     cut = len(word)
                     while cut > 1 and self.width(word[:cut]) > maxw:
                         cut = max(1, int(cut * 0.8))
@@ -172,8 +203,12 @@ class _Table:
         self._draw(COLUMNS, bold=True, fill=(225, 230, 240), color=(0, 0, 0))
 
     def row(self, cells, bad: bool) -> None:
-        self._draw([self.clean(str(c)) for c in cells], bold=bad, fill=(253, 235, 235) if bad else None,
-                   color=(170, 0, 0) if bad else (0, 0, 0))
+        self._draw(
+            [self.clean(str(c)) for c in cells],
+            bold=bad,
+            fill=(253, 235, 235) if bad else None,
+            color=(170, 0, 0) if bad else (0, 0, 0),
+        )
 
     def _draw(self, cells, bold: bool, fill, color) -> None:
         pdf = self.pdf
@@ -213,7 +248,7 @@ def _describe(e: Entry) -> str:
         v = d.get(k)
         if v in (None, ""):
             continue
-        if isinstance(v, (list, tuple)):   # several recipients (arrays read back as tuples)
+        if isinstance(v, (list, tuple)):  # several recipients (arrays read back as tuples)
             v = ", ".join(str(x) for x in v)
         elif isinstance(v, dict):
             v = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -15,8 +15,8 @@ the missing part could hold an unconfirmed change or the confirmation of one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from engine.entry import Entry, format_ts
 
@@ -32,6 +32,7 @@ class FourEyesRule:
 def parse_pairs(texts: Iterable[str]) -> tuple[FourEyesRule, ...]:
     """``action:confirm_action`` strings -> rules (ValueError on a malformed one)."""
     from ingest.taxonomy import ACTION_RE
+
     rules = []
     for t in texts:
         a, sep, c = t.partition(":")
@@ -41,8 +42,9 @@ def parse_pairs(texts: Iterable[str]) -> tuple[FourEyesRule, ...]:
     return tuple(rules)
 
 
-def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: int | None = None,
-              to_us: int | None = None) -> dict:
+def four_eyes(
+    entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: int | None = None, to_us: int | None = None
+) -> dict:
     """Build the report from a stream holding the actions and their confirmations.
 
     Actions count when inside [from, to); confirmations count whenever they
@@ -54,18 +56,34 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
     by_action = {r.action: r for r in rules}
     by_confirm = {r.confirm: r for r in rules}
     actions: dict[str, dict] = {}
-    outside: dict[str, str] = {}   # id -> action of the actions seen after the range
+    outside: dict[str, str] = {}  # id -> action of the actions seen after the range
     confirmations: list[Entry] = []
     violations: list[dict] = []
     for e in entries:
         if e.integrity != "ok":
-            violations.append({"id": e.id, "node": e.node, "seq": e.seq, "ts": format_ts(e.ts),
-                               "action": e.action, "violation": e.violation or "integrity violation"})
+            violations.append(
+                {
+                    "id": e.id,
+                    "node": e.node,
+                    "seq": e.seq,
+                    "ts": format_ts(e.ts),
+                    "action": e.action,
+                    "violation": e.violation or "integrity violation",
+                }
+            )
         if e.action in by_action:
             if (from_us is None or e.ts >= from_us) and (to_us is None or e.ts < to_us):
-                actions[e.id] = {"id": e.id, "action": e.action, "user": e.user, "target": e.target,
-                                 "ts": format_ts(e.ts), "integrity": e.integrity,
-                                 "confirmed_by": [], "confirmations": [], "self_confirmations": []}
+                actions[e.id] = {
+                    "id": e.id,
+                    "action": e.action,
+                    "user": e.user,
+                    "target": e.target,
+                    "ts": format_ts(e.ts),
+                    "integrity": e.integrity,
+                    "confirmed_by": [],
+                    "confirmations": [],
+                    "self_confirmations": [],
+                }
             else:
                 outside[e.id] = e.action
         elif e.action in by_confirm:
@@ -75,12 +93,20 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
         ref = c.details.get("confirms") if isinstance(c.details, dict) else None
         a = actions.get(ref) if isinstance(ref, str) else None
         if a is None and isinstance(ref, str) and outside.get(ref) == by_confirm[c.action].action:
-            continue   # confirms an action that exists but lies outside the range: not this report's
+            continue  # confirms an action that exists but lies outside the range: not this report's
         if a is None or by_confirm[c.action].action != a["action"]:
             if (from_us is not None and c.ts < from_us) or (to_us is not None and c.ts >= to_us):
-                continue   # read only to find late confirmations of the range's actions
-            orphans.append({"id": c.id, "action": c.action, "user": c.user, "confirms": ref,
-                            "ts": format_ts(c.ts), "problem": "confirms an action not found in the range"})
+                continue  # read only to find late confirmations of the range's actions
+            orphans.append(
+                {
+                    "id": c.id,
+                    "action": c.action,
+                    "user": c.user,
+                    "confirms": ref,
+                    "ts": format_ts(c.ts),
+                    "problem": "confirms an action not found in the range",
+                }
+            )
             continue
         if c.integrity != "ok":
             a.setdefault("problems", []).append(f"confirmation {c.id} fails integrity")
@@ -103,6 +129,10 @@ def four_eyes(entries: Iterable[Entry], rules: Iterable[FourEyesRule], from_us: 
         else:
             a["problem"] = "unconfirmed"
         out.append(a)
-    return {"rules": [{"action": r.action, "confirm": r.confirm} for r in rules],
-            "rotations": out, "orphan_confirmations": orphans, "violations": violations,
-            "ok": all(a["ok"] for a in out) and not orphans and not violations}
+    return {
+        "rules": [{"action": r.action, "confirm": r.confirm} for r in rules],
+        "rotations": out,
+        "orphan_confirmations": orphans,
+        "violations": violations,
+        "ok": all(a["ok"] for a in out) and not orphans and not violations,
+    }

@@ -33,12 +33,16 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from engine.entry import ENTRY_SUB, Entry, format_ts
-from engine.state import StateTampered
+from engine.errors import ConfigError
+from engine.log import NodeLog
+from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, text
+from engine.state import StateSeal, StateTampered
 from export.errors import ExportError
 
 log = logging.getLogger("auditlog.syslog")
@@ -46,11 +50,11 @@ log = logging.getLogger("auditlog.syslog")
 FACILITY_LOG_AUDIT = 13
 SEV_ALERT, SEV_WARNING, SEV_NOTICE, SEV_INFO = 1, 4, 5, 6
 DEFAULT_SD_ID = "audit@32473"
-_SD_NAME_OK = re.compile(r"^[\x21\x23-\x3c\x3e-\x5c\x5e-\x7e]{1,32}$")   # printusascii minus = ] " and space
+_SD_NAME_OK = re.compile(r"^[\x21\x23-\x3c\x3e-\x5c\x5e-\x7e]{1,32}$")  # printusascii minus = ] " and space
 BOM = "\ufeff"
 CURSOR_FILE = "syslog_cursor.json"
-TIOCOUTQ = 0x5411   # Linux: bytes in the socket send queue not yet acknowledged
-TCP_CLOSE = 7       # Linux tcp_info.tcpi_state of a closed (reset) connection
+TIOCOUTQ = 0x5411  # Linux: bytes in the socket send queue not yet acknowledged
+TCP_CLOSE = 7  # Linux tcp_info.tcpi_state of a closed (reset) connection
 
 
 def check_sd_id(sd_id: str) -> str:
@@ -85,9 +89,11 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
     for name, val in (("target", e.target), ("domain", e.domain), ("ip", e.ip), ("user_agent", e.user_agent)):
         if val is not None:
             params.append((name, str(val)))
-    params += [("success", "true" if e.success else "false"),
-               ("signature", e.signature.hex() if isinstance(e.signature, bytes) else ""),
-               ("integrity", e.integrity)]
+    params += [
+        ("success", "true" if e.success else "false"),
+        ("signature", e.signature.hex() if isinstance(e.signature, bytes) else ""),
+        ("integrity", e.integrity),
+    ]
     if e.violation:
         params.append(("violation", e.violation))
     details = json.dumps(e.details, ensure_ascii=False, separators=(",", ":"), default=str) if e.details else None
@@ -96,12 +102,14 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
         text += f" on {e.target}"
     if e.ip:
         text += f" from {e.ip}"
-    header = (f"<{pri}>1 {format_ts(e.ts)} {_printable(e.node, 255)} auditlog - "
-              f"{_printable(e.action, 32)} ")
+    header = f"<{pri}>1 {format_ts(e.ts)} {_printable(e.node, 255)} auditlog - {_printable(e.action, 32)} "
 
     def build(details_value: str | None, truncated: bool, msg: str, base: list | None = None) -> bytes:
-        ps = (params if base is None else base) + ([("details", details_value)] if details_value is not None else []) + (
-            [("truncated", "true")] if truncated else [])
+        ps = (
+            (params if base is None else base)
+            + ([("details", details_value)] if details_value is not None else [])
+            + ([("truncated", "true")] if truncated else [])
+        )
         sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in ps) + "]"
         return (header + sd + " " + BOM + msg).encode("utf-8")
 
@@ -133,15 +141,67 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
     return best
 
 
+def _target(v, name: str) -> str:
+    text(v, name)
+    try:
+        u = urlsplit(v)
+        port = u.port
+    except ValueError:
+        u, port = None, None
+    if u is None or u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not port:
+        raise ConfigError(f"{name} must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, got {v!r}")
+    return v
+
+
+def _format(v, name: str) -> str:
+    if v != "rfc5424":
+        raise ConfigError(f'{name} must be "rfc5424", got {v!r}')
+    return v
+
+
+def _sd_id(v, name: str) -> str:
+    text(v, name)
+    try:
+        return check_sd_id(v)
+    except ExportError:
+        raise ConfigError(f"{name} must look like name@<enterprise number>, got {v!r}") from None
+
+
+#: ``[syslog]``: forward this node's log to a syslog receiver / SIEM
+SYSLOG_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "syslog.target",
+        None,
+        "udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT",
+        _target,
+        required='[syslog] needs target = "udp://HOST:PORT", "tcp://HOST:PORT" or "tls://HOST:PORT"',
+    ),
+    Setting("syslog.format", "rfc5424", "message format: rfc5424", _format),
+    Setting("syslog.sd_id", DEFAULT_SD_ID, "structured-data id, name@<enterprise number>", _sd_id),
+    Setting("syslog.ca", None, "CA file to check a tls:// receiver with", file_path, path=True),
+    Setting("syslog.cert", None, "client certificate for a tls:// receiver", file_path, path=True),
+    Setting("syslog.key", None, "key of the client certificate", file_path, path=True),
+    Setting("syslog.server_name", None, "TLS name to check (default: the target host)", text),
+    Setting("syslog.udp_max_bytes", 8192, "largest UDP message; longer ones are shortened", int_at_least(480)),
+)
+_SYSLOG = defaults_of(SYSLOG_SETTINGS)
+
+
 @dataclass(frozen=True)
 class SyslogSettings:
-    target: str                       # udp://host:port | tcp://host:port | tls://host:port
-    sd_id: str = DEFAULT_SD_ID
-    udp_max_bytes: int = 8192
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    server_name: str | None = None    # TLS name to check (default: the target host)
+    target: str  # udp://host:port | tcp://host:port | tls://host:port
+    format: str = _SYSLOG["format"]
+    sd_id: str = _SYSLOG["sd_id"]
+    ca: str | None = _SYSLOG["ca"]
+    cert: str | None = _SYSLOG["cert"]
+    key: str | None = _SYSLOG["key"]
+    server_name: str | None = _SYSLOG["server_name"]
+    udp_max_bytes: int = _SYSLOG["udp_max_bytes"]
+
+    def __post_init__(self):
+        check_fields(self, SYSLOG_SETTINGS)
+        if self.scheme != "tls" and (self.ca or self.cert or self.key):
+            raise ConfigError("syslog ca/cert/key only apply to a tls:// target")
 
     @property
     def scheme(self) -> str:
@@ -149,9 +209,6 @@ class SyslogSettings:
 
     def address(self) -> tuple[str, int]:
         u = urlsplit(self.target)
-        if u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not u.port:
-            raise ExportError(f"syslog target must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, "
-                              f"got {self.target!r}")
         return u.hostname, u.port
 
 
@@ -206,7 +263,7 @@ class Transport:
             try:
                 fcntl.ioctl(fd, TIOCOUTQ, buf)
             except OSError:
-                return   # not supported here: fall back to sendall's guarantee
+                return  # not supported here: fall back to sendall's guarantee
             if int.from_bytes(buf, "little") == 0:
                 return
             # a receiver that went away resets the connection: the unacknowledged count
@@ -247,18 +304,34 @@ class SyslogForwarder:
     #: acknowledged it (rsyslog does, on SIGTERM)
     resend_bytes = 1 << 20
 
-    def __init__(self, service, settings: SyslogSettings, batch: int = 500):
-        self.service = service
+    def __init__(
+        self,
+        settings: SyslogSettings,
+        *,
+        reader: NodeLog,
+        head_seq: Callable[[], int],
+        seal: StateSeal,
+        state_dir: Path,
+        rejected: Callable[[str, str], None],
+        batch: int = 500,
+    ):
+        """``reader``: the log to follow; ``head_seq()``: the last seq appended;
+        ``seal``: this node's state seal (the cursor file is sealed state);
+        ``rejected(file, problem)``: reports a state file that failed its seal
+        (an ``audit.recovery`` entry, the counter) and sets it aside."""
         self.settings = settings
+        self.reader = reader
+        self.head_seq = head_seq
+        self.seal = seal
+        self.rejected = rejected
         self.batch = batch
-        check_sd_id(settings.sd_id)
-        settings.address()
-        self.path = Path(service.data_dir.state) / CURSOR_FILE
+        self.path = Path(state_dir) / CURSOR_FILE
         #: why the cursor file was not used (None: it was, or there was none)
         self.cursor_rejected: str | None = None
         #: the position (seq, sub) of the last item the receiver acknowledged (a marker for
-        #: damage sits before the entry with the same seq: engine.items); (0, 0) before any
-        self.position: tuple[int, int] = self._load_cursor()
+        #: damage sits before the entry with the same seq: engine.items); (0, 0) before any;
+        #: read from the cursor file when the forwarder starts
+        self.position: tuple[int, int] = (0, 0)
         self.sent = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -274,35 +347,57 @@ class SyslogForwarder:
 
     def _load_cursor(self) -> tuple[int, int]:
         try:
-            d = self.service.seal.read(self.path)
+            d = self.seal.read(self.path)
         except StateTampered as e:
-            self.cursor_rejected = (f"{CURSOR_FILE}: {str(e).split(': ', 1)[-1]}; "
-                                    "forwarding starts again from the beginning of the log")
-            self.service.state_rejected(CURSOR_FILE, self.cursor_rejected)
+            self.cursor_rejected = (
+                f"{CURSOR_FILE}: {str(e).split(': ', 1)[-1]}; forwarding starts again from the beginning of the log"
+            )
+            self.rejected(CURSOR_FILE, self.cursor_rejected)
             return (0, 0)
-        if not (isinstance(d, dict) and d.get("target") == self.settings.target and type(d.get("seq")) is int
-                and d["seq"] >= 0 and type(d.get("sub", ENTRY_SUB)) is int):
-            return (0, 0)   # none yet, or another target's: everything goes to this one
-        head = self.service.log.head()[0]
+        if not (
+            isinstance(d, dict)
+            and d.get("target") == self.settings.target
+            and type(d.get("seq")) is int
+            and d["seq"] >= 0
+            and type(d.get("sub", ENTRY_SUB)) is int
+        ):
+            return (0, 0)  # none yet, or another target's: everything goes to this one
+        head = self.reader.head()[0]
         if d["seq"] > head:
             # the log was cut back (or lost its tail in a crash without fsync): the seqs
             # after its head will hold new entries, which must go out too
-            log.warning("%s: cursor at seq %d but the log ends at seq %d; forwarding resumes after %d",
-                        CURSOR_FILE, d["seq"], head, head)
+            log.warning(
+                "%s: cursor at seq %d but the log ends at seq %d; forwarding resumes after %d",
+                CURSOR_FILE,
+                d["seq"],
+                head,
+                head,
+            )
             return (head, ENTRY_SUB)
         return (d["seq"], d.get("sub", ENTRY_SUB))
 
     def _save_cursor(self) -> None:
         seq, sub = self.position
-        self.service.seal.write(self.path, {"target": self.settings.target, "seq": seq, "sub": sub}, sync=False)
+        self.seal.write(self.path, {"target": self.settings.target, "seq": seq, "sub": sub}, sync=False)
 
     def status(self) -> dict:
-        head = self.service.writer.next_seq - 1
-        return {"target": self.settings.target, "cursor_seq": self.cursor, "lag": max(0, head - self.cursor),
-                "connected": self.connected, "sent": self.sent, "errors": self.errors,
-                "last_error": self.last_error, "cursor_rejected": self.cursor_rejected}
+        head = self.head_seq()
+        return {
+            "target": self.settings.target,
+            "cursor_seq": self.cursor,
+            "lag": max(0, head - self.cursor),
+            "connected": self.connected,
+            "sent": self.sent,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "cursor_rejected": self.cursor_rejected,
+        }
 
     def start(self) -> None:
+        """Read the cursor file and start forwarding from it (in a thread)."""
+        self.cursor_rejected = None
+        self.position = self._load_cursor()
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="auditlog-syslog", daemon=True)
         self._thread.start()
 
@@ -364,7 +459,7 @@ class SyslogForwarder:
                     recent_bytes = 0
                     try:
                         self._save_cursor()
-                    except OSError:   # pragma: no cover - kept in memory, saved next time
+                    except OSError:  # pragma: no cover - kept in memory, saved next time
                         log.exception("cannot save the syslog cursor")
                 self._stop.wait(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 30.0)
@@ -372,7 +467,7 @@ class SyslogForwarder:
 
     def _next_entries(self) -> list[Entry]:
         out = []
-        for e in self.service.log.scan(after=self.position if self.position[0] else None):
+        for e in self.reader.scan(after=self.position if self.position[0] else None):
             out.append(e)
             if len(out) >= self.batch:
                 break

@@ -42,8 +42,7 @@ from ingest.errors import IngestError
 from ingest.event import DuplicateKeyError, reject_duplicate_keys, validate_batch
 from ingest.limits import Limits
 
-__all__ = ["BodyError", "UnsupportedMediaError", "decode_body", "decode_and_validate",
-           "JSON_TYPES", "MSGPACK_TYPES"]
+__all__ = ["BodyError", "UnsupportedMediaError", "decode_body", "decode_and_validate", "JSON_TYPES", "MSGPACK_TYPES"]
 
 JSON_TYPES = ("application/json", "", "text/json")
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
@@ -64,8 +63,7 @@ def _no_constant(name: str):
 def _loads_reference(raw: bytes) -> Any:
     """The standard library's reading, which rejects repeated keys by name."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys,
-                          parse_constant=_no_constant)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise BodyError("body is not UTF-8") from None
     except (ValueError, RecursionError) as e:
@@ -102,12 +100,12 @@ def loads_msgpack(raw: bytes) -> Any:
     """Decode a msgpack body, refusing repeated map keys at any depth."""
     try:
         data = msgpack.unpackb(raw, **_MSGPACK_OPTIONS)
-    except Exception as e:   # msgpack raises several unrelated types
+    except Exception as e:  # msgpack raises several unrelated types
         raise BodyError(f"body is not valid msgpack: {type(e).__name__}") from None
     try:
         if _repack(data) == raw:
             return data
-    except (ValueError, TypeError, OverflowError):   # nested past the packer's limit
+    except (ValueError, TypeError, OverflowError):  # nested past the packer's limit
         pass
     try:
         return msgpack.unpackb(raw, object_pairs_hook=reject_duplicate_keys, **_MSGPACK_OPTIONS)
@@ -125,13 +123,14 @@ def decode_body(raw: bytes, content_type: str) -> list:
         data = loads_json(raw)
     else:
         raise UnsupportedMediaError(
-            f"unsupported Content-Type {content_type!r}: use application/json or application/msgpack")
+            f"unsupported Content-Type {content_type!r}: use application/json or application/msgpack"
+        )
     if isinstance(data, dict):
         if set(data) != {"events"}:
             raise BodyError('a JSON object body must be {"events": [...]} and nothing else')
         data = data["events"]
     if not isinstance(data, (list, tuple)):
-        raise BodyError("body must be an array of events or {\"events\": [...]}")
+        raise BodyError('body must be an array of events or {"events": [...]}')
     return list(data)
 
 

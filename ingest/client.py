@@ -50,7 +50,7 @@ server replays its first answer instead of appending again.  This holds within
 the server's idempotency window: the key must still be among the node's last
 ``idempotency_entries`` (10 000) keys, which survive restarts and crashes: the
 server makes a batch's key durable in the same commit as its entries (see
-``query.idempotency.IdempotencyCache``).  Retries happen within seconds to
+``ingest.idempotency.IdempotencyCache``).  Retries happen within seconds to
 minutes, far inside that window unless thousands of batches arrive in between.
 
 Raise or buffer: ``on_unavailable``
@@ -98,8 +98,13 @@ from ingest.errors import InvalidEventError
 from ingest.event import validate_batch, validate_event
 
 __all__ = [
-    "AuditClient", "AuditClientError", "LogUnavailableError", "BatchRejectedError",
-    "ClientClosedError", "RejectedBatch", "InvalidEventError",
+    "AuditClient",
+    "AuditClientError",
+    "LogUnavailableError",
+    "BatchRejectedError",
+    "ClientClosedError",
+    "RejectedBatch",
+    "InvalidEventError",
 ]
 
 log = logging.getLogger("auditlog.client")
@@ -114,6 +119,7 @@ USER_AGENT = "auditlog-client/0.1"
 
 
 # --------------------------------------------------------------------------- errors
+
 
 class AuditClientError(Exception):
     """Base of the client's own errors (local validation raises ``InvalidEventError``)."""
@@ -150,11 +156,13 @@ class BatchRejectedError(AuditClientError):
         self.status = batch.status
         self.problems = batch.problems
         extra = f" (and {more} more rejected batch(es), see client.rejected)" if more else ""
-        super().__init__(f"server rejected a batch of {len(batch.events)} event(s) with HTTP "
-                         f"{batch.status}: {batch.message}{extra}")
+        super().__init__(
+            f"server rejected a batch of {len(batch.events)} event(s) with HTTP {batch.status}: {batch.message}{extra}"
+        )
 
 
 # --------------------------------------------------------------------------- transport
+
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over a Unix socket (``auditlog serve --unix-socket``)."""
@@ -176,12 +184,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 @dataclass
 class _Outcome:
-    kind: str                      # "ok", "rejected", "too_large", "unavailable", "aborted"
+    kind: str  # "ok", "rejected", "too_large", "unavailable", "aborted"
     body: dict | None = None
     status: int = 0
     message: str = ""
     problems: list = field(default_factory=list)
-    uncertain: bool = False        # an earlier attempt may have reached the server
+    uncertain: bool = False  # an earlier attempt may have reached the server
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -212,6 +220,7 @@ def _close_at_exit(ref) -> None:
 
 # --------------------------------------------------------------------------- the client
 
+
 class AuditClient:
     """Batching, retrying, thread-safe client of ``POST /api/v1/events``.
 
@@ -236,13 +245,25 @@ class AuditClient:
     :param exit_timeout: at interpreter exit an unclosed client flushes for this long.
     """
 
-    def __init__(self, base_url: str, api_key: str, *, batch_size: int = 500,
-                 flush_interval: float = 0.5, max_queue: int = 100_000,
-                 on_unavailable: str = "raise", block_timeout: float = 30.0,
-                 max_retries: int | None = None, retry_deadline: float | None = 10.0,
-                 backoff_initial: float = 0.05, backoff_max: float = 5.0,
-                 timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
-                 max_batch_bytes: int = 8 * 1024 * 1024, exit_timeout: float = 5.0):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_queue: int = 100_000,
+        on_unavailable: str = "raise",
+        block_timeout: float = 30.0,
+        max_retries: int | None = None,
+        retry_deadline: float | None = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_batch_bytes: int = 8 * 1024 * 1024,
+        exit_timeout: float = 5.0,
+    ):
         if on_unavailable not in ON_UNAVAILABLE:
             raise ValueError(f"on_unavailable must be 'raise' or 'buffer', got {on_unavailable!r}")
         if not 1 <= batch_size <= 10_000:
@@ -267,27 +288,30 @@ class AuditClient:
         self.max_batch_bytes = max_batch_bytes
         self.exit_timeout = exit_timeout
         self._connect = self._connector(base_url, timeout, ssl_context)
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
-                         "Accept": "application/json", "User-Agent": USER_AGENT}
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
         self._rng = random.Random()
 
         self._cv = threading.Condition(threading.Lock())
         self._queue: deque[tuple[float, bytes]] = deque()
-        self._accepted = 0           # events ever accepted by log()
-        self._done = 0               # of those, acknowledged or rejected (FIFO: one sender)
-        self._flush_upto = 0         # send without waiting for a full batch up to here
-        self._error: BatchRejectedError | None = None   # to raise on the next call
-        self._fatal: BaseException | None = None         # the sender thread crashed
-        self._unavailable: str | None = None             # why the log counts as unavailable
+        self._accepted = 0  # events ever accepted by log()
+        self._done = 0  # of those, acknowledged or rejected (FIFO: one sender)
+        self._flush_upto = 0  # send without waiting for a full batch up to here
+        self._error: BatchRejectedError | None = None  # to raise on the next call
+        self._fatal: BaseException | None = None  # the sender thread crashed
+        self._unavailable: str | None = None  # why the log counts as unavailable
         self._closing = False
         self._closed = False
         self._abort = threading.Event()
-        self._conn: http.client.HTTPConnection | None = None   # the sender's keep-alive connection
+        self._conn: http.client.HTTPConnection | None = None  # the sender's keep-alive connection
         #: batches the server refused for good (newest last)
         self.rejected: list[RejectedBatch] = []
         #: counters, for monitoring and tests
-        self.stats = {"acknowledged": 0, "batches": 0, "requests": 0, "retries": 0, "replays": 0,
-                      "rejected": 0}
+        self.stats = {"acknowledged": 0, "batches": 0, "requests": 0, "retries": 0, "replays": 0, "rejected": 0}
 
         self._thread = threading.Thread(target=self._run, name="auditlog-client-sender", daemon=True)
         self._thread.start()
@@ -311,17 +335,19 @@ class AuditClient:
         """``log()`` for an event already built as a dict (not modified, not kept)."""
         self._check_state()
         validate_event(event)
-        payload = _encode(event)   # a snapshot: later changes to the caller's dict do not leak in
+        payload = _encode(event)  # a snapshot: later changes to the caller's dict do not leak in
         now = time.monotonic()
         with self._cv:
             self._check_state_locked()
             if self.on_unavailable == "raise":
                 if self._unavailable is not None:
-                    raise LogUnavailableError(f"the audit log is unavailable ({self._unavailable}); "
-                                              f"{self._pending()} event(s) waiting")
+                    raise LogUnavailableError(
+                        f"the audit log is unavailable ({self._unavailable}); {self._pending()} event(s) waiting"
+                    )
                 if self._pending() >= self.max_queue:
-                    raise LogUnavailableError(f"queue full: {self._pending()} event(s) not yet "
-                                              "acknowledged by the audit log")
+                    raise LogUnavailableError(
+                        f"queue full: {self._pending()} event(s) not yet acknowledged by the audit log"
+                    )
             elif self._pending() >= self.max_queue:
                 deadline = now + self.block_timeout
                 while self._pending() >= self.max_queue:
@@ -330,7 +356,8 @@ class AuditClient:
                         why = f" ({self._unavailable})" if self._unavailable else ""
                         raise LogUnavailableError(
                             f"queue full for {self.block_timeout:g}s: {self._pending()} event(s) "
-                            f"not yet acknowledged by the audit log{why}")
+                            f"not yet acknowledged by the audit log{why}"
+                        )
                     self._cv.wait(remaining)
                     self._check_state_locked()
             self._queue.append((now, payload))
@@ -390,16 +417,22 @@ class AuditClient:
         key = uuid.uuid4().hex
         holder: list = [None]
         try:
-            out = self._deliver(self._body(payloads), key, holder, background=False,
-                                deadline=None if timeout is None else time.monotonic() + timeout)
+            out = self._deliver(
+                self._body(payloads),
+                key,
+                holder,
+                background=False,
+                deadline=None if timeout is None else time.monotonic() + timeout,
+            )
         finally:
             if holder[0] is not None:
                 holder[0].close()
         if out.kind == "ok":
             return out.body
         if out.kind in ("rejected", "too_large"):
-            raise BatchRejectedError(RejectedBatch(out.status, out.message, list(events), key,
-                                                   out.problems, out.uncertain))
+            raise BatchRejectedError(
+                RejectedBatch(out.status, out.message, list(events), key, out.problems, out.uncertain)
+            )
         raise LogUnavailableError(f"the audit log did not take the batch: {out.message}")
 
     @property
@@ -413,14 +446,14 @@ class AuditClient:
         """Why the log currently counts as unavailable (``None`` when it does not)."""
         return self._unavailable
 
-    def __enter__(self) -> "AuditClient":
+    def __enter__(self) -> AuditClient:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
             return
-        try:   # do not hide the exception that is already on its way
+        try:  # do not hide the exception that is already on its way
             self.close()
         except AuditClientError as e:
             log.error("audit client: while closing after %s: %s", exc_type.__name__, e)
@@ -456,11 +489,11 @@ class AuditClient:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     why = f" ({self._unavailable})" if self._unavailable else ""
-                    what = "not delivered, the client is closed" if closing else \
-                        "not yet acknowledged"
+                    what = "not delivered, the client is closed" if closing else "not yet acknowledged"
                     raise LogUnavailableError(
                         f"{'close' if closing else 'flush'} timed out after {timeout:g}s: "
-                        f"{target - self._done} event(s) {what}{why}")
+                        f"{target - self._done} event(s) {what}{why}"
+                    )
                 self._cv.wait(remaining)
             if self._error is not None:
                 err, self._error = self._error, None
@@ -475,7 +508,7 @@ class AuditClient:
                 if batch is None:
                     return
                 self._send_batch(batch)
-        except BaseException as e:   # pragma: no cover - a bug: make callers see it
+        except BaseException as e:  # pragma: no cover - a bug: make callers see it
             log.exception("audit client sender thread failed")
             with self._cv:
                 self._fatal = e
@@ -532,12 +565,14 @@ class AuditClient:
                 self.stats["acknowledged"] += len(payloads)
                 self.stats["batches"] += 1
             else:
-                rb = RejectedBatch(out.status, out.message, [json.loads(p) for p in payloads], key,
-                                   out.problems, out.uncertain)
+                rb = RejectedBatch(
+                    out.status, out.message, [json.loads(p) for p in payloads], key, out.problems, out.uncertain
+                )
                 self.rejected.append(rb)
                 self.stats["rejected"] += 1
-                log.error("audit client: batch of %d event(s) rejected: HTTP %d %s",
-                          len(payloads), out.status, out.message)
+                log.error(
+                    "audit client: batch of %d event(s) rejected: HTTP %d %s", len(payloads), out.status, out.message
+                )
                 if self._error is None:
                     self._error = BatchRejectedError(rb)
             self._cv.notify_all()
@@ -548,8 +583,9 @@ class AuditClient:
     def _body(payloads: list[bytes]) -> bytes:
         return b"[" + b",".join(payloads) + b"]"
 
-    def _deliver(self, body: bytes, key: str, holder: list, *, background: bool,
-                 deadline: float | None = None) -> _Outcome:
+    def _deliver(
+        self, body: bytes, key: str, holder: list, *, background: bool, deadline: float | None = None
+    ) -> _Outcome:
         """POST one batch until it is acknowledged, refused, or (not background) out of budget.
 
         ``holder[0]`` is the connection to use (replaced when it breaks).
@@ -585,18 +621,18 @@ class AuditClient:
                 self.stats["requests"] += 1
             if status is not None and status not in TRANSIENT_STATUSES and status != 500:
                 kind = "too_large" if status == 413 else "rejected"
-                return _Outcome(kind, status=status, message=message, problems=problems,
-                                uncertain=uncertain)
+                return _Outcome(kind, status=status, message=message, problems=problems, uncertain=uncertain)
             # transient: connection error, timeout, 5xx, 408/425/429
             if status is None or status == 500 or status == 504:
-                uncertain = True   # the server may have seen (and committed) this attempt
+                uncertain = True  # the server may have seen (and committed) this attempt
             attempts += 1
             now = time.monotonic()
             if first_failure is None:
                 first_failure = now
             reason = f"HTTP {status}: {message}" if status is not None else message
-            exhausted = ((self.max_retries is not None and attempts > self.max_retries) or
-                         (self.retry_deadline is not None and now - first_failure >= self.retry_deadline))
+            exhausted = (self.max_retries is not None and attempts > self.max_retries) or (
+                self.retry_deadline is not None and now - first_failure >= self.retry_deadline
+            )
             if deadline is not None:
                 exhausted = now >= deadline
             if status == 500:
@@ -605,18 +641,18 @@ class AuditClient:
                 errors_500 += 1
                 if first_500 is None:
                     first_500 = now
-                if ((self.max_retries is not None and errors_500 > self.max_retries) or
-                        (self.retry_deadline is not None and now - first_500 >= self.retry_deadline) or
-                        (deadline is not None and now >= deadline)):
-                    return _Outcome("rejected", status=status, message=message, problems=problems,
-                                    uncertain=uncertain)
+                if (
+                    (self.max_retries is not None and errors_500 > self.max_retries)
+                    or (self.retry_deadline is not None and now - first_500 >= self.retry_deadline)
+                    or (deadline is not None and now >= deadline)
+                ):
+                    return _Outcome("rejected", status=status, message=message, problems=problems, uncertain=uncertain)
             elif exhausted:
                 if not background:
                     return _Outcome("unavailable", message=reason)
                 with self._cv:
                     if self._unavailable is None:
-                        log.warning("audit client: the audit log is unavailable (%s); still retrying",
-                                    reason)
+                        log.warning("audit client: the audit log is unavailable (%s); still retrying", reason)
                     self._unavailable = reason
                     self._cv.notify_all()
             with self._cv:
@@ -675,8 +711,9 @@ class AuditClient:
             self._path = EVENTS_PATH
             return lambda: _UnixHTTPConnection(path, timeout)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"base_url must be http://host:port, https://host:port or "
-                             f"unix:///socket, got {base_url!r}")
+            raise ValueError(
+                f"base_url must be http://host:port, https://host:port or unix:///socket, got {base_url!r}"
+            )
         self._path = u.path.rstrip("/") + EVENTS_PATH
         host, port = u.hostname, u.port
         if u.scheme == "https":

@@ -17,8 +17,14 @@ ADMIN_IPS = {"alice": "192.0.2.10", "bob": "192.0.2.11", "carol": "2001:db8::c",
 ATTACKER_IPS = ["203.0.113.66", "203.0.113.67", "2001:db8:bad::1"]
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
 DOMAINS = ["example.com", "example.org", "shop.example.net"]
-SUBJECTS = ["Invoice 2026-0314 overdue", "Your parcel is waiting", "Q1 board minutes",
-            "Re: contract draft (v3)", "Password expiry notice", "Team offsite – agenda"]
+SUBJECTS = [
+    "Invoice 2026-0314 overdue",
+    "Your parcel is waiting",
+    "Q1 board minutes",
+    "Re: contract draft (v3)",
+    "Password expiry notice",
+    "Team offsite – agenda",
+]
 
 
 def demo_day(seed: int = 7) -> list[EntryDraft]:
@@ -31,42 +37,119 @@ def demo_day(seed: int = 7) -> list[EntryDraft]:
     for h in range(24):
         for admin in ADMINS:
             if 7 <= h <= 18 and rnd.random() < 0.5:
-                out.append(EntryDraft(admin, "auth.login", None, None, ADMIN_IPS[admin], UA, True, at(h, rnd.randrange(60))))
+                out.append(
+                    EntryDraft(admin, "auth.login", None, None, ADMIN_IPS[admin], UA, True, at(h, rnd.randrange(60)))
+                )
         if rnd.random() < 0.6:
             ip = rnd.choice(ATTACKER_IPS)
             for _ in range(rnd.randint(2, 6)):
-                out.append(EntryDraft(rnd.choice(ADMINS + ["admin", "root"]), "auth.login_failed", None, None,
-                                      ip, "python-requests/2.32", False, {**at(h, rnd.randrange(60)), "reason": "bad password"}))
+                out.append(
+                    EntryDraft(
+                        rnd.choice(ADMINS + ["admin", "root"]),
+                        "auth.login_failed",
+                        None,
+                        None,
+                        ip,
+                        "python-requests/2.32",
+                        False,
+                        {**at(h, rnd.randrange(60)), "reason": "bad password"},
+                    )
+                )
             if rnd.random() < 0.3:
-                out.append(EntryDraft("system", "security.brute_force_detected", ip, None, ip, None, True,
-                                      {**at(h, 59), "attempts": rnd.randint(10, 40)}))
+                out.append(
+                    EntryDraft(
+                        "system",
+                        "security.brute_force_detected",
+                        ip,
+                        None,
+                        ip,
+                        None,
+                        True,
+                        {**at(h, 59), "attempts": rnd.randint(10, 40)},
+                    )
+                )
         if 8 <= h <= 17:
             for _ in range(rnd.randint(1, 4)):
                 dom = rnd.choice(DOMAINS)
                 rcpt = f"{rnd.choice(['anna', 'ben', 'chris', 'dora'])}@{dom}"
                 mail_id = f"Q{rnd.randrange(10**8):08d}"
-                out.append(EntryDraft(rnd.choice(ADMINS), rnd.choice(["quarantine.release", "quarantine.release",
-                                                                      "quarantine.discard"]),
-                                      mail_id, dom, ADMIN_IPS["alice"], UA, True,
-                                      {**at(h, rnd.randrange(60)), "mail_id": mail_id, "subject": rnd.choice(SUBJECTS),
-                                       "sender": f"noreply@{rnd.choice(['billing.example', 'parcel.example', 'partner.example'])}",
-                                       "recipient": rcpt}))
+                out.append(
+                    EntryDraft(
+                        rnd.choice(ADMINS),
+                        rnd.choice(["quarantine.release", "quarantine.release", "quarantine.discard"]),
+                        mail_id,
+                        dom,
+                        ADMIN_IPS["alice"],
+                        UA,
+                        True,
+                        {
+                            **at(h, rnd.randrange(60)),
+                            "mail_id": mail_id,
+                            "subject": rnd.choice(SUBJECTS),
+                            "sender": f"noreply@{rnd.choice(['billing.example', 'parcel.example', 'partner.example'])}",
+                            "recipient": rcpt,
+                        },
+                    )
+                )
     # configuration changes, 09:00-12:00
-    for i, (admin, action, target, old, new) in enumerate([
+    for i, (admin, action, target, old, new) in enumerate(
+        [
             ("alice", "config.filter_update", "filter-12", "tag", "quarantine"),
             ("bob", "config.rbl_enable", "zen.spamhaus.org", None, "enabled"),
             ("carol", "config.dmarc_policy_change", "example.com", "p=none", "p=quarantine"),
             ("alice", "config.domain_add", "shop.example.net", None, "added"),
-            ("dave", "config.filter_create", "filter-31", None, "block .iso attachments")]):
-        out.append(EntryDraft(admin, action, target, "example.com" if "dmarc" in action else None,
-                              ADMIN_IPS[admin], UA, True, {**at(9 + i // 2, 10 * i), "old": old, "new": new}))
+            ("dave", "config.filter_create", "filter-31", None, "block .iso attachments"),
+        ]
+    ):
+        out.append(
+            EntryDraft(
+                admin,
+                action,
+                target,
+                "example.com" if "dmarc" in action else None,
+                ADMIN_IPS[admin],
+                UA,
+                True,
+                {**at(9 + i // 2, 10 * i), "old": old, "new": new},
+            )
+        )
     # DKIM rotations: confirmed by another admin, self-confirmed, unconfirmed
-    out.append(EntryDraft("alice", "config.dkim_rotate", "example.com", "example.com", ADMIN_IPS["alice"], UA, True,
-                          {**at(10, 5), "selector": "s2026a"}))
-    out.append(EntryDraft("bob", "config.dkim_rotate", "example.org", "example.org", ADMIN_IPS["bob"], UA, True,
-                          {**at(14, 20), "selector": "s2026b"}))
-    out.append(EntryDraft("carol", "config.dkim_rotate", "shop.example.net", "shop.example.net", ADMIN_IPS["carol"],
-                          UA, True, {**at(16, 45), "selector": "s2026c"}))
+    out.append(
+        EntryDraft(
+            "alice",
+            "config.dkim_rotate",
+            "example.com",
+            "example.com",
+            ADMIN_IPS["alice"],
+            UA,
+            True,
+            {**at(10, 5), "selector": "s2026a"},
+        )
+    )
+    out.append(
+        EntryDraft(
+            "bob",
+            "config.dkim_rotate",
+            "example.org",
+            "example.org",
+            ADMIN_IPS["bob"],
+            UA,
+            True,
+            {**at(14, 20), "selector": "s2026b"},
+        )
+    )
+    out.append(
+        EntryDraft(
+            "carol",
+            "config.dkim_rotate",
+            "shop.example.net",
+            "shop.example.net",
+            ADMIN_IPS["carol"],
+            UA,
+            True,
+            {**at(16, 45), "selector": "s2026c"},
+        )
+    )
     out.append(EntryDraft("system", "cluster.node_join", "gw2", None, None, None, True, at(6, 0)))
     out.append(EntryDraft("system", "backup.trigger", "nightly", None, None, None, True, at(2, 0)))
     return out
@@ -82,7 +165,7 @@ def seed_demo(writer, now_us: int) -> int:
     by_minute: dict[int, list[EntryDraft]] = {}
     for m, d in items:
         by_minute.setdefault(m, []).append(d)
-    for hhmm, idx, who in pending_confirms:
+    for hhmm, _idx, _who in pending_confirms:
         by_minute.setdefault(_minute_of(hhmm), [])
     count = 0
     for m in sorted(by_minute):
@@ -90,8 +173,18 @@ def seed_demo(writer, now_us: int) -> int:
         for hhmm, idx, who in pending_confirms:
             if _minute_of(hhmm) == m and idx < len(rotations):
                 rot = ["example.com", "example.org"][idx]
-                drafts.append(EntryDraft(who, "config.dkim_rotate_confirm", rot, rot, ADMIN_IPS[who], UA, True,
-                                         {"demo_time": hhmm, "confirms": rotations[idx]}))
+                drafts.append(
+                    EntryDraft(
+                        who,
+                        "config.dkim_rotate_confirm",
+                        rot,
+                        rot,
+                        ADMIN_IPS[who],
+                        UA,
+                        True,
+                        {"demo_time": hhmm, "confirms": rotations[idx]},
+                    )
+                )
         if not drafts:
             continue
         at = max(day_start + m * 60 * 1_000_000, writer.last_ts)
@@ -115,7 +208,25 @@ def _minute(d: EntryDraft) -> int:
 def confirmations(first_rotation_ids: list[str]) -> list[EntryDraft]:
     """Confirmations for the rotations: one by another admin, one self-confirmed."""
     a, b = first_rotation_ids[:2]
-    return [EntryDraft("dave", "config.dkim_rotate_confirm", "example.com", "example.com", ADMIN_IPS["dave"], UA,
-                       True, {"demo_time": "10:30", "confirms": a}),
-            EntryDraft("bob", "config.dkim_rotate_confirm", "example.org", "example.org", ADMIN_IPS["bob"], UA,
-                       True, {"demo_time": "14:25", "confirms": b})]
+    return [
+        EntryDraft(
+            "dave",
+            "config.dkim_rotate_confirm",
+            "example.com",
+            "example.com",
+            ADMIN_IPS["dave"],
+            UA,
+            True,
+            {"demo_time": "10:30", "confirms": a},
+        ),
+        EntryDraft(
+            "bob",
+            "config.dkim_rotate_confirm",
+            "example.org",
+            "example.org",
+            ADMIN_IPS["bob"],
+            UA,
+            True,
+            {"demo_time": "14:25", "confirms": b},
+        ),
+    ]

@@ -29,13 +29,26 @@ from ingest.limits import DEFAULT_LIMITS, Limits
 from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY
 
 __all__ = [
-    "validate_event", "validate_batch", "parse_ndjson", "parse_detail_args",
-    "reject_duplicate_keys", "DuplicateKeyError",
+    "validate_event",
+    "validate_batch",
+    "parse_ndjson",
+    "parse_detail_args",
+    "reject_duplicate_keys",
+    "DuplicateKeyError",
 ]
 
-_FIELDS = frozenset({
-    "user", "action", "target", "domain", "ip", "user_agent", "success", "details",
-})
+_FIELDS = frozenset(
+    {
+        "user",
+        "action",
+        "target",
+        "domain",
+        "ip",
+        "user_agent",
+        "success",
+        "details",
+    }
+)
 _ASSIGNED = frozenset({"id", "node", "seq", "ts", "signature", "integrity"})
 
 # Control characters (C0, DEL, C1) would let a value forge extra lines in text
@@ -44,8 +57,8 @@ _BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_I64_MIN = -(2 ** 63)
-_I64_MAX = 2 ** 63 - 1
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
 # The details walk stores at most this many problems per event (and counts the rest).
 _MAX_DETAIL_PROBLEMS = 10
 _SHOW_CHARS = 60
@@ -56,8 +69,15 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 # --------------------------------------------------------------------------- helpers
 
 _TYPE_NAMES = {
-    dict: "object", list: "array", tuple: "array", str: "string", bool: "boolean",
-    int: "integer", float: "number", type(None): "null", bytes: "bytes",
+    dict: "object",
+    list: "array",
+    tuple: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+    bytes: "bytes",
 }
 
 
@@ -137,6 +157,7 @@ def _normalise_ip(v: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- details
+
 
 class _DetailsTooLarge(Exception):
     """Internal: the walk proved details exceed the size limit; stop walking."""
@@ -242,8 +263,9 @@ def _check_details(v: dict, limits: Limits) -> tuple[dict | None, list[str]]:
     try:
         _walk(v, None, 1, st)
     except _DetailsTooLarge:
-        return None, st.messages + [f"too large: more than {limits.max_details_bytes} "
-                                    f"bytes encoded (limit {limits.max_details_bytes})"]
+        return None, st.messages + [
+            f"too large: more than {limits.max_details_bytes} bytes encoded (limit {limits.max_details_bytes})"
+        ]
     if st.messages:
         if st.dropped:
             st.messages.append(f"... and {st.dropped} more problems in details")
@@ -326,12 +348,10 @@ def _fast_check(obj: dict, limits: Limits) -> EntryDraft | None:
     if type(action) is not str or action not in _CLIENT_ACTIONS:
         return None
     target = get("target")
-    if target is not None and (type(target) is not str or len(target) > max_len
-                               or not target.isprintable()):
+    if target is not None and (type(target) is not str or len(target) > max_len or not target.isprintable()):
         return None
     ua = get("user_agent")
-    if ua is not None and (type(ua) is not str or len(ua) > limits.max_user_agent_len
-                           or not ua.isprintable()):
+    if ua is not None and (type(ua) is not str or len(ua) > limits.max_user_agent_len or not ua.isprintable()):
         return None
     domain = get("domain")
     if domain is not None:
@@ -363,6 +383,7 @@ def _fast_check(obj: dict, limits: Limits) -> EntryDraft | None:
 
 
 # --------------------------------------------------------------------------- events
+
 
 def _check(obj: Any, index: int, limits: Limits, problems: list[dict]) -> EntryDraft | None:
     """Validate one event, appending its problems; the draft if there were none."""
@@ -414,18 +435,32 @@ def _check_full(obj: Any, index: int, limits: Limits, problems: list[dict]) -> E
         # key use) is written only by the node itself, straight through the writer:
         # a client-made audit.retention_purge could otherwise pose as the anchor that
         # excuses deleted segments, a cluster.node_join as the node's own record.
-        add(_problem(index, "action", f"{_show(action)} is reserved for the log's own entries "
-                                      "(written by the node, not by clients)"))
+        add(
+            _problem(
+                index,
+                "action",
+                f"{_show(action)} is reserved for the log's own entries (written by the node, not by clients)",
+            )
+        )
     elif action not in TAXONOMY:
         if len(action) > max_len:
             add(_problem(index, "action", f"too long: {len(action)} characters (limit {max_len})"))
         elif ACTION_RE.fullmatch(action) is None:
-            add(_problem(index, "action", f"not a valid action name {_show(action)} "
-                                          "(dotted lower-case, e.g. 'auth.login')"))
+            add(
+                _problem(
+                    index, "action", f"not a valid action name {_show(action)} (dotted lower-case, e.g. 'auth.login')"
+                )
+            )
         elif not action.startswith(CUSTOM_PREFIX):
-            add(_problem(index, "action", f"unknown action {_show(action)} (not in the "
-                                          f"taxonomy; other actions must start with "
-                                          f"{CUSTOM_PREFIX!r})"))
+            add(
+                _problem(
+                    index,
+                    "action",
+                    f"unknown action {_show(action)} (not in the "
+                    f"taxonomy; other actions must start with "
+                    f"{CUSTOM_PREFIX!r})",
+                )
+            )
 
     target = obj.get("target")
     if target is not None:
@@ -439,8 +474,7 @@ def _check_full(obj: Any, index: int, limits: Limits, problems: list[dict]) -> E
     user_agent = obj.get("user_agent")
     if user_agent is not None:
         if type(user_agent) is not str:
-            add(_problem(index, "user_agent",
-                         f"must be a string or null, got {_tname(user_agent)}"))
+            add(_problem(index, "user_agent", f"must be a string or null, got {_tname(user_agent)}"))
         else:
             msg = _text_problem(user_agent, limits.max_user_agent_len)
             if msg is not None:
@@ -501,8 +535,7 @@ def validate_event(obj: Any, index: int = 0, limits: Limits = DEFAULT_LIMITS) ->
 
 
 def _empty_batch(label: str) -> InvalidEventError:
-    return InvalidEventError(
-        [_problem(-1, "(batch)", "empty batch: at least one event is required")], label)
+    return InvalidEventError([_problem(-1, "(batch)", "empty batch: at least one event is required")], label)
 
 
 def validate_batch(objs: list, limits: Limits = DEFAULT_LIMITS) -> list[EntryDraft]:
@@ -512,8 +545,7 @@ def validate_batch(objs: list, limits: Limits = DEFAULT_LIMITS) -> list[EntryDra
     ``InvalidEventError`` with the problems of every bad event (by index).
     """
     if not isinstance(objs, (list, tuple)):
-        raise InvalidEventError(
-            [_problem(-1, "(batch)", f"expected an array of events, got {_tname(objs)}")])
+        raise InvalidEventError([_problem(-1, "(batch)", f"expected an array of events, got {_tname(objs)}")])
     if not objs:
         raise _empty_batch("event")
     if len(objs) > limits.max_batch:
@@ -530,6 +562,7 @@ def validate_batch(objs: list, limits: Limits = DEFAULT_LIMITS) -> list[EntryDra
 
 
 # --------------------------------------------------------------------------- NDJSON
+
 
 class DuplicateKeyError(ValueError):
     """A map (JSON object, msgpack map) holds the same key twice."""
@@ -567,8 +600,7 @@ def _loads_line(line: str) -> tuple[Any, str | None]:
         return None, f"invalid JSON: {msg}"
 
 
-def parse_ndjson(data: bytes | str | Iterable[bytes | str],
-                 limits: Limits = DEFAULT_LIMITS) -> list[EntryDraft]:
+def parse_ndjson(data: bytes | str | Iterable[bytes | str], limits: Limits = DEFAULT_LIMITS) -> list[EntryDraft]:
     """Parse and validate NDJSON (one event object per line), all-or-nothing.
 
     Blank lines are skipped; problems name the 1-based line number
@@ -599,13 +631,11 @@ def parse_ndjson(data: bytes | str | Iterable[bytes | str],
                 count += 1
                 if count > max_batch:
                     raise BatchTooLargeError(max_batch) from None
-                problems.append(_problem(lineno, "(event)",
-                                         f"not valid UTF-8 (bad byte at offset {e.start})"))
+                problems.append(_problem(lineno, "(event)", f"not valid UTF-8 (bad byte at offset {e.start})"))
                 continue
         else:
             count += 1
-            problems.append(_problem(lineno, "(event)", f"expected a line of text, "
-                                                        f"got {_tname(raw)}"))
+            problems.append(_problem(lineno, "(event)", f"expected a line of text, got {_tname(raw)}"))
             continue
         if lineno == 1 and line.startswith("\ufeff"):
             line = line[1:]
@@ -629,6 +659,7 @@ def parse_ndjson(data: bytes | str | Iterable[bytes | str],
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def _no_constants(name: str) -> Any:
     # NaN/Infinity are not JSON; "--detail x=NaN" keeps the string "NaN".

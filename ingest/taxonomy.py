@@ -13,40 +13,73 @@ ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
 CUSTOM_PREFIX = "custom."
 
 #: Actions the log writes about itself (subset of TAXONOMY).
-AUDIT_ACTIONS: frozenset[str] = frozenset({
-    "audit.retention_purge", "audit.export", "audit.recovery", "audit.clock_skew",
-    "audit.api_key_create", "audit.api_key_revoke", "audit.checkpoint",
-})
+AUDIT_ACTIONS: frozenset[str] = frozenset(
+    {
+        "audit.retention_purge",
+        "audit.export",
+        "audit.recovery",
+        "audit.clock_skew",
+        "audit.api_key_create",
+        "audit.api_key_revoke",
+        "audit.checkpoint",
+    }
+)
 
 #: Actions outside ``audit.*`` that the node records about itself: its cluster
-#: membership (``query.cluster``) and the use of its API keys (``query.service``).
-NODE_ACTIONS: frozenset[str] = frozenset({
-    "cluster.node_join", "cluster.node_leave", "auth.api_key_used",
-})
+#: membership (``query.cluster.fanout``) and the use of its API keys (``query.node``).
+NODE_ACTIONS: frozenset[str] = frozenset(
+    {
+        "cluster.node_join",
+        "cluster.node_leave",
+        "auth.api_key_used",
+    }
+)
 
 #: Everything only the node writes; ingest refuses these from clients (a forged
 #: ``cluster.node_join`` or ``auth.api_key_used`` would pass for the node's own record).
 RESERVED_ACTIONS: frozenset[str] = AUDIT_ACTIONS | NODE_ACTIONS
 
-TAXONOMY: frozenset[str] = frozenset({
-    "auth.login", "auth.login_failed", "auth.logout", "auth.totp_setup", "auth.totp_reset",
-    "auth.api_key_used",
-    "user.create", "user.update", "user.delete", "user.role_change", "user.password_reset",
-    "config.domain_add", "config.domain_remove", "config.filter_create",
-    "config.filter_update", "config.filter_delete", "config.rbl_enable", "config.rbl_disable",
-    "config.dkim_rotate", "config.dkim_rotate_confirm", "config.dmarc_policy_change",
-    "quarantine.release", "quarantine.discard", "quarantine.train_spam", "quarantine.train_ham",
-    "cluster.node_join", "cluster.node_leave",
-    "licence.activate", "licence.renew",
-    "backup.trigger", "restore.execute",
-    "security.brute_force_detected", "security.rate_limit_hit",
-    "security.session_hijack_detected",
-}) | AUDIT_ACTIONS
-
-
-def is_valid_action_name(a: object) -> bool:
-    """True if ``a`` is a syntactically valid action name (taxonomy or not)."""
-    return isinstance(a, str) and ACTION_RE.fullmatch(a) is not None
+TAXONOMY: frozenset[str] = (
+    frozenset(
+        {
+            "auth.login",
+            "auth.login_failed",
+            "auth.logout",
+            "auth.totp_setup",
+            "auth.totp_reset",
+            "auth.api_key_used",
+            "user.create",
+            "user.update",
+            "user.delete",
+            "user.role_change",
+            "user.password_reset",
+            "config.domain_add",
+            "config.domain_remove",
+            "config.filter_create",
+            "config.filter_update",
+            "config.filter_delete",
+            "config.rbl_enable",
+            "config.rbl_disable",
+            "config.dkim_rotate",
+            "config.dkim_rotate_confirm",
+            "config.dmarc_policy_change",
+            "quarantine.release",
+            "quarantine.discard",
+            "quarantine.train_spam",
+            "quarantine.train_ham",
+            "cluster.node_join",
+            "cluster.node_leave",
+            "licence.activate",
+            "licence.renew",
+            "backup.trigger",
+            "restore.execute",
+            "security.brute_force_detected",
+            "security.rate_limit_hit",
+            "security.session_hijack_detected",
+        }
+    )
+    | AUDIT_ACTIONS
+)
 
 
 def is_known_action(a: object) -> bool:

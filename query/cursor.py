@@ -31,8 +31,9 @@ def filter_fingerprint(params: dict[str, str], order: str) -> str:
 
 
 def encode_cursor(positions: dict[str, Position], order: str, fingerprint: str) -> str:
-    raw = json.dumps({"v": 2, "o": order, "f": fingerprint, "p": {n: list(p) for n, p in positions.items()}},
-                     separators=(",", ":"))
+    raw = json.dumps(
+        {"v": 2, "o": order, "f": fingerprint, "p": {n: list(p) for n, p in positions.items()}}, separators=(",", ":")
+    )
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -43,14 +44,25 @@ def decode_cursor(text: str, order: str, fingerprint: str) -> dict[str, Position
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         d = json.loads(raw)
         positions = d["p"]
-        if d.get("v") == 1 and isinstance(positions, dict) and all(
-                isinstance(k, str) and type(v) is int and v >= 0 for k, v in positions.items()):
+        if (
+            d.get("v") == 1
+            and isinstance(positions, dict)
+            and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in positions.items())
+        ):
             positions = {k: (v, ENTRY_SUB) for k, v in positions.items()}
             ok = True
         else:
-            ok = (d.get("v") == 2 and isinstance(positions, dict) and all(
-                isinstance(k, str) and isinstance(v, list) and len(v) == 2
-                and all(type(x) is int and x >= 0 for x in v) for k, v in positions.items()))
+            ok = (
+                d.get("v") == 2
+                and isinstance(positions, dict)
+                and all(
+                    isinstance(k, str)
+                    and isinstance(v, list)
+                    and len(v) == 2
+                    and all(type(x) is int and x >= 0 for x in v)
+                    for k, v in positions.items()
+                )
+            )
             if ok:
                 positions = {k: (v[0], v[1]) for k, v in positions.items()}
     except (ValueError, KeyError, TypeError, AttributeError):

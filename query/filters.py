@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.entry import Entry, format_ts
+
 # The very normalisers ingest stores with, so a filter value compares equal to
 # what is on disk (private there today; one spelling of each rule in the tree).
 from ingest.event import _normalise_domain as _ingest_domain
@@ -35,8 +36,7 @@ from query.timeparse import MAX_TS_US, parse_time
 from query.timeparse import now_us as _current_us
 
 #: The parameter names understood by :meth:`Filter.from_params`.
-PARAM_NAMES = ("from", "to", "user", "action", "target", "domain", "ip", "recipient",
-               "success", "node")
+PARAM_NAMES = ("from", "to", "user", "action", "target", "domain", "ip", "recipient", "success", "node")
 
 #: Action of the stand-in entry for an undecodable range (see ``Entry.marker``).
 MARKER_ACTION = "audit.integrity_violation"
@@ -44,8 +44,13 @@ MARKER_ACTION = "audit.integrity_violation"
 # (query parameter, dataclass field) for the multi-valued string fields, in the
 # order describe() and to_params() list them.
 _LIST_FIELDS = (
-    ("user", "users"), ("action", "actions"), ("target", "targets"), ("domain", "domains"),
-    ("ip", "ips"), ("recipient", "recipients"), ("node", "nodes"),
+    ("user", "users"),
+    ("action", "actions"),
+    ("target", "targets"),
+    ("domain", "domains"),
+    ("ip", "ips"),
+    ("recipient", "recipients"),
+    ("node", "nodes"),
 )
 
 _ACTION_PREFIX = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*\.\*", re.ASCII)
@@ -82,11 +87,9 @@ class Filter:
         for param, name in ("from", "from_us"), ("to", "to_us"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or not 0 <= value < MAX_TS_US):
-                raise InvalidFilterError(param, value,
-                                         "expected µs since the epoch, years 1970..9999")
+                raise InvalidFilterError(param, value, "expected µs since the epoch, years 1970..9999")
         if self.from_us is not None and self.to_us is not None and self.from_us >= self.to_us:
-            raise InvalidFilterError("from", format_ts(self.from_us),
-                                     f"must be before to ({format_ts(self.to_us)})")
+            raise InvalidFilterError("from", format_ts(self.from_us), f"must be before to ({format_ts(self.to_us)})")
         if self.success is not None and not isinstance(self.success, bool):
             raise InvalidFilterError("success", self.success, "expected true or false")
         for param, name in _LIST_FIELDS:
@@ -100,7 +103,7 @@ class Filter:
     # -- building -----------------------------------------------------------
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], now_us: int | None = None) -> "Filter":
+    def from_params(cls, params: Mapping[str, Any], now_us: int | None = None) -> Filter:
         """Build from query-string / CLI parameters (unknown keys are ignored).
 
         Values may be a str or a list of str (repeated parameters accumulate);
@@ -122,20 +125,14 @@ class Filter:
         if lo is not None and hi is not None and lo >= hi:
             raise InvalidFilterError("from", texts["from"], f"must be before to ({texts['to']!r})")
 
-        lists = {name: _split_values(param, _raw_values(params, param))
-                 for param, name in _LIST_FIELDS}
-        return cls(from_us=bounds["from"], to_us=bounds["to"], success=_parse_success(params),
-                   **lists)
+        lists = {name: _split_values(param, _raw_values(params, param)) for param, name in _LIST_FIELDS}
+        return cls(from_us=bounds["from"], to_us=bounds["to"], success=_parse_success(params), **lists)
 
     # -- matching -----------------------------------------------------------
 
     def matches(self, entry: Entry) -> bool:
-        """Whether ``entry`` passes the filter (scan loops should call :meth:`matcher`)."""
+        """Whether ``entry`` passes the filter."""
         return self._match(entry)  # type: ignore[attr-defined]
-
-    def matcher(self) -> Callable[[Entry], bool]:
-        """The compiled predicate behind :meth:`matches`, to skip a call in hot loops."""
-        return self._match  # type: ignore[attr-defined]
 
     def scan_predicate(self) -> Callable[[Entry], bool] | None:
         """What a node scan must still check entry by entry, or None when nothing is
@@ -146,8 +143,7 @@ class Filter:
 
     def overlaps(self, min_ts: int, max_ts: int) -> bool:
         """Whether a frame/segment spanning ``min_ts..max_ts`` (inclusive) can hold matches."""
-        return ((self.from_us is None or max_ts >= self.from_us)
-                and (self.to_us is None or min_ts < self.to_us))
+        return (self.from_us is None or max_ts >= self.from_us) and (self.to_us is None or min_ts < self.to_us)
 
     def admits_node(self, node: str) -> bool:
         """Whether entries of ``node`` can match: lets a merge skip whole peers."""
@@ -161,9 +157,13 @@ class Filter:
         prefix, since an index of exact values cannot answer a prefix.
         """
         terms: dict[str, frozenset[str]] = {}
-        for key, values in (("user", self.users), ("target", self.targets),
-                            ("domain", self.domains), ("ip", self.ips),
-                            ("recipient", self.recipients)):
+        for key, values in (
+            ("user", self.users),
+            ("target", self.targets),
+            ("domain", self.domains),
+            ("ip", self.ips),
+            ("recipient", self.recipients),
+        ):
             if values:
                 terms[key] = frozenset(values)
         if self.actions and not any(a.endswith("*") for a in self.actions):
@@ -251,6 +251,7 @@ class Filter:
 
 # -- helpers ----------------------------------------------------------------
 
+
 def _raw_values(params: Mapping[str, Any], param: str) -> list[str]:
     getall = getattr(params, "getall", None)
     raw = getall(param, []) if getall is not None else params.get(param)
@@ -312,8 +313,7 @@ def _parse_success(params: Mapping[str, Any]) -> bool | None:
         try:
             wanted.add(_SUCCESS_WORDS[value.lower()])
         except KeyError:
-            raise InvalidFilterError("success", value,
-                                     "expected true/false, 1/0 or yes/no") from None
+            raise InvalidFilterError("success", value, "expected true/false, 1/0 or yes/no") from None
     # true OR false is every entry: no constraint.
     return wanted.pop() if len(wanted) == 1 else None
 
@@ -323,8 +323,7 @@ def _normalise_field(param: str, values: Any) -> tuple[str, ...]:
         values = (values,)
     values = tuple(values)
     if len(values) > MAX_VALUES_PER_FIELD:
-        raise InvalidFilterError(param, f"{len(values)} values",
-                                 f"at most {MAX_VALUES_PER_FIELD} values per field")
+        raise InvalidFilterError(param, f"{len(values)} values", f"at most {MAX_VALUES_PER_FIELD} values per field")
     normal: set[str] = set()
     for value in values:
         if not isinstance(value, str):
@@ -351,8 +350,7 @@ def _normalise_action(param: str, value: str) -> str:
     value = value.lower()
     if value == "*" or ACTION_RE.fullmatch(value) or _ACTION_PREFIX.fullmatch(value):
         return value
-    raise InvalidFilterError(param, value,
-                             "expected an action name (config.dkim_rotate) or a prefix (config.*)")
+    raise InvalidFilterError(param, value, "expected an action name (config.dkim_rotate) or a prefix (config.*)")
 
 
 def _normalise_ip(param: str, value: str) -> str:
@@ -379,7 +377,9 @@ def _normalise_domain(param: str, value: str) -> str:
 
 
 _NORMALISERS: dict[str, Callable[[str, str], str]] = {
-    "action": _normalise_action, "ip": _normalise_ip, "node": _normalise_node,
+    "action": _normalise_action,
+    "ip": _normalise_ip,
+    "node": _normalise_node,
     "domain": _normalise_domain,
 }
 
@@ -394,5 +394,3 @@ def _recipient_in(details: Any, recipients: frozenset[str]) -> bool:
     if isinstance(value, (list, tuple)):
         return any(isinstance(v, str) and v in recipients for v in value)
     return False
-
-

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, bisect_right
+from collections.abc import AsyncIterator
 from operator import neg
-from typing import AsyncIterator
 
 from engine.lines import cut_lines
 from query.merge import Source
+
 
 class LineSource(Source):
     """One node's ordered stream of rendered lines, pulled chunk by chunk."""
@@ -37,7 +38,7 @@ class LineSource(Source):
         #: entries with integrity other than "ok" seen in this stream
         self.violations = 0
 
-    async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:   # pragma: no cover
+    async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:  # pragma: no cover
         """``(timestamps, marks, blob)`` of the next chunk, or None at the end:
         ``marks`` (:func:`engine.lines.line_marks`) say where each line ends."""
         raise NotImplementedError
@@ -47,8 +48,9 @@ def node_ranks(nodes) -> dict[str, int]:
     return {n: i for i, n in enumerate(sorted(set(nodes)))}
 
 
-async def merge_lines(sources: list[LineSource], order: str,
-                      ranks: dict[str, int]) -> AsyncIterator[tuple[int, list[bytes | memoryview]]]:
+async def merge_lines(
+    sources: list[LineSource], order: str, ranks: dict[str, int]
+) -> AsyncIterator[tuple[int, list[bytes | memoryview]]]:
     """``(n, parts)`` in merged order, about a chunk per source at a time: ``parts``
     are bytes-like objects of whole lines, ``n`` lines in all."""
     desc = order == "desc"
@@ -101,7 +103,7 @@ async def merge_lines(sources: list[LineSource], order: str,
         if not open_ends:
             bound = None
         elif desc:
-            bound = max(open_ends)        # the least in descending order
+            bound = max(open_ends)  # the least in descending order
         else:
             bound = min(open_ends)
         # each live source's window of lines up to the bound, in tie order
@@ -120,15 +122,14 @@ async def merge_lines(sources: list[LineSource], order: str,
             i, p, j = wins[0]
             yield j - p, [_span(blobs[i], marks[i], p, j)]
         elif wins:
-            yield sum(j - p for _, p, j in wins), _merge_windows(wins, stamps, marks, blobs, rank,
-                                                                 desc)
+            yield sum(j - p for _, p, j in wins), _merge_windows(wins, stamps, marks, blobs, rank, desc)
 
 
 def _span(blob: bytes, marks: list[int], p: int, j: int) -> bytes | memoryview:
     """Lines ``p`` to ``j - 1`` of a chunk, as one bytes-like object (a view: not copied)."""
     if p == 0 and j == len(marks) - 1:
         return blob
-    return memoryview(blob)[marks[p] + 1:marks[j] + 1]
+    return memoryview(blob)[marks[p] + 1 : marks[j] + 1]
 
 
 def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc: bool) -> int:
@@ -143,8 +144,7 @@ def _upto(ts: list[int], p: int, j: int, b_ts: int, b_rank: int, rank: int, desc
 _SHORT_RUNS = 8
 
 
-def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool
-                   ) -> list[bytes | memoryview]:
+def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool) -> list[bytes | memoryview]:
     """The lines of several sources' windows ``[source, start, end]`` in merged order.
 
     Nodes' entries come in runs (a commit's entries are contiguous and share
@@ -154,7 +154,7 @@ def _merge_windows(wins: list[list[int]], stamps, marks, blobs, rank, desc: bool
     stable sort of the timestamps instead.
     """
     out: list[bytes | memoryview] = []
-    cur = wins                              # in tie order
+    cur = wins  # in tie order
     runs = taken = 0
     while len(cur) > 1:
         if runs >= 16 and taken < runs * _SHORT_RUNS:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from engine.entry import Entry
 
@@ -31,7 +31,7 @@ class Source:
         self.status: dict = {"status": "ok"}
         self.consumed = 0
 
-    async def next_batch(self) -> list[Entry] | None:   # pragma: no cover - interface
+    async def next_batch(self) -> list[Entry] | None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def fail(self, reason: str) -> None:
@@ -41,16 +41,18 @@ class Source:
         pass
 
 
-async def merge_sources(sources: list[Source], order: str = "asc",
-                        batch: int = 1000) -> AsyncIterator[list[Entry]]:
+async def merge_sources(sources: list[Source], order: str = "asc", batch: int = 1000) -> AsyncIterator[list[Entry]]:
     """Merged entries in batches (a batch per ``yield`` keeps the per-entry cost low)."""
     desc = order == "desc"
     if desc:
+
         def key(e: Entry):
             return (-e.ts, _desc_node(e.node), -e.seq)
     else:
+
         def key(e: Entry):
             return (e.ts, e.node, e.seq)
+
     bufs: list[deque] = [deque() for _ in sources]
     heap: list = []
     push, pop = heapq.heappush, heapq.heappop

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from engine import clock
 
+from engine import clock
 from query.errors import InvalidFilterError
 
 # re.ASCII: \d must not accept other scripts' digits, which int() would.
@@ -44,8 +44,10 @@ MAX_TS_US = (_dt.date(9999, 12, 31).toordinal() + 1 - _EPOCH_ORDINAL) * 86400 * 
 # No legitimate time is longer than this; refusing early keeps errors short.
 _MAX_TEXT = 64
 
-_EXPECTED = ("expected RFC 3339 (2026-03-14T09:12:33Z), a date (2026-03-14), "
-             "a relative time (-30d, -12h, -15m, -45s, -2w) or 'now'")
+_EXPECTED = (
+    "expected RFC 3339 (2026-03-14T09:12:33Z), a date (2026-03-14), "
+    "a relative time (-30d, -12h, -15m, -45s, -2w) or 'now'"
+)
 
 
 def now_us() -> int:

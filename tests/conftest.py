@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 from engine import clock as _clock  # noqa: E402
 
 #: the instant in-process time starts at in every test
-TEST_EPOCH_US = 1_773_478_800_000_000   # 2026-03-14T09:00:00Z
+TEST_EPOCH_US = 1_773_478_800_000_000  # 2026-03-14T09:00:00Z
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +54,9 @@ def written(tmp_path):
     """A log with 20 events (``helpers_engine.draft`` 0..19) in one active segment,
     two per commit, one frame each (the torn-tail and recovery suites)."""
     from helpers_engine import draft, init_dir, settings
+
     from engine.writer import LogWriter
+
     dd, node = init_dir(tmp_path / "data")
     with LogWriter(dd, node, settings(1 << 20)) as w:
         for i in range(0, 20, 2):
@@ -64,30 +66,38 @@ def written(tmp_path):
 
 # -- HTTP service fixtures (tests/test_http_*.py) --------------------------------
 #
-# A real Service on a real data dir in tmp_path, real API keys, and an aiohttp
+# A real node (query.node.build_node) on a real data dir in tmp_path, real API keys, and an aiohttp
 # test client over a real socket: no mocks anywhere.
 
 import pytest_asyncio  # noqa: E402
 
 from engine.datadir import DataDir  # noqa: E402
 from engine.settings import StoreSettings  # noqa: E402
-from query.service import Service, ServiceSettings  # noqa: E402
+from query.node import NodeConfig, RunningNode, ServiceSettings, build_node  # noqa: E402
 
 HTTP_NODE = "node-a"
 
 
 @pytest.fixture
 def make_service(tmp_path):
-    """``make_service(store=..., settings=..., name=...)`` -> an open Service on a fresh
-    data dir under tmp_path (node ``node-a``); every one is closed at teardown."""
-    made: list[Service] = []
+    """``make_service(store=..., settings=..., name=..., cluster=..., syslog=...)`` -> an
+    open node (``build_node``) on a fresh data dir under tmp_path (node ``node-a``); its
+    cluster and syslog forwarder run while a client of it runs; every one is closed at
+    teardown."""
+    made: list[RunningNode] = []
 
-    def make(store: StoreSettings | None = None, settings: ServiceSettings | None = None,
-             name: str = "data") -> Service:
+    def make(
+        store: StoreSettings | None = None,
+        settings: ServiceSettings | None = None,
+        name: str = "data",
+        cluster=None,
+        syslog=None,
+    ) -> RunningNode:
         dd = DataDir(tmp_path / name)
         dd.init(HTTP_NODE)
-        svc = Service(dd, dd.open(), store or StoreSettings(fsync="none"),
-                      settings or ServiceSettings()).open()
+        svc = build_node(
+            NodeConfig(store or StoreSettings(fsync="none"), settings or ServiceSettings(), cluster, syslog), dd
+        )
         made.append(svc)
         return svc
 
@@ -105,6 +115,7 @@ def service(make_service):
 def keys(service) -> dict[str, str]:
     """{"writer"|"reader"|"admin"|"revoked": key} on the ``service`` fixture."""
     from helpers_http import make_keys
+
     return make_keys(service)
 
 
@@ -113,9 +124,9 @@ async def make_client(make_service, aiohttp_client):
     """``await make_client(service)`` -> an aiohttp test client serving create_app(service).
 
     make_service is set up first, so the clients are closed before the services."""
-    from query.app import create_app
+    from query.http.app import create_app
 
-    async def make(service: Service):
+    async def make(service: RunningNode):
         return await aiohttp_client(create_app(service))
 
     return make
@@ -127,6 +138,7 @@ async def client(make_client, service):
 
 
 # -- test outcome on the item (tests/test_ui.py saves screenshots on failure) -----
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

@@ -30,7 +30,7 @@ def arm(when: str) -> None:
     original = LogWriter._create_segment
 
     def create_segment(self, first_seq, prev_sig, prev_mac, *args):
-        in_commit = self._new_segments is not None     # a roll inside a commit, not at open
+        in_commit = self._new_segments is not None  # a roll inside a commit, not at open
         if in_commit and when == "before-create":
             os.kill(os.getpid(), signal.SIGKILL)
         original(self, first_seq, prev_sig, prev_mac, *args)
@@ -43,4 +43,5 @@ def arm(when: str) -> None:
 if __name__ == "__main__":
     arm(sys.argv[1])
     from cli.main import cli
+
     cli(sys.argv[2:], prog_name="auditlog")

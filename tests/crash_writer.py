@@ -44,7 +44,6 @@ from engine.segment import list_segments  # noqa: E402
 from engine.settings import StoreSettings  # noqa: E402
 from engine.writer import LogWriter  # noqa: E402
 
-
 #: the tests' epoch (tests/conftest.py TEST_EPOCH_US) less one day
 CLOCK_START_US = 1_773_478_800_000_000 - 86_400_000_000
 
@@ -74,8 +73,7 @@ def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_b
     dd = DataDir(Path(data_dir))
     node = dd.open()
     rng = random.Random(seed)
-    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max, fsync=fsync),
-                  clock=writer_clock(dd, node)).open()
+    w = LogWriter(dd, node, StoreSettings(segment_max_bytes=seg_max, fsync=fsync), clock=writer_clock(dd, node)).open()
     say(f"ready {w.next_seq}")
     n = start_n
     batches = 0
@@ -155,8 +153,7 @@ def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
 def main(argv: list[str]) -> None:
     mode = argv[1]
     if mode == "loop":
-        loop(argv[2], int(argv[3]), int(argv[4]), argv[5], int(argv[6]),
-             int(argv[7]) if len(argv) > 7 else None)
+        loop(argv[2], int(argv[3]), int(argv[4]), argv[5], int(argv[6]), int(argv[7]) if len(argv) > 7 else None)
     elif mode == "fsize":
         fsize(argv[2], int(argv[3]), int(argv[4]), argv[5])
     else:

@@ -22,10 +22,10 @@ import msgpack
 import xxhash
 
 GENESIS = bytes(32)
-SEG_FIXED = struct.Struct("<8sHHIQq8s32s32sB")          # 3.1, 105 bytes
-FRAME_HEADER = struct.Struct("<4sIIIQqqQ")                # 4.1, 48 bytes
+SEG_FIXED = struct.Struct("<8sHHIQq8s32s32sB")  # 3.1, 105 bytes
+FRAME_HEADER = struct.Struct("<4sIIIQqqQ")  # 4.1, 48 bytes
 MAC_LEN = 32
-FRAME_OVERHEAD = FRAME_HEADER.size + MAC_LEN              # 80
+FRAME_OVERHEAD = FRAME_HEADER.size + MAC_LEN  # 80
 MAX_PAYLOAD = 16 * 1024 * 1024
 #: 3.1 and 10: segment format versions, each with its header MAC label and frame magic
 SEG_HEADER_LABELS = {1: b"auditlog segment header v1", 2: b"auditlog segment header v2"}
@@ -33,7 +33,7 @@ FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2"}
 #: 4.1: the flags bits a frame may carry in each version (2: bit 0, the commit continues)
 FRAME_FLAGS = {1: 0, 2: 1}
 KEY_ID_LABEL = b"auditlog key-id v1"
-SIG_TRAILER = b"\xc4\x20"                                  # bin8, 32 bytes
+SIG_TRAILER = b"\xc4\x20"  # bin8, 32 bytes
 PURGE_ACTION = "audit.retention_purge"
 
 
@@ -69,8 +69,8 @@ class _SegEnd:
     name: str
     first_seq: int
     last_seq: int
-    last_mac: bytes | None      # None: unknown (file ends inside a frame / corrupt stretch)
-    last_sig: bytes | None      # None: unknown (last frame damaged)
+    last_mac: bytes | None  # None: unknown (file ends inside a frame / corrupt stretch)
+    last_sig: bytes | None  # None: unknown (last frame damaged)
 
 
 @dataclass
@@ -96,8 +96,7 @@ def _parse_header(data: bytes, key: bytes, key_id: bytes) -> _Header:
     """Steps 3.1-3.3: structure, key id, MAC, flags."""
     if len(data) < SEG_FIXED.size:
         raise _HeaderError("header_corrupt", f"file holds {len(data)} bytes, a header needs at least 105")
-    (magic, version, flags, size, first_seq, _created, kid, prev_sig, prev_mac,
-     node_len) = SEG_FIXED.unpack_from(data)
+    (magic, version, flags, size, first_seq, _created, kid, prev_sig, prev_mac, node_len) = SEG_FIXED.unpack_from(data)
     if magic != b"AUDITSEG":
         raise _HeaderError("header_corrupt", f"bad magic {magic!r}")
     if version not in SEG_HEADER_LABELS:
@@ -105,12 +104,12 @@ def _parse_header(data: bytes, key: bytes, key_id: bytes) -> _Header:
     if node_len > 63 or size != SEG_FIXED.size + node_len + MAC_LEN or len(data) < size:
         raise _HeaderError("header_corrupt", "header length fields are inconsistent")
     try:
-        node = data[SEG_FIXED.size: SEG_FIXED.size + node_len].decode("utf-8")
+        node = data[SEG_FIXED.size : SEG_FIXED.size + node_len].decode("utf-8")
     except UnicodeDecodeError:
         raise _HeaderError("header_corrupt", "node id is not UTF-8") from None
     if kid != key_id:
         raise _HeaderError("foreign_segment", "key id differs from the node key's")
-    mac = data[size - MAC_LEN: size]
+    mac = data[size - MAC_LEN : size]
     if not hmac.compare_digest(_hmac(key, SEG_HEADER_LABELS[version], data[: size - MAC_LEN]), mac):
         raise _HeaderError("header_corrupt", "header MAC does not match")
     if flags != 0:
@@ -131,17 +130,23 @@ class _Frame(NamedTuple):
 
 def _plausible(fields, version: int) -> bool:
     magic, plen, count, flags, first_seq, min_ts, max_ts, _ck = fields
-    return (magic == FRAME_MAGICS[version] and 0 < plen <= MAX_PAYLOAD and 0 < count <= plen
-            and not flags & ~FRAME_FLAGS[version] and first_seq >= 1 and min_ts <= max_ts)
+    return (
+        magic == FRAME_MAGICS[version]
+        and 0 < plen <= MAX_PAYLOAD
+        and 0 < count <= plen
+        and not flags & ~FRAME_FLAGS[version]
+        and first_seq >= 1
+        and min_ts <= max_ts
+    )
 
 
 def _frame_ok(data: bytes, off: int, fields, prev_mac: bytes, key: bytes) -> str | None:
     plen, ck = fields[1], fields[7]
-    payload = data[off + 48: off + 48 + plen]
+    payload = data[off + 48 : off + 48 + plen]
     if xxhash.xxh64_intdigest(payload) != ck:
         return "checksum_mismatch"
-    mac = data[off + 48 + plen: off + FRAME_OVERHEAD + plen]
-    if not hmac.compare_digest(_hmac(key, prev_mac, data[off: off + 48], payload), mac):
+    mac = data[off + 48 + plen : off + FRAME_OVERHEAD + plen]
+    if not hmac.compare_digest(_hmac(key, prev_mac, data[off : off + 48], payload), mac):
         return "mac_mismatch"
     return None
 
@@ -154,8 +159,11 @@ def _resync(data: bytes, pos: int, key: bytes, version: int) -> int:
             return len(data)
         if o >= MAC_LEN and o + 48 <= len(data):
             fields = FRAME_HEADER.unpack_from(data, o)
-            if _plausible(fields, version) and o + FRAME_OVERHEAD + fields[1] <= len(data) \
-                    and _frame_ok(data, o, fields, data[o - MAC_LEN: o], key) is None:
+            if (
+                _plausible(fields, version)
+                and o + FRAME_OVERHEAD + fields[1] <= len(data)
+                and _frame_ok(data, o, fields, data[o - MAC_LEN : o], key) is None
+            ):
                 return o
         pos = o + 1
 
@@ -174,9 +182,16 @@ def _split_records(payload: bytes, count: int) -> list[tuple[tuple, bytes]]:
             rec = up.unpack()
             end = up.tell()
             raw = payload[start:end]
-            if not (isinstance(rec, tuple) and len(rec) == 11 and raw[:1] == b"\x9b"
-                    and raw[-34:-32] == SIG_TRAILER and isinstance(rec[10], bytes)
-                    and len(rec[10]) == 32 and isinstance(rec[0], int) and isinstance(rec[1], int)):
+            if not (
+                isinstance(rec, tuple)
+                and len(rec) == 11
+                and raw[:1] == b"\x9b"
+                and raw[-34:-32] == SIG_TRAILER
+                and isinstance(rec[10], bytes)
+                and len(rec[10]) == 32
+                and isinstance(rec[0], int)
+                and isinstance(rec[1], int)
+            ):
                 raise ValueError("a record is not an 11-element array ending in a 32-byte signature")
             out.append((rec, raw))
         if up.tell() != len(payload):
@@ -192,8 +207,11 @@ def _record_seq_range(payload: bytes) -> tuple[int, int] | None:
         recs = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=False)
     except (msgpack.UnpackException, ValueError, TypeError):
         return None
-    if not (isinstance(recs, tuple) and recs and all(
-            isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)):
+    if not (
+        isinstance(recs, tuple)
+        and recs
+        and all(isinstance(r, tuple) and len(r) == 11 and type(r[0]) is int for r in recs)
+    ):
         return None
     first = recs[0][0]
     if first < 1 or any(r[0] != first + i for i, r in enumerate(recs)):
@@ -205,6 +223,7 @@ def _writer_running(lock_path: Path) -> bool:
     """Does a process hold the writer's fcntl lock on LOCK? (1; tested with F_GETLK, never taken)."""
     try:
         import fcntl
+
         fd = os.open(lock_path, os.O_RDONLY)
     except (ImportError, OSError):
         return False
@@ -243,7 +262,7 @@ class _Verifier:
         writer = _writer_running(self.root / "LOCK")
         pred: _SegEnd | None = None
         head: tuple[str, _Header] | None = None
-        unusable: list[int] = []     # self.problems indices of unusable headers since ``pred``
+        unusable: list[int] = []  # self.problems indices of unusable headers since ``pred``
         for i, name in enumerate(names):
             data = (seg_dir / name).read_bytes()
             try:
@@ -253,16 +272,16 @@ class _Verifier:
                 unusable.append(len(self.problems) - 1)
                 continue
             if hdr.node != self.node:
-                self.report("foreign_segment", hdr.first_seq, None, name,
-                            f"header names node {hdr.node!r}, not {self.node!r}")
+                self.report(
+                    "foreign_segment", hdr.first_seq, None, name, f"header names node {hdr.node!r}, not {self.node!r}"
+                )
             if name != f"{hdr.first_seq:020d}.seg":
-                self.report("segment_misnamed", hdr.first_seq, None, name,
-                            f"header first seq is {hdr.first_seq}")
+                self.report("segment_misnamed", hdr.first_seq, None, name, f"header first seq is {hdr.first_seq}")
             gap_from = 1 if pred is None else pred.last_seq + 1
             # 3.5: unusable segments named after the first missing seq account for the gap
             accounted = False
             if unusable and hdr.first_seq > gap_from:
-                for j in unusable:   # they hold the seqs up to this segment
+                for j in unusable:  # they hold the seqs up to this segment
                     if self.problems[j].seq_to is None:
                         self.problems[j] = self.problems[j]._replace(seq_to=hdr.first_seq - 1)
                 accounted = self.problems[unusable[0]].seq_from == gap_from
@@ -277,27 +296,50 @@ class _Verifier:
                 self.check_link(pred, hdr, name)
             pred = self.walk_segment(name, data, hdr, is_last=i == len(names) - 1, writer=writer)
         if head is not None and head[1].first_seq != 1 and not self.anchored(head[1]):
-            self.report("segment_missing", 1, head[1].first_seq - 1, head[0],
-                        "log does not start at seq 1 and no retention purge entry anchors it")
+            self.report(
+                "segment_missing",
+                1,
+                head[1].first_seq - 1,
+                head[0],
+                "log does not start at seq 1 and no retention purge entry anchors it",
+            )
         return Result(self.problems, self.verified, self.signatures)
 
     def check_link(self, pred: _SegEnd, hdr: _Header, name: str) -> None:
         expected = pred.last_seq + 1
         if hdr.first_seq > expected:
-            self.report("segment_missing", expected, hdr.first_seq - 1, name,
-                        f"seq {expected}..{hdr.first_seq - 1} missing after {pred.name}")
+            self.report(
+                "segment_missing",
+                expected,
+                hdr.first_seq - 1,
+                name,
+                f"seq {expected}..{hdr.first_seq - 1} missing after {pred.name}",
+            )
         elif hdr.first_seq < expected:
-            self.report("segment_duplicate", hdr.first_seq, expected - 1, name,
-                        f"starts at seq {hdr.first_seq}; {pred.name} already reached {expected - 1}")
+            self.report(
+                "segment_duplicate",
+                hdr.first_seq,
+                expected - 1,
+                name,
+                f"starts at seq {hdr.first_seq}; {pred.name} already reached {expected - 1}",
+            )
         elif (pred.last_mac is not None and hdr.prev_mac != pred.last_mac) or (
-                pred.last_sig is not None and hdr.prev_sig != pred.last_sig):
-            self.report("chain_broken", hdr.first_seq, hdr.first_seq, name,
-                        f"prev_sig/prev_mac do not link to the end of {pred.name}")
+            pred.last_sig is not None and hdr.prev_sig != pred.last_sig
+        ):
+            self.report(
+                "chain_broken",
+                hdr.first_seq,
+                hdr.first_seq,
+                name,
+                f"prev_sig/prev_mac do not link to the end of {pred.name}",
+            )
 
     def anchored(self, hdr: _Header) -> bool:
         want = hdr.prev_sig.hex()
-        return any(isinstance(r, (list, tuple)) and len(r) == 4 and r[2] == hdr.first_seq - 1
-                   and r[3] == want for r in self.purge_rows)
+        return any(
+            isinstance(r, (list, tuple)) and len(r) == 4 and r[2] == hdr.first_seq - 1 and r[3] == want
+            for r in self.purge_rows
+        )
 
     def walk_segment(self, name: str, data: bytes, hdr: _Header, is_last: bool, writer: bool) -> _SegEnd:
         pos = hdr.size
@@ -308,25 +350,29 @@ class _Verifier:
         last_mac: bytes | None = hdr.mac
         last_sig: bytes | None = hdr.prev_sig
         end = len(data)
-        stretch: int | None = None     # index in self.problems of an open corrupt stretch
+        stretch: int | None = None  # index in self.problems of an open corrupt stretch
         while pos < end:
             fields = FRAME_HEADER.unpack_from(data, pos) if end - pos >= 48 else None
             if fields is not None and not _plausible(fields, hdr.version):
                 nxt = _resync(data, pos + 1, self.key, hdr.version)
-                self.report("frame_corrupt", expected, None, name,
-                            f"bytes {pos}..{nxt - 1} are not a frame")
+                self.report("frame_corrupt", expected, None, name, f"bytes {pos}..{nxt - 1} are not a frame")
                 stretch = len(self.problems) - 1
-                expected = None      # unknown across the stretch
+                expected = None  # unknown across the stretch
                 prev_sig = None
                 last_mac = last_sig = None
                 if nxt >= end:
                     break
-                pos, prev_mac = nxt, data[nxt - MAC_LEN: nxt]
+                pos, prev_mac = nxt, data[nxt - MAC_LEN : nxt]
                 continue
             if fields is None or pos + FRAME_OVERHEAD + fields[1] > end:
                 if not (is_last and writer):
-                    self.report("torn_tail" if is_last else "truncated", expected, None, name,
-                                f"file ends inside the frame at offset {pos}")
+                    self.report(
+                        "torn_tail" if is_last else "truncated",
+                        expected,
+                        None,
+                        name,
+                        f"file ends inside the frame at offset {pos}",
+                    )
                 last_mac = last_sig = None
                 break
             _magic, plen, count, _flags, first_seq, min_ts, max_ts, _ck = fields
@@ -337,9 +383,9 @@ class _Verifier:
                     self.problems[stretch] = p._replace(seq_to=first_seq - 1)
                 stretch = None
             fend = pos + FRAME_OVERHEAD + plen
-            mac = data[fend - MAC_LEN: fend]
+            mac = data[fend - MAC_LEN : fend]
             last_mac = mac
-            payload = data[pos + 48: fend - MAC_LEN]
+            payload = data[pos + 48 : fend - MAC_LEN]
             bad = _frame_ok(data, pos, fields, prev_mac, self.key)
             if bad is None:
                 try:
@@ -360,20 +406,27 @@ class _Verifier:
                 prev_mac, pos = mac, fend
                 continue
             if recs[0][0][0] != first_seq or any(not (min_ts <= r[1] <= max_ts) for r, _ in recs):
-                self.report("frame_corrupt", first_seq, last_seq, name,
-                            f"frame at offset {pos}: header does not describe its records")
+                self.report(
+                    "frame_corrupt",
+                    first_seq,
+                    last_seq,
+                    name,
+                    f"frame at offset {pos}: header does not describe its records",
+                )
             for rec, raw in recs:
                 prev_sig, expected = self.check_entry(name, rec, raw, prev_sig, expected)
             last_sig = recs[-1][0][10]
             prev_mac, pos = mac, fend
         return _SegEnd(name, hdr.first_seq, last_seq, last_mac, last_sig)
 
-    def check_entry(self, name: str, rec: tuple, raw: bytes, prev_sig: bytes | None,
-                    expected: int | None) -> tuple[bytes, int]:
+    def check_entry(
+        self, name: str, rec: tuple, raw: bytes, prev_sig: bytes | None, expected: int | None
+    ) -> tuple[bytes, int]:
         seq, ts, stored = rec[0], rec[1], rec[10]
         if expected is not None and seq != expected:
-            self.report("seq_gap", min(seq, expected), max(seq, expected), name,
-                        f"expected seq {expected}, found {seq}")
+            self.report(
+                "seq_gap", min(seq, expected), max(seq, expected), name, f"expected seq {expected}, found {seq}"
+            )
         if self.max_ts is not None and ts < self.max_ts:
             self.report("timestamp_anomaly", seq, seq, name, f"ts {self.max_ts - ts} µs before its predecessor")
         self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
@@ -405,7 +458,11 @@ def main(argv: list[str]) -> int:
         return 2
     res = verify_data_dir(argv[1])
     for p in res.problems:
-        rng = "" if p.seq_from is None else f" seq {p.seq_from}" + ("" if p.seq_to in (None, p.seq_from) else f"..{p.seq_to}")
+        rng = (
+            ""
+            if p.seq_from is None
+            else f" seq {p.seq_from}" + ("" if p.seq_to in (None, p.seq_from) else f"..{p.seq_to}")
+        )
         print(f"{p.kind}: {p.segment}{rng}: {p.detail}")
     print(f"{res.entries_verified} entries verified, {len(res.problems)} problems")
     return 0 if not res.problems else 1

@@ -27,18 +27,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
 from helpers_http import AUDITLOG, bearer, clean_env, http_request
 
+from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
+
 #: actions used for generated events (a mix of families for filter tests)
-ACTIONS = ("config.filter_update", "config.domain_add", "auth.login", "auth.login_failed",
-           "quarantine.release", "user.update")
+ACTIONS = (
+    "config.filter_update",
+    "config.domain_add",
+    "auth.login",
+    "auth.login_failed",
+    "quarantine.release",
+    "user.update",
+)
 USERS = ("alice", "bob", "carol", "dave")
 
 
 def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([AUDITLOG, *args], capture_output=True, text=True, timeout=timeout,
-                       env=clean_env(), stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [AUDITLOG, *args], capture_output=True, text=True, timeout=timeout, env=clean_env(), stdin=subprocess.DEVNULL
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"auditlog {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
@@ -49,9 +57,17 @@ def make_events(n: int, tag: str, start: int = 0) -> list[dict]:
     out = []
     for i in range(start, start + n):
         action = ACTIONS[i % len(ACTIONS)]
-        out.append({"user": USERS[i % len(USERS)], "action": action, "target": f"t-{tag}-{i}",
-                    "domain": "example.org", "ip": f"192.0.2.{i % 250 + 1}",
-                    "success": action != "auth.login_failed", "details": {"tag": tag, "i": i}})
+        out.append(
+            {
+                "user": USERS[i % len(USERS)],
+                "action": action,
+                "target": f"t-{tag}-{i}",
+                "domain": "example.org",
+                "ip": f"192.0.2.{i % 250 + 1}",
+                "success": action != "auth.login_failed",
+                "details": {"tag": tag, "i": i},
+            }
+        )
     return out
 
 
@@ -63,6 +79,7 @@ def write_ndjson(path: Path, events) -> Path:
 
 
 # -- one node --------------------------------------------------------------------------
+
 
 @dataclass
 class NodeSpec:
@@ -82,7 +99,7 @@ class NodeSpec:
 
 
 class ClusterNode:
-    def __init__(self, cluster: "LocalCluster", spec: NodeSpec, http_port: int, peer_port: int):
+    def __init__(self, cluster: LocalCluster, spec: NodeSpec, http_port: int, peer_port: int):
         self.cluster = cluster
         self.spec = spec
         self.name = spec.name
@@ -111,13 +128,24 @@ class ClusterNode:
         for k, v in s.settings.items():
             lines.append(f"{k} = {json.dumps(v)}")
         ca_file = c.trust_bundle(s.trust)
-        lines += ["", "[server]", f'listen = "127.0.0.1:{self.http_port}"', "",
-                  "[cluster]", f'listen = "127.0.0.1:{self.peer_port}"',
-                  f'ca = "{ca_file}"', f'cert = "{self.cert}"', f'key = "{self.key}"',
-                  f"peer_timeout = {c.peer_timeout}",
-                  f"checkpoint_interval = {c.checkpoint_interval}"]
-        peers = s.peers if s.peers is not None else [
-            n.name for n in c.nodes.values() if n.name != self.name and n.spec.ca == s.ca]
+        lines += [
+            "",
+            "[server]",
+            f'listen = "127.0.0.1:{self.http_port}"',
+            "",
+            "[cluster]",
+            f'listen = "127.0.0.1:{self.peer_port}"',
+            f'ca = "{ca_file}"',
+            f'cert = "{self.cert}"',
+            f'key = "{self.key}"',
+            f"peer_timeout = {c.peer_timeout}",
+            f"checkpoint_interval = {c.checkpoint_interval}",
+        ]
+        peers = (
+            s.peers
+            if s.peers is not None
+            else [n.name for n in c.nodes.values() if n.name != self.name and n.spec.ca == s.ca]
+        )
         for p in peers:
             lines += ["", "[[cluster.peers]]", f'node = "{p}"', f'url = "{c.nodes[p].peer_url}"']
         for p, url in s.extra_peers.items():
@@ -129,10 +157,18 @@ class ClusterNode:
         """init, optional bulk preload, writer + reader keys (all before serve)."""
         self.run("init", "--node-id", self.name)
         if self.spec.preload is not None:
-            bulk = self.dir / "bulk.toml"   # a bulk import does not need an fsync per chunk
+            bulk = self.dir / "bulk.toml"  # a bulk import does not need an fsync per chunk
             bulk.write_text('fsync = "none"\n')
-            cli("--data-dir", str(self.data_dir), "--config", str(bulk),
-                "append", "--file", str(self.spec.preload), timeout=300)
+            cli(
+                "--data-dir",
+                str(self.data_dir),
+                "--config",
+                str(bulk),
+                "append",
+                "--file",
+                str(self.spec.preload),
+                timeout=300,
+            )
         self.writer_key = self._new_key("writer")
         self.reader_key = self._new_key("reader")
 
@@ -144,8 +180,9 @@ class ClusterNode:
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """``auditlog --data-dir D --config C ARGS`` for this node."""
-        return cli("--data-dir", str(self.data_dir), "--config", str(self.config_path), *args,
-                   check=check, timeout=timeout)
+        return cli(
+            "--data-dir", str(self.data_dir), "--config", str(self.config_path), *args, check=check, timeout=timeout
+        )
 
     # -- process -------------------------------------------------------------
 
@@ -158,7 +195,11 @@ class ClusterNode:
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [AUDITLOG, "--data-dir", str(self.data_dir), "--config", str(self.config_path), "serve"],
-            stdout=subprocess.DEVNULL, stderr=self._stderr, stdin=subprocess.DEVNULL, env=clean_env())
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until /healthz answers and the peer listener accepts connections."""
@@ -203,12 +244,19 @@ class ClusterNode:
 
     # -- HTTP ------------------------------------------------------------------
 
-    def request(self, path: str, key: str | None = "reader", *, method: str = "GET",
-                body: bytes | None = None, headers: dict | None = None, timeout: float = 60):
+    def request(
+        self,
+        path: str,
+        key: str | None = "reader",
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict | None = None,
+        timeout: float = 60,
+    ):
         """(status, headers, body bytes); ``key`` is "reader", "writer", None or a token."""
         token = {"reader": self.reader_key, "writer": self.writer_key}.get(key, key) if key else None
-        return http_request(self.base + path, token, method=method, body=body, headers=headers,
-                            timeout=timeout)
+        return http_request(self.base + path, token, method=method, body=body, headers=headers, timeout=timeout)
 
     def json(self, path: str, key: str | None = "reader", **kw):
         status, _, body = self.request(path, key, **kw)
@@ -220,14 +268,19 @@ class ClusterNode:
         return body
 
     def post_events(self, events: list[dict]) -> dict:
-        status, body = self.json("/api/v1/events", "writer", method="POST",
-                                 body=json.dumps(events).encode(),
-                                 headers={"Content-Type": "application/json"})
+        status, body = self.json(
+            "/api/v1/events",
+            "writer",
+            method="POST",
+            body=json.dumps(events).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         assert status == 201, (self.name, status, body)
         return body
 
-    def open_stream(self, path: str, timeout: float = 60) -> tuple[http.client.HTTPConnection,
-                                                                   http.client.HTTPResponse]:
+    def open_stream(
+        self, path: str, timeout: float = 60
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """A GET whose body the caller reads bit by bit (``resp.read(n)``)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
         conn.request("GET", path, headers=bearer(self.reader_key))
@@ -236,18 +289,26 @@ class ClusterNode:
 
 # -- the cluster --------------------------------------------------------------------------
 
+
 class LocalCluster:
     """``LocalCluster(root, [NodeSpec("a"), ...]).build()`` then ``start()``; ``close()`` always."""
 
-    def __init__(self, root: Path, specs: list[NodeSpec] | tuple[str, ...], *,
-                 peer_timeout: float = 2.0, checkpoint_interval: float = 3600.0):
+    def __init__(
+        self,
+        root: Path,
+        specs: list[NodeSpec] | tuple[str, ...],
+        *,
+        peer_timeout: float = 2.0,
+        checkpoint_interval: float = 3600.0,
+    ):
         self.root = Path(root)
         self.peer_timeout = peer_timeout
         self.checkpoint_interval = checkpoint_interval
         specs = [s if isinstance(s, NodeSpec) else NodeSpec(s) for s in specs]
         ports = free_ports(2 * len(specs))
         self.nodes: dict[str, ClusterNode] = {
-            s.name: ClusterNode(self, s, ports[2 * i], ports[2 * i + 1]) for i, s in enumerate(specs)}
+            s.name: ClusterNode(self, s, ports[2 * i], ports[2 * i + 1]) for i, s in enumerate(specs)
+        }
         self.ca_dirs = {"main": self.root / "ca", "other": self.root / "ca-other"}
 
     def __getitem__(self, name: str) -> ClusterNode:
@@ -263,14 +324,25 @@ class LocalCluster:
     def issue(self, name: str, ca: str = "main", out: Path | None = None) -> tuple[Path, Path]:
         """A certificate for node id ``name`` from ``ca`` (also for ids that are no node)."""
         out = out or self.root / ("tls" if ca == "main" else "tls-other")
-        cli("cluster", "issue-cert", "--ca", str(self.ca_dirs[ca]), "--node", name,
-            "--san", "127.0.0.1", "--out", str(out))
+        cli(
+            "cluster",
+            "issue-cert",
+            "--ca",
+            str(self.ca_dirs[ca]),
+            "--node",
+            name,
+            "--san",
+            "127.0.0.1",
+            "--out",
+            str(out),
+        )
         return out / f"{name}.pem", out / f"{name}.key"
 
-    def build(self) -> "LocalCluster":
+    def build(self) -> LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
-        cas = {"main"} | {n.spec.ca for n in self.nodes.values()} | {
-            c for n in self.nodes.values() for c in n.spec.trust}
+        cas = (
+            {"main"} | {n.spec.ca for n in self.nodes.values()} | {c for n in self.nodes.values() for c in n.spec.trust}
+        )
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda c: cli("cluster", "ca-init", "--out", str(self.ca_dirs[c])), sorted(cas)))
             list(pool.map(lambda n: self.issue(n.name, n.spec.ca), self.nodes.values()))
@@ -299,6 +371,7 @@ class LocalCluster:
 
 # -- a peer that never answers ----------------------------------------------------------
 
+
 class StalledPeer:
     """A plain TCP listener: accepts every connection and never sends a byte."""
 
@@ -319,7 +392,7 @@ class StalledPeer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.accepted.append(conn)   # held open, never read, never written
+            self.accepted.append(conn)  # held open, never read, never written
 
     def close(self) -> None:
         self._closed = True
@@ -335,11 +408,13 @@ class StalledPeer:
 
 # -- what an attacker with the data dir can do ---------------------------------------------
 
+
 def _frames_of(data_dir: Path):
     """(data dir, node, [(segment path, its header, its bytes, [FrameRead...])]) for every
     segment, each frame walked and checked (an attack starts from an intact log)."""
     from engine.datadir import DataDir
     from engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
+
     dd = DataDir(Path(data_dir))
     node = dd.open()
     out = []
@@ -353,9 +428,10 @@ def _frames_of(data_dir: Path):
 
 
 def _drop_derived(dd) -> None:
-    from engine.index import INDEX_SUFFIX, MANIFEST_NAME
+    from engine.index import INDEX_SUFFIX
+
     for p in dd.segments.iterdir():
-        if p.suffix == INDEX_SUFFIX or p.name == MANIFEST_NAME:
+        if p.suffix == INDEX_SUFFIX:
             p.unlink()
 
 
@@ -378,24 +454,27 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
     """Change fields of entry ``seq`` of a (stopped) node and re-sign everything from
     there with the node's own key: entry signatures, frame MACs, later segment headers.
     The node's own verification cannot tell; only a witness can."""
-    from engine.entry import R_SIG, canonical_bytes, record_from_canonical, packed_len
+    import msgpack
+
+    from engine.entry import R_SIG, canonical_bytes, packed_len, record_from_canonical
     from engine.frame import build_frame
     from engine.segment import SegmentHeader
-    import msgpack
+
     fields = ("user", "action", "target", "domain", "ip", "user_agent", "success", "details")
     dd, node, segs = _frames_of(data_dir)
     sign = node.key.signer()
     nlen = packed_len(node.node_id)
-    prev_sig = prev_mac = None   # links to carry into the next segment once rewriting began
+    prev_sig = prev_mac = None  # links to carry into the next segment once rewriting began
     found = False
     for path, hdr, raw, frames in segs:
         if prev_sig is None and not any(f.header.first_seq <= seq <= f.header.last_seq for f in frames):
             continue
         if prev_sig is None:
-            head_bytes, sig, mac = raw[:hdr.size], hdr.prev_sig, hdr.mac
+            head_bytes, sig, mac = raw[: hdr.size], hdr.prev_sig, hdr.mac
         else:
-            head_bytes, h = SegmentHeader.build(node.key, node.node_id, hdr.first_seq, hdr.created_us,
-                                                prev_sig, prev_mac)
+            head_bytes, h = SegmentHeader.build(
+                node.key, node.node_id, hdr.first_seq, hdr.created_us, prev_sig, prev_mac
+            )
             sig, mac = prev_sig, h.mac
         out = [head_bytes]
         for fr in frames:
@@ -410,8 +489,7 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
                 canon = canonical_bytes(node.node_id, s, ts, tuple(vals))
                 sig = sign(sig, canon)
                 recs.append(record_from_canonical(nlen, canon, sig))
-            fb, mac = build_frame(recs, fr.header.first_seq, fr.header.min_ts, fr.header.max_ts,
-                                  node.key, mac)
+            fb, mac = build_frame(recs, fr.header.first_seq, fr.header.min_ts, fr.header.max_ts, node.key, mac)
             out.append(fb)
         tmp = path.with_name(path.name + ".rewrite")
         tmp.write_bytes(b"".join(out))

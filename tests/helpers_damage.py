@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gc
 import io
 import json
 import logging
@@ -46,7 +47,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import gc
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,7 @@ from typing import Any
 
 import msgpack
 import xxhash
+from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segment_header, settings
 
 from engine.clock import FrozenClock
 from engine.datadir import DataDir
@@ -61,7 +62,6 @@ from engine.entry import EntryDraft
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.writer import LogWriter
-from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segment_header, settings
 
 NODE = "gw1"
 #: 2026-03-01T00:00:00Z: the log lies before the tests' frozen clock (2026-03-14T09:00Z), so
@@ -74,16 +74,23 @@ N_COMMITS = 70
 TAIL_COMMITS = 6
 PLAN_SEED = 20260301
 
-USERS = ("alice", "bruno", "carla", "dmitr", "erika")       # one length: an edit can swap them
+USERS = ("alice", "bruno", "carla", "dmitr", "erika")  # one length: an edit can swap them
 IPS = ("192.0.2.10", "192.0.2.11", "192.0.2.12", "198.51.100.7")
 RECIPIENTS = ("anna@example.com", "ben@example.com", "cleo@example.net")
 TARGETS = ("filter-1", "filter-2", "example.org", "mail-1")
-ACTIONS = ("auth.login", "auth.login_failed", "config.filter_update", "quarantine.release",
-           "user.update", "config.dkim_rotate", "config.dkim_rotate_confirm")
+ACTIONS = (
+    "auth.login",
+    "auth.login_failed",
+    "config.filter_update",
+    "quarantine.release",
+    "user.update",
+    "config.dkim_rotate",
+    "config.dkim_rotate_confirm",
+)
 ACTION_QUERIES = ACTIONS + ("config.*", "auth.*", "quarantine.*")
 ROTATE, CONFIRM = "config.dkim_rotate", "config.dkim_rotate_confirm"
 
-HEADER = struct.Struct("<4sIIIQqqQ")     # the frame header (docs/FORMAT.md 4.1)
+HEADER = struct.Struct("<4sIIIQqqQ")  # the frame header (docs/FORMAT.md 4.1)
 FRAME_HEADER_SIZE = HEADER.size
 FRAME_MAC_SIZE = 32
 #: entries per JSON page when following next_cursor (several pages per answer)
@@ -91,6 +98,7 @@ PAGE = 40
 
 
 # =============================================================================== the log
+
 
 def log_plan() -> list[list[dict]]:
     """The commits written to the log: lists of EntryDraft fields, seqs 1.. in order.
@@ -101,7 +109,7 @@ def log_plan() -> list[list[dict]]:
     rnd = random.Random(PLAN_SEED)
     commits: list[list[dict]] = []
     seq = 0
-    due: list[tuple[int, dict]] = []          # (commit index, confirmation event)
+    due: list[tuple[int, dict]] = []  # (commit index, confirmation event)
     for c in range(N_COMMITS):
         batch = []
         for _ in range(rnd.randint(1, 5)):
@@ -113,38 +121,93 @@ def log_plan() -> list[list[dict]]:
             ip = rnd.choice(IPS + (None,))
             r = rnd.random()
             if r < 0.07 and c < N_COMMITS - 5:
-                ev = dict(user=user, action=ROTATE, target="example.org", domain="example.org", ip=ip,
-                          details={"old": f"k{seq}", "new": f"k{seq + 1}"})
+                ev = dict(
+                    user=user,
+                    action=ROTATE,
+                    target="example.org",
+                    domain="example.org",
+                    ip=ip,
+                    details={"old": f"k{seq}", "new": f"k{seq + 1}"},
+                )
                 fate = rnd.random()
                 later = c + rnd.randint(1, 12)
-                if fate < 0.55:       # a second admin confirms (sometimes twice)
+                if fate < 0.55:  # a second admin confirms (sometimes twice)
                     other = rnd.choice([u for u in USERS if u != user])
-                    due.append((later, dict(user=other, action=CONFIRM, target="example.org", ip=ip,
-                                            details={"confirms": f"{NODE}:{seq}"})))
+                    due.append(
+                        (
+                            later,
+                            dict(
+                                user=other,
+                                action=CONFIRM,
+                                target="example.org",
+                                ip=ip,
+                                details={"confirms": f"{NODE}:{seq}"},
+                            ),
+                        )
+                    )
                     if fate < 0.15:
                         third = rnd.choice([u for u in USERS if u not in (user, other)])
-                        due.append((later + 2, dict(user=third, action=CONFIRM, target="example.org",
-                                                    details={"confirms": f"{NODE}:{seq}"})))
-                elif fate < 0.8:      # confirmed only by the same admin
-                    due.append((later, dict(user=user, action=CONFIRM, target="example.org", ip=ip,
-                                            details={"confirms": f"{NODE}:{seq}"})))
+                        due.append(
+                            (
+                                later + 2,
+                                dict(
+                                    user=third,
+                                    action=CONFIRM,
+                                    target="example.org",
+                                    details={"confirms": f"{NODE}:{seq}"},
+                                ),
+                            )
+                        )
+                elif fate < 0.8:  # confirmed only by the same admin
+                    due.append(
+                        (
+                            later,
+                            dict(
+                                user=user,
+                                action=CONFIRM,
+                                target="example.org",
+                                ip=ip,
+                                details={"confirms": f"{NODE}:{seq}"},
+                            ),
+                        )
+                    )
                 due.sort(key=lambda d: d[0])
             elif r < 0.3:
                 rc = rnd.choice(RECIPIENTS)
                 rcpt: Any = [rc, rnd.choice(RECIPIENTS)] if rnd.random() < 0.2 else rc
-                ev = dict(user=user, action="quarantine.release", target="mail-1", domain="example.com",
-                          ip=ip, details={"mail_id": f"m{seq}", "recipient": rcpt,
-                                          "sender": "news@example.net", "subject": f"offer {seq}"})
+                ev = dict(
+                    user=user,
+                    action="quarantine.release",
+                    target="mail-1",
+                    domain="example.com",
+                    ip=ip,
+                    details={
+                        "mail_id": f"m{seq}",
+                        "recipient": rcpt,
+                        "sender": "news@example.net",
+                        "subject": f"offer {seq}",
+                    },
+                )
             elif r < 0.5:
-                ev = dict(user=user, action=rnd.choice(("auth.login", "auth.login_failed")), ip=ip,
-                          user_agent="Mozilla/5.0 (X11)", success=rnd.random() < 0.8)
+                ev = dict(
+                    user=user,
+                    action=rnd.choice(("auth.login", "auth.login_failed")),
+                    ip=ip,
+                    user_agent="Mozilla/5.0 (X11)",
+                    success=rnd.random() < 0.8,
+                )
             elif r < 0.85:
                 t = rnd.choice(TARGETS[:2])
-                ev = dict(user=user, action="config.filter_update", target=t, domain="example.org",
-                          ip=ip, details={"old": "spam>5", "new": f"spam>{seq % 9}"})
+                ev = dict(
+                    user=user,
+                    action="config.filter_update",
+                    target=t,
+                    domain="example.org",
+                    ip=ip,
+                    details={"old": "spam>5", "new": f"spam>{seq % 9}"},
+                )
             else:
-                ev = dict(user=user, action="user.update", target=rnd.choice(USERS), ip=ip,
-                          details={"role": "admin"})
+                ev = dict(user=user, action="user.update", target=rnd.choice(USERS), ip=ip, details={"role": "admin"})
             batch.append(ev)
         commits.append(batch)
     # confirmations still due go into one last commit
@@ -156,12 +219,14 @@ def log_plan() -> list[list[dict]]:
         commits.append(last)
     # one orphan confirmation (confirms an id that was never a rotation)
     seq += 1
-    commits.append([dict(user="erika", action=CONFIRM, target="example.org",
-                         details={"confirms": f"{NODE}:{seq - 1}"})])
+    commits.append(
+        [dict(user="erika", action=CONFIRM, target="example.org", details={"confirms": f"{NODE}:{seq - 1}"})]
+    )
     # and a few logins, so that the active segment holds several frames
     for _ in range(TAIL_COMMITS):
-        commits.append([dict(user=rnd.choice(USERS), action="auth.login", ip=rnd.choice(IPS))
-                        for _ in range(rnd.randint(1, 3))])
+        commits.append(
+            [dict(user=rnd.choice(USERS), action="auth.login", ip=rnd.choice(IPS)) for _ in range(rnd.randint(1, 3))]
+        )
     return commits
 
 
@@ -204,11 +269,11 @@ class SegmentLayout:
 class Pristine:
     """The undamaged log: its two copies on disk, its entries, its file layout."""
 
-    plain: Path                     # data dir without derived files
-    derived: Path                   # the same with .idx, .terms and .lines built
-    entries: list[dict]             # wire dicts, seq order (seq i at index i-1)
-    ts_us: list[int]                # ts of seq i at index i-1
-    raw: list[dict]                 # id -> stored fields for the oracle (ts int, details as read)
+    plain: Path  # data dir without derived files
+    derived: Path  # the same with .idx, .terms and .lines built
+    entries: list[dict]  # wire dicts, seq order (seq i at index i-1)
+    ts_us: list[int]  # ts of seq i at index i-1
+    raw: list[dict]  # id -> stored fields for the oracle (ts int, details as read)
     segments: list[SegmentLayout]
     signatures: list[bytes]
     four_eyes_cache: dict = field(default_factory=dict)
@@ -269,12 +334,20 @@ def build_pristine(root: Path) -> Pristine:
     derived = root / "derived"
     shutil.copytree(plain, derived)
     build_derived(derived)
-    assert list((derived / "segments").glob("*.terms")) and list((derived / "segments").glob("*.lines")) \
+    assert (
+        list((derived / "segments").glob("*.terms"))
+        and list((derived / "segments").glob("*.lines"))
         and list((derived / "segments").glob("*.idx"))
-    return Pristine(plain, derived, [e.to_wire() for e in found], ts,
-                    [dict(user=e.user, action=e.action, target=e.target, ip=e.ip, details=e.details)
-                     for e in found],
-                    segs, [e.signature for e in found])
+    )
+    return Pristine(
+        plain,
+        derived,
+        [e.to_wire() for e in found],
+        ts,
+        [dict(user=e.user, action=e.action, target=e.target, ip=e.ip, details=e.details) for e in found],
+        segs,
+        [e.signature for e in found],
+    )
 
 
 def build_derived(data_dir: Path) -> None:
@@ -283,12 +356,13 @@ def build_derived(data_dir: Path) -> None:
     of every segment (a selective query, then the server's background build)."""
     from engine.lines import LineFiles
     from export.ndjson import LINES_TAG, line_renderer
+
     dd = DataDir(data_dir)
     node = dd.open()
     log = NodeLog(dd, node)
-    log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id),
-                               keep=True)
-    from query.cluster import LineTaker
+    log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
+    from query.sources import LineTaker
+
     taker = LineTaker(log, log.read(), None, None, "asc")
     while taker.take(1 << 20) is not None:
         pass
@@ -303,6 +377,7 @@ def build_derived(data_dir: Path) -> None:
 # what it did to which file (or that it did nothing, when an earlier damage removed its
 # target).  Nothing here needs the node key.
 
+
 def _seg_path(d: Path, name: str) -> Path:
     return d / "segments" / name
 
@@ -310,8 +385,8 @@ def _seg_path(d: Path, name: str) -> Path:
 def _locate_frame(data: bytes, pristine_file: bytes, f: FrameLayout) -> int | None:
     """Offset of a pristine frame in a (possibly edited) file: its header bytes, else its
     first_seq/min_ts/max_ts fields behind the frame magic, else None."""
-    hdr = pristine_file[f.offset: f.offset + FRAME_HEADER_SIZE]
-    if data[f.offset: f.offset + FRAME_HEADER_SIZE] == hdr:
+    hdr = pristine_file[f.offset : f.offset + FRAME_HEADER_SIZE]
+    if data[f.offset : f.offset + FRAME_HEADER_SIZE] == hdr:
         return f.offset
     pos = data.find(hdr)
     if pos >= 0:
@@ -319,7 +394,7 @@ def _locate_frame(data: bytes, pristine_file: bytes, f: FrameLayout) -> int | No
     tail = hdr[16:40]
     pos = data.find(tail)
     while pos >= 16:
-        if data[pos - 16: pos - 12] == b"ALF1":
+        if data[pos - 16 : pos - 12] == b"ALF1":
             return pos - 16
         pos = data.find(tail, pos + 1)
     return None
@@ -328,6 +403,7 @@ def _locate_frame(data: bytes, pristine_file: bytes, f: FrameLayout) -> int | No
 @dataclass(frozen=True)
 class DeleteSegment:
     """Delete the (sealed) segment holding ``seq``; never the newest."""
+
     seq: int
 
     def apply(self, d: Path, p: Pristine) -> str:
@@ -342,6 +418,7 @@ class DeleteSegment:
 @dataclass(frozen=True)
 class TruncateSealed:
     """Cut the sealed segment holding ``seq`` at ``at`` (a fraction of its size)."""
+
     seq: int
     at: float
 
@@ -361,6 +438,7 @@ class TruncateSealed:
 class CutActive:
     """Cut the active segment inside a frame (never exactly at a frame boundary: that
     is the undetectable rollback of the newest commits, a documented limit)."""
+
     at: float
 
     def apply(self, d: Path, p: Pristine) -> str:
@@ -386,7 +464,7 @@ class CutActive:
 def _frame_ends(data: bytes, pos: int) -> list[int]:
     """Where the frames of a segment end, by their magic and length fields alone."""
     ends = []
-    while pos + FRAME_HEADER_SIZE <= len(data) and data[pos: pos + 4] == b"ALF1":
+    while pos + FRAME_HEADER_SIZE <= len(data) and data[pos : pos + 4] == b"ALF1":
         pos += FRAME_HEADER_SIZE + HEADER.unpack_from(data, pos)[1] + FRAME_MAC_SIZE
         if pos > len(data):
             break
@@ -401,6 +479,7 @@ FLIP_REGIONS = ("header", "frame_header", "payload", "mac", "anywhere")
 class FlipBytes:
     """XOR ``mask`` into ``n`` consecutive bytes of the segment holding ``seq`` (sealed
     or active), in ``region`` of the frame holding ``seq`` (or the segment header)."""
+
     seq: int
     region: str
     at: float
@@ -428,13 +507,16 @@ class FlipBytes:
         for i in range(pos, stop):
             data[i] ^= self.mask
         path.write_bytes(bytes(data))
-        return (f"flipped {stop - pos} byte(s) at offset {pos} ({self.region} of frame seq "
-                f"{f.first_seq}..{f.last_seq}) in {s.name} with mask {self.mask:#04x}")
+        return (
+            f"flipped {stop - pos} byte(s) at offset {pos} ({self.region} of frame seq "
+            f"{f.first_seq}..{f.last_seq}) in {s.name} with mask {self.mask:#04x}"
+        )
 
 
 @dataclass(frozen=True)
 class SwapNames:
     """Swap the names of the segments holding ``seq`` and ``other``."""
+
     seq: int
     other: int
 
@@ -460,6 +542,7 @@ COPY_TARGETS = ("between", "after", "before")
 class CopySegment:
     """Copy the segment holding ``seq`` under another segment name: between two real
     ones, after the newest (the copy becomes the last file), or before the first."""
+
     seq: int
     to: str
 
@@ -482,6 +565,7 @@ class GarbageSegment:
     """Write a file that is not a segment under a segment's kind of name:
     ``99999999999999999999.seg``, a name between two real ones (after the segment
     holding ``seq``), or ``00000000000000000000.seg``."""
+
     name: str
     kind: str
     size: int
@@ -498,7 +582,7 @@ class GarbageSegment:
         rnd = random.Random(self.seed)
         if self.kind == "zeros":
             body = bytes(self.size)
-        elif self.kind == "magic":   # starts like a segment header, then noise
+        elif self.kind == "magic":  # starts like a segment header, then noise
             body = b"AUDITSEG\x01\x00" + bytes(rnd.getrandbits(8) for _ in range(self.size))
         else:
             body = bytes(rnd.getrandbits(8) for _ in range(self.size))
@@ -527,6 +611,7 @@ class EditRecord:
     """Rewrite the record of ``seq`` in its frame and fix the frame header's keyless
     fields (payload_len, xxHash64 checksum, min/max ts) as an attacker would; the
     frame MAC and the entry signature stay as they were (they need the key)."""
+
     seq: int
     field: str
 
@@ -541,7 +626,7 @@ class EditRecord:
         if off is None:
             return f"edit seq {self.seq} in {s.name}: frame no longer found"
         magic, plen, count, flags, first_seq, min_ts, max_ts, _ = HEADER.unpack_from(data, off)
-        payload = bytes(data[off + FRAME_HEADER_SIZE: off + FRAME_HEADER_SIZE + plen])
+        payload = bytes(data[off + FRAME_HEADER_SIZE : off + FRAME_HEADER_SIZE + plen])
         try:
             up = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False)
             up.feed(payload)
@@ -553,24 +638,35 @@ class EditRecord:
                 pos = up.tell()
             i = self.seq - first_seq
             rec = recs[i]
-        except Exception:   # an earlier damage made it unreadable: nothing to edit
+        except Exception:  # an earlier damage made it unreadable: nothing to edit
             return f"edit seq {self.seq} in {s.name}: frame no longer decodes"
         old = rec[_FIELD_INDEX[self.field]]
         rec[_FIELD_INDEX[self.field]] = _edited(self.field, old)
         new_raw = msgpack.packb(rec, use_bin_type=True)
-        new_payload = payload[:spans[i][0]] + new_raw + payload[spans[i][1]:]
+        new_payload = payload[: spans[i][0]] + new_raw + payload[spans[i][1] :]
         tss = [r[1] for r in recs if type(r[1]) is int]
         lo, hi = (min(tss), max(tss)) if tss else (min_ts, max_ts)
-        new_header = HEADER.pack(magic, len(new_payload), count, flags, first_seq, lo, hi,
-                                 xxhash.xxh64_intdigest(new_payload))
-        data[off: off + FRAME_HEADER_SIZE + plen] = new_header + new_payload
+        new_header = HEADER.pack(
+            magic, len(new_payload), count, flags, first_seq, lo, hi, xxhash.xxh64_intdigest(new_payload)
+        )
+        data[off : off + FRAME_HEADER_SIZE + plen] = new_header + new_payload
         path.write_bytes(bytes(data))
-        return (f"edited seq {self.seq} {self.field}: {old!r} -> {rec[_FIELD_INDEX[self.field]]!r} "
-                f"in frame at offset {off} of {s.name}, checksum recomputed")
+        return (
+            f"edited seq {self.seq} {self.field}: {old!r} -> {rec[_FIELD_INDEX[self.field]]!r} "
+            f"in frame at offset {off} of {s.name}, checksum recomputed"
+        )
 
 
-_FIELD_INDEX = {"user": 2, "ip": 6, "success": 8, "ts_shift": 1, "seq_str": 0, "ts_float": 1,
-                "sig_str": 10, "details_list": 9}
+_FIELD_INDEX = {
+    "user": 2,
+    "ip": 6,
+    "success": 8,
+    "ts_shift": 1,
+    "seq_str": 0,
+    "ts_float": 1,
+    "sig_str": 10,
+    "details_list": 9,
+}
 
 
 def _edited(what: str, old):
@@ -601,6 +697,7 @@ SIDECARS = ("terms", "idx", "lines", "all")
 @dataclass(frozen=True)
 class DropSidecar:
     """Delete a derived file of the segment holding ``seq`` (always allowed: never needed)."""
+
     seq: int
     which: str
 
@@ -608,7 +705,7 @@ class DropSidecar:
         s = p.segment_of(self.seq)
         stem = s.name[:-4]
         gone = []
-        for ext in (("terms", "idx", "lines") if self.which == "all" else (self.which,)):
+        for ext in ("terms", "idx", "lines") if self.which == "all" else (self.which,):
             f = d / "segments" / f"{stem}.{ext}"
             if f.exists():
                 f.unlink()
@@ -619,13 +716,15 @@ class DropSidecar:
 def damage_copy(p: Pristine, damage: tuple, derived: bool, dest: Path) -> list[str]:
     """A copy of the pristine log (with or without derived files) at ``dest``, damaged;
     returns what each damage did."""
-    assert not [f for f in (p.plain / "segments").iterdir() if f.suffix in (".idx", ".terms", ".lines")], \
+    assert not [f for f in (p.plain / "segments").iterdir() if f.suffix in (".idx", ".terms", ".lines")], (
         "something read the pristine copy in place (reads write derived files): read a copy"
+    )
     shutil.copytree(p.derived if derived else p.plain, dest)
     return [dmg.apply(dest, p) for dmg in damage]
 
 
 # =============================================================================== queries
+
 
 @dataclass(frozen=True)
 class Query:
@@ -636,6 +735,7 @@ class Query:
     frame holding seq ``s``.  A filter value that is an int means "the value the
     pristine entry with that seq has" (for explicit examples).
     """
+
     window: tuple = ("all",)
     user: tuple = ()
     ip: tuple = ()
@@ -656,8 +756,13 @@ class Resolved:
 
     def params(self) -> dict[str, str]:
         out = {"from": rfc3339(self.from_us), "to": rfc3339(self.to_us)}
-        for name, vals in (("user", self.users), ("ip", self.ips), ("action", self.actions),
-                           ("recipient", self.recipients), ("target", self.targets)):
+        for name, vals in (
+            ("user", self.users),
+            ("ip", self.ips),
+            ("action", self.actions),
+            ("recipient", self.recipients),
+            ("target", self.targets),
+        ):
             if vals:
                 out[name] = ",".join(vals)
         return out
@@ -680,8 +785,9 @@ class Resolved:
             return False
         if self.targets and raw["target"] not in self.targets:
             return False
-        if self.actions and not any(raw["action"] == a or (a.endswith(".*") and raw["action"].startswith(a[:-1]))
-                                    for a in self.actions):
+        if self.actions and not any(
+            raw["action"] == a or (a.endswith(".*") and raw["action"].startswith(a[:-1])) for a in self.actions
+        ):
             return False
         if self.recipients:
             rc = raw["details"].get("recipient") if isinstance(raw["details"], dict) else None
@@ -694,6 +800,7 @@ class Resolved:
 def rfc3339(us: int) -> str:
     secs, micros = divmod(us, 1_000_000)
     import datetime as dt
+
     t = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=secs)
     return f"{t:%Y-%m-%dT%H:%M:%S}.{micros:06d}Z"
 
@@ -722,7 +829,7 @@ def resolve(q: Query, p: Pristine) -> Resolved:
     def vals(field_: str, given: tuple) -> tuple[str, ...]:
         out = []
         for v in given:
-            if isinstance(v, int):   # the value pristine entry v has
+            if isinstance(v, int):  # the value pristine entry v has
                 raw = p.raw[v - 1]
                 v = raw[field_] if field_ != "recipient" else raw["details"].get("recipient")
                 if isinstance(v, (list, tuple)):
@@ -731,8 +838,15 @@ def resolve(q: Query, p: Pristine) -> Resolved:
                 out.append(v)
         return tuple(out)
 
-    return Resolved(lo, hi, vals("user", q.user), vals("ip", q.ip), vals("action", q.action),
-                    vals("recipient", q.recipient), vals("target", q.target))
+    return Resolved(
+        lo,
+        hi,
+        vals("user", q.user),
+        vals("ip", q.ip),
+        vals("action", q.action),
+        vals("recipient", q.recipient),
+        vals("target", q.target),
+    )
 
 
 def expected(p: Pristine, r: Resolved) -> list[dict]:
@@ -743,17 +857,30 @@ def expected(p: Pristine, r: Resolved) -> list[dict]:
 # =============================================================================== answers
 
 #: fields compared between a returned entry and the pristine one (what every format carries)
-FULL_FIELDS = ("id", "seq", "ts", "user", "action", "target", "domain", "ip", "user_agent", "success",
-               "details", "signature")
+FULL_FIELDS = (
+    "id",
+    "seq",
+    "ts",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+)
 
 
 @dataclass
 class Answer:
     """What one read path returned, normalised: rows as wire-like dicts."""
+
     path: str
     rows: list[dict] = field(default_factory=list)
     reported: bool = False
-    problems: list[str] = field(default_factory=list)   # failures by themselves (crashes, ...)
+    problems: list[str] = field(default_factory=list)  # failures by themselves (crashes, ...)
     fields: tuple[str, ...] = FULL_FIELDS
     #: seqs a writer cut back before this path read (torn tail recovery)
     cut: frozenset = frozenset()
@@ -783,8 +910,10 @@ def check_answer(ans: Answer, exp: list[dict], p: Pristine, r: Resolved) -> list
             continue
         diff = {k: (row.get(k), orig[k]) for k in ans.fields if row.get(k) != orig[k]}
         if diff:
-            out.append(f"{ans.path}: returned {row['id']} as ok with fields that are not the original's "
-                       f"(returned, original): {diff}")
+            out.append(
+                f"{ans.path}: returned {row['id']} as ok with fields that are not the original's "
+                f"(returned, original): {diff}"
+            )
             continue
         raw, ts = raw_by_id[row["id"]]
         if not r.matches(raw, ts):
@@ -807,8 +936,10 @@ def check_answer(ans: Answer, exp: list[dict], p: Pristine, r: Resolved) -> list
                 what.append(f"returned more than once: {_ids(twice)}")
             if not missing and not extra and not twice:
                 what.append("the order differs")
-            out.append(f"{ans.path}: no violation reported, but {len(got)} ok entries returned instead of "
-                       f"the {len(want)} pristine matches: {'; '.join(what)}")
+            out.append(
+                f"{ans.path}: no violation reported, but {len(got)} ok entries returned instead of "
+                f"the {len(want)} pristine matches: {'; '.join(what)}"
+            )
         bad = [row for row in ans.rows if row.get("integrity") != "ok"]
         if bad:
             out.append(f"{ans.path}: rows not ok ({bad[:2]}) but the answer does not report a violation")
@@ -831,6 +962,7 @@ def _exc(e: BaseException) -> str:
 
 # -- parsing the formats -------------------------------------------------------------
 
+
 def rows_from_ndjson(text: str, what: str, ans: Answer) -> list[dict]:
     if text and not text.endswith("\n"):
         ans.fail(f"{what} ends with a cut line: {text[-80:]!r}")
@@ -843,7 +975,7 @@ def rows_from_ndjson(text: str, what: str, ans: Answer) -> list[dict]:
         except ValueError:
             ans.problems.append(f"{what} line is not JSON: {line[:120]!r}")
             continue
-        if "node_status" in obj:   # this node gave up part way (an error, not a violation)
+        if "node_status" in obj:  # this node gave up part way (an error, not a violation)
             ans.fail(f"{what} carries a node status line: {line[:200]}")
             continue
         rows.append(obj)
@@ -855,13 +987,23 @@ def rows_from_ecs(text: str, what: str, ans: Answer) -> list[dict]:
     for doc in rows_from_ndjson(text, what, ans):
         try:
             ev = doc["event"]
-            out.append({
-                "id": ev["id"], "seq": ev["sequence"], "ts": doc["@timestamp"], "user": doc["user"]["name"],
-                "action": ev["action"], "target": doc["auditlog"]["target"],
-                "domain": doc["auditlog"]["domain"], "ip": doc.get("source", {}).get("ip"),
-                "user_agent": doc.get("user_agent", {}).get("original"),
-                "success": ev["outcome"] == "success", "details": doc["auditlog"]["details"],
-                "signature": ev["hash"], "integrity": doc["labels"]["integrity"]})
+            out.append(
+                {
+                    "id": ev["id"],
+                    "seq": ev["sequence"],
+                    "ts": doc["@timestamp"],
+                    "user": doc["user"]["name"],
+                    "action": ev["action"],
+                    "target": doc["auditlog"]["target"],
+                    "domain": doc["auditlog"]["domain"],
+                    "ip": doc.get("source", {}).get("ip"),
+                    "user_agent": doc.get("user_agent", {}).get("original"),
+                    "success": ev["outcome"] == "success",
+                    "details": doc["auditlog"]["details"],
+                    "signature": ev["hash"],
+                    "integrity": doc["labels"]["integrity"],
+                }
+            )
         except (KeyError, TypeError) as e:
             ans.problems.append(f"{what}: document without {e}: {json.dumps(doc)[:200]}")
     return out
@@ -869,6 +1011,7 @@ def rows_from_ecs(text: str, what: str, ans: Answer) -> list[dict]:
 
 def rows_from_csv(text: str, what: str, ans: Answer) -> list[dict]:
     from export.csv import CSV_COLUMNS
+
     text = text.lstrip("\ufeff")
     if text and not text.endswith("\r\n"):
         ans.fail(f"{what} ends with a cut line: {text[-80:]!r}")
@@ -891,14 +1034,24 @@ def rows_from_csv(text: str, what: str, ans: Answer) -> list[dict]:
             seq = int(c["seq"])
         except ValueError:
             seq = c["seq"]
-        out.append({
-            "id": f"{c['node_id']}:{c['seq']}", "seq": seq, "ts": c["timestamp"], "user": c["user"],
-            "action": c["action"], "target": c["target"] or None, "domain": c["domain"] or None,
-            "ip": c["ip_address"] or None, "user_agent": c["user_agent"] or None,
-            "success": {"true": True, "false": False}.get(c["success"], c["success"]),
-            "details": details, "signature": c["signature"],
-            # a CSV reports a violation by any integrity cell that is not "ok"
-            "integrity": "ok" if c["integrity"] == "ok" else "violation"})
+        out.append(
+            {
+                "id": f"{c['node_id']}:{c['seq']}",
+                "seq": seq,
+                "ts": c["timestamp"],
+                "user": c["user"],
+                "action": c["action"],
+                "target": c["target"] or None,
+                "domain": c["domain"] or None,
+                "ip": c["ip_address"] or None,
+                "user_agent": c["user_agent"] or None,
+                "success": {"true": True, "false": False}.get(c["success"], c["success"]),
+                "details": details,
+                "signature": c["signature"],
+                # a CSV reports a violation by any integrity cell that is not "ok"
+                "integrity": "ok" if c["integrity"] == "ok" else "violation",
+            }
+        )
     return out
 
 
@@ -920,27 +1073,26 @@ def rows_from_pdf(pdf: bytes, what: str, ans: Answer) -> tuple[list[dict], bool]
     for line in text.splitlines():
         m = _PDF_ROW.match(line)
         if m:
-            rows.append({"id": m.group(2), "ts": m.group(1),
-                         "integrity": "violation" if "VIOLATION" in line else "ok"})
+            rows.append({"id": m.group(2), "ts": m.group(1), "integrity": "violation" if "VIOLATION" in line else "ok"})
     m = re.search(r"Integrity: all (\d+) entries verified", text)
     if not violation and (m is None or int(m.group(1)) != len(rows)):
-        ans.problems.append(f"{what}: {len(rows)} rows read, but the status line says "
-                        f"{m.group(0) if m else 'nothing'}")
+        ans.problems.append(f"{what}: {len(rows)} rows read, but the status line says {m.group(0) if m else 'nothing'}")
     return rows, violation
 
 
 # =============================================================================== the CLI
+
 
 def run_cli_query(d: Path, r: Resolved, fmt: str) -> Answer:
     """``auditlog query --format FMT`` (in-process CLI) on data dir ``d``."""
     ans = Answer(f"cli query --format {fmt}")
     try:
         res = invoke_cli(d, "query", "--format", fmt, *r.cli_args())
-    except Exception as e:   # noqa: BLE001 - a crash is what we report
+    except Exception as e:  # noqa: BLE001 - a crash is what we report
         ans.fail(f"crashed: {_exc(e)}")
         return ans
     _cli_outcome(ans, res.exit_code, res.stderr)
-    stdout = res.stdout_bytes.decode("utf-8", "replace")   # (.stdout turns CRLF into LF)
+    stdout = res.stdout_bytes.decode("utf-8", "replace")  # (.stdout turns CRLF into LF)
     if fmt == "json":
         try:
             ans.rows = json.loads(stdout)
@@ -978,7 +1130,7 @@ def run_cli_export(d: Path, r: Resolved, fmt: str, out_dir: Path, damaged: Path,
     out = out_dir / f"export.{fmt}"
     try:
         res = invoke_cli(d, "export", fmt, *r.cli_args(), "-o", str(out))
-    except Exception as e:   # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
         ans.fail(f"crashed: {_exc(e)}")
         return ans
     _cli_outcome(ans, res.exit_code, res.stderr)
@@ -991,8 +1143,9 @@ def run_cli_export(d: Path, r: Resolved, fmt: str, out_dir: Path, damaged: Path,
         ans.rows, named = rows_from_pdf(out.read_bytes(), "file", ans)
         ans.fields = ("id", "ts")
         if named != (res.exit_code == 1):
-            ans.problems.append(f"exit code {res.exit_code} but the PDF "
-                                f"{'names' if named else 'does not name'} a violation")
+            ans.problems.append(
+                f"exit code {res.exit_code} but the PDF {'names' if named else 'does not name'} a violation"
+            )
         ans.reported = named and res.exit_code == 1
         return ans
     text = out.read_bytes().decode("utf-8", "replace")
@@ -1011,9 +1164,8 @@ def run_cli_export(d: Path, r: Resolved, fmt: str, out_dir: Path, damaged: Path,
 def run_cli_four_eyes(d: Path, r: Resolved) -> tuple[dict | None, list[str]]:
     """``auditlog report four-eyes --json`` over the query's window: (report, problems)."""
     try:
-        res = invoke_cli(d, "report", "four-eyes", "--json", "--from", rfc3339(r.from_us),
-                         "--to", rfc3339(r.to_us))
-    except Exception as e:   # noqa: BLE001
+        res = invoke_cli(d, "report", "four-eyes", "--json", "--from", rfc3339(r.from_us), "--to", rfc3339(r.to_us))
+    except Exception as e:  # noqa: BLE001
         return None, [f"crashed: {_exc(e)}"]
     problems = []
     if _traceback_in(res.stderr):
@@ -1031,14 +1183,18 @@ def run_cli_four_eyes(d: Path, r: Resolved) -> tuple[dict | None, list[str]]:
 
 # =============================================================================== the writer's recovery
 
+
 def _recovery_entries(d: Path) -> list[dict]:
     """``audit.recovery`` details a writer recorded in data dir ``d`` (the pristine log has none)."""
     try:
         dd = DataDir(d)
         log = NodeLog(dd, dd.open())
-        return [e.details for e in log.scan(check_structure=False)
-                if e.action == "audit.recovery" and e.integrity == "ok" and isinstance(e.details, dict)]
-    except Exception:   # noqa: BLE001 - the reads under test say what is wrong with the log
+        return [
+            e.details
+            for e in log.scan(check_structure=False)
+            if e.action == "audit.recovery" and e.integrity == "ok" and isinstance(e.details, dict)
+        ]
+    except Exception:  # noqa: BLE001 - the reads under test say what is wrong with the log
         return []
 
 
@@ -1060,7 +1216,7 @@ def writer_cut_seqs(recoveries: list[dict], damaged: Path, p: Pristine) -> froze
             data = path.read_bytes()
         except OSError:
             continue
-        head, tail = data[: rec["cut_offset"]], data[rec["cut_offset"]:]
+        head, tail = data[: rec["cut_offset"]], data[rec["cut_offset"] :]
         names = {s.name for s in p.segments}
         for seq, sig in enumerate(p.signatures, 1):
             if sig in tail:
@@ -1071,6 +1227,7 @@ def writer_cut_seqs(recoveries: list[dict], damaged: Path, p: Pristine) -> froze
 
 
 # =============================================================================== HTTP
+
 
 def reader_token(service) -> str:
     """A reader API key for ``service`` (made the way tests/helpers_http.make_keys makes them)."""
@@ -1091,21 +1248,21 @@ class _Errors(logging.Handler):
         self.records.append(f"{record.name}: {text}")
 
 
-async def _http_session(d: Path, r: Resolved, four_eyes: bool, only_four_eyes: bool
-                        ) -> tuple[list[Answer], Any, list[str], dict]:
+async def _http_session(
+    d: Path, r: Resolved, four_eyes: bool, only_four_eyes: bool
+) -> tuple[list[Answer], Any, list[str], dict]:
     import aiohttp
     from aiohttp import web
 
     from engine.settings import StoreSettings
-    from query.app import create_app
-    from query.service import Service, ServiceSettings
+    from query.http.app import create_app
+    from query.node import NodeConfig, build_node
 
     dd = DataDir(d)
     problems: list[str] = []
     try:
-        service = Service(dd, dd.open(), StoreSettings(fsync="none", segment_max_bytes=SEGMENT_MAX),
-                          ServiceSettings()).open()
-    except Exception as e:   # noqa: BLE001
+        service = build_node(NodeConfig(StoreSettings(fsync="none", segment_max_bytes=SEGMENT_MAX)), dd)
+    except Exception as e:  # noqa: BLE001
         return [], None, [f"http: the service does not start on this data dir: {_exc(e)}"], {}
     recovery = service.writer.recovery
     answers: list[Answer] = []
@@ -1120,7 +1277,7 @@ async def _http_session(d: Path, r: Resolved, four_eyes: bool, only_four_eyes: b
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}
         timeout = aiohttp.ClientTimeout(total=60)
-        connector = aiohttp.TCPConnector(force_close=True)   # a broken answer spoils no other
+        connector = aiohttp.TCPConnector(force_close=True)  # a broken answer spoils no other
         async with aiohttp.ClientSession(base, headers=headers, timeout=timeout, connector=connector) as http:
             if four_eyes or only_four_eyes:
                 report = await _four_eyes(http, r, problems)
@@ -1128,14 +1285,17 @@ async def _http_session(d: Path, r: Resolved, four_eyes: bool, only_four_eyes: b
                 return answers, report, problems, recovery or {}
             for order in ("asc", "desc"):
                 answers.append(await _json_pages(http, r, order))
-            answers.append(await _stream(http, "/api/v1/audit-log", {**r.params(), "format": "ndjson"},
-                                         "http ndjson", rows_from_ndjson))
-            answers.append(await _stream(http, "/api/v1/audit-log", {**r.params(), "format": "ecs"},
-                                         "http ecs", rows_from_ecs))
-            answers.append(await _stream(http, "/api/v1/audit-log/export.csv", r.params(),
-                                         "http csv", rows_from_csv))
+            answers.append(
+                await _stream(
+                    http, "/api/v1/audit-log", {**r.params(), "format": "ndjson"}, "http ndjson", rows_from_ndjson
+                )
+            )
+            answers.append(
+                await _stream(http, "/api/v1/audit-log", {**r.params(), "format": "ecs"}, "http ecs", rows_from_ecs)
+            )
+            answers.append(await _stream(http, "/api/v1/audit-log/export.csv", r.params(), "http csv", rows_from_csv))
             answers.append(await _pdf(http, r))
-    except Exception as e:   # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
         problems.append(f"http: {_exc(e)}")
     finally:
         await runner.cleanup()
@@ -1146,6 +1306,7 @@ async def _http_session(d: Path, r: Resolved, four_eyes: bool, only_four_eyes: b
 async def _get(http, ans: Answer, path: str, params: dict) -> tuple[bytes | None, Any]:
     """(body, headers) of a 200 answer; None (and ``ans`` failed) for anything else."""
     import aiohttp
+
     try:
         async with http.get(path, params=params) as resp:
             body = await resp.read()
@@ -1153,7 +1314,7 @@ async def _get(http, ans: Answer, path: str, params: dict) -> tuple[bytes | None
                 ans.fail(f"HTTP {resp.status}: {body[:300]!r}")
                 return None, None
             return body, resp.headers
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         ans.fail(f"the response broke off: {_exc(e)}")
         return None, None
 
@@ -1169,8 +1330,9 @@ async def _json_pages(http, r: Resolved, order: str) -> Answer:
         events = page["events"]
         n_bad = sum(1 for e in events if e.get("integrity") != "ok")
         if page.get("integrity_violations") != n_bad:
-            ans.problems.append(f"integrity_violations={page.get('integrity_violations')} on a page "
-                                f"with {n_bad} violation events")
+            ans.problems.append(
+                f"integrity_violations={page.get('integrity_violations')} on a page with {n_bad} violation events"
+            )
         if page.get("integrity_violations"):
             ans.reported = True
         st = page.get("nodes", {}).get(NODE, {})
@@ -1223,15 +1385,16 @@ async def _four_eyes(http, r: Resolved, problems: list[str]) -> dict | None:
 @dataclass
 class HttpRun:
     answers: list[Answer]
-    four_eyes: dict | None     # the four-eyes report (without its "nodes"), when asked for
-    problems: list[str]        # of the whole run: the service not starting, errors it logged
-    cut: frozenset             # pristine seqs its writer cut back when it started
+    four_eyes: dict | None  # the four-eyes report (without its "nodes"), when asked for
+    problems: list[str]  # of the whole run: the service not starting, errors it logged
+    cut: frozenset  # pristine seqs its writer cut back when it started
 
 
-def run_http(d: Path, r: Resolved, damaged: Path, p: Pristine, four_eyes: bool = False,
-             only_four_eyes: bool = False) -> HttpRun:
+def run_http(
+    d: Path, r: Resolved, damaged: Path, p: Pristine, four_eyes: bool = False, only_four_eyes: bool = False
+) -> HttpRun:
     """Serve data dir ``d`` (a copy of its own: the service runs a writer) with the real
-    Service and aiohttp app on 127.0.0.1, and read it every way (``four_eyes``: the
+    node (``query.node.build_node``) and aiohttp app on 127.0.0.1, and read it every way (``four_eyes``: the
     four-eyes report too; ``only_four_eyes``: nothing else)."""
     errors = _Errors()
     root = logging.getLogger()
@@ -1248,6 +1411,7 @@ def run_http(d: Path, r: Resolved, damaged: Path, p: Pristine, four_eyes: bool =
 
 
 # =============================================================================== four-eyes
+
 
 def pristine_four_eyes(p: Pristine, r: Resolved, cut: frozenset = frozenset()) -> dict | None:
     """The four-eyes report of the undamaged log for this window (the CLI's, cached).
@@ -1285,8 +1449,12 @@ def four_eyes_oracle(p: Pristine, r: Resolved) -> list[tuple[str, str, bool, lis
         by = []
         for c in CONFIRMATIONS:
             raw = p.raw[c - 1]
-            if raw["details"].get("confirms") == rid and raw["user"] != user and raw["user"] not in by \
-                    and p.ts_us[c - 1] >= r.from_us:
+            if (
+                raw["details"].get("confirms") == rid
+                and raw["user"] != user
+                and raw["user"] not in by
+                and p.ts_us[c - 1] >= r.from_us
+            ):
                 by.append(raw["user"])
         out.append((rid, user, bool(by), by))
     return out
@@ -1306,20 +1474,29 @@ def check_four_eyes(path: str, rep: dict | None, problems: list[str], pristine: 
         rep.pop("violations")
     if rep == base:
         return out
-    listed = isinstance(violations, list) and violations and all(
-        isinstance(v, dict) and (v.get("kind") or v.get("violation")) for v in violations)
+    listed = (
+        isinstance(violations, list)
+        and violations
+        and all(isinstance(v, dict) and (v.get("kind") or v.get("violation")) for v in violations)
+    )
     if rep.get("ok") is not False or not listed:
         diff = _report_diff(rep, base)
-        out.append(f"{path}: the report differs from the pristine one ({diff}) but does not say it met "
-                   f"violations (ok={rep.get('ok')!r}, violations={violations!r})")
+        out.append(
+            f"{path}: the report differs from the pristine one ({diff}) but does not say it met "
+            f"violations (ok={rep.get('ok')!r}, violations={violations!r})"
+        )
         return out
     before = {a["id"]: a for a in base.get("rotations", [])}
     for a in rep.get("rotations", []):
         if not a.get("ok"):
             continue
         b = before.get(a.get("id"))
-        if b is None or not b["ok"] or any(a.get(k) != b[k] for k in ("user", "target", "ts")) \
-                or not set(a.get("confirmed_by", [])) <= set(b["confirmed_by"]):
+        if (
+            b is None
+            or not b["ok"]
+            or any(a.get(k) != b[k] for k in ("user", "target", "ts"))
+            or not set(a.get("confirmed_by", [])) <= set(b["confirmed_by"])
+        ):
             out.append(f"{path}: rotation {a.get('id')} reported ok, pristine: {b}")
     return out
 
@@ -1336,8 +1513,9 @@ def _report_diff(rep: dict, base: dict) -> str:
                 if ra.get(i) != rb.get(i):
                     a, b = ra.get(i) or {}, rb.get(i) or {}
                     keys = [x for x in sorted(set(a) | set(b)) if a.get(x) != b.get(x)]
-                    parts.append(f"rotation {i}: " + ", ".join(f"{x} {a.get(x)!r} (pristine {b.get(x)!r})"
-                                                              for x in keys))
+                    parts.append(
+                        f"rotation {i}: " + ", ".join(f"{x} {a.get(x)!r} (pristine {b.get(x)!r})" for x in keys)
+                    )
         elif rep.get(k) != base.get(k):
             parts.append(f"{k}: {rep.get(k)!r} (pristine {base.get(k)!r})")
     return "; ".join(parts)[:1500]
@@ -1373,7 +1551,7 @@ class Example:
     def close(self) -> None:
         self.tmp.cleanup()
 
-    def __enter__(self) -> "Example":
+    def __enter__(self) -> Example:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1391,7 +1569,8 @@ def unclosed():
     before = sys.unraisablehook
     sys.unraisablehook = lambda u: found.append(
         f"left behind for the garbage collector (by this example or an earlier one): "
-        f"{u.err_msg or 'Exception ignored in'} {u.object!r}: {type(u.exc_value).__name__}: {u.exc_value}")
+        f"{u.err_msg or 'Exception ignored in'} {u.object!r}: {type(u.exc_value).__name__}: {u.exc_value}"
+    )
     try:
         yield found
         gc.collect()

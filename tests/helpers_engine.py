@@ -9,20 +9,19 @@ subprocess of the installed console script).
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import msgpack
 
 from engine.datadir import DataDir, Node
 from engine.entry import Entry, EntryDraft
 from engine.frame import HEADER_SIZE, MAC_SIZE, parse_header
-from engine.segment import (SegmentData, list_segments, parse_segment_header, walk_frames,
-                            MAX_HEADER)
+from engine.segment import MAX_HEADER, SegmentData, list_segments, parse_segment_header, walk_frames
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
 
@@ -37,8 +36,14 @@ SMALL_SEGMENT = 4096
 
 def draft(i: int, **extra) -> EntryDraft:
     """A recognisable event: details {"n": i} is the marker tests look for."""
-    return EntryDraft("alice", "config.filter_update", target=f"filter-{i}", domain="example.org",
-                      ip="192.0.2.10", details={"n": i, **extra})
+    return EntryDraft(
+        "alice",
+        "config.filter_update",
+        target=f"filter-{i}",
+        domain="example.org",
+        ip="192.0.2.10",
+        details={"n": i, **extra},
+    )
 
 
 #: fixed values of :func:`sample_entry` (2026-03-14T09:12:33.123456Z; a recognisable signature)
@@ -48,9 +53,20 @@ SAMPLE_SIG = bytes(range(32))
 
 def sample_entry(seq: int = 1, **kw) -> Entry:
     """An entry as read back (for renderer tests): node-a, alice, auth.login; override any field."""
-    fields = dict(node="node-a", seq=seq, ts=SAMPLE_TS + seq, user="alice", action="auth.login",
-                  target=None, domain=None, ip="192.0.2.1", user_agent=None, success=True,
-                  details={}, signature=SAMPLE_SIG)
+    fields = dict(
+        node="node-a",
+        seq=seq,
+        ts=SAMPLE_TS + seq,
+        user="alice",
+        action="auth.login",
+        target=None,
+        domain=None,
+        ip="192.0.2.1",
+        user_agent=None,
+        success=True,
+        details={},
+        signature=SAMPLE_SIG,
+    )
     fields.update(kw)
     return Entry(**fields)
 
@@ -64,17 +80,32 @@ def settings(segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none", **kw) 
     return StoreSettings(segment_max_bytes=segment_max_bytes, fsync=fsync, **kw)
 
 
-def append_events(dd: DataDir, node: Node, n: int, *, per_batch: int = 1, start: int = 0,
-                  segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none") -> None:
+def append_events(
+    dd: DataDir,
+    node: Node,
+    n: int,
+    *,
+    per_batch: int = 1,
+    start: int = 0,
+    segment_max_bytes: int = SMALL_SEGMENT,
+    fsync: str = "none",
+) -> None:
     """Append events ``start .. start+n-1`` (details n=i) in batches of ``per_batch``."""
     with LogWriter(dd, node, settings(segment_max_bytes, fsync)) as w:
         for i in range(start, start + n, per_batch):
             w.append_batch([draft(j) for j in range(i, min(start + n, i + per_batch))])
 
 
-def build_log(root: Path, n: int = 60, *, node_id: str = "gw1", per_batch: int = 1,
-              segment_max_bytes: int = SMALL_SEGMENT, fsync: str = "none",
-              min_sealed: int = 3) -> tuple[DataDir, Node]:
+def build_log(
+    root: Path,
+    n: int = 60,
+    *,
+    node_id: str = "gw1",
+    per_batch: int = 1,
+    segment_max_bytes: int = SMALL_SEGMENT,
+    fsync: str = "none",
+    min_sealed: int = 3,
+) -> tuple[DataDir, Node]:
     """Init ``root`` and append ``n`` events so that there are several sealed segments."""
     dd, node = init_dir(root, node_id)
     append_events(dd, node, n, per_batch=per_batch, segment_max_bytes=segment_max_bytes, fsync=fsync)
@@ -125,8 +156,7 @@ def frames_of(path: Path, node: Node) -> list[FrameInfo]:
     with SegmentData(path) as sd:
         for fr in walk_frames(sd.data, hdr.size, hdr.mac, node.key):
             assert fr.problem is None, (path, fr.problem, fr.detail)
-            out.append(FrameInfo(fr.offset, fr.end, fr.header.first_seq, fr.header.count,
-                                 list(fr.records())))
+            out.append(FrameInfo(fr.offset, fr.end, fr.header.first_seq, fr.header.count, list(fr.records())))
     return out
 
 
@@ -156,7 +186,7 @@ def read_frame_header(path: Path, offset: int):
 
 
 def drop_derived(dd: DataDir) -> None:
-    """Remove indexes and the manifest (derived data), so nothing cached hides damage."""
+    """Remove indexes and other sidecars (derived data), so nothing cached hides damage."""
     for p in dd.segments.iterdir():
         if not p.name.endswith(".seg"):
             p.unlink()
@@ -164,15 +194,16 @@ def drop_derived(dd: DataDir) -> None:
 
 # -- the CLI --------------------------------------------------------------------
 
-def run_cli(data_dir: Path, *args: str, config: Path | None = None, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess:
+
+def run_cli(
+    data_dir: Path, *args: str, config: Path | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run the installed ``auditlog`` console script as a real subprocess."""
     cmd = [AUDITLOG, "--data-dir", str(data_dir)]
     if config is not None:
         cmd += ["--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITLOG_")}
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
-                          input=input, env=env)
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, input=input, env=env)
 
 
 def invoke_cli(data_dir: Path, *args: str, config: Path | None = None):
@@ -180,6 +211,7 @@ def invoke_cli(data_dir: Path, *args: str, config: Path | None = None):
     from click.testing import CliRunner
 
     from cli.main import cli
+
     pre = ["--data-dir", str(data_dir)]
     if config is not None:
         pre += ["--config", str(config)]
@@ -239,12 +271,13 @@ def unpack_payload(payload: bytes):
 
 # -- forging with the key (what an insider holding node.key could do) ---------------
 
+
 def frame_spans(path: Path, start: int) -> list[tuple[int, int]]:
     """(offset, end) of each frame from ``start``, by the length fields alone (no checks)."""
     data = path.read_bytes()
     spans, pos = [], start
     while pos < len(data):
-        hdr = parse_header(data[pos: pos + HEADER_SIZE])
+        hdr = parse_header(data[pos : pos + HEADER_SIZE])
         end = pos + hdr.total_size
         spans.append((pos, end))
         pos = end
@@ -259,10 +292,11 @@ def rewrite_frame(path: Path, node: Node, offset: int, records: list, *, first_s
     frames after it are *not* re-MAC'd: call :func:`rechain` for that.
     """
     from engine.frame import build_frame
+
     data = path.read_bytes()
-    hdr = parse_header(data[offset: offset + HEADER_SIZE])
+    hdr = parse_header(data[offset : offset + HEADER_SIZE])
     end = offset + hdr.total_size
-    prev_mac = data[offset - MAC_SIZE: offset]
+    prev_mac = data[offset - MAC_SIZE : offset]
     raw = [msgpack.packb(list(r), use_bin_type=True) for r in records]
     fs = hdr.first_seq if first_seq is None else first_seq
     fb, _ = build_frame(raw, fs, hdr.min_ts, hdr.max_ts, node.key, prev_mac)
@@ -274,6 +308,7 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
     later segment header's links, so only what the forger left alone (the
     per-entry signatures) can still give the forgery away."""
     from engine.segment import SegmentHeader
+
     paths = segment_paths(dd)
     i = paths.index(from_segment)
     prev_mac = prev_sig = None
@@ -289,11 +324,11 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
         last_sig = h.prev_sig
         pos = h.size
         while pos < len(data):
-            fh = parse_header(bytes(data[pos: pos + HEADER_SIZE]))
+            fh = parse_header(bytes(data[pos : pos + HEADER_SIZE]))
             pend = pos + HEADER_SIZE + fh.payload_len
-            mac = node.key.mac(mac, bytes(data[pos: pos + HEADER_SIZE]), bytes(data[pos + HEADER_SIZE: pend]))
-            data[pend: pend + MAC_SIZE] = mac
-            last_sig = unpack_payload(bytes(data[pos + HEADER_SIZE: pend]))[-1][-1]
+            mac = node.key.mac(mac, bytes(data[pos : pos + HEADER_SIZE]), bytes(data[pos + HEADER_SIZE : pend]))
+            data[pend : pend + MAC_SIZE] = mac
+            last_sig = unpack_payload(bytes(data[pos + HEADER_SIZE : pend]))[-1][-1]
             pos = pend + MAC_SIZE
         p.write_bytes(bytes(data))
         prev_mac, prev_sig = mac, last_sig
@@ -341,9 +376,15 @@ def served_log(tmp_path: Path, name: str, config_text: str, n: int = 3000):
     cfg.write_text(f'segment_max_bytes = 16384\nfsync = "none"\n{config_text}')
     assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
     src = tmp_path / f"{name}.ndjson"
-    src.write_text("".join(json.dumps({"user": f"u{i % 7}", "action": "config.filter_update",
-                                       "target": f"filter-{i}", "details": {"n": i}}) + "\n"
-                           for i in range(n)))
+    src.write_text(
+        "".join(
+            json.dumps(
+                {"user": f"u{i % 7}", "action": "config.filter_update", "target": f"filter-{i}", "details": {"n": i}}
+            )
+            + "\n"
+            for i in range(n)
+        )
+    )
     for args in (("append", "--file", str(src)), ("apikey", "create", "--role", "reader", "--name", "t")):
         p = run_cli(data, *args, config=cfg)
         assert p.returncode == 0, p.stderr

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.servers import free_ports, wait_serving
-from query.service import Service
+from query.node import RunningNode
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDITLOG = str(ROOT / ".venv" / "bin" / "auditlog")
@@ -35,7 +35,7 @@ def bearer(token: str) -> dict[str, str]:
 KEY_ENTRIES = 5
 
 
-def make_keys(service: Service) -> dict[str, str]:
+def make_keys(service: RunningNode) -> dict[str, str]:
     """One key per role, plus a revoked admin key: {"writer"|"reader"|"admin"|"revoked": token}.
 
     Their ``audit.api_key_create``/``revoke`` entries are seqs 1..KEY_ENTRIES of a new log."""
@@ -48,13 +48,19 @@ def make_keys(service: Service) -> dict[str, str]:
 
 def ev(i: int = 0, **kw) -> dict:
     """A valid client event; details.n = i is the marker tests look for."""
-    e = {"user": "alice", "action": "config.filter_update", "target": f"filter-{i}",
-         "domain": "example.org", "ip": "192.0.2.10", "details": {"n": i}}
+    e = {
+        "user": "alice",
+        "action": "config.filter_update",
+        "target": f"filter-{i}",
+        "domain": "example.org",
+        "ip": "192.0.2.10",
+        "details": {"n": i},
+    }
     e.update(kw)
     return e
 
 
-def head_seq(service: Service) -> int:
+def head_seq(service: RunningNode) -> int:
     return service.log.head()[0]
 
 
@@ -106,6 +112,7 @@ def seqs(events) -> list[int]:
 
 # -- a real ``auditlog serve`` process -----------------------------------------------
 
+
 def free_port() -> int:
     """A loopback port nothing listens on right now."""
     return free_ports(1)[0]
@@ -116,12 +123,25 @@ def clean_env() -> dict[str, str]:
 
 
 def run_cli(data_dir: Path, *args: str, timeout: float = 120, input: str | None = None):
-    return subprocess.run([AUDITLOG, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=timeout, input=input, env=clean_env())
+    return subprocess.run(
+        [AUDITLOG, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        env=clean_env(),
+    )
 
 
-def http_request(url: str, token: str | None = None, *, method: str = "GET", body: bytes | None = None,
-                 headers: dict | None = None, timeout: float = 30):
+def http_request(
+    url: str,
+    token: str | None = None,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 30,
+):
     """(status, headers, body bytes) of one request over urllib (errors are answers too)."""
     h = dict(headers or {})
     if token is not None:
@@ -142,8 +162,7 @@ class ServeProcess:
     one); stderr goes to a file next to the data dir.
     """
 
-    def __init__(self, data_dir: Path, *args: str, port: int | None = None,
-                 config: Path | None = None):
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None, config: Path | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -151,9 +170,21 @@ class ServeProcess:
         self._stderr = open(self.stderr_path, "wb")
         options = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
-            [AUDITLOG, "--data-dir", str(self.data_dir), *options, "serve", "--listen",
-             f"127.0.0.1:{self.port}", *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=clean_env())
+            [
+                AUDITLOG,
+                "--data-dir",
+                str(self.data_dir),
+                *options,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
         self.stdout_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -183,11 +214,18 @@ class ServeProcess:
         assert self.stdout_lines, f"nothing on stdout; stderr: {self.stderr()}"
         return self.stdout_lines[-1]
 
-    def request(self, path: str, token: str | None = None, *, method: str = "GET",
-                body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
+    def request(
+        self,
+        path: str,
+        token: str | None = None,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict | None = None,
+        timeout: float = 30,
+    ):
         """(status, headers, body bytes) of one request (errors are answers too)."""
-        return http_request(self.base + path, token, method=method, body=body, headers=headers,
-                            timeout=timeout)
+        return http_request(self.base + path, token, method=method, body=body, headers=headers, timeout=timeout)
 
     def json(self, path: str, token: str | None = None, **kw):
         status, _, body = self.request(path, token, **kw)

@@ -41,8 +41,12 @@ import pytest
 from bench.servers import terminate
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
-MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/aarch64-linux-gnu/rsyslog",
-               "/usr/lib/rsyslog", "/usr/lib64/rsyslog")
+MODULE_DIRS = (
+    "/usr/lib/x86_64-linux-gnu/rsyslog",
+    "/usr/lib/aarch64-linux-gnu/rsyslog",
+    "/usr/lib/rsyslog",
+    "/usr/lib64/rsyslog",
+)
 
 
 def in_ci() -> bool:
@@ -53,8 +57,10 @@ def require_rsyslogd() -> str:
     """The rsyslogd path; skip when missing (but fail under CI=true)."""
     if RSYSLOGD is None:
         if in_ci():
-            pytest.fail("rsyslogd is not installed but CI=true: the syslog end-to-end tests must run "
-                        "(apt-get install rsyslog rsyslog-gnutls)")
+            pytest.fail(
+                "rsyslogd is not installed but CI=true: the syslog end-to-end tests must run "
+                "(apt-get install rsyslog rsyslog-gnutls)"
+            )
         pytest.skip("rsyslogd not installed (apt-get install rsyslog rsyslog-gnutls)")
     return RSYSLOGD
 
@@ -81,7 +87,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 def make_tls_files(out: Path, sans: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, Path]:
     """A test CA and a server certificate (SAN 127.0.0.1) for rsyslog's TLS input:
     {"ca", "cert", "key"} (EC P-256, PEM), made with the cluster PKI's own tools."""
-    from query.pki import ca_init, issue_cert
+    from query.cluster.pki import ca_init, issue_cert
+
     ca_cert, _ = ca_init(out / "ca", name="auditlog test syslog CA")
     cert, key = issue_cert(out / "ca", "syslog-receiver", list(sans), out)
     return {"ca": ca_cert, "cert": cert, "key": key}
@@ -104,8 +111,7 @@ template(name="auditlog_test_json" type="list" option.jsonf="on") {
 class Rsyslog:
     """One private rsyslogd: ``start()``, ``wait_ready()``, ``messages()``, ``stop()``."""
 
-    def __init__(self, workdir: Path, proto: str = "tcp", tls: dict[str, Path] | None = None,
-                 port: int | None = None):
+    def __init__(self, workdir: Path, proto: str = "tcp", tls: dict[str, Path] | None = None, port: int | None = None):
         assert proto in ("tcp", "tls", "udp"), proto
         self.rsyslogd = require_rsyslogd()
         if proto == "tls":
@@ -137,34 +143,41 @@ class Rsyslog:
             'main_queue(queue.type="Direct")',
         ]
         if self.proto == "udp":
-            lines += ['module(load="imudp")',
-                      f'input(type="imudp" address="127.0.0.1" port="{self.port}" name="udp")']
+            lines += ['module(load="imudp")', f'input(type="imudp" address="127.0.0.1" port="{self.port}" name="udp")']
         elif self.proto == "tcp":
-            lines += ['module(load="imtcp" maxSessions="100")',
-                      f'input(type="imtcp" address="127.0.0.1" port="{self.port}" name="tcp")']
+            lines += [
+                'module(load="imtcp" maxSessions="100")',
+                f'input(type="imtcp" address="127.0.0.1" port="{self.port}" name="tcp")',
+            ]
         else:
             t = self.tls
-            lines[0] = (f'global(workDirectory="{self.dir / "work"}" maxMessageSize="64k"\n'
-                        f'       defaultNetstreamDriver="gtls"\n'
-                        f'       defaultNetstreamDriverCAFile="{t["ca"]}"\n'
-                        f'       defaultNetstreamDriverCertFile="{t["cert"]}"\n'
-                        f'       defaultNetstreamDriverKeyFile="{t["key"]}"')
-            lines += ['module(load="imtcp" maxSessions="100" StreamDriver.Name="gtls" StreamDriver.Mode="1" '
-                      'StreamDriver.AuthMode="anon")',
-                      f'input(type="imtcp" address="127.0.0.1" port="{self.port}" name="tls")']
+            lines[0] = (
+                f'global(workDirectory="{self.dir / "work"}" maxMessageSize="64k"\n'
+                f'       defaultNetstreamDriver="gtls"\n'
+                f'       defaultNetstreamDriverCAFile="{t["ca"]}"\n'
+                f'       defaultNetstreamDriverCertFile="{t["cert"]}"\n'
+                f'       defaultNetstreamDriverKeyFile="{t["key"]}"'
+            )
+            lines += [
+                'module(load="imtcp" maxSessions="100" StreamDriver.Name="gtls" StreamDriver.Mode="1" '
+                'StreamDriver.AuthMode="anon")',
+                f'input(type="imtcp" address="127.0.0.1" port="{self.port}" name="tls")',
+            ]
         lines.append(_TEMPLATE)
         # the test's messages only (rsyslog's own notices go to the log file via stderr)
-        lines.append(f'if $inputname != "rsyslogd" then {{\n'
-                     f'  action(type="omfile" file="{self.out}" template="auditlog_test_json" '
-                     f'flushOnTXEnd="on" asyncWriting="off")\n'
-                     f'}} else {{\n'
-                     f'  action(type="omfile" file="{self.dir / "internal.log"}")\n'
-                     f'}}')
+        lines.append(
+            f'if $inputname != "rsyslogd" then {{\n'
+            f'  action(type="omfile" file="{self.out}" template="auditlog_test_json" '
+            f'flushOnTXEnd="on" asyncWriting="off")\n'
+            f"}} else {{\n"
+            f'  action(type="omfile" file="{self.dir / "internal.log"}")\n'
+            f"}}"
+        )
         return "\n".join(lines) + "\n"
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 15) -> "Rsyslog":
+    def start(self, timeout: float = 15) -> Rsyslog:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         try:
             self.pidfile.unlink()
@@ -172,8 +185,12 @@ class Rsyslog:
             pass
         self._log = open(self.log_path, "ab")
         # -n: foreground; -C: no chdir to /; -i: our own pid file (a system rsyslogd may run too)
-        self.proc = subprocess.Popen([self.rsyslogd, "-n", "-C", "-f", str(self.conf), "-i", str(self.pidfile)],
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [self.rsyslogd, "-n", "-C", "-f", str(self.conf), "-i", str(self.pidfile)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_ready(timeout)
         return self
 
@@ -198,7 +215,7 @@ class Rsyslog:
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True   # imtcp takes an empty connection without complaint
+                return True  # imtcp takes an empty connection without complaint
         except OSError:
             return False
 
@@ -221,7 +238,7 @@ class Rsyslog:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "Rsyslog":
+    def __enter__(self) -> Rsyslog:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -249,7 +266,7 @@ class Rsyslog:
                 out.append(json.loads(line))
             except ValueError:
                 if i == len(lines) - 1:
-                    break   # the last line is still being written
+                    break  # the last line is still being written
                 raise
         return out
 
@@ -259,8 +276,9 @@ class Rsyslog:
         msgs = self.messages()
         while not predicate(msgs):
             if time.monotonic() > deadline:
-                raise AssertionError(f"rsyslog: condition not met after {timeout}s "
-                                     f"({len(msgs)} messages); log: {self.log()}")
+                raise AssertionError(
+                    f"rsyslog: condition not met after {timeout}s ({len(msgs)} messages); log: {self.log()}"
+                )
             time.sleep(poll)
             msgs = self.messages()
         return msgs

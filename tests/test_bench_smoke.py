@@ -21,8 +21,7 @@ NO_BASELINE = {"http_append_p99_ms", "merge_first_byte_ms", "unreachable_peer_co
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     out = root / "bench.json"
-    doc = run_bench(quick=True, json_path=str(out), only=(), events=3000,
-                    cache_root=str(root / "cache"))
+    doc = run_bench(quick=True, json_path=str(out), only=(), events=3000, cache_root=str(root / "cache"))
     return doc, json.loads(out.read_text()), root
 
 
@@ -34,10 +33,21 @@ def test_json_has_documented_shape(tiny_run):
     machine = on_disk["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"].startswith("3.")
     names = [r["name"] for r in on_disk["results"]]
-    assert names == ["append", "append_4threads", "scan", "selective_query",
-                     "selective_query_cold", "csv_export", "http_ingest", "http_ingest_msgpack",
-                     "http_append_p99_ms", "merge", "merge_first_byte_ms",
-                     "unreachable_peer_cost_s", "scan_rss"]
+    assert names == [
+        "append",
+        "append_4threads",
+        "scan",
+        "selective_query",
+        "selective_query_cold",
+        "csv_export",
+        "http_ingest",
+        "http_ingest_msgpack",
+        "http_append_p99_ms",
+        "merge",
+        "merge_first_byte_ms",
+        "unreachable_peer_cost_s",
+        "scan_rss",
+    ]
     for r in on_disk["results"]:
         assert RESULT_KEYS <= r.keys(), r["name"]
         assert isinstance(r["params"], dict) and r["params"]["N"] > 0
@@ -47,7 +57,7 @@ def test_json_has_documented_shape(tiny_run):
             assert r["baseline"] is None and r["ratio"] is None, r["name"]
             continue
         assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r["name"]
-        if r["name"] != "scan_rss":   # the same measurement in CPU time, beside wall time
+        if r["name"] != "scan_rss":  # the same measurement in CPU time, beside wall time
             assert (r["params"].get("cpu_ratio") or r["params"]["server_cpu_value"]) > 0, r["name"]
 
 
@@ -71,7 +81,7 @@ def test_merge_scenarios_ran_on_three_nodes(tiny_run):
     m = by_name["merge"]
     p = m["params"]
     assert p["nodes"] == 3 and p["per_node"] == 1000 and len(p["heads"]) == 3
-    assert p["N"] == sum(p["heads"].values()) >= 3000      # + each node's bookkeeping entries
+    assert p["N"] == sum(p["heads"].values()) >= 3000  # + each node's bookkeeping entries
     assert p["baseline_rows"] == 3000 and "heapq.merge" in p["baseline"]
     assert m["target"] == "≥ 500k events/s"
     fb = by_name["merge_first_byte_ms"]
@@ -108,13 +118,11 @@ def test_both_engines_read_the_same_data(tiny_run):
 
 def test_cached_data_set_is_reused(tiny_run, capsys):
     _, _, root = tiny_run
-    run_bench(quick=True, json_path=None, only=("scan",), events=3000,
-              cache_root=str(root / "cache"))
+    run_bench(quick=True, json_path=None, only=("scan",), events=3000, cache_root=str(root / "cache"))
     assert "reusing the cached data set" in capsys.readouterr().out
 
 
 def test_unknown_scenario_is_a_usage_error(tmp_path):
     with pytest.raises(BenchError, match="unknown bench scenario"):
         run_bench(quick=True, only=("nope",), events=3000, cache_root=str(tmp_path))
-    assert set(SCENARIOS) >= {"append", "scan", "selective_query", "csv_export", "http_ingest",
-                              "merge"}
+    assert set(SCENARIOS) >= {"append", "scan", "selective_query", "csv_export", "http_ingest", "merge"}

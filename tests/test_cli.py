@@ -40,6 +40,7 @@ NODE = "gw1"
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def invoke(data_dir: Path | None, *args: str, input=None, config: Path | None = None):
     """Run the CLI in process; the environment cannot leak a data dir or a config in."""
     runner = CliRunner(env={"AUDITLOG_DATA_DIR": None, "AUDITLOG_CONFIG": None})
@@ -95,7 +96,7 @@ def flip_payload_byte(data_dir: Path) -> Path:
     seg = list_segments(data_dir / "segments")[0]
     raw = bytearray(seg.read_bytes())
     hsize = parse_segment_header(bytes(raw), None).size
-    pos = hsize + 48 + 8            # past the segment header and the frame header
+    pos = hsize + 48 + 8  # past the segment header and the frame header
     raw[pos] ^= 0x01
     seg.write_bytes(bytes(raw))
     return seg
@@ -106,15 +107,47 @@ def flip_payload_byte(data_dir: Path) -> Path:
 EVENTS = [
     ["--user", "alice", "--action", "auth.login", "--ip", "192.0.2.10"],
     ["--user", "alice", "--action", "auth.login_failed", "--ip", "192.0.2.10", "--failure"],
-    ["--user", "bob", "--action", "config.filter_update", "--target", "filter-12",
-     "--domain", "Example.COM", "--detail", "old=block", "--detail", "new=quarantine"],
-    ["--user", "bob", "--action", "config.dkim_rotate", "--target", "example.com",
-     "--domain", "example.com"],
-    ["--user", "carol", "--action", "quarantine.release", "--target", "mail-1",
-     "--domain", "example.org", "--detail", "recipient=dave@example.org"],
-    ["--user", "carol", "--action", "quarantine.discard", "--target", "mail-2",
-     "--ip", "2001:DB8:0::1", "--detail", "recipient=erin@example.org",
-     "--user-agent", "Mozilla/5.0 (X11, Linux)"],
+    [
+        "--user",
+        "bob",
+        "--action",
+        "config.filter_update",
+        "--target",
+        "filter-12",
+        "--domain",
+        "Example.COM",
+        "--detail",
+        "old=block",
+        "--detail",
+        "new=quarantine",
+    ],
+    ["--user", "bob", "--action", "config.dkim_rotate", "--target", "example.com", "--domain", "example.com"],
+    [
+        "--user",
+        "carol",
+        "--action",
+        "quarantine.release",
+        "--target",
+        "mail-1",
+        "--domain",
+        "example.org",
+        "--detail",
+        "recipient=dave@example.org",
+    ],
+    [
+        "--user",
+        "carol",
+        "--action",
+        "quarantine.discard",
+        "--target",
+        "mail-2",
+        "--ip",
+        "2001:DB8:0::1",
+        "--detail",
+        "recipient=erin@example.org",
+        "--user-agent",
+        "Mozilla/5.0 (X11, Linux)",
+    ],
 ]
 
 
@@ -127,6 +160,7 @@ def log6(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- init
+
 
 def test_init_creates_data_dir_with_private_key(tmp_path):
     d = tmp_path / "data"
@@ -153,10 +187,20 @@ def test_init_refuses_an_initialised_dir(data_dir):
     assert (data_dir / "node.id").read_text().strip() == NODE
 
 
-@pytest.mark.parametrize("bad", [
-    "Gw1", "-gw", "gw_1", "gw 1", "", "a" * 64, "gw1/x", "gw\u00e9",
-    "gw1\n",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "Gw1",
+        "-gw",
+        "gw_1",
+        "gw 1",
+        "",
+        "a" * 64,
+        "gw1/x",
+        "gw\u00e9",
+        "gw1\n",
+    ],
+)
 def test_init_rejects_invalid_node_id(tmp_path, bad):
     d = tmp_path / "data"
     msg = usage_error(invoke(d, "init", "--node-id", bad))
@@ -189,41 +233,98 @@ def test_command_on_uninitialised_dir_is_a_usage_error(tmp_path):
 
 # ----------------------------------------------------------------------------- append
 
+
 def test_append_prints_node_and_seq(data_dir):
     assert ok(invoke(data_dir, "append", "--user", "alice", "--action", "auth.login")) == f"{NODE}:1\n"
     assert ok(invoke(data_dir, "append", "--user", "bob", "--action", "auth.logout")) == f"{NODE}:2\n"
     got = rows(data_dir)
     assert [(r["id"], r["user"], r["action"], r["success"]) for r in got] == [
-        (f"{NODE}:1", "alice", "auth.login", True), (f"{NODE}:2", "bob", "auth.logout", True)]
+        (f"{NODE}:1", "alice", "auth.login", True),
+        (f"{NODE}:2", "bob", "auth.logout", True),
+    ]
 
 
 def test_append_all_single_event_options(data_dir):
-    ok(invoke(data_dir, "append", "--user", "admin", "--action", "config.domain_add",
-              "--target", "example.net", "--domain", "Example.NET.", "--ip", "198.51.100.7",
-              "--user-agent", "curl/8.5", "--failure"))
+    ok(
+        invoke(
+            data_dir,
+            "append",
+            "--user",
+            "admin",
+            "--action",
+            "config.domain_add",
+            "--target",
+            "example.net",
+            "--domain",
+            "Example.NET.",
+            "--ip",
+            "198.51.100.7",
+            "--user-agent",
+            "curl/8.5",
+            "--failure",
+        )
+    )
     (r,) = rows(data_dir)
     assert (r["target"], r["domain"], r["ip"], r["user_agent"], r["success"]) == (
-        "example.net", "example.net", "198.51.100.7", "curl/8.5", False)
+        "example.net",
+        "example.net",
+        "198.51.100.7",
+        "curl/8.5",
+        False,
+    )
 
 
 def test_append_detail_values_parsed_as_json(data_dir):
-    ok(invoke(data_dir, "append", "--user", "a", "--action", "config.filter_update",
-              "--detail", "n=3", "--detail", "ok=true", "--detail", "l=[1,2]",
-              "--detail", 'obj={"b": 1, "a": null}', "--detail", "s=hello world",
-              "--detail", 'quoted="3"', "--detail", "f=1.5", "--detail", "nan=NaN",
-              "--detail", "eq=a=b", "--detail", "empty="))
+    ok(
+        invoke(
+            data_dir,
+            "append",
+            "--user",
+            "a",
+            "--action",
+            "config.filter_update",
+            "--detail",
+            "n=3",
+            "--detail",
+            "ok=true",
+            "--detail",
+            "l=[1,2]",
+            "--detail",
+            'obj={"b": 1, "a": null}',
+            "--detail",
+            "s=hello world",
+            "--detail",
+            'quoted="3"',
+            "--detail",
+            "f=1.5",
+            "--detail",
+            "nan=NaN",
+            "--detail",
+            "eq=a=b",
+            "--detail",
+            "empty=",
+        )
+    )
     (r,) = rows(data_dir)
-    assert r["details"] == {"n": 3, "ok": True, "l": [1, 2], "obj": {"a": None, "b": 1},
-                            "s": "hello world", "quoted": "3", "f": 1.5, "nan": "NaN",
-                            "eq": "a=b", "empty": ""}
+    assert r["details"] == {
+        "n": 3,
+        "ok": True,
+        "l": [1, 2],
+        "obj": {"a": None, "b": 1},
+        "s": "hello world",
+        "quoted": "3",
+        "f": 1.5,
+        "nan": "NaN",
+        "eq": "a=b",
+        "empty": "",
+    }
     # stored canonically: keys sorted, recursively
     assert list(r["details"]) == sorted(r["details"])
     assert list(r["details"]["obj"]) == ["a", "b"]
 
 
 def test_append_detail_last_key_wins(data_dir):
-    ok(invoke(data_dir, "append", "--user", "a", "--action", "auth.login",
-              "--detail", "k=1", "--detail", "k=2"))
+    ok(invoke(data_dir, "append", "--user", "a", "--action", "auth.login", "--detail", "k=1", "--detail", "k=2"))
     assert rows(data_dir)[0]["details"] == {"k": 2}
 
 
@@ -233,12 +334,15 @@ def test_append_failure_flag(data_dir):
     assert [r["success"] for r in rows(data_dir)] == [False, True]
 
 
-@pytest.mark.parametrize("given, stored", [
-    ("::ffff:192.0.2.1", "192.0.2.1"),
-    ("2001:DB8:0:0::0001", "2001:db8::1"),
-    ("192.0.2.1", "192.0.2.1"),
-    ("::1", "::1"),
-])
+@pytest.mark.parametrize(
+    "given, stored",
+    [
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("2001:DB8:0:0::0001", "2001:db8::1"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("::1", "::1"),
+    ],
+)
 def test_append_ip_normalised(data_dir, given, stored):
     ok(invoke(data_dir, "append", "--user", "a", "--action", "auth.login", "--ip", given))
     assert rows(data_dir)[0]["ip"] == stored
@@ -262,17 +366,20 @@ def test_append_file_and_single_event_options_exclusive(data_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- append --file
 
+
 def ndjson(*events: dict) -> str:
     return "".join(json.dumps(e) + "\n" for e in events)
 
 
 def test_append_file_prints_count(data_dir, tmp_path):
     f = tmp_path / "events.ndjson"
-    f.write_text(ndjson(
-        {"user": "a", "action": "auth.login", "ip": "::ffff:10.0.0.1"},
-        {"user": "b", "action": "config.rbl_enable", "success": False, "details": {"z": 1, "a": [1]}},
-        {"user": "c", "action": "custom.thing", "target": "t", "domain": "Mail.Example.org"},
-    ))
+    f.write_text(
+        ndjson(
+            {"user": "a", "action": "auth.login", "ip": "::ffff:10.0.0.1"},
+            {"user": "b", "action": "config.rbl_enable", "success": False, "details": {"z": 1, "a": [1]}},
+            {"user": "c", "action": "custom.thing", "target": "t", "domain": "Mail.Example.org"},
+        )
+    )
     assert ok(invoke(data_dir, "append", "--file", str(f))) == "3\n"
     got = rows(data_dir)
     assert [(r["seq"], r["user"]) for r in got] == [(1, "a"), (2, "b"), (3, "c")]
@@ -298,9 +405,11 @@ def test_append_file_is_all_or_nothing(data_dir, tmp_path):
     before = rows(data_dir)
     seg_bytes = {p.name: p.read_bytes() for p in list_segments(data_dir / "segments")}
     f = tmp_path / "e.ndjson"
-    f.write_text(ndjson({"user": "a", "action": "auth.login"}, {"user": "b", "action": "auth.login"})
-                 + '{"user": "c", "action": "NOT VALID"}\n'
-                 + ndjson({"user": "d", "action": "auth.login"}))
+    f.write_text(
+        ndjson({"user": "a", "action": "auth.login"}, {"user": "b", "action": "auth.login"})
+        + '{"user": "c", "action": "NOT VALID"}\n'
+        + ndjson({"user": "d", "action": "auth.login"})
+    )
     msg = usage_error(invoke(data_dir, "append", "--file", str(f)))
     assert "line 3" in msg and "action" in msg
     assert rows(data_dir) == before
@@ -327,38 +436,42 @@ def test_append_file_larger_than_one_api_batch(data_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- query filters
 
-@pytest.mark.parametrize("args, expected", [
-    ([], [1, 2, 3, 4, 5, 6]),
-    (["--user", "alice"], [1, 2]),
-    (["--user", "alice,carol"], [1, 2, 5, 6]),
-    (["--user", "nobody"], []),
-    (["--action", "auth.login"], [1]),                       # exact: not auth.login_failed
-    (["--action", "config.*"], [3, 4]),
-    (["--action", "auth.login,quarantine.*"], [1, 5, 6]),
-    (["--action", "*"], [1, 2, 3, 4, 5, 6]),
-    (["--target", "filter-12"], [3]),
-    (["--target", "mail-1,mail-2"], [5, 6]),
-    (["--domain", "example.com"], [3, 4]),
-    (["--domain", "EXAMPLE.COM."], [3, 4]),                 # normalised like ingest
-    (["--domain", "example.org"], [5]),
-    (["--ip", "192.0.2.10"], [1, 2]),
-    (["--ip", "2001:db8::1"], [6]),
-    (["--ip", "2001:DB8:0:0:0:0:0:1,::ffff:192.0.2.10"], [1, 2, 6]),
-    (["--recipient", "dave@example.org"], [5]),
-    (["--recipient", "dave@example.org,erin@example.org"], [5, 6]),
-    (["--success"], [1, 3, 4, 5, 6]),
-    (["--failure"], [2]),
-    (["--node", NODE], [1, 2, 3, 4, 5, 6]),
-    (["--node", "gw2"], []),
-    (["--node", "gw2,gw1"], [1, 2, 3, 4, 5, 6]),
-    # AND across fields
-    (["--user", "alice", "--failure"], [2]),
-    (["--user", "alice", "--success"], [1]),
-    (["--user", "bob", "--action", "config.*", "--domain", "example.com"], [3, 4]),
-    (["--user", "carol", "--ip", "2001:db8::1"], [6]),
-    (["--user", "alice", "--action", "config.*"], []),
-    (["--action", "quarantine.*", "--recipient", "erin@example.org", "--user", "carol"], [6]),
-])
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], [1, 2, 3, 4, 5, 6]),
+        (["--user", "alice"], [1, 2]),
+        (["--user", "alice,carol"], [1, 2, 5, 6]),
+        (["--user", "nobody"], []),
+        (["--action", "auth.login"], [1]),  # exact: not auth.login_failed
+        (["--action", "config.*"], [3, 4]),
+        (["--action", "auth.login,quarantine.*"], [1, 5, 6]),
+        (["--action", "*"], [1, 2, 3, 4, 5, 6]),
+        (["--target", "filter-12"], [3]),
+        (["--target", "mail-1,mail-2"], [5, 6]),
+        (["--domain", "example.com"], [3, 4]),
+        (["--domain", "EXAMPLE.COM."], [3, 4]),  # normalised like ingest
+        (["--domain", "example.org"], [5]),
+        (["--ip", "192.0.2.10"], [1, 2]),
+        (["--ip", "2001:db8::1"], [6]),
+        (["--ip", "2001:DB8:0:0:0:0:0:1,::ffff:192.0.2.10"], [1, 2, 6]),
+        (["--recipient", "dave@example.org"], [5]),
+        (["--recipient", "dave@example.org,erin@example.org"], [5, 6]),
+        (["--success"], [1, 3, 4, 5, 6]),
+        (["--failure"], [2]),
+        (["--node", NODE], [1, 2, 3, 4, 5, 6]),
+        (["--node", "gw2"], []),
+        (["--node", "gw2,gw1"], [1, 2, 3, 4, 5, 6]),
+        # AND across fields
+        (["--user", "alice", "--failure"], [2]),
+        (["--user", "alice", "--success"], [1]),
+        (["--user", "bob", "--action", "config.*", "--domain", "example.com"], [3, 4]),
+        (["--user", "carol", "--ip", "2001:db8::1"], [6]),
+        (["--user", "alice", "--action", "config.*"], []),
+        (["--action", "quarantine.*", "--recipient", "erin@example.org", "--user", "carol"], [6]),
+    ],
+)
 def test_query_filters(log6, args, expected):
     assert seqs(log6, *args) == expected
 
@@ -386,7 +499,7 @@ def test_query_time_range_rfc3339_from_inclusive_to_exclusive(log6):
     assert seqs(log6, "--to", ts[3]) == [1, 2]
     assert seqs(log6, "--from", ts[2], "--to", ts[5]) == [2, 3, 4]
     # an explicit offset names the same instant
-    t = dt.datetime.strptime(ts[4], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(ts[4], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     shifted = t.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat()
     assert seqs(log6, "--from", shifted) == [4, 5, 6]
 
@@ -399,6 +512,7 @@ def test_query_time_and_fields_combined(log6):
 
 # ----------------------------------------------------------------------------- query output
 
+
 def test_query_format_json(log6):
     data = json.loads(ok(invoke(log6, "query", "--format", "json")))
     assert isinstance(data, list) and len(data) == 6
@@ -409,7 +523,7 @@ def test_query_format_json(log6):
         assert len(e["signature"]) == 64 and int(e["signature"], 16) >= 0
         assert e["ts"].endswith("Z") and len(e["ts"]) == len("2026-03-14T09:12:33.123456Z")
     assert data[2]["details"] == {"new": "quarantine", "old": "block"}
-    assert data == rows(log6)   # json and ndjson agree
+    assert data == rows(log6)  # json and ndjson agree
 
 
 def test_query_format_json_empty_is_valid(log6):
@@ -440,16 +554,16 @@ def test_query_format_csv(log6):
         assert c["success"] == ("true" if w["success"] else "false")
         assert json.loads(c["details"]) == w["details"]
         assert c["signature"] == w["signature"] and c["integrity"] == "ok"
-    assert body[5]["user_agent"] == "Mozilla/5.0 (X11, Linux)"   # comma survives quoting
+    assert body[5]["user_agent"] == "Mozilla/5.0 (X11, Linux)"  # comma survives quoting
 
 
 def test_query_format_table(log6):
-    out = ok(invoke(log6, "query"))      # table is the default
+    out = ok(invoke(log6, "query"))  # table is the default
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["time", "id", "user"]
     assert len(lines) == 1 + 6
     assert lines[1].split()[1:4] == [f"{NODE}:1", "alice", "auth.login"]
-    assert "NO" in lines[2].split()           # the failed login
+    assert "NO" in lines[2].split()  # the failed login
     assert all(line.rstrip().endswith("ok") for line in lines[1:])
     assert out == ok(invoke(log6, "query", "--format", "table"))
 
@@ -462,7 +576,7 @@ def test_query_limit_and_order(log6):
     assert seqs(log6, "--order", "desc", "--limit", "2") == [6, 5]
     assert seqs(log6, "--order", "desc", "--user", "alice") == [2, 1]
     out = ok(invoke(log6, "query", "--limit", "1"))
-    assert len(out.splitlines()) == 2        # header + one row
+    assert len(out.splitlines()) == 2  # header + one row
     data = json.loads(ok(invoke(log6, "query", "--format", "json", "--limit", "3", "--order", "desc")))
     assert [e["seq"] for e in data] == [6, 5, 4]
 
@@ -474,6 +588,7 @@ def test_query_does_not_write(log6):
 
 
 # ----------------------------------------------------------------------------- verify
+
 
 def test_verify_ok(log6):
     out = ok(invoke(log6, "verify"))
@@ -513,9 +628,11 @@ def test_verify_and_query_exit_1_on_violation(data_dir):
 
 # ----------------------------------------------------------------------------- retention
 
+
 def future(days: int) -> str:
     """``days`` after the node's clock (frozen in tests, tests/conftest.py), as RFC 3339."""
     from engine import clock
+
     return format_ts(clock.now_us() + days * 86_400_000_000)
 
 
@@ -523,11 +640,15 @@ def future(days: int) -> str:
 def multi_segment(tmp_path) -> tuple[Path, Path]:
     """A log of 120 entries over several small segments, and the config that made it."""
     cfg = tmp_path / "small.toml"
-    cfg.write_text("segment_max_bytes = 4096\nretention_days = 90\nfsync = \"none\"\n")
+    cfg.write_text('segment_max_bytes = 4096\nretention_days = 90\nfsync = "none"\n')
     d = init_dir(tmp_path / "data")
     f = tmp_path / "e.ndjson"
-    f.write_text("".join(json.dumps({"user": f"u{i}", "action": "auth.login",
-                                     "details": {"pad": "x" * 40}}) + "\n" for i in range(120)))
+    f.write_text(
+        "".join(
+            json.dumps({"user": f"u{i}", "action": "auth.login", "details": {"pad": "x" * 40}}) + "\n"
+            for i in range(120)
+        )
+    )
     ok(invoke(d, "append", "--file", str(f), config=cfg))
     assert len(list_segments(d / "segments")) >= 3
     return d, cfg
@@ -569,13 +690,14 @@ def test_retention_run_drops_old_segments_and_records_purge(multi_segment):
     det = purge[0]["details"]
     assert det["seq_from"] == 1 and det["count"] == det["seq_to"] and det["retention_days"] == 90
     remaining = rows(d)
-    assert remaining[0]["seq"] == det["seq_to"] + 1      # nothing else lost
+    assert remaining[0]["seq"] == det["seq_to"] + 1  # nothing else lost
     assert remaining[-1]["seq"] == 121 == purge[0]["seq"]  # seq never reused
     # verification starts from the purge anchor
     assert json.loads(ok(invoke(d, "verify", "--json")))["ok"] is True
     # the last run is the purge entry itself (nothing beside the log claims it)
     from engine.retention import load_last_run
     from engine.state import StateSeal
+
     node = DataDir(d).open()
     last, problem = load_last_run(NodeLog(DataDir(d), node), StateSeal(node.key, node.node_id), d / "state")
     assert problem is None and not (d / "state" / "retention.json").exists()
@@ -586,8 +708,7 @@ def test_retention_run_drops_old_segments_and_records_purge(multi_segment):
 def test_retention_override_under_90_refused(multi_segment):
     d, cfg = multi_segment
     before = snapshot(d)
-    msg = usage_error(invoke(d, "retention", "run", "--retention-days", "30",
-                             "--as-of", future(100), config=cfg))
+    msg = usage_error(invoke(d, "retention", "run", "--retention-days", "30", "--as-of", future(100), config=cfg))
     assert "90" in msg
     assert snapshot(d) == before
 
@@ -633,6 +754,7 @@ def test_retention_dry_run_predicts_the_real_run_on_a_quiet_node(data_dir):
 
 # ----------------------------------------------------------------------------- export
 
+
 def test_export_csv_and_audit_entry(log6, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(log6, d)
@@ -641,11 +763,13 @@ def test_export_csv_and_audit_entry(log6, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "exported 2 entries" in r.stderr
     raw = out_file.read_bytes()
-    assert raw.startswith(b"\xef\xbb\xbf")              # BOM for Excel
+    assert raw.startswith(b"\xef\xbb\xbf")  # BOM for Excel
     table = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
     assert tuple(table[0]) == CSV_COLUMNS
-    assert [(t[2], t[3], t[4]) for t in table[1:]] == [("1", "alice", "auth.login"),
-                                                       ("2", "alice", "auth.login_failed")]
+    assert [(t[2], t[3], t[4]) for t in table[1:]] == [
+        ("1", "alice", "auth.login"),
+        ("2", "alice", "auth.login_failed"),
+    ]
     assert not list(tmp_path.glob("*.part"))
 
     (entry,) = rows(d, "--action", "audit.export")
@@ -684,12 +808,13 @@ def test_export_bad_format_and_filter_write_nothing(data_dir, tmp_path):
     out_file = tmp_path / "x.out"
     usage_error(invoke(data_dir, "export", "xml", "-o", str(out_file)))
     usage_error(invoke(data_dir, "export", "csv", "--from", "garbage", "-o", str(out_file)))
-    usage_error(invoke(data_dir, "export", "csv"))                   # -o is required
+    usage_error(invoke(data_dir, "export", "csv"))  # -o is required
     assert not out_file.exists()
     assert head(data_dir) == 1
 
 
 # ----------------------------------------------------------------------------- bench, help
+
 
 def test_bench_help():
     r = invoke(None, "bench", "--help")
@@ -707,8 +832,7 @@ def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 def test_every_command_documented_with_example():
     commands = list(_all_commands(auditlog_cli))
     names = {" ".join(p) for p, _ in commands}
-    assert {"init", "append", "query", "verify", "retention", "retention run", "export",
-            "bench"} <= names
+    assert {"init", "append", "query", "verify", "retention", "retention run", "export", "bench"} <= names
     for path, cmd in [((), auditlog_cli), *commands]:
         assert cmd.help and "Example" in cmd.help, f"auditlog {' '.join(path)} has no example"
         r = invoke(None, *path, "--help")
@@ -719,17 +843,18 @@ def test_every_command_documented_with_example():
         lines = [line for line in readme.read_text(encoding="utf-8").splitlines() if "auditlog" in line]
         for path, _ in commands:
             word = re.compile(r"(?<![\w.-])" + re.escape(" ".join(path)) + r"(?![\w-])")
-            assert any(word.search(line.split("auditlog", 1)[1]) for line in lines), \
+            assert any(word.search(line.split("auditlog", 1)[1]) for line in lines), (
                 f"README.md does not mention auditlog {' '.join(path)}"
+            )
 
 
 # ----------------------------------------------------------------------------- console script
 
+
 def script(*args: str, env_extra: dict | None = None, input: bytes | None = None, cwd=None):
     env = {k: v for k, v in os.environ.items() if k not in ("AUDITLOG_DATA_DIR", "AUDITLOG_CONFIG")}
     env.update(env_extra or {})
-    return subprocess.run([str(SCRIPT), *args], env=env, input=input, capture_output=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run([str(SCRIPT), *args], env=env, input=input, capture_output=True, timeout=60, cwd=cwd)
 
 
 def test_console_script_end_to_end(tmp_path):
@@ -739,8 +864,7 @@ def test_console_script_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     r = script("append", "--user", "alice", "--action", "auth.login", env_extra=env)
     assert (r.returncode, r.stdout) == (0, b"node-a:1\n")
-    r = script("append", "--file", "-", env_extra=env,
-               input=ndjson({"user": "b", "action": "auth.logout"}).encode())
+    r = script("append", "--file", "-", env_extra=env, input=ndjson({"user": "b", "action": "auth.logout"}).encode())
     assert (r.returncode, r.stdout) == (0, b"1\n")
     r = script("query", "--format", "ndjson", env_extra=env)
     assert r.returncode == 0
@@ -755,12 +879,14 @@ def test_console_script_end_to_end(tmp_path):
 def test_console_script_exit_2_one_line_no_traceback(tmp_path):
     env = {"AUDITLOG_DATA_DIR": str(tmp_path / "data")}
     assert script("init", "--node-id", "n1", env_extra=env).returncode == 0
-    for args in (["append", "--user", "a", "--action", "Bad"],
-                 ["query", "--limit", "0"],
-                 ["query", "--order", "sideways"],
-                 ["query", "--from", "garbage"],
-                 ["init", "--node-id", "n1"],
-                 ["nosuchcommand"]):
+    for args in (
+        ["append", "--user", "a", "--action", "Bad"],
+        ["query", "--limit", "0"],
+        ["query", "--order", "sideways"],
+        ["query", "--from", "garbage"],
+        ["init", "--node-id", "n1"],
+        ["nosuchcommand"],
+    ):
         r = script(*args, env_extra=env)
         assert r.returncode == 2, (args, r.stderr)
         err = r.stderr.decode()

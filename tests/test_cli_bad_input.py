@@ -41,8 +41,7 @@ def head(data_dir: Path) -> int:
 
 def state(data_dir: Path) -> tuple[int, dict[str, bytes], list[str]]:
     segs = {p.name: p.read_bytes() for p in list_segments(data_dir / "segments")}
-    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")
-                   if p.is_file() and p.name != "LOCK")
+    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file() and p.name != "LOCK")
     return head(data_dir), segs, files
 
 
@@ -79,22 +78,25 @@ def append_file(data_dir: Path, tmp_path: Path, content: bytes, name: str = "in.
 
 # ----------------------------------------------------------------------------- malformed NDJSON
 
-@pytest.mark.parametrize("content, expect", [
-    (GOOD_LINE + b"\n{bad json\n" + GOOD_LINE + b"\n", "line 2: invalid JSON"),
-    (b'{"user": "a", "action": "auth.login"\n', "line 1: invalid JSON"),
-    (b"[1, 2]\n", "line 1: expected an object, got array"),
-    (GOOD_LINE + b'\n"just a string"\n', "line 2: expected an object, got string"),
-    (b"42\n", "expected an object, got integer"),
-    (b"null\n", "expected an object, got null"),
-    (GOOD_LINE + b"\ntrue\n", "line 2: expected an object"),
-    (b'{"user": "a", "action": "auth.login", "target": "\xff\xfe"}\n', "line 1: not valid UTF-8"),
-    (GOOD_LINE + b"\n\xc3\x28\n", "line 2: not valid UTF-8"),
-    (b'{"user": "a", "user": "b", "action": "auth.login"}\n', "duplicate key"),
-    (b'{"user": "a", "action": "auth.login", "details": {"n": NaN}}\n', "line 1"),
-    (b'{"user": "a", "action": "auth.login", "details": {"n": 1' + b"0" * 5000 + b"}}\n",
-     "line 1"),
-    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1"),
-])
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (GOOD_LINE + b"\n{bad json\n" + GOOD_LINE + b"\n", "line 2: invalid JSON"),
+        (b'{"user": "a", "action": "auth.login"\n', "line 1: invalid JSON"),
+        (b"[1, 2]\n", "line 1: expected an object, got array"),
+        (GOOD_LINE + b'\n"just a string"\n', "line 2: expected an object, got string"),
+        (b"42\n", "expected an object, got integer"),
+        (b"null\n", "expected an object, got null"),
+        (GOOD_LINE + b"\ntrue\n", "line 2: expected an object"),
+        (b'{"user": "a", "action": "auth.login", "target": "\xff\xfe"}\n', "line 1: not valid UTF-8"),
+        (GOOD_LINE + b"\n\xc3\x28\n", "line 2: not valid UTF-8"),
+        (b'{"user": "a", "user": "b", "action": "auth.login"}\n', "duplicate key"),
+        (b'{"user": "a", "action": "auth.login", "details": {"n": NaN}}\n', "line 1"),
+        (b'{"user": "a", "action": "auth.login", "details": {"n": 1' + b"0" * 5000 + b"}}\n", "line 1"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1"),
+    ],
+)
 def test_malformed_ndjson(log, tmp_path, content, expect):
     before = state(log)
     msg = rejected(append_file(log, tmp_path, content), log, before)
@@ -119,7 +121,7 @@ def test_twenty_megabyte_line(log, tmp_path):
     big = json.dumps({**GOOD, "target": "x" * (20 * 1024 * 1024)}).encode()
     msg = rejected(append_file(log, tmp_path, GOOD_LINE + b"\n" + big + b"\n"), log, before)
     assert "line 2" in msg and "target" in msg and "too long" in msg
-    assert len(msg) < 500          # the value is not echoed back
+    assert len(msg) < 500  # the value is not echoed back
 
 
 def test_twenty_megabyte_line_of_garbage(log, tmp_path):
@@ -149,43 +151,46 @@ def test_many_bad_lines_give_one_bounded_line(log, tmp_path):
 
 # ----------------------------------------------------------------------------- invalid event fields
 
-@pytest.mark.parametrize("event, field", [
-    ({"user": "a", "action": "Auth.Login"}, "action"),
-    ({"user": "a", "action": "auth"}, "action"),
-    ({"user": "a", "action": "made.up_action"}, "action"),         # not in the taxonomy
-    ({"user": "a", "action": 5}, "action"),
-    ({"user": "a"}, "action"),
-    ({"action": "auth.login"}, "user"),
-    ({"user": "", "action": "auth.login"}, "user"),
-    ({"user": ["a"], "action": "auth.login"}, "user"),
-    ({"user": "a", "action": "auth.login", "ip": "999.1.1.1"}, "ip"),
-    ({"user": "a", "action": "auth.login", "ip": "10.0.0.1/24"}, "ip"),
-    ({"user": "a", "action": "auth.login", "ip": 167772161}, "ip"),
-    ({"user": "a", "action": "auth.login", "success": "yes"}, "success"),
-    ({"user": "a", "action": "auth.login", "success": 1}, "success"),
-    ({"user": "a", "action": "auth.login", "details": "x=1"}, "details"),
-    ({"user": "a", "action": "auth.login", "details": [1, 2]}, "details"),
-    ({"user": "a", "action": "auth.login", "target": 12}, "target"),
-    ({"user": "a", "action": "auth.login", "domain": "not a domain"}, "domain"),
-    ({"user": "a", "action": "auth.login", "domain": "-bad-.com"}, "domain"),
-    ({"user": "a", "action": "auth.login", "user_agent": {"x": 1}}, "user_agent"),
-    ({"user": "a", "action": "auth.login", "details": {"big": "x" * 20000}}, "details"),
-    ({"user": "a", "action": "auth.login", "details": {f"k{i}": "v" * 100 for i in range(200)}},
-     "details"),
-    ({"user": "a", "action": "auth.login", "details": {"n": 2 ** 70}}, "details"),
-    ({"user": "a", "action": "auth.login", "details": {"d": [[[[[[[[[[1]]]]]]]]]]}}, "details"),
-    ({"user": "a\x00b", "action": "auth.login"}, "user"),
-    ({"user": "a", "action": "auth.login", "target": "line1\nline2"}, "target"),
-    ({"user": "a", "action": "auth.login", "user_agent": "ua\r\nX-Forged: 1"}, "user_agent"),
-    ({"user": "a", "action": "auth.login", "target": "esc\x1b[31m"}, "target"),
-    ({"user": "a", "action": "auth.login", "target": "c1\x85"}, "target"),
-    ({"user": "a", "action": "auth.login", "bogus": 1}, "bogus"),
-    ({"user": "a", "action": "auth.login", "seq": 7}, "seq"),
-    ({"user": "a", "action": "auth.login", "signature": "00" * 32}, "signature"),
-    ({"user": "a", "action": "auth.login", "integrity": "ok"}, "integrity"),
-    ({"user": "a", "action": "auth.login", "id": "gw1:1"}, "id"),
-    ({"user": "a", "action": "auth.login", "User": "x"}, "User"),
-])
+
+@pytest.mark.parametrize(
+    "event, field",
+    [
+        ({"user": "a", "action": "Auth.Login"}, "action"),
+        ({"user": "a", "action": "auth"}, "action"),
+        ({"user": "a", "action": "made.up_action"}, "action"),  # not in the taxonomy
+        ({"user": "a", "action": 5}, "action"),
+        ({"user": "a"}, "action"),
+        ({"action": "auth.login"}, "user"),
+        ({"user": "", "action": "auth.login"}, "user"),
+        ({"user": ["a"], "action": "auth.login"}, "user"),
+        ({"user": "a", "action": "auth.login", "ip": "999.1.1.1"}, "ip"),
+        ({"user": "a", "action": "auth.login", "ip": "10.0.0.1/24"}, "ip"),
+        ({"user": "a", "action": "auth.login", "ip": 167772161}, "ip"),
+        ({"user": "a", "action": "auth.login", "success": "yes"}, "success"),
+        ({"user": "a", "action": "auth.login", "success": 1}, "success"),
+        ({"user": "a", "action": "auth.login", "details": "x=1"}, "details"),
+        ({"user": "a", "action": "auth.login", "details": [1, 2]}, "details"),
+        ({"user": "a", "action": "auth.login", "target": 12}, "target"),
+        ({"user": "a", "action": "auth.login", "domain": "not a domain"}, "domain"),
+        ({"user": "a", "action": "auth.login", "domain": "-bad-.com"}, "domain"),
+        ({"user": "a", "action": "auth.login", "user_agent": {"x": 1}}, "user_agent"),
+        ({"user": "a", "action": "auth.login", "details": {"big": "x" * 20000}}, "details"),
+        ({"user": "a", "action": "auth.login", "details": {f"k{i}": "v" * 100 for i in range(200)}}, "details"),
+        ({"user": "a", "action": "auth.login", "details": {"n": 2**70}}, "details"),
+        ({"user": "a", "action": "auth.login", "details": {"d": [[[[[[[[[[1]]]]]]]]]]}}, "details"),
+        ({"user": "a\x00b", "action": "auth.login"}, "user"),
+        ({"user": "a", "action": "auth.login", "target": "line1\nline2"}, "target"),
+        ({"user": "a", "action": "auth.login", "user_agent": "ua\r\nX-Forged: 1"}, "user_agent"),
+        ({"user": "a", "action": "auth.login", "target": "esc\x1b[31m"}, "target"),
+        ({"user": "a", "action": "auth.login", "target": "c1\x85"}, "target"),
+        ({"user": "a", "action": "auth.login", "bogus": 1}, "bogus"),
+        ({"user": "a", "action": "auth.login", "seq": 7}, "seq"),
+        ({"user": "a", "action": "auth.login", "signature": "00" * 32}, "signature"),
+        ({"user": "a", "action": "auth.login", "integrity": "ok"}, "integrity"),
+        ({"user": "a", "action": "auth.login", "id": "gw1:1"}, "id"),
+        ({"user": "a", "action": "auth.login", "User": "x"}, "User"),
+    ],
+)
 def test_invalid_event_in_file(log, tmp_path, event, field):
     before = state(log)
     content = GOOD_LINE + b"\n" + json.dumps(event).encode() + b"\n" + GOOD_LINE + b"\n"
@@ -201,21 +206,24 @@ def test_control_characters_never_reach_the_terminal_raw(log, tmp_path):
     assert "\x1b" not in msg
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--user", "a", "--action", "Auth.Login"], "action"),
-    (["--user", "a", "--action", "nosuch.action"], "action"),
-    (["--user", "a", "--action", "auth.login", "--ip", "999.1.1.1"], "ip"),
-    (["--user", "a", "--action", "auth.login", "--ip", "localhost"], "ip"),
-    (["--user", "a", "--action", "auth.login", "--domain", "exa mple.com"], "domain"),
-    (["--user", "a\x01b", "--action", "auth.login"], "user"),
-    (["--user", "a", "--action", "auth.login", "--target", "x\ny"], "target"),
-    (["--user", "   ", "--action", "auth.login"], "user"),
-    (["--user", "a", "--action", "auth.login", "--detail", "big=" + "x" * 20000], "details"),
-    (["--user", "a", "--action", "auth.login", "--detail", "novalue"], "details"),
-    (["--user", "a", "--action", "auth.login", "--detail", "=v"], "details"),
-    (["--user", "a", "--action", "auth.login", "--detail", "n=1" + "0" * 30], "details"),
-    (["--user", "x" * 5000, "--action", "auth.login"], "user"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--user", "a", "--action", "Auth.Login"], "action"),
+        (["--user", "a", "--action", "nosuch.action"], "action"),
+        (["--user", "a", "--action", "auth.login", "--ip", "999.1.1.1"], "ip"),
+        (["--user", "a", "--action", "auth.login", "--ip", "localhost"], "ip"),
+        (["--user", "a", "--action", "auth.login", "--domain", "exa mple.com"], "domain"),
+        (["--user", "a\x01b", "--action", "auth.login"], "user"),
+        (["--user", "a", "--action", "auth.login", "--target", "x\ny"], "target"),
+        (["--user", "   ", "--action", "auth.login"], "user"),
+        (["--user", "a", "--action", "auth.login", "--detail", "big=" + "x" * 20000], "details"),
+        (["--user", "a", "--action", "auth.login", "--detail", "novalue"], "details"),
+        (["--user", "a", "--action", "auth.login", "--detail", "=v"], "details"),
+        (["--user", "a", "--action", "auth.login", "--detail", "n=1" + "0" * 30], "details"),
+        (["--user", "x" * 5000, "--action", "auth.login"], "user"),
+    ],
+)
 def test_invalid_single_append(log, args, field):
     before = state(log)
     msg = rejected(invoke(log, "append", *args), log, before)
@@ -225,45 +233,51 @@ def test_invalid_single_append(log, args, field):
 
 def test_unknown_option(log):
     before = state(log)
-    msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", "--colour", "red"),
-                   log, before)
+    msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", "--colour", "red"), log, before)
     assert "--colour" in msg
 
 
 # ----------------------------------------------------------------------------- garbage config
 
-@pytest.mark.parametrize("content, expect", [
-    (b"retention_days = [\n", "not valid TOML"),
-    (b"this is not toml at all\n", "not valid TOML"),
-    (b"[server\nlisten = 1\n", "not valid TOML"),
-    (b"fsync = 'always'\nfsync = 'none'\n", "not valid TOML"),      # duplicate key
-    (bytes(range(256)) * 4, "not UTF-8"),
-    (b"\x00\x01\x02ELF\xff\xfe", "config file"),
-    (b"colour = 'blue'\n", "unknown setting 'colour'"),
-    (b"retention-days = 365\n", "unknown setting"),
-    (b"server = 'x'\n", "[server] must be a table"),
-    (b"fsync = 3\n", "fsync"),
-    (b"fsync = 'sometimes'\n", "fsync"),
-    (b"retention_days = '365 days'\n", "retention_days"),
-    (b"retention_days = 365.5\n", "retention_days"),
-    (b"retention_days = true\n", "retention_days"),
-    (b"retention_days = 30\n", "90"),
-    (b"retention_days = 89\n", "90"),
-    (b"retention_days = -1\n", "90"),
-    (b"segment_max_bytes = 'big'\n", "segment_max_bytes"),
-    (b"segment_max_bytes = 100\n", "segment_max_bytes"),
-    (b"segment_max_age = 'soon'\n", "segment_max_age"),
-    (b"segment_max_age = -5\n", "segment_max_age"),
-    (b"segment_max_age = 0\n", "segment_max_age"),
-    (b"node_id = 'Not Valid'\n", "node id"),
-    (b"node_id = 7\n", "node_id"),
-    (b"[server]\nlisten = 8080\n", "server.listen"),
-    (b"[server]\nlisten = ''\n", "server.listen"),
-])
-@pytest.mark.parametrize("command", [
-    ["append", "--user", "a", "--action", "auth.login"],
-    ["query"],
-])
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"retention_days = [\n", "not valid TOML"),
+        (b"this is not toml at all\n", "not valid TOML"),
+        (b"[server\nlisten = 1\n", "not valid TOML"),
+        (b"fsync = 'always'\nfsync = 'none'\n", "not valid TOML"),  # duplicate key
+        (bytes(range(256)) * 4, "not UTF-8"),
+        (b"\x00\x01\x02ELF\xff\xfe", "config file"),
+        (b"colour = 'blue'\n", "unknown setting 'colour'"),
+        (b"retention-days = 365\n", "unknown setting"),
+        (b"server = 'x'\n", "[server] must be a table"),
+        (b"fsync = 3\n", "fsync"),
+        (b"fsync = 'sometimes'\n", "fsync"),
+        (b"retention_days = '365 days'\n", "retention_days"),
+        (b"retention_days = 365.5\n", "retention_days"),
+        (b"retention_days = true\n", "retention_days"),
+        (b"retention_days = 30\n", "90"),
+        (b"retention_days = 89\n", "90"),
+        (b"retention_days = -1\n", "90"),
+        (b"segment_max_bytes = 'big'\n", "segment_max_bytes"),
+        (b"segment_max_bytes = 100\n", "segment_max_bytes"),
+        (b"segment_max_age = 'soon'\n", "segment_max_age"),
+        (b"segment_max_age = -5\n", "segment_max_age"),
+        (b"segment_max_age = 0\n", "segment_max_age"),
+        (b"node_id = 'Not Valid'\n", "node id"),
+        (b"node_id = 7\n", "node_id"),
+        (b"[server]\nlisten = 8080\n", "server.listen"),
+        (b"[server]\nlisten = ''\n", "server.listen"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["append", "--user", "a", "--action", "auth.login"],
+        ["query"],
+    ],
+)
 def test_garbage_config(log, tmp_path, content, expect, command):
     cfg = tmp_path / "auditlog.toml"
     cfg.write_bytes(content)
@@ -283,28 +297,29 @@ def test_garbage_config_blocks_init(tmp_path):
 
 def test_missing_config_file(log, tmp_path):
     before = state(log)
-    msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login",
-                          config=tmp_path / "absent.toml"), log, before)
+    msg = rejected(
+        invoke(log, "append", "--user", "a", "--action", "auth.login", config=tmp_path / "absent.toml"), log, before
+    )
     assert "absent.toml" in msg and "does not exist" in msg
 
 
 def test_config_path_is_a_directory(log, tmp_path):
     before = state(log)
-    msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", config=tmp_path),
-                   log, before)
+    msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", config=tmp_path), log, before)
     assert "directory" in msg
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root reads a mode-000 file anyway (the directory case covers it)")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root reads a mode-000 file anyway (the directory case covers it)",
+)
 def test_unreadable_config_file(log, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("fsync = 'always'\n")
     cfg.chmod(0)
     try:
         before = state(log)
-        msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", config=cfg),
-                       log, before)
+        msg = rejected(invoke(log, "append", "--user", "a", "--action", "auth.login", config=cfg), log, before)
         assert "c.toml" in msg
     finally:
         cfg.chmod(0o600)
@@ -312,37 +327,41 @@ def test_unreadable_config_file(log, tmp_path):
 
 # ----------------------------------------------------------------------------- bad flag values
 
-@pytest.mark.parametrize("args, expect", [
-    (["query", "--limit", "0"], "--limit"),
-    (["query", "--limit", "-3"], "--limit"),
-    (["query", "--limit", "many"], "--limit"),
-    (["query", "--order", "sideways"], "--order"),
-    (["query", "--format", "xml"], "--format"),
-    (["query", "--from", "garbage"], "from"),
-    (["query", "--from", "2026-13-45"], "from"),
-    (["query", "--from", "2026-02-30T00:00:00Z"], "from"),
-    (["query", "--to", "tomorrow"], "to"),
-    (["query", "--to", "-30x"], "to"),
-    (["query", "--from", "1969-12-31"], "from"),
-    (["query", "--from", "2026-03-02", "--to", "2026-03-01"], "must be before"),
-    (["query", "--from", "2026-03-01", "--to", "2026-03-01"], "must be before"),
-    (["query", "--from", "-1d", "--to", "-2d"], "must be before"),
-    (["query", "--action", "Config.*.x"], "action"),
-    (["query", "--action", "config*"], "action"),
-    (["query", "--ip", "not-an-ip"], "ip"),
-    (["query", "--domain", "bad domain"], "domain"),
-    (["query", "--node", "Bad_Node"], "node"),
-    (["query", "--user", "a\x07b"], "control"),
-    (["query", "--success", "--nonsense"], "--nonsense"),
-    (["export", "csv", "--from", "later", "-o", "out.csv"], "from"),
-    (["export", "pdfx", "-o", "out.csv"], "FORMAT"),
-    (["retention", "run", "--as-of", "someday"], "someday"),
-    (["retention", "run", "--retention-days", "30"], "90"),
-    (["retention", "run", "--retention-days", "lots"], "retention-days"),
-    (["retention", "run", "--retention-days", "0"], "90"),
-    (["verify", "--jsn"], "--jsn"),
-    (["frobnicate"], "frobnicate"),
-])
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["query", "--limit", "0"], "--limit"),
+        (["query", "--limit", "-3"], "--limit"),
+        (["query", "--limit", "many"], "--limit"),
+        (["query", "--order", "sideways"], "--order"),
+        (["query", "--format", "xml"], "--format"),
+        (["query", "--from", "garbage"], "from"),
+        (["query", "--from", "2026-13-45"], "from"),
+        (["query", "--from", "2026-02-30T00:00:00Z"], "from"),
+        (["query", "--to", "tomorrow"], "to"),
+        (["query", "--to", "-30x"], "to"),
+        (["query", "--from", "1969-12-31"], "from"),
+        (["query", "--from", "2026-03-02", "--to", "2026-03-01"], "must be before"),
+        (["query", "--from", "2026-03-01", "--to", "2026-03-01"], "must be before"),
+        (["query", "--from", "-1d", "--to", "-2d"], "must be before"),
+        (["query", "--action", "Config.*.x"], "action"),
+        (["query", "--action", "config*"], "action"),
+        (["query", "--ip", "not-an-ip"], "ip"),
+        (["query", "--domain", "bad domain"], "domain"),
+        (["query", "--node", "Bad_Node"], "node"),
+        (["query", "--user", "a\x07b"], "control"),
+        (["query", "--success", "--nonsense"], "--nonsense"),
+        (["export", "csv", "--from", "later", "-o", "out.csv"], "from"),
+        (["export", "pdfx", "-o", "out.csv"], "FORMAT"),
+        (["retention", "run", "--as-of", "someday"], "someday"),
+        (["retention", "run", "--retention-days", "30"], "90"),
+        (["retention", "run", "--retention-days", "lots"], "retention-days"),
+        (["retention", "run", "--retention-days", "0"], "90"),
+        (["verify", "--jsn"], "--jsn"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
 def test_bad_flag_values(log, tmp_path, monkeypatch, args, expect):
     monkeypatch.chdir(tmp_path)
     before = state(log)
@@ -359,6 +378,7 @@ def test_query_error_prints_no_partial_output(log):
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 def test_console_script_bad_input_shape(log, tmp_path):
     """The installed script: exit 2, one line, no traceback, nothing written."""
@@ -381,6 +401,5 @@ def test_console_script_bad_input_shape(log, tmp_path):
         assert err.startswith("auditlog: error: ") and err.count("\n") == 1, (args, err)
         assert "Traceback" not in err and p.stdout == b""
     assert state(log) == before
-    p = subprocess.run([str(SCRIPT), "query", "--format", "ndjson"], env=env, capture_output=True,
-                       timeout=60)
+    p = subprocess.run([str(SCRIPT), "query", "--format", "ndjson"], env=env, capture_output=True, timeout=60)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 2

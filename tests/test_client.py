@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers_http import free_port
+
 from ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
 from ingest.errors import InvalidEventError
-from query.idempotency import IdempotencyCache
+from ingest.idempotency import IdempotencyCache
 
 AUDITLOG = str(Path(sys.executable).with_name("auditlog"))
 ACTION = "custom.client_test"
@@ -32,9 +32,9 @@ ACTION = "custom.client_test"
 
 # --------------------------------------------------------------------------- helpers
 
+
 def run_cli(data: Path, *args: str) -> str:
-    p = subprocess.run([AUDITLOG, "--data-dir", str(data), *args], capture_output=True, text=True,
-                       timeout=30)
+    p = subprocess.run([AUDITLOG, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -46,10 +46,12 @@ class Server:
         self.tmp = tmp_path
         self.data = tmp_path / "data"
         run_cli(self.data, "init", "--node-id", "t1")
-        self.writer_key = run_cli(self.data, "apikey", "create", "--role", "writer",
-                                  "--name", "svc").strip().splitlines()[-1]
-        self.reader_key = run_cli(self.data, "apikey", "create", "--role", "reader",
-                                  "--name", "soc").strip().splitlines()[-1]
+        self.writer_key = (
+            run_cli(self.data, "apikey", "create", "--role", "writer", "--name", "svc").strip().splitlines()[-1]
+        )
+        self.reader_key = (
+            run_cli(self.data, "apikey", "create", "--role", "reader", "--name", "soc").strip().splitlines()[-1]
+        )
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -63,7 +65,9 @@ class Server:
         self._err = open(self.tmp / f"serve-{self.starts}.log", "wb")
         self.proc = subprocess.Popen(
             [AUDITLOG, "--data-dir", str(self.data), "serve", "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self._err)
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+        )
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
@@ -85,14 +89,15 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
-            except subprocess.TimeoutExpired:   # pragma: no cover
+            except subprocess.TimeoutExpired:  # pragma: no cover
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
         self._err.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                key: str | None = None):
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, key: str | None = None
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             h = dict(headers or {})
@@ -118,8 +123,7 @@ class Server:
         return 0
 
     def numbers_http(self) -> list[int]:
-        status, _, body = self.request("GET", f"/api/v1/audit-log?action={ACTION}&format=ndjson",
-                                       key=self.reader_key)
+        status, _, body = self.request("GET", f"/api/v1/audit-log?action={ACTION}&format=ndjson", key=self.reader_key)
         assert status == 200, body
         return [json.loads(line)["details"]["n"] for line in body.decode().splitlines() if line]
 
@@ -139,8 +143,9 @@ def server(tmp_path):
 def assert_exactly_once(numbers: list[int], n: int) -> None:
     dupes = sorted({x for x in numbers if numbers.count(x) > 1}) if len(numbers) != len(set(numbers)) else []
     missing = sorted(set(range(n)) - set(numbers))
-    assert not dupes and not missing and len(numbers) == n, \
+    assert not dupes and not missing and len(numbers) == n, (
         f"{len(numbers)} entries for {n} events; duplicated {dupes[:20]}, missing {missing[:20]}"
+    )
 
 
 def read_message(f) -> bytes | None:
@@ -224,19 +229,31 @@ class DroppingProxy:
                         self.answered_503 += 1
                 if busy:
                     body = b'{"error":{"status":503,"message":"busy"}}'
-                    c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                              b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    c.sendall(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
                     continue
                 up.sendall(req)
                 resp = read_message(uf)
                 if resp is None:
                     return
                 head = resp.split(b"\r\n\r\n", 1)[0].lower()
-                key = next((h.split(b":", 1)[1].strip() for h in req.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-                            if h.lower().startswith(b"idempotency-key:")), None)
+                key = next(
+                    (
+                        h.split(b":", 1)[1].strip()
+                        for h in req.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                        if h.lower().startswith(b"idempotency-key:")
+                    ),
+                    None,
+                )
                 with self.lock:
-                    drop = (req.startswith(b"POST /api/v1/events") and key is not None
-                            and self.drops_left > 0 and key not in self.dropped_keys)
+                    drop = (
+                        req.startswith(b"POST /api/v1/events")
+                        and key is not None
+                        and self.drops_left > 0
+                        and key not in self.dropped_keys
+                    )
                     if drop:
                         self.drops_left -= 1
                         self.dropped += 1
@@ -272,6 +289,7 @@ class DroppingProxy:
 
 # --------------------------------------------------------------------------- tests
 
+
 def test_batching_few_posts_every_event_once(server):
     server.start()
     n = 1000
@@ -281,7 +299,7 @@ def test_batching_few_posts_every_event_once(server):
         c.flush(20)
         assert c.pending == 0
         assert c.stats["acknowledged"] == n
-        assert c.stats["batches"] == 10          # 10 full batches, none sent early
+        assert c.stats["batches"] == 10  # 10 full batches, none sent early
     assert server.posts_201() == 10
     assert_exactly_once(server.numbers_http(), n)
 
@@ -302,7 +320,7 @@ def test_local_validation_and_rejected_batch(server):
         assert ei.value.status == 403
         assert len(c.rejected) == 1 and c.rejected[0].status == 403
         assert [e["details"]["n"] for e in c.rejected[0].events] == [0, 1, 2]
-        c.flush(1)   # the error is raised once
+        c.flush(1)  # the error is raised once
     finally:
         c.close(5)
     with pytest.raises(ClientClosedError):
@@ -317,8 +335,16 @@ def test_local_validation_and_rejected_batch(server):
 def test_retry_across_server_restart(server):
     server.start()
     n = 3000
-    c = AuditClient(server.url, server.writer_key, batch_size=50, flush_interval=0.05,
-                    on_unavailable="buffer", retry_deadline=2.0, backoff_max=0.3, timeout=5)
+    c = AuditClient(
+        server.url,
+        server.writer_key,
+        batch_size=50,
+        flush_interval=0.05,
+        on_unavailable="buffer",
+        retry_deadline=2.0,
+        backoff_max=0.3,
+        timeout=5,
+    )
     produced = threading.Event()
     errors: list[BaseException] = []
 
@@ -328,7 +354,7 @@ def test_retry_across_server_restart(server):
                 c.log("svc", ACTION, details={"n": i})
                 if i % 20 == 19:
                     time.sleep(0.02)
-        except BaseException as e:   # pragma: no cover - reported below
+        except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
         finally:
             produced.set()
@@ -337,10 +363,10 @@ def test_retry_across_server_restart(server):
     t.start()
     try:
         time.sleep(0.6)
-        server.stop()                 # SIGTERM while the client keeps logging
+        server.stop()  # SIGTERM while the client keeps logging
         time.sleep(1.0)
         assert not produced.is_set(), "the producer should still be running during the outage"
-        server.start()                # same port, same data dir
+        server.start()  # same port, same data dir
         t.join(30)
         assert not errors, errors
         c.flush(30)
@@ -358,8 +384,9 @@ def test_retry_across_dropped_response(server):
     proxy = DroppingProxy(server.port, drops=3)
     n = 400
     try:
-        with AuditClient(f"http://127.0.0.1:{proxy.port}", server.writer_key, batch_size=50,
-                         flush_interval=0.05, backoff_max=0.2) as c:
+        with AuditClient(
+            f"http://127.0.0.1:{proxy.port}", server.writer_key, batch_size=50, flush_interval=0.05, backoff_max=0.2
+        ) as c:
             for i in range(n):
                 c.log("svc", ACTION, details={"n": i})
             c.flush(30)
@@ -367,7 +394,7 @@ def test_retry_across_dropped_response(server):
     finally:
         proxy.close()
     assert proxy.dropped == 3
-    assert proxy.replays == 3               # each lost answer was replayed, not re-appended
+    assert proxy.replays == 3  # each lost answer was replayed, not re-appended
     assert stats["replays"] == 3 and stats["acknowledged"] == n
     assert_exactly_once(server.numbers_http(), n)
 
@@ -376,8 +403,13 @@ def test_retry_after_on_503_is_honoured(server):
     server.start()
     proxy = DroppingProxy(server.port, unavailable=1)
     try:
-        with AuditClient(f"http://127.0.0.1:{proxy.port}", server.writer_key, batch_size=50,
-                         flush_interval=0.01, backoff_initial=0.01) as c:
+        with AuditClient(
+            f"http://127.0.0.1:{proxy.port}",
+            server.writer_key,
+            batch_size=50,
+            flush_interval=0.01,
+            backoff_initial=0.01,
+        ) as c:
             t0 = time.monotonic()
             for i in range(50):
                 c.log("svc", ACTION, details={"n": i})
@@ -387,7 +419,7 @@ def test_retry_after_on_503_is_honoured(server):
     finally:
         proxy.close()
     assert proxy.answered_503 == 1
-    assert elapsed >= 1.0                    # waited as told, not the 10 ms backoff
+    assert elapsed >= 1.0  # waited as told, not the 10 ms backoff
     assert_exactly_once(server.numbers_http(), 50)
 
 
@@ -406,17 +438,19 @@ def test_idempotency_key_survives_restart(server):
     assert status == 200, body2
     assert headers.get("Idempotent-Replay") == "true"
     assert json.loads(body2) == first
-    assert server.head_seq() == head         # nothing appended by the replay
+    assert server.head_seq() == head  # nothing appended by the replay
     assert_exactly_once(server.numbers_http(), 5)
     # the key is scoped to the API key: the reader cannot even post, and a new key appends
-    status, _, _ = server.request("POST", "/api/v1/events", batch,
-                                  dict(hdrs, **{"Idempotency-Key": "batch-0002"}), key=server.writer_key)
+    status, _, _ = server.request(
+        "POST", "/api/v1/events", batch, dict(hdrs, **{"Idempotency-Key": "batch-0002"}), key=server.writer_key
+    )
     assert status == 201
 
 
 def test_idempotency_file_compaction_and_torn_line(tmp_path):
     from engine.chain import NodeKey
     from engine.state import StateSeal
+
     seal = StateSeal(NodeKey(os.urandom(32)), "t1")
     path = tmp_path / "state" / IdempotencyCache.FILE_NAME
     c = IdempotencyCache(3, path, seal=seal)
@@ -427,22 +461,30 @@ def test_idempotency_file_compaction_and_torn_line(tmp_path):
     with open(path, "ab") as f:
         f.write(seal.seal("idempotency", {"k": "torn", "fp": "json:t", "v": {}})[:40])  # a crash mid-write
     c2 = IdempotencyCache(3, path, seal=seal)
-    assert c2.rejected == 0                       # a torn last line is no forgery
+    assert c2.rejected == 0  # a torn last line is no forgery
     assert c2.get("k19").answer == {"appended": 1, "first_id": "t1:19", "last_id": "t1:19"}
     assert c2.get("k19").fingerprint == "json:19"
     assert c2.get("k16") is None and c2.get("torn") is None and len(c2) == 3
     c2.put_many([("k20", "json:20", {"appended": 2})])
     c2.close()
-    records, problems = seal.read_lines(path)     # rewritten: every line sealed, the torn one gone
+    records, problems = seal.read_lines(path)  # rewritten: every line sealed, the torn one gone
     assert problems == [] and [r["k"] for r in records] == ["k18", "k19", "k20"]
     assert IdempotencyCache(3, path, seal=seal).get("k20").answer == {"appended": 2}
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
 def test_raise_mode_fails_fast_when_down(tmp_path):
-    url = f"http://127.0.0.1:{free_port()}"   # nothing listens there
-    c = AuditClient(url, "alk_x_y", batch_size=5, max_queue=10, flush_interval=0.01,
-                    on_unavailable="raise", retry_deadline=30, backoff_max=0.1)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    c = AuditClient(
+        url,
+        "alk_x_y",
+        batch_size=5,
+        max_queue=10,
+        flush_interval=0.01,
+        on_unavailable="raise",
+        retry_deadline=30,
+        backoff_max=0.1,
+    )
     try:
         for i in range(10):
             c.log("svc", ACTION, details={"n": i})
@@ -457,8 +499,16 @@ def test_raise_mode_fails_fast_when_down(tmp_path):
         with pytest.raises(LogUnavailableError, match="10 event"):
             c.close(0.2)
     # past the retry budget the log counts as unavailable even with room in the queue
-    c = AuditClient(url, "alk_x_y", batch_size=5, max_queue=100, flush_interval=0.01,
-                    on_unavailable="raise", retry_deadline=0.3, backoff_max=0.1)
+    c = AuditClient(
+        url,
+        "alk_x_y",
+        batch_size=5,
+        max_queue=100,
+        flush_interval=0.01,
+        on_unavailable="raise",
+        retry_deadline=0.3,
+        backoff_max=0.1,
+    )
     try:
         c.log("svc", ACTION, details={"n": 0})
         deadline = time.monotonic() + 5
@@ -478,11 +528,20 @@ def test_raise_mode_fails_fast_when_down(tmp_path):
 
 def test_buffer_mode_delivers_when_server_returns(server):
     # the server's keys exist, but it is not running yet
-    c = AuditClient(server.url, server.writer_key, batch_size=20, max_queue=100, flush_interval=0.01,
-                    on_unavailable="buffer", block_timeout=0.3, retry_deadline=0.3, backoff_max=0.2)
+    c = AuditClient(
+        server.url,
+        server.writer_key,
+        batch_size=20,
+        max_queue=100,
+        flush_interval=0.01,
+        on_unavailable="buffer",
+        block_timeout=0.3,
+        retry_deadline=0.3,
+        backoff_max=0.2,
+    )
     try:
         for i in range(100):
-            c.log("svc", ACTION, details={"n": i})   # accepted while the log is down
+            c.log("svc", ACTION, details={"n": i})  # accepted while the log is down
         t0 = time.monotonic()
         with pytest.raises(LogUnavailableError, match="queue full"):
             c.log("svc", ACTION, details={"n": 999})
@@ -490,7 +549,7 @@ def test_buffer_mode_delivers_when_server_returns(server):
         deadline = time.monotonic() + 5
         while c.unavailable is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert c.unavailable is not None      # buffer mode: log() is not affected by that
+        assert c.unavailable is not None  # buffer mode: log() is not affected by that
         # a caller blocked on the full queue is let through once the server is back
         c.block_timeout = 30
         t = threading.Thread(target=lambda: [c.log("svc", ACTION, details={"n": i}) for i in range(100, 150)])
@@ -513,16 +572,22 @@ def test_exactly_once_across_a_sigkill_mid_stream(server):
     once, and every batch acknowledged before the crash must come back as a replay."""
     server.start()
     per, nbatches = 20, 400
-    batches = [json.dumps([{"user": "svc", "action": ACTION, "details": {"n": b * per + i}}
-                           for i in range(per)]).encode() for b in range(nbatches)]
+    batches = [
+        json.dumps([{"user": "svc", "action": ACTION, "details": {"n": b * per + i}} for i in range(per)]).encode()
+        for b in range(nbatches)
+    ]
     acked: dict[int, dict] = {}
     lock = threading.Lock()
     nxt = iter(range(nbatches))
 
     def post(b: int):
-        return server.request("POST", "/api/v1/events", batches[b],
-                              {"Content-Type": "application/json", "Idempotency-Key": f"crash-{b}"},
-                              key=server.writer_key)
+        return server.request(
+            "POST",
+            "/api/v1/events",
+            batches[b],
+            {"Content-Type": "application/json", "Idempotency-Key": f"crash-{b}"},
+            key=server.writer_key,
+        )
 
     def writer():
         while True:
@@ -533,7 +598,7 @@ def test_exactly_once_across_a_sigkill_mid_stream(server):
             try:
                 status, _, body = post(b)
             except OSError:
-                return                      # the server is gone
+                return  # the server is gone
             if status == 201:
                 with lock:
                     acked[b] = json.loads(body)
@@ -544,7 +609,7 @@ def test_exactly_once_across_a_sigkill_mid_stream(server):
     deadline = time.monotonic() + 30
     while len(acked) < nbatches // 4 and time.monotonic() < deadline:
         time.sleep(0.005)
-    server.proc.kill()                       # SIGKILL, mid-stream
+    server.proc.kill()  # SIGKILL, mid-stream
     for t in threads:
         t.join(30)
     server.proc.wait(10)

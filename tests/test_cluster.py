@@ -26,10 +26,18 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from helpers_cluster import (
+    LocalCluster,
+    NodeSpec,
+    StalledPeer,
+    cut_tail_at_seq,
+    ensure_running,
+    make_events,
+    rewrite_entry,
+    write_ndjson,
+)
 
 from engine.entry import format_ts
-from helpers_cluster import (LocalCluster, NodeSpec, StalledPeer, cut_tail_at_seq, ensure_running,
-                             make_events, rewrite_entry, write_ndjson)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +96,7 @@ def make_cluster(tmp_path):
 # merged reads (one read-only cluster for the module)
 # =====================================================================================
 
+
 @pytest.fixture(scope="module")
 def ro(tmp_path_factory):
     """Three nodes a, b, c with 600 interleaved events, plus the truth: every entry up to
@@ -97,7 +106,7 @@ def ro(tmp_path_factory):
         cl.build()
         cl.start()
         i = 0
-        for _ in range(8):                    # rounds, so the nodes' timestamps interleave
+        for _ in range(8):  # rounds, so the nodes' timestamps interleave
             for name in "abc":
                 cl[name].post_events(make_events(25, name, start=i))
                 i += 25
@@ -153,7 +162,7 @@ def _paginate(nodes, limit: int, **params) -> list[dict]:
     """Follow next_cursor, asking the nodes in turn (a cursor from one node works on any)."""
     out: list[dict] = []
     cursor = None
-    for i in range(2000):   # more pages than any of these answers needs
+    for i in range(2000):  # more pages than any of these answers needs
         p = dict(params, limit=limit)
         if cursor:
             p["cursor"] = cursor
@@ -182,11 +191,16 @@ FILTERS = [
     pytest.param({"user": "alice"}, lambda e: e["user"] == "alice", id="user"),
     pytest.param({"action": "config.*"}, lambda e: e["action"].startswith("config."), id="action-prefix"),
     pytest.param({"node": "b,c"}, lambda e: e["node"] in ("b", "c"), id="node"),
-    pytest.param({"user": "bob,carol", "action": "auth.*", "success": "false"},
-                 lambda e: e["user"] in ("bob", "carol") and e["action"].startswith("auth.") and not e["success"],
-                 id="users-actions-failures"),
-    pytest.param({"node": "a", "action": "quarantine.release"},
-                 lambda e: e["node"] == "a" and e["action"] == "quarantine.release", id="node-and-action"),
+    pytest.param(
+        {"user": "bob,carol", "action": "auth.*", "success": "false"},
+        lambda e: e["user"] in ("bob", "carol") and e["action"].startswith("auth.") and not e["success"],
+        id="users-actions-failures",
+    ),
+    pytest.param(
+        {"node": "a", "action": "quarantine.release"},
+        lambda e: e["node"] == "a" and e["action"] == "quarantine.release",
+        id="node-and-action",
+    ),
 ]
 
 
@@ -222,20 +236,34 @@ def test_cluster_endpoint_lists_every_node(ro):
 # a node whose certificate comes from another CA)
 # =====================================================================================
 
+
 @pytest.fixture(scope="module")
 def fc(tmp_path_factory):
     root = tmp_path_factory.mktemp("fc")
     stall = StalledPeer()
-    filler = "x" * 160   # big enough entries that the stream cannot sit in socket buffers
-    bulk = write_ndjson(root / "bulk.ndjson", (
-        {"user": "bulk", "action": "quarantine.release", "target": f"mail-{i}",
-         "details": {"i": i, "subject": filler}} for i in range(BULK)))
-    cl = LocalCluster(root, [
-        NodeSpec("a", peers=["b", "c", "f"], extra_peers={"stall": stall.url}),
-        NodeSpec("b", preload=bulk),
-        NodeSpec("c"),
-        NodeSpec("f", ca="other", trust=("other", "main"), peers=["a"]),
-    ], peer_timeout=PEER_TIMEOUT)
+    filler = "x" * 160  # big enough entries that the stream cannot sit in socket buffers
+    bulk = write_ndjson(
+        root / "bulk.ndjson",
+        (
+            {
+                "user": "bulk",
+                "action": "quarantine.release",
+                "target": f"mail-{i}",
+                "details": {"i": i, "subject": filler},
+            }
+            for i in range(BULK)
+        ),
+    )
+    cl = LocalCluster(
+        root,
+        [
+            NodeSpec("a", peers=["b", "c", "f"], extra_peers={"stall": stall.url}),
+            NodeSpec("b", preload=bulk),
+            NodeSpec("c"),
+            NodeSpec("f", ca="other", trust=("other", "main"), peers=["a"]),
+        ],
+        peer_timeout=PEER_TIMEOUT,
+    )
     try:
         cl.build()
         cl.start()
@@ -350,8 +378,8 @@ def _read_then_kill(node, path: str, victim, first_bytes: int = 2 * 1024 * 1024)
         victim.kill()
         t0 = time.monotonic()
         try:
-            rest = resp.read()   # raises IncompleteRead when the answer is cut, times out on a hang
-        except (socket.timeout, TimeoutError):
+            rest = resp.read()  # raises IncompleteRead when the answer is cut, times out on a hang
+        except TimeoutError:
             pytest.fail("the answer hung after the peer was killed")
         return head + rest, time.monotonic() - t0
     finally:
@@ -393,6 +421,7 @@ def test_peer_killed_mid_stream_ndjson_and_csv(fc):
 # =====================================================================================
 # the peer listener's TLS
 # =====================================================================================
+
 
 def _raw_tls_request(port: int, ctx: ssl.SSLContext):
     """What a peer request over TLS gets: ("handshake", error) when the handshake fails,
@@ -440,8 +469,7 @@ def _https_get(fc, port: int, path: str, cert, key):
 
 
 def _https(fc, port: int, method: str, path: str, body: bytes | None, cert, key, timeout: float = 10):
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
-                                       context=_client_ctx(fc, cert, key))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=_client_ctx(fc, cert, key))
     try:
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
         resp = conn.getresponse()
@@ -458,16 +486,21 @@ def test_peer_listener_tls_refusals(fc):
     status, body = _https_get(fc, port, "/peer/v1/head", fc["b"].cert, fc["b"].key)
     assert status == 200 and json.loads(body)["node"] == "a"
     # a configured peer sending nonsense gets a 400 naming the problem
-    for path, needle in (("/peer/v1/scan?format=xml", "format"), ("/peer/v1/scan?order=up", "order"),
-                         ("/peer/v1/scan?after_seq=%C2%B2", "after_seq"),
-                         ("/peer/v1/scan?after_seq=-1", "after_seq"),
-                         ("/peer/v1/signatures?seqs=1,x", "seqs")):
+    for path, needle in (
+        ("/peer/v1/scan?format=xml", "format"),
+        ("/peer/v1/scan?order=up", "order"),
+        ("/peer/v1/scan?after_seq=%C2%B2", "after_seq"),
+        ("/peer/v1/scan?after_seq=-1", "after_seq"),
+        ("/peer/v1/signatures?seqs=1,x", "seqs"),
+    ):
         status, body = _https_get(fc, port, path, fc["b"].cert, fc["b"].key)
         assert status == 400 and needle in json.loads(body)["error"]["message"], (path, status, body)
 
-    for make in (lambda: _client_ctx(fc, fc["b"].cert, fc["b"].key),
-                 lambda: _tls12(_client_ctx(fc, fc["b"].cert, fc["b"].key))):
-        stage, res = _raw_tls_request(port, make())   # the same raw request, TLS 1.3 and 1.2
+    for make in (
+        lambda: _client_ctx(fc, fc["b"].cert, fc["b"].key),
+        lambda: _tls12(_client_ctx(fc, fc["b"].cert, fc["b"].key)),
+    ):
+        stage, res = _raw_tls_request(port, make())  # the same raw request, TLS 1.3 and 1.2
         assert stage == "answer" and isinstance(res, bytes) and res.startswith(b"HTTP/1.1 200"), res
 
     # no client certificate: refused in the handshake, no HTTP answer at all
@@ -493,6 +526,7 @@ def _signatures_truth(data_dir, seqs) -> dict[str, str]:
     every entry of the log, one after the other."""
     from engine.datadir import DataDir
     from engine.log import NodeLog
+
     dd = DataDir(data_dir)
     want = set(seqs)
     out = {}
@@ -505,19 +539,19 @@ def _signatures_truth(data_dir, seqs) -> dict[str, str]:
 def test_peer_signatures_by_post(fc):
     """How nodes ask each other for signatures (witness checks): a POSTed JSON list of
     up to 10000 seqs, answered in one walk of the log; malformed bodies get a 400."""
-    from query.routes.peer import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
+    from query.cluster.routes import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
+
     a, b = fc["a"], fc["b"]
     ensure_running(a, b)
 
     def post(body: bytes, timeout: float = 30):
-        status, answer = _https(fc, b.peer_port, "POST", "/peer/v1/signatures", body, a.cert, a.key,
-                                timeout=timeout)
+        status, answer = _https(fc, b.peer_port, "POST", "/peer/v1/signatures", body, a.cert, a.key, timeout=timeout)
         return status, json.loads(answer)
 
     head = b.get_ok("/api/v1/cluster")["nodes"][0]["head_seq"]
     assert head > BULK
     # the most a request may hold, spread over the whole 200k-entry log, plus seqs beyond it
-    seqs = list(range(1, head + 1, head // MAX_SIGNATURE_SEQS + 1))[:MAX_SIGNATURE_SEQS - 2]
+    seqs = list(range(1, head + 1, head // MAX_SIGNATURE_SEQS + 1))[: MAX_SIGNATURE_SEQS - 2]
     seqs += [head, head + 1000]
     (status, ans), took = timed(post, json.dumps({"seqs": seqs}).encode())
     assert status == 200, ans
@@ -530,7 +564,8 @@ def test_peer_signatures_by_post(fc):
     # asks for far fewer seqs at a time, so its requests stay well within peer_timeout
     assert took < 2 * PEER_TIMEOUT, took
     # what a node asks at once, the costliest way: seqs just close enough to be walked to
-    from query.witness import SIGNATURE_BATCH, WALK_GAP
+    from query.cluster.witness import SIGNATURE_BATCH, WALK_GAP
+
     spaced = list(range(1, head, min(WALK_GAP, head // SIGNATURE_BATCH)))[:SIGNATURE_BATCH]
     assert len(spaced) == SIGNATURE_BATCH
     (status, ans), took = timed(post, json.dumps({"seqs": spaced}).encode())
@@ -540,21 +575,25 @@ def test_peer_signatures_by_post(fc):
     few = seqs[::997]
     status, sparse = post(json.dumps({"seqs": few[::-1] + few}).encode())
     assert status == 200 and sparse["sigs"] == {str(s): truth[str(s)] for s in few}
-    status, body = _https_get(fc, b.peer_port, "/peer/v1/signatures?seqs=" + ",".join(map(str, few)),
-                              a.cert, a.key)
+    status, body = _https_get(fc, b.peer_port, "/peer/v1/signatures?seqs=" + ",".join(map(str, few)), a.cert, a.key)
     assert status == 200 and json.loads(body)["sigs"] == sparse["sigs"]
 
-    for body, needle in ((b"", "JSON"), (b"seqs=1,2", "JSON"), (b"[1, 2]", "seqs"),
-                         (b'{"seqs": "1,2"}', "seqs"), (b'{"seqs": [1, "2"]}', "whole numbers"),
-                         (b'{"seqs": [1.5]}', "whole numbers"), (b'{"seqs": [-1]}', "whole numbers"),
-                         (b'{"seqs": [true]}', "whole numbers"),
-                         (b'{"seqs": [99999999999999999999999]}', "whole numbers"),
-                         (b'{"seqs": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "JSON"),
-                         (json.dumps({"seqs": list(range(MAX_SIGNATURE_SEQS + 1))}).encode(),
-                          f"at most {MAX_SIGNATURE_SEQS}")):
+    for body, needle in (
+        (b"", "JSON"),
+        (b"seqs=1,2", "JSON"),
+        (b"[1, 2]", "seqs"),
+        (b'{"seqs": "1,2"}', "seqs"),
+        (b'{"seqs": [1, "2"]}', "whole numbers"),
+        (b'{"seqs": [1.5]}', "whole numbers"),
+        (b'{"seqs": [-1]}', "whole numbers"),
+        (b'{"seqs": [true]}', "whole numbers"),
+        (b'{"seqs": [99999999999999999999999]}', "whole numbers"),
+        (b'{"seqs": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "JSON"),
+        (json.dumps({"seqs": list(range(MAX_SIGNATURE_SEQS + 1))}).encode(), f"at most {MAX_SIGNATURE_SEQS}"),
+    ):
         status, ans = post(body)
         assert status == 400 and needle in ans["error"]["message"], (body[:60], status, ans)
-    status, ans = post(b'{"seqs": [' + b"1," * (MAX_PEER_BODY // 2) + b'1]}')
+    status, ans = post(b'{"seqs": [' + b"1," * (MAX_PEER_BODY // 2) + b"1]}")
     assert status == 413 and str(MAX_PEER_BODY) in ans["error"]["message"], (status, ans)
     assert_alive(b)
 
@@ -563,10 +602,12 @@ def test_peer_signatures_by_post(fc):
 # witnessed checkpoints
 # =====================================================================================
 
+
 def _held_checkpoint(witness, about: str) -> int:
     """Highest seq of ``about`` that ``witness`` holds a checkpoint for (0: none)."""
-    page = witness.get_ok(q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint",
-                            target=about, order="desc", limit=1))
+    page = witness.get_ok(
+        q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint", target=about, order="desc", limit=1)
+    )
     return page["events"][0]["details"]["seq"] if page["events"] else 0
 
 
@@ -581,8 +622,9 @@ def _wait_witnessed(witness, about: str, seq: int, timeout: float = 20) -> int:
 
 
 def _held_seqs(witness, about: str) -> list[int]:
-    page = witness.get_ok(q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint",
-                            target=about, limit=10000))
+    page = witness.get_ok(
+        q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint", target=about, limit=10000)
+    )
     return [e["details"]["seq"] for e in page["events"]]
 
 
@@ -606,8 +648,9 @@ def test_witness_catches_a_tail_cut_at_a_frame_boundary(make_cluster):
         rep = viewer.get_ok("/api/v1/verify?scope=cluster")
         assert rep["ok"] is False
         mine = [v for v in rep["violations"] if v["node"] == "b"]
-        assert any(v["kind"] == "witness_truncated" and v["seq_to"] >= last and v["seq_from"] <= last
-                   for v in mine), rep["violations"]
+        assert any(v["kind"] == "witness_truncated" and v["seq_to"] >= last and v["seq_from"] <= last for v in mine), (
+            rep["violations"]
+        )
         assert all(v["node"] == "b" for v in rep["violations"]), rep["violations"]
         assert rep["nodes"]["b"]["ok"] is False
         assert rep["nodes"]["a"]["ok"] is True and rep["nodes"]["c"]["ok"] is True
@@ -639,8 +682,7 @@ def test_witness_catches_history_rewritten_with_the_node_key(make_cluster):
 
 
 def test_witness_accepts_a_legitimate_retention_drop(make_cluster):
-    cl = make_cluster([NodeSpec("a"), NodeSpec("b", settings={"segment_max_bytes": 4096})],
-                      checkpoint_interval=1)
+    cl = make_cluster([NodeSpec("a"), NodeSpec("b", settings={"segment_max_bytes": 4096})], checkpoint_interval=1)
     a, b = cl["a"], cl["b"]
     last = 0
     for i in range(6):
@@ -668,15 +710,18 @@ def test_witness_accepts_a_legitimate_retention_drop(make_cluster):
 
 
 def test_cluster_status_membership_and_retention_mismatch(make_cluster):
-    cl = make_cluster([NodeSpec("a"), NodeSpec("b"), NodeSpec("c", settings={"retention_days": 400})],
-                      checkpoint_interval=1)
+    cl = make_cluster(
+        [NodeSpec("a"), NodeSpec("b"), NodeSpec("c", settings={"retention_days": 400})], checkpoint_interval=1
+    )
     a, b, c = cl["a"], cl["b"], cl["c"]
     deadline = time.monotonic() + 20
     while True:
         body = a.get_ok("/api/v1/cluster")
         rows = {r["node"]: r for r in body["nodes"]}
-        if all(r.get("last_checkpoint") and len(r["last_checkpoint"]["witnessed_by"]) == 2
-               for r in rows.values()) or time.monotonic() > deadline:
+        if (
+            all(r.get("last_checkpoint") and len(r["last_checkpoint"]["witnessed_by"]) == 2 for r in rows.values())
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.2)
     assert set(rows) == {"a", "b", "c"} and rows["a"]["self"] is True
@@ -688,7 +733,7 @@ def test_cluster_status_membership_and_retention_mismatch(make_cluster):
     assert body["retention_consistent"] is False
     assert rows["c"]["retention_days"] == 400 and rows["c"].get("retention_mismatch") is True
     assert rows["a"]["retention_days"] == 365
-    assert "retention_mismatch" not in rows["a"] and "retention_mismatch" not in rows["b"]   # only the odd one out
+    assert "retention_mismatch" not in rows["a"] and "retention_mismatch" not in rows["b"]  # only the odd one out
 
     # membership: each node recorded its peers joining, once, on first start
     def joins(node):

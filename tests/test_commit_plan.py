@@ -23,9 +23,11 @@ T0 = 1_773_478_800_000_000
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(commits=st.lists(st.lists(st.integers(0, 5000), min_size=1, max_size=40), min_size=1, max_size=5),
-       seg_max=st.sampled_from([4096, 6000, 16384, 65536, 1 << 20]),
-       packed=st.booleans())
+@given(
+    commits=st.lists(st.lists(st.integers(0, 5000), min_size=1, max_size=40), min_size=1, max_size=5),
+    seg_max=st.sampled_from([4096, 6000, 16384, 65536, 1 << 20]),
+    packed=st.booleans(),
+)
 def test_planned_commits_are_a_log_that_verifies(tmp_path_factory, commits, seg_max, packed):
     dd = DataDir(tmp_path_factory.mktemp("plan") / "data")
     node = dd.init("gw1")
@@ -36,13 +38,23 @@ def test_planned_commits_are_a_log_that_verifies(tmp_path_factory, commits, seg_
     seq, sig, mac = 1, GENESIS, h.mac
     n = 0
     for i, pads in enumerate(commits):
-        drafts = [EntryDraft("u", "config.filter_update", details={"n": n + j, "pad": "x" * k})
-                  for j, k in enumerate(pads)]
+        drafts = [
+            EntryDraft("u", "config.filter_update", details={"n": n + j, "pad": "x" * k}) for j, k in enumerate(pads)
+        ]
         n += len(drafts)
-        plan = plan_commit([pack_draft(d) for d in drafts] if packed else drafts, key=node.key, node="gw1",
-                           seq=seq, ts=T0 + i, prev_sig=sig, prev_mac=mac, segment_size=size,
-                           segment_has_frames=has_frames, segment_max_bytes=seg_max,
-                           frame_max_payload=frame_max)
+        plan = plan_commit(
+            [pack_draft(d) for d in drafts] if packed else drafts,
+            key=node.key,
+            node="gw1",
+            seq=seq,
+            ts=T0 + i,
+            prev_sig=sig,
+            prev_mac=mac,
+            segment_size=size,
+            segment_has_frames=has_frames,
+            segment_max_bytes=seg_max,
+            frame_max_payload=frame_max,
+        )
         flags = []
         for piece in plan.pieces:
             if piece.header is not None:
@@ -79,9 +91,19 @@ def test_a_commit_that_fits_is_one_piece_in_the_active_segment(tmp_path):
     dd = DataDir(tmp_path / "data")
     node = dd.init("gw1")
     raw, h = SegmentHeader.build(node.key, "gw1", 1, T0, GENESIS, GENESIS)
-    plan = plan_commit([EntryDraft("u", "auth.login")] * 3, key=node.key, node="gw1", seq=1, ts=T0,
-                       prev_sig=GENESIS, prev_mac=h.mac, segment_size=h.size, segment_has_frames=False,
-                       segment_max_bytes=1 << 20, frame_max_payload=MAX_PAYLOAD)
+    plan = plan_commit(
+        [EntryDraft("u", "auth.login")] * 3,
+        key=node.key,
+        node="gw1",
+        seq=1,
+        ts=T0,
+        prev_sig=GENESIS,
+        prev_mac=h.mac,
+        segment_size=h.size,
+        segment_has_frames=False,
+        segment_max_bytes=1 << 20,
+        frame_max_payload=MAX_PAYLOAD,
+    )
     assert len(plan.pieces) == 1 and plan.pieces[0].header is None and len(plan.pieces[0].frames) == 1
     f = plan.pieces[0].frames[0]
     assert (f.offset, f.first_seq, f.count) == (h.size, 1, 3)

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers_engine import (PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths,
-                            settings)
 from crash_writer import expected_details
+from helpers_engine import PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths, settings
+
 from engine.catalog import index_segment
 from engine.log import NodeLog
 from engine.verify import verify_node
@@ -31,15 +30,16 @@ CRASH_WRITER = str(Path(__file__).with_name("crash_writer.py"))
 
 
 def start_writer(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([PYTHON, CRASH_WRITER, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, CRASH_WRITER, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return proc
 
 
 def parse_acks(out: str) -> dict[int, int]:
     """n -> seq for every acknowledged event (only complete lines count)."""
     acked = {}
-    for line in out.split("\n")[:-1]:      # the last piece is "" or a line cut by the kill
+    for line in out.split("\n")[:-1]:  # the last piece is "" or a line cut by the kill
         parts = line.split()
         if parts and parts[0] == "ack":
             first_seq, last_seq, first_n, last_n = map(int, parts[1:5])
@@ -106,6 +106,7 @@ def check_log(dd, node, acked: dict[int, int]) -> list:
 
 # -- SIGKILL at random moments ------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     dd, node = init_dir(tmp_path / "data")
@@ -119,7 +120,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     rounds = 0
     while rounds < 20 or (rounds < 40 and time.monotonic() < t_end):
         rounds += 1
-        seg_max = (4096, 8192, 16384, 1 << 20)[rounds % 4]   # small ones: kills land near rolls
+        seg_max = (4096, 8192, 16384, 1 << 20)[rounds % 4]  # small ones: kills land near rolls
         fsync = rng.choice(["always", "always", "none"])
         proc = start_writer("loop", dd.root, rounds * 1_000_000, seg_max, fsync, rng.randrange(1 << 30))
         try:
@@ -173,12 +174,15 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     assert len(acked) > 200, "the writer hardly wrote anything: the test proves little"
     assert len(segment_paths(dd)) >= 3
     assert cuts >= torn
-    print(f"seed {seed}: {rounds} rounds, {len(acked)} acknowledged events, {cuts} torn tails cut "
-          f"({torn} of them made by tearing an unacknowledged last frame), {interrupted} "
-          "interrupted commits cut back whole")
+    print(
+        f"seed {seed}: {rounds} rounds, {len(acked)} acknowledged events, {cuts} torn tails cut "
+        f"({torn} of them made by tearing an unacknowledged last frame), {interrupted} "
+        "interrupted commits cut back whole"
+    )
 
 
 # -- torn tails and damage, made by hand --------------------------------------------------------
+
 
 def _reopen_and_append(dd, node, *ns):
     w = LogWriter(dd, node, settings(1 << 20)).open()
@@ -199,24 +203,29 @@ def test_torn_tail_is_cut_back_and_recorded(written, tail):
     active = segment_paths(dd)[-1]
     good_size = active.stat().st_size
     last = frames_of(active, node)[-1]
-    frame = active.read_bytes()[last.offset:last.end]
-    junk = {"short-garbage": os.urandom(30),
-            "long-garbage": b"\x01" + os.urandom(400),
-            "zeros": bytes(4096),
-            "half-frame": frame[: len(frame) // 2],
-            "header-only": frame[:48]}[tail]
+    frame = active.read_bytes()[last.offset : last.end]
+    junk = {
+        "short-garbage": os.urandom(30),
+        "long-garbage": b"\x01" + os.urandom(400),
+        "zeros": bytes(4096),
+        "half-frame": frame[: len(frame) // 2],
+        "header-only": frame[:48],
+    }[tail]
     with open(active, "ab") as f:
         f.write(junk)
     rep = verify_node(dd, node)
     # a cut-short frame is a torn tail; bytes that are no frame at all are reported as
     # an open-ended frame_corrupt stretch (docs/FORMAT.md section 9) -- cut all the same
     kind = "torn_tail" if tail in ("short-garbage", "half-frame", "header-only") else "frame_corrupt"
-    assert [(v.kind, v.seq_from, v.seq_to, v.segment) for v in rep.violations] == [
-        (kind, 21, None, active.name)]
+    assert [(v.kind, v.seq_from, v.seq_to, v.segment) for v in rep.violations] == [(kind, 21, None, active.name)]
 
     recovery = _reopen_and_append(dd, node, 100)
-    assert recovery == {"reason": "torn tail cut back to the last whole frame", "segment": active.name,
-                        "cut_offset": good_size, "cut_bytes": len(junk)}
+    assert recovery == {
+        "reason": "torn tail cut back to the last whole frame",
+        "segment": active.name,
+        "cut_offset": good_size,
+        "cut_bytes": len(junk),
+    }
     entries = _entries(dd, node)
     assert [e.seq for e in entries] == list(range(1, 23))
     assert [e.details.get("n") for e in entries[:20]] == list(range(20))
@@ -224,7 +233,7 @@ def test_torn_tail_is_cut_back_and_recorded(written, tail):
     assert rec.action == "audit.recovery" and rec.user == "system"
     assert rec.details["cut_offset"] == good_size and rec.details["cut_bytes"] == len(junk)
     assert entries[21].details == {"n": 100}
-    assert segment_paths(dd) == [active]           # continued in the same segment
+    assert segment_paths(dd) == [active]  # continued in the same segment
     assert junk not in active.read_bytes()[good_size:]
     assert verify_node(dd, node).ok
 
@@ -238,11 +247,11 @@ def test_damaged_middle_frame_is_kept_and_writer_continues_in_a_new_segment(writ
     before = active.read_bytes()
 
     recovery = _reopen_and_append(dd, node, 100, 101)
-    assert active.read_bytes() == before            # kept as is, byte for byte
+    assert active.read_bytes() == before  # kept as is, byte for byte
     assert recovery["segment"] == active.name and "kept as is" in recovery["reason"]
     assert recovery["damaged"] == [["checksum_mismatch", bad.first_seq, bad.last_seq]]
     segs = segment_paths(dd)
-    assert len(segs) == 2 and segs[1].name == f"{21:020d}.seg"   # no seq reused
+    assert len(segs) == 2 and segs[1].name == f"{21:020d}.seg"  # no seq reused
     entries = _entries(dd, node)
     assert [e.seq for e in entries] == list(range(1, 24))
     assert entries[20].action == "audit.recovery"
@@ -251,7 +260,8 @@ def test_damaged_middle_frame_is_kept_and_writer_continues_in_a_new_segment(writ
     assert flagged == {bad.first_seq, bad.last_seq}
     rep = verify_node(dd, node)
     assert [(v.kind, v.seq_from, v.seq_to, v.segment) for v in rep.violations] == [
-        ("checksum_mismatch", bad.first_seq, bad.last_seq, active.name)]
+        ("checksum_mismatch", bad.first_seq, bad.last_seq, active.name)
+    ]
     # and the next restart does not touch either segment again
     sizes = [p.stat().st_size for p in segs]
     assert _reopen_and_append(dd, node) is None
@@ -287,7 +297,7 @@ def test_torn_tail_after_damage_is_cut_and_both_are_recorded(written):
     flip_byte(active, frames[2].payload_offset + 3)
     good_size = active.stat().st_size
     with open(active, "ab") as f:
-        f.write(active.read_bytes()[frames[0].offset:frames[0].offset + 60])
+        f.write(active.read_bytes()[frames[0].offset : frames[0].offset + 60])
     recovery = _reopen_and_append(dd, node, 100)
     assert recovery["cut_offset"] == good_size and recovery["cut_bytes"] == 60
     assert recovery["damaged"] == [["checksum_mismatch", 5, 6]]
@@ -339,11 +349,15 @@ def test_restart_on_an_empty_new_segment_keeps_time_monotonic(tmp_path):
 
 # -- failed writes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scenario, seg_max, limit", [
-    ("plain", 1 << 20, 16384),      # the batch's frame cannot be written to the active segment
-    ("roll", 16384, 13400),         # the batch rolls to a new segment and fails there
-    ("create", 16384, 100),         # creating the segment the batch rolls into fails
-])
+
+@pytest.mark.parametrize(
+    "scenario, seg_max, limit",
+    [
+        ("plain", 1 << 20, 16384),  # the batch's frame cannot be written to the active segment
+        ("roll", 16384, 13400),  # the batch rolls to a new segment and fails there
+        ("create", 16384, 100),  # creating the segment the batch rolls into fails
+    ],
+)
 def test_failed_write_is_cut_back_and_reported(tmp_path, scenario, seg_max, limit):
     dd, node = init_dir(tmp_path / "data")
     proc = start_writer("fsize", dd.root, seg_max, limit, scenario)

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers_engine import build_log, draft, flip_byte, frames_of, query_json, segment_paths, settings, verify_json
 
-from helpers_engine import (build_log, draft, flip_byte, frames_of, query_json, segment_paths, settings,
-                            verify_json)
 from engine.datadir import DataDir
 from engine.writer import LogWriter
 
@@ -28,7 +27,7 @@ N = 90
 def table() -> dict[str, str]:
     """id -> the "one node alone" cell of section 13's table."""
     text = DOC.read_text()
-    section = text[text.index("## 13. What one node can and cannot detect"):]
+    section = text[text.index("## 13. What one node can and cannot detect") :]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -110,10 +109,10 @@ def _delete_newest(dd, node):
 def _rollback(dd, node, tmp_path: Path):
     older = tmp_path / "older"
     shutil.copytree(dd.root, older)
-    with LogWriter(dd, node, settings()) as w:          # the log moves on ...
+    with LogWriter(dd, node, settings()) as w:  # the log moves on ...
         for i in range(N, N + 30, 3):
             w.append_batch([draft(j) for j in range(i, i + 3)])
-    shutil.rmtree(dd.root)                               # ... and is replaced by the copy
+    shutil.rmtree(dd.root)  # ... and is replaced by the copy
     shutil.copytree(older, dd.root)
 
 
@@ -140,10 +139,18 @@ def _key_holder(dd, node, tmp_path: Path):
 
 
 ACTIONS = {
-    "edit-bytes": _edit_bytes, "edit-rebuild": _edit_rebuild, "delete-middle": _delete_middle,
-    "delete-oldest": _delete_oldest, "cut-mid-frame": _cut_mid_frame, "swap-foreign": _swap_foreign,
-    "state-edit": _state_edit, "garbage-file": _garbage_file, "cut-at-frame": _cut_at_frame,
-    "delete-newest": _delete_newest, "rollback": _rollback, "delete-all": _delete_all,
+    "edit-bytes": _edit_bytes,
+    "edit-rebuild": _edit_rebuild,
+    "delete-middle": _delete_middle,
+    "delete-oldest": _delete_oldest,
+    "cut-mid-frame": _cut_mid_frame,
+    "swap-foreign": _swap_foreign,
+    "state-edit": _state_edit,
+    "garbage-file": _garbage_file,
+    "cut-at-frame": _cut_at_frame,
+    "delete-newest": _delete_newest,
+    "rollback": _rollback,
+    "delete-all": _delete_all,
     "key-holder": _key_holder,
 }
 
@@ -165,7 +172,7 @@ def test_the_table_says_what_one_node_detects(log, tmp_path, row):
     assert detected or claim.startswith("**not detected**"), claim
     rc, rep = verify_json(dd.root)
     assert (rc == 1) == detected, (row, rep["violations"])
-    if row != "state-edit":                  # the state is not the log: verify reports it
+    if row != "state-edit":  # the state is not the log: verify reports it
         rc, entries, err = query_json(dd.root)
         flagged = [e for e in entries if e["integrity"] != "ok"]
         assert (rc == 1 and bool(flagged)) == detected, (row, rc, flagged[:2])

@@ -16,21 +16,21 @@ import ipaddress
 import json
 import re
 
+from helpers_http import bearer, post_events, query_all, run_cli
+
 from engine.datadir import DataDir
 from engine.entry import EntryDraft
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
-from helpers_http import bearer, post_events, query_all, run_cli
 from ingest.taxonomy import NODE_ACTIONS
-from query.cluster import Cluster, ClusterSettings
-from query.peers import PeerConfig
+from query.cluster.fanout import Cluster
+from query.cluster.settings import ClusterSettings, PeerConfig
 
 # ECS 8.x allowed values (docs/reference/ecs-allowed-values-event-*.md in elastic/ecs)
 KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}
 OUTCOMES = {"failure", "success", "unknown"}
 EXPECTED_TYPES = {
-    "api": {"access", "admin", "allowed", "change", "creation", "deletion", "denied", "end", "info", "start",
-            "user"},
+    "api": {"access", "admin", "allowed", "change", "creation", "deletion", "denied", "end", "info", "start", "user"},
     "authentication": {"start", "end", "info"},
     "configuration": {"access", "change", "creation", "deletion", "info"},
     "database": {"access", "change", "info", "error"},
@@ -71,8 +71,12 @@ MAPPING = {
     "licence.activate": ("configuration", "change"),
 }
 
-QUARANTINE = {"mail_id": "Q00012345", "subject": "Rechnung März – 請求書", "sender": "billing@partner.example",
-              "recipient": "anna@example.com"}
+QUARANTINE = {
+    "mail_id": "Q00012345",
+    "subject": "Rechnung März – 請求書",
+    "sender": "billing@partner.example",
+    "recipient": "anna@example.com",
+}
 
 
 def events() -> list[dict]:
@@ -81,21 +85,37 @@ def events() -> list[dict]:
     for i, action in enumerate(MAPPING):
         if action in NODE_ACTIONS:
             continue
-        e = {"user": f"admin{i % 3}", "action": action, "target": f"t-{i}", "ip": "2001:db8::17" if i % 2 else
-             "192.0.2.10", "user_agent": "Mozilla/5.0 (X11) Gecko/20100101", "success": action != "auth.login_failed",
-             "details": {"n": i}}
+        e = {
+            "user": f"admin{i % 3}",
+            "action": action,
+            "target": f"t-{i}",
+            "ip": "2001:db8::17" if i % 2 else "192.0.2.10",
+            "user_agent": "Mozilla/5.0 (X11) Gecko/20100101",
+            "success": action != "auth.login_failed",
+            "details": {"n": i},
+        }
         if action.startswith("quarantine."):
             e["details"] = dict(QUARANTINE)
             e["domain"] = "example.com"
         out.append(e)
     # a quarantine release with several recipients and one with no client ip/user agent
-    out.append({"user": "system", "action": "quarantine.release", "target": "Q2",
-                "details": {"mail_id": "Q2", "subject": "two", "sender": "a@b.example",
-                            "recipient": ["x@example.com", "y@example.com"]}})
+    out.append(
+        {
+            "user": "system",
+            "action": "quarantine.release",
+            "target": "Q2",
+            "details": {
+                "mail_id": "Q2",
+                "subject": "two",
+                "sender": "a@b.example",
+                "recipient": ["x@example.com", "y@example.com"],
+            },
+        }
+    )
     return out
 
 
-#: what the node itself records when a peer joins its configuration (query.cluster)
+#: what the node itself records when a peer joins its configuration (query.cluster.fanout)
 NODE_JOIN = EntryDraft("system", "cluster.node_join", "gw2", details={"node": "gw2", "via": "config"})
 
 
@@ -113,8 +133,9 @@ def check_document(doc: dict, entry: dict) -> None:
     # @timestamp: RFC 3339, the entry's time
     ts = doc["@timestamp"]
     assert isinstance(ts, str) and RFC3339.match(ts), ts
-    assert dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) == \
-        dt.datetime.fromisoformat(entry["ts"].replace("Z", "+00:00"))
+    assert dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) == dt.datetime.fromisoformat(
+        entry["ts"].replace("Z", "+00:00")
+    )
     assert isinstance(get(doc, "ecs.version"), str) and re.match(r"^8\.\d+\.\d+$", doc["ecs"]["version"])
     ev = doc["event"]
     assert ev["action"] == entry["action"]
@@ -168,7 +189,7 @@ def check_document(doc: dict, entry: dict) -> None:
     # nothing lost: target, domain and details as recorded
     assert get(doc, "auditlog.target") == entry["target"]
     assert get(doc, "auditlog.details") == entry["details"]
-    json.dumps(doc, allow_nan=False)   # plain JSON, no NaN/Infinity
+    json.dumps(doc, allow_nan=False)  # plain JSON, no NaN/Infinity
 
 
 async def test_ecs_over_the_api(client, keys, service):
@@ -184,10 +205,14 @@ async def test_ecs_over_the_api(client, keys, service):
     body = await resp.text()
     assert body.endswith("\n")
     docs = [json.loads(line) for line in body.splitlines()]
-    assert [d["event"]["id"] for d in docs] == list(wire)       # every entry, in order, nothing else
-    client_docs = [d for d in docs if d["user"]["name"] in {e["user"] for e in sent}
-                   and d["event"]["action"] not in NODE_ACTIONS
-                   and not d["event"]["action"].startswith("audit.api_key")]   # the keys' own entries
+    assert [d["event"]["id"] for d in docs] == list(wire)  # every entry, in order, nothing else
+    client_docs = [
+        d
+        for d in docs
+        if d["user"]["name"] in {e["user"] for e in sent}
+        and d["event"]["action"] not in NODE_ACTIONS
+        and not d["event"]["action"].startswith("audit.api_key")
+    ]  # the keys' own entries
     assert len(client_docs) == len(sent)
     for d in docs:
         check_document(d, wire[d["event"]["id"]])
@@ -195,8 +220,9 @@ async def test_ecs_over_the_api(client, keys, service):
     assert set(MAPPING) <= actions
 
     # filters apply to the ECS stream as to JSON
-    resp = await client.get("/api/v1/audit-log", params={"format": "ecs", "action": "quarantine.*"},
-                            headers=bearer(keys["reader"]))
+    resp = await client.get(
+        "/api/v1/audit-log", params={"format": "ecs", "action": "quarantine.*"}, headers=bearer(keys["reader"])
+    )
     qdocs = [json.loads(line) for line in (await resp.text()).splitlines()]
     assert len(qdocs) == 3 and all(d["event"]["category"] == ["email"] for d in qdocs)
     multi = next(d for d in qdocs if d["event"]["id"] == next(i for i, e in wire.items() if e["target"] == "Q2"))
@@ -204,8 +230,7 @@ async def test_ecs_over_the_api(client, keys, service):
     assert "source" not in multi and "user_agent" not in multi
 
     # a limit is honoured on the stream
-    resp = await client.get("/api/v1/audit-log", params={"format": "ecs", "limit": "2"},
-                            headers=bearer(keys["reader"]))
+    resp = await client.get("/api/v1/audit-log", params={"format": "ecs", "limit": "2"}, headers=bearer(keys["reader"]))
     assert len((await resp.text()).splitlines()) == 2
 
     # unknown format refused

@@ -1,7 +1,6 @@
 """Unit and property tests of the engine's building blocks: frames, the canonical
-entry encoding, the HMAC chain and the node key, the segment index and the
-manifest; and one integration check that derived files (``*.idx``, ``MANIFEST``)
-are never trusted: damaging or deleting them does not change what a scan returns.
+entry encoding, the HMAC chain and the node key, the segment index; and one
+integration check that derived files (``*.idx``) are never trusted: damaging or deleting them does not change what a scan returns.
 """
 
 from __future__ import annotations
@@ -22,24 +21,40 @@ from hypothesis import strategies as st
 
 from engine.chain import GENESIS, KEY_BYTES, NodeKey, create_key_file, load_key_file, sign_entry
 from engine.datadir import DataDir, Node
-from engine.entry import (R_SIG, RECORD_FIELDS, EntryDraft, canonical_bytes, packed_len,
-                          record_from_canonical, sort_details)
+from engine.entry import (
+    R_SIG,
+    RECORD_FIELDS,
+    EntryDraft,
+    canonical_bytes,
+    packed_len,
+    record_from_canonical,
+    sort_details,
+)
 from engine.errors import KeyFileError
-from engine.frame import (FRAME_MAGIC, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError,
-                          build_frame, check_frame, parse_header)
-from engine.terms import TERM_FIELDS, TermIndex
-from engine.index import (INDEX_VERSION, MANIFEST_NAME, FrameRow, ManifestRow, SegmentIndex,
-                          index_path, load_manifest, manifest_row, save_manifest)
+from engine.frame import (
+    FRAME_MAGIC,
+    HEADER,
+    HEADER_SIZE,
+    MAC_SIZE,
+    OVERHEAD,
+    FrameError,
+    build_frame,
+    check_frame,
+    parse_header,
+)
+from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.settings import StoreSettings
+from engine.terms import TERM_FIELDS, TermIndex
 from engine.verify import verify_node
 from engine.writer import LogWriter
 from query.filters import Filter
 from query.scan import scan_node
 
-PROPS = settings(max_examples=50, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+PROPS = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 #: for the properties whose examples are expensive to draw (lists of whole entries)
 HEAVY = settings(PROPS, max_examples=25)
 KEY = NodeKey(bytes(range(32)))
@@ -49,32 +64,39 @@ OTHER_KEY = NodeKey(bytes(range(1, 33)))
 # ----------------------------------------------------------------------------- strategies
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1)
-           | st.floats(allow_nan=False) | text)
+scalars = (
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats(allow_nan=False) | text
+)
 detail_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-    max_leaves=12)
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=12
+)
 details_st = st.dictionaries(text, detail_values, max_size=6)
-actions = st.sampled_from(["auth.login", "auth.logout", "config.filter_update",
-                           "quarantine.release", "custom.x"])
+actions = st.sampled_from(["auth.login", "auth.logout", "config.filter_update", "quarantine.release", "custom.x"])
 opt_text = st.none() | text
 
 
 @st.composite
 def drafts(draw) -> EntryDraft:
-    return EntryDraft(draw(text), draw(actions), draw(opt_text), draw(opt_text),
-                      draw(st.none() | st.sampled_from(["192.0.2.1", "2001:db8::1"])),
-                      draw(opt_text), draw(st.booleans()), sort_details(draw(details_st)))
+    return EntryDraft(
+        draw(text),
+        draw(actions),
+        draw(opt_text),
+        draw(opt_text),
+        draw(st.none() | st.sampled_from(["192.0.2.1", "2001:db8::1"])),
+        draw(opt_text),
+        draw(st.booleans()),
+        sort_details(draw(details_st)),
+    )
 
 
 nodes = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
-seqs = st.integers(min_value=1, max_value=2 ** 63 - 1)
-tss = st.integers(min_value=0, max_value=2 ** 62)
+seqs = st.integers(min_value=1, max_value=2**63 - 1)
+tss = st.integers(min_value=0, max_value=2**62)
 
 
-def stored_records(node: str, first_seq: int, ts: int, ds: list[EntryDraft],
-                   key: NodeKey = KEY, prev: bytes = GENESIS) -> tuple[list[bytes], list[bytes]]:
+def stored_records(
+    node: str, first_seq: int, ts: int, ds: list[EntryDraft], key: NodeKey = KEY, prev: bytes = GENESIS
+) -> tuple[list[bytes], list[bytes]]:
     """Signed stored-record bytes for drafts, as the writer makes them; and the signatures."""
     sign = key.signer()
     out, sigs = [], []
@@ -88,18 +110,18 @@ def stored_records(node: str, first_seq: int, ts: int, ds: list[EntryDraft],
 
 # ----------------------------------------------------------------------------- framing
 
+
 def split_frame(buf: bytes):
     hdr = parse_header(buf[:HEADER_SIZE])
-    payload = buf[HEADER_SIZE: HEADER_SIZE + hdr.payload_len]
-    mac = buf[HEADER_SIZE + hdr.payload_len: HEADER_SIZE + hdr.payload_len + MAC_SIZE]
+    payload = buf[HEADER_SIZE : HEADER_SIZE + hdr.payload_len]
+    mac = buf[HEADER_SIZE + hdr.payload_len : HEADER_SIZE + hdr.payload_len + MAC_SIZE]
     return hdr, payload, mac
 
 
 @HEAVY
-@given(ds=st.lists(drafts(), min_size=1, max_size=8), first=seqs, ts=tss,
-       prev_mac=st.binary(min_size=32, max_size=32))
+@given(ds=st.lists(drafts(), min_size=1, max_size=8), first=seqs, ts=tss, prev_mac=st.binary(min_size=32, max_size=32))
 def test_frame_round_trip(ds, first, ts, prev_mac):
-    assume(first + len(ds) < 2 ** 64)
+    assume(first + len(ds) < 2**64)
     records, sigs = stored_records("gw1", first, ts, ds)
     frame, mac = build_frame(records, first, ts, ts + 5, KEY, prev_mac)
     hdr, payload, got_mac = split_frame(frame)
@@ -129,9 +151,9 @@ def test_any_single_bit_flip_in_a_frame_is_detected(ds, data):
     try:
         hdr, payload, mac = split_frame(bad)
     except FrameError:
-        return                      # the header no longer parses: detected
+        return  # the header no longer parses: detected
     if len(mac) != MAC_SIZE or len(payload) != hdr.payload_len:
-        return                      # claims more bytes than there are: detected
+        return  # claims more bytes than there are: detected
     assert check_frame(bad[:HEADER_SIZE], hdr, payload, mac, KEY, prev_mac) is not None, pos
 
 
@@ -157,16 +179,19 @@ def test_payload_change_reported_as_checksum_mismatch():
     assert check_frame(h2, parse_header(h2), payload, mac, KEY, GENESIS) == "mac_mismatch"
 
 
-@pytest.mark.parametrize("fields, kind", [
-    ((b"ALF9", 10, 1, 0, 1, 0, 0, 0), "frame_corrupt"),      # magic
-    ((FRAME_MAGIC, 0, 1, 0, 1, 0, 0, 0), "frame_corrupt"),   # empty payload
-    ((FRAME_MAGIC, 10, 0, 0, 1, 0, 0, 0), "frame_corrupt"),  # no records
-    ((FRAME_MAGIC, 10, 11, 0, 1, 0, 0, 0), "frame_corrupt"),  # more records than bytes
-    ((FRAME_MAGIC, 10, 1, 2, 1, 0, 0, 0), "frame_corrupt"),  # unknown flags
-    ((FRAME_MAGIC, 10, 1, 0, 0, 0, 0, 0), "frame_corrupt"),  # seq 0
-    ((FRAME_MAGIC, 10, 1, 0, 1, 9, 8, 0), "frame_corrupt"),  # min_ts > max_ts
-    ((FRAME_MAGIC, 2 ** 31, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # absurd length
-])
+@pytest.mark.parametrize(
+    "fields, kind",
+    [
+        ((b"ALF9", 10, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # magic
+        ((FRAME_MAGIC, 0, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # empty payload
+        ((FRAME_MAGIC, 10, 0, 0, 1, 0, 0, 0), "frame_corrupt"),  # no records
+        ((FRAME_MAGIC, 10, 11, 0, 1, 0, 0, 0), "frame_corrupt"),  # more records than bytes
+        ((FRAME_MAGIC, 10, 1, 2, 1, 0, 0, 0), "frame_corrupt"),  # unknown flags
+        ((FRAME_MAGIC, 10, 1, 0, 0, 0, 0, 0), "frame_corrupt"),  # seq 0
+        ((FRAME_MAGIC, 10, 1, 0, 1, 9, 8, 0), "frame_corrupt"),  # min_ts > max_ts
+        ((FRAME_MAGIC, 2**31, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # absurd length
+    ],
+)
 def test_parse_header_rejects_implausible_headers(fields, kind):
     with pytest.raises(FrameError) as ei:
         parse_header(HEADER.pack(*fields))
@@ -190,6 +215,7 @@ def test_large_record_counts_use_wider_array_headers():
 
 
 # ----------------------------------------------------------------------------- canonical encoding
+
 
 def shuffled(value, rnd: random.Random):
     """The same value with every map's insertion order shuffled, recursively."""
@@ -220,7 +246,7 @@ def test_canonical_bytes_independent_of_insertion_order(details, rnd, node, seq,
     ca = canonical_bytes(node, seq, ts, base._replace(details=a))
     cb = canonical_bytes(node, seq, ts, base._replace(details=b))
     assert ca == cb
-    assert canonical_bytes(node, seq, ts, base._replace(details=a)) == ca   # deterministic
+    assert canonical_bytes(node, seq, ts, base._replace(details=a)) == ca  # deterministic
 
 
 @PROPS
@@ -233,7 +259,7 @@ def test_record_from_canonical_decodes_to_the_same_fields(d, node, seq, ts, sig)
     assert len(fields) == RECORD_FIELDS
     assert fields == [seq, ts, *d, sig]
     # the stored record shares every byte of the signed encoding after the node
-    assert canon[1 + packed_len(node):] in rec
+    assert canon[1 + packed_len(node) :] in rec
     # and re-encoding the decoded record gives the very same bytes
     assert msgpack.packb(fields, use_bin_type=True) == rec
     assert msgpack.packb(msgpack.unpackb(rec, raw=False, use_list=False), use_bin_type=True) == rec
@@ -260,6 +286,7 @@ def test_sort_details_sorts_maps_inside_lists():
 
 # ----------------------------------------------------------------------------- chain
 
+
 def sign_chain(key: NodeKey, canons: list[bytes]) -> list[bytes]:
     prev, out = GENESIS, []
     for c in canons:
@@ -279,8 +306,7 @@ def first_break(key: NodeKey, canons: list[bytes], sigs: list[bytes]) -> int | N
 
 
 @PROPS
-@given(raw=st.binary(min_size=32, max_size=32), prev=st.binary(min_size=32, max_size=32),
-       msg=st.binary(max_size=300))
+@given(raw=st.binary(min_size=32, max_size=32), prev=st.binary(min_size=32, max_size=32), msg=st.binary(max_size=300))
 def test_fast_hmac_equals_stdlib_hmac(raw, prev, msg):
     key = NodeKey(raw)
     ref = hmac.new(raw, prev + msg, hashlib.sha256).digest()
@@ -315,7 +341,7 @@ def test_chain_detects_modification_and_reordering(ds, data):
 
     # drop one entry from the middle or the start
     k = data.draw(st.integers(0, len(canons) - 2), label="dropped")
-    assert first_break(KEY, canons[:k] + canons[k + 1:], sigs[:k] + sigs[k + 1:]) == k
+    assert first_break(KEY, canons[:k] + canons[k + 1 :], sigs[:k] + sigs[k + 1 :]) == k
 
 
 def test_node_key_wrong_length():
@@ -331,7 +357,7 @@ def test_key_never_printed():
     for text in (repr(key), str(key), f"{key}", f"{key!r}", repr(node), str(node), repr([key])):
         assert raw.hex() not in text.lower()
         assert repr(raw) not in text and str(raw) not in text
-        assert raw.hex()[:16] not in text.lower()        # not even a prefix
+        assert raw.hex()[:16] not in text.lower()  # not even a prefix
         assert "hidden" in text or text.startswith("Node(")
     assert key.key_id != raw[:8]
     assert not hasattr(key, "__dict__")
@@ -352,7 +378,7 @@ def test_derived_keys_differ_and_are_deterministic():
     raw = os.urandom(KEY_BYTES)
     a, b = NodeKey(raw), NodeKey(raw)
     assert a.equals(b) and not a.equals(OTHER_KEY)
-    ia, ma = a.derive(b"index"), a.derive(b"manifest")
+    ia, ma = a.derive(b"index"), a.derive(b"terms")
     assert ia.equals(b.derive(b"index"))
     assert not ia.equals(ma) and not ia.equals(a)
     assert ia.mac(b"x") != a.mac(b"x")
@@ -398,15 +424,26 @@ def index_records(draw, seq: int, ts: int):
     details = {} if r is None else {"recipient": r}
     if draw(st.booleans()):
         details["other"] = 1
-    return (seq, ts, draw(users), draw(actions), draw(st.none() | st.sampled_from(["t1", "t2"])),
-            draw(st.none() | st.sampled_from(["example.org", "example.com"])), draw(ips), None,
-            True, details, b"\0" * 32)
+    return (
+        seq,
+        ts,
+        draw(users),
+        draw(actions),
+        draw(st.none() | st.sampled_from(["t1", "t2"])),
+        draw(st.none() | st.sampled_from(["example.org", "example.com"])),
+        draw(ips),
+        None,
+        True,
+        details,
+        b"\0" * 32,
+    )
 
 
 @st.composite
 def segment_indexes(draw) -> tuple[SegmentIndex, list[list[tuple]]]:
-    idx = SegmentIndex(draw(st.sampled_from(["00000000000000000001.seg", "x.seg"])),
-                       draw(st.binary(min_size=32, max_size=32)), 60)
+    idx = SegmentIndex(
+        draw(st.sampled_from(["00000000000000000001.seg", "x.seg"])), draw(st.binary(min_size=32, max_size=32)), 60
+    )
     n = draw(st.integers(0, 8))
     seq, off = 1, 60
     contents: list[list[tuple]] = []
@@ -435,12 +472,22 @@ INDEX_KEY = KEY.derive(b"index")
 
 def same_index(a: SegmentIndex, b: SegmentIndex) -> None:
     assert (a.name, a.header_mac, a.size, a.last_sig, a.last_mac) == (
-        b.name, b.header_mac, b.size, b.last_sig, b.last_mac)
+        b.name,
+        b.header_mac,
+        b.size,
+        b.last_sig,
+        b.last_mac,
+    )
     assert a.frames == b.frames
     assert a.damaged == b.damaged
     assert a._max_ts == b._max_ts
     assert (a.first_seq, a.last_seq, a.count, a.min_ts, a.max_ts) == (
-        b.first_seq, b.last_seq, b.count, b.min_ts, b.max_ts)
+        b.first_seq,
+        b.last_seq,
+        b.count,
+        b.min_ts,
+        b.max_ts,
+    )
 
 
 @PROPS
@@ -453,7 +500,7 @@ def test_index_round_trip(gen):
     same_index(idx, back)
     assert back.to_bytes(INDEX_KEY) == raw
     assert SegmentIndex.from_bytes(raw, OTHER_KEY) is None
-    assert SegmentIndex.from_bytes(raw, KEY) is None     # the node key itself is not the index key
+    assert SegmentIndex.from_bytes(raw, KEY) is None  # the node key itself is not the index key
 
 
 @PROPS
@@ -470,10 +517,23 @@ def test_index_any_flipped_byte_is_refused(gen, data):
 
 
 def test_index_with_valid_mac_but_wrong_shape_is_refused():
-    for body in (msgpack.packb({"v": 99, "name": "x"}), msgpack.packb({"v": 1}),
-                 msgpack.packb({"v": 1, "name": "x", "header_mac": b"", "size": 1, "last_sig": b"",
-                                "last_mac": b"", "frames": [[1, 2]], "terms": {}}),
-                 b"\xc1garbage"):
+    for body in (
+        msgpack.packb({"v": 99, "name": "x"}),
+        msgpack.packb({"v": 1}),
+        msgpack.packb(
+            {
+                "v": 1,
+                "name": "x",
+                "header_mac": b"",
+                "size": 1,
+                "last_sig": b"",
+                "last_mac": b"",
+                "frames": [[1, 2]],
+                "terms": {},
+            }
+        ),
+        b"\xc1garbage",
+    ):
         assert SegmentIndex.from_bytes(body + INDEX_KEY.mac(b"index", body), INDEX_KEY) is None
     assert SegmentIndex.from_bytes(b"", INDEX_KEY) is None
 
@@ -482,17 +542,15 @@ NON_MAP_BODIES = [msgpack.packb([1, 2]), msgpack.packb(7), msgpack.packb("v")]
 
 
 @pytest.mark.parametrize("body", NON_MAP_BODIES)
-def test_index_and_manifest_with_valid_mac_but_non_map_body_are_refused(tmp_path, body):
+def test_index_with_valid_mac_but_non_map_body_is_refused(body):
     assert SegmentIndex.from_bytes(body + INDEX_KEY.mac(b"index", body), INDEX_KEY) is None
-    (tmp_path / MANIFEST_NAME).write_bytes(body + INDEX_KEY.mac(b"manifest", body))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
 
 
 @PROPS
 @given(max_ts=st.lists(st.integers(0, 100), max_size=12), probes=st.lists(st.integers(-5, 110), min_size=2))
 def test_first_frame_at_is_a_monotonic_bisect_over_the_running_max(max_ts, probes):
     idx = SegmentIndex("s.seg", b"\0" * 32)
-    for i, m in enumerate(max_ts):          # timestamps may go backwards between frames
+    for i, m in enumerate(max_ts):  # timestamps may go backwards between frames
         idx.add_frame(FrameRow(i * 100, i + 1, 1, max(0, m - 3), m))
     running = [max(max_ts[: i + 1]) for i in range(len(max_ts))]
     assert idx._max_ts == running
@@ -521,15 +579,19 @@ def _ref_matching(contents, terms) -> list[int] | None:
             return set(r) if isinstance(r, (list, tuple)) else {r}
         return {rec[field_of[f]]}
 
-    return [r[0] for recs in contents for r in recs
-            if all(values(r, f) & set(vals) for f, vals in known.items())]
+    return [r[0] for recs in contents for r in recs if all(values(r, f) & set(vals) for f, vals in known.items())]
 
 
 term_constraints = st.dictionaries(
     st.sampled_from(list(TERM_FIELDS) + ["bogus"]),
-    st.frozensets(st.sampled_from(["alice", "bob", "auth.login", "custom.x", "t1", "example.org",
-                                   "192.0.2.1", "x@example.org", "zzz"]), max_size=3),
-    max_size=3)
+    st.frozensets(
+        st.sampled_from(
+            ["alice", "bob", "auth.login", "custom.x", "t1", "example.org", "192.0.2.1", "x@example.org", "zzz"]
+        ),
+        max_size=3,
+    ),
+    max_size=3,
+)
 
 
 def _term_index(contents) -> tuple[TermIndex, dict[int, int]]:
@@ -562,8 +624,8 @@ def test_term_postings_intersect_fields_and_point_at_the_records(gen, terms):
     if want is None:
         assert got is None
         return
-    assert [1 + so for so, _ in got] == want          # seq offsets, in seq order
-    assert all(off == where[1 + so] for so, off in got)   # file offsets of those records
+    assert [1 + so for so, _ in got] == want  # seq offsets, in seq order
+    assert all(off == where[1 + so] for so, off in got)  # file offsets of those records
     # the same answer after a round trip through the stored form
     back = TermIndex.from_bytes(ti.to_bytes(INDEX_KEY, 123), INDEX_KEY)
     assert back.lookup(terms) == got and back.frames == ti.frames and back.size == 123
@@ -571,62 +633,38 @@ def test_term_postings_intersect_fields_and_point_at_the_records(gen, terms):
 
 
 def test_term_postings_examples():
-    rec = lambda seq, user, ip, rcpt=None: (seq, 1, user, "auth.login", None, None, ip, None, True,  # noqa: E731
-                                            {"recipient": rcpt} if rcpt else {}, b"")
-    ti, _ = _term_index([[rec(1, "alice", "192.0.2.1")], [rec(2, "bob", "192.0.2.1")], [],
-                         [rec(4, "alice", None, ["a@x", "b@x"]), rec(5, "bob", "192.0.2.2", "a@x")]])
+    rec = lambda seq, user, ip, rcpt=None: (
+        seq,
+        1,
+        user,
+        "auth.login",
+        None,
+        None,
+        ip,
+        None,
+        True,  # noqa: E731
+        {"recipient": rcpt} if rcpt else {},
+        b"",
+    )
+    ti, _ = _term_index(
+        [
+            [rec(1, "alice", "192.0.2.1")],
+            [rec(2, "bob", "192.0.2.1")],
+            [],
+            [rec(4, "alice", None, ["a@x", "b@x"]), rec(5, "bob", "192.0.2.2", "a@x")],
+        ]
+    )
     seqs = lambda terms: [1 + so for so, _ in ti.lookup(terms)]  # noqa: E731
     assert ti.lookup({}) is None and ti.lookup({"bogus": frozenset({"x"})}) is None
     assert seqs({"user": frozenset({"alice"})}) == [1, 4]
     assert seqs({"user": frozenset({"alice", "bob"})}) == [1, 2, 4, 5]
     assert seqs({"user": frozenset({"alice"}), "ip": frozenset({"192.0.2.1"})}) == [1]
-    assert seqs({"recipient": frozenset({"a@x"})}) == [4, 5]    # list-valued recipients too
+    assert seqs({"recipient": frozenset({"a@x"})}) == [4, 5]  # list-valued recipients too
     assert seqs({"user": frozenset({"nobody"})}) == []
 
 
-# ----------------------------------------------------------------------------- manifest
-
-manifest_rows = st.lists(st.builds(
-    ManifestRow, name=st.from_regex(r"[0-9]{20}\.seg", fullmatch=True), first_seq=seqs,
-    last_seq=st.integers(0, 2 ** 63 - 1), count=st.integers(0, 10 ** 6),
-    min_ts=st.none() | tss, max_ts=st.none() | tss, size=st.integers(0, 2 ** 40),
-    header_mac=st.binary(min_size=32, max_size=32)), max_size=6, unique_by=lambda r: r.name)
-
-
-@PROPS
-@given(rows=manifest_rows, data=st.data())
-def test_manifest_round_trip_and_damage(tmp_path_factory, rows, data):
-    d = tmp_path_factory.mktemp("m")
-    save_manifest(d, rows, INDEX_KEY)
-    assert load_manifest(d, INDEX_KEY) == {r.name: r for r in rows}
-    assert load_manifest(d, OTHER_KEY) == {}
-    raw = (d / MANIFEST_NAME).read_bytes()
-    pos = data.draw(st.integers(0, len(raw) - 1), label="pos")
-    bad = bytearray(raw)
-    bad[pos] ^= data.draw(st.integers(1, 255), label="xor")
-    (d / MANIFEST_NAME).write_bytes(bytes(bad))
-    assert load_manifest(d, INDEX_KEY) == {}
-    (d / MANIFEST_NAME).write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")])
-    assert load_manifest(d, INDEX_KEY) == {}
-    assert not list(d.glob("*.tmp"))
-
-
-def test_manifest_missing_or_garbage_is_empty(tmp_path):
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
-    (tmp_path / MANIFEST_NAME).write_bytes(os.urandom(200))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}
-    body = msgpack.packb({"v": 1, "segments": [["a", 1]]})
-    (tmp_path / MANIFEST_NAME).write_bytes(body + INDEX_KEY.mac(b"manifest", body))
-    assert load_manifest(tmp_path, INDEX_KEY) == {}     # valid MAC, wrong shape
-
-
-def test_manifest_row_of_an_empty_segment():
-    idx = SegmentIndex("00000000000000000007.seg", b"m" * 32, 90)
-    row = manifest_row(idx, 7)
-    assert (row.first_seq, row.last_seq, row.count, row.min_ts, row.max_ts) == (7, 6, 0, None, None)
-
-
 # ----------------------------------------------------------------------------- derived files are never trusted
+
 
 @pytest.fixture(scope="module")
 def many_segments(tmp_path_factory) -> Path:
@@ -636,17 +674,23 @@ def many_segments(tmp_path_factory) -> Path:
     node = dd.init("gw1")
     with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none")) as w:
         for b in range(10):
-            w.append_batch([EntryDraft(f"user{i % 7}", ("auth.login", "config.filter_update",
-                                                        "quarantine.release")[i % 3],
-                                       target=f"t{i % 5}", domain="example.org",
-                                       ip=f"192.0.2.{i % 4}",
-                                       details={"recipient": f"r{i % 6}@example.org", "i": i})
-                            for i in range(b * 30, b * 30 + 30)])
+            w.append_batch(
+                [
+                    EntryDraft(
+                        f"user{i % 7}",
+                        ("auth.login", "config.filter_update", "quarantine.release")[i % 3],
+                        target=f"t{i % 5}",
+                        domain="example.org",
+                        ip=f"192.0.2.{i % 4}",
+                        details={"recipient": f"r{i % 6}@example.org", "i": i},
+                    )
+                    for i in range(b * 30, b * 30 + 30)
+                ]
+            )
     segs = list_segments(root / "segments")
     assert len(segs) >= 5
-    NodeLog(dd, node).head()      # let the reader write any missing sidecar
+    NodeLog(dd, node).head()  # let the reader write any missing sidecar
     assert all(index_path(p).exists() for p in segs[:-1])
-    assert (root / "segments" / MANIFEST_NAME).exists()
     return root
 
 
@@ -665,9 +709,13 @@ def snapshot_queries(root: Path) -> dict:
         "head": log.head(),
         "verify": verify_node(dd, node).to_dict(),
     }
-    for params in ({"user": "user3"}, {"ip": "192.0.2.1", "action": "config.*"},
-                   {"recipient": "r2@example.org,r5@example.org"}, {"target": "t4", "user": "user1"},
-                   {"action": "quarantine.release", "domain": "example.org"}):
+    for params in (
+        {"user": "user3"},
+        {"ip": "192.0.2.1", "action": "config.*"},
+        {"recipient": "r2@example.org,r5@example.org"},
+        {"target": "t4", "user": "user1"},
+        {"action": "quarantine.release", "domain": "example.org"},
+    ):
         out[repr(params)] = [e.to_wire() for e in scan_node(log, Filter.from_params(params))]
     assert len(out["all"]) == 300 and ts == sorted(ts)
     return out
@@ -696,9 +744,12 @@ def _garbage(p: Path, i: int) -> None:
     p.write_bytes(os.urandom(64 + i))
 
 
-@pytest.mark.parametrize("damage", [_delete, _flip, _truncate, _empty, _garbage, "swap"],
-                         ids=["delete", "flip", "truncate", "empty", "garbage", "swap"])
-def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segments, tmp_path, damage):
+@pytest.mark.parametrize(
+    "damage",
+    [_delete, _flip, _truncate, _empty, _garbage, "swap"],
+    ids=["delete", "flip", "truncate", "empty", "garbage", "swap"],
+)
+def test_damaged_or_missing_indexes_do_not_change_results(many_segments, tmp_path, damage):
     root = tmp_path / "data"
     shutil.copytree(many_segments, root)
     baseline = snapshot_queries(root)
@@ -710,9 +761,8 @@ def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segm
         contents = [p.read_bytes() for p in idx_files]
         for p, raw in zip(idx_files, contents[1:] + contents[:1]):
             p.write_bytes(raw)
-        (seg_dir / MANIFEST_NAME).write_bytes(b"")
     else:
-        for i, p in enumerate([*idx_files, seg_dir / MANIFEST_NAME]):
+        for i, p in enumerate(idx_files):
             damage(p, i)
     seg_bytes = {p.name: p.read_bytes() for p in list_segments(seg_dir)}
     assert snapshot_queries(root) == baseline
@@ -725,6 +775,25 @@ def test_damaged_or_missing_indexes_and_manifest_do_not_change_results(many_segm
         assert idx is not None and idx.name == p.name and idx.size == p.stat().st_size
     # and a second read through the rebuilt files still agrees
     assert snapshot_queries(root) == baseline
+
+
+def test_a_leftover_manifest_is_ignored_and_never_rewritten(many_segments, tmp_path):
+    """Earlier versions wrote ``segments/MANIFEST`` on every seal; nothing reads it: reads
+    and ``verify`` are the same with it there, and sealing a segment leaves it as it is."""
+    root = tmp_path / "data"
+    shutil.copytree(many_segments, root)
+    baseline = snapshot_queries(root)
+    leftover = root / "segments" / "MANIFEST"
+    leftover.write_bytes(os.urandom(300))
+    before = leftover.read_bytes()
+    assert snapshot_queries(root) == baseline
+    dd = DataDir(root)
+    node = dd.open()
+    with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none")) as w:
+        w.append_batch([EntryDraft("u", "email.receive", details={"i": i}) for i in range(40)])
+        w.roll()
+    assert leftover.read_bytes() == before
+    assert verify_node(dd, node).ok
 
 
 def test_index_of_another_segment_with_same_size_is_not_trusted(many_segments, tmp_path):
@@ -751,11 +820,14 @@ def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
     """Index version 1 kept term postings inside .idx; such files are ignored and
     rebuilt, with the same answers (the on-disk log format itself is unchanged)."""
     from helpers_engine import build_log
+
     dd, node = build_log(tmp_path, n=300, segment_max_bytes=8192)
     log = NodeLog(dd, node)
     before = [(e.seq, e.signature) for e in log.scan()]
-    selective = [(e.seq, e.target) for e in log.scan(terms={"target": frozenset({"filter-17"})},
-                                                     predicate=lambda e: e.target == "filter-17")]
+    selective = [
+        (e.seq, e.target)
+        for e in log.scan(terms={"target": frozenset({"filter-17"})}, predicate=lambda e: e.target == "filter-17")
+    ]
     assert selective and all(t == "filter-17" for _, t in selective)
     key = node.key.derive(b"index")
     idx_files = sorted(dd.segments.glob("*.idx"))
@@ -765,14 +837,16 @@ def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):
         d = msgpack.unpackb(raw[:-32], raw=False, strict_map_key=False)
         d["v"] = 1
         d["terms"] = {"target": {"filter-17": [0]}}  # the old layout, and a wrong hint
-        d["frames"] = d["frames"][:1]                # an old file describing less
+        d["frames"] = d["frames"][:1]  # an old file describing less
         body = msgpack.packb(d, use_bin_type=True)
         p.write_bytes(body + key.mac(b"index", body))
     fresh = NodeLog(dd, node)
     assert [(e.seq, e.signature) for e in fresh.scan()] == before
-    assert [(e.seq, e.target) for e in fresh.scan(terms={"target": frozenset({"filter-17"})},
-                                                  predicate=lambda e: e.target == "filter-17")] == selective
-    for p in idx_files:   # rewritten in the current version
+    assert [
+        (e.seq, e.target)
+        for e in fresh.scan(terms={"target": frozenset({"filter-17"})}, predicate=lambda e: e.target == "filter-17")
+    ] == selective
+    for p in idx_files:  # rewritten in the current version
         d = msgpack.unpackb(p.read_bytes()[:-32], raw=False, strict_map_key=False)
         assert d["v"] == INDEX_VERSION and "terms" not in d
 
@@ -785,10 +859,10 @@ def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path):
     clock = [1_800_000_000_000_000]
     with LogWriter(dd, node, StoreSettings(fsync="none"), clock=lambda: clock[0]) as w:
         w.append_batch([EntryDraft("a", "auth.login")])
-        clock[0] -= 5_000_000                       # the clock steps back 5 s
+        clock[0] -= 5_000_000  # the clock steps back 5 s
         w.append_batch([EntryDraft("b", "auth.login")])
         w.append_batch([EntryDraft("c", "auth.login")])
-        clock[0] += 10_000_000                      # and recovers
+        clock[0] += 10_000_000  # and recovers
         w.append_batch([EntryDraft("d", "auth.login")])
     entries = list(NodeLog(dd, node).scan())
     skews = [e for e in entries if e.action == "audit.clock_skew"]
@@ -805,6 +879,7 @@ def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
     """The one temp-file-and-rename writer: a secret file is 0600 whatever a
     leftover temp file looked like, and the old content is replaced whole."""
     from engine.datadir import write_atomic
+
     target = tmp_path / "api_keys.json"
     target.write_bytes(b"old")
     leftover = tmp_path / "api_keys.json.tmp"
@@ -820,7 +895,8 @@ def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
 
 def test_api_key_snapshot_is_0600(tmp_path):
     from engine.writer import LogWriter
-    from query.auth import KeyStore
+    from query.http.auth import KeyStore
+
     dd = DataDir(tmp_path / "d")
     node = dd.init("n1")
     with LogWriter(dd, node) as w:

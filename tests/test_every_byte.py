@@ -12,11 +12,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from helpers_engine import draft, flip_byte, init_dir, segment_header, segment_paths
+from helpers_engine import settings as store_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers_engine import draft, flip_byte, init_dir, segment_header, segment_paths
-from helpers_engine import settings as store_settings
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.verify import verify_node
@@ -82,7 +82,7 @@ def test_every_byte_of_a_sealed_segment(small_log, which):
     undetected, unflagged = _check_all_offsets(dd, node, target, range(size))
     assert undetected == [], f"flips not reported by verify at offsets {undetected}"
     assert unflagged == [], f"flips not flagged by the read path at offsets {unflagged}"
-    assert verify_node(dd, node).ok   # everything restored
+    assert verify_node(dd, node).ok  # everything restored
 
 
 @pytest.mark.parametrize("mask", [0xFF, 0x01, 0x80])
@@ -100,8 +100,7 @@ def test_every_byte_of_the_active_segment_with_no_writer_running(small_log):
     a flip that makes the last frame look cut short is reported as a torn tail."""
     dd, node, segs = small_log
     target = segs[-1]
-    undetected, _ = _check_all_offsets(dd, node, target, range(target.stat().st_size),
-                                       read_path=False)
+    undetected, _ = _check_all_offsets(dd, node, target, range(target.stat().st_size), read_path=False)
     assert undetected == []
 
 
@@ -115,10 +114,10 @@ def test_random_damage_anywhere_is_detected(small_log, data):
     start = data.draw(st.integers(0, len(original) - 1), label="offset")
     length = data.draw(st.integers(1, min(16, len(original) - start)), label="length")
     new = data.draw(st.binary(min_size=length, max_size=length), label="bytes")
-    if new == original[start:start + length]:
+    if new == original[start : start + length]:
         new = bytes([new[0] ^ 0x5A]) + new[1:]
     try:
-        target.write_bytes(original[:start] + new + original[start + length:])
+        target.write_bytes(original[:start] + new + original[start + length :])
         rep = verify_node(dd, node)
         assert not rep.ok, (target.name, start, new)
         if which < len(segs) - 1:

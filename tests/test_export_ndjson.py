@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import json
 
+from helpers_engine import SAMPLE_SIG as SIG
+from helpers_engine import SAMPLE_TS as TS
+from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.entry import WIRE_FIELDS, Entry
 from export.csv import CHUNK_CHARS
 from export.ndjson import iter_ndjson, render_json_entry
-from helpers_engine import SAMPLE_SIG as SIG, SAMPLE_TS as TS, sample_entry as entry
 
-SPEC_FIELDS = ["id", "node", "seq", "ts", "user", "action", "target", "domain", "ip",
-               "user_agent", "success", "details", "signature", "integrity"]
+SPEC_FIELDS = [
+    "id",
+    "node",
+    "seq",
+    "ts",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+    "integrity",
+]
 
 
 def lines(entries) -> list[str]:
@@ -28,10 +44,20 @@ def test_one_object_per_line_with_spec_fields() -> None:
     first, second = (json.loads(line) for line in out)
     assert list(first) == SPEC_FIELDS == list(WIRE_FIELDS)
     assert first == {
-        "id": "node-a:1", "node": "node-a", "seq": 1, "ts": "2026-03-14T09:12:33.123457Z",
-        "user": "alice", "action": "auth.login", "target": None, "domain": None,
-        "ip": "192.0.2.1", "user_agent": None, "success": True, "details": {},
-        "signature": SIG.hex(), "integrity": "ok",
+        "id": "node-a:1",
+        "node": "node-a",
+        "seq": 1,
+        "ts": "2026-03-14T09:12:33.123457Z",
+        "user": "alice",
+        "action": "auth.login",
+        "target": None,
+        "domain": None,
+        "ip": "192.0.2.1",
+        "user_agent": None,
+        "success": True,
+        "details": {},
+        "signature": SIG.hex(),
+        "integrity": "ok",
     }
     assert second["success"] is False and second["domain"] == "example.com"
     assert len(second["signature"]) == 64
@@ -83,25 +109,46 @@ def test_damaged_record_with_odd_types_does_not_crash() -> None:
     assert obj["user"] == 12 and obj["details"] == {"b'k'": "01"}
 
 
-_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
-                         st.text(max_size=20))
-_details = st.dictionaries(st.text(max_size=8), st.one_of(
-    _json_scalar, st.lists(_json_scalar, max_size=3).map(tuple),
-    st.dictionaries(st.text(max_size=5), _json_scalar, max_size=3)), max_size=5)
+_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=20))
+_details = st.dictionaries(
+    st.text(max_size=8),
+    st.one_of(
+        _json_scalar,
+        st.lists(_json_scalar, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=5), _json_scalar, max_size=3),
+    ),
+    max_size=5,
+)
 
 
 @settings(max_examples=300)
-@given(node=st.from_regex(r"[a-z0-9][a-z0-9-]{0,10}", fullmatch=True),
-       seq=st.integers(1, 2**40), ts=st.integers(0, 253402300799999999),
-       user=st.text(max_size=20), target=st.one_of(st.none(), st.text(max_size=20)),
-       user_agent=st.one_of(st.none(), st.text(max_size=20)), success=st.booleans(),
-       details=_details, integrity=st.sampled_from(["ok", "violation"]),
-       violation=st.one_of(st.none(), st.text(max_size=20)))
-def test_equals_to_wire(node: str, seq: int, ts: int, user: str, target: str | None,
-                        user_agent: str | None, success: bool, details: dict, integrity: str,
-                        violation: str | None) -> None:
-    e = Entry(node, seq, ts, user, "custom.x", target, None, None, user_agent, success, details,
-              SIG, integrity, violation)
+@given(
+    node=st.from_regex(r"[a-z0-9][a-z0-9-]{0,10}", fullmatch=True),
+    seq=st.integers(1, 2**40),
+    ts=st.integers(0, 253402300799999999),
+    user=st.text(max_size=20),
+    target=st.one_of(st.none(), st.text(max_size=20)),
+    user_agent=st.one_of(st.none(), st.text(max_size=20)),
+    success=st.booleans(),
+    details=_details,
+    integrity=st.sampled_from(["ok", "violation"]),
+    violation=st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_equals_to_wire(
+    node: str,
+    seq: int,
+    ts: int,
+    user: str,
+    target: str | None,
+    user_agent: str | None,
+    success: bool,
+    details: dict,
+    integrity: str,
+    violation: str | None,
+) -> None:
+    e = Entry(
+        node, seq, ts, user, "custom.x", target, None, None, user_agent, success, details, SIG, integrity, violation
+    )
     (line,) = lines([e])
     wire = e.to_wire()
     obj = json.loads(line)

@@ -48,20 +48,27 @@ def _drafts(batch: int) -> list[EntryDraft]:
     out = []
     for i in range(batch % 5 + 1):
         details = {
-            "zeta": i, "alpha": {"nested": {"z": [1, 2, {"b": None, "a": True}], "a": -5}},
-            "subject": "Grüße aus Köln — 日本語 🔐", "ratio": 0.25 * i, "big": 2**63 - 1,
-            "neg": -(2**40), "long": "x" * (40 + 90 * i), "list": ["a", 1, 2.5, False],
+            "zeta": i,
+            "alpha": {"nested": {"z": [1, 2, {"b": None, "a": True}], "a": -5}},
+            "subject": "Grüße aus Köln — 日本語 🔐",
+            "ratio": 0.25 * i,
+            "big": 2**63 - 1,
+            "neg": -(2**40),
+            "long": "x" * (40 + 90 * i),
+            "list": ["a", 1, 2.5, False],
         }
-        out.append(EntryDraft(
-            user=f"admin{i}@example.com" if i % 2 else "Zoë",
-            action="config.filter_update" if i % 2 else "quarantine.release",
-            target=f"filter-{batch}-{i}" if i % 3 else None,
-            domain="example.org" if i % 2 else None,
-            ip="2001:db8::8a2e:370:7334" if i % 2 else "192.0.2.10",
-            user_agent="Mozilla/5.0 (X11; Linux x86_64) — ünïcode" if i == 1 else None,
-            success=i != 2,
-            details=sort_details(details),   # as ingest stores them
-        ))
+        out.append(
+            EntryDraft(
+                user=f"admin{i}@example.com" if i % 2 else "Zoë",
+                action="config.filter_update" if i % 2 else "quarantine.release",
+                target=f"filter-{batch}-{i}" if i % 3 else None,
+                domain="example.org" if i % 2 else None,
+                ip="2001:db8::8a2e:370:7334" if i % 2 else "192.0.2.10",
+                user_agent="Mozilla/5.0 (X11; Linux x86_64) — ünïcode" if i == 1 else None,
+                success=i != 2,
+                details=sort_details(details),  # as ingest stores them
+            )
+        )
     if batch == 5:
         # handed to the writer unsorted, as the engine's own bookkeeping entries are
         out.append(EntryDraft("system", "audit.export", details={"zz": 1, "aa": {"y": 2, "b": 3}}))
@@ -164,7 +171,7 @@ def _sorted_maps(v) -> bool:
 
 
 def test_derived_files_match_section_7(built):
-    """.idx and MANIFEST: msgpack body + HMAC(K_idx, label || body), K_idx derived as documented."""
+    """.idx: msgpack body + HMAC(K_idx, label || body), K_idx derived as documented."""
     import msgpack
 
     dd, _, _ = built
@@ -180,13 +187,10 @@ def test_derived_files_match_section_7(built):
         seg = p.with_suffix(".seg").read_bytes()
         header_len = struct.unpack_from("<I", seg, 12)[0]
         assert d["v"] == 3 and d["name"] == p.with_suffix(".seg").name and d["size"] == len(seg)
-        assert "terms" not in d   # term postings live in .terms files (section 7)
-        assert d["header_mac"] == seg[header_len - 32: header_len]
+        assert "terms" not in d  # term postings live in .terms files (section 7)
+        assert d["header_mac"] == seg[header_len - 32 : header_len]
         assert [r[0] for r in d["frames"]] == [o for o, _ in _frame_offsets(seg)]
-    raw = (dd.root / "segments" / "MANIFEST").read_bytes()
-    assert hmac.digest(k_idx, b"manifest" + raw[:-32], "sha256") == raw[-32:]
-    rows = msgpack.unpackb(raw[:-32], raw=False)["segments"]
-    assert [r[0] for r in rows] == [s.name for s in segs[:-1]]
+    assert not (dd.root / "segments" / "MANIFEST").exists(), "no MANIFEST is written (section 7)"
 
 
 def test_flipped_payload_byte_is_reported(built, tmp_path):
@@ -209,10 +213,10 @@ def test_any_flipped_byte_of_a_sealed_segment_is_reported(built, tmp_path):
     seg = _segments(root)[1]
     original = seg.read_bytes()
     header_len = struct.unpack_from("<I", original, 12)[0]
-    positions = set(range(header_len + 48))              # whole header + first frame header
-    positions.update(range(0, len(original), 29))        # a sample of the rest
+    positions = set(range(header_len + 48))  # whole header + first frame header
+    positions.update(range(0, len(original), 29))  # a sample of the rest
     for off, plen in _frame_offsets(original):
-        positions.update((off + 48 + plen, off + 79 + plen))   # first and last MAC byte
+        positions.update((off + 48 + plen, off + 79 + plen))  # first and last MAC byte
     positions.add(len(original) - 1)
     for pos in sorted(positions):
         data = bytearray(original)
@@ -276,22 +280,25 @@ def _tamper(tamper: str, segs: list[Path], tmp_path: Path) -> None:
         raise AssertionError(tamper)
 
 
-@pytest.mark.parametrize("tamper, kind", [
-    ("payload_first_frame", "checksum_mismatch"),
-    ("frame_magic", "frame_corrupt"),
-    ("frame_count", "mac_mismatch"),
-    ("last_frame_mac", "mac_mismatch"),
-    ("segment_header", "header_corrupt"),
-    ("first_segment_header", "header_corrupt"),
-    ("delete_middle", "segment_missing"),
-    ("delete_first", "segment_missing"),
-    ("truncate_sealed", "truncated"),
-    ("torn_tail", "torn_tail"),
-    ("garbage_tail", "frame_corrupt"),
-    ("duplicate_segment", "segment_duplicate"),
-    ("swap_names", "segment_misnamed"),
-    ("foreign_key", "foreign_segment"),
-])
+@pytest.mark.parametrize(
+    "tamper, kind",
+    [
+        ("payload_first_frame", "checksum_mismatch"),
+        ("frame_magic", "frame_corrupt"),
+        ("frame_count", "mac_mismatch"),
+        ("last_frame_mac", "mac_mismatch"),
+        ("segment_header", "header_corrupt"),
+        ("first_segment_header", "header_corrupt"),
+        ("delete_middle", "segment_missing"),
+        ("delete_first", "segment_missing"),
+        ("truncate_sealed", "truncated"),
+        ("torn_tail", "torn_tail"),
+        ("garbage_tail", "frame_corrupt"),
+        ("duplicate_segment", "segment_duplicate"),
+        ("swap_names", "segment_misnamed"),
+        ("foreign_key", "foreign_segment"),
+    ],
+)
 def test_tampering_is_reported_like_the_engine(built, tmp_path, tamper, kind):
     """The document's checks find what the engine finds: the same violation kinds."""
     dd, _, _ = built
@@ -365,13 +372,20 @@ def test_doc_test_vector(tmp_path):
     assert hmac.digest(key, b"auditlog derive:index", "sha256").hex() == values["index_key"]
     ts = 1773479553123456
     hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32), version=1)
-    draft = EntryDraft("alice", "config.dkim_rotate", "example.com", "example.com",
-                       "2001:db8::1", None, True, {"new": "k2", "old": "k1"})
+    draft = EntryDraft(
+        "alice",
+        "config.dkim_rotate",
+        "example.com",
+        "example.com",
+        "2001:db8::1",
+        None,
+        True,
+        {"new": "k2", "old": "k1"},
+    )
     canon = canonical_bytes("node-1", 1, ts, draft)
     assert canon.hex() == values["canonical"]
     sig = nk.mac(bytes(32), canon)
-    frame, _ = build_frame([record_from_canonical(packed_len("node-1"), canon, sig)], 1, ts, ts, nk, h.mac,
-                           version=1)
+    frame, _ = build_frame([record_from_canonical(packed_len("node-1"), canon, sig)], 1, ts, ts, nk, h.mac, version=1)
     assert hdr + frame == seg_bytes
     dd = DataDir(root)
     assert verify_node(dd, dd.open()).ok
@@ -387,7 +401,7 @@ def test_doc_test_vector_version_2(tmp_path):
     assert res.problems == [] and res.entries_verified == 2
     assert [res.signatures[1].hex(), res.signatures[2].hex()] == [values["signature1"], values["signature2"]]
     assert seg_bytes[8:10] == b"\x02\x00" and seg_bytes[143:147] == b"ALF2"
-    assert seg_bytes[143 + 12] == 1 and seg_bytes[347 + 12] == 0     # flags: continues, then ends
+    assert seg_bytes[143 + 12] == 1 and seg_bytes[347 + 12] == 0  # flags: continues, then ends
     dd = DataDir(root)
     assert verify_node(dd, dd.open()).ok
     entries = list(NodeLog(dd, dd.open()).scan())
@@ -398,16 +412,24 @@ def test_doc_test_vector_version_2(tmp_path):
     ts = 1773479553123456
     hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32))
     assert h.mac.hex() == values["header_mac"]
-    d1 = EntryDraft("alice", "config.dkim_rotate", "example.com", "example.com", "2001:db8::1", None, True,
-                    {"new": "k2", "old": "k1"})
-    d2 = EntryDraft("bob", "config.dkim_rotate_confirm", "example.com", "example.com", None, None, True,
-                    {"confirms": "node-1:1"})
+    d1 = EntryDraft(
+        "alice",
+        "config.dkim_rotate",
+        "example.com",
+        "example.com",
+        "2001:db8::1",
+        None,
+        True,
+        {"new": "k2", "old": "k1"},
+    )
+    d2 = EntryDraft(
+        "bob", "config.dkim_rotate_confirm", "example.com", "example.com", None, None, True, {"confirms": "node-1:1"}
+    )
     c1, c2 = canonical_bytes("node-1", 1, ts, d1), canonical_bytes("node-1", 2, ts, d2)
     assert c2.hex() == values["canonical2"]
     s1 = nk.mac(bytes(32), c1)
     s2 = nk.mac(s1, c2)
-    f1, m1 = build_frame([record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac,
-                         continues=True)
+    f1, m1 = build_frame([record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac, continues=True)
     f2, _ = build_frame([record_from_canonical(packed_len("node-1"), c2, s2)], 2, ts, ts, nk, m1)
     assert hdr + f1 + f2 == seg_bytes
 
@@ -418,8 +440,9 @@ def test_writer_marks_every_frame_of_a_commit_but_the_last(tmp_path):
     node = dd.init("gw1")
     with LogWriter(dd, node, StoreSettings(segment_max_bytes=1 << 20, fsync="none")) as w:
         w.append_batch([EntryDraft("a", "auth.login")])
-        w.append_batch([EntryDraft("a", "config.filter_update", details={"pad": "x" * 900, "n": i})
-                        for i in range(200)])
+        w.append_batch(
+            [EntryDraft("a", "config.filter_update", details={"pad": "x" * 900, "n": i}) for i in range(200)]
+        )
         w.append_batch([EntryDraft("b", "auth.login")])
     data = (dd.segments / "00000000000000000001.seg").read_bytes()
     flags = []
@@ -429,5 +452,5 @@ def test_writer_marks_every_frame_of_a_commit_but_the_last(tmp_path):
         flags.append(fl)
         pos += 80 + plen
     assert len(flags) > 4
-    assert flags[0] == 0 and flags[-1] == 0 and flags[-2] == 0       # single-frame commits end at once
-    assert flags[1:-2] == [1] * (len(flags) - 3)      # the big one: continues, then (flags[-2]) ends
+    assert flags[0] == 0 and flags[-1] == 0 and flags[-2] == 0  # single-frame commits end at once
+    assert flags[1:-2] == [1] * (len(flags) - 3)  # the big one: continues, then (flags[-2]) ends

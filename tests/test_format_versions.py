@@ -9,13 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
+from format_verifier import verify_data_dir
 from helpers_engine import flip_byte, invoke_cli, query_json, segment_paths, verify_json
+
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.segment import SegmentData, parse_segment_header
-
-from format_verifier import verify_data_dir
 
 V1_LOG = Path(__file__).with_name("data") / "v1-log"
 V1_ENTRIES = 153
@@ -47,7 +46,7 @@ def test_a_format_1_log_reads_and_verifies(v1):
     assert versions(v1) == [1] * 9
     rc, rep = verify_json(v1.root)
     assert rc == 0 and rep["ok"] and rep["entries_checked"] == V1_ENTRIES, rep
-    res = verify_data_dir(v1.root)               # the independent verifier, from FORMAT.md alone
+    res = verify_data_dir(v1.root)  # the independent verifier, from FORMAT.md alone
     assert res.problems == [] and res.entries_verified == V1_ENTRIES
     rc, entries, _ = query_json(v1.root)
     assert rc == 0 and [e["seq"] for e in entries] == list(V1_SEQS)
@@ -66,7 +65,7 @@ def test_a_format_1_log_takes_new_entries_in_a_format_2_segment(v1):
     before = [p.read_bytes() for p in segment_paths(v1)]
     r = invoke_cli(v1.root, "append", "--user", "zoe", "--action", "auth.login")
     assert r.exit_code == 0 and r.stdout.strip() == "gw1:304", r.output
-    assert [p.read_bytes() for p in segment_paths(v1)[:9]] == before     # old files untouched
+    assert [p.read_bytes() for p in segment_paths(v1)[:9]] == before  # old files untouched
     assert versions(v1) == [1] * 9 + [2]
     rc, rep = verify_json(v1.root)
     assert rc == 0 and rep["entries_checked"] == V1_ENTRIES + 1, rep

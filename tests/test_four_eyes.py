@@ -20,8 +20,13 @@ ROTATE, CONFIRM = "config.dkim_rotate", "config.dkim_rotate_confirm"
 
 
 def rotate(user: str, domain: str = "example.com") -> dict:
-    return {"user": user, "action": ROTATE, "target": f"selector2026._domainkey.{domain}", "domain": domain,
-            "details": {"old": "selector2025", "new": "selector2026"}}
+    return {
+        "user": user,
+        "action": ROTATE,
+        "target": f"selector2026._domainkey.{domain}",
+        "domain": domain,
+        "details": {"old": "selector2025", "new": "selector2026"},
+    }
 
 
 def confirm(user: str, rid: str) -> dict:
@@ -46,10 +51,10 @@ class Scenario:
         ids["both_self"] = await a(confirm("dave", ids["both"]))
         ids["both_c"] = await a(confirm("erin", ids["both"]))
         ids["orphan"] = await a(confirm("bob", "node-a:99999" if "node-a" in ids["ok"] else "gw1:99999"))
-        ids["late"] = await a(rotate("frank", "e.example"))     # its confirmation comes after `to`
-        ids["marker"] = await a({"user": "system", "action": "auth.login"})   # `to` = this entry's ts
+        ids["late"] = await a(rotate("frank", "e.example"))  # its confirmation comes after `to`
+        ids["marker"] = await a({"user": "system", "action": "auth.login"})  # `to` = this entry's ts
         ids["late_c"] = await a(confirm("grace", ids["late"]))
-        ids["after"] = await a(rotate("heidi", "f.example"))   # after `to`: not in the range
+        ids["after"] = await a(rotate("heidi", "f.example"))  # after `to`: not in the range
         ids["after_c"] = await a(confirm("ivan", ids["after"]))
         return ids
 
@@ -99,6 +104,7 @@ def check_all_ok_report(rep: dict, ids: dict) -> None:
 
 # -- the API ------------------------------------------------------------------------------------
 
+
 async def test_four_eyes_api(client, keys):
     async def append(event):
         resp = await post_events(client, keys["writer"], [event])
@@ -133,16 +139,23 @@ async def test_four_eyes_api(client, keys):
     assert len(rep["rules"]) == 2 and len(rep["rotations"]) == 8
 
     # errors: malformed pairs and unknown parameters are 400s; a writer key may not read
-    for bad in ("config.filter_delete", "config.filter_delete:", ":custom.x", "a.b:a.b", "Bad Action:custom.x",
-                "config.filter_delete:custom.x:more"):
+    for bad in (
+        "config.filter_delete",
+        "config.filter_delete:",
+        ":custom.x",
+        "a.b:a.b",
+        "Bad Action:custom.x",
+        "config.filter_delete:custom.x:more",
+    ):
         resp = await client.get("/api/v1/reports/four-eyes", params={"pair": bad}, headers=bearer(keys["reader"]))
         assert resp.status == 400, (bad, resp.status)
         body = await resp.json()
         assert "pair" in body["error"]["message"]
     resp = await client.get("/api/v1/reports/four-eyes", params={"user": "x"}, headers=bearer(keys["reader"]))
     assert resp.status == 400
-    resp = await client.get("/api/v1/reports/four-eyes", params={"from": "yesterday-ish"},
-                            headers=bearer(keys["reader"]))
+    resp = await client.get(
+        "/api/v1/reports/four-eyes", params={"from": "yesterday-ish"}, headers=bearer(keys["reader"])
+    )
     assert resp.status == 400
     resp = await client.get("/api/v1/reports/four-eyes", headers=bearer(keys["writer"]))
     assert resp.status == 403
@@ -159,8 +172,10 @@ async def test_four_eyes_api_empty_log_is_ok(client, keys):
 
 # -- the CLI ------------------------------------------------------------------------------------
 
+
 def test_four_eyes_cli(tmp_path: Path):
     import asyncio
+
     data = tmp_path / "data"
     assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
 

@@ -16,29 +16,44 @@ import re
 
 import msgpack
 import pytest
+from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query, query_all, seqs
 
 from engine.entry import WIRE_FIELDS
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query,
-                          query_all, seqs)
-from query.service import ServiceSettings
+from query.node import ServiceSettings
 
 NODE = "node-a"
-SPEC_CSV_COLUMNS = ["timestamp", "node_id", "seq", "user", "action", "target", "domain",
-                    "ip_address", "user_agent", "success", "details", "signature", "integrity"]
+SPEC_CSV_COLUMNS = [
+    "timestamp",
+    "node_id",
+    "seq",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip_address",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+    "integrity",
+]
 
 
 # ----------------------------------------------------------------------------- POST /api/v1/events
 
+
 async def test_post_json_array_201_shape_and_readable(client, keys, service):
-    events = [ev(0), ev(1, user="bob", ip="2001:DB8::1", domain="Example.COM", success=False),
-              ev(2, action="quarantine.release", target="mail-1",
-                 details={"recipient": "x@example.org", "mail_id": "m1"})]
+    events = [
+        ev(0),
+        ev(1, user="bob", ip="2001:DB8::1", domain="Example.COM", success=False),
+        ev(2, action="quarantine.release", target="mail-1", details={"recipient": "x@example.org", "mail_id": "m1"}),
+    ]
     resp = await post_events(client, keys["writer"], events)
     assert resp.status == 201, await resp.text()
     body = await resp.json()
-    k = KEY_ENTRIES   # the keys' own entries come first
+    k = KEY_ENTRIES  # the keys' own entries come first
     assert body == {"appended": 3, "first_id": f"{NODE}:{k + 1}", "last_id": f"{NODE}:{k + 3}"}
     assert head_seq(service) == k + 3
 
@@ -67,8 +82,9 @@ async def test_post_events_object_body(client, keys, service):
 
 async def test_post_events_msgpack_body(client, keys, service):
     body = msgpack.packb([ev(1, user="mp-user"), ev(2, details={"nested": {"a": [1, 2]}})])
-    resp = await client.post("/api/v1/events", data=body,
-                             headers={**bearer(keys["writer"]), "Content-Type": "application/msgpack"})
+    resp = await client.post(
+        "/api/v1/events", data=body, headers={**bearer(keys["writer"]), "Content-Type": "application/msgpack"}
+    )
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["appended"] == 2
     got = (await query(client, keys["reader"]))["events"][KEY_ENTRIES:]
@@ -80,10 +96,10 @@ async def test_post_events_all_or_nothing_names_every_bad_event(client, keys, se
     await post_events(client, keys["writer"], [ev(0)])
     before = head_seq(service)
     batch = [ev(i) for i in range(10)]
-    del batch[2]["user"]                          # missing required field
-    batch[5]["ip"] = "999.1.1.1"                  # not an address
-    batch[7]["action"] = "not.in_taxonomy"        # unknown action
-    batch[9]["details"] = "not-a-map"             # wrong type
+    del batch[2]["user"]  # missing required field
+    batch[5]["ip"] = "999.1.1.1"  # not an address
+    batch[7]["action"] = "not.in_taxonomy"  # unknown action
+    batch[9]["details"] = "not-a-map"  # wrong type
     resp = await post_events(client, keys["writer"], batch)
     err = await assert_error(resp, 400, "event 2", "event 5", "event 7", "event 9")
     problems = {(p["index"], p["field"]) for p in err["problems"]}
@@ -100,14 +116,32 @@ DATASET = [
     dict(user="alice", action="auth.login", ip="192.0.2.10", domain=None, target=None),
     dict(user="bob", action="config.filter_update", ip="2001:db8::b", domain="example.com", target="f-1"),
     dict(user="carol", action="config.dkim_rotate", ip="198.51.100.7", domain="example.org", target="sel1"),
-    dict(user="alice", action="quarantine.release", ip="192.0.2.10", domain="example.org", target="m-1",
-         details={"recipient": "r1@example.org", "mail_id": "m-1"}),
+    dict(
+        user="alice",
+        action="quarantine.release",
+        ip="192.0.2.10",
+        domain="example.org",
+        target="m-1",
+        details={"recipient": "r1@example.org", "mail_id": "m-1"},
+    ),
     dict(user="dave", action="auth.login_failed", ip="203.0.113.66", domain=None, target=None, success=False),
     dict(user="bob", action="config.domain_add", ip="2001:db8::b", domain="shop.example.net", target="d"),
-    dict(user="alice", action="quarantine.discard", ip="192.0.2.11", domain="example.com", target="m-2",
-         details={"recipient": ["r2@example.com", "r1@example.org"], "mail_id": "m-2"}),
-    dict(user="carol", action="config.dkim_rotate_confirm", ip="198.51.100.7", domain="example.org",
-         target="sel1", success=False),
+    dict(
+        user="alice",
+        action="quarantine.discard",
+        ip="192.0.2.11",
+        domain="example.com",
+        target="m-2",
+        details={"recipient": ["r2@example.com", "r1@example.org"], "mail_id": "m-2"},
+    ),
+    dict(
+        user="carol",
+        action="config.dkim_rotate_confirm",
+        ip="198.51.100.7",
+        domain="example.org",
+        target="sel1",
+        success=False,
+    ),
 ]
 
 
@@ -119,7 +153,7 @@ async def seeded(client, keys, service):
         assert resp.status == 201
         await asyncio.sleep(0.005)
     events = await query_all(client, keys["reader"])
-    assert len(events) == KEY_ENTRIES + len(DATASET)   # the keys' own entries, then DATASET
+    assert len(events) == KEY_ENTRIES + len(DATASET)  # the keys' own entries, then DATASET
     return events
 
 
@@ -133,12 +167,13 @@ FILTER_CASES = [
     ({"user": "alice,dave"}, lambda e: e["user"] in ("alice", "dave")),
     ({"action": "auth.login"}, lambda e: e["action"] == "auth.login"),
     ({"action": "config.*"}, lambda e: e["action"].startswith("config.")),
-    ({"action": "config.dkim_rotate,quarantine.*"},
-     lambda e: e["action"] == "config.dkim_rotate" or e["action"].startswith("quarantine.")),
+    (
+        {"action": "config.dkim_rotate,quarantine.*"},
+        lambda e: e["action"] == "config.dkim_rotate" or e["action"].startswith("quarantine."),
+    ),
     ({"target": "sel1,m-1"}, lambda e: e["target"] in ("sel1", "m-1")),
     ({"domain": "EXAMPLE.org"}, lambda e: e["domain"] == "example.org"),
-    ({"domain": "example.com,shop.example.net"},
-     lambda e: e["domain"] in ("example.com", "shop.example.net")),
+    ({"domain": "example.com,shop.example.net"}, lambda e: e["domain"] in ("example.com", "shop.example.net")),
     ({"ip": "2001:DB8:0::B"}, lambda e: e["ip"] == "2001:db8::b"),
     ({"ip": "192.0.2.10,203.0.113.66"}, lambda e: e["ip"] in ("192.0.2.10", "203.0.113.66")),
     ({"recipient": "r1@example.org"}, lambda e: "r1@example.org" in _recipients(e)),
@@ -148,9 +183,14 @@ FILTER_CASES = [
     ({"node": NODE}, lambda e: True),
     ({"node": "node-b"}, lambda e: False),
     ({"user": "alice", "ip": "192.0.2.10"}, lambda e: e["user"] == "alice" and e["ip"] == "192.0.2.10"),
-    ({"user": "alice,bob", "action": "config.*,quarantine.release", "success": "true"},
-     lambda e: e["user"] in ("alice", "bob") and e["success"]
-     and (e["action"].startswith("config.") or e["action"] == "quarantine.release")),
+    (
+        {"user": "alice,bob", "action": "config.*,quarantine.release", "success": "true"},
+        lambda e: (
+            e["user"] in ("alice", "bob")
+            and e["success"]
+            and (e["action"].startswith("config.") or e["action"] == "quarantine.release")
+        ),
+    ),
     ({"from": "-1h"}, lambda e: True),
     ({"to": "-1h"}, lambda e: False),
     ({"from": "-2d", "to": "now"}, lambda e: True),
@@ -170,13 +210,13 @@ async def test_query_time_bounds_absolute_and_date(client, keys, seeded):
     assert len(times) >= 3, "each batch should have its own timestamp"
     mid = times[1]
     got = await query(client, keys["reader"], **{"from": mid})
-    assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] >= mid]     # inclusive
+    assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] >= mid]  # inclusive
     got = await query(client, keys["reader"], to=mid)
-    assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] < mid]      # exclusive
+    assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] < mid]  # exclusive
     got = await query(client, keys["reader"], **{"from": times[0], "to": times[-1]})
     assert ids(got["events"]) == [e["id"] for e in seeded if times[0] <= e["ts"] < times[-1]]
     # an offset form of the same instant
-    t = dt.datetime.strptime(mid, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(mid, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     shifted = t.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat()
     got = await query(client, keys["reader"], **{"from": shifted})
     assert ids(got["events"]) == [e["id"] for e in seeded if e["ts"] >= mid]
@@ -227,19 +267,24 @@ def _ndjson(text: str) -> list[dict]:
 async def test_ndjson_by_format_and_by_accept(client, keys, seeded):
     expected = (await query(client, keys["reader"], action="config.*"))["events"]
     assert expected
-    r1 = await client.get("/api/v1/audit-log", params={"format": "ndjson", "action": "config.*"},
-                          headers=bearer(keys["reader"]))
+    r1 = await client.get(
+        "/api/v1/audit-log", params={"format": "ndjson", "action": "config.*"}, headers=bearer(keys["reader"])
+    )
     assert r1.status == 200
     assert r1.content_type == "application/x-ndjson"
     assert json.loads(r1.headers["X-Auditlog-Nodes"]) == {NODE: {"status": "ok"}}
     assert _ndjson(await r1.text()) == expected
-    r2 = await client.get("/api/v1/audit-log", params={"action": "config.*"},
-                          headers={**bearer(keys["reader"]), "Accept": "application/x-ndjson"})
+    r2 = await client.get(
+        "/api/v1/audit-log",
+        params={"action": "config.*"},
+        headers={**bearer(keys["reader"]), "Accept": "application/x-ndjson"},
+    )
     assert r2.status == 200 and r2.content_type == "application/x-ndjson"
     assert _ndjson(await r2.text()) == expected
     # limit and order apply to the stream too
-    r3 = await client.get("/api/v1/audit-log", params={"format": "ndjson", "order": "desc", "limit": "2"},
-                          headers=bearer(keys["reader"]))
+    r3 = await client.get(
+        "/api/v1/audit-log", params={"format": "ndjson", "order": "desc", "limit": "2"}, headers=bearer(keys["reader"])
+    )
     assert ids(_ndjson(await r3.text())) == ids(seeded)[::-1][:2]
 
 
@@ -253,6 +298,7 @@ async def test_ndjson_streams_everything_without_limit(client, keys, service):
 
 # ----------------------------------------------------------------------------- export.csv
 
+
 async def _wait_for(client, token, timeout=5.0, **params) -> list[dict]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -264,20 +310,23 @@ async def _wait_for(client, token, timeout=5.0, **params) -> list[dict]:
 
 async def test_export_csv(client, keys, service):
     evil = [
-        ev(0, user="=HYPERLINK(\"http://evil\",\"x\")", target="+1+2", user_agent="@SUM(A1)"),
+        ev(0, user='=HYPERLINK("http://evil","x")', target="+1+2", user_agent="@SUM(A1)"),
         ev(1, user="-2+3", target="@cmd", details={"note": "=1+1"}),
         ev(2, user="bob", target="plain, with comma", user_agent='say "hi"'),
         ev(3, user="carol"),
     ]
     assert (await post_events(client, keys["writer"], evil)).status == 201
-    resp = await client.get("/api/v1/audit-log/export.csv", headers=bearer(keys["reader"]),
-                            params={"user": "-2+3,bob,=HYPERLINK(\"http://evil\"\\,\"x\")"})
+    resp = await client.get(
+        "/api/v1/audit-log/export.csv",
+        headers=bearer(keys["reader"]),
+        params={"user": '-2+3,bob,=HYPERLINK("http://evil"\\,"x")'},
+    )
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Type"].startswith("text/csv")
     cd = resp.headers["Content-Disposition"]
     assert cd.startswith("attachment;") and re.search(r'filename="[^"]+\.csv"', cd)
     raw = await resp.read()
-    assert raw.startswith(b"\xef\xbb\xbf")                      # UTF-8 BOM for Excel
+    assert raw.startswith(b"\xef\xbb\xbf")  # UTF-8 BOM for Excel
     text = raw.decode("utf-8")[1:]
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[0] == SPEC_CSV_COLUMNS
@@ -285,7 +334,7 @@ async def test_export_csv(client, keys, service):
     assert [int(r["seq"]) - KEY_ENTRIES for r in body] == [1, 2, 3]
     assert all(r["node_id"] == NODE and r["integrity"] == "ok" for r in body)
     # formula injection neutralised: every cell that would start a formula is prefixed
-    assert body[0]["user"] == "'=HYPERLINK(\"http://evil\",\"x\")"
+    assert body[0]["user"] == '\'=HYPERLINK("http://evil","x")'
     assert body[0]["target"] == "'+1+2"
     assert body[0]["user_agent"] == "'@SUM(A1)"
     assert body[1]["user"] == "'-2+3"
@@ -310,8 +359,7 @@ async def test_export_csv(client, keys, service):
 async def test_export_csv_all_pages_and_order(client, keys, service):
     # an export is the whole filtered range, not one page of it
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(1500)])).status == 201
-    resp = await client.get("/api/v1/audit-log/export.csv", params={"order": "desc"},
-                            headers=bearer(keys["admin"]))
+    resp = await client.get("/api/v1/audit-log/export.csv", params={"order": "desc"}, headers=bearer(keys["admin"]))
     rows = list(csv.reader(io.StringIO((await resp.text())[1:], newline="")))
     assert [int(r[2]) for r in rows[1:]] == list(range(1500 + KEY_ENTRIES, 0, -1))
     exports = await _wait_for(client, keys["admin"], action="audit.export")
@@ -320,10 +368,10 @@ async def test_export_csv_all_pages_and_order(client, keys, service):
 
 # ----------------------------------------------------------------------------- API keys
 
+
 async def test_api_keys_create_list_revoke(client, keys, service):
     admin = bearer(keys["admin"])
-    resp = await client.post("/api/v1/api-keys", json={"name": "soc-dashboard", "role": "reader"},
-                             headers=admin)
+    resp = await client.post("/api/v1/api-keys", json={"name": "soc-dashboard", "role": "reader"}, headers=admin)
     assert resp.status == 201, await resp.text()
     created = await resp.json()
     assert set(created) == {"id", "name", "role", "created", "revoked", "suspended", "key"}
@@ -368,6 +416,7 @@ async def test_api_keys_create_list_revoke(client, keys, service):
         assert secret not in json.dumps(e)
     # the create entry holds what authentication needs: a keyed hash, not a plain one
     import hashlib
+
     mac = made[0]["details"]["secret_hmac"]
     assert re.fullmatch(r"[0-9a-f]{64}", mac)
     assert mac not in {hashlib.sha256(x.encode()).hexdigest() for x in (secret, token)}
@@ -376,26 +425,31 @@ async def test_api_keys_create_list_revoke(client, keys, service):
 async def test_api_keys_bad_requests(client, keys, service):
     admin = bearer(keys["admin"])
     n_keys = len(service.keys.list())
-    for body, needle in (({"name": "x", "role": "root"}, "role"),
-                         ({"role": "reader"}, "name"),
-                         ({"name": "", "role": "reader"}, "name"),
-                         ({"name": "x", "role": "reader", "key": "alk_mine_1"}, "body"),
-                         ([1, 2], "body")):
+    for body, needle in (
+        ({"name": "x", "role": "root"}, "role"),
+        ({"role": "reader"}, "name"),
+        ({"name": "", "role": "reader"}, "name"),
+        ({"name": "x", "role": "reader", "key": "alk_mine_1"}, "body"),
+        ([1, 2], "body"),
+    ):
         await assert_error(await client.post("/api/v1/api-keys", json=body, headers=admin), 400, needle)
     await assert_error(await client.post("/api/v1/api-keys", data=b"{nope", headers=admin), 400, "JSON")
     # names that cannot be logged as they are: refused before any key exists (a lone
     # surrogate used to create the key, then fail its audit entry with a 500)
-    for raw in (b'{"name": "a\\ud800b", "role": "reader"}', b'{"name": "a\\u0085b", "role": "reader"}',
-                b'{"name": "line\\nbreak", "role": "reader"}'):
+    for raw in (
+        b'{"name": "a\\ud800b", "role": "reader"}',
+        b'{"name": "a\\u0085b", "role": "reader"}',
+        b'{"name": "line\\nbreak", "role": "reader"}',
+    ):
         await assert_error(await client.post("/api/v1/api-keys", data=raw, headers=admin), 400, "name")
     assert len(service.keys.list()) == n_keys
     assert head_seq(service) == KEY_ENTRIES
-    await assert_error(await client.delete("/api/v1/api-keys/000000000000", headers=admin), 404,
-                       "000000000000")
+    await assert_error(await client.delete("/api/v1/api-keys/000000000000", headers=admin), 404, "000000000000")
     assert len((await query(client, keys["admin"], action="audit.*"))["events"]) == KEY_ENTRIES
 
 
 # ----------------------------------------------------------------------------- ops
+
 
 async def test_healthz(client):
     resp = await client.get("/healthz")
@@ -425,7 +479,7 @@ async def test_metrics(client, keys, service):
     assert "# TYPE auditlog_fsync_seconds histogram" in text
     assert m['auditlog_fsync_seconds_bucket{le="+Inf"}'] == m["auditlog_fsync_seconds_count"] >= 2
     buckets = [v for k, v in m.items() if k.startswith("auditlog_fsync_seconds_bucket")]
-    assert buckets == sorted(buckets)                 # cumulative
+    assert buckets == sorted(buckets)  # cumulative
     assert "# TYPE auditlog_write_queue_events gauge" in text
     assert m["auditlog_write_queue_events"] == 0
     assert m["auditlog_head_seq"] == 7 + KEY_ENTRIES
@@ -434,6 +488,7 @@ async def test_metrics(client, keys, service):
 
 async def test_verify_shape_like_cli(client, keys, service):
     from helpers_engine import invoke_cli
+
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(20)])).status == 201
     resp = await client.get("/api/v1/verify", headers=bearer(keys["reader"]))
     assert resp.status == 200
@@ -442,23 +497,26 @@ async def test_verify_shape_like_cli(client, keys, service):
     assert body["nodes"] == {NODE: {"status": "ok", "ok": True}}
     r = invoke_cli(service.data_dir.root, "verify", "--json")
     cli = json.loads(r.stdout)
-    assert {k: body[k] for k in cli} == cli          # the CLI's keys, same values
-    await assert_error(await client.get("/api/v1/verify", params={"scope": "galaxy"},
-                                         headers=bearer(keys["reader"])), 400, "scope")
+    assert {k: body[k] for k in cli} == cli  # the CLI's keys, same values
+    await assert_error(
+        await client.get("/api/v1/verify", params={"scope": "galaxy"}, headers=bearer(keys["reader"])), 400, "scope"
+    )
 
 
 async def test_verify_reports_tampering(make_service, make_client):
     from helpers_http import make_keys
+
     svc = make_service(StoreSettings(fsync="none", segment_max_bytes=4096), name="tamper")
     k = make_keys(svc)
     client = await make_client(svc)
-    for i in range(8):
-        assert (await post_events(client, k["writer"], [ev(j, details={"pad": "x" * 300})
-                                                        for j in range(5)])).status == 201
+    for _ in range(8):
+        assert (
+            await post_events(client, k["writer"], [ev(j, details={"pad": "x" * 300}) for j in range(5)])
+        ).status == 201
     segs = sorted(svc.data_dir.segments.glob("*.seg"))
     assert len(segs) >= 3
     data = bytearray(segs[0].read_bytes())
-    i = data.index(b"x" * 300) + 150                 # inside one entry's details
+    i = data.index(b"x" * 300) + 150  # inside one entry's details
     data[i] ^= 0x01
     segs[0].write_bytes(bytes(data))
     body = await (await client.get("/api/v1/verify", headers=bearer(k["reader"]))).json()
@@ -494,6 +552,7 @@ async def test_cluster(client, keys, service):
 @pytest.mark.parametrize("days,shown", [(None, "forever"), (400, 400)])
 async def test_cluster_retention_setting(make_service, make_client, days, shown):
     from helpers_http import make_keys
+
     svc = make_service(StoreSettings(fsync="none", retention_days=days), name=f"ret-{days}")
     k = make_keys(svc)
     client = await make_client(svc)
@@ -525,14 +584,16 @@ async def test_openapi_describes_every_route(client):
             if path not in ("/healthz", "/metrics", "/api/v1/openapi.json"):
                 assert op.get("security") == [{"bearer": []}], (path, method)
                 assert "401" in op["responses"]
-                if path != "/api/v1/whoami":   # any valid key may ask who it is
+                if path != "/api/v1/whoami":  # any valid key may ask who it is
                     assert "403" in op["responses"]
 
 
 # ----------------------------------------------------------------------------- auth.api_key_used
 
+
 async def test_api_key_use_audited_once_per_interval_with_count(make_service, make_client):
     from helpers_http import make_keys
+
     svc = make_service(settings=ServiceSettings(key_use_interval=3600.0))
     k = make_keys(svc)
     client = await make_client(svc)
@@ -547,7 +608,7 @@ async def test_api_key_use_audited_once_per_interval_with_count(make_service, ma
     # nothing is written per request: only the periodic flush writes
     assert head_seq(svc) == 3 + KEY_ENTRIES
     assert svc.flush_key_uses() == 2
-    assert svc.flush_key_uses() == 0                 # nothing new since
+    assert svc.flush_key_uses() == 0  # nothing new since
 
     used = (await query(client, k["admin"], action="auth.api_key_used"))["events"]
     by_key = {e["details"]["key_id"]: e for e in used}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
+
 from engine.settings import StoreSettings
 from engine.verify import verify_node
-from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
 
 WRITERS = 8
 BATCHES = 12
@@ -20,16 +21,23 @@ async def test_concurrent_writers_and_readers(make_service, make_client):
     keys = make_keys(svc)
     client = await make_client(svc)
     statuses: list[int] = []
-    acks: list[tuple[int, int, int, int]] = []      # (writer, batch, first seq, last seq)
+    acks: list[tuple[int, int, int, int]] = []  # (writer, batch, first seq, last seq)
     reads: list[list[int]] = []
     writers_done = asyncio.Event()
 
     async def writer(w: int):
         token = keys["writer"]
         for b in range(BATCHES):
-            batch = [{"user": f"writer-{w}", "action": "config.filter_update", "target": f"f-{i}",
-                      "ip": f"192.0.2.{w + 1}", "details": {"w": w, "b": b, "i": i}}
-                     for i in range(PER_BATCH)]
+            batch = [
+                {
+                    "user": f"writer-{w}",
+                    "action": "config.filter_update",
+                    "target": f"f-{i}",
+                    "ip": f"192.0.2.{w + 1}",
+                    "details": {"w": w, "b": b, "i": i},
+                }
+                for i in range(PER_BATCH)
+            ]
             body = batch if b % 2 else {"events": batch}
             resp = await client.post("/api/v1/events", json=body, headers=bearer(token))
             statuses.append(resp.status)
@@ -87,8 +95,11 @@ async def test_concurrent_writers_and_readers(make_service, make_client):
 
     # the commit metrics account for every entry once
     text = await (await client.get("/metrics")).text()
-    metric = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-              for line in text.splitlines() if line and not line.startswith("#")}
+    metric = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert metric["auditlog_commit_batch_entries_sum"] == k + total
     assert metric["auditlog_appended_entries_total"] == k + total
     assert 1 <= metric["auditlog_commit_batch_entries_count"] <= k + WRITERS * BATCHES

@@ -17,12 +17,12 @@ import json
 import pytest
 import requests
 import schemathesis
+from helpers_http import ServeProcess, run_cli
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from helpers_http import ServeProcess, run_cli
-from query.openapi import EXAMPLE_EVENT, openapi_document
+from query.http.openapi import EXAMPLE_EVENT, openapi_document
 
 MAX_EXAMPLES = 30
 #: aiohttp's default limit on the request line (longer ones get a plain-text 400)
@@ -42,7 +42,7 @@ def fuzz_server(tmp_path_factory):
     try:
         srv.wait_ready()
         yield srv, keys
-        assert srv.terminate() == 0, srv.stderr()       # a clean stop after all of it
+        assert srv.terminate() == 0, srv.stderr()  # a clean stop after all of it
         # the error middleware logs every 500 as "unhandled error" (aiohttp itself logs a
         # traceback for each request line it cannot parse: noisy, but not a server error)
         assert "unhandled error" not in srv.stderr()
@@ -64,15 +64,16 @@ def http():
 
 # The operations, from the same document the server serves (static, so pytest-xdist
 # can spread them); the test loads the served copy and checks they agree.
-OPERATIONS = sorted((path, method.upper()) for path, ops in openapi_document()["paths"].items()
-                    for method in ops)
+OPERATIONS = sorted((path, method.upper()) for path, ops in openapi_document()["paths"].items() for method in ops)
 
 
 #: One documented, valid request per operation, always sent first (Phase.explicit).
 EXPLICIT = {
     ("/api/v1/events", "POST"): {"body": [EXAMPLE_EVENT], "media_type": "application/json"},
-    ("/api/v1/api-keys", "POST"): {"body": {"name": "fuzz-explicit", "role": "reader"},
-                                   "media_type": "application/json"},
+    ("/api/v1/api-keys", "POST"): {
+        "body": {"name": "fuzz-explicit", "role": "reader"},
+        "media_type": "application/json",
+    },
     ("/api/v1/api-keys/{key_id}", "DELETE"): {"path_parameters": {"key_id": "000000000000"}},
 }
 
@@ -82,14 +83,19 @@ def test_no_server_errors(api_schema, fuzz_server, http, path, method):
     srv, keys = fuzz_server
     operation = api_schema[path][method]
     token = keys["writer"] if path == "/api/v1/events" else keys["admin"]
-    strategy = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
-                         operation.as_strategy(GenerationMode.NEGATIVE))
+    strategy = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
     seen: list[int] = []
 
     @given(case=strategy)
     @example(case=operation.Case(**EXPLICIT.get((path, method), {})))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case):
         resp = case.call(session=http, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         seen.append(resp.status_code)
@@ -110,18 +116,22 @@ def test_no_server_errors(api_schema, fuzz_server, http, path, method):
 
     fuzz()
     assert srv.json("/healthz")[0] == 200
-    assert seen      # it really sent requests (one, for an operation with nothing to vary)
-    if path != "/api/v1/api-keys/{key_id}":    # (random key ids: 404)
-        assert any(200 <= s < 300 for s in seen), seen    # the key worked: not all refused
+    assert seen  # it really sent requests (one, for an operation with nothing to vary)
+    if path != "/api/v1/api-keys/{key_id}":  # (random key ids: 404)
+        assert any(200 <= s < 300 for s in seen), seen  # the key worked: not all refused
 
 
 def test_server_survives_fuzzing(fuzz_server):
     """Alive, still appending, and the log verifies (over the API and with the CLI)."""
     srv, keys = fuzz_server
-    assert srv.json("/api/v1/openapi.json") == (200, openapi_document())   # what was fuzzed
-    status, body = srv.json("/api/v1/events", keys["writer"], method="POST",
-                            body=json.dumps([{"user": "after", "action": "custom.fuzz_done"}]).encode(),
-                            headers={"Content-Type": "application/json"})
+    assert srv.json("/api/v1/openapi.json") == (200, openapi_document())  # what was fuzzed
+    status, body = srv.json(
+        "/api/v1/events",
+        keys["writer"],
+        method="POST",
+        body=json.dumps([{"user": "after", "action": "custom.fuzz_done"}]).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 201, body
     status, report = srv.json("/api/v1/verify", keys["admin"])
     assert status == 200 and report["ok"] is True, report

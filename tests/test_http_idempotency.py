@@ -16,13 +16,13 @@ import os
 
 import msgpack
 import pytest
+from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
 
 from engine.datadir import DataDir
 from engine.settings import StoreSettings
 from engine.state import StateSeal
-from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
-from query.idempotency import IdempotencyCache, request_fingerprint
-from query.service import Service, ServiceSettings
+from ingest.idempotency import IdempotencyCache, request_fingerprint
+from query.node import RunningNode, ServiceSettings, build_node
 
 JSON = {"Content-Type": "application/json"}
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -44,10 +44,10 @@ async def markers(client, reader: str, user: str) -> list[int]:
     return [e["details"]["n"] for e in (await query(client, reader, user=user))["events"]]
 
 
-def reopen(svc: Service) -> Service:
-    """What a restart does: close the node's Service, open a new one on the same data dir."""
+def reopen(svc: RunningNode) -> RunningNode:
+    """What a restart does: close the node, build a new one on the same data dir."""
     svc.close()
-    return Service(svc.data_dir, svc.data_dir.open(), svc.store, svc.settings).open()
+    return build_node(svc.config, svc.data_dir)
 
 
 def metric(text: str, name: str) -> float | None:
@@ -62,6 +62,7 @@ STATE_REJECTED = 'auditlog_state_rejected_total{file="idempotency.jsonl"}'
 
 # ----------------------------------------------------------------------------- bound to the request
 
+
 async def test_same_key_with_a_different_batch_is_422_and_writes_nothing(client, keys, service):
     first = body_of("alice", 3)
     resp = await post(client, keys["writer"], first, "batch-1")
@@ -71,13 +72,18 @@ async def test_same_key_with_a_different_batch_is_422_and_writes_nothing(client,
 
     # same size, other events: before, this was answered as a replay and the batch was lost
     other = body_of("bob", 3, start=100)
-    err = await assert_error(await post(client, keys["writer"], other, "batch-1"), 422,
-                             "Idempotency-Key", "'batch-1'", "different request", "nothing was written")
+    err = await assert_error(
+        await post(client, keys["writer"], other, "batch-1"),
+        422,
+        "Idempotency-Key",
+        "'batch-1'",
+        "different request",
+        "nothing was written",
+    )
     assert "problems" not in err
     # a different size and a different Content-Type family are different requests too
     await assert_error(await post(client, keys["writer"], body_of("bob", 5, 100), "batch-1"), 422)
-    await assert_error(await post(client, keys["writer"], msgpack.packb(json.loads(first)), "batch-1",
-                                  MSGPACK), 422)
+    await assert_error(await post(client, keys["writer"], msgpack.packb(json.loads(first)), "batch-1", MSGPACK), 422)
     # even a body that would not validate: the key's binding is checked first
     await assert_error(await post(client, keys["writer"], b"[not json", "batch-1"), 422)
     assert head_seq(service) == head
@@ -158,11 +164,10 @@ async def test_a_compacted_file_holds_sealed_lines_that_still_bind(make_service,
     for k, b in bodies.items():
         assert (await post(client, keys["writer"], b, k)).status == 201
     path = svc.data_dir.state / IdempotencyCache.FILE_NAME
-    records, problems = svc.state_seal.read_lines(path)
-    assert problems == [] and len(records) <= 4          # compacted past 2 * entries
+    records, problems = svc.seal.read_lines(path)
+    assert problems == [] and len(records) <= 4  # compacted past 2 * entries
     assert [r["k"].split(":", 1)[1] for r in records][-2:] == ["c-5", "c-6"]
-    assert all(r["fp"] == request_fingerprint(bodies[r["k"].split(":", 1)[1]], "application/json")
-               for r in records)
+    assert all(r["fp"] == request_fingerprint(bodies[r["k"].split(":", 1)[1]], "application/json") for r in records)
     svc = reopen(svc)
     try:
         client = await make_client(svc)
@@ -174,6 +179,7 @@ async def test_a_compacted_file_holds_sealed_lines_that_still_bind(make_service,
 
 
 # ----------------------------------------------------------------------------- sealed state file
+
 
 async def test_forged_lines_grant_no_replay_and_are_reported(make_service, make_client, tmp_path, caplog):
     svc = make_service(store=StoreSettings(fsync="always"))
@@ -188,32 +194,36 @@ async def test_forged_lines_grant_no_replay_and_are_reported(make_service, make_
     assert (await post(client, keys["writer"], body_of("filler", 8), None)).status == 201
     path = svc.data_dir.state / IdempotencyCache.FILE_NAME
     genuine = path.read_bytes().splitlines()[-1]
-    seal = svc.state_seal
+    seal = svc.seal
 
     # batches that were never appended, each with a line claiming they were; the
     # claimed seqs are inside the log, so only the seal can tell them apart
     forged = {name: body_of(f"forged-{name}", 2) for name in ("plain", "foreign", "edited", "renamed")}
 
     def record(name: str) -> dict:
-        return {"k": f"{kid}:{name}", "fp": request_fingerprint(forged[name], "application/json"),
-                "v": {"appended": 2, "first_id": "node-a:1", "last_id": "node-a:2"}}
+        return {
+            "k": f"{kid}:{name}",
+            "fp": request_fingerprint(forged[name], "application/json"),
+            "v": {"appended": 2, "first_id": "node-a:1", "last_id": "node-a:2"},
+        }
 
     other = DataDir(tmp_path / "other-node")
     other.init("node-b")
     lines = [
-        json.dumps(record("plain")).encode(),                                       # hand-written
-        StateSeal(other.open().key, "node-b").seal("idempotency", record("foreign")),   # another node's
-        genuine.replace(f"{kid}:real".encode(), f"{kid}:edited".encode())
-               .replace(json.loads(genuine)["data"]["fp"].encode(), record("edited")["fp"].encode()),
-        seal.seal("syslog_cursor", record("renamed")),                              # sealed for another file
+        json.dumps(record("plain")).encode(),  # hand-written
+        StateSeal(other.open().key, "node-b").seal("idempotency", record("foreign")),  # another node's
+        genuine.replace(f"{kid}:real".encode(), f"{kid}:edited".encode()).replace(
+            json.loads(genuine)["data"]["fp"].encode(), record("edited")["fp"].encode()
+        ),
+        seal.seal("syslog_cursor", record("renamed")),  # sealed for another file
     ]
     svc.close()
     with path.open("ab") as f:
         f.write(b"\n".join(lines) + b"\n")
-        f.write(seal.seal("idempotency", record("plain"))[:50])                    # torn: a crash, not a forgery
+        f.write(seal.seal("idempotency", record("plain"))[:50])  # torn: a crash, not a forgery
 
     caplog.set_level(logging.WARNING, logger="auditlog.idempotency")
-    svc = Service(svc.data_dir, svc.data_dir.open(), svc.store, svc.settings).open()
+    svc = build_node(svc.config, svc.data_dir)
     try:
         client = await make_client(svc)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -250,14 +260,14 @@ async def test_an_untouched_file_reports_zero_rejected_lines(make_service, make_
         assert metric(text, STATE_REJECTED) == 0
         path = svc.data_dir.state / IdempotencyCache.FILE_NAME
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-        assert svc.state_seal.read_lines(path)[1] == []
+        assert svc.seal.read_lines(path)[1] == []
     finally:
         svc.close()
 
 
 @pytest.mark.parametrize("status_first", [400, 415])
 async def test_a_refused_body_does_not_bind_its_key(client, keys, service, status_first):
-    bad, ctype = ((b'[{"user": "u"}]', JSON) if status_first == 400 else (b"x", {"Content-Type": "text/plain"}))
+    bad, ctype = (b'[{"user": "u"}]', JSON) if status_first == 400 else (b"x", {"Content-Type": "text/plain"})
     assert (await post(client, keys["writer"], bad, "fix-me", ctype)).status == status_first
     # nothing was stored for the key: the corrected batch is taken under it
     resp = await post(client, keys["writer"], body_of("kim", 1), "fix-me")

@@ -12,12 +12,12 @@ import struct
 
 import msgpack
 import pytest
-
 from helpers_engine import invoke_cli, query_json, run_cli
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, post_events, query
+
 from ingest.taxonomy import NODE_ACTIONS
-from query.cluster import Cluster, ClusterSettings
-from query.peers import PeerConfig
+from query.cluster.fanout import Cluster
+from query.cluster.settings import ClusterSettings, PeerConfig
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 
@@ -26,7 +26,7 @@ def s(text: str) -> bytes:
     """A msgpack fixstr."""
     raw = text.encode()
     assert len(raw) < 32
-    return bytes([0xa0 | len(raw)]) + raw
+    return bytes([0xA0 | len(raw)]) + raw
 
 
 def fixmap(*pairs: tuple[bytes, bytes]) -> bytes:
@@ -49,15 +49,32 @@ async def post_msgpack(client, token: str, body: bytes):
 # ----------------------------------------------------------------------------- msgpack repeated keys
 
 REPEATED = {
-    "top-level field": (array(good_event(0), fixmap((s("user"), s("alice")), (s("action"), s("auth.login")),
-                                                  (s("user"), s("mallory")))), "'user'"),
-    "in details": (array(fixmap((s("user"), s("u")), (s("action"), s("auth.login")),
-                                (s("details"), fixmap((s("old"), s("tag")), (s("new"), s("block")),
-                                                      (s("old"), s("allow")))))), "'old'"),
-    "deep in details": (array(fixmap((s("user"), s("u")), (s("action"), s("auth.login")),
-                                     (s("details"), fixmap((s("a"), array(fixmap((s("x"), b"\x01"),
-                                                                                 (s("x"), b"\x02")))))))),
-                        "'x'"),
+    "top-level field": (
+        array(
+            good_event(0), fixmap((s("user"), s("alice")), (s("action"), s("auth.login")), (s("user"), s("mallory")))
+        ),
+        "'user'",
+    ),
+    "in details": (
+        array(
+            fixmap(
+                (s("user"), s("u")),
+                (s("action"), s("auth.login")),
+                (s("details"), fixmap((s("old"), s("tag")), (s("new"), s("block")), (s("old"), s("allow")))),
+            )
+        ),
+        "'old'",
+    ),
+    "deep in details": (
+        array(
+            fixmap(
+                (s("user"), s("u")),
+                (s("action"), s("auth.login")),
+                (s("details"), fixmap((s("a"), array(fixmap((s("x"), b"\x01"), (s("x"), b"\x02")))))),
+            )
+        ),
+        "'x'",
+    ),
     "events wrapper": (fixmap((s("events"), array()), (s("events"), array(good_event(1)))), "'events'"),
 }
 
@@ -66,8 +83,7 @@ REPEATED = {
 async def test_msgpack_repeated_key_is_400_naming_it_and_nothing_written(client, keys, service, case):
     body, named = REPEATED[case]
     before = head_seq(service)
-    await assert_error(await post_msgpack(client, keys["writer"], body), 400,
-                       "msgpack", f"duplicate key {named}")
+    await assert_error(await post_msgpack(client, keys["writer"], body), 400, "msgpack", f"duplicate key {named}")
     assert head_seq(service) == before
     assert (await query(client, keys["reader"]))["events"][KEY_ENTRIES:] == []
 
@@ -75,8 +91,17 @@ async def test_msgpack_repeated_key_is_400_naming_it_and_nothing_written(client,
 async def test_msgpack_without_repeated_keys_is_taken_however_it_is_encoded(client, keys, service):
     # float32, a 32-bit string header for a short string, a map32 header, an int64 for 5:
     # what other encoders may send; none of it is a repeated key
-    details = (b"\xdf\x00\x00\x00\x03" + s("f") + b"\xca" + struct.pack(">f", 0.5)
-               + s("t") + b"\xdb\x00\x00\x00\x02hi" + s("n") + b"\xd3" + (5).to_bytes(8, "big"))
+    details = (
+        b"\xdf\x00\x00\x00\x03"
+        + s("f")
+        + b"\xca"
+        + struct.pack(">f", 0.5)
+        + s("t")
+        + b"\xdb\x00\x00\x00\x02hi"
+        + s("n")
+        + b"\xd3"
+        + (5).to_bytes(8, "big")
+    )
     body = array(fixmap((s("user"), s("wide")), (s("action"), s("auth.login")), (s("details"), details)))
     resp = await post_msgpack(client, keys["writer"], body)
     assert resp.status == 201, await resp.text()
@@ -85,6 +110,7 @@ async def test_msgpack_without_repeated_keys_is_taken_however_it_is_encoded(clie
 
 
 # ----------------------------------------------------------------------------- the node's own actions
+
 
 @pytest.mark.parametrize("action", sorted(NODE_ACTIONS) + ["audit.retention_purge"])
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])
@@ -110,16 +136,16 @@ async def test_the_node_still_writes_its_own_membership_and_key_use(client, keys
     assert service.flush_key_uses() >= 1
     cluster = Cluster(service, ClusterSettings(peers=(PeerConfig("gw2", "https://127.0.0.1:9"),)))
     cluster.record_membership()
-    Cluster(service, ClusterSettings()).record_membership()          # gw2 left the config
+    Cluster(service, ClusterSettings()).record_membership()  # gw2 left the config
     got = (await query(client, keys["admin"], user="system", action="cluster.*"))["events"]
-    assert [(e["action"], e["target"]) for e in got] == [("cluster.node_join", "gw2"),
-                                                         ("cluster.node_leave", "gw2")]
+    assert [(e["action"], e["target"]) for e in got] == [("cluster.node_join", "gw2"), ("cluster.node_leave", "gw2")]
     used = (await query(client, keys["admin"], action="auth.api_key_used"))["events"]
     assert {e["details"]["role"] for e in used} >= {"writer"}
     assert all(e["integrity"] == "ok" for e in got + used)
 
 
 # ----------------------------------------------------------------------------- the CLI
+
 
 @pytest.mark.parametrize("action", sorted(NODE_ACTIONS))
 def test_cli_append_refuses_the_nodes_own_actions(tmp_path, action):
@@ -136,9 +162,11 @@ def test_cli_append_refuses_the_nodes_own_actions(tmp_path, action):
 def test_cli_append_file_refuses_the_nodes_own_actions_all_or_nothing(tmp_path):
     data = tmp_path / "data"
     assert invoke_cli(data, "init", "--node-id", "gw1").exit_code == 0
-    lines = [json.dumps({"user": "alice", "action": "auth.login"}),
-             json.dumps({"user": "system", "action": "cluster.node_leave", "target": "gw2"}),
-             json.dumps({"user": "k", "action": "auth.api_key_used"})]
+    lines = [
+        json.dumps({"user": "alice", "action": "auth.login"}),
+        json.dumps({"user": "system", "action": "cluster.node_leave", "target": "gw2"}),
+        json.dumps({"user": "k", "action": "auth.api_key_used"}),
+    ]
     src = tmp_path / "events.ndjson"
     src.write_text("\n".join(lines) + "\n")
     p = run_cli(data, "append", "--file", str(src))

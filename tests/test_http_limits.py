@@ -8,12 +8,11 @@ import json
 
 import msgpack
 import pytest
+from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events, query, query_all
 
 from engine.settings import StoreSettings
-from helpers_http import (KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events,
-                          query, query_all)
 from ingest.limits import Limits
-from query.service import ServiceSettings
+from query.node import ServiceSettings
 
 
 async def assert_unharmed(client, keys, service, head: int) -> None:
@@ -30,6 +29,7 @@ async def assert_unharmed(client, keys, service, head: int) -> None:
 
 # ----------------------------------------------------------------------------- body size
 
+
 async def test_body_over_limit_is_413(make_service, make_client):
     svc = make_service(settings=ServiceSettings(max_body_bytes=2048))
     keys = make_keys(svc)
@@ -43,18 +43,29 @@ async def test_body_over_limit_is_413(make_service, make_client):
     big = [ev(i, details={"pad": "x" * 500}) for i in range(6)]
     assert len(json.dumps(big)) > 2048
     await assert_error(await client.post("/api/v1/events", json=big, headers=w), 413, "too large", "2048")
-    await assert_error(await client.post("/api/v1/events", data=msgpack.packb(big),
-                                         headers={**w, "Content-Type": "application/msgpack"}), 413, "2048")
+    await assert_error(
+        await client.post(
+            "/api/v1/events", data=msgpack.packb(big), headers={**w, "Content-Type": "application/msgpack"}
+        ),
+        413,
+        "2048",
+    )
 
-    async def chunks():          # no Content-Length: the limit holds for a chunked body too
+    async def chunks():  # no Content-Length: the limit holds for a chunked body too
         yield b"["
         for i in range(40):
             yield json.dumps(ev(i, details={"pad": "y" * 100})).encode() + b","
         yield json.dumps(ev(41)).encode() + b"]"
-    await assert_error(await client.post("/api/v1/events", data=chunks(),
-                                         headers={**w, "Content-Type": "application/json"}), 413)
-    await assert_error(await client.post("/api/v1/api-keys", json={"name": "x" * 4000, "role": "reader"},
-                                         headers=bearer(keys["admin"])), 413)
+
+    await assert_error(
+        await client.post("/api/v1/events", data=chunks(), headers={**w, "Content-Type": "application/json"}), 413
+    )
+    await assert_error(
+        await client.post(
+            "/api/v1/api-keys", json={"name": "x" * 4000, "role": "reader"}, headers=bearer(keys["admin"])
+        ),
+        413,
+    )
     assert len(svc.keys.list()) == 4
     await assert_unharmed(client, keys, svc, head)
 
@@ -64,8 +75,9 @@ async def test_batch_over_max_batch_is_413(make_service, make_client):
     keys = make_keys(svc)
     client = await make_client(svc)
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(5)])).status == 201
-    await assert_error(await post_events(client, keys["writer"], [ev(i) for i in range(6)]), 413,
-                       "batch", "6 events", "5")
+    await assert_error(
+        await post_events(client, keys["writer"], [ev(i) for i in range(6)]), 413, "batch", "6 events", "5"
+    )
     await assert_unharmed(client, keys, svc, KEY_ENTRIES + 5)
 
 
@@ -76,6 +88,7 @@ async def test_default_batch_limit_10000(client, keys, service):
 
 
 # ----------------------------------------------------------------------------- bad bodies
+
 
 def _nested(depth: int):
     d: dict = {"leaf": 1}
@@ -90,63 +103,109 @@ BAD_BODIES = [
     ("malformed-json", b'[{"user": "u", "action": ', "application/json", 400, ["not valid JSON"]),
     ("trailing-garbage", f"[{VALID}] x".encode(), "application/json", 400, ["not valid JSON"]),
     ("invalid-utf8", b'[{"user": "\xff\xfe", "action": "auth.login"}]', "application/json", 400, ["UTF-8"]),
-    ("nan", b'[{"user": "u", "action": "auth.login", "details": {"x": NaN}}]', "application/json", 400,
-     ["NaN"]),
-    ("infinity", b'[{"user": "u", "action": "auth.login", "details": {"x": -Infinity}}]',
-     "application/json", 400, ["Infinity"]),
-    ("duplicate-keys", b'[{"user": "u", "user": "v", "action": "auth.login"}]', "application/json", 400,
-     ["duplicate", "user"]),
-    ("duplicate-keys-in-details", b'[{"user": "u", "action": "auth.login", "details": {"a": 1, "a": 2}}]',
-     "application/json", 400, ["duplicate"]),
+    ("nan", b'[{"user": "u", "action": "auth.login", "details": {"x": NaN}}]', "application/json", 400, ["NaN"]),
+    (
+        "infinity",
+        b'[{"user": "u", "action": "auth.login", "details": {"x": -Infinity}}]',
+        "application/json",
+        400,
+        ["Infinity"],
+    ),
+    (
+        "duplicate-keys",
+        b'[{"user": "u", "user": "v", "action": "auth.login"}]',
+        "application/json",
+        400,
+        ["duplicate", "user"],
+    ),
+    (
+        "duplicate-keys-in-details",
+        b'[{"user": "u", "action": "auth.login", "details": {"a": 1, "a": 2}}]',
+        "application/json",
+        400,
+        ["duplicate"],
+    ),
     ("deeply-nested-body", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, ["JSON"]),
-    ("deeply-nested-details", json.dumps([{"user": "u", "action": "auth.login",
-                                           "details": _nested(12)}]).encode(),
-     "application/json", 400, ["details", "deeper"]),
-    ("huge-float", b'[{"user": "u", "action": "auth.login", "details": {"x": 1e999}}]',
-     "application/json", 400, ["finite"]),
-    ("huge-int-digits", b'[{"user": "u", "action": "auth.login", "details": {"x": 1' + b"0" * 5000 + b"}}]",
-     "application/json", 400, ["JSON"]),
-    ("int-over-64-bit", b'[{"user": "u", "action": "auth.login", "details": {"x": 18446744073709551616}}]',
-     "application/json", 400, ["64-bit"]),
+    (
+        "deeply-nested-details",
+        json.dumps([{"user": "u", "action": "auth.login", "details": _nested(12)}]).encode(),
+        "application/json",
+        400,
+        ["details", "deeper"],
+    ),
+    (
+        "huge-float",
+        b'[{"user": "u", "action": "auth.login", "details": {"x": 1e999}}]',
+        "application/json",
+        400,
+        ["finite"],
+    ),
+    (
+        "huge-int-digits",
+        b'[{"user": "u", "action": "auth.login", "details": {"x": 1' + b"0" * 5000 + b"}}]",
+        "application/json",
+        400,
+        ["JSON"],
+    ),
+    (
+        "int-over-64-bit",
+        b'[{"user": "u", "action": "auth.login", "details": {"x": 18446744073709551616}}]',
+        "application/json",
+        400,
+        ["64-bit"],
+    ),
     ("json-string", b'"[{\\"user\\": \\"u\\"}]"', "application/json", 400, ["array"]),
     ("json-number", b"42", "application/json", 400, ["array"]),
     ("json-null", b"null", "application/json", 400, ["array"]),
     ("empty-array", b"[]", "application/json", 400, ["empty"]),
     ("empty-events", b'{"events": []}', "application/json", 400, ["empty"]),
-    ("events-plus-extra", f'{{"events": [{VALID}], "more": 1}}'.encode(), "application/json", 400,
-     ["events"]),
+    ("events-plus-extra", f'{{"events": [{VALID}], "more": 1}}'.encode(), "application/json", 400, ["events"]),
     ("object-not-events", f"{VALID}".encode(), "application/json", 400, ["events"]),
     ("empty-body", b"", "application/json", 400, ["JSON"]),
     ("array-of-strings", b'["auth.login"]', "application/json", 400, ["event 0", "object"]),
-    ("assigned-fields", b'[{"user": "u", "action": "auth.login", "seq": 1, "signature": "00"}]',
-     "application/json", 400, ["seq", "signature", "assigned"]),
-    ("reserved-action", b'[{"user": "u", "action": "audit.retention_purge"}]', "application/json", 400,
-     ["reserved"]),
-    ("control-char", b'[{"user": "u\\u0000x", "action": "auth.login"}]', "application/json", 400,
-     ["control"]),
-    ("lone-surrogate", b'[{"user": "\\ud800", "action": "auth.login"}]', "application/json", 400,
-     ["surrogate"]),
-    ("details-over-16k", json.dumps([{"user": "u", "action": "auth.login",
-                                      "details": {"blob": "z" * 17000}}]).encode(),
-     "application/json", 400, ["details", "16384"]),
+    (
+        "assigned-fields",
+        b'[{"user": "u", "action": "auth.login", "seq": 1, "signature": "00"}]',
+        "application/json",
+        400,
+        ["seq", "signature", "assigned"],
+    ),
+    ("reserved-action", b'[{"user": "u", "action": "audit.retention_purge"}]', "application/json", 400, ["reserved"]),
+    ("control-char", b'[{"user": "u\\u0000x", "action": "auth.login"}]', "application/json", 400, ["control"]),
+    ("lone-surrogate", b'[{"user": "\\ud800", "action": "auth.login"}]', "application/json", 400, ["surrogate"]),
+    (
+        "details-over-16k",
+        json.dumps([{"user": "u", "action": "auth.login", "details": {"blob": "z" * 17000}}]).encode(),
+        "application/json",
+        400,
+        ["details", "16384"],
+    ),
     ("text-plain", f"[{VALID}]".encode(), "text/plain", 415, ["Content-Type", "application/json"]),
     ("form", b"user=u&action=auth.login", "application/x-www-form-urlencoded", 415, ["Content-Type"]),
     ("xml", b"<events/>", "application/xml", 415, ["Content-Type"]),
     ("msgpack-garbage", b"\xc1\xc1\xc1", "application/msgpack", 400, ["msgpack"]),
-    ("msgpack-truncated", msgpack.packb([{"user": "u", "action": "auth.login"}])[:-3],
-     "application/msgpack", 400, ["msgpack"]),
+    (
+        "msgpack-truncated",
+        msgpack.packb([{"user": "u", "action": "auth.login"}])[:-3],
+        "application/msgpack",
+        400,
+        ["msgpack"],
+    ),
     ("msgpack-int-keys", msgpack.packb([{1: "u"}]), "application/msgpack", 400, ["msgpack"]),
-    ("msgpack-binary-value", msgpack.packb([{"user": b"\x00bin", "action": "auth.login"}], use_bin_type=True),
-     "application/msgpack", 400, ["msgpack"]),
+    (
+        "msgpack-binary-value",
+        msgpack.packb([{"user": b"\x00bin", "action": "auth.login"}], use_bin_type=True),
+        "application/msgpack",
+        400,
+        ["msgpack"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("body,ctype,status,needles", [b[1:] for b in BAD_BODIES],
-                         ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize("body,ctype,status,needles", [b[1:] for b in BAD_BODIES], ids=[b[0] for b in BAD_BODIES])
 async def test_bad_bodies_refused_nothing_written(client, keys, service, body, ctype, status, needles):
     assert (await post_events(client, keys["writer"], [ev(1)])).status == 201
-    resp = await client.post("/api/v1/events", data=body,
-                             headers={**bearer(keys["writer"]), "Content-Type": ctype})
+    resp = await client.post("/api/v1/events", data=body, headers={**bearer(keys["writer"]), "Content-Type": ctype})
     await assert_error(resp, status, *needles)
     await assert_unharmed(client, keys, service, KEY_ENTRIES + 1)
 
@@ -169,12 +228,12 @@ BAD_QUERIES = [
     ({"limit": "-1"}, "limit"),
     ({"limit": "1.5"}, "limit"),
     ({"limit": ""}, "limit"),
-    ({"limit": "\u00b2"}, "limit"),                   # isdigit() but not int()-able: was a 500
-    ({"limit": "9" * 5000}, "limit"),                 # beyond int()'s digit limit: was a 500
-    ({"limit": "\u0661\u0660"}, "limit"),             # Arabic-Indic "10"
+    ({"limit": "\u00b2"}, "limit"),  # isdigit() but not int()-able: was a 500
+    ({"limit": "9" * 5000}, "limit"),  # beyond int()'s digit limit: was a 500
+    ({"limit": "\u0661\u0660"}, "limit"),  # Arabic-Indic "10"
     ({"limit": " 10"}, "limit"),
     ({"cursor": "zzz"}, "cursor"),
-    ({"cursor": "eyJ2IjoxfQ"}, "cursor"),            # base64 of {"v":1}: no positions
+    ({"cursor": "eyJ2IjoxfQ"}, "cursor"),  # base64 of {"v":1}: no positions
     ({"from": "yesterday"}, "from"),
     ({"from": "2026-02-30"}, "from"),
     ({"to": "2026-13-01"}, "to"),
@@ -202,14 +261,16 @@ async def test_bad_query_strings_name_the_parameter(client, keys, service, param
 
 
 async def test_cursor_from_another_query_is_refused(client, keys, service):
-    assert (await post_events(client, keys["writer"],
-                              [ev(i, user="alice" if i % 2 else "bob") for i in range(10)])).status == 201
+    assert (
+        await post_events(client, keys["writer"], [ev(i, user="alice" if i % 2 else "bob") for i in range(10)])
+    ).status == 201
     page = await query(client, keys["reader"], user="alice", limit="2")
     cur = page["next_cursor"]
     assert cur
     for other in ({"user": "bob"}, {"user": "alice", "order": "desc"}, {}, {"user": "alice", "ip": "192.0.2.10"}):
-        resp = await client.get("/api/v1/audit-log", params={**other, "cursor": cur, "limit": "2"},
-                                headers=bearer(keys["reader"]))
+        resp = await client.get(
+            "/api/v1/audit-log", params={**other, "cursor": cur, "limit": "2"}, headers=bearer(keys["reader"])
+        )
         await assert_error(resp, 400, "cursor", "different query")
     # the same query accepts it (a different limit is the same query)
     rest = await query(client, keys["reader"], user="alice", cursor=cur, limit="10")
@@ -218,10 +279,10 @@ async def test_cursor_from_another_query_is_refused(client, keys, service):
 
 async def test_bad_query_strings_on_export_and_verify(client, keys, service):
     r = bearer(keys["reader"])
-    await assert_error(await client.get("/api/v1/audit-log/export.csv", params={"limit": "5"}, headers=r),
-                       400, "limit")
-    await assert_error(await client.get("/api/v1/audit-log/export.csv", params={"from": "soon"}, headers=r),
-                       400, "from")
+    await assert_error(await client.get("/api/v1/audit-log/export.csv", params={"limit": "5"}, headers=r), 400, "limit")
+    await assert_error(
+        await client.get("/api/v1/audit-log/export.csv", params={"from": "soon"}, headers=r), 400, "from"
+    )
     await assert_error(await client.get("/api/v1/verify", params={"deep": "1"}, headers=r), 400, "deep")
     # a refused export is not audited as an export
     assert (await query(client, keys["reader"], action="audit.export"))["events"] == []
@@ -230,12 +291,13 @@ async def test_bad_query_strings_on_export_and_verify(client, keys, service):
 
 # ----------------------------------------------------------------------------- back-pressure
 
+
 async def test_back_pressure_503_with_retry_after_and_nothing_lost(make_service, make_client):
     svc = make_service(StoreSettings(fsync="always"), ServiceSettings(max_pending_events=10))
     keys = make_keys(svc)
     client = await make_client(svc)
     w = bearer(keys["writer"])
-    accepted: list[tuple[int, int, int]] = []   # (request no, first seq, last seq)
+    accepted: list[tuple[int, int, int]] = []  # (request no, first seq, last seq)
     refused: list[int] = []
     statuses: list[int] = []
 
@@ -254,17 +316,17 @@ async def test_back_pressure_503_with_retry_after_and_nothing_lost(make_service,
         else:
             raise AssertionError((resp.status, await resp.text()))
 
-    for round_ in range(5):        # contention is timing-dependent: retry a few rounds
+    for round_ in range(5):  # contention is timing-dependent: retry a few rounds
         await asyncio.gather(*(one(round_ * 100 + n) for n in range(40)))
         if refused:
             break
     assert refused, "no request was refused with 503 although the queue holds 2 batches"
     assert accepted
     assert all(s in (201, 503) for s in statuses)
-    assert svc.pending_events == 0
+    assert svc.committer.pending_events == 0
 
     # every 201'd event is in the log exactly where the response said; no 503'd one is
-    events = (await query_all(client, keys["reader"]))[KEY_ENTRIES:]   # after the keys' own entries
+    events = (await query_all(client, keys["reader"]))[KEY_ENTRIES:]  # after the keys' own entries
     by_seq = {e["seq"]: e for e in events}
     assert len(events) == 4 * len(accepted)
     for no, first, last in accepted:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers_http import KEY_ENTRIES, ev, head_seq, ids, make_keys, post_events, query
 
 from engine.entry import EntryDraft
 from engine.settings import StoreSettings
-from helpers_http import KEY_ENTRIES, ev, head_seq, ids, make_keys, post_events, query
 
 N = 3000
 USERS = ("alice", "bob", "carol", "dave")
@@ -20,11 +20,31 @@ def drafts(start: int, n: int) -> list[EntryDraft]:
     for i in range(start, start + n):
         user = USERS[i % 4]
         if i % 3 == 0:
-            out.append(EntryDraft(user, "quarantine.release", f"mail-{i}", "example.org", "192.0.2.1", None,
-                                  True, {"n": i, "recipient": f"r{i % 5}@example.org"}))
+            out.append(
+                EntryDraft(
+                    user,
+                    "quarantine.release",
+                    f"mail-{i}",
+                    "example.org",
+                    "192.0.2.1",
+                    None,
+                    True,
+                    {"n": i, "recipient": f"r{i % 5}@example.org"},
+                )
+            )
         elif i % 3 == 1:
-            out.append(EntryDraft(user, "config.filter_update", f"filter-{i % 10}", "example.com",
-                                  "2001:db8::1", None, i % 7 != 0, {"n": i}))
+            out.append(
+                EntryDraft(
+                    user,
+                    "config.filter_update",
+                    f"filter-{i % 10}",
+                    "example.com",
+                    "2001:db8::1",
+                    None,
+                    i % 7 != 0,
+                    {"n": i},
+                )
+            )
         else:
             out.append(EntryDraft(user, "auth.login", None, None, "198.51.100.7", "ua", i % 5 != 0, {"n": i}))
     return out
@@ -82,8 +102,8 @@ async def test_paging_equals_one_big_query(big, order, limit, params):
     assert expected, "the filter should select something"
     got, pages = await page_through(client, keys["reader"], limit, order=order, **params)
     assert ids(got) == ids(expected)
-    assert len(set(ids(got))) == len(got)                  # no duplicates
-    assert pages == max(1, -(-len(expected) // limit))     # ceil: no empty trailing page
+    assert len(set(ids(got))) == len(got)  # no duplicates
+    assert pages == max(1, -(-len(expected) // limit))  # ceil: no empty trailing page
     seq_list = [e["seq"] for e in got]
     assert seq_list == sorted(seq_list, reverse=order == "desc")
     if not params:
@@ -111,7 +131,7 @@ async def test_paging_while_appending(big, order, params):
 
     async def appender():
         i = 0
-        while not stop.is_set() and i < 400:        # bounded either way
+        while not stop.is_set() and i < 400:  # bounded either way
             batch = [ev(10_000 + i * 10 + j, user=USERS[j % 4]) for j in range(10)]
             resp = await post_events(client, keys["writer"], batch)
             assert resp.status == 201, await resp.text()
@@ -120,7 +140,7 @@ async def test_paging_while_appending(big, order, params):
             await asyncio.sleep(0)
 
     task = asyncio.create_task(appender())
-    while not appended:                              # appends are under way before paging starts
+    while not appended:  # appends are under way before paging starts
         await asyncio.sleep(0.001)
     start_head = head_seq(svc)
     try:

@@ -9,11 +9,9 @@ request changes nothing.  PUT/PATCH/DELETE/POST on the log -> 405, whoever asks.
 from __future__ import annotations
 
 import pytest
-
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq
 
-CREDENTIALS = ["none", "malformed", "malformed-empty", "bad-key", "garbage", "revoked",
-               "writer", "reader", "admin"]
+CREDENTIALS = ["none", "malformed", "malformed-empty", "bad-key", "garbage", "revoked", "writer", "reader", "admin"]
 ROLES = {"writer", "reader", "admin"}
 
 
@@ -21,10 +19,10 @@ def headers_for(cred: str, keys: dict[str, str]) -> dict[str, str]:
     if cred == "none":
         return {}
     if cred == "malformed":
-        return {"Authorization": f"Basic {keys['admin']}"}      # a real key, wrong scheme
+        return {"Authorization": f"Basic {keys['admin']}"}  # a real key, wrong scheme
     if cred == "malformed-empty":
         return {"Authorization": "Bearer"}
-    if cred == "bad-key":    # well-formed, right id, wrong secret
+    if cred == "bad-key":  # well-formed, right id, wrong secret
         kid = keys["admin"].split("_")[1]
         return bearer(f"alk_{kid}_{'a' * 52}")
     if cred == "garbage":
@@ -58,7 +56,7 @@ ROUTES = [
 
 
 def expected_status(cred: str, allowed: set[str] | None, ok: int) -> int:
-    if allowed is None:        # public
+    if allowed is None:  # public
         return ok
     if cred not in ROLES:
         return 401
@@ -85,7 +83,7 @@ async def test_role_matrix(client, keys, service, cred, name, method, path, allo
         if want == 401:
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
         else:
-            assert cred in err["message"]          # names the role that was refused
+            assert cred in err["message"]  # names the role that was refused
         # a refused request changes nothing
         assert head_seq(service) == head
         assert len(service.keys.list()) == n_keys
@@ -102,8 +100,7 @@ async def test_role_matrix(client, keys, service, cred, name, method, path, allo
 
 
 @pytest.mark.parametrize("cred", ["none", "writer", "reader", "admin"])
-@pytest.mark.parametrize("path", ["/api/v1/audit-log", "/api/v1/audit-log/export.csv",
-                                  "/api/v1/audit-log/node-a:1"])
+@pytest.mark.parametrize("path", ["/api/v1/audit-log", "/api/v1/audit-log/export.csv", "/api/v1/audit-log/node-a:1"])
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "POST"])
 async def test_log_has_no_update_or_delete(client, keys, service, cred, path, method):
     assert (await client.post("/api/v1/events", json=[ev(1)], headers=bearer(keys["writer"]))).status == 201
@@ -124,14 +121,19 @@ async def test_events_route_only_appends(client, keys, method):
 
 
 async def test_unknown_path_is_json_404(client, keys):
-    await assert_error(await client.get("/api/v1/nothing-here", headers=bearer(keys["admin"])), 404,
-                       "/api/v1/nothing-here")
+    await assert_error(
+        await client.get("/api/v1/nothing-here", headers=bearer(keys["admin"])), 404, "/api/v1/nothing-here"
+    )
 
 
 async def test_matrix_covers_every_route(client):
     """A route added to the app without a row above would escape the role checks."""
-    served = {(r.method, r.resource.canonical) for r in client.app.router.routes()
-              if r.method != "HEAD" and r.handler.__name__ != "not_allowed"}
-    covered = {(m, p.split("?")[0].replace("{victim}", "{key_id}").replace("/ui/app.js", "/ui"))
-               for _, m, p, _, _ in ROUTES}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in client.app.router.routes()
+        if r.method != "HEAD" and r.handler.__name__ != "not_allowed"
+    }
+    covered = {
+        (m, p.split("?")[0].replace("{victim}", "{key_id}").replace("/ui/app.js", "/ui")) for _, m, p, _, _ in ROUTES
+    }
     assert served <= covered, served - covered

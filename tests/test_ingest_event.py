@@ -15,8 +15,7 @@ from engine.errors import AuditLogError
 from ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
 from ingest.event import parse_detail_args, validate_batch, validate_event
 from ingest.limits import Limits
-from ingest.taxonomy import (ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY,
-                              is_known_action)
+from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY, is_known_action
 
 GOOD = {"user": "admin", "action": "auth.login"}
 
@@ -46,6 +45,7 @@ def only_problem(obj, field, index=0, limits=Limits()):
 
 # ------------------------------------------------------------------ good events
 
+
 def test_minimal_event_gets_defaults():
     d = validate_event(GOOD)
     assert d == EntryDraft("admin", "auth.login", None, None, None, None, True, {})
@@ -54,8 +54,12 @@ def test_minimal_event_gets_defaults():
 
 def test_full_event_round_trips():
     obj = {
-        "user": "alice", "action": "quarantine.release", "target": "mail-42",
-        "domain": "example.com", "ip": "192.0.2.7", "user_agent": "curl/8.0",
+        "user": "alice",
+        "action": "quarantine.release",
+        "target": "mail-42",
+        "domain": "example.com",
+        "ip": "192.0.2.7",
+        "user_agent": "curl/8.0",
         "success": False,
         "details": {"mail_id": "42", "subject": "hi", "sender": "a@b.c", "recipient": "d@e.f"},
     }
@@ -121,6 +125,7 @@ def test_node_actions_are_the_membership_and_key_use_records():
 
 # ------------------------------------------------------------------ taxonomy
 
+
 def test_taxonomy_entries_match_regex():
     assert len(TAXONOMY) == 41
     assert all(ACTION_RE.fullmatch(a) for a in TAXONOMY)
@@ -128,30 +133,45 @@ def test_taxonomy_entries_match_regex():
     assert "audit.checkpoint" in TAXONOMY and "auth.login" in TAXONOMY
 
 
-@pytest.mark.parametrize("a,ok", [
-    ("auth.login", True), ("custom.x", True), ("custom.a.b_c", True),
-    ("custom.", False), ("custom", False), ("auth.unknown", False),
-    ("Custom.x", False), ("custom.X", False), ("custom.x\n", False), (None, False), (3, False),
-])
+@pytest.mark.parametrize(
+    "a,ok",
+    [
+        ("auth.login", True),
+        ("custom.x", True),
+        ("custom.a.b_c", True),
+        ("custom.", False),
+        ("custom", False),
+        ("auth.unknown", False),
+        ("Custom.x", False),
+        ("custom.X", False),
+        ("custom.x\n", False),
+        (None, False),
+        (3, False),
+    ],
+)
 def test_is_known_action(a, ok):
     assert is_known_action(a) is ok
 
 
 # ------------------------------------------------------------------ user
 
-@pytest.mark.parametrize("obj,needle", [
-    ({"action": "auth.login"}, "required"),
-    (ev(user=None), "required"),
-    (ev(user=""), "empty"),
-    (ev(user="   "), "empty"),
-    (ev(user=5), "must be a string, got integer"),
-    (ev(user=["a"]), "got array"),
-    (ev(user="ad\x00min"), "control character U+0000"),
-    (ev(user="a\nb"), "control character U+000A"),
-    (ev(user="a\x85b"), "control character U+0085"),
-    (ev(user="a\ud800"), "lone surrogate U+D800"),
-    (ev(user="x" * 1025), "too long: 1025 characters (limit 1024)"),
-])
+
+@pytest.mark.parametrize(
+    "obj,needle",
+    [
+        ({"action": "auth.login"}, "required"),
+        (ev(user=None), "required"),
+        (ev(user=""), "empty"),
+        (ev(user="   "), "empty"),
+        (ev(user=5), "must be a string, got integer"),
+        (ev(user=["a"]), "got array"),
+        (ev(user="ad\x00min"), "control character U+0000"),
+        (ev(user="a\nb"), "control character U+000A"),
+        (ev(user="a\x85b"), "control character U+0085"),
+        (ev(user="a\ud800"), "lone surrogate U+D800"),
+        (ev(user="x" * 1025), "too long: 1025 characters (limit 1024)"),
+    ],
+)
 def test_bad_user(obj, needle):
     msg, text = only_problem(obj, "user", index=4)
     assert needle in msg
@@ -165,16 +185,20 @@ def test_user_at_limit_and_unicode_ok():
 
 # ------------------------------------------------------------------ action
 
-@pytest.mark.parametrize("action,needle", [
-    ("auth", "not a valid action name"),
-    ("Auth.Login", "not a valid action name"),
-    ("auth.login\n", "not a valid action name"),
-    ("auth..login", "not a valid action name"),
-    ("1auth.login", "not a valid action name"),
-    ("auth.login_typo", "unknown action 'auth.login_typo'"),
-    ("customx.thing", "unknown action"),
-    ("custom." + "a" * 2000, "too long"),
-])
+
+@pytest.mark.parametrize(
+    "action,needle",
+    [
+        ("auth", "not a valid action name"),
+        ("Auth.Login", "not a valid action name"),
+        ("auth.login\n", "not a valid action name"),
+        ("auth..login", "not a valid action name"),
+        ("1auth.login", "not a valid action name"),
+        ("auth.login_typo", "unknown action 'auth.login_typo'"),
+        ("customx.thing", "unknown action"),
+        ("custom." + "a" * 2000, "too long"),
+    ],
+)
 def test_bad_action(action, needle):
     msg, text = only_problem(ev(action=action), "action", index=2)
     assert needle in msg
@@ -187,6 +211,7 @@ def test_action_missing_and_wrong_type():
 
 
 # ------------------------------------------------------------------ target / user_agent
+
 
 @pytest.mark.parametrize("field", ["target", "user_agent"])
 def test_optional_text_fields(field):
@@ -215,36 +240,43 @@ def test_huge_string_rejected_quickly_and_message_short():
 
 # ------------------------------------------------------------------ domain
 
-@pytest.mark.parametrize("given_,stored", [
-    ("example.com", "example.com"),
-    ("Mail.EXAMPLE.com", "mail.example.com"),
-    ("example.com.", "example.com"),
-    ("localhost", "localhost"),
-    ("a-b.c0.xn--p1ai", "a-b.c0.xn--p1ai"),
-    ("bücher.example", "xn--bcher-kva.example"),
-    ("BÜCHER.example", "xn--bcher-kva.example"),
-    ("a" * 63 + ".com", "a" * 63 + ".com"),
-])
+
+@pytest.mark.parametrize(
+    "given_,stored",
+    [
+        ("example.com", "example.com"),
+        ("Mail.EXAMPLE.com", "mail.example.com"),
+        ("example.com.", "example.com"),
+        ("localhost", "localhost"),
+        ("a-b.c0.xn--p1ai", "a-b.c0.xn--p1ai"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.example", "xn--bcher-kva.example"),
+        ("a" * 63 + ".com", "a" * 63 + ".com"),
+    ],
+)
 def test_good_domain(given_, stored):
     assert validate_event(ev(domain=given_)).domain == stored
 
 
-@pytest.mark.parametrize("domain,needle", [
-    ("", "empty"),
-    (".", "empty"),
-    ("a..b", "empty label"),
-    (".a", "empty label"),
-    ("a" * 64 + ".com", "longer than 63"),
-    (".".join(["a" * 60] * 5), "longer than 253"),
-    ("-a.com", "starts or ends with '-'"),
-    ("a-.com", "starts or ends with '-'"),
-    ("a_b.com", "characters other than"),
-    ("a b.com", "characters other than"),
-    ("exa\x00mple.com", "characters other than"),
-    ("user@example.com", "characters other than"),
-    ("ü" * 70 + ".com", "internationalised"),
-    ("\ud800.com", "internationalised"),
-])
+@pytest.mark.parametrize(
+    "domain,needle",
+    [
+        ("", "empty"),
+        (".", "empty"),
+        ("a..b", "empty label"),
+        (".a", "empty label"),
+        ("a" * 64 + ".com", "longer than 63"),
+        (".".join(["a" * 60] * 5), "longer than 253"),
+        ("-a.com", "starts or ends with '-'"),
+        ("a-.com", "starts or ends with '-'"),
+        ("a_b.com", "characters other than"),
+        ("a b.com", "characters other than"),
+        ("exa\x00mple.com", "characters other than"),
+        ("user@example.com", "characters other than"),
+        ("ü" * 70 + ".com", "internationalised"),
+        ("\ud800.com", "internationalised"),
+    ],
+)
 def test_bad_domain(domain, needle):
     msg, text = only_problem(ev(domain=domain), "domain", index=1)
     assert needle in msg
@@ -258,23 +290,38 @@ def test_domain_wrong_type_and_too_long():
 
 # ------------------------------------------------------------------ ip
 
-@pytest.mark.parametrize("given_,stored", [
-    ("192.0.2.1", "192.0.2.1"),
-    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
-    ("2001:db8::0001", "2001:db8::1"),
-    ("::1", "::1"),
-    ("::ffff:1.2.3.4", "1.2.3.4"),
-    ("::FFFF:0102:0304", "1.2.3.4"),
-    ("fe80::1%eth0", "fe80::1%eth0"),
-])
+
+@pytest.mark.parametrize(
+    "given_,stored",
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ("2001:db8::0001", "2001:db8::1"),
+        ("::1", "::1"),
+        ("::ffff:1.2.3.4", "1.2.3.4"),
+        ("::FFFF:0102:0304", "1.2.3.4"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+    ],
+)
 def test_good_ip_normalised(given_, stored):
     assert validate_event(ev(ip=given_)).ip == stored
 
 
-@pytest.mark.parametrize("ip", [
-    "abc", "", "1.2.3", "256.1.1.1", "01.2.3.4", "1.2.3.4 ", "::g", "1.2.3.4/24",
-    "fe80::1%\n", "1" * 5000,
-])
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "abc",
+        "",
+        "1.2.3",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3.4 ",
+        "::g",
+        "1.2.3.4/24",
+        "fe80::1%\n",
+        "1" * 5000,
+    ],
+)
 def test_bad_ip(ip):
     msg, text = only_problem(ev(ip=ip), "ip", index=3)
     assert msg.startswith("not a valid IPv4/IPv6 address")
@@ -292,9 +339,17 @@ def test_ip_wrong_type():
 
 # ------------------------------------------------------------------ success
 
-@pytest.mark.parametrize("value,tname", [
-    (1, "integer"), (0, "integer"), ("true", "string"), (None, "null"), (1.0, "number"),
-])
+
+@pytest.mark.parametrize(
+    "value,tname",
+    [
+        (1, "integer"),
+        (0, "integer"),
+        ("true", "string"),
+        (None, "null"),
+        (1.0, "number"),
+    ],
+)
 def test_success_must_be_bool(value, tname):
     msg, _ = only_problem(ev(success=value), "success")
     assert msg == f"must be true or false, got {tname}"
@@ -307,27 +362,31 @@ def test_success_values():
 
 # ------------------------------------------------------------------ details
 
+
 def test_details_must_be_map():
     assert "got array" in only_problem(ev(details=[1]), "details")[0]
     assert "got string" in only_problem(ev(details="x"), "details")[0]
 
 
-@pytest.mark.parametrize("details,needle", [
-    ({"a": float("nan")}, "at details.a: number must be finite, got nan"),
-    ({"a": float("inf")}, "finite"),
-    ({"a": [1, float("-inf")]}, "at details.a[1]: number must be finite"),
-    ({"a": 2 ** 70}, "signed 64-bit"),
-    ({"a": 2 ** 63}, "signed 64-bit"),
-    ({"a": -(2 ** 63) - 1}, "signed 64-bit"),
-    ({"a": "\ud800"}, "lone surrogate"),
-    ({"\udfff": 1}, "lone surrogate"),
-    ({"a": b"bytes"}, "unsupported value type bytes"),
-    ({"a": {1, 2}}, "unsupported value type set"),
-    ({"a": object()}, "unsupported value type object"),
-    ({1: "x"}, "keys must be strings, got integer"),
-    ({"a": {b"k": 1}}, "at details.a: keys must be strings, got bytes"),
-    ({"we ird": {"x": float("nan")}}, "at details['we ird'].x"),
-])
+@pytest.mark.parametrize(
+    "details,needle",
+    [
+        ({"a": float("nan")}, "at details.a: number must be finite, got nan"),
+        ({"a": float("inf")}, "finite"),
+        ({"a": [1, float("-inf")]}, "at details.a[1]: number must be finite"),
+        ({"a": 2**70}, "signed 64-bit"),
+        ({"a": 2**63}, "signed 64-bit"),
+        ({"a": -(2**63) - 1}, "signed 64-bit"),
+        ({"a": "\ud800"}, "lone surrogate"),
+        ({"\udfff": 1}, "lone surrogate"),
+        ({"a": b"bytes"}, "unsupported value type bytes"),
+        ({"a": {1, 2}}, "unsupported value type set"),
+        ({"a": object()}, "unsupported value type object"),
+        ({1: "x"}, "keys must be strings, got integer"),
+        ({"a": {b"k": 1}}, "at details.a: keys must be strings, got bytes"),
+        ({"we ird": {"x": float("nan")}}, "at details['we ird'].x"),
+    ],
+)
 def test_bad_details_values(details, needle):
     err = problems_of(ev(details=details), 5)
     assert [p["field"] for p in err.problems] == ["details"]
@@ -336,9 +395,8 @@ def test_bad_details_values(details, needle):
 
 
 def test_details_int_bounds_ok():
-    d = validate_event(ev(details={"lo": -(2 ** 63), "hi": 2 ** 63 - 1, "f": 1.5, "n": None,
-                                    "b": False, "s": "\x00ok\n"}))
-    assert d.details["lo"] == -(2 ** 63) and d.details["hi"] == 2 ** 63 - 1
+    d = validate_event(ev(details={"lo": -(2**63), "hi": 2**63 - 1, "f": 1.5, "n": None, "b": False, "s": "\x00ok\n"}))
+    assert d.details["lo"] == -(2**63) and d.details["hi"] == 2**63 - 1
     assert d.details["s"] == "\x00ok\n"  # free-form text may hold control chars
 
 
@@ -393,8 +451,7 @@ def test_details_huge_rejected_early():
 
 
 def test_details_size_limit_configurable():
-    msg, _ = only_problem(ev(details={"s": "x" * 100}), "details",
-                          limits=Limits(max_details_bytes=64))
+    msg, _ = only_problem(ev(details={"s": "x" * 100}), "details", limits=Limits(max_details_bytes=64))
     assert "limit 64" in msg
 
 
@@ -406,6 +463,7 @@ def test_details_problem_count_capped():
 
 
 # ------------------------------------------------------------------ top-level fields
+
 
 @pytest.mark.parametrize("field", ["id", "node", "seq", "ts", "signature", "integrity"])
 def test_node_assigned_fields_rejected(field):
@@ -433,28 +491,46 @@ def test_bytes_fields_from_raw_msgpack_rejected():
     assert {"b'user'", "b'action'", "user", "action"} <= fields
 
 
-@pytest.mark.parametrize("obj,tname", [
-    (None, "null"), ([GOOD], "array"), ("x", "string"), (3, "integer"), (b"x", "bytes"),
-])
+@pytest.mark.parametrize(
+    "obj,tname",
+    [
+        (None, "null"),
+        ([GOOD], "array"),
+        ("x", "string"),
+        (3, "integer"),
+        (b"x", "bytes"),
+    ],
+)
 def test_non_dict_event(obj, tname):
     err = problems_of(obj, 6)
-    assert err.problems == [{"index": 6, "field": "(event)",
-                             "message": f"expected an object, got {tname}"}]
+    assert err.problems == [{"index": 6, "field": "(event)", "message": f"expected an object, got {tname}"}]
     assert str(err) == f"event 6: expected an object, got {tname}"
 
 
 def test_all_problems_collected():
-    bad = {"user": "", "action": "nope", "ip": "x", "domain": "a..b", "success": "yes",
-           "target": 1, "user_agent": 2, "details": {"a": float("nan")}, "ts": 1, "what": 0}
+    bad = {
+        "user": "",
+        "action": "nope",
+        "ip": "x",
+        "domain": "a..b",
+        "success": "yes",
+        "target": 1,
+        "user_agent": 2,
+        "details": {"a": float("nan")},
+        "ts": 1,
+        "what": 0,
+    }
     err = problems_of(bad, 9)
     fields = [p["field"] for p in err.problems]
-    assert sorted(fields) == sorted(["user", "action", "ip", "domain", "success", "target",
-                                     "user_agent", "details", "ts", "what"])
+    assert sorted(fields) == sorted(
+        ["user", "action", "ip", "domain", "success", "target", "user_agent", "details", "ts", "what"]
+    )
     assert all(p["index"] == 9 for p in err.problems)
     assert str(err).count("event 9: ") == 10
 
 
 # ------------------------------------------------------------------ batches
+
 
 def test_batch_ok_in_order():
     drafts = validate_batch([ev(user="a"), ev(user="b"), ev(user="c")])
@@ -465,8 +541,7 @@ def test_batch_all_or_nothing_with_indexes():
     with pytest.raises(InvalidEventError) as ei:
         validate_batch([GOOD, ev(ip="abc"), GOOD, "nope", ev(user=None)])
     err = ei.value
-    assert [(p["index"], p["field"]) for p in err.problems] == [
-        (1, "ip"), (3, "(event)"), (4, "user")]
+    assert [(p["index"], p["field"]) for p in err.problems] == [(1, "ip"), (3, "(event)"), (4, "user")]
     text = str(err)
     assert "event 1: field 'ip'" in text
     assert "event 3: expected an object, got string" in text
@@ -516,6 +591,7 @@ def test_message_capped_at_20_problems():
 
 # ------------------------------------------------------------------ errors and limits
 
+
 def test_error_classes():
     assert issubclass(IngestError, AuditLogError)
     assert issubclass(InvalidEventError, IngestError)
@@ -527,8 +603,13 @@ def test_error_classes():
 
 def test_limits_defaults_and_frozen():
     lim = Limits()
-    assert (lim.max_details_bytes, lim.max_batch, lim.max_field_len,
-            lim.max_user_agent_len, lim.max_details_depth) == (16384, 10000, 1024, 2048, 8)
+    assert (lim.max_details_bytes, lim.max_batch, lim.max_field_len, lim.max_user_agent_len, lim.max_details_depth) == (
+        16384,
+        10000,
+        1024,
+        2048,
+        8,
+    )
     with pytest.raises(AttributeError):
         lim.max_batch = 5  # type: ignore[misc]
     with pytest.raises(ValueError):
@@ -537,13 +618,40 @@ def test_limits_defaults_and_frozen():
 
 # ------------------------------------------------------------------ --detail parsing
 
+
 def test_detail_args_json_values_and_strings():
-    got = parse_detail_args(["n=3", "f=1.5", "ok=true", "nil=null", "l=[1,\"a\"]",
-                             "m={\"b\":1}", "s=hello world", "q=\"quoted\"", "e=",
-                             "eq=a=b", "nan=NaN", "inf=-Infinity", "big=" + "9" * 5000])
-    assert got == {"n": 3, "f": 1.5, "ok": True, "nil": None, "l": [1, "a"], "m": {"b": 1},
-                   "s": "hello world", "q": "quoted", "e": "", "eq": "a=b", "nan": "NaN",
-                   "inf": "-Infinity", "big": "9" * 5000}
+    got = parse_detail_args(
+        [
+            "n=3",
+            "f=1.5",
+            "ok=true",
+            "nil=null",
+            'l=[1,"a"]',
+            'm={"b":1}',
+            "s=hello world",
+            'q="quoted"',
+            "e=",
+            "eq=a=b",
+            "nan=NaN",
+            "inf=-Infinity",
+            "big=" + "9" * 5000,
+        ]
+    )
+    assert got == {
+        "n": 3,
+        "f": 1.5,
+        "ok": True,
+        "nil": None,
+        "l": [1, "a"],
+        "m": {"b": 1},
+        "s": "hello world",
+        "q": "quoted",
+        "e": "",
+        "eq": "a=b",
+        "nan": "NaN",
+        "inf": "-Infinity",
+        "big": "9" * 5000,
+    }
 
 
 def test_detail_args_last_wins():
@@ -567,12 +675,16 @@ def test_detail_args_feed_validate_event():
 
 # ------------------------------------------------------------------ properties
 
-scalars = (st.none() | st.booleans() | st.integers(-(2 ** 63), 2 ** 63 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 detail_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
 # max_leaves bounds breadth, not depth; keep generated details within the depth limit.
@@ -582,10 +694,12 @@ labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 domains = st.lists(labels, min_size=1, max_size=4).map(".".join)
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)
-text_fields = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
-                      max_size=40).filter(lambda s: s.strip())
+text_fields = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(
+    lambda s: s.strip()
+)
 actions = st.sampled_from(sorted(TAXONOMY - RESERVED_ACTIONS)) | st.from_regex(
-    r"custom(\.[a-z0-9_]{1,8}){1,3}", fullmatch=True)
+    r"custom(\.[a-z0-9_]{1,8}){1,3}", fullmatch=True
+)
 
 
 def depth(v) -> int:
@@ -607,9 +721,12 @@ def is_sorted_everywhere(v) -> bool:
 valid_events = st.fixed_dictionaries(
     {"user": text_fields, "action": actions},
     optional={
-        "target": st.none() | text_fields, "domain": st.none() | domains,
-        "ip": st.none() | ipv4 | ipv6, "user_agent": st.none() | text_fields,
-        "success": st.booleans(), "details": st.none() | details_maps,
+        "target": st.none() | text_fields,
+        "domain": st.none() | domains,
+        "ip": st.none() | ipv4 | ipv6,
+        "user_agent": st.none() | text_fields,
+        "success": st.booleans(),
+        "details": st.none() | details_maps,
     },
 )
 
@@ -636,12 +753,16 @@ def test_valid_generated_events_validate(obj):
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(max_size=4),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4)
+    ),
     max_leaves=25,
 )
-field_names = st.sampled_from(["user", "action", "target", "domain", "ip", "user_agent",
-                               "success", "details", "seq", "junk"])
+field_names = st.sampled_from(
+    ["user", "action", "target", "domain", "ip", "user_agent", "success", "details", "seq", "junk"]
+)
 hostile_events = json_like | st.dictionaries(field_names, json_like, max_size=8)
 
 
@@ -652,8 +773,8 @@ def test_arbitrary_input_only_raises_invalid_event(obj):
         d = validate_event(obj)
     except InvalidEventError as e:
         assert e.problems and all(
-            set(p) == {"index", "field", "message"} and isinstance(p["message"], str)
-            for p in e.problems)
+            set(p) == {"index", "field", "message"} and isinstance(p["message"], str) for p in e.problems
+        )
         str(e)
     else:
         assert isinstance(d, EntryDraft)
@@ -677,11 +798,11 @@ def test_arbitrary_batches_only_raise_ingest_errors(objs):
 def _strict_json(text):
     def no_constants(name):
         raise ValueError(name)
+
     return json.loads(text, parse_constant=no_constants)
 
 
-@given(st.text(max_size=30) | st.from_regex(r"-?[0-9]{1,5}(\.[0-9]+)?|true|false|null|NaN|\[1, ?2\]",
-                                            fullmatch=True))
+@given(st.text(max_size=30) | st.from_regex(r"-?[0-9]{1,5}(\.[0-9]+)?|true|false|null|NaN|\[1, ?2\]", fullmatch=True))
 def test_detail_arg_value_is_json_or_the_raw_string(value):
     got = parse_detail_args([f"k={value}"])["k"]
     try:

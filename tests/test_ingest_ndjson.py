@@ -31,14 +31,18 @@ def ndjson_error(data, limits=Limits()) -> InvalidEventError:
 
 # ------------------------------------------------------------------ good input
 
-@pytest.mark.parametrize("form", ["str", "bytes", "bytearray", "list_str", "list_bytes",
-                                  "text_file", "binary_file"])
+
+@pytest.mark.parametrize("form", ["str", "bytes", "bytearray", "list_str", "list_bytes", "text_file", "binary_file"])
 def test_input_forms(form):
     text = "\n".join([line(user="a"), line(user="b", ip="::ffff:10.0.0.1")]) + "\n"
     data = {
-        "str": text, "bytes": text.encode(), "bytearray": bytearray(text.encode()),
-        "list_str": text.splitlines(), "list_bytes": text.encode().splitlines(),
-        "text_file": io.StringIO(text), "binary_file": io.BytesIO(text.encode()),
+        "str": text,
+        "bytes": text.encode(),
+        "bytearray": bytearray(text.encode()),
+        "list_str": text.splitlines(),
+        "list_bytes": text.encode().splitlines(),
+        "text_file": io.StringIO(text),
+        "binary_file": io.BytesIO(text.encode()),
     }[form]
     drafts = parse_ndjson(data)
     assert [d.user for d in drafts] == ["a", "b"]
@@ -68,20 +72,23 @@ def test_details_sorted():
 
 # ------------------------------------------------------------------ errors name the line
 
+
 def test_bad_event_names_line_and_field():
     data = "\n".join([GOOD_LINE, "", line(ip="abc")])
     err = ndjson_error(data)
-    assert err.problems == [{"index": 3, "field": "ip",
-                             "message": "not a valid IPv4/IPv6 address 'abc'"}]
+    assert err.problems == [{"index": 3, "field": "ip", "message": "not a valid IPv4/IPv6 address 'abc'"}]
     assert str(err) == "line 3: field 'ip': not a valid IPv4/IPv6 address 'abc'"
 
 
 def test_all_or_nothing_collects_every_line():
-    data = "\n".join([GOOD_LINE, line(success=1), "{nope", GOOD_LINE, "[1, 2]",
-                      line(action="auth.nope")])
+    data = "\n".join([GOOD_LINE, line(success=1), "{nope", GOOD_LINE, "[1, 2]", line(action="auth.nope")])
     err = ndjson_error(data)
     assert [(p["index"], p["field"]) for p in err.problems] == [
-        (2, "success"), (3, "(event)"), (5, "(event)"), (6, "action")]
+        (2, "success"),
+        (3, "(event)"),
+        (5, "(event)"),
+        (6, "action"),
+    ]
     text = str(err)
     assert "line 2: field 'success'" in text
     assert "line 3: invalid JSON: " in text
@@ -89,16 +96,19 @@ def test_all_or_nothing_collects_every_line():
     assert "line 6: field 'action': unknown action" in text
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ("{nope", "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
-    ('{"user": "a",}', "invalid JSON"),
-    ("{} {}", "invalid JSON: Extra data"),
-    ("'single'", "invalid JSON"),
-    ('{"user": "a", "user": "b", "action": "auth.login"}', "invalid JSON: duplicate key 'user'"),
-    ('{"details": {"k": 1, "k": 2}}', "duplicate key 'k'"),
-    ('{"n": ' + "1" * 5000 + "}", "invalid JSON: number has too many digits"),
-    ("[" * 100_000 + "]" * 100_000, "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ("{nope", "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
+        ('{"user": "a",}', "invalid JSON"),
+        ("{} {}", "invalid JSON: Extra data"),
+        ("'single'", "invalid JSON"),
+        ('{"user": "a", "user": "b", "action": "auth.login"}', "invalid JSON: duplicate key 'user'"),
+        ('{"details": {"k": 1, "k": 2}}', "duplicate key 'k'"),
+        ('{"n": ' + "1" * 5000 + "}", "invalid JSON: number has too many digits"),
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON"),
+    ],
+)
 def test_invalid_json_names_line(bad, needle):
     err = ndjson_error(f"{GOOD_LINE}\n{bad}\n")
     assert len(err.problems) == 1
@@ -109,8 +119,7 @@ def test_invalid_json_names_line(bad, needle):
     assert len(str(err)) < 400
 
 
-@pytest.mark.parametrize("raw", [b"\xff\xfe{}", b'{"user": "\xc3\x28"}', b"\xed\xa0\x80",
-                                 b'{"user":"a\x80"}'])
+@pytest.mark.parametrize("raw", [b"\xff\xfe{}", b'{"user": "\xc3\x28"}', b"\xed\xa0\x80", b'{"user":"a\x80"}'])
 def test_invalid_utf8_names_line(raw):
     err = ndjson_error(GOOD_LINE.encode() + b"\n\n" + raw + b"\n")
     assert len(err.problems) == 1
@@ -148,12 +157,11 @@ def test_escaped_surrogate_and_nul_rejected():
 def test_nan_and_infinity_literals_rejected_in_details():
     err = ndjson_error('{"user": "a", "action": "auth.login", "details": {"x": NaN, "y": -Infinity}}')
     msgs = [p["message"] for p in err.problems]
-    assert msgs == ["at details.x: number must be finite, got nan",
-                    "at details.y: number must be finite, got -inf"]
+    assert msgs == ["at details.x: number must be finite, got nan", "at details.y: number must be finite, got -inf"]
 
 
 def test_big_int_in_details_rejected():
-    err = ndjson_error(json.dumps({**GOOD, "details": {"n": 2 ** 70}}))
+    err = ndjson_error(json.dumps({**GOOD, "details": {"n": 2**70}}))
     assert "signed 64-bit" in str(err)
 
 
@@ -164,6 +172,7 @@ def test_huge_line_rejected_with_short_message():
 
 
 # ------------------------------------------------------------------ batch size
+
 
 def test_batch_limit_counts_non_blank_lines():
     limits = Limits(max_batch=2)
@@ -201,6 +210,7 @@ def test_message_capped():
 
 # ------------------------------------------------------------------ duplicate-key hook
 
+
 def test_reject_duplicate_keys_hook():
     assert json.loads('{"a": 1, "b": 2}', object_pairs_hook=reject_duplicate_keys) == {"a": 1, "b": 2}
     with pytest.raises(ValueError, match="duplicate key 'a'"):
@@ -208,6 +218,7 @@ def test_reject_duplicate_keys_hook():
 
 
 # ------------------------------------------------------------------ properties
+
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
@@ -221,9 +232,10 @@ def test_arbitrary_bytes_only_raise_ingest_errors(data):
 
 json_text = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["user", "action", "ip", "domain", "details", "x", "ts"]), inner,
-        max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["user", "action", "ip", "domain", "details", "x", "ts"]), inner, max_size=5)
+    ),
     max_leaves=15,
 ).map(json.dumps)
 
@@ -235,7 +247,7 @@ def test_arbitrary_lines_only_raise_ingest_errors(lines):
     try:
         drafts = parse_ndjson(data)
     except BatchTooLargeError:
-        raise AssertionError("default limit cannot be reached here")
+        raise AssertionError("default limit cannot be reached here") from None
     except InvalidEventError as e:
         n_lines = data.count("\n") + 1
         assert all(p["index"] == -1 or 1 <= p["index"] <= n_lines for p in e.problems)
@@ -245,11 +257,18 @@ def test_arbitrary_lines_only_raise_ingest_errors(lines):
 
 valid_lines = st.lists(
     st.fixed_dictionaries(
-        {"user": st.from_regex(r"[a-z]{1,8}", fullmatch=True),
-         "action": st.sampled_from(["auth.login", "user.create", "custom.x.y"])},
-        optional={"details": st.dictionaries(st.text(max_size=5), st.integers(-5, 5), max_size=5),
-                  "success": st.booleans()}),
-    min_size=1, max_size=10)
+        {
+            "user": st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+            "action": st.sampled_from(["auth.login", "user.create", "custom.x.y"]),
+        },
+        optional={
+            "details": st.dictionaries(st.text(max_size=5), st.integers(-5, 5), max_size=5),
+            "success": st.booleans(),
+        },
+    ),
+    min_size=1,
+    max_size=10,
+)
 
 
 @given(valid_lines, st.sampled_from(["\n", "\r\n", "\n\n"]))

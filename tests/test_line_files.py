@@ -11,34 +11,32 @@ import os
 import shutil
 import struct
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers_engine import build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths, served_log, write_config
+from helpers_http import ServeProcess
 
 from cli.config import load_config
 from engine.datadir import DataDir
-from dataclasses import dataclass
-
 from engine.errors import ConfigError
 from engine.items import VerifiedFrame
 from engine.lines import LineFiles, cut_lines, line_marks, lines_path
 from engine.log import NodeLog
 from export.ndjson import LINES_TAG, line_renderer, ndjson_lines
-from query.cluster import LineTaker
 from query.filters import Filter
 from query.scan import read_node, scan_node
+from query.sources import LineTaker
 
-from helpers_engine import (build_log, flip_byte, frames_of, invoke_cli, run_cli, segment_paths,
-                            served_log, write_config)
-from helpers_http import ServeProcess
-
-SEG = 8192                      # 400 events in batches of 7: ~7 segments of ~8 frames
+SEG = 8192  # 400 events in batches of 7: ~7 segments of ~8 frames
 FILE_HEADER = struct.Struct("<4sBB")
 BLOCK = struct.Struct("<QQII")  # frame offset, frame end, count, lines length
 MAC = 32
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def real_tag(node) -> str:
     return f"{LINES_TAG} {node.node_id}"
@@ -56,7 +54,7 @@ def log_with(dd, node, lf: LineFiles | None) -> NodeLog:
 
 @dataclass
 class Piece:
-    """What the NDJSON path (``query.cluster.LineTaker``) made of one item of a read:
+    """What the NDJSON path (``query.sources.LineTaker``) made of one item of a read:
     ``kind`` "frame" for a whole verified frame (from a line file or rendered), "entries"
     for a part of a frame or damage (``entries``: what was rendered)."""
 
@@ -71,8 +69,11 @@ def pieces(log: NodeLog, items, lo=None, hi=None, order="asc") -> list[Piece]:
     for item in items:
         ts, lens, blob, _ = LineTaker(log, iter([item]), lo, hi, order).take(1 << 30)
         whole = type(item) is VerifiedFrame and item.whole
-        entries = None if whole else (item.entries() if type(item) is VerifiedFrame
-                                      else item.as_entries(lo, hi, None, order == "desc"))
+        entries = (
+            None
+            if whole
+            else (item.entries() if type(item) is VerifiedFrame else item.as_entries(lo, hi, None, order == "desc"))
+        )
         out.append(Piece("frame" if whole else "entries", ts, cut_lines(blob, line_marks(lens)), entries))
     return out
 
@@ -108,7 +109,7 @@ def blocks(path: Path) -> tuple[str, list[tuple[int, int, int, int, int]]]:
         out.append((pos, off, end, count, BLOCK.size + 12 * count + nbytes + MAC))
         pos += out[-1][4]
     assert pos == len(data), f"{path} is not a sequence of whole blocks"
-    return data[FILE_HEADER.size: FILE_HEADER.size + n].decode(), out
+    return data[FILE_HEADER.size : FILE_HEADER.size + n].decode(), out
 
 
 def damage_setup(dd, node, segment: int):
@@ -140,11 +141,12 @@ def kept(built):
 
 # ----------------------------------------------------------------------------- engine
 
+
 def test_lines_equal_entry_path_rendered_then_from_files(built):
     dd, node = built
     total = n_frames(dd, node)
     listing = sorted(dd.segments.iterdir())
-    lf = line_files(node, keep=False)           # renders every frame, writes nothing
+    lf = line_files(node, keep=False)  # renders every frame, writes nothing
     assert read(dd, node, lf)[:2] == reference(dd, node) and (lf.hits, lf.rendered) == (0, total)
     assert sorted(dd.segments.iterdir()) == listing
     lf = line_files(node)
@@ -152,28 +154,28 @@ def test_lines_equal_entry_path_rendered_then_from_files(built):
     assert (ts, lines) == reference(dd, node)
     assert all(b.kind == "frame" for b in batches)
     assert (lf.rendered, lf.hits, lf.rejected) == (total, 0, 0)
-    for seg in segment_paths(dd):           # one block per frame, bound to its place
+    for seg in segment_paths(dd):  # one block per frame, bound to its place
         tag, bl = blocks(lines_path(seg))
         assert tag == real_tag(node)
         assert [(b[1], b[2], b[3]) for b in bl] == [(f.offset, f.end, f.count) for f in frames_of(seg, node)]
     before = snapshot(dd)
     for order, keep in (("asc", True), ("desc", True), ("asc", False), ("desc", False)):
         ref_ts, ref_lines = reference(dd, node, order=order)
-        lf = line_files(node, keep=keep)        # fresh readers: everything from the files
+        lf = line_files(node, keep=keep)  # fresh readers: everything from the files
         ts, lines, batches = read(dd, node, lf, order=order)
         assert lines == ref_lines and ts == ref_ts, order
         assert (lf.hits, lf.rendered, lf.rejected) == (total, 0, 0)
         i = 0
-        for b in batches:                   # each frame's .ts are its entries' ts
-            assert b.kind == "frame" and b.ts == ref_ts[i: i + len(b.ts)]
+        for b in batches:  # each frame's .ts are its entries' ts
+            assert b.kind == "frame" and b.ts == ref_ts[i : i + len(b.ts)]
             i += len(b.ts)
-    assert snapshot(dd) == before           # bytes and mtimes: nothing written again
+    assert snapshot(dd) == before  # bytes and mtimes: nothing written again
 
 
 def in_frame_order(dd, node) -> bool:
     """Does every line file hold blocks for its segment's first frames, in frame order?"""
     offs = {p: [b[1] for b in blocks(lines_path(p))[1]] for p in segment_paths(dd) if lines_path(p).exists()}
-    return all(o == [f.offset for f in frames_of(p, node)][:len(o)] for p, o in offs.items())
+    return all(o == [f.offset for f in frames_of(p, node)][: len(o)] for p, o in offs.items())
 
 
 def test_desc_reads_by_a_keeper_keep_blocks_in_frame_order_only(built):
@@ -183,11 +185,11 @@ def test_desc_reads_by_a_keeper_keep_blocks_in_frame_order_only(built):
     read(dd, node, line_files(node))
     segs = segment_paths(dd)
     path = lines_path(segs[1])
-    os.truncate(path, blocks(path)[1][3][0])    # only its first 3 blocks left
+    os.truncate(path, blocks(path)[1][3][0])  # only its first 3 blocks left
     lines_path(segs[2]).unlink()
     lf = line_files(node)
     assert read(dd, node, lf, order="desc")[:2] == ref and lf.hits > 0 and in_frame_order(dd, node)
-    assert len(blocks(path)[1]) == 4             # frame 3 came next in frame order
+    assert len(blocks(path)[1]) == 4  # frame 3 came next in frame order
     read(dd, node, line_files(node))
     lf = line_files(node, keep=False)
     assert read(dd, node, lf, order="desc")[:2] == ref and (lf.hits, lf.rendered) == (n_frames(dd, node), 0)
@@ -199,8 +201,9 @@ def test_tampered_block_is_never_served_and_is_kept_again(kept, where):
     total, ref, path, good, bl = damage_setup(dd, node, 1)
     k = 2
     pos, _, _, _, size = bl[k]
-    at = {"lines": pos + size - MAC - 40, "ts": pos + BLOCK.size + 8 + 1,
-          "mac": pos + size - 5, "count": pos + 16}[where]
+    at = {"lines": pos + size - MAC - 40, "ts": pos + BLOCK.size + 8 + 1, "mac": pos + size - 5, "count": pos + 16}[
+        where
+    ]
     flip_byte(path, at, 0x01)
     bad = path.read_bytes()
     # a reader that does not keep: the block is refused, the file left as it is
@@ -210,8 +213,8 @@ def test_tampered_block_is_never_served_and_is_kept_again(kept, where):
     lf = line_files(node)
     assert read(dd, node, lf)[:2] == ref and lf.rejected == 1
     assert lf.rendered == len(bl) - k and lf.hits == total - lf.rendered
-    assert path.read_bytes() == good        # rendering is deterministic: the same blocks again
-    assert read(dd, node, lf)[:2] == ref    # the same reader now uses them
+    assert path.read_bytes() == good  # rendering is deterministic: the same blocks again
+    assert read(dd, node, lf)[:2] == ref  # the same reader now uses them
     assert lf.hits == 2 * total - lf.rendered and lf.rejected == 1
     fresh = line_files(node, keep=False)
     assert read(dd, node, fresh, order="desc")[:2] == reference(dd, node, order="desc")
@@ -224,7 +227,7 @@ def test_blocks_moved_between_segments_or_from_another_node_are_refused(kept, tm
     ref = reference(dd, node)
     a, b = (lines_path(p) for p in segment_paths(dd)[1:3])
     good_a, good_b = a.read_bytes(), b.read_bytes()
-    assert blocks(a)[1][0][1] == blocks(b)[1][0][1]      # same frame offsets: only the MAC differs
+    assert blocks(a)[1][0][1] == blocks(b)[1][0][1]  # same frame offsets: only the MAC differs
     a.write_bytes(good_b)
     b.write_bytes(good_a)
     lf = line_files(node, keep=False)
@@ -272,7 +275,7 @@ def test_damaged_segment_frame_is_flagged_never_served_from_its_block(kept, rebu
         assert len(rows) == 400 and sorted(r["seq"] for r in rows) == list(range(1, 401))
         assert all((r["integrity"] == "violation") == (r["seq"] in damaged) for r in rows)
         assert (lf.hits, lf.rendered, lf.rejected) == (total - 1, 0, 0)
-    assert lines_path(seg).read_bytes() == lines_before     # the block is still there, intact
+    assert lines_path(seg).read_bytes() == lines_before  # the block is still there, intact
 
 
 @pytest.mark.parametrize("cut", ["lines", "block_header", "file_header", "junk"])
@@ -282,7 +285,7 @@ def test_torn_tail_is_cut_back_and_kept_again(kept, cut):
     pos, _, _, _, size = bl[-1]
     at = {"lines": pos + size // 2, "block_header": pos + 10, "file_header": 3, "junk": pos}[cut]
     os.truncate(path, at)
-    if cut == "junk":                       # a tail longer than the block written over it
+    if cut == "junk":  # a tail longer than the block written over it
         with open(path, "ab") as f:
             f.write(b"\xff" * 2 * size)
         at += 2 * size
@@ -318,7 +321,7 @@ def test_file_of_another_tag_is_not_used_and_is_rewritten_by_a_keeper(built):
     total = n_frames(dd, node)
     ref = reference(dd, node)
 
-    def stale(recs):        # what another renderer made of the same frames
+    def stale(recs):  # what another renderer made of the same frames
         return [b'{"stale":%d}\n' % r[0] for r in recs]
 
     read(dd, node, line_files(node, tag=f"ndjson-0 {node.node_id}", render=stale))
@@ -327,7 +330,7 @@ def test_file_of_another_tag_is_not_used_and_is_rewritten_by_a_keeper(built):
     lf = line_files(node, keep=False)
     assert read(dd, node, lf)[:2] == ref and (lf.hits, lf.rendered) == (0, total)
     assert snapshot(dd) == before
-    relabelled = lines_path(segment_paths(dd)[0])   # "ndjson-0" -> "ndjson-1" in its header only
+    relabelled = lines_path(segment_paths(dd)[0])  # "ndjson-0" -> "ndjson-1" in its header only
     flip_byte(relabelled, FILE_HEADER.size + len("ndjson-"), ord("0") ^ ord("1"))
     assert blocks(relabelled)[0] == real_tag(node)
     lf = line_files(node, keep=False)
@@ -347,13 +350,13 @@ def test_file_of_another_tag_is_not_used_and_is_rewritten_by_a_keeper(built):
 def test_time_range_and_after_seq_cut_frames_like_the_entry_path(kept):
     dd, node = kept
     entries = list(NodeLog(dd, node).scan())
-    lo, hi = entries[10].ts, entries[-40].ts    # (a commit's entries share one ts: frames are whole)
+    lo, hi = entries[10].ts, entries[-40].ts  # (a commit's entries share one ts: frames are whole)
     for order in ("asc", "desc"):
         lf = line_files(node)
         ts, lines, batches = read(dd, node, lf, lo, hi, order=order)
         assert (ts, lines) == reference(dd, node, lo, hi, order=order)
         assert 0 < len(lines) < len(entries) - 40 and lf.hits == len(batches)
-        for after in (45, 300):                 # inside a frame of 7 (seq 43..49, 295..301)
+        for after in (45, 300):  # inside a frame of 7 (seq 43..49, 295..301)
             lf = line_files(node)
             log = log_with(dd, node, lf)
             batches = pieces(log, read_node(log, Filter(), order=order, after=(after, 100)), order=order)
@@ -361,7 +364,7 @@ def test_time_range_and_after_seq_cut_frames_like_the_entry_path(kept):
             assert joined(batches) == ([e.ts for e in want], ndjson_lines(want))
             assert {e.seq for e in want} == set(range(after + 1, 401) if order == "asc" else range(1, after))
             assert {b.kind for b in batches} == {"frame", "entries"} and lf.hits == len(batches) - 1
-    flt = Filter(users=("alice",), from_us=lo)         # a predicate: every frame through entries
+    flt = Filter(users=("alice",), from_us=lo)  # a predicate: every frame through entries
     lf = line_files(node)
     log = log_with(dd, node, lf)
     got = joined(pieces(log, read_node(log, flt), flt.from_us))
@@ -372,19 +375,20 @@ def test_retention_drops_side_files_with_their_segment(kept, tmp_path):
     dd, node = kept
     assert NodeLog(dd, node).build_missing_terms(limit=100) > 0
     sealed = [p.stem for p in segment_paths(dd)[:-1]]
-    assert all((dd.segments / (stem + ext)).exists() for stem in sealed
-               for ext in (".seg", ".idx", ".terms", ".lines"))
+    assert all((dd.segments / (stem + ext)).exists() for stem in sealed for ext in (".seg", ".idx", ".terms", ".lines"))
     cfg = write_config(tmp_path / "c.toml", segment_max_bytes=SEG, retention_days=90, fsync="none")
     r = invoke_cli(dd.root, "retention", "run", "--as-of", "2999-01-01", config=cfg)
     assert r.exit_code == 0, r.output
     from engine.retention import load_last_run
     from engine.state import StateSeal
+
     dropped = load_last_run(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state)[0]["dropped_segments"]
     assert set(sealed) <= {Path(n).stem for n in dropped}
     left = sorted(p.name for p in dd.segments.iterdir())
     assert not [n for n in left if Path(n).stem in {Path(d).stem for d in dropped}], left
-    assert {Path(n).stem for n in left if Path(n).suffix in (".idx", ".terms", ".lines")} \
-        <= {p.stem for p in segment_paths(dd)}        # no side file without its segment
+    assert {Path(n).stem for n in left if Path(n).suffix in (".idx", ".terms", ".lines")} <= {
+        p.stem for p in segment_paths(dd)
+    }  # no side file without its segment
     lf = line_files(node)
     assert read(dd, node, lf)[:2] == reference(dd, node)
     assert lines_path(segment_paths(dd)[0]).exists()
@@ -392,13 +396,17 @@ def test_retention_drops_side_files_with_their_segment(kept, tmp_path):
 
 # ----------------------------------------------------------------------------- the server
 
+
 def ndjson_and_pages(srv, key: str, order: str) -> tuple[bytes, list[dict]]:
     status, _, body = srv.request(f"/api/v1/audit-log?format=ndjson&order={order}", key)
     assert status == 200, body[:300]
     events, cursor = [], ""
     while cursor is not None:
-        status, page = srv.json(f"/api/v1/audit-log?limit=10000&order={order}"
-                                + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else ""), key)
+        status, page = srv.json(
+            f"/api/v1/audit-log?limit=10000&order={order}"
+            + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else ""),
+            key,
+        )
         assert status == 200, page
         events, cursor = events + page["events"], page["next_cursor"]
     return body, events
@@ -419,7 +427,7 @@ def test_server_ndjson_with_and_without_line_files(tmp_path, enabled):
             first, events = ndjson_and_pages(srv, key, order)
             assert len(events) >= 3000 and parsed(first) == events
             assert [e["seq"] for e in events] == sorted((e["seq"] for e in events), reverse=order == "desc")
-            kept = sorted(segs.glob("*.lines"))     # one per segment, kept by the first read
+            kept = sorted(segs.glob("*.lines"))  # one per segment, kept by the first read
             assert len(kept) == (len(list(segs.glob("*.seg"))) if enabled else 0)
             files = {p: p.read_bytes() for p in kept}
             assert ndjson_and_pages(srv, key, order)[0] == first
@@ -457,6 +465,7 @@ def test_server_sends_what_the_line_files_hold_only_when_enabled(tmp_path):
 
 
 # ----------------------------------------------------------------------------- config
+
 
 @pytest.mark.parametrize("value", ['"yes"', "1"])
 def test_line_files_setting_must_be_a_bool(tmp_path, value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from array import array
+from datetime import UTC
 
 import msgpack
 import pytest
@@ -14,16 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.lines import LEN_CODE, line_marks
+from query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
 from query.linemerge import LineSource, merge_lines, node_ranks
-from query.peers import PeerError, pack_line_chunk, unpack_line_chunk
 
 
 class ListSource(LineSource):
     """A node's stream from a list of (ts, seq), handed out in the given chunk sizes;
     ``fail_after`` chunks it fails as a lost peer does."""
 
-    def __init__(self, node: str, rows: list[tuple[int, int]], chunks: list[int],
-                 fail_after: int | None = None):
+    def __init__(self, node: str, rows: list[tuple[int, int]], chunks: list[int], fail_after: int | None = None):
         super().__init__(node)
         self.rows = rows
         self.chunks = list(chunks)
@@ -50,7 +50,7 @@ def line(node: str, ts: int, seq: int) -> bytes:
 def node_rows(rnd: random.Random, n: int, order: str) -> list[tuple[int, int]]:
     ts, rows = 1000, []
     for seq in range(1, n + 1):
-        ts += rnd.choice([0, 0, 1, 2, 5])          # equal timestamps within a node happen
+        ts += rnd.choice([0, 0, 1, 2, 5])  # equal timestamps within a node happen
         rows.append((ts, seq))
     return rows[::-1] if order == "desc" else rows
 
@@ -72,15 +72,17 @@ def expected(per_node: dict[str, list[tuple[int, int]]], order: str) -> list[tup
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 10 ** 6), order=st.sampled_from(["asc", "desc"]),
-       sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4),
-       chunking=st.lists(st.integers(1, 17), min_size=1, max_size=8))
+@given(
+    seed=st.integers(0, 10**6),
+    order=st.sampled_from(["asc", "desc"]),
+    sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+    chunking=st.lists(st.integers(1, 17), min_size=1, max_size=8),
+)
 async def test_merge_order_matches_a_full_sort(seed, order, sizes, chunking):
     rnd = random.Random(seed)
-    names = ["node-b", "a", "node-a", "zz"][:len(sizes)]
+    names = ["node-b", "a", "node-a", "zz"][: len(sizes)]
     per_node = {name: node_rows(rnd, n, order) for name, n in zip(names, sizes)}
-    sources = [ListSource(name, rows, [rnd.choice(chunking) for _ in range(50)])
-               for name, rows in per_node.items()]
+    sources = [ListSource(name, rows, [rnd.choice(chunking) for _ in range(50)]) for name, rows in per_node.items()]
     got = await merged(sources, order)
     assert got == expected(per_node, order)
     assert [s.consumed for s in sources] == [len(per_node[s.node]) for s in sources]
@@ -98,14 +100,13 @@ async def test_runs_long_and_short_merge_exactly(run, order):
     for turn in range(1200 // run):
         node = ["n1", "n2", "n3"][turn % 3] if turn % 5 else rnd.choice(["n1", "n2", "n3"])
         rows = per_node[node]
-        same = rnd.random() < 0.3                    # a run whose ts equals the last one's
+        same = rnd.random() < 0.3  # a run whose ts equals the last one's
         t += 0 if same else rnd.choice([1, 3])
         for _ in range(run):
             rows.append((t, len(rows) + 1))
     if order == "desc":
         per_node = {n: r[::-1] for n, r in per_node.items()}
-    sources = [ListSource(n, r, [rnd.choice([5, 64, 300, 2000]) for _ in range(400)])
-               for n, r in per_node.items()]
+    sources = [ListSource(n, r, [rnd.choice([5, 64, 300, 2000]) for _ in range(400)]) for n, r in per_node.items()]
     assert await merged(sources, order) == expected(per_node, order)
 
 
@@ -135,7 +136,7 @@ async def test_no_sources_and_empty_sources():
 
 def test_line_chunk_round_trip():
     ts = [1_700_000_000_000_000, 1_700_000_000_000_001, -5]
-    lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b'{}\n']
+    lines = [b'{"a":"x\\ny"}\n', b'{"b":"\xc3\xbc"}\n', b"{}\n"]
     lens = array(LEN_CODE, map(len, lines))
     msg = msgpack.unpackb(b"".join(pack_line_chunk(ts, lens, [lines[0], lines[1] + lines[2]], 2)), raw=False)
     assert unpack_line_chunk(msg) == (ts, [-1, 12, 23, 26], b"".join(lines), 2)
@@ -153,7 +154,7 @@ def test_line_chunk_framing_is_msgpack(size, bad):
     line = b"x" * (size - 1) + b"\n" if size else b""
     lens = array(LEN_CODE, [size] if size else [])
     ts = [7] if size else []
-    raw = b"".join(pack_line_chunk(ts, lens, [line[:size // 2], line[size // 2:]], bad))
+    raw = b"".join(pack_line_chunk(ts, lens, [line[: size // 2], line[size // 2 :]], bad))
     t = array("q", ts).tobytes()
     assert msgpack.unpackb(raw, raw=False) == {"t": t, "n": lens.tobytes(), "v": bad, "l": line}
 
@@ -162,20 +163,23 @@ def _lens(*ns: int) -> bytes:
     return array(LEN_CODE, ns).tobytes()
 
 
-@pytest.mark.parametrize("msg", [
-    {"t": b"\0" * 7, "n": _lens(3), "l": b"{}\n", "v": 0},         # not whole int64s
-    {"t": b"\0" * 16, "n": _lens(3), "l": b"{}\n", "v": 0},        # two stamps, one length
-    {"t": b"\0" * 16, "n": _lens(1, 2), "l": b"{}\n", "v": 0},     # a line cut before its LF
-    {"t": b"\0" * 16, "n": _lens(0, 3), "l": b"{}\n", "v": 0},     # an empty line
-    {"t": b"\0" * 8, "n": _lens(2), "l": b"{}", "v": 0},           # line not terminated
-    {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n{}\n", "v": 0},     # lengths short of the blob
-    {"t": b"\0" * 8, "n": _lens(7), "l": b"{}\n", "v": 0},         # lengths beyond the blob
-    {"t": b"\0" * 8, "n": _lens(5), "l": b"{\r}\n", "v": 0},       # a raw CR
-    {"t": b"", "n": b"", "l": b"{}\n", "v": 0},                   # lines without stamps
-    {"t": "x", "n": _lens(3), "l": b"{}\n", "v": 0},
-    {"t": b"\0" * 8, "n": "x", "l": b"{}\n", "v": 0},
-    {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n", "v": "1"},
-])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"t": b"\0" * 7, "n": _lens(3), "l": b"{}\n", "v": 0},  # not whole int64s
+        {"t": b"\0" * 16, "n": _lens(3), "l": b"{}\n", "v": 0},  # two stamps, one length
+        {"t": b"\0" * 16, "n": _lens(1, 2), "l": b"{}\n", "v": 0},  # a line cut before its LF
+        {"t": b"\0" * 16, "n": _lens(0, 3), "l": b"{}\n", "v": 0},  # an empty line
+        {"t": b"\0" * 8, "n": _lens(2), "l": b"{}", "v": 0},  # line not terminated
+        {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n{}\n", "v": 0},  # lengths short of the blob
+        {"t": b"\0" * 8, "n": _lens(7), "l": b"{}\n", "v": 0},  # lengths beyond the blob
+        {"t": b"\0" * 8, "n": _lens(5), "l": b"{\r}\n", "v": 0},  # a raw CR
+        {"t": b"", "n": b"", "l": b"{}\n", "v": 0},  # lines without stamps
+        {"t": "x", "n": _lens(3), "l": b"{}\n", "v": 0},
+        {"t": b"\0" * 8, "n": "x", "l": b"{}\n", "v": 0},
+        {"t": b"\0" * 8, "n": _lens(3), "l": b"{}\n", "v": "1"},
+    ],
+)
 def test_malformed_line_chunks_are_refused(msg):
     with pytest.raises(PeerError):
         unpack_line_chunk(msg)
@@ -192,21 +196,23 @@ async def test_a_stream_out_of_order_is_cut_off_not_looped_on():
 
 # ------------------------------------------------------------------ a node's own lines
 
+
 @pytest.mark.parametrize("line_files", [False, True])
 @pytest.mark.parametrize("damage", [False, True])
 def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, line_files):
     """LineTaker over the reader's items (verified frames rendered from their records,
     or taken from line files, first kept and then read back) gives byte for byte
     the lines of the entry scan, also around a damaged frame, as lines and joined."""
+    from helpers_engine import build_log, frames_of, segment_paths
+
+    from engine.items import VerifiedFrame
+    from engine.lines import cut_lines
+    from engine.log import NodeLog
     from export.csv import TimestampFormatter
     from export.ndjson import ndjson_lines
-    from helpers_engine import build_log, frames_of, segment_paths
-    from engine.log import NodeLog
-    from engine.lines import cut_lines
-    from engine.items import VerifiedFrame
-    from query.cluster import LineTaker
     from query.filters import Filter
     from query.scan import read_node, scan_node
+    from query.sources import LineTaker
 
     dd, node = build_log(tmp_path / "data", 120, per_batch=7)
     if damage:
@@ -219,23 +225,32 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     if line_files:
         from engine.lines import LineFiles
         from export.ndjson import LINES_TAG, line_renderer
-        log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}",
-                                   line_renderer(node.node_id), keep=True)
+
+        log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
     from engine.entry import format_ts
+
     all_ts = sorted(e.ts for e in log.scan())
     mid = format_ts(all_ts[len(all_ts) // 2])
-    cases = [({}, "asc", None), ({}, "desc", None), ({}, "asc", 40), ({}, "desc", 80),
-             ({"from": mid}, "asc", None), ({"to": mid}, "desc", None),
-             ({"user": "alice"}, "asc", None), ({"target": "filter-3"}, "desc", None)]
+    cases = [
+        ({}, "asc", None),
+        ({}, "desc", None),
+        ({}, "asc", 40),
+        ({}, "desc", 80),
+        ({"from": mid}, "asc", None),
+        ({"to": mid}, "desc", None),
+        ({"user": "alice"}, "asc", None),
+        ({"target": "filter-3"}, "desc", None),
+    ]
     kinds = set()
     for params, order, after in cases * (2 if line_files else 1):
         flt = Filter.from_params(params)
         pos = None if after is None else (after, 100)
-        want = ndjson_lines(scan_node(log, flt, order=order, after=pos),
-                            TimestampFormatter().format)
+        want = ndjson_lines(scan_node(log, flt, order=order, after=pos), TimestampFormatter().format)
         taker = LineTaker(log, read_node(log, flt, order=order, after=pos), flt.from_us, flt.to_us, order)
-        kinds |= {"whole" if type(b) is VerifiedFrame and b.whole else "part"
-                  for b in read_node(log, flt, order=order, after=pos)}
+        kinds |= {
+            "whole" if type(b) is VerifiedFrame and b.whole else "part"
+            for b in read_node(log, flt, order=order, after=pos)
+        }
         got, ts = [], []
         while (chunk := taker.take(13)) is not None:
             ts += chunk[0]
@@ -244,13 +259,14 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
         assert ts == [_ts_of(line) for line in got]
         if damage and not params and after is None:
             assert any(b'"integrity":"violation"' in line for line in got)
-    assert kinds == {"whole", "part"}     # both paths were taken
+    assert kinds == {"whole", "part"}  # both paths were taken
     if line_files:
         assert log.line_files.hits > 0 and log.line_files.rejected == 0
 
 
 def _ts_of(line: bytes) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     text = json.loads(line)["ts"]
-    d = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    d = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(d.timestamp()) * 1_000_000 + d.microsecond

@@ -21,9 +21,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers_http import AUDITLOG, bearer, clean_env, free_port, post_events, query_all, run_cli
 
 from export.pdf import _find_font
-from helpers_http import bearer, post_events, query_all, run_cli, AUDITLOG, clean_env, free_port
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -37,9 +37,11 @@ def need_pdftotext():
 
 
 ANNA = "anna@example.com"
-LONG_SUBJECT = ("Quarterly settlement statement for the Hamburg subsidiary including all outstanding "
-                "invoices reminders and the reconciliation of the intercompany accounts please review "
-                "before Friday closingword")
+LONG_SUBJECT = (
+    "Quarterly settlement statement for the Hamburg subsidiary including all outstanding "
+    "invoices reminders and the reconciliation of the intercompany accounts please review "
+    "before Friday closingword"
+)
 UNICODE_SUBJECT = "Grüße aus Köln – Ωμέγα"
 CJK_SUBJECT = "請求書 No. 7"
 N_PLAIN = 40
@@ -49,25 +51,63 @@ def events() -> list[dict]:
     """Anna's releases (the report), and what the filters must leave out."""
     out = []
     for i in range(N_PLAIN):
-        out.append({"user": f"admin{i % 3}", "action": "quarantine.release", "target": f"Q{i:05d}",
-                    "domain": "example.com", "ip": "192.0.2.10",
-                    "details": {"mail_id": f"Q{i:05d}", "subject": f"Rechnung {i:03d}",
-                                "sender": "billing@partner.example", "recipient": ANNA}})
+        out.append(
+            {
+                "user": f"admin{i % 3}",
+                "action": "quarantine.release",
+                "target": f"Q{i:05d}",
+                "domain": "example.com",
+                "ip": "192.0.2.10",
+                "details": {
+                    "mail_id": f"Q{i:05d}",
+                    "subject": f"Rechnung {i:03d}",
+                    "sender": "billing@partner.example",
+                    "recipient": ANNA,
+                },
+            }
+        )
     for subject, mid in ((LONG_SUBJECT, "QLONG"), (UNICODE_SUBJECT, "QUNI"), (CJK_SUBJECT, "QCJK")):
-        out.append({"user": "jürgen", "action": "quarantine.release", "target": mid, "domain": "example.com",
-                    "details": {"mail_id": mid, "subject": subject, "sender": "x@partner.example",
-                                "recipient": ANNA}})
+        out.append(
+            {
+                "user": "jürgen",
+                "action": "quarantine.release",
+                "target": mid,
+                "domain": "example.com",
+                "details": {"mail_id": mid, "subject": subject, "sender": "x@partner.example", "recipient": ANNA},
+            }
+        )
     # a mail to anna and bob: anna's too
-    out.append({"user": "admin0", "action": "quarantine.release", "target": "QMULTI",
-                "details": {"mail_id": "QMULTI", "subject": "For both of you", "sender": "y@partner.example",
-                            "recipient": ["bob@example.com", ANNA]}})
+    out.append(
+        {
+            "user": "admin0",
+            "action": "quarantine.release",
+            "target": "QMULTI",
+            "details": {
+                "mail_id": "QMULTI",
+                "subject": "For both of you",
+                "sender": "y@partner.example",
+                "recipient": ["bob@example.com", ANNA],
+            },
+        }
+    )
     # left out: another action for anna, and bob's own releases
-    out.append({"user": "admin1", "action": "quarantine.discard", "target": "QDISC",
-                "details": {"mail_id": "QDISC", "subject": "DISCARDED-NOT-IN-REPORT", "recipient": ANNA}})
+    out.append(
+        {
+            "user": "admin1",
+            "action": "quarantine.discard",
+            "target": "QDISC",
+            "details": {"mail_id": "QDISC", "subject": "DISCARDED-NOT-IN-REPORT", "recipient": ANNA},
+        }
+    )
     for i in range(3):
-        out.append({"user": "admin2", "action": "quarantine.release", "target": f"QBOB{i}",
-                    "details": {"mail_id": f"QBOB{i}", "subject": f"BOB-NOT-IN-REPORT-{i}",
-                                "recipient": "bob@example.com"}})
+        out.append(
+            {
+                "user": "admin2",
+                "action": "quarantine.release",
+                "target": f"QBOB{i}",
+                "details": {"mail_id": f"QBOB{i}", "subject": f"BOB-NOT-IN-REPORT-{i}", "recipient": "bob@example.com"},
+            }
+        )
     return out
 
 
@@ -91,8 +131,10 @@ def has_id(text: str, entry_id: str) -> bool:
     return re.search(r"(?<!\S)" + re.escape(entry_id) + r"(?![\d])", text) is not None
 
 
-_ROW = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\S+Z)\s+(?P<id>\S+)\s+(?P<user>\S+)\s+(?P<action>\S+)\s+"
-                  r"(?P<desc>.*?)\s{2,}(?:(?P<ip>[0-9a-fA-F.:]+)\s+)?(?P<outcome>success|FAILED)\s+(?P<integrity>.+)$")
+_ROW = re.compile(
+    r"^(?P<ts>\d{4}-\d{2}-\d{2}T\S+Z)\s+(?P<id>\S+)\s+(?P<user>\S+)\s+(?P<action>\S+)\s+"
+    r"(?P<desc>.*?)\s{2,}(?:(?P<ip>[0-9a-fA-F.:]+)\s+)?(?P<outcome>success|FAILED)\s+(?P<integrity>.+)$"
+)
 
 
 def table_rows(pages: list[str]) -> dict[str, dict]:
@@ -116,8 +158,9 @@ def table_rows(pages: list[str]) -> dict[str, dict]:
     return rows
 
 
-def check_report(pages: list[str], wire: dict[str, dict], *, title: str, node: str,
-                 unreachable: str | None = None) -> None:
+def check_report(
+    pages: list[str], wire: dict[str, dict], *, title: str, node: str, unreachable: str | None = None
+) -> None:
     """The report shows exactly anna's releases, with everything around them."""
     text = "\n".join(pages)
     flat = " ".join(text.split())
@@ -138,8 +181,12 @@ def check_report(pages: list[str], wire: dict[str, dict], *, title: str, node: s
         assert "unreachable" not in coverage and "Incomplete" not in flat
     assert f"Integrity: all {N_ANNA} entries verified" in flat
 
-    annas = [e for e in wire.values() if e["action"] == "quarantine.release" and (
-        e["details"].get("recipient") == ANNA or ANNA in (e["details"].get("recipient") or []))]
+    annas = [
+        e
+        for e in wire.values()
+        if e["action"] == "quarantine.release"
+        and (e["details"].get("recipient") == ANNA or ANNA in (e["details"].get("recipient") or []))
+    ]
     assert len(annas) == N_ANNA
     rows = table_rows(pages)
     # exactly anna's releases, in time order, each as recorded
@@ -148,15 +195,22 @@ def check_report(pages: list[str], wire: dict[str, dict], *, title: str, node: s
     for e in annas:
         r = rows[e["id"]]
         assert (r["ts"], r["user"], r["action"], r["outcome"], r["integrity"]) == (
-            e["ts"], e["user"], "quarantine.release", "success", "ok"), r
+            e["ts"],
+            e["user"],
+            "quarantine.release",
+            "success",
+            "ok",
+        ), r
         assert r["ip"] == e["ip"]
         assert r["desc"].startswith(e["details"]["mail_id"] + ";"), r
-        if e["details"]["mail_id"] != "QCJK":     # (CJK checked below: the font may lack it)
+        if e["details"]["mail_id"] != "QCJK":  # (CJK checked below: the font may lack it)
             assert f"subject: {e['details']['subject']};" in r["desc"], r
     by_mail = {wire[i]["details"]["mail_id"]: r for i, r in rows.items()}
     for i in range(N_PLAIN):
-        assert by_mail[f"Q{i:05d}"]["desc"] == (f"Q{i:05d}; domain example.com; subject: Rechnung {i:03d}; "
-                                                f"sender: billing@partner.example; recipient: {ANNA}")
+        assert by_mail[f"Q{i:05d}"]["desc"] == (
+            f"Q{i:05d}; domain example.com; subject: Rechnung {i:03d}; "
+            f"sender: billing@partner.example; recipient: {ANNA}"
+        )
     # the long subject wraps onto several lines, and nothing of it is lost
     assert LONG_SUBJECT in by_mail["QLONG"]["desc"] and by_mail["QLONG"]["lines"] >= 3
     # non-ASCII text survives
@@ -179,6 +233,7 @@ def check_audited(record: dict, rows: int) -> None:
 
 # -- the CLI ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     data = tmp_path / "data"
@@ -200,8 +255,19 @@ def test_cli_pdf_subject_access_report(data_dir, tmp_path):
     wire = cli_wire(data_dir)
     out = tmp_path / "anna.pdf"
     title = "Subject access: anna@example.com"
-    r = run_cli(data_dir, "export", "pdf", "--recipient", ANNA, "--action", "quarantine.release",
-                "--title", title, "-o", str(out))
+    r = run_cli(
+        data_dir,
+        "export",
+        "pdf",
+        "--recipient",
+        ANNA,
+        "--action",
+        "quarantine.release",
+        "--title",
+        title,
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert f"exported {N_ANNA} entries" in r.stderr
     assert not (tmp_path / "anna.pdf.part").exists()
@@ -227,20 +293,38 @@ def test_cli_pdf_of_5000_entries_stays_within_memory(tmp_path):
     src = tmp_path / "many.ndjson"
     with open(src, "w", encoding="utf-8") as f:
         for i in range(5000):
-            f.write(json.dumps({"user": f"admin{i % 5}", "action": "quarantine.release", "target": f"M{i}",
-                                "ip": "198.51.100.4", "details": {
-                                    "mail_id": f"M{i}", "sender": "s@partner.example", "recipient": ANNA,
-                                    "subject": f"Message {i}: Rückfrage zur Lieferung, bitte die Anlage prüfen "
-                                               f"und bis Freitag antworten"}}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "user": f"admin{i % 5}",
+                        "action": "quarantine.release",
+                        "target": f"M{i}",
+                        "ip": "198.51.100.4",
+                        "details": {
+                            "mail_id": f"M{i}",
+                            "sender": "s@partner.example",
+                            "recipient": ANNA,
+                            "subject": f"Message {i}: Rückfrage zur Lieferung, bitte die Anlage prüfen "
+                            f"und bis Freitag antworten",
+                        },
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     assert run_cli(data, "append", "--file", str(src)).returncode == 0
 
     def peak_kib(*args: str) -> int:
-        p = subprocess.Popen([AUDITLOG, "--data-dir", str(data), "export", "pdf", *args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+        p = subprocess.Popen(
+            [AUDITLOG, "--data-dir", str(data), "export", "pdf", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+        )
         err = p.stderr.read().decode()
         p.stderr.close()
         _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)   # reaped here: tell Popen
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
         assert p.returncode == 0, err
         return usage.ru_maxrss
 
@@ -257,13 +341,17 @@ def test_cli_pdf_of_5000_entries_stays_within_memory(tmp_path):
 
 # -- the API ------------------------------------------------------------------------------------
 
+
 async def test_api_pdf_subject_access_report(client, keys, tmp_path):
     resp = await post_events(client, keys["writer"], events())
     assert resp.status == 201, await resp.text()
     wire = {e["id"]: e for e in await query_all(client, keys["reader"])}
     title = "Auskunft nach Art. 15 DSGVO: anna@example.com"
-    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={
-        "recipient": ANNA, "action": "quarantine.release", "title": title})
+    resp = await client.get(
+        "/api/v1/audit-log/export.pdf",
+        headers=bearer(keys["reader"]),
+        params={"recipient": ANNA, "action": "quarantine.release", "title": title},
+    )
     assert resp.status == 200, await resp.text()
     assert resp.content_type == "application/pdf"
     assert resp.headers["Content-Disposition"].startswith("attachment")
@@ -276,53 +364,76 @@ async def test_api_pdf_subject_access_report(client, keys, tmp_path):
     # a writer key may not export; a bad filter is a 400 and writes nothing
     resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["writer"]))
     assert resp.status == 403
-    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]),
-                            params={"bogus": "1"})
+    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={"bogus": "1"})
     assert resp.status == 400
     assert len(await query_all(client, keys["reader"], action="audit.export")) == 1
 
 
 async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_path):
     from helpers_http import make_keys
-    from query.cluster import Cluster, ClusterSettings
-    from query.peers import PeerConfig
-    from query.pki import ca_init, issue_cert
 
-    service = make_service()
-    keys = make_keys(service)
+    from query.cluster.pki import ca_init, issue_cert
+    from query.cluster.settings import ClusterSettings, PeerConfig
+
     ca_init(tmp_path / "ca")
     cert, key = issue_cert(tmp_path / "ca", "node-a", ["127.0.0.1"], tmp_path / "tls")
-    dead = free_port()   # nothing listens there: the peer refuses
-    service.cluster = Cluster(service, ClusterSettings(
-        ca=tmp_path / "ca" / "ca.pem", cert=cert, key=key, peer_timeout=1.0,
-        peers=(PeerConfig("gw2", f"https://127.0.0.1:{dead}"),)))
-    await service.cluster.start()
-    try:
-        client = await make_client(service)
-        resp = await post_events(client, keys["writer"], events())
-        assert resp.status == 201
-        wire = {e["id"]: e for e in await query_all(client, keys["reader"]) if e["node"] == "node-a"}
-        resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={
-            "recipient": ANNA, "action": "quarantine.release", "title": "Subject access"})
-        assert resp.status == 200, await resp.text()
-        pages = pdf_text(await resp.read(), tmp_path)
-        check_report(pages, wire, title="Subject access", node="node-a", unreachable="gw2")
-        recs = await query_all(client, keys["reader"], action="audit.export")
-        assert recs[-1]["details"]["nodes"] == {"node-a": "ok", "gw2": "unreachable"}
-    finally:
-        await service.cluster.stop()
+    dead = free_port()  # nothing listens there: the peer refuses
+    service = make_service(
+        cluster=ClusterSettings(
+            ca=tmp_path / "ca" / "ca.pem",
+            cert=cert,
+            key=key,
+            peer_timeout=1.0,
+            peers=(PeerConfig("gw2", f"https://127.0.0.1:{dead}"),),
+        )
+    )
+    keys = make_keys(service)
+    client = await make_client(service)  # starts the cluster with the app
+    resp = await post_events(client, keys["writer"], events())
+    assert resp.status == 201
+    wire = {e["id"]: e for e in await query_all(client, keys["reader"]) if e["node"] == "node-a"}
+    resp = await client.get(
+        "/api/v1/audit-log/export.pdf",
+        headers=bearer(keys["reader"]),
+        params={"recipient": ANNA, "action": "quarantine.release", "title": "Subject access"},
+    )
+    assert resp.status == 200, await resp.text()
+    pages = pdf_text(await resp.read(), tmp_path)
+    check_report(pages, wire, title="Subject access", node="node-a", unreachable="gw2")
+    recs = await query_all(client, keys["reader"], action="audit.export")
+    assert recs[-1]["details"]["nodes"] == {"node-a": "ok", "gw2": "unreachable"}
 
 
 def test_render_pdf_marks_violations_and_unreachable_nodes(tmp_path):
     """render_pdf directly: a failed entry is flagged, the summary counts it, every bad node is named."""
     from engine.entry import Entry
     from export.pdf import render_pdf
-    ok = Entry("gw1", 1, 1_773_479_553_000_000, "alice", "quarantine.release", "Q1", None, None, None, True,
-               {"subject": "fine", "recipient": ANNA}, bytes(32))
+
+    ok = Entry(
+        "gw1",
+        1,
+        1_773_479_553_000_000,
+        "alice",
+        "quarantine.release",
+        "Q1",
+        None,
+        None,
+        None,
+        True,
+        {"subject": "fine", "recipient": ANNA},
+        bytes(32),
+    )
     bad = Entry.marker("gw1", 2, 1_773_479_554_000_000, "signature mismatch")
-    pdf, counts = render_pdf([ok, bad], title="T", filters="recipient=anna@example.com",
-                             nodes={"gw1": {"status": "ok"}, "gw3": {"status": "unreachable", "error": "timed out"},
-                                    "gw2": {"status": "unreachable", "error": "connection refused"}})
+    pdf, counts = render_pdf(
+        [ok, bad],
+        title="T",
+        filters="recipient=anna@example.com",
+        nodes={
+            "gw1": {"status": "ok"},
+            "gw3": {"status": "unreachable", "error": "timed out"},
+            "gw2": {"status": "unreachable", "error": "connection refused"},
+        },
+    )
     assert counts == {"rows": 2, "violations": 1}
     flat = " ".join(" ".join(pdf_text(pdf, tmp_path)).split())
     assert "Node coverage: gw1: ok, gw2: unreachable (connection refused), gw3: unreachable (timed out)" in flat

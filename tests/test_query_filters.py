@@ -18,12 +18,21 @@ HOUR = 3600 * 10**6
 SIG = b"\x00" * 32
 
 
-def entry(user: str = "alice", action: str = "auth.login", *, node: str = "node-a", seq: int = 1,
-          ts: int = T0, target: str | None = None, domain: str | None = None,
-          ip: str | None = "192.0.2.1", success: bool = True, details: dict | None = None,
-          integrity: str = "ok") -> Entry:
-    return Entry(node, seq, ts, user, action, target, domain, ip, None, success,
-                 details or {}, SIG, integrity)
+def entry(
+    user: str = "alice",
+    action: str = "auth.login",
+    *,
+    node: str = "node-a",
+    seq: int = 1,
+    ts: int = T0,
+    target: str | None = None,
+    domain: str | None = None,
+    ip: str | None = "192.0.2.1",
+    success: bool = True,
+    details: dict | None = None,
+    integrity: str = "ok",
+) -> Entry:
+    return Entry(node, seq, ts, user, action, target, domain, ip, None, success, details or {}, SIG, integrity)
 
 
 def marker(node: str = "node-a", ts: int = T0) -> Entry:
@@ -35,6 +44,7 @@ def f(**params: str | list[str]) -> Filter:
 
 
 # -- each field ----------------------------------------------------------------
+
 
 def test_empty_filter_matches_everything() -> None:
     assert Filter().matches(entry())
@@ -100,8 +110,10 @@ def test_action_star_alone_means_all() -> None:
     assert flt.matches(entry(action="quarantine.release"))
 
 
-@pytest.mark.parametrize("bad", ["config*", "config", "*.login", "config.**", "Config .x",
-                                 "config.*.x", ".config.*", "1config.x", "config.a-b"])
+@pytest.mark.parametrize(
+    "bad",
+    ["config*", "config", "*.login", "config.**", "Config .x", "config.*.x", ".config.*", "1config.x", "config.a-b"],
+)
 def test_bad_action_refused(bad: str) -> None:
     with pytest.raises(InvalidFilterError) as info:
         f(action=bad)
@@ -127,13 +139,16 @@ def test_domain_is_normalised_like_ingest() -> None:
     assert info.value.param == "domain"
 
 
-@pytest.mark.parametrize("given_ip, stored", [
-    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
-    ("2001:0db8::0001", "2001:db8::1"),
-    ("::ffff:192.0.2.1", "192.0.2.1"),  # IPv4-mapped IPv6 is stored as IPv4
-    ("::FFFF:c000:0201", "192.0.2.1"),
-    (" 192.0.2.1 ", "192.0.2.1"),
-])
+@pytest.mark.parametrize(
+    "given_ip, stored",
+    [
+        ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ("2001:0db8::0001", "2001:db8::1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),  # IPv4-mapped IPv6 is stored as IPv4
+        ("::FFFF:c000:0201", "192.0.2.1"),
+        (" 192.0.2.1 ", "192.0.2.1"),
+    ],
+)
 def test_ip_normalised(given_ip: str, stored: str) -> None:
     flt = f(ip=given_ip)
     assert flt.ips == (stored,)
@@ -142,8 +157,9 @@ def test_ip_normalised(given_ip: str, stored: str) -> None:
     assert not flt.matches(entry(ip=None))
 
 
-@pytest.mark.parametrize("bad", ["192.0.2.256", "1.2.3", "2001:db8:::1", "example.com",
-                                 "192.0.2.0/24", "::ffff:999.0.0.1"])
+@pytest.mark.parametrize(
+    "bad", ["192.0.2.256", "1.2.3", "2001:db8:::1", "example.com", "192.0.2.0/24", "::ffff:999.0.0.1"]
+)
 def test_bad_ip_refused_naming_ip(bad: str) -> None:
     with pytest.raises(InvalidFilterError) as info:
         f(ip=f"192.0.2.1,{bad}")
@@ -154,21 +170,28 @@ def test_bad_ip_refused_naming_ip(bad: str) -> None:
 
 def test_recipient_matches_details_recipient() -> None:
     flt = f(recipient="bob@example.com", action="quarantine.release")
-    assert flt.matches(entry(action="quarantine.release",
-                             details={"mail_id": "m1", "recipient": "bob@example.com"}))
-    assert not flt.matches(entry(action="quarantine.release",
-                                 details={"recipient": "carol@example.com"}))
+    assert flt.matches(entry(action="quarantine.release", details={"mail_id": "m1", "recipient": "bob@example.com"}))
+    assert not flt.matches(entry(action="quarantine.release", details={"recipient": "carol@example.com"}))
     assert not flt.matches(entry(action="quarantine.release", details={}))
     assert not flt.matches(entry(action="quarantine.release", details={"recipient": 5}))
     # A mail to several recipients (msgpack arrays decode as tuples).
-    assert flt.matches(entry(action="quarantine.release",
-                             details={"recipient": ("x@example.com", "bob@example.com")}))
-    assert not flt.matches(entry(action="quarantine.discard",
-                                 details={"recipient": "bob@example.com"}))
+    assert flt.matches(entry(action="quarantine.release", details={"recipient": ("x@example.com", "bob@example.com")}))
+    assert not flt.matches(entry(action="quarantine.discard", details={"recipient": "bob@example.com"}))
 
 
-@pytest.mark.parametrize("word, want", [("true", True), ("1", True), ("yes", True), ("TRUE", True),
-                                        ("false", False), ("0", False), ("no", False), ("No", False)])
+@pytest.mark.parametrize(
+    "word, want",
+    [
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("TRUE", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("No", False),
+    ],
+)
 def test_success_words(word: str, want: bool) -> None:
     flt = f(success=word)
     assert flt.success is want
@@ -203,8 +226,18 @@ def test_node() -> None:
 
 def test_unknown_params_are_ignored() -> None:
     assert f(limit="10", order="desc", cursor="abc", user="alice") == f(user="alice")
-    assert set(PARAM_NAMES) == {"from", "to", "user", "action", "target", "domain", "ip",
-                                "recipient", "success", "node"}
+    assert set(PARAM_NAMES) == {
+        "from",
+        "to",
+        "user",
+        "action",
+        "target",
+        "domain",
+        "ip",
+        "recipient",
+        "success",
+        "node",
+    }
 
 
 def test_multidict_getall_is_used() -> None:
@@ -217,9 +250,17 @@ def test_multidict_getall_is_used() -> None:
 
 # -- integrity markers ---------------------------------------------------------
 
+
 def test_marker_matches_any_filter_its_node_and_time_allow() -> None:
-    flt = f(user="alice", action="config.*", ip="2001:db8::1", target="t", domain="example.com",
-            recipient="bob@example.com", success="true")
+    flt = f(
+        user="alice",
+        action="config.*",
+        ip="2001:db8::1",
+        target="t",
+        domain="example.com",
+        recipient="bob@example.com",
+        success="true",
+    )
     assert flt.matches(marker())
     assert not flt.matches(entry(integrity="violation"))  # a damaged, decoded entry is filtered
 
@@ -238,22 +279,26 @@ def test_marker_action_alone_is_not_enough() -> None:
 
 # -- invalid input -------------------------------------------------------------
 
-@pytest.mark.parametrize("params, param", [
-    ({"from": "2026-03-14T10:00:00Z", "to": "2026-03-14T10:00:00Z"}, "from"),
-    ({"from": "2026-03-14T11:00:00Z", "to": "2026-03-14T10:00:00Z"}, "from"),
-    ({"from": "2026-02-30"}, "from"),
-    ({"to": "tomorrow"}, "to"),
-    ({"from": ["2026-03-14", "2026-03-15"]}, "from"),
-    ({"user": "alice\nFORGED: admin logged in"}, "user"),
-    ({"user": "a\x00b"}, "user"),
-    ({"target": "x\x1b[31m"}, "target"),
-    ({"recipient": "a\u0085b"}, "recipient"),  # C1 control (NEL)
-    ({"user": "\ud800"}, "user"),
-    ({"user": "x" * 1025}, "user"),
-    ({"user": ",".join(f"u{i}" for i in range(1001))}, "user"),
-    ({"user": 5}, "user"),
-    ({"user": ["alice", None]}, "user"),
-])
+
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"from": "2026-03-14T10:00:00Z", "to": "2026-03-14T10:00:00Z"}, "from"),
+        ({"from": "2026-03-14T11:00:00Z", "to": "2026-03-14T10:00:00Z"}, "from"),
+        ({"from": "2026-02-30"}, "from"),
+        ({"to": "tomorrow"}, "to"),
+        ({"from": ["2026-03-14", "2026-03-15"]}, "from"),
+        ({"user": "alice\nFORGED: admin logged in"}, "user"),
+        ({"user": "a\x00b"}, "user"),
+        ({"target": "x\x1b[31m"}, "target"),
+        ({"recipient": "a\u0085b"}, "recipient"),  # C1 control (NEL)
+        ({"user": "\ud800"}, "user"),
+        ({"user": "x" * 1025}, "user"),
+        ({"user": ",".join(f"u{i}" for i in range(1001))}, "user"),
+        ({"user": 5}, "user"),
+        ({"user": ["alice", None]}, "user"),
+    ],
+)
 def test_invalid_input_names_the_parameter(params: dict, param: str) -> None:
     with pytest.raises(InvalidFilterError) as info:
         Filter.from_params(params, now_us=T0)
@@ -279,13 +324,25 @@ def test_direct_construction_validates_too() -> None:
 
 # -- index terms, round trips, description ---------------------------------------
 
+
 def test_index_terms() -> None:
-    flt = f(user="alice,bob", action="auth.login", target="t1", domain="example.com",
-            ip="::ffff:192.0.2.1", recipient="r@example.com", success="false", node="node-a")
+    flt = f(
+        user="alice,bob",
+        action="auth.login",
+        target="t1",
+        domain="example.com",
+        ip="::ffff:192.0.2.1",
+        recipient="r@example.com",
+        success="false",
+        node="node-a",
+    )
     assert flt.index_terms() == {
-        "user": frozenset({"alice", "bob"}), "action": frozenset({"auth.login"}),
-        "target": frozenset({"t1"}), "domain": frozenset({"example.com"}),
-        "ip": frozenset({"192.0.2.1"}), "recipient": frozenset({"r@example.com"}),
+        "user": frozenset({"alice", "bob"}),
+        "action": frozenset({"auth.login"}),
+        "target": frozenset({"t1"}),
+        "domain": frozenset({"example.com"}),
+        "ip": frozenset({"192.0.2.1"}),
+        "recipient": frozenset({"r@example.com"}),
     }
     assert "action" not in f(action="auth.login,config.*").index_terms()
     assert f().index_terms() == {}
@@ -299,9 +356,15 @@ def test_overlaps() -> None:
 
 
 def test_to_params_round_trip_and_describe() -> None:
-    flt = f(user="bob,alice", action="config.*", ip="2001:DB8::1", success="no",
-            recipient="odd\\,name@example.com", target="C:\\path",
-            **{"from": "2026-03-14T09:00:00Z", "to": "-1h"})
+    flt = f(
+        user="bob,alice",
+        action="config.*",
+        ip="2001:DB8::1",
+        success="no",
+        recipient="odd\\,name@example.com",
+        target="C:\\path",
+        **{"from": "2026-03-14T09:00:00Z", "to": "-1h"},
+    )
     params = flt.to_params()
     assert params["user"] == "alice,bob"
     assert params["from"] == "2026-03-14T09:00:00.000000Z"
@@ -313,7 +376,8 @@ def test_to_params_round_trip_and_describe() -> None:
     assert flt.describe() == (
         "user=alice,bob; action=config.*; target=C:\\\\path; ip=2001:db8::1; "
         "recipient=odd\\,name@example.com; success=false; from=2026-03-14T09:00:00.000000Z; "
-        "to=2026-03-15T08:00:00.000000Z")
+        "to=2026-03-15T08:00:00.000000Z"
+    )
 
 
 def test_describe_example_from_the_brief() -> None:
@@ -328,19 +392,30 @@ def test_pickles_and_equality_ignores_value_order() -> None:
     assert f(user="alice,bob") == f(user="bob,alice")
 
 
-_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20) \
-    .filter(lambda s: s.strip() == s and s != "" and len(s) == len(s.strip()))
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(
+    lambda s: s.strip() == s and s != "" and len(s) == len(s.strip())
+)
 
 
-@given(users=st.lists(_text, max_size=4), targets=st.lists(_text, max_size=4),
-       recipients=st.lists(_text, max_size=3),
-       success=st.sampled_from([None, True, False]),
-       lo=st.one_of(st.none(), st.integers(0, 2 * 10**15)),
-       span=st.integers(1, 10**12))
-def test_round_trip_property(users: list[str], targets: list[str], recipients: list[str],
-                             success: bool | None, lo: int | None, span: int) -> None:
-    flt = Filter(from_us=lo, to_us=None if lo is None else lo + span, users=tuple(users),
-                 targets=tuple(targets), recipients=tuple(recipients), success=success)
+@given(
+    users=st.lists(_text, max_size=4),
+    targets=st.lists(_text, max_size=4),
+    recipients=st.lists(_text, max_size=3),
+    success=st.sampled_from([None, True, False]),
+    lo=st.one_of(st.none(), st.integers(0, 2 * 10**15)),
+    span=st.integers(1, 10**12),
+)
+def test_round_trip_property(
+    users: list[str], targets: list[str], recipients: list[str], success: bool | None, lo: int | None, span: int
+) -> None:
+    flt = Filter(
+        from_us=lo,
+        to_us=None if lo is None else lo + span,
+        users=tuple(users),
+        targets=tuple(targets),
+        recipients=tuple(recipients),
+        success=success,
+    )
     assert Filter.from_params(flt.to_params()) == flt
 
 

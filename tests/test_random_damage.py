@@ -12,7 +12,7 @@ reads it back with one query (a time window [from, to) plus optional user / ip
 
 * CLI ``auditlog query --format json|ndjson|csv`` and ``auditlog export
   csv|ndjson|ecs|pdf -o FILE`` (each on its own copy: export runs the writer);
-* HTTP on a real server (``query.service.Service`` + ``query.app.create_app``
+* HTTP on a real server (``query.node.build_node`` + ``query.http.app.create_app``
   on 127.0.0.1): JSON pages asc and desc (next_cursor followed), NDJSON, ECS,
   the CSV and PDF exports;
 * the four-eyes report, ``auditlog report four-eyes --json`` and
@@ -39,16 +39,52 @@ whole directory back.
 from __future__ import annotations
 
 import pytest
+from helpers_damage import (
+    ACTION_QUERIES,
+    CLI_QUERY_FORMATS,
+    CONFIRMATIONS,
+    COPY_TARGETS,
+    EDIT_FIELDS,
+    EXPORT_FORMATS,
+    FLIP_REGIONS,
+    GARBAGE_KINDS,
+    GARBAGE_NAMES,
+    IPS,
+    N_ENTRIES,
+    PLAN_EVENTS,
+    RECIPIENTS,
+    ROTATIONS,
+    SIDECARS,
+    TARGETS,
+    USERS,
+    Answer,
+    CopySegment,
+    CutActive,
+    DeleteSegment,
+    DropSidecar,
+    EditRecord,
+    Example,
+    FlipBytes,
+    GarbageSegment,
+    Query,
+    SwapNames,
+    TruncateSealed,
+    build_pristine,
+    check_answer,
+    check_four_eyes,
+    describe_failure,
+    expected,
+    four_eyes_oracle,
+    pristine_four_eyes,
+    resolve,
+    run_cli_export,
+    run_cli_four_eyes,
+    run_cli_query,
+    run_http,
+    unclosed,
+)
 from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
-
-from helpers_damage import (
-    ACTION_QUERIES, Answer, CLI_QUERY_FORMATS, CONFIRMATIONS, COPY_TARGETS, EDIT_FIELDS, EXPORT_FORMATS,
-    FLIP_REGIONS, GARBAGE_KINDS, GARBAGE_NAMES, IPS, N_ENTRIES, PLAN_EVENTS, RECIPIENTS, ROTATIONS,
-    SIDECARS, TARGETS, USERS, CopySegment, CutActive, DeleteSegment, DropSidecar, EditRecord, Example,
-    FlipBytes, GarbageSegment, Query, SwapNames, TruncateSealed, build_pristine, check_answer,
-    check_four_eyes, describe_failure, expected, four_eyes_oracle, pristine_four_eyes, resolve,
-    run_cli_export, run_cli_four_eyes, run_cli_query, run_http, unclosed)
 
 #: Examples drawn per test, beside the explicit ones.  The module runs in about
 #: two minutes on two cores (pytest -n 2); raise them locally to search harder.
@@ -58,11 +94,15 @@ HTTP_EXAMPLES = 35
 FOUR_EYES_EXAMPLES = 50
 
 DAMAGE_SETTINGS = settings(
-    deadline=None, derandomize=True, database=None, print_blob=False,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
     # no shrinking: an example is one to three damages and one query already, and each
     # run costs a second; the failure message says what was done and what came back
     phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +124,18 @@ damage_st = st.one_of(
     st.builds(DeleteSegment, seqs),
     st.builds(TruncateSealed, seqs, fractions),
     st.builds(CutActive, fractions),
-    st.builds(FlipBytes, seqs, st.sampled_from(FLIP_REGIONS), fractions, st.integers(1, 255),
-              st.integers(1, 4)),
+    st.builds(FlipBytes, seqs, st.sampled_from(FLIP_REGIONS), fractions, st.integers(1, 255), st.integers(1, 4)),
     st.builds(SwapNames, seqs, seqs),
     st.builds(CopySegment, seqs, st.sampled_from(COPY_TARGETS)),
     st.builds(EditRecord, seqs, st.sampled_from(EDIT_FIELDS)),
-    st.builds(GarbageSegment, st.sampled_from(GARBAGE_NAMES), st.sampled_from(GARBAGE_KINDS),
-              st.integers(0, 600), seqs, st.integers(0, 2**16)),
+    st.builds(
+        GarbageSegment,
+        st.sampled_from(GARBAGE_NAMES),
+        st.sampled_from(GARBAGE_KINDS),
+        st.integers(0, 600),
+        seqs,
+        st.integers(0, 2**16),
+    ),
     st.builds(DropSidecar, seqs, st.sampled_from(SIDECARS)),
 )
 
@@ -98,8 +143,7 @@ damage_st = st.one_of(
 report_seqs = st.one_of(st.sampled_from(ROTATIONS + CONFIRMATIONS), seqs)
 report_damage_st = st.one_of(
     st.builds(EditRecord, report_seqs, st.sampled_from(EDIT_FIELDS)),
-    st.builds(FlipBytes, report_seqs, st.sampled_from(FLIP_REGIONS), fractions, st.integers(1, 255),
-              st.integers(1, 4)),
+    st.builds(FlipBytes, report_seqs, st.sampled_from(FLIP_REGIONS), fractions, st.integers(1, 255), st.integers(1, 4)),
     st.builds(TruncateSealed, report_seqs, fractions),
     st.builds(DeleteSegment, report_seqs),
     st.builds(SwapNames, report_seqs, seqs),
@@ -107,8 +151,7 @@ report_damage_st = st.one_of(
     st.builds(DropSidecar, report_seqs, st.sampled_from(SIDECARS)),
 )
 
-FILTER_VALUES = {"user": USERS, "ip": IPS, "action": ACTION_QUERIES, "recipient": RECIPIENTS,
-                 "target": TARGETS}
+FILTER_VALUES = {"user": USERS, "ip": IPS, "action": ACTION_QUERIES, "recipient": RECIPIENTS, "target": TARGETS}
 
 
 @st.composite
@@ -120,26 +163,30 @@ def scenarios(draw, damages=damage_st, filters: bool = True):
     aims = [d.seq for d in damage if hasattr(d, "seq")]
     ref = st.sampled_from(aims) if aims else seqs
     a, b = sorted(draw(st.tuples(seqs, seqs)))
-    window = draw(st.one_of(
-        st.just(("all",)),
-        st.tuples(st.just("segment"), st.one_of(ref, seqs)),
-        st.tuples(st.just("frame"), st.one_of(ref, seqs)),
-        st.tuples(st.just("seqs"), st.just(a), st.sampled_from((-1, 0, 1)), st.just(b),
-                  st.sampled_from((0, 1, -1))),
-    ))
+    window = draw(
+        st.one_of(
+            st.just(("all",)),
+            st.tuples(st.just("segment"), st.one_of(ref, seqs)),
+            st.tuples(st.just("frame"), st.one_of(ref, seqs)),
+            st.tuples(
+                st.just("seqs"), st.just(a), st.sampled_from((-1, 0, 1)), st.just(b), st.sampled_from((0, 1, -1))
+            ),
+        )
+    )
     chosen = {}
     if filters:
         n = draw(st.sampled_from((0, 0, 1, 1, 2)))
-        for name in draw(st.lists(st.sampled_from(sorted(FILTER_VALUES)), min_size=n, max_size=n,
-                                  unique=True)):
+        for name in draw(st.lists(st.sampled_from(sorted(FILTER_VALUES)), min_size=n, max_size=n, unique=True)):
             # an int stands for the value of that pristine entry (resolved once the log exists);
             # two values are OR
-            chosen[name] = tuple(draw(st.lists(st.one_of(st.sampled_from(FILTER_VALUES[name]), ref, seqs),
-                                               min_size=1, max_size=2)))
+            chosen[name] = tuple(
+                draw(st.lists(st.one_of(st.sampled_from(FILTER_VALUES[name]), ref, seqs), min_size=1, max_size=2))
+            )
     return damage, derived, Query(window, **chosen)
 
 
 # ----------------------------------------------------------------------------- explicit examples
+
 
 def _first(pred, start: int) -> int:
     return next(s for s in range(start, N_ENTRIES) if pred(PLAN_EVENTS[s - 1]))
@@ -154,20 +201,27 @@ THIRD = N_ENTRIES // 3
 SEQ_AS_STRING = _first(lambda ev: True, N_ENTRIES * 2 // 5)
 #: a rotation that a second admin confirmed
 CONFIRMED_ROTATION = next(
-    r for r in ROTATIONS
-    if any(ev["action"] == "config.dkim_rotate_confirm" and ev["details"].get("confirms") == f"gw1:{r}"
-           and ev["user"] != PLAN_EVENTS[r - 1]["user"] for ev in PLAN_EVENTS))
+    r
+    for r in ROTATIONS
+    if any(
+        ev["action"] == "config.dkim_rotate_confirm"
+        and ev["details"].get("confirms") == f"gw1:{r}"
+        and ev["user"] != PLAN_EVENTS[r - 1]["user"]
+        for ev in PLAN_EVENTS
+    )
+)
 
 #: the entry confirming it
 ITS_CONFIRMATION = next(
-    i + 1 for i, ev in enumerate(PLAN_EVENTS)
-    if ev["action"] == "config.dkim_rotate_confirm" and ev["details"].get("confirms") == f"gw1:{CONFIRMED_ROTATION}")
+    i + 1
+    for i, ev in enumerate(PLAN_EVENTS)
+    if ev["action"] == "config.dkim_rotate_confirm" and ev["details"].get("confirms") == f"gw1:{CONFIRMED_ROTATION}"
+)
 
 EXPLICIT = [
     # (1) a frame of a sealed segment edited (checksum recomputed), its .terms deleted; a
     #     selective query for the user + ip whose match was in that frame
-    ((EditRecord(EDITED, "user"), DropSidecar(EDITED, "terms")), True,
-     Query(("all",), user=(EDITED,), ip=(EDITED,))),
+    ((EditRecord(EDITED, "user"), DropSidecar(EDITED, "terms")), True, Query(("all",), user=(EDITED,), ip=(EDITED,))),
     # (2) a middle segment deleted; a time-range query inside the gap
     ((DeleteSegment(MIDDLE),), False, Query(("segment", MIDDLE))),
     ((DeleteSegment(MIDDLE),), True, Query(("segment", MIDDLE))),
@@ -204,6 +258,7 @@ def explicit_examples(test):
 
 # ----------------------------------------------------------------------------- running a scenario
 
+
 def _fail_if(failures: list[str], scenario, done: list[str], r) -> None:
     damage, derived, _ = scenario
     if failures:
@@ -230,8 +285,7 @@ def _four_eyes(ex: Example, r, http: bool = True) -> list[str]:
     out = check_four_eyes("cli four-eyes", rep, problems, pristine_four_eyes(ex.p, r))
     if http:
         run = run_http(ex.copy(), r, ex.damaged, ex.p, only_four_eyes=True)
-        out += check_four_eyes("http four-eyes", run.four_eyes, run.problems,
-                               pristine_four_eyes(ex.p, r, run.cut))
+        out += check_four_eyes("http four-eyes", run.four_eyes, run.problems, pristine_four_eyes(ex.p, r, run.cut))
     return out
 
 
@@ -277,8 +331,11 @@ def test_undamaged_log_every_path_exact(pristine, scratch, derived):
             failures = run.problems + _checked(ex, r, exp, answers)
             failures += check_four_eyes("http four-eyes", run.four_eyes, [], pristine_four_eyes(pristine, r))
             failures += _four_eyes(ex, r, http=False)
-            failures += [f"{a.path}: reports a violation on an undamaged log ({a.info})"
-                         for a in answers if a.reported or a.info not in ("", "exit 0")]
+            failures += [
+                f"{a.path}: reports a violation on an undamaged log ({a.info})"
+                for a in answers
+                if a.reported or a.info not in ("", "exit 0")
+            ]
         _fail_if(failures + leaked, ((), derived, query), [], r)
     # the pristine four-eyes report agrees with the plan (the oracle is not the product)
     r = resolve(Query(("all",)), pristine)
@@ -308,8 +365,7 @@ def test_the_checks_catch_silent_loss_forgery_and_unlisted_report_changes(pristi
     forged = [dict(exp[0], user="carla")] + exp[1:]
     assert "not the original's" in " ".join(check_answer(answer(forged, reported=True), exp, pristine, r))
     other = next(e for e in pristine.entries if e["user"] == "carla")
-    assert "does not match the query" in " ".join(check_answer(answer([other] + exp, reported=True),
-                                                              exp, pristine, r))
+    assert "does not match the query" in " ".join(check_answer(answer([other] + exp, reported=True), exp, pristine, r))
     flagged = [dict(exp[0], integrity="violation")] + exp[1:]
     assert check_answer(answer(flagged, reported=True), exp, pristine, r) == []
     assert check_answer(answer(exp[:-1], reported=True), exp, pristine, r) == []

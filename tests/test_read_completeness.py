@@ -21,9 +21,9 @@ from pathlib import Path
 import msgpack
 import pytest
 import xxhash
-
 from helpers_engine import flip_byte, frames_of, invoke_cli, segment_paths
 from helpers_http import bearer, make_keys
+
 from engine.clock import FrozenClock
 from engine.datadir import DataDir
 from engine.entry import EntryDraft, format_ts
@@ -31,17 +31,25 @@ from engine.frame import HEADER, HEADER_SIZE
 from engine.log import NodeLog
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
-from query.service import Service, ServiceSettings
+from query.node import NodeConfig, build_node, forwarder
 
-T0 = 1_773_478_800_000_000 - 30 * 86_400_000_000   # 30 days before the tests' epoch
+T0 = 1_773_478_800_000_000 - 30 * 86_400_000_000  # 30 days before the tests' epoch
 USERS = ("alice", "bob", "carol")
 IPS = ("192.0.2.1", "192.0.2.2", "192.0.2.3")
 N = 120
 
 
 def _event(i: int) -> EntryDraft:
-    return EntryDraft(USERS[i % 3], "quarantine.release", f"mail-{i}", "example.org", IPS[(i // 3) % 3],
-                      None, True, {"n": i, "recipient": f"r{i % 5}@example.org", "subject": f"s{i}"})
+    return EntryDraft(
+        USERS[i % 3],
+        "quarantine.release",
+        f"mail-{i}",
+        "example.org",
+        IPS[(i // 3) % 3],
+        None,
+        True,
+        {"n": i, "recipient": f"r{i % 5}@example.org", "subject": f"s{i}"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +63,28 @@ def pristine(tmp_path_factory):
     with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none"), clock=clock) as w:
         for i in range(0, N, 3):
             w.append_batch([_event(j) for j in range(i, i + 3)])
-        rot = w.append_batch([EntryDraft("dave", "config.dkim_rotate", "sel._domainkey.example.org",
-                                         "example.org", details={"new": "k2", "old": "k1"})])
-        w.append_batch([EntryDraft("erin", "config.dkim_rotate_confirm", "sel._domainkey.example.org",
-                                   "example.org", details={"confirms": f"gw1:{rot.first_seq}"})])
+        rot = w.append_batch(
+            [
+                EntryDraft(
+                    "dave",
+                    "config.dkim_rotate",
+                    "sel._domainkey.example.org",
+                    "example.org",
+                    details={"new": "k2", "old": "k1"},
+                )
+            ]
+        )
+        w.append_batch(
+            [
+                EntryDraft(
+                    "erin",
+                    "config.dkim_rotate_confirm",
+                    "sel._domainkey.example.org",
+                    "example.org",
+                    details={"confirms": f"gw1:{rot.first_seq}"},
+                )
+            ]
+        )
         for i in range(N, N + 6, 3):
             w.append_batch([_event(j) for j in range(i, i + 3)])
     entries = list(NodeLog(dd, node).scan())
@@ -77,6 +103,7 @@ def log(pristine, tmp_path):
 
 # -- damage as an attacker without the key makes it ----------------------------------------
 
+
 def edit_record(path: Path, frame_offset: int, index: int, change) -> None:
     """Re-encode one record of the frame at ``frame_offset`` with ``change(record_list)``
     applied, fix the frame's length, count and xxHash64 as an attacker would (the MAC needs
@@ -84,13 +111,13 @@ def edit_record(path: Path, frame_offset: int, index: int, change) -> None:
     data = bytearray(path.read_bytes())
     fields = list(HEADER.unpack_from(data, frame_offset))
     plen = fields[1]
-    payload = bytes(data[frame_offset + HEADER_SIZE: frame_offset + HEADER_SIZE + plen])
+    payload = bytes(data[frame_offset + HEADER_SIZE : frame_offset + HEADER_SIZE + plen])
     recs = [list(r) for r in msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False)]
     change(recs[index])
     new = msgpack.packb(recs, use_bin_type=True)
     fields[1], fields[7] = len(new), xxhash.xxh64_intdigest(new)
-    mac = data[frame_offset + HEADER_SIZE + plen: frame_offset + HEADER_SIZE + plen + 32]
-    data[frame_offset: frame_offset + HEADER_SIZE + plen + 32] = HEADER.pack(*fields) + new + mac
+    mac = data[frame_offset + HEADER_SIZE + plen : frame_offset + HEADER_SIZE + plen + 32]
+    data[frame_offset : frame_offset + HEADER_SIZE + plen + 32] = HEADER.pack(*fields) + new + mac
     path.write_bytes(bytes(data))
 
 
@@ -117,6 +144,7 @@ def build_sidecars(dd, node) -> None:
 
 # -- reading ----------------------------------------------------------------------------------
 
+
 def cli_json(dd, *args) -> tuple[int, list[dict], str]:
     r = invoke_cli(dd.root, "query", "--format", "json", *args)
     assert "Traceback" not in r.stderr
@@ -130,7 +158,7 @@ def flagged(rows: list[dict]) -> list[dict]:
 
 
 class Served:
-    """A real server (the node's Service and the aiohttp app, on a loopback socket)."""
+    """A real server (the node from ``build_node`` and the aiohttp app, on a loopback socket)."""
 
     def __init__(self, dd, client, keys):
         self.dd, self.client, self.keys = dd, client, keys
@@ -165,11 +193,12 @@ class Served:
 @pytest.fixture
 async def serve(aiohttp_client):
     """``await serve(dd)``: a server on the (damaged) data dir."""
-    from query.app import create_app
+    from query.http.app import create_app
+
     made = []
 
     async def start(dd):
-        svc = Service(dd, dd.open(), StoreSettings(fsync="none"), ServiceSettings()).open()
+        svc = build_node(NodeConfig(StoreSettings(fsync="none")), dd)
         made.append(svc)
         keys = make_keys(svc)
         return Served(dd, await aiohttp_client(create_app(svc)), keys)
@@ -180,6 +209,7 @@ async def serve(aiohttp_client):
 
 
 # -- 1. selective reads ------------------------------------------------------------------------
+
 
 def _match(by_seq, user: str, ip: str) -> list[int]:
     return [s for s, e in by_seq.items() if e.user == user and e.ip == ip]
@@ -192,7 +222,7 @@ async def test_selective_read_reports_an_edited_frame_that_held_a_match(log, ser
     want = _match(by_seq, "alice", "192.0.2.2")
     target = want[len(want) // 2]
     seg, fr = frame_holding(dd, node, target)
-    assert seg != segment_paths(dd)[-1]          # a sealed segment
+    assert seg != segment_paths(dd)[-1]  # a sealed segment
     # the match's ip becomes another of the same length: the frame no longer holds a match
     edit_record(seg, fr.offset, target - fr.first_seq, lambda r: r.__setitem__(6, "192.0.2.9"))
     if sidecar != "terms-kept":
@@ -217,6 +247,7 @@ async def test_selective_read_reports_an_edited_frame_that_held_a_match(log, ser
 
 # -- 2. time windows that fall into damage ------------------------------------------------------
 
+
 def _window(by_seq, seqs) -> dict:
     lo, hi = min(by_seq[s].ts for s in seqs), max(by_seq[s].ts for s in seqs)
     return {"from": format_ts(lo), "to": format_ts(hi + 1)}
@@ -236,13 +267,13 @@ def _damage(dd, node, how: str) -> list[int]:
         return seqs
     if how == "header_flip":
         seqs = [s for f in frames_of(segs[2], node) for s in range(f.first_seq, f.last_seq + 1)]
-        flip_byte(segs[2], 20)                     # first_seq: the header MAC fails
+        flip_byte(segs[2], 20)  # first_seq: the header MAC fails
         return seqs
     if how == "cut_frame":
         frames = frames_of(segs[2], node)
         last = frames[-1]
         with open(segs[2], "r+b") as f:
-            f.truncate(last.offset + 60)          # inside its last frame
+            f.truncate(last.offset + 60)  # inside its last frame
         return list(range(last.first_seq, last.last_seq + 1))
     raise AssertionError(how)
 
@@ -254,7 +285,7 @@ async def test_a_window_inside_damage_is_never_a_clean_empty_answer(log, serve, 
     if sidecars:
         build_sidecars(dd, node)
     lost = _damage(dd, node, how)
-    w = _window(by_seq, lost[1:-1] or lost)       # strictly inside what was lost
+    w = _window(by_seq, lost[1:-1] or lost)  # strictly inside what was lost
     rc, rows, err = cli_json(dd, "--from", w["from"], "--to", w["to"])
     assert rc == 1, rows
     assert flagged(rows) and not [r for r in rows if r["integrity"] == "ok" and r["seq"] in lost]
@@ -277,6 +308,7 @@ async def test_a_window_inside_damage_is_never_a_clean_empty_answer(log, serve, 
 
 
 # -- 3. reports --------------------------------------------------------------------------------
+
 
 def _rotation_seq(by_seq) -> int:
     return next(s for s, e in by_seq.items() if e.action == "config.dkim_rotate")
@@ -315,7 +347,7 @@ async def test_four_eyes_is_not_ok_when_damage_touches_its_window(log, serve, ho
 # -- 4. damaged records of the wrong types -----------------------------------------------------
 
 TYPE_CHANGES = {
-    "seq-str": (0, "7\n=HYPERLINK(\"http://x\")"),
+    "seq-str": (0, '7\n=HYPERLINK("http://x")'),
     "ts-float": (1, 1.5e15),
     "user-int": (2, 12345),
     "user-formula": (2, "=cmd|' /C calc'!A0"),
@@ -356,8 +388,11 @@ async def test_a_record_of_the_wrong_types_is_flagged_and_rendered_safely(log, s
     events, nbad = await srv.pages()
     assert nbad > 0 and victim in {e["seq"] for e in flagged(events)}
     assert victim in {r["seq"] for r in flagged(await srv.lines("ndjson"))}
-    assert [d for d in await srv.lines("ecs") if d["event"]["sequence"] == victim
-            and d["labels"]["integrity"] == "violation"]
+    assert [
+        d
+        for d in await srv.lines("ecs")
+        if d["event"]["sequence"] == victim and d["labels"]["integrity"] == "violation"
+    ]
     _check_csv_rows(await srv.csv_rows(), by_seq)
 
 
@@ -377,26 +412,28 @@ def _check_csv_rows(rows: list[dict], by_seq) -> None:
 
 # -- 5. the syslog feed --------------------------------------------------------------------------
 
+
 def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     """A deleted segment and a damaged frame reach the SIEM as alerts naming the seqs, never
     as a silent hole in the feed (a real forwarder to a TCP receiver on loopback)."""
     import socket
     import time
 
-    from export.syslog import SyslogForwarder, SyslogSettings
     from test_syslog import _frames, audit_params, parse_rfc5424
+
+    from export.syslog import SyslogSettings
 
     dd, node, by_seq = log
     lost = set(_damage(dd, node, "delete_middle"))
     seg, fr = frame_holding(dd, node, 5)
     flip_byte(seg, fr.payload_offset + 5)
     damaged = set(range(fr.first_seq, fr.last_seq + 1))
-    svc = Service(dd, dd.open(), StoreSettings(fsync="none"), ServiceSettings()).open()
+    svc = build_node(NodeConfig(StoreSettings(fsync="none")), dd)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     srv.settimeout(15)
-    fwd = SyslogForwarder(svc, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=25)
+    fwd = forwarder(svc, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=25)
     svc.syslog = fwd
     fwd.start()
     try:
@@ -418,7 +455,7 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     ok = {int(p["seq"]) for p in params if p["integrity"] == "ok"}
     alerts = [(m, p) for m, p in zip(msgs, params) if p["integrity"] == "violation"]
     assert ok.isdisjoint(lost | damaged) and set(by_seq) - lost - damaged <= ok
-    assert all(m["pri"] == 13 * 8 + 1 for m, _ in alerts)          # facility log audit, severity alert
+    assert all(m["pri"] == 13 * 8 + 1 for m, _ in alerts)  # facility log audit, severity alert
     texts = " ".join(p.get("violation", "") for _, p in alerts)
     assert f"segment_missing: seq {min(lost)}..{max(lost)}" in texts
     assert damaged <= {int(p["seq"]) for _, p in alerts}

@@ -24,9 +24,18 @@ def drafts(n: int, seed: int) -> list[EntryDraft]:
     out = []
     for i in range(n):
         rcpt = r.choice([None, "anna@example.com", ["anna@example.com", "ben@example.com"]])
-        out.append(EntryDraft(r.choice(USERS), r.choice(["auth.login", "auth.login_failed", "quarantine.release"]),
-                              f"t{r.randrange(20)}", r.choice([None, "example.com"]), r.choice(IPS), None,
-                              r.random() < 0.8, {"n": i, **({"recipient": rcpt} if rcpt else {})}))
+        out.append(
+            EntryDraft(
+                r.choice(USERS),
+                r.choice(["auth.login", "auth.login_failed", "quarantine.release"]),
+                f"t{r.randrange(20)}",
+                r.choice([None, "example.com"]),
+                r.choice(IPS),
+                None,
+                r.random() < 0.8,
+                {"n": i, **({"recipient": rcpt} if rcpt else {})},
+            )
+        )
     return out
 
 
@@ -46,13 +55,19 @@ def full_scan(log, pred):
 
 QUERIES = [
     ({"user": frozenset({"alice"})}, lambda e: e.user == "alice"),
-    ({"user": frozenset({"alice", "bob"}), "ip": frozenset({"192.0.2.1"})},
-     lambda e: e.user in ("alice", "bob") and e.ip == "192.0.2.1"),
-    ({"recipient": frozenset({"ben@example.com"})},
-     lambda e: isinstance(e.details.get("recipient"), (list, tuple)) and "ben@example.com" in e.details["recipient"]),
-    ({"target": frozenset({"t3"}), "domain": frozenset({"example.com"})},
-     lambda e: e.target == "t3" and e.domain == "example.com"),
-    ({"action": frozenset({"auth.login"})}, lambda e: e.action == "auth.login"),   # many hits: frame path
+    (
+        {"user": frozenset({"alice", "bob"}), "ip": frozenset({"192.0.2.1"})},
+        lambda e: e.user in ("alice", "bob") and e.ip == "192.0.2.1",
+    ),
+    (
+        {"recipient": frozenset({"ben@example.com"})},
+        lambda e: isinstance(e.details.get("recipient"), (list, tuple)) and "ben@example.com" in e.details["recipient"],
+    ),
+    (
+        {"target": frozenset({"t3"}), "domain": frozenset({"example.com"})},
+        lambda e: e.target == "t3" and e.domain == "example.com",
+    ),
+    ({"action": frozenset({"auth.login"})}, lambda e: e.action == "auth.login"),  # many hits: frame path
     ({"user": frozenset({"nobody"})}, lambda e: False),
 ]
 
@@ -66,10 +81,9 @@ def test_postings_give_the_full_scan_answer(log_dir, terms, pred):
     assert got == want
     desc = [(e.seq, e.signature) for e in NodeLog(dd, node).scan(terms=terms, predicate=pred, order="desc")]
     assert desc == want[::-1]
-    if want:   # continuing after a cursor
+    if want:  # continuing after a cursor
         mid = want[len(want) // 2][0]
-        assert [e.seq for e in log.scan(terms=terms, predicate=pred, after_seq=mid)] == \
-            [s for s, _ in want if s > mid]
+        assert [e.seq for e in log.scan(terms=terms, predicate=pred, after_seq=mid)] == [s for s, _ in want if s > mid]
 
 
 def test_sidecars_written_then_damaged_ones_rebuilt(log_dir):
@@ -77,11 +91,11 @@ def test_sidecars_written_then_damaged_ones_rebuilt(log_dir):
     terms, pred = QUERIES[1]
     want = [(e.seq, e.signature) for e in NodeLog(dd, node).scan(terms=terms, predicate=pred)]
     sidecars = sorted(dd.segments.glob("*.terms"))
-    assert len(sidecars) >= 3       # every sealed segment got one
+    assert len(sidecars) >= 3  # every sealed segment got one
     for i, p in enumerate(sidecars):
         raw = bytearray(p.read_bytes())
         if i % 2:
-            raw[len(raw) // 2] ^= 0xFF   # damaged: fails its MAC
+            raw[len(raw) // 2] ^= 0xFF  # damaged: fails its MAC
             p.write_bytes(bytes(raw))
         else:
             p.unlink()
@@ -93,12 +107,15 @@ def test_a_tampered_record_found_through_a_posting_is_flagged(log_dir):
     dd, node = log_dir
     log = NodeLog(dd, node)
     carol = {e.seq for e in log.scan() if e.user == "carol"}
-    list(NodeLog(dd, node).scan(terms={"user": frozenset({"carol"})}))   # build the postings first
-    seg = next(p for p in sorted(dd.segments.glob("*.seg")) if (p.with_suffix(".terms")).exists()
-               and b"carol" in p.read_bytes())
+    list(NodeLog(dd, node).scan(terms={"user": frozenset({"carol"})}))  # build the postings first
+    seg = next(
+        p
+        for p in sorted(dd.segments.glob("*.seg"))
+        if (p.with_suffix(".terms")).exists() and b"carol" in p.read_bytes()
+    )
     data = bytearray(seg.read_bytes())
     i = data.find(b"carol")
-    data[i + 1] ^= 0x01          # "carol" -> "cbrol" in the first carol record of that segment
+    data[i + 1] ^= 0x01  # "carol" -> "cbrol" in the first carol record of that segment
     seg.write_bytes(bytes(data))
     got = list(NodeLog(dd, node).scan(terms={"user": frozenset({"carol"})}, predicate=lambda e: e.user == "carol"))
     bad = [e for e in got if e.integrity != "ok"]
@@ -116,8 +133,13 @@ def test_active_segment_postings_follow_the_writer(tmp_path):
     with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
         log = w.log
         w.append_batch([EntryDraft("zed", "auth.login", ip="192.0.2.9")])
-        q = lambda: [e.seq for e in log.scan(terms={"user": frozenset({"zed"})},  # noqa: E731
-                                             predicate=lambda e: e.user == "zed")]
+        q = lambda: [
+            e.seq
+            for e in log.scan(
+                terms={"user": frozenset({"zed"})},  # noqa: E731
+                predicate=lambda e: e.user == "zed",
+            )
+        ]
         assert q() == [1]
         w.append_batch(drafts(50, 1) + [EntryDraft("zed", "auth.logout")])
         assert q() == [1, 52]
@@ -139,5 +161,6 @@ def test_missing_term_sidecars_are_built_ahead_of_queries(log_dir):
     assert all(terms_path(p).exists() for p in sealed)
     # and the queries use them: same answers as a full scan
     terms, pred = QUERIES[0]
-    assert [e.seq for e in NodeLog(dd, node).scan(terms=terms, predicate=pred)] == \
-        [e.seq for e in NodeLog(dd, node).scan() if pred(e)]
+    assert [e.seq for e in NodeLog(dd, node).scan(terms=terms, predicate=pred)] == [
+        e.seq for e in NodeLog(dd, node).scan() if pred(e)
+    ]

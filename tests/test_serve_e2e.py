@@ -12,7 +12,6 @@ import time
 import urllib.request
 
 import pytest
-
 from helpers_http import ServeProcess, rss_kib, run_cli
 
 
@@ -49,8 +48,9 @@ def test_serve_demo_query_export_and_sigterm(served, tmp_path):
     assert all(e["action"] == "auth.login_failed" and not e["success"] for e in failed["events"])
 
     # the demo key is a reader: no writes, no key management
-    status, err = served.json("/api/v1/events", key, method="POST", body=b"[]",
-                              headers={"Content-Type": "application/json"})
+    status, err = served.json(
+        "/api/v1/events", key, method="POST", body=b"[]", headers={"Content-Type": "application/json"}
+    )
     assert status == 403 and err["error"]["status"] == 403
     assert served.json("/api/v1/api-keys", key)[0] == 403
     assert served.json("/api/v1/audit-log", None)[0] == 401
@@ -131,17 +131,26 @@ def test_ndjson_stream_of_a_big_range_keeps_rss_flat(tmp_path):
     src = tmp_path / "events.ndjson"
     with open(src, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"user": f"user{i % 50}", "action": "config.filter_update",
-                                "target": f"filter-{i}", "domain": "example.org",
-                                "ip": f"192.0.2.{i % 250}",
-                                "details": {"n": i, "old": "block", "new": "quarantine"}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "user": f"user{i % 50}",
+                        "action": "config.filter_update",
+                        "target": f"filter-{i}",
+                        "domain": "example.org",
+                        "ip": f"192.0.2.{i % 250}",
+                        "details": {"n": i, "old": "block", "new": "quarantine"},
+                    }
+                )
+                + "\n"
+            )
     p = run_cli(data, "append", "--file", str(src), timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == str(n), p.stderr
     src.unlink()
 
     k = run_cli(data, "apikey", "create", "--role", "reader", "--name", "siem")
     assert k.returncode == 0, k.stderr
-    key = k.stdout.strip().splitlines()[-1]           # the key is the last stdout line
+    key = k.stdout.strip().splitlines()[-1]  # the key is the last stdout line
     srv = ServeProcess(data)
     try:
         srv.wait_ready()
@@ -160,15 +169,16 @@ def test_ndjson_stream_of_a_big_range_keeps_rss_flat(tmp_path):
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        req = urllib.request.Request(srv.base + "/api/v1/audit-log?format=ndjson",
-                                     headers={"Authorization": f"Bearer {key}"})
+        req = urllib.request.Request(
+            srv.base + "/api/v1/audit-log?format=ndjson", headers={"Authorization": f"Bearer {key}"}
+        )
         lines = 0
         size = 0
         last = b""
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 assert r.status == 200
-                assert r.headers.get("Content-Length") is None      # streamed, not buffered
+                assert r.headers.get("Content-Length") is None  # streamed, not buffered
                 while chunk := r.read(1 << 16):
                     lines += chunk.count(b"\n")
                     size += len(chunk)
@@ -176,7 +186,7 @@ def test_ndjson_stream_of_a_big_range_keeps_rss_flat(tmp_path):
         finally:
             done.set()
             sampler.join()
-        assert lines == n + 1                  # + the apikey create entry
+        assert lines == n + 1  # + the apikey create entry
         assert json.loads(last.rstrip(b"\n").rsplit(b"\n", 1)[-1])["seq"] == n + 1
         assert size > 100 * 1024 * 1024, "the stream should dwarf the RSS bound"
         for f in peak:
@@ -195,14 +205,15 @@ def test_ndjson_stream_of_a_big_range_keeps_rss_flat(tmp_path):
         srv.close()
 
 
-
-@pytest.mark.parametrize("listen", ["127.0.0.1:\u00b2", "127.0.0.1:99999", "127.0.0.1", "host:-1",
-                                    "127.0.0.1:" + "9" * 5000],
-                         ids=["superscript", "too-big", "no-port", "negative", "huge"])
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1:\u00b2", "127.0.0.1:99999", "127.0.0.1", "host:-1", "127.0.0.1:" + "9" * 5000],
+    ids=["superscript", "too-big", "no-port", "negative", "huge"],
+)
 def test_serve_bad_listen_is_a_usage_error(tmp_path, listen):
     data = tmp_path / "never"
     p = run_cli(data, "serve", "--listen", listen, timeout=30)
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("auditlog: error:") and "listen" in lines[0], p.stderr
-    assert not data.exists()          # refused before anything was initialised
+    assert not data.exists()  # refused before anything was initialised

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_http import ServeProcess, bearer, ev, make_keys, post_events, query, run_cli
 
 from engine.entry import ENTRY_SUB, EntryDraft
-from helpers_http import ServeProcess, bearer, ev, make_keys, post_events, query, run_cli
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -61,9 +61,13 @@ def status(node: ServeProcess, token: str, path: str = "/api/v1/audit-log?limit=
 
 
 def create_over_api(node: ServeProcess, admin: str, name: str, role: str = "reader") -> dict:
-    st, body = node.json("/api/v1/api-keys", admin, method="POST",
-                         body=json.dumps({"name": name, "role": role}).encode(),
-                         headers={"Content-Type": "application/json"})
+    st, body = node.json(
+        "/api/v1/api-keys",
+        admin,
+        method="POST",
+        body=json.dumps({"name": name, "role": role}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert st == 201, body
     return body
 
@@ -71,8 +75,11 @@ def create_over_api(node: ServeProcess, admin: str, name: str, role: str = "read
 def metrics(node: ServeProcess) -> dict[str, float]:
     st, _, body = node.request("/metrics")
     assert st == 200
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in body.decode().splitlines() if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def logged(data: Path, cfg: Path, *args: str) -> list[dict]:
@@ -84,32 +91,65 @@ def logged(data: Path, cfg: Path, *args: str) -> list[dict]:
 def legacy_key_file(path: Path, kid: str, role: str = "admin") -> str:
     """The plain key file of earlier versions, with one admin key whose secret we know."""
     secret = "a" * 52
-    path.write_text(json.dumps({"keys": [{"id": kid, "name": "intruder", "role": role,
-                                          "hash": hashlib.sha256(secret.encode()).hexdigest(),
-                                          "created": time.time(), "revoked": None}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {
+                        "id": kid,
+                        "name": "intruder",
+                        "role": role,
+                        "hash": hashlib.sha256(secret.encode()).hexdigest(),
+                        "created": time.time(),
+                        "revoked": None,
+                    }
+                ]
+            }
+        )
+    )
     return f"alk_{kid}_{secret}"
 
 
-def forged_snapshot(path: Path, kid: str, through_seq: int = 10 ** 6) -> str:
+def forged_snapshot(path: Path, kid: str, through_seq: int = 10**6) -> str:
     """A file in the sealed shape, with a key and a MAC made without the node key."""
     token = f"alk_{kid}_{'b' * 52}"
-    data = {"through_seq": through_seq, "keys": [{
-        "id": kid, "name": "intruder", "role": "admin", "created": 0, "seq": 1, "revoked": None,
-        "suspended": None, "secret_hmac": hmac.new(b"a guess", token.encode(), "sha256").hexdigest()}]}
-    path.write_text(json.dumps({"v": 1, "name": "api_keys", "data": data,
-                                "mac": hmac.new(b"another guess", json.dumps(data).encode(),
-                                                "sha256").hexdigest()}))
+    data = {
+        "through_seq": through_seq,
+        "keys": [
+            {
+                "id": kid,
+                "name": "intruder",
+                "role": "admin",
+                "created": 0,
+                "seq": 1,
+                "revoked": None,
+                "suspended": None,
+                "secret_hmac": hmac.new(b"a guess", token.encode(), "sha256").hexdigest(),
+            }
+        ],
+    }
+    path.write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "name": "api_keys",
+                "data": data,
+                "mac": hmac.new(b"another guess", json.dumps(data).encode(), "sha256").hexdigest(),
+            }
+        )
+    )
     return token
 
 
 # -- API keys on a running server -----------------------------------------------------------
+
 
 async def test_key_written_into_the_state_file_of_a_running_server_grants_nothing(make_service, make_client):
     svc = make_service()
     keys = make_keys(svc)
     client = await make_client(svc)
     path = svc.data_dir.state / "api_keys.json"
-    assert path.exists()          # the sealed snapshot the server keeps
+    assert path.exists()  # the sealed snapshot the server keeps
     for forge in (legacy_key_file, forged_snapshot):
         token = forge(path, "0badc0ffee00" if forge is legacy_key_file else "0badc0ffee01")
         await asyncio.sleep(1.2)  # past the old store's 1 s reload
@@ -146,7 +186,7 @@ def test_keys_come_from_the_log_across_restarts_whatever_the_state_file_says(tmp
     try:
         assert status(node, victim["key"]) == 401
         assert status(node, reader) == status(node, admin) == 200
-        assert "api_keys.json" not in node.stderr()      # an older sealed copy is no tampering
+        assert "api_keys.json" not in node.stderr()  # an older sealed copy is no tampering
     finally:
         assert node.terminate() == 0
 
@@ -157,7 +197,7 @@ def test_keys_come_from_the_log_across_restarts_whatever_the_state_file_says(tmp
         try:
             assert status(node, token) == 401
             assert status(node, victim["key"]) == 401
-            assert status(node, reader) == status(node, admin) == 200      # rebuilt from the log
+            assert status(node, reader) == status(node, admin) == 200  # rebuilt from the log
             err = node.stderr()
             assert "api_keys.json" in err and "WARNING" in err, err
             if forge is legacy_key_file:
@@ -169,8 +209,9 @@ def test_keys_come_from_the_log_across_restarts_whatever_the_state_file_says(tmp
         # once, not at every start
         assert kid in (snap.parent / "api_keys.json.rejected").read_text()
         assert json.loads(snap.read_text())["name"] == "api_keys"
-    recovered = [e for e in logged(data, cfg, "--action", "audit.recovery")
-                 if e["details"].get("file") == "api_keys.json"]
+    recovered = [
+        e for e in logged(data, cfg, "--action", "audit.recovery") if e["details"].get("file") == "api_keys.json"
+    ]
     assert len(recovered) == 2 and all(e["user"] == "system" and e["details"]["reason"] for e in recovered)
     assert "earlier version" in recovered[0]["details"]["reason"]
 
@@ -193,7 +234,7 @@ def test_keys_come_from_the_log_across_restarts_whatever_the_state_file_says(tmp
         assert node.terminate() == 0
     node = serve(data, cfg)
     try:
-        assert status(node, late) == 200             # created over the API, survives a restart
+        assert status(node, late) == 200  # created over the API, survives a restart
     finally:
         assert node.terminate() == 0
     # what authentication needs is in the create entries, as a keyed hash only
@@ -221,13 +262,13 @@ def test_a_hidden_revocation_suspends_the_keys_it_may_have_revoked(tmp_path):
     hit = [(p, p.read_bytes().rfind(b"audit.api_key_revoke")) for p in segs]
     path, at = [(p, i) for p, i in hit if i >= 0][-1]
     raw = bytearray(path.read_bytes())
-    raw[at + len("audit.api_key_revok")] ^= 0x03        # "...revoke" -> "...revokf"
+    raw[at + len("audit.api_key_revok")] ^= 0x03  # "...revoke" -> "...revokf"
     path.write_bytes(bytes(raw))
 
     node = serve(data, cfg)
     try:
         assert status(node, victim["key"]) == 401
-        assert status(node, admin) == 401          # created before the unreadable stretch
+        assert status(node, admin) == 401  # created before the unreadable stretch
         assert "suspended" in node.stderr()
     finally:
         assert node.terminate() == 0
@@ -255,7 +296,9 @@ def test_apikey_cli_works_through_the_log(tmp_path):
     made = logged(data, cfg, "--action", "audit.api_key_create")
     gone = logged(data, cfg, "--action", "audit.api_key_revoke")
     assert [(e["user"], e["target"], e["details"]["key_id"]) for e in made + gone] == [
-        ("cli", "dashboard", kid), ("cli", "dashboard", kid)]
+        ("cli", "dashboard", kid),
+        ("cli", "dashboard", kid),
+    ]
     r = cli(data, cfg, "apikey", "revoke", "000000000000")
     assert r.returncode == 2 and "000000000000" in r.stderr
     # a legacy key file: listed as nothing, with a warning, and left for the next writer to replace
@@ -266,6 +309,7 @@ def test_apikey_cli_works_through_the_log(tmp_path):
 
 
 # -- syslog cursor ----------------------------------------------------------------------------
+
 
 class Receiver:
     """A TCP syslog receiver on loopback (RFC 6587 octet counting): the ids that arrived."""
@@ -291,16 +335,16 @@ class Receiver:
                 while not self._stop.is_set():
                     try:
                         chunk = conn.recv(65536)
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     if not chunk:
                         break
                     buf += chunk
                     while (sp := buf.find(b" ")) > 0 and len(buf) >= sp + 1 + int(buf[:sp]):
                         n = int(buf[:sp])
-                        m = re.search(rb'\[audit@32473 id="([^"]+)"', buf[sp + 1:sp + 1 + n])
+                        m = re.search(rb'\[audit@32473 id="([^"]+)"', buf[sp + 1 : sp + 1 + n])
                         self.ids.append(m.group(1).decode())
-                        buf = buf[sp + 1 + n:]
+                        buf = buf[sp + 1 + n :]
 
     def wait_for(self, ids: set[str], timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -322,28 +366,28 @@ def receiver():
 
 
 def _forged_cursor_plain(path: Path, target: str) -> None:
-    path.write_text(json.dumps({"target": target, "seq": 10 ** 9}))
+    path.write_text(json.dumps({"target": target, "seq": 10**9}))
 
 
 def _forged_cursor_sealed_shape(path: Path, target: str) -> None:
-    data = {"target": target, "seq": 10 ** 9}
+    data = {"target": target, "seq": 10**9}
     path.write_text(json.dumps({"v": 1, "name": "syslog_cursor", "data": data, "mac": "ab" * 32}))
 
 
 @pytest.mark.parametrize("forge", [_forged_cursor_plain, _forged_cursor_sealed_shape])
-async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make_service, make_client,
-                                                                            receiver, forge):
+async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make_service, make_client, receiver, forge):
     from export.syslog import SyslogSettings
-    svc = make_service()
+
+    svc = make_service(syslog=SyslogSettings(target=receiver.target))
     keys = make_keys(svc)
-    svc.writer.append_batch([EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i})
-                             for i in range(50)])
+    svc.writer.append_batch(
+        [EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i}) for i in range(50)]
+    )
     forge(svc.data_dir.state / "syslog_cursor.json", receiver.target)
-    svc.start_syslog(SyslogSettings(target=receiver.target))
-    client = await make_client(svc)
+    client = await make_client(svc)  # starts the forwarder, which reads its cursor
     st = svc.syslog.status()
     assert st["cursor_rejected"] and "syslog_cursor.json" in st["cursor_rejected"]
-    assert str(10 ** 9) in (svc.data_dir.state / "syslog_cursor.json.rejected").read_text()
+    assert str(10**9) in (svc.data_dir.state / "syslog_cursor.json.rejected").read_text()
     # every entry goes out, the ones before the forged cursor included
     receiver.wait_for({f"node-a:{s}" for s in range(1, 56)})
     assert (await post_events(client, keys["writer"], [ev(1)])).status == 201
@@ -364,25 +408,40 @@ async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make
         await asyncio.sleep(0.02)
     svc.syslog.stop()
     saved = json.loads((svc.data_dir.state / "syslog_cursor.json").read_text())
-    assert saved["name"] == "syslog_cursor" and saved["data"] == {"target": receiver.target, "seq": head,
-                                                                   "sub": ENTRY_SUB}
-    svc.start_syslog(SyslogSettings(target=receiver.target))
+    assert saved["name"] == "syslog_cursor" and saved["data"] == {
+        "target": receiver.target,
+        "seq": head,
+        "sub": ENTRY_SUB,
+    }
+    svc.syslog.start()
     assert svc.syslog.cursor == head and svc.syslog.cursor_rejected is None
 
 
 # -- retention's last run ----------------------------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_a_forged_retention_file_does_not_show_a_purge(tmp_path):
     data, cfg = init_node(tmp_path, 'fsync = "none"\nsegment_max_bytes = 4096\nretention_days = 90\n')
     events = tmp_path / "events.ndjson"
-    events.write_text("".join(json.dumps({"user": "u", "action": "auth.login", "details": {"i": i}}) + "\n"
-                              for i in range(200)))
+    events.write_text(
+        "".join(json.dumps({"user": "u", "action": "auth.login", "details": {"i": i}}) + "\n" for i in range(200))
+    )
     assert cli(data, cfg, "append", "--file", str(events)).returncode == 0
     admin = cli_key(data, cfg, "admin", "ops")
-    forged = {"ran_at": "2026-12-31T00:00:00.000000Z", "as_of": "2026-12-31T00:00:00.000000Z",
-              "retention_days": 90, "dry_run": False, "dropped_segments": ["x.seg"], "dropped_entries": 123456,
-              "seq_from": 1, "seq_to": 123456, "ts_from": None, "ts_to": None, "kept_segments": 1}
+    forged = {
+        "ran_at": "2026-12-31T00:00:00.000000Z",
+        "as_of": "2026-12-31T00:00:00.000000Z",
+        "retention_days": 90,
+        "dry_run": False,
+        "dropped_segments": ["x.seg"],
+        "dropped_entries": 123456,
+        "seq_from": 1,
+        "seq_to": 123456,
+        "ts_from": None,
+        "ts_to": None,
+        "kept_segments": 1,
+    }
     state = data / "state" / "retention.json"
     state.write_text(json.dumps(forged))
 
@@ -393,7 +452,7 @@ def test_a_forged_retention_file_does_not_show_a_purge(tmp_path):
 
     node = serve(data, cfg)
     try:
-        assert last_run() is None                     # no purge ever happened
+        assert last_run() is None  # no purge ever happened
         m = metrics(node)
         assert "auditlog_retention_last_dropped_entries" not in m
         assert "auditlog_retention_last_run_timestamp_seconds" not in m
@@ -427,12 +486,12 @@ def test_a_forged_retention_file_does_not_show_a_purge(tmp_path):
 
 async def test_a_run_that_dropped_nothing_is_kept_sealed_and_shown_when_newest(make_service, make_client):
     from engine.retention import load_last_run
+
     svc = make_service()
     keys = make_keys(svc)
     client = await make_client(svc)
     await svc.run(svc.run_retention)
-    (me,) = (await (await client.get("/api/v1/cluster", headers=bearer(keys["reader"])))
-             .json())["nodes"]
+    (me,) = (await (await client.get("/api/v1/cluster", headers=bearer(keys["reader"]))).json())["nodes"]
     run = me["retention_last_run"]
     assert run["dropped_entries"] == 0 and run["entry_id"] is None
     saved = json.loads((svc.data_dir.state / "retention.json").read_text())
@@ -446,15 +505,18 @@ async def test_a_run_that_dropped_nothing_is_kept_sealed_and_shown_when_newest(m
 
 # -- cluster membership ----------------------------------------------------------------------
 
+
 def test_membership_comes_from_the_log_not_from_a_members_file(make_service):
-    from query.cluster import Cluster, ClusterSettings
-    from query.peers import PeerConfig
+    from query.cluster.fanout import Cluster
+    from query.cluster.settings import ClusterSettings, PeerConfig
+
     svc = make_service()
 
     def start_with(*peers: str) -> list[tuple[str, str]]:
         head = svc.writer.next_seq - 1
-        Cluster(svc, ClusterSettings(peers=tuple(PeerConfig(p, f"https://127.0.0.1:1/{p}") for p in peers))
-                ).record_membership()
+        Cluster(
+            svc, ClusterSettings(peers=tuple(PeerConfig(p, f"https://127.0.0.1:1/{p}") for p in peers))
+        ).record_membership()
         return [(e.action, e.target) for e in svc.log.scan(after_seq=head)]
 
     members = svc.data_dir.state / "cluster_members.json"
@@ -463,7 +525,7 @@ def test_membership_comes_from_the_log_not_from_a_members_file(make_service):
     # a members file claiming another peer, or none: no leave, no second join
     members.write_text(json.dumps({"peers": ["b", "c", "x"]}))
     assert start_with("b", "c") == []
-    assert not members.exists()                         # the file of earlier versions goes away
+    assert not members.exists()  # the file of earlier versions goes away
     members.write_text(json.dumps({"peers": []}))
     assert start_with("b", "c") == []
     # the config changes: exactly what changed is recorded

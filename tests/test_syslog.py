@@ -22,12 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers_http import AUDITLOG, ServeProcess, bearer, clean_env, free_port, run_cli
+from helpers_rsyslog import Rsyslog, make_tls_files, require_gtls, require_rsyslogd
 
 from engine.entry import Entry, format_ts
 from export.errors import ExportError
 from export.syslog import DEFAULT_SD_ID, check_sd_id, format_message
-from helpers_http import AUDITLOG, ServeProcess, bearer, clean_env, free_port, run_cli
-from helpers_rsyslog import Rsyslog, make_tls_files, require_gtls, require_rsyslogd
 
 # -- a strict RFC 5424 parser ------------------------------------------------------------
 
@@ -45,7 +45,7 @@ def _sd_name(buf: bytes, i: int, what: str) -> tuple[str, int]:
     j = i
     while j < len(buf) and 33 <= buf[j] <= 126 and buf[j] not in b'= ]"':
         j += 1
-    assert 1 <= j - i <= 32, f"{what}: bad SD-NAME at {i}: {buf[i:i + 40]!r}"
+    assert 1 <= j - i <= 32, f"{what}: bad SD-NAME at {i}: {buf[i : i + 40]!r}"
     return buf[i:j].decode("ascii"), j
 
 
@@ -60,14 +60,14 @@ def parse_rfc5424(raw: bytes) -> dict:
     pri = int(m.group(1))
     assert 0 <= pri <= 191 and (m.group(1) == b"0" or not m.group(1).startswith(b"0")), m.group(1)
     out: dict = {"pri": pri, "facility": pri // 8, "severity": pri % 8, "version": int(m.group(2))}
-    rest = raw[m.end():]
+    rest = raw[m.end() :]
     fields = []
     for name, hi in (("timestamp", 64), ("hostname", 255), ("app_name", 48), ("procid", 128), ("msgid", 32)):
         sp = rest.find(b" ")
         assert sp > 0, f"{name}: missing or empty in {raw[:120]!r}"
         fields.append(_printusascii(rest[:sp], 1, hi, name))
         out[name] = fields[-1]
-        rest = rest[sp + 1:]
+        rest = rest[sp + 1 :]
     assert out["timestamp"] == "-" or _TS.match(out["timestamp"]), out["timestamp"]
     # STRUCTURED-DATA
     sd: list[tuple[str, dict]] = []
@@ -76,19 +76,19 @@ def parse_rfc5424(raw: bytes) -> dict:
         i = 1
     else:
         assert rest.startswith(b"["), f"no STRUCTURED-DATA: {rest[:40]!r}"
-        while i < len(rest) and rest[i:i + 1] == b"[":
+        while i < len(rest) and rest[i : i + 1] == b"[":
             sd_id, i = _sd_name(rest, i + 1, "SD-ID")
             params: dict[str, str] = {}
-            while rest[i:i + 1] == b" ":
+            while rest[i : i + 1] == b" ":
                 name, i = _sd_name(rest, i + 1, "PARAM-NAME")
-                assert rest[i:i + 2] == b'="', f"PARAM {name}: no =\" at {rest[i:i + 10]!r}"
+                assert rest[i : i + 2] == b'="', f'PARAM {name}: no =" at {rest[i : i + 10]!r}'
                 i += 2
                 val = bytearray()
                 while True:
                     assert i < len(rest), f"PARAM {name}: unterminated value"
                     c = rest[i]
-                    if c == 0x5C:   # backslash: only \" \\ \] are escapes; anything else is literal
-                        nxt = rest[i + 1:i + 2]
+                    if c == 0x5C:  # backslash: only \" \\ \] are escapes; anything else is literal
+                        nxt = rest[i + 1 : i + 2]
                         assert nxt in (b'"', b"\\", b"]"), f"PARAM {name}: lone backslash before {nxt!r}"
                         val += nxt
                         i += 2
@@ -100,8 +100,8 @@ def parse_rfc5424(raw: bytes) -> dict:
                     val.append(c)
                     i += 1
                 assert name not in params, f"PARAM {name} twice"
-                params[name] = bytes(val).decode("utf-8")   # PARAM-VALUE is UTF-8 (strict)
-            assert rest[i:i + 1] == b"]", f"SD-ELEMENT {sd_id}: no closing ] at {rest[i:i + 20]!r}"
+                params[name] = bytes(val).decode("utf-8")  # PARAM-VALUE is UTF-8 (strict)
+            assert rest[i : i + 1] == b"]", f"SD-ELEMENT {sd_id}: no closing ] at {rest[i : i + 20]!r}"
             i += 1
             assert sd_id not in [s for s, _ in sd], f"SD-ID {sd_id} twice"
             sd.append((sd_id, params))
@@ -111,7 +111,7 @@ def parse_rfc5424(raw: bytes) -> dict:
         assert tail.startswith(b" "), f"no SP before MSG: {tail[:20]!r}"
         msg = tail[1:]
         if msg.startswith(BOM):
-            msg[3:].decode("utf-8")   # MSG-UTF8: must be valid UTF-8 (raises otherwise)
+            msg[3:].decode("utf-8")  # MSG-UTF8: must be valid UTF-8 (raises otherwise)
         out["msg"] = msg
     else:
         out["msg"] = b""
@@ -126,13 +126,24 @@ def audit_params(parsed: dict, sd_id: str = DEFAULT_SD_ID) -> dict:
 
 # -- format_message -------------------------------------------------------------------------
 
-TS = 1_773_479_553_123_456   # 2026-03-14T09:12:33.123456Z
+TS = 1_773_479_553_123_456  # 2026-03-14T09:12:33.123456Z
 
 
 def entry(seq=7, **kw) -> Entry:
-    f = dict(node="gw1", seq=seq, ts=TS, user="alice", action="config.filter_update", target="filter-12",
-             domain="example.org", ip="192.0.2.10", user_agent="Mozilla/5.0", success=True,
-             details={"old": "block", "new": "quarantine"}, signature=bytes(range(32)))
+    f = dict(
+        node="gw1",
+        seq=seq,
+        ts=TS,
+        user="alice",
+        action="config.filter_update",
+        target="filter-12",
+        domain="example.org",
+        ip="192.0.2.10",
+        user_agent="Mozilla/5.0",
+        success=True,
+        details={"old": "block", "new": "quarantine"},
+        signature=bytes(range(32)),
+    )
     f.update(kw)
     return Entry(**f)
 
@@ -141,7 +152,7 @@ def test_header_fields_and_structured_data():
     e = entry()
     raw = format_message(e)
     p = parse_rfc5424(raw)
-    assert (p["facility"], p["severity"]) == (13, 6)        # log audit, informational
+    assert (p["facility"], p["severity"]) == (13, 6)  # log audit, informational
     assert raw.startswith(b"<110>1 ")
     assert p["version"] == 1
     assert p["timestamp"] == "2026-03-14T09:12:33.123456Z" == format_ts(TS)
@@ -164,7 +175,7 @@ def test_header_fields_and_structured_data():
 
 
 def test_severity_follows_outcome_security_and_integrity():
-    sev = lambda e: parse_rfc5424(format_message(e))["severity"]   # noqa: E731
+    sev = lambda e: parse_rfc5424(format_message(e))["severity"]  # noqa: E731
     assert sev(entry()) == 6
     assert sev(entry(success=False, action="auth.login_failed")) == 5
     assert sev(entry(action="security.brute_force_detected")) == 4
@@ -195,13 +206,13 @@ def test_sd_id_is_configurable_and_checked():
 
 def test_param_values_escaped():
     nasty = 'a"b\\c]d [x="y"] \\\\'
-    e = entry(target=nasty, user='eve"]', details={"k": 'v"]\\'}, user_agent="UA ]\"\\")
+    e = entry(target=nasty, user='eve"]', details={"k": 'v"]\\'}, user_agent='UA ]"\\')
     raw = format_message(e)
     assert b'target="a\\"b\\\\c\\]d [x=\\"y\\"\\] \\\\\\\\"' in raw
     params = audit_params(parse_rfc5424(raw))
     assert params["target"] == nasty
     assert params["user"] == 'eve"]'
-    assert params["user_agent"] == "UA ]\"\\"
+    assert params["user_agent"] == 'UA ]"\\'
     assert json.loads(params["details"]) == {"k": 'v"]\\'}
 
 
@@ -214,7 +225,7 @@ def test_bom_and_utf8_msg():
     assert text == "jürgen config.filter_update succeeded on Überweisung 請求書 📧 from 192.0.2.10"
     params = audit_params(p)
     assert params["user"] == "jürgen" and params["target"] == "Überweisung 請求書 📧"
-    assert json.loads(params["details"]) == {"subject": "Grüße"}    # not \u-escaped: real UTF-8
+    assert json.loads(params["details"]) == {"subject": "Grüße"}  # not \u-escaped: real UTF-8
     assert "Grüße".encode() in raw
 
 
@@ -240,8 +251,7 @@ def test_udp_size_cap_truncates_details_and_flags_it():
 def test_udp_size_cap_with_huge_fields_stays_valid():
     """The identifying params fit even when target and user agent alone exceed the cap:
     the result is still valid RFC 5424 (no cut through the structured data or a UTF-8 sequence)."""
-    e = entry(target="ä" * 1000, user_agent="Mozilla/5.0 " + "é" * 2000, user="u" * 1000,
-              details={"blob": "x" * 5000})
+    e = entry(target="ä" * 1000, user_agent="Mozilla/5.0 " + "é" * 2000, user="u" * 1000, details={"blob": "x" * 5000})
     for cap in (480, 1000, 2048):
         raw = format_message(e, max_bytes=cap)
         assert len(raw) <= cap, (cap, len(raw))
@@ -254,6 +264,7 @@ def test_udp_size_cap_with_huge_fields_stays_valid():
 
 # -- the forwarder against a receiver that drops what its kernel acknowledged -------------------
 
+
 def _frames(buf: bytes) -> list[bytes]:
     """Complete RFC 6587 octet-counted frames in buf (a partial last one is left out)."""
     out, i = [], 0
@@ -264,7 +275,7 @@ def _frames(buf: bytes) -> list[bytes]:
         n = int(buf[i:sp])
         if sp + 1 + n > len(buf):
             return out
-        out.append(buf[sp + 1:sp + 1 + n])
+        out.append(buf[sp + 1 : sp + 1 + n])
         i = sp + 1 + n
 
 
@@ -278,19 +289,21 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
     import struct
 
     from engine.entry import EntryDraft
-    from export.syslog import SyslogForwarder, SyslogSettings
+    from export.syslog import SyslogSettings
+    from query.node import forwarder
 
     service = make_service()
-    service.writer.append_batch([EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i})
-                                 for i in range(120)])
+    service.writer.append_batch(
+        [EntryDraft("alice", "config.filter_update", f"f-{i}", details={"n": i}) for i in range(120)]
+    )
     head = service.writer.next_seq - 1
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)   # room for every entry, unread
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)  # room for every entry, unread
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     srv.settimeout(15)
-    fwd = SyslogForwarder(service, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=10)
-    service.syslog = fwd          # stopped by service.close() at teardown
+    fwd = forwarder(service, SyslogSettings(target=f"tcp://127.0.0.1:{srv.getsockname()[1]}"), batch=10)
+    service.syslog = fwd  # stopped by service.close() at teardown
     fwd.start()
     try:
         conn1, _ = srv.accept()
@@ -301,14 +314,14 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
         read = {audit_params(parse_rfc5424(m))["id"] for m in _frames(buf)}
         last_read = max(int(i.split(":")[1]) for i in read)
         deadline = time.monotonic() + 10
-        while fwd.cursor < head:     # all sent and acknowledged by the kernel; most never read
+        while fwd.cursor < head:  # all sent and acknowledged by the kernel; most never read
             assert time.monotonic() < deadline, (fwd.cursor, last_read)
             time.sleep(0.01)
         assert last_read < head - 50
-        time.sleep(0.6)                        # the forwarder is idle now: nothing new to send
+        time.sleep(0.6)  # the forwarder is idle now: nothing new to send
         conn1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn1.close()                          # reset, the unread bytes gone
-        srv.settimeout(5)                      # noticed while idle, without a new entry
+        conn1.close()  # reset, the unread bytes gone
+        srv.settimeout(5)  # noticed while idle, without a new entry
         conn2, _ = srv.accept()
         conn2.settimeout(10)
         buf2 = b""
@@ -328,12 +341,25 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
 
 # -- end to end: auditlog serve -> rsyslog -----------------------------------------------------
 
+
 def write_events(path: Path, n: int, start: int = 0) -> Path:
     with open(path, "w") as f:
         for i in range(start, start + n):
-            f.write(json.dumps({"user": f"user{i % 7}", "action": "config.filter_update", "target": f"filter-{i}",
-                                "domain": "example.org", "ip": "192.0.2.10", "user_agent": "pytest",
-                                "success": i % 11 != 0, "details": {"n": i, "q": 'quote " ] \\'}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "user": f"user{i % 7}",
+                        "action": "config.filter_update",
+                        "target": f"filter-{i}",
+                        "domain": "example.org",
+                        "ip": "192.0.2.10",
+                        "user_agent": "pytest",
+                        "success": i % 11 != 0,
+                        "details": {"n": i, "q": 'quote " ] \\'},
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -342,15 +368,28 @@ class Node(ServeProcess):
 
     def __init__(self, data_dir: Path, config: Path, port: int | None = None):
         import subprocess
+
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stderr_path = self.data_dir.parent / f"serve-{self.port}-{time.monotonic_ns()}.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [AUDITLOG, "--data-dir", str(self.data_dir), "--config", str(config), "serve",
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=clean_env())
+            [
+                AUDITLOG,
+                "--data-dir",
+                str(self.data_dir),
+                "--config",
+                str(config),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
         self.stdout_lines = []
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -462,21 +501,27 @@ class Poster:
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Poster":
+    def start(self) -> Poster:
         self.t.start()
         return self
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                events = [{"user": "poster", "action": "auth.login", "ip": "198.51.100.7",
-                           "details": {"n": self.i + k}} for k in range(self.batch)]
+                events = [
+                    {"user": "poster", "action": "auth.login", "ip": "198.51.100.7", "details": {"n": self.i + k}}
+                    for k in range(self.batch)
+                ]
                 body = json.dumps(events).encode()
                 while not self._stop.is_set():
                     node = self.node_ref[0]
                     try:
-                        req = urllib.request.Request(node.base + "/api/v1/events", data=body, method="POST",
-                                                     headers={**bearer(self.key), "Content-Type": "application/json"})
+                        req = urllib.request.Request(
+                            node.base + "/api/v1/events",
+                            data=body,
+                            method="POST",
+                            headers={**bearer(self.key), "Content-Type": "application/json"},
+                        )
                         with urllib.request.urlopen(req, timeout=10) as r:
                             assert r.status == 201
                         self.posted += self.batch
@@ -485,7 +530,7 @@ class Poster:
                     except (OSError, urllib.error.URLError):
                         time.sleep(0.05)
                 time.sleep(self.pause)
-        except BaseException as e:   # pragma: no cover - reported by stop()
+        except BaseException as e:  # pragma: no cover - reported by stop()
             self.error = e
 
     def stop(self) -> int:
@@ -519,7 +564,7 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
         log = log_entries(node, keys["reader"])
         for s in range(1, head0 + 1):
             arrivals = by_id[f"gw1:{s}"]
-            assert len(arrivals) == 1, (s, len(arrivals))    # no restart yet: exactly once
+            assert len(arrivals) == 1, (s, len(arrivals))  # no restart yet: exactly once
             check_against_log(arrivals[0], log[f"gw1:{s}"])
         # rsyslog's parser found our SD element too
         assert all(p["rsyslog_sd"].startswith('[audit@32473 id="gw1:') for p in received(rs)[1])
@@ -528,7 +573,7 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
         assert metric(node, "auditlog_syslog_lag_entries") == 0
         assert metric(node, "auditlog_syslog_connected") == 1
         cursor_file = json.loads((data / "state" / "syslog_cursor.json").read_text())
-        assert cursor_file["name"] == "syslog_cursor" and len(cursor_file["mac"]) == 64     # sealed
+        assert cursor_file["name"] == "syslog_cursor" and len(cursor_file["mac"]) == 64  # sealed
         assert cursor_file["data"]["target"] == rs.target and cursor_file["data"]["seq"] >= head0
 
         poster = Poster(nodes, keys["writer"]).start()
@@ -575,7 +620,7 @@ def test_tcp_every_entry_arrives_through_receiver_and_node_restarts(tmp_path, rs
         by_id = wait_seqs(rs, head)
         assert wait_caught_up(node, keys["reader"])["cursor_seq"] >= head
         log = log_entries(node, keys["reader"])
-        for s in range(1, head + 1):   # every entry arrived, intact (duplicates allowed)
+        for s in range(1, head + 1):  # every entry arrived, intact (duplicates allowed)
             for p in by_id[f"gw1:{s}"]:
                 check_against_log(p, log[f"gw1:{s}"])
         assert all(len(by_id[f"gw1:{s}"]) == 1 for s in range(1, head0 + 1))
@@ -593,7 +638,8 @@ def test_tls_forwarding_to_rsyslog_tls_input(tmp_path):
     try:
         n = 300
         data, cfg, keys = setup_node(
-            tmp_path, f'target = "{rs.target}"\nca = "{tls["ca"]}"\nsd_id = "gwaudit@32473"', n)
+            tmp_path, f'target = "{rs.target}"\nca = "{tls["ca"]}"\nsd_id = "gwaudit@32473"', n
+        )
         node = Node(data, cfg)
         try:
             node.wait_ready()
@@ -655,12 +701,21 @@ def test_udp_big_message_truncated_under_cap_normal_ones_intact(tmp_path):
         events = tmp_path / "udp.ndjson"
         big = {"subject": "Grüße " * 100, "blob": "x" * 14000}
         with open(events, "w") as f:
-            f.write(json.dumps({"user": "alice", "action": "config.filter_update", "target": "small-1",
-                                "details": {"n": 1}}) + "\n")
-            f.write(json.dumps({"user": "alice", "action": "config.filter_update", "target": "big",
-                                "details": big}) + "\n")
-            f.write(json.dumps({"user": "alice", "action": "config.filter_update", "target": "small-2",
-                                "details": {"n": 2}}) + "\n")
+            f.write(
+                json.dumps(
+                    {"user": "alice", "action": "config.filter_update", "target": "small-1", "details": {"n": 1}}
+                )
+                + "\n"
+            )
+            f.write(
+                json.dumps({"user": "alice", "action": "config.filter_update", "target": "big", "details": big}) + "\n"
+            )
+            f.write(
+                json.dumps(
+                    {"user": "alice", "action": "config.filter_update", "target": "small-2", "details": {"n": 2}}
+                )
+                + "\n"
+            )
         r = run_cli(data, "append", "--file", str(events))
         assert r.returncode == 0, r.stderr
         node = Node(data, cfg)

@@ -19,17 +19,32 @@ from pathlib import Path
 import msgpack
 import pytest
 import xxhash
+from helpers_engine import (
+    SMALL_SEGMENT,
+    append_events,
+    build_log,
+    covers,
+    flip_byte,
+    frames_of,
+    invoke_cli,
+    query_json,
+    read_coverage,
+    rechain,
+    rewrite_frame,
+    segment_paths,
+    settings,
+    verify_json,
+    violations_of,
+    write_config,
+)
 
-from helpers_engine import (SMALL_SEGMENT, append_events, build_log, covers, flip_byte, frames_of,
-                            invoke_cli, query_json, read_coverage, rechain, rewrite_frame,
-                            segment_paths, settings, verify_json, violations_of, write_config)
 from engine.datadir import DataDir, Node
 from engine.entry import EntryDraft, format_ts
 from engine.frame import FRAME_MAGIC, HEADER, HEADER_SIZE
 from engine.writer import LogWriter
 
-N = 90            # events 0..89 -> seqs 1..90 (seq s carries details n = s - 1)
-PER_BATCH = 3     # 3 entries per frame
+N = 90  # events 0..89 -> seqs 1..90 (seq s carries details n = s - 1)
+PER_BATCH = 3  # 3 entries per frame
 
 
 @dataclass
@@ -83,15 +98,27 @@ def log(pristine, tmp_path) -> Log:
 
 # -- assertions shared by every case ----------------------------------------------------
 
-def assert_verify_reports(lg: Log, kind: str, seq_from: int, seq_to: int, segment: str | set[str],
-                          *, only: set[str] | None = None, subprocess_: bool = False) -> dict:
+
+def assert_verify_reports(
+    lg: Log,
+    kind: str,
+    seq_from: int,
+    seq_to: int,
+    segment: str | set[str],
+    *,
+    only: set[str] | None = None,
+    subprocess_: bool = False,
+) -> dict:
     """verify exits 1 with ok false and a ``kind`` violation naming node, range and segment."""
     rc, rep = verify_json(lg.root, subprocess_=subprocess_)
     assert rc == 1, rep
     assert rep["ok"] is False
     names = {segment} if isinstance(segment, str) else segment
-    found = [v for v in violations_of(rep, kind)
-             if v["node"] == "gw1" and v["segment"] in names and covers(v, seq_from, seq_to)]
+    found = [
+        v
+        for v in violations_of(rep, kind)
+        if v["node"] == "gw1" and v["segment"] in names and covers(v, seq_from, seq_to)
+    ]
     assert found, f"no {kind} covering seq {seq_from}..{seq_to} in {names}: {rep['violations']}"
     for v in rep["violations"]:
         assert set(v) == {"kind", "node", "seq_from", "seq_to", "segment", "detail"}
@@ -101,8 +128,9 @@ def assert_verify_reports(lg: Log, kind: str, seq_from: int, seq_to: int, segmen
     return rep
 
 
-def assert_query_flags(lg: Log, damaged: set[int], *, last_seq: int = N, subprocess_: bool = False,
-                       kinds: set[str] | None = None) -> tuple[dict, set]:
+def assert_query_flags(
+    lg: Log, damaged: set[int], *, last_seq: int = N, subprocess_: bool = False, kinds: set[str] | None = None
+) -> tuple[dict, set]:
     """query exits 1, returns every seq intact or flagged, flags ``damaged``, and
     every entry it calls intact is the untouched original."""
     rc, entries, err = query_json(lg.root, subprocess_=subprocess_)
@@ -114,7 +142,7 @@ def assert_query_flags(lg: Log, damaged: set[int], *, last_seq: int = N, subproc
     assert not missing, f"silently dropped seqs {sorted(missing)}"
     assert damaged <= flagged, f"not flagged: {sorted(damaged - flagged)}"
     for seq, e in ok.items():
-        if seq <= N:    # later entries are the log's own (retention purge, ...)
+        if seq <= N:  # later entries are the log's own (retention purge, ...)
             assert e["user"] == "alice" and e["details"] == {"n": seq - 1}, e
     if kinds is not None:
         texts = [e["violation"] for e in entries if e["integrity"] == "violation"]
@@ -124,36 +152,42 @@ def assert_query_flags(lg: Log, damaged: set[int], *, last_seq: int = N, subproc
 
 # -- bytes inside a frame ------------------------------------------------------------------
 
-@pytest.mark.parametrize("where, expected", [
-    ("payload", "checksum_mismatch"),
-    ("checksum", "checksum_mismatch"),          # the payload_xxh64 field of the frame header
-    ("first_seq", "mac_mismatch"),              # a header field only the MAC covers
-    ("count", "mac_mismatch"),
-    ("min_ts", "frame_corrupt"),                # min_ts > max_ts: not a plausible header
-    ("mac", "mac_mismatch"),
-])
+
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("payload", "checksum_mismatch"),
+        ("checksum", "checksum_mismatch"),  # the payload_xxh64 field of the frame header
+        ("first_seq", "mac_mismatch"),  # a header field only the MAC covers
+        ("count", "mac_mismatch"),
+        ("min_ts", "frame_corrupt"),  # min_ts > max_ts: not a plausible header
+        ("mac", "mac_mismatch"),
+    ],
+)
 def test_flipped_byte_in_a_frame(log, where, expected):
     seg = log.segs[1]
     fr, nxt = log.frames(1)[2:4]
-    offset = {"payload": fr.payload_offset + 20,
-              "checksum": fr.offset + 40,
-              "first_seq": fr.offset + 16,
-              "count": fr.offset + 8,
-              # byte 6 of the i64 is 0x00 for every date before the year 10889:
-              # 0xFF there always puts min_ts above max_ts, whatever the clock said
-              "min_ts": fr.offset + 30,
-              "mac": fr.mac_offset + 7}[where]
+    offset = {
+        "payload": fr.payload_offset + 20,
+        "checksum": fr.offset + 40,
+        "first_seq": fr.offset + 16,
+        "count": fr.offset + 8,
+        # byte 6 of the i64 is 0x00 for every date before the year 10889:
+        # 0xFF there always puts min_ts above max_ts, whatever the clock said
+        "min_ts": fr.offset + 30,
+        "mac": fr.mac_offset + 7,
+    }[where]
     flip_byte(seg, offset)
-    rep = assert_verify_reports(log, expected, fr.first_seq, fr.last_seq, seg.name,
-                                subprocess_=(where == "payload"))
+    rep = assert_verify_reports(log, expected, fr.first_seq, fr.last_seq, seg.name, subprocess_=(where == "payload"))
     # the damage is pinned to that frame (a flipped MAC also fails the next frame,
     # whose MAC chains from the stored bytes): nothing further away is blamed
     limit = nxt.last_seq if where == "mac" else fr.last_seq
     for v in rep["violations"]:
         assert v["seq_from"] >= fr.first_seq and (v["seq_to"] or 0) <= limit, v
     expected = {expected}
-    ok, flagged = assert_query_flags(log, set(range(fr.first_seq, fr.last_seq + 1)),
-                                     subprocess_=(where == "payload"), kinds=expected)
+    ok, flagged = assert_query_flags(
+        log, set(range(fr.first_seq, fr.last_seq + 1)), subprocess_=(where == "payload"), kinds=expected
+    )
     # the damage costs that frame only (and the next one for a flipped MAC)
     assert set(range(fr.first_seq, fr.last_seq + 1)) <= flagged <= set(range(fr.first_seq, limit + 1))
 
@@ -163,15 +197,15 @@ def test_reencoded_entry_with_fresh_checksum_but_no_key(log):
     seg = log.segs[2]
     fr = log.frames(2)[3]
     recs = [list(r) for r in fr.records]
-    recs[1][2] = "mallory"                      # R_USER
+    recs[1][2] = "mallory"  # R_USER
     payload = msgpack.packb(recs, use_bin_type=True)
     data = seg.read_bytes()
     old = HEADER.unpack_from(data, fr.offset)
-    header = HEADER.pack(FRAME_MAGIC, len(payload), len(recs), 0, old[4], old[5], old[6],
-                         xxhash.xxh64_intdigest(payload))
-    seg.write_bytes(data[:fr.offset] + header + payload + data[fr.mac_offset:])
-    rep = assert_verify_reports(log, "mac_mismatch", fr.first_seq, fr.last_seq, seg.name,
-                                only={"mac_mismatch"})
+    header = HEADER.pack(
+        FRAME_MAGIC, len(payload), len(recs), 0, old[4], old[5], old[6], xxhash.xxh64_intdigest(payload)
+    )
+    seg.write_bytes(data[: fr.offset] + header + payload + data[fr.mac_offset :])
+    rep = assert_verify_reports(log, "mac_mismatch", fr.first_seq, fr.last_seq, seg.name, only={"mac_mismatch"})
     assert len(rep["violations"]) == 1
     rc, entries, _ = query_json(log.root)
     assert rc == 1
@@ -183,16 +217,16 @@ def test_reencoded_entry_with_fresh_checksum_but_no_key(log):
 
 # -- forgeries by someone holding the node key -------------------------------------------------
 
+
 def test_key_holder_rewrites_entry_but_not_its_signature(log):
     seg = log.segs[1]
     fr = log.frames(1)[4]
     recs = [list(r) for r in fr.records]
-    recs[0][3] = "config.dkim_rotate"           # R_ACTION: a different action, same signature
+    recs[0][3] = "config.dkim_rotate"  # R_ACTION: a different action, same signature
     rewrite_frame(seg, log.node, fr.offset, recs)
-    rechain(log.dd, log.node, seg)              # every frame MAC and header link made valid again
+    rechain(log.dd, log.node, seg)  # every frame MAC and header link made valid again
     seq = fr.first_seq
-    rep = assert_verify_reports(log, "signature_mismatch", seq, seq, seg.name,
-                                only={"signature_mismatch"})
+    rep = assert_verify_reports(log, "signature_mismatch", seq, seq, seg.name, only={"signature_mismatch"})
     v = violations_of(rep, "signature_mismatch")
     assert [(x["seq_from"], x["seq_to"]) for x in v] == [(seq, seq)]
 
@@ -213,7 +247,7 @@ def test_key_holder_removes_or_reorders_entries_inside_a_segment(log, how):
         touched = set(range(fr.first_seq, fr.last_seq + 1))
     else:
         data = seg.read_bytes()
-        seg.write_bytes(data[:fr.offset] + data[fr.end:])
+        seg.write_bytes(data[: fr.offset] + data[fr.end :])
         touched = set(range(fr.first_seq, fr.last_seq + 1))
     rechain(log.dd, log.node, seg)
     rc, rep = verify_json(log.root)
@@ -230,15 +264,17 @@ def test_key_holder_removes_or_reorders_entries_inside_a_segment(log, how):
     assert reported <= set(range(fr.first_seq, fr.last_seq + 2))
     if how == "remove":
         assert any(covers(v, fr.first_seq + 1, fr.first_seq + 1) for v in gaps)
-        assert any(covers(v, fr.first_seq + 2, fr.first_seq + 2)
-                   for v in violations_of(rep, "signature_mismatch"))
+        assert any(covers(v, fr.first_seq + 2, fr.first_seq + 2) for v in violations_of(rep, "signature_mismatch"))
 
 
 # -- segment headers -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("offset", [0, 9, 20, 27, 50, 90, 106, 130],
-                         ids=["magic", "version", "first_seq", "created", "prev_sig", "prev_mac",
-                              "node_id", "header_mac"])
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 9, 20, 27, 50, 90, 106, 130],
+    ids=["magic", "version", "first_seq", "created", "prev_sig", "prev_mac", "node_id", "header_mac"],
+)
 def test_flipped_byte_in_a_segment_header(log, offset):
     seg = log.segs[1]
     lo, hi = log.seq_range(1)
@@ -257,12 +293,14 @@ def test_flipped_byte_in_the_first_segment_header(log):
 
 # -- whole segments -----------------------------------------------------------------------------------
 
+
 def test_segment_deleted_from_the_middle(log):
     victim, after = log.segs[1], log.segs[2]
     lo, hi = log.seq_range(1)
     victim.unlink()
-    assert_verify_reports(log, "segment_missing", lo, hi, {victim.name, after.name},
-                          only={"segment_missing"}, subprocess_=True)
+    assert_verify_reports(
+        log, "segment_missing", lo, hi, {victim.name, after.name}, only={"segment_missing"}, subprocess_=True
+    )
     assert_query_flags(log, set(range(lo, hi + 1)), kinds={"segment_missing"})
 
 
@@ -273,8 +311,9 @@ def test_first_segment_deleted_without_a_purge(log, with_index):
     victim.unlink()
     if not with_index:
         victim.with_suffix(".idx").unlink(missing_ok=True)
-    rep = assert_verify_reports(log, "segment_missing", 1, hi, {victim.name, log.segs[0].name},
-                                only={"segment_missing"})
+    rep = assert_verify_reports(
+        log, "segment_missing", 1, hi, {victim.name, log.segs[0].name}, only={"segment_missing"}
+    )
     assert violations_of(rep, "segment_missing")[0]["seq_from"] == 1
     assert_query_flags(log, set(range(1, hi + 1)))
 
@@ -285,8 +324,9 @@ def test_sealed_segment_truncated_at_a_frame_boundary(log):
     cut = frames[-3]
     os.truncate(seg, cut.offset)
     hi = frames[-1].last_seq
-    assert_verify_reports(log, "segment_missing", cut.first_seq, hi, {seg.name, log.segs[2].name},
-                          only={"segment_missing"})
+    assert_verify_reports(
+        log, "segment_missing", cut.first_seq, hi, {seg.name, log.segs[2].name}, only={"segment_missing"}
+    )
     assert_query_flags(log, set(range(cut.first_seq, hi + 1)))
 
 
@@ -308,7 +348,7 @@ def test_two_segments_swapped_by_name(log):
     a.rename(tmp)
     b.rename(a)
     tmp.rename(b)
-    rep = assert_verify_reports(log, "segment_misnamed", *rb, a.name)   # a's name now holds b's seqs
+    rep = assert_verify_reports(log, "segment_misnamed", *rb, a.name)  # a's name now holds b's seqs
     assert_verify_reports(log, "segment_misnamed", *ra, b.name)
     # one finding per run, not one per entry
     assert len(rep["violations"]) <= 8, rep["violations"]
@@ -349,13 +389,12 @@ def test_segment_from_another_data_dir_added(log, other_nodes):
     theirs = other_nodes["gw2"].segs[1]
     extra = log.segs[1].with_name(f"{log.seq_range(1)[0] + 5:020d}.seg")
     shutil.copyfile(theirs, extra)
-    rep = assert_verify_reports(log, "foreign_segment", log.seq_range(1)[0] + 5,
-                                log.seq_range(1)[0] + 5, extra.name)
+    rep = assert_verify_reports(log, "foreign_segment", log.seq_range(1)[0] + 5, log.seq_range(1)[0] + 5, extra.name)
     assert {v["segment"] for v in rep["violations"]} == {extra.name}
     rc, entries, _ = query_json(log.root)
     assert rc == 1
     ok, _ = read_coverage(entries, N)
-    assert set(ok) == set(range(1, N + 1))      # our own entries are all still there, intact
+    assert set(ok) == set(range(1, N + 1))  # our own entries are all still there, intact
 
 
 def test_reads_never_crash_on_garbage_segments(log):
@@ -374,6 +413,7 @@ def test_reads_never_crash_on_garbage_segments(log):
 
 # -- retention is not tampering, but deleting more than it did is ---------------------------------
 
+
 def _retention(lg: Log, config: Path, as_of: str) -> None:
     r = invoke_cli(lg.root, "retention", "run", "--as-of", as_of, config=config)
     assert r.exit_code == 0, r.output
@@ -385,7 +425,7 @@ def test_retention_then_deleting_the_next_oldest_segment(log, tmp_path):
     before = [p.name for p in log.segs]
     _retention(log, cfg, "2099-01-01")
     after = [p.name for p in log.segs]
-    assert not set(before) & set(after)         # every old segment went
+    assert not set(before) & set(after)  # every old segment went
     rc, rep = verify_json(log.root)
     assert rc == 0 and rep["ok"], rep
     # more entries, more segments; the purge entry sits in the oldest one left
@@ -431,8 +471,9 @@ def test_retention_does_not_anchor_a_forged_purge_from_a_client(log, tmp_path):
     lo, hi = log.seq_range(0)
     sig = frames_of(log.segs[0], log.node)[-1].records[-1][10].hex()
     with LogWriter(log.dd, log.node, settings()) as w:
-        w.append_batch([EntryDraft("mallory", "audit.retention_purge", details={
-            "segments": [[log.segs[0].name, lo, hi, sig]]})])
+        w.append_batch(
+            [EntryDraft("mallory", "audit.retention_purge", details={"segments": [[log.segs[0].name, lo, hi, sig]]})]
+        )
     log.segs[0].unlink()
     rc, rep = verify_json(log.root)
     assert rc == 1

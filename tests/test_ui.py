@@ -1,4 +1,4 @@
-"""The admin web UI (``query/ui/*``) in a real browser.
+"""The admin web UI (``query/http/ui/*``) in a real browser.
 
 Playwright's sync API drives the system Chromium (``/usr/bin/chromium``,
 installed by ``.ci/run``; never a downloaded browser) against real ``auditlog
@@ -33,19 +33,19 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
+from helpers_http import AUDITLOG, bearer, clean_env, free_port
 
 from export.csv import CSV_COLUMNS
-from helpers_http import AUDITLOG, bearer, clean_env, free_port
 from query.filters import PARAM_NAMES
 
 try:
     from playwright.sync_api import expect, sync_playwright
-except ImportError:   # reported by the browser fixture (a failure under CI)
+except ImportError:  # reported by the browser fixture (a failure under CI)
     expect = sync_playwright = None
 
 pytestmark = pytest.mark.e2e
@@ -53,16 +53,23 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 IN_CI = os.environ.get("CI", "").lower() == "true"
-WIDTH, HEIGHT = 1280, 800          # "usable at laptop width"
-PAGE_SIZE = 200                    # the UI's page (PAGE in query/ui/app.js)
+WIDTH, HEIGHT = 1280, 800  # "usable at laptop width"
+PAGE_SIZE = 200  # the UI's page (PAGE in query/http/ui/app.js)
 BULK_USER, BULK_N = "loadgen", 500
-KEY_ITEM = "auditlog-key"          # the sessionStorage item the UI keeps the key in
+KEY_ITEM = "auditlog-key"  # the sessionStorage item the UI keeps the key in
 
 
 # -- a real ``auditlog serve`` -------------------------------------------------------------
+
 
 class Node:
     """One node: a data dir and a TOML config under ``root``, ``auditlog serve`` on a free port."""
@@ -85,9 +92,14 @@ class Node:
         self.config.write_text("\n".join(lines) + "\n")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        p = subprocess.run([AUDITLOG, "--data-dir", str(self.data_dir), "--config", str(self.config), *args],
-                           capture_output=True, text=True, timeout=120, env=clean_env(),
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [AUDITLOG, "--data-dir", str(self.data_dir), "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+        )
         assert p.returncode == 0, f"auditlog {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
         return p
 
@@ -100,7 +112,11 @@ class Node:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 [AUDITLOG, "--data-dir", str(self.data_dir), "--config", str(self.config), "serve", *args],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=clean_env())
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=clean_env(),
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,7 +139,7 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError("serve ignored SIGTERM for 20 s")
+                raise AssertionError("serve ignored SIGTERM for 20 s") from None
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -140,8 +156,9 @@ class Node:
         headers = bearer(token)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.base + path, data=body, headers=headers,
-                                     method="POST" if body is not None else "GET")
+        req = urllib.request.Request(
+            self.base + path, data=body, headers=headers, method="POST" if body is not None else "GET"
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.read()
@@ -164,6 +181,7 @@ def api_ids(node: Node, **params) -> list[str]:
 
 # -- servers ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """``serve --demo`` (the seeded day) plus BULK_N events of BULK_USER; ``.reader`` is the
@@ -181,8 +199,13 @@ def demo(tmp_path_factory):
         assert len(api_ids(node, action="config.dkim_rotate")) == 3, "the demo day was not seeded"
         node.stop()
         bulk = root / "bulk.ndjson"
-        bulk.write_text("".join(json.dumps({"user": BULK_USER, "action": "user.update", "target": f"bulk-{i}",
-                                            "details": {"i": i}}) + "\n" for i in range(BULK_N)))
+        bulk.write_text(
+            "".join(
+                json.dumps({"user": BULK_USER, "action": "user.update", "target": f"bulk-{i}", "details": {"i": i}})
+                + "\n"
+                for i in range(BULK_N)
+            )
+        )
         assert node.cli("append", "--file", str(bulk)).stdout.strip() == str(BULK_N)
         node.start()
         yield node
@@ -203,9 +226,20 @@ def tampered(tmp_path_factory):
     try:
         node.cli("init", "--node-id", "gw9")
         events = root / "events.ndjson"
-        events.write_text("".join(json.dumps({"user": f"user{i % 4}", "action": "config.filter_update",
-                                              "target": f"filter-{i}", "details": {"i": i}}) + "\n"
-                                  for i in range(150)))
+        events.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "user": f"user{i % 4}",
+                        "action": "config.filter_update",
+                        "target": f"filter-{i}",
+                        "details": {"i": i},
+                    }
+                )
+                + "\n"
+                for i in range(150)
+            )
+        )
         node.cli("append", "--file", str(events))
         node.reader = node.new_key("reader")
         node.start()
@@ -216,7 +250,7 @@ def tampered(tmp_path_factory):
         dd = DataDir(node.data_dir)
         segs = list_segments(dd.segments)
         assert len(segs) >= 3, segs
-        raw = bytearray(segs[1].read_bytes())   # sealed: a later segment follows it
+        raw = bytearray(segs[1].read_bytes())  # sealed: a later segment follows it
         hdr = parse_segment_header(bytes(raw[:MAX_HEADER]), dd.open().key)
         frame = next(walk_frames(bytes(raw), hdr.size, hdr.mac, dd.open().key))
         assert frame.problem is None
@@ -236,21 +270,29 @@ def tampered(tmp_path_factory):
 def cluster(tmp_path_factory):
     """Two nodes, ``a`` and ``b``, with mTLS between them; a few events on each."""
     from helpers_cluster import LocalCluster, NodeSpec
-    cl = LocalCluster(tmp_path_factory.mktemp("ui-cluster"),
-                      [NodeSpec("a", settings={"fsync": "none"}), NodeSpec("b", settings={"fsync": "none"})],
-                      peer_timeout=1.0)
+
+    cl = LocalCluster(
+        tmp_path_factory.mktemp("ui-cluster"),
+        [NodeSpec("a", settings={"fsync": "none"}), NodeSpec("b", settings={"fsync": "none"})],
+        peer_timeout=1.0,
+    )
     try:
         cl.build()
         cl.start()
         for name in ("a", "b"):
-            cl[name].post_events([{"user": f"user-{name}", "action": "config.filter_update",
-                                   "target": f"f-{name}-{i}"} for i in range(3)])
+            cl[name].post_events(
+                [
+                    {"user": f"user-{name}", "action": "config.filter_update", "target": f"f-{name}-{i}"}
+                    for i in range(3)
+                ]
+            )
         yield cl
     finally:
         cl.close()
 
 
 # -- the browser -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -280,8 +322,14 @@ def context(browser, request):
 
     def watch(page):
         page.on("pageerror", lambda e: problems.append(f"uncaught error on {page.url}: {e}"))
-        page.on("console", lambda m: problems.append(f"CSP refusal on {page.url}: {m.text}")
-                if m.type == "error" and "Content Security Policy" in m.text else None)
+        page.on(
+            "console",
+            lambda m: (
+                problems.append(f"CSP refusal on {page.url}: {m.text}")
+                if m.type == "error" and "Content Security Policy" in m.text
+                else None
+            ),
+        )
 
     ctx.on("page", watch)
     yield ctx
@@ -292,7 +340,7 @@ def context(browser, request):
         for i, page in enumerate(ctx.pages):
             try:
                 page.screenshot(path=str(ARTIFACTS / f"{stem}-{i}.png"), full_page=True)
-            except Exception as e:   # noqa: BLE001 - a screenshot must not hide the failure
+            except Exception as e:  # noqa: BLE001 - a screenshot must not hide the failure
                 print(f"screenshot of page {i} failed: {e}")
     ctx.close()
     assert not problems, problems
@@ -304,6 +352,7 @@ def page(context):
 
 
 # -- driving the page ------------------------------------------------------------------------
+
 
 def settle(page) -> None:
     """Until the search or page in flight has been rendered (the table is aria-busy meanwhile)."""
@@ -369,6 +418,7 @@ def download(page, button: str):
 
 # -- sign-in, session --------------------------------------------------------------------------
 
+
 def test_sign_in_bad_key_then_role_and_session_storage(page, demo):
     page.goto(demo.base + "/")
     expect(page.locator("#signin")).to_be_visible()
@@ -414,14 +464,16 @@ def test_sign_in_bad_key_then_role_and_session_storage(page, demo):
 
 # -- filters and the URL -----------------------------------------------------------------------
 
+
 def test_filter_by_user_and_action_prefix_reflected_in_url_and_restored(context, demo):
     page = context.new_page()
     sign_in(page, demo.base, demo.reader)
     # the form's fields are the API's query parameters, each with a label
     names = page.eval_on_selector_all("#filters input, #filters select", "els => els.map(e => e.name)")
     assert set(names) - {"order"} == set(PARAM_NAMES)
-    unlabelled = page.eval_on_selector_all("#filters input, #filters select",
-                                           "els => els.filter(e => !e.labels.length).map(e => e.name)")
+    unlabelled = page.eval_on_selector_all(
+        "#filters input, #filters select", "els => els.filter(e => !e.labels.length).map(e => e.name)"
+    )
     assert unlabelled == []
 
     search(page, user="alice", action="config.*")
@@ -430,7 +482,7 @@ def test_filter_by_user_and_action_prefix_reflected_in_url_and_restored(context,
     assert expected and [r["id"] for r in shown] == expected
     assert {r["user"] for r in shown} == {"alice"}
     assert all(r["action"].startswith("config.") for r in shown)
-    assert len(api_ids(demo, action="config.*")) > len(expected)   # the user filter did narrow it
+    assert len(api_ids(demo, action="config.*")) > len(expected)  # the user filter did narrow it
     q = url_query(page)
     assert q["user"] == ["alice"] and q["action"] == ["config.*"] and q["order"] == ["desc"]
 
@@ -457,12 +509,12 @@ def test_quick_ranges_set_from(page, demo):
     page.get_by_role("button", name="24 h").click()
     settle(page)
     assert field(page, "from").input_value() == "-24h"
-    assert field(page, "to").input_value() == ""           # a quick range is open-ended
+    assert field(page, "to").input_value() == ""  # a quick range is open-ended
     assert url_query(page)["from"] == ["-24h"] and "to" not in url_query(page)
     day = ids(page)
     assert day and day == api_ids(demo, user="alice", **{"from": "-24h"})
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     page.get_by_role("button", name="Last hour").click()
     settle(page)
     assert field(page, "from").input_value() == "-1h" and url_query(page)["from"] == ["-1h"]
@@ -474,10 +526,11 @@ def test_quick_ranges_set_from(page, demo):
         page.get_by_role("button", name=label).click()
         settle(page)
         assert field(page, "from").input_value() == value and url_query(page)["from"] == [value]
-        assert ids(page) == day   # the demo is one day long
+        assert ids(page) == day  # the demo is one day long
 
 
 # -- paging ------------------------------------------------------------------------------------
+
 
 def test_load_more_pages_newest_first(page, demo):
     sign_in(page, demo.base, demo.reader)
@@ -516,6 +569,7 @@ def test_load_more_pages_newest_first(page, demo):
 
 # -- detail panel, keyboard --------------------------------------------------------------------
 
+
 def test_detail_panel_and_keyboard_navigation(page, demo):
     sign_in(page, demo.base, demo.reader)
     search(page, action="config.*")
@@ -543,7 +597,7 @@ def test_detail_panel_and_keyboard_navigation(page, demo):
 
     page.keyboard.press("Escape")
     expect(page.locator("#detail")).to_be_hidden()
-    assert active_row_id(page) == listed[1]                 # focus is back on the row
+    assert active_row_id(page) == listed[1]  # focus is back on the row
 
     # by mouse: a click opens, the close button closes
     page.locator("#results tbody tr").nth(2).click()
@@ -553,6 +607,7 @@ def test_detail_panel_and_keyboard_navigation(page, demo):
 
 
 # -- exports and the four-eyes report ----------------------------------------------------------
+
 
 def read_csv(dl) -> list[dict]:
     text = Path(dl.path()).read_bytes().decode("utf-8-sig")
@@ -599,10 +654,13 @@ def test_four_eyes_report_verdicts(page, demo):
     sign_in(page, demo.base, demo.reader)
     page.click("#four-eyes")
     expect(page.locator("#report")).to_be_visible()
-    table = page.eval_on_selector_all("#report-body tbody tr", "trs => trs.map(tr => ({"
-                                      "action: tr.cells[2].textContent, target: tr.cells[3].textContent, "
-                                      "by: tr.cells[4].textContent, verdict: tr.cells[6].textContent, "
-                                      "good: tr.cells[6].classList.contains('good')}))")
+    table = page.eval_on_selector_all(
+        "#report-body tbody tr",
+        "trs => trs.map(tr => ({"
+        "action: tr.cells[2].textContent, target: tr.cells[3].textContent, "
+        "by: tr.cells[4].textContent, verdict: tr.cells[6].textContent, "
+        "good: tr.cells[6].classList.contains('good')}))",
+    )
     rotations = {r["target"]: r for r in table if r["action"] == "config.dkim_rotate"}
     assert set(rotations) == {"example.com", "example.org", "shop.example.net"}, table
     assert rotations["example.com"]["verdict"] == "ok" and rotations["example.com"]["good"]
@@ -613,6 +671,7 @@ def test_four_eyes_report_verdicts(page, demo):
 
 
 # -- layout --------------------------------------------------------------------------------------
+
 
 def test_usable_at_laptop_width(page, demo):
     sign_in(page, demo.base, demo.reader)
@@ -628,11 +687,11 @@ def test_usable_at_laptop_width(page, demo):
 
     g = geometry()
     assert g["inner"] == WIDTH
-    assert g["scroll"] <= g["inner"], g                       # no horizontal page scroll
+    assert g["scroll"] <= g["inner"], g  # no horizontal page scroll
     for part in ("form", "table"):
         assert 0 <= g[part]["left"] and g[part]["right"] <= g["inner"] and g[part]["width"] > 0, g
-    assert g["form"]["top"] < HEIGHT and g["table"]["top"] < HEIGHT, g   # both on the first screen
-    assert g["tableOverflow"] <= 0, g                          # every column fits, none scrolled away
+    assert g["form"]["top"] < HEIGHT and g["table"]["top"] < HEIGHT, g  # both on the first screen
+    assert g["tableOverflow"] <= 0, g  # every column fits, none scrolled away
     expect(page.locator("#filters")).to_be_visible()
     expect(page.locator("#results")).to_be_visible()
     # with the detail panel open still no horizontal scroll
@@ -643,6 +702,7 @@ def test_usable_at_laptop_width(page, demo):
 
 
 # -- integrity and cluster banners -----------------------------------------------------------------
+
 
 def test_tampered_segment_shows_violation_banner(page, tampered):
     sign_in(page, tampered.base, tampered.reader)
@@ -656,7 +716,7 @@ def test_tampered_segment_shows_violation_banner(page, tampered):
     marked = page.locator("#results tbody tr.violation").first
     normal = page.locator("#results tbody tr:not(.violation)").first
     bg = "el => getComputedStyle(el).backgroundColor"
-    assert marked.evaluate(bg) != normal.evaluate(bg)         # highlighted, not only a class
+    assert marked.evaluate(bg) != normal.evaluate(bg)  # highlighted, not only a class
     expect(page.locator("#histogram rect.bad").first).to_be_attached()
 
     marked.click()

@@ -6,15 +6,20 @@ import json
 
 import msgpack
 import pytest
-
 from helpers_http import free_port, make_keys
-from ingest.limits import Limits
-from query.service import ServiceSettings
 
-GOOD = [{"user": "alice", "action": "auth.login", "ip": "::ffff:192.0.2.7",
-         "details": {"z": 1, "a": {"y": 2, "b": 3}}},
-        {"user": "bob", "action": "quarantine.release", "target": "Q1",
-         "details": {"recipient": "anna@example.com", "subject": "Grüße"}}]
+from ingest.limits import Limits
+from query.node import ServiceSettings
+
+GOOD = [
+    {"user": "alice", "action": "auth.login", "ip": "::ffff:192.0.2.7", "details": {"z": 1, "a": {"y": 2, "b": 3}}},
+    {
+        "user": "bob",
+        "action": "quarantine.release",
+        "target": "Q1",
+        "details": {"recipient": "anna@example.com", "subject": "Grüße"},
+    },
+]
 BAD = [GOOD[0], {"user": "", "action": "Not.Valid", "ip": "300.1.1.1"}, {"user": "x"}]
 
 CASES = [
@@ -32,25 +37,31 @@ CASES = [
 async def test_worker_validation_matches_in_process(make_service, make_client, name, body, ctype, status):
     answers = []
     for workers in (0, 1):
-        svc = make_service(settings=ServiceSettings(validate_workers=workers,
-                                                    limits=Limits(max_batch=10)), name=f"d{workers}")
-        assert (svc.validators is not None) == (workers == 1)
+        svc = make_service(
+            settings=ServiceSettings(validate_workers=workers, limits=Limits(max_batch=10)), name=f"d{workers}"
+        )
+        assert (svc.ingest.validator.pool is not None) == (workers == 1)
         client = await make_client(svc)
         keys = make_keys(svc)
         token = keys["writer"]
-        resp = await client.post("/api/v1/events", data=body,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        resp = await client.post(
+            "/api/v1/events", data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype}
+        )
         assert resp.status == status, await resp.text()
         got = await resp.json()
         if status == 201:
-            page = await (await client.get("/api/v1/audit-log", headers={
-                "Authorization": f"Bearer {keys['reader']}"})).json()
-            stored = [(e["user"], e["ip"], json.dumps(e["details"])) for e in page["events"]
-                      if not e["action"].startswith(("auth.api_key", "audit.api_key"))]
+            page = await (
+                await client.get("/api/v1/audit-log", headers={"Authorization": f"Bearer {keys['reader']}"})
+            ).json()
+            stored = [
+                (e["user"], e["ip"], json.dumps(e["details"]))
+                for e in page["events"]
+                if not e["action"].startswith(("auth.api_key", "audit.api_key"))
+            ]
             answers.append((got["appended"], stored))
         else:
             answers.append(got)
-    assert answers[0] == answers[1]     # same answer, same stored entries (details canonical)
+    assert answers[0] == answers[1]  # same answer, same stored entries (details canonical)
     if status == 400 and name == "bad-events":
         fields = {(p["index"], p["field"]) for p in answers[1]["error"]["problems"]}
         assert {(1, "user"), (1, "action"), (1, "ip"), (2, "action")} <= fields
@@ -65,14 +76,17 @@ def test_worker_processes_die_with_a_killed_server(tmp_path):
     import sys
     import time
     from pathlib import Path
+
     exe = str(Path(sys.executable).with_name("auditlog"))
-    subprocess.run([exe, "--data-dir", str(tmp_path / "d"), "init", "--node-id", "n"], check=True,
-                   capture_output=True)
+    subprocess.run([exe, "--data-dir", str(tmp_path / "d"), "init", "--node-id", "n"], check=True, capture_output=True)
     port = free_port()
     cfg = tmp_path / "c.toml"
     cfg.write_text("[server]\nvalidate_workers = 1\n")
-    proc = subprocess.Popen([exe, "--data-dir", str(tmp_path / "d"), "--config", str(cfg), "serve",
-                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [exe, "--data-dir", str(tmp_path / "d"), "--config", str(cfg), "serve", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -84,9 +98,9 @@ def test_worker_processes_die_with_a_killed_server(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     t0 = time.monotonic()
-    assert proc.stdout.read() == b""          # EOF: nobody else holds the pipe open
+    assert proc.stdout.read() == b""  # EOF: nobody else holds the pipe open
     assert time.monotonic() - t0 < 10
-    for pid in children:                       # and the workers are gone
+    for pid in children:  # and the workers are gone
         for _ in range(50):
             if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
                 break

@@ -1,6 +1,6 @@
 """Witness checks over a log of any age.
 
-* ``Service.signatures_at``: the answer a node gives for many seqs at once (one
+* ``RunningNode.signatures_at``: the answer a node gives for many seqs at once (one
   ordered walk of its log) agrees entry by entry with reading each entry,
   offers nothing for an entry that does not verify, and leaves out what
   retention dropped and what lies beyond the head;
@@ -21,18 +21,18 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from helpers_cluster import LocalCluster, NodeSpec, make_events
+from helpers_engine import draft, flip_byte, frames_of, segment_paths
 
 from engine.datadir import DataDir
 from engine.log import NodeLog
 from engine.settings import StoreSettings
-from helpers_cluster import LocalCluster, NodeSpec, make_events
-from helpers_engine import draft, flip_byte, frames_of, segment_paths
-from query.witness import MAX_RUNS_PER_WITNESS, SIGNATURE_BATCH, WALK_GAP, WitnessFindings
-
+from query.cluster.witness import MAX_RUNS_PER_WITNESS, SIGNATURE_BATCH, WALK_GAP, WitnessFindings
 
 # =====================================================================================
 # signatures_at
 # =====================================================================================
+
 
 def _fill(svc, n: int, per_batch: int = 500) -> None:
     for i in range(0, n, per_batch):
@@ -108,6 +108,7 @@ def test_signatures_at_leaves_out_what_retention_dropped(make_service, frozen_cl
 # WitnessFindings
 # =====================================================================================
 
+
 def _cp(seq: int, sig: str, ts: str = "2026-03-14T09:00:00.000000Z") -> dict:
     return {"seq": seq, "signature": sig, "ts": ts}
 
@@ -116,16 +117,18 @@ def test_findings_fold_runs_and_skip_retention_dropped_seqs():
     good = {str(s): f"{s:064x}" for s in range(1, 101)}
     answer = {"first_seq": 10, "head_seq": 100, "sigs": good}
     f = WitnessFindings("b", "c")
-    cps = [_cp(s, f"{s:064x}") for s in range(1, 30)]           # intact (1..9: dropped by retention)
-    cps += [_cp(5, "ff" * 32)]                                     # dropped by retention: no evidence
-    cps += [_cp(s, "ee" * 32) for s in range(30, 60, 2)]          # a rewritten stretch
+    cps = [_cp(s, f"{s:064x}") for s in range(1, 30)]  # intact (1..9: dropped by retention)
+    cps += [_cp(5, "ff" * 32)]  # dropped by retention: no evidence
+    cps += [_cp(s, "ee" * 32) for s in range(30, 60, 2)]  # a rewritten stretch
     cps += [_cp(s, f"{s:064x}") for s in range(60, 70)]
-    cps += [_cp(s, f"{s:064x}") for s in range(101, 140, 3)]      # beyond the head
-    f.check(cps[:20], answer)                                      # fed in two chunks
+    cps += [_cp(s, f"{s:064x}") for s in range(101, 140, 3)]  # beyond the head
+    f.check(cps[:20], answer)  # fed in two chunks
     f.check(cps[20:], answer)
     out = f.finish()
     assert [(v["kind"], v["seq_from"], v["seq_to"]) for v in out] == [
-        ("witness_mismatch", 30, 58), ("witness_truncated", 101, 137)], out
+        ("witness_mismatch", 30, 58),
+        ("witness_truncated", 101, 137),
+    ], out
     assert all(v["node"] == "b" and "c witnessed" in v["detail"] for v in out)
     assert "15 checkpoints" in out[0]["detail"] and "13 checkpoints" in out[1]["detail"]
 
@@ -144,7 +147,7 @@ def test_findings_stay_bounded_however_scattered_the_damage():
     cps = [_cp(s, "ee" * 32 if s % 2 else f"{s:064x}") for s in range(1, 2 * n + 1)]
     f = WitnessFindings("b", "c")
     for i in range(0, len(cps), SIGNATURE_BATCH):
-        f.check(cps[i:i + SIGNATURE_BATCH], {"first_seq": 1, "head_seq": 2 * n, "sigs": sigs})
+        f.check(cps[i : i + SIGNATURE_BATCH], {"first_seq": 1, "head_seq": 2 * n, "sigs": sigs})
     out = f.finish()
     assert len(out) == MAX_RUNS_PER_WITNESS + 1
     last = out[-1]
@@ -165,9 +168,13 @@ AFTER_ROLLBACK = 400
 
 def _held(witness, about: str) -> list[int]:
     """The seqs of ``about`` that ``witness`` holds checkpoints of, oldest first."""
-    page = witness.get_ok("/api/v1/audit-log?" + urlencode({
-        "node": witness.name, "action": "audit.checkpoint", "target": about, "order": "asc",
-        "limit": 10000}), timeout=120)
+    page = witness.get_ok(
+        "/api/v1/audit-log?"
+        + urlencode(
+            {"node": witness.name, "action": "audit.checkpoint", "target": about, "order": "asc", "limit": 10000}
+        ),
+        timeout=120,
+    )
     assert page.get("next_cursor") is None and len(page["events"]) < 10000
     return [e["details"]["seq"] for e in page["events"]]
 
@@ -179,8 +186,9 @@ def _wait_held(witnesses, about: str, count: int, timeout: float) -> dict[str, l
         if all(len(h) >= count for h in held.values()):
             return held
         if time.monotonic() > deadline:
-            raise AssertionError(f"held of {about} after {timeout} s: "
-                                 f"{ {n: len(h) for n, h in held.items()} }, wanted {count}")
+            raise AssertionError(
+                f"held of {about} after {timeout} s: { {n: len(h) for n, h in held.items()} }, wanted {count}"
+            )
         time.sleep(1)
 
 
@@ -199,8 +207,12 @@ def _log_head(data_dir) -> int:
 @pytest.mark.slow
 def test_rollback_caught_after_thousands_of_checkpoints(tmp_path):
     # checkpoints every 2 ms: each witness holds thousands of b's within a minute
-    cl = LocalCluster(tmp_path / "cl", [NodeSpec(n, settings={"fsync": "none"}) for n in "abc"],
-                      peer_timeout=PEER_TIMEOUT, checkpoint_interval=0.002)
+    cl = LocalCluster(
+        tmp_path / "cl",
+        [NodeSpec(n, settings={"fsync": "none"}) for n in "abc"],
+        peer_timeout=PEER_TIMEOUT,
+        checkpoint_interval=0.002,
+    )
     try:
         cl.build()
         cl.start()
@@ -215,14 +227,16 @@ def test_rollback_caught_after_thousands_of_checkpoints(tmp_path):
         copy_head = _log_head(copy)
         b.start()
         b.wait_ready()
-        b.post_events(make_events(50, "after-copy"))      # history the rollback will lose
+        b.post_events(make_events(50, "after-copy"))  # history the rollback will lose
         held = _wait_held((a, c), "b", HELD, timeout=240)
 
         # the intact cluster: every checkpoint checked, none disagrees, nobody unreachable
         for viewer in (a, c):
             rep, took = _cluster_verify(viewer)
-            print(f"\ncluster verify on {viewer.name}, intact, "
-                  f"{min(map(len, held.values()))}+ checkpoints of each node per witness: {took:.2f} s")
+            print(
+                f"\ncluster verify on {viewer.name}, intact, "
+                f"{min(map(len, held.values()))}+ checkpoints of each node per witness: {took:.2f} s"
+            )
             assert rep["violations"] == [] and rep["ok"] is True, rep["violations"][:5]
             assert rep["nodes"] == {n: {"status": "ok", "ok": True} for n in "abc"}, rep["nodes"]
 
@@ -238,7 +252,7 @@ def test_rollback_caught_after_thousands_of_checkpoints(tmp_path):
         n_before = {n: len(h) for n, h in held.items()}
         after = _wait_held((a, c), "b", max(n_before.values()) + AFTER_ROLLBACK, timeout=120)
         for name, seqs in after.items():
-            newest = seqs[n_before[name]:]
+            newest = seqs[n_before[name] :]
             assert len(newest) >= AFTER_ROLLBACK and max(newest) < rolled_from, (name, len(newest))
 
         # b alone cannot tell: its chain is intact, only another history
@@ -246,8 +260,9 @@ def test_rollback_caught_after_thousands_of_checkpoints(tmp_path):
         assert own["ok"] is True and own["violations"] == [], own
         for viewer in (a, c):
             rep, took = _cluster_verify(viewer)
-            print(f"cluster verify on {viewer.name} after the rollback: {took:.2f} s, "
-                  f"{len(rep['violations'])} violations")
+            print(
+                f"cluster verify on {viewer.name} after the rollback: {took:.2f} s, {len(rep['violations'])} violations"
+            )
             assert rep["ok"] is False
             # every node answered: no request too big, nothing timed out
             assert all(st["status"] == "ok" for st in rep["nodes"].values()), rep["nodes"]

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_engine import PYTHON, draft, init_dir, run_cli, segment_paths, settings
 
-from helpers_engine import (PYTHON, draft, init_dir, run_cli, segment_paths, settings)
 from engine.errors import WriterLockedError
 from engine.log import NodeLog
 from engine.verify import verify_node
@@ -41,11 +41,10 @@ def _refused(p: subprocess.CompletedProcess) -> None:
 def test_second_writer_process_is_refused_with_a_clear_error(held):
     dd, node, w = held
     _refused(run_cli(dd.root, "append", "--user", "bob", "--action", "auth.login"))
-    _refused(run_cli(dd.root, "append", "--file", "-",
-                     input='{"user": "bob", "action": "auth.login"}\n'))
+    _refused(run_cli(dd.root, "append", "--file", "-", input='{"user": "bob", "action": "auth.login"}\n'))
     # nothing was written by the refused writers
     assert [e.seq for e in NodeLog(dd, node).scan()] == [1, 2, 3, 4, 5]
-    assert w.append_batch([draft(5)]).first_seq == 6   # the holder is unaffected
+    assert w.append_batch([draft(5)]).first_seq == 6  # the holder is unaffected
 
 
 def test_second_writer_in_the_same_process_is_refused(held):
@@ -59,7 +58,7 @@ def test_second_writer_in_the_same_process_is_refused(held):
 
 def test_verify_inside_the_writer_process_does_not_drop_the_lock(held):
     dd, node, w = held
-    assert verify_node(dd, node).ok          # opens and closes the LOCK file to test it
+    assert verify_node(dd, node).ok  # opens and closes the LOCK file to test it
     assert WriterLock.is_held(dd.lock_path)
     _refused(run_cli(dd.root, "append", "--user", "bob", "--action", "auth.login"))
 
@@ -82,9 +81,11 @@ def test_lock_is_released_on_close_and_when_the_holder_dies(tmp_path):
     p = run_cli(dd.root, "append", "--user", "bob", "--action", "auth.login")
     assert p.returncode == 0 and p.stdout.strip() == "gw1:2", p.stderr
     # a holder killed outright leaves no stale lock behind
-    proc = subprocess.Popen([PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 1000, 1 << 20, "none", 1,
-                                                              10**9))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 1000, 1 << 20, "none", 1, 10**9))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().startswith("ready")
         assert WriterLock.is_held(dd.lock_path)
@@ -103,9 +104,12 @@ def test_readers_see_a_consistent_committed_prefix_while_a_writer_appends(tmp_pa
     out_path = tmp_path / "writer.out"
     # small segments: the readers also race the writer's segment rolls
     with open(out_path, "w") as out:
-        proc = subprocess.Popen([PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 0, 8192, "always", 7,
-                                                                  100_000))],
-                                stdout=out, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 0, 8192, "always", 7, 100_000))],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     seen = []
     cli_reads = 0
     try:
@@ -114,7 +118,7 @@ def test_readers_see_a_consistent_committed_prefix_while_a_writer_appends(tmp_pa
             assert proc.poll() is None and time.monotonic() < t0 + 30, proc.stderr.read()
             time.sleep(0.01)
         t_min, t_max = time.monotonic() + 2, time.monotonic() + 30
-        live = NodeLog(dd, node)     # a long-lived reader: indexes the growing segment incrementally
+        live = NodeLog(dd, node)  # a long-lived reader: indexes the growing segment incrementally
         while (len(seen) < 8 or cli_reads < 2 or time.monotonic() < t_min) and time.monotonic() < t_max:
             # in-process readers: fast, so many of them land mid-append and mid-roll
             entries = list((live if len(seen) % 2 else NodeLog(dd, node)).scan())

@@ -38,19 +38,28 @@ class Metrics:
         self.counters: dict[tuple[str, tuple], float] = {}
         self.help: dict[str, tuple[str, str]] = {}
         self.gauges: dict[str, callable] = {}
-        self.fsync_seconds = Histogram("auditlog_fsync_seconds", "Write+fsync latency of one commit",
-                                       (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
-        self.batch_size = Histogram("auditlog_commit_batch_entries", "Entries per group commit",
-                                    (1, 10, 100, 1000, 10000, 100000))
+        self.fsync_seconds = Histogram(
+            "auditlog_fsync_seconds",
+            "Write+fsync latency of one commit",
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.batch_size = Histogram(
+            "auditlog_commit_batch_entries", "Entries per group commit", (1, 10, 100, 1000, 10000, 100000)
+        )
         self.declare("auditlog_appended_entries_total", "counter", "Entries appended to this node's log")
         self.declare("auditlog_http_requests_total", "counter", "HTTP requests by route and status")
         self.declare("auditlog_queries_total", "counter", "Queries served by format")
-        self.declare("auditlog_integrity_violations_total", "counter",
-                     "Entries or ranges returned marked as integrity violations")
+        self.declare(
+            "auditlog_integrity_violations_total",
+            "counter",
+            "Entries or ranges returned marked as integrity violations",
+        )
         self.declare("auditlog_ingest_rejected_total", "counter", "Ingest batches rejected by reason")
-        self.declare("auditlog_state_rejected_total", "counter",
-                     "Lines of node state files that failed their seal (forged, edited or foreign) "
-                     "and were ignored, by file")
+        self.declare(
+            "auditlog_state_rejected_total",
+            "counter",
+            "Lines of node state files that failed their seal (forged, edited or foreign) and were ignored, by file",
+        )
 
     def declare(self, name: str, kind: str, help: str) -> None:
         self.help[name] = (kind, help)
@@ -80,7 +89,7 @@ class Metrics:
             kind, help = self.help[name]
             try:
                 v = fn()
-            except Exception:   # a gauge must never break the scrape
+            except Exception:  # a gauge must never break the scrape
                 continue
             if v is None:
                 continue

@@ -10,54 +10,62 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from itertools import islice
-from operator import itemgetter
-from typing import AsyncIterator
+from operator import attrgetter, itemgetter
 
 import aiohttp
 import msgpack
 
-from engine.entry import Entry
+from engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
 from engine.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
+from query.cluster.settings import PeerConfig
 
 PEER_PREFIX = "/peer/v1"
 
 
+#: an entry's fields as a peer sends them (msgpack, values as stored: ts in
+#: microseconds, the signature as bytes): the wire fields (engine.entry.WIRE_FIELDS)
+#: but ``id`` and ``node`` (the peer's own), then ``violation``; ``sub`` and the seq of
+#: the entry's position follow (``entry_to_compact``)
+COMPACT_FIELDS = (*(f for f in WIRE_FIELDS if f not in ("id", "node")), WIRE_OPTIONAL)
+_compact = attrgetter(*COMPACT_FIELDS)
+
+
 def entry_to_compact(e: Entry) -> list:
-    return [e.seq, e.ts, e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success,
-            e.details, e.signature, e.integrity, e.violation, e.sub, e.position[0]]
+    return [*_compact(e), e.sub, e.position[0]]
 
 
 def entry_from_compact(node: str, c: list | tuple) -> Entry:
     """An entry a peer sent; fields of the wrong type are a malformed stream (ValueError)."""
-    if not isinstance(c, (list, tuple)) or len(c) not in (13, 14, 15):
+    n = len(COMPACT_FIELDS)
+    if not isinstance(c, (list, tuple)) or len(c) not in (n, n + 1, n + 2):
         raise ValueError("malformed entry")
-    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:13]
-    if not (type(seq) is int and type(ts) is int and type(user) is str and type(action) is str
-            and all(v is None or type(v) is str for v in (target, domain, ip, ua, violation))
-            and type(success) is bool and isinstance(details, dict) and type(sig) is bytes
-            and integrity in ("ok", "violation")):
+    (seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation) = c[:n]
+    if not (
+        type(seq) is int
+        and type(ts) is int
+        and type(user) is str
+        and type(action) is str
+        and all(v is None or type(v) is str for v in (target, domain, ip, ua, violation))
+        and type(success) is bool
+        and isinstance(details, dict)
+        and type(sig) is bytes
+        and integrity in ("ok", "violation")
+    ):
         raise ValueError("malformed entry")
-    e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig,
-              integrity, violation)
-    if len(c) >= 14:
-        if not all(type(x) is int for x in c[13:]):
+    e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation)
+    if len(c) > n:
+        if not all(type(x) is int for x in c[n:]):
             raise ValueError("malformed entry")
-        e.sub = c[13]
-        if len(c) == 15:
-            e.pos_seq = c[14]
+        e.sub = c[n]
+        if len(c) == n + 2:
+            e.pos_seq = c[n + 1]
     return e
 
 
 class PeerError(Exception):
     """A peer refused, timed out, failed mid-stream or answered nonsense."""
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    node: str
-    url: str
 
 
 class PeerClient:
@@ -72,11 +80,14 @@ class PeerClient:
     async def _get(self, path: str, params=None):
         try:
             resp = await asyncio.wait_for(
-                self.session.get(self.url + PEER_PREFIX + path, params=params,
-                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
-                                                               sock_read=self.timeout)),
-                self.timeout)
-        except asyncio.TimeoutError:
+                self.session.get(
+                    self.url + PEER_PREFIX + path,
+                    params=params,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+                ),
+                self.timeout,
+            )
+        except TimeoutError:
             raise PeerError(f"no answer within {self.timeout:g} s") from None
         except aiohttp.ClientConnectorCertificateError as e:
             raise PeerError(f"TLS certificate rejected: {e.certificate_error}") from None
@@ -92,7 +103,7 @@ class PeerClient:
         resp = await self._get(path, params)
         try:
             return await asyncio.wait_for(resp.json(), self.timeout)
-        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             raise PeerError(f"bad answer to {path}: {_describe(e)}") from None
         finally:
             resp.release()
@@ -110,8 +121,9 @@ class PeerClient:
         except (aiohttp.ClientError, ssl.SSLError, OSError, ValueError) as e:
             raise PeerError(_describe(e)) from None
 
-    async def scan(self, params: dict[str, str], order: str,
-                   after: tuple[int, int] | None) -> AsyncIterator[list[Entry]]:
+    async def scan(
+        self, params: dict[str, str], order: str, after: tuple[int, int] | None
+    ) -> AsyncIterator[list[Entry]]:
         """Batches of the peer's matching entries, in its order; PeerError if cut short."""
         q = dict(params)
         q["order"] = order
@@ -121,7 +133,7 @@ class PeerClient:
         count = 0
         node = self.node
         try:
-            async for msg in _read_messages(resp, self.timeout, lambda: count):
+            async for msg in _read_messages(resp, self.timeout, lambda: count):  # noqa: B023 (the count so far)
                 if "end" in msg:
                     return
                 batch = [entry_from_compact(node, c) for c in msg.get("e", ())]
@@ -133,9 +145,9 @@ class PeerClient:
         finally:
             resp.close()
 
-    async def scan_lines(self, params: dict[str, str], order: str,
-                         after: tuple[int, int] | None
-                         ) -> AsyncIterator[tuple[list[int], list[int], bytes, int]]:
+    async def scan_lines(
+        self, params: dict[str, str], order: str, after: tuple[int, int] | None
+    ) -> AsyncIterator[tuple[list[int], list[int], bytes, int]]:
         """The peer's matching entries rendered as NDJSON lines, chunk by chunk:
         ``(timestamps, line marks, lines blob, non-ok count)``; PeerError if cut short."""
         q = dict(params)
@@ -146,7 +158,7 @@ class PeerClient:
         resp = await self._get("/scan", q)
         count = 0
         try:
-            async for msg in _read_messages(resp, self.timeout, lambda: count):
+            async for msg in _read_messages(resp, self.timeout, lambda: count):  # noqa: B023 (the count so far)
                 if "end" in msg:
                     return
                 chunk = unpack_line_chunk(msg)
@@ -163,14 +175,12 @@ async def _read_messages(resp, timeout: float, seen) -> AsyncIterator[dict]:
 
     ``seen()`` gives the number of entries passed on so far (for the messages).
     """
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
-                                max_buffer_size=64 * 1024 * 1024)
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True, max_buffer_size=64 * 1024 * 1024)
     while True:
         try:
             chunk = await asyncio.wait_for(resp.content.readany(), timeout)
-        except asyncio.TimeoutError:
-            raise PeerError(f"stalled mid-stream after {seen()} entries "
-                            f"(nothing for {timeout:g} s)") from None
+        except TimeoutError:
+            raise PeerError(f"stalled mid-stream after {seen()} entries (nothing for {timeout:g} s)") from None
         except (aiohttp.ClientError, OSError) as e:
             raise PeerError(f"failed mid-stream after {seen()} entries: {_describe(e)}") from None
         if not chunk:
@@ -190,8 +200,20 @@ def pack_line_chunk(ts: list[int], lens, parts: list[bytes], bad: int) -> list[b
     as a list of byte strings, so the lines are not copied before the socket."""
     t, n = le_bytes(TS_CODE, ts), le_bytes(LEN_CODE, lens)
     size = sum(map(len, parts))
-    head = b"".join((b"\x84\xa1t", _bin_header(len(t)), t, b"\xa1n", _bin_header(len(n)), n,
-                     b"\xa1v", msgpack.packb(bad), b"\xa1l", _bin_header(size)))
+    head = b"".join(
+        (
+            b"\x84\xa1t",
+            _bin_header(len(t)),
+            t,
+            b"\xa1n",
+            _bin_header(len(n)),
+            n,
+            b"\xa1v",
+            msgpack.packb(bad),
+            b"\xa1l",
+            _bin_header(size),
+        )
+    )
     return [head, *parts]
 
 
@@ -210,13 +232,23 @@ def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
     end in ``\n`` and no line holds a CR (JSON escapes both inside a line; a LF
     inside a line is not looked for, which would cost a scan of every byte)."""
     t, n, blob, bad = msg["t"], msg["n"], msg["l"], msg["v"]
-    if type(t) is not bytes or type(n) is not bytes or type(blob) is not bytes \
-            or type(bad) is not int or len(t) % 8 or len(n) * 2 != len(t):
+    if (
+        type(t) is not bytes
+        or type(n) is not bytes
+        or type(blob) is not bytes
+        or type(bad) is not int
+        or len(t) % 8
+        or len(n) * 2 != len(t)
+    ):
         raise PeerError("malformed line chunk")
     lens = le_array(LEN_CODE, n)
     marks = line_marks(lens)
-    if marks[-1] + 1 != len(blob) or 0 in lens or b"\r" in blob or (
-            len(marks) > 1 and _bytes_at(blob, marks) != b"\n" * (len(marks) - 1)):
+    if (
+        marks[-1] + 1 != len(blob)
+        or 0 in lens
+        or b"\r" in blob
+        or (len(marks) > 1 and _bytes_at(blob, marks) != b"\n" * (len(marks) - 1))
+    ):
         raise PeerError("malformed line chunk: lengths and lines disagree")
     return le_array(TS_CODE, t).tolist(), marks, blob, bad
 
@@ -224,7 +256,7 @@ def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
 def _bytes_at(blob: bytes, marks: list[int]) -> bytes:
     """The byte at each mark but the leading -1 (each line's last byte)."""
     if len(marks) == 2:
-        return blob[marks[1]:marks[1] + 1]
+        return blob[marks[1] : marks[1] + 1]
     return bytes(itemgetter(*islice(marks, 1, None))(blob))
 
 

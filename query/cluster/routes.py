@@ -12,15 +12,15 @@ import msgpack
 import orjson
 from aiohttp import web
 
-from query.app import SERVICE, error_middleware
-from query.chunked import PartsWriter
 from engine.entry import ENTRY_SUB
-from query.cluster import LineTaker
+from query.cluster.peers import entry_to_compact, pack_line_chunk
+from query.cluster.pki import node_id_of
 from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
-from query.peers import entry_to_compact, pack_line_chunk
-from query.pki import node_id_of
+from query.http.base import NODE, error_middleware
+from query.http.chunked import PartsWriter
 from query.scan import read_node, scan_node
+from query.sources import LineTaker
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 MAX_SIGNATURE_SEQS = 10000
@@ -50,7 +50,7 @@ def peer_node(request: web.Request) -> tuple[str, bytes]:
 
 async def scan(request: web.Request) -> web.StreamResponse:
     peer_node(request)
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     q = request.rel_url.query
     flt = Filter.from_params({k: q.getall(k) for k in PARAM_NAMES if k in q})
     order = q.get("order", "asc")
@@ -96,9 +96,9 @@ async def scan(request: web.Request) -> web.StreamResponse:
         pass
     finally:
         if not ahead.done():
-            await asyncio.wait([ahead])     # the scan is busy in a worker until then
+            await asyncio.wait([ahead])  # the scan is busy in a worker until then
         if not ahead.cancelled():
-            ahead.exception()               # a chunk never sent needs no report
+            ahead.exception()  # a chunk never sent needs no report
     return resp
 
 
@@ -123,14 +123,15 @@ def _line_chunk(taker, n: int = 2000):
 
 async def head(request: web.Request) -> web.Response:
     peer_node(request)
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     return web.json_response(await service.run(service.head_info))
 
 
 async def verify(request: web.Request) -> web.Response:
     peer_node(request)
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     from engine.verify import verify_node
+
     report = await service.run(verify_node, service.data_dir, service.node)
     return web.json_response(report.to_dict())
 
@@ -143,7 +144,7 @@ async def signatures(request: web.Request) -> web.Response:
     line bounds it to about a thousand seqs).  At most ``MAX_SIGNATURE_SEQS``
     seqs either way."""
     peer_node(request)
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     if request.method == "POST":
         seqs = await _posted_seqs(request)
     else:
@@ -178,28 +179,36 @@ async def _posted_seqs(request: web.Request) -> list[int]:
 
 async def checkpoint(request: web.Request) -> web.Response:
     node, der = peer_node(request)
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     try:
         body = await request.json()
         cp, sig = body["checkpoint"], body["witness_signature"]
-        ok = (isinstance(cp, dict) and cp.get("node") == node and type(cp.get("seq")) is int
-              and isinstance(cp.get("signature"), str) and len(cp["signature"]) == 64
-              and isinstance(cp.get("ts"), str) and isinstance(sig, str) and len(sig) < 400)
+        ok = (
+            isinstance(cp, dict)
+            and cp.get("node") == node
+            and type(cp.get("seq")) is int
+            and isinstance(cp.get("signature"), str)
+            and len(cp["signature"]) == 64
+            and isinstance(cp.get("ts"), str)
+            and isinstance(sig, str)
+            and len(sig) < 400
+        )
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise QueryError("checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature}"
-                         " for the calling node")
-    from query.witness import verify_checkpoint, witness_draft
+        raise QueryError(
+            "checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature} for the calling node"
+        )
+    from query.cluster.witness import verify_checkpoint, witness_draft
+
     verify_checkpoint(der, cp, sig)
-    res = await service.append([witness_draft(cp, sig, der)])
-    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"},
-                             status=201)
+    res = await service.committer.append([witness_draft(cp, sig, der)])
+    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"}, status=201)
 
 
 def create_peer_app(service, cluster) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_PEER_BODY)
-    app[SERVICE] = service
+    app[NODE] = service
     app[CLUSTER] = cluster
     app.router.add_get("/peer/v1/scan", scan)
     app.router.add_get("/peer/v1/head", head)

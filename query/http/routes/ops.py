@@ -7,25 +7,28 @@ from pathlib import Path
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
 from query.errors import InvalidFilterError
-from query.openapi import openapi_document
+from query.http.base import NODE, authorize
+from query.http.openapi import openapi_document
 
 
 async def healthz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     return web.json_response({"status": "ok", "node": service.node_id})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[SERVICE].metrics.render(),
-                        content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text=request.app[NODE].metrics.render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def verify(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     for name in request.rel_url.query:
         if name != "scope":
             raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: scope)")
@@ -33,10 +36,12 @@ async def verify(request: web.Request) -> web.Response:
     if scope not in ("node", "cluster"):
         raise InvalidFilterError(f"scope must be node or cluster, got {scope[:20]!r}")
     if scope == "cluster" and service.cluster is not None:
-        from query.cluster import cluster_verify
+        from query.cluster.checkpoints import cluster_verify
+
         body = await cluster_verify(service.cluster)
     else:
         from engine.verify import verify_node
+
         report = await service.run(verify_node, service.data_dir, service.node)
         body = report.to_dict()
         body.pop("node")
@@ -48,7 +53,7 @@ async def verify(request: web.Request) -> web.Response:
 
 async def cluster(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     me = await service.run(service.head_info)
     me["self"] = True
     rows = [me]
@@ -60,6 +65,7 @@ async def cluster(request: web.Request) -> web.Response:
                 rows.append({**info, "node": node, "status": "ok"})
     # retention is a cluster-wide policy: flag the nodes that differ from the most common setting
     from collections import Counter
+
     counts = Counter(json.dumps(r.get("retention_days")) for r in rows if r.get("status") == "ok")
     mismatch = len(counts) > 1
     if mismatch:
@@ -67,8 +73,14 @@ async def cluster(request: web.Request) -> web.Response:
         for r in rows:
             if r.get("status") == "ok" and json.dumps(r.get("retention_days")) != usual:
                 r["retention_mismatch"] = True
-    return web.json_response({"node": service.node_id, "nodes": rows, "retention_consistent": not mismatch,
-                              "checkpoint_errors": service.cluster.checkpoint_errors if service.cluster else {}})
+    return web.json_response(
+        {
+            "node": service.node_id,
+            "nodes": rows,
+            "retention_consistent": not mismatch,
+            "checkpoint_errors": service.cluster.checkpoint_errors if service.cluster else {},
+        }
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -79,8 +91,10 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 UI_HEADERS = {
     # no inline script, no third-party anything; the key lives in sessionStorage
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache",
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
 }
 
 
@@ -91,12 +105,11 @@ async def index(request: web.Request) -> web.Response:
 async def whoami(request: web.Request) -> web.Response:
     """The calling key's name and role (for the UI)."""
     key = authenticate_only(request)
-    return web.json_response({"name": key.name, "role": key.role, "key_id": key.id,
-                              "node": request.app[SERVICE].node_id})
+    return web.json_response({"name": key.name, "role": key.role, "key_id": key.id, "node": request.app[NODE].node_id})
 
 
 def authenticate_only(request: web.Request):
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
     return service.keys.authenticate(token)

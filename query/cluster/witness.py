@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -54,8 +55,8 @@ def checkpoint_bytes(cp: dict) -> bytes:
     return json.dumps([cp["node"], cp["seq"], cp["signature"], cp["ts"]], separators=(",", ":")).encode()
 
 
-def sign_checkpoint(key_path, cp: dict) -> str:
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+def sign_checkpoint(key_path: str | Path, cp: dict) -> str:
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     return key.sign(checkpoint_bytes(cp), ec.ECDSA(hashes.SHA256())).hex()
 
 
@@ -79,10 +80,20 @@ def current_head(service) -> dict | None:
 
 
 def witness_draft(cp: dict, witness_sig: str, cert_der: bytes) -> EntryDraft:
-    return EntryDraft("system", "audit.checkpoint", cp["node"], details={
-        "node": cp["node"], "seq": cp["seq"], "signature": cp["signature"], "ts": cp["ts"],
-        "witness_signature": witness_sig, "cert_sha256": hashlib.sha256(cert_der).hexdigest(),
-        "received": format_ts(clock.now_us())})
+    return EntryDraft(
+        "system",
+        "audit.checkpoint",
+        cp["node"],
+        details={
+            "node": cp["node"],
+            "seq": cp["seq"],
+            "signature": cp["signature"],
+            "ts": cp["ts"],
+            "witness_signature": witness_sig,
+            "cert_sha256": hashlib.sha256(cert_der).hexdigest(),
+            "received": format_ts(clock.now_us()),
+        },
+    )
 
 
 def checkpoint_of(e, about: str) -> dict | None:
@@ -90,8 +101,13 @@ def checkpoint_of(e, about: str) -> dict | None:
     entry holds, or None when the entry is no such evidence (it does not verify,
     was not written by the log itself, or is about another node)."""
     d = e.details
-    if e.integrity != "ok" or e.user != "system" or not isinstance(d, dict) \
-            or d.get("node") != about or type(d.get("seq")) is not int:
+    if (
+        e.integrity != "ok"
+        or e.user != "system"
+        or not isinstance(d, dict)
+        or d.get("node") != about
+        or type(d.get("seq")) is not int
+    ):
         return None
     return {"seq": d["seq"], "signature": d.get("signature"), "ts": d.get("ts")}
 
@@ -119,7 +135,7 @@ class WitnessFindings:
             if s > head_seq:
                 self._note("beyond", cp, head_seq)
             elif s < first_seq:
-                self._end_run()     # dropped by retention: no evidence either way
+                self._end_run()  # dropped by retention: no evidence either way
             else:
                 have = sigs.get(str(s))
                 if have is None:
@@ -144,8 +160,16 @@ class WitnessFindings:
             _extend(run, cp["seq"], cp["seq"], 1, cp["ts"], head_seq)
             return
         self._end_run()
-        self._run = {"how": how, "seq_from": cp["seq"], "seq_to": cp["seq"], "count": 1,
-                     "first_ts": cp["ts"], "last_ts": cp["ts"], "head_seq": head_seq, "runs": 1}
+        self._run = {
+            "how": how,
+            "seq_from": cp["seq"],
+            "seq_to": cp["seq"],
+            "count": 1,
+            "first_ts": cp["ts"],
+            "last_ts": cp["ts"],
+            "head_seq": head_seq,
+            "runs": 1,
+        }
 
     def _end_run(self) -> None:
         run, self._run = self._run, None
@@ -164,21 +188,27 @@ class WitnessFindings:
         when = run["first_ts"] if n == 1 else f"{run['first_ts']} .. {run['last_ts']}"
         if how == "beyond":
             kind, seq_from = "witness_truncated", head + 1
-            detail = (f"{who} witnessed seq {hi} at {when}, but the log ends at seq {head}" if n == 1 else
-                      f"{who} witnessed seqs up to {hi} ({n} checkpoints, {when}), "
-                      f"but the log ends at seq {head}")
+            detail = (
+                f"{who} witnessed seq {hi} at {when}, but the log ends at seq {head}"
+                if n == 1
+                else f"{who} witnessed seqs up to {hi} ({n} checkpoints, {when}), but the log ends at seq {head}"
+            )
         elif how == "missing":
             kind, seq_from = "witness_truncated", lo
-            detail = (f"{who} witnessed seq {lo}, which is missing" if n == 1 else
-                      f"{who} witnessed seqs in {lo}..{hi} ({n} checkpoints), which are missing")
+            detail = (
+                f"{who} witnessed seq {lo}, which is missing"
+                if n == 1
+                else f"{who} witnessed seqs in {lo}..{hi} ({n} checkpoints), which are missing"
+            )
         else:
             kind, seq_from = "witness_mismatch", lo
-            detail = (f"entry {lo} differs from the one {who} witnessed at {when} (history rewritten)"
-                      if n == 1 else
-                      f"entries in {lo}..{hi} differ from the ones {who} witnessed "
-                      f"({n} checkpoints, {when}) (history rewritten)")
-        return {"kind": kind, "node": self.node, "seq_from": seq_from, "seq_to": hi, "segment": None,
-                "detail": detail}
+            detail = (
+                f"entry {lo} differs from the one {who} witnessed at {when} (history rewritten)"
+                if n == 1
+                else f"entries in {lo}..{hi} differ from the ones {who} witnessed "
+                f"({n} checkpoints, {when}) (history rewritten)"
+            )
+        return {"kind": kind, "node": self.node, "seq_from": seq_from, "seq_to": hi, "segment": None, "detail": detail}
 
 
 def _extend(run: dict, lo: int, hi: int, count: int, last_ts, head_seq: int) -> None:

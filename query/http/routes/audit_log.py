@@ -6,14 +6,14 @@ import json
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
 from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
 from query.errors import InvalidFilterError
 from query.filters import PARAM_NAMES, Filter
-from query.cluster import LocalLineSource, LocalSource
-from query.chunked import PartsWriter
+from query.http.base import NODE, authorize
+from query.http.chunked import PartsWriter
 from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
+from query.sources import LocalLineSource, LocalSource
 
 PAGE_PARAMS = ("limit", "cursor", "order", "format")
 CHUNK = 2000
@@ -21,12 +21,13 @@ CHUNK = 2000
 
 def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
     """Filter, order, limit and cursor positions from the query string (unknown names refused)."""
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     q = request.rel_url.query
     for name in q.keys():
         if name not in PARAM_NAMES and name not in allowed_extra:
-            raise InvalidFilterError(f"unknown query parameter {name[:60]!r} "
-                                     f"(known: {', '.join(PARAM_NAMES + tuple(allowed_extra))})")
+            raise InvalidFilterError(
+                f"unknown query parameter {name[:60]!r} (known: {', '.join(PARAM_NAMES + tuple(allowed_extra))})"
+            )
     params = {k: q.getall(k) for k in PARAM_NAMES if k in q}
     flt = Filter.from_params(params)
     order = q.get("order", "asc")
@@ -37,18 +38,22 @@ def parse_query(request: web.Request, allowed_extra=PAGE_PARAMS):
         text = q["limit"]
         # isdigit() alone takes "²" (int() refuses it) and 5000-digit strings (int() refuses
         # those too): both were 500s
-        if not (text.isascii() and text.isdigit() and len(text) <= 9) \
-                or not 1 <= int(text) <= service.settings.max_query_limit:
+        if (
+            not (text.isascii() and text.isdigit() and len(text) <= 9)
+            or not 1 <= int(text) <= service.settings.max_query_limit
+        ):
             raise InvalidFilterError(
-                f"limit must be a whole number from 1 to {service.settings.max_query_limit}, got {text[:20]!r}")
+                f"limit must be a whole number from 1 to {service.settings.max_query_limit}, got {text[:20]!r}"
+            )
         limit = int(text)
     fingerprint = filter_fingerprint(flt.to_params(), order)
     positions = decode_cursor(q["cursor"], order, fingerprint) if "cursor" in q else {}
     return flt, order, limit, positions, fingerprint
 
 
-def open_sources(service, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
-                 lines: bool = False) -> list[Source]:
+def open_sources(
+    service, flt: Filter, order: str, positions: dict[str, tuple[int, int]], lines: bool = False
+) -> list[Source]:
     """One ordered source per node: this node, plus every peer when a cluster is configured
     (``lines``: sources of rendered NDJSON lines, for :func:`query.linemerge.merge_lines`)."""
     if service.cluster is not None:
@@ -61,7 +66,7 @@ def open_sources(service, flt: Filter, order: str, positions: dict[str, tuple[in
 
 def node_status(sources: list[Source], service) -> dict:
     nodes = {s.node: dict(s.status) for s in sources}
-    if service.cluster is not None:   # nodes excluded by a node filter are still listed
+    if service.cluster is not None:  # nodes excluded by a node filter are still listed
         for n in [service.node_id, *service.cluster.peers]:
             nodes.setdefault(n, {"status": "ok", "skipped": "excluded by the node filter"})
     else:
@@ -107,7 +112,7 @@ class Merged:
 
 async def get_audit_log(request: web.Request) -> web.StreamResponse:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request)
     fmt = request.rel_url.query.get("format")
     if fmt is None and "application/x-ndjson" in request.headers.get("Accept", ""):
@@ -136,16 +141,20 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     violations = sum(1 for e in page if e.integrity != "ok")
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
-    return web.json_response({
-        "events": [e.to_wire() for e in page],
-        "next_cursor": encode_cursor(positions, order, fp) if more else None,
-        "nodes": nodes,
-        "integrity_violations": violations,
-    }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    return web.json_response(
+        {
+            "events": [e.to_wire() for e in page],
+            "next_cursor": encode_cursor(positions, order, fp) if more else None,
+            "nodes": nodes,
+            "integrity_violations": violations,
+        },
+        dumps=lambda o: json.dumps(o, ensure_ascii=False),
+    )
 
 
-async def stream_ndjson(request, service, flt: Filter, order: str, positions: dict[str, tuple[int, int]],
-                        limit: int | None) -> web.StreamResponse:
+async def stream_ndjson(
+    request, service, flt: Filter, order: str, positions: dict[str, tuple[int, int]], limit: int | None
+) -> web.StreamResponse:
     """NDJSON: one entry per line, merged from every node's rendered lines.
 
     The status header waits for every node's first answer (bounded by
@@ -157,9 +166,12 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
     resp = None
     try:
         chunk = await anext(merged, None)
-        resp = web.StreamResponse(headers={
-            "Content-Type": "application/x-ndjson; charset=utf-8",
-            "X-Auditlog-Nodes": json.dumps(node_status(sources, service), separators=(",", ":"))})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-ndjson; charset=utf-8",
+                "X-Auditlog-Nodes": json.dumps(node_status(sources, service), separators=(",", ":")),
+            }
+        )
         PartsWriter.prepare(request, resp)
         await resp.prepare(request)
         body = PartsWriter(request, resp)
@@ -169,7 +181,7 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
             if limit is not None and sent + n >= limit:
                 # lines hold no LF but their last byte: the first ones are cut at a LF
                 lines = b"".join(parts).splitlines(keepends=True)
-                await body.write([b"".join(lines[:limit - sent])])
+                await body.write([b"".join(lines[: limit - sent])])
                 break
             sent += n
             await body.write(parts)
@@ -191,8 +203,11 @@ async def stream_ndjson(request, service, flt: Filter, order: str, positions: di
 
 
 async def _write_status_trailer(resp, sources, service) -> None:
-    trailer = [json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
-               for n, st in node_status(sources, service).items() if st.get("status") != "ok"]
+    trailer = [
+        json.dumps({"node_status": {"node": n, **st}}, separators=(",", ":"))
+        for n, st in node_status(sources, service).items()
+        if st.get("status") != "ok"
+    ]
     if trailer:
         await resp.write(("\n".join(trailer) + "\n").encode("utf-8"))
 
@@ -204,10 +219,14 @@ async def stream_lines(request, service, merged: Merged, limit, ecs: bool = Fals
     at the start."""
     from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
+
     render = iter_ecs if ecs else iter_ndjson
-    resp = web.StreamResponse(headers={
-        "Content-Type": "application/x-ndjson; charset=utf-8",
-        "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8",
+            "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":")),
+        }
+    )
     await resp.prepare(request)
     violations = 0
     try:
@@ -217,7 +236,7 @@ async def stream_lines(request, service, merged: Merged, limit, ecs: bool = Fals
         await _write_status_trailer(resp, merged.sources, service)
         await resp.write_eof()
     except ConnectionError:
-        pass    # the client hung up: routine for a stream, nothing is left to answer
+        pass  # the client hung up: routine for a stream, nothing is left to answer
     if violations:
         service.metrics.inc("auditlog_integrity_violations_total", violations)
     return resp
@@ -227,17 +246,21 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     """CSV of the whole filtered range; a node that is unreachable, or lost
     mid-stream, adds a final row whose integrity cell says so."""
     key = authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order",))
     from export.csv import iter_csv
+
     merged = Merged(open_sources(service, flt, order, {}), order)
     rows = violations = 0
     try:
         await merged.prime()
-        resp = web.StreamResponse(headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.csv"',
-            "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":"))})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.csv"',
+                "X-Auditlog-Nodes": json.dumps(node_status(merged.sources, service), separators=(",", ":")),
+            }
+        )
         await resp.prepare(request)
         first = True
         try:
@@ -245,44 +268,52 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
                 violations += sum(1 for e in batch if e.integrity != "ok")
                 chunks = list(iter_csv(batch, bom=first))
                 if not first:
-                    chunks = chunks[1:]   # the header line comes once
+                    chunks = chunks[1:]  # the header line comes once
                 first = False
                 await resp.write("".join(chunks).encode("utf-8"))
                 rows += len(batch)
             if first:
                 await resp.write("".join(iter_csv([])).encode("utf-8"))
-            bad = {n: st for n, st in node_status(merged.sources, service).items()
-                   if st.get("status") != "ok"}
+            bad = {n: st for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"}
             if bad:
                 await resp.write(unreachable_rows(bad).encode("utf-8"))
             await resp.write_eof()
         except ConnectionError:
-            pass    # the client hung up: the export is still recorded, with the rows sent
+            pass  # the client hung up: the export is still recorded, with the rows sent
         nodes = node_status(merged.sources, service)
     finally:
         await merged.close()
-    await service.record(key.name, "audit.export", ip=request.remote, details={
-        "format": "csv", "filters": flt.to_params(), "rows": rows,
-        "integrity_violations": violations, "api_key_id": key.id,
-        "nodes": {n: st.get("status") for n, st in nodes.items()}})
+    await service.record(
+        key.name,
+        "audit.export",
+        ip=request.remote,
+        details={
+            "format": "csv",
+            "filters": flt.to_params(),
+            "rows": rows,
+            "integrity_violations": violations,
+            "api_key_id": key.id,
+            "nodes": {n: st.get("status") for n, st in nodes.items()},
+        },
+    )
     return resp
 
 
 def unreachable_rows(bad: dict) -> str:
     import csv
     import io
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     for node, st in bad.items():
-        w.writerow(["", node, "", "", "", "", "", "", "", "", "", "",
-                    f"unreachable: {st.get('error', '')}"])
+        w.writerow(["", node, "", "", "", "", "", "", "", "", "", "", f"unreachable: {st.get('error', '')}"])
     return buf.getvalue()
 
 
 async def export_pdf(request: web.Request) -> web.Response:
     """PDF report of the filtered entries (GDPR subject access, audit appendix); audited."""
     key = authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title"))
     title = request.rel_url.query.get("title", "Audit log report")[:200]
     merged = Merged(open_sources(service, flt, order, {}), order)
@@ -295,27 +326,45 @@ async def export_pdf(request: web.Request) -> web.Response:
     finally:
         await merged.close()
     if len(entries) > MAX_PDF_ROWS:
-        raise InvalidFilterError(f"more than {MAX_PDF_ROWS} entries match: narrow the filters "
-                                 "(or use the CSV export for bulk data)")
+        raise InvalidFilterError(
+            f"more than {MAX_PDF_ROWS} entries match: narrow the filters (or use the CSV export for bulk data)"
+        )
     from export.pdf import render_pdf
-    pdf, counts = await service.run(lambda: render_pdf(
-        entries, title=title, filters=flt.describe(), nodes=nodes, generated_by=f"{key.name} (API key {key.id})"))
-    await service.record(key.name, "audit.export", ip=request.remote, details={
-        "format": "pdf", "filters": flt.to_params(), "rows": counts["rows"],
-        "integrity_violations": counts["violations"], "api_key_id": key.id,
-        "nodes": {n: st.get("status") for n, st in nodes.items()}})
-    return web.Response(body=pdf, content_type="application/pdf", headers={
-        "Content-Disposition": f'attachment; filename="auditlog-report-{service.node_id}.pdf"'})
+
+    pdf, counts = await service.run(
+        lambda: render_pdf(
+            entries, title=title, filters=flt.describe(), nodes=nodes, generated_by=f"{key.name} (API key {key.id})"
+        )
+    )
+    await service.record(
+        key.name,
+        "audit.export",
+        ip=request.remote,
+        details={
+            "format": "pdf",
+            "filters": flt.to_params(),
+            "rows": counts["rows"],
+            "integrity_violations": counts["violations"],
+            "api_key_id": key.id,
+            "nodes": {n: st.get("status") for n, st in nodes.items()},
+        },
+    )
+    return web.Response(
+        body=pdf,
+        content_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="auditlog-report-{service.node_id}.pdf"'},
+    )
 
 
 async def four_eyes_report(request: web.Request) -> web.Response:
     authorize(request, "read")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     q = request.rel_url.query
     for name in q.keys():
         if name not in ("from", "to", "pair", "node"):
             raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: from, to, pair, node)")
     from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
+
     try:
         rules = parse_pairs(q.getall("pair")) if "pair" in q else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
     except ValueError as e:

@@ -119,8 +119,7 @@ class IdempotencyCache:
     #: the seal's purpose (the file's stem, as ``StateSeal.read_lines`` expects)
     STATE_NAME = "idempotency"
 
-    def __init__(self, size: int, path: Path | None = None, *, seal: StateSeal | None = None,
-                 fsync: bool = True):
+    def __init__(self, size: int, path: Path | None = None, *, seal: StateSeal | None = None, fsync: bool = True):
         if path is not None and seal is None:
             raise ValueError("a persisted idempotency cache needs the node's StateSeal")
         self.size = size
@@ -187,8 +186,11 @@ class IdempotencyCache:
             try:
                 self._compact()
             except OSError as e:
-                log.error("could not rewrite %s without keys of a failed commit (%s); "
-                          "retrying on the next write", self.path, e.strerror or e)
+                log.error(
+                    "could not rewrite %s without keys of a failed commit (%s); retrying on the next write",
+                    self.path,
+                    e.strerror or e,
+                )
                 self._rewrite = True
                 self._close_fd()
 
@@ -204,8 +206,7 @@ class IdempotencyCache:
             for k in stale:
                 del self._d[k]
             if stale:
-                log.warning("dropped %d idempotency key(s) of batches a crash kept out of the log",
-                            len(stale))
+                log.warning("dropped %d idempotency key(s) of batches a crash kept out of the log", len(stale))
                 if self.path is not None:
                     try:
                         self._compact()
@@ -237,8 +238,9 @@ class IdempotencyCache:
         except FileNotFoundError:
             return
         except OSError as e:
-            log.error("cannot read %s (%s): idempotency keys of earlier runs are not honoured",
-                      self.path, e.strerror or e)
+            log.error(
+                "cannot read %s (%s): idempotency keys of earlier runs are not honoured", self.path, e.strerror or e
+            )
             self._rewrite = True
             return
         records, problems = self._seal.read_lines(self.path)
@@ -253,9 +255,9 @@ class IdempotencyCache:
                 if not (isinstance(k, str) and isinstance(fp, str) and isinstance(v, dict)):
                     raise TypeError
             except (KeyError, TypeError):
-                malformed += 1    # sealed by this node, but not a record this version reads
+                malformed += 1  # sealed by this node, but not a record this version reads
                 continue
-            d[k] = (Remembered(fp, v), None)   # sealed again only if the file is rewritten
+            d[k] = (Remembered(fp, v), None)  # sealed again only if the file is rewritten
             d.move_to_end(k)
         while len(d) > self.size:
             d.popitem(last=False)
@@ -268,11 +270,13 @@ class IdempotencyCache:
             self.rejected = len(problems)
             for p in problems[:_MAX_LOGGED_PROBLEMS]:
                 # p starts with the file's name: "idempotency.jsonl line 3: MAC does not match"
-                log.warning("%s%s%s; ignored (it grants no idempotent replay)",
-                            self.path.parent, os.sep, p)
+                log.warning("%s%s%s; ignored (it grants no idempotent replay)", self.path.parent, os.sep, p)
             if len(problems) > _MAX_LOGGED_PROBLEMS:
-                log.warning("state file %s: %d more line(s) failed their seal; ignored",
-                            self.path, len(problems) - _MAX_LOGGED_PROBLEMS)
+                log.warning(
+                    "state file %s: %d more line(s) failed their seal; ignored",
+                    self.path,
+                    len(problems) - _MAX_LOGGED_PROBLEMS,
+                )
 
     def _open_fd(self) -> int:
         if self._fd is None:
@@ -285,7 +289,7 @@ class IdempotencyCache:
             fd, self._fd = self._fd, None
             try:
                 os.close(fd)
-            except OSError:   # pragma: no cover
+            except OSError:  # pragma: no cover
                 pass
 
     def _append(self, data: bytes) -> None:
@@ -301,8 +305,10 @@ class IdempotencyCache:
     def _compact(self) -> None:
         """Rewrite the file with the live records only: temp file, fsync, rename, fsync dir."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(line if line is not None else self._line(k, rec.fingerprint, rec.answer)
-                        for k, (rec, line) in self._d.items())
+        data = b"".join(
+            line if line is not None else self._line(k, rec.fingerprint, rec.answer)
+            for k, (rec, line) in self._d.items()
+        )
         write_atomic(self.path, data, sync=self._fsync, mode=0o600, sync_dir=self._fsync)
         self._close_fd()
         self._lines = len(self._d)

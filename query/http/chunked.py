@@ -34,9 +34,13 @@ class PartsWriter:
         self.transport = request.transport
         writer = getattr(resp, "_payload_writer", None)
         self._drain = getattr(writer, "drain", None)
-        self.raw = (request.version == HttpVersion11 and resp.chunked and self._drain is not None
-                    and self.transport is not None
-                    and hasattr(self.transport, "get_write_buffer_size"))
+        self.raw = (
+            request.version == HttpVersion11
+            and resp.chunked
+            and self._drain is not None
+            and self.transport is not None
+            and hasattr(self.transport, "get_write_buffer_size")
+        )
         self._started = False
 
     @staticmethod
@@ -54,7 +58,7 @@ class PartsWriter:
         if not size:
             return
         if len(parts) > 1 and size < len(parts) * SMALL_PART:
-            parts = [b"".join(parts)]     # small parts cost more than one copy
+            parts = [b"".join(parts)]  # small parts cost more than one copy
         transport = self.transport
         if transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")

@@ -88,13 +88,26 @@ class ApiKey:
     suspended: str | None = None
 
     def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "role": self.role, "created": _iso(self.created),
-                "revoked": _iso(self.revoked) if self.revoked else None, "suspended": self.suspended}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created": _iso(self.created),
+            "revoked": _iso(self.revoked) if self.revoked else None,
+            "suspended": self.suspended,
+        }
 
     def snapshot(self) -> dict:
-        return {"id": self.id, "name": self.name, "role": self.role, "secret_hmac": self.secret_hmac,
-                "created": self.created, "seq": self.seq, "revoked": self.revoked,
-                "suspended": self.suspended}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "secret_hmac": self.secret_hmac,
+            "created": self.created,
+            "seq": self.seq,
+            "revoked": self.revoked,
+            "suspended": self.suspended,
+        }
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, name={self.name!r}, role={self.role!r})"
@@ -113,22 +126,41 @@ def check_role(role: str) -> str:
 def check_name(name) -> str:
     # C0/C1 controls as ingest refuses them in any logged field; lone surrogates cannot be
     # encoded (the key entry could not be written)
-    if not isinstance(name, str) or not name.strip() or len(name) > 128 or any(
-            ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF for c in name):
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 128
+        or any(ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
+    ):
         raise QueryError("name must be 1-128 printable characters")
     return name
 
 
 def _from_snapshot(d) -> ApiKey:
     """One snapshot record, checked field by field (ValueError if malformed)."""
-    if not isinstance(d, dict) or set(d) != {"id", "name", "role", "secret_hmac", "created", "seq",
-                                             "revoked", "suspended"}:
+    if not isinstance(d, dict) or set(d) != {
+        "id",
+        "name",
+        "role",
+        "secret_hmac",
+        "created",
+        "seq",
+        "revoked",
+        "suspended",
+    }:
         raise ValueError("bad key record")
-    ok = (isinstance(d["id"], str) and _KEY_ID.fullmatch(d["id"]) and isinstance(d["name"], str)
-          and d["role"] in ROLES and isinstance(d["secret_hmac"], str) and _HEX64.fullmatch(d["secret_hmac"])
-          and type(d["created"]) is int and type(d["seq"]) is int
-          and (d["revoked"] is None or type(d["revoked"]) is int)
-          and (d["suspended"] is None or isinstance(d["suspended"], str)))
+    ok = (
+        isinstance(d["id"], str)
+        and _KEY_ID.fullmatch(d["id"])
+        and isinstance(d["name"], str)
+        and d["role"] in ROLES
+        and isinstance(d["secret_hmac"], str)
+        and _HEX64.fullmatch(d["secret_hmac"])
+        and type(d["created"]) is int
+        and type(d["seq"]) is int
+        and (d["revoked"] is None or type(d["revoked"]) is int)
+        and (d["suspended"] is None or isinstance(d["suspended"], str))
+    )
     if not ok:
         raise ValueError("bad key record")
     return ApiKey(**d)
@@ -164,7 +196,7 @@ class KeyStore:
 
     # -- loading ---------------------------------------------------------------
 
-    def load(self) -> "KeyStore":
+    def load(self) -> KeyStore:
         """Snapshot (if it opens) plus the key entries after it; with a writer, the
         snapshot is then brought up to date (and an unusable one replaced, after an
         ``audit.recovery`` entry says so)."""
@@ -179,28 +211,33 @@ class KeyStore:
             if self.through_seq > head:
                 self.problems.append(
                     f"{KEY_FILE}: taken at seq {self.through_seq} but the log ends at seq {head} "
-                    "(cut back, or lost in a crash without fsync); its keys are kept")
+                    "(cut back, or lost in a crash without fsync); its keys are kept"
+                )
                 self.through_seq = head
             elif self.through_seq + 1 < first_seq:
                 # the entries right after the snapshot were purged: a revocation may have gone too
                 damage.append(self.through_seq + 1)
                 self.problems.append(
                     f"{KEY_FILE}: the key entries after seq {self.through_seq} were purged by retention "
-                    "since this snapshot was taken; its keys are suspended (re-create them)")
+                    "since this snapshot was taken; its keys are suspended (re-create them)"
+                )
             after = self.through_seq or None
         elif first_seq > 1:
             self.problems.append(
                 f"no usable {KEY_FILE} and the log starts at seq {first_seq} (older entries purged by "
-                "retention): keys created before it are unknown and grant nothing (re-create them)")
-        for e in self.log.scan(after_seq=after, terms={"action": KEY_ACTIONS},
-                               predicate=lambda e: e.action in KEY_ACTIONS):
+                "retention): keys created before it are unknown and grant nothing (re-create them)"
+            )
+        for e in self.log.scan(
+            after_seq=after, terms={"action": KEY_ACTIONS}, predicate=lambda e: e.action in KEY_ACTIONS
+        ):
             self._apply(e, damage)
         self._suspend_before(damage)
         self.through_seq = max(self.through_seq, head)
         if self.writer is not None:
             if self.rejected is not None:
-                self.writer.append_batch([EntryDraft("system", "audit.recovery", details={
-                    "reason": self.rejected, "file": KEY_FILE})])
+                self.writer.append_batch(
+                    [EntryDraft("system", "audit.recovery", details={"reason": self.rejected, "file": KEY_FILE})]
+                )
                 set_aside(self.path)
             with self._lock:
                 self._save_locked()
@@ -212,8 +249,10 @@ class KeyStore:
         except StateTampered as e:
             if _legacy(self.path):
                 self.rejected = f"{KEY_FILE}: unsealed key file from an earlier version"
-                self.problems.append(self.rejected + ": its keys grant nothing; re-create them "
-                                     "(auditlog apikey create, or POST /api/v1/api-keys)")
+                self.problems.append(
+                    self.rejected + ": its keys grant nothing; re-create them "
+                    "(auditlog apikey create, or POST /api/v1/api-keys)"
+                )
             else:
                 self.rejected = f"{KEY_FILE}: {str(e).split(': ', 1)[-1]}"
                 self.problems.append(self.rejected + "; ignored, keys rebuilt from the log")
@@ -221,8 +260,12 @@ class KeyStore:
         if data is None:
             return None
         try:
-            if not isinstance(data, dict) or set(data) != {"through_seq", "keys"} \
-                    or type(data["through_seq"]) is not int or not isinstance(data["keys"], list):
+            if (
+                not isinstance(data, dict)
+                or set(data) != {"through_seq", "keys"}
+                or type(data["through_seq"]) is not int
+                or not isinstance(data["keys"], list)
+            ):
                 raise ValueError("bad snapshot")
             keys = {k.id: k for k in map(_from_snapshot, data["keys"])}
         except ValueError:
@@ -245,9 +288,16 @@ class KeyStore:
             damage.append(e.seq or _UNKNOWN_SEQ)
             return
         mac = d.get("secret_hmac")
-        if (e.action == CREATE and isinstance(kid, str) and _KEY_ID.fullmatch(kid) and d.get("role") in ROLES
-                and isinstance(mac, str) and _HEX64.fullmatch(mac) and isinstance(e.target, str)
-                and kid not in self._keys):
+        if (
+            e.action == CREATE
+            and isinstance(kid, str)
+            and _KEY_ID.fullmatch(kid)
+            and d.get("role") in ROLES
+            and isinstance(mac, str)
+            and _HEX64.fullmatch(mac)
+            and isinstance(e.target, str)
+            and kid not in self._keys
+        ):
             self._keys[kid] = ApiKey(kid, e.target, d["role"], mac, e.ts, e.seq)
         # (a create without secret_hmac is from an earlier version: it grants nothing)
 
@@ -259,16 +309,16 @@ class KeyStore:
         suspended = []
         for rec in self._keys.values():
             if rec.revoked is None and rec.suspended is None and any(rec.seq < x for x in damage):
-                rec.suspended = (f"the log cannot be read {where} after this key was created "
-                                 "(a revocation may be there)")
+                rec.suspended = f"the log cannot be read {where} after this key was created (a revocation may be there)"
                 suspended.append(rec.id)
         if suspended:
-            self.problems.append(f"API keys {', '.join(sorted(suspended))} suspended: the log cannot be "
-                                 f"read {where} after they were created (re-create them)")
+            self.problems.append(
+                f"API keys {', '.join(sorted(suspended))} suspended: the log cannot be "
+                f"read {where} after they were created (re-create them)"
+            )
 
     def _save_locked(self) -> None:
-        self._seal.write(self.path, {"through_seq": self.through_seq,
-                                     "keys": [k.snapshot() for k in self._sorted()]})
+        self._seal.write(self.path, {"through_seq": self.through_seq, "keys": [k.snapshot() for k in self._sorted()]})
 
     def checkpoint(self) -> None:
         """Bring the snapshot up to the log's head (before retention drops entries)."""
@@ -296,8 +346,9 @@ class KeyStore:
             # the entry is durable; the snapshot just lags and the next start replays it
             pass
 
-    def create(self, name: str, role: str, *, user: str = "system", ip: str | None = None,
-               by_key_id: str | None = None) -> tuple[ApiKey, str]:
+    def create(
+        self, name: str, role: str, *, user: str = "system", ip: str | None = None, by_key_id: str | None = None
+    ) -> tuple[ApiKey, str]:
         """A new key, recorded in the log; returns (record, the key string shown once)."""
         check_role(role)
         check_name(name)
@@ -315,8 +366,7 @@ class KeyStore:
             self._save_after_change()
         return rec, token
 
-    def revoke(self, kid: str, *, user: str = "system", ip: str | None = None,
-               by_key_id: str | None = None) -> ApiKey:
+    def revoke(self, kid: str, *, user: str = "system", ip: str | None = None, by_key_id: str | None = None) -> ApiKey:
         with self._lock:
             rec = self._keys.get(kid)
             if rec is None:
@@ -346,7 +396,7 @@ class KeyStore:
         parts = token.split("_")
         if len(parts) != 3 or parts[0] != "alk":
             raise AuthError("invalid API key")
-        rec = self._keys.get(parts[1])   # one dict read: no lock, no file
+        rec = self._keys.get(parts[1])  # one dict read: no lock, no file
         expected = rec.secret_hmac if rec is not None else self._dummy
         ok = hmac.compare_digest(self._secret_hmac(token), expected)
         if rec is None or not ok or rec.revoked is not None or rec.suspended is not None:
@@ -360,7 +410,7 @@ def set_aside(path: Path) -> None:
     try:
         os.replace(path, path.with_name(path.name + ".rejected"))
     except OSError:
-        pass   # reported again next time
+        pass  # reported again next time
 
 
 def _legacy(path: Path) -> bool:

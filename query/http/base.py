@@ -1,5 +1,7 @@
-"""The aiohttp application: ``create_app(service)`` mounts every route.
+"""What the node's HTTP apps and their routes share: the running node under its
+app key, the one error shape, the error middleware and authorization.
 
+Routes import this module, never ``query.http.app`` (which imports the routes).
 One error shape for every failure, pinned by tests::
 
     {"error": {"status": 400, "message": "...", "problems": [...]}}
@@ -12,11 +14,12 @@ import logging
 from aiohttp import web
 
 from engine.errors import AuditLogError
-from query.auth import AuthError, require
-from query.service import Overloaded, Service
+from ingest.committer import Overloaded
+from query.http.auth import AuthError, require
+from query.node import RunningNode
 
 log = logging.getLogger("auditlog.http")
-SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+NODE: web.AppKey[RunningNode] = web.AppKey("node", RunningNode)
 
 
 def error_response(status: int, message: str, **extra) -> web.Response:
@@ -27,7 +30,7 @@ def error_response(status: int, message: str, **extra) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    service = request.app[SERVICE]
+    node = request.app[NODE]
     try:
         resp = await handler(request)
     except AuditLogError as e:
@@ -37,45 +40,40 @@ async def error_middleware(request: web.Request, handler):
             extra["problems"] = problems[:100]
         resp = error_response(e.http_status, str(e), **extra)
     except Overloaded as e:
-        resp = error_response(503, f"{e}; retry later", )
+        resp = error_response(
+            503,
+            f"{e}; retry later",
+        )
         resp.headers["Retry-After"] = "1"
     except web.HTTPRequestEntityTooLarge:
-        resp = error_response(413, f"request body too large (limit {service.settings.max_body_bytes} bytes)")
+        resp = error_response(413, f"request body too large (limit {node.settings.max_body_bytes} bytes)")
     except web.HTTPMethodNotAllowed as e:
-        resp = error_response(405, f"method {request.method} not allowed here; the log is append-only "
-                                   f"(allowed: {', '.join(sorted(e.allowed_methods))})")
+        resp = error_response(
+            405,
+            f"method {request.method} not allowed here; the log is append-only "
+            f"(allowed: {', '.join(sorted(e.allowed_methods))})",
+        )
         resp.headers["Allow"] = ",".join(sorted(e.allowed_methods))
     except web.HTTPException as e:
         if e.status < 400:
             raise
         resp = error_response(e.status, e.reason if e.status != 404 else f"no such resource: {request.path}")
-    except Exception:   # never leak a traceback to a client
+    except Exception:  # never leak a traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(500, "internal error (logged on the server)")
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    service.metrics.inc("auditlog_http_requests_total", route=route, status=resp.status)
+    node.metrics.inc("auditlog_http_requests_total", route=route, status=resp.status)
     return resp
 
 
 def authorize(request: web.Request, grant: str):
     """Authenticate the bearer key and check its role; records the key's use."""
-    service = request.app[SERVICE]
+    node = request.app[NODE]
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
     if header and token is None:
         raise AuthError("Authorization header must be 'Bearer <key>'")
-    key = service.keys.authenticate(token)
-    service.note_key_use(key, request.remote)
+    key = node.keys.authenticate(token)
+    node.note_key_use(key, request.remote)
     require(key, grant)
     return key
-
-
-def create_app(service: Service) -> web.Application:
-    from query.routes import admin, audit_log, events, ops
-    app = web.Application(middlewares=[error_middleware], client_max_size=service.settings.max_body_bytes)
-    app[SERVICE] = service
-    events.setup(app)
-    audit_log.setup(app)
-    admin.setup(app)
-    ops.setup(app)
-    return app

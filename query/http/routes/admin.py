@@ -1,7 +1,7 @@
 """API key management (admin role): create, list, revoke.
 
 A create or revoke *is* its audit entry (``audit.api_key_create`` /
-``audit.api_key_revoke``, see query/auth.py): the key store appends it and
+``audit.api_key_revoke``, see query/http/auth.py): the key store appends it and
 only then changes what authentication accepts.
 """
 
@@ -11,13 +11,13 @@ import json
 
 from aiohttp import web
 
-from query.app import SERVICE, authorize
 from query.errors import QueryError
+from query.http.base import NODE, authorize
 
 
 async def create_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     try:
         body = json.loads(await request.text())
     except (ValueError, UnicodeDecodeError):
@@ -25,19 +25,18 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) - {"name", "role"}:
         raise QueryError('body must be {"name": "...", "role": "writer|reader|admin"}')
     name, role, ip = body.get("name"), body.get("role"), request.remote
-    rec, token = await service.run(
-        lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
+    rec, token = await service.run(lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response({**rec.public(), "key": token}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     authorize(request, "admin")
-    return web.json_response({"keys": [k.public() for k in request.app[SERVICE].keys.list()]})
+    return web.json_response({"keys": [k.public() for k in request.app[NODE].keys.list()]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
-    service = request.app[SERVICE]
+    service = request.app[NODE]
     kid, ip = request.match_info["key_id"], request.remote
     rec = await service.run(lambda: service.keys.revoke(kid, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response(rec.public())

@@ -1,4 +1,5 @@
-"""Decoding and validating ingest bodies in worker processes.
+"""Decoding and validating ingest bodies: on the event loop, in a thread, or in
+worker processes (``Validator`` picks by body size and configuration).
 
 Validation is pure CPU and holds the GIL, so in one process it competes with
 the writer, the HTTP server and the readers for one core.  Worker processes
@@ -11,14 +12,20 @@ same exceptions, so callers cannot tell the difference.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 from engine.entry import pack_draft
 from engine.errors import AuditLogError
 from ingest.body import BodyError, UnsupportedMediaError, decode_and_validate
 from ingest.errors import BatchTooLargeError, InvalidEventError
+from ingest.idempotency import request_fingerprint
 from ingest.limits import Limits
+
+#: Ingest bodies up to this size are decoded and validated on the event loop
+#: (a few events take tens of microseconds; a hop to a thread or worker costs more).
+INLINE_VALIDATION_BYTES = 16384
 
 
 def decode_and_validate_packed(raw: bytes, ctype: str, limits: Limits):
@@ -61,13 +68,15 @@ def _worker_init() -> None:
     """
     import os
     import sys
+
     try:
         import ctypes
         import signal
+
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:   # the parent died before prctl took effect
+        if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(0)
     except (OSError, AttributeError):
         pass
@@ -81,6 +90,7 @@ def _worker_init() -> None:
 def _warm_up() -> int:
     """Import the validation path in a worker (so the first request does not pay for it)."""
     import ingest.body  # noqa: F401
+
     return 1
 
 
@@ -97,3 +107,37 @@ class ValidationPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class Validator:
+    """Where an ingest body is decoded, validated and fingerprinted: small bodies
+    on the event loop, larger ones in ``executor``'s threads, or in ``workers``
+    worker processes when there are any (then as packed drafts: either kind goes
+    to ``ingest.committer.Committer.append``)."""
+
+    def __init__(self, limits: Limits, executor: Executor, workers: int = 0):
+        self.limits = limits
+        self.executor = executor
+        self.pool = ValidationPool(workers) if workers > 0 else None
+
+    async def validate(self, raw: bytes, ctype: str):
+        limits = self.limits
+        if len(raw) <= INLINE_VALIDATION_BYTES:
+            # a few events: cheaper here than the hop to a thread or a worker
+            return decode_and_validate(raw, ctype, limits)
+        loop = asyncio.get_running_loop()
+        if self.pool is None:
+            return await loop.run_in_executor(self.executor, decode_and_validate, raw, ctype, limits)
+        result = await loop.run_in_executor(self.pool.executor, decode_and_validate_packed, raw, ctype, limits)
+        return unpack_result(result)
+
+    async def fingerprint(self, raw: bytes, ctype: str) -> str:
+        """The request fingerprint an Idempotency-Key is bound to (``request_fingerprint``);
+        a large body is hashed off the event loop (hashlib lets go of the GIL)."""
+        if len(raw) <= INLINE_VALIDATION_BYTES:
+            return request_fingerprint(raw, ctype)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, request_fingerprint, raw, ctype)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()

@@ -1,0 +1,430 @@
+"""The running node, and ``build_node``: the one place it is put together.
+
+``build_node(config, data_dir)`` turns a node's configuration (``NodeConfig``:
+what ``cli.config.Config.node_config`` makes of the config file) and its data
+dir into a ``RunningNode``: the writer and the reader, the API keys, metrics,
+idempotency keys, the committer and validation (``ingest/``), and, when
+configured, the cluster (``query.cluster``) and the syslog forwarder
+(``export.syslog``), each handed what it needs.  The node is open (writer
+recovered, keys loaded) when ``build_node`` returns; its cluster and forwarder
+run while an app made by ``query.http.app.create_app`` runs (``running``, in the
+app's ``cleanup_ctx``), and ``close`` closes everything.
+
+It sits above ``ingest``, ``export`` and the rest of ``query`` because it is
+the only code that needs all of them; ``auditlog serve``, the tests' fixtures
+and the benchmark servers all build their nodes here.  Blocking work (appends,
+scans, verification) runs in a thread pool so the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine import clock
+from engine.datadir import DataDir, Node
+from engine.entry import EntryDraft, format_ts
+from engine.log import NodeLog
+from engine.settings import StoreSettings
+from engine.state import StateSeal
+from engine.writer import AppendResult, LogWriter
+from export.syslog import SyslogForwarder, SyslogSettings
+from ingest.committer import Committer
+from ingest.idempotency import IdempotencyCache
+from ingest.limits import DEFAULT_LIMITS, Limits
+from ingest.pipeline import IngestPipeline
+from ingest.validation_pool import Validator
+from query.cluster.fanout import Cluster
+from query.cluster.settings import ClusterSettings
+from query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
+from query.http.metrics import Metrics
+
+log = logging.getLogger("auditlog.service")
+
+
+def default_validate_workers() -> int:
+    """One validation worker when there is a second CPU for it, else none."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_query_limit: int = 10000
+    default_query_limit: int = 1000
+    max_pending_events: int = 200_000
+    idempotency_entries: int = 10_000
+    #: worker processes that decode and validate ingest bodies (0: in a thread here)
+    validate_workers: int = 0
+    key_use_interval: float = 60.0
+    retention_interval: float = 86400.0
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``build_node`` needs besides the data dir."""
+
+    store: StoreSettings = StoreSettings()
+    service: ServiceSettings = ServiceSettings()
+    cluster: ClusterSettings | None = None
+    syslog: SyslogSettings | None = None
+
+
+def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
+    """The node of ``data_dir`` as ``config`` says, open; ``close()`` it when done."""
+    node = data_dir.open()
+    store, settings = config.store, config.service
+    reader = NodeLog(data_dir, node)
+    if store.line_files:
+        from engine.lines import LineFiles
+        from export.ndjson import LINES_TAG, line_renderer
+
+        reader.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
+    writer = LogWriter(data_dir, node, store, reader)
+    seal = StateSeal(node.key, node.node_id)
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")
+    idempotency = IdempotencyCache(
+        settings.idempotency_entries,
+        data_dir.state / IdempotencyCache.FILE_NAME,
+        seal=seal,
+        fsync=store.fsync != "none",
+    )
+    committer = Committer(writer, executor, max_pending=settings.max_pending_events, idempotency=idempotency)
+    validator = Validator(settings.limits, executor, settings.validate_workers)
+    rn = RunningNode(
+        data_dir,
+        node,
+        config,
+        reader,
+        writer,
+        seal,
+        executor,
+        idempotency,
+        committer,
+        IngestPipeline(validator, committer, idempotency),
+    )
+    try:
+        rn.open()
+        if config.cluster is not None and config.cluster.enabled:
+            rn.cluster = Cluster(rn, config.cluster.without(node.node_id))
+        if config.syslog is not None:
+            rn.syslog = forwarder(rn, config.syslog)
+            rn.metrics_for_syslog()
+    except BaseException:
+        rn.close()
+        raise
+    return rn
+
+
+def forwarder(rn: RunningNode, settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
+    """A syslog forwarder of ``rn``'s log, handed exactly what it uses."""
+    return SyslogForwarder(
+        settings,
+        reader=rn.log,
+        head_seq=lambda: rn.writer.next_seq - 1,
+        seal=rn.seal,
+        state_dir=rn.data_dir.state,
+        rejected=rn.state_rejected,
+        batch=batch,
+    )
+
+
+class RunningNode:
+    """One node at work: what the HTTP routes, the peer listener and the background
+    jobs use.  Made by ``build_node``."""
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        node: Node,
+        config: NodeConfig,
+        reader: NodeLog,
+        writer: LogWriter,
+        seal: StateSeal,
+        executor: ThreadPoolExecutor,
+        idempotency: IdempotencyCache,
+        committer: Committer,
+        ingest: IngestPipeline,
+    ):
+        self.data_dir = data_dir
+        self.node = node
+        self.node_id = node.node_id
+        self.config = config
+        self.store = config.store
+        self.settings = config.service
+        self.log = reader
+        self.writer = writer
+        #: seals and opens this node's state files (engine.state)
+        self.seal = seal
+        self.executor = executor
+        self.idempotency = idempotency
+        self.committer = committer
+        self.ingest = ingest
+        #: the API keys: a projection of the log's key entries, held in memory (loaded by ``open``)
+        self.keys = KeyStore(node, data_dir.state, reader, writer)
+        self.metrics = Metrics()
+        # shown even at 0, so that a scrape tells "checked, nothing forged" from "not checked"
+        self.metrics.inc("auditlog_state_rejected_total", idempotency.rejected, file=IdempotencyCache.FILE_NAME)
+        self._key_uses: dict[str, list] = {}
+        self._key_lock = threading.Lock()
+        self.last_retention: dict | None = None
+        #: the cluster (query.cluster.fanout.Cluster) when [cluster] has a listener or peers
+        self.cluster: Cluster | None = None
+        #: the syslog forwarder (export.syslog.SyslogForwarder) when [syslog] is configured
+        self.syslog: SyslogForwarder | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> None:
+        self.writer.on_commit = self._on_commit
+        self.writer.open()
+        # keys written ahead of a commit that a crash then lost (cut back by recovery)
+        # must not answer for seqs the log does not hold
+        self.idempotency.prune_beyond(self.writer.next_seq - 1)
+        m = self.metrics
+        m.declare(
+            "auditlog_state_rejected_total",
+            "counter",
+            "State files under <data-dir>/state/ ignored at start because they failed their seal",
+        )
+        self.keys.load()  # records audit.recovery itself for a snapshot it could not use
+        for problem in self.keys.problems:
+            log.warning("%s", problem)
+        if self.keys.rejected is not None:
+            m.inc("auditlog_state_rejected_total", file=KEY_FILE)
+        self.last_retention = self._derive_last_retention(report=True)
+        m.gauge("auditlog_write_queue_events", "Events waiting for the writer", lambda: self.committer.pending_events)
+        m.gauge("auditlog_head_seq", "Last seq appended on this node", lambda: self.writer.next_seq - 1)
+        m.gauge(
+            "auditlog_retention_last_run_timestamp_seconds",
+            "When retention last ran",
+            lambda: _parse_iso(self.last_retention.get("ran_at")) if self.last_retention else None,
+        )
+        m.gauge(
+            "auditlog_retention_last_dropped_entries",
+            "Entries dropped by the last retention run",
+            lambda: self.last_retention.get("dropped_entries") if self.last_retention else None,
+        )
+
+    def metrics_for_syslog(self) -> None:
+        m, fwd = self.metrics, self.syslog
+        m.gauge(
+            "auditlog_syslog_lag_entries",
+            "Entries appended but not yet forwarded to syslog",
+            lambda: fwd.status()["lag"],
+        )
+        m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start", lambda: fwd.errors)
+        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver", lambda: int(fwd.connected))
+
+    async def start(self) -> None:
+        """Start what runs beside the requests: the syslog forwarder, the cluster's
+        peer connections (recording membership changes)."""
+        if self.syslog is not None:
+            self.syslog.start()
+        if self.cluster is not None:
+            await self.cluster.start()
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.syslog is not None:
+            self.syslog.stop()
+
+    async def running(self, app=None):
+        """For an aiohttp app's ``cleanup_ctx``: started with the app, stopped with it."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.syslog is not None:
+            self.syslog.stop()
+        try:
+            self.flush_key_uses()
+        except Exception:  # pragma: no cover - shutdown must go on
+            log.exception("could not record API key use at shutdown")
+        self.writer.close()
+        self.idempotency.close()
+        self.ingest.validator.close()
+        self.executor.shutdown(wait=True)
+
+    def _on_commit(self, n: int, seconds: float) -> None:
+        if self.syslog is not None:
+            self.syslog.wake.set()
+        self.metrics.inc("auditlog_appended_entries_total", n)
+        self.metrics.fsync_seconds.observe(seconds)
+        self.metrics.batch_size.observe(n)
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def record(self, user: str, action: str, **fields) -> AppendResult:
+        """Append one of the log's own bookkeeping entries.
+
+        Not subject to back-pressure: it records something already done (a key
+        created or revoked, an export sent), so a full queue must not drop it.
+        """
+        return await self.run(
+            self.writer.append_batch,
+            [
+                EntryDraft(
+                    user,
+                    action,
+                    fields.get("target"),
+                    None,
+                    fields.get("ip"),
+                    fields.get("user_agent"),
+                    True,
+                    fields.get("details", {}),
+                )
+            ],
+        )
+
+    # -- API key use (at most one entry per key per interval, with a count) ----
+
+    def note_key_use(self, key: ApiKey, ip: str | None) -> None:
+        with self._key_lock:
+            rec = self._key_uses.get(key.id)
+            if rec is None:
+                self._key_uses[key.id] = [key.name, key.role, 1, clock.now_us(), ip]
+            else:
+                rec[2] += 1
+                rec[4] = ip or rec[4]
+
+    def flush_key_uses(self) -> int:
+        with self._key_lock:
+            uses, self._key_uses = self._key_uses, {}
+        if not uses:
+            return 0
+        drafts = [
+            EntryDraft(
+                name,
+                "auth.api_key_used",
+                kid,
+                None,
+                ip,
+                None,
+                True,
+                {"key_id": kid, "role": role, "count": count, "first_use": format_ts(first)[:19] + "Z"},
+            )
+            for kid, (name, role, count, first, ip) in sorted(uses.items())
+        ]
+        self.writer.append_batch(drafts)
+        return len(drafts)
+
+    # -- retention -----------------------------------------------------------------
+
+    def head_info(self) -> dict:
+        """This node's row of ``/api/v1/cluster`` (also served to peers)."""
+        from engine.entry import format_ts
+
+        head_seq, last_ts = self.log.head()
+        days = self.store.retention_days
+        cluster = self.cluster
+        return {
+            "node": self.node_id,
+            "status": "ok",
+            "head_seq": head_seq,
+            "last_ts": format_ts(last_ts) if last_ts else None,
+            "retention_days": "forever" if days is None else days,
+            "retention_last_run": self.last_retention,
+            "last_checkpoint": cluster.last_checkpoint if cluster else None,
+            "syslog": self.syslog.status() if self.syslog else None,
+        }
+
+    def signatures_at(self, seqs) -> dict:
+        """Signatures of the entries at ``seqs`` plus the log's seq range (witness checks).
+
+        One ordered walk over the log from the lowest seq asked for to the highest,
+        not a lookup per seq; only where the next seq asked for lies more than
+        ``WALK_GAP`` entries ahead does a fresh scan start there (a scan's start
+        costs about as much as walking that many entries).  A seq in range with no
+        entry that verifies (missing, damaged) answers None.
+        """
+        from query.cluster.witness import WALK_GAP
+
+        def first_seq() -> int:
+            infos = self.log.segment_infos()
+            return next((i.first_seq for i in infos if i.header is not None), 1)
+
+        head_seq, _ = self.log.head()  # first: every seq up to it is on disk for the walk
+        first = first_seq()
+        want = sorted({s for s in seqs if first <= s <= head_seq})
+        n = len(want)
+        found: dict[int, bytes | None] = {}
+        i = 0
+        while i < n:
+            start = i
+            for e in self.log.scan(after_seq=want[i] - 1):
+                s = e.seq
+                while i < n and want[i] < s:
+                    i += 1  # passed by: no entry there
+                if i == n:
+                    break
+                if want[i] == s:
+                    if e.integrity == "ok":
+                        # two entries at one seq that verify and disagree: neither answers
+                        have = found.get(s, e.signature)
+                        found[s] = e.signature if have == e.signature else None
+                elif want[i] - s > WALK_GAP:
+                    break  # far to the next one: a fresh scan starts there
+            else:
+                break  # the log ends before the rest
+            if i == start:
+                break
+        # a retention run meanwhile dropped whatever lies below its new first seq
+        first = max(first, first_seq())
+        sigs: dict[str, str | None] = {}
+        for s in want:
+            if s >= first:
+                sig = found.get(s)
+                sigs[str(s)] = sig.hex() if sig is not None else None
+        return {"node": self.node_id, "first_seq": first, "head_seq": head_seq, "sigs": sigs}
+
+    def run_retention(self, as_of_us=None, dry_run=False):
+        from engine.retention import run_retention
+
+        if not dry_run:
+            # the snapshot must hold every key whose create entry may be dropped now
+            self.keys.checkpoint()
+        report = run_retention(self.writer, as_of_us, dry_run)
+        if not dry_run:
+            self.last_retention = self._derive_last_retention()
+        return report
+
+    def _derive_last_retention(self, report: bool = False) -> dict | None:
+        """The last retention run, from the log's purge entries and the sealed quiet-run record."""
+        from engine.retention import STATE_FILE, load_last_run
+
+        last, problem = load_last_run(self.log, self.seal, self.data_dir.state)
+        if problem is not None and report:
+            self.state_rejected(STATE_FILE, problem)
+        return last
+
+    def state_rejected(self, file: str, problem: str) -> None:
+        """Report a state file that failed its seal (and is being ignored): a warning,
+        the ``auditlog_state_rejected_total`` counter and an ``audit.recovery`` entry;
+        the file is then set aside as ``<file>.rejected``."""
+        log.warning("state file %s ignored: %s", file, problem)
+        self.metrics.inc("auditlog_state_rejected_total", file=file)
+        self.writer.append_batch([EntryDraft("system", "audit.recovery", details={"reason": problem, "file": file})])
+        set_aside(self.data_dir.state / file)
+
+
+def _parse_iso(s: str | None) -> float | None:
+    if not s:
+        return None
+    from query.timeparse import parse_time
+
+    return parse_time(s) / 1e6

@@ -1,0 +1,155 @@
+"""This node's part of a read, as a merge takes it: entries (``LocalSource``)
+or rendered NDJSON lines (``LocalLineSource``, through ``LineTaker``), read in a
+worker thread of the node's executor."""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+
+from engine.entry import Entry
+from engine.items import VerifiedFrame
+from engine.lines import LEN_CODE, line_marks
+from export.csv import TimestampFormatter
+from export.ndjson import ndjson_lines, record_lines
+from query.filters import Filter
+from query.linemerge import LineSource
+from query.merge import Source
+from query.scan import read_node, scan_node
+
+
+class LocalSource(Source):
+    def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 1000):
+        super().__init__(service.node_id)
+        self.service = service
+        self.gen = scan_node(service.log, flt, order=order, after=after)
+        self.batch = batch
+
+    async def next_batch(self) -> list[Entry] | None:
+        return await self.service.run(_take, self.gen, self.batch) or None
+
+
+def _take(gen, n: int) -> list:
+    out = []
+    for e in gen:
+        out.append(e)
+        if len(out) >= n:
+            break
+    return out
+
+
+class LocalLineSource(LineSource):
+    """This node's part of an NDJSON answer, scanned and rendered in a worker thread,
+    one chunk ahead: the next chunk is read while this one is merged and sent."""
+
+    def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 2000):
+        super().__init__(service.node_id)
+        self.service = service
+        self.taker = LineTaker(
+            service.log, read_node(service.log, flt, order=order, after=after), flt.from_us, flt.to_us, order
+        )
+        self.batch = batch
+        self._ahead: asyncio.Future | None = None
+
+    def _read_ahead(self) -> None:
+        self._ahead = asyncio.get_running_loop().run_in_executor(
+            self.service.executor, _take_marked, self.taker, self.batch
+        )
+
+    async def next_lines(self):
+        if self._ahead is None:
+            self._read_ahead()
+        got = await self._ahead
+        self._ahead = None
+        if got is None:
+            return None
+        self._read_ahead()
+        ts, marks, blob, bad = got
+        self.violations += bad
+        return ts, marks, blob
+
+    async def close(self) -> None:
+        # the scan generator is busy in a worker until its chunk is done
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            try:
+                await ahead
+            except Exception:
+                pass
+
+
+def _take_marked(taker: LineTaker, n: int):
+    got = taker.take(n)
+    return None if got is None else (got[0], line_marks(got[1]), got[2], got[3])
+
+
+class LineTaker:
+    """One node's read (``query.scan.read_node``) as NDJSON lines, chunk by chunk.
+
+    The one path from the reader's items to lines: a whole verified frame is
+    rendered from its records, or taken from the segment's line file when the
+    log keeps them (``engine.lines``: a block is used only for the very frame,
+    by MAC, that has just verified); a part of a frame and damage (flagged
+    entries, markers placed in the window) are rendered entry by entry.
+    """
+
+    def __init__(self, log, items, from_us: int | None, to_us: int | None, order: str):
+        self.items = items
+        self.node = log.node
+        self.lines = log.line_files
+        self.lo, self.hi = from_us, to_us
+        self.desc = order == "desc"
+        self.timestamps = TimestampFormatter().format
+        self._segment = None
+        self._last: int | None = None  # ts of the last line handed out
+
+    def take(self, n: int, *, joined: bool = True) -> tuple[list[int], array, bytes | list[bytes], int] | None:
+        """At least ``n`` entries (or the rest) as (timestamps, line lengths, the lines
+        as one blob, non-ok count); ``joined=False``: the lines as a list of blobs."""
+        ts: list[int] = []
+        lens = array(LEN_CODE)
+        parts: list[bytes] = []
+        bad = 0
+        timestamps = self.timestamps
+        for item in self.items:
+            if type(item) is VerifiedFrame:
+                if item.whole:
+                    if self.lines is not None:
+                        if item.path != self._segment:
+                            self._segment = item.path
+                            self.lines.begin(item.path)
+                        try:
+                            r = self.lines.frame(
+                                item.path, item.ordinal, item.offset, item.end, item.mac, item.stored_records
+                            )
+                        except (ValueError, TypeError, IndexError):
+                            r = None
+                        if r is not None:
+                            if self.desc:
+                                r = r.reversed()
+                            ts += r.ts
+                            lens += r.lens
+                            parts.append(r.blob)
+                            if len(ts) >= n:
+                                break
+                            continue
+                    recs = item.records()
+                    ts += [r[1] for r in recs]
+                    lines = record_lines(self.node, recs, timestamps)
+                else:
+                    entries = item.entries()
+                    ts += [e.ts for e in entries]
+                    lines = ndjson_lines(entries, timestamps)
+            else:
+                entries = item.as_entries(self.lo, self.hi, ts[-1] if ts else self._last, self.desc)
+                ts += [e.ts for e in entries]
+                lines = ndjson_lines(entries, timestamps)
+                bad += len(entries)
+            lens.extend(map(len, lines))
+            parts.append(b"".join(lines))
+            if len(ts) >= n:
+                break
+        if not ts:
+            return None
+        self._last = ts[-1]
+        return ts, lens, b"".join(parts) if joined else parts, bad
