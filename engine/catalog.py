@@ -29,6 +29,7 @@ import msgpack
 from engine.chain import NodeKey
 from engine.datadir import DataDir, Node, write_atomic
 from engine.entry import R_SIG
+from engine.frame import COMPRESSED_FROM, FrameError
 from engine.index import FrameRow, SegmentIndex, index_path
 from engine.segment import (
     MAX_HEADER,
@@ -157,6 +158,7 @@ def index_segment(
             start = header.size
             prev_mac = header.mac
         tail = None
+        fallback: dict[int, int | None] = {}  # damaged row -> its header's seq_to, if no frame after closes it
         last_good_ts = idx.verified_hi if idx.verified_hi is not None else header.created_us
         for fr in walk_frames(data, start, prev_mac, key, size, version=header.version):
             if fr.problem == "truncated":
@@ -164,13 +166,13 @@ def index_segment(
                 break
             if fr.problem is None:
                 try:
-                    recs = unpack_records(fr.payload)
+                    recs = unpack_records(fr.plain())
                     ok = (
                         isinstance(recs, tuple)
                         and len(recs) == fr.header.count
                         and all(isinstance(r, tuple) and len(r) == 11 for r in recs)
                     )
-                except (ValueError, TypeError, msgpack.UnpackException):
+                except (FrameError, ValueError, TypeError, msgpack.UnpackException):
                     ok = False
                 if ok:
                     h = fr.header
@@ -182,18 +184,27 @@ def index_segment(
                     continue
                 fr.problem, fr.detail = "undecodable", f"frame at offset {fr.offset} does not decode"
             h = fr.header
+            expected = (idx.frames[-1].first_seq + max(idx.frames[-1].count, 1)) if idx.frames else header.first_seq
             if h is not None:
                 first, count = h.first_seq, h.count
+                seq_to = first + count - 1
                 if fr.problem == "mac_mismatch":
                     # the payload still matches the checksum in the header, so the header
                     # (which only the MAC covers) is the suspect: the records say which
-                    # seqs the damage concerns
-                    first, count = record_seq_range(fr.payload) or (first, count)
-                seq_to = first + count - 1
+                    # seqs the damage concerns, or (a compressed payload is not opened
+                    # unverified) the frames around it do
+                    found = record_seq_range(fr.payload, fr.version)
+                    if found is not None:
+                        first, count = found
+                        seq_to = first + count - 1
+                    else:
+                        if first != expected:
+                            seq_to = None
+                        fallback[len(idx.frames)] = seq_to
+                        first, seq_to = expected, None
                 idx.last_mac = fr.mac or idx.last_mac
             else:
-                first = (idx.frames[-1].first_seq + max(idx.frames[-1].count, 1)) if idx.frames else header.first_seq
-                count, seq_to = 0, None
+                first, count, seq_to = expected, 0, None
             idx.add_damaged(
                 FrameRow(fr.offset, first, count, last_good_ts, last_good_ts), fr.problem, fr.detail, first, seq_to
             )
@@ -201,21 +212,32 @@ def index_segment(
             # signatures of what follows cannot be chained from a damaged frame
             idx.last_sig = b""
         idx.settle_damage()
-        _close_stretches(idx)
+        _close_stretches(idx, fallback)
         return SegmentInfo(path, header, idx, problem, tail, sd.size)
 
 
-def _close_stretches(idx: SegmentIndex) -> None:
-    """A stretch that is no frame at all holds what lies between the frames around it."""
+def _close_stretches(idx: SegmentIndex, fallback: dict[int, int | None]) -> None:
+    """A stretch whose end is unknown (no frame at all, or a header that did not verify)
+    holds what lies between the frames around it; with no frame after it, the end its
+    header claims (``fallback``) when that header starts where the stretch does."""
     for o, dmg in idx.damaged.items():
         if dmg[3] is None and o + 1 < len(idx.frames):
             nxt = idx.frames[o + 1].first_seq
             if nxt - 1 >= dmg[2]:
                 dmg[3] = nxt - 1
+        if o in fallback:
+            if dmg[3] is None:
+                dmg[3] = fallback[o]
+            row = idx.frames[o]
+            row.count = 0 if dmg[3] is None else dmg[3] - dmg[2] + 1
 
 
-def record_seq_range(payload: bytes) -> tuple[int, int] | None:
-    """(first seq, count) the records of a payload carry, if they decode and are contiguous."""
+def record_seq_range(payload: bytes, version: int) -> tuple[int, int] | None:
+    """(first seq, count) the records of a payload that matches its checksum carry, if
+    they decode and are contiguous.  A compressed payload whose MAC did not verify is
+    never decompressed: None."""
+    if version >= COMPRESSED_FROM:
+        return None
     try:
         recs = unpack_records(payload)
     except (ValueError, TypeError, msgpack.UnpackException):

@@ -4,8 +4,8 @@
 stands (next seq, last signature and frame MAC, the active segment's size), it
 signs the entries in their chain, cuts the records into frames (at most
 ``frame_max_payload`` of records each, a record larger than that alone in its
-own), marks every frame but the last as continuing the commit, and cuts the
-frames into the segments they fit in (a segment that already holds a frame is
+own), compresses each (format 3), marks every frame but the last as continuing
+the commit, and cuts the frames into the segments they fit in (a segment that already holds a frame is
 never grown past ``segment_max_bytes``: the commit rolls into a new segment,
 whose header the plan builds too).  The writer (``engine.writer``) only
 carries the plan out: writes, syncs, creates segments, in that order.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from engine.chain import NodeKey
 from engine.entry import RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len, record_from_canonical
-from engine.frame import HEADER_SIZE, MAC_SIZE, array_header, build_frame
+from engine.frame import OVERHEAD, encode_payload, seal_frame
 from engine.segment import FORMAT_VERSION, SegmentHeader
 
 
@@ -87,12 +87,12 @@ def plan_commit(
 
     def emit(continues: bool) -> None:
         nonlocal size, has_frames, records, rsize, first, prev_mac, sig_before_frame
-        frame_len = HEADER_SIZE + len(array_header(len(records))) + rsize + MAC_SIZE
-        if has_frames and size + frame_len > segment_max_bytes:
+        stored = encode_payload(records, version)
+        if has_frames and size + OVERHEAD + len(stored) > segment_max_bytes:
             raw, hdr = SegmentHeader.build(key, node, first, ts, sig_before_frame, prev_mac, version)
             pieces.append(Piece(hdr, raw))
             size, prev_mac = hdr.size, hdr.mac
-        data, mac = build_frame(records, first, ts, ts, key, prev_mac, continues=continues, version=version)
+        data, mac = seal_frame(stored, len(records), first, ts, ts, key, prev_mac, continues=continues, version=version)
         pieces[-1].frames.append(PlannedFrame(size, first, len(records), mac, last_sig, data))
         size += len(data)
         has_frames = True

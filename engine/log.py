@@ -33,7 +33,7 @@ import msgpack
 from engine.catalog import Catalog, SegmentInfo, unpack_records
 from engine.datadir import DataDir, Node
 from engine.entry import ENTRY_SUB, R_SIG, Entry
-from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header
+from engine.frame import COMPRESSED_FROM, HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header, plain_payload
 from engine.index import FrameRow
 from engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
 from engine.layout import Slot, layout
@@ -341,8 +341,13 @@ class NodeLog:
             problem = "frame_corrupt"
         if problem is not None:
             d = self._damage(slot, o, row, problem, f"frame at offset {off}: {problem.replace('_', ' ')}")
-            d.entries = self._salvage(payload, d, problem, info.name, off)
+            d.entries = self._salvage(payload, info.version, d, problem, info.name, off)
             return d
+        try:
+            # decompressed only now that the stored bytes verified, never past the cap
+            plain = plain_payload(payload, info.version)
+        except FrameError as e:
+            return self._damage(slot, o, row, e.kind, f"frame at offset {off}: {e.detail}")
         return VerifiedFrame(
             self.node,
             info.path,
@@ -350,7 +355,7 @@ class NodeLog:
             off,
             off + HEADER_SIZE + hdr.payload_len + MAC_SIZE,
             bytes(mac),
-            bytes(payload),
+            bytes(plain),
             desc,
         )
 
@@ -388,12 +393,13 @@ class NodeLog:
             _, payload, _, _ = self._check_frame_at(data, row.offset, info.version)
         except FrameError:
             return d
-        d.entries = self._salvage(payload, d, kind, info.name, row.offset)
+        d.entries = self._salvage(payload, info.version, d, kind, info.name, row.offset)
         return d
 
-    def _salvage(self, payload, d: Damage, problem: str, segment: str, off: int) -> list[Entry]:
-        """Flagged entries of a damaged frame, when its records decode (else [] and a marker)."""
-        if payload is None or d.seq_to is None:
+    def _salvage(self, payload, version: int, d: Damage, problem: str, segment: str, off: int) -> list[Entry]:
+        """Flagged entries of a damaged frame, when its records decode (else [] and a marker).
+        A compressed payload that did not verify is never decompressed: a marker."""
+        if payload is None or d.seq_to is None or version >= COMPRESSED_FROM:
             return []
         try:
             recs = unpack_records(payload)
@@ -453,6 +459,7 @@ class NodeLog:
         done: set[int] = set()
         batch: list[Entry] = []
         batch_frame = -1
+        plain: dict[int, bytes | None] = {}  # compressed frames: decompressed once each
         for seq, off in events:
             o = -1 - off if off < 0 else idx.frame_of_seq(seq)
             if not start <= o < stop or o in done:
@@ -466,7 +473,10 @@ class NodeLog:
                 continue
             if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
                 continue
-            e = self._read_record(info, data, seq, off, o)
+            if info.version >= COMPRESSED_FROM:
+                e = self._read_compressed_record(info, data, seq, off, o, plain)
+            else:
+                e = self._read_record(info, data, seq, off, o)
             if e is None:
                 # the record does not verify where the posting points: read the whole
                 # frame, checked, and report what is wrong with it
@@ -488,6 +498,33 @@ class NodeLog:
     def _partial(self, info: SegmentInfo, o: int, entries: list[Entry], desc: bool) -> VerifiedFrame:
         row = info.index.frames[o]
         return VerifiedFrame(self.node, info.path, o, row.offset, 0, b"", desc=desc, entries=entries)
+
+    def _read_compressed_record(
+        self, info: SegmentInfo, data, seq: int, off: int, o: int, plain: dict[int, bytes | None]
+    ) -> Entry | None:
+        """One record read through a posting in a compressed frame: the frame's stored
+        bytes checked (checksum and MAC) and decompressed once, the record taken at its
+        offset in the plain payload (authentic as the frame is)."""
+        if o not in plain:
+            row = info.index.frames[o]
+            try:
+                hdr, payload, _, problem = self._check_frame_at(data, row.offset, info.version)
+                ok = problem is None and hdr.first_seq == row.first_seq and hdr.count == row.count
+                plain[o] = plain_payload(payload, info.version) if ok else None
+            except FrameError:
+                plain[o] = None
+        buf = plain[o]
+        if buf is None or not 0 < off < len(buf):
+            return None
+        try:
+            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
+            up.feed(buf[off : off + MAX_RECORD_PEEK])
+            rec = up.unpack()
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq):
+            return None
+        return Entry(self.node, *rec)
 
     def _read_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
         """One record read through a posting, checked against its chained signature."""

@@ -19,7 +19,7 @@ import msgpack
 from engine.catalog import SegmentInfo
 from engine.chain import NodeKey
 from engine.datadir import write_atomic
-from engine.frame import HEADER_SIZE, FrameError, check_frame_at
+from engine.frame import COMPRESSED_FROM, HEADER_SIZE, FrameError, check_frame_at, plain_payload
 from engine.segment import SegmentData
 from engine.terms import TERM_FIELDS, TermIndex, terms_path
 
@@ -146,7 +146,11 @@ class Postings:
             try:
                 hdr, payload, _, problem = check_frame_at(data, off, info.version, self._key)
                 if problem is None and hdr.first_seq == frames[o].first_seq:
-                    ti.add_frame(payload, off + HEADER_SIZE)
+                    if info.version >= COMPRESSED_FROM:
+                        # a posting points into the frame's plain payload
+                        ti.add_frame(plain_payload(payload, info.version), 0)
+                    else:
+                        ti.add_frame(payload, off + HEADER_SIZE)
                     continue
             except (FrameError, ValueError, TypeError, msgpack.UnpackException):
                 pass

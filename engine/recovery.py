@@ -37,7 +37,17 @@ import xxhash
 from engine.catalog import SegmentInfo, index_segment
 from engine.chain import NodeKey
 from engine.datadir import DataDir, fsync_dir
-from engine.frame import FRAME_MAGICS, HEADER, HEADER_SIZE, MAC_SIZE, OVERHEAD, FrameError, check_frame, parse_header
+from engine.frame import (
+    COMPRESSED_FROM,
+    FRAME_MAGICS,
+    HEADER,
+    HEADER_SIZE,
+    MAC_SIZE,
+    OVERHEAD,
+    FrameError,
+    check_frame,
+    parse_header,
+)
 from engine.segment import (
     MAX_HEADER,
     SegmentData,
@@ -113,11 +123,17 @@ def whole_frame_in(data, start: int, end: int, version: int, key: NodeKey) -> Ke
     if not found:
         return None
     off, _, how = found[0]
-    return KeptTail(f"a whole frame at offset {off} ({how})", sum(_record_count(p) for _, p, _ in found))
+    return KeptTail(
+        f"a whole frame at offset {off} ({how})", sum(_record_count(data, o, p, version) for o, p, _ in found)
+    )
 
 
-def _record_count(payload) -> int:
-    """How many records a whole frame's payload holds (1 when it does not decode)."""
+def _record_count(data, off: int, payload, version: int) -> int:
+    """How many records a whole frame holds (at least 1).  A plain payload is counted
+    by decoding it; a compressed one is never decompressed unverified, so its header's
+    count stands (authentic when the frame's MAC verified)."""
+    if version >= COMPRESSED_FROM:
+        return max(1, HEADER.unpack_from(data, off)[2])
     try:
         recs = msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException):
@@ -240,7 +256,7 @@ def verified_claims(path: Path, key: NodeKey, node: str) -> int:
                 start = 105 + len(node.encode()) + MAC_SIZE
                 version = 2
             best = 0
-            for v in dict.fromkeys((version, 1, 2)):
+            for v in dict.fromkeys((version, *FRAME_MAGICS)):
                 magic = FRAME_MAGICS[v]
                 i = data.find(magic, start)
                 while i >= 0:

@@ -27,12 +27,13 @@ from engine.frame import (
     FrameHeader,
     check_frame,
     parse_header,
+    plain_payload,
 )
 
 SEGMENT_MAGIC = b"AUDITSEG"
 #: the version new segments are written in; every version in FORMAT_VERSIONS is read
 FORMAT_VERSION = CURRENT_VERSION
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 SEGMENT_SUFFIX = ".seg"
 # magic, version u16, flags u16, header_len u32, first_seq u64, created_us i64,
 # key_id 8s, prev_sig 32s, prev_mac 32s, node_len u8
@@ -129,9 +130,15 @@ class FrameRead:
     problem: str | None = None  # violation kind, None when intact
     detail: str = ""
     end: int = 0  # offset just past this frame (or resync point)
+    version: int = FORMAT_VERSION
+
+    def plain(self) -> bytes:
+        """The payload's records as one msgpack array (decompressed from format 3 on;
+        FrameError ``undecodable`` when it does not decompress)."""
+        return plain_payload(self.payload, self.version)
 
     def records(self) -> list:
-        return msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
+        return msgpack.unpackb(self.plain(), use_list=False, raw=False, strict_map_key=True)
 
 
 class SegmentData:
@@ -218,6 +225,7 @@ def walk_frames(
             problem,
             "" if problem is None else f"frame at offset {pos}: {problem.replace('_', ' ')}",
             fend,
+            version,
         )
         prev_mac = mac
         pos = fend

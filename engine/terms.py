@@ -28,7 +28,7 @@ from engine.chain import NodeKey
 from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
-TERMS_VERSION = 2  # 2: frames that did not verify are listed ("damaged")
+TERMS_VERSION = 3  # 3: in a compressed segment, offsets into a frame's plain payload; 2: damaged frames listed
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
 _FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN), ("ip", R_IP))
 _MAC = 32

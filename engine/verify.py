@@ -42,6 +42,7 @@ import msgpack
 from engine.catalog import index_segment
 from engine.datadir import DataDir, Node
 from engine.entry import canonical_bytes
+from engine.frame import FrameError
 from engine.log import NodeLog
 from engine.recovery import quarantined
 from engine.segment import SegmentData, list_segments, walk_frames
@@ -120,7 +121,7 @@ def verify_node(data_dir: DataDir, node: Node, progress: Callable[[int, int], No
                     continue
                 try:
                     recs = fr.records()
-                except (ValueError, msgpack.UnpackException):
+                except (FrameError, ValueError, msgpack.UnpackException):
                     prev_sig = None
                     continue
                 h = fr.header

@@ -1,8 +1,8 @@
 """An independent verifier of an auditlog data dir, written from docs/FORMAT.md alone.
 
 It deliberately imports nothing from the project (only the standard library,
-msgpack and xxhash): it is the "auditor's own script" the format document
-promises is possible.  Section numbers below refer to docs/FORMAT.md.
+msgpack, xxhash and zstandard): it is the "auditor's own script" the format
+document promises is possible.  Section numbers below refer to docs/FORMAT.md.
 
     python tests/format_verifier.py DATA_DIR       # exit 0 intact, 1 otherwise
 """
@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import msgpack
 import xxhash
+import zstandard
 
 GENESIS = bytes(32)
 SEG_FIXED = struct.Struct("<8sHHIQq8s32s32sB")  # 3.1, 105 bytes
@@ -28,10 +29,13 @@ MAC_LEN = 32
 FRAME_OVERHEAD = FRAME_HEADER.size + MAC_LEN  # 80
 MAX_PAYLOAD = 16 * 1024 * 1024
 #: 3.1 and 10: segment format versions, each with its header MAC label and frame magic
-SEG_HEADER_LABELS = {1: b"auditlog segment header v1", 2: b"auditlog segment header v2"}
-FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2"}
+SEG_HEADER_LABELS = {v: b"auditlog segment header v%d" % v for v in (1, 2, 3)}
+FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2", 3: b"ALF3"}
+#: 4.2: from version 3 the stored payload is a zstd frame; never decompressed past this
+COMPRESSED_FROM = 3
+MAX_PLAIN = 16 * 1024 * 1024
 #: 4.1: the flags bits a frame may carry in each version (2: bit 0, the commit continues)
-FRAME_FLAGS = {1: 0, 2: 1}
+FRAME_FLAGS = {1: 0, 2: 1, 3: 1}
 KEY_ID_LABEL = b"auditlog key-id v1"
 SIG_TRAILER = b"\xc4\x20"  # bin8, 32 bytes
 PURGE_ACTION = "audit.retention_purge"
@@ -128,8 +132,29 @@ class _Frame(NamedTuple):
     mac: bytes
 
 
+def _plain(stored: bytes, version: int) -> bytes:
+    """4.2: the records' msgpack array from the stored payload (ValueError if it does not
+    decompress within 16 MiB)."""
+    if version < COMPRESSED_FROM:
+        return stored
+    try:
+        return zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_PLAIN)
+    except zstandard.ZstdError as e:
+        raise ValueError(f"payload does not decompress: {e}") from None
+
+
 def _plausible(fields, version: int) -> bool:
     magic, plen, count, flags, first_seq, min_ts, max_ts, _ck = fields
+    if version >= COMPRESSED_FROM:
+        # 4.1: a compressed payload may hold more records than it has bytes
+        return (
+            magic == FRAME_MAGICS[version]
+            and 0 < plen <= MAX_PAYLOAD
+            and 0 < count <= MAX_PLAIN // 36
+            and not flags & ~FRAME_FLAGS[version]
+            and first_seq >= 1
+            and min_ts <= max_ts
+        )
     return (
         magic == FRAME_MAGICS[version]
         and 0 < plen <= MAX_PAYLOAD
@@ -351,12 +376,13 @@ class _Verifier:
         last_sig: bytes | None = hdr.prev_sig
         end = len(data)
         stretch: int | None = None  # index in self.problems of an open corrupt stretch
+        stretch_claim: int | None = None  # its end when no frame after it closes it
         while pos < end:
             fields = FRAME_HEADER.unpack_from(data, pos) if end - pos >= 48 else None
             if fields is not None and not _plausible(fields, hdr.version):
                 nxt = _resync(data, pos + 1, self.key, hdr.version)
                 self.report("frame_corrupt", expected, None, name, f"bytes {pos}..{nxt - 1} are not a frame")
-                stretch = len(self.problems) - 1
+                stretch, stretch_claim = len(self.problems) - 1, None
                 expected = None  # unknown across the stretch
                 prev_sig = None
                 last_mac = last_sig = None
@@ -389,10 +415,23 @@ class _Verifier:
             bad = _frame_ok(data, pos, fields, prev_mac, self.key)
             if bad is None:
                 try:
-                    recs = _split_records(payload, count)
+                    recs = _split_records(_plain(payload, hdr.version), count)
                 except ValueError as e:
                     bad = "undecodable"
                     self.report(bad, first_seq, first_seq + count - 1, name, f"frame at offset {pos}: {e}")
+            elif bad == "mac_mismatch" and hdr.version >= COMPRESSED_FROM:
+                # checksum fine: the header (covered only by the MAC) is the suspect, and a
+                # compressed payload is not opened unverified: the damage runs from the
+                # expected seq to the next frame's first seq (or, with none after it in
+                # this file, to the end the header claims if it starts where expected)
+                claim = first_seq + count - 1 if first_seq == expected else None
+                self.report(bad, expected, None, name, f"frame at offset {pos}")
+                stretch, stretch_claim = len(self.problems) - 1, claim
+                last_seq = first_seq + count - 1  # what the header claims (3.5 takes it)
+                prev_sig = last_sig = None
+                expected = None
+                prev_mac, pos = mac, fend
+                continue
             else:
                 if bad == "mac_mismatch":
                     # checksum fine: the header (covered only by the MAC) is the suspect
@@ -417,6 +456,8 @@ class _Verifier:
                 prev_sig, expected = self.check_entry(name, rec, raw, prev_sig, expected)
             last_sig = recs[-1][0][10]
             prev_mac, pos = mac, fend
+        if stretch is not None and stretch_claim is not None:
+            self.problems[stretch] = self.problems[stretch]._replace(seq_to=stretch_claim)
         return _SegEnd(name, hdr.first_seq, last_seq, last_mac, last_sig)
 
     def check_entry(

@@ -421,7 +421,7 @@ def _frames_of(data_dir: Path):
     for p in list_segments(dd.segments):
         raw = p.read_bytes()
         hdr = parse_segment_header(raw[:MAX_HEADER], node.key)
-        frames = list(walk_frames(raw, hdr.size, hdr.mac, node.key))
+        frames = list(walk_frames(raw, hdr.size, hdr.mac, node.key, version=hdr.version))
         assert all(f.problem is None for f in frames), [(f.offset, f.problem) for f in frames]
         out.append((p, hdr, raw, frames))
     return dd, node, out
@@ -454,10 +454,8 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
     """Change fields of entry ``seq`` of a (stopped) node and re-sign everything from
     there with the node's own key: entry signatures, frame MACs, later segment headers.
     The node's own verification cannot tell; only a witness can."""
-    import msgpack
-
     from engine.entry import R_SIG, canonical_bytes, packed_len, record_from_canonical
-    from engine.frame import build_frame
+    from engine.frame import FLAG_CONTINUES, build_frame
     from engine.segment import SegmentHeader
 
     fields = ("user", "action", "target", "domain", "ip", "user_agent", "success", "details")
@@ -473,13 +471,13 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
             head_bytes, sig, mac = raw[: hdr.size], hdr.prev_sig, hdr.mac
         else:
             head_bytes, h = SegmentHeader.build(
-                node.key, node.node_id, hdr.first_seq, hdr.created_us, prev_sig, prev_mac
+                node.key, node.node_id, hdr.first_seq, hdr.created_us, prev_sig, prev_mac, hdr.version
             )
             sig, mac = prev_sig, h.mac
         out = [head_bytes]
         for fr in frames:
             recs = []
-            for r in msgpack.unpackb(fr.payload, use_list=False, raw=False, strict_map_key=True):
+            for r in fr.records():
                 s, ts, *vals = r[:R_SIG]
                 if s == seq:
                     d = dict(zip(fields, vals))
@@ -489,7 +487,16 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
                 canon = canonical_bytes(node.node_id, s, ts, tuple(vals))
                 sig = sign(sig, canon)
                 recs.append(record_from_canonical(nlen, canon, sig))
-            fb, mac = build_frame(recs, fr.header.first_seq, fr.header.min_ts, fr.header.max_ts, node.key, mac)
+            fb, mac = build_frame(
+                recs,
+                fr.header.first_seq,
+                fr.header.min_ts,
+                fr.header.max_ts,
+                node.key,
+                mac,
+                continues=bool(fr.header.flags & FLAG_CONTINUES),
+                version=fr.version,
+            )
             out.append(fb)
         tmp = path.with_name(path.name + ".rewrite")
         tmp.write_bytes(b"".join(out))

@@ -20,8 +20,8 @@ import msgpack
 
 from engine.datadir import DataDir, Node
 from engine.entry import Entry, EntryDraft
-from engine.frame import HEADER_SIZE, MAC_SIZE, parse_header
-from engine.segment import MAX_HEADER, SegmentData, list_segments, parse_segment_header, walk_frames
+from engine.frame import HEADER, HEADER_SIZE, MAC_SIZE, parse_header, plain_payload
+from engine.segment import FORMAT_VERSION, MAX_HEADER, SegmentData, list_segments, parse_segment_header, walk_frames
 from engine.settings import StoreSettings
 from engine.writer import LogWriter
 
@@ -154,7 +154,7 @@ def frames_of(path: Path, node: Node) -> list[FrameInfo]:
     hdr = segment_header(path, node)
     out = []
     with SegmentData(path) as sd:
-        for fr in walk_frames(sd.data, hdr.size, hdr.mac, node.key):
+        for fr in walk_frames(sd.data, hdr.size, hdr.mac, node.key, version=hdr.version):
             assert fr.problem is None, (path, fr.problem, fr.detail)
             out.append(FrameInfo(fr.offset, fr.end, fr.header.first_seq, fr.header.count, list(fr.records())))
     return out
@@ -265,8 +265,32 @@ def records_details(entries: Iterable[dict]) -> list:
     return [e["details"].get("n") for e in entries]
 
 
-def unpack_payload(payload: bytes):
-    return msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True)
+def unpack_payload(payload: bytes, version: int = FORMAT_VERSION):
+    """A frame's records from its stored payload (decompressed from format 3 on)."""
+    return msgpack.unpackb(plain_payload(payload, version), use_list=False, raw=False, strict_map_key=True)
+
+
+def segment_version(path: Path) -> int:
+    return segment_header(path).version
+
+
+def keyless_rewrite(path: Path, offset: int, records: list) -> None:
+    """Replace the records of the frame at ``offset`` as someone without the key would:
+    the payload re-encoded (and, from format 3, compressed again), its length, count and
+    xxHash64 in the header recomputed; the stored MAC stays (it needs the key)."""
+    import xxhash
+    import zstandard
+
+    data = path.read_bytes()
+    version = segment_version(path)
+    fields = list(HEADER.unpack_from(data, offset))
+    plen = fields[1]
+    plain = msgpack.packb([list(r) for r in records], use_bin_type=True)
+    stored = zstandard.ZstdCompressor(level=3).compress(plain) if version >= 3 else plain
+    fields[1], fields[2], fields[7] = len(stored), len(records), xxhash.xxh64_intdigest(stored)
+    mac = data[offset + HEADER_SIZE + plen : offset + HEADER_SIZE + plen + MAC_SIZE]
+    rest = data[offset + HEADER_SIZE + plen + MAC_SIZE :]
+    path.write_bytes(data[:offset] + HEADER.pack(*fields) + stored + mac + rest)
 
 
 # -- forging with the key (what an insider holding node.key could do) ---------------
@@ -294,12 +318,13 @@ def rewrite_frame(path: Path, node: Node, offset: int, records: list, *, first_s
     from engine.frame import build_frame
 
     data = path.read_bytes()
-    hdr = parse_header(data[offset : offset + HEADER_SIZE])
+    version = segment_version(path)
+    hdr = parse_header(data[offset : offset + HEADER_SIZE], version)
     end = offset + hdr.total_size
     prev_mac = data[offset - MAC_SIZE : offset]
     raw = [msgpack.packb(list(r), use_bin_type=True) for r in records]
     fs = hdr.first_seq if first_seq is None else first_seq
-    fb, _ = build_frame(raw, fs, hdr.min_ts, hdr.max_ts, node.key, prev_mac)
+    fb, _ = build_frame(raw, fs, hdr.min_ts, hdr.max_ts, node.key, prev_mac, version=version)
     path.write_bytes(data[:offset] + fb + data[end:])
 
 
@@ -316,7 +341,7 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
         data = bytearray(p.read_bytes())
         h = segment_header(p, node)
         if prev_mac is not None:
-            raw, h2 = SegmentHeader.build(node.key, h.node, h.first_seq, h.created_us, prev_sig, prev_mac)
+            raw, h2 = SegmentHeader.build(node.key, h.node, h.first_seq, h.created_us, prev_sig, prev_mac, h.version)
             assert len(raw) == h.size
             data[: h.size] = raw
             h = h2
@@ -324,14 +349,50 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
         last_sig = h.prev_sig
         pos = h.size
         while pos < len(data):
-            fh = parse_header(bytes(data[pos : pos + HEADER_SIZE]))
+            fh = parse_header(bytes(data[pos : pos + HEADER_SIZE]), h.version)
             pend = pos + HEADER_SIZE + fh.payload_len
             mac = node.key.mac(mac, bytes(data[pos : pos + HEADER_SIZE]), bytes(data[pos + HEADER_SIZE : pend]))
             data[pend : pend + MAC_SIZE] = mac
-            last_sig = unpack_payload(bytes(data[pos + HEADER_SIZE : pend]))[-1][-1]
+            last_sig = unpack_payload(bytes(data[pos + HEADER_SIZE : pend]), h.version)[-1][-1]
             pos = pend + MAC_SIZE
         p.write_bytes(bytes(data))
         prev_mac, prev_sig = mac, last_sig
+    drop_derived(dd)
+
+
+def rewrite_in_format(dd: DataDir, node: Node, version: int) -> None:
+    """Rewrite a whole (intact, stopped) log in segment format ``version`` with its key:
+    the same entries, signatures and frame boundaries, every segment header and frame
+    MAC made anew, as the code of that format would have written them."""
+    from engine.frame import FLAG_CONTINUES, build_frame
+    from engine.segment import SegmentHeader
+
+    prev_mac = None
+    for p in segment_paths(dd):
+        h = segment_header(p, node)
+        if prev_mac is None:
+            prev_mac = h.prev_mac
+        raw, h2 = SegmentHeader.build(node.key, h.node, h.first_seq, h.created_us, h.prev_sig, prev_mac, version)
+        out, mac = [raw], h2.mac
+        with SegmentData(p) as sd:
+            frames = list(walk_frames(sd.data, h.size, h.mac, node.key, version=h.version))
+        for fr in frames:
+            assert fr.problem is None, (p, fr.detail)
+            recs = [msgpack.packb(list(r), use_bin_type=True) for r in fr.records()]
+            continues = bool(fr.header.flags & FLAG_CONTINUES) and version >= 2  # format 1 has no such flag
+            fb, mac = build_frame(
+                recs,
+                fr.header.first_seq,
+                fr.header.min_ts,
+                fr.header.max_ts,
+                node.key,
+                mac,
+                continues=continues,
+                version=version,
+            )
+            out.append(fb)
+        p.write_bytes(b"".join(out))
+        prev_mac = mac
     drop_derived(dd)
 
 

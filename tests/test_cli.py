@@ -636,9 +636,12 @@ def future(days: int) -> str:
     return format_ts(clock.now_us() + days * 86_400_000_000)
 
 
+MULTI_N = 400  # enough entries to fill several 4 KiB segments once compressed
+
+
 @pytest.fixture
 def multi_segment(tmp_path) -> tuple[Path, Path]:
-    """A log of 120 entries over several small segments, and the config that made it."""
+    """A log of 400 entries over several small segments, and the config that made it."""
     cfg = tmp_path / "small.toml"
     cfg.write_text('segment_max_bytes = 4096\nretention_days = 90\nfsync = "none"\n')
     d = init_dir(tmp_path / "data")
@@ -646,7 +649,7 @@ def multi_segment(tmp_path) -> tuple[Path, Path]:
     f.write_text(
         "".join(
             json.dumps({"user": f"u{i}", "action": "auth.login", "details": {"pad": "x" * 40}}) + "\n"
-            for i in range(120)
+            for i in range(MULTI_N)
         )
     )
     ok(invoke(d, "append", "--file", str(f), config=cfg))
@@ -663,7 +666,7 @@ def test_retention_nothing_to_drop_now(multi_segment):
     before = snapshot(d)
     out = ok(invoke(d, "retention", "run", config=cfg))
     assert out.startswith("nothing to drop") and "90 days" in out
-    assert snapshot(d) == before and head(d) == 120
+    assert snapshot(d) == before and head(d) == MULTI_N
 
 
 def test_retention_dry_run_changes_nothing(multi_segment):
@@ -672,7 +675,7 @@ def test_retention_dry_run_changes_nothing(multi_segment):
     out = ok(invoke(d, "retention", "run", "--dry-run", "--as-of", future(100), config=cfg))
     assert out.startswith("would drop ")
     assert snapshot(d) == before
-    assert head(d) == 120
+    assert head(d) == MULTI_N
     assert seqs(d, "--action", "audit.retention_purge") == []
     assert not (d / "state" / "retention.json").exists()
 
@@ -691,7 +694,7 @@ def test_retention_run_drops_old_segments_and_records_purge(multi_segment):
     assert det["seq_from"] == 1 and det["count"] == det["seq_to"] and det["retention_days"] == 90
     remaining = rows(d)
     assert remaining[0]["seq"] == det["seq_to"] + 1  # nothing else lost
-    assert remaining[-1]["seq"] == 121 == purge[0]["seq"]  # seq never reused
+    assert remaining[-1]["seq"] == MULTI_N + 1 == purge[0]["seq"]  # seq never reused
     # verification starts from the purge anchor
     assert json.loads(ok(invoke(d, "verify", "--json")))["ok"] is True
     # the last run is the purge entry itself (nothing beside the log claims it)
@@ -733,7 +736,7 @@ def test_retention_forever_keeps_everything(multi_segment, tmp_path):
     cfg.write_text('retention_days = "forever"\nsegment_max_bytes = 4096\n')
     out = ok(invoke(d, "retention", "run", "--as-of", "2999-01-01", config=cfg))
     assert out.startswith("nothing to drop") and "forever" in out
-    assert snapshot(d) == before and head(d) == 120
+    assert snapshot(d) == before and head(d) == MULTI_N
 
 
 def test_retention_bad_as_of(data_dir):

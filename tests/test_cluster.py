@@ -686,7 +686,7 @@ def test_witness_accepts_a_legitimate_retention_drop(make_cluster):
     a, b = cl["a"], cl["b"]
     last = 0
     for i in range(6):
-        last = seq_of(b.post_events(make_events(10, "old", start=10 * i))["last_id"])
+        last = seq_of(b.post_events(make_events(50, "old", start=50 * i))["last_id"])
     _wait_witnessed(a, "b", last)
     assert b.stop() == 0
     out = b.run("retention", "run", "--as-of", "2100-01-01").stdout

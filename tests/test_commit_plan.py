@@ -107,5 +107,5 @@ def test_a_commit_that_fits_is_one_piece_in_the_active_segment(tmp_path):
     assert len(plan.pieces) == 1 and plan.pieces[0].header is None and len(plan.pieces[0].frames) == 1
     f = plan.pieces[0].frames[0]
     assert (f.offset, f.first_seq, f.count) == (h.size, 1, 3)
-    assert struct.unpack_from("<I", f.data, 12)[0] == 0 and f.data[:4] == b"ALF2"
+    assert struct.unpack_from("<I", f.data, 12)[0] == 0 and f.data[:4] == b"ALF3"
     assert plan.last_mac == f.data[-32:] and len(f.data) > HEADER_SIZE

@@ -21,7 +21,7 @@ from engine.datadir import DataDir
 from engine.writer import LogWriter
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
-N = 90
+N = 300
 
 
 def table() -> dict[str, str]:

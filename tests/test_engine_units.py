@@ -33,6 +33,7 @@ from engine.entry import (
 from engine.errors import KeyFileError
 from engine.frame import (
     FRAME_MAGIC,
+    FRAME_MAGICS,
     HEADER,
     HEADER_SIZE,
     MAC_SIZE,
@@ -41,10 +42,11 @@ from engine.frame import (
     build_frame,
     check_frame,
     parse_header,
+    plain_payload,
 )
 from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
-from engine.segment import list_segments
+from engine.segment import FORMAT_VERSION, list_segments
 from engine.settings import StoreSettings
 from engine.terms import TERM_FIELDS, TermIndex
 from engine.verify import verify_node
@@ -112,7 +114,8 @@ def stored_records(
 
 
 def split_frame(buf: bytes):
-    hdr = parse_header(buf[:HEADER_SIZE])
+    version = {m: v for v, m in FRAME_MAGICS.items()}.get(bytes(buf[:4]), FORMAT_VERSION)
+    hdr = parse_header(buf[:HEADER_SIZE], version)
     payload = buf[HEADER_SIZE : HEADER_SIZE + hdr.payload_len]
     mac = buf[HEADER_SIZE + hdr.payload_len : HEADER_SIZE + hdr.payload_len + MAC_SIZE]
     return hdr, payload, mac
@@ -130,7 +133,7 @@ def test_frame_round_trip(ds, first, ts, prev_mac):
     assert hdr.total_size == len(frame) == OVERHEAD + hdr.payload_len
     assert got_mac == mac and len(mac) == MAC_SIZE
     assert check_frame(frame[:HEADER_SIZE], hdr, payload, got_mac, KEY, prev_mac) is None
-    decoded = msgpack.unpackb(payload, raw=False)
+    decoded = msgpack.unpackb(plain_payload(payload, FORMAT_VERSION), raw=False)
     assert [msgpack.packb(r, use_bin_type=True) for r in decoded] == records
     assert [r[R_SIG] for r in decoded] == sigs
     # the chain: the same frame after another frame has another MAC
@@ -185,7 +188,7 @@ def test_payload_change_reported_as_checksum_mismatch():
         ((b"ALF9", 10, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # magic
         ((FRAME_MAGIC, 0, 1, 0, 1, 0, 0, 0), "frame_corrupt"),  # empty payload
         ((FRAME_MAGIC, 10, 0, 0, 1, 0, 0, 0), "frame_corrupt"),  # no records
-        ((FRAME_MAGIC, 10, 11, 0, 1, 0, 0, 0), "frame_corrupt"),  # more records than bytes
+        ((FRAME_MAGIC, 10, 16 * 1024 * 1024, 0, 1, 0, 0, 0), "frame_corrupt"),  # more records than 16 MiB holds
         ((FRAME_MAGIC, 10, 1, 2, 1, 0, 0, 0), "frame_corrupt"),  # unknown flags
         ((FRAME_MAGIC, 10, 1, 0, 0, 0, 0, 0), "frame_corrupt"),  # seq 0
         ((FRAME_MAGIC, 10, 1, 0, 1, 9, 8, 0), "frame_corrupt"),  # min_ts > max_ts
@@ -210,8 +213,12 @@ def test_large_record_counts_use_wider_array_headers():
     records, _ = stored_records("n", 1, 1, ds)
     frame, _ = build_frame(records, 1, 1, 1, KEY, GENESIS)
     hdr, payload, _ = split_frame(frame)
-    decoded = msgpack.unpackb(payload, raw=False)
+    decoded = msgpack.unpackb(plain_payload(payload, FORMAT_VERSION), raw=False)
     assert len(decoded) == hdr.count == 70_000 and decoded[-1][2] == "u69999"
+    # format 2 frames (not compressed) carry the plain array
+    frame, _ = build_frame(records, 1, 1, 1, KEY, GENESIS, version=2)
+    hdr, payload, _ = split_frame(frame)
+    assert payload[:5] == b"\xdd" + (70_000).to_bytes(4, "big")
 
 
 # ----------------------------------------------------------------------------- canonical encoding
@@ -796,24 +803,33 @@ def test_a_leftover_manifest_is_ignored_and_never_rewritten(many_segments, tmp_p
     assert verify_node(dd, node).ok
 
 
-def test_index_of_another_segment_with_same_size_is_not_trusted(many_segments, tmp_path):
+def test_index_of_another_segment_with_same_size_is_not_trusted(tmp_path):
     """Two sealed segments of the same size: a swapped index passes its MAC and the size
     check, and must still be refused (its name and header MAC do not match)."""
-    root = tmp_path / "data"
-    shutil.copytree(many_segments, root)
-    baseline = snapshot_queries(root)
-    segs = list_segments(root / "segments")[:-1]
+    dd = DataDir(tmp_path / "data")
+    node = dd.init("gw1")
     by_size: dict[int, list[Path]] = {}
-    for p in segs:
-        by_size.setdefault(p.stat().st_size, []).append(p)
-    pairs = [v for v in by_size.values() if len(v) >= 2]
-    if not pairs:
-        pytest.skip("no two sealed segments of equal size in this layout")
-    a, b = pairs[0][:2]
+    with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
+        # one-entry segments of one shape, rolled until two come out the same size
+        for i in range(200):
+            w.append_batch([EntryDraft("u", "auth.login", target="t", details={"i": i % 10})])
+            w.roll()
+            p = list_segments(dd.segments)[-2]
+            by_size.setdefault(p.stat().st_size, []).append(p)
+            if len(by_size[p.stat().st_size]) == 2:
+                break
+    a, b = next(v for v in by_size.values() if len(v) == 2)
+    log = NodeLog(dd, node)
+    baseline = [e.to_wire() for e in log.scan()]
+    assert index_path(a).exists() and index_path(b).exists()
     ra, rb = index_path(a).read_bytes(), index_path(b).read_bytes()
+    assert ra != rb
     index_path(a).write_bytes(rb)
     index_path(b).write_bytes(ra)
-    assert snapshot_queries(root) == baseline
+    log = NodeLog(dd, node)
+    assert [e.to_wire() for e in log.scan()] == baseline
+    assert [e.to_wire() for e in log.scan(order="desc")] == baseline[::-1]
+    assert verify_node(dd, node).ok
 
 
 def test_index_files_of_an_older_version_are_rebuilt_not_trusted(tmp_path):

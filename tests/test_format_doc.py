@@ -77,7 +77,7 @@ def _drafts(batch: int) -> list[EntryDraft]:
     return out
 
 
-def _build(root: Path, batches: int = 16) -> tuple[DataDir, object, int]:
+def _build(root: Path, batches: int = 40) -> tuple[DataDir, object, int]:
     dd = DataDir(root)
     node = dd.init(NODE)
     total = 0
@@ -120,7 +120,7 @@ def _frame_offsets(data: bytes) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------- tests
 
 
-def test_verifier_imports_only_stdlib_msgpack_xxhash():
+def test_verifier_imports_only_stdlib_msgpack_xxhash_zstandard():
     tree = ast.parse(VERIFIER.read_text())
     mods = set()
     for node in ast.walk(tree):
@@ -129,7 +129,7 @@ def test_verifier_imports_only_stdlib_msgpack_xxhash():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "relative import in the independent verifier"
             mods.add(node.module.split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"msgpack", "xxhash"}
+    allowed = set(sys.stdlib_module_names) | {"msgpack", "xxhash", "zstandard"}
     assert mods <= allowed, f"verifier imports {mods - allowed}"
 
 
@@ -410,7 +410,7 @@ def test_doc_test_vector_version_2(tmp_path):
     # the engine's frame builder gives exactly these bytes
     nk = NodeKey(bytes(range(32)))
     ts = 1773479553123456
-    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32))
+    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32), version=2)
     assert h.mac.hex() == values["header_mac"]
     d1 = EntryDraft(
         "alice",
@@ -429,8 +429,63 @@ def test_doc_test_vector_version_2(tmp_path):
     assert c2.hex() == values["canonical2"]
     s1 = nk.mac(bytes(32), c1)
     s2 = nk.mac(s1, c2)
-    f1, m1 = build_frame([record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac, continues=True)
-    f2, _ = build_frame([record_from_canonical(packed_len("node-1"), c2, s2)], 2, ts, ts, nk, m1)
+    f1, m1 = build_frame(
+        [record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac, continues=True, version=2
+    )
+    f2, _ = build_frame([record_from_canonical(packed_len("node-1"), c2, s2)], 2, ts, ts, nk, m1, version=2)
+    assert hdr + f1 + f2 == seg_bytes
+
+
+def test_doc_test_vector_version_3(tmp_path):
+    """Section 11.3: the published version 3 bytes (compressed payloads) verify, the first
+    payload decompresses to the published plain array, and the writer produces exactly them."""
+    import zstandard
+
+    seg_bytes = bytes.fromhex("".join(_doc_block("hex-segment-3").split()))
+    values = dict(line.split() for line in _doc_block("test-vector-3").strip().splitlines())
+    root = _vector_dir(tmp_path, seg_bytes)
+    res = verify_data_dir(root)
+    assert res.problems == [] and res.entries_verified == 2
+    assert [res.signatures[1].hex(), res.signatures[2].hex()] == [values["signature1"], values["signature2"]]
+    assert seg_bytes[8:10] == b"\x03\x00" and seg_bytes[143:147] == b"ALF3" and seg_bytes[351:355] == b"ALF3"
+    assert seg_bytes[143 + 12] == 1 and seg_bytes[351 + 12] == 0
+    plen = int.from_bytes(seg_bytes[147:151], "little")
+    payload = seg_bytes[191 : 191 + plen]
+    assert zstandard.ZstdDecompressor().decompress(payload).hex() == values["plain1"]
+    assert seg_bytes[-32:].hex() == values["frame_mac2"]
+    dd = DataDir(root)
+    assert verify_node(dd, dd.open()).ok
+    entries = list(NodeLog(dd, dd.open()).scan())
+    assert [(e.seq, e.user, e.integrity) for e in entries] == [(1, "alice", "ok"), (2, "bob", "ok")]
+
+    nk = NodeKey(bytes(range(32)))
+    ts = 1773479553123456
+    hdr, h = SegmentHeader.build(nk, "node-1", 1, ts, bytes(32), bytes(32), version=3)
+    assert h.mac.hex() == values["header_mac"]
+    plain = bytes.fromhex(values["plain1"])
+    assert plain[0] == 0x91  # a one-element array holding the record of 11.1
+    c1 = canonical_bytes(
+        "node-1",
+        1,
+        ts,
+        EntryDraft(
+            "alice",
+            "config.dkim_rotate",
+            "example.com",
+            "example.com",
+            "2001:db8::1",
+            None,
+            True,
+            {"new": "k2", "old": "k1"},
+        ),
+    )
+    c2 = bytes.fromhex(dict(line.split() for line in _doc_block("test-vector-2").strip().splitlines())["canonical2"])
+    s1 = nk.mac(bytes(32), c1)
+    s2 = nk.mac(s1, c2)
+    f1, m1 = build_frame(
+        [record_from_canonical(packed_len("node-1"), c1, s1)], 1, ts, ts, nk, h.mac, continues=True, version=3
+    )
+    f2, _ = build_frame([record_from_canonical(packed_len("node-1"), c2, s2)], 2, ts, ts, nk, m1, version=3)
     assert hdr + f1 + f2 == seg_bytes
 
 

@@ -53,7 +53,7 @@ def drafts(start: int, n: int) -> list[EntryDraft]:
 @pytest.fixture
 async def big(make_service, make_client):
     """N entries in 60 batches (so timestamps differ) over many small segments."""
-    svc = make_service(StoreSettings(fsync="none", segment_max_bytes=64 * 1024), name="paging")
+    svc = make_service(StoreSettings(fsync="none", segment_max_bytes=16 * 1024), name="paging")
     for b in range(0, N, 50):
         svc.writer.append_batch(drafts(b, 50))
     assert len(list(svc.data_dir.segments.glob("*.seg"))) >= 5

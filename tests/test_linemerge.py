@@ -214,7 +214,7 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
     from query.scan import read_node, scan_node
     from query.sources import LineTaker
 
-    dd, node = build_log(tmp_path / "data", 120, per_batch=7)
+    dd, node = build_log(tmp_path / "data", 400, per_batch=7)
     if damage:
         seg = segment_paths(dd)[1]
         fr = frames_of(seg, node)[0]

@@ -18,10 +18,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import msgpack
 import pytest
-import xxhash
-from helpers_engine import flip_byte, frames_of, invoke_cli, segment_paths
+from helpers_engine import (
+    flip_byte,
+    frames_of,
+    invoke_cli,
+    keyless_rewrite,
+    rewrite_in_format,
+    segment_paths,
+    segment_version,
+    unpack_payload,
+)
 from helpers_http import bearer, make_keys
 
 from engine.clock import FrozenClock
@@ -36,7 +43,7 @@ from query.node import NodeConfig, build_node, forwarder
 T0 = 1_773_478_800_000_000 - 30 * 86_400_000_000  # 30 days before the tests' epoch
 USERS = ("alice", "bob", "carol")
 IPS = ("192.0.2.1", "192.0.2.2", "192.0.2.3")
-N = 120
+N = 420
 
 
 def _event(i: int) -> EntryDraft:
@@ -106,19 +113,14 @@ def log(pristine, tmp_path):
 
 def edit_record(path: Path, frame_offset: int, index: int, change) -> None:
     """Re-encode one record of the frame at ``frame_offset`` with ``change(record_list)``
-    applied, fix the frame's length, count and xxHash64 as an attacker would (the MAC needs
-    the key: the stored one stays)."""
-    data = bytearray(path.read_bytes())
-    fields = list(HEADER.unpack_from(data, frame_offset))
-    plen = fields[1]
-    payload = bytes(data[frame_offset + HEADER_SIZE : frame_offset + HEADER_SIZE + plen])
-    recs = [list(r) for r in msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False)]
+    applied, fixing the frame's length, count and xxHash64 as an attacker would (the MAC
+    needs the key: the stored one stays)."""
+    data = path.read_bytes()
+    plen = HEADER.unpack_from(data, frame_offset)[1]
+    stored = data[frame_offset + HEADER_SIZE : frame_offset + HEADER_SIZE + plen]
+    recs = [list(r) for r in unpack_payload(stored, segment_version(path))]
     change(recs[index])
-    new = msgpack.packb(recs, use_bin_type=True)
-    fields[1], fields[7] = len(new), xxhash.xxh64_intdigest(new)
-    mac = data[frame_offset + HEADER_SIZE + plen : frame_offset + HEADER_SIZE + plen + 32]
-    data[frame_offset : frame_offset + HEADER_SIZE + plen + 32] = HEADER.pack(*fields) + new + mac
-    path.write_bytes(bytes(data))
+    keyless_rewrite(path, frame_offset, recs)
 
 
 def frame_holding(dd, node, seq: int):
@@ -361,7 +363,10 @@ TYPE_CHANGES = {
 
 @pytest.mark.parametrize("change", sorted(TYPE_CHANGES))
 async def test_a_record_of_the_wrong_types_is_flagged_and_rendered_safely(log, serve, change, tmp_path):
+    """Format 2 payloads are plain msgpack: a frame that fails its MAC is still decoded,
+    and its records, whatever their types, come out flagged and rendered safely."""
     dd, node, by_seq = log
+    rewrite_in_format(dd, node, 2)
     field, value = TYPE_CHANGES[change]
     victim = 40
     seg, fr = frame_holding(dd, node, victim)
@@ -394,6 +399,33 @@ async def test_a_record_of_the_wrong_types_is_flagged_and_rendered_safely(log, s
         if d["event"]["sequence"] == victim and d["labels"]["integrity"] == "violation"
     ]
     _check_csv_rows(await srv.csv_rows(), by_seq)
+
+
+async def test_a_keyless_edit_of_a_compressed_frame_is_never_decoded(log, serve, tmp_path):
+    """From format 3 a payload is opened only once its MAC verified: the edited records
+    reach no renderer, one marker per damaged frame says what could not be vouched for."""
+    dd, node, by_seq = log
+    victim = 40
+    seg, fr = frame_holding(dd, node, victim)
+    edit_record(seg, fr.offset, victim - fr.first_seq, lambda r: r.__setitem__(2, "=cmd|' /C calc'!A0"))
+    span = f"seq {fr.first_seq}..{fr.last_seq}"
+    rc, rows, _ = cli_json(dd)
+    assert rc == 1
+    bad = flagged(rows)
+    assert [(r["seq"], r["action"]) for r in bad] == [(fr.first_seq, "audit.integrity_violation")]
+    assert "mac_mismatch" in bad[0]["violation"] and span in bad[0]["violation"]
+    assert {r["seq"] for r in rows} == set(by_seq) - set(range(fr.first_seq + 1, fr.last_seq + 1))
+    for fmt in ("csv", "ndjson", "ecs", "pdf"):
+        out = tmp_path / f"x.{fmt}"
+        r = invoke_cli(dd.root, "export", fmt, "-o", str(out))
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, (fmt, r.stderr)
+        if fmt != "pdf":
+            text = out.read_text(encoding="utf-8-sig")
+            assert "calc" not in text and span in text, fmt
+    srv = await serve(dd)
+    events, nbad = await srv.pages()
+    assert nbad == 1 and [e["seq"] for e in flagged(events)] == [fr.first_seq]
+    assert not any("calc" in json.dumps(e) for e in events)
 
 
 def _check_csv(text: str, by_seq) -> None:
@@ -458,4 +490,6 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
     assert all(m["pri"] == 13 * 8 + 1 for m, _ in alerts)  # facility log audit, severity alert
     texts = " ".join(p.get("violation", "") for _, p in alerts)
     assert f"segment_missing: seq {min(lost)}..{max(lost)}" in texts
-    assert damaged <= {int(p["seq"]) for _, p in alerts}
+    # the damaged frame: its entries flagged one by one, or one marker for its range (a
+    # compressed payload with a byte changed no longer decompresses)
+    assert damaged <= {int(p["seq"]) for _, p in alerts} or f"seq {min(damaged)}..{max(damaged)}" in texts

@@ -252,7 +252,7 @@ def tampered(tmp_path_factory):
         assert len(segs) >= 3, segs
         raw = bytearray(segs[1].read_bytes())  # sealed: a later segment follows it
         hdr = parse_segment_header(bytes(raw[:MAX_HEADER]), dd.open().key)
-        frame = next(walk_frames(bytes(raw), hdr.size, hdr.mac, dd.open().key))
+        frame = next(walk_frames(bytes(raw), hdr.size, hdr.mac, dd.open().key, version=hdr.version))
         assert frame.problem is None
         raw[frame.offset + HEADER_SIZE + len(frame.payload) // 2] ^= 0xFF
         segs[1].write_bytes(bytes(raw))
