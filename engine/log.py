@@ -7,16 +7,21 @@ or the part the read wants) and :class:`~engine.items.Damage` items (what it
 could not verify, with the seqs and times that covers).  Nothing that could
 hold an entry the read asks for is skipped without being verified or reported:
 
-* the time index (``engine.index``) only says which frames can hold the
-  window; a damaged frame's row carries the times its entries can have, so a
-  read of any window that overlaps it visits it;
-* term postings (``engine.terms``) only say which records can match; each is
-  checked against its chained signature when read (a failure sends the read
-  to the whole frame), and frames that did not verify when the postings were
-  built are listed there and visited by every selective read of their window;
+* the catalogue's time index (``engine.catalog``, ``engine.index``) only says
+  which frames can hold the window; a damaged frame's row carries the times
+  its entries can have, so a read of any window that overlaps it visits it;
+* every frame is checked again as it is read (``engine.recheck``);
+* term postings (``engine.postings``) only say which records can match; each
+  is vouched for when read (``engine.selective``: its frame verified, or its
+  chained signature), a failure sends the read to the whole frame, and frames
+  that did not verify when the postings were built are visited by every
+  selective read of their window;
 * structure problems (gaps, unreadable or foreign files, broken links, cut
   tails: ``engine.layout``) are placed in the stream with their time coverage,
   so a read whose window falls into a gap is told so.
+
+This module puts those together: which segments and frames a read visits, in
+which order, and what it keeps of each.
 
 The reader never needs the writer's lock.  It reads each segment at the size it
 had when opened, so it sees a consistent, committed prefix while a writer
@@ -28,21 +33,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
-import msgpack
-
-from engine.catalog import Catalog, SegmentInfo, unpack_records
+from engine.catalog import Catalog, SegmentInfo
 from engine.datadir import DataDir, Node
-from engine.entry import ENTRY_SUB, R_SIG, Entry
-from engine.frame import COMPRESSED_FROM, HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header, plain_payload
-from engine.index import FrameRow
-from engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
+from engine.entry import ENTRY_SUB, Entry
+from engine.items import Damage, VerifiedFrame
 from engine.layout import Slot, layout
 from engine.postings import Postings
+from engine.recheck import FrameChecks
 from engine.segment import SegmentData
+from engine.selective import SelectiveReads
 
 FAR_FUTURE = 2**62
-#: no record is larger than this (details are bounded far below it)
-MAX_RECORD_PEEK = 1024 * 1024
 
 Item = VerifiedFrame | Damage
 
@@ -54,13 +55,11 @@ class NodeLog:
         self.data_dir = data_dir
         self.node = node.node_id
         self.key = node.key
-        self.sign = node.key.signer()
-        self._index_key = node.key.derive(b"index")
         self.catalog = Catalog(data_dir, node)
         self.postings = Postings(node.key)
+        self._checks = FrameChecks(node.node_id, node.key)
+        self._selective = SelectiveReads(node.node_id, node.key, self._checks, self._read_frames)
         self._anchor: tuple | None = None
-        # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
-        self._canon_prefix = b"\x9b" + msgpack.packb(node.node_id)
         #: rendered lines kept beside the segments (set by the server; see engine.lines)
         self.line_files = None
 
@@ -272,7 +271,7 @@ class NodeLog:
                 if found is not None:
                     hits, suspect = found
                     if isinstance(hits, list):
-                        yield from self._read_hits(
+                        yield from self._selective.read_hits(
                             slot, data, hits, suspect, start, stop, lo, hi, desc, pos_ok, predicate
                         )
                         return
@@ -295,7 +294,7 @@ class NodeLog:
         for o in ordinals:
             row = frames[o]
             if o in damaged:
-                d = self._frame_damage(slot, data, o, row)
+                d = self._checks.known_damage(slot, data, o, row)
                 d = _keep(d, lo, hi, pos_ok, desc)
                 if d is not None:
                     yield d
@@ -306,7 +305,7 @@ class NodeLog:
                     continue
                 if not desc and (last, ENTRY_SUB) <= after:
                     continue
-            got = self._verified_frame(slot, data, o, row, desc)
+            got = self._checks.verified(slot, data, o, row, desc)
             if type(got) is Damage:
                 d = _keep(got, lo, hi, pos_ok, desc)
                 if d is not None:
@@ -329,233 +328,12 @@ class NodeLog:
             if keep:
                 yield VerifiedFrame(self.node, got.path, o, got.offset, got.end, got.mac, desc=desc, entries=keep)
 
-    def _verified_frame(self, slot: Slot, data, o: int, row: FrameRow, desc: bool) -> VerifiedFrame | Damage:
-        """The frame at row ``o``, checked now: verified, or what is wrong with it."""
-        info = slot.info
-        off = row.offset
-        try:
-            hdr, payload, mac, problem = self._check_frame_at(data, off, info.version)
-        except FrameError as e:
-            return self._damage(slot, o, row, e.kind, f"frame at offset {off}: {e.detail}")
-        if problem is None and (hdr.first_seq != row.first_seq or hdr.count != row.count):
-            problem = "frame_corrupt"
-        if problem is not None:
-            d = self._damage(slot, o, row, problem, f"frame at offset {off}: {problem.replace('_', ' ')}")
-            d.entries = self._salvage(payload, info.version, d, problem, info.name, off)
-            return d
-        try:
-            # decompressed only now that the stored bytes verified, never past the cap
-            plain = plain_payload(payload, info.version)
-        except FrameError as e:
-            return self._damage(slot, o, row, e.kind, f"frame at offset {off}: {e.detail}")
-        return VerifiedFrame(
-            self.node,
-            info.path,
-            o,
-            off,
-            off + HEADER_SIZE + hdr.payload_len + MAC_SIZE,
-            bytes(mac),
-            bytes(plain),
-            desc,
-        )
-
-    def _damage(self, slot: Slot, o: int, row: FrameRow, kind: str, detail: str) -> Damage:
-        lo, hi = self._coverage(slot, row)
-        return Damage(
-            self.node,
-            kind,
-            slot.info.name,
-            detail,
-            row.first_seq,
-            row.first_seq + row.count - 1 if row.count else None,
-            lo,
-            hi,
-            FRAME_SUB,
-        )
-
-    @staticmethod
-    def _coverage(slot: Slot, row: FrameRow) -> tuple[int | None, int | None]:
-        """The times a frame's entries can have (a damaged row's own, settled in its
-        segment; where the segment has none on a side, the neighbouring segments')."""
-        lo = slot.ts_before if row.min_ts == TS_UNKNOWN_LO else row.min_ts
-        hi = slot.ts_after if row.max_ts == TS_UNKNOWN_HI else row.max_ts
-        return lo, hi
-
-    def _frame_damage(self, slot: Slot, data, o: int, row: FrameRow) -> Damage:
-        """A frame the index knows did not verify: its flagged entries, or a marker."""
-        info = slot.info
-        kind, detail, sf, st = slot.info.index.damaged[o]
-        lo, hi = self._coverage(slot, row)
-        d = Damage(self.node, kind, info.name, detail, sf, st, lo, hi, FRAME_SUB)
-        if row.count == 0 or kind in ("frame_corrupt", "undecodable"):
-            return d
-        try:
-            _, payload, _, _ = self._check_frame_at(data, row.offset, info.version)
-        except FrameError:
-            return d
-        d.entries = self._salvage(payload, info.version, d, kind, info.name, row.offset)
-        return d
-
-    def _salvage(self, payload, version: int, d: Damage, problem: str, segment: str, off: int) -> list[Entry]:
-        """Flagged entries of a damaged frame, when its records decode (else [] and a marker).
-        A compressed payload that did not verify is never decompressed: a marker."""
-        if payload is None or d.seq_to is None or version >= COMPRESSED_FROM:
-            return []
-        try:
-            recs = unpack_records(payload)
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return []
-        text = f"{problem}: frame at offset {off} in {segment}"
-        out = salvage(self.node, recs, d.seq_from, d.seq_to - d.seq_from + 1, d.ts_lo, d.ts_hi, text)
-        if not out:
-            return []
-        # which entries still carry a signature that chains from the one before them
-        # (the frame was altered around them; they stay flagged)
-        prev = None
-        for e, r in zip(out, recs):
-            if prev is not None and e.signature and self._sig_ok(prev, r):
-                e.violation += "; this entry's own signature verifies"
-            prev = e.signature or None
-        return out
-
-    def _check_frame_at(self, data, off: int, version: int):
-        return check_frame_at(data, off, version, self.key)
-
-    def _sig_ok(self, prev_sig: bytes, r: tuple) -> bool:
-        from engine.entry import canonical_bytes
-
-        try:
-            return self.sign(prev_sig, canonical_bytes(self.node, r[0], r[1], r[2:10])) == r[R_SIG]
-        except (TypeError, ValueError, OverflowError):
-            return False
-
     # -- selective reads through term postings -----------------------------------
 
     def build_missing_terms(self, limit: int = 4) -> int:
         """Write ``.terms`` sidecars for up to ``limit`` sealed segments that lack one
         (``engine.postings``); returns how many were built."""
         return self.postings.build_missing(self.segment_infos()[:-1], limit)
-
-    def _read_hits(
-        self,
-        slot: Slot,
-        data,
-        hits: list,
-        suspect: set[int],
-        start: int,
-        stop: int,
-        lo: int,
-        hi: int,
-        desc: bool,
-        pos_ok,
-        predicate,
-    ) -> Iterator[Item]:
-        """Records found through postings, each checked against its chained signature;
-        frames the postings cannot speak for (damaged) visited whole."""
-        info, idx = slot.info, slot.info.index
-        visit = sorted({o for o in suspect | set(idx.damaged) if start <= o < stop}, reverse=desc)
-        events = [(seq, off) for seq, off in hits] + [(idx.frames[o].first_seq, -1 - o) for o in visit]
-        events.sort(reverse=desc)
-        done: set[int] = set()
-        batch: list[Entry] = []
-        batch_frame = -1
-        plain: dict[int, bytes | None] = {}  # compressed frames: decompressed once each
-        for seq, off in events:
-            o = -1 - off if off < 0 else idx.frame_of_seq(seq)
-            if not start <= o < stop or o in done:
-                continue
-            if off < 0 or o in idx.damaged or o in suspect:
-                done.add(o)
-                if batch:
-                    yield self._partial(info, batch_frame, batch, desc)
-                    batch = []
-                yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
-                continue
-            if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
-                continue
-            if info.version >= COMPRESSED_FROM:
-                e = self._read_compressed_record(info, data, seq, off, o, plain)
-            else:
-                e = self._read_record(info, data, seq, off, o)
-            if e is None:
-                # the record does not verify where the posting points: read the whole
-                # frame, checked, and report what is wrong with it
-                done.add(o)
-                if batch:
-                    yield self._partial(info, batch_frame, batch, desc)
-                    batch = []
-                yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
-                continue
-            if lo <= e.ts < hi and (predicate is None or predicate(e)):
-                if batch and batch_frame != o:
-                    yield self._partial(info, batch_frame, batch, desc)
-                    batch = []
-                batch.append(e)
-                batch_frame = o
-        if batch:
-            yield self._partial(info, batch_frame, batch, desc)
-
-    def _partial(self, info: SegmentInfo, o: int, entries: list[Entry], desc: bool) -> VerifiedFrame:
-        row = info.index.frames[o]
-        return VerifiedFrame(self.node, info.path, o, row.offset, 0, b"", desc=desc, entries=entries)
-
-    def _read_compressed_record(
-        self, info: SegmentInfo, data, seq: int, off: int, o: int, plain: dict[int, bytes | None]
-    ) -> Entry | None:
-        """One record read through a posting in a compressed frame: the frame's stored
-        bytes checked (checksum and MAC) and decompressed once, the record taken at its
-        offset in the plain payload (authentic as the frame is)."""
-        if o not in plain:
-            row = info.index.frames[o]
-            try:
-                hdr, payload, _, problem = self._check_frame_at(data, row.offset, info.version)
-                ok = problem is None and hdr.first_seq == row.first_seq and hdr.count == row.count
-                plain[o] = plain_payload(payload, info.version) if ok else None
-            except FrameError:
-                plain[o] = None
-        buf = plain[o]
-        if buf is None or not 0 < off < len(buf):
-            return None
-        try:
-            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-            up.feed(buf[off : off + MAX_RECORD_PEEK])
-            rec = up.unpack()
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return None
-        if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq):
-            return None
-        return Entry(self.node, *rec)
-
-    def _read_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
-        """One record read through a posting, checked against its chained signature."""
-        row = info.index.frames[o]
-        try:
-            hdr = parse_header(data[row.offset : row.offset + HEADER_SIZE], info.version)
-            end = row.offset + HEADER_SIZE + hdr.payload_len
-            if not row.offset + HEADER_SIZE < off < end:
-                return None
-            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-            up.feed(data[off : min(end, off + MAX_RECORD_PEEK)])
-            rec = up.unpack()
-            n = up.tell()
-            if not (
-                isinstance(rec, tuple)
-                and len(rec) == 11
-                and type(rec[0]) is int
-                and rec[0] == seq
-                and type(rec[R_SIG]) is bytes
-            ):
-                return None
-            raw = data[off : off + n]
-        except (FrameError, ValueError, TypeError, msgpack.UnpackException):
-            return None
-        if seq == row.first_seq:
-            prev = info.header.prev_sig if o == 0 else data[row.offset - 2 * MAC_SIZE : row.offset - MAC_SIZE]
-        else:
-            prev = data[off - MAC_SIZE : off]
-        if self.sign(prev, self._canon_prefix + raw[1 : n - 34]) != rec[R_SIG]:
-            return None
-        return Entry(self.node, *rec)
 
     # -- small queries -----------------------------------------------------------
 
