@@ -1232,7 +1232,7 @@ def job_merge(
         out["first_read"] = out["warmup"]["lines"] / out["warmup"]["seconds"]
         out["disk"] = {
             suffix: sum(p.stat().st_size for n in cluster.nodes for p in (n.data_dir / "segments").glob("*" + suffix))
-            for suffix in (".seg", ".lines")
+            for suffix in (".seg", ".idx", ".terms")
         }
         for n in cluster.nodes:
             n.note_rss()
@@ -1276,10 +1276,10 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     import asyncio
 
     from engine.datadir import DataDir
-    from engine.lines import line_marks
     from engine.log import NodeLog
     from query.filters import Filter
     from query.linemerge import LineSource, merge_lines, node_ranks
+    from query.lines import line_marks
     from query.scan import read_node
     from query.sources import LineTaker
 
@@ -1288,7 +1288,7 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
         dd = DataDir(d)
         node = dd.open()
         log = NodeLog(dd, node)
-        taker = LineTaker(log, read_node(log, Filter()), None, None, "asc")
+        taker = LineTaker(read_node(log, Filter()), None, None, "asc")
         chunks = []
         while (got := taker.take(2000)) is not None:
             ts, lens, blob, _ = got
@@ -1362,7 +1362,7 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str, commit: in
 
                 def entries():
                     for ts, node, seq, r in heapq.merge(*its):  # noqa: B023 (consumed in this round)
-                        yield Entry(
+                        yield Entry.of(
                             node,
                             seq,
                             ts,

@@ -43,6 +43,11 @@ SETTINGS: tuple[Setting, ...] = (
     *(s for rows in TABLES.values() for s in rows),
 )
 _TOP = tuple(s for s in SETTINGS if "." not in s.name)
+#: settings earlier versions had: accepted and ignored, with a warning saying why
+RETIRED = {
+    "line_files": "line_files is no longer a setting and is ignored: NDJSON reads render without a cache "
+    "(the writer deletes *.lines files earlier versions kept); remove it from the config file",
+}
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,14 @@ class Config:
     syslog: SyslogSettings | None = None
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    #: warnings about the file (retired settings it still has)
+    notes: tuple[str, ...] = ()
 
     # the storage settings and [server] by the names the file gives them
     retention_days = property(lambda self: self.store.retention_days)
     segment_max_bytes = property(lambda self: self.store.segment_max_bytes)
     segment_max_age = property(lambda self: self.store.segment_max_age)
     fsync = property(lambda self: self.store.fsync)
-    line_files = property(lambda self: self.store.line_files)
     server_listen = property(lambda self: self.server.listen)
     server_unix_socket = property(lambda self: self.server.unix_socket)
     server_validate_workers = property(lambda self: self.server.validate_workers)
@@ -135,6 +141,8 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     p = Path(path)
     data = _read_toml(p)
+    notes = tuple(f"config file {p}: {RETIRED[k]}" for k in data if k in RETIRED)
+    data = {k: v for k, v in data.items() if k not in RETIRED}
     by_key = {s.name: s for s in _TOP}
     for key in data:
         if key not in by_key and key not in TABLES:
@@ -161,4 +169,5 @@ def load_config(path: str | Path | None) -> Config:
         syslog=SyslogSettings(**tables["syslog"]) if "syslog" in tables else None,
         source=str(p),
         raw=data,
+        notes=notes,
     )

@@ -40,6 +40,8 @@ class Context:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path)
+            for note in self._config.notes:
+                click.echo(f"auditlog: warning: {note}", err=True)
         return self._config
 
     def node(self) -> Node:

@@ -3,7 +3,7 @@
 <data-dir>/node.id          the node id (text)
 <data-dir>/node.key         32 random bytes, mode 0600
 <data-dir>/LOCK             the single-writer lock (fcntl)
-<data-dir>/segments/*.seg   the log; *.idx, *.terms and *.lines are derived
+<data-dir>/segments/*.seg   the log; *.idx and *.terms are derived (SIDE_SUFFIXES)
 <data-dir>/state/           other node-local state (API keys, cursors)
 """
 
@@ -16,6 +16,16 @@ from pathlib import Path
 
 from engine.chain import NodeKey, create_key_file, load_key_file
 from engine.errors import AlreadyInitialisedError, ConfigError, NotInitialisedError
+
+#: files beside a segment, derived from it, that go with it: its indexes, and the line
+#: files (``.lines``) earlier versions kept as a read cache (the writer deletes those)
+SIDE_SUFFIXES = (".idx", ".terms", ".lines")
+LEFTOVER_SUFFIX = ".lines"
+
+
+def side_files(seg_path: Path) -> list[Path]:
+    return [seg_path.with_suffix(s) for s in SIDE_SUFFIXES]
+
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

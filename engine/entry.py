@@ -19,6 +19,7 @@ import datetime as _dt
 from typing import Any, NamedTuple
 
 import msgpack
+import msgspec
 
 _packer = msgpack.Packer(use_bin_type=True)
 _pack = _packer.pack
@@ -119,30 +120,38 @@ def format_ts(ts_us: int) -> str:
     return f"{d:%Y-%m-%dT%H:%M:%S}.{micros:06d}Z"
 
 
-class Entry:
-    """One entry as read back, with the integrity verdict of this read."""
+class Entry(msgspec.Struct, array_like=True, gc=False):
+    """One entry as read back, with the integrity verdict of this read.
 
-    __slots__ = (
-        "node",
-        "seq",
-        "ts",
-        "user",
-        "action",
-        "target",
-        "domain",
-        "ip",
-        "user_agent",
-        "success",
-        "details",
-        "signature",
-        "integrity",
-        "violation",
-        "sub",
-        "pos_seq",
-    )
+    Its first fields are those of the stored record, in their order, so a verified
+    frame's plain payload decodes straight into entries (:func:`decode_entries`, in
+    C, no object per field); ``node`` and the verdict follow.  The record fields are
+    not type-checked on decoding (``Any``), as a frame that verified holds what the
+    writer wrote; a damaged frame's records go through ``engine.items.salvage``,
+    which builds well-typed entries.  Build one in code with :meth:`of`.
+    """
 
-    def __init__(
-        self,
+    seq: Any
+    ts: Any
+    user: Any
+    action: Any
+    target: Any
+    domain: Any
+    ip: Any
+    user_agent: Any
+    success: Any
+    details: Any
+    signature: Any
+    node: str = ""
+    integrity: str = "ok"
+    violation: str | None = None
+    sub: int = ENTRY_SUB
+    #: a marker's place in the read (its ``seq`` names the range it stands for)
+    pos_seq: int = 0
+
+    @classmethod
+    def of(
+        cls,
         node: str,
         seq: int,
         ts: int,
@@ -157,61 +166,39 @@ class Entry:
         signature: bytes,
         integrity: str = "ok",
         violation: str | None = None,
-    ):
-        self.node = node
-        self.seq = seq
-        self.ts = ts
-        self.user = user
-        self.action = action
-        self.target = target
-        self.domain = domain
-        self.ip = ip
-        self.user_agent = user_agent
-        self.success = success
-        self.details = details
-        self.signature = signature
-        self.integrity = integrity
-        self.violation = violation
-        self.sub = ENTRY_SUB
-        #: a marker's place in the read (its ``seq`` names the range it stands for)
-        self.pos_seq = seq
+    ) -> Entry:
+        return cls(
+            seq,
+            ts,
+            user,
+            action,
+            target,
+            domain,
+            ip,
+            user_agent,
+            success,
+            details,
+            signature,
+            node,
+            integrity,
+            violation,
+            ENTRY_SUB,
+            seq,
+        )
 
     @classmethod
     def from_record(cls, node: str, rec: tuple | list, integrity: str = "ok") -> Entry:
-        return cls(node, *rec, integrity)
+        return cls.of(node, *rec, integrity)
 
     @classmethod
     def from_records(cls, node: str, recs) -> list[Entry]:
-        """Entries of verified records, built without a call per field (the scan hot path)."""
-        new = object.__new__
-        out = []
-        append = out.append
-        for r in recs:
-            e = new(cls)
-            (
-                e.seq,
-                e.ts,
-                e.user,
-                e.action,
-                e.target,
-                e.domain,
-                e.ip,
-                e.user_agent,
-                e.success,
-                e.details,
-                e.signature,
-            ) = r
-            e.node = node
-            e.integrity = "ok"
-            e.violation = None
-            e.sub = ENTRY_SUB
-            append(e)
-        return out
+        """Entries of verified records already decoded (tuples or lists)."""
+        return [cls(*r, node) for r in recs]
 
     @classmethod
     def marker(cls, node: str, seq: int, ts: int, violation: str) -> Entry:
         """Stand-in for an undecodable range: ``seq`` is the first seq of the range."""
-        return cls(
+        return cls.of(
             node,
             seq,
             ts,
@@ -256,6 +243,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+_entries_decoder = msgspec.msgpack.Decoder(list[Entry])
+
+
+def decode_entries(node: str, plain: bytes) -> list[Entry]:
+    """The entries of a verified frame's plain payload (a msgpack array of stored
+    records), decoded straight into :class:`Entry` objects.  Raises ValueError
+    when the payload is not such an array."""
+    try:
+        out = _entries_decoder.decode(plain)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"records do not decode: {e}") from None
+    for e in out:
+        e.node = node
+    return out
 
 
 #: stored value -> wire value, for the wire fields that are not sent as stored:

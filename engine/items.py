@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from engine.entry import Entry
+from engine.entry import Entry, decode_entries
 
 #: ``sub`` of a marker for a damaged frame
 FRAME_SUB = 50
@@ -45,14 +45,14 @@ TS_UNKNOWN_HI = (1 << 63) - 1
 class VerifiedFrame:
     """A frame that verified (checksum and chained MAC), or the part of it a read wants.
 
-    A whole frame keeps its verified payload and decodes it only when asked
-    (``records``/``entries``); ``path``, ``ordinal``, ``offset``, ``end`` and
-    ``mac`` say which frame it is (what a cache of rendered frames is keyed
-    by).  A part of a frame (cut by the time window, a cursor or a filter)
-    holds its entries.  ``desc``: records come newest first.
+    A whole frame keeps its verified plain payload and decodes it only when
+    asked (:meth:`entries`, straight into entries: ``engine.entry.decode_entries``);
+    ``path``, ``ordinal``, ``offset``, ``end`` and ``mac`` say which frame it is.
+    A part of a frame (cut by the time window, a cursor or a filter) holds its
+    entries.  ``desc``: entries come newest first.
     """
 
-    __slots__ = ("node", "path", "ordinal", "offset", "end", "mac", "payload", "desc", "_entries", "_records")
+    __slots__ = ("node", "path", "ordinal", "offset", "end", "mac", "payload", "desc", "_entries")
 
     def __init__(
         self,
@@ -75,50 +75,30 @@ class VerifiedFrame:
         self.payload = payload
         self.desc = desc
         self._entries = entries
-        self._records = None
 
     @property
     def whole(self) -> bool:
-        """Every record of the frame, in scan order (not a part of it)."""
+        """Every entry of the frame, in scan order (not a part of it)."""
         return self._entries is None
 
-    def records(self) -> tuple:
-        """The stored record tuples (``engine.entry.R_*``), in scan order."""
-        if self._records is None:
-            if self._entries is not None:
-                self._records = tuple(
-                    (
-                        e.seq,
-                        e.ts,
-                        e.user,
-                        e.action,
-                        e.target,
-                        e.domain,
-                        e.ip,
-                        e.user_agent,
-                        e.success,
-                        e.details,
-                        e.signature,
-                    )
-                    for e in self._entries
-                )
-            else:
-                recs = msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
-                self._records = recs[::-1] if self.desc else recs
-        return self._records
-
-    def stored_records(self) -> tuple:
-        """A whole frame's records in stored (ascending) order."""
-        recs = self.records()
-        return recs[::-1] if self.desc else recs
-
     def entries(self) -> list[Entry]:
+        """The entries, in scan order (a whole frame's decoded anew on each call)."""
         if self._entries is not None:
             return self._entries
-        return Entry.from_records(self.node, self.records())
+        try:
+            out = decode_entries(self.node, self.payload)
+        except ValueError:
+            # not the arrays decode_entries expects; the catalogue checked it is a
+            # sequence of 11-element records, which is all from_records needs
+            out = Entry.from_records(
+                self.node, msgpack.unpackb(self.payload, use_list=False, raw=False, strict_map_key=True)
+            )
+        if self.desc:
+            out.reverse()
+        return out
 
     def __len__(self) -> int:
-        return len(self._entries) if self._entries is not None else len(self.records())
+        return len(self.entries())
 
     def __repr__(self) -> str:
         return (
@@ -249,7 +229,7 @@ def salvage(
         sig = rec[10] if type(rec[10]) is bytes and len(rec[10]) == 32 else b""
         if not sig:
             notes.append("stored signature unusable")
-        e = Entry(
+        e = Entry.of(
             node,
             seq,
             ts,

@@ -60,8 +60,6 @@ class NodeLog:
         self._checks = FrameChecks(node.node_id, node.key)
         self._selective = SelectiveReads(node.node_id, node.key, self._checks, self._read_frames)
         self._anchor: tuple | None = None
-        #: rendered lines kept beside the segments (set by the server; see engine.lines)
-        self.line_files = None
 
     @property
     def live_active(self) -> Callable[[], SegmentInfo | None] | None:
@@ -76,10 +74,7 @@ class NodeLog:
 
     def segment_infos(self) -> list[SegmentInfo]:
         """Every segment file, indexed, in log order; the last is the active one."""
-        infos = self.catalog.infos()
-        if self.line_files is not None:
-            self.line_files.forget({i.name for i in infos})
-        return infos
+        return self.catalog.infos()
 
     def layout(self, infos: list[SegmentInfo]) -> list[Slot | Damage]:
         """The segments and the structural damage between them (``engine.layout``)."""

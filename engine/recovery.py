@@ -36,7 +36,7 @@ import xxhash
 
 from engine.catalog import SegmentInfo, index_segment
 from engine.chain import NodeKey
-from engine.datadir import DataDir, fsync_dir
+from engine.datadir import DataDir, fsync_dir, side_files
 from engine.frame import (
     COMPRESSED_FROM,
     FRAME_MAGICS,
@@ -219,9 +219,9 @@ def cut_back(commit: InterruptedCommit) -> dict:
         f.truncate(commit.offset)
         f.flush()
         os.fsync(f.fileno())
-    for suffix in (".idx", ".terms", ".lines"):
+    for side in side_files(commit.segment):
         try:
-            os.unlink(commit.segment.with_suffix(suffix))  # they describe the frames cut
+            os.unlink(side)  # they describe the frames cut
         except FileNotFoundError:
             pass
     fsync_dir(commit.segment.parent)
@@ -235,7 +235,7 @@ def cut_back(commit: InterruptedCommit) -> dict:
 
 
 def drop_segment_files(path: Path) -> None:
-    for p in (path, path.with_suffix(".idx"), path.with_suffix(".terms"), path.with_suffix(".lines")):
+    for p in (path, *side_files(path)):
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -340,7 +340,7 @@ def quarantine(data_dir: DataDir, path: Path, reason: str) -> dict:
         dest = qdir / f"{path.name}.{n}"
         n += 1
     os.replace(path, dest)
-    for side in (path.with_suffix(".idx"), path.with_suffix(".terms"), path.with_suffix(".lines")):
+    for side in side_files(path):
         try:
             os.unlink(side)  # derived from the file just moved
         except FileNotFoundError:

@@ -18,13 +18,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from engine.datadir import fsync_dir
+from engine.datadir import fsync_dir, side_files
 from engine.entry import EntryDraft, format_ts
-from engine.index import index_path
-from engine.lines import lines_path
 from engine.log import NodeLog
 from engine.state import StateSeal, StateTampered
-from engine.terms import terms_path
 from engine.writer import LogWriter
 
 DAY_US = 86_400 * 1_000_000
@@ -115,7 +112,7 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 # oldest first: a crash part-way leaves a prefix dropped, which the
                 # purge entry above still accounts for segment by segment
                 for v in victims:
-                    for p in (v.path, index_path(v.path), terms_path(v.path), lines_path(v.path)):
+                    for p in (v.path, *side_files(v.path)):
                         try:
                             os.unlink(p)
                         except FileNotFoundError:

@@ -121,7 +121,7 @@ class SelectiveReads:
             return None
         if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq):
             return None
-        return Entry(self.node, *rec)
+        return Entry.of(self.node, *rec)
 
     def _signed_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
         """One record of a plain-payload segment read at its file offset, checked against
@@ -153,4 +153,4 @@ class SelectiveReads:
             prev = data[off - MAC_SIZE : off]
         if self._sign(prev, self._canon_prefix + raw[1 : n - 34]) != rec[R_SIG]:
             return None
-        return Entry(self.node, *rec)
+        return Entry.of(self.node, *rec)

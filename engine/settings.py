@@ -114,12 +114,6 @@ def choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
     return check
 
 
-def boolean(v: Any, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{name} must be true or false, got {v!r}")
-    return v
-
-
 def text(v: Any, name: str) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
@@ -137,7 +131,6 @@ STORE_SETTINGS: tuple[Setting, ...] = (
     Setting("segment_max_bytes", 64 * 1024 * 1024, "roll a segment at this size", int_at_least(4096)),
     Setting("segment_max_age", 86400.0, 'roll a segment at this age (seconds or "1d")', parse_duration),
     Setting("fsync", "always", "always | interval | none (benchmarks only)", choice(FSYNC_MODES)),
-    Setting("line_files", True, "keep rendered NDJSON lines beside segments (faster reads, more disk)", boolean),
 )
 _STORE = defaults_of(STORE_SETTINGS)
 
@@ -149,7 +142,6 @@ class StoreSettings:
     fsync: str = _STORE["fsync"]
     fsync_interval: float = 1.0  # seconds, for fsync="interval" (not configurable)
     retention_days: int | None = _STORE["retention_days"]  # None = forever
-    line_files: bool = _STORE["line_files"]  # keep rendered lines beside segments (engine.lines)
 
     def __post_init__(self):
         if self.retention_days is None:  # kept forever: nothing to check

@@ -31,7 +31,7 @@ from engine import clock
 from engine.catalog import SegmentInfo, index_segment
 from engine.chain import GENESIS
 from engine.commit import Piece, plan_commit
-from engine.datadir import DataDir, Node, fsync_dir, write_atomic
+from engine.datadir import LEFTOVER_SUFFIX, DataDir, Node, fsync_dir, write_atomic
 from engine.entry import EntryDraft, sort_details
 from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.index import FrameRow, SegmentIndex, index_path
@@ -238,8 +238,10 @@ class LogWriter:
         seg_dir = self.data_dir.segments
         seg_dir.mkdir(exist_ok=True)
         for n in os.listdir(seg_dir):
-            if n.endswith(".tmp"):
-                os.unlink(seg_dir / n)  # an interrupted create or index write; never log data
+            if n.endswith((".tmp", LEFTOVER_SUFFIX)):
+                # an interrupted create or index write, or a read cache of earlier
+                # versions; never log data
+                os.unlink(seg_dir / n)
         notes: dict = {}
         reasons: list[str] = []
         moved, claimed = set_aside_blocking(self.data_dir, self.key, self.node)

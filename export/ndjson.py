@@ -1,110 +1,110 @@
 """NDJSON rendering of an entry stream: one compact JSON object per line (SPEC section 3 shape).
 
 Each line is the JSON of :meth:`engine.entry.Entry.to_wire` (same keys, same
-order, ``ts`` as RFC 3339, the signature as hex), encoded by orjson from a
-dict built per entry: about a microsecond a line, where ``json.dumps`` of
-``to_wire()`` costs several.  Strings are escaped as the json module escapes
-them with ``ensure_ascii=False`` (quotes, backslashes, control characters);
-numbers use the shortest form that reads back as the same value.  A damaged
-record whose values JSON cannot take as they are (bytes, non-text keys)
-goes through the json module with :func:`export.csv.json_default`.  The
-tests pin the equality with ``to_wire`` (including by Hypothesis).
+order, ``ts`` as RFC 3339, the signature as hex).  A batch of entries becomes
+one list of wire structs (``WireLine``, declared from ``engine.entry.WIRE_FIELDS``)
+encoded by msgspec in one call, lines and all: no dict per entry.  Strings are
+escaped as the json module escapes them with ``ensure_ascii=False`` (quotes,
+backslashes, control characters); numbers use the shortest form that reads
+back as the same value; ``violation`` follows only when set.  Flagged
+entries go one by one through their wire dict (orjson), where values JSON
+cannot take as they are (a damaged record's bytes, non-text keys) are shown
+with :func:`export.csv.json_default` or the json module.  The tests pin the
+equality with ``to_wire`` (including by Hypothesis).
 
-Lines are ``\n``-terminated.  :func:`ndjson_lines` gives each line as bytes
-(what the cluster merge moves around); :func:`iter_ndjson` yields text in
-chunks of about :data:`CHUNK_CHARS` characters.
+Lines are ``\\n``-terminated.  :func:`render` gives a batch as one blob (what
+a read hands to the merge, with the line lengths), :func:`ndjson_lines` each
+line as bytes, :func:`iter_ndjson` text in chunks of about
+:data:`CHUNK_CHARS` characters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import msgspec
 import orjson
 
-from engine.entry import (
-    R_DETAILS,
-    R_SEQ,
-    R_SIG,
-    R_TS,
-    RECORD_FIELDS,
-    WIRE_CONVERSIONS,
-    WIRE_FIELDS,
-    WIRE_OPTIONAL,
-    Entry,
-)
-from export.csv import CHUNK_CHARS, TimestampFormatter, make_json_encoder
+from engine.entry import WIRE_CONVERSIONS, WIRE_FIELDS, WIRE_OPTIONAL, Entry
+from export.csv import CHUNK_CHARS, TimestampFormatter, json_default, make_json_encoder
 
 # Maps in stored order (ingest stores details canonically sorted), as to_wire does.
 _json = make_json_encoder(sort_keys=False)
-_dumps = orjson.dumps
-_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+#: the wire shape as a struct: WIRE_FIELDS in order, then ``violation``, left out
+#: when None (the only field with a default, so the only one ever left out)
+WireLine = msgspec.defstruct(
+    "WireLine",
+    [(f, Any) for f in WIRE_FIELDS] + [(WIRE_OPTIONAL, Any, None)],
+    omit_defaults=True,
+    gc=False,
+)
+#: the order ``render`` builds a WireLine in; the wire declaration must agree
+_ORDER = (
+    "id",
+    "node",
+    "seq",
+    "ts",
+    "user",
+    "action",
+    "target",
+    "domain",
+    "ip",
+    "user_agent",
+    "success",
+    "details",
+    "signature",
+    "integrity",
+)
+if WIRE_FIELDS != _ORDER or set(WIRE_CONVERSIONS) != {"ts", "signature", "details"}:
+    # a new field, conversion or order must be rendered here too
+    raise ImportError(f"export.ndjson renders {_ORDER}, the wire declares {WIRE_FIELDS} / {sorted(WIRE_CONVERSIONS)}")
+_encoder = msgspec.json.Encoder()
+_encode_lines = _encoder.encode_lines
 
 
-# The two line makers are built from the wire declaration (engine.entry.WIRE_FIELDS
-# and WIRE_CONVERSIONS) with the dict written out inline in the loop, as a literal
-# is the fastest way to build it: one definition of the shape, no cost per line.
-# Each wire field's value, as Python source: in ``ndjson_lines`` from an entry ``e``
-# (``node`` and ``seq`` are locals), in ``record_lines`` from a record unpacked
-# into locals named as the fields.  ``details`` goes as stored: orjson writes the
-# tuples msgpack decodes as arrays, as ``to_wire``'s lists.
-_CONVERTED = {"ts": "timestamps({})", "signature": "{}.hex()", "details": "{}"}
-if set(_CONVERTED) != set(WIRE_CONVERSIONS):  # a new conversion must be rendered here too
-    raise ImportError(
-        f"export.ndjson renders conversions {sorted(_CONVERTED)}, the wire declares {sorted(WIRE_CONVERSIONS)}"
-    )
-_ENTRY_SOURCE = {"id": 'f"{node}:{seq}"', "node": "node", "seq": "seq"}
-#: a stored record's fields, in their order (engine.entry: the record array)
-_RECORD = ("seq", "ts", "user", "action", "target", "domain", "ip", "user_agent", "success", "details", "signature")
-if (_RECORD.index("seq"), _RECORD.index("ts"), _RECORD.index("details"), _RECORD.index("signature"), len(_RECORD)) != (
-    R_SEQ,
-    R_TS,
-    R_DETAILS,
-    R_SIG,
-    RECORD_FIELDS,
-):
-    raise ImportError("export.ndjson: the stored record's fields moved (engine.entry)")
-_RECORD_SOURCE = {"id": "prefix + str(seq)", "integrity": '"ok"'}
+def render(entries: list[Entry], timestamps: Callable[[int], str]) -> bytes:
+    """The entries as NDJSON lines, one blob (empty for no entries).
 
-
-def _wire_dict(source: dict[str, str], value: str) -> str:
-    """The wire dict as a literal, each field from ``source`` or else ``value``."""
-
-    def one(f: str) -> str:
-        expr = source.get(f, value.format(f))
-        return _CONVERTED[f].format(expr) if f in _CONVERTED and f not in source else expr
-
-    return "{" + ", ".join(f"{f!r}: {one(f)}" for f in WIRE_FIELDS) + "}"
-
-
-_LINE_MAKERS = f"""
-def ndjson_lines(entries, timestamps=None):
-    timestamps = timestamps or TimestampFormatter().format
-    out = []
-    append = out.append
-    for e in entries:
-        node, seq = e.node, e.seq
-        d = {_wire_dict(_ENTRY_SOURCE, "e.{}")}
-        if e.{WIRE_OPTIONAL} is not None:
-            d[{WIRE_OPTIONAL!r}] = e.{WIRE_OPTIONAL}
+    Verified entries hold what ingest validated (JSON types), so a batch of them
+    is encoded in one call; a flagged entry (a damaged record's, rebuilt by
+    ``engine.items.salvage``, or a marker) goes line by line through its wire
+    dict, where any value JSON has no type for is shown safely."""
+    if all(e.integrity == "ok" for e in entries):
         try:
-            append(_dumps(d, None, _NEWLINE))
-        except (TypeError, orjson.JSONEncodeError):
-            append(_odd_line(e))
-    return out
+            return _encode_lines(
+                [
+                    WireLine(
+                        f"{e.node}:{e.seq}",
+                        e.node,
+                        e.seq,
+                        timestamps(e.ts),
+                        e.user,
+                        e.action,
+                        e.target,
+                        e.domain,
+                        e.ip,
+                        e.user_agent,
+                        e.success,
+                        e.details,
+                        e.signature.hex(),
+                        "ok",
+                        e.violation,
+                    )
+                    for e in entries
+                ]
+            )
+        except (TypeError, ValueError, AttributeError, msgspec.EncodeError):
+            pass
+    return b"".join(_checked_line(e) for e in entries)
 
 
-def record_lines(node, recs, timestamps):
-    out = []
-    append = out.append
-    prefix = node + ":"
-    for {", ".join(_RECORD)} in recs:
-        d = {_wire_dict(_RECORD_SOURCE, "{}")}
-        try:
-            append(_dumps(d, None, _NEWLINE))
-        except (TypeError, orjson.JSONEncodeError):
-            append(_odd_line(Entry(node, {", ".join(_RECORD)})))
-    return out
-"""
+def _checked_line(e: Entry) -> bytes:
+    try:
+        return orjson.dumps(e.to_wire(), json_default, orjson.OPT_APPEND_NEWLINE)
+    except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError):
+        return _odd_line(e)
 
 
 def _odd_line(e: Entry) -> bytes:
@@ -122,34 +122,10 @@ def _odd_line(e: Entry) -> bytes:
     return (_json(wire) + "\n").encode("utf-8", "surrogatepass")
 
 
-_made = {
-    "TimestampFormatter": TimestampFormatter,
-    "Entry": Entry,
-    "orjson": orjson,
-    "_dumps": _dumps,
-    "_NEWLINE": _NEWLINE,
-    "_odd_line": _odd_line,
-}
-exec(compile(_LINE_MAKERS, "<export.ndjson line makers>", "exec"), _made)
-ndjson_lines: Callable[..., list[bytes]] = _made["ndjson_lines"]
-record_lines: Callable[[str, Iterable[tuple], Callable[[int], str]], list[bytes]] = _made["record_lines"]
-ndjson_lines.__doc__ = "Each entry as one UTF-8 line ending in ``\\n`` (the wire shape, ``Entry.to_wire``)."
-record_lines.__doc__ = """:func:`ndjson_lines` for the records of a verified frame (``engine.items.VerifiedFrame``):
-the same lines, without an ``Entry`` per record."""
-
-
-#: names what :func:`record_lines` writes, for line files (``engine.lines``): change it
-#: whenever a line would come out differently, so lines kept before are not used
-LINES_TAG = "ndjson-1"
-
-
-def line_renderer(node: str) -> Callable[[tuple], list[bytes]]:
-    """``record_lines`` for one node's verified frames (the ``engine.lines`` callback)."""
-
-    def render(recs: tuple) -> list[bytes]:
-        return record_lines(node, recs, TimestampFormatter().format)
-
-    return render
+def ndjson_lines(entries: Iterable[Entry], timestamps: Callable[[int], str] | None = None) -> list[bytes]:
+    """Each entry as one UTF-8 line ending in ``\\n`` (the wire shape, ``Entry.to_wire``)."""
+    blob = render(list(entries), timestamps or TimestampFormatter().format)
+    return blob.splitlines(keepends=True)
 
 
 def render_json_entry(entry: Entry) -> str:
@@ -158,22 +134,21 @@ def render_json_entry(entry: Entry) -> str:
 
 
 def iter_ndjson(entries: Iterable[Entry]) -> Iterator[str]:
-    """Yield the entries as NDJSON text, several lines per chunk."""
+    """Yield the entries as NDJSON text in chunks of about :data:`CHUNK_CHARS`, each
+    ending at the end of a line."""
     timestamps = TimestampFormatter().format
     batch: list[Entry] = []
-    parts: list[bytes] = []
-    size = 0
+    buf = bytearray()
     for entry in entries:
         batch.append(entry)
         if len(batch) >= 64:
-            for line in ndjson_lines(batch, timestamps):
-                parts.append(line)
-                size += len(line)
-                if size >= CHUNK_CHARS:
-                    yield b"".join(parts).decode("utf-8")
-                    parts.clear()
-                    size = 0
+            buf += render(batch, timestamps)
             batch.clear()
-    parts.extend(ndjson_lines(batch, timestamps))
-    if parts:
-        yield b"".join(parts).decode("utf-8")
+            while len(buf) >= CHUNK_CHARS:
+                cut = buf.rfind(b"\n", 0, CHUNK_CHARS) + 1 or buf.find(b"\n") + 1
+                yield buf[:cut].decode("utf-8")
+                del buf[:cut]
+    if batch:
+        buf += render(batch, timestamps)
+    if buf:
+        yield buf.decode("utf-8")

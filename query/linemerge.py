@@ -26,7 +26,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator
 from operator import neg
 
-from engine.lines import cut_lines
+from query.lines import cut_lines
 from query.merge import Source
 
 
@@ -40,7 +40,7 @@ class LineSource(Source):
 
     async def next_lines(self) -> tuple[list[int], list[int], bytes] | None:  # pragma: no cover
         """``(timestamps, marks, blob)`` of the next chunk, or None at the end:
-        ``marks`` (:func:`engine.lines.line_marks`) say where each line ends."""
+        ``marks`` (:func:`query.lines.line_marks`) say where each line ends."""
         raise NotImplementedError
 
 

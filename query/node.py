@@ -80,11 +80,6 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     node = data_dir.open()
     store, settings = config.store, config.service
     reader = NodeLog(data_dir, node)
-    if store.line_files:
-        from engine.lines import LineFiles
-        from export.ndjson import LINES_TAG, line_renderer
-
-        reader.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
     writer = LogWriter(data_dir, node, store, reader)
     seal = StateSeal(node.key, node.node_id)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")

@@ -8,12 +8,12 @@ import asyncio
 from array import array
 
 from engine.entry import Entry
-from engine.items import VerifiedFrame
-from engine.lines import LEN_CODE, line_marks
+from engine.log import entry_batches
 from export.csv import TimestampFormatter
-from export.ndjson import ndjson_lines, record_lines
+from export.ndjson import render
 from query.filters import Filter
 from query.linemerge import LineSource
+from query.lines import LEN_CODE, line_lengths, line_marks
 from query.merge import Source
 from query.scan import read_node, scan_node
 
@@ -45,9 +45,7 @@ class LocalLineSource(LineSource):
     def __init__(self, service, flt: Filter, order: str, after: tuple[int, int] | None, batch: int = 2000):
         super().__init__(service.node_id)
         self.service = service
-        self.taker = LineTaker(
-            service.log, read_node(service.log, flt, order=order, after=after), flt.from_us, flt.to_us, order
-        )
+        self.taker = LineTaker(read_node(service.log, flt, order=order, after=after), flt.from_us, flt.to_us, order)
         self.batch = batch
         self._ahead: asyncio.Future | None = None
 
@@ -86,22 +84,15 @@ def _take_marked(taker: LineTaker, n: int):
 class LineTaker:
     """One node's read (``query.scan.read_node``) as NDJSON lines, chunk by chunk.
 
-    The one path from the reader's items to lines: a whole verified frame is
-    rendered from its records, or taken from the segment's line file when the
-    log keeps them (``engine.lines``: a block is used only for the very frame,
-    by MAC, that has just verified); a part of a frame and damage (flagged
-    entries, markers placed in the window) are rendered entry by entry.
+    The one path from the reader's items to lines: every item is taken as
+    entries (a verified frame's decoded, damage as flagged entries or markers
+    placed in the read's window: ``engine.log.entry_batches``) and rendered a
+    batch at a time (``export.ndjson.render``).
     """
 
-    def __init__(self, log, items, from_us: int | None, to_us: int | None, order: str):
-        self.items = items
-        self.node = log.node
-        self.lines = log.line_files
-        self.lo, self.hi = from_us, to_us
-        self.desc = order == "desc"
+    def __init__(self, items, from_us: int | None, to_us: int | None, order: str):
+        self.batches = entry_batches(items, from_us, to_us, order == "desc")
         self.timestamps = TimestampFormatter().format
-        self._segment = None
-        self._last: int | None = None  # ts of the last line handed out
 
     def take(self, n: int, *, joined: bool = True) -> tuple[list[int], array, bytes | list[bytes], int] | None:
         """At least ``n`` entries (or the rest) as (timestamps, line lengths, the lines
@@ -111,45 +102,17 @@ class LineTaker:
         parts: list[bytes] = []
         bad = 0
         timestamps = self.timestamps
-        for item in self.items:
-            if type(item) is VerifiedFrame:
-                if item.whole:
-                    if self.lines is not None:
-                        if item.path != self._segment:
-                            self._segment = item.path
-                            self.lines.begin(item.path)
-                        try:
-                            r = self.lines.frame(
-                                item.path, item.ordinal, item.offset, item.end, item.mac, item.stored_records
-                            )
-                        except (ValueError, TypeError, IndexError):
-                            r = None
-                        if r is not None:
-                            if self.desc:
-                                r = r.reversed()
-                            ts += r.ts
-                            lens += r.lens
-                            parts.append(r.blob)
-                            if len(ts) >= n:
-                                break
-                            continue
-                    recs = item.records()
-                    ts += [r[1] for r in recs]
-                    lines = record_lines(self.node, recs, timestamps)
-                else:
-                    entries = item.entries()
-                    ts += [e.ts for e in entries]
-                    lines = ndjson_lines(entries, timestamps)
-            else:
-                entries = item.as_entries(self.lo, self.hi, ts[-1] if ts else self._last, self.desc)
-                ts += [e.ts for e in entries]
-                lines = ndjson_lines(entries, timestamps)
-                bad += len(entries)
-            lens.extend(map(len, lines))
-            parts.append(b"".join(lines))
+        for entries in self.batches:
+            if not entries:
+                continue
+            blob = render(entries, timestamps)
+            ts += [e.ts for e in entries]
+            lens += line_lengths(blob)
+            parts.append(blob)
+            if entries[0].integrity != "ok":  # an item is all verified, or all flagged
+                bad += sum(e.integrity != "ok" for e in entries)
             if len(ts) >= n:
                 break
         if not ts:
             return None
-        self._last = ts[-1]
         return ts, lens, b"".join(parts) if joined else parts, bad

@@ -6,7 +6,7 @@ A plain module for ``tests/test_random_damage.py`` (``tests/`` is on ``sys.path`
   and an active one, commits of 1-5 events a second apart from
   2026-03-01T00:00:00Z, before the tests' frozen clock), from a fixed plan
   (:func:`log_plan`), and keeps two copies of it: without derived files, and
-  with every derived file built (``.idx``, ``.terms``, ``.lines``).
+  with every derived file built (``.idx``, ``.terms``).
 * The damage classes (:class:`DeleteSegment`, :class:`FlipBytes`,
   :class:`EditRecord`, ...) do to a copy what someone with write access to the
   data dir but without ``node.key`` can do (docs/FORMAT.md): delete, cut,
@@ -270,7 +270,7 @@ class Pristine:
     """The undamaged log: its two copies on disk, its entries, its file layout."""
 
     plain: Path  # data dir without derived files
-    derived: Path  # the same with .idx, .terms and .lines built
+    derived: Path  # the same with .idx and .terms built
     entries: list[dict]  # wire dicts, seq order (seq i at index i-1)
     ts_us: list[int]  # ts of seq i at index i-1
     raw: list[dict]  # id -> stored fields for the oracle (ts int, details as read)
@@ -334,11 +334,7 @@ def build_pristine(root: Path) -> Pristine:
     derived = root / "derived"
     shutil.copytree(plain, derived)
     build_derived(derived)
-    assert (
-        list((derived / "segments").glob("*.terms"))
-        and list((derived / "segments").glob("*.lines"))
-        and list((derived / "segments").glob("*.idx"))
-    )
+    assert list((derived / "segments").glob("*.terms")) and list((derived / "segments").glob("*.idx"))
     return Pristine(
         plain,
         derived,
@@ -352,18 +348,15 @@ def build_pristine(root: Path) -> Pristine:
 
 def build_derived(data_dir: Path) -> None:
     """Build every derived file the way the node does: a full scan (``.idx`` of sealed
-    segments), the ``.lines`` a server keeps while answering NDJSON, and the ``.terms``
-    of every segment (a selective query, then the server's background build)."""
-    from engine.lines import LineFiles
-    from export.ndjson import LINES_TAG, line_renderer
+    segments), an NDJSON read as a server answers it, and the ``.terms`` of every
+    segment (a selective query, then the server's background build)."""
+    from query.sources import LineTaker
 
     dd = DataDir(data_dir)
     node = dd.open()
     log = NodeLog(dd, node)
-    log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
-    from query.sources import LineTaker
 
-    taker = LineTaker(log, log.read(), None, None, "asc")
+    taker = LineTaker(log.read(), None, None, "asc")
     while taker.take(1 << 20) is not None:
         pass
     for _ in log.scan(terms={"user": frozenset(["alice"])}, predicate=lambda e: e.user == "alice"):
@@ -691,7 +684,7 @@ def _edited(what: str, old):
     raise AssertionError(what)
 
 
-SIDECARS = ("terms", "idx", "lines", "all")
+SIDECARS = ("terms", "idx", "all")
 
 
 @dataclass(frozen=True)
@@ -705,7 +698,7 @@ class DropSidecar:
         s = p.segment_of(self.seq)
         stem = s.name[:-4]
         gone = []
-        for ext in ("terms", "idx", "lines") if self.which == "all" else (self.which,):
+        for ext in ("terms", "idx") if self.which == "all" else (self.which,):
             f = d / "segments" / f"{stem}.{ext}"
             if f.exists():
                 f.unlink()
@@ -716,7 +709,7 @@ class DropSidecar:
 def damage_copy(p: Pristine, damage: tuple, derived: bool, dest: Path) -> list[str]:
     """A copy of the pristine log (with or without derived files) at ``dest``, damaged;
     returns what each damage did."""
-    assert not [f for f in (p.plain / "segments").iterdir() if f.suffix in (".idx", ".terms", ".lines")], (
+    assert not [f for f in (p.plain / "segments").iterdir() if f.suffix in (".idx", ".terms")], (
         "something read the pristine copy in place (reads write derived files): read a copy"
     )
     shutil.copytree(p.derived if derived else p.plain, dest)

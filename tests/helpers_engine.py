@@ -68,7 +68,7 @@ def sample_entry(seq: int = 1, **kw) -> Entry:
         signature=SAMPLE_SIG,
     )
     fields.update(kw)
-    return Entry(**fields)
+    return Entry.of(**fields)
 
 
 def init_dir(root: Path, node_id: str = "gw1") -> tuple[DataDir, Node]:

@@ -104,9 +104,21 @@ def test_chunks_end_on_line_boundaries() -> None:
 
 
 def test_damaged_record_with_odd_types_does_not_crash() -> None:
-    e = entry(user=12, details={b"k": b"\x01"})  # type: ignore[arg-type]
+    e = entry(user=12, details={b"k": b"\x01"}, integrity="violation", violation="mac_mismatch")  # type: ignore[arg-type]
     obj = json.loads(render_json_entry(e))
-    assert obj["user"] == 12 and obj["details"] == {"b'k'": "01"}
+    assert obj["user"] == 12 and obj["details"] == {"b'k'": "01"} and obj["violation"] == "mac_mismatch"
+    e = entry(details={"k": b"\x01", "n": [1, b"\x02"]}, integrity="violation", violation="x")
+    assert json.loads(render_json_entry(e))["details"] == {"k": "01", "n": [1, "02"]}
+
+
+def test_a_batch_with_flagged_entries_renders_each_as_its_wire_dict() -> None:
+    """Verified entries go in one call, flagged ones one by one: the lines are the same
+    as rendering each on its own, in order, whatever the mix."""
+    es = [entry(1), entry(2, details={"k": b"\x07"}, integrity="violation", violation="v"), entry(3)]
+    es.append(Entry.marker("node-a", 4, TS, "mac_mismatch: seq 4..9"))
+    text = "".join(iter_ndjson(es))
+    assert text.splitlines() == [render_json_entry(e) for e in es]
+    assert [json.loads(x) for x in text.splitlines()][1]["details"] == {"k": "07"}
 
 
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=20))
@@ -146,7 +158,7 @@ def test_equals_to_wire(
     integrity: str,
     violation: str | None,
 ) -> None:
-    e = Entry(
+    e = Entry.of(
         node, seq, ts, user, "custom.x", target, None, None, user_agent, success, details, SIG, integrity, violation
     )
     (line,) = lines([e])

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.lines import LEN_CODE, line_marks
 from query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
 from query.linemerge import LineSource, merge_lines, node_ranks
+from query.lines import LEN_CODE, line_marks
 
 
 class ListSource(LineSource):
@@ -197,20 +197,19 @@ async def test_a_stream_out_of_order_is_cut_off_not_looped_on():
 # ------------------------------------------------------------------ a node's own lines
 
 
-@pytest.mark.parametrize("line_files", [False, True])
 @pytest.mark.parametrize("damage", [False, True])
-def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, line_files):
-    """LineTaker over the reader's items (verified frames rendered from their records,
-    or taken from line files, first kept and then read back) gives byte for byte
-    the lines of the entry scan, also around a damaged frame, as lines and joined."""
+def test_lines_from_verified_frames_equal_lines_from_entries(tmp_path, damage):
+    """LineTaker over the reader's items (whole verified frames and parts of them,
+    damage) gives byte for byte the lines of the entry scan, also around a damaged
+    frame, as lines and joined."""
     from helpers_engine import build_log, frames_of, segment_paths
 
     from engine.items import VerifiedFrame
-    from engine.lines import cut_lines
     from engine.log import NodeLog
     from export.csv import TimestampFormatter
     from export.ndjson import ndjson_lines
     from query.filters import Filter
+    from query.lines import cut_lines
     from query.scan import read_node, scan_node
     from query.sources import LineTaker
 
@@ -222,11 +221,6 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
         raw[fr.payload_offset + 5] ^= 0x01
         seg.write_bytes(bytes(raw))
     log = NodeLog(dd, node)
-    if line_files:
-        from engine.lines import LineFiles
-        from export.ndjson import LINES_TAG, line_renderer
-
-        log.line_files = LineFiles(node.key, f"{LINES_TAG} {node.node_id}", line_renderer(node.node_id), keep=True)
     from engine.entry import format_ts
 
     all_ts = sorted(e.ts for e in log.scan())
@@ -242,11 +236,11 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
         ({"target": "filter-3"}, "desc", None),
     ]
     kinds = set()
-    for params, order, after in cases * (2 if line_files else 1):
+    for params, order, after in cases:
         flt = Filter.from_params(params)
         pos = None if after is None else (after, 100)
         want = ndjson_lines(scan_node(log, flt, order=order, after=pos), TimestampFormatter().format)
-        taker = LineTaker(log, read_node(log, flt, order=order, after=pos), flt.from_us, flt.to_us, order)
+        taker = LineTaker(read_node(log, flt, order=order, after=pos), flt.from_us, flt.to_us, order)
         kinds |= {
             "whole" if type(b) is VerifiedFrame and b.whole else "part"
             for b in read_node(log, flt, order=order, after=pos)
@@ -260,8 +254,6 @@ def test_lines_from_verified_records_equal_lines_from_entries(tmp_path, damage, 
         if damage and not params and after is None:
             assert any(b'"integrity":"violation"' in line for line in got)
     assert kinds == {"whole", "part"}  # both paths were taken
-    if line_files:
-        assert log.line_files.hits > 0 and log.line_files.rejected == 0
 
 
 def _ts_of(line: bytes) -> int:

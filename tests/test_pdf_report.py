@@ -409,7 +409,7 @@ def test_render_pdf_marks_violations_and_unreachable_nodes(tmp_path):
     from engine.entry import Entry
     from export.pdf import render_pdf
 
-    ok = Entry(
+    ok = Entry.of(
         "gw1",
         1,
         1_773_479_553_000_000,

@@ -32,7 +32,7 @@ def entry(
     details: dict | None = None,
     integrity: str = "ok",
 ) -> Entry:
-    return Entry(node, seq, ts, user, action, target, domain, ip, None, success, details or {}, SIG, integrity)
+    return Entry.of(node, seq, ts, user, action, target, domain, ip, None, success, details or {}, SIG, integrity)
 
 
 def marker(node: str = "node-a", ts: int = T0) -> Entry:

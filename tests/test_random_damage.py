@@ -3,7 +3,7 @@
 One log is written per module (node ``gw1``: several sealed segments and an
 active one, 1-5 events per commit, users, IPs, recipients, DKIM rotations and
 their confirmations; tests/helpers_damage.py).  Each example copies it (with or
-without the derived ``.idx``/``.terms``/``.lines`` files), applies one to three
+without the derived ``.idx``/``.terms`` files), applies one to three
 damages an attacker with write access to the data dir but without the node key
 can make (docs/FORMAT.md: delete, cut, rename, copy or overwrite segment files,
 flip bytes, rewrite a record and recompute the frame's keyless checksum), and

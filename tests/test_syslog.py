@@ -145,7 +145,7 @@ def entry(seq=7, **kw) -> Entry:
         signature=bytes(range(32)),
     )
     f.update(kw)
-    return Entry(**f)
+    return Entry.of(**f)
 
 
 def test_header_fields_and_structured_data():

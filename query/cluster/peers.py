@@ -18,8 +18,8 @@ import aiohttp
 import msgpack
 
 from engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
-from engine.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
 from query.cluster.settings import PeerConfig
+from query.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
 
 PEER_PREFIX = "/peer/v1"
 
@@ -54,7 +54,7 @@ def entry_from_compact(node: str, c: list | tuple) -> Entry:
         and integrity in ("ok", "violation")
     ):
         raise ValueError("malformed entry")
-    e = Entry(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation)
+    e = Entry.of(node, seq, ts, user, action, target, domain, ip, ua, success, details, sig, integrity, violation)
     if len(c) > n:
         if not all(type(x) is int for x in c[n:]):
             raise ValueError("malformed entry")
@@ -226,7 +226,7 @@ def _bin_header(size: int) -> bytes:
 
 
 def unpack_line_chunk(msg: dict) -> tuple[list[int], list[int], bytes, int]:
-    """A chunk as (timestamps, line marks (``engine.lines.line_marks``), blob, non-ok count).
+    """A chunk as (timestamps, line marks (``query.lines.line_marks``), blob, non-ok count).
 
     Refused unless the lengths cut the whole blob into non-empty lines that each
     end in ``\n`` and no line holds a CR (JSON escapes both inside a line; a LF

@@ -72,7 +72,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
     packer = msgpack.Packer(use_bin_type=True)
     if fmt == "lines":
         batches = read_node(service.log, flt, order=order, after=after)
-        chunk, args = _line_chunk, (LineTaker(service.log, batches, flt.from_us, flt.to_us, order),)
+        chunk, args = _line_chunk, (LineTaker(batches, flt.from_us, flt.to_us, order),)
     else:
         gen = scan_node(service.log, flt, order=order, after=after)
         chunk, args = _chunk, (gen, packer)
