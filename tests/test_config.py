@@ -477,3 +477,23 @@ def test_no_default_is_written_twice_in_the_code():
         if isinstance(n, ast.Constant) and not isinstance(n.value, bool) and n.value in defaults
     ]
     assert again == [], f"cli/config.py repeats defaults: {again}"
+
+
+# ----------------------------------------------------------------------------- retired settings
+
+
+def test_a_retired_setting_is_ignored_with_a_warning(tmp_path):
+    """``line_files`` (a read cache earlier versions kept) is no longer a setting: a file
+    that still has it is read as before, and the CLI says why the key does nothing."""
+    from helpers_engine import init_dir, invoke_cli
+
+    cfg = load(tmp_path, 'fsync = "none"\nline_files = false\n')
+    assert cfg.store == StoreSettings(fsync="none") and len(cfg.notes) == 1
+    assert "line_files" in cfg.notes[0] and "ignored" in cfg.notes[0]
+    d, _ = init_dir(tmp_path / "data")
+    r = invoke_cli(
+        d.root, "append", "--user", "a", "--action", "auth.login", config=write(tmp_path, "line_files = true\n")
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("warning:") == 1 and "line_files is no longer a setting" in r.stderr
+    assert "line_files" not in refused(tmp_path, "line_files = 1\ncolour = 1\n").split("(known")[1]

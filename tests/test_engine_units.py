@@ -919,3 +919,27 @@ def test_api_key_snapshot_is_0600(tmp_path):
         KeyStore(node, dd.state, w.log, w).load().create("soc", "reader")
     (path,) = [p for p in dd.state.iterdir()]
     assert path.name == "api_keys.json" and (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_writer_deletes_line_files_earlier_versions_left(tmp_path):
+    """``.lines`` files (a read cache of earlier versions) are derived data nothing reads:
+    the writer deletes them when it starts, and touches nothing else."""
+    dd = DataDir(tmp_path / "data")
+    node = dd.init("gw1")
+    with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none")) as w:
+        for i in range(30):
+            w.append_batch([EntryDraft("u", "auth.login", details={"i": i, "pad": os.urandom(40).hex()})])
+    segs = list_segments(dd.segments)
+    assert len(segs) >= 2
+    before = {p.name: p.read_bytes() for p in segs}
+    for p in segs:
+        p.with_suffix(".lines").write_bytes(b"AULN\x01\x00" + os.urandom(100))
+    (dd.segments / "notes.lines.txt").write_text("not a line file")
+    entries = [e.to_wire() for e in NodeLog(dd, node).scan()]
+    with LogWriter(dd, node, StoreSettings(segment_max_bytes=4096, fsync="none")):
+        pass
+    assert not list(dd.segments.glob("*.lines"))
+    assert (dd.segments / "notes.lines.txt").exists()
+    assert {p.name: p.read_bytes() for p in segs} == before
+    assert [e.to_wire() for e in NodeLog(dd, node).scan()] == entries
+    assert verify_node(dd, node).ok
