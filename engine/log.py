@@ -366,9 +366,18 @@ def entry_batches(
 ) -> Iterator[list[Entry]]:
     """The entries of :meth:`NodeLog.read` items, a list per item (damage placed in
     the read's window and in time order: ``Damage.as_entries``)."""
+    return (batch for batch, _ in checked_batches(items, from_us, to_us, desc))
+
+
+def checked_batches(
+    items, from_us: int | None = None, to_us: int | None = None, desc: bool = False
+) -> Iterator[tuple[list[Entry], bool]]:
+    """:func:`entry_batches`, each batch with whether it is verified (a verified frame's
+    entries, all ``integrity="ok"``) or damage (all flagged)."""
     last = None
     for it in items:
-        batch = it.entries() if type(it) is VerifiedFrame else it.as_entries(from_us, to_us, last, desc)
+        verified = type(it) is VerifiedFrame
+        batch = it.entries() if verified else it.as_entries(from_us, to_us, last, desc)
         if batch:
             last = batch[-1].ts
-        yield batch
+        yield batch, verified

@@ -8,7 +8,7 @@ import asyncio
 from array import array
 
 from engine.entry import Entry
-from engine.log import entry_batches
+from engine.log import checked_batches
 from export.csv import TimestampFormatter
 from export.ndjson import render
 from query.filters import Filter
@@ -86,12 +86,12 @@ class LineTaker:
 
     The one path from the reader's items to lines: every item is taken as
     entries (a verified frame's decoded, damage as flagged entries or markers
-    placed in the read's window: ``engine.log.entry_batches``) and rendered a
+    placed in the read's window: ``engine.log.checked_batches``) and rendered a
     batch at a time (``export.ndjson.render``).
     """
 
     def __init__(self, items, from_us: int | None, to_us: int | None, order: str):
-        self.batches = entry_batches(items, from_us, to_us, order == "desc")
+        self.batches = checked_batches(items, from_us, to_us, order == "desc")
         self.timestamps = TimestampFormatter().format
 
     def take(self, n: int, *, joined: bool = True) -> tuple[list[int], array, bytes | list[bytes], int] | None:
@@ -102,15 +102,15 @@ class LineTaker:
         parts: list[bytes] = []
         bad = 0
         timestamps = self.timestamps
-        for entries in self.batches:
+        for entries, verified in self.batches:
             if not entries:
                 continue
-            blob = render(entries, timestamps)
+            blob = render(entries, timestamps, verified)
             ts += [e.ts for e in entries]
             lens += line_lengths(blob)
             parts.append(blob)
-            if entries[0].integrity != "ok":  # an item is all verified, or all flagged
-                bad += sum(e.integrity != "ok" for e in entries)
+            if not verified:
+                bad += len(entries)
             if len(ts) >= n:
                 break
         if not ts:
