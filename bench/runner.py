@@ -46,7 +46,7 @@ from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
 from bench.servers import PROFILE_ENV
 from engine.errors import AuditLogError
 
-SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss")
+SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss", "soak_rss")
 #: result names that select their scenario in ``--only``
 _ALIASES = {
     "append_4threads": "append",
@@ -58,6 +58,7 @@ _ALIASES = {
     "http_append_p99_ms": "http_ingest",
     "merge_first_byte_ms": "merge",
     "unreachable_peer_cost_s": "merge",
+    "soak": "soak_rss",
 }
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
@@ -88,6 +89,10 @@ class Plan:
     latency_seconds: float  # measured window of the paced single-event POSTs
     merge_events: int  # events over the 3 cluster nodes (N/3 each)
     merge_reps: int
+    soak_events: int  # events POSTed to one server in the soak
+    soak_reader_interval: float  # seconds between the soak reader's rounds
+    soak_rate: float = 13_000.0  # events/s, both writers together
+    soak_batch: int = 200
     batch: int = sc.BUILD_BATCH
     seed: int = sc.SEED
     http_batch: int = 1000
@@ -115,6 +120,10 @@ class Plan:
                 latency_seconds=0.5,
                 merge_events=events,
                 merge_reps=1,
+                soak_events=events,
+                soak_reader_interval=0.5,
+                soak_rate=5000.0,
+                soak_batch=100,
                 http_batch=min(1000, max(10, events // 6)),
                 http_conns=4,
                 latency_rate=500.0,
@@ -136,6 +145,8 @@ class Plan:
                 latency_seconds=2.0,
                 merge_events=300_000,
                 merge_reps=3,
+                soak_events=1_000_000,
+                soak_reader_interval=10.0,
             )
         return cls(
             n=10_000_000,
@@ -150,6 +161,8 @@ class Plan:
             latency_seconds=5.0,
             merge_events=1_500_000,
             merge_reps=3,
+            soak_events=5_200_000,
+            soak_reader_interval=30.0,
         )
 
 
@@ -838,6 +851,91 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
     return [merge, fb, un]
 
 
+def scenario_soak_rss(plan: Plan, ctx: dict) -> list[Result]:
+    from bench.soak import least_squares_slope
+
+    out = _run_job(
+        "soak_rss",
+        events=plan.soak_events,
+        rate=plan.soak_rate,
+        batch=plan.soak_batch,
+        reader_interval=plan.soak_reader_interval,
+        seed=plan.seed,
+        workdir=ctx["workdir"],
+    )
+    samples = out["samples"]
+    t_end = out["ingest_seconds"]
+    appended = sum(w["appended"] for w in out["writers"])
+    during = [s for s in samples if s[0] <= t_end] or samples
+    half = [s for s in during if s[0] >= t_end / 2]
+    mb = 1024 * 1024
+
+    def slope(col: int) -> float | None:
+        k = least_squares_slope([s[1] for s in half], [s[col] * mb for s in half])
+        return round(k, 1) if k is not None else None
+
+    peak = max(s[2] for s in samples)
+    rounds = out["rounds"]
+    step = max(1, len(samples) // 10)
+    params = {
+        "N": appended,
+        "rate": plan.soak_rate,
+        "achieved_rate": round(appended / max(w["seconds"] for w in out["writers"])),
+        "batch": plan.soak_batch,
+        "writers": len(out["writers"]),
+        "fsync": "always (the default)",
+        "server": "a real `auditlog serve` subprocess, default config (line files, one validation worker "
+        "with 2+ CPUs), fresh data dir (init + a writer and a reader key)",
+        "load": f"{len(out['writers'])} writer processes, each POSTing JSON batches of {plan.soak_batch} "
+        "generated gateway-mix events (their own seeds) over one keep-alive connection, batch i due at "
+        f"t0 + i·batch/rate, {plan.soak_rate / len(out['writers']):g} events/s each",
+        "reader": f"every {plan.soak_reader_interval:g} s: GET /api/v1/audit-log?user=U&ip=IP&format=ndjson "
+        "(the whole log), a JSON page of the last minute (limit=1000), GET export.csv of everything "
+        "since its previous round; one more round after the writers finish",
+        "sampling": "VmRSS and RssAnon of the server process from /proc/PID/status every second, with the "
+        "number of events acknowledged so far",
+        "peak_rss_mb": round(peak, 1),
+        "server_vmhwm_mb": round(out["server_hwm_mb"] or 0, 1),
+        "final_rss_mb": round(samples[-1][2], 1),
+        "final_anon_mb": round(samples[-1][3], 1),
+        "peak_anon_mb": round(max(s[3] for s in samples), 1),
+        "slope_bytes_per_event": slope(2),
+        "anon_slope_bytes_per_event": slope(3),
+        "slope": "least squares of RSS (bytes) on events acknowledged, over the samples of the second "
+        "half of the ingest time",
+        "rss_by_events": [[int(s[1]), round(s[2], 1)] for s in samples[::step]],
+        "validation_worker_rss_mb": round(max(s[4] for s in samples), 1),
+        "reader_rounds": len(rounds),
+        "selective_ms": _rnd([r["selective_s"] * 1e3 for r in rounds]),
+        "selective_rows": [r["selective_rows"] for r in rounds][-1:],
+        "range_ms": _rnd([r["range_s"] * 1e3 for r in rounds]),
+        "csv_ms": _rnd([r["csv_s"] * 1e3 for r in rounds]),
+        "csv_rows": [r["csv_rows"] for r in rounds],
+        "late_batches": sum(w["late_batches"] for w in out["writers"]),
+        "worst_lag_s": round(max(w["worst_lag_s"] for w in out["writers"]), 2),
+        "post_p99_ms": [round(w["post_p99_ms"], 1) for w in out["writers"] if w["post_p99_ms"] is not None],
+        "head_seq": out["head_seq"],
+        "baseline": "none: SQLite has no server of its own under this load; the target is absolute",
+    }
+    errors = [e for w in out["writers"] for e in w["errors"]]
+    if errors or appended != plan.soak_events:
+        params["warning"] = f"{appended} of {plan.soak_events} events acknowledged; errors: {errors[:3]}"
+    elif params["achieved_rate"] < 0.9 * plan.soak_rate:
+        params["warning"] = f"offered {plan.soak_rate:g} events/s, achieved {params['achieved_rate']}"
+    r = Result(
+        "soak_rss",
+        peak,
+        "MB",
+        None,
+        False,
+        params,
+        out["server_hwm_mb"],
+        [("server RSS ≤ 256 MB", _at_most(256.0))],
+    )
+    ctx["emit"](r)
+    return [r]
+
+
 _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "append": scenario_append,
     "scan": scenario_scan,
@@ -846,6 +944,7 @@ _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "http_ingest": scenario_http_ingest,
     "merge": scenario_merge,
     "scan_rss": scenario_scan_rss,
+    "soak_rss": scenario_soak_rss,
 }
 
 
@@ -915,6 +1014,13 @@ _SHOWN_PARAMS = (
     "healthy_ms",
     "added_ms",
     "victim_status",
+    "final_rss_mb",
+    "final_anon_mb",
+    "slope_bytes_per_event",
+    "anon_slope_bytes_per_event",
+    "selective_ms",
+    "range_ms",
+    "csv_ms",
     "profiled",
     "warning",
 )

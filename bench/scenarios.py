@@ -1409,6 +1409,13 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str, commit: in
     }
 
 
+def job_soak_rss(**kwargs: Any) -> dict:
+    """A real server under sustained paced ingest and a periodic reader (``bench.soak``)."""
+    from bench.soak import job_soak_rss as run
+
+    return run(**kwargs)
+
+
 def sqlite3_connect(path: str):
     import sqlite3
 
@@ -1431,6 +1438,7 @@ JOBS: dict[str, Callable[..., dict]] = {
     "http_latency": job_http_latency,
     "merge": job_merge,
     "sqlite_merge": job_sqlite_merge,
+    "soak_rss": job_soak_rss,
 }
 
 
