@@ -671,8 +671,8 @@ def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | Non
                 with SegmentData(info.path) as sd:
                     found = log.postings.hits(info, sd.data, terms, n, info is not infos[-1])
                 hits = found[0] if found is not None else None
-            if isinstance(hits, list):  # point reads of single entries
-                frames += len({idx.frame_of_seq(seq) for seq, _ in hits})
+            if isinstance(hits, list):  # point reads of single entries (seqs)
+                frames += len({idx.frame_of_seq(h if isinstance(h, int) else h[0]) for h in hits})
                 decoded += len(hits)
                 continue
             for o in range(n) if hits is None else hits:

@@ -42,6 +42,10 @@ from engine.segment import (
     walk_frames,
 )
 
+#: an active segment's index goes to its ``.idx`` once this many frames (and a
+#: quarter more than last time) are new, so the next process need not walk them
+PREFIX_FRAMES = 64
+
 
 def unpack_records(payload: bytes):
     return msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True)
@@ -263,6 +267,8 @@ class Catalog:
         self.key = node.key
         self._index_key = node.key.derive(b"index")
         self._cache: dict[str, SegmentInfo] = {}
+        #: frames of the active segment's last written (or loaded) prefix index, by name
+        self._saved: dict[str, int] = {}
         self._lock = threading.Lock()
         #: set by an in-process writer: returns its live SegmentInfo for the active segment
         self.live_active: Callable[[], SegmentInfo | None] | None = None
@@ -284,6 +290,8 @@ class Catalog:
             names = {p.name for p in paths}
             for n in [n for n in self._cache if n not in names]:
                 del self._cache[n]
+            for n in [n for n in self._saved if n not in names]:
+                del self._saved[n]
         return infos
 
     def forget(self, name: str) -> None:
@@ -297,23 +305,38 @@ class Catalog:
             cached = self._cache.get(path.name)
         if cached is not None and cached.ident == ident:
             return cached
-        info = self._load_sidecar(path, st.st_size) if sealed else None
-        if info is None:
+        prefix = None
+        if (
+            cached is not None
+            and not sealed
+            and cached.index is not None
+            and cached.ident[0] == ident[0]
+            and cached.tail is None
+        ):
             # an active segment a writer elsewhere appends to: index only what is new
-            resume = (
-                cached.index
-                if (
-                    cached is not None
-                    and not sealed
-                    and cached.index is not None
-                    and cached.ident[0] == ident[0]
-                    and cached.tail is None
-                )
-                else None
-            )
-            info = index_segment(path, self.key, self.node, resume=resume)
-            if sealed and info.usable and info.tail is None:
+            resume = cached.index
+        else:
+            loaded = self._load_sidecar(path, st.st_size)
+            if loaded is not None and loaded.index.size == st.st_size and sealed:
+                loaded.file_size, loaded.ident = st.st_size, ident
+                with self._lock:
+                    self._cache[path.name] = loaded
+                return loaded
+            # the sidecar of the segment's first frames (written while it was active):
+            # walk on from there
+            prefix = loaded.index if loaded is not None and not loaded.index.damaged else None
+            resume = prefix
+        saved = len(prefix.frames) if prefix is not None else self._saved.get(path.name, 0)
+        info = index_segment(path, self.key, self.node, resume=resume)
+        if info.usable and info.tail is None:
+            n = len(info.index.frames)
+            if sealed:
                 self._save_sidecar(path, info.index)
+            elif not sealed and n - saved >= max(PREFIX_FRAMES, saved // 4) and not info.index.damaged:
+                # the frames so far, for the next process that reads this segment
+                self._save_sidecar(path, info.index)
+                saved = n
+        self._saved[path.name] = saved
         info.file_size = st.st_size
         info.ident = ident
         with self._lock:
@@ -321,16 +344,25 @@ class Catalog:
         return info
 
     def _load_sidecar(self, path: Path, size: int) -> SegmentInfo | None:
+        """The segment's ``.idx`` when it describes the segment as it is: all of it, or
+        (an index written while the segment was active) its first frames, whose last
+        one ends with the very MAC the index says."""
         try:
             raw = index_path(path).read_bytes()
         except OSError:
             return None
         idx = SegmentIndex.from_bytes(raw, self._index_key)
-        if idx is None or idx.size != size or idx.name != path.name:
+        if idx is None or idx.size > size or idx.name != path.name:
             return None
         try:
             with SegmentData(path) as sd:
                 header = parse_segment_header(sd.data[:MAX_HEADER], self.key)
+                if idx.size < size and (
+                    not idx.frames
+                    or not idx.last_mac
+                    or sd.data[idx.size - len(idx.last_mac) : idx.size] != idx.last_mac
+                ):
+                    return None
         except SegmentHeaderError:
             return None
         if header.mac != idx.header_mac or header.node != self.node or seq_from_name(path.name) != header.first_seq:

@@ -12,10 +12,10 @@ hold an entry the read asks for is skipped without being verified or reported:
   its entries can have, so a read of any window that overlaps it visits it;
 * every frame is checked again as it is read (``engine.recheck``);
 * term postings (``engine.postings``) only say which records can match; each
-  is vouched for when read (``engine.selective``: its frame verified, or its
-  chained signature), a failure sends the read to the whole frame, and frames
-  that did not verify when the postings were built are visited by every
-  selective read of their window;
+  is vouched for when read (``engine.selective``: its frame verified, the
+  record's seq and values confirmed), a failure sends the read to the whole
+  frame, and frames that did not verify when the postings were built are
+  visited by every selective read of their window;
 * structure problems (gaps, unreadable or foreign files, broken links, cut
   tails: ``engine.layout``) are placed in the stream with their time coverage,
   so a read whose window falls into a gap is told so.
@@ -58,7 +58,7 @@ class NodeLog:
         self.catalog = Catalog(data_dir, node)
         self.postings = Postings(node.key)
         self._checks = FrameChecks(node.node_id, node.key)
-        self._selective = SelectiveReads(node.node_id, node.key, self._checks, self._read_frames)
+        self._selective = SelectiveReads(node.node_id, self._checks, self._read_frames)
         self._anchor: tuple | None = None
 
     @property
@@ -267,7 +267,7 @@ class NodeLog:
                     hits, suspect = found
                     if isinstance(hits, list):
                         yield from self._selective.read_hits(
-                            slot, data, hits, suspect, start, stop, lo, hi, desc, pos_ok, predicate
+                            slot, data, hits, suspect, start, stop, lo, hi, desc, pos_ok, predicate, terms
                         )
                         return
                     # many hits: read whole frames, fewer of them
@@ -327,8 +327,9 @@ class NodeLog:
 
     def build_missing_terms(self, limit: int = 4) -> int:
         """Write ``.terms`` sidecars for up to ``limit`` sealed segments that lack one
-        (``engine.postings``); returns how many were built."""
-        return self.postings.build_missing(self.segment_infos()[:-1], limit)
+        (or hold several runs), and the active segment's postings once enough are new
+        (``engine.postings``); returns how many sealed segments' sidecars were written."""
+        return self.postings.build_missing(self.segment_infos(), limit)
 
     # -- small queries -----------------------------------------------------------
 

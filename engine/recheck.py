@@ -67,17 +67,18 @@ class FrameChecks:
             desc,
         )
 
-    def plain_if_verified(self, slot: Slot, data, o: int) -> bytes | None:
-        """The decompressed payload of the frame at row ``o`` if it verifies now and
-        matches its row, else None (the caller then reads the frame whole)."""
+    def stored_if_verified(self, slot: Slot, data, o: int) -> tuple[bytes, bytes] | None:
+        """``(mac, stored payload)`` of the frame at row ``o`` if it verifies now
+        (checksum and chained MAC over its stored bytes) and matches its row, else None
+        (the caller then reads the frame whole).  Not decompressed yet."""
         info = slot.info
         row = info.index.frames[o]
         try:
-            hdr, payload, _, problem = self.at(data, row.offset, info.version)
-            if problem is None and hdr.first_seq == row.first_seq and hdr.count == row.count:
-                return plain_payload(payload, info.version)
+            hdr, payload, mac, problem = self.at(data, row.offset, info.version)
         except FrameError:
-            pass
+            return None
+        if problem is None and hdr.first_seq == row.first_seq and hdr.count == row.count:
+            return bytes(mac), payload
         return None
 
     def damage(self, slot: Slot, row: FrameRow, kind: str, detail: str) -> Damage:

@@ -1,53 +1,96 @@
 """Selective reads: the records term postings point at, each one vouched for.
 
 The postings (``engine.postings``) say which records of a segment can match a
-read's terms; they are hints.  A record read through one is used only when it
-is authentic now: in a compressed segment (format 3) its whole frame verifies
-(checksum and MAC over the stored bytes) and is decompressed once per read; in
-formats 1 and 2 the record itself decodes to the expected seq and its chained
-signature verifies against the 32 bytes in front of it.  Anything else sends
-the read to the whole frame, checked, which reports what is wrong with it;
-frames the postings cannot speak for (damaged when they were built) are
-visited whole as well.
+read's terms, by seq; they are hints.  A record read through one is used only
+when its whole frame verifies now (checksum and chained MAC over the stored
+bytes, in every format) and matches its index row; the record is then taken
+at its place in the frame's plain payload (decompressed once per read, only
+after the check) and must be the record of the expected seq and carry the
+values the read asks for (two values can share a posting's hash).  Anything
+else sends the read to the whole frame, checked, which reports what is wrong
+with it; frames the postings cannot speak for (damaged when they were built)
+are visited whole as well.
+
+Records once taken from a verified frame are kept, within a byte budget, by
+that frame's MAC and their place in it (:data:`RECORD_CACHE_BYTES`): a later
+read still checks the frame's stored bytes, and only when they verify with
+the same MAC (so they are the same bytes) takes the record from the cache
+instead of decompressing the frame again.
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Iterator
 
 import msgpack
 
+from engine.bytecache import ENTRY_OVERHEAD, ByteLRU
 from engine.catalog import SegmentInfo
-from engine.chain import NodeKey
-from engine.entry import ENTRY_SUB, R_SIG, Entry
-from engine.frame import COMPRESSED_FROM, HEADER_SIZE, MAC_SIZE, FrameError, parse_header
+from engine.entry import ENTRY_SUB, Entry
+from engine.frame import FrameError, plain_payload
 from engine.items import Damage, VerifiedFrame
 from engine.layout import Slot
 from engine.recheck import FrameChecks
+from engine.terms import record_matches, wanted_fields
 
-#: no record is larger than this (details are bounded far below it)
-MAX_RECORD_PEEK = 1024 * 1024
+#: records read through postings, kept by the MAC of their verified frame
+RECORD_CACHE_BYTES = 4 * 1024 * 1024
 
 #: reads whole frames of a segment: (slot, data, ordinals, lo, hi, desc, after, pos_ok, predicate)
 ReadFrames = Callable[..., Iterator[VerifiedFrame | Damage]]
 
 
-class SelectiveReads:
-    """Reads one node's records through postings (thread-safe: no state of its own)."""
+class _Frame:
+    """A frame a selective read has verified: its MAC, stored payload, and (once
+    needed) its plain payload and where its records start, found as far as needed."""
 
-    def __init__(self, node: str, key: NodeKey, checks: FrameChecks, read_frames: ReadFrames):
+    __slots__ = ("mac", "stored", "plain", "starts", "_up", "_count")
+
+    def __init__(self, mac: bytes, stored: bytes):
+        self.mac = mac
+        self.stored = stored
+        self.plain: bytes | None = None
+        self.starts = array("I")
+        self._up: msgpack.Unpacker | None = None
+        self._count = 0
+
+    def record(self, version: int, k: int) -> bytes | None:
+        """The bytes of record ``k`` of the plain payload (None past the last record)."""
+        if self.plain is None:
+            # decompressed only now that the stored bytes verified, never past the cap
+            self.plain = plain_payload(self.stored, version)
+            self._up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
+            self._up.feed(self.plain)
+            self._count = self._up.read_array_header()
+            self.starts.append(self._up.tell())
+        if not 0 <= k < self._count:
+            return None
+        starts, up = self.starts, self._up
+        while len(starts) <= k + 1:
+            up.skip()
+            starts.append(up.tell())
+        return self.plain[starts[k] : starts[k + 1]]
+
+
+class SelectiveReads:
+    """Reads one node's records through postings (thread-safe)."""
+
+    def __init__(
+        self, node: str, checks: FrameChecks, read_frames: ReadFrames, record_budget: int = RECORD_CACHE_BYTES
+    ):
         self.node = node
-        self._sign = key.signer()
         self._checks = checks
         self._read_frames = read_frames
-        # signed bytes = 0x9b || msgpack(node) || stored record minus its array header and signature
-        self._canon_prefix = b"\x9b" + msgpack.packb(node)
+        #: records taken from verified frames, by (frame MAC, place in the frame)
+        self.records = ByteLRU(record_budget)
 
     def read_hits(
         self,
         slot: Slot,
         data,
-        hits: list,
+        hits: list[int],
         suspect: set[int],
         start: int,
         stop: int,
@@ -56,22 +99,28 @@ class SelectiveReads:
         desc: bool,
         pos_ok,
         predicate,
+        terms: dict[str, frozenset[str]],
     ) -> Iterator[VerifiedFrame | Damage]:
-        """The records at ``hits`` ((seq, offset) pairs) of frames ``start..stop-1``, each
-        vouched for; frames in ``suspect`` or damaged in the index visited whole."""
+        """The records of seqs ``hits`` in frames ``start..stop-1`` that carry ``terms``,
+        each vouched for; frames in ``suspect`` or damaged in the index visited whole."""
         info, idx = slot.info, slot.info.index
+        wanted = wanted_fields(terms)
         visit = sorted({o for o in suspect | set(idx.damaged) if start <= o < stop}, reverse=desc)
-        events = [(seq, off) for seq, off in hits] + [(idx.frames[o].first_seq, -1 - o) for o in visit]
+        # (seq, 0): a record; (first seq, -1 - o): frame o, visited whole (before a
+        # record of the same seq in ascending order)
+        events = [(seq, 0) for seq in hits] + [(idx.frames[o].first_seq, -1 - o) for o in visit]
         events.sort(reverse=desc)
         done: set[int] = set()
         batch: list[Entry] = []
         batch_frame = -1
-        plain: dict[int, bytes | None] = {}  # compressed frames: decompressed once each
-        for seq, off in events:
-            o = -1 - off if off < 0 else idx.frame_of_seq(seq)
+        # the frame the hits are in now (hits come in seq order, so a frame's hits are
+        # together: only one frame's payload is held at a time)
+        cur, fr = -1, None
+        for seq, tag in events:
+            o = -1 - tag if tag < 0 else idx.frame_of_seq(seq)
             if not start <= o < stop or o in done:
                 continue
-            if off < 0 or o in idx.damaged or o in suspect:
+            if tag < 0 or o in idx.damaged or o in suspect:
                 done.add(o)
                 if batch:
                     yield self._partial(info, batch_frame, batch, desc)
@@ -80,13 +129,11 @@ class SelectiveReads:
                 continue
             if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
                 continue
-            if info.version >= COMPRESSED_FROM:
-                if o not in plain:
-                    plain[o] = self._checks.plain_if_verified(slot, data, o)
-                e = self._record_in(plain[o], seq, off)
-            else:
-                e = self._signed_record(info, data, seq, off, o)
-            if e is None:
+            if o != cur:
+                got = self._checks.stored_if_verified(slot, data, o)
+                cur, fr = o, (_Frame(*got) if got is not None else None)
+            rec = self._record(info, fr, o, seq)
+            if rec is None:
                 # the record is not vouched for where the posting points: read the whole
                 # frame, checked, and report what is wrong with it
                 done.add(o)
@@ -95,6 +142,9 @@ class SelectiveReads:
                     batch = []
                 yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
                 continue
+            if not record_matches(rec, wanted):
+                continue  # another value of the same hash
+            e = Entry.of(self.node, *rec)
             if lo <= e.ts < hi and (predicate is None or predicate(e)):
                 if batch and batch_frame != o:
                     yield self._partial(info, batch_frame, batch, desc)
@@ -108,49 +158,25 @@ class SelectiveReads:
         row = info.index.frames[o]
         return VerifiedFrame(self.node, info.path, o, row.offset, 0, b"", desc=desc, entries=entries)
 
-    def _record_in(self, buf: bytes | None, seq: int, off: int) -> Entry | None:
-        """The record at ``off`` in a verified frame's plain payload (authentic as the
-        frame is), if it is the record of ``seq``."""
-        if buf is None or not 0 < off < len(buf):
+    def _record(self, info: SegmentInfo, fr: _Frame | None, o: int, seq: int) -> tuple | None:
+        """The record of ``seq`` in frame ``o`` (verified by this read: ``fr``), or None."""
+        if fr is None:
             return None
+        k = seq - info.index.frames[o].first_seq
+        key = (fr.mac, k)
+        raw = self.records.get(key)
+        if raw is None:
+            try:
+                raw = fr.record(info.version, k)
+            except (FrameError, ValueError, TypeError, msgpack.UnpackException):
+                return None
+            if raw is None:
+                return None
+            self.records.put(key, raw, sys.getsizeof(raw) + len(fr.mac) + ENTRY_OVERHEAD)
         try:
-            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-            up.feed(buf[off : off + MAX_RECORD_PEEK])
-            rec = up.unpack()
+            rec = msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=True)
         except (ValueError, TypeError, msgpack.UnpackException):
             return None
         if not (isinstance(rec, tuple) and len(rec) == 11 and type(rec[0]) is int and rec[0] == seq):
             return None
-        return Entry.of(self.node, *rec)
-
-    def _signed_record(self, info: SegmentInfo, data, seq: int, off: int, o: int) -> Entry | None:
-        """One record of a plain-payload segment read at its file offset, checked against
-        its chained signature."""
-        row = info.index.frames[o]
-        try:
-            hdr = parse_header(data[row.offset : row.offset + HEADER_SIZE], info.version)
-            end = row.offset + HEADER_SIZE + hdr.payload_len
-            if not row.offset + HEADER_SIZE < off < end:
-                return None
-            up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-            up.feed(data[off : min(end, off + MAX_RECORD_PEEK)])
-            rec = up.unpack()
-            n = up.tell()
-            if not (
-                isinstance(rec, tuple)
-                and len(rec) == 11
-                and type(rec[0]) is int
-                and rec[0] == seq
-                and type(rec[R_SIG]) is bytes
-            ):
-                return None
-            raw = data[off : off + n]
-        except (FrameError, ValueError, TypeError, msgpack.UnpackException):
-            return None
-        if seq == row.first_seq:
-            prev = info.header.prev_sig if o == 0 else data[row.offset - 2 * MAC_SIZE : row.offset - MAC_SIZE]
-        else:
-            prev = data[off - MAC_SIZE : off]
-        if self._sign(prev, self._canon_prefix + raw[1 : n - 34]) != rec[R_SIG]:
-            return None
-        return Entry.of(self.node, *rec)
+        return rec

@@ -1,17 +1,26 @@
 """Term postings: which entries of a segment carry a given user, IP, action...
 
 For each of the fields ``user``, ``action``, ``target``, ``domain``, ``ip`` and
-``recipient`` (``details.recipient``), value -> the entries carrying it, each
-as (seq offset in the segment, byte offset of its record in the file).  A
-selective query reads exactly those records and checks each one's chained
-signature (its predecessor's signature is the 32 bytes in front of it), so it
-costs per match, not per frame.
+``recipient`` (``details.recipient``, each address of a list), a segment's
+postings say which entries carry a value, as seq offsets from the segment's
+first seq.  They are held as packed integer arrays, never as a Python object
+per value or per entry: per field a :class:`Table` of the distinct values'
+64-bit hashes (sorted), where each value's postings end, and one array of u32
+seq offsets (ascending per value).  Two values may share a hash: a lookup then
+returns the entries of both, and the reader confirms each record it reads
+(:func:`record_matches`), so postings only ever say where to look.
 
-Postings are derived data, built off the write path by readers from verified
-frames, cached in a ``<seg>.terms`` sidecar MAC'd with a derived key and bound
-to the segment's header MAC and size, and rebuilt whenever missing or
-inconsistent.  A posting is only a pointer: the record it points at must decode
-to the expected seq and verify, or the reader falls back to the whole frame.
+Postings are derived data, built off the write path by readers from frames
+that verified (:class:`TermBuilder`: records go into an open chunk until
+:data:`CHUNK_RECORDS`, which is then packed into a :class:`Run` of tables), and
+kept in a ``<seg>.terms`` sidecar (:func:`write_terms`, :class:`TermFile`):
+the data area (every table, little-endian) is read in blocks of
+:data:`BLOCK` bytes, each checked against its SHA-256 in the header when it
+is read, and the header is MAC'd with a derived key and bound to the segment
+(header MAC) and to the frames it covers (their count, where they end, the
+MAC of the last one), so a sidecar can cover the active segment's first
+frames too.  Only what a lookup touches is read, checked and kept in memory.
+
 A frame that does not verify when the postings are built is not indexed but
 listed in ``damaged``: every selective read whose window reaches it visits it
 and reports what is wrong with it.
@@ -19,197 +28,838 @@ and reports what is wrong with it.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import heapq
+import hmac
+import os
+import struct
+import sys
 from array import array
+from collections.abc import Iterator
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from engine.chain import NodeKey
 from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
-TERMS_VERSION = 3  # 3: in a compressed segment, offsets into a frame's plain payload; 2: damaged frames listed
+# 4: packed tables of value hashes and seq offsets, block digests, prefixes of the
+# active segment; 3: msgpack maps of values, offsets into a frame's plain payload
+TERMS_VERSION = 4
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
-_FIELD_POS = (("user", R_USER), ("action", R_ACTION), ("target", R_TARGET), ("domain", R_DOMAIN), ("ip", R_IP))
+FIELD_NO = {f: i for i, f in enumerate(TERM_FIELDS)}
+#: where the first five fields sit in a stored record (``recipient`` comes from details)
+_RECORD_POS = (R_USER, R_ACTION, R_TARGET, R_DOMAIN, R_IP)
+_RECIPIENT = FIELD_NO["recipient"]
+#: records of the open (dict) chunk before it is packed into a run
+CHUNK_RECORDS = 4096
+#: what one record of the open chunk costs in memory (its values' keys, lists and
+#: int objects), measured with tracemalloc on the gateway mix, rounded up
+OPEN_RECORD_BYTES = 320
+#: bytes per checked block of a sidecar's data area
+BLOCK = 16384
+#: keys per fence entry: a lookup reads at most this many keys (4 KiB) of a table
+FENCE_KEYS = 512
+HASH_BITS = 64
+#: seq offsets are u32: a segment of more entries is not indexed past that
+MAX_SEQ_OFFSET = 2**32 - 1
+MAGIC = b"ATRM"
+_TRAILER = struct.Struct("<I4s")  # header length, magic
 _MAC = 32
+_DIGEST = 32
+_BIG_ENDIAN = sys.byteorder == "big"
+_first = itemgetter(0)
+
+if array("I").itemsize != 4 or array("Q").itemsize != 8:  # pragma: no cover - every platform we run on
+    raise ImportError("engine.terms needs 4-byte 'I' and 8-byte 'Q' arrays")
+
+
+class TermsDamaged(Exception):
+    """A sidecar's block does not match its digest (internal)."""
+
+
+class TermsChanged(TermsDamaged):
+    """A sidecar was replaced since its header was read (internal): read it again."""
 
 
 def terms_path(seg_path: Path) -> Path:
     return seg_path.with_suffix(TERMS_SUFFIX)
 
 
-class TermIndex:
-    """Postings of one segment; ``frames`` says how many frames they cover."""
+# -- values ------------------------------------------------------------------------
 
-    def __init__(self, name: str, header_mac: bytes, first_seq: int):
+
+def record_values(rec) -> Iterator[tuple[int, str]]:
+    """``(field number, value)`` for every indexed value of a stored record.  Only
+    strings: a filter's values are strings, so nothing else can match them."""
+    for no, pos in enumerate(_RECORD_POS):
+        v = rec[pos]
+        if type(v) is str:
+            yield no, v
+    for v in recipients(rec[R_DETAILS]):
+        yield _RECIPIENT, v
+
+
+def recipients(details) -> Iterator[str]:
+    """The addresses of ``details.recipient``: one, or each of a list (once)."""
+    if type(details) is not dict:
+        return
+    r = details.get("recipient")
+    if type(r) is str:
+        yield r
+    elif isinstance(r, (list, tuple)):  # a multi-recipient mail (query.filters agrees)
+        yield from dict.fromkeys(x for x in r if type(x) is str)
+
+
+def record_matches(rec, wanted: dict[int, frozenset[str]]) -> bool:
+    """Whether a stored record carries, for every field in ``wanted`` (field number ->
+    values), one of the values: what a posting promised, confirmed on the record."""
+    for no, values in wanted.items():
+        if no == _RECIPIENT:
+            if not any(v in values for v in recipients(rec[R_DETAILS])):
+                return False
+        else:
+            v = rec[_RECORD_POS[no]]
+            if type(v) is not str or v not in values:
+                return False
+    return True
+
+
+def wanted_fields(terms: dict[str, frozenset[str]]) -> dict[int, frozenset[str]]:
+    """The constraints of ``terms`` on indexed fields, by field number (others ignored)."""
+    return {FIELD_NO[f]: frozenset(v) for f, v in terms.items() if f in FIELD_NO}
+
+
+class TermHash:
+    """A value's hash in the tables: XXH3-64 of its UTF-8 bytes, seeded from the index
+    key, cut to ``bits`` (fewer bits only to force collisions in tests)."""
+
+    __slots__ = ("seed", "bits", "_mask")
+
+    def __init__(self, seed: int, bits: int = HASH_BITS):
+        if not 1 <= bits <= 64:
+            raise ValueError("hash bits must be 1 to 64")
+        self.seed, self.bits, self._mask = seed, bits, (1 << bits) - 1
+
+    @classmethod
+    def for_key(cls, index_key: NodeKey, bits: int = HASH_BITS) -> TermHash:
+        return cls(int.from_bytes(index_key.mac(b"terms value hash")[:8], "little"), bits)
+
+    def with_bits(self, bits: int) -> TermHash:
+        return self if bits == self.bits else TermHash(self.seed, bits)
+
+    def __call__(self, value: str) -> int:
+        return xxhash.xxh3_64_intdigest(value.encode("utf-8", "surrogatepass"), self.seed) & self._mask
+
+
+# -- packed tables -------------------------------------------------------------------
+
+
+class Table:
+    """One field's postings over some frames: ``keys`` (distinct value hashes, sorted),
+    ``ends`` (where each key's postings end in ``posts``), ``posts`` (u32 seq offsets,
+    ascending per key)."""
+
+    __slots__ = ("keys", "ends", "posts")
+
+    def __init__(self, keys: array | None = None, ends: array | None = None, posts: array | None = None):
+        self.keys = array("Q") if keys is None else keys
+        self.ends = array("I") if ends is None else ends
+        self.posts = array("I") if posts is None else posts
+
+    def seqs(self, h: int) -> array | None:
+        keys = self.keys
+        i = bisect.bisect_left(keys, h)
+        if i == len(keys) or keys[i] != h:
+            return None
+        return self.posts[self.ends[i - 1] if i else 0 : self.ends[i]]
+
+    def nbytes(self) -> int:
+        """Memory held, in real bytes (the arrays' allocations)."""
+        return sys.getsizeof(self.keys) + sys.getsizeof(self.ends) + sys.getsizeof(self.posts)
+
+    def spans(self, tag: int) -> Iterator[tuple[int, int, int]]:
+        """``(hash, tag, key index)`` in hash order, for :func:`merge_tables`."""
+        return zip(self.keys, repeat(tag), range(len(self.keys)))
+
+
+def pack_values(values: dict[str, list[int]], hasher: TermHash) -> Table:
+    """A table of ``value -> ascending seq offsets`` (values of one hash merged)."""
+    items = sorted(((hasher(v), p) for v, p in values.items()), key=_first)
+    t = Table()
+    keys, ends, posts = t.keys, t.ends, t.posts
+    last = -1
+    for h, p in items:
+        if h == last:  # two values, one hash: one key, their postings merged in seq order
+            start = ends[-2] if len(ends) > 1 else 0
+            merged = sorted(set(posts[start:].tolist() + p))
+            del posts[start:]
+            posts.extend(merged)
+            ends[-1] = len(posts)
+            continue
+        keys.append(h)
+        posts.extend(p)
+        ends.append(len(posts))
+        last = h
+    return t
+
+
+def merge_tables(tables: list[Table]) -> Table:
+    """One table of several, given in seq order (so each key's postings stay ascending)."""
+    if len(tables) == 1:
+        return tables[0]
+    out = Table()
+    keys, ends, posts = out.keys, out.ends, out.posts
+    last = -1
+    for h, i, j in heapq.merge(*(t.spans(i) for i, t in enumerate(tables))):
+        t = tables[i]
+        if h != last:
+            if keys:
+                ends.append(len(posts))
+            keys.append(h)
+            last = h
+        posts.extend(t.posts[t.ends[j - 1] if j else 0 : t.ends[j]])
+    if keys:
+        ends.append(len(posts))
+    return out
+
+
+class Run:
+    """Packed postings of frames up to ``end_frame`` (from where the run before ends):
+    one table per field."""
+
+    __slots__ = ("end_frame", "tables")
+
+    def __init__(self, end_frame: int, tables: list[Table]):
+        self.end_frame = end_frame
+        self.tables = tables
+
+    def nbytes(self) -> int:
+        return 64 + sum(t.nbytes() for t in self.tables)
+
+
+# -- building ------------------------------------------------------------------------
+
+
+class TermBuilder:
+    """The postings of one segment, built frame by frame from verified payloads:
+    packed runs of about :data:`CHUNK_RECORDS` records each, and the open chunk
+    (``value -> seq offsets``) of the frames since the last run.  ``base``: a sidecar
+    that covers the segment's first frames (the builder goes on after them)."""
+
+    def __init__(
+        self,
+        name: str,
+        header_mac: bytes,
+        first_seq: int,
+        hasher: TermHash,
+        base: TermFile | None = None,
+        chunk_records: int = CHUNK_RECORDS,
+    ):
         self.name = name
+        self.chunk_records = chunk_records
         self.header_mac = header_mac
         self.first_seq = first_seq
+        self.hasher = hasher
+        self.base: TermFile | None = None
         self.frames = 0
-        self.size = 0
         #: ordinals of frames that did not verify when they were indexed
         self.damaged: set[int] = set()
-        # field -> value -> array('I') of interleaved (seq offset, file offset),
-        # or the packed bytes of the field's map until a query needs it
-        self.fields: dict[str, dict | bytes] = {f: {} for f in TERM_FIELDS}
-        self._approx = 0
+        #: the first 8 bytes of the MAC each frame had when it was indexed: a frame
+        #: rewritten in place (a rolled-back commit) is noticed
+        self.macs = array("Q")
+        self.runs: list[Run] = []
+        #: records indexed since the base (in ``runs`` and the open chunk)
+        self.new_records = 0
+        #: False once the segment holds more entries than u32 offsets reach
+        self.usable = True
+        #: True once its sidecar could not be written (kept in memory instead)
+        self.unwritable = False
+        self._open: list[dict[str, list[int]]] = [{} for _ in TERM_FIELDS]
+        self._open_records = 0
+        if base is not None:
+            self.rebase(base)
 
-    def has(self, fname: str) -> bool:
-        """Whether this field's postings are held (a lean copy may hold only some)."""
-        return self.fields.get(fname) is not None
+    def rebase(self, base: TermFile) -> None:
+        """Go on from ``base``, a sidecar covering every frame indexed here so far (or,
+        for a new builder, the segment's first frames): what is in memory is dropped."""
+        self.base = base
+        self.frames = base.frames
+        self.damaged = set(base.damaged)
+        self.macs = array("Q", base.macs)
+        self.runs = []
+        self.new_records = 0
+        self._open = [{} for _ in TERM_FIELDS]
+        self._open_records = 0
 
-    def field(self, fname: str) -> dict:
-        v = self.fields[fname]
-        if type(v) is bytes:
-            self._approx -= len(v)  # the packed form is dropped once decoded
-            try:
-                v = msgpack.unpackb(v, raw=False)
-                if not isinstance(v, dict):
-                    v = {}
-            except (ValueError, TypeError, msgpack.UnpackException):
-                v = {}
-            # keys and posting blobs, decoded: the blobs stay bytes until looked up
-            self._approx += sum(len(k) + len(p) + 120 for k, p in v.items())
-            self.fields[fname] = v
-        return v
-
-    def lean(self, keep) -> TermIndex:
-        """A copy holding only the fields in ``keep`` (what queries have asked for)."""
-        t = TermIndex(self.name, self.header_mac, self.first_seq)
-        t.frames, t.size, t.damaged = self.frames, self.size, self.damaged
-        t.fields = {f: (self.fields[f] if f in keep else None) for f in TERM_FIELDS}
-        t._approx = 0
-        for f in keep:
-            v = t.fields.get(f)
-            if type(v) is bytes:
-                t._approx += len(v)
-            elif v:
-                t._approx += sum(len(k) + 120 + (len(p) * 4 if type(p) is array else len(p)) for k, p in v.items())
-        return t
-
-    def add_frame(self, payload: bytes, payload_offset: int) -> None:
-        """Index the records of one verified frame (payload at ``payload_offset`` in the file);
-        the caller advances ``frames``."""
-        up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
-        up.feed(payload)
-        n = up.read_array_header()
-        self._approx += 64 * n  # ~6 postings of 8 bytes per record, plus new keys
+    def add_frame(self, plain: bytes, mac: bytes) -> None:
+        """Index the records of the next frame (its verified plain payload)."""
+        recs = msgpack.unpackb(plain, raw=False, use_list=False, strict_map_key=True)
+        if not (isinstance(recs, tuple) and all(type(r) is tuple and len(r) == 11 for r in recs)):
+            raise ValueError("frame payload is not a list of records")
         first = self.first_seq
-        fields = [(self.field(f), pos) for f, pos in _FIELD_POS]
-        recipients = self.field("recipient")
-        for _ in range(n):
-            start = up.tell()
-            rec = up.unpack()
-            pair = (rec[0] - first, payload_offset + start)
-            for idx, pos in fields:
-                v = rec[pos]
-                if v is not None:
-                    _post(idx, v, pair)
-            d = rec[R_DETAILS]
-            if d and isinstance(d, dict):
-                r = d.get("recipient")
-                if isinstance(r, str):
-                    _post(recipients, r, pair)
-                elif isinstance(r, (list, tuple)):  # a multi-recipient mail (query.filters agrees)
-                    for v in r:
-                        if isinstance(v, str):
-                            _post(recipients, v, pair)
-
-    def lookup(self, terms: dict[str, frozenset[str]]) -> list[tuple[int, int]] | None:
-        """(seq offset, file offset) of entries matching every constraint, in seq order.
-
-        None when no constraint applies to indexed fields.
-        """
-        result: dict[int, int] | None = None
-        for fname, values in terms.items():
-            if fname not in self.fields:
+        user, action, target, domain, ip, recipient = self._open
+        for rec in recs:
+            so = rec[0] - first
+            if type(so) is not int or not 0 <= so <= MAX_SEQ_OFFSET:
+                self.usable = False
                 continue
-            if self.fields[fname] is None:
-                raise KeyError(fname)  # a lean copy without this field: reload it
-            idx = self.field(fname)
-            hits: dict[int, int] = {}
-            for v in values:
-                p = idx.get(v)
-                if p is None:
-                    continue
-                if type(p) is bytes:
-                    a = array("I")
-                    a.frombytes(p)
-                    p = idx[v] = a
-                it = iter(p)
-                hits.update(zip(it, it))
-            if result is None:
-                result = hits
-            else:
-                result = (
-                    {k: v for k, v in result.items() if k in hits}
-                    if len(result) <= len(hits)
-                    else {k: result[k] for k in hits if k in result}
-                )
-            if not result:
-                return []
-        if result is None:
-            return None
-        return sorted(result.items())
+            for d, v in (
+                (user, rec[R_USER]),
+                (action, rec[R_ACTION]),
+                (target, rec[R_TARGET]),
+                (domain, rec[R_DOMAIN]),
+                (ip, rec[R_IP]),
+            ):
+                if type(v) is str:
+                    p = d.get(v)
+                    if p is None:
+                        d[v] = [so]
+                    else:
+                        p.append(so)
+            det = rec[R_DETAILS]
+            if type(det) is dict and "recipient" in det:
+                for v in recipients(det):
+                    p = recipient.get(v)
+                    if p is None:
+                        recipient[v] = [so]
+                    else:
+                        p.append(so)
+        self._open_records += len(recs)
+        self.new_records += len(recs)
+        self.frames += 1
+        self.macs.append(mac_prefix(mac))
+        if self._open_records >= self.chunk_records:
+            self.close_chunk()
 
-    # -- persistence -----------------------------------------------------------
+    def skip_frame(self, mac: bytes | None) -> None:
+        """The next frame did not verify: listed as damaged, not indexed."""
+        self.damaged.add(self.frames)
+        self.frames += 1
+        self.macs.append(mac_prefix(mac))
 
-    def to_bytes(self, key: NodeKey, size: int) -> bytes:
-        packed = {}
-        for f in TERM_FIELDS:
-            v = self.fields[f]
-            if type(v) is not bytes:
-                v = msgpack.packb(
-                    {k: (p.tobytes() if type(p) is array else p) for k, p in v.items()}, use_bin_type=True
-                )
-            packed[f] = v
-        body = msgpack.packb(
+    def close_chunk(self) -> None:
+        """Pack the open chunk into a run."""
+        if not self._open_records:
+            return
+        self.runs.append(Run(self.frames, [pack_values(d, self.hasher) for d in self._open]))
+        self._open = [{} for _ in TERM_FIELDS]
+        self._open_records = 0
+
+    def add_seqs(self, no: int, values: frozenset[str], out: set[int], reader: BlockReader | None) -> None:
+        """Add to ``out`` the seq offsets of every entry whose field ``no`` may hold one of
+        ``values`` (a superset when hashes collide)."""
+        if self.base is not None:
+            self.base.add_seqs(no, values, out, reader)
+        if self.runs:
+            hashes = {self.hasher(v) for v in values}
+            for run in self.runs:
+                t = run.tables[no]
+                for h in hashes:
+                    a = t.seqs(h)
+                    if a is not None:
+                        out.update(a)
+        d = self._open[no]
+        for v in values:
+            p = d.get(v)
+            if p is not None:
+                out.update(p)
+
+    def write(self, path: Path, key: NodeKey, reader: BlockReader, size: int) -> None:
+        """Write the sidecar of every frame indexed so far (``size``: where the last one
+        ends).  The base's runs are kept as they are, but for the last ones that are no
+        bigger than what is new: those are merged with it into one run, so that a
+        sidecar holds a few runs of growing size (and one, once compacted)."""
+        self.close_chunk()
+        if self.frames == (self.base.frames if self.base is not None else 0):
+            return  # nothing new to write
+        new = [
+            merge_tables([r.tables[no] for r in self.runs]) if self.runs else Table() for no in range(len(TERM_FIELDS))
+        ]
+        keep = len(self.base.runs) if self.base is not None else 0
+        total = sum(len(t.posts) for t in new)
+        while keep and self.base.runs[keep - 1].nposts <= total:
+            keep -= 1
+            total += self.base.runs[keep].nposts
+        if self.base is not None and keep < len(self.base.runs):
+            old = [self.base.run_tables(r, reader) for r in range(keep, len(self.base.runs))]
+            new = [merge_tables([o[no] for o in old] + [new[no]]) for no in range(len(TERM_FIELDS))]
+        write_terms(
+            path,
+            key,
+            name=self.name,
+            header_mac=self.header_mac,
+            first_seq=self.first_seq,
+            frames=self.frames,
+            size=size,
+            macs=self.macs,
+            damaged=self.damaged,
+            hash_bits=self.hasher.bits,
+            runs=[(self.frames, new)],
+            base=self.base,
+            keep=keep,
+            reader=reader,
+        )
+
+    def nbytes(self) -> int:
+        """Memory held, in bytes: the packed runs' and MAC array's allocations, the open
+        chunk at its measured cost per record, the base's header."""
+        return (
+            256
+            + sys.getsizeof(self.macs)
+            + sum(r.nbytes() for r in self.runs)
+            + self._open_records * OPEN_RECORD_BYTES
+            + (self.base.nbytes() if self.base is not None else 0)
+        )
+
+
+def mac_prefix(mac: bytes | None) -> int:
+    """The first 8 bytes of a frame MAC as an int (0: not known)."""
+    return int.from_bytes(mac[:8], "little") if mac is not None and len(mac) == _MAC else 0
+
+
+# -- the sidecar -----------------------------------------------------------------------
+
+
+def _le(a: array) -> bytes:
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _from_le(code: str, raw: bytes) -> array:
+    a = array(code)
+    a.frombytes(raw)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a
+
+
+class _BlockWriter:
+    """Writes a sidecar's data area to ``fd``, taking every block's SHA-256 as it goes
+    (from ``pos``, a block boundary up to which ``digests`` are already known)."""
+
+    def __init__(self, fd: int, pos: int = 0, digests: bytes = b""):
+        self.fd = fd
+        self.pos = pos
+        self.digests = bytearray(digests)
+        self._block = hashlib.sha256()
+        self._fill = 0
+
+    def write(self, data: bytes) -> int:
+        at = self.pos
+        view = memoryview(data)
+        while view:
+            n = min(len(view), BLOCK - self._fill)
+            self._block.update(view[:n])
+            self._fill += n
+            if self._fill == BLOCK:
+                self.digests += self._block.digest()
+                self._block = hashlib.sha256()
+                self._fill = 0
+            view = view[n:]
+        _write_all(self.fd, data)
+        self.pos += len(data)
+        return at
+
+    def finish(self) -> None:
+        if self._fill:
+            self.digests += self._block.digest()
+            self._fill = 0
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_prefix(src: int, dst: int, n: int) -> None:
+    """The first ``n`` bytes of ``src`` to ``dst`` (by the kernel where it can)."""
+    done = 0
+    try:
+        while done < n:
+            k = os.copy_file_range(src, dst, n - done, done, done)
+            if k <= 0:
+                break
+            done += k
+    except (AttributeError, OSError):
+        pass
+    while done < n:
+        chunk = os.pread(src, min(1 << 20, n - done), done)
+        if not chunk:
+            raise TermsDamaged("sidecar shorter than its header says")
+        os.pwrite(dst, chunk, done)
+        done += len(chunk)
+    os.lseek(dst, n, os.SEEK_SET)
+
+
+def write_terms(
+    path: Path,
+    key: NodeKey,
+    *,
+    name: str,
+    header_mac: bytes,
+    first_seq: int,
+    frames: int,
+    size: int,
+    macs: array,
+    damaged: set[int] | frozenset[int],
+    hash_bits: int,
+    runs: list[tuple[int, list[Table]]],
+    base: TermFile | None = None,
+    keep: int = 0,
+    reader: BlockReader | None = None,
+) -> None:
+    """Write a ``.terms`` sidecar via a temp file and a rename (derived data, not
+    fsynced): the first ``keep`` runs of ``base`` as they are (their bytes copied,
+    their digests kept, checked when read), then ``runs`` (``(end frame, one table
+    per field)``), then the MAC'd header."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    rows: list = []
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        w = _BlockWriter(fd)
+        if base is not None and keep:
+            if reader is None:
+                raise ValueError("copying runs of a sidecar needs a reader")
+            end = base.runs[keep].start if keep < len(base.runs) else base.data_len
+            whole = end // BLOCK
+            _copy_prefix(reader.fd(base), fd, whole * BLOCK)
+            w = _BlockWriter(fd, whole * BLOCK, base.digests[: _DIGEST * whole])
+            w.write(reader.read(base, whole * BLOCK, end, keep=False))  # checked as it is copied
+            rows.extend(r.row for r in base.runs[:keep])
+        for end_frame, tables in runs:
+            rows.append(
+                [
+                    end_frame,
+                    [
+                        [
+                            len(t.keys),
+                            len(t.posts),
+                            w.write(_le(t.keys)),
+                            w.write(_le(t.ends)),
+                            w.write(_le(t.posts)),
+                            _le(t.keys[::FENCE_KEYS]),
+                        ]
+                        for t in tables
+                    ],
+                ]
+            )
+        w.finish()
+        header = msgpack.packb(
             {
                 "v": TERMS_VERSION,
-                "name": self.name,
-                "header_mac": self.header_mac,
-                "first_seq": self.first_seq,
-                "frames": self.frames,
+                "name": name,
+                "header_mac": header_mac,
+                "first_seq": first_seq,
+                "frames": frames,
                 "size": size,
-                "damaged": sorted(self.damaged),
-                "fields": packed,
+                "macs": _le(macs),
+                "damaged": sorted(damaged),
+                "hash_bits": hash_bits,
+                "block": BLOCK,
+                "data_len": w.pos,
+                "digests": bytes(w.digests),
+                "runs": rows,
             },
             use_bin_type=True,
         )
-        return body + key.mac(b"terms", body)
+        _write_all(fd, header + key.mac(b"terms", header) + _TRAILER.pack(len(header), MAGIC))
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _FieldMeta:
+    __slots__ = ("nkeys", "nposts", "keys_at", "ends_at", "posts_at", "fence")
+
+    def __init__(self, nkeys, nposts, keys_at, ends_at, posts_at, fence):
+        self.nkeys, self.nposts = nkeys, nposts
+        self.keys_at, self.ends_at, self.posts_at = keys_at, ends_at, posts_at
+        self.fence = fence
+
+
+class _FileRun:
+    """One run of a sidecar: the frames it ends at, where its tables lie."""
+
+    __slots__ = ("end_frame", "fields", "start", "nposts")
+
+    def __init__(self, end_frame: int, fields: list[_FieldMeta]):
+        self.end_frame = end_frame
+        self.fields = fields
+        self.start = fields[0].keys_at
+        self.nposts = sum(m.nposts for m in fields)
+
+    @property
+    def row(self) -> list:
+        """As stored in a header (to copy the run into a new sidecar)."""
+        return [
+            self.end_frame,
+            [[m.nkeys, m.nposts, m.keys_at, m.ends_at, m.posts_at, _le(m.fence)] for m in self.fields],
+        ]
+
+
+def _nat(x) -> bool:
+    return type(x) is int and x >= 0
+
+
+class TermFile:
+    """A ``.terms`` sidecar whose header verified: what it covers, and where each run's
+    tables lie in its data area (read through a :class:`BlockReader`)."""
+
+    __slots__ = (
+        "path",
+        "ident",
+        "name",
+        "header_mac",
+        "first_seq",
+        "frames",
+        "size",
+        "macs",
+        "damaged",
+        "hasher",
+        "data_len",
+        "digests",
+        "runs",
+        "_nbytes",
+    )
 
     @classmethod
-    def from_bytes(cls, raw: bytes, key: NodeKey) -> TermIndex | None:
-        if len(raw) < _MAC or key.mac(b"terms", raw[:-_MAC]) != raw[-_MAC:]:
+    def open(cls, path: Path, key: NodeKey, hasher: TermHash) -> TermFile | None:
+        """The sidecar at ``path`` if its header is there, whole and MAC'd with ``key``
+        (a version 4 header of a sane shape); None otherwise."""
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                total = st.st_size
+                if total < _MAC + _TRAILER.size:
+                    return None
+                f.seek(total - _TRAILER.size)
+                hlen, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+                if magic != MAGIC or hlen > total - _MAC - _TRAILER.size:
+                    return None
+                f.seek(total - _TRAILER.size - _MAC - hlen)
+                blob = f.read(hlen + _MAC)
+        except OSError:
+            return None
+        header, mac = blob[:hlen], blob[hlen:]
+        if len(mac) != _MAC or not hmac.compare_digest(key.mac(b"terms", header), mac):
             return None
         try:
-            d = msgpack.unpackb(raw[:-_MAC], raw=False)
-            if not isinstance(d, dict) or d.get("v") != TERMS_VERSION:
-                return None
-            t = cls(d["name"], d["header_mac"], d["first_seq"])
-            t.frames, t.size = d["frames"], d["size"]
-            t.damaged = set(d["damaged"])
-            if not all(type(o) is int and 0 <= o < t.frames for o in t.damaged):
-                return None
-            fields = d["fields"]
-            t.fields = {f: fields[f] if isinstance(fields.get(f), bytes) else {} for f in TERM_FIELDS}
-            t._approx = sum(len(v) for v in t.fields.values() if type(v) is bytes)
-            return t
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return cls._parse(path, st, header, total - _TRAILER.size - _MAC - hlen, hasher)
+        except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException):
             return None
 
-    def approx_bytes(self) -> int:
-        """A cheap running estimate of the memory held (for the readers' cache budget)."""
-        return self._approx
+    @classmethod
+    def _parse(cls, path: Path, st: os.stat_result, header: bytes, data_len: int, hasher: TermHash) -> TermFile | None:
+        d = msgpack.unpackb(header, raw=False)
+        if not isinstance(d, dict) or d.get("v") != TERMS_VERSION:
+            return None
+        t = cls()
+        t.path = path
+        t.ident = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        t.name, t.header_mac, t.first_seq = d["name"], d["header_mac"], d["first_seq"]
+        t.frames, t.size, macs = d["frames"], d["size"], d["macs"]
+        bits = d["hash_bits"]
+        if not (
+            type(t.name) is str
+            and type(t.header_mac) is bytes
+            and type(macs) is bytes
+            and len(macs) == 8 * t.frames
+            and all(_nat(x) for x in (t.first_seq, t.frames, t.size, d["data_len"]))
+            and type(bits) is int
+            and 1 <= bits <= 64
+            and d["block"] == BLOCK
+            and d["data_len"] == data_len
+        ):
+            return None
+        t.hasher = hasher.with_bits(bits)
+        t.macs = _from_le("Q", macs)
+        t.data_len = data_len
+        t.digests = d["digests"]
+        if type(t.digests) is not bytes or len(t.digests) != _DIGEST * -(-data_len // BLOCK):
+            return None
+        damaged = d["damaged"]
+        if not isinstance(damaged, (list, tuple)) or not all(_nat(o) and o < t.frames for o in damaged):
+            return None
+        t.damaged = frozenset(damaged)
+        t.runs = []
+        prev_end, prev_at = 0, 0
+        for row in d["runs"]:
+            end_frame, frows = row
+            if not (_nat(end_frame) and prev_end < end_frame <= t.frames and len(frows) == len(TERM_FIELDS)):
+                return None
+            metas = []
+            for nkeys, nposts, keys_at, ends_at, posts_at, fence in frows:
+                if not (
+                    all(_nat(x) for x in (nkeys, nposts, keys_at, ends_at, posts_at))
+                    and type(fence) is bytes
+                    and prev_at <= keys_at
+                    and keys_at + 8 * nkeys <= ends_at
+                    and ends_at + 4 * nkeys <= posts_at
+                    and posts_at + 4 * nposts <= data_len
+                    and len(fence) == 8 * -(-nkeys // FENCE_KEYS)
+                ):
+                    return None
+                prev_at = posts_at + 4 * nposts
+                metas.append(_FieldMeta(nkeys, nposts, keys_at, ends_at, posts_at, _from_le("Q", fence)))
+            t.runs.append(_FileRun(end_frame, metas))
+            prev_end = end_frame
+        if prev_end != t.frames and t.frames != 0:
+            return None
+        t._nbytes = (
+            1024
+            + sys.getsizeof(t.digests)
+            + sys.getsizeof(t.macs)
+            + sys.getsizeof(t.damaged)
+            + sum(200 + sum(sys.getsizeof(m.fence) + 120 for m in r.fields) for r in t.runs)
+        )
+        return t
+
+    def nbytes(self) -> int:
+        """Memory held by the header (fences, digests, damaged list, runs), in bytes."""
+        return self._nbytes
+
+    def add_seqs(self, no: int, values: frozenset[str], out: set[int], reader: BlockReader | None) -> None:
+        """Add to ``out`` the seq offsets of every entry whose field ``no`` may hold one of
+        ``values`` (a superset when hashes collide)."""
+        if reader is None:
+            raise TermsDamaged("no reader for the sidecar")
+        hashes = {self.hasher(v) for v in values}
+        for run in self.runs:
+            m = run.fields[no]
+            for h in hashes:
+                a = self._seqs(m, h, no, reader)
+                if a is not None:
+                    out.update(a)
+
+    def _seqs(self, m: _FieldMeta, h: int, no: int, reader: BlockReader) -> array | None:
+        j = bisect.bisect_right(m.fence, h) - 1
+        if j < 0:
+            return None
+        lo = j * FENCE_KEYS
+        hi = min(lo + FENCE_KEYS, m.nkeys)
+        keys = reader.array(self, "Q", m.keys_at + 8 * lo, m.keys_at + 8 * hi)
+        i = bisect.bisect_left(keys, h)
+        if i == len(keys) or keys[i] != h:
+            return None
+        g = lo + i
+        if g:
+            s, e = reader.array(self, "I", m.ends_at + 4 * (g - 1), m.ends_at + 4 * (g + 1))
+        else:
+            s, e = 0, reader.array(self, "I", m.ends_at, m.ends_at + 4)[0]
+        if not s <= e <= m.nposts:
+            raise TermsDamaged(f"{self.path.name}: postings of field {TERM_FIELDS[no]} out of place")
+        return reader.array(self, "I", m.posts_at + 4 * s, m.posts_at + 4 * e)
+
+    def run_tables(self, r: int, reader: BlockReader) -> list[Table]:
+        """Run ``r``'s tables, read whole and checked (to merge them into a new run)."""
+        out = []
+        for no, m in enumerate(self.runs[r].fields):
+            t = Table(
+                reader.array(self, "Q", m.keys_at, m.keys_at + 8 * m.nkeys, keep=False),
+                reader.array(self, "I", m.ends_at, m.ends_at + 4 * m.nkeys, keep=False),
+                reader.array(self, "I", m.posts_at, m.posts_at + 4 * m.nposts, keep=False),
+            )
+            ends = t.ends
+            if any(ends[i] > ends[i + 1] for i in range(len(ends) - 1)) or (ends and ends[-1] != m.nposts):
+                raise TermsDamaged(f"{self.path.name}: postings of field {TERM_FIELDS[no]} out of place")
+            out.append(t)
+        return out
 
 
-def _post(idx: dict, value, pair: tuple[int, int]) -> None:
-    a = idx.get(value)
-    if a is None:
-        idx[value] = array("I", pair)
-    else:
-        if type(a) is bytes:
-            b = array("I")
-            b.frombytes(a)
-            a = idx[value] = b
-        a.extend(pair)
+class BlockReader:
+    """Reads checked blocks of sidecars, through ``cache`` (``get(key)`` /
+    ``put(key, bytes)``), keeping one open file per sidecar until :meth:`close`."""
+
+    def __init__(self, cache):
+        self._cache = cache
+        self._fds: dict[int, tuple[TermFile, int]] = {}
+
+    def fd(self, tf: TermFile) -> int:
+        got = self._fds.get(id(tf))
+        if got is not None:
+            return got[1]
+        try:
+            fd = os.open(tf.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise TermsChanged(f"{tf.path.name}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != tf.ident:
+            os.close(fd)
+            raise TermsChanged(f"{tf.path.name} changed since its header was read")
+        self._fds[id(tf)] = (tf, fd)
+        return fd
+
+    def block(self, tf: TermFile, b: int, keep: bool = True) -> bytes:
+        ck = (tf.name, tf.ident, b)
+        got = self._cache.get(ck)
+        if got is not None:
+            return got
+        at = b * BLOCK
+        n = min(BLOCK, tf.data_len - at)
+        if n <= 0:
+            raise TermsDamaged(f"{tf.path.name}: block {b} out of range")
+        raw = os.pread(self.fd(tf), n, at)
+        if len(raw) != n or hashlib.sha256(raw).digest() != tf.digests[_DIGEST * b : _DIGEST * (b + 1)]:
+            raise TermsDamaged(f"{tf.path.name}: block {b} does not match its digest")
+        if keep:
+            self._cache.put(ck, raw)
+        return raw
+
+    def read(self, tf: TermFile, start: int, end: int, keep: bool = True) -> bytes:
+        if end <= start:
+            return b""
+        first, last = start // BLOCK, (end - 1) // BLOCK
+        if first == last:
+            off = first * BLOCK
+            return self.block(tf, first, keep)[start - off : end - off]
+        raw = b"".join(self.block(tf, b, keep) for b in range(first, last + 1))
+        off = first * BLOCK
+        return raw[start - off : end - off]
+
+    def array(self, tf: TermFile, code: str, start: int, end: int, keep: bool = True) -> array:
+        return _from_le(code, self.read(tf, start, end, keep))
+
+    def close(self) -> None:
+        for _, fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def lookup(
+    postings: TermFile | TermBuilder, wanted: dict[int, frozenset[str]], reader: BlockReader
+) -> list[int] | None:
+    """Seq offsets that may match every constraint of ``wanted`` (field number -> values),
+    ascending; None when nothing in ``wanted`` is indexed."""
+    if not wanted:
+        return None
+    result: set[int] | None = None
+    for no, values in wanted.items():
+        hits: set[int] = set()
+        postings.add_seqs(no, values, hits, reader)
+        result = hits if result is None else (result & hits)
+        if not result:
+            return []
+    return sorted(result) if result is not None else None

@@ -80,6 +80,9 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     node = data_dir.open()
     store, settings = config.store, config.service
     reader = NodeLog(data_dir, node)
+    # the active segment's postings are written out by the background job
+    # (query.http.server), not by the query that extended them
+    reader.postings.persist_active = False
     writer = LogWriter(data_dir, node, store, reader)
     seal = StateSeal(node.key, node.node_id)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auditlog-io")

@@ -14,7 +14,7 @@ from bench.runner import SCENARIOS, BenchError, run_bench
 
 RESULT_KEYS = {"name", "value", "unit", "baseline", "ratio", "params", "peak_rss_mb"}
 #: results without a SQLite counterpart (latency of a live server, cluster behaviour)
-NO_BASELINE = {"http_append_p99_ms", "merge_first_byte_ms", "unreachable_peer_cost_s"}
+NO_BASELINE = {"http_append_p99_ms", "merge_first_byte_ms", "unreachable_peer_cost_s", "soak_rss"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def test_json_has_documented_shape(tiny_run):
         "merge_first_byte_ms",
         "unreachable_peer_cost_s",
         "scan_rss",
+        "soak_rss",
     ]
     for r in on_disk["results"]:
         assert RESULT_KEYS <= r.keys(), r["name"]
@@ -92,6 +93,20 @@ def test_merge_scenarios_ran_on_three_nodes(tiny_run):
     assert un["params"]["victim_status"] == "unreachable"
     assert "warning" not in un["params"] and "warning" not in p
     assert len(un["params"]["degraded_ms"]) == un["params"]["reps"]
+
+
+def test_soak_ran_a_real_server_under_paced_writers_and_a_reader(tiny_run):
+    r = {r["name"]: r for r in tiny_run[1]["results"]}["soak_rss"]
+    p = r["params"]
+    assert r["unit"] == "MB" and r["target"] == "server RSS ≤ 256 MB" and r["status"] in ("PASS", "MISS")
+    assert p["N"] == 3000 and p["writers"] == 2 and p["fsync"].startswith("always")
+    assert p["head_seq"] >= 3000 and "warning" not in p
+    assert r["value"] == pytest.approx(p["peak_rss_mb"], abs=0.1) and p["peak_rss_mb"] >= p["final_rss_mb"] > 1
+    assert p["reader_rounds"] >= 2 and len(p["selective_ms"]) == len(p["csv_ms"]) == p["reader_rounds"]
+    # every event exported once, round by round (with the node's own entries, such as
+    # the record of each export)
+    assert 3000 <= sum(p["csv_rows"]) <= 3000 + 2 * p["reader_rounds"]
+    assert p["rss_by_events"][0][0] <= p["rss_by_events"][-1][0] == 3000
 
 
 def test_ratio_is_oriented_better_is_above_one(tiny_run):

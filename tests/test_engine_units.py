@@ -48,7 +48,6 @@ from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.segment import FORMAT_VERSION, list_segments
 from engine.settings import StoreSettings
-from engine.terms import TERM_FIELDS, TermIndex
 from engine.verify import verify_node
 from engine.writer import LogWriter
 from query.filters import Filter
@@ -571,103 +570,6 @@ def test_first_frame_at_is_a_monotonic_bisect_over_the_running_max(max_ts, probe
     ordered = sorted(probes)
     got = [idx.first_frame_at(t) for t in ordered]
     assert got == sorted(got)
-
-
-def _ref_matching(contents, terms) -> list[int] | None:
-    """Seqs whose record carries, for every known field, one of the wanted values."""
-    known = {f: v for f, v in terms.items() if f in TERM_FIELDS}
-    if not known:
-        return None
-    field_of = {"user": 2, "action": 3, "target": 4, "domain": 5, "ip": 6}
-
-    def values(rec, f):
-        if f == "recipient":
-            r = rec[9].get("recipient")
-            return set(r) if isinstance(r, (list, tuple)) else {r}
-        return {rec[field_of[f]]}
-
-    return [r[0] for recs in contents for r in recs if all(values(r, f) & set(vals) for f, vals in known.items())]
-
-
-term_constraints = st.dictionaries(
-    st.sampled_from(list(TERM_FIELDS) + ["bogus"]),
-    st.frozensets(
-        st.sampled_from(
-            ["alice", "bob", "auth.login", "custom.x", "t1", "example.org", "192.0.2.1", "x@example.org", "zzz"]
-        ),
-        max_size=3,
-    ),
-    max_size=3,
-)
-
-
-def _term_index(contents) -> tuple[TermIndex, dict[int, int]]:
-    """A TermIndex over frames of these records, as if each payload sat at 1000*k in a file."""
-    ti = TermIndex("s.seg", b"\0" * 32, 1)
-    where = {}
-    for k, recs in enumerate(contents):
-        if not recs:
-            continue
-        payload = msgpack.packb(list(recs), use_bin_type=True)
-        ti.add_frame(payload, 1000 * k)
-        up = msgpack.Unpacker(raw=False, use_list=False)
-        up.feed(payload)
-        up.read_array_header()
-        for _ in recs:
-            pos = up.tell()
-            rec = up.unpack()
-            where[rec[0]] = 1000 * k + pos
-    ti.frames = len(contents)
-    return ti, where
-
-
-@PROPS
-@given(gen=segment_indexes(), terms=term_constraints)
-def test_term_postings_intersect_fields_and_point_at_the_records(gen, terms):
-    _, contents = gen
-    ti, where = _term_index(contents)
-    got = ti.lookup(terms)
-    want = _ref_matching(contents, terms)
-    if want is None:
-        assert got is None
-        return
-    assert [1 + so for so, _ in got] == want  # seq offsets, in seq order
-    assert all(off == where[1 + so] for so, off in got)  # file offsets of those records
-    # the same answer after a round trip through the stored form
-    back = TermIndex.from_bytes(ti.to_bytes(INDEX_KEY, 123), INDEX_KEY)
-    assert back.lookup(terms) == got and back.frames == ti.frames and back.size == 123
-    assert TermIndex.from_bytes(ti.to_bytes(INDEX_KEY, 123), OTHER_KEY) is None
-
-
-def test_term_postings_examples():
-    rec = lambda seq, user, ip, rcpt=None: (
-        seq,
-        1,
-        user,
-        "auth.login",
-        None,
-        None,
-        ip,
-        None,
-        True,  # noqa: E731
-        {"recipient": rcpt} if rcpt else {},
-        b"",
-    )
-    ti, _ = _term_index(
-        [
-            [rec(1, "alice", "192.0.2.1")],
-            [rec(2, "bob", "192.0.2.1")],
-            [],
-            [rec(4, "alice", None, ["a@x", "b@x"]), rec(5, "bob", "192.0.2.2", "a@x")],
-        ]
-    )
-    seqs = lambda terms: [1 + so for so, _ in ti.lookup(terms)]  # noqa: E731
-    assert ti.lookup({}) is None and ti.lookup({"bogus": frozenset({"x"})}) is None
-    assert seqs({"user": frozenset({"alice"})}) == [1, 4]
-    assert seqs({"user": frozenset({"alice", "bob"})}) == [1, 2, 4, 5]
-    assert seqs({"user": frozenset({"alice"}), "ip": frozenset({"192.0.2.1"})}) == [1]
-    assert seqs({"recipient": frozenset({"a@x"})}) == [4, 5]  # list-valued recipients too
-    assert seqs({"user": frozenset({"nobody"})}) == []
 
 
 # ----------------------------------------------------------------------------- derived files are never trusted
