@@ -46,7 +46,17 @@ from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
 from bench.servers import PROFILE_ENV
 from engine.errors import AuditLogError
 
-SCENARIOS = ("append", "scan", "selective_query", "csv_export", "http_ingest", "merge", "scan_rss", "soak_rss")
+SCENARIOS = (
+    "append",
+    "scan",
+    "selective_query",
+    "csv_export",
+    "http_ingest",
+    "merge",
+    "scan_rss",
+    "soak_rss",
+    "disk_bytes_per_event",
+)
 #: result names that select their scenario in ``--only``
 _ALIASES = {
     "append_4threads": "append",
@@ -59,6 +69,7 @@ _ALIASES = {
     "merge_first_byte_ms": "merge",
     "unreachable_peer_cost_s": "merge",
     "soak": "soak_rss",
+    "disk": "disk_bytes_per_event",
 }
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
@@ -91,6 +102,8 @@ class Plan:
     merge_reps: int
     soak_events: int  # events POSTed to one server in the soak
     soak_reader_interval: float  # seconds between the soak reader's rounds
+    disk_events: int = 200_000  # events in the disk-usage run
+    disk_wait: float = 36.0  # seconds after the reads for the server's background job (first at 5 s, every 30 s)
     soak_rate: float = 13_000.0  # events/s, both writers together
     soak_batch: int = 200
     batch: int = sc.BUILD_BATCH
@@ -124,6 +137,8 @@ class Plan:
                 soak_reader_interval=0.5,
                 soak_rate=5000.0,
                 soak_batch=100,
+                disk_events=events,
+                disk_wait=6.0,
                 http_batch=min(1000, max(10, events // 6)),
                 http_conns=4,
                 latency_rate=500.0,
@@ -163,6 +178,7 @@ class Plan:
             merge_reps=3,
             soak_events=5_200_000,
             soak_reader_interval=30.0,
+            disk_events=1_000_000,
         )
 
 
@@ -884,8 +900,8 @@ def scenario_soak_rss(plan: Plan, ctx: dict) -> list[Result]:
         "batch": plan.soak_batch,
         "writers": len(out["writers"]),
         "fsync": "always (the default)",
-        "server": "a real `auditlog serve` subprocess, default config (line files, one validation worker "
-        "with 2+ CPUs), fresh data dir (init + a writer and a reader key)",
+        "server": "a real `auditlog serve` subprocess, default config (one validation worker with 2+ CPUs), "
+        "fresh data dir (init + a writer and a reader key)",
         "load": f"{len(out['writers'])} writer processes, each POSTing JSON batches of {plan.soak_batch} "
         "generated gateway-mix events (their own seeds) over one keep-alive connection, batch i due at "
         f"t0 + i·batch/rate, {plan.soak_rate / len(out['writers']):g} events/s each",
@@ -936,6 +952,46 @@ def scenario_soak_rss(plan: Plan, ctx: dict) -> list[Result]:
     return [r]
 
 
+def scenario_disk_bytes(plan: Plan, ctx: dict) -> list[Result]:
+    batch = 1000
+    ours = _run_job(
+        "disk_bytes", events=plan.disk_events, batch=batch, wait=plan.disk_wait, seed=plan.seed, workdir=ctx["workdir"]
+    )
+    base = _run_job("sqlite_disk_bytes", events=plan.disk_events, batch=batch, seed=plan.seed, workdir=ctx["workdir"])
+    n = plan.disk_events
+    per = {k: round(v / n, 2) for k, v in sorted(ours["kinds"].items())}
+    params = {
+        "N": n,
+        "method": f"a real `auditlog serve` (fsync=always) takes N gateway-mix events as {ours['posts']} JSON "
+        f"POSTs of {batch}; then GET /api/v1/audit-log?format=ndjson twice (the whole log), one selective "
+        f"query (user and ip, NDJSON), {plan.disk_wait:g} s for the server's background job (term "
+        "postings), SIGTERM; then every file under the data dir counted (st_size)",
+        "bytes_by_kind_per_event": per,
+        "after_ingest_bytes_per_event": round(ours["after_ingest_bytes"] / n, 2),
+        "allocated_bytes_per_event": round(ours["allocated"] / n, 2),
+        "ndjson_bytes_per_event": round(ours["ndjson_bytes"] / n, 1),
+        "read_lines": ours["read_lines"],
+        "selective_rows": ours["selective_rows"],
+        "selective_expected": ours["selective_expected"],
+        "baseline": "the SQLite baseline (bench/baseline_sqlite.py: one table, chained signatures, the "
+        "indexes its selective and range queries use), the same N events in batches of "
+        f"{batch}, synchronous=FULL, WAL checkpointed on close; file bytes",
+        "baseline_allocated_bytes_per_event": round(base["allocated"] / n, 2),
+    }
+    r = Result(
+        "disk_bytes_per_event",
+        ours["bytes"] / n,
+        "B/event",
+        base["bytes"] / n,
+        False,
+        params,
+        ours["server_peak_rss_mb"],
+        [("≤ 70 B/event (whole data dir)", _at_most(70.0))],
+    )
+    ctx["emit"](r)
+    return [r]
+
+
 _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "append": scenario_append,
     "scan": scenario_scan,
@@ -945,6 +1001,7 @@ _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "merge": scenario_merge,
     "scan_rss": scenario_scan_rss,
     "soak_rss": scenario_soak_rss,
+    "disk_bytes_per_event": scenario_disk_bytes,
 }
 
 

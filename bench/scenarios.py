@@ -1416,6 +1416,19 @@ def job_soak_rss(**kwargs: Any) -> dict:
     return run(**kwargs)
 
 
+def job_disk_bytes(**kwargs: Any) -> dict:
+    """A real server's data dir after ingest and reads, counted (``bench.disk``)."""
+    from bench.disk import job_disk_bytes as run
+
+    return run(**kwargs)
+
+
+def job_sqlite_disk_bytes(**kwargs: Any) -> dict:
+    from bench.disk import job_sqlite_disk_bytes as run
+
+    return run(**kwargs)
+
+
 def sqlite3_connect(path: str):
     import sqlite3
 
@@ -1439,6 +1452,8 @@ JOBS: dict[str, Callable[..., dict]] = {
     "merge": job_merge,
     "sqlite_merge": job_sqlite_merge,
     "soak_rss": job_soak_rss,
+    "disk_bytes": job_disk_bytes,
+    "sqlite_disk_bytes": job_sqlite_disk_bytes,
 }
 
 

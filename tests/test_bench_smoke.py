@@ -48,6 +48,7 @@ def test_json_has_documented_shape(tiny_run):
         "unreachable_peer_cost_s",
         "scan_rss",
         "soak_rss",
+        "disk_bytes_per_event",
     ]
     for r in on_disk["results"]:
         assert RESULT_KEYS <= r.keys(), r["name"]
@@ -58,7 +59,7 @@ def test_json_has_documented_shape(tiny_run):
             assert r["baseline"] is None and r["ratio"] is None, r["name"]
             continue
         assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r["name"]
-        if r["name"] != "scan_rss":  # the same measurement in CPU time, beside wall time
+        if r["name"] not in ("scan_rss", "disk_bytes_per_event"):  # the same in CPU time, beside wall time
             assert (r["params"].get("cpu_ratio") or r["params"]["server_cpu_value"]) > 0, r["name"]
 
 
@@ -109,11 +110,25 @@ def test_soak_ran_a_real_server_under_paced_writers_and_a_reader(tiny_run):
     assert p["rss_by_events"][0][0] <= p["rss_by_events"][-1][0] == 3000
 
 
+def test_disk_usage_counted_a_real_servers_whole_data_dir(tiny_run):
+    r = {r["name"]: r for r in tiny_run[1]["results"]}["disk_bytes_per_event"]
+    p = r["params"]
+    assert r["unit"] == "B/event" and r["target"] == "≤ 70 B/event (whole data dir)" and r["status"] in ("PASS", "MISS")
+    assert p["N"] == 3000 and all(n >= 3000 for n in p["read_lines"]) and len(p["read_lines"]) == 2
+    assert p["selective_rows"] == p["selective_expected"]
+    per = p["bytes_by_kind_per_event"]
+    # every file of the data dir is counted: segments and node files (key, id, state)
+    assert per[".seg"] > 0 and per["other"] > 0
+    assert r["value"] == pytest.approx(sum(per.values()), abs=0.1)
+    assert r["value"] > per[".seg"] and r["baseline"] > 0
+    assert p["ndjson_bytes_per_event"] > r["value"] / 2
+
+
 def test_ratio_is_oriented_better_is_above_one(tiny_run):
     for r in tiny_run[1]["results"]:
         if r["ratio"] is None:
             continue
-        if r["unit"] in ("s", "ms", "MB"):
+        if r["unit"] in ("s", "ms", "MB", "B/event"):
             assert r["ratio"] == pytest.approx(r["baseline"] / r["value"])
         else:
             assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
