@@ -74,12 +74,7 @@ def job_disk_bytes(events: int, batch: int, wait: float, seed: int, workdir: str
     (port,) = servers.free_ports(1)
     srv = servers.Server(root, "bench-disk", port)
     try:
-        srv.write_config()
-        srv.init()
-        srv.new_key("writer")
-        srv.new_key("reader")
-        srv.start()
-        srv.wait_ready()
+        srv.launch("writer", "reader")
         out = asyncio.run(_post_all(srv.base, srv.keys["writer"], bodies, _CTYPE["json"], conns, srv))
         if out["appended"] != events:
             raise RuntimeError(f"appended {out['appended']} of {events} events")

@@ -221,6 +221,15 @@ class Server:
             cwd=str(_ROOT),
         )
 
+    def launch(self, *roles: str) -> None:
+        """Config, ``init``, a key for each of ``roles``, then ``serve``, ready."""
+        self.write_config()
+        self.init()
+        for role in roles:
+            self.new_key(role)
+        self.start()
+        self.wait_ready()
+
     def wait_ready(self, timeout: float = 120) -> None:
         """Until /healthz answers 200 (and the peer listener accepts, if any)."""
         why = wait_serving(self.proc, self.base, self.peer_port, timeout)
@@ -273,12 +282,8 @@ def single_node(root: Path, *, role: str = "writer", fsync: str = "always", node
     """A fresh node (init, one ``role`` key), started and ready."""
     (port,) = free_ports(1)
     s = Server(root, node_id, port, fsync=fsync)
-    s.write_config()
-    s.init()
-    s.new_key(role)
-    s.start()
     try:
-        s.wait_ready()
+        s.launch(role)
     except BaseException:
         s.kill()
         raise

@@ -198,12 +198,7 @@ def job_soak_rss(
     rounds: list[dict] = []
     stop = threading.Event()
     try:
-        srv.write_config()
-        srv.init()
-        srv.new_key("writer")
-        srv.new_key("reader")
-        srv.start()
-        srv.wait_ready()
+        srv.launch("writer", "reader")
         pid = srv.pid
         counters = [ctx.Value("q", 0) for _ in range(writers)]
         result_paths = [str(root / f"writer{i}.json") for i in range(writers)]

@@ -5,8 +5,9 @@ For each of the fields ``user``, ``action``, ``target``, ``domain``, ``ip`` and
 postings say which entries carry a value, as seq offsets from the segment's
 first seq.  They are held as packed integer arrays, never as a Python object
 per value or per entry: per field a :class:`Table` of the distinct values'
-64-bit hashes (sorted), where each value's postings end, and one array of u32
-seq offsets (ascending per value).  Two values may share a hash: a lookup then
+32-bit hashes (sorted), where each value's postings end, and one array of u32
+seq offsets (ascending per value; on disk each value's as msgpack deltas, about
+1 to 2 bytes each for a value that recurs).  Two values may share a hash: a lookup then
 returns the entries of both, and the reader confirms each record it reads
 (:func:`record_matches`), so postings only ever say where to look.
 
@@ -37,8 +38,8 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterator
-from itertools import repeat
-from operator import itemgetter
+from itertools import accumulate, repeat
+from operator import itemgetter, sub
 from pathlib import Path
 
 import msgpack
@@ -48,9 +49,9 @@ from engine.chain import NodeKey
 from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
-# 4: packed tables of value hashes and seq offsets, block digests, prefixes of the
-# active segment; 3: msgpack maps of values, offsets into a frame's plain payload
-TERMS_VERSION = 4
+# 5: each value's seq offsets stored as msgpack deltas; 4: as u32 (then rebuilt);
+# 3: msgpack maps of values, offsets into a frame's plain payload
+TERMS_VERSION = 5
 TERM_FIELDS = ("user", "action", "target", "domain", "ip", "recipient")
 FIELD_NO = {f: i for i, f in enumerate(TERM_FIELDS)}
 #: where the first five fields sit in a stored record (``recipient`` comes from details)
@@ -65,7 +66,7 @@ OPEN_RECORD_BYTES = 320
 BLOCK = 16384
 #: keys per fence entry: a lookup reads at most this many keys (4 KiB) of a table
 FENCE_KEYS = 512
-HASH_BITS = 64
+HASH_BITS = 32
 #: seq offsets are u32: a segment of more entries is not indexed past that
 MAX_SEQ_OFFSET = 2**32 - 1
 MAGIC = b"ATRM"
@@ -137,13 +138,14 @@ def wanted_fields(terms: dict[str, frozenset[str]]) -> dict[int, frozenset[str]]
 
 class TermHash:
     """A value's hash in the tables: XXH3-64 of its UTF-8 bytes, seeded from the index
-    key, cut to ``bits`` (fewer bits only to force collisions in tests)."""
+    key, cut to ``bits`` (32; fewer only to force collisions in tests).  A collision
+    costs a record read and dropped, never a wrong answer."""
 
     __slots__ = ("seed", "bits", "_mask")
 
     def __init__(self, seed: int, bits: int = HASH_BITS):
-        if not 1 <= bits <= 64:
-            raise ValueError("hash bits must be 1 to 64")
+        if not 1 <= bits <= 32:
+            raise ValueError("hash bits must be 1 to 32")
         self.seed, self.bits, self._mask = seed, bits, (1 << bits) - 1
 
     @classmethod
@@ -168,7 +170,7 @@ class Table:
     __slots__ = ("keys", "ends", "posts")
 
     def __init__(self, keys: array | None = None, ends: array | None = None, posts: array | None = None):
-        self.keys = array("Q") if keys is None else keys
+        self.keys = array("I") if keys is None else keys
         self.ends = array("I") if ends is None else ends
         self.posts = array("I") if posts is None else posts
 
@@ -536,22 +538,16 @@ def write_terms(
             w.write(reader.read(base, whole * BLOCK, end, keep=False))  # checked as it is copied
             rows.extend(r.row for r in base.runs[:keep])
         for end_frame, tables in runs:
-            rows.append(
-                [
-                    end_frame,
-                    [
-                        [
-                            len(t.keys),
-                            len(t.posts),
-                            w.write(_le(t.keys)),
-                            w.write(_le(t.ends)),
-                            w.write(_le(t.posts)),
-                            _le(t.keys[::FENCE_KEYS]),
-                        ]
-                        for t in tables
-                    ],
-                ]
-            )
+            fields = []
+            for t in tables:
+                coded, ends = encode_postings(t)
+                keys_at = w.write(_le(t.keys))
+                ends_at = w.write(_le(ends))
+                posts_at = w.write(coded)
+                fields.append(
+                    [len(t.keys), len(t.posts), keys_at, ends_at, posts_at, len(coded), _le(t.keys[::FENCE_KEYS])]
+                )
+            rows.append([end_frame, fields])
         w.finish()
         header = msgpack.packb(
             {
@@ -585,12 +581,38 @@ def write_terms(
         raise
 
 
-class _FieldMeta:
-    __slots__ = ("nkeys", "nposts", "keys_at", "ends_at", "posts_at", "fence")
+def encode_postings(t: Table) -> tuple[bytes, array]:
+    """A table's postings as stored: per key a msgpack array of the differences between
+    its seq offsets (the first from 0), all keys' arrays one after the other; and where
+    each key's array ends in those bytes (u32)."""
+    pack = msgpack.Packer().pack
+    posts, out, ends = t.posts, bytearray(), array("I")
+    start = 0
+    for end in t.ends:
+        p = posts[start:end]
+        out += pack([p[0], *map(sub, p[1:], p)] if p else [])
+        ends.append(len(out))
+        start = end
+    return bytes(out), ends
 
-    def __init__(self, nkeys, nposts, keys_at, ends_at, posts_at, fence):
+
+def decode_postings(raw: bytes) -> array:
+    """One key's seq offsets from their stored differences (ascending, u32)."""
+    try:
+        deltas = msgpack.unpackb(raw, use_list=True)
+        if type(deltas) is not list or (deltas and min(deltas) < 0):
+            raise TypeError
+        return array("I", accumulate(deltas))
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as e:
+        raise TermsDamaged(f"postings that do not decode: {type(e).__name__}") from None
+
+
+class _FieldMeta:
+    __slots__ = ("nkeys", "nposts", "keys_at", "ends_at", "posts_at", "posts_len", "fence")
+
+    def __init__(self, nkeys, nposts, keys_at, ends_at, posts_at, posts_len, fence):
         self.nkeys, self.nposts = nkeys, nposts
-        self.keys_at, self.ends_at, self.posts_at = keys_at, ends_at, posts_at
+        self.keys_at, self.ends_at, self.posts_at, self.posts_len = keys_at, ends_at, posts_at, posts_len
         self.fence = fence
 
 
@@ -610,7 +632,7 @@ class _FileRun:
         """As stored in a header (to copy the run into a new sidecar)."""
         return [
             self.end_frame,
-            [[m.nkeys, m.nposts, m.keys_at, m.ends_at, m.posts_at, _le(m.fence)] for m in self.fields],
+            [[m.nkeys, m.nposts, m.keys_at, m.ends_at, m.posts_at, m.posts_len, _le(m.fence)] for m in self.fields],
         ]
 
 
@@ -683,7 +705,7 @@ class TermFile:
             and len(macs) == 8 * t.frames
             and all(_nat(x) for x in (t.first_seq, t.frames, t.size, d["data_len"]))
             and type(bits) is int
-            and 1 <= bits <= 64
+            and 1 <= bits <= 32
             and d["block"] == BLOCK
             and d["data_len"] == data_len
         ):
@@ -705,19 +727,19 @@ class TermFile:
             if not (_nat(end_frame) and prev_end < end_frame <= t.frames and len(frows) == len(TERM_FIELDS)):
                 return None
             metas = []
-            for nkeys, nposts, keys_at, ends_at, posts_at, fence in frows:
+            for nkeys, nposts, keys_at, ends_at, posts_at, posts_len, fence in frows:
                 if not (
-                    all(_nat(x) for x in (nkeys, nposts, keys_at, ends_at, posts_at))
+                    all(_nat(x) for x in (nkeys, nposts, keys_at, ends_at, posts_at, posts_len))
                     and type(fence) is bytes
                     and prev_at <= keys_at
-                    and keys_at + 8 * nkeys <= ends_at
+                    and keys_at + 4 * nkeys <= ends_at
                     and ends_at + 4 * nkeys <= posts_at
-                    and posts_at + 4 * nposts <= data_len
-                    and len(fence) == 8 * -(-nkeys // FENCE_KEYS)
+                    and posts_at + posts_len <= data_len
+                    and len(fence) == 4 * -(-nkeys // FENCE_KEYS)
                 ):
                     return None
-                prev_at = posts_at + 4 * nposts
-                metas.append(_FieldMeta(nkeys, nposts, keys_at, ends_at, posts_at, _from_le("Q", fence)))
+                prev_at = posts_at + posts_len
+                metas.append(_FieldMeta(nkeys, nposts, keys_at, ends_at, posts_at, posts_len, _from_le("I", fence)))
             t.runs.append(_FileRun(end_frame, metas))
             prev_end = end_frame
         if prev_end != t.frames and t.frames != 0:
@@ -754,7 +776,7 @@ class TermFile:
             return None
         lo = j * FENCE_KEYS
         hi = min(lo + FENCE_KEYS, m.nkeys)
-        keys = reader.array(self, "Q", m.keys_at + 8 * lo, m.keys_at + 8 * hi)
+        keys = reader.array(self, "I", m.keys_at + 4 * lo, m.keys_at + 4 * hi)
         i = bisect.bisect_left(keys, h)
         if i == len(keys) or keys[i] != h:
             return None
@@ -763,23 +785,29 @@ class TermFile:
             s, e = reader.array(self, "I", m.ends_at + 4 * (g - 1), m.ends_at + 4 * (g + 1))
         else:
             s, e = 0, reader.array(self, "I", m.ends_at, m.ends_at + 4)[0]
-        if not s <= e <= m.nposts:
+        if not s <= e <= m.posts_len:
             raise TermsDamaged(f"{self.path.name}: postings of field {TERM_FIELDS[no]} out of place")
-        return reader.array(self, "I", m.posts_at + 4 * s, m.posts_at + 4 * e)
+        return decode_postings(reader.read(self, m.posts_at + s, m.posts_at + e))
 
     def run_tables(self, r: int, reader: BlockReader) -> list[Table]:
         """Run ``r``'s tables, read whole and checked (to merge them into a new run)."""
         out = []
         for no, m in enumerate(self.runs[r].fields):
-            t = Table(
-                reader.array(self, "Q", m.keys_at, m.keys_at + 8 * m.nkeys, keep=False),
-                reader.array(self, "I", m.ends_at, m.ends_at + 4 * m.nkeys, keep=False),
-                reader.array(self, "I", m.posts_at, m.posts_at + 4 * m.nposts, keep=False),
-            )
-            ends = t.ends
-            if any(ends[i] > ends[i + 1] for i in range(len(ends) - 1)) or (ends and ends[-1] != m.nposts):
+            keys = reader.array(self, "I", m.keys_at, m.keys_at + 4 * m.nkeys, keep=False)
+            coded_ends = reader.array(self, "I", m.ends_at, m.ends_at + 4 * m.nkeys, keep=False)
+            coded = reader.read(self, m.posts_at, m.posts_at + m.posts_len, keep=False)
+            if any(coded_ends[i] > coded_ends[i + 1] for i in range(len(coded_ends) - 1)) or (
+                coded_ends and coded_ends[-1] != m.posts_len
+            ):
                 raise TermsDamaged(f"{self.path.name}: postings of field {TERM_FIELDS[no]} out of place")
-            out.append(t)
+            posts, ends, start = array("I"), array("I"), 0
+            for end in coded_ends:
+                posts.extend(decode_postings(coded[start:end]))
+                ends.append(len(posts))
+                start = end
+            if len(posts) != m.nposts:
+                raise TermsDamaged(f"{self.path.name}: postings of field {TERM_FIELDS[no]} out of place")
+            out.append(Table(keys, ends, posts))
         return out
 
 
