@@ -295,29 +295,35 @@ class Postings:
                 continue  # dropped by retention meanwhile
         built = self.written - before
         if infos and infos[-1].usable:
-            self._persist_active(infos[-1])
+            self._keep_up_with_active(infos[-1])
         return built
 
-    def _persist_active(self, info: SegmentInfo) -> None:
-        """Write the active segment's postings to its sidecar if enough are new."""
-        with self._lock:
-            b = self._segments.get(info.name)
-            if not (
-                isinstance(b, TermBuilder)
-                and b.new_records >= PERSIST_RECORDS
-                and not b.unwritable
-                and b.frames <= len(info.index.frames)
-            ):
-                return
-            try:
-                with SegmentData(info.path) as sd:
-                    if self._bound(b, info, sd.data, b.frames, False):
-                        self._write(b, info, sd.data)
-                        self._keep(info.name, b)
-            except TermsChanged:
-                self._drop(info.name)
-            except (TermsDamaged, OSError):
-                self._discard(info)
+    def _keep_up_with_active(self, info: SegmentInfo) -> None:
+        """Index the active segment's frames that are new since the last time (so a
+        query finds little left to index) and write its postings to its sidecar if
+        enough are new."""
+        nframes = len(info.index.frames)
+        if not nframes:
+            return
+        try:
+            with SegmentData(info.path) as sd, self._lock:
+                for _ in range(2):
+                    try:
+                        b = self._for(info, sd.data, nframes, False)
+                        if (
+                            isinstance(b, TermBuilder)
+                            and b.new_records >= PERSIST_RECORDS
+                            and not b.unwritable
+                            and self._write(b, info, sd.data) is not None
+                        ):
+                            self._keep(info.name, b)
+                        return
+                    except TermsChanged:
+                        self._drop(info.name)
+                    except (TermsDamaged, OSError):
+                        self._discard(info)
+        except FileNotFoundError:
+            pass  # rolled and dropped meanwhile
 
     def _compact_one(self, info: SegmentInfo, data) -> None:
         """Give a sealed segment a sidecar of one run (built, or merged from several)."""

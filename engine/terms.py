@@ -37,6 +37,7 @@ import os
 import struct
 import sys
 from array import array
+from collections import defaultdict
 from collections.abc import Iterator
 from itertools import accumulate, repeat
 from operator import itemgetter, sub
@@ -190,9 +191,10 @@ class Table:
         return zip(self.keys, repeat(tag), range(len(self.keys)))
 
 
-def pack_values(values: dict[str, list[int]], hasher: TermHash) -> Table:
-    """A table of ``value -> ascending seq offsets`` (values of one hash merged)."""
-    items = sorted(((hasher(v), p) for v, p in values.items()), key=_first)
+def pack_values(values: dict, hasher: TermHash) -> Table:
+    """A table of ``value -> ascending seq offsets`` (values of one hash merged; values
+    that are not strings left out: a filter's values are strings)."""
+    items = sorted(((hasher(v), p) for v, p in values.items() if type(v) is str), key=_first)
     t = Table()
     keys, ends, posts = t.keys, t.ends, t.posts
     last = -1
@@ -282,7 +284,7 @@ class TermBuilder:
         self.usable = True
         #: True once its sidecar could not be written (kept in memory instead)
         self.unwritable = False
-        self._open: list[dict[str, list[int]]] = [{} for _ in TERM_FIELDS]
+        self._open: list[defaultdict] = [defaultdict(list) for _ in TERM_FIELDS]
         self._open_records = 0
         if base is not None:
             self.rebase(base)
@@ -296,7 +298,7 @@ class TermBuilder:
         self.macs = array("Q", base.macs)
         self.runs = []
         self.new_records = 0
-        self._open = [{} for _ in TERM_FIELDS]
+        self._open = [defaultdict(list) for _ in TERM_FIELDS]
         self._open_records = 0
 
     def add_frame(self, plain: bytes, mac: bytes) -> None:
@@ -304,36 +306,32 @@ class TermBuilder:
         recs = msgpack.unpackb(plain, raw=False, use_list=False, strict_map_key=True)
         if not (isinstance(recs, tuple) and all(type(r) is tuple and len(r) == 11 for r in recs)):
             raise ValueError("frame payload is not a list of records")
+        if not recs:
+            self._frame_done(0, mac)
+            return
+        cols = list(zip(*recs))
         first = self.first_seq
-        user, action, target, domain, ip, recipient = self._open
-        for rec in recs:
-            so = rec[0] - first
-            if type(so) is not int or not 0 <= so <= MAX_SEQ_OFFSET:
-                self.usable = False
-                continue
-            for d, v in (
-                (user, rec[R_USER]),
-                (action, rec[R_ACTION]),
-                (target, rec[R_TARGET]),
-                (domain, rec[R_DOMAIN]),
-                (ip, rec[R_IP]),
-            ):
-                if type(v) is str:
-                    p = d.get(v)
-                    if p is None:
-                        d[v] = [so]
-                    else:
-                        p.append(so)
-            det = rec[R_DETAILS]
+        seqs = cols[0]
+        if not (all(type(q) is int for q in seqs) and 0 <= min(seqs) - first and max(seqs) - first <= MAX_SEQ_OFFSET):
+            self.usable = False  # not indexable by u32 offsets (or not seqs): not used
+            self._frame_done(len(recs), mac)
+            return
+        offsets = [q - first for q in seqs]
+        opened = self._open
+        for no, pos in enumerate(_RECORD_POS):
+            d = opened[no]
+            for so, v in zip(offsets, cols[pos]):
+                d[v].append(so)  # every value here; only strings are kept when packed
+        recipient = opened[_RECIPIENT]
+        for so, det in zip(offsets, cols[R_DETAILS]):
             if type(det) is dict and "recipient" in det:
                 for v in recipients(det):
-                    p = recipient.get(v)
-                    if p is None:
-                        recipient[v] = [so]
-                    else:
-                        p.append(so)
-        self._open_records += len(recs)
-        self.new_records += len(recs)
+                    recipient[v].append(so)
+        self._frame_done(len(recs), mac)
+
+    def _frame_done(self, n: int, mac: bytes) -> None:
+        self._open_records += n
+        self.new_records += n
         self.frames += 1
         self.macs.append(mac_prefix(mac))
         if self._open_records >= self.chunk_records:
@@ -350,7 +348,7 @@ class TermBuilder:
         if not self._open_records:
             return
         self.runs.append(Run(self.frames, [pack_values(d, self.hasher) for d in self._open]))
-        self._open = [{} for _ in TERM_FIELDS]
+        self._open = [defaultdict(list) for _ in TERM_FIELDS]
         self._open_records = 0
 
     def add_seqs(self, no: int, values: frozenset[str], out: set[int], reader: BlockReader | None) -> None:

@@ -389,6 +389,34 @@ def test_the_active_segments_postings_go_to_a_sidecar_and_are_taken_up_again(tmp
         w.close()
 
 
+def test_the_background_job_keeps_up_with_the_active_segment(tmp_path, monkeypatch):
+    """``build_missing_terms`` (what ``serve`` runs every few seconds) indexes the active
+    segment's new frames, so a query finds nothing left to index; it writes them out
+    only once enough records are new."""
+    import engine.postings
+
+    monkeypatch.setattr(engine.postings, "PERSIST_RECORDS", 250)
+    dd = DataDir(tmp_path / "d")
+    node = dd.init("gw1")
+    w = LogWriter(dd, node, StoreSettings(fsync="none")).open()
+    try:
+        log = NodeLog(dd, node)
+        log.postings.persist_active = False  # as in serve
+        active = sorted(dd.segments.glob("*.seg"))[-1]
+        for i in range(3):
+            w.append_batch(drafts(100, i))
+            log.build_missing_terms()
+            builder = log.postings._segments[active.name]
+            assert isinstance(builder, TermBuilder) and builder.frames == i + 1
+            assert terms_path(active).exists() == (i == 2)  # 300 records new: written
+        want = [(e.seq, e.signature) for e in log.scan() if e.user == "bob" and e.ip == "192.0.2.2"]
+        frames_before = builder.frames
+        assert selective(log, "bob", "192.0.2.2") == want
+        assert log.postings._segments[active.name].frames == frames_before  # nothing left to index
+    finally:
+        w.close()
+
+
 def test_a_prefix_sidecar_of_frames_rewritten_since_is_not_used(tmp_path, monkeypatch):
     """The active segment cut back and written again in place (as a rolled-back commit
     is): the sidecar of its old frames is bound to their MACs and not used."""

@@ -24,6 +24,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+#: seconds between runs of the term-postings job
+TERMS_INTERVAL = 5.0
+
+
 async def _every(seconds: float, fn, name: str, service: RunningNode, first_delay: float | None = None):
     await asyncio.sleep(seconds if first_delay is None else first_delay)
     while True:
@@ -43,8 +47,11 @@ def background_jobs(node: RunningNode):
             asyncio.create_task(
                 _every(node.settings.retention_interval, node.run_retention, "retention", node, first_delay=60.0)
             ),
-            # term postings of sealed segments, built ahead of the first selective query
-            asyncio.create_task(_every(30.0, node.log.build_missing_terms, "term-postings", node, first_delay=5.0)),
+            # term postings: sealed segments' built ahead of the first selective query,
+            # the active segment's kept up with as it grows (so a query finds little to index)
+            asyncio.create_task(
+                _every(TERMS_INTERVAL, node.log.build_missing_terms, "term-postings", node, first_delay=5.0)
+            ),
         ]
         if node.cluster is not None and node.cluster.peers:
             from query.cluster.checkpoints import checkpoint_loop
