@@ -20,7 +20,7 @@ import click
 from cli.config import Config, load_config, parse_retention
 from engine.datadir import DataDir, Node
 from engine.entry import EntryDraft, format_ts
-from engine.errors import AuditLogError
+from engine.errors import AuditLogError, KeyFileError
 from engine.log import NodeLog
 from ingest.limits import DEFAULT_LIMITS
 
@@ -152,7 +152,7 @@ def cli(ctx: click.Context, data_dir: str, config_path: str | None) -> None:
 @click.pass_obj
 @handle_errors
 def init(obj: Context, node_id: str) -> None:
-    """Create a data dir: node id, a new random node key (mode 0600), segments/.
+    """Create a data dir: node id, a new random node key and Ed25519 signing key (mode 0600), segments/.
 
     \b
     Example:
@@ -160,7 +160,11 @@ def init(obj: Context, node_id: str) -> None:
     """
     _ = obj.config  # a broken config file is reported before anything is created
     node = obj.data_dir.init(node_id)
-    click.echo(f"initialised {obj.data_dir.root} for node {node.node_id} (key in {obj.data_dir.key_path}, mode 0600)")
+    dd = obj.data_dir
+    click.echo(
+        f"initialised {dd.root} for node {node.node_id} (key in {dd.key_path}, signing key in "
+        f"{dd.sign_key_path}, both mode 0600; public key in {dd.public_key_path})"
+    )
 
 
 # -- append ---------------------------------------------------------------------
@@ -741,6 +745,43 @@ def _seed_demo(service) -> None:
     rec, token = service.keys.create("demo-reader", "reader", user="cli")
     click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)
     click.echo(token)
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """The node's signing key (Ed25519): its public half is for auditors.
+
+    \b
+    Example:
+      auditlog keys public > gw1.pub
+    """
+
+
+@keys.command("public")
+@click.option("--fingerprint", is_flag=True, help="Print SHA256:<hex> of the raw public key instead of the PEM.")
+@click.pass_obj
+@handle_errors
+def keys_public(obj: Context, fingerprint: bool) -> None:
+    """Print the node's public signing key (PEM), taken from its private half.
+
+    \b
+    Example:
+      auditlog --data-dir /var/lib/auditlog keys public > gw1.pub
+    """
+    obj.data_dir.open()  # an initialised data dir, or a clear error
+    if not obj.data_dir.sign_key_path.exists():
+        raise KeyFileError(
+            f"{obj.data_dir.root} has no signing key yet (it was made before there were any): "
+            "it is created when the writer next starts (serve, append or import)"
+        )
+    key = obj.data_dir.signing_key()
+    if fingerprint:
+        click.echo(key.fingerprint)
+    else:
+        click.echo(key.public_pem().decode(), nl=False)
 
 
 # -- apikey ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 <data-dir>/node.id          the node id (text)
 <data-dir>/node.key         32 random bytes, mode 0600
+<data-dir>/node.sign        the Ed25519 signing key's 32-byte seed, mode 0600 (engine.signing)
+<data-dir>/node.pub         its public half, PEM
 <data-dir>/LOCK             the single-writer lock (fcntl)
 <data-dir>/segments/*.seg   the log; *.idx and *.terms are derived (SIDE_SUFFIXES)
 <data-dir>/state/           other node-local state (API keys, cursors)
@@ -15,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.chain import NodeKey, create_key_file, load_key_file
-from engine.errors import AlreadyInitialisedError, ConfigError, NotInitialisedError
+from engine.errors import AlreadyInitialisedError, ConfigError, KeyFileError, NotInitialisedError
+from engine.signing import (
+    PUBLIC_KEY_FILE,
+    SIGN_KEY_FILE,
+    SigningKey,
+    create_signing_key,
+    load_signing_key,
+)
 
 #: files beside a segment, derived from it, that go with it: its indexes, and the line
 #: files (``.lines``) earlier versions kept as a read cache (the writer deletes those)
@@ -90,6 +99,36 @@ class DataDir:
         return self.root / "node.key"
 
     @property
+    def sign_key_path(self) -> Path:
+        return self.root / SIGN_KEY_FILE
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.root / PUBLIC_KEY_FILE
+
+    def signing_key(self) -> SigningKey:
+        """The node's signing key (``KeyFileError`` when it is missing or unusable)."""
+        return load_signing_key(self.sign_key_path, self.public_key_path)
+
+    def ensure_signing_key(self) -> SigningKey:
+        """The node's signing key, created first if the data dir has none (a data dir
+        made before there were signing keys; called by the writer, which owns it).
+        A public key without its private half is an error: the key was lost or
+        removed, and a new one made silently would be a new identity."""
+        if not self.sign_key_path.exists() and self.public_key_path.exists():
+            raise KeyFileError(
+                f"signing key file {self.sign_key_path} is missing but {self.public_key_path} is there: "
+                f"restore {self.sign_key_path.name} from a backup (or, to give the node a new identity "
+                f"its auditors must be told of, remove {self.public_key_path.name})"
+            )
+        if not self.sign_key_path.exists():
+            try:
+                return create_signing_key(self.sign_key_path, self.public_key_path)
+            except FileExistsError:
+                pass  # made meanwhile by another process
+        return self.signing_key()
+
+    @property
     def node_path(self) -> Path:
         return self.root / "node.id"
 
@@ -105,6 +144,7 @@ class DataDir:
         if (
             self.node_path.exists()
             or self.key_path.exists()
+            or self.sign_key_path.exists()
             or (self.segments.exists() and any(self.segments.iterdir()))
         ):
             raise AlreadyInitialisedError(f"{self.root} is already initialised; refusing to touch it")
@@ -112,6 +152,7 @@ class DataDir:
         self.segments.mkdir(exist_ok=True)
         self.state.mkdir(mode=0o700, exist_ok=True)
         key = create_key_file(self.key_path)
+        create_signing_key(self.sign_key_path, self.public_key_path)
         write_atomic(self.node_path, (node_id + "\n").encode(), sync_dir=True)
         return Node(node_id, key)
 

@@ -160,6 +160,8 @@ class LogWriter:
         clock: Callable[[], int] | None = None,
     ):
         self.data_dir = data_dir
+        #: the node's Ed25519 signing key (engine.signing), set by open()
+        self.signing_key = None
         #: where "now" comes from (µs); None: the system clock (``engine.clock.now_us``)
         self._clock = clock
         self.node = node.node_id
@@ -201,6 +203,8 @@ class LogWriter:
     def open(self) -> LogWriter:
         self._lock.acquire()
         try:
+            # a data dir made before there were signing keys gets one from its writer
+            self.signing_key = self.data_dir.ensure_signing_key()
             self._recover()
         except BaseException:
             self._lock.release()
