@@ -762,9 +762,10 @@ def keys() -> None:
 
 @keys.command("public")
 @click.option("--fingerprint", is_flag=True, help="Print SHA256:<hex> of the raw public key instead of the PEM.")
+@click.option("--vkey", is_flag=True, help="Print the verifier key of the node's signed checkpoints (C2SP note).")
 @click.pass_obj
 @handle_errors
-def keys_public(obj: Context, fingerprint: bool) -> None:
+def keys_public(obj: Context, fingerprint: bool, vkey: bool) -> None:
     """Print the node's public signing key (PEM), taken from its private half.
 
     \b
@@ -777,11 +778,48 @@ def keys_public(obj: Context, fingerprint: bool) -> None:
             f"{obj.data_dir.root} has no signing key yet (it was made before there were any): "
             "it is created when the writer next starts (serve, append or import)"
         )
+    node = obj.data_dir.open()
     key = obj.data_dir.signing_key()
-    if fingerprint:
+    if vkey:
+        from engine.note import Verifier
+        from engine.tree import origin
+
+        click.echo(str(Verifier.of(origin(node.node_id), key.public_raw)))
+    elif fingerprint:
         click.echo(key.fingerprint)
     else:
         click.echo(key.public_pem().decode(), nl=False)
+
+
+@cli.command()
+@click.pass_obj
+@handle_errors
+def checkpoint(obj: Context) -> None:
+    """Print a signed checkpoint of the node's log: its size and Merkle root (RFC 6962),
+    signed with the node's Ed25519 key as a C2SP signed note.
+
+    The Merkle tree is brought up to the log's last entry first, from verified
+    frames only; a log with damage gets no checkpoint (exit 2: run verify).
+
+    \b
+    Example:
+      auditlog --data-dir /var/lib/auditlog checkpoint > gw1.checkpoint
+    """
+    from engine.note import Checkpoint, sign
+    from engine.state import StateSeal
+    from engine.tree import LogTree, origin
+
+    dd = obj.data_dir
+    node = dd.open()
+    if not dd.sign_key_path.exists():
+        raise KeyFileError(
+            f"{dd.root} has no signing key yet (it was made before there were any): "
+            "it is created when the writer next starts (serve, append or import)"
+        )
+    key = dd.signing_key()
+    tree = LogTree(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state).extend()
+    name = origin(node.node_id)
+    click.echo(sign(Checkpoint(name, tree.size, tree.root()).text(), name, key), nl=False)
 
 
 # -- apikey ---------------------------------------------------------------------------

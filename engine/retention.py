@@ -22,6 +22,7 @@ from engine.datadir import fsync_dir, side_files
 from engine.entry import EntryDraft, format_ts
 from engine.log import NodeLog
 from engine.state import StateSeal, StateTampered
+from engine.tree import LogTree, TreeError
 from engine.writer import LogWriter
 
 DAY_US = 86_400 * 1_000_000
@@ -90,6 +91,15 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 report.ts_from = format_ts(with_frames[0].index.min_ts)
                 report.ts_to = format_ts(with_frames[-1].index.max_ts)
             if not dry_run:
+                # the Merkle tree takes in what goes before it goes (engine.tree); a tree
+                # that cannot (damage before it, state lost) stays where it is, and
+                # the next checkpoint says why it cannot go on
+                try:
+                    LogTree(writer.log, StateSeal(writer.key, writer.node), writer.data_dir.state).extend(
+                        through_seq=report.seq_to
+                    )
+                except TreeError:
+                    pass
                 writer.append_batch(
                     [
                         EntryDraft(
