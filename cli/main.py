@@ -795,31 +795,51 @@ def keys_public(obj: Context, fingerprint: bool, vkey: bool) -> None:
 @click.pass_obj
 @handle_errors
 def checkpoint(obj: Context) -> None:
-    """Print a signed checkpoint of the node's log: its size and Merkle root (RFC 6962),
-    signed with the node's Ed25519 key as a C2SP signed note.
+    """Make a signed checkpoint of the node's log and print it: the Merkle tree's size
+    and root (RFC 6962), signed with the node's Ed25519 key as a C2SP signed note,
+    and recorded in the log as an audit.tree_head entry.
 
-    The Merkle tree is brought up to the log's last entry first, from verified
-    frames only; a log with damage gets no checkpoint (exit 2: run verify).
+    The tree is brought up to the log's last entry first, from verified frames
+    only; a log with damage gets no checkpoint (exit 2: run verify).  While
+    `serve` runs it owns the writer: the checkpoint is printed but not recorded
+    (the server records one every checkpoint interval and on POST /api/v1/checkpoints).
 
     \b
     Example:
       auditlog --data-dir /var/lib/auditlog checkpoint > gw1.checkpoint
     """
-    from engine.note import Checkpoint, sign
+    from engine.errors import WriterLockedError
     from engine.state import StateSeal
-    from engine.tree import LogTree, origin
+    from engine.tree import LogTree, record_tree_head, signed_checkpoint
+    from engine.writer import WriterLock
 
     dd = obj.data_dir
     node = dd.open()
-    if not dd.sign_key_path.exists():
+    if not dd.sign_key_path.exists() and WriterLock.is_held(dd.lock_path):
         raise KeyFileError(
             f"{dd.root} has no signing key yet (it was made before there were any): "
             "it is created when the writer next starts (serve, append or import)"
         )
-    key = dd.signing_key()
-    tree = LogTree(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state).extend()
-    name = origin(node.node_id)
-    click.echo(sign(Checkpoint(name, tree.size, tree.root()).text(), name, key), nl=False)
+    writer = None
+    if not WriterLock.is_held(dd.lock_path):
+        try:
+            writer = obj.writer().open()
+        except WriterLockedError:
+            writer = None
+    if writer is not None:
+        try:
+            note, _ = record_tree_head(writer)
+        finally:
+            writer.close()
+    else:
+        tree = LogTree(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state).extend(save=False)
+        note = signed_checkpoint(node.node_id, dd.signing_key(), tree)
+        click.echo(
+            "auditlog: warning: the server owns the writer: this checkpoint is not recorded in the log "
+            "(POST /api/v1/checkpoints records one)",
+            err=True,
+        )
+    click.echo(note, nl=False)
 
 
 # -- apikey ---------------------------------------------------------------------------

@@ -20,13 +20,16 @@ from collections.abc import Iterable
 
 import msgpack
 
-from engine.entry import canonical_bytes
+from engine.entry import EntryDraft, canonical_bytes
 from engine.errors import EngineError
 from engine.items import Damage, VerifiedFrame
 from engine.merkle import CompactTree, leaf_hash
+from engine.note import Checkpoint, sign
 from engine.state import StateSeal, StateTampered
 
 TREE_FILE = "tree.json"
+#: the action of the entries that record the node's signed checkpoints
+TREE_HEAD_ACTION = "audit.tree_head"
 _SIG = 32
 
 
@@ -38,6 +41,8 @@ def origin(node_id: str) -> str:
 class TreeError(EngineError):
     """The tree cannot be brought up to the log (damage, a gap, a state that does not
     fit the log)."""
+
+    http_status = 409
 
 
 def leaf_prefix(node_id: str) -> bytes:
@@ -117,11 +122,15 @@ class LogTree:
 
     def save(self, tree: CompactTree) -> None:
         data = {"size": tree.size, "frontier": [h.hex() for h in tree.frontier], "root": tree.root().hex()}
-        self._seal.write(self._path, data)
+        try:
+            self._seal.write(self._path, data)
+        except OSError as e:
+            raise TreeError(f"cannot save the tree's state ({self._path.name}): {e.strerror or e}") from None
 
-    def extend(self, through_seq: int | None = None) -> CompactTree:
+    def extend(self, through_seq: int | None = None, save: bool = True) -> CompactTree:
         """Bring the tree up to the log's last entry (or ``through_seq``), from verified
-        frames, save it, and return it."""
+        frames, save it (unless ``save`` is false: a process that does not own the
+        node's writer), and return it."""
         tree = self.load()
         start = tree.size
         first = self._first_seq()
@@ -149,6 +158,22 @@ class LogTree:
                 tree.append(h)
             if through_seq is not None and tree.size >= through_seq:
                 break
-        if tree.size != start:
+        if save and tree.size != start:
             self.save(tree)
         return tree
+
+
+def signed_checkpoint(node_id: str, key, tree: CompactTree) -> str:
+    """The C2SP signed checkpoint of ``tree`` (FORMAT.md section 14)."""
+    name = origin(node_id)
+    return sign(Checkpoint(name, tree.size, tree.root()).text(), name, key)
+
+
+def record_tree_head(writer) -> tuple[str, int]:
+    """Bring the tree up to the log, sign a checkpoint of it and append that as an
+    ``audit.tree_head`` entry; ``(the signed checkpoint, the entry's seq)``."""
+    tree = LogTree(writer.log, StateSeal(writer.key, writer.node), writer.data_dir.state).extend()
+    note = signed_checkpoint(writer.node, writer.signing_key, tree)
+    details = {"size": tree.size, "root": tree.root().hex(), "checkpoint": note}
+    res = writer.append_batch([EntryDraft("system", TREE_HEAD_ACTION, target=origin(writer.node), details=details)])
+    return note, res.last_seq

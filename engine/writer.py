@@ -441,6 +441,11 @@ class LogWriter:
             )
         self._seal(old)
 
+    @property
+    def active_name(self) -> str:
+        """The file name of the segment being written."""
+        return self._active.path.name
+
     def active_age(self) -> float:
         return (self.now() - self._active.header.created_us) / 1e6
 

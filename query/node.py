@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ class ServiceSettings:
     validate_workers: int = 0
     key_use_interval: float = 60.0
     retention_interval: float = 86400.0
+    #: seconds between signed checkpoints (audit.tree_head) while the log grows;
+    #: one is also made when a segment is sealed
+    checkpoint_interval: float = 60.0
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -176,6 +180,11 @@ class RunningNode:
         #: the syslog forwarder (export.syslog.SyslogForwarder) when [syslog] is configured
         self.syslog: SyslogForwarder | None = None
         self._closed = False
+        #: the last signed checkpoint this process recorded: its entry's seq, the
+        #: segment being written then, when (monotonic); and the last reason none could be
+        self._tree_head: tuple[int, str, float] | None = None
+        self._tree_problem: str | None = None
+        self._tree_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -185,6 +194,8 @@ class RunningNode:
         # keys written ahead of a commit that a crash then lost (cut back by recovery)
         # must not answer for seqs the log does not hold
         self.idempotency.prune_beyond(self.writer.next_seq - 1)
+        # the first signed checkpoint comes a checkpoint_interval after start, or at a seal
+        self._tree_head = (self.writer.next_seq - 1, self.writer.active_name, time.monotonic())
         m = self.metrics
         m.declare(
             "auditlog_state_rejected_total",
@@ -390,13 +401,77 @@ class RunningNode:
                 sigs[str(s)] = sig.hex() if sig is not None else None
         return {"node": self.node_id, "first_seq": first, "head_seq": head_seq, "sigs": sigs}
 
+    # -- signed checkpoints (engine.tree) ---------------------------------------------
+
+    def record_tree_head(self) -> dict:
+        """Bring the Merkle tree up to the log, sign a checkpoint and record it as an
+        ``audit.tree_head`` entry (``engine.tree.TreeError`` when the log has damage)."""
+        from engine.tree import record_tree_head
+
+        with self._tree_lock:
+            note, seq = record_tree_head(self.writer)
+            self._tree_head = (seq, self.writer.active_name, time.monotonic())
+            self._tree_problem = None
+        self.metrics.inc("auditlog_tree_heads_total")
+        return {"seq": seq, "checkpoint": note}
+
+    def tree_head_job(self) -> None:
+        """The background job (every few seconds): a signed checkpoint when a segment was
+        sealed since the last one, or ``checkpoint_interval`` passed and the log grew."""
+        from engine.tree import TreeError
+
+        head = self.writer.next_seq - 1
+        last = self._tree_head
+        if head == 0 or (last is not None and head == last[0]):
+            return  # nothing since the last one (or only its own entry)
+        if (
+            last is not None
+            and self.writer.active_name == last[1]
+            and time.monotonic() - last[2] < self.settings.checkpoint_interval
+        ):
+            return
+        try:
+            self.record_tree_head()
+        except TreeError as e:
+            if str(e) != self._tree_problem:
+                log.warning("no signed checkpoint: %s", e)
+                self._tree_problem = str(e)
+
+    def tree_heads(self, limit: int) -> dict:
+        """The newest ``limit`` signed checkpoints recorded in the log, newest first, and
+        what could not be read of them."""
+        from engine.tree import TREE_HEAD_ACTION
+        from query.filters import Filter
+        from query.scan import scan_node
+
+        found: list[dict] = []
+        problems: list[dict] = []
+        for e in scan_node(self.log, Filter.from_params({"action": TREE_HEAD_ACTION}), order="desc"):
+            if e.integrity != "ok" or e.action != TREE_HEAD_ACTION:
+                problems.append({"seq": e.seq, "integrity": e.integrity, "violation": e.violation})
+                continue
+            d = e.details if isinstance(e.details, dict) else {}
+            found.append(
+                {
+                    "seq": e.seq,
+                    "ts": format_ts(e.ts),
+                    "size": d.get("size"),
+                    "root": d.get("root"),
+                    "checkpoint": d.get("checkpoint"),
+                }
+            )
+            if len(found) >= limit:
+                break
+        return {"node": self.node_id, "checkpoints": found, "violations": problems}
+
     def run_retention(self, as_of_us=None, dry_run=False):
         from engine.retention import run_retention
 
         if not dry_run:
             # the snapshot must hold every key whose create entry may be dropped now
             self.keys.checkpoint()
-        report = run_retention(self.writer, as_of_us, dry_run)
+        with self._tree_lock:  # retention brings the Merkle tree up first (engine.tree)
+            report = run_retention(self.writer, as_of_us, dry_run)
         if not dry_run:
             self.last_retention = self._derive_last_retention()
         return report

@@ -42,6 +42,8 @@ ROUTES = [
     ("four-eyes", "GET", "/api/v1/reports/four-eyes", {"reader", "admin"}, 200),
     ("verify", "GET", "/api/v1/verify", {"reader", "admin"}, 200),
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
+    ("checkpoints", "GET", "/api/v1/checkpoints", {"reader", "admin"}, 200),
+    ("checkpoint-make", "POST", "/api/v1/checkpoints", {"admin"}, 201),
     ("keys-list", "GET", "/api/v1/api-keys", {"admin"}, 200),
     ("keys-create", "POST", "/api/v1/api-keys", {"admin"}, 201),
     ("keys-revoke", "DELETE", "/api/v1/api-keys/{victim}", {"admin"}, 200),

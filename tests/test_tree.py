@@ -32,7 +32,7 @@ from engine.settings import StoreSettings
 from engine.signing import parse_public_key
 from engine.state import StateSeal
 from engine.tree import TREE_FILE, LogTree, TreeError, origin
-from engine.writer import LogWriter
+from engine.writer import LogWriter, WriterLock
 
 SETTINGS = StoreSettings(segment_max_bytes=4096, fsync="none")
 
@@ -89,9 +89,13 @@ def test_a_checkpoint_is_the_root_over_every_entry_signed_with_the_nodes_key(log
     assert r.exit_code == 0, r.stderr
     text, signers = open_note(r.stdout, [verifier_of(dd, node)])
     cp = Checkpoint.parse(text)
-    leaves = expected_leaves(dd, node)
-    assert cp.origin == "auditlog/gw1" and cp.size == len(leaves) == 54
-    assert cp.root == root(leaves)
+    every = expected_leaves(dd, node)
+    leaves = every[: cp.size]
+    assert cp.origin == "auditlog/gw1" and cp.size == 54 and cp.root == root(leaves)
+    # and it is recorded in the log itself, as the entry after the ones it covers
+    head = list(NodeLog(dd, node).scan())[-1]
+    assert len(every) == 55 and head.seq == 55 and head.action == "audit.tree_head" and head.user == "system"
+    assert head.details == {"size": 54, "root": cp.root.hex(), "checkpoint": r.stdout}
     # the verifier key printed by the CLI is the same key
     vkey = invoke(dd.root, "keys", "public", "--vkey").stdout.strip()
     assert open_note(r.stdout, [Verifier.parse(vkey)])[1] == [Verifier.parse(vkey)]
@@ -117,9 +121,9 @@ def test_successive_checkpoints_are_consistent(log):
     with LogWriter(dd, node, SETTINGS) as w:
         w.append_batch(drafts(11, 9))
     second = Checkpoint.parse(open_note(invoke(dd.root, "checkpoint").stdout, [verifier_of(dd, node)])[0])
-    assert second.size == first.size + 11
+    assert second.size == first.size + 1 + 11  # the first one's own entry, then the new ones
     leaves = expected_leaves(dd, node)
-    assert second.root == root(leaves) and first.root == root(leaves[: first.size])
+    assert second.root == root(leaves[: second.size]) and first.root == root(leaves[: first.size])
     store = {}
     t = CompactTree()
     for h in leaves:
@@ -127,9 +131,10 @@ def test_successive_checkpoints_are_consistent(log):
     proof = consistency_proof(first.size, second.size, lambda lv, ix: store[(lv, ix)])
     assert verify_consistency(first.size, second.size, first.root, second.root, proof)
     # the tree went on from its saved state: the same answer as from scratch
+    saved = LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
     (dd.state / TREE_FILE).unlink()
-    again = Checkpoint.parse(open_note(invoke(dd.root, "checkpoint").stdout, [verifier_of(dd, node)])[0])
-    assert again == second
+    fresh = LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
+    assert (fresh.size, fresh.root()) == (saved.size, saved.root()) == (len(leaves), root(leaves))
 
 
 def test_the_tree_goes_on_across_retention(log):
@@ -143,8 +148,9 @@ def test_the_tree_goes_on_across_retention(log):
     cp = Checkpoint.parse(open_note(invoke(dd.root, "checkpoint").stdout, [verifier_of(dd, node)])[0])
     kept = expected_leaves(dd, node)  # what is left: from the first kept seq on
     first_kept = next(iter(NodeLog(dd, node).scan())).seq
-    assert cp.size == first_kept - 1 + len(kept)
-    assert cp.root == root(before[: first_kept - 1] + kept)
+    every = before[: first_kept - 1] + kept
+    assert cp.size == len(every) - 1  # all but its own entry
+    assert cp.root == root(every[: cp.size])
     # without its saved state the tree cannot go on: the entries it needs are gone
     (dd.state / TREE_FILE).unlink()
     r = invoke(dd.root, "checkpoint")
@@ -182,13 +188,34 @@ def test_a_forged_or_foreign_tree_state_is_not_believed(log, tmp_path):
         LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
 
 
-def test_checkpoint_needs_a_signing_key_and_says_so(tmp_path):
+def test_a_data_dir_from_before_gets_its_signing_key_with_its_first_checkpoint(tmp_path):
     dd = DataDir(tmp_path / "d")
-    dd.init("gw1")
+    node = dd.init("gw1")
     for p in (dd.sign_key_path, dd.public_key_path):
         p.unlink()
-    r = invoke(dd.root, "checkpoint")
-    assert r.exit_code == 2 and "no signing key yet" in r.stderr and r.stdout == ""
+    r = invoke(dd.root, "checkpoint")  # opens the writer, which makes the key
+    assert r.exit_code == 0 and dd.sign_key_path.exists()
+    assert Checkpoint.parse(open_note(r.stdout, [verifier_of(dd, node)])[0]).size == 0
+
+
+def test_checkpoint_while_another_process_owns_the_writer(log):
+    """The checkpoint is printed, signed, but not recorded; without a signing key the
+    command says how to get one."""
+    dd, node = log
+    lock = WriterLock(dd.lock_path)
+    lock.acquire()
+    try:
+        head = list(NodeLog(dd, node).scan())[-1].seq
+        r = invoke(dd.root, "checkpoint")
+        assert r.exit_code == 0 and "not recorded in the log" in r.stderr
+        cp = Checkpoint.parse(open_note(r.stdout, [verifier_of(dd, node)])[0])
+        assert cp.size == head and list(NodeLog(dd, node).scan())[-1].seq == head
+        for p in (dd.sign_key_path, dd.public_key_path):
+            p.unlink()
+        r = invoke(dd.root, "checkpoint")
+        assert r.exit_code == 2 and "no signing key yet" in r.stderr and r.stdout == ""
+    finally:
+        lock.release()
 
 
 def test_an_empty_log_has_the_empty_root(tmp_path):

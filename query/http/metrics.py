@@ -55,6 +55,7 @@ class Metrics:
             "Entries or ranges returned marked as integrity violations",
         )
         self.declare("auditlog_ingest_rejected_total", "counter", "Ingest batches rejected by reason")
+        self.declare("auditlog_tree_heads_total", "counter", "Signed checkpoints (audit.tree_head) this process made")
         self.declare(
             "auditlog_state_rejected_total",
             "counter",

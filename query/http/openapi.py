@@ -63,6 +63,7 @@ def _responses(ok: dict, *codes: int) -> dict:
         413: "Body too large",
         415: "Unsupported media type",
         422: "Idempotency-Key already used for a different request (nothing written)",
+        409: "Conflict: the log has damage, no checkpoint can vouch for it",
         503: "Overloaded; retry after Retry-After",
     }
     for c in codes:
@@ -363,6 +364,27 @@ def openapi_document() -> dict:
                     "parameters": [_param("scope", "node or cluster", {"type": "string", "enum": ["node", "cluster"]})],
                     "responses": _responses({"200": {"description": "Report"}}, 400, 401, 403),
                 }
+            },
+            "/api/v1/checkpoints": {
+                "get": {
+                    "summary": "The node's newest signed checkpoints (C2SP notes over its Merkle tree), newest first",
+                    "security": bearer,
+                    "parameters": [
+                        _param(
+                            "limit",
+                            "how many (1 to 1000, default 1)",
+                            {"type": "integer", "minimum": 1, "maximum": 1000},
+                        )
+                    ],
+                    "responses": _responses({"200": {"description": "Checkpoints"}}, 400, 401, 403),
+                },
+                "post": {
+                    "summary": "Make a signed checkpoint now (admin); 409 when the log has damage",
+                    "security": bearer,
+                    "responses": _responses(
+                        {"201": {"description": "The checkpoint and its entry's seq"}}, 400, 401, 403, 409
+                    ),
+                },
             },
             "/api/v1/cluster": {
                 "get": {

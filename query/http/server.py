@@ -26,6 +26,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 #: seconds between runs of the term-postings job
 TERMS_INTERVAL = 5.0
+#: seconds between looks at whether a signed checkpoint is due
+TREE_HEAD_TICK = 5.0
 
 
 async def _every(seconds: float, fn, name: str, service: RunningNode, first_delay: float | None = None):
@@ -52,6 +54,8 @@ def background_jobs(node: RunningNode):
             asyncio.create_task(
                 _every(TERMS_INTERVAL, node.log.build_missing_terms, "term-postings", node, first_delay=5.0)
             ),
+            # signed checkpoints of the Merkle tree: at a segment seal, every checkpoint_interval
+            asyncio.create_task(_every(TREE_HEAD_TICK, node.tree_head_job, "tree-head", node, first_delay=5.0)),
         ]
         if node.cluster is not None and node.cluster.peers:
             from query.cluster.checkpoints import checkpoint_loop

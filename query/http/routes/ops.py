@@ -11,6 +11,9 @@ from query.errors import InvalidFilterError
 from query.http.base import NODE, authorize
 from query.http.openapi import openapi_document
 
+#: signed checkpoints one GET /api/v1/checkpoints returns at most
+MAX_CHECKPOINTS = 1000
+
 
 async def healthz(request: web.Request) -> web.Response:
     service = request.app[NODE]
@@ -49,6 +52,30 @@ async def verify(request: web.Request) -> web.Response:
     if body["violations"]:
         service.metrics.inc("auditlog_integrity_violations_total", len(body["violations"]))
     return web.json_response(body)
+
+
+async def checkpoints(request: web.Request) -> web.Response:
+    """The node's newest signed checkpoints (C2SP notes), newest first."""
+    authorize(request, "read")
+    service = request.app[NODE]
+    query = request.rel_url.query
+    for name in query:
+        if name != "limit":
+            raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: limit)")
+    raw = query.get("limit", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHECKPOINTS:
+        raise InvalidFilterError(f"limit must be a whole number from 1 to {MAX_CHECKPOINTS}, got {raw[:20]!r}")
+    return web.json_response(await service.run(service.tree_heads, int(raw)))
+
+
+async def make_checkpoint(request: web.Request) -> web.Response:
+    """Make a signed checkpoint now (admin): 201 with its entry's seq and the note; 409
+    when the log has damage (a checkpoint vouches for every entry before it)."""
+    authorize(request, "admin")
+    service = request.app[NODE]
+    if request.rel_url.query:
+        raise InvalidFilterError("POST /api/v1/checkpoints takes no query parameters")
+    return web.json_response(await service.run(service.record_tree_head), status=201)
 
 
 async def cluster(request: web.Request) -> web.Response:
@@ -120,6 +147,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/verify", verify)
     app.router.add_get("/api/v1/cluster", cluster)
+    app.router.add_get("/api/v1/checkpoints", checkpoints)
+    app.router.add_post("/api/v1/checkpoints", make_checkpoint)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/", index)
     app.router.add_get("/api/v1/whoami", whoami)

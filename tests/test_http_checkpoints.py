@@ -1,0 +1,117 @@
+"""Signed checkpoints over HTTP: POST /api/v1/checkpoints makes one (admin), GET
+lists the newest (reader), each verifies with nothing but the node's public key
+and matches the Merkle tree of the entries before it; the background job makes
+one at a segment seal or once the interval passed, and none for a log with
+damage."""
+
+from __future__ import annotations
+
+import pytest
+from helpers_http import assert_error, bearer, ev, head_seq, post_events
+
+from engine.entry import canonical_bytes
+from engine.log import NodeLog
+from engine.merkle import leaf_hash, root
+from engine.note import Checkpoint, Verifier, open_note
+from engine.settings import StoreSettings
+from engine.signing import parse_public_key
+from engine.tree import TREE_HEAD_ACTION, origin
+from query.node import ServiceSettings
+
+
+def verifier(service) -> Verifier:
+    dd = service.data_dir
+    return Verifier.of(origin(service.node_id), parse_public_key(dd.public_key_path.read_bytes(), "node.pub"))
+
+
+def tree_root(service, size: int) -> bytes:
+    leaves = []
+    for e in NodeLog(service.data_dir, service.node).scan():
+        draft = (e.user, e.action, e.target, e.domain, e.ip, e.user_agent, e.success, e.details)
+        leaves.append(leaf_hash(canonical_bytes(service.node_id, e.seq, e.ts, draft) + e.signature))
+    return root(leaves[:size])
+
+
+async def test_post_makes_a_checkpoint_and_get_lists_it(client, keys, service):
+    assert (await post_events(client, keys["writer"], [ev(i) for i in range(5)])).status == 201
+    before = head_seq(service)
+    resp = await client.post("/api/v1/checkpoints", headers=bearer(keys["admin"]))
+    assert resp.status == 201, await resp.text()
+    made = await resp.json()
+    assert made["seq"] == before + 1 == head_seq(service)
+    cp = Checkpoint.parse(open_note(made["checkpoint"], [verifier(service)])[0])
+    assert cp.size == before and cp.root == tree_root(service, before)
+    resp = await client.get("/api/v1/checkpoints", headers=bearer(keys["reader"]))
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["node"] == service.node_id and body["violations"] == []
+    [got] = body["checkpoints"]
+    assert got["seq"] == made["seq"] and got["checkpoint"] == made["checkpoint"]
+    assert got["size"] == before and got["root"] == cp.root.hex()
+    # a second one, and both listed newest first
+    await post_events(client, keys["writer"], [ev(9)])
+    second = await (await client.post("/api/v1/checkpoints", headers=bearer(keys["admin"]))).json()
+    body = await (await client.get("/api/v1/checkpoints?limit=5", headers=bearer(keys["reader"]))).json()
+    assert [c["seq"] for c in body["checkpoints"]] == [second["seq"], made["seq"]]
+    assert Checkpoint.parse(open_note(second["checkpoint"], [verifier(service)])[0]).size == made["seq"] + 1
+
+
+async def test_roles_and_bad_parameters(client, keys):
+    await assert_error(await client.post("/api/v1/checkpoints", headers=bearer(keys["reader"])), 403, "admin")
+    await assert_error(await client.post("/api/v1/checkpoints", headers=bearer(keys["writer"])), 403)
+    await assert_error(await client.get("/api/v1/checkpoints", headers=bearer(keys["writer"])), 403)
+    await assert_error(await client.get("/api/v1/checkpoints"), 401)
+    for q in ("limit=0", "limit=1001", "limit=x", "limit=-1", "limit=" + "9" * 50, "from=2026-01-01"):
+        await assert_error(await client.get(f"/api/v1/checkpoints?{q}", headers=bearer(keys["reader"])), 400)
+    await assert_error(await client.post("/api/v1/checkpoints?x=1", headers=bearer(keys["admin"])), 400)
+    body = await (await client.get("/api/v1/checkpoints", headers=bearer(keys["reader"]))).json()
+    assert body["checkpoints"] == []
+
+
+async def test_a_log_with_damage_gets_no_checkpoint(make_service, make_client):
+    svc = make_service(StoreSettings(segment_max_bytes=4096, fsync="none"))
+    from helpers_http import make_keys
+
+    keys = make_keys(svc)
+    client = await make_client(svc)
+    for k in range(4):
+        assert (await post_events(client, keys["writer"], [ev(10 * k + i) for i in range(10)])).status == 201
+    seg = sorted(svc.data_dir.segments.glob("*.seg"))[0]
+    raw = bytearray(seg.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    seg.write_bytes(bytes(raw))
+    head = head_seq(svc)
+    await assert_error(await client.post("/api/v1/checkpoints", headers=bearer(keys["admin"])), 409, "damage")
+    assert head_seq(svc) == head  # nothing recorded
+    svc.tree_head_job()  # the background job: no checkpoint, no exception
+    assert head_seq(svc) == head
+
+
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_the_job_makes_one_at_a_seal_or_once_the_interval_passed(make_service, interval):
+    svc = make_service(
+        StoreSettings(segment_max_bytes=4096, fsync="none"), ServiceSettings(checkpoint_interval=interval)
+    )
+    w = svc.writer
+    heads = lambda: [e for e in NodeLog(svc.data_dir, svc.node).scan() if e.action == TREE_HEAD_ACTION]  # noqa: E731
+    svc.tree_head_job()
+    assert heads() == []  # nothing new since start
+    w.append_batch([ev_draft(i) for i in range(3)])
+    svc.tree_head_job()
+    assert len(heads()) == (1 if interval == 0 else 0)
+    svc.tree_head_job()  # nothing since (its own entry aside): no second one
+    assert len(heads()) == (1 if interval == 0 else 0)
+    before = w.active_name
+    while w.active_name == before:  # a segment sealed: a checkpoint, whatever the interval
+        w.append_batch([ev_draft(i) for i in range(20)])
+    svc.tree_head_job()
+    got = heads()
+    assert len(got) == (2 if interval == 0 else 1)
+    cp = Checkpoint.parse(open_note(got[-1].details["checkpoint"], [verifier(svc)])[0])
+    assert cp.size == got[-1].seq - 1 and cp.root == tree_root(svc, cp.size)
+
+
+def ev_draft(i: int):
+    from engine.entry import EntryDraft
+
+    return EntryDraft("alice", "auth.login", None, None, "192.0.2.1", None, True, {"n": i})
