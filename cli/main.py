@@ -809,7 +809,6 @@ def checkpoint(obj: Context) -> None:
       auditlog --data-dir /var/lib/auditlog checkpoint > gw1.checkpoint
     """
     from engine.errors import WriterLockedError
-    from engine.state import StateSeal
     from engine.tree import LogTree, record_tree_head, signed_checkpoint
     from engine.writer import WriterLock
 
@@ -832,7 +831,8 @@ def checkpoint(obj: Context) -> None:
         finally:
             writer.close()
     else:
-        tree = LogTree(NodeLog(dd, node), StateSeal(node.key, node.node_id), dd.state).extend(save=False)
+        with LogTree(NodeLog(dd, node), node.key, dd) as lt:
+            tree = lt.extend(save=False)
         note = signed_checkpoint(node.node_id, dd.signing_key(), tree)
         click.echo(
             "auditlog: warning: the server owns the writer: this checkpoint is not recorded in the log "

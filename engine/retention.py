@@ -22,6 +22,7 @@ from engine.datadir import fsync_dir, side_files
 from engine.entry import EntryDraft, format_ts
 from engine.log import NodeLog
 from engine.state import StateSeal, StateTampered
+from engine.tiles import TileError
 from engine.tree import LogTree, TreeError
 from engine.writer import LogWriter
 
@@ -95,10 +96,10 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 # that cannot (damage before it, state lost) stays where it is, and
                 # the next checkpoint says why it cannot go on
                 try:
-                    LogTree(writer.log, StateSeal(writer.key, writer.node), writer.data_dir.state).extend(
-                        through_seq=report.seq_to
-                    )
-                except TreeError:
+                    with LogTree(writer.log, writer.key, writer.data_dir) as tree:
+                        tree.extend(through_seq=report.seq_to)
+                        tree.keep_cut_tile(report.seq_to + 1)
+                except (TreeError, TileError, OSError):
                     pass
                 writer.append_batch(
                     [

@@ -23,9 +23,10 @@ import msgpack
 from engine.entry import EntryDraft, canonical_bytes
 from engine.errors import EngineError
 from engine.items import Damage, VerifiedFrame
-from engine.merkle import CompactTree, leaf_hash
+from engine.merkle import CompactTree, consistency_proof, inclusion_proof, leaf_hash, root
 from engine.note import Checkpoint, sign
 from engine.state import StateSeal, StateTampered
+from engine.tiles import STORED_FROM, TILE_LEAVES, TileError, TreeNodes
 
 TREE_FILE = "tree.json"
 #: the action of the entries that record the node's signed checkpoints
@@ -88,15 +89,30 @@ def _seq_of(record: bytes) -> int:
     return up.unpack()
 
 
-class LogTree:
-    """The tree of one node's log, kept up with its verified entries on demand."""
+TREE_DIR = "tree"
+_AFTER_ALL = 1 << 62
 
-    def __init__(self, log, seal: StateSeal, state_dir):
+
+class LogTree:
+    """The tree of one node's log, kept up with its verified entries on demand, and
+    the proofs it gives (from stored nodes and the leaves of verified frames)."""
+
+    def __init__(self, log, node_key, data_dir):
         self.log = log
         self.node_id = log.node
-        self._seal = seal
-        self._path = state_dir / TREE_FILE
+        self._seal = StateSeal(node_key, self.node_id)
+        self._path = data_dir.state / TREE_FILE
+        self.nodes = TreeNodes(data_dir.root / TREE_DIR, node_key)
         self._prefix = leaf_prefix(self.node_id)
+
+    def close(self) -> None:
+        self.nodes.close()
+
+    def __enter__(self) -> LogTree:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _first_seq(self) -> int | None:
         for info in self.log.segment_infos():
@@ -139,7 +155,8 @@ class LogTree:
                 f"the log starts at seq {first} but the tree ends at {tree.size}: the entries between "
                 "were dropped before the tree took them in"
             )
-        after = (tree.size, 1 << 62) if tree.size else None
+        after = (tree.size, _AFTER_ALL) if tree.size else None
+        put = self.nodes.put if save else None
         for item in self.log.read(after=after):
             if isinstance(item, Damage):
                 raise TreeError(
@@ -155,12 +172,94 @@ class LogTree:
                     break
                 if seq != tree.size + 1:
                     raise TreeError(f"the log skips from seq {tree.size} to {seq}")
-                tree.append(h)
+                for level, index, node_h in tree.append(h):
+                    if level >= STORED_FROM and put is not None:
+                        put(level, index, node_h)
             if through_seq is not None and tree.size >= through_seq:
                 break
         if save and tree.size != start:
+            try:
+                self.nodes.sync()
+            except OSError as e:
+                raise TreeError(f"cannot save the tree's nodes: {e.strerror or e}") from None
             self.save(tree)
         return tree
+
+    def keep_cut_tile(self, first_kept_seq: int) -> None:
+        """Before retention drops the entries below ``first_kept_seq``: keep the leaf hashes
+        of the part of its tile that goes, which the proofs of the rest still need."""
+        first = first_kept_seq - 1  # its leaf index
+        start = first - first % TILE_LEAVES
+        if start == first:
+            return
+        self.nodes.keep_leaves(dict(zip(range(start, first), self._leaves(start, first, {}), strict=True)))
+
+    # -- proofs ---------------------------------------------------------------------
+
+    def _leaves(self, start: int, end: int, kept: dict[int, bytes] | None) -> list[bytes]:
+        """Leaf hashes ``start .. end-1``: from verified frames, or kept by retention."""
+        out: list[bytes] = []
+        if kept:
+            while start + len(out) < end and start + len(out) in kept:
+                out.append(kept[start + len(out)])
+        if start + len(out) == end:
+            return out
+        for item in self.log.read(after=(start + len(out), _AFTER_ALL)):
+            if isinstance(item, Damage):
+                raise TreeError(f"the log has damage ({item.describe()}): no proof can rest on it")
+            if not isinstance(item, VerifiedFrame):
+                continue
+            for seq, h in frame_leaves(self.node_id, self._prefix, item):
+                if seq <= start + len(out):
+                    continue
+                if seq != start + len(out) + 1:
+                    raise TreeError(f"leaf {start + len(out)} is no longer in the log (retention) and was not kept")
+                out.append(h)
+                if start + len(out) == end:
+                    return out
+        raise TreeError(f"the log holds no entry for leaf {start + len(out)}")
+
+    def getter(self, size: int):
+        """``get(level, index)`` for proofs within the first ``size`` leaves."""
+        tiles: dict[int, list[bytes]] = {}
+        kept: dict[int, bytes] | None = None
+
+        def get(level: int, index: int) -> bytes:
+            nonlocal kept
+            if level >= STORED_FROM:
+                return self.nodes.get(level, index)
+            span = 1 << level
+            start = index * span
+            t = start // TILE_LEAVES
+            if t not in tiles:
+                if kept is None:
+                    kept = self.nodes.kept_leaves()
+                lo = t * TILE_LEAVES
+                tiles[t] = self._leaves(lo, min(lo + TILE_LEAVES, size), kept)
+            off = start - t * TILE_LEAVES
+            return root(tiles[t][off : off + span])
+
+        return get
+
+    def inclusion(self, seq: int, size: int) -> tuple[bytes, list[bytes]]:
+        """The leaf hash of the entry of ``seq`` and its inclusion proof in the tree of
+        ``size`` leaves (which the tree must have reached)."""
+        if not 1 <= seq <= size:
+            raise TreeError(f"seq {seq} is not in a tree of {size} entries")
+        get = self.getter(size)
+        try:
+            return get(0, seq - 1), inclusion_proof(seq - 1, size, get)
+        except TileError as e:
+            raise TreeError(str(e)) from None
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        """The consistency proof from the tree of ``old_size`` leaves to ``new_size``."""
+        if not 0 < old_size <= new_size:
+            raise TreeError(f"no consistency proof from {old_size} to {new_size} entries")
+        try:
+            return consistency_proof(old_size, new_size, self.getter(new_size))
+        except TileError as e:
+            raise TreeError(str(e)) from None
 
 
 def signed_checkpoint(node_id: str, key, tree: CompactTree) -> str:
@@ -172,7 +271,8 @@ def signed_checkpoint(node_id: str, key, tree: CompactTree) -> str:
 def record_tree_head(writer) -> tuple[str, int]:
     """Bring the tree up to the log, sign a checkpoint of it and append that as an
     ``audit.tree_head`` entry; ``(the signed checkpoint, the entry's seq)``."""
-    tree = LogTree(writer.log, StateSeal(writer.key, writer.node), writer.data_dir.state).extend()
+    with LogTree(writer.log, writer.key, writer.data_dir) as lt:
+        tree = lt.extend()
     note = signed_checkpoint(writer.node, writer.signing_key, tree)
     details = {"size": tree.size, "root": tree.root().hex(), "checkpoint": note}
     res = writer.append_batch([EntryDraft("system", TREE_HEAD_ACTION, target=origin(writer.node), details=details)])

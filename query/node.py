@@ -437,6 +437,29 @@ class RunningNode:
                 log.warning("no signed checkpoint: %s", e)
                 self._tree_problem = str(e)
 
+    def tree_proof(self, kind: str, a: int, b: int) -> dict:
+        """An inclusion proof (``kind`` "inclusion": the entry of seq ``a`` in the tree of
+        ``b`` entries) or a consistency proof ("consistency": from ``a`` entries to
+        ``b``), for a size the tree has reached (``engine.tree.TreeError`` otherwise)."""
+        from engine.tree import LogTree, TreeError
+
+        with LogTree(self.log, self.node.key, self.data_dir) as tree:
+            size = tree.load().size
+            if b > size:
+                raise TreeError(f"the tree has reached {size} entries, not {b}: no checkpoint of that size yet")
+            if kind == "inclusion":
+                leaf, proof = tree.inclusion(a, b)
+                return {
+                    "node": self.node_id,
+                    "seq": a,
+                    "size": b,
+                    "leaf_index": a - 1,
+                    "leaf_hash": leaf.hex(),
+                    "proof": [h.hex() for h in proof],
+                }
+            proof = tree.consistency(a, b)
+            return {"node": self.node_id, "old_size": a, "new_size": b, "proof": [h.hex() for h in proof]}
+
     def tree_heads(self, limit: int) -> dict:
         """The newest ``limit`` signed checkpoints recorded in the log, newest first, and
         what could not be read of them."""

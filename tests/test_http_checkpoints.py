@@ -115,3 +115,33 @@ def ev_draft(i: int):
     from engine.entry import EntryDraft
 
     return EntryDraft("alice", "auth.login", None, None, "192.0.2.1", None, True, {"n": i})
+
+
+async def test_proofs_over_http_verify_against_the_signed_checkpoints(client, keys, service):
+    from engine.merkle import verify_consistency, verify_inclusion
+
+    for k in range(3):
+        assert (await post_events(client, keys["writer"], [ev(100 * k + i) for i in range(150)])).status == 201
+        await client.post("/api/v1/checkpoints", headers=bearer(keys["admin"]))
+    body = await (await client.get("/api/v1/checkpoints?limit=3", headers=bearer(keys["reader"]))).json()
+    cps = [Checkpoint.parse(open_note(c["checkpoint"], [verifier(service)])[0]) for c in body["checkpoints"]]
+    new, old = cps[0], cps[-1]
+    assert new.size > 256  # stored nodes and computed ones both in use
+    for seq in (1, 2, old.size, old.size + 1, 300, new.size):
+        resp = await client.get(f"/api/v1/proofs/inclusion?seq={seq}&size={new.size}", headers=bearer(keys["reader"]))
+        assert resp.status == 200, await resp.text()
+        p = await resp.json()
+        assert p["leaf_index"] == seq - 1 and p["size"] == new.size
+        proof = [bytes.fromhex(h) for h in p["proof"]]
+        assert verify_inclusion(bytes.fromhex(p["leaf_hash"]), seq - 1, new.size, proof, new.root)
+    resp = await client.get(f"/api/v1/proofs/consistency?old={old.size}&new={new.size}", headers=bearer(keys["reader"]))
+    p = await resp.json()
+    assert verify_consistency(old.size, new.size, old.root, new.root, [bytes.fromhex(h) for h in p["proof"]])
+    # sizes the tree has not reached, and bad parameters
+    r = bearer(keys["reader"])
+    await assert_error(await client.get(f"/api/v1/proofs/inclusion?seq=1&size={new.size + 10}", headers=r), 409)
+    for q in ("seq=0&size=5", "seq=1", "size=5", "seq=x&size=5", "seq=1&size=5&x=1", "seq=-1&size=5", "seq=99&size=5"):
+        resp = await client.get(f"/api/v1/proofs/inclusion?{q}", headers=r)
+        assert resp.status in (400, 409), (q, resp.status)
+    await assert_error(await client.get("/api/v1/proofs/consistency?old=5&new=2", headers=r), 409)
+    await assert_error(await client.get("/api/v1/proofs/consistency?old=1", headers=r), 400, "new is required")

@@ -44,6 +44,8 @@ ROUTES = [
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
     ("checkpoints", "GET", "/api/v1/checkpoints", {"reader", "admin"}, 200),
     ("checkpoint-make", "POST", "/api/v1/checkpoints", {"admin"}, 201),
+    ("proof-inclusion", "GET", "/api/v1/proofs/inclusion?seq=1&size=1", {"reader", "admin"}, 200),
+    ("proof-consistency", "GET", "/api/v1/proofs/consistency?old=1&new=1", {"reader", "admin"}, 200),
     ("keys-list", "GET", "/api/v1/api-keys", {"admin"}, 200),
     ("keys-create", "POST", "/api/v1/api-keys", {"admin"}, 201),
     ("keys-revoke", "DELETE", "/api/v1/api-keys/{victim}", {"admin"}, 200),
@@ -75,6 +77,8 @@ async def test_role_matrix(client, keys, service, cred, name, method, path, allo
         kw["json"] = [ev(1)]
     elif name == "keys-create":
         kw["json"] = {"name": "made-by-test", "role": "reader"}
+    elif name.startswith("proof-"):
+        service.record_tree_head()  # a checkpoint, so the tree has a size to prove in
     head = head_seq(service)
     n_keys = len(service.keys.list())
 

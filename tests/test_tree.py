@@ -131,9 +131,9 @@ def test_successive_checkpoints_are_consistent(log):
     proof = consistency_proof(first.size, second.size, lambda lv, ix: store[(lv, ix)])
     assert verify_consistency(first.size, second.size, first.root, second.root, proof)
     # the tree went on from its saved state: the same answer as from scratch
-    saved = LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
+    saved = LogTree(NodeLog(dd, node), node.key, dd).extend()
     (dd.state / TREE_FILE).unlink()
-    fresh = LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
+    fresh = LogTree(NodeLog(dd, node), node.key, dd).extend()
     assert (fresh.size, fresh.root()) == (saved.size, saved.root()) == (len(leaves), root(leaves))
 
 
@@ -185,7 +185,7 @@ def test_a_forged_or_foreign_tree_state_is_not_believed(log, tmp_path):
     # a sealed state whose frontier does not add up to its root
     StateSeal(node.key, "gw1").write(path, {"size": 1, "frontier": ["00" * 32], "root": "11" * 32})
     with pytest.raises(TreeError, match="does not add up"):
-        LogTree(NodeLog(dd, node), StateSeal(node.key, "gw1"), dd.state).extend()
+        LogTree(NodeLog(dd, node), node.key, dd).extend()
 
 
 def test_a_data_dir_from_before_gets_its_signing_key_with_its_first_checkpoint(tmp_path):

@@ -31,11 +31,11 @@ _FILTER_DOCS = {
 }
 
 
-def _param(name: str, desc: str, schema: dict | None = None) -> dict:
+def _param(name: str, desc: str, schema: dict | None = None, required: bool = False) -> dict:
     return {
         "name": name,
         "in": "query",
-        "required": False,
+        "required": required,
         "description": desc,
         "schema": schema or {"type": "string", "maxLength": 4096},
     }
@@ -385,6 +385,28 @@ def openapi_document() -> dict:
                         {"201": {"description": "The checkpoint and its entry's seq"}}, 400, 401, 403, 409
                     ),
                 },
+            },
+            "/api/v1/proofs/inclusion": {
+                "get": {
+                    "summary": "Inclusion proof (RFC 9162) of the entry of seq in the node's tree of size entries",
+                    "security": bearer,
+                    "parameters": [
+                        _param("seq", "the entry's seq", {"type": "integer", "minimum": 1}, required=True),
+                        _param("size", "a checkpoint's tree size", {"type": "integer", "minimum": 1}, required=True),
+                    ],
+                    "responses": _responses({"200": {"description": "Leaf hash and proof"}}, 400, 401, 403, 409),
+                }
+            },
+            "/api/v1/proofs/consistency": {
+                "get": {
+                    "summary": "Consistency proof (RFC 9162) from the node's tree of old entries to new",
+                    "security": bearer,
+                    "parameters": [
+                        _param("old", "the older checkpoint's size", {"type": "integer", "minimum": 1}, required=True),
+                        _param("new", "the newer checkpoint's size", {"type": "integer", "minimum": 1}, required=True),
+                    ],
+                    "responses": _responses({"200": {"description": "Proof"}}, 400, 401, 403, 409),
+                }
             },
             "/api/v1/cluster": {
                 "get": {

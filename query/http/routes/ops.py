@@ -68,6 +68,37 @@ async def checkpoints(request: web.Request) -> web.Response:
     return web.json_response(await service.run(service.tree_heads, int(raw)))
 
 
+def _whole(query, name: str) -> int:
+    raw = query.get(name)
+    if raw is None:
+        raise InvalidFilterError(f"{name} is required")
+    if not raw.isdigit() or len(raw) > 19 or int(raw) < 1:
+        raise InvalidFilterError(f"{name} must be a whole number ≥ 1, got {raw[:20]!r}")
+    return int(raw)
+
+
+async def inclusion_proof(request: web.Request) -> web.Response:
+    """The inclusion proof of the entry of ``seq`` in the node's tree of ``size`` entries."""
+    return await _proof(request, "inclusion")
+
+
+async def consistency_proof(request: web.Request) -> web.Response:
+    """The consistency proof from the node's tree of ``old`` entries to ``new``."""
+    return await _proof(request, "consistency")
+
+
+async def _proof(request: web.Request, kind: str) -> web.Response:
+    authorize(request, "read")
+    service = request.app[NODE]
+    names = ("seq", "size") if kind == "inclusion" else ("old", "new")
+    query = request.rel_url.query
+    for name in query:
+        if name not in names:
+            raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: {', '.join(names)})")
+    a, b = (_whole(query, n) for n in names)
+    return web.json_response(await service.run(service.tree_proof, kind, a, b))
+
+
 async def make_checkpoint(request: web.Request) -> web.Response:
     """Make a signed checkpoint now (admin): 201 with its entry's seq and the note; 409
     when the log has damage (a checkpoint vouches for every entry before it)."""
@@ -149,6 +180,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/cluster", cluster)
     app.router.add_get("/api/v1/checkpoints", checkpoints)
     app.router.add_post("/api/v1/checkpoints", make_checkpoint)
+    app.router.add_get("/api/v1/proofs/inclusion", inclusion_proof)
+    app.router.add_get("/api/v1/proofs/consistency", consistency_proof)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/", index)
     app.router.add_get("/api/v1/whoami", whoami)
