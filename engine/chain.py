@@ -82,35 +82,46 @@ def sign_entry(key: NodeKey, prev_sig: bytes, canonical: bytes) -> bytes:
     return key.mac(prev_sig, canonical)
 
 
-def create_key_file(path: Path) -> NodeKey:
-    """Create a new random key file with mode 0600 (never overwrites)."""
-    raw = os.urandom(KEY_BYTES)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_secret_file(path: Path, raw: bytes) -> None:
+    """Create a secret file with mode 0600 from the start (never overwrites one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, raw)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(path, 0o600)
-    return NodeKey(raw)
 
 
-def load_key_file(path: Path) -> NodeKey:
+def read_secret_file(path: Path, size: int, what: str) -> bytes:
+    """The ``size`` bytes of a secret file (``what`` names it in errors), refused when
+    missing, readable by group or others, or of another length."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise KeyFileError(f"node key file {path} is missing") from None
+        raise KeyFileError(f"{what} file {path} is missing") from None
     except OSError as e:
-        raise KeyFileError(f"cannot read node key file {path}: {e.strerror}") from None
+        raise KeyFileError(f"cannot read {what} file {path}: {e.strerror}") from None
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise KeyFileError(
-            f"node key file {path} is readable by group or others "
+            f"{what} file {path} is readable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
         )
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise KeyFileError(f"cannot read node key file {path}: {e.strerror}") from None
-    if len(raw) != KEY_BYTES:
-        raise KeyFileError(f"node key file {path} is damaged (expected {KEY_BYTES} bytes)")
+        raise KeyFileError(f"cannot read {what} file {path}: {e.strerror}") from None
+    if len(raw) != size:
+        raise KeyFileError(f"{what} file {path} is damaged (expected {size} bytes)")
+    return raw
+
+
+def create_key_file(path: Path) -> NodeKey:
+    """Create a new random key file with mode 0600 (never overwrites)."""
+    raw = os.urandom(KEY_BYTES)
+    write_secret_file(path, raw)
     return NodeKey(raw)
+
+
+def load_key_file(path: Path) -> NodeKey:
+    return NodeKey(read_secret_file(path, KEY_BYTES, "node key"))

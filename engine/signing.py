@@ -16,14 +16,13 @@ copy for handing out: the key is always taken from ``node.sign``, and a
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from engine.chain import read_secret_file, write_secret_file
 from engine.errors import KeyFileError
 
 SIGN_KEY_FILE = "node.sign"
@@ -118,13 +117,7 @@ def create_signing_key(sign_path: Path, pub_path: Path) -> SigningKey:
     from engine.datadir import write_atomic
 
     seed = Ed25519PrivateKey.generate().private_bytes_raw()
-    fd = os.open(sign_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, seed)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(sign_path, 0o600)
+    write_secret_file(sign_path, seed)
     key = SigningKey(seed)
     write_atomic(pub_path, key.public_pem(), mode=0o644, sync_dir=True)
     return key
@@ -133,23 +126,7 @@ def create_signing_key(sign_path: Path, pub_path: Path) -> SigningKey:
 def load_signing_key(sign_path: Path, pub_path: Path | None = None) -> SigningKey:
     """The key in ``sign_path`` (which must be mode 0600 and 32 bytes); when
     ``pub_path`` exists it must hold the same key's public half."""
-    try:
-        st = os.stat(sign_path)
-    except FileNotFoundError:
-        raise KeyFileError(f"signing key file {sign_path} is missing") from None
-    except OSError as e:
-        raise KeyFileError(f"cannot read signing key file {sign_path}: {e.strerror}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise KeyFileError(
-            f"signing key file {sign_path} is readable by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {sign_path}"
-        )
-    try:
-        seed = Path(sign_path).read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"cannot read signing key file {sign_path}: {e.strerror}") from None
-    if len(seed) != SEED_BYTES:
-        raise KeyFileError(f"signing key file {sign_path} is damaged (expected {SEED_BYTES} bytes)")
+    seed = read_secret_file(sign_path, SEED_BYTES, "signing key")
     key = SigningKey(seed)
     if pub_path is not None:
         try:
