@@ -85,7 +85,10 @@ class Config:
         cluster = self.cluster if self.cluster is not None and self.cluster.enabled else None
         return NodeConfig(
             store=self.store,
-            service=ServiceSettings(validate_workers=default_validate_workers() if workers is None else workers),
+            service=ServiceSettings(
+                validate_workers=default_validate_workers() if workers is None else workers,
+                checkpoint_interval=self.server.checkpoint_interval,
+            ),
             cluster=cluster,
             syslog=self.syslog,
         )

@@ -64,7 +64,7 @@ class ServiceSettings:
     key_use_interval: float = 60.0
     retention_interval: float = 86400.0
     #: seconds between signed checkpoints (audit.tree_head) while the log grows;
-    #: one is also made when a segment is sealed
+    #: one is also made when a segment is sealed (``[server] checkpoint_interval``)
     checkpoint_interval: float = 60.0
     limits: Limits = DEFAULT_LIMITS
 

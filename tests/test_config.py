@@ -271,6 +271,20 @@ def test_server_listen(tmp_path, value, ok):
         assert "server.listen" in refused(tmp_path, text)
 
 
+@pytest.mark.parametrize(
+    "value, seconds", [("60", 60.0), ('"5m"', 300.0), ('"90s"', 90.0), ("0", None), ('"soon"', None), ("true", None)]
+)
+def test_server_checkpoint_interval(tmp_path, value, seconds):
+    text = f"[server]\ncheckpoint_interval = {value}\n"
+    if seconds is None:
+        assert "server.checkpoint_interval" in refused(tmp_path, text)
+        return
+    cfg = load(tmp_path, text)
+    assert cfg.server.checkpoint_interval == seconds
+    assert cfg.node_config().service.checkpoint_interval == seconds  # what serve's job uses
+    assert load(tmp_path, "").node_config().service.checkpoint_interval == 60.0
+
+
 # ----------------------------------------------------------------------------- broken files
 
 

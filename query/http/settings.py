@@ -1,11 +1,11 @@
-"""``[server]``: the settings of the node's HTTP listeners (declared here, read by
+"""``[server]``: the settings of the node's HTTP listeners and its background work (declared here, read by
 ``cli.config``, used by ``auditlog serve``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, text
+from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, parse_duration, text
 
 #: ``[server]``
 SERVER_SETTINGS: tuple[Setting, ...] = (
@@ -17,6 +17,12 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "worker processes validating ingest bodies (default: 1 with 2+ CPUs, else 0)",
         int_at_least(0),
     ),
+    Setting(
+        "server.checkpoint_interval",
+        60.0,
+        'seconds (or "5m") between signed checkpoints while the log grows; one is also made at each segment seal',
+        parse_duration,
+    ),
 )
 _SERVER = defaults_of(SERVER_SETTINGS)
 
@@ -27,6 +33,7 @@ class ServerSettings:
     unix_socket: str | None = _SERVER["unix_socket"]
     #: None: one worker when there is a second CPU (``query.node.default_validate_workers``)
     validate_workers: int | None = _SERVER["validate_workers"]
+    checkpoint_interval: float = _SERVER["checkpoint_interval"]
 
     def __post_init__(self):
         check_fields(self, SERVER_SETTINGS)
