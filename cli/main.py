@@ -502,7 +502,7 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
 
 
 @cli.command()
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson", "ecs", "pdf"]))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["csv", "ndjson", "ecs", "pdf", "bundle"]))
 @filter_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write ('-' for stdout).")
 @click.option("--title", default="Audit log report", show_default=True, help="PDF report title.")
@@ -515,7 +515,10 @@ def export(
 
     csv: RFC 4180 with a BOM for Excel; ndjson: one entry per line; ecs:
     Elastic Common Schema documents (NDJSON); pdf: a report with the filters,
-    node coverage, a table of the entries, integrity status and page numbers.
+    node coverage, a table of the entries, integrity status and page numbers;
+    bundle: the entries with proofs against a new signed checkpoint, checked
+    offline with `auditlog verify-bundle FILE --key node.pub` (a bundle filtered
+    by time only also proves that no entry of the range is missing).
 
     \b
     Examples:
@@ -530,6 +533,9 @@ def export(
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     node_obj = obj.node()
     log = NodeLog(obj.data_dir, node_obj)
+    if fmt == "bundle":
+        _export_bundle(obj, flt, node_obj, log, output)
+        return
     from export.csv import iter_csv
     from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
@@ -589,6 +595,132 @@ def export(
     if counted.violations:
         click.echo(f"auditlog: {counted.violations} exported entries carry integrity violations", err=True)
         sys.exit(EXIT_VIOLATION)
+
+
+def _export_bundle(obj: Context, flt, node_obj, log: NodeLog, output: str) -> None:
+    """``export bundle``: a new signed checkpoint, the matching entries under it with
+    their proofs (and, for a time-only filter, the entries just outside the window)."""
+    import hashlib
+    import json
+
+    from engine.note import Checkpoint, parse
+    from engine.tree import LogTree, record_tree_head
+    from export.bundle import write_bundle
+    from export.ndjson import ndjson_lines
+    from query.filters import Filter
+    from query.scan import scan_node
+
+    if output == "-":
+        fail("a bundle is written to a file (-o FILE)")
+    with obj.writer() as w:
+        note, _ = record_tree_head(w)
+        cp = Checkpoint.parse(parse(note)[0])
+        entries = [e for e in scan_node(log, flt) if e.seq <= cp.size]
+        if any(e.integrity != "ok" for e in entries):
+            fail("the range holds entries that do not verify: no bundle can vouch for them (run: auditlog verify)")
+        wire = lambda es: [json.loads(line) for line in ndjson_lines(es)]  # noqa: E731
+        time_only = not flt.index_terms() and flt.success is None and flt.admits_node(node_obj.node_id)
+        bounds: list[tuple[str, dict]] = []
+        if time_only:
+            before = None
+            if flt.from_us is not None:
+                before = next(iter(scan_node(log, Filter(to_us=flt.from_us), order="desc")), None)
+            after = None
+            if flt.to_us is not None:
+                after = next(iter(scan_node(log, Filter(from_us=flt.to_us))), None)
+            first = entries[0].seq if entries else (after.seq if after is not None else cp.size + 1)
+            if first > 1 and (before is None or before.seq != first - 1):
+                time_only = False  # the entries before were dropped by retention: no proof of them
+            for side, e in (("before", before), ("after", after)):
+                if e is not None and e.integrity == "ok" and e.seq <= cp.size:
+                    bounds += [(side, x) for x in wire([e])]
+        if not time_only:
+            bounds = []
+        with LogTree(w.log, w.key, obj.data_dir) as tree:
+            data = write_bundle(
+                node_obj.node_id,
+                w.signing_key,
+                note,
+                wire(entries),
+                tree,
+                filters=flt.to_params(),
+                time_only=time_only,
+                window=(flt.from_us, flt.to_us),
+                boundaries=bounds,
+            )
+        target_path = Path(output)
+        tmp = target_path.with_name(target_path.name + ".part")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target_path)
+        except OSError as e:
+            fail(f"cannot write {output}: {e.strerror}")
+        digest = hashlib.sha256(data).hexdigest()
+        w.append_batch(
+            [
+                EntryDraft(
+                    "cli",
+                    "audit.export",
+                    details={
+                        "format": "bundle",
+                        "filters": flt.to_params(),
+                        "rows": len(entries),
+                        "integrity_violations": 0,
+                        "checkpoint_size": cp.size,
+                        "sha256": digest,
+                        "via": "cli",
+                    },
+                )
+            ]
+        )
+    claim = "complete for its time range" if time_only else "authenticity and order"
+    click.echo(f"exported {len(entries)} entries to {output} ({claim}; sha256 {digest})", err=True)
+
+
+@cli.command("verify-bundle")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The node's public key (node.pub, PEM).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify_bundle_cmd(bundle: str, key_path: str, as_json: bool) -> None:
+    """Check an evidence bundle with nothing but the node's public key: the signed
+    manifest and checkpoint, every entry's inclusion proof, and (for a bundle of a time
+    range) that no entry of the range is missing.  Exit 0 when all of it holds, 1 otherwise.
+
+    \b
+    Example:
+      auditlog verify-bundle gw1-march.bundle --key gw1.pub
+    """
+    import json
+
+    from engine.signing import parse_public_key
+    from export.bundle import verify_bundle
+
+    try:
+        key = parse_public_key(Path(key_path).read_bytes(), key_path)
+        data = Path(bundle).read_bytes()
+    except OSError as e:
+        fail(f"cannot read {e.filename}: {e.strerror}")
+    report = verify_bundle(data, key)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        if report.ok:
+            what = "complete for its time range" if report.claim == "complete" else "authentic and in order"
+            click.echo(
+                f"ok: {report.entries} entries of node {report.node}, {what}, under a checkpoint of "
+                f"{report.checkpoint_size} entries signed by the key given"
+            )
+        else:
+            for f in report.failures:
+                click.echo(f"FAILED: {f}")
+    sys.exit(0 if report.ok else EXIT_VIOLATION)
 
 
 # -- reports ---------------------------------------------------------------------------
