@@ -56,6 +56,7 @@ SCENARIOS = (
     "scan_rss",
     "soak_rss",
     "disk_bytes_per_event",
+    "bundle",
 )
 #: result names that select their scenario in ``--only``
 _ALIASES = {
@@ -70,6 +71,8 @@ _ALIASES = {
     "unreachable_peer_cost_s": "merge",
     "soak": "soak_rss",
     "disk": "disk_bytes_per_event",
+    "bundle_export": "bundle",
+    "bundle_verify": "bundle",
 }
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
@@ -103,6 +106,8 @@ class Plan:
     soak_events: int  # events POSTed to one server in the soak
     soak_reader_interval: float  # seconds between the soak reader's rounds
     disk_events: int = 200_000  # events in the disk-usage run
+    bundle_events: int = 100_000  # entries in the evidence bundle
+    bundle_reps: int = 3
     disk_wait: float = 36.0  # seconds after the reads for the server's background job (first at 5 s, every 30 s)
     soak_rate: float = 13_000.0  # events/s, both writers together
     soak_batch: int = 200
@@ -139,6 +144,8 @@ class Plan:
                 soak_batch=100,
                 disk_events=events,
                 disk_wait=6.0,
+                bundle_events=events,
+                bundle_reps=1,
                 http_batch=min(1000, max(10, events // 6)),
                 http_conns=4,
                 latency_rate=500.0,
@@ -992,6 +999,40 @@ def scenario_disk_bytes(plan: Plan, ctx: dict) -> list[Result]:
     return [r]
 
 
+def scenario_bundle(plan: Plan, ctx: dict) -> list[Result]:
+    out = _run_job("bundle", events=plan.bundle_events, reps=plan.bundle_reps, seed=plan.seed, workdir=ctx["workdir"])
+    n = out["entries"]
+    common = {
+        "N": n,
+        "reps": plan.bundle_reps,
+        "bundle_bytes": out["bundle_bytes"],
+        "bundle_bytes_per_entry": round(out["bundle_bytes"] / n, 1),
+        "method": "a fresh data dir of N gateway-mix events and its first signed checkpoint (untimed); "
+        "`auditlog export bundle -o FILE` of the whole log (a time range: complete, boundaries included) "
+        "and `auditlog verify-bundle FILE --key node.pub`, each a real CLI process, wall time and its own "
+        "peak RSS",
+        "baseline": "none: SQLite has no counterpart; the targets are absolute",
+    }
+    results = []
+    for name, runs, rss, target in (
+        ("bundle_export", out["export_runs"], out["export_peak_rss_mb"], "written in ≤ 5 s"),
+        ("bundle_verify", out["verify_runs"], out["verify_peak_rss_mb"], "verified in ≤ 5 s"),
+    ):
+        r = Result(
+            name,
+            sc.median(runs),
+            "s",
+            None,
+            False,
+            {**common, "runs_s": _rnd(runs, 2)},
+            rss,
+            [(f"{n:,} entries {target}", _at_most(5.0))],
+        )
+        ctx["emit"](r)
+        results.append(r)
+    return results
+
+
 _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "append": scenario_append,
     "scan": scenario_scan,
@@ -1002,6 +1043,7 @@ _RUNNERS: dict[str, Callable[[Plan, dict], list[Result]]] = {
     "scan_rss": scenario_scan_rss,
     "soak_rss": scenario_soak_rss,
     "disk_bytes_per_event": scenario_disk_bytes,
+    "bundle": scenario_bundle,
 }
 
 

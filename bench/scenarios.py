@@ -1423,6 +1423,13 @@ def job_disk_bytes(**kwargs: Any) -> dict:
     return run(**kwargs)
 
 
+def job_bundle(**kwargs: Any) -> dict:
+    """An evidence bundle written and verified by the real CLI (``bench.bundle``)."""
+    from bench.bundle import job_bundle as run
+
+    return run(**kwargs)
+
+
 def job_sqlite_disk_bytes(**kwargs: Any) -> dict:
     from bench.disk import job_sqlite_disk_bytes as run
 
@@ -1453,6 +1460,7 @@ JOBS: dict[str, Callable[..., dict]] = {
     "sqlite_merge": job_sqlite_merge,
     "soak_rss": job_soak_rss,
     "disk_bytes": job_disk_bytes,
+    "bundle": job_bundle,
     "sqlite_disk_bytes": job_sqlite_disk_bytes,
 }
 

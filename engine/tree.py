@@ -16,6 +16,7 @@ tree head vouches for every entry before it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import msgpack
@@ -23,7 +24,7 @@ import msgpack
 from engine.entry import EntryDraft, canonical_bytes
 from engine.errors import EngineError
 from engine.items import Damage, VerifiedFrame
-from engine.merkle import CompactTree, consistency_proof, inclusion_proof, leaf_hash, root
+from engine.merkle import CompactTree, consistency_proof, inclusion_proof, leaf_hash, node_hash
 from engine.note import Checkpoint, sign
 from engine.state import StateSeal, StateTampered
 from engine.tiles import STORED_FROM, TILE_LEAVES, TileError, TreeNodes
@@ -90,6 +91,9 @@ def _seq_of(record: bytes) -> int:
 
 
 TREE_DIR = "tree"
+#: tiles (their nodes below the stored levels) and stored nodes a getter keeps
+_TILES_KEPT = 16
+_STORED_KEPT = 4096
 _AFTER_ALL = 1 << 62
 
 
@@ -220,24 +224,41 @@ class LogTree:
         raise TreeError(f"the log holds no entry for leaf {start + len(out)}")
 
     def getter(self, size: int):
-        """``get(level, index)`` for proofs within the first ``size`` leaves."""
-        tiles: dict[int, list[bytes]] = {}
+        """``get(level, index)`` for proofs within the first ``size`` leaves.  The nodes
+        of the last tiles asked for (every level below the stored ones) and the stored
+        nodes read lately are kept, so proofs of neighbouring entries cost little."""
+        tiles: OrderedDict[int, list[list[bytes]]] = OrderedDict()
+        stored: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         kept: dict[int, bytes] | None = None
 
-        def get(level: int, index: int) -> bytes:
+        def tile(t: int) -> list[list[bytes]]:
             nonlocal kept
+            got = tiles.get(t)
+            if got is not None:
+                tiles.move_to_end(t)
+                return got
+            if kept is None:
+                kept = self.nodes.kept_leaves()
+            lo = t * TILE_LEAVES
+            levels = [self._leaves(lo, min(lo + TILE_LEAVES, size), kept)]
+            while len(levels) < STORED_FROM:
+                below = levels[-1]
+                levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+            tiles[t] = levels
+            if len(tiles) > _TILES_KEPT:
+                tiles.popitem(last=False)
+            return levels
+
+        def get(level: int, index: int) -> bytes:
             if level >= STORED_FROM:
-                return self.nodes.get(level, index)
-            span = 1 << level
-            start = index * span
-            t = start // TILE_LEAVES
-            if t not in tiles:
-                if kept is None:
-                    kept = self.nodes.kept_leaves()
-                lo = t * TILE_LEAVES
-                tiles[t] = self._leaves(lo, min(lo + TILE_LEAVES, size), kept)
-            off = start - t * TILE_LEAVES
-            return root(tiles[t][off : off + span])
+                h = stored.get((level, index))
+                if h is None:
+                    h = stored[(level, index)] = self.nodes.get(level, index)
+                    if len(stored) > _STORED_KEPT:
+                        stored.popitem(last=False)
+                return h
+            per_tile = TILE_LEAVES >> level
+            return tile(index // per_tile)[level][index % per_tile]
 
         return get
 

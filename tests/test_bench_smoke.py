@@ -14,7 +14,14 @@ from bench.runner import SCENARIOS, BenchError, run_bench
 
 RESULT_KEYS = {"name", "value", "unit", "baseline", "ratio", "params", "peak_rss_mb"}
 #: results without a SQLite counterpart (latency of a live server, cluster behaviour)
-NO_BASELINE = {"http_append_p99_ms", "merge_first_byte_ms", "unreachable_peer_cost_s", "soak_rss"}
+NO_BASELINE = {
+    "http_append_p99_ms",
+    "merge_first_byte_ms",
+    "unreachable_peer_cost_s",
+    "soak_rss",
+    "bundle_export",
+    "bundle_verify",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,8 @@ def test_json_has_documented_shape(tiny_run):
         "scan_rss",
         "soak_rss",
         "disk_bytes_per_event",
+        "bundle_export",
+        "bundle_verify",
     ]
     for r in on_disk["results"]:
         assert RESULT_KEYS <= r.keys(), r["name"]
@@ -122,6 +131,15 @@ def test_disk_usage_counted_a_real_servers_whole_data_dir(tiny_run):
     assert r["value"] == pytest.approx(sum(per.values()), abs=0.1)
     assert r["value"] > per[".seg"] and r["baseline"] > 0
     assert p["ndjson_bytes_per_event"] > r["value"] / 2
+
+
+def test_bundle_scenarios_ran_the_real_cli(tiny_run):
+    by_name = {r["name"]: r for r in tiny_run[1]["results"]}
+    for name in ("bundle_export", "bundle_verify"):
+        r = by_name[name]
+        assert r["unit"] == "s" and r["value"] > 0 and r["status"] in ("PASS", "MISS"), name
+        assert r["params"]["N"] == 3000 and r["params"]["bundle_bytes"] > 3000 * 100
+        assert r["target"].startswith("3,000 entries") and r["peak_rss_mb"] > 10
 
 
 def test_ratio_is_oriented_better_is_above_one(tiny_run):
