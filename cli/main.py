@@ -600,81 +600,22 @@ def export(
 def _export_bundle(obj: Context, flt, node_obj, log: NodeLog, output: str) -> None:
     """``export bundle``: a new signed checkpoint, the matching entries under it with
     their proofs (and, for a time-only filter, the entries just outside the window)."""
-    import hashlib
-    import json
-
-    from engine.note import Checkpoint, parse
-    from engine.tree import LogTree, record_tree_head
-    from export.bundle import write_bundle
-    from export.ndjson import ndjson_lines
-    from query.filters import Filter
-    from query.scan import scan_node
+    from query.bundles import build_bundle
 
     if output == "-":
         fail("a bundle is written to a file (-o FILE)")
     with obj.writer() as w:
-        note, _ = record_tree_head(w)
-        cp = Checkpoint.parse(parse(note)[0])
-        entries = [e for e in scan_node(log, flt) if e.seq <= cp.size]
-        if any(e.integrity != "ok" for e in entries):
-            fail("the range holds entries that do not verify: no bundle can vouch for them (run: auditlog verify)")
-        wire = lambda es: [json.loads(line) for line in ndjson_lines(es)]  # noqa: E731
-        time_only = not flt.index_terms() and flt.success is None and flt.admits_node(node_obj.node_id)
-        bounds: list[tuple[str, dict]] = []
-        if time_only:
-            before = None
-            if flt.from_us is not None:
-                before = next(iter(scan_node(log, Filter(to_us=flt.from_us), order="desc")), None)
-            after = None
-            if flt.to_us is not None:
-                after = next(iter(scan_node(log, Filter(from_us=flt.to_us))), None)
-            first = entries[0].seq if entries else (after.seq if after is not None else cp.size + 1)
-            if first > 1 and (before is None or before.seq != first - 1):
-                time_only = False  # the entries before were dropped by retention: no proof of them
-            for side, e in (("before", before), ("after", after)):
-                if e is not None and e.integrity == "ok" and e.seq <= cp.size:
-                    bounds += [(side, x) for x in wire([e])]
-        if not time_only:
-            bounds = []
-        with LogTree(w.log, w.key, obj.data_dir) as tree:
-            data = write_bundle(
-                node_obj.node_id,
-                w.signing_key,
-                note,
-                wire(entries),
-                tree,
-                filters=flt.to_params(),
-                time_only=time_only,
-                window=(flt.from_us, flt.to_us),
-                boundaries=bounds,
-            )
+        built = build_bundle(w, log, obj.data_dir, flt)
         target_path = Path(output)
         tmp = target_path.with_name(target_path.name + ".part")
         try:
-            tmp.write_bytes(data)
+            tmp.write_bytes(built.data)
             os.replace(tmp, target_path)
         except OSError as e:
             fail(f"cannot write {output}: {e.strerror}")
-        digest = hashlib.sha256(data).hexdigest()
-        w.append_batch(
-            [
-                EntryDraft(
-                    "cli",
-                    "audit.export",
-                    details={
-                        "format": "bundle",
-                        "filters": flt.to_params(),
-                        "rows": len(entries),
-                        "integrity_violations": 0,
-                        "checkpoint_size": cp.size,
-                        "sha256": digest,
-                        "via": "cli",
-                    },
-                )
-            ]
-        )
-    claim = "complete for its time range" if time_only else "authenticity and order"
-    click.echo(f"exported {len(entries)} entries to {output} ({claim}; sha256 {digest})", err=True)
+        w.append_batch([EntryDraft("cli", "audit.export", details={**built.export_details(flt), "via": "cli"})])
+    claim = "complete for its time range" if built.complete else "authenticity and order"
+    click.echo(f"exported {built.rows} entries to {output} ({claim}; sha256 {built.sha256})", err=True)
 
 
 @cli.command("verify-bundle")

@@ -41,6 +41,8 @@ __all__ = [
     "leaf_hash",
     "node_hash",
     "range_hash",
+    "range_proof",
+    "verify_range",
     "root",
     "verify_consistency",
     "verify_inclusion",
@@ -330,6 +332,62 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+def range_proof(start: int, end: int, size: int, get: NodeGetter) -> list[bytes]:
+    """The proof that leaves ``[start, end)`` are those of the tree of ``size`` leaves: the
+    hashes of the maximal subtrees of the RFC 9162 tree that lie wholly outside the
+    range, left to right (at most about ``2 * log2(size)`` of them).  With the range's
+    own leaf hashes they give the root (:func:`verify_range`).  Raises ``ValueError``
+    unless ``0 <= start < end <= size``."""
+    for name, x in (("start", start), ("end", end), ("size", size)):
+        _check_int(name, x)
+    if not 0 <= start < end <= size:
+        raise ValueError(f"need 0 <= start < end <= size, got start={start}, end={end}, size={size}")
+    out: list[bytes] = []
+
+    def walk(lo: int, hi: int) -> None:
+        if hi <= start or lo >= end:
+            out.append(_range_hash(lo, hi, get))
+        elif not (start <= lo and hi <= end):
+            k = _split(hi - lo)
+            walk(lo, lo + k)
+            walk(lo + k, hi)
+
+    walk(0, size)
+    return out
+
+
+def verify_range(leaves: Sequence[bytes], start: int, size: int, proof: Sequence[bytes], root_hash: bytes) -> bool:
+    """Whether ``leaves`` (leaf hashes) are the leaves ``[start, start + len(leaves))`` of
+    the tree of ``size`` leaves whose root is ``root_hash``, by ``proof``
+    (:func:`range_proof`).  Never raises: malformed input gives ``False``."""
+    if not (_is_int(start) and _is_int(size) and isinstance(leaves, list | tuple)):
+        return False
+    end = start + len(leaves)
+    if not (0 <= start < end <= size and all(_is_hash(x) for x in leaves)):
+        return False
+    if not (_is_hash(root_hash) and _is_proof(proof, 2 * size.bit_length() + 2)):
+        return False
+    taken = iter(proof)
+    used = 0
+
+    def walk(lo: int, hi: int) -> bytes | None:
+        nonlocal used
+        if hi <= start or lo >= end:
+            used += 1
+            return next(taken, None)
+        if start <= lo and hi <= end:
+            return root(leaves[lo - start : hi - start])
+        k = _split(hi - lo)
+        left = walk(lo, lo + k)
+        right = walk(lo + k, hi)
+        if left is None or right is None:
+            return None
+        return node_hash(left, right)
+
+    got = walk(0, size)
+    return got is not None and used == len(proof) and got == root_hash
 
 
 def _split(n: int) -> int:

@@ -15,10 +15,11 @@ A bundle is one tar file (ustar, written the one canonical way: mode 0644, owner
 ``entries.ndjson``
     the matching entries, one wire-shaped JSON object per line, in seq order;
 ``proofs.ndjson``
-    for each entry, in the same order, its leaf index and inclusion proof;
+    one range proof (``engine.merkle.range_proof``) per run of consecutive seqs
+    among the entries and the boundaries: O(log n) hashes for a whole time range;
 ``boundaries.ndjson``
-    for a bundle filtered by time only: the entries just outside the range, with
-    their proofs, which show that no entry of the range is missing.
+    for a bundle filtered by time only: the entries just outside the range, which
+    show that no entry of the range is missing.
 
 :func:`verify_bundle` checks all of it; a bundle whose bytes are not exactly the
 canonical tar of its members is refused, so no byte anywhere in the file goes
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 
 from engine.entry import canonical_bytes
 from engine.errors import AuditLogError
-from engine.merkle import inclusion_proof, leaf_hash, verify_inclusion
+from engine.merkle import leaf_hash, range_proof, verify_range
 from engine.note import Checkpoint, NoteError, Verifier, open_note, parse, sign
 from engine.signing import public_pem
 from engine.tree import origin
@@ -87,6 +88,17 @@ def wire_leaf(e: dict) -> bytes:
     return canonical_bytes(e["node"], e["seq"], parse_ts(e["ts"]), draft) + sig
 
 
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive seqs: ``(first, last)`` each."""
+    out: list[tuple[int, int]] = []
+    for q in seqs:
+        if out and q == out[-1][1] + 1:
+            out[-1] = (out[-1][0], q)
+        else:
+            out.append((q, q))
+    return out
+
+
 def _lines(items: list[dict]) -> bytes:
     return b"".join(json.dumps(i, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for i in items)
 
@@ -109,19 +121,20 @@ def write_bundle(
     ``("before" | "after", wire dict)``."""
     cp = Checkpoint.parse(parse(checkpoint_note)[0])
     get = tree.getter(cp.size)
+    every = sorted([e["seq"] for e in entries] + [b["seq"] for _, b in boundaries])
+    if every and not 1 <= every[0] <= every[-1] <= cp.size:
+        raise BundleError(f"an entry is not under the checkpoint of {cp.size} entries")
     proofs = []
-    for e in entries + [b for _, b in boundaries]:
-        if not 1 <= e["seq"] <= cp.size:
-            raise BundleError(f"entry {e['seq']} is not under the checkpoint of {cp.size} entries")
-        i = e["seq"] - 1
-        proofs.append({"seq": e["seq"], "leaf_index": i, "proof": [h.hex() for h in inclusion_proof(i, cp.size, get)]})
+    for first, last in _runs(every):
+        proof = range_proof(first - 1, last, cp.size, get)
+        proofs.append({"first_seq": first, "last_seq": last, "proof": [h.hex() for h in proof]})
     n = len(entries)
-    bounds = [{"side": side, "entry": b, **p} for (side, b), p in zip(boundaries, proofs[n:], strict=True)]
+    bounds = [{"side": side, "entry": b} for side, b in boundaries]
     members = {
         "checkpoint.txt": checkpoint_note.encode(),
         "node.pub": public_pem(signing_key.public_raw),
         "entries.ndjson": _lines(entries),
-        "proofs.ndjson": _lines(proofs[:n]),
+        "proofs.ndjson": _lines(proofs),
         "boundaries.ndjson": _lines(bounds),
     }
     lo, hi = window
@@ -229,15 +242,28 @@ def _verify(data: bytes, public_raw: bytes, r: BundleReport) -> None:
     proofs = _json_lines(members["proofs.ndjson"], "proofs.ndjson")
     bounds = _json_lines(members["boundaries.ndjson"], "boundaries.ndjson")
     r.entries, r.claim = len(entries), fields["claim"]
-    if len(proofs) != len(entries):
-        raise ValueError("entries.ndjson and proofs.ndjson do not pair up")
-    for e, p in [*zip(entries, proofs, strict=True), *((b["entry"], b) for b in bounds)]:
-        if e["node"] != r.node or p["seq"] != e["seq"] or p["leaf_index"] != e["seq"] - 1:
-            r.failures.append(f"entry {e.get('seq')}: not the node's, or its proof is for another seq")
+    leaves: dict[int, bytes] = {}
+    for e in [*entries, *(b["entry"] for b in bounds)]:
+        if e["node"] != r.node or e["seq"] in leaves:
+            r.failures.append(f"entry {e.get('seq')}: not the node's, or there twice")
             continue
+        leaves[e["seq"]] = leaf_hash(wire_leaf(e))
+    covered: set[int] = set()
+    for p in proofs:
+        first, last = p["first_seq"], p["last_seq"]
+        if type(first) is not int or type(last) is not int or not 0 < first <= last < first + len(leaves):
+            r.failures.append("a proof names a run of seqs the bundle does not hold")
+            continue
+        run = range(first, last + 1)
+        if covered.intersection(run) or any(q not in leaves for q in run):
+            r.failures.append(f"the proof of seqs {first}..{last} is not for entries of the bundle")
+            continue
+        covered.update(run)
         proof = [bytes.fromhex(h) for h in p["proof"]]
-        if not verify_inclusion(leaf_hash(wire_leaf(e)), e["seq"] - 1, cp.size, proof, cp.root):
-            r.failures.append(f"entry {e['seq']}: its inclusion proof does not verify against the checkpoint")
+        if not verify_range([leaves[q] for q in run], first - 1, cp.size, proof, cp.root):
+            r.failures.append(f"seqs {first}..{last}: their proof does not verify against the checkpoint")
+    if covered != set(leaves):
+        r.failures.append(f"{len(set(leaves) - covered)} entries have no proof")
     seqs = [e["seq"] for e in entries]
     if seqs != sorted(set(seqs)):
         r.failures.append("the entries are not in seq order, each once")

@@ -460,6 +460,16 @@ class RunningNode:
             proof = tree.consistency(a, b)
             return {"node": self.node_id, "old_size": a, "new_size": b, "proof": [h.hex() for h in proof]}
 
+    def make_bundle(self, flt):
+        """An evidence bundle of this node's entries matching ``flt`` (``query.bundles``)."""
+        from query.bundles import build_bundle
+
+        with self._tree_lock:
+            built = build_bundle(self.writer, self.log, self.data_dir, flt)
+            self._tree_head = (built.checkpoint_size + 1, self.writer.active_name, time.monotonic())
+        self.metrics.inc("auditlog_tree_heads_total")
+        return built
+
     def tree_heads(self, limit: int) -> dict:
         """The newest ``limit`` signed checkpoints recorded in the log, newest first, and
         what could not be read of them."""

@@ -97,26 +97,39 @@ def leaf(e: dict) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
 
-# -- RFC 9162 section 2.1.3.2 -----------------------------------------------------------
+# -- trees (RFC 9162 section 2.1.1) and range proofs (FORMAT.md section 15) ---------------
 
 
-def included(leaf_hash: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
-    if not 0 <= index < size:
+def mth(hashes: list[bytes]) -> bytes:
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1
+    while k * 2 < len(hashes):
+        k *= 2
+    return hashlib.sha256(b"\x01" + mth(hashes[:k]) + mth(hashes[k:])).digest()
+
+
+def run_holds(leaves: list[bytes], first: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    """Leaves ``first .. first + len(leaves) - 1`` of the tree of ``size`` (0-based)."""
+    end = first + len(leaves)
+    if not 0 <= first < end <= size:
         return False
-    fn, sn, r = index, size - 1, leaf_hash
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn % 2 == 1 or fn == sn:
-            r = hashlib.sha256(b"\x01" + p + r).digest()
-            while fn % 2 == 0 and fn != 0:
-                fn //= 2
-                sn //= 2
-        else:
-            r = hashlib.sha256(b"\x01" + r + p).digest()
-        fn //= 2
-        sn //= 2
-    return sn == 0 and r == root
+    pending = list(proof)
+
+    def walk(lo: int, hi: int) -> bytes | None:
+        if hi <= first or lo >= end:
+            return pending.pop(0) if pending else None
+        if first <= lo and hi <= end:
+            return mth(leaves[lo - first : hi - first])
+        k = 1
+        while k * 2 < hi - lo:
+            k *= 2
+        left, right = walk(lo, lo + k), walk(lo + k, hi)
+        if left is None or right is None:
+            return None
+        return hashlib.sha256(b"\x01" + left + right).digest()
+
+    return walk(0, size) == root and not pending
 
 
 # -- signed notes (section 14) ------------------------------------------------------------
@@ -197,12 +210,23 @@ def check(bundle: bytes, pem: bytes) -> list[str]:
     entries = [json.loads(x) for x in m["entries.ndjson"].decode().splitlines()]
     proofs = [json.loads(x) for x in m["proofs.ndjson"].decode().splitlines()]
     bounds = [json.loads(x) for x in m["boundaries.ndjson"].decode().splitlines()]
-    if len(entries) != len(proofs):
-        return ["entries and proofs do not pair up"]
-    for e, p in list(zip(entries, proofs)) + [(b["entry"], b) for b in bounds]:
-        ok = e["node"] == info["node"] and p["leaf_index"] == e["seq"] - 1
-        if not ok or not included(leaf(e), e["seq"] - 1, size, [bytes.fromhex(h) for h in p["proof"]], root):
-            problems.append(f"entry {e['seq']} is not proven")
+    leaves = {}
+    for e in entries + [b["entry"] for b in bounds]:
+        if e["node"] != info["node"] or e["seq"] in leaves:
+            problems.append(f"entry {e['seq']} is not the node's or there twice")
+        leaves[e["seq"]] = leaf(e)
+    proven = set()
+    for p in proofs:
+        run = list(range(p["first_seq"], p["last_seq"] + 1))
+        if not run or len(run) > len(leaves) or any(q not in leaves or q in proven for q in run):
+            problems.append("a proof for entries the bundle does not hold")
+            continue
+        proven.update(run)
+        hashes = [bytes.fromhex(h) for h in p["proof"]]
+        if not run_holds([leaves[q] for q in run], run[0] - 1, size, hashes, root):
+            problems.append(f"seqs {run[0]}..{run[-1]} are not proven")
+    if proven != set(leaves):
+        problems.append("entries without a proof")
     seqs = [e["seq"] for e in entries]
     if seqs != sorted(set(seqs)):
         problems.append("entries out of order")

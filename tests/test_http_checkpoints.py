@@ -145,3 +145,31 @@ async def test_proofs_over_http_verify_against_the_signed_checkpoints(client, ke
         assert resp.status in (400, 409), (q, resp.status)
     await assert_error(await client.get("/api/v1/proofs/consistency?old=5&new=2", headers=r), 409)
     await assert_error(await client.get("/api/v1/proofs/consistency?old=1", headers=r), 400, "new is required")
+
+
+async def test_export_bundle_over_http_verifies_offline(client, keys, service):
+    import hashlib
+
+    import bundle_verifier
+
+    from export.bundle import verify_bundle
+
+    for k in range(3):
+        assert (await post_events(client, keys["writer"], [ev(10 * k + i) for i in range(10)])).status == 201
+    resp = await client.get("/api/v1/audit-log/export.bundle", headers=bearer(keys["reader"]))
+    assert resp.status == 200 and resp.content_type == "application/x-tar"
+    data = await resp.read()
+    assert resp.headers["X-Bundle-SHA256"] == hashlib.sha256(data).hexdigest()
+    report = verify_bundle(data, service.data_dir.signing_key().public_raw)
+    assert report.ok and report.claim == "complete" and report.entries >= 30, report.failures
+    assert bundle_verifier.check(data, service.data_dir.public_key_path.read_bytes()) == []
+    exports = [e for e in NodeLog(service.data_dir, service.node).scan() if e.action == "audit.export"]
+    assert (
+        exports[-1].details["format"] == "bundle" and exports[-1].details["sha256"] == hashlib.sha256(data).hexdigest()
+    )
+    # a filtered bundle proves authenticity and order only
+    resp = await client.get("/api/v1/audit-log/export.bundle?user=alice", headers=bearer(keys["reader"]))
+    report = verify_bundle(await resp.read(), service.data_dir.signing_key().public_raw)
+    assert report.ok and report.claim == "authentic"
+    await assert_error(await client.get("/api/v1/audit-log/export.bundle?limit=5", headers=bearer(keys["reader"])), 400)
+    await assert_error(await client.get("/api/v1/audit-log/export.bundle", headers=bearer(keys["writer"])), 403)

@@ -43,6 +43,7 @@ ROUTES = [
     ("verify", "GET", "/api/v1/verify", {"reader", "admin"}, 200),
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
     ("checkpoints", "GET", "/api/v1/checkpoints", {"reader", "admin"}, 200),
+    ("export-bundle", "GET", "/api/v1/audit-log/export.bundle", {"reader", "admin"}, 200),
     ("checkpoint-make", "POST", "/api/v1/checkpoints", {"admin"}, 201),
     ("proof-inclusion", "GET", "/api/v1/proofs/inclusion?seq=1&size=1", {"reader", "admin"}, 200),
     ("proof-consistency", "GET", "/api/v1/proofs/consistency?old=1&new=1", {"reader", "admin"}, 200),

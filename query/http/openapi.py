@@ -365,6 +365,14 @@ def openapi_document() -> dict:
                     "responses": _responses({"200": {"description": "Report"}}, 400, 401, 403),
                 }
             },
+            "/api/v1/audit-log/export.bundle": {
+                "get": {
+                    "summary": "Evidence bundle of this node's matching entries (tar; checked offline with node.pub); audited",
+                    "security": bearer,
+                    "parameters": _filters(),
+                    "responses": _responses({"200": {"description": "The bundle"}}, 400, 401, 403, 409),
+                }
+            },
             "/api/v1/checkpoints": {
                 "get": {
                     "summary": "The node's newest signed checkpoints (C2SP notes over its Merkle tree), newest first",

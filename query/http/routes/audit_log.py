@@ -356,6 +356,29 @@ async def export_pdf(request: web.Request) -> web.Response:
     )
 
 
+async def export_bundle(request: web.Request) -> web.Response:
+    """An evidence bundle of this node's matching entries (a tar, FORMAT.md section 15),
+    checked offline with the node's public key; audited."""
+    key = authorize(request, "read")
+    service = request.app[NODE]
+    flt, _, _, _, _ = parse_query(request, allowed_extra=())
+    built = await service.run(service.make_bundle, flt)
+    await service.record(
+        key.name,
+        "audit.export",
+        ip=request.remote,
+        details={**built.export_details(flt), "api_key_id": key.id},
+    )
+    return web.Response(
+        body=built.data,
+        content_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.bundle"',
+            "X-Bundle-SHA256": built.sha256,
+        },
+    )
+
+
 async def four_eyes_report(request: web.Request) -> web.Response:
     authorize(request, "read")
     service = request.app[NODE]
@@ -401,6 +424,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit-log", get_audit_log)
     app.router.add_get("/api/v1/audit-log/export.csv", export_csv)
     app.router.add_get("/api/v1/audit-log/export.pdf", export_pdf)
+    app.router.add_get("/api/v1/audit-log/export.bundle", export_bundle)
     app.router.add_get("/api/v1/reports/four-eyes", four_eyes_report)
     for path in ("/api/v1/audit-log", "/api/v1/audit-log/{tail:.*}"):
         for m in ("PUT", "PATCH", "DELETE", "POST"):
