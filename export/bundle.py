@@ -107,7 +107,7 @@ def write_bundle(
     node_id: str,
     signing_key,
     checkpoint_note: str,
-    entries: list[dict],
+    entries: list[bytes],
     tree,
     *,
     filters: dict,
@@ -115,13 +115,15 @@ def write_bundle(
     window: tuple[int | None, int | None],
     boundaries: list[tuple[str, dict]],
 ) -> bytes:
-    """The bundle of ``entries`` (wire dicts, seq order, all within the checkpoint) with
+    """The bundle of ``entries`` (their wire-shaped JSON lines, each ending in a newline,
+    seq order, all within the checkpoint) with
     inclusion proofs from ``tree`` (an ``engine.tree.LogTree``) against the checkpoint
     ``checkpoint_note``; ``boundaries`` are the entries just outside a time window, as
     ``("before" | "after", wire dict)``."""
     cp = Checkpoint.parse(parse(checkpoint_note)[0])
     get = tree.getter(cp.size)
-    every = sorted([e["seq"] for e in entries] + [b["seq"] for _, b in boundaries])
+    entry_seqs = [json.loads(line)["seq"] for line in entries]
+    every = sorted(entry_seqs + [b["seq"] for _, b in boundaries])
     if every and not 1 <= every[0] <= every[-1] <= cp.size:
         raise BundleError(f"an entry is not under the checkpoint of {cp.size} entries")
     proofs = []
@@ -133,13 +135,13 @@ def write_bundle(
     members = {
         "checkpoint.txt": checkpoint_note.encode(),
         "node.pub": public_pem(signing_key.public_raw),
-        "entries.ndjson": _lines(entries),
+        "entries.ndjson": b"".join(entries),
         "proofs.ndjson": _lines(proofs),
         "boundaries.ndjson": _lines(bounds),
     }
     lo, hi = window
     fmt = _dt.datetime.fromtimestamp
-    seqs = f"seqs {entries[0]['seq']}..{entries[-1]['seq']}" if entries else "none"
+    seqs = f"seqs {entry_seqs[0]}..{entry_seqs[-1]}" if entry_seqs else "none"
     lines = [
         TITLE,
         f"node: {node_id}",
@@ -238,16 +240,27 @@ def _verify(data: bytes, public_raw: bytes, r: BundleReport) -> None:
         or fields["checkpoint"] != f"size {cp.size}, root {base64.b64encode(cp.root).decode()}"
     ):
         raise ValueError("the manifest and the checkpoint disagree")
-    entries = _json_lines(members["entries.ndjson"], "entries.ndjson")
     proofs = _json_lines(members["proofs.ndjson"], "proofs.ndjson")
     bounds = _json_lines(members["boundaries.ndjson"], "boundaries.ndjson")
-    r.entries, r.claim = len(entries), fields["claim"]
+    r.claim = fields["claim"]
     leaves: dict[int, bytes] = {}
-    for e in [*entries, *(b["entry"] for b in bounds)]:
+
+    def take(e: dict) -> None:
         if e["node"] != r.node or e["seq"] in leaves:
             r.failures.append(f"entry {e.get('seq')}: not the node's, or there twice")
-            continue
+            return
         leaves[e["seq"]] = leaf_hash(wire_leaf(e))
+
+    seqs: list[int] = []
+    stamps: list[int] = []
+    for line in members["entries.ndjson"].decode("utf-8").splitlines():
+        e = json.loads(line)  # one at a time: a bundle's entries are not all held as objects
+        take(e)
+        seqs.append(e["seq"])
+        stamps.append(parse_ts(e["ts"]))
+    r.entries = len(seqs)
+    for b in bounds:
+        take(b["entry"])
     covered: set[int] = set()
     for p in proofs:
         first, last = p["first_seq"], p["last_seq"]
@@ -264,24 +277,23 @@ def _verify(data: bytes, public_raw: bytes, r: BundleReport) -> None:
             r.failures.append(f"seqs {first}..{last}: their proof does not verify against the checkpoint")
     if covered != set(leaves):
         r.failures.append(f"{len(set(leaves) - covered)} entries have no proof")
-    seqs = [e["seq"] for e in entries]
     if seqs != sorted(set(seqs)):
         r.failures.append("the entries are not in seq order, each once")
     if r.claim == CLAIM_COMPLETE:
-        _check_complete(entries, bounds, json.loads(fields["window"].split(" (", 1)[0]), cp.size, r)
+        _check_complete(seqs, stamps, bounds, json.loads(fields["window"].split(" (", 1)[0]), cp.size, r)
     elif r.claim != CLAIM_AUTHENTIC:
         raise ValueError(f"unknown claim {r.claim!r}")
 
 
-def _check_complete(entries: list[dict], bounds: list[dict], window: list, size: int, r: BundleReport) -> None:
+def _check_complete(
+    seqs: list[int], stamps: list[int], bounds: list[dict], window: list, size: int, r: BundleReport
+) -> None:
     """Every entry with ts in the window (and seq ≤ size) is in the bundle: the entries
     are consecutive seqs, and the ones just outside lie outside the window (a node's
     timestamps never go back)."""
     lo, hi = window
-    ts = [parse_ts(e["ts"]) for e in entries]
-    if any((lo is not None and t < lo) or (hi is not None and t >= hi) for t in ts):
+    if any((lo is not None and t < lo) or (hi is not None and t >= hi) for t in stamps):
         r.failures.append("an entry lies outside the bundle's time window")
-    seqs = [e["seq"] for e in entries]
     if seqs and seqs != list(range(seqs[0], seqs[-1] + 1)):
         r.failures.append("entries are missing between the first and the last (seqs not consecutive)")
     before = [b["entry"] for b in bounds if b.get("side") == "before"]

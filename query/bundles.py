@@ -19,7 +19,7 @@ from query.filters import Filter
 from query.scan import scan_node
 
 #: entries one bundle holds at most (it is built in memory)
-MAX_BUNDLE_ENTRIES = 1_000_000
+MAX_BUNDLE_ENTRIES = 200_000
 
 
 class BundleRefused(QueryError):
@@ -86,16 +86,19 @@ def build_bundle(writer, log, data_dir, flt: Filter) -> BuiltBundle:
         for side, e in (("before", before), ("after", after)):
             if complete and e is not None and e.integrity == "ok" and e.seq <= cp.size:
                 bounds += [(side, x) for x in _wire([e])]
+    rows = len(entries)
+    lines = ndjson_lines(entries)  # the wire JSON of each entry, as the bundle holds it
+    del entries
     with LogTree(writer.log, writer.key, data_dir) as tree:
         data = write_bundle(
             node_id,
             writer.signing_key,
             note,
-            _wire(entries),
+            lines,
             tree,
             filters=flt.to_params(),
             time_only=complete,
             window=(flt.from_us, flt.to_us),
             boundaries=bounds,
         )
-    return BuiltBundle(data, len(entries), cp.size, complete)
+    return BuiltBundle(data, rows, cp.size, complete)

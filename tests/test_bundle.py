@@ -162,9 +162,8 @@ def test_an_entry_removed_from_a_time_range_bundle_is_detected(node, tmp_path):
         from engine.tree import record_tree_head
 
         note, _ = record_tree_head(w)
-        wire = [json.loads(x) for x in entries]
         before_after = [(b["side"], b["entry"]) for b in map(json.loads, m["boundaries.ndjson"].splitlines())]
-        for keep in (wire[:10] + wire[11:], wire[:-1]):
+        for keep in (entries[:10] + entries[11:], entries[:-1]):
             forged = write_bundle(
                 "gw1",
                 w.signing_key,
