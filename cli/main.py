@@ -506,10 +506,16 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
 @filter_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write ('-' for stdout).")
 @click.option("--title", default="Audit log report", show_default=True, help="PDF report title.")
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=click.Path(dir_okay=False),
+    help="pdf: also write the evidence bundle of the same entries here; the report names its digest and checkpoint.",
+)
 @click.pass_obj
 @handle_errors
 def export(
-    obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node, output, title
+    obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node, output, title, bundle_path
 ) -> None:
     """Export the filtered range (all of it) to a file; the export itself is audited.
 
@@ -536,6 +542,8 @@ def export(
     if fmt == "bundle":
         _export_bundle(obj, flt, node_obj, log, output)
         return
+    if bundle_path is not None and fmt != "pdf":
+        fail("--bundle goes with a PDF report (or use: export bundle)")
     from export.csv import iter_csv
     from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
@@ -544,7 +552,18 @@ def export(
     # the export is recorded by the writer: take it first so that a running
     # server (which owns the writer) is reported before any file is written
     with obj.writer() as w:
-        counted = ViolationCounter(scan_node(log, flt))
+        evidence = None
+        scanned = scan_node(log, flt)
+        if bundle_path is not None:
+            built = _write_bundle_file(obj, w, log, flt, bundle_path)
+            evidence = (
+                f"the evidence bundle {Path(bundle_path).name} (SHA-256 {built.sha256}) holds these "
+                f"{built.rows} entries with proofs under the node's signed checkpoint of "
+                f"{built.checkpoint_size} entries; check it with: auditlog verify-bundle "
+                f"{Path(bundle_path).name} --key node.pub"
+            )
+            scanned = (e for e in scanned if e.seq <= built.checkpoint_size)
+        counted = ViolationCounter(scanned)
         target_path = None if output == "-" else Path(output)
         tmp = None if target_path is None else target_path.with_name(target_path.name + ".part")
         binary = fmt == "pdf"
@@ -565,6 +584,7 @@ def export(
                     filters=flt.describe(),
                     nodes={node_obj.node_id: {"status": "ok"}},
                     generated_by="auditlog CLI",
+                    evidence=evidence,
                 )
                 out.write(pdf)
             else:
@@ -587,6 +607,7 @@ def export(
                         "rows": counted.rows,
                         "integrity_violations": counted.violations,
                         "via": "cli",
+                        **({"bundle_sha256": built.sha256} if bundle_path is not None else {}),
                     },
                 )
             ]
@@ -597,23 +618,30 @@ def export(
         sys.exit(EXIT_VIOLATION)
 
 
+def _write_bundle_file(obj: Context, w, log: NodeLog, flt, output: str):
+    """Build the bundle of ``flt`` (writer ``w`` open), write it to ``output`` and record
+    the export; the ``query.bundles.BuiltBundle``."""
+    from query.bundles import build_bundle
+
+    built = build_bundle(w, log, obj.data_dir, flt)
+    target_path = Path(output)
+    tmp = target_path.with_name(target_path.name + ".part")
+    try:
+        tmp.write_bytes(built.data)
+        os.replace(tmp, target_path)
+    except OSError as e:
+        fail(f"cannot write {output}: {e.strerror}")
+    w.append_batch([EntryDraft("cli", "audit.export", details={**built.export_details(flt), "via": "cli"})])
+    return built
+
+
 def _export_bundle(obj: Context, flt, node_obj, log: NodeLog, output: str) -> None:
     """``export bundle``: a new signed checkpoint, the matching entries under it with
     their proofs (and, for a time-only filter, the entries just outside the window)."""
-    from query.bundles import build_bundle
-
     if output == "-":
         fail("a bundle is written to a file (-o FILE)")
     with obj.writer() as w:
-        built = build_bundle(w, log, obj.data_dir, flt)
-        target_path = Path(output)
-        tmp = target_path.with_name(target_path.name + ".part")
-        try:
-            tmp.write_bytes(built.data)
-            os.replace(tmp, target_path)
-        except OSError as e:
-            fail(f"cannot write {output}: {e.strerror}")
-        w.append_batch([EntryDraft("cli", "audit.export", details={**built.export_details(flt), "via": "cli"})])
+        built = _write_bundle_file(obj, w, log, flt, output)
     claim = "complete for its time range" if built.complete else "authenticity and order"
     click.echo(f"exported {built.rows} entries to {output} ({claim}; sha256 {built.sha256})", err=True)
 

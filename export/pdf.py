@@ -59,8 +59,10 @@ def render_pdf(
     nodes: dict[str, dict],
     generated_by: str = "",
     max_rows: int | None = None,
+    evidence: str | None = None,
 ) -> tuple[bytes, dict]:
-    """Build the report; returns (PDF bytes, counts {"rows", "violations"})."""
+    """Build the report; returns (PDF bytes, counts {"rows", "violations"}).  ``evidence``:
+    a line naming the evidence bundle of the same entries and the checkpoint it rests on."""
     pdf = _Report(orientation="L", unit="mm", format="A4")
     regular, bold = _find_font()
     if regular:
@@ -103,6 +105,8 @@ def render_pdf(
         for n, st in sorted(nodes.items())
     )
     pdf.multi_cell(0, 5, clean(f"Node coverage: {cover}"), new_x="LMARGIN", new_y="NEXT")
+    if evidence:
+        pdf.multi_cell(0, 5, clean(f"Evidence: {evidence}"), new_x="LMARGIN", new_y="NEXT")
     unreachable = [n for n, st in nodes.items() if st.get("status") != "ok"]
     if unreachable:
         pdf.set_text_color(170, 0, 0)

@@ -200,3 +200,23 @@ def test_garbage_is_a_failed_bundle_not_a_crash(node, tmp_path, garbage):
     (tmp_path / "g.bundle").write_bytes(garbage)
     r = invoke("verify-bundle", str(tmp_path / "g.bundle"), "--key", str(dd.public_key_path))
     assert r.exit_code == 1 and r.stdout.startswith("FAILED")
+
+
+def test_a_pdf_report_names_its_bundle_and_checkpoint(node, tmp_path):
+    import hashlib
+    import subprocess
+
+    dd, _, stamps = node
+    pdf, bundle = tmp_path / "r.pdf", tmp_path / "r.bundle"
+    args = ["--from", format_ts(stamps[1]), "--to", format_ts(stamps[3])]
+    r = invoke("--data-dir", str(dd.root), "export", "pdf", *args, "-o", str(pdf), "--bundle", str(bundle))
+    assert r.exit_code == 0, r.stderr
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    report = verify_bundle(bundle.read_bytes(), dd.signing_key().public_raw)
+    assert report.ok and report.entries == 50
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, timeout=60).stdout
+    flat = " ".join(text.split())
+    assert digest in flat.replace(" ", "") and "verify-bundle r.bundle" in flat
+    assert f"checkpoint of {report.checkpoint_size} entries" in flat
+    r = invoke("--data-dir", str(dd.root), "export", "csv", "-o", str(tmp_path / "x.csv"), "--bundle", str(bundle))
+    assert r.exit_code == 2 and "--bundle goes with a PDF" in r.stderr
