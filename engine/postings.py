@@ -18,7 +18,8 @@ its digest, is deleted and built again.  The active segment's postings go to
 its sidecar once :data:`PERSIST_RECORDS` records are new (so a new process
 need not decode the whole active segment again), and a sealed segment's
 sidecar is merged into one run by :meth:`Postings.build_missing`, off the
-queries.
+queries; that job also indexes the active segment's new frames, so a query
+on a busy server finds little left to index.
 """
 
 from __future__ import annotations
