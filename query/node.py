@@ -185,6 +185,8 @@ class RunningNode:
         self._tree_head: tuple[int, str, float] | None = None
         self._tree_problem: str | None = None
         self._tree_lock = threading.Lock()
+        #: reads streaming the log right now (HTTP and peer; ``query.http.base``)
+        self.reads_in_flight = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -400,6 +402,15 @@ class RunningNode:
                 sig = found.get(s)
                 sigs[str(s)] = sig.hex() if sig is not None else None
         return {"node": self.node_id, "first_seq": first, "head_seq": head_seq, "sigs": sigs}
+
+    def postings_job(self) -> int:
+        """The term-postings job (every few seconds): sealed segments' sidecars built ahead
+        of the first selective query, and the active segment's new frames indexed, but
+        only while no read is streaming the log, so the two do not compete for the CPU
+        (what is left waits for the next run, or for the query that needs it)."""
+        if self.reads_in_flight:
+            return 0
+        return self.log.build_missing_terms()
 
     # -- signed checkpoints (engine.tree) ---------------------------------------------
 

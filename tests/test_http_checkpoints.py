@@ -173,3 +173,20 @@ async def test_export_bundle_over_http_verifies_offline(client, keys, service):
     assert report.ok and report.claim == "authentic"
     await assert_error(await client.get("/api/v1/audit-log/export.bundle?limit=5", headers=bearer(keys["reader"])), 400)
     await assert_error(await client.get("/api/v1/audit-log/export.bundle", headers=bearer(keys["writer"])), 403)
+
+
+async def test_background_indexing_waits_while_a_read_streams(client, keys, service):
+    """The term-postings job does nothing while reads are in flight (they would compete
+    for the CPU) and catches up afterwards; the middleware's count never leaks."""
+    assert (await post_events(client, keys["writer"], [ev(i) for i in range(20)])).status == 201
+    active = service.writer.active_name
+    service.reads_in_flight = 1
+    assert service.postings_job() == 0
+    assert active not in service.log.postings._segments  # nothing indexed
+    service.reads_in_flight = 0
+    service.postings_job()
+    assert service.log.postings._segments[active].frames >= 1
+    r = bearer(keys["reader"])
+    for path in ("/api/v1/audit-log", "/api/v1/audit-log?format=ndjson", "/api/v1/audit-log?bogus=1", "/healthz"):
+        await (await client.get(path, headers=r)).read()
+    assert service.reads_in_flight == 0

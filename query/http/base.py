@@ -28,9 +28,25 @@ def error_response(status: int, message: str, **extra) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
+#: reads that stream the log: while one runs, background indexing waits its turn
+_READ_PREFIXES = ("/api/v1/audit-log", "/api/v1/reports", "/peer/v1/scan")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     node = request.app[NODE]
+    reading = request.method == "GET" and request.path.startswith(_READ_PREFIXES)
+    if reading:
+        node.reads_in_flight += 1
+    try:
+        resp = await _handle(request, handler, node)
+    finally:
+        if reading:
+            node.reads_in_flight -= 1
+    return resp
+
+
+async def _handle(request: web.Request, handler, node):
     try:
         resp = await handler(request)
     except AuditLogError as e:

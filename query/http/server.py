@@ -51,9 +51,7 @@ def background_jobs(node: RunningNode):
             ),
             # term postings: sealed segments' built ahead of the first selective query,
             # the active segment's kept up with as it grows (so a query finds little to index)
-            asyncio.create_task(
-                _every(TERMS_INTERVAL, node.log.build_missing_terms, "term-postings", node, first_delay=5.0)
-            ),
+            asyncio.create_task(_every(TERMS_INTERVAL, node.postings_job, "term-postings", node, first_delay=5.0)),
             # signed checkpoints of the Merkle tree: at a segment seal, every checkpoint_interval
             asyncio.create_task(_every(TREE_HEAD_TICK, node.tree_head_job, "tree-head", node, first_delay=5.0)),
         ]
