@@ -120,22 +120,18 @@ class SelectiveReads:
             o = -1 - tag if tag < 0 else idx.frame_of_seq(seq)
             if not start <= o < stop or o in done:
                 continue
-            if tag < 0 or o in idx.damaged or o in suspect:
-                done.add(o)
-                if batch:
-                    yield self._partial(info, batch_frame, batch, desc)
-                    batch = []
-                yield from self._read_frames(slot, data, [o], lo, hi, desc, None, pos_ok, predicate)
-                continue
-            if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
-                continue
-            if o != cur:
-                got = self._checks.stored_if_verified(slot, data, o)
-                cur, fr = o, (_Frame(*got) if got is not None else None)
-            rec = self._record(info, fr, o, seq)
-            if rec is None:
-                # the record is not vouched for where the posting points: read the whole
-                # frame, checked, and report what is wrong with it
+            whole = tag < 0 or o in idx.damaged or o in suspect
+            if not whole:
+                if pos_ok is not None and not pos_ok((seq, ENTRY_SUB)):
+                    continue
+                if o != cur:
+                    got = self._checks.stored_if_verified(slot, data, o)
+                    cur, fr = o, (_Frame(*got) if got is not None else None)
+                rec = self._record(info, fr, o, seq)
+                # a record not vouched for where the posting points: the whole frame is
+                # read, checked, and what is wrong with it reported
+                whole = rec is None
+            if whole:
                 done.add(o)
                 if batch:
                     yield self._partial(info, batch_frame, batch, desc)
