@@ -334,7 +334,6 @@ def test_local_validation_and_rejected_batch(server):
 
 def test_retry_across_server_restart(server):
     server.start()
-    n = 3000
     c = AuditClient(
         server.url,
         server.writer_key,
@@ -345,33 +344,46 @@ def test_retry_across_server_restart(server):
         backoff_max=0.3,
         timeout=5,
     )
-    produced = threading.Event()
+    logged = 0
+    enough = threading.Event()
     errors: list[BaseException] = []
 
     def produce():
+        nonlocal logged
         try:
-            for i in range(n):
-                c.log("svc", ACTION, details={"n": i})
-                if i % 20 == 19:
+            while not enough.is_set():
+                c.log("svc", ACTION, details={"n": logged})
+                logged += 1
+                if logged % 20 == 0:
                     time.sleep(0.02)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
-        finally:
-            produced.set()
 
+    def logged_past(mark: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while logged < mark and not errors:
+            assert time.monotonic() < deadline, f"the producer stalled at {logged} event(s)"
+            time.sleep(0.01)
+
+    # The producer never stops: the server goes down and comes back under it, and
+    # each phase waits for a number of events, not for a stretch of wall time.
     t = threading.Thread(target=produce)
     t.start()
     try:
-        time.sleep(0.6)
+        logged_past(300)
         server.stop()  # SIGTERM while the client keeps logging
-        time.sleep(1.0)
-        assert not produced.is_set(), "the producer should still be running during the outage"
-        server.start()  # same port, same data dir
-        t.join(30)
+        logged_past(logged + 300)  # logged while nothing listens
         assert not errors, errors
+        server.start()  # same port, same data dir
+        logged_past(logged + 300)
+    finally:
+        enough.set()
+        t.join(30)
+    assert not errors, errors
+    n = logged
+    try:
         c.flush(30)
     finally:
-        t.join(30)
         c.close(10)
     assert c.stats["retries"] > 0, "the client never saw the outage"
     assert c.stats["acknowledged"] == n
