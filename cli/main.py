@@ -1100,18 +1100,31 @@ def cluster_ca_init(out: str) -> None:
     help="Host name or IP peers use to reach this node (repeatable; default 127.0.0.1 and localhost).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for NODE.pem and NODE.key.")
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False),
+    help="The node's node.pub: the certificate then binds the node id to its signing key, so peers "
+    "cosign its checkpoints and the CA certificate alone verifies its bundles.",
+)
 @handle_errors
-def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str) -> None:
+def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str, signing_key: str | None) -> None:
     """Issue a node certificate (NODE.pem, NODE.key with mode 0600) from the cluster CA.
 
     \b
     Example:
-      auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net --out /etc/auditlog/tls
+      auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net \\
+          --signing-key /var/lib/auditlog/node.pub --out /etc/auditlog/tls
     """
+    from engine.signing import fingerprint, read_public_key
     from query.cluster.pki import issue_cert
 
-    cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out))
+    public_raw = read_public_key(Path(signing_key)) if signing_key else None
+    cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out), signing_key=public_raw)
     click.echo(f"wrote {cert} and {key} for node {node}")
+    if public_raw is not None:
+        click.echo(f"bound to the signing key {fingerprint(public_raw)}")
+    else:
+        click.echo("bound to no signing key: peers will not cosign this node's checkpoints (see --signing-key)")
 
 
 # -- bench --------------------------------------------------------------------------

@@ -97,6 +97,16 @@ def parse_public_key(data: bytes, source: str) -> bytes:
     return key.public_bytes_raw()
 
 
+def read_public_key(path: Path) -> bytes:
+    """The raw Ed25519 public key in the PEM file ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PUBLIC_FILE + 1)
+    except OSError as e:
+        raise KeyFileError(f"cannot read {path}: {e.strerror or e}") from None
+    return parse_public_key(data, str(path))
+
+
 def verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
     """Whether ``signature`` is the key's Ed25519 signature of ``message`` (never raises
     on hostile input)."""

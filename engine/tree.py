@@ -153,6 +153,12 @@ class LogTree:
         node's writer), and return it."""
         tree = self.load()
         start = tree.size
+        head = self.log.head()[0]
+        if tree.size > head:
+            raise TreeError(
+                f"the tree covers {tree.size} entries but the log ends at seq {head}: "
+                "entries the tree took in are gone from the log"
+            )
         first = self._first_seq()
         if first is not None and first > tree.size + 1:
             raise TreeError(

@@ -22,6 +22,7 @@ AUDIT_ACTIONS: frozenset[str] = frozenset(
         "audit.api_key_create",
         "audit.api_key_revoke",
         "audit.checkpoint",
+        "audit.checkpoint_refused",
         "audit.tree_head",
     }
 )

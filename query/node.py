@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine import clock
 from engine.datadir import DataDir, Node
@@ -41,6 +42,7 @@ from ingest.pipeline import IngestPipeline
 from ingest.validation_pool import Validator
 from query.cluster.fanout import Cluster
 from query.cluster.settings import ClusterSettings
+from query.errors import QueryError
 from query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
 from query.http.metrics import Metrics
 
@@ -113,6 +115,11 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     try:
         rn.open()
         if config.cluster is not None and config.cluster.enabled:
+            from query.cluster.pki import check_own_cert
+
+            problem = check_own_cert(Path(config.cluster.cert), node.node_id, writer.signing_key.public_raw)
+            if problem is not None:
+                log.warning("%s", problem)
             rn.cluster = Cluster(rn, config.cluster.without(node.node_id))
         if config.syslog is not None:
             rn.syslog = forwarder(rn, config.syslog)
@@ -184,6 +191,8 @@ class RunningNode:
         #: segment being written then, when (monotonic); and the last reason none could be
         self._tree_head: tuple[int, str, float] | None = None
         self._tree_problem: str | None = None
+        #: the last signed checkpoint this process recorded: (its entry's seq, the note)
+        self._tree_note: tuple[int, str] | None = None
         self._tree_lock = threading.Lock()
         #: reads streaming the log right now (HTTP and peer; ``query.http.base``)
         self.reads_in_flight = 0
@@ -354,55 +363,6 @@ class RunningNode:
             "syslog": self.syslog.status() if self.syslog else None,
         }
 
-    def signatures_at(self, seqs) -> dict:
-        """Signatures of the entries at ``seqs`` plus the log's seq range (witness checks).
-
-        One ordered walk over the log from the lowest seq asked for to the highest,
-        not a lookup per seq; only where the next seq asked for lies more than
-        ``WALK_GAP`` entries ahead does a fresh scan start there (a scan's start
-        costs about as much as walking that many entries).  A seq in range with no
-        entry that verifies (missing, damaged) answers None.
-        """
-        from query.cluster.witness import WALK_GAP
-
-        def first_seq() -> int:
-            infos = self.log.segment_infos()
-            return next((i.first_seq for i in infos if i.header is not None), 1)
-
-        head_seq, _ = self.log.head()  # first: every seq up to it is on disk for the walk
-        first = first_seq()
-        want = sorted({s for s in seqs if first <= s <= head_seq})
-        n = len(want)
-        found: dict[int, bytes | None] = {}
-        i = 0
-        while i < n:
-            start = i
-            for e in self.log.scan(after_seq=want[i] - 1):
-                s = e.seq
-                while i < n and want[i] < s:
-                    i += 1  # passed by: no entry there
-                if i == n:
-                    break
-                if want[i] == s:
-                    if e.integrity == "ok":
-                        # two entries at one seq that verify and disagree: neither answers
-                        have = found.get(s, e.signature)
-                        found[s] = e.signature if have == e.signature else None
-                elif want[i] - s > WALK_GAP:
-                    break  # far to the next one: a fresh scan starts there
-            else:
-                break  # the log ends before the rest
-            if i == start:
-                break
-        # a retention run meanwhile dropped whatever lies below its new first seq
-        first = max(first, first_seq())
-        sigs: dict[str, str | None] = {}
-        for s in want:
-            if s >= first:
-                sig = found.get(s)
-                sigs[str(s)] = sig.hex() if sig is not None else None
-        return {"node": self.node_id, "first_seq": first, "head_seq": head_seq, "sigs": sigs}
-
     def postings_job(self) -> int:
         """The term-postings job (every few seconds): sealed segments' sidecars built ahead
         of the first selective query, and the active segment's new frames indexed, but
@@ -422,9 +382,42 @@ class RunningNode:
         with self._tree_lock:
             note, seq = record_tree_head(self.writer)
             self._tree_head = (seq, self.writer.active_name, time.monotonic())
+            self._tree_note = (seq, note)
             self._tree_problem = None
         self.metrics.inc("auditlog_tree_heads_total")
         return {"seq": seq, "checkpoint": note}
+
+    def newest_checkpoint(self) -> str | None:
+        """The newest signed checkpoint, for witnesses: the last one this process
+        recorded while nothing but its own entry came after it, else a new one
+        (None for an empty log)."""
+        head = self.writer.next_seq - 1
+        if head == 0:
+            return None
+        last = self._tree_note
+        if last is not None and last[0] == head:
+            return last[1]
+        return self.record_tree_head()["checkpoint"]
+
+    def tree_answer(self, old_size: int) -> dict:
+        """The newest signed checkpoint and the consistency proof to it from the tree of
+        ``old_size`` entries (none when that tree is not smaller), for a witness check."""
+        from engine.note import Checkpoint, parse
+        from engine.tree import LogTree, TreeError
+
+        try:
+            note = self.newest_checkpoint()
+            if note is None:
+                raise QueryError("the log is empty: no checkpoint yet")
+            size = Checkpoint.parse(parse(note)[0]).size
+            proof: list[bytes] = []
+            if 0 < old_size < size:
+                with LogTree(self.log, self.node.key, self.data_dir) as tree:
+                    proof = tree.consistency(old_size, size)
+        except TreeError as e:
+            # the tree cannot vouch for the log (damage, entries cut): said, not hidden
+            return {"node": self.node_id, "error": str(e)}
+        return {"node": self.node_id, "checkpoint": note, "proof": [h.hex() for h in proof]}
 
     def tree_head_job(self) -> None:
         """The background job (every few seconds): a signed checkpoint when a segment was

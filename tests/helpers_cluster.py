@@ -321,9 +321,13 @@ class LocalCluster:
         path.write_bytes(b"".join((self.ca_dirs[c] / "ca.pem").read_bytes() for c in cas))
         return path
 
-    def issue(self, name: str, ca: str = "main", out: Path | None = None) -> tuple[Path, Path]:
-        """A certificate for node id ``name`` from ``ca`` (also for ids that are no node)."""
+    def issue(
+        self, name: str, ca: str = "main", out: Path | None = None, signing_key: Path | None = None
+    ) -> tuple[Path, Path]:
+        """A certificate for node id ``name`` from ``ca`` (also for ids that are no node),
+        bound to the signing key in ``signing_key`` (a node.pub) when given."""
         out = out or self.root / ("tls" if ca == "main" else "tls-other")
+        bind = ["--signing-key", str(signing_key)] if signing_key is not None else []
         cli(
             "cluster",
             "issue-cert",
@@ -335,6 +339,7 @@ class LocalCluster:
             "127.0.0.1",
             "--out",
             str(out),
+            *bind,
         )
         return out / f"{name}.pem", out / f"{name}.key"
 
@@ -345,10 +350,15 @@ class LocalCluster:
         )
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda c: cli("cluster", "ca-init", "--out", str(self.ca_dirs[c])), sorted(cas)))
-            list(pool.map(lambda n: self.issue(n.name, n.spec.ca), self.nodes.values()))
             for n in self.nodes.values():
                 n.write_config()
             list(pool.map(lambda n: n.prepare(), self.nodes.values()))
+            # each certificate binds its node's signing key (made by init)
+            list(
+                pool.map(
+                    lambda n: self.issue(n.name, n.spec.ca, signing_key=n.data_dir / "node.pub"), self.nodes.values()
+                )
+            )
         return self
 
     def start(self, *names: str) -> None:

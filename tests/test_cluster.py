@@ -20,6 +20,7 @@ import http.client
 import io
 import json
 import re
+import shutil
 import socket
 import ssl
 import time
@@ -491,7 +492,6 @@ def test_peer_listener_tls_refusals(fc):
         ("/peer/v1/scan?order=up", "order"),
         ("/peer/v1/scan?after_seq=%C2%B2", "after_seq"),
         ("/peer/v1/scan?after_seq=-1", "after_seq"),
-        ("/peer/v1/signatures?seqs=1,x", "seqs"),
     ):
         status, body = _https_get(fc, port, path, fc["b"].cert, fc["b"].key)
         assert status == 400 and needle in json.loads(body)["error"]["message"], (path, status, body)
@@ -510,92 +510,15 @@ def test_peer_listener_tls_refusals(fc):
 
     # a valid certificate of the cluster CA for a node id that is not a configured peer
     zz_cert, zz_key = fc.issue("zz", out=fc.root / "tls-extra")
-    for path in ("/peer/v1/head", "/peer/v1/scan", "/peer/v1/verify", "/peer/v1/signatures?seqs=1"):
+    for path in ("/peer/v1/head", "/peer/v1/scan", "/peer/v1/verify"):
         status, body = _https_get(fc, port, path, zz_cert, zz_key)
         assert status == 403, (path, status, body)
         assert "zz" in json.loads(body)["error"]["message"]
-    # nor can it hand in a checkpoint, nor ask for signatures the way nodes do
-    for path, body in (("/peer/v1/checkpoint", b"{}"), ("/peer/v1/signatures", b'{"seqs": [1]}')):
+    # nor can it hand in a checkpoint to cosign, nor ask for a node's tree
+    for path, body in (("/peer/v1/add-checkpoint", b"old 0\n\n"), ("/peer/v1/tree", b'{"old": 0}')):
         status, answer = _https(fc, port, "POST", path, body, zz_cert, zz_key)
         assert status == 403 and "zz" in json.loads(answer)["error"]["message"], (path, status, answer)
     assert_alive(a)
-
-
-def _signatures_truth(data_dir, seqs) -> dict[str, str]:
-    """Signatures at ``seqs`` read straight from a node's data dir, the plain way:
-    every entry of the log, one after the other."""
-    from engine.datadir import DataDir
-    from engine.log import NodeLog
-
-    dd = DataDir(data_dir)
-    want = set(seqs)
-    out = {}
-    for e in NodeLog(dd, dd.open()).scan():
-        if e.seq in want and e.integrity == "ok":
-            out[str(e.seq)] = e.signature.hex()
-    return out
-
-
-def test_peer_signatures_by_post(fc):
-    """How nodes ask each other for signatures (witness checks): a POSTed JSON list of
-    up to 10000 seqs, answered in one walk of the log; malformed bodies get a 400."""
-    from query.cluster.routes import MAX_PEER_BODY, MAX_SIGNATURE_SEQS
-
-    a, b = fc["a"], fc["b"]
-    ensure_running(a, b)
-
-    def post(body: bytes, timeout: float = 30):
-        status, answer = _https(fc, b.peer_port, "POST", "/peer/v1/signatures", body, a.cert, a.key, timeout=timeout)
-        return status, json.loads(answer)
-
-    head = b.get_ok("/api/v1/cluster")["nodes"][0]["head_seq"]
-    assert head > BULK
-    # the most a request may hold, spread over the whole 200k-entry log, plus seqs beyond it
-    seqs = list(range(1, head + 1, head // MAX_SIGNATURE_SEQS + 1))[: MAX_SIGNATURE_SEQS - 2]
-    seqs += [head, head + 1000]
-    (status, ans), took = timed(post, json.dumps({"seqs": seqs}).encode())
-    assert status == 200, ans
-    assert ans["node"] == "b" and ans["first_seq"] == 1 and ans["head_seq"] >= head
-    assert str(head + 1000) not in ans["sigs"]
-    truth = _signatures_truth(b.data_dir, seqs)
-    assert len(truth) == len(seqs) - 1
-    assert ans["sigs"] == truth
-    # one walk, not a lookup per seq (which takes ten times as long here); a node
-    # asks for far fewer seqs at a time, so its requests stay well within peer_timeout
-    assert took < 2 * PEER_TIMEOUT, took
-    # what a node asks at once, the costliest way: seqs just close enough to be walked to
-    from query.cluster.witness import SIGNATURE_BATCH, WALK_GAP
-
-    spaced = list(range(1, head, min(WALK_GAP, head // SIGNATURE_BATCH)))[:SIGNATURE_BATCH]
-    assert len(spaced) == SIGNATURE_BATCH
-    (status, ans), took = timed(post, json.dumps({"seqs": spaced}).encode())
-    assert status == 200 and len(ans["sigs"]) == SIGNATURE_BATCH and None not in ans["sigs"].values()
-    assert took < PEER_TIMEOUT / 2, took
-    # seqs far apart (each its own short walk) and the old GET form agree with it
-    few = seqs[::997]
-    status, sparse = post(json.dumps({"seqs": few[::-1] + few}).encode())
-    assert status == 200 and sparse["sigs"] == {str(s): truth[str(s)] for s in few}
-    status, body = _https_get(fc, b.peer_port, "/peer/v1/signatures?seqs=" + ",".join(map(str, few)), a.cert, a.key)
-    assert status == 200 and json.loads(body)["sigs"] == sparse["sigs"]
-
-    for body, needle in (
-        (b"", "JSON"),
-        (b"seqs=1,2", "JSON"),
-        (b"[1, 2]", "seqs"),
-        (b'{"seqs": "1,2"}', "seqs"),
-        (b'{"seqs": [1, "2"]}', "whole numbers"),
-        (b'{"seqs": [1.5]}', "whole numbers"),
-        (b'{"seqs": [-1]}', "whole numbers"),
-        (b'{"seqs": [true]}', "whole numbers"),
-        (b'{"seqs": [99999999999999999999999]}', "whole numbers"),
-        (b'{"seqs": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "JSON"),
-        (json.dumps({"seqs": list(range(MAX_SIGNATURE_SEQS + 1))}).encode(), f"at most {MAX_SIGNATURE_SEQS}"),
-    ):
-        status, ans = post(body)
-        assert status == 400 and needle in ans["error"]["message"], (body[:60], status, ans)
-    status, ans = post(b'{"seqs": [' + b"1," * (MAX_PEER_BODY // 2) + b"1]}")
-    assert status == 413 and str(MAX_PEER_BODY) in ans["error"]["message"], (status, ans)
-    assert_alive(b)
 
 
 # =====================================================================================
@@ -603,29 +526,41 @@ def test_peer_signatures_by_post(fc):
 # =====================================================================================
 
 
-def _held_checkpoint(witness, about: str) -> int:
-    """Highest seq of ``about`` that ``witness`` holds a checkpoint for (0: none)."""
+def _cosigned(witness, about: str) -> int:
+    """Size of the newest tree of ``about`` that ``witness`` cosigned (0: none)."""
     page = witness.get_ok(
         q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint", target=about, order="desc", limit=1)
     )
-    return page["events"][0]["details"]["seq"] if page["events"] else 0
+    return page["events"][0]["details"]["size"] if page["events"] else 0
 
 
-def _wait_witnessed(witness, about: str, seq: int, timeout: float = 20) -> int:
+def _wait_cosigned(witness, about: str, size: int, timeout: float = 20) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = _held_checkpoint(witness, about)
-        if got >= seq:
+        got = _cosigned(witness, about)
+        if got >= size:
             return got
         time.sleep(0.2)
-    raise AssertionError(f"{witness.name} never witnessed {about} at seq >= {seq}")
+    raise AssertionError(f"{witness.name} never cosigned {about} at size >= {size}")
 
 
-def _held_seqs(witness, about: str) -> list[int]:
-    page = witness.get_ok(
-        q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint", target=about, limit=10000)
-    )
-    return [e["details"]["seq"] for e in page["events"]]
+def _refusals(witness, about: str, timeout: float = 20) -> list[dict]:
+    """The refusals ``witness`` recorded of ``about``'s checkpoints (waiting for one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = witness.get_ok(
+            q("/api/v1/audit-log", node=witness.name, action="audit.checkpoint_refused", target=about)
+        )
+        if page["events"] or time.monotonic() > deadline:
+            return [e["details"] for e in page["events"]]
+        time.sleep(0.2)
+
+
+def _drop_tree(data_dir) -> None:
+    """What an attacker re-signing the log does to its tree: drop it, so the node
+    builds a new one over the entries as they now are."""
+    (data_dir / "state" / "tree.json").unlink()
+    shutil.rmtree(data_dir / "tree", ignore_errors=True)
 
 
 def test_witness_catches_a_tail_cut_at_a_frame_boundary(make_cluster):
@@ -633,37 +568,60 @@ def test_witness_catches_a_tail_cut_at_a_frame_boundary(make_cluster):
     a, b, c = cl["a"], cl["b"], cl["c"]
     res = b.post_events(make_events(300, "doomed"))
     first, last = seq_of(res["first_id"]), seq_of(res["last_id"])
-    _wait_witnessed(a, "b", last)
-    _wait_witnessed(c, "b", last)
+    _wait_cosigned(a, "b", last)
+    _wait_cosigned(c, "b", last)
     assert b.stop() == 0
     kept = cut_tail_at_seq(b.data_dir, first)
     assert kept < first
     b.start()
     b.wait_ready()
 
-    # b alone cannot tell: its chain is intact, just shorter
-    own = b.get_ok("/api/v1/verify")
-    assert own["ok"] is True and own["violations"] == [], own
+    # b's chain is intact, just shorter; the tree it kept says entries are gone
     for viewer in (a, c):
         rep = viewer.get_ok("/api/v1/verify?scope=cluster")
         assert rep["ok"] is False
         mine = [v for v in rep["violations"] if v["node"] == "b"]
-        assert any(v["kind"] == "witness_truncated" and v["seq_to"] >= last and v["seq_from"] <= last for v in mine), (
-            rep["violations"]
-        )
+        assert any(v["seq_to"] >= last and "cannot answer" in v["detail"] for v in mine), rep["violations"]
         assert all(v["node"] == "b" for v in rep["violations"]), rep["violations"]
         assert rep["nodes"]["b"]["ok"] is False
         assert rep["nodes"]["a"]["ok"] is True and rep["nodes"]["c"]["ok"] is True
 
+    # the attacker drops the tree too: b builds a smaller one, which its witnesses refuse
+    assert b.stop() == 0
+    _drop_tree(b.data_dir)
+    b.start()
+    b.wait_ready()
+    for w in (a, c):
+        refused = _refusals(w, "b")
+        assert refused and refused[0]["reason"] == "rollback" and refused[0]["cosigned_size"] >= last, refused
+        assert refused[0]["size"] < last
+    deadline = time.monotonic() + 20
+    while True:
+        me = next(r for r in b.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "b")
+        if (me["last_checkpoint"] or {}).get("size", last) < first or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert me["last_checkpoint"]["cosigned_by"] == [], me
+    for viewer in (a, c):
+        rep = viewer.get_ok("/api/v1/verify?scope=cluster")
+        assert rep["ok"] is False
+        trunc = [v for v in rep["violations"] if v["kind"] == "witness_truncated"]
+        assert trunc and all(v["node"] == "b" and v["seq_from"] < last <= v["seq_to"] for v in trunc), trunc
+        # each witness's refusals, and the check of the tree each cosigned last
+        assert any(v["detail"].startswith("a refused") for v in trunc), trunc
+        assert any(v["detail"].startswith("c refused") for v in trunc), trunc
+
 
 def test_witness_catches_history_rewritten_with_the_node_key(make_cluster):
     cl = make_cluster(("a", "b", "c"), checkpoint_interval=1)
-    a, b = cl["a"], cl["b"]
+    a, b, c = cl["a"], cl["b"], cl["c"]
     res = b.post_events(make_events(20, "evidence"))
     target = seq_of(res["first_id"]) + 3
-    _wait_witnessed(a, "b", seq_of(res["last_id"]))
+    _wait_cosigned(a, "b", seq_of(res["last_id"]))
+    _wait_cosigned(c, "b", seq_of(res["last_id"]))
     assert b.stop() == 0
     rewrite_entry(b.data_dir, target, user="mallory")
+    _drop_tree(b.data_dir)
     b.start()
     b.wait_ready()
 
@@ -673,10 +631,18 @@ def test_witness_catches_history_rewritten_with_the_node_key(make_cluster):
     forged = b.get_ok(q("/api/v1/audit-log", node="b", user="mallory"))["events"]
     assert [(e["seq"], e["integrity"]) for e in forged] == [(target, "ok")]
 
+    # b's next checkpoint does not extend what its witnesses cosigned: refused, recorded
+    for w in (a, c):
+        refused = _refusals(w, "b")
+        assert refused and refused[0]["reason"] == "inconsistent", refused
     rep = a.get_ok("/api/v1/verify?scope=cluster")
     assert rep["ok"] is False
     mism = [v for v in rep["violations"] if v["kind"] == "witness_mismatch"]
-    assert mism and all(v["node"] == "b" and v["seq_from"] >= target for v in mism), rep["violations"]
+    assert mism and all(v["node"] == "b" and v["seq_from"] <= target <= v["seq_to"] for v in mism), rep["violations"]
+    assert any("history rewritten" in v["detail"] for v in mism), mism
+    assert any(v["detail"].startswith("c refused") for v in mism) and any(
+        v["detail"].startswith("a refused") for v in mism
+    )
     assert not any(v["kind"] == "witness_truncated" for v in rep["violations"])
     assert rep["nodes"]["b"]["ok"] is False and rep["nodes"]["c"]["ok"] is True
 
@@ -687,7 +653,7 @@ def test_witness_accepts_a_legitimate_retention_drop(make_cluster):
     last = 0
     for i in range(6):
         last = seq_of(b.post_events(make_events(50, "old", start=50 * i))["last_id"])
-    _wait_witnessed(a, "b", last)
+    _wait_cosigned(a, "b", last)
     assert b.stop() == 0
     out = b.run("retention", "run", "--as-of", "2100-01-01").stdout
     m = re.search(r"dropped (\d+) segment", out)
@@ -697,10 +663,9 @@ def test_witness_accepts_a_legitimate_retention_drop(make_cluster):
     purge = b.get_ok(q("/api/v1/audit-log", node="b", action="audit.retention_purge"))["events"]
     assert len(purge) == 1
     first_kept = purge[0]["details"]["seq_to"] + 1
-    # a holds checkpoints of b inside the dropped range, and one after the drop
-    _wait_witnessed(a, "b", first_kept)
-    held = _held_seqs(a, "b")
-    assert any(s < first_kept for s in held) and any(s >= first_kept for s in held), held
+    # a goes on cosigning b's trees past the drop: each extends the last, dropped part and all
+    _wait_cosigned(a, "b", max(first_kept, last) + 1)
+    assert _refusals(a, "b", timeout=0) == []
 
     own = b.get_ok("/api/v1/verify")
     assert own["ok"] is True, own
@@ -719,7 +684,7 @@ def test_cluster_status_membership_and_retention_mismatch(make_cluster):
         body = a.get_ok("/api/v1/cluster")
         rows = {r["node"]: r for r in body["nodes"]}
         if (
-            all(r.get("last_checkpoint") and len(r["last_checkpoint"]["witnessed_by"]) == 2 for r in rows.values())
+            all(r.get("last_checkpoint") and len(r["last_checkpoint"]["cosigned_by"]) == 2 for r in rows.values())
             or time.monotonic() > deadline
         ):
             break
@@ -728,8 +693,8 @@ def test_cluster_status_membership_and_retention_mismatch(make_cluster):
     for name, r in rows.items():
         assert r["status"] == "ok" and isinstance(r["head_seq"], int) and r["head_seq"] >= 1, r
         cp = r["last_checkpoint"]
-        assert cp and 1 <= cp["seq"] <= r["head_seq"], r
-        assert cp["witnessed_by"] == sorted(set("abc") - {name}), r
+        assert cp and 1 <= cp["size"] < r["head_seq"] and len(cp["root"]) == 64, r
+        assert cp["cosigned_by"] == sorted(set("abc") - {name}), r
     assert body["retention_consistent"] is False
     assert rows["c"]["retention_days"] == 400 and rows["c"].get("retention_mismatch") is True
     assert rows["a"]["retention_days"] == 365

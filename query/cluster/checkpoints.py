@@ -1,12 +1,17 @@
-"""Witnessed checkpoints across the cluster: each node signs its head and hands it
-to every peer (``send_checkpoints``, every ``checkpoint_interval``); ``cluster_verify``
-checks every node's log and every checkpoint its peers hold of it."""
+"""Cosigned checkpoints across the cluster: each node hands its newest signed
+checkpoint to every peer to cosign (``cosign_round``, every
+``checkpoint_interval``); ``cluster_verify`` checks every node's log and every
+tree its witnesses cosigned of it (``query.cluster.witness``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import orjson
+
+from engine.note import Checkpoint, parse
+from engine.tree import TreeError
 from query.cluster.fanout import Cluster, PeerSource
 from query.cluster.peers import PeerError
 from query.filters import Filter
@@ -16,100 +21,149 @@ from query.sources import LocalSource
 log = logging.getLogger("auditlog.cluster")
 
 
-async def send_checkpoints(cluster: Cluster) -> dict:
-    """Sign this node's head and hand it to every peer to witness."""
-    from query.cluster.witness import current_head, sign_checkpoint
+async def _submit(cluster: Cluster, node: str, note: str, size: int) -> str:
+    """Have peer ``node`` cosign ``note`` (of ``size`` entries): its cosignature line;
+    PeerError with the reason when it does not."""
+    from query.cluster.witness import submission
 
-    svc = cluster.service
-    cp = await svc.run(current_head, svc)
-    if cp is None or not cluster.peers:
-        return {}
-    sig = await svc.run(sign_checkpoint, cluster.settings.key, cp)
-    results = {}
-
-    async def one(node, client):
+    svc, client = cluster.service, cluster.peers[node]
+    old = cluster.cosigned_size.get(node, 0)
+    for _ in range(2):
+        proof: list[bytes] = []
+        if 0 < old < size:
+            try:
+                got = await svc.run(svc.tree_proof, "consistency", old, size)
+            except TreeError as e:
+                raise PeerError(f"no consistency proof from {old} entries: {e}") from None
+            proof = [bytes.fromhex(h) for h in got["proof"]]
+        status, body = await client.post("/add-checkpoint", submission(old, proof, note), "text/plain")
+        if status == 200:
+            cluster.cosigned_size[node] = size
+            return body.decode("utf-8", "replace")
         try:
-            results[node] = await client.post_json("/checkpoint", {"checkpoint": cp, "witness_signature": sig})
+            why = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            why = {}
+        if not isinstance(why, dict):
+            why = {}
+        if status == 409 and why.get("kind") == "stale_old" and type(why.get("cosigned_size")) is int:
+            old = cluster.cosigned_size[node] = why["cosigned_size"]
+            continue  # again, from the size the witness last cosigned
+        raise PeerError(f"refused to cosign ({why.get('kind', f'HTTP {status}')}): {why.get('error', body[:200])}")
+    raise PeerError("refused to cosign: its last cosigned size keeps changing")
+
+
+async def cosign_round(cluster: Cluster, note: str | None = None) -> dict[str, str]:
+    """Hand this node's newest signed checkpoint (or ``note``) to every peer to cosign;
+    ``{peer: cosignature line}`` of those that did."""
+    svc = cluster.service
+    if note is None:
+        try:
+            note = await svc.run(svc.newest_checkpoint)
+        except TreeError as e:
+            # nothing to hand over: the tree cannot vouch for the log (tree_head_job logs it)
+            cluster.checkpoint_errors = {p: f"no signed checkpoint to hand over: {e}" for p in cluster.peers}
+            cluster.last_checkpoint = {"error": str(e), "cosigned_by": []}
+            return {}
+    if note is None or not cluster.peers:
+        return {}
+    cp = Checkpoint.parse(parse(note)[0])
+    lines: dict[str, str] = {}
+
+    async def one(node: str) -> None:
+        try:
+            lines[node] = await _submit(cluster, node, note, cp.size)
+            cluster.cosignatures[node] = (cp.size, lines[node])
             cluster.checkpoint_errors.pop(node, None)
         except PeerError as e:
             cluster.checkpoint_errors[node] = str(e)
-            results[node] = {"error": str(e)}
 
-    await asyncio.gather(*(one(n, c) for n, c in cluster.peers.items()))
-    cluster.last_checkpoint = {
-        "seq": cp["seq"],
-        "ts": cp["ts"],
-        "witnessed_by": sorted(n for n, r in results.items() if "error" not in r),
-    }
-    return results
+    await asyncio.gather(*(one(n) for n in cluster.peers))
+    cluster.last_checkpoint = {"size": cp.size, "root": cp.root.hex(), "cosigned_by": sorted(lines)}
+    return lines
 
 
 async def checkpoint_loop(cluster: Cluster) -> None:
     while True:
         await asyncio.sleep(cluster.settings.checkpoint_interval)
         try:
-            await send_checkpoints(cluster)
+            await cosign_round(cluster)
         except Exception:
-            log.exception("checkpoint round failed")
+            log.exception("cosigning round failed")
 
 
-async def _signatures(cluster: Cluster, node: str, seqs: list[int]) -> dict:
-    """``node``'s answer for ``seqs`` (``Service.signatures_at``); PeerError when a
-    peer fails or answers something else."""
+async def _records(cluster: Cluster, witness: str, action: str, about: str, order: str):
+    """``witness``'s entries of ``action`` about node ``about``, in batches; the source is
+    returned last (its status says whether the witness answered in full)."""
+    svc = cluster.service
+    flt = Filter.from_params({"action": action, "target": about})
+    if witness == svc.node_id:
+        src: Source = LocalSource(svc, flt, order, None)
+    else:
+        src = PeerSource(cluster.peers[witness], flt.to_params(), order, None)
+    return src
+
+
+async def _tree_answer(cluster: Cluster, node: str, old: int) -> dict:
     svc = cluster.service
     if node == svc.node_id:
-        return await svc.run(svc.signatures_at, seqs)
-    ans = await cluster.peers[node].post_json("/signatures", {"seqs": seqs})
-    if not (
-        isinstance(ans, dict)
-        and type(ans.get("head_seq")) is int
-        and type(ans.get("first_seq")) is int
-        and isinstance(ans.get("sigs"), dict)
+        return await svc.run(svc.tree_answer, old)
+    ans = await cluster.peers[node].post_json("/tree", {"old": old})
+    if not isinstance(ans, dict) or not (
+        isinstance(ans.get("error"), str)
+        or (isinstance(ans.get("checkpoint"), str) and isinstance(ans.get("proof"), list))
     ):
-        raise PeerError("bad answer to /signatures")
+        raise PeerError("bad answer to /tree")
     return ans
 
 
 async def _check_witness(cluster: Cluster, about: str, witness: str) -> tuple[list[dict], str | None, str | None]:
-    """Every checkpoint about node ``about`` that ``witness`` holds, checked against
-    ``about``'s log: (violations, why the witness failed, why ``about`` failed).
+    """What ``witness`` holds of node ``about``, checked against ``about``'s tree:
+    (violations, why the witness failed, why ``about`` failed)."""
+    from query.cluster.witness import COSIGNED_ACTION, REFUSED_ACTION, ClusterFindings, cosigned_of, refusal_of
 
-    The witness's ``audit.checkpoint`` entries are streamed (its node-local scan,
-    oldest first) and checked ``SIGNATURE_BATCH`` at a time, so memory and each
-    request to ``about`` stay bounded however many checkpoints there are.
-    """
-    from query.cluster.witness import SIGNATURE_BATCH, WitnessFindings, checkpoint_of
-
-    svc = cluster.service
-    flt = Filter.from_params({"action": "audit.checkpoint", "target": about})
-    if witness == svc.node_id:
-        src: Source = LocalSource(svc, flt, "asc", None)
-    else:
-        src = PeerSource(cluster.peers[witness], flt.to_params(), "asc", None)
-    findings = WitnessFindings(about, witness)
-    pending: list[dict] = []
-    about_error = None
+    findings = ClusterFindings(about, witness)
+    newest = None
+    src = await _records(cluster, witness, COSIGNED_ACTION, about, "desc")
     try:
-        while True:
+        while newest is None:
             batch = await src.next_batch()
-            if batch:
-                pending += [cp for cp in (checkpoint_of(e, about) for e in batch) if cp is not None]
-            while len(pending) >= SIGNATURE_BATCH or (pending and not batch):
-                chunk, pending = pending[:SIGNATURE_BATCH], pending[SIGNATURE_BATCH:]
-                answer = await _signatures(cluster, about, sorted({cp["seq"] for cp in chunk}))
-                findings.check(chunk, answer)
             if not batch:
                 break
-    except PeerError as e:
-        about_error = str(e)
+            newest = next((c for c in (cosigned_of(e, about) for e in batch) if c is not None), None)
     finally:
         await src.close()
     witness_error = None if src.status["status"] == "ok" else src.status.get("error", "unreachable")
-    return findings.finish(), witness_error, about_error
+    if witness_error is None:
+        src = await _records(cluster, witness, REFUSED_ACTION, about, "asc")
+        try:
+            while batch := await src.next_batch():
+                for e in batch:
+                    r = refusal_of(e, about)
+                    if r is not None:
+                        findings.refusal(r)
+        finally:
+            await src.close()
+        if src.status["status"] != "ok":
+            witness_error = src.status.get("error", "unreachable")
+    violations = findings.violations()
+    about_error = None
+    if newest is not None:
+        try:
+            answer = await _tree_answer(cluster, about, newest["size"])
+        except PeerError as e:
+            about_error = str(e)
+        except Exception as e:  # the node's own tree could not answer (damage)
+            violations.append(findings._v("witness_mismatch", 1, newest["size"], f"no tree to check against: {e}"))
+        else:
+            v = findings.check_head(newest, answer)
+            if v is not None:
+                violations.append(v)
+    return violations, witness_error, about_error
 
 
 async def cluster_verify(cluster: Cluster) -> dict:
-    """Every node's own verification plus the witness comparison, as one report."""
+    """Every node's own verification plus what its witnesses cosigned and refused, as one report."""
     from engine.verify import verify_node
 
     svc = cluster.service
@@ -139,11 +193,8 @@ async def cluster_verify(cluster: Cluster) -> dict:
             if found and nodes[node].get("status") == "ok":
                 nodes[node]["ok"] = False
             if witness_error is not None:
-                # its checkpoints could not all be read: the check is incomplete
-                nodes[witness] = {
-                    "status": "unreachable",
-                    "error": f"reading its checkpoints of {node}: {witness_error}",
-                }
+                # its records could not all be read: the check is incomplete
+                nodes[witness] = {"status": "unreachable", "error": f"reading its records of {node}: {witness_error}"}
                 down.add(witness)
             if node_error is not None:
                 nodes[node] = {"status": "unreachable", "error": node_error}

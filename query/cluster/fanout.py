@@ -16,6 +16,7 @@ import aiohttp
 from engine.entry import Entry, EntryDraft
 from query.cluster.peers import PeerClient, PeerError
 from query.cluster.settings import ClusterSettings
+from query.cluster.witness import Witness
 from query.filters import Filter
 from query.linemerge import LineSource
 from query.merge import Source
@@ -103,8 +104,16 @@ class Cluster:
         self.session: aiohttp.ClientSession | None = None
         self.peers: dict[str, PeerClient] = {}
         self.client_ssl = None
+        #: the newest checkpoint handed to the peers: size, root and who cosigned it
         self.last_checkpoint: dict | None = None
+        #: per peer: why it did not cosign the last checkpoint handed to it
         self.checkpoint_errors: dict[str, str] = {}
+        #: per peer: the size of the last tree it cosigned of this log, as it said
+        self.cosigned_size: dict[str, int] = {}
+        #: per peer: its newest cosignature of this log (size, the signature line)
+        self.cosignatures: dict[str, tuple[int, str]] = {}
+        #: this node as its peers' witness
+        self.witness = Witness(service)
 
     async def start(self) -> None:
         from query.cluster.pki import client_context

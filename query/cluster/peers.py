@@ -121,6 +121,23 @@ class PeerClient:
         except (aiohttp.ClientError, ssl.SSLError, OSError, ValueError) as e:
             raise PeerError(_describe(e)) from None
 
+    async def post(self, path: str, body: bytes, content_type: str, limit: int = 1 << 20) -> tuple[int, bytes]:
+        """POST ``body``; the status and the answer's bytes, whatever the status
+        (PeerError only when no answer came)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.session.post(
+                    self.url + PEER_PREFIX + path, data=body, headers={"Content-Type": content_type}
+                ) as resp:
+                    data = await resp.content.read(limit + 1)
+                    if len(data) > limit:
+                        raise PeerError(f"answer to {path} larger than {limit} bytes")
+                    return resp.status, data
+        except TimeoutError:
+            raise PeerError(f"no answer within {self.timeout:g} s") from None
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as e:
+            raise PeerError(_describe(e)) from None
+
     async def scan(
         self, params: dict[str, str], order: str, after: tuple[int, int] | None
     ) -> AsyncIterator[list[Entry]]:

@@ -4,6 +4,12 @@ A node certificate names the node id in its subject CN and as a URI SAN
 ``auditlog-node:<id>``; a peer is accepted only with a certificate from the
 cluster CA whose node id matches the configured peer.  Keys are EC P-256,
 written with mode 0600.
+
+Issued with the node's Ed25519 signing key (``issue-cert --signing-key
+node.pub``), the certificate also binds the node id to that key, in a
+non-critical extension ``SIGNING_KEY_OID`` holding the key's DER
+SubjectPublicKeyInfo: one CA certificate then lets anyone trust every node's
+checkpoints and cosignatures (FORMAT.md section 16).
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from engine.datadir import check_node_id
 from engine.errors import ConfigError
 
 NODE_URI_PREFIX = "auditlog-node:"
+#: the extension binding a node certificate to the node's Ed25519 signing key (an
+#: OID under 2.25, derived from a UUID as ITU-T X.667 allows)
+SIGNING_KEY_OID = x509.ObjectIdentifier("2.25.139413223633151210234107594431944771424")
 CA_DAYS = 3650
 CERT_DAYS = 825
 
@@ -93,7 +103,10 @@ def _load_ca(ca_dir: Path):
     return cert, key
 
 
-def issue_cert(ca_dir: Path, node: str, sans: list[str], out: Path) -> tuple[Path, Path]:
+def issue_cert(
+    ca_dir: Path, node: str, sans: list[str], out: Path, signing_key: bytes | None = None
+) -> tuple[Path, Path]:
+    """The certificate and key of ``node`` (bound to the raw Ed25519 ``signing_key`` when given)."""
     check_node_id(node)
     ca_cert, ca_key = _load_ca(ca_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +124,7 @@ def issue_cert(ca_dir: Path, node: str, sans: list[str], out: Path) -> tuple[Pat
             names.append(x509.DNSName(s))
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
         .issuer_name(ca_cert.subject)
@@ -125,11 +138,61 @@ def issue_cert(ca_dir: Path, node: str, sans: list[str], out: Path) -> tuple[Pat
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if signing_key is not None:
+        spki = public_pem_der(signing_key)
+        builder = builder.add_extension(x509.UnrecognizedExtension(SIGNING_KEY_OID, spki), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def public_pem_der(public_raw: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of a raw Ed25519 public key."""
+    return Ed25519PublicKey.from_public_bytes(public_raw).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def signing_key_of(cert: x509.Certificate) -> bytes | None:
+    """The raw Ed25519 key a node certificate binds (None: it binds none); ConfigError
+    when the extension is there but holds no Ed25519 key."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(SIGNING_KEY_OID)
+    except x509.ExtensionNotFound:
+        return None
+    try:
+        key = serialization.load_der_public_key(ext.value.value)
+    except (ValueError, TypeError, AttributeError):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError("the certificate's signing-key extension holds no Ed25519 public key")
+    return key.public_bytes_raw()
+
+
+def check_own_cert(cert_path: Path, node_id: str, public_raw: bytes) -> str | None:
+    """Refuse a certificate of another node or bound to another signing key; a warning
+    (or None) for one bound to no signing key."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the cluster certificate {cert_path}: {e}") from None
+    named = node_id_of(cert.public_bytes(serialization.Encoding.DER))
+    if named != node_id:
+        raise ConfigError(f"the cluster certificate {cert_path} is for node {named!r}, not {node_id!r}")
+    bound = signing_key_of(cert)
+    if bound is None:
+        return (
+            f"the cluster certificate {cert_path} binds no signing key: peers will not cosign this node's "
+            "checkpoints (reissue it: auditlog cluster issue-cert ... --signing-key <data-dir>/node.pub)"
+        )
+    if bound != public_raw:
+        raise ConfigError(
+            f"the cluster certificate {cert_path} binds another signing key than this node's node.pub "
+            "(reissue it with --signing-key <data-dir>/node.pub)"
+        )
+    return None
 
 
 def node_id_of(der_or_dict) -> str | None:

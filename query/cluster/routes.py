@@ -1,4 +1,5 @@
-"""The peer listener (mutual TLS): node-local scans, head, signatures, checkpoints.
+"""The peer listener (mutual TLS): node-local scans, head, verify, and the witness's
+routes (checkpoints to cosign, the tree answers cluster verification asks for).
 
 Only a client presenting a certificate from the cluster CA gets past the TLS
 handshake; on top of that its certificate's node id must be a configured peer.
@@ -23,9 +24,7 @@ from query.scan import read_node, scan_node
 from query.sources import LineTaker
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
-MAX_SIGNATURE_SEQS = 10000
-#: request bodies the peer listener takes (a signature request of
-#: MAX_SIGNATURE_SEQS seqs is a small fraction of it)
+#: request bodies the peer listener takes (each route takes far less)
 MAX_PEER_BODY = 1024 * 1024
 
 
@@ -136,74 +135,48 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response(report.to_dict())
 
 
-async def signatures(request: web.Request) -> web.Response:
-    """Signatures of the entries at the given seqs (for witness checks).
+async def add_checkpoint(request: web.Request) -> web.Response:
+    """A peer's checkpoint to cosign (c2sp.org/tlog-witness shape: ``old <size>``, the
+    consistency proof, a blank line, the signed note): its cosignature line, or why not
+    (JSON ``{"error", "kind", "cosigned_size"}``; 409 with the size to try again from)."""
+    node, der = peer_node(request)
+    from query.cluster.witness import MAX_SUBMISSION, WitnessRefused
 
-    ``POST`` with a JSON body ``{"seqs": [...]}`` (how nodes ask); ``GET
-    ?seqs=1,2,3`` is still answered for nodes of earlier versions (its request
-    line bounds it to about a thousand seqs).  At most ``MAX_SIGNATURE_SEQS``
-    seqs either way."""
+    body = await _body(request, MAX_SUBMISSION)
+    cluster = request.app[CLUSTER]
+    try:
+        line = await cluster.witness.add_checkpoint(node, der, body)
+    except WitnessRefused as e:
+        r = e.refusal
+        return web.json_response(
+            {"error": r.detail, "kind": r.kind, "cosigned_size": r.witnessed_size}, status=e.http_status
+        )
+    return web.Response(text=line, content_type="text/plain")
+
+
+async def tree(request: web.Request) -> web.Response:
+    """This node's newest signed checkpoint and the consistency proof to it from
+    ``{"old": size}`` (how cluster verification checks what witnesses cosigned)."""
     peer_node(request)
     service = request.app[NODE]
-    if request.method == "POST":
-        seqs = await _posted_seqs(request)
-    else:
-        raw = request.rel_url.query.get("seqs", "")
-        parts = [s for s in raw.split(",") if s]
-        if not all(s.isascii() and s.isdigit() for s in parts):
-            raise QueryError("seqs must be comma-separated whole numbers")
-        seqs = [int(s) for s in parts]
-    if len(seqs) > MAX_SIGNATURE_SEQS:
-        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request, not {len(seqs)}")
-    return web.json_response(await service.run(service.signatures_at, seqs))
-
-
-async def _posted_seqs(request: web.Request) -> list[int]:
+    raw = await _body(request, 1024)
     try:
-        raw = await request.read()
+        old = orjson.loads(raw).get("old")
+    except (orjson.JSONDecodeError, AttributeError):
+        old = None
+    if type(old) is not int or not 0 <= old < 1 << 63:
+        raise QueryError('tree body must be {"old": size}')
+    return web.json_response(await service.run(service.tree_answer, old))
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
+    try:
+        raw = await request.content.read(limit + 1)
     except web.HTTPRequestEntityTooLarge:
-        raise PeerBodyTooLarge(f"request body too large (limit {MAX_PEER_BODY} bytes)") from None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise QueryError(f"signatures body is not JSON: {e}"[:200]) from None
-    seqs = body.get("seqs") if isinstance(body, dict) else None
-    if not isinstance(seqs, list):
-        raise QueryError('signatures body must be {"seqs": [whole numbers]}')
-    if len(seqs) > MAX_SIGNATURE_SEQS:
-        raise QueryError(f"at most {MAX_SIGNATURE_SEQS} seqs per request, not {len(seqs)}")
-    if not all(type(s) is int and 0 <= s < 1 << 63 for s in seqs):
-        raise QueryError("seqs must be whole numbers")
-    return seqs
-
-
-async def checkpoint(request: web.Request) -> web.Response:
-    node, der = peer_node(request)
-    service = request.app[NODE]
-    try:
-        body = await request.json()
-        cp, sig = body["checkpoint"], body["witness_signature"]
-        ok = (
-            isinstance(cp, dict)
-            and cp.get("node") == node
-            and type(cp.get("seq")) is int
-            and isinstance(cp.get("signature"), str)
-            and len(cp["signature"]) == 64
-            and isinstance(cp.get("ts"), str)
-            and isinstance(sig, str)
-            and len(sig) < 400
-        )
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise QueryError(
-            "checkpoint body must be {checkpoint: {node, seq, signature, ts}, witness_signature} for the calling node"
-        )
-    from query.cluster.witness import verify_checkpoint, witness_draft
-
-    verify_checkpoint(der, cp, sig)
-    res = await service.committer.append([witness_draft(cp, sig, der)])
-    return web.json_response({"witnessed_by": service.node_id, "id": f"{service.node_id}:{res.first_seq}"}, status=201)
+        raw = b"x" * (limit + 1)
+    if len(raw) > limit:
+        raise PeerBodyTooLarge(f"request body too large (limit {limit} bytes)")
+    return raw
 
 
 def create_peer_app(service, cluster) -> web.Application:
@@ -213,7 +186,6 @@ def create_peer_app(service, cluster) -> web.Application:
     app.router.add_get("/peer/v1/scan", scan)
     app.router.add_get("/peer/v1/head", head)
     app.router.add_get("/peer/v1/verify", verify)
-    app.router.add_get("/peer/v1/signatures", signatures)
-    app.router.add_post("/peer/v1/signatures", signatures)
-    app.router.add_post("/peer/v1/checkpoint", checkpoint)
+    app.router.add_post("/peer/v1/add-checkpoint", add_checkpoint)
+    app.router.add_post("/peer/v1/tree", tree)
     return app

@@ -1,219 +1,337 @@
-"""Witnessed checkpoints: peers hold signed copies of each node's chain head.
+"""Witnesses that cosign: every node checks its peers' signed checkpoints and
+cosigns each only after a consistency proof from the last one it cosigned
+(FORMAT.md section 16; ``engine.cosign`` holds the rule and the format).
 
-Every ``checkpoint_interval`` a node signs ``(node, seq, signature of entry
-seq, ts)`` with its cluster TLS key and sends it to its peers, which check the
-signature against the certificate the node presented and append it to their
-own logs as ``audit.checkpoint``.  Cluster verification then compares each
-node's chain with what its peers witnessed: a log shorter than a witnessed
-head (``witness_truncated``) or an entry whose signature differs from the
-witnessed one (``witness_mismatch``, history rewritten even with the node's
-HMAC key) is reported.  A local hash chain alone cannot see a cut tail.
+A node hands its newest checkpoint to each peer (``checkpoints.cosign_round``)
+as c2sp.org/tlog-witness does: ``old <size>``, the consistency proof from that
+size, a blank line and the signed note.  The witness takes the log's Ed25519
+key from the log's certificate (the mTLS one, which the cluster CA issued with
+``--signing-key``), checks the note's signature and origin, and judges it
+against the last tree it cosigned of that log.  What it cosigns it records in
+its own log (``audit.checkpoint``: the note, its cosignature, the key) before
+answering; a smaller tree after a larger one, a second root for a size or a
+proof that does not hold it refuses and records (``audit.checkpoint_refused``),
+once per distinct refusal.  Its state (the last tree cosigned per log) is a
+projection of those entries.
 
-Every checkpoint a witness holds is checked, however old, unless retention
-has since dropped its seq from the node's log: the witness's checkpoints are
-streamed in chunks and the node is asked for the signatures at
-``SIGNATURE_BATCH`` seqs at a time, so neither memory nor a request grows
-with the age of the cluster.  Checkpoints that fail the same way one after
-the other (as a witness holds them) make one violation naming their seq
-range and how many there are, so a rewritten stretch of history is one
-finding per witness, not thousands.
+``verify?scope=cluster`` reads, for every node and every witness, the newest
+tree the witness cosigned of the node and its refusals, and asks the node for a
+consistency proof from that tree to its own newest one (``ClusterFindings``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import asyncio
+import base64
+import binascii
 import logging
-from pathlib import Path
+import re
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from engine import clock
+from engine.cosign import Refusal, cosign, judge, witness_name
 from engine.entry import EntryDraft, format_ts
+from engine.note import Checkpoint, NoteError, Verifier, open_note
+from engine.tree import origin
+from query.cluster.pki import signing_key_of
 from query.errors import QueryError
 
 log = logging.getLogger("auditlog.witness")
 
-#: seqs per signature request to a node (the peer listener takes up to
-#: ``routes.peer.MAX_SIGNATURE_SEQS``); small enough that the node's answer
-#: comes well within ``peer_timeout`` even when the seqs lie far apart
-SIGNATURE_BATCH = 200
-#: a node computing signatures walks its log from one requested seq to the
-#: next, unless they are more than this many entries apart (then a fresh scan
-#: starts at the next one: a scan's start costs about as much as this walk)
-WALK_GAP = 1024
-#: violations reported per node and witness; further runs are folded into one
-#: violation per kind (damage scattered all over a log must not grow the report
-#: without bound)
-MAX_RUNS_PER_WITNESS = 1000
+COSIGNED_ACTION = "audit.checkpoint"
+REFUSED_ACTION = "audit.checkpoint_refused"
+#: a submission's size at most (the note is at most 64 KiB, a proof 64 hashes)
+MAX_SUBMISSION = 80 * 1024
+MAX_PROOF_HASHES = 64
+_OLD = re.compile(r"old (0|[1-9][0-9]{0,18})")
+#: the violation kind each refusal is evidence of
+REFUSAL_KINDS = {
+    "rollback": "witness_truncated",
+    "inconsistent": "witness_mismatch",
+    "split_view": "witness_split_view",
+}
 
 
-def checkpoint_bytes(cp: dict) -> bytes:
-    return json.dumps([cp["node"], cp["seq"], cp["signature"], cp["ts"]], separators=(",", ":")).encode()
+class WitnessRefused(QueryError):
+    """The witness does not cosign; ``refusal`` says why."""
+
+    STATUS = {"stale_old": 409, "split_view": 409, "rollback": 400, "inconsistent": 422}
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+        self.http_status = self.STATUS[refusal.kind]
 
 
-def sign_checkpoint(key_path: str | Path, cp: dict) -> str:
-    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
-    return key.sign(checkpoint_bytes(cp), ec.ECDSA(hashes.SHA256())).hex()
+class WitnessForbidden(QueryError):
+    http_status = 403
 
 
-def verify_checkpoint(cert_der: bytes, cp: dict, sig_hex: str) -> None:
-    cert = x509.load_der_x509_certificate(cert_der)
+# -- the submission (c2sp.org/tlog-witness add-checkpoint body) -------------------------
+
+
+def submission(old_size: int, proof: list[bytes], note: str) -> bytes:
+    lines = [f"old {old_size}", *(base64.b64encode(h).decode() for h in proof)]
+    return ("\n".join(lines) + "\n\n" + note).encode()
+
+
+def parse_submission(body: bytes) -> tuple[int, list[bytes], str]:
+    """``(old size, consistency proof, signed note)`` of an add-checkpoint body."""
+    if len(body) > MAX_SUBMISSION:
+        raise QueryError(f"a checkpoint submission is at most {MAX_SUBMISSION} bytes")
     try:
-        cert.public_key().verify(bytes.fromhex(sig_hex), checkpoint_bytes(cp), ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError, TypeError):
-        raise QueryError("checkpoint signature does not verify against the peer's certificate") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise QueryError("a checkpoint submission is UTF-8 text") from None
+    head, sep, note = text.partition("\n\n")
+    lines = head.split("\n")
+    m = _OLD.fullmatch(lines[0]) if sep else None
+    if m is None:
+        raise QueryError("a checkpoint submission is 'old <size>', the proof lines, a blank line and the note")
+    if len(lines) - 1 > MAX_PROOF_HASHES:
+        raise QueryError(f"a consistency proof has at most {MAX_PROOF_HASHES} hashes")
+    proof = []
+    for line in lines[1:]:
+        try:
+            h = base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            h = b""
+        if len(h) != 32 or base64.b64encode(h).decode() != line:
+            raise QueryError("each proof line is a base64 SHA-256 hash")
+        proof.append(h)
+    return int(m.group(1)), proof, note
 
 
-def current_head(service) -> dict | None:
-    """This node's committed head as a checkpoint body, or None for an empty log."""
-    seq, ts = service.log.head()
-    if seq < 1:
-        return None
-    e = service.log.get(seq)
-    if e is None or e.integrity != "ok":
-        return None
-    return {"node": service.node_id, "seq": seq, "signature": e.signature.hex(), "ts": format_ts(e.ts)}
-
-
-def witness_draft(cp: dict, witness_sig: str, cert_der: bytes) -> EntryDraft:
+def cosigned_draft(node: str, cp: Checkpoint, note: str, line: str, vkey: Verifier) -> EntryDraft:
     return EntryDraft(
         "system",
-        "audit.checkpoint",
-        cp["node"],
+        COSIGNED_ACTION,
+        node,
         details={
-            "node": cp["node"],
-            "seq": cp["seq"],
-            "signature": cp["signature"],
-            "ts": cp["ts"],
-            "witness_signature": witness_sig,
-            "cert_sha256": hashlib.sha256(cert_der).hexdigest(),
+            "node": node,
+            "size": cp.size,
+            "root": cp.root.hex(),
+            "checkpoint": note,
+            "cosignature": line,
+            "key": str(vkey),
             "received": format_ts(clock.now_us()),
         },
     )
 
 
-def checkpoint_of(e, about: str) -> dict | None:
-    """The checkpoint about node ``about`` that a witness's ``audit.checkpoint``
-    entry holds, or None when the entry is no such evidence (it does not verify,
-    was not written by the log itself, or is about another node)."""
+def refused_draft(node: str, cp: Checkpoint, note: str, r: Refusal, last: tuple[int, bytes] | None) -> EntryDraft:
+    return EntryDraft(
+        "system",
+        REFUSED_ACTION,
+        node,
+        success=False,
+        details={
+            "node": node,
+            "reason": r.kind,
+            "detail": r.detail,
+            "size": cp.size,
+            "root": cp.root.hex(),
+            "checkpoint": note,
+            "cosigned_size": last[0] if last else 0,
+            "cosigned_root": last[1].hex() if last else None,
+        },
+    )
+
+
+def cosigned_of(e, about: str) -> dict | None:
+    """The tree a witness's ``audit.checkpoint`` entry says it cosigned of ``about``
+    (size, root bytes, the log's key, when), or None when the entry is no such
+    record (it does not verify, was not written by the log itself, is about another
+    node or of an earlier version)."""
     d = e.details
-    if (
-        e.integrity != "ok"
-        or e.user != "system"
-        or not isinstance(d, dict)
-        or d.get("node") != about
-        or type(d.get("seq")) is not int
-    ):
+    if e.integrity != "ok" or e.user != "system" or e.action != COSIGNED_ACTION or not isinstance(d, dict):
         return None
-    return {"seq": d["seq"], "signature": d.get("signature"), "ts": d.get("ts")}
+    if d.get("node") != about or type(d.get("size")) is not int or not isinstance(d.get("root"), str):
+        return None
+    try:
+        root = bytes.fromhex(d["root"])
+        key = Verifier.parse(d.get("key", ""))
+    except (ValueError, NoteError):
+        return None
+    if len(root) != 32:
+        return None
+    return {"size": d["size"], "root": root, "key": key, "ts": format_ts(e.ts), "seq": e.seq}
 
 
-class WitnessFindings:
-    """Violations of node ``node``'s log against the checkpoints one witness holds.
+def refusal_of(e, about: str) -> dict | None:
+    d = e.details
+    if e.integrity != "ok" or e.user != "system" or e.action != REFUSED_ACTION or not isinstance(d, dict):
+        return None
+    if d.get("node") != about or d.get("reason") not in REFUSAL_KINDS or type(d.get("size")) is not int:
+        return None
+    return {
+        "reason": d["reason"],
+        "size": d["size"],
+        "cosigned_size": d.get("cosigned_size"),
+        "ts": format_ts(e.ts),
+        "detail": str(d.get("detail", ""))[:300],
+    }
 
-    Fed in the witness's order, a chunk at a time, with the node's answer for
-    that chunk (``signatures_at``: first_seq, head_seq, sigs).  A run of
-    checkpoints that fail the same way one after the other is one violation.
-    """
+
+# -- the witness ---------------------------------------------------------------------
+
+
+class Witness:
+    """This node as the witness of its peers' logs."""
+
+    def __init__(self, service):
+        self.service = service
+        self.name = witness_name(service.node_id)
+        #: per log: the last tree cosigned (size, root), or None; absent until read from the log
+        self._last: dict[str, tuple[int, bytes] | None] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: per log: the last refusal recorded by this process (recorded once)
+        self._refused: dict[str, tuple] = {}
+
+    def last_cosigned(self, node: str) -> tuple[int, bytes] | None:
+        """The last tree of ``node`` this witness cosigned, from its own log."""
+        from query.filters import Filter
+        from query.scan import scan_node
+
+        flt = Filter.from_params({"action": COSIGNED_ACTION, "target": node})
+        for e in scan_node(self.service.log, flt, order="desc"):
+            got = cosigned_of(e, node)
+            if got is not None:
+                return got["size"], got["root"]
+        return None
+
+    async def add_checkpoint(self, node: str, cert_der: bytes, body: bytes) -> str:
+        """Cosign ``node``'s submitted checkpoint, or raise why not (recording the refusal
+        when it is evidence).  The cosignature is returned once its record is durable."""
+        old, proof, note = parse_submission(body)
+        public_raw = signing_key_of(x509.load_der_x509_certificate(cert_der))
+        if public_raw is None:
+            raise WitnessForbidden(
+                f"the certificate of {node} binds no signing key: nothing to check its checkpoints against "
+                "(reissue it with auditlog cluster issue-cert --signing-key)"
+            )
+        vkey = Verifier.of(origin(node), public_raw)
+        try:
+            text, _ = open_note(note, [vkey])
+            cp = Checkpoint.parse(text)
+        except NoteError as e:
+            raise WitnessForbidden(f"not a checkpoint signed by {node}'s key: {e}") from None
+        if cp.origin != origin(node):
+            raise WitnessForbidden(f"the checkpoint's origin is {cp.origin!r}, not {origin(node)!r}")
+        svc = self.service
+        async with self._locks.setdefault(node, asyncio.Lock()):
+            if node not in self._last:
+                self._last[node] = await svc.run(self.last_cosigned, node)
+            last = self._last[node]
+            refusal = judge(last, old, cp, proof)
+            if refusal is not None:
+                seen = (refusal.kind, cp.size, cp.root)
+                if refusal.evidence and self._refused.get(node) != seen:
+                    await svc.committer.append([refused_draft(node, cp, note, refusal, last)])
+                    self._refused[node] = seen
+                    log.warning("refused to cosign %s's checkpoint of %d entries: %s", node, cp.size, refusal.detail)
+                raise WitnessRefused(refusal)
+            line = cosign(text, self.name, svc.writer.signing_key, clock.now_us() // 1_000_000)
+            if last is None or cp.size > last[0]:
+                await svc.committer.append([cosigned_draft(node, cp, note, line, vkey)])
+                self._last[node] = (cp.size, cp.root)
+            return line
+
+
+# -- what cluster verification finds ----------------------------------------------------
+
+
+class ClusterFindings:
+    """The violations of node ``node``'s log that one witness's records show: its
+    refusals (one violation per kind, however many) and the check of the newest
+    tree it cosigned against the node's own newest tree."""
 
     def __init__(self, node: str, witness: str):
         self.node = node
         self.witness = witness
-        self.violations: list[dict] = []
-        self._run: dict | None = None
-        self._overflow: dict[str, dict] = {}
+        self._refusals: dict[str, dict] = {}
 
-    def check(self, checkpoints: list[dict], answer: dict) -> None:
-        head_seq, first_seq = answer["head_seq"], answer["first_seq"]
-        sigs = answer.get("sigs", {})
-        for cp in checkpoints:
-            s = cp["seq"]
-            if s > head_seq:
-                self._note("beyond", cp, head_seq)
-            elif s < first_seq:
-                self._end_run()  # dropped by retention: no evidence either way
-            else:
-                have = sigs.get(str(s))
-                if have is None:
-                    self._note("missing", cp, head_seq)
-                elif have != cp["signature"]:
-                    self._note("mismatch", cp, head_seq)
-                else:
-                    self._end_run()
-
-    def finish(self) -> list[dict]:
-        self._end_run()
-        for run in self._overflow.values():
-            v = self._violation(run)
-            v["detail"] += f" [{run['runs']} separate runs beyond the first {MAX_RUNS_PER_WITNESS} findings]"
-            self.violations.append(v)
-        self._overflow = {}
-        return self.violations
-
-    def _note(self, how: str, cp: dict, head_seq: int) -> None:
-        run = self._run
-        if run is not None and run["how"] == how:
-            _extend(run, cp["seq"], cp["seq"], 1, cp["ts"], head_seq)
+    def refusal(self, r: dict) -> None:
+        got = self._refusals.get(r["reason"])
+        if got is None:
+            self._refusals[r["reason"]] = dict(r, count=1, first_ts=r["ts"], min_size=r["size"], max_size=r["size"])
             return
-        self._end_run()
-        self._run = {
-            "how": how,
-            "seq_from": cp["seq"],
-            "seq_to": cp["seq"],
-            "count": 1,
-            "first_ts": cp["ts"],
-            "last_ts": cp["ts"],
-            "head_seq": head_seq,
-            "runs": 1,
+        got["count"] += 1
+        got["ts"] = r["ts"]
+        got["min_size"] = min(got["min_size"], r["size"])
+        got["max_size"] = max(got["max_size"], r["size"])
+
+    def violations(self) -> list[dict]:
+        out = []
+        for reason, r in sorted(self._refusals.items()):
+            n = r["count"]
+            when = r["first_ts"] if n == 1 else f"{r['first_ts']} .. {r['ts']}"
+            sizes = str(r["min_size"]) if n == 1 else f"{r['min_size']}..{r['max_size']}"
+            what = {"rollback": "a smaller tree", "inconsistent": "a tree that does not extend it"}.get(
+                reason, "a second root for a cosigned size"
+            )
+            cosigned = r.get("cosigned_size") or 0
+            out.append(
+                self._v(
+                    REFUSAL_KINDS[reason],
+                    min(r["min_size"], cosigned) + 1 if reason == "rollback" else 1,
+                    max(cosigned, r["max_size"]),
+                    f"{self.witness} refused {n} checkpoint(s) of {sizes} entries ({when}): after cosigning "
+                    f"{cosigned} entries it was shown {what} ({r['detail']})",
+                )
+            )
+        return out
+
+    def check_head(self, cosigned: dict, answer: dict) -> dict | None:
+        """The newest tree the witness cosigned (``cosigned_of``) against the node's
+        answer (``tree_answer``: its newest signed checkpoint and the consistency
+        proof from the cosigned size); a violation, or None when they agree."""
+        from engine.merkle import verify_consistency
+
+        m, when = cosigned["size"], cosigned["ts"]
+        if "error" in answer:
+            return self._v(
+                "witness_mismatch",
+                1,
+                m,
+                f"{self.witness} cosigned a tree of {m} entries at {when}, but the log's tree cannot answer: "
+                f"{str(answer['error'])[:300]}",
+            )
+        try:
+            text, _ = open_note(answer["checkpoint"], [cosigned["key"]])
+            cp = Checkpoint.parse(text)
+            proof = [bytes.fromhex(h) for h in answer["proof"]]
+        except (NoteError, KeyError, TypeError, ValueError) as e:
+            return self._v(
+                "witness_mismatch",
+                1,
+                m,
+                f"the node's newest checkpoint does not verify with the key {self.witness} cosigned under ({e})",
+            )
+        if cp.size < m:
+            return self._v(
+                "witness_truncated",
+                cp.size + 1,
+                m,
+                f"{self.witness} cosigned a tree of {m} entries at {when}, but the log's tree has {cp.size}",
+            )
+        if not verify_consistency(m, cp.size, cosigned["root"], cp.root, proof):
+            return self._v(
+                "witness_mismatch",
+                1,
+                m,
+                f"the log's tree of {cp.size} entries does not extend the tree of {m} entries {self.witness} "
+                f"cosigned at {when} (history rewritten)",
+            )
+        return None
+
+    def _v(self, kind: str, seq_from: int, seq_to: int, detail: str) -> dict:
+        return {
+            "kind": kind,
+            "node": self.node,
+            "seq_from": seq_from,
+            "seq_to": seq_to,
+            "segment": None,
+            "detail": detail,
         }
-
-    def _end_run(self) -> None:
-        run, self._run = self._run, None
-        if run is None:
-            return
-        if len(self.violations) < MAX_RUNS_PER_WITNESS:
-            self.violations.append(self._violation(run))
-            return
-        into = self._overflow.setdefault(run["how"], dict(run, runs=0, count=0))
-        _extend(into, run["seq_from"], run["seq_to"], run["count"], run["last_ts"], run["head_seq"])
-        into["runs"] += 1
-
-    def _violation(self, run: dict) -> dict:
-        who, how, n = self.witness, run["how"], run["count"]
-        lo, hi, head = run["seq_from"], run["seq_to"], run["head_seq"]
-        when = run["first_ts"] if n == 1 else f"{run['first_ts']} .. {run['last_ts']}"
-        if how == "beyond":
-            kind, seq_from = "witness_truncated", head + 1
-            detail = (
-                f"{who} witnessed seq {hi} at {when}, but the log ends at seq {head}"
-                if n == 1
-                else f"{who} witnessed seqs up to {hi} ({n} checkpoints, {when}), but the log ends at seq {head}"
-            )
-        elif how == "missing":
-            kind, seq_from = "witness_truncated", lo
-            detail = (
-                f"{who} witnessed seq {lo}, which is missing"
-                if n == 1
-                else f"{who} witnessed seqs in {lo}..{hi} ({n} checkpoints), which are missing"
-            )
-        else:
-            kind, seq_from = "witness_mismatch", lo
-            detail = (
-                f"entry {lo} differs from the one {who} witnessed at {when} (history rewritten)"
-                if n == 1
-                else f"entries in {lo}..{hi} differ from the ones {who} witnessed "
-                f"({n} checkpoints, {when}) (history rewritten)"
-            )
-        return {"kind": kind, "node": self.node, "seq_from": seq_from, "seq_to": hi, "segment": None, "detail": detail}
-
-
-def _extend(run: dict, lo: int, hi: int, count: int, last_ts, head_seq: int) -> None:
-    run["seq_from"] = min(run["seq_from"], lo)
-    run["seq_to"] = max(run["seq_to"], hi)
-    run["count"] += count
-    run["last_ts"] = last_ts
-    run["head_seq"] = head_seq
