@@ -56,10 +56,14 @@ def _wire(entries) -> list[dict]:
     return [json.loads(line) for line in ndjson_lines(entries)]
 
 
-def build_bundle(writer, log, data_dir, flt: Filter) -> BuiltBundle:
-    """The bundle of ``flt``'s entries of this node (``writer`` must be open)."""
+def build_bundle(writer, log, data_dir, flt: Filter, cosign=None) -> BuiltBundle:
+    """The bundle of ``flt``'s entries of this node (``writer`` must be open).
+    ``cosign`` (in a cluster) takes the new signed checkpoint and returns it with the
+    cosignature lines of the peers that cosigned it."""
     node_id = writer.node
     note, _ = record_tree_head(writer)
+    if cosign is not None:
+        note = cosign(note)
     cp = Checkpoint.parse(parse(note)[0])
     entries = []
     for e in scan_node(log, flt):

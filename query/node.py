@@ -464,12 +464,29 @@ class RunningNode:
             proof = tree.consistency(a, b)
             return {"node": self.node_id, "old_size": a, "new_size": b, "proof": [h.hex() for h in proof]}
 
-    def make_bundle(self, flt):
-        """An evidence bundle of this node's entries matching ``flt`` (``query.bundles``)."""
+    def make_bundle(self, flt, loop=None):
+        """An evidence bundle of this node's entries matching ``flt`` (``query.bundles``).
+        In a cluster (given the event ``loop``: this runs in a worker) its checkpoint is
+        handed to the peers first and carries their cosignatures."""
         from query.bundles import build_bundle
 
+        cosign = None
+        if loop is not None and self.cluster is not None and self.cluster.peers:
+            from query.cluster.checkpoints import cosign_round
+
+            cluster = self.cluster
+
+            def cosign(note: str) -> str:
+                wait = cluster.settings.peer_timeout * 4 + 5
+                try:
+                    lines = asyncio.run_coroutine_threadsafe(cosign_round(cluster, note), loop).result(wait)
+                except Exception as e:  # the bundle goes out uncosigned, which its verifier says
+                    log.warning("the bundle's checkpoint was not cosigned: %r", e)
+                    return note
+                return note + "".join(lines[p] for p in sorted(lines))
+
         with self._tree_lock:
-            built = build_bundle(self.writer, self.log, self.data_dir, flt)
+            built = build_bundle(self.writer, self.log, self.data_dir, flt, cosign)
             self._tree_head = (built.checkpoint_size + 1, self.writer.active_name, time.monotonic())
         self.metrics.inc("auditlog_tree_heads_total")
         return built

@@ -250,3 +250,131 @@ def check(bundle: bytes, pem: bytes) -> list[str]:
     elif info["claim"] != "authentic":
         problems.append("unknown claim")
     return problems
+
+
+# -- the cluster bundle (sections 15.4 and 16) -----------------------------------------------
+
+SIGNING_KEY_OID = "2.25.139413223633151210234107594431944771424"
+
+
+def _cert_key(pem: bytes, node: str, cas: list) -> bytes | str:
+    """The Ed25519 key the node certificate binds, or what is wrong with it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    cert = x509.load_pem_x509_certificate(pem)
+    issued = False
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            issued = True
+        except (ValueError, TypeError, InvalidSignature):
+            pass
+    if not issued:
+        return f"{node}: not issued by the CA"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    if f"auditlog-node:{node}" not in san.get_values_for_type(x509.UniformResourceIdentifier):
+        return f"{node}: the certificate names another node"
+    for ext in cert.extensions:
+        if ext.oid.dotted_string == SIGNING_KEY_OID:
+            return load_der_public_key(ext.value.value).public_bytes_raw()
+    return f"{node}: the certificate binds no signing key"
+
+
+def cosigned(note: bytes, witness: str, pub: bytes) -> bool:
+    """Whether the checkpoint note carries a valid cosignature/v1 of ``witness``."""
+    s = note.decode("utf-8")
+    cut = s.rfind("\n\n")
+    text, sigs = s[: cut + 1], s[cut + 2 :].split("\n")[:-1]
+    name = f"auditlog/{witness}/witness"
+    kid = hashlib.sha256(name.encode() + b"\n\x04" + pub).digest()[:4]
+    for line in sigs:
+        who, b64 = line[2:].split(" ")
+        raw = base64.b64decode(b64, validate=True)
+        if who != name or raw[:4] != kid or len(raw) != 4 + 8 + 64:
+            continue
+        t = struct.unpack(">Q", raw[4:12])[0]
+        msg = b"cosignature/v1\ntime " + str(t).encode() + b"\n" + text.encode()
+        try:
+            load_pem_or_raw(pub).verify(raw[12:], msg)
+            return True
+        except InvalidSignature:
+            return False
+    return False
+
+
+def check_cluster(bundle: bytes, ca_pem: bytes, min_cosigners: int = 1) -> list[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    try:
+        cas = x509.load_pem_x509_certificates(ca_pem)
+        with tarfile.open(fileobj=io.BytesIO(bundle)) as tf:
+            members = [(i.name, tf.extractfile(i).read()) for i in tf.getmembers()]
+    except Exception as e:  # an auditor's script: anything unreadable is a failure
+        return [f"unreadable: {e}"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, body in members:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(body), 0, 0o644, 0, 0, "", ""
+            tf.addfile(ti, io.BytesIO(body))
+    if buf.getvalue() != bundle:
+        return ["not the canonical archive of its members"]
+    if not members or members[0][0] != "manifest.txt":
+        return ["no manifest first"]
+    m = dict(members[1:])
+    keys: dict[str, bytes] = {}
+    for name, body in members[1:]:
+        if name.endswith(".pem"):
+            try:
+                got = _cert_key(body, name[:-4], cas)
+            except Exception as e:
+                got = f"{name}: {e}"
+            if isinstance(got, str):
+                return [got]
+            keys[name[:-4]] = got
+    manifest = m.get("manifest.txt") or members[0][1]
+    lines = manifest.decode("utf-8").split("\n")
+    if lines[0] != "auditlog cluster evidence bundle v1" or not lines[1].startswith("exporter: "):
+        return ["not a cluster bundle"]
+    exporter = lines[1][len("exporter: ") :]
+    if exporter not in keys:
+        return ["the exporter's certificate is missing"]
+    text = note_text(manifest, f"auditlog/{exporter}", keys[exporter])
+    if text is None:
+        return ["the manifest is not signed by the exporting node"]
+    named = {}
+    for x in text.rstrip("\n").split("\n"):
+        if x.startswith("sha256 "):
+            _, name, hexd = x.split(" ")
+            named[name] = hexd
+    if sorted(named) != sorted(m):
+        return ["the manifest names other members than the bundle holds"]
+    problems = []
+    for name, body in m.items():
+        if hashlib.sha256(body).hexdigest() != named[name]:
+            problems.append(f"{name} is not the one the manifest names")
+    for name, body in m.items():
+        if not name.endswith(".bundle"):
+            continue
+        node = name[: -len(".bundle")]
+        if node not in keys:
+            problems.append(f"{name} has no certificate")
+            continue
+        pem = Ed25519PublicKey.from_public_bytes(keys[node]).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+        try:
+            problems += [f"{node}: {p}" for p in check(body, pem)]
+            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+                note = tf.extractfile("checkpoint.txt").read()
+            n = sum(cosigned(note, w, k) for w, k in keys.items() if w != node)
+        except Exception as e:  # an auditor's script: anything unreadable is a failure
+            problems.append(f"{node}: unreadable ({e!r})")
+            continue
+        others = set(keys) | {x.split(" ")[1].rstrip(":") for x in text.split("\n") if x.startswith("unreachable ")}
+        if n < min(min_cosigners, len(others - {node})):
+            problems.append(f"{node}: its checkpoint has {n} cosignatures")
+    return problems

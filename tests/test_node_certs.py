@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 from helpers_http import AUDITLOG, clean_env, free_port, run_cli
 
+from engine.identity import SIGNING_KEY_OID, signing_key_of
 from engine.signing import read_public_key
-from query.cluster.pki import SIGNING_KEY_OID, check_own_cert, signing_key_of
+from query.cluster.pki import check_own_cert
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

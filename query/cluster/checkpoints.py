@@ -10,7 +10,8 @@ import logging
 
 import orjson
 
-from engine.note import Checkpoint, parse
+from engine.cosign import witness_name
+from engine.note import Checkpoint, NoteError, parse
 from engine.tree import TreeError
 from query.cluster.fanout import Cluster, PeerSource
 from query.cluster.peers import PeerError
@@ -38,8 +39,19 @@ async def _submit(cluster: Cluster, node: str, note: str, size: int) -> str:
             proof = [bytes.fromhex(h) for h in got["proof"]]
         status, body = await client.post("/add-checkpoint", submission(old, proof, note), "text/plain")
         if status == 200:
+            line = body.decode("utf-8", "replace")
+            try:
+                sigs = parse(note + line)[1]
+            except NoteError:
+                sigs = []
+            if not (
+                len(sigs) == len(parse(note)[1]) + 1
+                and sigs[-1].name == witness_name(node)
+                and len(sigs[-1].signature) == 8 + 64
+            ):
+                raise PeerError("answered something else than one cosignature line")
             cluster.cosigned_size[node] = size
-            return body.decode("utf-8", "replace")
+            return line
         try:
             why = orjson.loads(body)
         except orjson.JSONDecodeError:

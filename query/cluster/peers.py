@@ -121,6 +121,31 @@ class PeerClient:
         except (aiohttp.ClientError, ssl.SSLError, OSError, ValueError) as e:
             raise PeerError(_describe(e)) from None
 
+    async def get_bytes(self, path: str, params=None, *, limit: int, wait: float | None = None) -> tuple[bytes, dict]:
+        """GET ``path`` whole (at most ``limit`` bytes): the body and its headers.  The
+        connection must come within ``peer_timeout``; the answer, within ``wait``
+        seconds (default ``peer_timeout``), for a peer that has work to do first."""
+        wait = self.timeout if wait is None else wait
+        try:
+            async with asyncio.timeout(wait):
+                async with self.session.get(
+                    self.url + PEER_PREFIX + path,
+                    params=params,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                ) as resp:
+                    data = await resp.content.read(limit + 1)
+                    if resp.status != 200:
+                        raise PeerError(f"HTTP {resp.status}: {data[:200].decode('utf-8', 'replace')}")
+                    if len(data) > limit:
+                        raise PeerError(f"answer to {path} larger than {limit} bytes")
+                    return data, dict(resp.headers)
+        except TimeoutError:
+            raise PeerError(f"no answer within {wait:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise PeerError(f"TLS certificate rejected: {e.certificate_error}") from None
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as e:
+            raise PeerError(_describe(e)) from None
+
     async def post(self, path: str, body: bytes, content_type: str, limit: int = 1 << 20) -> tuple[int, bytes]:
         """POST ``body``; the status and the answer's bytes, whatever the status
         (PeerError only when no answer came)."""

@@ -14,8 +14,8 @@ import orjson
 from aiohttp import web
 
 from engine.entry import ENTRY_SUB
+from engine.identity import node_id_of
 from query.cluster.peers import entry_to_compact, pack_line_chunk
-from query.cluster.pki import node_id_of
 from query.errors import QueryError
 from query.filters import PARAM_NAMES, Filter
 from query.http.base import NODE, error_middleware
@@ -169,6 +169,34 @@ async def tree(request: web.Request) -> web.Response:
     return web.json_response(await service.run(service.tree_answer, old))
 
 
+async def bundle(request: web.Request) -> web.Response:
+    """This node's evidence bundle of the filter's entries, its checkpoint cosigned by
+    its peers, for a cluster bundle the calling node assembles; recorded as an export."""
+    node, _ = peer_node(request)
+    service = request.app[NODE]
+    q = request.rel_url.query
+    flt = Filter.from_params({k: q.getall(k) for k in PARAM_NAMES if k in q})
+    built = await service.run(service.make_bundle, flt, asyncio.get_running_loop())
+    await service.record(
+        "system", "audit.export", target=node, details={**built.export_details(flt), "requested_by": node}
+    )
+    return web.Response(body=built.data, content_type="application/x-tar", headers={"X-Bundle-SHA256": built.sha256})
+
+
+async def certificate(request: web.Request) -> web.Response:
+    """This node's cluster certificate (PEM): it binds the node id to its signing key."""
+    peer_node(request)
+    cluster = request.app[CLUSTER]
+    service = request.app[NODE]
+    pem = await service.run(_read_small, cluster.settings.cert)
+    return web.Response(body=pem, content_type="application/x-pem-file")
+
+
+def _read_small(path: str, limit: int = 64 * 1024) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
 async def _body(request: web.Request, limit: int) -> bytes:
     try:
         raw = await request.content.read(limit + 1)
@@ -188,4 +216,6 @@ def create_peer_app(service, cluster) -> web.Application:
     app.router.add_get("/peer/v1/verify", verify)
     app.router.add_post("/peer/v1/add-checkpoint", add_checkpoint)
     app.router.add_post("/peer/v1/tree", tree)
+    app.router.add_get("/peer/v1/bundle", bundle)
+    app.router.add_get("/peer/v1/certificate", certificate)
     return app

@@ -32,9 +32,9 @@ from cryptography import x509
 from engine import clock
 from engine.cosign import Refusal, cosign, judge, witness_name
 from engine.entry import EntryDraft, format_ts
+from engine.identity import signing_key_of
 from engine.note import Checkpoint, NoteError, Verifier, open_note
 from engine.tree import origin
-from query.cluster.pki import signing_key_of
 from query.errors import QueryError
 
 log = logging.getLogger("auditlog.witness")

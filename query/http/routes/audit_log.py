@@ -362,20 +362,21 @@ async def export_bundle(request: web.Request) -> web.Response:
     key = authorize(request, "read")
     service = request.app[NODE]
     flt, _, _, _, _ = parse_query(request, allowed_extra=())
-    built = await service.run(service.make_bundle, flt)
-    await service.record(
-        key.name,
-        "audit.export",
-        ip=request.remote,
-        details={**built.export_details(flt), "api_key_id": key.id},
-    )
+    if service.cluster is not None and service.cluster.peers:
+        # every node's bundle, cosigned checkpoints and certificates: verified with the CA
+        from query.cluster.bundles import build_cluster_bundle
+
+        built = await build_cluster_bundle(service.cluster, flt)
+        details, name = built.details, f"auditlog-cluster-{service.node_id}.bundle"
+    else:
+        built = await service.run(service.make_bundle, flt)
+        details, name = built.export_details(flt), f"auditlog-{service.node_id}.bundle"
+    details = {**details, "sha256": built.sha256}
+    await service.record(key.name, "audit.export", ip=request.remote, details={**details, "api_key_id": key.id})
     return web.Response(
         body=built.data,
         content_type="application/x-tar",
-        headers={
-            "Content-Disposition": f'attachment; filename="auditlog-{service.node_id}.bundle"',
-            "X-Bundle-SHA256": built.sha256,
-        },
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "X-Bundle-SHA256": built.sha256},
     )
 
 
