@@ -1,6 +1,6 @@
 """Cluster evidence bundles: one node's bundle per node, and the certificates that
 let an auditor holding only the cluster CA certificate trust every node's key
-(FORMAT.md section 15.4).
+(FORMAT.md section 15.1).
 
 A cluster bundle is a canonical tar (as a node's bundle is) holding, in order:
 

@@ -367,7 +367,7 @@ def openapi_document() -> dict:
             },
             "/api/v1/audit-log/export.bundle": {
                 "get": {
-                    "summary": "Evidence bundle of this node's matching entries (tar; checked offline with node.pub); audited",
+                    "summary": "Evidence bundle of the matching entries (tar; checked offline with node.pub, or, on a node with peers, every node's bundle with cosigned checkpoints and certificates, checked with the cluster CA); audited",
                     "security": bearer,
                     "parameters": _filters(),
                     "responses": _responses({"200": {"description": "The bundle"}}, 400, 401, 403, 409),
