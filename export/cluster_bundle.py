@@ -64,10 +64,10 @@ def part_summary(part: bytes) -> dict:
         return {}
     fields = dict(ln.split(": ", 1) for ln in text.split("\n") if ": " in ln and not ln.startswith("\u2014"))
     out: dict = {"claim": fields.get("claim"), "checkpoint": fields.get("checkpoint")}
-    try:
-        out["entries"] = int(fields.get("entries", "").split(" ", 1)[0])
-    except ValueError:
-        pass
+    for key, text_value in (("entries", fields.get("entries", "")), ("checkpoint_size", out["checkpoint"] or "")):
+        word = text_value.removeprefix("size ").split(" ", 1)[0].rstrip(",")
+        if word.isdigit():
+            out[key] = int(word)
     return out
 
 

@@ -10,6 +10,7 @@ outside Latin-1 replaced, so a report is always produced.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Iterable
@@ -51,6 +52,10 @@ class _Report(FPDF):
         self.set_text_color(0)
 
 
+#: the date an embedded file carries (the bundle's own bytes say when it was made)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
 def render_pdf(
     entries: Iterable[Entry],
     *,
@@ -60,10 +65,14 @@ def render_pdf(
     generated_by: str = "",
     max_rows: int | None = None,
     evidence: str | None = None,
+    attachments: tuple[tuple[str, bytes], ...] = (),
 ) -> tuple[bytes, dict]:
     """Build the report; returns (PDF bytes, counts {"rows", "violations"}).  ``evidence``:
-    a line naming the evidence bundle of the same entries and the checkpoint it rests on."""
+    a line naming the evidence bundle of the same entries and the checkpoint it rests on;
+    ``attachments``: files embedded in the PDF, as (name, bytes) (the bundle itself)."""
     pdf = _Report(orientation="L", unit="mm", format="A4")
+    for name, data in attachments:
+        pdf.embed_file(bytes=data, basename=name, mime_type="application/x-tar", modification_date=_EPOCH)
     regular, bold = _find_font()
     if regular:
         pdf.add_font("DejaVu", "", regular)

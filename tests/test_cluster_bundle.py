@@ -190,3 +190,24 @@ def test_a_node_down_is_named_not_hidden(cl, tmp_path):
     finally:
         c.start()
         c.wait_ready()
+
+
+def test_a_cluster_pdf_embeds_the_cluster_bundle(cl, tmp_path):
+    from test_pdf_report import pdf_attachments, pdf_text, table_rows
+
+    ca = cl.ca_dirs["main"] / "ca.pem"
+    status, _, pdf = cl["b"].request(
+        "/api/v1/audit-log/export.pdf?" + urlencode({"action": "auth.login", "bundle": "true"}), timeout=300
+    )
+    assert status == 200, pdf[:300]
+    files = pdf_attachments(pdf, tmp_path)
+    assert list(files) == ["auditlog-cluster-b.bundle"]
+    data = files["auditlog-cluster-b.bundle"]
+    text = " ".join(" ".join(pdf_text(pdf, tmp_path)).split())
+    assert f"SHA-256 {hashlib.sha256(data).hexdigest()}" in text
+    assert "verify-bundle auditlog-cluster-b.bundle --ca ca.pem" in text
+    rep = verify_cluster_bundle(data, ca.read_bytes(), 2)
+    assert rep.ok and set(rep.nodes) == {"a", "b", "c"}, rep.failures
+    # the report's rows are the bundle's entries, every node's
+    in_bundle = sum(r["entries"] for r in rep.nodes.values())
+    assert in_bundle > 0 and len(table_rows(pdf_text(pdf, tmp_path))) == in_bundle

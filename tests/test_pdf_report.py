@@ -369,6 +369,49 @@ async def test_api_pdf_subject_access_report(client, keys, tmp_path):
     assert len(await query_all(client, keys["reader"], action="audit.export")) == 1
 
 
+def pdf_attachments(pdf: bytes, tmp_path: Path) -> dict[str, bytes]:
+    """The files embedded in a PDF, extracted by poppler's pdfdetach."""
+    tool = shutil.which("pdfdetach")
+    assert tool, "pdfdetach (poppler-utils) is needed"
+    path = tmp_path / "with-attachments.pdf"
+    path.write_bytes(pdf)
+    out = tmp_path / "detached"
+    out.mkdir(exist_ok=True)
+    p = subprocess.run([tool, "-saveall", "-o", str(out), str(path)], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return {f.name: f.read_bytes() for f in out.iterdir()}
+
+
+async def test_api_pdf_embeds_the_bundle_of_exactly_its_entries(client, keys, service, tmp_path):
+    import hashlib
+
+    from engine.signing import read_public_key
+    from export.bundle import verify_bundle
+
+    resp = await post_events(client, keys["writer"], events())
+    assert resp.status == 201
+    params = {"recipient": ANNA, "action": "quarantine.release", "title": "Subject access", "bundle": "true"}
+    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params=params)
+    assert resp.status == 200, await resp.text()
+    pdf = await resp.read()
+    files = pdf_attachments(pdf, tmp_path)
+    assert list(files) == ["auditlog-node-a.bundle"]
+    bundle = files["auditlog-node-a.bundle"]
+    digest = hashlib.sha256(bundle).hexdigest()
+    text = " ".join(" ".join(pdf_text(pdf, tmp_path)).split())
+    assert f"SHA-256 {digest}" in text and "verify-bundle auditlog-node-a.bundle --key node.pub" in text
+    # the embedded bundle verifies with the node's public key, and holds exactly the report's rows
+    rep = verify_bundle(bundle, read_public_key(service.data_dir.root / "node.pub"))
+    assert rep.ok and rep.claim == "authentic", rep.failures
+    rows = table_rows(pdf_text(pdf, tmp_path))
+    assert rep.entries == len(rows) == N_ANNA
+    recs = await query_all(client, keys["reader"], action="audit.export")
+    assert recs[-1]["details"]["format"] == "pdf" and recs[-1]["details"]["bundle_sha256"] == digest
+    # bundle= takes true or false only
+    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={"bundle": "yes"})
+    assert resp.status == 400 and "bundle must be true or false" in await resp.text()
+
+
 async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_path):
     from helpers_http import make_keys
 

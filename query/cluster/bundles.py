@@ -66,6 +66,9 @@ async def build_cluster_bundle(cluster: Cluster, flt: Filter) -> BuiltClusterBun
         "rows": sum(s.get("entries", 0) for s in summaries.values()),
         "integrity_violations": 0,
         "nodes": {n: ("unreachable" if n in unreachable else "ok") for n in sorted(set(parts) | set(unreachable))},
-        "parts": {n: {"claim": s.get("claim"), "checkpoint": s.get("checkpoint")} for n, s in summaries.items()},
+        "parts": {
+            n: {"claim": s.get("claim"), "checkpoint_size": s.get("checkpoint_size"), "entries": s.get("entries")}
+            for n, s in summaries.items()
+        },
     }
     return BuiltClusterBundle(data, details)

@@ -306,6 +306,12 @@ def openapi_document() -> dict:
                     + [
                         _param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
                         _param("title", "Report title", {"type": "string", "maxLength": 200}),
+                        _param(
+                            "bundle",
+                            "true: make the evidence bundle of exactly these entries first, embed it in the PDF "
+                            "and name its SHA-256 and checkpoints",
+                            {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        ),
                     ],
                     "responses": _responses(
                         {

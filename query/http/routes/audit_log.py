@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -311,16 +313,22 @@ def unreachable_rows(bad: dict) -> str:
 
 
 async def export_pdf(request: web.Request) -> web.Response:
-    """PDF report of the filtered entries (GDPR subject access, audit appendix); audited."""
+    """PDF report of the filtered entries (GDPR subject access, audit appendix); audited.
+    With ``bundle=true`` the evidence bundle of exactly these entries is made first and
+    embedded in the PDF, which names its SHA-256 and the checkpoints it rests on."""
     key = authorize(request, "read")
     service = request.app[NODE]
-    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title"))
+    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title", "bundle"))
     title = request.rel_url.query.get("title", "Audit log report")[:200]
+    with_bundle = _flag(request.rel_url.query.get("bundle", "false"), "bundle")
+    bundle = await _make_bundle(service, flt) if with_bundle else None
     merged = Merged(open_sources(service, flt, order, {}), order)
     entries = []
     try:
         await merged.prime()
         async for batch in merged.batches(limit=MAX_PDF_ROWS + 1):
+            if bundle is not None:  # exactly the bundle's entries: those under each node's checkpoint
+                batch = [e for e in batch if e.seq <= bundle.sizes.get(e.node, 0)]
             entries.extend(batch)
         nodes = node_status(merged.sources, service)
     finally:
@@ -331,9 +339,19 @@ async def export_pdf(request: web.Request) -> web.Response:
         )
     from export.pdf import render_pdf
 
+    evidence, attachments = None, ()
+    if bundle is not None:
+        evidence = bundle.evidence()
+        attachments = ((bundle.name, bundle.data),)
     pdf, counts = await service.run(
         lambda: render_pdf(
-            entries, title=title, filters=flt.describe(), nodes=nodes, generated_by=f"{key.name} (API key {key.id})"
+            entries,
+            title=title,
+            filters=flt.describe(),
+            nodes=nodes,
+            generated_by=f"{key.name} (API key {key.id})",
+            evidence=evidence,
+            attachments=attachments,
         )
     )
     await service.record(
@@ -347,6 +365,7 @@ async def export_pdf(request: web.Request) -> web.Response:
             "integrity_violations": counts["violations"],
             "api_key_id": key.id,
             "nodes": {n: st.get("status") for n, st in nodes.items()},
+            **({"bundle_sha256": bundle.sha256, "bundle": bundle.details} if bundle is not None else {}),
         },
     )
     return web.Response(
@@ -356,27 +375,64 @@ async def export_pdf(request: web.Request) -> web.Response:
     )
 
 
+def _flag(value: str, name: str) -> bool:
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise InvalidFilterError(f"{name} must be true or false")
+
+
+@dataclass
+class _Bundle:
+    data: bytes
+    name: str
+    details: dict
+    #: per node: the size of the checkpoint its entries in the bundle rest on
+    sizes: dict[str, int]
+    cluster: bool
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def evidence(self) -> str:
+        under = ", ".join(f"{n}: {size} entries" for n, size in sorted(self.sizes.items()))
+        check = "--ca ca.pem" if self.cluster else "--key node.pub"
+        return (
+            f"the evidence bundle {self.name} (SHA-256 {self.sha256}), embedded in this PDF, holds these "
+            f"entries with proofs under signed checkpoints ({under}); extract it (pdfdetach -saveall) and "
+            f"check it with: auditlog verify-bundle {self.name} {check}"
+        )
+
+
+async def _make_bundle(service, flt) -> _Bundle:
+    """The evidence bundle of ``flt``: every node's on a node with peers, else this node's."""
+    if service.cluster is not None and service.cluster.peers:
+        # every node's bundle, cosigned checkpoints and certificates: verified with the CA
+        from query.cluster.bundles import build_cluster_bundle
+
+        built = await build_cluster_bundle(service.cluster, flt)
+        sizes = {n: p["checkpoint_size"] for n, p in built.details["parts"].items() if p.get("checkpoint_size")}
+        return _Bundle(built.data, f"auditlog-cluster-{service.node_id}.bundle", built.details, sizes, True)
+    built = await service.run(service.make_bundle, flt)
+    sizes = {service.node_id: built.checkpoint_size}
+    return _Bundle(built.data, f"auditlog-{service.node_id}.bundle", built.export_details(flt), sizes, False)
+
+
 async def export_bundle(request: web.Request) -> web.Response:
     """An evidence bundle of this node's matching entries (a tar, FORMAT.md section 15),
     checked offline with the node's public key; audited."""
     key = authorize(request, "read")
     service = request.app[NODE]
     flt, _, _, _, _ = parse_query(request, allowed_extra=())
-    if service.cluster is not None and service.cluster.peers:
-        # every node's bundle, cosigned checkpoints and certificates: verified with the CA
-        from query.cluster.bundles import build_cluster_bundle
-
-        built = await build_cluster_bundle(service.cluster, flt)
-        details, name = built.details, f"auditlog-cluster-{service.node_id}.bundle"
-    else:
-        built = await service.run(service.make_bundle, flt)
-        details, name = built.export_details(flt), f"auditlog-{service.node_id}.bundle"
-    details = {**details, "sha256": built.sha256}
-    await service.record(key.name, "audit.export", ip=request.remote, details={**details, "api_key_id": key.id})
+    built = await _make_bundle(service, flt)
+    details = {**built.details, "sha256": built.sha256, "api_key_id": key.id}
+    await service.record(key.name, "audit.export", ip=request.remote, details=details)
     return web.Response(
         body=built.data,
         content_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "X-Bundle-SHA256": built.sha256},
+        headers={"Content-Disposition": f'attachment; filename="{built.name}"', "X-Bundle-SHA256": built.sha256},
     )
 
 
