@@ -33,6 +33,49 @@ def _timed(cmd: list[str], env: dict, workdir: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def _cosign_costs(dd, node, reps: int) -> tuple[list[float], dict]:
+    """The work of one checkpoint handed to one witness, in this process, on the bundle's
+    log: the log signs a checkpoint and proves its tree extends the one the witness
+    last cosigned (half the size), the witness opens the note, judges it and cosigns
+    it.  Seconds per round, and the median of each step (ms)."""
+    import os as _os
+
+    from engine.cosign import cosign, judge, witness_name
+    from engine.log import NodeLog
+    from engine.merkle import range_hash
+    from engine.note import Checkpoint, Verifier, open_note
+    from engine.signing import SigningKey, load_signing_key
+    from engine.tree import LogTree, origin, signed_checkpoint
+
+    key = load_signing_key(dd.sign_key_path)
+    witness = SigningKey(_os.urandom(32))
+    vkey = Verifier.of(origin(node.node_id), key.public_raw)
+    runs: list[float] = []
+    steps: dict[str, list[float]] = {"sign": [], "prove": [], "witness": []}
+    log = NodeLog(dd, node)
+    for _ in range(reps):
+        with LogTree(log, node.key, dd) as t:
+            tree = t.load()
+            old = tree.size // 2
+            old_root = range_hash(0, old, t.getter(old))
+            t0 = time.perf_counter()
+            note = signed_checkpoint(node.node_id, key, tree)
+            t1 = time.perf_counter()
+            proof = t.consistency(old, tree.size)
+            t2 = time.perf_counter()
+            text, _ = open_note(note, [vkey])
+            cp = Checkpoint.parse(text)
+            if judge((old, old_root), old, cp, proof) is not None:
+                raise RuntimeError("the witness refused an honest checkpoint")
+            cosign(text, witness_name("w"), witness, 1_700_000_000)
+            t3 = time.perf_counter()
+        runs.append(t3 - t0)
+        steps["sign"].append(t1 - t0)
+        steps["prove"].append(t2 - t1)
+        steps["witness"].append(t3 - t2)
+    return runs, {k: round(sorted(v)[len(v) // 2] * 1000, 3) for k, v in steps.items()}
+
+
 def job_bundle(events: int, reps: int, seed: int, workdir: str, batch: int = 1000) -> dict:
     from bench import servers
     from bench.scenarios import NODE_ID, EventGenerator
@@ -68,7 +111,13 @@ def job_bundle(events: int, reps: int, seed: int, workdir: str, batch: int = 100
             verify_runs.append(wall)
             verify_rss = max(verify_rss, rss)
             os.unlink(out)
+        cosign_runs, cosign_parts = _cosign_costs(dd, node, reps * 5)
+        import resource
+
         return {
+            "cosign_runs": cosign_runs,
+            "job_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cosign_parts": cosign_parts,
             "export_runs": export_runs,
             "verify_runs": verify_runs,
             "bundle_bytes": sizes[-1],

@@ -73,6 +73,7 @@ _ALIASES = {
     "disk": "disk_bytes_per_event",
     "bundle_export": "bundle",
     "bundle_verify": "bundle",
+    "cosign_round_ms": "bundle",
 }
 _ROOT = Path(__file__).resolve().parents[1]
 #: each data-set segment mmap is at most this big; a scan maps one segment at a time
@@ -1014,6 +1015,28 @@ def scenario_bundle(plan: Plan, ctx: dict) -> list[Result]:
         "baseline": "none: SQLite has no counterpart; the targets are absolute",
     }
     results = []
+    cos = Result(
+        "cosign_round_ms",
+        sc.median(out["cosign_runs"]) * 1000,
+        "ms",
+        None,
+        False,
+        {
+            "N": n,
+            "reps": len(out["cosign_runs"]),
+            "steps_median_ms": out["cosign_parts"],
+            "share_of_default_interval": f"{sc.median(out['cosign_runs']) / 60:.2e}",
+            "method": "on the bundle's log, in one process: the log signs a checkpoint of its N entries "
+            "and proves (RFC 9162) that its tree extends the tree of N/2 a witness cosigned last, from a "
+            "fresh tree reader; the witness opens the note, judges it and makes its cosignature/v1. The "
+            "mTLS request between two nodes is not included",
+            "baseline": "none: the target is absolute (the default checkpoint_interval is 60 s)",
+        },
+        out["job_peak_rss_mb"],
+        [("one cosigning round ≤ 60 ms (0.1 % of the default 60 s interval)", _at_most(60.0))],
+    )
+    ctx["emit"](cos)
+    results.append(cos)
     for name, runs, rss, target in (
         ("bundle_export", out["export_runs"], out["export_peak_rss_mb"], "written in ≤ 5 s"),
         ("bundle_verify", out["verify_runs"], out["verify_peak_rss_mb"], "verified in ≤ 5 s"),

@@ -19,6 +19,7 @@ NO_BASELINE = {
     "merge_first_byte_ms",
     "unreachable_peer_cost_s",
     "soak_rss",
+    "cosign_round_ms",
     "bundle_export",
     "bundle_verify",
 }
@@ -56,6 +57,7 @@ def test_json_has_documented_shape(tiny_run):
         "scan_rss",
         "soak_rss",
         "disk_bytes_per_event",
+        "cosign_round_ms",
         "bundle_export",
         "bundle_verify",
     ]
@@ -140,6 +142,9 @@ def test_bundle_scenarios_ran_the_real_cli(tiny_run):
         assert r["unit"] == "s" and r["value"] > 0 and r["status"] in ("PASS", "MISS"), name
         assert r["params"]["N"] == 3000 and r["params"]["bundle_bytes"] > 3000 * 100
         assert r["target"].startswith("3,000 entries") and r["peak_rss_mb"] > 10
+    r = by_name["cosign_round_ms"]
+    assert r["unit"] == "ms" and r["value"] > 0 and r["status"] in ("PASS", "MISS")
+    assert set(r["params"]["steps_median_ms"]) == {"sign", "prove", "witness"}
 
 
 def test_ratio_is_oriented_better_is_above_one(tiny_run):
