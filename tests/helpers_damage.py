@@ -59,6 +59,7 @@ from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segmen
 from engine.clock import FrozenClock
 from engine.datadir import DataDir
 from engine.entry import EntryDraft
+from engine.frame import FRAME_MAGICS
 from engine.log import NodeLog
 from engine.segment import list_segments
 from engine.writer import LogWriter
@@ -387,7 +388,7 @@ def _locate_frame(data: bytes, pristine_file: bytes, f: FrameLayout) -> int | No
     tail = hdr[16:40]
     pos = data.find(tail)
     while pos >= 16:
-        if data[pos - 16 : pos - 12] == b"ALF1":
+        if bytes(data[pos - 16 : pos - 12]) in _MAGICS:
             return pos - 16
         pos = data.find(tail, pos + 1)
     return None
@@ -454,10 +455,14 @@ class CutActive:
         return f"cut active {s.name} at offset {cut} of {size} ({where})"
 
 
+#: the frame magic of every segment format (a damaged file keeps its own)
+_MAGICS = frozenset(FRAME_MAGICS.values())
+
+
 def _frame_ends(data: bytes, pos: int) -> list[int]:
     """Where the frames of a segment end, by their magic and length fields alone."""
     ends = []
-    while pos + FRAME_HEADER_SIZE <= len(data) and data[pos : pos + 4] == b"ALF1":
+    while pos + FRAME_HEADER_SIZE <= len(data) and bytes(data[pos : pos + 4]) in _MAGICS:
         pos += FRAME_HEADER_SIZE + HEADER.unpack_from(data, pos)[1] + FRAME_MAC_SIZE
         if pos > len(data):
             break
@@ -1191,6 +1196,36 @@ def _recovery_entries(d: Path) -> list[dict]:
         return []
 
 
+def _signatures_in(damaged: Path, data: bytes, cut: int):
+    """The entry signatures in the frames of segment bytes ``data`` before offset ``cut``
+    and from it on.  Frames are read by their headers alone (checksums and MACs are
+    the reads' business) and decompressed, as format 3 stores them; a frame that does
+    not decode holds none."""
+    from engine.entry import R_SIG
+    from engine.segment import MAX_HEADER, parse_segment_header, walk_frames
+
+    node = DataDir(damaged).open()
+    try:
+        hdr = parse_segment_header(data[:MAX_HEADER], node.key)
+    except Exception:  # noqa: BLE001 - a damaged header: search the raw bytes instead
+        return data[:cut], data[cut:]  # (``sig in`` bytes: a substring search)
+
+    def sigs(frames) -> set[bytes]:
+        out = set()
+        for fr in frames:
+            if fr.payload is None:
+                continue
+            try:
+                out.update(bytes(r[R_SIG]) for r in fr.records())
+            except Exception:  # noqa: BLE001 - undecodable: nothing to find there
+                continue
+        return out
+
+    head = sigs(walk_frames(data[:cut], hdr.size, hdr.mac, node.key, verify=False, version=hdr.version))
+    tail = sigs(walk_frames(data, cut, data[cut - 32 : cut], node.key, verify=False, version=hdr.version))
+    return head, tail
+
+
 def writer_cut_seqs(recoveries: list[dict], damaged: Path, p: Pristine) -> frozenset:
     """Pristine seqs that a writer's torn-tail cut removed from the log.
 
@@ -1209,7 +1244,7 @@ def writer_cut_seqs(recoveries: list[dict], damaged: Path, p: Pristine) -> froze
             data = path.read_bytes()
         except OSError:
             continue
-        head, tail = data[: rec["cut_offset"]], data[rec["cut_offset"] :]
+        head, tail = _signatures_in(damaged, data, rec["cut_offset"])
         names = {s.name for s in p.segments}
         for seq, sig in enumerate(p.signatures, 1):
             if sig in tail:
