@@ -46,6 +46,9 @@ from query.errors import QueryError
 from query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
 from query.http.metrics import Metrics
 
+#: entries that need no checkpoint of their own (``RunningNode._only_bookkeeping``)
+_BOOKKEEPING = frozenset({"audit.tree_head", "audit.checkpoint"})
+
 log = logging.getLogger("auditlog.service")
 
 
@@ -395,9 +398,24 @@ class RunningNode:
         if head == 0:
             return None
         last = self._tree_note
-        if last is not None and last[0] == head:
+        if last is not None and (last[0] == head or self._only_bookkeeping(last[0], head)):
             return last[1]
         return self.record_tree_head()["checkpoint"]
+
+    def _only_bookkeeping(self, seq: int, head: int, most: int = 64) -> bool:
+        """Whether the entries after ``seq`` up to ``head`` are only signed checkpoints and
+        witness records: then no new checkpoint is needed for them (they are covered with
+        the next entry that is not), and an idle cluster falls quiet instead of
+        checkpointing its peers' cosignatures and cosigning its peers' checkpoints of
+        them for ever.  At most ``most`` such entries wait."""
+        if head - seq > most:
+            return False
+        for e in self.log.scan(after_seq=seq):
+            if e.seq > head:
+                break
+            if e.integrity != "ok" or e.user != "system" or e.action not in _BOOKKEEPING:
+                return False
+        return True
 
     def tree_answer(self, old_size: int) -> dict:
         """The newest signed checkpoint and the consistency proof to it from the tree of
@@ -428,12 +446,11 @@ class RunningNode:
         last = self._tree_head
         if head == 0 or (last is not None and head == last[0]):
             return  # nothing since the last one (or only its own entry)
-        if (
-            last is not None
-            and self.writer.active_name == last[1]
-            and time.monotonic() - last[2] < self.settings.checkpoint_interval
-        ):
-            return
+        if last is not None and self.writer.active_name == last[1]:
+            if time.monotonic() - last[2] < self.settings.checkpoint_interval:
+                return
+            if self._only_bookkeeping(last[0], head):
+                return  # only checkpoints and witness records since: nothing new to vouch for
         try:
             self.record_tree_head()
         except TreeError as e:
