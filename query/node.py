@@ -19,6 +19,7 @@ scans, verification) runs in a thread pool so the event loop stays responsive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -508,16 +509,20 @@ class RunningNode:
         self.metrics.inc("auditlog_tree_heads_total")
         return built
 
-    def tree_heads(self, limit: int) -> dict:
-        """The newest ``limit`` signed checkpoints recorded in the log, newest first, and
-        what could not be read of them."""
+    def tree_heads(self, limit: int, window=None) -> dict:
+        """The newest ``limit`` signed checkpoints recorded in the log (within the time
+        ``window``, a Filter of from/to, when given), newest first, and what could not be
+        read of them."""
         from engine.tree import TREE_HEAD_ACTION
         from query.filters import Filter
         from query.scan import scan_node
 
         found: list[dict] = []
         problems: list[dict] = []
-        for e in scan_node(self.log, Filter.from_params({"action": TREE_HEAD_ACTION}), order="desc"):
+        flt = Filter.from_params({"action": TREE_HEAD_ACTION})
+        if window is not None:
+            flt = dataclasses.replace(flt, from_us=window.from_us, to_us=window.to_us)
+        for e in scan_node(self.log, flt, order="desc"):
             if e.integrity != "ok" or e.action != TREE_HEAD_ACTION:
                 problems.append({"seq": e.seq, "integrity": e.integrity, "violation": e.violation})
                 continue

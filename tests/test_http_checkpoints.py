@@ -54,6 +54,15 @@ async def test_post_makes_a_checkpoint_and_get_lists_it(client, keys, service):
     body = await (await client.get("/api/v1/checkpoints?limit=5", headers=bearer(keys["reader"]))).json()
     assert [c["seq"] for c in body["checkpoints"]] == [second["seq"], made["seq"]]
     assert Checkpoint.parse(open_note(second["checkpoint"], [verifier(service)])[0]).size == made["seq"] + 1
+    # a time range: those made in it, newest first (up to 1000, or limit)
+    for q, want in (
+        ("from=2026-03-01&to=2027-01-01", [second["seq"], made["seq"]]),
+        ("from=2026-03-01&limit=1", [second["seq"]]),
+        ("to=2026-03-01", []),
+        ("from=2027-01-01", []),
+    ):
+        body = await (await client.get(f"/api/v1/checkpoints?{q}", headers=bearer(keys["reader"]))).json()
+        assert [c["seq"] for c in body["checkpoints"]] == want, q
 
 
 async def test_roles_and_bad_parameters(client, keys):
@@ -61,7 +70,17 @@ async def test_roles_and_bad_parameters(client, keys):
     await assert_error(await client.post("/api/v1/checkpoints", headers=bearer(keys["writer"])), 403)
     await assert_error(await client.get("/api/v1/checkpoints", headers=bearer(keys["writer"])), 403)
     await assert_error(await client.get("/api/v1/checkpoints"), 401)
-    for q in ("limit=0", "limit=1001", "limit=x", "limit=-1", "limit=" + "9" * 50, "from=2026-01-01"):
+    for q in (
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "limit=-1",
+        "limit=" + "9" * 50,
+        "from=yesterday-ish",
+        "from=2026-01-01&from=2026-01-02",
+        "from=2026-02-01&to=2026-01-01",
+        "size=3",
+    ):
         await assert_error(await client.get(f"/api/v1/checkpoints?{q}", headers=bearer(keys["reader"])), 400)
     await assert_error(await client.post("/api/v1/checkpoints?x=1", headers=bearer(keys["admin"])), 400)
     body = await (await client.get("/api/v1/checkpoints", headers=bearer(keys["reader"]))).json()

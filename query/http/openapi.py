@@ -381,14 +381,19 @@ def openapi_document() -> dict:
             },
             "/api/v1/checkpoints": {
                 "get": {
-                    "summary": "The node's newest signed checkpoints (C2SP notes over its Merkle tree), newest first",
+                    "summary": "The node's newest signed checkpoints (C2SP notes over its Merkle tree), newest first: "
+                    "the latest, the newest limit, or those made from .. to",
                     "security": bearer,
                     "parameters": [
                         _param(
                             "limit",
-                            "how many (1 to 1000, default 1)",
+                            "how many (1 to 1000; default 1, or 1000 with from/to)",
                             {"type": "integer", "minimum": 1, "maximum": 1000},
-                        )
+                        ),
+                        _param(
+                            "from", "made at or after (RFC 3339 or relative, as for the audit log)", {"type": "string"}
+                        ),
+                        _param("to", "made before", {"type": "string"}),
                     ],
                     "responses": _responses({"200": {"description": "Checkpoints"}}, 400, 401, 403),
                 },

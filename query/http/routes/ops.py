@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from query.errors import InvalidFilterError
+from query.filters import Filter
 from query.http.base import NODE, authorize
 from query.http.openapi import openapi_document
 
@@ -55,17 +56,19 @@ async def verify(request: web.Request) -> web.Response:
 
 
 async def checkpoints(request: web.Request) -> web.Response:
-    """The node's newest signed checkpoints (C2SP notes), newest first."""
+    """The node's newest signed checkpoints (C2SP notes), newest first: the latest, the
+    newest ``limit``, or those made in ``from`` .. ``to`` (times as for the audit log)."""
     authorize(request, "read")
     service = request.app[NODE]
     query = request.rel_url.query
     for name in query:
-        if name != "limit":
-            raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: limit)")
-    raw = query.get("limit", "1")
+        if name not in ("limit", "from", "to") or len(query.getall(name)) > 1:
+            raise InvalidFilterError(f"unknown or repeated query parameter {name[:60]!r} (known: limit, from, to)")
+    raw = query.get("limit", "1" if "from" not in query and "to" not in query else str(MAX_CHECKPOINTS))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHECKPOINTS:
         raise InvalidFilterError(f"limit must be a whole number from 1 to {MAX_CHECKPOINTS}, got {raw[:20]!r}")
-    return web.json_response(await service.run(service.tree_heads, int(raw)))
+    window = Filter.from_params({k: query[k] for k in ("from", "to") if k in query})
+    return web.json_response(await service.run(service.tree_heads, int(raw), window))
 
 
 def _whole(query, name: str) -> int:
