@@ -26,7 +26,7 @@ import msgpack
 from engine.entry import EntryDraft, sort_details
 from ingest.errors import BatchTooLargeError, InvalidEventError
 from ingest.limits import DEFAULT_LIMITS, Limits
-from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY
+from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY, says_failure
 
 __all__ = [
     "validate_event",
@@ -367,8 +367,9 @@ def _fast_check(obj: dict, limits: Limits) -> EntryDraft | None:
         ip = _normalise_ip(ip)
         if ip is None or not ip.isprintable():
             return None
-    success = get("success", True)
-    if success is not True and success is not False:
+    failure = says_failure(action)
+    success = get("success", not failure)
+    if (success is not True and success is not False) or (success and failure):
         return None
     details = get("details")
     if details is None:
@@ -501,9 +502,12 @@ def _check_full(obj: Any, index: int, limits: Limits, problems: list[dict]) -> E
                 add(_problem(index, "ip", f"not a valid IPv4/IPv6 address {_show(ip)}"))
             ip = norm
 
-    success = obj.get("success", True)
+    failure = type(action) is str and says_failure(action)
+    success = obj.get("success", not failure)
     if success is not True and success is not False:
         add(_problem(index, "success", f"must be true or false, got {_tname(success)}"))
+    elif success and failure:
+        add(_problem(index, "success", f"{action} records a failure: success must be false or left out"))
 
     details = obj.get("details")
     if details is None:

@@ -91,3 +91,15 @@ def is_known_action(a: object) -> bool:
     if a in TAXONOMY:
         return True
     return a.startswith(CUSTOM_PREFIX) and ACTION_RE.fullmatch(a) is not None
+
+
+#: the endings of an action name that say it records a failure
+FAILURE_SUFFIXES = ("_failed", "_denied", "_rejected")
+
+
+def says_failure(action: str) -> bool:
+    """Whether the action's name says it records a failure (``auth.login_failed``,
+    ``custom.relay_denied``): such an event is ``success: false``, implied when the
+    field is left out and refused when it says true."""
+    last = action.rsplit(".", 1)[-1]
+    return last.endswith(FAILURE_SUFFIXES) or last in ("failed", "denied", "rejected")

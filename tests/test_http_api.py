@@ -111,6 +111,20 @@ async def test_post_events_all_or_nothing_names_every_bad_event(client, keys, se
     assert [e["details"]["n"] for e in (await query_all(client, keys["reader"]))[KEY_ENTRIES:]] == [0]
 
 
+async def test_a_failed_login_sent_without_success_is_stored_as_a_failure(client, keys, service):
+    resp = await post_events(client, keys["writer"], [{"user": "mallory", "action": "auth.login_failed"}])
+    assert resp.status == 201
+    got = await query(client, keys["reader"], user="mallory")
+    assert [(e["action"], e["success"]) for e in got["events"]] == [("auth.login_failed", False)]
+    before = head_seq(service)
+    resp = await post_events(
+        client, keys["writer"], [ev(1), {"user": "m", "action": "auth.login_failed", "success": True}]
+    )
+    err = await assert_error(resp, 400, "event 1")
+    assert err["problems"][0]["field"] == "success" and "records a failure" in err["problems"][0]["message"]
+    assert head_seq(service) == before
+
+
 # ----------------------------------------------------------------------------- GET /api/v1/audit-log
 
 DATASET = [

@@ -15,7 +15,15 @@ from engine.errors import AuditLogError
 from ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
 from ingest.event import parse_detail_args, validate_batch, validate_event
 from ingest.limits import Limits
-from ingest.taxonomy import ACTION_RE, AUDIT_ACTIONS, NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY, is_known_action
+from ingest.taxonomy import (
+    ACTION_RE,
+    AUDIT_ACTIONS,
+    NODE_ACTIONS,
+    RESERVED_ACTIONS,
+    TAXONOMY,
+    is_known_action,
+    says_failure,
+)
 
 GOOD = {"user": "admin", "action": "auth.login"}
 
@@ -737,9 +745,14 @@ def test_valid_generated_events_validate(obj):
     details = obj.get("details") or {}
     if depth(details) > 8 or len(msgpack.packb(details, use_bin_type=True)) > 16384:
         return
+    failure = says_failure(obj["action"])
+    if failure and obj.get("success") is True:
+        with pytest.raises(InvalidEventError, match="records a failure"):
+            validate_event(obj)
+        return
     d = validate_event(obj)
     assert d.user == obj["user"] and d.action == obj["action"]
-    assert d.success is obj.get("success", True)
+    assert d.success is obj.get("success", not failure)
     assert d.details == details
     assert is_sorted_everywhere(d.details)
     assert d.domain == obj.get("domain")
@@ -810,3 +823,16 @@ def test_detail_arg_value_is_json_or_the_raw_string(value):
     except (ValueError, RecursionError):
         expected = value
     assert got == expected and type(got) is type(expected)
+
+
+def test_a_failure_action_is_no_success():
+    # left out: implied false; said false: false; said true: refused, naming the field
+    for action in ("auth.login_failed", "custom.relay_denied", "custom.upload_rejected", "custom.sso.failed"):
+        assert says_failure(action)
+        assert validate_event({"user": "u", "action": action}).success is False
+        assert validate_event({"user": "u", "action": action, "success": False}).success is False
+        with pytest.raises(InvalidEventError, match=f"{action} records a failure: success must be false"):
+            validate_event({"user": "u", "action": action, "success": True})
+    for action in ("auth.login", "custom.failed_jobs_report", "security.brute_force_detected", "custom.failover"):
+        assert not says_failure(action)
+        assert validate_event({"user": "u", "action": action}).success is True
