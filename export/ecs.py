@@ -14,7 +14,10 @@ Field mapping:
 ``user.name``              user
 ``source.ip``              ip
 ``user_agent.original``    user_agent
-``email.*``                quarantine events: message_id, subject, from, to
+``email.*``                quarantine events: local_id (the gateway's own
+                           mail id, ``details.mail_id``), message_id (the
+                           RFC 5322 Message-ID, ``details.message_id``, when
+                           sent), subject, from, to
 ``observer``/``host``      the node that recorded the entry
 ``labels.integrity``       ok / violation (``error.message`` says why)
 ``auditlog.*``             target, domain and details as recorded
@@ -101,7 +104,10 @@ def ecs_document(e: Entry) -> dict:
     if family == "quarantine" or "recipient" in d:
         email = {}
         if d.get("mail_id") is not None:
-            email["message_id"] = str(d["mail_id"])
+            # the gateway's quarantine id: not the RFC 5322 Message-ID (email.message_id)
+            email["local_id"] = str(d["mail_id"])
+        if d.get("message_id") is not None:
+            email["message_id"] = str(d["message_id"])
         if d.get("subject") is not None:
             email["subject"] = str(d["subject"])
         if d.get("sender") is not None:
