@@ -512,14 +512,30 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     type=click.Path(dir_okay=False),
     help="pdf: also write the evidence bundle of the same entries here; the report names its digest and checkpoint.",
 )
+@click.option("--no-bom", is_flag=True, help="csv: no UTF-8 byte order mark (for machine consumers).")
 @click.pass_obj
 @handle_errors
 def export(
-    obj: Context, fmt, from_, to, user, action, target, domain, ip, recipient, success, node, output, title, bundle_path
+    obj: Context,
+    fmt,
+    from_,
+    to,
+    user,
+    action,
+    target,
+    domain,
+    ip,
+    recipient,
+    success,
+    node,
+    output,
+    title,
+    bundle_path,
+    no_bom,
 ) -> None:
     """Export the filtered range (all of it) to a file; the export itself is audited.
 
-    csv: RFC 4180 with a BOM for Excel; ndjson: one entry per line; ecs:
+    csv: RFC 4180 with a BOM for Excel (--no-bom for machine consumers); ndjson: one entry per line; ecs:
     Elastic Common Schema documents (NDJSON); pdf: a report with the filters,
     node coverage, a table of the entries, integrity status and page numbers;
     bundle: the entries with proofs against a new signed checkpoint, checked
@@ -544,11 +560,13 @@ def export(
         return
     if bundle_path is not None and fmt != "pdf":
         fail("--bundle goes with a PDF report (or use: export bundle)")
+    if no_bom and fmt != "csv":
+        fail("--no-bom goes with a CSV export")
     from export.csv import iter_csv
     from export.ecs import iter_ecs
     from export.ndjson import iter_ndjson
 
-    render = {"csv": iter_csv, "ndjson": iter_ndjson, "ecs": iter_ecs}.get(fmt)
+    render = {"csv": lambda es: iter_csv(es, bom=not no_bom), "ndjson": iter_ndjson, "ecs": iter_ecs}.get(fmt)
     # the export is recorded by the writer: take it first so that a running
     # server (which owns the writer) is reported before any file is written
     with obj.writer() as w:

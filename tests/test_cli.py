@@ -784,6 +784,21 @@ def test_export_csv_and_audit_entry(log6, tmp_path):
     assert entry["details"]["integrity_violations"] == 0
 
 
+def test_export_csv_without_bom_reads_with_plain_dictreader(log6, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(log6, d)
+    out_file = tmp_path / "plain.csv"
+    r = invoke(d, "export", "csv", "--no-bom", "--user", "alice", "-o", str(out_file))
+    assert r.exit_code == 0, r.stderr
+    raw = out_file.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf")
+    with open(out_file, newline="", encoding="utf-8") as f:  # what a script does without utf-8-sig
+        got = list(csv.DictReader(f))
+    assert [(x["seq"], x["user"]) for x in got] == [("1", "alice"), ("2", "alice")]
+    r = invoke(d, "export", "ndjson", "--no-bom", "-o", str(tmp_path / "x.ndjson"))
+    assert r.exit_code == 2 and "--no-bom goes with a CSV export" in r.stderr
+
+
 def test_export_ndjson_matches_query(log6, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(log6, d)

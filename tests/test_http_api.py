@@ -371,6 +371,19 @@ async def test_export_csv(client, keys, service):
     assert "bob" in x["details"]["filters"]["user"]
 
 
+async def test_export_csv_without_bom(client, keys, service):
+    assert (await post_events(client, keys["writer"], [ev(0, user="ünï"), ev(1)])).status == 201
+    for bom, starts in (("false", False), ("0", False), ("true", True), ("1", True)):
+        resp = await client.get("/api/v1/audit-log/export.csv", headers=bearer(keys["reader"]), params={"bom": bom})
+        raw = await resp.read()
+        assert resp.status == 200 and raw.startswith(b"\xef\xbb\xbf") is starts, bom
+        if not starts:  # a plain DictReader over the bytes as UTF-8 sees the first column's name
+            got = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
+            assert got[0].keys() == set(SPEC_CSV_COLUMNS) and "ünï" in [g["user"] for g in got]
+    resp = await client.get("/api/v1/audit-log/export.csv", headers=bearer(keys["reader"]), params={"bom": "no"})
+    await assert_error(resp, 400, "bom must be true or false")
+
+
 async def test_export_csv_all_pages_and_order(client, keys, service):
     # an export is the whole filtered range, not one page of it
     assert (await post_events(client, keys["writer"], [ev(i) for i in range(1500)])).status == 201

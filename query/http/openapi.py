@@ -289,7 +289,14 @@ def openapi_document() -> dict:
                     "summary": "CSV export of the whole filtered range (streamed; audited)",
                     "security": bearer,
                     "parameters": _filters()
-                    + [_param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]})],
+                    + [
+                        _param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
+                        _param(
+                            "bom",
+                            "false: no UTF-8 byte order mark (for machine consumers; default true, for Excel)",
+                            {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        ),
+                    ],
                     "responses": _responses(
                         {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}},
                         400,

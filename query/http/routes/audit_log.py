@@ -249,7 +249,8 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     mid-stream, adds a final row whose integrity cell says so."""
     key = authorize(request, "read")
     service = request.app[NODE]
-    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order",))
+    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "bom"))
+    bom = _flag(request.rel_url.query.get("bom", "true"), "bom")
     from export.csv import iter_csv
 
     merged = Merged(open_sources(service, flt, order, {}), order)
@@ -268,14 +269,14 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
         try:
             async for batch in merged.batches():
                 violations += sum(1 for e in batch if e.integrity != "ok")
-                chunks = list(iter_csv(batch, bom=first))
+                chunks = list(iter_csv(batch, bom=bom and first))
                 if not first:
                     chunks = chunks[1:]  # the header line comes once
                 first = False
                 await resp.write("".join(chunks).encode("utf-8"))
                 rows += len(batch)
             if first:
-                await resp.write("".join(iter_csv([])).encode("utf-8"))
+                await resp.write("".join(iter_csv([], bom=bom)).encode("utf-8"))
             bad = {n: st for n, st in node_status(merged.sources, service).items() if st.get("status") != "ok"}
             if bad:
                 await resp.write(unreachable_rows(bad).encode("utf-8"))
