@@ -243,7 +243,9 @@ class RunningNode:
             "Entries appended but not yet forwarded to syslog",
             lambda: fwd.status()["lag"],
         )
-        m.gauge("auditlog_syslog_errors", "Syslog send/connect errors since start", lambda: fwd.errors)
+        m.gauge(
+            "auditlog_syslog_errors_total", "Syslog send/connect errors since start", lambda: fwd.errors, kind="counter"
+        )
         m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver", lambda: int(fwd.connected))
 
     async def start(self) -> None:

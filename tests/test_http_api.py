@@ -514,6 +514,38 @@ async def test_metrics(client, keys, service):
     assert m['auditlog_http_requests_total{route="/api/v1/events",status="201"}'] == 2
 
 
+async def test_metrics_are_exact_and_parse_with_prometheus_client(client, keys, service):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert (await post_events(client, keys["writer"], [ev(i) for i in range(3)])).status == 201
+    # what :g printed wrongly: a counter past a million, a Unix timestamp with a fraction
+    service.metrics.inc("auditlog_appended_entries_total", 12_345_678)
+    service.metrics.gauge("auditlog_test_timestamp_seconds", "a timestamp", lambda: 1_796_450_123.456789)
+    text = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {s.name: s for f in families.values() for s in f.samples if not s.labels}
+    assert samples["auditlog_appended_entries_total"].value == 12_345_678 + 3 + KEY_ENTRIES
+    assert f"auditlog_appended_entries_total {12_345_678 + 3 + KEY_ENTRIES}\n" in text
+    assert samples["auditlog_test_timestamp_seconds"].value == 1_796_450_123.456789
+    assert samples["auditlog_fsync_seconds_sum"].value > 0
+    # every counter's samples end in _total, every family has a type and help
+    for f in families.values():
+        assert f.type in ("counter", "gauge", "histogram"), f.name
+        assert f.documentation, f.name
+        if f.type == "counter":
+            assert all(s.name.endswith("_total") for s in f.samples), f.name
+
+
+def test_metric_numbers_are_exact():
+    from query.http.metrics import number
+
+    assert number(1_234_567) == "1234567" and number(1_234_567.0) == "1234567"
+    assert number(1_796_450_123.456789) == "1796450123.456789"
+    assert float(number(0.1 + 0.2)) == 0.1 + 0.2
+    assert number(float("inf")) == "+Inf" and number(float("nan")) == "NaN" and number(True) == "1"
+    assert number(2**70) == str(2**70)
+
+
 async def test_verify_shape_like_cli(client, keys, service):
     from helpers_engine import invoke_cli
 

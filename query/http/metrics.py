@@ -1,9 +1,31 @@
-"""Prometheus text metrics (counters, gauges, histograms), hand-rolled and small."""
+"""Prometheus text metrics (counters, gauges, histograms), hand-rolled and small.
+
+Values are written exactly (whole numbers as integers, others in Python's
+shortest round-trip form): a counter past a million or a Unix timestamp must not
+lose digits, or ``rate()`` and time arithmetic go wrong.  Counters end in
+``_total``."""
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
+
+
+def number(v) -> str:
+    """A sample value in the Prometheus text format, exact."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v.is_integer() and abs(v) < 2**63:
+        return str(int(v))
+    return repr(v)
 
 
 class Histogram:
@@ -23,9 +45,9 @@ class Histogram:
         acc = 0
         for b, c in zip(self.buckets, self.counts):
             acc += c
-            out.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
+            out.append(f'{self.name}_bucket{{le="{number(b)}"}} {acc}')
         out.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{self.name}_sum {self.sum:.6f}")
+        out.append(f"{self.name}_sum {number(self.sum)}")
         out.append(f"{self.name}_count {self.count}")
         return out
 
@@ -70,8 +92,12 @@ class Metrics:
         with self._lock:
             self.counters[key] = self.counters.get(key, 0) + value
 
-    def gauge(self, name: str, help: str, fn) -> None:
-        self.declare(name, "gauge", help)
+    def gauge(self, name: str, help: str, fn, kind: str = "gauge") -> None:
+        """A value read at each scrape (``kind`` "counter" for a count kept elsewhere,
+        named ``*_total``)."""
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total: {name}")
+        self.declare(name, kind, help)
         self.gauges[name] = fn
 
     def render(self) -> str:
@@ -85,7 +111,7 @@ class Metrics:
                 lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
                 seen.add(name)
             lab = ",".join(f'{k}="{_esc(str(val))}"' for k, val in labels)
-            lines.append(f"{name}{{{lab}}} {v:g}" if lab else f"{name} {v:g}")
+            lines.append(f"{name}{{{lab}}} {number(v)}" if lab else f"{name} {number(v)}")
         for name, fn in sorted(self.gauges.items()):
             kind, help = self.help[name]
             try:
@@ -94,7 +120,7 @@ class Metrics:
                 continue
             if v is None:
                 continue
-            lines += [f"# HELP {name} {help}", f"# TYPE {name} gauge", f"{name} {v:g}"]
+            lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}", f"{name} {number(v)}"]
         lines += self.fsync_seconds.render() + self.batch_size.render()
         return "\n".join(lines) + "\n"
 
