@@ -260,6 +260,20 @@ async def test_bad_query_strings_name_the_parameter(client, keys, service, param
     await assert_error(resp, 400, needle)
 
 
+async def test_long_query_strings_get_the_json_error_shape(client, keys, service):
+    from query.http.base import MAX_QUERY_BYTES
+
+    h = bearer(keys["reader"])
+    # longer than aiohttp's own 8190-byte request line: the route still answers, in JSON
+    resp = await client.get("/api/v1/audit-log?user=" + "a" * 9000, headers=h)
+    await assert_error(resp, 400, "user")
+    # longer than the routes read: 414, JSON, and the server goes on
+    for path in ("/api/v1/audit-log", "/api/v1/audit-log/export.csv", "/api/v1/verify", "/no/such/route"):
+        resp = await client.get(f"{path}?x=" + "b" * (MAX_QUERY_BYTES + 1), headers=h)
+        await assert_error(resp, 414, "query string too long")
+    assert (await client.get("/api/v1/audit-log", headers=h)).status == 200
+
+
 async def test_cursor_from_another_query_is_refused(client, keys, service):
     assert (
         await post_events(client, keys["writer"], [ev(i, user="alice" if i % 2 else "bob") for i in range(10)])

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query.http.base import NODE, error_middleware
+from query.http.base import MAX_LINE_BYTES, NODE, error_middleware
 from query.http.routes import admin, audit_log, events, ops
 from query.node import RunningNode
 
 
 def create_app(node: RunningNode) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=node.settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=node.settings.max_body_bytes,
+        handler_args={"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_LINE_BYTES},
+    )
     app[NODE] = node
     app.cleanup_ctx.append(node.running)
     events.setup(app)

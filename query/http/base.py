@@ -46,7 +46,18 @@ async def error_middleware(request: web.Request, handler):
     return resp
 
 
+#: the longest request line and header the HTTP parser takes (aiohttp's own 8190 would
+#: answer a longer one with a plain-text 400 before any route or middleware runs)
+MAX_LINE_BYTES = 256 * 1024
+#: the longest query string a route is asked to read; longer gets a JSON 414
+MAX_QUERY_BYTES = 32 * 1024
+
+
 async def _handle(request: web.Request, handler, node):
+    if len(request.query_string) > MAX_QUERY_BYTES:
+        return error_response(
+            414, f"query string too long: {len(request.query_string)} bytes (limit {MAX_QUERY_BYTES})"
+        )
     try:
         resp = await handler(request)
     except AuditLogError as e:
