@@ -550,9 +550,32 @@ def export(
           --title 'Subject access: anna@example.com' -o anna.pdf
       auditlog export ecs --from -1d -o today.ecs.ndjson
     """
-    from query.scan import scan_node
+    from engine.errors import WriterLockedError
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
+    try:
+        _export(obj, fmt, flt, output, title, bundle_path, no_bom)
+    except WriterLockedError as e:
+        if fmt in ("ndjson", "ecs"):
+            route, sep = f"/api/v1/audit-log?format={fmt}", "&"
+        else:
+            route, sep = f"/api/v1/audit-log/export.{fmt}", "?"
+        fail(
+            f"{e}. An export is recorded in the log, so it needs the writer: while `serve` runs, "
+            f"export over its HTTP API with a reader key instead, e.g. "
+            f"curl -OJ -H 'Authorization: Bearer $KEY' 'http://HOST:PORT{route}{sep}{_query_of(flt)}'"
+        )
+
+
+def _query_of(flt) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(flt.to_params())
+
+
+def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom) -> None:
+    from query.scan import scan_node
+
     node_obj = obj.node()
     log = NodeLog(obj.data_dir, node_obj)
     if fmt == "bundle":
@@ -856,7 +879,11 @@ def default_node_id() -> str:
     type=click.Path(dir_okay=False),
     help="Also listen on this Unix socket (mode 0660) for same-host subsystems.",
 )
-@click.option("--demo", is_flag=True, help="On an empty log, seed a day of sample events and print a reader key.")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="On an empty log, seed a day of sample events; print a reader, a writer and an admin key.",
+)
 @click.pass_obj
 @handle_errors
 def serve(obj: Context, listen, unix_socket, demo) -> None:
@@ -872,7 +899,7 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
     """
     import logging
 
-    from query.http.server import parse_listen, serve_forever
+    from query.http.server import bind, parse_listen, serve_forever
     from query.http.server import serve as run_serve
     from query.node import build_node
 
@@ -880,24 +907,43 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
     cfg = obj.config
     listen = listen or cfg.server.listen
     parse_listen(listen)
+    # the ports first: one in use fails here, before the data dir is made or written to
+    socks = {}
+    wanted = [("http", listen)]
+    if cfg.cluster is not None and cfg.cluster.listen:
+        wanted.append(("peer", cfg.cluster.listen))
+    for name, where in wanted:
+        try:
+            socks[name] = bind(where)
+        except OSError as e:
+            for sk in socks.values():
+                sk.close()
+            fail(f"cannot listen on {where}: {e.strerror or e}")
     if not obj.data_dir.is_initialised():
         node_id = cfg.node_id or default_node_id()
         obj.data_dir.init(node_id)
         click.echo(f"initialised {obj.data_dir.root} for node {node_id}", err=True)
-    node = build_node(cfg.node_config(), obj.data_dir)
+    try:
+        node = build_node(cfg.node_config(), obj.data_dir)
+    except BaseException:
+        for sk in socks.values():
+            sk.close()
+        raise
     unix_socket = unix_socket or cfg.server.unix_socket
     try:
         if demo:
             _seed_demo(node)
     except BaseException:
         node.close()
+        for sk in socks.values():
+            sk.close()
         raise
 
     def ready(runner):
         click.echo(f"auditlog: node {node.node_id} serving http://{listen}/ (data dir {obj.data_dir.root})", err=True)
 
     try:
-        serve_forever(run_serve(node, listen, unix_socket, ready))
+        serve_forever(run_serve(node, listen, unix_socket, ready, socks))
     except OSError as e:
         node.close()
         fail(f"cannot listen on {listen}: {e.strerror or e}")
@@ -910,9 +956,15 @@ def _seed_demo(service) -> None:
     if head <= 1:  # empty (or only the recovery/first bookkeeping entry)
         n = seed_demo(service.writer, service.writer.now())
         click.echo(f"auditlog: demo: seeded {n} sample events over the last 24 hours", err=True)
-    rec, token = service.keys.create("demo-reader", "reader", user="cli")
-    click.echo(f"auditlog: demo reader key (shown once): {token}", err=True)
-    click.echo(token)
+    made = {role: service.keys.create(f"demo-{role}", role, user="cli")[1] for role in ("writer", "admin", "reader")}
+    click.echo("auditlog: demo API keys (shown once; each start of the demo makes new ones):", err=True)
+    for role, what in (
+        ("reader", "query, export, verify"),
+        ("writer", "append: POST /api/v1/events"),
+        ("admin", "reader + manage API keys"),
+    ):
+        click.echo(f"auditlog:   {role:<6} {made[role]}   ({what})", err=True)
+    click.echo(made["reader"])  # the last line on stdout: the reader key, for scripts
 
 
 # -- keys -----------------------------------------------------------------------------

@@ -117,6 +117,14 @@ def test_second_writer_and_apikey_refused_while_serving(served):
     key_id = key.split("_")[1]
     p = run_cli(served.data_dir, "apikey", "revoke", key_id)
     assert p.returncode == 2 and "/api/v1/api-keys" in p.stderr
+    # an export while serving: pointed to the HTTP route of the same export, nothing written
+    out = served.data_dir.parent / "x.csv"
+    p = run_cli(served.data_dir, "export", "csv", "--action", "config.*", "-o", str(out))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "/api/v1/audit-log/export.csv?action=config.%2A" in p.stderr, p.stderr
+    assert not out.exists() and not list(served.data_dir.parent.glob("x.csv*"))
+    p = run_cli(served.data_dir, "export", "ecs", "-o", str(out))
+    assert p.returncode == 2 and "/api/v1/audit-log?format=ecs" in p.stderr
 
     # the first server is unharmed and the key still works
     assert served.json("/api/v1/audit-log?limit=1", key)[0] == 200
@@ -217,3 +225,41 @@ def test_serve_bad_listen_is_a_usage_error(tmp_path, listen):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("auditlog: error:") and "listen" in lines[0], p.stderr
     assert not data.exists()  # refused before anything was initialised
+
+
+def test_demo_prints_a_labelled_reader_writer_and_admin_key(served):
+    reader = served.last_stdout_line()
+    err = served.stderr()
+    keys = dict(re.findall(r"auditlog:\s+(reader|writer|admin)\s+(alk_\S+)", err))
+    assert set(keys) == {"reader", "writer", "admin"}, err
+    assert keys["reader"] == reader
+    # each does what its label says
+    body = json.dumps([{"user": "demo", "action": "auth.login"}]).encode()
+    status, ack = served.json(
+        "/api/v1/events", keys["writer"], method="POST", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 201 and ack["appended"] == 1
+    assert served.json("/api/v1/api-keys", keys["admin"])[0] == 200
+    assert served.json("/api/v1/api-keys", keys["writer"])[0] == 403
+
+
+def test_serve_on_a_port_in_use_writes_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # a fresh data dir: not even initialised
+        fresh = tmp_path / "fresh"
+        r = run_cli(fresh, "serve", "--listen", f"127.0.0.1:{port}", "--demo")
+        assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not fresh.exists()
+        # an existing one: not a byte changed, no entry appended
+        data = tmp_path / "data"
+        assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
+        before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+        r = run_cli(data, "serve", "--listen", f"127.0.0.1:{port}")
+        assert r.returncode == 2 and "cannot listen" in r.stderr
+        after = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+        assert after == before

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 from aiohttp import web
 
@@ -67,12 +68,24 @@ def background_jobs(node: RunningNode):
     return ctx
 
 
-async def serve(node: RunningNode, listen: str, unix_socket: str | None = None, ready=None) -> None:
+def bind(listen: str) -> socket.socket:
+    """A listening TCP socket on ``listen`` (HOST:PORT), taken before anything is
+    written, so that a port in use fails ``serve`` with nothing changed (OSError)."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+async def serve(
+    node: RunningNode, listen: str, unix_socket: str | None = None, ready=None, socks: dict | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting, finish requests, flush and close.
 
     The app's ``cleanup_ctx`` starts and stops the node's cluster and syslog
     forwarder (``create_app``) and its background jobs; the node itself is
-    closed last."""
+    closed last.  ``socks``: sockets already bound (``bind``) for ``"http"`` and
+    ``"peer"``, used instead of binding here."""
+    socks = socks or {}
     app = create_app(node)
     app.cleanup_ctx.append(background_jobs(node))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -80,8 +93,11 @@ async def serve(node: RunningNode, listen: str, unix_socket: str | None = None, 
     peer_runner = None
     cluster = node.cluster
     try:
-        host, port = parse_listen(listen)
-        await web.TCPSite(runner, host, port).start()
+        if "http" in socks:
+            await web.SockSite(runner, socks["http"]).start()
+        else:
+            host, port = parse_listen(listen)
+            await web.TCPSite(runner, host, port).start()
         if cluster is not None and cluster.settings.listen:
             from query.cluster.pki import server_context
             from query.cluster.routes import create_peer_app
@@ -89,8 +105,12 @@ async def serve(node: RunningNode, listen: str, unix_socket: str | None = None, 
             s = cluster.settings
             peer_runner = web.AppRunner(create_peer_app(node, cluster), access_log=None, handle_signals=False)
             await peer_runner.setup()
-            phost, pport = parse_listen(s.listen)
-            await web.TCPSite(peer_runner, phost, pport, ssl_context=server_context(s.ca, s.cert, s.key)).start()
+            tls = server_context(s.ca, s.cert, s.key)
+            if "peer" in socks:
+                await web.SockSite(peer_runner, socks["peer"], ssl_context=tls).start()
+            else:
+                phost, pport = parse_listen(s.listen)
+                await web.TCPSite(peer_runner, phost, pport, ssl_context=tls).start()
         if unix_socket:
             await web.UnixSite(runner, unix_socket).start()
             os.chmod(unix_socket, 0o660)
