@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 from helpers_http import AUDITLOG, clean_env, free_port, run_cli
 
+from bench.servers import wait_serving
 from engine.identity import SIGNING_KEY_OID, signing_key_of
 from engine.signing import read_public_key
 from query.cluster.pki import check_own_cert
@@ -138,13 +138,9 @@ def test_serve_refuses_a_certificate_of_another_node_or_key(setup):
     # gw2 with its own certificate that binds no key: serves, and says what that costs
     proc = _serve(root, "gw2", "gw2")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", proc.ports[0])) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.1)
+        # ready once /healthz answers (the port itself is taken before the node starts)
+        why = wait_serving(proc, f"http://127.0.0.1:{proc.ports[0]}", timeout=30)
+        assert why is None, why
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from helpers_http import free_port, make_keys
 
+from bench.servers import wait_serving
 from ingest.limits import Limits
 from query.node import ServiceSettings
 
@@ -71,7 +72,6 @@ def test_worker_processes_die_with_a_killed_server(tmp_path):
     """A SIGKILLed server must not leave validation workers behind holding its pipes."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -87,12 +87,9 @@ def test_worker_processes_die_with_a_killed_server(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
+    # ready once /healthz answers (the port itself is taken before the node starts)
+    why = wait_serving(proc, f"http://127.0.0.1:{port}", timeout=20)
+    assert why is None, why
     children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     assert children, "serve should have started its validation worker"
     proc.send_signal(signal.SIGKILL)
