@@ -1,4 +1,8 @@
-PYTHON ?= python3.11
+# the first interpreter from 3.11 to 3.13 that runs: on PATH, then pyenv's versions
+# (PYTHON=/path/to/python overrides)
+PYTHON ?= $(shell for v in 3.11 3.12 3.13; do for p in python$$v $$HOME/.pyenv/versions/$$v*/bin/python$$v; do \
+	if $$p -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13)' >/dev/null 2>&1; then echo $$p; exit 0; fi; \
+	done; done; echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
