@@ -308,16 +308,23 @@ def build_filter(from_, to, user, action, target, domain, ip, recipient, success
 
 
 class ViolationCounter:
-    def __init__(self, entries):
+    """Counts the entries and violations that pass; with ``progress``, says on stderr
+    how far a long export has come (every ``every`` entries)."""
+
+    def __init__(self, entries, progress: bool = False, every: int = 10_000):
         self.entries = entries
         self.violations = 0
         self.rows = 0
+        self.progress = progress
+        self.every = every
 
     def __iter__(self):
         for e in self.entries:
             if e.integrity != "ok":
                 self.violations += 1
             self.rows += 1
+            if self.progress and self.rows % self.every == 0:
+                click.echo(f"auditlog: export: {self.rows:,} entries so far...", err=True)
             yield e
 
 
@@ -513,6 +520,12 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     help="pdf: also write the evidence bundle of the same entries here; the report names its digest and checkpoint.",
 )
 @click.option("--no-bom", is_flag=True, help="csv: no UTF-8 byte order mark (for machine consumers).")
+@click.option("--signatures", is_flag=True, help="pdf: an appendix with every entry's signature.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Say on stderr how far a long export has come (default: when stderr is a terminal).",
+)
 @click.pass_obj
 @handle_errors
 def export(
@@ -532,6 +545,8 @@ def export(
     title,
     bundle_path,
     no_bom,
+    signatures,
+    progress,
 ) -> None:
     """Export the filtered range (all of it) to a file; the export itself is audited.
 
@@ -554,7 +569,11 @@ def export(
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     try:
-        _export(obj, fmt, flt, output, title, bundle_path, no_bom)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if signatures and fmt != "pdf":
+            fail("--signatures goes with a PDF report")
+        _export(obj, fmt, flt, output, title, bundle_path, no_bom, signatures, progress)
     except WriterLockedError as e:
         if fmt in ("ndjson", "ecs"):
             route, sep = f"/api/v1/audit-log?format={fmt}", "&"
@@ -573,7 +592,7 @@ def _query_of(flt) -> str:
     return urlencode(flt.to_params())
 
 
-def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom) -> None:
+def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatures, progress) -> None:
     from query.scan import scan_node
 
     node_obj = obj.node()
@@ -604,7 +623,7 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom) -> None:
                 f"{Path(bundle_path).name} --key node.pub"
             )
             scanned = (e for e in scanned if e.seq <= built.checkpoint_size)
-        counted = ViolationCounter(scanned)
+        counted = ViolationCounter(scanned, progress)
         target_path = None if output == "-" else Path(output)
         tmp = None if target_path is None else target_path.with_name(target_path.name + ".part")
         binary = fmt == "pdf"
@@ -619,6 +638,7 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom) -> None:
             if binary:
                 from export.pdf import render_pdf
 
+                first = next(iter(log.scan()), None)
                 pdf, _ = render_pdf(
                     counted,
                     title=title,
@@ -626,6 +646,9 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom) -> None:
                     nodes={node_obj.node_id: {"status": "ok"}},
                     generated_by="auditlog CLI",
                     evidence=evidence,
+                    period=(flt.from_us, flt.to_us),
+                    oldest={node_obj.node_id: first.ts if first is not None else None},
+                    signatures=signatures,
                 )
                 out.write(pdf)
             else:

@@ -1,8 +1,12 @@
 """PDF report of an entry stream (GDPR subject access, audit appendix), with fpdf2.
 
-Title, the filters used, generation time, node coverage (unreachable nodes
-named), a table of the entries with long values wrapped, the integrity status,
-and page numbers.  Text is set in DejaVu Sans when the font is installed
+Title, the filters used, the period they cover (resolved to instants), the
+oldest entry each node still holds, generation time, node coverage (unreachable
+nodes named), a table of the entries with long values wrapped (at separators
+such as ``_`` and ``.``, never inside a word that has one), the integrity
+status, a SHA-256 digest of the report's data (the entries' NDJSON lines, in
+the report's order, as ``format=ndjson`` serves them), optionally an appendix
+of every entry's signature, and page numbers.  Text is set in DejaVu Sans when the font is installed
 (characters it has no glyph for, such as CJK or emoji, are shown as
 ``<U+XXXX>`` rather than dropped); otherwise in Helvetica with characters
 outside Latin-1 replaced, so a report is always produced.
@@ -11,7 +15,9 @@ outside Latin-1 replaced, so a report is always produced.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 
@@ -19,9 +25,17 @@ from fpdf import FPDF
 
 from engine import clock
 from engine.entry import Entry, format_ts
+from export.ndjson import ndjson_lines
+
+# fontTools says what it subsets at INFO, fpdf2 warns about fonts: neither belongs in a
+# server's log for every report
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+logging.getLogger("fpdf").setLevel(logging.ERROR)
 
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/local/share/fonts")
 MAX_CELL_CHARS = 400
+#: where a value too long for its column is broken (after these), before splitting a part
+_BREAK_AFTER = ("_", ".", "-", "/", "@", ":", ",", "=")
 COLUMNS = ("Time (UTC)", "Entry", "User", "Action", "Target / details", "IP", "Outcome", "Integrity")
 WIDTHS = (41, 22, 26, 38, 81, 28, 16, 25)
 
@@ -66,10 +80,16 @@ def render_pdf(
     max_rows: int | None = None,
     evidence: str | None = None,
     attachments: tuple[tuple[str, bytes], ...] = (),
+    period: tuple[int | None, int | None] | None = None,
+    oldest: dict[str, int | None] | None = None,
+    signatures: bool = False,
 ) -> tuple[bytes, dict]:
-    """Build the report; returns (PDF bytes, counts {"rows", "violations"}).  ``evidence``:
-    a line naming the evidence bundle of the same entries and the checkpoint it rests on;
-    ``attachments``: files embedded in the PDF, as (name, bytes) (the bundle itself)."""
+    """Build the report; returns (PDF bytes, counts {"rows", "violations", "sha256"}).
+    ``evidence``: a line naming the evidence bundle of the same entries and the
+    checkpoint it rests on; ``attachments``: files embedded in the PDF, as (name, bytes)
+    (the bundle itself); ``period``: the filter's from/to in µs (None: open); ``oldest``:
+    per node, the ts of the oldest entry it holds (retention start); ``signatures``: an
+    appendix with every entry's signature."""
     pdf = _Report(orientation="L", unit="mm", format="A4")
     for name, data in attachments:
         pdf.embed_file(bytes=data, basename=name, mime_type="application/x-tar", modification_date=_EPOCH)
@@ -109,6 +129,14 @@ def render_pdf(
         new_y="NEXT",
     )
     pdf.multi_cell(0, 5, clean(f"Filters: {filters or '(none: every entry)'}"), new_x="LMARGIN", new_y="NEXT")
+    if period is not None:
+        lo, hi = period
+        start = format_ts(lo) if lo is not None else "the oldest entry held"
+        end = format_ts(hi) if hi is not None else f"the report's making ({generated})"
+        pdf.multi_cell(0, 5, clean(f"Period: from {start} to {end} (end excluded)"), new_x="LMARGIN", new_y="NEXT")
+    if oldest:
+        held = ", ".join(f"{n}: {format_ts(t) if t is not None else 'no entries'}" for n, t in sorted(oldest.items()))
+        pdf.multi_cell(0, 5, clean(f"Oldest entry held (retention start): {held}"), new_x="LMARGIN", new_y="NEXT")
     cover = ", ".join(
         f"{n}: {st.get('status')}" + (f" ({st.get('error')})" if st.get("error") else "")
         for n, st in sorted(nodes.items())
@@ -134,12 +162,17 @@ def render_pdf(
     table = _Table(pdf, fam, clean)
     table.heading()
     rows = violations = 0
+    digest = hashlib.sha256()
+    sigs: list[tuple[str, str]] = []
     for e in entries:
         if max_rows is not None and rows >= max_rows:
             break
         rows += 1
         bad = e.integrity != "ok"
         violations += bad
+        digest.update(ndjson_lines([e])[0])
+        if signatures:
+            sigs.append((e.id, e.signature.hex() if isinstance(e.signature, bytes) else str(e.signature or "")))
         table.row(
             (
                 format_ts(e.ts),
@@ -165,7 +198,26 @@ def render_pdf(
     if rows == 0:
         pdf.set_font(fam, "", 9)
         pdf.multi_cell(0, 5, "No entries match these filters.", new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output()), {"rows": rows, "violations": violations}
+    pdf.set_font(fam, "", 9)
+    sha = digest.hexdigest()
+    pdf.multi_cell(
+        0,
+        5,
+        clean(
+            f"Data digest: SHA-256 {sha} of the {rows} entries' NDJSON lines, in this report's order "
+            "(as GET /api/v1/audit-log?format=ndjson with the same filters serves them)."
+        ),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    if signatures and sigs:
+        pdf.add_page()
+        pdf.set_font(fam, "B", 11)
+        pdf.multi_cell(0, 6, "Appendix: entry signatures (HMAC-SHA256 chain, hex)", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Courier", "", 7)
+        for eid, sig in sigs:
+            pdf.cell(0, 3.4, clean(f"{eid:<28} {sig}"), new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output()), {"rows": rows, "violations": violations, "sha256": sha}
 
 
 class _Table:
@@ -206,6 +258,10 @@ class _Table:
                     cut = len(word)
                     while cut > 1 and self.width(word[:cut]) > maxw:
                         cut = max(1, int(cut * 0.8))
+                    # rather after a separator (brute_force_ / detected) than inside a part
+                    at = max(word.rfind(sep, 0, cut) for sep in _BREAK_AFTER) + 1
+                    if at > 0:
+                        cut = at
                     lines.append(word[:cut])
                     word = word[cut:]
                 cur = word

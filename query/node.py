@@ -358,16 +358,26 @@ class RunningNode:
         head_seq, last_ts = self.log.head()
         days = self.store.retention_days
         cluster = self.cluster
+        oldest = self.oldest_ts()
         return {
             "node": self.node_id,
             "status": "ok",
             "head_seq": head_seq,
             "last_ts": format_ts(last_ts) if last_ts else None,
+            "oldest_ts": format_ts(oldest) if oldest is not None else None,
+            "oldest_ts_us": oldest,
             "retention_days": "forever" if days is None else days,
             "retention_last_run": self.last_retention,
             "last_checkpoint": cluster.last_checkpoint if cluster else None,
             "syslog": self.syslog.status() if self.syslog else None,
         }
+
+    def oldest_ts(self) -> int | None:
+        """The ts of the oldest entry this node still holds (where retention has left the
+        log starting), None for an empty log."""
+        for e in self.log.scan():
+            return e.ts
+        return None
 
     def postings_job(self) -> int:
         """The term-postings job (every few seconds): sealed segments' sidecars built ahead

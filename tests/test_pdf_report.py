@@ -477,9 +477,93 @@ def test_render_pdf_marks_violations_and_unreachable_nodes(tmp_path):
             "gw2": {"status": "unreachable", "error": "connection refused"},
         },
     )
-    assert counts == {"rows": 2, "violations": 1}
+    assert {k: counts[k] for k in ("rows", "violations")} == {"rows": 2, "violations": 1}
+    assert len(counts["sha256"]) == 64
     flat = " ".join(" ".join(pdf_text(pdf, tmp_path)).split())
     assert "Node coverage: gw1: ok, gw2: unreachable (connection refused), gw3: unreachable (timed out)" in flat
     assert "Incomplete: entries of gw2, gw3 are missing" in flat
     assert "VIOLATION: signature mismatch" in flat
     assert "Integrity: 1 of 2 entries FAILED verification" in flat
+
+
+async def test_api_pdf_states_period_retention_start_digest_and_signatures(client, keys, service, tmp_path):
+    import hashlib
+
+    resp = await post_events(client, keys["writer"], events())
+    assert resp.status == 201
+    params = {"action": "quarantine.release", "from": "2026-01-01", "to": "2027-01-01"}
+    resp = await client.get(
+        "/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={**params, "signatures": "true"}
+    )
+    assert resp.status == 200, await resp.text()
+    pdf = await resp.read()
+    text = " ".join(" ".join(pdf_text(pdf, tmp_path)).split())
+    assert "Period: from 2026-01-01T00:00:00.000000Z to 2027-01-01T00:00:00.000000Z (end excluded)" in text
+    oldest = (await query_all(client, keys["reader"]))[0]["ts"]
+    assert f"Oldest entry held (retention start): node-a: {oldest}" in text
+    # the digest: SHA-256 of the entries' NDJSON lines as the API serves them
+    resp = await client.get("/api/v1/audit-log", headers=bearer(keys["reader"]), params={**params, "format": "ndjson"})
+    lines = [ln for ln in (await resp.read()).splitlines(keepends=True) if not ln.startswith(b'{"node_status"')]
+    want = hashlib.sha256(b"".join(lines)).hexdigest()
+    assert f"Data digest: SHA-256 {want} of the {len(lines)} entries" in text
+    recs = await query_all(client, keys["reader"], action="audit.export")
+    assert recs[-1]["details"]["data_sha256"] == want
+    # the appendix: every entry's id and signature
+    for line in lines:
+        e = json.loads(line)
+        assert f"{e['id']} {e['signature']}" in text, e["id"]
+    # without the option, no appendix
+    resp = await client.get("/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params=params)
+    assert "Appendix: entry signatures" not in " ".join(pdf_text(await resp.read(), tmp_path))
+    resp = await client.get(
+        "/api/v1/audit-log/export.pdf", headers=bearer(keys["reader"]), params={"signatures": "maybe"}
+    )
+    assert resp.status == 400
+
+
+def test_long_values_break_at_separators_not_inside_words():
+    from fpdf import FPDF
+
+    from export.pdf import _Table
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", "", 7)
+    t = _Table(pdf, "helvetica", str)
+    for word, width in (("security.brute_force_detected", 20), ("config.filter_update", 15), ("a_b_c_d_e_f", 5)):
+        lines = t.wrap(word, width)
+        assert "".join(lines) == word and len(lines) > 1, lines
+        # every break falls after a separator
+        assert all(line[-1] in "_." for line in lines[:-1]), lines
+    # a value with no separator is still cut to fit (nothing lost)
+    lines = t.wrap("x" * 200, 20)
+    assert "".join(lines) == "x" * 200 and all(t.width(line) <= 20 for line in lines)
+
+
+def test_cli_pdf_signatures_period_and_progress(data_dir, tmp_path):
+    wire = cli_wire(data_dir, "--from", "2026-01-01")  # before the export records itself
+    out = tmp_path / "r.pdf"
+    r = run_cli(data_dir, "export", "pdf", "--from", "2026-01-01", "--signatures", "--progress", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    text = " ".join(" ".join(pdf_text(out.read_bytes(), tmp_path)).split())
+    assert "Period: from 2026-01-01T00:00:00.000000Z to the report's making" in text
+    assert "Oldest entry held (retention start): gw1: " in text and "Data digest: SHA-256 " in text
+    assert wire and all(f"{i} {e['signature']}" in text for i, e in wire.items())
+    r = run_cli(data_dir, "export", "csv", "--signatures", "-o", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "--signatures goes with a PDF report" in r.stderr
+
+
+def test_cli_export_progress_on_a_long_export(tmp_path):
+    data = tmp_path / "data"
+    assert run_cli(data, "init", "--node-id", "gw1").returncode == 0
+    src = tmp_path / "many.ndjson"
+    src.write_text(
+        "".join(json.dumps({"user": "u", "action": "auth.login", "details": {"i": i}}) + "\n" for i in range(25_000))
+    )
+    assert run_cli(data, "append", "--file", str(src)).returncode == 0
+    r = run_cli(data, "export", "csv", "--progress", "-o", str(tmp_path / "all.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "export: 10,000 entries so far" in r.stderr and "export: 20,000 entries so far" in r.stderr
+    # not a terminal and not asked for: quiet
+    r = run_cli(data, "export", "csv", "-o", str(tmp_path / "all2.csv"))
+    assert r.returncode == 0 and "so far" not in r.stderr

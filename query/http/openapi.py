@@ -319,6 +319,11 @@ def openapi_document() -> dict:
                             "and name its SHA-256 and checkpoints",
                             {"type": "string", "enum": ["true", "false", "1", "0"]},
                         ),
+                        _param(
+                            "signatures",
+                            "true: an appendix with every entry's signature",
+                            {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        ),
                     ],
                     "responses": _responses(
                         {

@@ -319,9 +319,10 @@ async def export_pdf(request: web.Request) -> web.Response:
     embedded in the PDF, which names its SHA-256 and the checkpoints it rests on."""
     key = authorize(request, "read")
     service = request.app[NODE]
-    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title", "bundle"))
+    flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "title", "bundle", "signatures"))
     title = request.rel_url.query.get("title", "Audit log report")[:200]
     with_bundle = _flag(request.rel_url.query.get("bundle", "false"), "bundle")
+    with_signatures = _flag(request.rel_url.query.get("signatures", "false"), "signatures")
     bundle = await _make_bundle(service, flt) if with_bundle else None
     merged = Merged(open_sources(service, flt, order, {}), order)
     entries = []
@@ -344,6 +345,7 @@ async def export_pdf(request: web.Request) -> web.Response:
     if bundle is not None:
         evidence = bundle.evidence()
         attachments = ((bundle.name, bundle.data),)
+    oldest = await _oldest(service, nodes)
     pdf, counts = await service.run(
         lambda: render_pdf(
             entries,
@@ -353,6 +355,9 @@ async def export_pdf(request: web.Request) -> web.Response:
             generated_by=f"{key.name} (API key {key.id})",
             evidence=evidence,
             attachments=attachments,
+            period=(flt.from_us, flt.to_us),
+            oldest=oldest,
+            signatures=with_signatures,
         )
     )
     await service.record(
@@ -366,6 +371,7 @@ async def export_pdf(request: web.Request) -> web.Response:
             "integrity_violations": counts["violations"],
             "api_key_id": key.id,
             "nodes": {n: st.get("status") for n, st in nodes.items()},
+            "data_sha256": counts["sha256"],
             **({"bundle_sha256": bundle.sha256, "bundle": bundle.details} if bundle is not None else {}),
         },
     )
@@ -374,6 +380,17 @@ async def export_pdf(request: web.Request) -> web.Response:
         content_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="auditlog-report-{service.node_id}.pdf"'},
     )
+
+
+async def _oldest(service, nodes: dict) -> dict:
+    """Per node that answered: the ts of the oldest entry it holds (retention start)."""
+    out = {service.node_id: await service.run(service.oldest_ts)}
+    cluster = service.cluster
+    if cluster is not None and cluster.peers:
+        for node, head in (await cluster.peer_json("/head")).items():
+            if nodes.get(node, {}).get("status") == "ok" and type(head.get("oldest_ts_us")) is int:
+                out[node] = head["oldest_ts_us"]
+    return out
 
 
 def _flag(value: str, name: str) -> bool:
