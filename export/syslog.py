@@ -82,6 +82,16 @@ def severity(e: Entry) -> int:
     return SEV_INFO if e.success else SEV_NOTICE
 
 
+#: the largest RFC 5424 ``meta sequenceId``
+MAX_SEQUENCE_ID = 2147483647
+
+
+def sequence_id(seq: int) -> int:
+    """The ``meta sequenceId`` of the entry of ``seq``: the seq itself, wrapping to 1
+    after 2147483647 (RFC 5424 section 7.3.1)."""
+    return (seq - 1) % MAX_SEQUENCE_ID + 1
+
+
 def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None = None) -> bytes:
     """One RFC 5424 message (no transport framing)."""
     pri = FACILITY_LOG_AUDIT * 8 + severity(e)
@@ -103,6 +113,9 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
     if e.ip:
         text += f" from {e.ip}"
     header = f"<{pri}>1 {format_ts(e.ts)} {_printable(e.node, 255)} auditlog - {_printable(e.action, 32)} "
+    # RFC 5424 7.3.1: the entry's seq as the sequence, so a receiver sees a gap in one
+    # node's messages as a gap in the numbers (1 .. 2147483647, then from 1 again)
+    meta = f'[meta sequenceId="{sequence_id(e.seq)}"]'
 
     def build(details_value: str | None, truncated: bool, msg: str, base: list | None = None) -> bytes:
         ps = (
@@ -111,7 +124,7 @@ def format_message(e: Entry, sd_id: str = DEFAULT_SD_ID, max_bytes: int | None =
             + ([("truncated", "true")] if truncated else [])
         )
         sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in ps) + "]"
-        return (header + sd + " " + BOM + msg).encode("utf-8")
+        return (header + sd + meta + " " + BOM + msg).encode("utf-8")
 
     out = build(details, False, text)
     if max_bytes is None or len(out) <= max_bytes:

@@ -160,7 +160,9 @@ def test_header_fields_and_structured_data():
     assert p["app_name"] == "auditlog"
     assert p["procid"] == "-"
     assert p["msgid"] == "config.filter_update"
-    assert [s for s, _ in p["sd"]] == ["audit@32473"]
+    assert [s for s, _ in p["sd"]] == ["audit@32473", "meta"]
+    # RFC 5424 7.3.1: the entry's seq as the meta sequenceId, so a receiver sees gaps
+    assert dict(p["sd"])["meta"] == {"sequenceId": "7"}
     params = audit_params(p)
     assert params["id"] == "gw1:7" and params["node"] == "gw1" and params["seq"] == "7"
     assert params["user"] == "alice" and params["action"] == "config.filter_update"
@@ -172,6 +174,22 @@ def test_header_fields_and_structured_data():
     assert "truncated" not in params
     assert p["msg"].startswith(BOM)
     assert p["msg"][3:].decode() == "alice config.filter_update succeeded on filter-12 from 192.0.2.10"
+
+
+def test_sequence_id_is_the_seq_and_wraps_where_rfc_5424_says():
+    from export.syslog import MAX_SEQUENCE_ID, sequence_id
+
+    assert [sequence_id(s) for s in (1, 2, MAX_SEQUENCE_ID, MAX_SEQUENCE_ID + 1, 2 * MAX_SEQUENCE_ID + 5)] == [
+        1,
+        2,
+        MAX_SEQUENCE_ID,
+        1,
+        5,
+    ]
+    # kept when a message is cut down to fit UDP
+    p = parse_rfc5424(format_message(entry(details={"x": "y" * 5000}), max_bytes=600))
+    assert b'[meta sequenceId="7"]' in format_message(entry(details={"x": "y" * 5000}), max_bytes=600)
+    assert "meta" in [s for s, _ in p["sd"]]
 
 
 def test_severity_follows_outcome_security_and_integrity():
@@ -196,7 +214,7 @@ def test_optional_fields_absent_not_empty():
 
 def test_sd_id_is_configurable_and_checked():
     p = parse_rfc5424(format_message(entry(), sd_id="acme@12345"))
-    assert [s for s, _ in p["sd"]] == ["acme@12345"]
+    assert [s for s, _ in p["sd"]] == ["acme@12345", "meta"]
     assert audit_params(p, "acme@12345")["id"] == "gw1:7"
     assert check_sd_id("acme@12345") == "acme@12345"
     for bad in ("audit", "audit@", "@32473", "au dit@1", 'a"b@1', "a]b@1", "a=b@1", "audit@x1", "x" * 30 + "@123"):
