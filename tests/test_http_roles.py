@@ -44,6 +44,8 @@ ROUTES = [
     ("cluster", "GET", "/api/v1/cluster", {"reader", "admin"}, 200),
     ("checkpoints", "GET", "/api/v1/checkpoints", {"reader", "admin"}, 200),
     ("export-bundle", "GET", "/api/v1/audit-log/export.bundle", {"reader", "admin"}, 200),
+    ("count", "GET", "/api/v1/audit-log/count", {"reader", "admin"}, 200),
+    ("histogram", "GET", "/api/v1/audit-log/histogram?interval=1h", {"reader", "admin"}, 200),
     ("checkpoint-make", "POST", "/api/v1/checkpoints", {"admin"}, 201),
     ("proof-inclusion", "GET", "/api/v1/proofs/inclusion?seq=1&size=1", {"reader", "admin"}, 200),
     ("proof-consistency", "GET", "/api/v1/proofs/consistency?old=1&new=1", {"reader", "admin"}, 200),

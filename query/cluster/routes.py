@@ -183,6 +183,24 @@ async def bundle(request: web.Request) -> web.Response:
     return web.Response(body=built.data, content_type="application/x-tar", headers={"X-Bundle-SHA256": built.sha256})
 
 
+async def counts(request: web.Request) -> web.Response:
+    """This node's counts of a filter's matches (``query.histogram.node_counts``), per
+    bucket of ``interval_us`` when given."""
+    peer_node(request)
+    service = request.app[NODE]
+    q = request.rel_url.query
+    flt = Filter.from_params({k: q.getall(k) for k in PARAM_NAMES if k in q})
+    raw = q.get("interval_us")
+    interval_us = None
+    if raw is not None:
+        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 15 and int(raw) > 0):
+            raise QueryError("interval_us must be a positive whole number")
+        interval_us = int(raw)
+    from query.histogram import node_counts
+
+    return web.json_response(await service.run(node_counts, service.log, flt, interval_us))
+
+
 async def certificate(request: web.Request) -> web.Response:
     """This node's cluster certificate (PEM): it binds the node id to its signing key."""
     peer_node(request)
@@ -218,4 +236,5 @@ def create_peer_app(service, cluster) -> web.Application:
     app.router.add_post("/peer/v1/tree", tree)
     app.router.add_get("/peer/v1/bundle", bundle)
     app.router.add_get("/peer/v1/certificate", certificate)
+    app.router.add_get("/peer/v1/counts", counts)
     return app

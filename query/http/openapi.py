@@ -383,6 +383,34 @@ def openapi_document() -> dict:
                     "responses": _responses({"200": {"description": "Report"}}, 400, 401, 403),
                 }
             },
+            "/api/v1/audit-log/count": {
+                "get": {
+                    "summary": "How many entries match, from every node (counted where they are, none rendered); "
+                    "entries that do not verify are counted apart as violations",
+                    "security": bearer,
+                    "parameters": _filters(),
+                    "responses": _responses({"200": {"description": "count, violations, nodes"}}, 400, 401, 403),
+                }
+            },
+            "/api/v1/audit-log/histogram": {
+                "get": {
+                    "summary": "The matches per interval over the filter's whole range, from every node: buckets "
+                    "with their start, count and count per node (the counts sum to the matches)",
+                    "security": bearer,
+                    "parameters": _filters()
+                    + [
+                        _param(
+                            "interval",
+                            "bucket width: a whole number and s, m, h or d (like 1h); at most 10000 buckets",
+                            {"type": "string", "pattern": "^[1-9][0-9]{0,5}[smhd]$"},
+                            required=True,
+                        )
+                    ],
+                    "responses": _responses(
+                        {"200": {"description": "interval, buckets, count, violations, nodes"}}, 400, 401, 403
+                    ),
+                }
+            },
             "/api/v1/audit-log/export.bundle": {
                 "get": {
                     "summary": "Evidence bundle of the matching entries (tar; checked offline with node.pub, or, on a node with peers, every node's bundle with cosigned checkpoints and certificates, checked with the cluster CA); audited",

@@ -495,8 +495,43 @@ async def not_allowed(request: web.Request) -> web.Response:
     raise web.HTTPMethodNotAllowed(request.method, ["GET"])
 
 
+async def histogram(request: web.Request) -> web.Response:
+    """The filter's matches per ``interval`` over its whole range, from every node,
+    counted where they are: ``{"interval", "buckets": [{"start", "count", "nodes"}],
+    "count", "violations", "nodes"}``."""
+    authorize(request, "read")
+    service = request.app[NODE]
+    flt, _, _, _, _ = parse_query(request, allowed_extra=("interval",))
+    from query.histogram import gather, merge, parse_interval
+
+    interval = request.rel_url.query.get("interval")
+    if interval is None:
+        raise InvalidFilterError("interval is required (like 1h, 15m or 1d)")
+    interval_us = parse_interval(interval)
+    per_node, nodes = await gather(service, flt, interval_us)
+    body = merge(per_node, flt, interval_us, interval)
+    body["nodes"] = nodes
+    return web.json_response(body)
+
+
+async def count(request: web.Request) -> web.Response:
+    """How many entries match, from every node: ``{"count", "violations", "nodes"}``;
+    it reads the matching entries but renders none."""
+    authorize(request, "read")
+    service = request.app[NODE]
+    flt, _, _, _, _ = parse_query(request, allowed_extra=())
+    from query.histogram import gather, merge
+
+    per_node, nodes = await gather(service, flt, None)
+    body = merge(per_node, flt, None, None)
+    body["nodes"] = nodes
+    return web.json_response(body)
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit-log", get_audit_log)
+    app.router.add_get("/api/v1/audit-log/count", count)
+    app.router.add_get("/api/v1/audit-log/histogram", histogram)
     app.router.add_get("/api/v1/audit-log/export.csv", export_csv)
     app.router.add_get("/api/v1/audit-log/export.pdf", export_pdf)
     app.router.add_get("/api/v1/audit-log/export.bundle", export_bundle)
