@@ -33,21 +33,26 @@ def parse_interval(text: str) -> int:
 
 def node_counts(log, flt: Filter, interval_us: int | None) -> dict:
     """This node's matches of ``flt``: ``{"count", "violations", "buckets": [[start µs,
-    count], ...]}`` (buckets only with an interval, the non-empty ones)."""
+    count, violations], ...]}`` (buckets only with an interval, the non-empty ones; what
+    does not verify is in a bucket's violations when it has a time, else only in the
+    total)."""
     count = violations = 0
-    buckets: Counter[int] = Counter()
+    good: Counter[int] = Counter()
+    bad: Counter[int] = Counter()
     for e in scan_node(log, flt):
-        if e.integrity != "ok":
+        ok = e.integrity == "ok"
+        if ok:
+            count += 1
+        else:
             violations += 1
-            continue
-        count += 1
-        if interval_us is not None:
-            buckets[e.ts - e.ts % interval_us] += 1
-            if len(buckets) > MAX_BUCKETS:
+        if interval_us is not None and (ok or isinstance(e.ts, int) and e.ts > 0):
+            (good if ok else bad)[e.ts - e.ts % interval_us] += 1
+            if len(good) + len(bad) > 2 * MAX_BUCKETS:
                 raise InvalidFilterError(
                     f"more than {MAX_BUCKETS} buckets: use a longer interval or a shorter range (from/to)"
                 )
-    return {"count": count, "violations": violations, "buckets": sorted(buckets.items())}
+    starts = sorted(set(good) | set(bad))
+    return {"count": count, "violations": violations, "buckets": [[t, good[t], bad[t]] for t in starts]}
 
 
 def merge(per_node: dict[str, dict], flt: Filter, interval_us: int | None, interval: str | None) -> dict:
@@ -58,9 +63,14 @@ def merge(per_node: dict[str, dict], flt: Filter, interval_us: int | None, inter
     if interval_us is None:
         return out
     by_start: dict[int, dict[str, int]] = {}
+    bad_at: dict[int, int] = {}
     for node, c in per_node.items():
-        for start, n in c["buckets"]:
-            by_start.setdefault(start, {})[node] = n
+        for start, n, *bad in c["buckets"]:
+            if n:
+                by_start.setdefault(start, {})[node] = n
+            if bad and bad[0]:
+                bad_at[start] = bad_at.get(start, 0) + bad[0]
+                by_start.setdefault(start, {})
     if flt.from_us is not None:
         lo = flt.from_us - flt.from_us % interval_us
     else:
@@ -77,7 +87,10 @@ def merge(per_node: dict[str, dict], flt: Filter, interval_us: int | None, inter
             )
         for start in range(lo, hi + interval_us, interval_us):
             nodes = by_start.get(start, {})
-            buckets.append({"start": format_ts(start), "count": sum(nodes.values()), "nodes": nodes})
+            b = {"start": format_ts(start), "count": sum(nodes.values()), "nodes": nodes}
+            if bad_at.get(start):
+                b["violations"] = bad_at[start]
+            buckets.append(b)
     out["interval"] = interval
     out["buckets"] = buckets
     return out

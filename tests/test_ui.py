@@ -406,7 +406,10 @@ def parse_ts(s: str) -> datetime:
 
 def detail(page) -> dict[str, str]:
     return page.evaluate("""() => { const out = {}; const dl = document.querySelector('#detail-body');
-        for (const dt of dl.querySelectorAll('dt')) out[dt.textContent] = dt.nextElementSibling.textContent;
+        for (const dt of dl.querySelectorAll('dt')) {
+            const dd = dt.nextElementSibling, value = dd.querySelector('.value');
+            out[dt.textContent] = (value || dd).textContent;   // not the "filter" button beside it
+        }
         return out; }""")
 
 
@@ -469,8 +472,11 @@ def test_filter_by_user_and_action_prefix_reflected_in_url_and_restored(context,
     page = context.new_page()
     sign_in(page, demo.base, demo.reader)
     # the form's fields are the API's query parameters, each with a label
-    names = page.eval_on_selector_all("#filters input, #filters select", "els => els.map(e => e.name)")
+    names = page.eval_on_selector_all("#filters input[name], #filters select", "els => els.map(e => e.name)")
     assert set(names) - {"order"} == set(PARAM_NAMES)
+    # the date-time pickers beside from/to are helpers with a label of their own, no parameter
+    pickers = page.eval_on_selector_all("#filters input:not([name])", "els => els.map(e => [e.id, e.type])")
+    assert sorted(pickers) == [["from-pick", "datetime-local"], ["to-pick", "datetime-local"]]
     unlabelled = page.eval_on_selector_all(
         "#filters input, #filters select", "els => els.filter(e => !e.labels.length).map(e => e.name)"
     )
@@ -539,7 +545,8 @@ def test_load_more_pages_newest_first(page, demo):
     page.get_by_role("button", name="24 h").click()
     settle(page)
     expect(page.locator("#results tbody tr")).to_have_count(PAGE_SIZE)
-    expect(page.locator("#count")).to_have_text(f"{PAGE_SIZE} shown, more available")
+    # the total comes from the server's count, before every page is loaded
+    expect(page.locator("#count")).to_have_text(f"{PAGE_SIZE} of {BULK_N} shown, more available")
     more = page.locator("#load-more")
     expect(more).to_be_visible()
 
@@ -551,7 +558,7 @@ def test_load_more_pages_newest_first(page, demo):
     expect(page.locator("#results tbody tr")).to_have_count(BULK_N)
     expect(more).to_be_hidden()
     expect(page.locator("#error-banner")).to_be_hidden()
-    expect(page.locator("#count")).to_have_text(f"{BULK_N} shown")
+    expect(page.locator("#count")).to_have_text(f"{BULK_N} of {BULK_N} shown")
 
     shown = rows(page)
     all_ids = [r["id"] for r in shown]
@@ -561,10 +568,10 @@ def test_load_more_pages_newest_first(page, demo):
     # the button is gone: focus moved to the first row it brought
     assert active_row_id(page) == all_ids[2 * PAGE_SIZE]
 
-    # the histogram counts every loaded entry
-    bars = page.eval_on_selector_all("#histogram rect", "rs => rs.map(r => parseInt(r.textContent, 10))")
+    # the histogram is the server's, over every match (not only the loaded rows)
+    bars = page.eval_on_selector_all("#histogram rect", "rs => rs.map(r => parseInt(r.dataset.count, 10))")
     assert bars and sum(bars) == BULK_N
-    expect(page.locator("#histogram-caption")).to_contain_text(f"{BULK_N} loaded events")
+    expect(page.locator("#histogram-caption")).to_contain_text(f"{BULK_N} matching events")
 
 
 # -- detail panel, keyboard --------------------------------------------------------------------
@@ -737,3 +744,75 @@ def test_stopped_peer_shows_unreachable_banner(page, cluster):
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("Node b temporarily unreachable")
     assert {r["node"] for r in rows(page)} == {"a"}
+
+
+# -- investigations: histogram over the whole range, zoom, filter on a value, time zone -----------
+
+
+def test_histogram_counts_every_match_and_dragging_zooms(page, demo):
+    sign_in(page, demo.base, demo.reader)
+    search(page, action="auth.*")
+    total = query_api(demo.base, demo.reader, action="auth.*", limit=10000)
+    n = len(total["events"])
+    expect(page.locator("#histogram-caption")).to_contain_text(f"{n} matching events")
+    bars = page.eval_on_selector_all("#histogram rect", "rs => rs.map(r => parseInt(r.dataset.count, 10))")
+    assert sum(bars) == n and len(bars) > 1
+    expect(page.locator("#count")).to_contain_text(f"of {n} shown")
+    # drag across the middle third: from/to set to that span, and the table within it
+    box = page.locator("#histogram").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, y, steps=5)
+    page.mouse.move(box["x"] + 2 * box["width"] / 3, y, steps=5)
+    page.mouse.up()
+    settle(page)
+    q = url_query(page)
+    lo, hi = parse_ts(q["from"][0]), parse_ts(q["to"][0])
+    assert lo < hi
+    stamps = [parse_ts(r["ts"]) for r in rows(page)]
+    assert stamps and all(lo <= t < hi for t in stamps)
+    zoomed = query_api(demo.base, demo.reader, action="auth.*", limit=10000, **{"from": q["from"][0], "to": q["to"][0]})
+    expect(page.locator("#histogram-caption")).to_contain_text(f"{len(zoomed['events'])} matching events")
+    assert len(zoomed["events"]) < n
+
+
+def test_filter_on_a_value_from_the_detail_panel(page, demo):
+    sign_in(page, demo.base, demo.reader)
+    search(page, action="config.*")
+    page.locator("#results tbody tr").first.click()
+    user = detail(page)["user"]
+    page.get_by_role("button", name=f"Filter on user {user}").click()
+    settle(page)
+    assert field(page, "user").input_value() == user and url_query(page)["user"] == [user]
+    assert url_query(page)["action"] == ["config.*"]  # the rest of the search kept
+    assert {r["user"] for r in rows(page)} == {user}
+
+
+def test_times_in_utc_or_local_and_a_stale_count_cleared(browser, demo):
+    ctx = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, timezone_id="Asia/Kolkata")
+    ctx.set_default_timeout(10_000)
+    page = ctx.new_page()
+    sign_in(page, demo.base, demo.reader)
+    search(page, action="config.dkim_rotate")
+    utc = [r["ts"] for r in rows(page)]
+    assert utc and all(t.endswith("Z") for t in utc)
+    page.select_option("#tz", "local")
+    local = [r["ts"] for r in rows(page)]
+    assert all(t.endswith(" +05:30") for t in local), local
+    # the same instant, microseconds kept
+    first = datetime.strptime(local[0], "%Y-%m-%d %H:%M:%S.%f %z")
+    assert first == parse_ts(utc[0]) and local[0].split(" ")[1][9:15] == utc[0][20:26]
+    expect(page.locator("#time-heading")).to_have_text("Time (local)")
+    page.select_option("#tz", "utc")
+    assert [r["ts"] for r in rows(page)] == utc
+    # a bad date after a good search: the error, and no "N shown" left over an empty table
+    search(page, **{"from": "not-a-date"})
+    expect(page.locator("#error-banner")).to_be_visible()
+    expect(page.locator("#results tbody tr")).to_have_count(0)
+    expect(page.locator("#count")).to_have_text("")
+    # the date-time picker fills the field with the UTC instant
+    page.fill("#from-pick", "2026-03-14T09:30:00")
+    value = field(page, "from").input_value()
+    assert parse_ts(value) == datetime.fromisoformat("2026-03-14T04:00:00+00:00")  # 09:30 in Kolkata
+    ctx.close()

@@ -9,7 +9,21 @@ const $ = (sel) => document.querySelector(sel);
 // shown: the same as the person typed them (the URL); gen: bumped by every search so
 // that answers to a superseded search are dropped instead of mixed in.
 const state = { cursor: null, entries: [], violations: 0, down: {}, query: null, shown: null, gen: 0,
-                loading: false, returnTo: null, skew: 0 };
+                loading: false, returnTo: null, skew: 0, total: null, histogram: null,
+                local: sessionStorage.getItem("auditlog-tz") === "local" };
+
+// Times come as RFC 3339 UTC with microseconds; shown as they are, or in the browser's
+// time zone (the toggle), microseconds kept either way.
+function showTime(iso) {
+  if (!iso || !state.local) return iso || "";
+  const t = Date.parse(iso);
+  if (!Number.isFinite(t)) return iso;
+  const d = new Date(t), pad = (n, w = 2) => String(n).padStart(w, "0");
+  const off = -d.getTimezoneOffset(), sign = off >= 0 ? "+" : "-";
+  const micro = (iso.match(/\.(\d+)Z$/) || [, "000000"])[1];
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:` +
+    `${pad(d.getSeconds())}.${micro} ${sign}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`;
+}
 
 function key() { return sessionStorage.getItem("auditlog-key"); }
 
@@ -111,13 +125,15 @@ async function search() {
   state.query = pinTimes(p);
   state.gen++;
   state.cursor = null; state.entries = []; state.violations = 0; state.down = {};
-  state.loading = false;
+  state.loading = false; state.total = null; state.histogram = null;
   $("#results tbody").replaceChildren();
   $("#load-more").hidden = true;
   $("#report").hidden = true;
   if (!$("#detail").hidden) closeDetail(false);
-  banners(); histogram();   // nothing from the previous search lingers, even if this one fails
-  await loadPage();
+  text($("#count"), ""); text($("#histogram-caption"), ""); $("#histogram").replaceChildren();
+  banners();   // nothing from the previous search lingers, even if this one fails
+  const gen = state.gen;
+  await Promise.all([loadPage(), loadHistogram(gen)]);
 }
 
 // The search on screen is the one in the form (an edited, unsubmitted form is searched
@@ -159,6 +175,7 @@ async function fetchPage(gen) {
     if (gen !== state.gen) return null;
     if (e.status === 401) { showSignIn("Your API key is no longer valid."); return null; }
     text($("#error-banner"), e.message); $("#error-banner").hidden = false;
+    if (!state.entries.length) text($("#count"), "");   // no stale "N shown" over an empty table
     return null;
   }
   if (gen !== state.gen) return null;  // a newer search replaced this one
@@ -175,9 +192,8 @@ async function fetchPage(gen) {
     tbody.appendChild(tr);
   }
   $("#load-more").hidden = !state.cursor;
-  text($("#count"), `${state.entries.length} shown${state.cursor ? ", more available" : ""}`);
+  showCount();
   banners();
-  histogram();
   return first;
 }
 
@@ -186,7 +202,7 @@ function row(e) {
   tr.tabIndex = 0;
   tr.dataset.id = e.id || "";
   if (e.integrity !== "ok") tr.className = "violation";
-  cell(tr, e.ts);
+  cell(tr, showTime(e.ts));
   cell(tr, e.node);
   cell(tr, e.user);
   cell(tr, e.action);
@@ -221,14 +237,31 @@ function banners() {
 function showDetail(e, tr) {
   const dl = $("#detail-body");
   dl.replaceChildren();
-  const add = (k, v, pre) => {
+  const add = (k, v, pre, filter) => {
     const dt = document.createElement("dt"); text(dt, k);
     const dd = document.createElement("dd");
-    if (pre) { const p = document.createElement("pre"); text(p, v); dd.appendChild(p); } else text(dd, v);
+    if (pre) { const p = document.createElement("pre"); text(p, v); dd.appendChild(p); }
+    else { const span = document.createElement("span"); span.className = "value"; text(span, v); dd.appendChild(span); }
+    if (filter && v && v !== "–") {
+      // filter on this value: the one field set, the rest of the search kept
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "filter-on"; b.dataset.field = filter;
+      text(b, "filter"); b.setAttribute("aria-label", `Filter on ${k} ${v}`);
+      b.addEventListener("click", () => {
+        $("#filters").elements[filter].value = v;
+        closeDetail(false);
+        search();
+      });
+      dd.append(" ", b);
+    }
     dl.append(dt, dd);
   };
-  add("id", e.id); add("time", e.ts); add("node", e.node); add("user", e.user); add("action", e.action);
-  add("target", e.target || "–"); add("domain", e.domain || "–"); add("ip", e.ip || "–");
+  const recipient = e.details && typeof e.details.recipient === "string" ? e.details.recipient : null;
+  add("id", e.id); add("time", showTime(e.ts)); add("node", e.node, false, "node"); add("user", e.user, false, "user");
+  add("action", e.action, false, "action");
+  add("target", e.target || "–", false, "target"); add("domain", e.domain || "–", false, "domain");
+  add("ip", e.ip || "–", false, "ip");
+  if (recipient) add("recipient", recipient, false, "recipient");
   add("user agent", e.user_agent || "–"); add("outcome", e.success ? "success" : "failure");
   add("details", JSON.stringify(e.details, null, 2), true);
   add("signature", e.signature);
@@ -247,35 +280,147 @@ function closeDetail(refocus = true) {
 }
 
 // -- histogram -----------------------------------------------------------------------
+// Counted by the server over the whole filtered range (GET /api/v1/audit-log/histogram),
+// not over the loaded rows; drag across it (or press a bar) to zoom: that sets from/to.
 
-function histogram() {
+const INTERVALS = [["1s", 1e3], ["5s", 5e3], ["15s", 15e3], ["1m", 6e4], ["5m", 3e5], ["15m", 9e5],
+                   ["1h", 36e5], ["3h", 108e5], ["6h", 216e5], ["12h", 432e5], ["1d", 864e5],
+                   ["7d", 6048e5], ["30d", 2592e6], ["365d", 31536e6]];
+const BARS = 60;
+
+function pickInterval(span) {
+  for (const [name, ms] of INTERVALS) if (span / ms <= BARS) return [name, ms];
+  return INTERVALS[INTERVALS.length - 1];
+}
+
+async function loadHistogram(gen) {
+  const q = new URLSearchParams(state.query);
+  q.delete("order");   // a count has no order
+  const now = Date.now() + state.skew;
+  let lo = q.has("from") ? Date.parse(q.get("from")) : NaN;
+  let hi = q.has("to") ? Date.parse(q.get("to")) : NaN;
+  try {
+    if (!Number.isFinite(lo)) {
+      // no start: a first look by day says where the matches begin
+      const p = new URLSearchParams(q); p.set("interval", "1d");
+      const first = await (await api("/api/v1/audit-log/histogram?" + p.toString())).json();
+      if (gen !== state.gen) return;
+      if (!first.buckets.length) { drawHistogram(first, 0); return; }
+      lo = Date.parse(first.buckets[0].start);
+      const last = Date.parse(first.buckets[first.buckets.length - 1].start) + 864e5;
+      if (!Number.isFinite(hi)) hi = Math.max(Math.min(now, last), lo + 1000);
+    }
+    if (!Number.isFinite(hi)) hi = now;
+    const [name, ms] = pickInterval(Math.max(hi - lo, 1000));
+    const p = new URLSearchParams(q);
+    p.set("interval", name);
+    if (!p.has("from")) p.set("from", new Date(lo - (lo % ms)).toISOString());
+    const data = await (await api("/api/v1/audit-log/histogram?" + p.toString())).json();
+    if (gen !== state.gen) return;
+    drawHistogram(data, ms);
+  } catch (e) {
+    if (gen !== state.gen) return;
+    state.total = null;
+    $("#histogram").replaceChildren();
+    text($("#histogram-caption"), "No histogram: " + e.message);
+  }
+}
+
+function drawHistogram(data, ms) {
+  state.total = data.count;
+  state.histogram = { buckets: data.buckets || [], ms, data };
+  showCount();
   const svg = $("#histogram");
   svg.replaceChildren();
-  const ts = state.entries.filter((e) => e.ts).map((e) => Date.parse(e.ts));
-  if (!ts.length) { text($("#histogram-caption"), ""); return; }
-  // not Math.min(...ts): spreading ~100k loaded entries overflows the call stack
-  const lo = ts.reduce((a, b) => (b < a ? b : a)), hi = ts.reduce((a, b) => (b > a ? b : a));
-  const n = 48, span = Math.max(hi - lo, 1), width = svg.clientWidth || 800, h = 64;
-  const bins = new Array(n).fill(0), bad = new Array(n).fill(0);
-  state.entries.forEach((e) => {
-    if (!e.ts) return;
-    const i = Math.min(n - 1, Math.floor(((Date.parse(e.ts) - lo) / span) * n));
-    bins[i]++; if (e.integrity !== "ok") bad[i]++;
-  });
-  const max = bins.reduce((a, b) => (b > a ? b : a)), bw = width / n;
   const ns = "http://www.w3.org/2000/svg";
-  bins.forEach((c, i) => {
-    if (!c) return;
+  const buckets = data.buckets || [];
+  if (!buckets.length) { text($("#histogram-caption"), `${data.count} matching events`); return; }
+  const width = svg.clientWidth || 800, h = 64, plot = h - 14;
+  const max = buckets.reduce((a, b) => (b.count > a ? b.count : a), 0) || 1, bw = width / buckets.length;
+  buckets.forEach((b, i) => {
+    if (!b.count && !b.violations) return;
     const r = document.createElementNS(ns, "rect");
-    const bh = Math.max(2, (c / max) * (h - 4));
-    r.setAttribute("x", i * bw + 1); r.setAttribute("width", Math.max(1, bw - 2));
-    r.setAttribute("y", h - bh); r.setAttribute("height", bh);
-    if (bad[i]) r.setAttribute("class", "bad");
+    const bh = Math.max(2, (b.count / max) * (plot - 2));
+    if (b.violations) r.setAttribute("class", "bad");   // entries there that do not verify
+    r.setAttribute("x", i * bw + 0.5); r.setAttribute("width", Math.max(1, bw - 1));
+    r.setAttribute("y", plot - bh); r.setAttribute("height", bh);
+    r.dataset.start = b.start; r.dataset.count = b.count;
     const t = document.createElementNS(ns, "title");
-    t.textContent = `${c} events from ${new Date(lo + (span * i) / n).toISOString()}`;
+    const per = Object.entries(b.nodes || {}).map(([n, c]) => `${n}: ${c}`).join(", ");
+    t.textContent = `${b.count} events from ${showTime(b.start)}${per ? " (" + per + ")" : ""}` +
+      (b.violations ? `, ${b.violations} that do not verify` : "");
     r.appendChild(t); svg.appendChild(r);
   });
-  text($("#histogram-caption"), `${ts.length} loaded events, ${new Date(lo).toISOString()} – ${new Date(hi).toISOString()}, ${n} intervals`);
+  // axes: the first and last bucket's start, and the tallest bar's count
+  const label = (x, y, s, anchor) => {
+    const el = document.createElementNS(ns, "text");
+    el.setAttribute("x", x); el.setAttribute("y", y); el.setAttribute("text-anchor", anchor);
+    el.setAttribute("class", "axis"); el.textContent = s; svg.appendChild(el);
+  };
+  label(2, h - 2, shortTime(buckets[0].start), "start");
+  label(width - 2, h - 2, shortTime(buckets[buckets.length - 1].start), "end");
+  label(width - 2, 9, `max ${max}`, "end");
+  const bad = data.violations ? `, ${data.violations} that do not verify` : "";
+  const down = Object.entries(data.nodes || {}).filter(([, s]) => s.status !== "ok").map(([n]) => n);
+  text($("#histogram-caption"),
+    `${data.count} matching events${bad} · ${buckets.length} × ${data.interval}` +
+    (down.length ? ` · without ${down.join(", ")} (unreachable)` : "") + " · drag across it to zoom");
+}
+
+function shortTime(iso) { return showTime(iso).replace(".000000", "").replace(/:00(Z?)$/, "$1"); }
+
+function showCount() {
+  const total = state.total == null ? "" : ` of ${state.total}`;
+  text($("#count"), `${state.entries.length}${total} shown${state.cursor ? ", more available" : ""}`);
+}
+
+// brush: drag across the chart to set from/to (a click on a bar zooms into its bucket)
+function wireBrush() {
+  const svg = $("#histogram");
+  let x0 = null, band = null;
+  const at = (ev) => { const r = svg.getBoundingClientRect(); return Math.min(Math.max(ev.clientX - r.left, 0), r.width); };
+  const timeAt = (x) => {
+    const hgm = state.histogram, r = svg.getBoundingClientRect();
+    if (!hgm || !hgm.buckets.length) return null;
+    const i = (x / r.width) * hgm.buckets.length;
+    return Date.parse(hgm.buckets[0].start) + i * hgm.ms;
+  };
+  svg.addEventListener("mousedown", (ev) => {
+    if (!state.histogram || !state.histogram.buckets.length) return;
+    x0 = at(ev);
+    band = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    band.setAttribute("class", "brush"); band.setAttribute("y", 0); band.setAttribute("height", 64);
+    band.setAttribute("x", x0); band.setAttribute("width", 0); svg.appendChild(band);
+  });
+  svg.addEventListener("mousemove", (ev) => {
+    if (x0 === null) return;
+    const x = at(ev);
+    band.setAttribute("x", Math.min(x0, x)); band.setAttribute("width", Math.abs(x - x0));
+  });
+  const finish = (ev) => {
+    if (x0 === null) return;
+    const x1 = at(ev), a = Math.min(x0, x1), b = Math.max(x0, x1);
+    x0 = null; if (band) band.remove(); band = null;
+    let from, to;
+    if (b - a < 3) {   // a click: the bucket under it
+      const hgm = state.histogram, i = Math.floor((a / svg.getBoundingClientRect().width) * hgm.buckets.length);
+      if (!hgm.buckets[i]) return;
+      from = Date.parse(hgm.buckets[i].start); to = from + hgm.ms;
+    } else {
+      from = timeAt(a); to = timeAt(b);
+    }
+    zoom(from, to);
+  };
+  svg.addEventListener("mouseup", finish);
+  svg.addEventListener("mouseleave", (ev) => { if (x0 !== null) finish(ev); });
+}
+
+function zoom(from, to) {
+  if (from == null || to == null || !(to > from)) return;
+  const form = $("#filters");
+  form.elements.from.value = new Date(Math.floor(from / 1000) * 1000).toISOString();
+  form.elements.to.value = new Date(Math.ceil(to / 1000) * 1000).toISOString();
+  search();
 }
 
 // -- exports and reports -------------------------------------------------------------
@@ -352,5 +497,25 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#four-eyes").addEventListener("click", fourEyes);
   $("#detail-close").addEventListener("click", () => closeDetail());
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("#detail").hidden) closeDetail(); });
+  wireBrush();
+  // UTC or the browser's time zone, kept for the tab
+  const tz = $("#tz");
+  tz.value = state.local ? "local" : "utc";
+  tz.addEventListener("change", () => {
+    state.local = tz.value === "local";
+    sessionStorage.setItem("auditlog-tz", tz.value);
+    text($("#time-heading"), state.local ? "Time (local)" : "Time (UTC)");
+    $("#results tbody").replaceChildren(...state.entries.map(row));
+    if (state.histogram) drawHistogram(state.histogram.data, state.histogram.ms);
+  });
+  text($("#time-heading"), state.local ? "Time (local)" : "Time (UTC)");
+  // date-time pickers beside from/to: a picked local time goes into the field as UTC
+  for (const name of ["from", "to"]) {
+    const pick = $(`#${name}-pick`);
+    pick.addEventListener("change", () => {
+      const t = Date.parse(pick.value);   // datetime-local: the browser's time zone
+      if (Number.isFinite(t)) $("#filters").elements[name].value = new Date(t).toISOString();
+    });
+  }
   if (key()) signIn(key()); else showSignIn("");
 });
