@@ -75,6 +75,8 @@ def test_entries_that_do_not_verify_are_counted_apart(make_service, tmp_path):
     assert after["violations"] >= 1 and after["count"] < before["count"]
     body = merge({"n": after}, Filter(), 3_600_000_000, "1h")
     assert body["violations"] == after["violations"] and sum(b["count"] for b in body["buckets"]) == after["count"]
+    # and where they lie: a bucket says how many of its entries do not verify
+    assert sum(b.get("violations", 0) for b in body["buckets"]) == after["violations"]
 
 
 def ev_draft(i: int):
