@@ -345,10 +345,17 @@ def _limited(entries, limit):
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N entries (default: all).")
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Like tail -f: after the matches so far (the last 10 without --from), print new ones as they are "
+    "appended to this node's log, until Ctrl-C (table or ndjson).",
+)
 @click.pass_obj
 @handle_errors
 def query(
-    obj: Context, from_, to, user, action, target, domain, ip, recipient, success, node, fmt, limit, order
+    obj: Context, from_, to, user, action, target, domain, ip, recipient, success, node, fmt, limit, order, follow
 ) -> None:
     """Stream matching entries, verified; exit 1 after printing if a violation was met.
 
@@ -356,11 +363,17 @@ def query(
     Examples:
       auditlog query --from 2026-03-14T09:00:00Z --to 2026-03-14T12:00:00Z --action 'config.*'
       auditlog query --user alice --ip 192.0.2.10 --from -30d --format csv > alice.csv
+      auditlog query --action 'auth.*' --follow
     """
     from query.scan import scan_node
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     log = NodeLog(obj.data_dir, obj.node())
+    if follow:
+        if fmt not in ("table", "ndjson") or order != "asc" or limit is not None or to:
+            fail("--follow prints table or ndjson, oldest first, without --limit or --to")
+        _follow(log, flt, fmt, from_ is not None)
+        return
     counted = ViolationCounter(_limited(scan_node(log, flt, order=order), limit))
     out = sys.stdout
     if fmt == "table":
@@ -392,19 +405,77 @@ def query(
         sys.exit(EXIT_VIOLATION)
 
 
+def _follow(log: NodeLog, flt, fmt: str, from_given: bool, poll: float = 0.5) -> None:
+    """``query --follow``: the matches so far (the last 10 unless --from was given), then
+    each new one as the log grows, until interrupted; a violation met is said on stderr."""
+    import itertools
+    import time
+
+    from engine.entry import ENTRY_SUB
+    from export.ndjson import ndjson_lines
+    from query.scan import scan_node
+
+    out = sys.stdout
+    if from_given:
+        seen = list(scan_node(log, flt))
+    else:  # the last 10, read newest first: no walk over the whole log
+        seen = list(itertools.islice(scan_node(log, flt, order="desc"), 10))[::-1]
+    after = None
+    bad = 0
+
+    def emit(entries) -> None:
+        nonlocal bad
+        if not entries:
+            return
+        if fmt == "ndjson":
+            out.write(b"".join(ndjson_lines(entries)).decode("utf-8"))
+        else:
+            for e in entries:
+                out.write(_table_row(e) + "\n")
+        out.flush()
+        bad += sum(1 for e in entries if e.integrity != "ok")
+
+    if fmt == "table":
+        out.write(_table_row(None) + "\n")
+    emit(list(seen))
+    if seen:
+        after = seen[-1].position
+    else:
+        head, _ = log.head()
+        after = (head, ENTRY_SUB) if head else None
+    try:
+        while True:
+            time.sleep(poll)
+            new = list(scan_node(log, flt, after=after))
+            if new:
+                after = new[-1].position
+                emit(new)
+                if bad:
+                    click.echo(f"auditlog: {bad} entries with integrity violations so far", err=True)
+    except KeyboardInterrupt:
+        pass
+
+
+_TABLE_COLS = ("time", "id", "user", "action", "target", "ip", "ok", "integrity")
+_TABLE_WIDTHS = (27, 14, 16, 28, 20, 15, 3, 9)
+
+
+def _table_row(e) -> str:
+    """One line of the query table (the heading for None)."""
+    if e is None:
+        vals = _TABLE_COLS
+    else:
+        vals = (format_ts(e.ts), e.id, e.user, e.action, e.target, e.ip, "yes" if e.success else "NO", e.integrity)
+    line = "  ".join(str(v if v is not None else "-")[:w].ljust(w) for v, w in zip(vals, _TABLE_WIDTHS)).rstrip()
+    if e is not None and e.violation:
+        line += f"\n    !! {e.violation}"
+    return line
+
+
 def _print_table(entries, out) -> None:
-    cols = ("time", "id", "user", "action", "target", "ip", "ok", "integrity")
-    widths = (27, 14, 16, 28, 20, 15, 3, 9)
-
-    def row(vals):
-        return "  ".join(str(v if v is not None else "-")[:w].ljust(w) for v, w in zip(vals, widths)).rstrip()
-
-    out.write(row(cols) + "\n")
+    out.write(_table_row(None) + "\n")
     for e in entries:
-        line = row((format_ts(e.ts), e.id, e.user, e.action, e.target, e.ip, "yes" if e.success else "NO", e.integrity))
-        if e.violation:
-            line += f"\n    !! {e.violation}"
-        out.write(line + "\n")
+        out.write(_table_row(e) + "\n")
 
 
 # -- verify -----------------------------------------------------------------------

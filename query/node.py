@@ -200,6 +200,8 @@ class RunningNode:
         self._tree_lock = threading.Lock()
         #: reads streaming the log right now (HTTP and peer; ``query.http.base``)
         self.reads_in_flight = 0
+        #: set when the server begins to stop: long-lived streams (follow=true) end
+        self.stopping = False
 
     # -- lifecycle -------------------------------------------------------------
 

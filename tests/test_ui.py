@@ -196,6 +196,7 @@ def demo(tmp_path_factory):
         node.start("--demo")
         node.reader = node.stdout_lines()[-1]
         assert node.reader.startswith("alk_"), node.stdout_lines()
+        node.writer = re.search(r"auditlog:\s+writer\s+(alk_\S+)", node.stderr()).group(1)
         assert len(api_ids(node, action="config.dkim_rotate")) == 3, "the demo day was not seeded"
         node.stop()
         bulk = root / "bulk.ndjson"
@@ -816,3 +817,26 @@ def test_times_in_utc_or_local_and_a_stale_count_cleared(browser, demo):
     value = field(page, "from").input_value()
     assert parse_ts(value) == datetime.fromisoformat("2026-03-14T04:00:00+00:00")  # 09:30 in Kolkata
     ctx.close()
+
+
+def test_live_toggle_shows_new_entries_as_they_come(page, demo):
+    sign_in(page, demo.base, demo.reader)
+    search(page, user="live-tester")
+    expect(page.locator("#results tbody tr")).to_have_count(0)
+    page.check("#live")
+    expect(page.locator("#live-status")).to_be_visible()
+    time.sleep(1.5)  # the stream starts after each node's newest entry
+    body = json.dumps([{"user": "live-tester", "action": "auth.login", "ip": "192.0.2.77"}]).encode()
+    req = urllib.request.Request(
+        demo.base + "/api/v1/events",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {demo.writer}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 201
+    expect(page.locator("#results tbody tr")).to_have_count(1, timeout=15_000)
+    assert rows(page)[0]["user"] == "live-tester"
+    expect(page.locator("#count")).to_contain_text("1 of 1 shown")
+    page.uncheck("#live")
+    expect(page.locator("#live-status")).to_be_hidden()

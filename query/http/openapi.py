@@ -254,6 +254,12 @@ def openapi_document() -> dict:
                             "json (default), ndjson, or ecs (Elastic Common Schema, NDJSON)",
                             {"type": "string", "enum": ["json", "ndjson", "ecs"]},
                         ),
+                        _param(
+                            "follow",
+                            "true: stream new matching entries as NDJSON until the client leaves (from now, from, "
+                            "or a cursor), with heartbeat lines that carry a cursor to resume",
+                            {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        ),
                     ],
                     "responses": _responses(
                         {

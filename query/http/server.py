@@ -128,6 +128,7 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        node.stopping = True  # follow streams end instead of holding the shutdown up
         if peer_runner is not None:
             await peer_runner.cleanup()
         await runner.cleanup()

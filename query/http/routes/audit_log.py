@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from query.linemerge import merge_lines, node_ranks
 from query.merge import Source, merge_sources
 from query.sources import LocalLineSource, LocalSource
 
-PAGE_PARAMS = ("limit", "cursor", "order", "format")
+PAGE_PARAMS = ("limit", "cursor", "order", "format", "follow")
+#: seconds between looks for new entries while following, and between heartbeats
+FOLLOW_POLL = 1.0
+FOLLOW_HEARTBEAT = 10.0
 CHUNK = 2000
 
 
@@ -122,6 +126,10 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
     if fmt not in (None, "json", "ndjson", "ecs"):
         raise InvalidFilterError(f"format must be json, ndjson or ecs, got {fmt[:20]!r}")
     service.metrics.inc("auditlog_queries_total", format=fmt or "json")
+    if _flag(request.rel_url.query.get("follow", "false"), "follow"):
+        if fmt not in (None, "ndjson") or order != "asc" or limit is not None:
+            raise InvalidFilterError("follow=true streams NDJSON, oldest first, without a limit")
+        return await follow(request, service, flt, positions, fp)
     if fmt == "ndjson":
         return await stream_ndjson(request, service, flt, order, positions, limit)
     merged = Merged(open_sources(service, flt, order, positions), order)
@@ -152,6 +160,76 @@ async def get_audit_log(request: web.Request) -> web.StreamResponse:
         },
         dumps=lambda o: json.dumps(o, ensure_ascii=False),
     )
+
+
+async def follow(request, service, flt: Filter, positions: dict, fp: str) -> web.StreamResponse:
+    """Entries as they are appended, on every node, as NDJSON, until the client leaves
+    (``follow=true``, like ``tail -f``).
+
+    It starts after each node's newest entry (or from ``from``, or from a ``cursor``),
+    looks for new entries every ``FOLLOW_POLL`` seconds and writes them in (ts, node,
+    seq) order within each look.  After entries, and every ``FOLLOW_HEARTBEAT`` seconds
+    when there are none, a line ``{"heartbeat": {"ts", "cursor"}}``: the cursor resumes
+    the stream after what was sent.  A node that stops or starts answering says so in a
+    ``{"node_status": {...}}`` line."""
+    import time
+
+    from engine import clock
+    from engine.entry import ENTRY_SUB, format_ts
+    from export.ndjson import ndjson_lines
+
+    order = "asc"
+    positions = dict(positions)
+    if not positions and flt.from_us is None:
+        # from now: after each node's newest entry
+        heads = {service.node_id: (await service.run(service.head_info))["head_seq"]}
+        if service.cluster is not None and service.cluster.peers:
+            for node, h in (await service.cluster.peer_json("/head")).items():
+                if type(h.get("head_seq")) is int:
+                    heads[node] = h["head_seq"]
+        positions = {n: (seq, ENTRY_SUB) for n, seq in heads.items() if seq > 0}
+    resp = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+    await resp.prepare(request)
+    # waiting is not reading: background indexing may run between looks
+    service.reads_in_flight -= 1
+    status: dict[str, str] = {}
+    last_beat = time.monotonic()
+    try:
+        while not service.stopping:  # a server stopping ends its follows (within FOLLOW_POLL)
+            service.reads_in_flight += 1
+            wrote = False
+            try:
+                merged = Merged(open_sources(service, flt, order, positions), order)
+                try:
+                    await merged.prime()
+                    async for batch in merged.batches():
+                        for e in batch:
+                            positions[e.node] = e.position
+                        await resp.write(b"".join(ndjson_lines(batch)))
+                        wrote = True
+                    nodes = node_status(merged.sources, service)
+                finally:
+                    await merged.close()
+            finally:
+                service.reads_in_flight -= 1
+            for node, st in nodes.items():
+                now_status = st.get("status", "ok")
+                if status.get(node, "ok") != now_status:
+                    line = json.dumps({"node_status": {"node": node, **st}}, ensure_ascii=False)
+                    await resp.write(line.encode() + b"\n")
+                status[node] = now_status
+            if wrote or time.monotonic() - last_beat >= FOLLOW_HEARTBEAT:
+                beat = {"ts": format_ts(clock.now_us()), "cursor": encode_cursor(positions, order, fp)}
+                await resp.write(json.dumps({"heartbeat": beat}).encode() + b"\n")
+                last_beat = time.monotonic()
+            await asyncio.sleep(FOLLOW_POLL)
+    except ConnectionError:
+        pass  # the client left: the end of a follow
+    finally:
+        service.reads_in_flight += 1  # the middleware's count goes back down as for any read
+    return resp
 
 
 async def stream_ndjson(

@@ -10,7 +10,7 @@ const $ = (sel) => document.querySelector(sel);
 // that answers to a superseded search are dropped instead of mixed in.
 const state = { cursor: null, entries: [], violations: 0, down: {}, query: null, shown: null, gen: 0,
                 loading: false, returnTo: null, skew: 0, total: null, histogram: null,
-                local: sessionStorage.getItem("auditlog-tz") === "local" };
+                local: sessionStorage.getItem("auditlog-tz") === "local", live: null };
 
 // Times come as RFC 3339 UTC with microseconds; shown as they are, or in the browser's
 // time zone (the toggle), microseconds kept either way.
@@ -132,8 +132,10 @@ async function search() {
   if (!$("#detail").hidden) closeDetail(false);
   text($("#count"), ""); text($("#histogram-caption"), ""); $("#histogram").replaceChildren();
   banners();   // nothing from the previous search lingers, even if this one fails
+  stopLive();
   const gen = state.gen;
   await Promise.all([loadPage(), loadHistogram(gen)]);
+  if ($("#live").checked) startLive(gen);
 }
 
 // The search on screen is the one in the form (an edited, unsubmitted form is searched
@@ -423,6 +425,63 @@ function zoom(from, to) {
   search();
 }
 
+// -- live: new entries as they are appended (follow=true) ---------------------------
+
+function stopLive() {
+  if (state.live) { state.live.abort(); state.live = null; }
+  $("#live-status").hidden = true;
+}
+
+async function startLive(gen) {
+  stopLive();
+  const q = new URLSearchParams(state.query);
+  q.delete("order"); q.delete("to"); q.delete("from");   // from now on, as they come
+  q.set("follow", "true");
+  const ctl = new AbortController();
+  state.live = ctl;
+  $("#live-status").hidden = false;
+  let buf = "";
+  try {
+    const resp = await api("/api/v1/audit-log?" + q.toString(), { signal: ctl.signal });
+    const reader = resp.body.getReader(), dec = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || gen !== state.gen) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl); buf = buf.slice(nl + 1);
+        if (line.trim()) liveLine(JSON.parse(line));
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError" && gen === state.gen) {
+      text($("#error-banner"), "Live view stopped: " + e.message); $("#error-banner").hidden = false;
+    }
+  } finally {
+    if (state.live === ctl) { state.live = null; $("#live-status").hidden = true; }
+  }
+}
+
+function liveLine(x) {
+  if (x.node_status) {
+    const s = x.node_status;
+    if (s.status !== "ok") state.down[s.node] = s; else delete state.down[s.node];
+    banners();
+    return;
+  }
+  if (!x.id) return;   // a heartbeat
+  state.entries.push(x);
+  if (x.integrity !== "ok") state.violations++;
+  const tr = row(x);
+  tr.classList.add("new");
+  const tbody = $("#results tbody");
+  if (new URLSearchParams(state.query).get("order") === "asc") tbody.appendChild(tr); else tbody.prepend(tr);
+  if (state.total != null) state.total++;
+  showCount();
+  banners();
+}
+
 // -- exports and reports -------------------------------------------------------------
 
 async function download(path, filename) {
@@ -480,6 +539,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#signout").addEventListener("click", () => {
     sessionStorage.removeItem("auditlog-key");
     state.gen++;   // answers still in flight belong to the signed-out session
+    stopLive();
     showSignIn("");
   });
   $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
@@ -498,6 +558,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#detail-close").addEventListener("click", () => closeDetail());
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("#detail").hidden) closeDetail(); });
   wireBrush();
+  $("#live").addEventListener("change", () => { if ($("#live").checked) startLive(state.gen); else stopLive(); });
   // UTC or the browser's time zone, kept for the tab
   const tz = $("#tz");
   tz.value = state.local ? "local" : "utc";
