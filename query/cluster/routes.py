@@ -216,12 +216,21 @@ def _read_small(path: str, limit: int = 64 * 1024) -> bytes:
 
 
 async def _body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, refused (413) past ``limit`` bytes without reading on."""
+    too_large = PeerBodyTooLarge(f"request body too large (limit {limit} bytes)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    raw = b""
     try:
-        raw = await request.content.read(limit + 1)
+        while len(raw) <= limit:
+            chunk = await request.content.read(limit + 1 - len(raw))  # may return less
+            if not chunk:
+                break
+            raw += chunk
     except web.HTTPRequestEntityTooLarge:
-        raw = b"x" * (limit + 1)
+        raise too_large from None
     if len(raw) > limit:
-        raise PeerBodyTooLarge(f"request body too large (limit {limit} bytes)")
+        raise too_large
     return raw
 
 
