@@ -44,6 +44,7 @@ from engine.log import NodeLog
 from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, text
 from engine.state import StateSeal, StateTampered
 from export.errors import ExportError
+from export.relp import RelpSession
 
 log = logging.getLogger("auditlog.syslog")
 
@@ -161,8 +162,10 @@ def _target(v, name: str) -> str:
         port = u.port
     except ValueError:
         u, port = None, None
-    if u is None or u.scheme not in ("udp", "tcp", "tls") or not u.hostname or not port:
-        raise ConfigError(f"{name} must be udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT, got {v!r}")
+    if u is None or u.scheme not in ("udp", "tcp", "tls", "relp") or not u.hostname or not port:
+        raise ConfigError(
+            f"{name} must be udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or relp://HOST:PORT, got {v!r}"
+        )
     return v
 
 
@@ -185,9 +188,9 @@ SYSLOG_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "syslog.target",
         None,
-        "udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT",
+        "udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or relp://HOST:PORT",
         _target,
-        required='[syslog] needs target = "udp://HOST:PORT", "tcp://HOST:PORT" or "tls://HOST:PORT"',
+        required='[syslog] needs target = "udp://HOST:PORT", "tcp://HOST:PORT", "tls://HOST:PORT" or "relp://HOST:PORT"',
     ),
     Setting("syslog.format", "rfc5424", "message format: rfc5424", _format),
     Setting("syslog.sd_id", DEFAULT_SD_ID, "structured-data id, name@<enterprise number>", _sd_id),
@@ -202,7 +205,7 @@ _SYSLOG = defaults_of(SYSLOG_SETTINGS)
 
 @dataclass(frozen=True)
 class SyslogSettings:
-    target: str  # udp://host:port | tcp://host:port | tls://host:port
+    target: str  # udp://host:port | tcp://host:port | tls://host:port | relp://host:port
     format: str = _SYSLOG["format"]
     sd_id: str = _SYSLOG["sd_id"]
     ca: str | None = _SYSLOG["ca"]
@@ -229,6 +232,8 @@ class Transport:
     def __init__(self, settings: SyslogSettings):
         self.s = settings
         self.sock: socket.socket | None = None
+        #: the RELP session of a relp:// target (application-level acknowledgements)
+        self.relp: RelpSession | None = None
 
     def connect(self, timeout: float = 5.0) -> None:
         host, port = self.s.address()
@@ -251,8 +256,19 @@ class Transport:
                 raise
         raw.settimeout(timeout)
         self.sock = raw
+        if scheme == "relp":
+            self.relp = RelpSession(raw)
+            self.relp.open()
+
+    @property
+    def acked(self) -> int:
+        """Messages of the last ``send`` the receiver acknowledged itself (RELP), in order."""
+        return self.relp.acked if self.relp is not None else 0
 
     def send(self, messages: list[bytes]) -> None:
+        if self.relp is not None:
+            self.relp.send(messages)  # returns once the receiver answered 200 for each
+            return
         if self.s.scheme == "udp":
             for m in messages:
                 self.sock.send(m)
@@ -301,6 +317,9 @@ class Transport:
         return any(ev & (select.POLLRDHUP | select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
 
     def close(self) -> None:
+        if self.relp is not None:
+            self.relp.close()
+            self.relp = None
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -424,6 +443,9 @@ class SyslogForwarder:
         backoff = 0.2
         transport = Transport(self.settings)
         udp = self.settings.scheme == "udp"
+        # RELP: the receiver acknowledges each message itself, so nothing is resent but
+        # what it did not acknowledge
+        relp = self.settings.scheme == "relp"
         max_udp = self.settings.udp_max_bytes if udp else None
         # (cursor before the batch, its bytes) of the batches acknowledged on this connection
         recent: deque[tuple[int, int]] = deque()
@@ -444,10 +466,18 @@ class SyslogForwarder:
                     continue
                 messages = [format_message(e, self.settings.sd_id, max_udp) for e in entries]
                 before = self.position
-                transport.send(messages)
+                try:
+                    transport.send(messages)
+                except (OSError, ssl.SSLError):
+                    if relp and transport.acked:
+                        # what the receiver took before it failed counts: it is not sent again
+                        self.position = max(self.position, entries[transport.acked - 1].position)
+                        self.sent += transport.acked
+                        self._save_cursor()
+                    raise
                 self.position = max(self.position, entries[-1].position)
                 self.sent += len(entries)
-                if not udp:
+                if not udp and not relp:
                     size = sum(len(m) for m in messages)
                     recent.append((before, size))
                     recent_bytes += size

@@ -9,8 +9,8 @@
   (``-C``: it does not chdir to ``/`` either);
 * one input on a free loopback port: ``imtcp`` (plain; RFC 6587 octet
   counting is detected by imtcp), ``imtcp`` with the gtls stream driver in
-  TLS-only mode, anonymous client auth, the test CA/cert/key (RFC 5425), or
-  ``imudp``;
+  TLS-only mode, anonymous client auth, the test CA/cert/key (RFC 5425),
+  ``imrelp`` (RELP), or ``imudp``;
 * every received message appended to ``received.jsonl`` by ``omfile``, one
   JSON object per line: ``raw`` is ``%rawmsg%`` (the message exactly as
   received, control characters not escaped) so the test can parse it as RFC
@@ -69,6 +69,15 @@ def has_module(name: str) -> bool:
     return any(os.path.exists(os.path.join(d, name)) for d in MODULE_DIRS)
 
 
+def require_relp() -> None:
+    require_rsyslogd()
+    if not has_module("imrelp.so"):
+        msg = "rsyslog's RELP input (imrelp.so, package rsyslog-relp) is not installed"
+        if in_ci():
+            pytest.fail(msg + " but CI=true")
+        pytest.skip(msg)
+
+
 def require_gtls() -> None:
     require_rsyslogd()
     if not has_module("lmnsd_gtls.so"):
@@ -112,8 +121,10 @@ class Rsyslog:
     """One private rsyslogd: ``start()``, ``wait_ready()``, ``messages()``, ``stop()``."""
 
     def __init__(self, workdir: Path, proto: str = "tcp", tls: dict[str, Path] | None = None, port: int | None = None):
-        assert proto in ("tcp", "tls", "udp"), proto
+        assert proto in ("tcp", "tls", "udp", "relp"), proto
         self.rsyslogd = require_rsyslogd()
+        if proto == "relp":
+            require_relp()
         if proto == "tls":
             require_gtls()
             assert tls is not None, "proto=tls needs make_tls_files()"
@@ -144,6 +155,11 @@ class Rsyslog:
         ]
         if self.proto == "udp":
             lines += ['module(load="imudp")', f'input(type="imudp" address="127.0.0.1" port="{self.port}" name="udp")']
+        elif self.proto == "relp":
+            lines += [
+                'module(load="imrelp")',
+                f'input(type="imrelp" address="127.0.0.1" port="{self.port}" name="relp")',
+            ]
         elif self.proto == "tcp":
             lines += [
                 'module(load="imtcp" maxSessions="100")',
