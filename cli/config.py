@@ -18,6 +18,7 @@ from typing import Any
 from engine.datadir import check_node_id
 from engine.errors import ConfigError
 from engine.settings import STORE_SETTINGS, Setting, StoreSettings, parse_duration, parse_retention, text
+from export.http_stream import HTTP_STREAM_SETTINGS, HttpStreamSettings
 from export.syslog import SYSLOG_SETTINGS, SyslogSettings
 from query.cluster.settings import CLUSTER_SETTINGS, ClusterSettings
 from query.http.settings import SERVER_SETTINGS, ServerSettings
@@ -34,6 +35,7 @@ TABLES: dict[str, tuple[Setting, ...]] = {
     "server": SERVER_SETTINGS,
     "cluster": CLUSTER_SETTINGS,
     "syslog": SYSLOG_SETTINGS,
+    "http_stream": HTTP_STREAM_SETTINGS,
 }
 
 #: every setting of the config file, top-level keys first
@@ -59,6 +61,8 @@ class Config:
     cluster: ClusterSettings | None = None
     #: [syslog], when the file has the table
     syslog: SyslogSettings | None = None
+    #: [http_stream], when the file has the table
+    http_stream: HttpStreamSettings | None = None
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     #: warnings about the file (retired settings it still has)
@@ -91,6 +95,7 @@ class Config:
             ),
             cluster=cluster,
             syslog=self.syslog,
+            http_stream=self.http_stream,
         )
 
 
@@ -152,7 +157,7 @@ def load_config(path: str | Path | None) -> Config:
             known = ", ".join(s.name for s in _TOP)
             raise ConfigError(
                 f"config file {p}: unknown setting {key!r} (known: {known}, "
-                f"and the tables [server], [cluster], [syslog])"
+                f"and the tables [server], [cluster], [syslog], [http_stream])"
             )
     tables = {
         name: _values(rows, check_table(data[name], name, {s.key for s in rows}), p.parent)
@@ -170,6 +175,7 @@ def load_config(path: str | Path | None) -> Config:
         server=ServerSettings(**tables.get("server", {})),
         cluster=cluster,
         syslog=SyslogSettings(**tables["syslog"]) if "syslog" in tables else None,
+        http_stream=HttpStreamSettings(**tables["http_stream"]) if "http_stream" in tables else None,
         source=str(p),
         raw=data,
         notes=notes,

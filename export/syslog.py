@@ -22,6 +22,7 @@ feedback at all: it is best effort, and says so.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import logging
 import os
@@ -328,7 +329,11 @@ class Transport:
 
 
 class SyslogForwarder:
-    """Follows the local log and forwards it; restartable from its cursor."""
+    """Follows the local log and forwards it; restartable from its cursor.  A subclass
+    may bring its own ``transport()``, ``messages()`` and ``cursor_file``
+    (``export.http_stream``)."""
+
+    cursor_file = CURSOR_FILE
 
     #: after a lost TCP/TLS connection, the last this many bytes sent on it are sent
     #: again: plain syslog over TCP has no application-level acknowledgement, and a
@@ -357,7 +362,7 @@ class SyslogForwarder:
         self.seal = seal
         self.rejected = rejected
         self.batch = batch
-        self.path = Path(state_dir) / CURSOR_FILE
+        self.path = Path(state_dir) / self.cursor_file
         #: why the cursor file was not used (None: it was, or there was none)
         self.cursor_rejected: str | None = None
         #: the position (seq, sub) of the last item the receiver acknowledged (a marker for
@@ -382,9 +387,10 @@ class SyslogForwarder:
             d = self.seal.read(self.path)
         except StateTampered as e:
             self.cursor_rejected = (
-                f"{CURSOR_FILE}: {str(e).split(': ', 1)[-1]}; forwarding starts again from the beginning of the log"
+                f"{self.cursor_file}: {str(e).split(': ', 1)[-1]}; "
+                "forwarding starts again from the beginning of the log"
             )
-            self.rejected(CURSOR_FILE, self.cursor_rejected)
+            self.rejected(self.cursor_file, self.cursor_rejected)
             return (0, 0)
         if not (
             isinstance(d, dict)
@@ -400,7 +406,7 @@ class SyslogForwarder:
             # after its head will hold new entries, which must go out too
             log.warning(
                 "%s: cursor at seq %d but the log ends at seq %d; forwarding resumes after %d",
-                CURSOR_FILE,
+                self.cursor_file,
                 d["seq"],
                 head,
                 head,
@@ -439,14 +445,20 @@ class SyslogForwarder:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def transport(self):
+        return Transport(self.settings)
+
+    def messages(self, entries: list[Entry]) -> list[bytes]:
+        udp = self.settings.scheme == "udp"
+        return [format_message(e, self.settings.sd_id, self.settings.udp_max_bytes if udp else None) for e in entries]
+
     def _run(self) -> None:
         backoff = 0.2
-        transport = Transport(self.settings)
+        transport = self.transport()
         udp = self.settings.scheme == "udp"
-        # RELP: the receiver acknowledges each message itself, so nothing is resent but
-        # what it did not acknowledge
-        relp = self.settings.scheme == "relp"
-        max_udp = self.settings.udp_max_bytes if udp else None
+        # RELP and HTTP: the receiver acknowledges each message itself, so nothing is
+        # resent but what it did not acknowledge
+        acks = self.settings.scheme == "relp" or getattr(transport, "acknowledges", False)
         # (cursor before the batch, its bytes) of the batches acknowledged on this connection
         recent: deque[tuple[int, int]] = deque()
         recent_bytes = 0
@@ -464,12 +476,12 @@ class SyslogForwarder:
                     self.wake.wait(0.5)
                     self.wake.clear()
                     continue
-                messages = [format_message(e, self.settings.sd_id, max_udp) for e in entries]
+                messages = self.messages(entries)
                 before = self.position
                 try:
                     transport.send(messages)
-                except (OSError, ssl.SSLError):
-                    if relp and transport.acked:
+                except (OSError, ssl.SSLError, http.client.HTTPException):
+                    if acks and transport.acked:
                         # what the receiver took before it failed counts: it is not sent again
                         self.position = max(self.position, entries[transport.acked - 1].position)
                         self.sent += transport.acked
@@ -477,7 +489,7 @@ class SyslogForwarder:
                     raise
                 self.position = max(self.position, entries[-1].position)
                 self.sent += len(entries)
-                if not udp and not relp:
+                if not udp and not acks:
                     size = sum(len(m) for m in messages)
                     recent.append((before, size))
                     recent_bytes += size
@@ -485,7 +497,7 @@ class SyslogForwarder:
                         recent_bytes -= recent.popleft()[1]
                 self._save_cursor()
                 backoff = 0.2
-            except (OSError, ssl.SSLError, ExportError) as e:
+            except (OSError, ssl.SSLError, ExportError, http.client.HTTPException) as e:
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 if self.connected:

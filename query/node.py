@@ -35,6 +35,7 @@ from engine.log import NodeLog
 from engine.settings import StoreSettings
 from engine.state import StateSeal
 from engine.writer import AppendResult, LogWriter
+from export.http_stream import HttpStreamForwarder, HttpStreamSettings
 from export.syslog import SyslogForwarder, SyslogSettings
 from ingest.committer import Committer
 from ingest.idempotency import IdempotencyCache
@@ -83,6 +84,7 @@ class NodeConfig:
     service: ServiceSettings = ServiceSettings()
     cluster: ClusterSettings | None = None
     syslog: SyslogSettings | None = None
+    http_stream: HttpStreamSettings | None = None
 
 
 def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
@@ -128,15 +130,22 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
         if config.syslog is not None:
             rn.syslog = forwarder(rn, config.syslog)
             rn.metrics_for_syslog()
+        if config.http_stream is not None:
+            config.http_stream.token()  # a token file others can read, or none usable: refused now
+            rn.stream = forwarder(rn, config.http_stream, kind=HttpStreamForwarder)
+            rn.metrics_for_stream()
     except BaseException:
         rn.close()
         raise
     return rn
 
 
-def forwarder(rn: RunningNode, settings: SyslogSettings, batch: int = 500) -> SyslogForwarder:
-    """A syslog forwarder of ``rn``'s log, handed exactly what it uses."""
-    return SyslogForwarder(
+def forwarder(rn: RunningNode, settings, batch: int | None = None, kind=SyslogForwarder) -> SyslogForwarder:
+    """A forwarder of ``rn``'s log (syslog, or ``kind``: the HTTP stream), handed exactly
+    what it uses."""
+    if batch is None:
+        batch = getattr(settings, "batch", 500)
+    return kind(
         settings,
         reader=rn.log,
         head_seq=lambda: rn.writer.next_seq - 1,
@@ -190,6 +199,8 @@ class RunningNode:
         self.cluster: Cluster | None = None
         #: the syslog forwarder (export.syslog.SyslogForwarder) when [syslog] is configured
         self.syslog: SyslogForwarder | None = None
+        #: the HTTP stream (export.http_stream.HttpStreamForwarder) when [http_stream] is configured
+        self.stream: HttpStreamForwarder | None = None
         self._closed = False
         #: the last signed checkpoint this process recorded: its entry's seq, the
         #: segment being written then, when (monotonic); and the last reason none could be
@@ -250,11 +261,27 @@ class RunningNode:
         )
         m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver", lambda: int(fwd.connected))
 
+    def metrics_for_stream(self) -> None:
+        m, fwd = self.metrics, self.stream
+        m.gauge(
+            "auditlog_http_stream_lag_entries",
+            "Entries appended but not yet accepted by the HTTP stream's receiver",
+            lambda: fwd.status()["lag"],
+        )
+        m.gauge(
+            "auditlog_http_stream_errors_total",
+            "HTTP stream POSTs that failed since start",
+            lambda: fwd.errors,
+            kind="counter",
+        )
+
     async def start(self) -> None:
         """Start what runs beside the requests: the syslog forwarder, the cluster's
         peer connections (recording membership changes)."""
         if self.syslog is not None:
             self.syslog.start()
+        if self.stream is not None:
+            self.stream.start()
         if self.cluster is not None:
             await self.cluster.start()
 
@@ -263,6 +290,8 @@ class RunningNode:
             await self.cluster.stop()
         if self.syslog is not None:
             self.syslog.stop()
+        if self.stream is not None:
+            self.stream.stop()
 
     async def running(self, app=None):
         """For an aiohttp app's ``cleanup_ctx``: started with the app, stopped with it."""
@@ -278,6 +307,8 @@ class RunningNode:
         self._closed = True
         if self.syslog is not None:
             self.syslog.stop()
+        if self.stream is not None:
+            self.stream.stop()
         try:
             self.flush_key_uses()
         except Exception:  # pragma: no cover - shutdown must go on
@@ -290,6 +321,8 @@ class RunningNode:
     def _on_commit(self, n: int, seconds: float) -> None:
         if self.syslog is not None:
             self.syslog.wake.set()
+        if self.stream is not None:
+            self.stream.wake.set()
         self.metrics.inc("auditlog_appended_entries_total", n)
         self.metrics.fsync_seconds.observe(seconds)
         self.metrics.batch_size.observe(n)
@@ -372,6 +405,7 @@ class RunningNode:
             "retention_last_run": self.last_retention,
             "last_checkpoint": cluster.last_checkpoint if cluster else None,
             "syslog": self.syslog.status() if self.syslog else None,
+            "http_stream": self.stream.status() if self.stream else None,
         }
 
     def oldest_ts(self) -> int | None:
