@@ -598,7 +598,7 @@ def test_witness_catches_a_tail_cut_at_a_frame_boundary(make_cluster):
     deadline = time.monotonic() + 20
     while True:
         me = next(r for r in b.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "b")
-        if (me["last_checkpoint"] or {}).get("size", last) < first or time.monotonic() > deadline:
+        if (me["last_checkpoint"] or {}).get("size", last) < last or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert me["last_checkpoint"]["cosigned_by"] == [], me

@@ -302,6 +302,7 @@ def test_rolled_back_node_is_refused_and_reported(tmp_path):
 
         # roll b back to the copy; it runs on, taking new events
         assert b.stop() == 0
+        held = {w.name: len(_records(w, "b", "audit.checkpoint")) for w in (a, c)}  # all of the real b
         shutil.rmtree(b.data_dir)
         shutil.copytree(copy, b.data_dir)
         b.start()
@@ -314,8 +315,8 @@ def test_rolled_back_node_is_refused_and_reported(tmp_path):
             refused = _wait(lambda w=w: _records(w, "b", "audit.checkpoint_refused"), 30, f"{w.name} refuses")
             assert {d["reason"] for d in refused} <= {"rollback", "inconsistent"}
             assert all(d["cosigned_size"] >= last for d in refused)
-            # nothing of the other history is cosigned
-            assert max(d["size"] for d in _records(w, "b", "audit.checkpoint")) < last + 5
+            # nothing of the other history is cosigned: no record of b since the rollback
+            assert len(_records(w, "b", "audit.checkpoint")) == held[w.name]
         # once it grew past the cosigned size, the refusal is an inconsistent tree
         _wait(
             lambda: all(
@@ -324,6 +325,7 @@ def test_rolled_back_node_is_refused_and_reported(tmp_path):
             30,
             "inconsistent trees refused",
         )
+        assert {w.name: len(_records(w, "b", "audit.checkpoint")) for w in (a, c)} == held
         st_b = next(r for r in b.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "b")
         assert st_b["last_checkpoint"]["cosigned_by"] == [], st_b
         for viewer in (a, c):
