@@ -259,24 +259,10 @@ def _resync(data, pos: int, end: int, key: NodeKey, version: int) -> int:
         pos = i + 1
 
 
-def list_segments(seg_dir: Path, tries: int = 5) -> list[Path]:
-    """Segment files in log order (their names sort in seq order).
-
-    A directory read while the writer rolls segments may miss a file created during
-    the read yet return one created after it, which would look like a segment gone
-    from the middle of the log.  So the directory is read until two reads agree (at
-    most ``tries`` times): a file made before a read began is in that read."""
-
-    def read() -> list[str]:
-        return sorted(n for n in os.listdir(seg_dir) if n.endswith(SEGMENT_SUFFIX))
-
+def list_segments(seg_dir: Path) -> list[Path]:
+    """Segment files in log order (their names sort in seq order)."""
     try:
-        names = read()
-        for _ in range(tries - 1):
-            again = read()
-            if again == names:
-                break
-            names = again
+        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(SEGMENT_SUFFIX))
     except FileNotFoundError:
         return []
     return [seg_dir / n for n in names]

@@ -262,6 +262,12 @@ class Transport:
             self.relp.open()
 
     @property
+    def acknowledges(self) -> bool:
+        """Whether the receiver acknowledges each message itself (RELP): then nothing is
+        resent but what it did not acknowledge."""
+        return self.s.scheme == "relp"
+
+    @property
     def acked(self) -> int:
         """Messages of the last ``send`` the receiver acknowledged itself (RELP), in order."""
         return self.relp.acked if self.relp is not None else 0
@@ -456,9 +462,7 @@ class SyslogForwarder:
         backoff = 0.2
         transport = self.transport()
         udp = self.settings.scheme == "udp"
-        # RELP and HTTP: the receiver acknowledges each message itself, so nothing is
-        # resent but what it did not acknowledge
-        acks = self.settings.scheme == "relp" or getattr(transport, "acknowledges", False)
+        acks = transport.acknowledges  # RELP, HTTP: see Transport.acknowledges
         # (cursor before the batch, its bytes) of the batches acknowledged on this connection
         recent: deque[tuple[int, int]] = deque()
         recent_bytes = 0

@@ -129,11 +129,11 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
             rn.cluster = Cluster(rn, config.cluster.without(node.node_id))
         if config.syslog is not None:
             rn.syslog = forwarder(rn, config.syslog)
-            rn.metrics_for_syslog()
+            rn.metrics_for_forwarder("auditlog_syslog", rn.syslog, "syslog receiver")
         if config.http_stream is not None:
             config.http_stream.token()  # a token file others can read, or none usable: refused now
             rn.stream = forwarder(rn, config.http_stream, kind=HttpStreamForwarder)
-            rn.metrics_for_stream()
+            rn.metrics_for_forwarder("auditlog_http_stream", rn.stream, "HTTP stream's receiver")
     except BaseException:
         rn.close()
         raise
@@ -249,31 +249,18 @@ class RunningNode:
             lambda: self.last_retention.get("dropped_entries") if self.last_retention else None,
         )
 
-    def metrics_for_syslog(self) -> None:
-        m, fwd = self.metrics, self.syslog
+    def metrics_for_forwarder(self, prefix: str, fwd, receiver: str) -> None:
+        """Lag, errors and connection of a forwarder (syslog, the HTTP stream) in /metrics."""
+        m = self.metrics
         m.gauge(
-            "auditlog_syslog_lag_entries",
-            "Entries appended but not yet forwarded to syslog",
+            f"{prefix}_lag_entries",
+            f"Entries appended but not yet taken by the {receiver}",
             lambda: fwd.status()["lag"],
         )
         m.gauge(
-            "auditlog_syslog_errors_total", "Syslog send/connect errors since start", lambda: fwd.errors, kind="counter"
+            f"{prefix}_errors_total", f"{receiver} send/connect errors since start", lambda: fwd.errors, kind="counter"
         )
-        m.gauge("auditlog_syslog_connected", "1 when connected to the syslog receiver", lambda: int(fwd.connected))
-
-    def metrics_for_stream(self) -> None:
-        m, fwd = self.metrics, self.stream
-        m.gauge(
-            "auditlog_http_stream_lag_entries",
-            "Entries appended but not yet accepted by the HTTP stream's receiver",
-            lambda: fwd.status()["lag"],
-        )
-        m.gauge(
-            "auditlog_http_stream_errors_total",
-            "HTTP stream POSTs that failed since start",
-            lambda: fwd.errors,
-            kind="counter",
-        )
+        m.gauge(f"{prefix}_connected", f"1 when connected to the {receiver}", lambda: int(fwd.connected))
 
     async def start(self) -> None:
         """Start what runs beside the requests: the syslog forwarder, the cluster's

@@ -69,22 +69,21 @@ def has_module(name: str) -> bool:
     return any(os.path.exists(os.path.join(d, name)) for d in MODULE_DIRS)
 
 
-def require_relp() -> None:
+def _require_module(so: str, what: str) -> None:
     require_rsyslogd()
-    if not has_module("imrelp.so"):
-        msg = "rsyslog's RELP input (imrelp.so, package rsyslog-relp) is not installed"
+    if not has_module(so):
+        msg = f"rsyslog's {what} is not installed"
         if in_ci():
             pytest.fail(msg + " but CI=true")
         pytest.skip(msg)
+
+
+def require_relp() -> None:
+    _require_module("imrelp.so", "RELP input (imrelp.so, package rsyslog-relp)")
 
 
 def require_gtls() -> None:
-    require_rsyslogd()
-    if not has_module("lmnsd_gtls.so"):
-        msg = "rsyslog's gtls stream driver (lmnsd_gtls.so, package rsyslog-gnutls) is not installed"
-        if in_ci():
-            pytest.fail(msg + " but CI=true")
-        pytest.skip(msg)
+    _require_module("lmnsd_gtls.so", "gtls stream driver (lmnsd_gtls.so, package rsyslog-gnutls)")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

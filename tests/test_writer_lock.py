@@ -117,9 +117,7 @@ def test_readers_see_a_consistent_committed_prefix_while_a_writer_appends(tmp_pa
         while "ack" not in out_path.read_text():
             assert proc.poll() is None and time.monotonic() < t0 + 30, proc.stderr.read()
             time.sleep(0.01)
-        # at least 2 s of racing; under load the reads (each over the whole growing log) take
-        # longer, so the bound on getting 8 of them is generous
-        t_min, t_max = time.monotonic() + 2, time.monotonic() + 120
+        t_min, t_max = time.monotonic() + 2, time.monotonic() + 30
         live = NodeLog(dd, node)  # a long-lived reader: indexes the growing segment incrementally
         while (len(seen) < 8 or cli_reads < 2 or time.monotonic() < t_min) and time.monotonic() < t_max:
             # in-process readers: fast, so many of them land mid-append and mid-roll

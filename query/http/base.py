@@ -35,7 +35,10 @@ _READ_PREFIXES = ("/api/v1/audit-log", "/api/v1/reports", "/peer/v1/scan")
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     node = request.app[NODE]
-    reading = request.method == "GET" and request.path.startswith(_READ_PREFIXES)
+    # a follow (follow=true) counts itself, for each look only: it waits far longer than it reads
+    reading = (
+        request.method == "GET" and request.path.startswith(_READ_PREFIXES) and "follow" not in request.rel_url.query
+    )
     if reading:
         node.reads_in_flight += 1
     try:

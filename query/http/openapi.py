@@ -41,6 +41,11 @@ def _param(name: str, desc: str, schema: dict | None = None, required: bool = Fa
     }
 
 
+def _flag_param(name: str, desc: str) -> dict:
+    """A query parameter that is true or false (``1`` and ``0`` too)."""
+    return _param(name, desc, {"type": "string", "enum": ["true", "false", "1", "0"]})
+
+
 def _filters() -> list[dict]:
     out = []
     for n in PARAM_NAMES:
@@ -254,11 +259,10 @@ def openapi_document() -> dict:
                             "json (default), ndjson, or ecs (Elastic Common Schema, NDJSON)",
                             {"type": "string", "enum": ["json", "ndjson", "ecs"]},
                         ),
-                        _param(
+                        _flag_param(
                             "follow",
                             "true: stream new matching entries as NDJSON until the client leaves (from now, from, "
                             "or a cursor), with heartbeat lines that carry a cursor to resume",
-                            {"type": "string", "enum": ["true", "false", "1", "0"]},
                         ),
                     ],
                     "responses": _responses(
@@ -297,10 +301,8 @@ def openapi_document() -> dict:
                     "parameters": _filters()
                     + [
                         _param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
-                        _param(
-                            "bom",
-                            "false: no UTF-8 byte order mark (for machine consumers; default true, for Excel)",
-                            {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        _flag_param(
+                            "bom", "false: no UTF-8 byte order mark (for machine consumers; default true, for Excel)"
                         ),
                     ],
                     "responses": _responses(
@@ -319,17 +321,12 @@ def openapi_document() -> dict:
                     + [
                         _param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
                         _param("title", "Report title", {"type": "string", "maxLength": 200}),
-                        _param(
+                        _flag_param(
                             "bundle",
                             "true: make the evidence bundle of exactly these entries first, embed it in the PDF "
                             "and name its SHA-256 and checkpoints",
-                            {"type": "string", "enum": ["true", "false", "1", "0"]},
                         ),
-                        _param(
-                            "signatures",
-                            "true: an appendix with every entry's signature",
-                            {"type": "string", "enum": ["true", "false", "1", "0"]},
-                        ),
+                        _flag_param("signatures", "true: an appendix with every entry's signature"),
                     ],
                     "responses": _responses(
                         {

@@ -192,12 +192,12 @@ async def follow(request, service, flt: Filter, positions: dict, fp: str) -> web
         headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
     await resp.prepare(request)
-    # waiting is not reading: background indexing may run between looks
-    service.reads_in_flight -= 1
     status: dict[str, str] = {}
     last_beat = time.monotonic()
     try:
         while not service.stopping:  # a server stopping ends its follows (within FOLLOW_POLL)
+            # a read in flight only while it looks (the middleware does not count a follow), so
+            # background indexing runs between looks
             service.reads_in_flight += 1
             wrote = False
             try:
@@ -227,8 +227,6 @@ async def follow(request, service, flt: Filter, positions: dict, fp: str) -> web
             await asyncio.sleep(FOLLOW_POLL)
     except ConnectionError:
         pass  # the client left: the end of a follow
-    finally:
-        service.reads_in_flight += 1  # the middleware's count goes back down as for any read
     return resp
 
 
