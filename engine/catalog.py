@@ -36,10 +36,12 @@ from engine.segment import (
     SegmentData,
     SegmentHeader,
     SegmentHeaderError,
+    insert_successor,
     list_segments,
     parse_segment_header,
     seq_from_name,
     walk_frames,
+    with_head,
 )
 
 #: an active segment's index goes to its ``.idx`` once this many frames (and a
@@ -270,22 +272,35 @@ class Catalog:
         #: frames of the active segment's last written (or loaded) prefix index, by name
         self._saved: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: the first segment of the last listing that was checked for a missed head
+        self._head: str | None = None
         #: set by an in-process writer: returns its live SegmentInfo for the active segment
         self.live_active: Callable[[], SegmentInfo | None] | None = None
 
     def infos(self) -> list[SegmentInfo]:
         """Every segment file, indexed, in name order; the last is the active one."""
-        paths = list_segments(self.data_dir.segments)
+        seg_dir = self.data_dir.segments
+        paths = with_head(seg_dir, list_segments(seg_dir), self._head)
+        self._head = paths[0].name if paths else None
         live = self.live_active() if self.live_active else None
         infos = []
-        for i, p in enumerate(paths):
+        i = 0
+        while i < len(paths):
+            p = paths[i]
+            i += 1
             if live is not None and live.path == p:
-                infos.append(live)  # the writer's own, always current
-                continue
-            try:
-                infos.append(self._info(p, sealed=i < len(paths) - 1))
-            except FileNotFoundError:
-                continue  # dropped by retention while we listed
+                info = live  # the writer's own, always current
+            else:
+                try:
+                    info = self._info(p, sealed=i < len(paths))
+                except FileNotFoundError:
+                    continue  # dropped by retention while we listed
+            infos.append(info)
+            if i < len(paths) and info.header is not None and info.index is not None:
+                # the listing may have missed the next segment: it is named after the seq
+                # that follows this one's last (past the listing's end, a read sees the
+                # prefix it listed and never chases the writer)
+                insert_successor(seg_dir, paths, info.last_seq + 1, at=i)
         with self._lock:
             names = {p.name for p in paths}
             for n in [n for n in self._cache if n not in names]:

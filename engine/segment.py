@@ -8,6 +8,7 @@ checksum, a MAC or a structural check.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import struct
@@ -260,9 +261,48 @@ def _resync(data, pos: int, end: int, key: NodeKey, version: int) -> int:
 
 
 def list_segments(seg_dir: Path) -> list[Path]:
-    """Segment files in log order (their names sort in seq order)."""
+    """Segment files in log order (their names sort in seq order).
+
+    One listing of a directory in which files are created and renamed meanwhile
+    (a writer's new segment, readers' sidecars) is no snapshot: it may miss a
+    name that was there all along.  Readers that need every segment complete it
+    with :func:`insert_successor` and :func:`with_head`."""
     try:
         names = sorted(n for n in os.listdir(seg_dir) if n.endswith(SEGMENT_SUFFIX))
     except FileNotFoundError:
         return []
     return [seg_dir / n for n in names]
+
+
+def insert_successor(seg_dir: Path, paths: list[Path], next_seq: int, at: int | None = None) -> bool:
+    """Put the segment that follows one ending at ``next_seq - 1`` into ``paths``
+    (sorted) when the listing missed it: it is named after ``next_seq``, so it is
+    looked up by name.  True if it was missing and exists.  ``at``: where it
+    belongs if the listing has it (the position after its predecessor)."""
+    if next_seq < 1:
+        return False
+    name = segment_name(next_seq)
+    if at is not None and at < len(paths) and paths[at].name == name:
+        return False
+    i = bisect.bisect_left(paths, name, key=lambda q: q.name)
+    if i < len(paths) and paths[i].name == name:
+        return False
+    p = seg_dir / name
+    if not p.exists():
+        return False
+    paths.insert(i, p)
+    return True
+
+
+def with_head(seg_dir: Path, paths: list[Path], known: str | None = None) -> list[Path]:
+    """``paths`` with the log's first segment.  A listing that starts after seq 1
+    (a log retention shortened, or a listing that missed its first name) looks up
+    seq 1's segment by name, then is joined with a second listing unless it starts
+    at ``known``, a head seen before."""
+    if not paths or seq_from_name(paths[0].name) == 1 or paths[0].name == known:
+        return paths
+    if insert_successor(seg_dir, paths, 1):
+        return paths
+    names = {p.name for p in paths}
+    more = [p for p in list_segments(seg_dir) if p.name not in names]
+    return sorted(paths + more, key=lambda q: q.name) if more else paths

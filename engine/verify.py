@@ -45,7 +45,7 @@ from engine.entry import canonical_bytes
 from engine.frame import FrameError
 from engine.log import NodeLog
 from engine.recovery import quarantined
-from engine.segment import SegmentData, list_segments, walk_frames
+from engine.segment import SegmentData, insert_successor, list_segments, walk_frames, with_head
 from engine.state import StateSeal, check_state_dir
 
 
@@ -85,19 +85,33 @@ def verify_node(data_dir: DataDir, node: Node, progress: Callable[[int, int], No
     """Check everything of one node's log; ``progress(bytes_done, bytes_total)``."""
     log = NodeLog(data_dir, node)
     report = VerifyReport(node.node_id)
-    paths = list_segments(data_dir.segments)
-    total = sum(p.stat().st_size for p in paths)
+    seg_dir = data_dir.segments
+    paths = with_head(seg_dir, list_segments(seg_dir))
+    total = sum(_size(p) for p in paths)
     done = 0
     infos = []
     sign = node.key.signer()
     nid = node.node_id
     prev_ts = None
-    for path in paths:
-        info = index_segment(path, node.key, nid)
+    i = 0
+    while i < len(paths):
+        path = paths[i]
+        i += 1
+        try:
+            info = index_segment(path, node.key, nid)
+        except FileNotFoundError:
+            continue  # dropped by retention while we listed
         infos.append(info)
+        if (
+            i < len(paths)  # past the listing's end: the prefix it listed, never the writer's chase
+            and info.header is not None
+            and info.index is not None
+            and insert_successor(seg_dir, paths, info.last_seq + 1, at=i)
+        ):
+            total += _size(paths[i])
         name = path.name
         if info.header is None:
-            done += path.stat().st_size
+            done += _size(path)
             continue  # reported by structure_problems
         for _, (kind, detail, sf, st) in sorted(info.index.damaged.items()):
             report.violations.append(Violation(kind, nid, sf, st, name, detail))
@@ -179,7 +193,7 @@ def verify_node(data_dir: DataDir, node: Node, progress: Callable[[int, int], No
                     else f"{b - a + 1} timestamps earlier than an entry before them (up to {worst} µs)",
                 )
             )
-        done += path.stat().st_size
+        done += _size(path)
         if progress:
             progress(done, total)
     for p in log.structure_problems(infos):
@@ -219,6 +233,13 @@ def verify_node(data_dir: DataDir, node: Node, progress: Callable[[int, int], No
         )
     report.violations.sort(key=lambda v: (v.seq_from or 0, v.segment, v.kind))
     return report
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _ranges(seqs: list[int]) -> list[tuple[int, int]]:

@@ -37,7 +37,15 @@ from engine.errors import EngineError, WriteFailedError, WriterLockedError
 from engine.index import FrameRow, SegmentIndex, index_path
 from engine.log import NodeLog
 from engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
-from engine.segment import FORMAT_VERSION, SegmentData, SegmentHeader, list_segments, segment_name, seq_from_name
+from engine.segment import (
+    FORMAT_VERSION,
+    SegmentData,
+    SegmentHeader,
+    insert_successor,
+    list_segments,
+    segment_name,
+    seq_from_name,
+)
 from engine.settings import StoreSettings
 
 
@@ -259,6 +267,11 @@ class LogWriter:
             return
         active = paths[-1]
         info = index_segment(active, self.key, self.node)
+        while info.usable and insert_successor(seg_dir, paths, info.last_seq + 1):
+            # the listing missed the newest segment (readers rename sidecars in this
+            # directory meanwhile): it is named after the seq that follows
+            active = paths[-1]
+            info = index_segment(active, self.key, self.node)
         if not info.usable:
             # The active segment's header is unreadable or not ours: keep it untouched,
             # continue after it without reusing any seq it may hold.

@@ -1,9 +1,9 @@
 """A real writer process for the crash, failed-write and lock tests (not a test module).
 
-    crash_writer.py loop DATA_DIR START_N SEGMENT_MAX_BYTES FSYNC SEED [MAX_BATCHES]
+    crash_writer.py loop DATA_DIR START_N SEGMENT_MAX_BYTES FSYNC SEED [MAX_BATCHES [PAUSE_MS]]
         Open the writer (recovery runs), print ``ready <next_seq>``, then append
         batches of 1-50 events until killed (or MAX_BATCHES is reached: print
-        ``done``).  Before each ``append_batch`` it prints ``try <first_n>
+        ``done``), pausing PAUSE_MS milliseconds after each.  Before each ``append_batch`` it prints ``try <first_n>
         <last_n>``, after it returns ``ack <first_seq> <last_seq> <first_n>
         <last_n>``; event n carries ``details = expected_details(n)``.
 
@@ -31,6 +31,7 @@ import random
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +70,9 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_batches: int | None) -> None:
+def loop(
+    data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_batches: int | None, pause_ms: float = 0
+) -> None:
     dd = DataDir(Path(data_dir))
     node = dd.open()
     rng = random.Random(seed)
@@ -84,6 +87,8 @@ def loop(data_dir: str, start_n: int, seg_max: int, fsync: str, seed: int, max_b
         say(f"ack {res.first_seq} {res.last_seq} {n} {n + k - 1}")
         n += k
         batches += 1
+        if pause_ms:
+            time.sleep(pause_ms / 1000)
     w.close()
     say("done")
 
@@ -153,7 +158,15 @@ def fsize(data_dir: str, seg_max: int, limit: int, scenario: str) -> None:
 def main(argv: list[str]) -> None:
     mode = argv[1]
     if mode == "loop":
-        loop(argv[2], int(argv[3]), int(argv[4]), argv[5], int(argv[6]), int(argv[7]) if len(argv) > 7 else None)
+        loop(
+            argv[2],
+            int(argv[3]),
+            int(argv[4]),
+            argv[5],
+            int(argv[6]),
+            int(argv[7]) if len(argv) > 7 else None,
+            float(argv[8]) if len(argv) > 8 else 0,
+        )
     elif mode == "fsize":
         fsize(argv[2], int(argv[3]), int(argv[4]), argv[5])
     else:

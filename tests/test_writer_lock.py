@@ -102,10 +102,12 @@ def test_lock_is_released_on_close_and_when_the_holder_dies(tmp_path):
 def test_readers_see_a_consistent_committed_prefix_while_a_writer_appends(tmp_path):
     dd, node = init_dir(tmp_path / "data")
     out_path = tmp_path / "writer.out"
-    # small segments: the readers also race the writer's segment rolls
+    # small segments: the readers also race the writer's segment rolls; a pause after
+    # each batch keeps the log small enough that a full read and verify stay quick
+    # on a loaded machine (about 10k events/s, a roll every ~10 ms)
     with open(out_path, "w") as out:
         proc = subprocess.Popen(
-            [PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 0, 8192, "always", 7, 100_000))],
+            [PYTHON, CRASH_WRITER, *map(str, ("loop", dd.root, 0, 8192, "always", 7, 100_000, 2))],
             stdout=out,
             stderr=subprocess.PIPE,
             text=True,
@@ -117,7 +119,7 @@ def test_readers_see_a_consistent_committed_prefix_while_a_writer_appends(tmp_pa
         while "ack" not in out_path.read_text():
             assert proc.poll() is None and time.monotonic() < t0 + 30, proc.stderr.read()
             time.sleep(0.01)
-        t_min, t_max = time.monotonic() + 2, time.monotonic() + 30
+        t_min, t_max = time.monotonic() + 5, time.monotonic() + 30
         live = NodeLog(dd, node)  # a long-lived reader: indexes the growing segment incrementally
         while (len(seen) < 8 or cli_reads < 2 or time.monotonic() < t_min) and time.monotonic() < t_max:
             # in-process readers: fast, so many of them land mid-append and mid-roll
