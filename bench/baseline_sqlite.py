@@ -35,8 +35,8 @@ from collections.abc import Sequence
 
 import msgpack
 
-from engine.chain import GENESIS, NodeKey
-from engine.entry import EntryDraft, canonical_bytes
+from auditlog.engine.chain import GENESIS, NodeKey
+from auditlog.engine.entry import EntryDraft, canonical_bytes
 
 _COLUMNS = "seq, ts, user, action, target, domain, ip, user_agent, success, details, signature"
 _SCHEMA = """
@@ -177,7 +177,7 @@ class SqliteBaseline:
 
     def export_csv(self, lo: int, hi: int, path: str) -> int:
         """The range as CSV (same 13 columns as export.csv) with the stdlib csv.writer."""
-        from export.csv import CSV_COLUMNS, TimestampFormatter
+        from auditlog.export.csv import CSV_COLUMNS, TimestampFormatter
 
         fmt = TimestampFormatter().format
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode

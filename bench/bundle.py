@@ -40,12 +40,12 @@ def _cosign_costs(dd, node, reps: int) -> tuple[list[float], dict]:
     it.  Seconds per round, and the median of each step (ms)."""
     import os as _os
 
-    from engine.cosign import cosign, judge, witness_name
-    from engine.log import NodeLog
-    from engine.merkle import range_hash
-    from engine.note import Checkpoint, Verifier, open_note
-    from engine.signing import SigningKey, load_signing_key
-    from engine.tree import LogTree, origin, signed_checkpoint
+    from auditlog.engine.cosign import cosign, judge, witness_name
+    from auditlog.engine.log import NodeLog
+    from auditlog.engine.merkle import range_hash
+    from auditlog.engine.note import Checkpoint, Verifier, open_note
+    from auditlog.engine.signing import SigningKey, load_signing_key
+    from auditlog.engine.tree import LogTree, origin, signed_checkpoint
 
     key = load_signing_key(dd.sign_key_path)
     witness = SigningKey(_os.urandom(32))
@@ -77,11 +77,11 @@ def _cosign_costs(dd, node, reps: int) -> tuple[list[float], dict]:
 
 
 def job_bundle(events: int, reps: int, seed: int, workdir: str, batch: int = 1000) -> dict:
-    from bench import servers
-    from bench.scenarios import NODE_ID, EventGenerator
-    from engine.datadir import DataDir
-    from engine.settings import StoreSettings
-    from engine.writer import LogWriter
+    from auditlog.bench import servers
+    from auditlog.bench.scenarios import NODE_ID, EventGenerator
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.engine.writer import LogWriter
 
     root = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
     try:

@@ -57,8 +57,8 @@ def _read_lines(base: str, token: str, params: dict[str, str]) -> tuple[int, int
 def job_disk_bytes(events: int, batch: int, wait: float, seed: int, workdir: str, conns: int = 4) -> dict:
     """Ingest, two full reads and a selective query through a real server, ``wait``
     seconds for its background job, then the data dir counted."""
-    from bench import servers
-    from bench.scenarios import (
+    from auditlog.bench import servers
+    from auditlog.bench.scenarios import (
         _CTYPE,
         EventGenerator,
         _encode_bodies,
@@ -109,8 +109,8 @@ def job_disk_bytes(events: int, batch: int, wait: float, seed: int, workdir: str
 def job_sqlite_disk_bytes(events: int, batch: int, seed: int, workdir: str) -> dict:
     """The same events in the SQLite baseline (synchronous=FULL, WAL checkpointed), with
     the indexes its selective and range queries use."""
-    from bench.baseline_sqlite import SqliteBaseline
-    from bench.scenarios import NODE_ID, EventGenerator, _bench_key, validated
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.scenarios import NODE_ID, EventGenerator, _bench_key, validated
 
     d = Path(tempfile.mkdtemp(prefix="disk-sqlite-", dir=workdir))
     try:

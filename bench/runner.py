@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios as sc
-from bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
-from bench.servers import PROFILE_ENV
-from engine.errors import AuditLogError
+from auditlog.bench import scenarios as sc
+from auditlog.bench.baseline_sqlite import DESCRIPTION as SQLITE_DESCRIPTION
+from auditlog.bench.servers import PROFILE_ENV
+from auditlog.engine.errors import AuditLogError
 
 SCENARIOS = (
     "append",
@@ -242,7 +242,7 @@ def _run_job(job: str, **kwargs: Any) -> dict:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.scenarios", json.dumps({"job": job, "kwargs": kwargs}), out],
+            [sys.executable, "-m", "auditlog.bench.scenarios", json.dumps({"job": job, "kwargs": kwargs}), out],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -299,9 +299,9 @@ def _run_parallel(jobs: list[tuple[str, dict]], labels: list[str]) -> list[dict 
 
 
 def _cache_dir(plan: Plan, cache_root: str) -> Path:
-    from engine.frame import FRAME_MAGIC
-    from engine.segment import FORMAT_VERSION
-    from engine.settings import StoreSettings
+    from auditlog.engine.frame import FRAME_MAGIC
+    from auditlog.engine.segment import FORMAT_VERSION
+    from auditlog.engine.settings import StoreSettings
 
     key = json.dumps(
         {
@@ -327,8 +327,8 @@ def _log_ok(cache: Path, plan: Plan) -> bool:
             return False
         if (cache / "log" / "node.id").read_text().strip() != sc.NODE_ID:
             return False
-        from engine.datadir import DataDir
-        from engine.log import NodeLog
+        from auditlog.engine.datadir import DataDir
+        from auditlog.engine.log import NodeLog
 
         dd = DataDir(cache / "log")
         seq, _ = NodeLog(dd, dd.open()).head()
@@ -876,7 +876,7 @@ def scenario_merge(plan: Plan, ctx: dict) -> list[Result]:
 
 
 def scenario_soak_rss(plan: Plan, ctx: dict) -> list[Result]:
-    from bench.soak import least_squares_slope
+    from auditlog.bench.soak import least_squares_slope
 
     out = _run_job(
         "soak_rss",

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.entry import EntryDraft, sort_details
+from auditlog.engine.entry import EntryDraft, sort_details
 
 #: Bump when the generator's output changes: it is part of the cache key.
 GEN_VERSION = 2
@@ -300,7 +300,7 @@ def draft_to_event(d: EntryDraft) -> dict:
 
 def validated(drafts: list[EntryDraft]) -> list[EntryDraft]:
     """Run the drafts through ingest validation (as the write path would), in ≤ max_batch chunks."""
-    from ingest.event import validate_batch
+    from auditlog.ingest.event import validate_batch
 
     out: list[EntryDraft] = []
     for i in range(0, len(drafts), 5000):
@@ -392,8 +392,8 @@ class Clock:
 
 
 def _open_log(data_dir: str):
-    from engine.datadir import DataDir
-    from engine.log import NodeLog
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.log import NodeLog
 
     dd = DataDir(Path(data_dir))
     node = dd.open()
@@ -430,9 +430,9 @@ def csv_slice(meta: dict, rows: int = 200_000) -> tuple[int, int]:
 
 def job_build_log(cache_dir: str, n: int, seed: int, batch: int, progress_file: str | None = None) -> dict:
     """Write the shared read-scenario log (fsync="none": data preparation, not measured)."""
-    from engine.datadir import DataDir
-    from engine.settings import StoreSettings
-    from engine.writer import LogWriter
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.engine.writer import LogWriter
 
     root = Path(cache_dir) / "log"
     if root.exists():
@@ -466,7 +466,7 @@ def job_build_log(cache_dir: str, n: int, seed: int, batch: int, progress_file: 
 
 
 def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int, progress_file: str | None = None) -> dict:
-    from bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
 
     path = Path(cache_dir) / "baseline.sqlite"
     for suffix in ("", "-wal", "-shm"):
@@ -493,7 +493,7 @@ def job_build_sqlite(cache_dir: str, n: int, seed: int, batch: int, progress_fil
 
 def _bench_key():
     """A fixed key for the SQLite baseline's chain (the cost is the same for any key)."""
-    from engine.chain import NodeKey
+    from auditlog.engine.chain import NodeKey
 
     return NodeKey(bytes(range(32)))
 
@@ -509,9 +509,9 @@ def _append_data(events: int, batch: int, seed: int) -> list[list[EntryDraft]]:
 
 def job_append(events: int, batch: int, threads: int, reps: int, seed: int, workdir: str) -> dict:
     """Durable appends (fsync="always") on a fresh data dir per run, through append_batch."""
-    from engine.datadir import DataDir
-    from engine.settings import StoreSettings
-    from engine.writer import LogWriter
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.engine.writer import LogWriter
 
     batches = _append_data(events, batch, seed)
     runs: list[float] = []
@@ -611,8 +611,8 @@ def job_scan(cache_dir: str, reps: int) -> dict:
 
 def job_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
     """One user + one IP over the whole log via scan_node(Filter(users=, ips=))."""
-    from query.filters import Filter
-    from query.scan import scan_node
+    from auditlog.query.filters import Filter
+    from auditlog.query.scan import scan_node
 
     meta = _meta(cache_dir)
     flt = Filter(users=(meta["query_user"],), ips=(meta["query_ip"],))
@@ -655,7 +655,7 @@ def _selective_read_stats(log, terms) -> tuple[int | None, int | None, int | Non
     entries decoded, frames in the log).  The engine's index API moves; when it is
     not one this knows, the counts are None rather than a failed scenario."""
     try:
-        from engine.segment import SegmentData
+        from auditlog.engine.segment import SegmentData
 
         frames = decoded = total = 0
         infos = log.segment_infos()
@@ -695,9 +695,9 @@ class _Counted:
 
 def job_csv(cache_dir: str, reps: int, rows: int) -> dict:
     """iter_csv over scan_node of a ~200k-entry range, UTF-8 encoded into /dev/null."""
-    from export.csv import iter_csv
-    from query.filters import Filter
-    from query.scan import scan_node
+    from auditlog.export.csv import iter_csv
+    from auditlog.query.filters import Filter
+    from auditlog.query.scan import scan_node
 
     meta = _meta(cache_dir)
     first, nb = csv_slice(meta, rows)
@@ -767,7 +767,7 @@ def job_scan_rss(cache_dir: str, which: str) -> dict:
 
 
 def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: int, workdir: str) -> dict:
-    from bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
 
     batches = _append_data(events, batch, seed)
     runs, cpu_runs = [], []
@@ -788,7 +788,7 @@ def job_sqlite_append(events: int, batch: int, threads: int, reps: int, seed: in
 
 
 def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
-    from bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
 
     meta = _meta(cache_dir)
     first, nb = scan_slice(meta)
@@ -817,7 +817,7 @@ def job_sqlite_scan(cache_dir: str, reps: int) -> dict:
 
 
 def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict:
-    from bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
 
     meta = _meta(cache_dir)
     path = str(Path(cache_dir) / "baseline.sqlite")
@@ -849,7 +849,7 @@ def job_sqlite_selective(cache_dir: str, cold_reps: int, warm_reps: int) -> dict
 
 
 def job_sqlite_csv(cache_dir: str, reps: int, rows: int) -> dict:
-    from bench.baseline_sqlite import SqliteBaseline
+    from auditlog.bench.baseline_sqlite import SqliteBaseline
 
     meta = _meta(cache_dir)
     first, nb = csv_slice(meta, rows)
@@ -934,7 +934,7 @@ def job_http_ingest(events: int, batch: int, conns: int, reps: int, seed: int, w
     per run) over ``conns`` keep-alive loopback connections; events/s over the whole load."""
     import asyncio
 
-    from bench import servers
+    from auditlog.bench import servers
 
     batches = _append_data(events, batch, seed)  # the same events as the append scenario
     bodies = _encode_bodies(batches, fmt)
@@ -1009,7 +1009,7 @@ def job_http_latency(rate: float, seconds: float, conns: int, seed: int, workdir
 
     import aiohttp
 
-    from bench import servers
+    from auditlog.bench import servers
 
     n = max(conns, int(rate * seconds))
     warm_n = max(conns, int(rate * min(1.0, seconds / 4)))
@@ -1084,10 +1084,10 @@ def _merge_schedule(per_node: int, commit: int, now: int) -> list[tuple[int, int
 def _load_nodes(data_dirs: list[Path], seed: int, per_node: int, commit: int) -> None:
     """Every node's log written in-process (fsync off: an untimed fixture), the nodes'
     commits interleaved in time by :func:`_merge_schedule`."""
-    from engine.clock import now_us
-    from engine.datadir import DataDir
-    from engine.settings import StoreSettings
-    from engine.writer import LogWriter
+    from auditlog.engine.clock import now_us
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.engine.writer import LogWriter
 
     writers, gens = [], []
     try:
@@ -1169,7 +1169,7 @@ def job_merge(
 
     import aiohttp
 
-    from bench import servers
+    from auditlog.bench import servers
 
     per_node = events // len(MERGE_NODES)
     root = Path(tempfile.mkdtemp(prefix="merge-", dir=workdir))
@@ -1275,13 +1275,13 @@ def _merge_stage(data_dirs: list[Path], reps: int) -> list[float]:
     rendered beforehand (untimed) in the chunks a peer sends, ordered by merge_lines."""
     import asyncio
 
-    from engine.datadir import DataDir
-    from engine.log import NodeLog
-    from query.filters import Filter
-    from query.linemerge import LineSource, merge_lines, node_ranks
-    from query.lines import line_marks
-    from query.scan import read_node
-    from query.sources import LineTaker
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.log import NodeLog
+    from auditlog.query.filters import Filter
+    from auditlog.query.linemerge import LineSource, merge_lines, node_ranks
+    from auditlog.query.lines import line_marks
+    from auditlog.query.scan import read_node
+    from auditlog.query.sources import LineTaker
 
     per_node = {}
     for d in data_dirs:
@@ -1323,13 +1323,13 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str, commit: in
 
     import msgpack
 
-    from bench.baseline_sqlite import _COLUMNS, SqliteBaseline
-    from engine.entry import Entry
-    from export.ndjson import iter_ndjson
+    from auditlog.bench.baseline_sqlite import _COLUMNS, SqliteBaseline
+    from auditlog.engine.entry import Entry
+    from auditlog.export.ndjson import iter_ndjson
 
     per_node = events // len(MERGE_NODES)
     d = Path(tempfile.mkdtemp(prefix="sqlite-merge-", dir=workdir))
-    from engine.clock import now_us
+    from auditlog.engine.clock import now_us
 
     schedule = _merge_schedule(per_node, commit, now_us())
     try:
@@ -1411,27 +1411,27 @@ def job_sqlite_merge(events: int, reps: int, seed: int, workdir: str, commit: in
 
 def job_soak_rss(**kwargs: Any) -> dict:
     """A real server under sustained paced ingest and a periodic reader (``bench.soak``)."""
-    from bench.soak import job_soak_rss as run
+    from auditlog.bench.soak import job_soak_rss as run
 
     return run(**kwargs)
 
 
 def job_disk_bytes(**kwargs: Any) -> dict:
     """A real server's data dir after ingest and reads, counted (``bench.disk``)."""
-    from bench.disk import job_disk_bytes as run
+    from auditlog.bench.disk import job_disk_bytes as run
 
     return run(**kwargs)
 
 
 def job_bundle(**kwargs: Any) -> dict:
     """An evidence bundle written and verified by the real CLI (``bench.bundle``)."""
-    from bench.bundle import job_bundle as run
+    from auditlog.bench.bundle import job_bundle as run
 
     return run(**kwargs)
 
 
 def job_sqlite_disk_bytes(**kwargs: Any) -> dict:
-    from bench.disk import job_sqlite_disk_bytes as run
+    from auditlog.bench.disk import job_sqlite_disk_bytes as run
 
     return run(**kwargs)
 

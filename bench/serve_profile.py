@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     threading.Thread.run = _profiled_run
     main_prof = _new_profile()
     sys.argv = ["auditlog", *args]
-    from cli.main import main as auditlog_main
+    from auditlog.cli.main import main as auditlog_main
 
     code = 0
     main_prof.enable()

@@ -43,7 +43,7 @@ def auditlog_cmd() -> list[str]:
     found = shutil.which("auditlog")
     if found:
         return [found]
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "auditlog.cli.main"]
 
 
 def clean_env() -> dict[str, str]:
@@ -209,7 +209,7 @@ class Server:
         if prof:
             Path(prof).mkdir(parents=True, exist_ok=True)
             self.profile_path = str(Path(prof).resolve() / f"{self.root.name}-{self.node_id}")
-            cmd = [sys.executable, "-m", "bench.serve_profile", self.profile_path, *args]
+            cmd = [sys.executable, "-m", "auditlog.bench.serve_profile", self.profile_path, *args]
         else:
             cmd = [*auditlog_cmd(), *args]
         self.proc = subprocess.Popen(

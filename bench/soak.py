@@ -76,7 +76,7 @@ def _writer_main(
     """One writer client (its own process): ``events`` generated events in JSON batches of
     ``batch``, batch ``i`` due at ``t0 + i * batch / rate``; the acknowledged count kept in
     ``counter``; what happened written to ``result_path``."""
-    from bench.scenarios import EventGenerator, draft_to_event
+    from auditlog.bench.scenarios import EventGenerator, draft_to_event
 
     gen = EventGenerator(seed)
     url = urllib.parse.urlsplit(base)
@@ -152,7 +152,7 @@ def _get(base: str, path: str, params: dict[str, str], token: str, timeout: floa
 
 def _reader_round(base: str, token: str, user: str, ip: str, since_us: int, now_us: int) -> dict[str, Any]:
     """One round of the reader: selective (NDJSON), time range (JSON page), CSV since the last round."""
-    from engine.entry import format_ts
+    from auditlog.engine.entry import format_ts
 
     sel_s, sel = _get(base, "/api/v1/audit-log", {"user": user, "ip": ip, "format": "ndjson"}, token)
     rng_s, rng = _get(
@@ -186,8 +186,8 @@ def job_soak_rss(
 ) -> dict:
     """A real server under paced ingest from ``writers`` processes and a periodic reader;
     its memory sampled throughout (see the module docstring)."""
-    from bench import servers
-    from bench.scenarios import EventGenerator
+    from auditlog.bench import servers
+    from auditlog.bench.scenarios import EventGenerator
 
     root = Path(tempfile.mkdtemp(prefix="soak-", dir=workdir))
     (port,) = servers.free_ports(1)
@@ -244,7 +244,7 @@ def job_soak_rss(
         # the selective query: the first writer's median-activity user and its first home IP
         pick = EventGenerator(seeds[0])
         user, ip = pick.query_user, pick.query_ip
-        from engine.clock import now_us
+        from auditlog.engine.clock import now_us
 
         since = now_us()
         next_round = time.monotonic() + reader_interval

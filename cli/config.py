@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.datadir import check_node_id
-from engine.errors import ConfigError
-from engine.settings import STORE_SETTINGS, Setting, StoreSettings, parse_duration, parse_retention, text
-from export.http_stream import HTTP_STREAM_SETTINGS, HttpStreamSettings
-from export.syslog import SYSLOG_SETTINGS, SyslogSettings
-from query.cluster.settings import CLUSTER_SETTINGS, ClusterSettings
-from query.http.settings import SERVER_SETTINGS, ServerSettings
+from auditlog.engine.datadir import check_node_id
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.settings import STORE_SETTINGS, Setting, StoreSettings, parse_duration, parse_retention, text
+from auditlog.export.http_stream import HTTP_STREAM_SETTINGS, HttpStreamSettings
+from auditlog.export.syslog import SYSLOG_SETTINGS, SyslogSettings
+from auditlog.query.cluster.settings import CLUSTER_SETTINGS, ClusterSettings
+from auditlog.query.http.settings import SERVER_SETTINGS, ServerSettings
 
 __all__ = ["SETTINGS", "TABLES", "Config", "Setting", "load_config", "parse_duration", "parse_retention"]
 
@@ -83,7 +83,7 @@ class Config:
     def node_config(self):
         """What ``query.node.build_node`` needs (``query.node.NodeConfig``): the storage,
         service, cluster and syslog settings."""
-        from query.node import NodeConfig, ServiceSettings, default_validate_workers
+        from auditlog.query.node import NodeConfig, ServiceSettings, default_validate_workers
 
         workers = self.server.validate_workers
         cluster = self.cluster if self.cluster is not None and self.cluster.enabled else None

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import click
 
-from cli.config import Config, load_config, parse_retention
-from engine.datadir import DataDir, Node
-from engine.entry import EntryDraft, format_ts
-from engine.errors import AuditLogError, KeyFileError
-from engine.log import NodeLog
-from ingest.limits import DEFAULT_LIMITS
+from auditlog.cli.config import Config, load_config, parse_retention
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.errors import AuditLogError, KeyFileError
+from auditlog.engine.log import NodeLog
+from auditlog.ingest.limits import DEFAULT_LIMITS
 
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
@@ -51,7 +51,7 @@ class Context:
     def writer(self):
         """The node's writer, not yet opened: ``with obj.writer() as w`` takes the lock
         (opening it here as well took the lock twice, which the writer refuses)."""
-        from engine.writer import LogWriter
+        from auditlog.engine.writer import LogWriter
 
         return LogWriter(self.data_dir, self.node(), self.config.store_settings())
 
@@ -203,7 +203,7 @@ def append(obj: Context, user, action, target, domain, ip, user_agent, failure, 
           --detail old=block --detail new=quarantine
       auditlog append --file events.ndjson
     """
-    from ingest.event import parse_detail_args, parse_ndjson, validate_event
+    from auditlog.ingest.event import parse_detail_args, parse_ndjson, validate_event
 
     if file is not None:
         if any(v is not None for v in (user, action, target, domain, ip, user_agent)) or failure or details:
@@ -285,7 +285,7 @@ def filter_options(fn):
 
 
 def build_filter(from_, to, user, action, target, domain, ip, recipient, success, node):
-    from query.filters import Filter
+    from auditlog.query.filters import Filter
 
     params = {
         k: v
@@ -365,7 +365,7 @@ def query(
       auditlog query --user alice --ip 192.0.2.10 --from -30d --format csv > alice.csv
       auditlog query --action 'auth.*' --follow
     """
-    from query.scan import scan_node
+    from auditlog.query.scan import scan_node
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     log = NodeLog(obj.data_dir, obj.node())
@@ -386,12 +386,12 @@ def query(
             first = False
         out.write("\n]\n" if not first else "]\n")
     elif fmt == "ndjson":
-        from export.ndjson import iter_ndjson
+        from auditlog.export.ndjson import iter_ndjson
 
         for chunk in iter_ndjson(counted):
             out.write(chunk)
     else:
-        from export.csv import iter_csv
+        from auditlog.export.csv import iter_csv
 
         for chunk in iter_csv(counted, bom=False):
             out.write(chunk)
@@ -411,9 +411,9 @@ def _follow(log: NodeLog, flt, fmt: str, from_given: bool, poll: float = 0.5) ->
     import itertools
     import time
 
-    from engine.entry import ENTRY_SUB
-    from export.ndjson import ndjson_lines
-    from query.scan import scan_node
+    from auditlog.engine.entry import ENTRY_SUB
+    from auditlog.export.ndjson import ndjson_lines
+    from auditlog.query.scan import scan_node
 
     out = sys.stdout
     if from_given:
@@ -492,7 +492,7 @@ def verify(obj: Context, as_json: bool) -> None:
     Example:
       auditlog verify --json
     """
-    from engine.verify import verify_node
+    from auditlog.engine.verify import verify_node
 
     node = obj.node()
     bar = None
@@ -550,14 +550,14 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
       auditlog retention run --dry-run
       auditlog retention run --as-of 2027-06-01
     """
-    from engine.retention import run_retention
-    from query.timeparse import parse_time
+    from auditlog.engine.retention import run_retention
+    from auditlog.query.timeparse import parse_time
 
     settings = obj.config.store_settings()
     if retention_days is not None:
         settings = dataclasses.replace(settings, retention_days=parse_retention(retention_days, "--retention-days"))
     as_of_us = parse_time(as_of) if as_of else None
-    from engine.writer import LogWriter
+    from auditlog.engine.writer import LogWriter
 
     with LogWriter(obj.data_dir, obj.node(), settings) as w:
         if not dry_run:
@@ -636,7 +636,7 @@ def export(
           --title 'Subject access: anna@example.com' -o anna.pdf
       auditlog export ecs --from -1d -o today.ecs.ndjson
     """
-    from engine.errors import WriterLockedError
+    from auditlog.engine.errors import WriterLockedError
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
     try:
@@ -664,7 +664,7 @@ def _query_of(flt) -> str:
 
 
 def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatures, progress) -> None:
-    from query.scan import scan_node
+    from auditlog.query.scan import scan_node
 
     node_obj = obj.node()
     log = NodeLog(obj.data_dir, node_obj)
@@ -675,9 +675,9 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatur
         fail("--bundle goes with a PDF report (or use: export bundle)")
     if no_bom and fmt != "csv":
         fail("--no-bom goes with a CSV export")
-    from export.csv import iter_csv
-    from export.ecs import iter_ecs
-    from export.ndjson import iter_ndjson
+    from auditlog.export.csv import iter_csv
+    from auditlog.export.ecs import iter_ecs
+    from auditlog.export.ndjson import iter_ndjson
 
     render = {"csv": lambda es: iter_csv(es, bom=not no_bom), "ndjson": iter_ndjson, "ecs": iter_ecs}.get(fmt)
     # the export is recorded by the writer: take it first so that a running
@@ -707,7 +707,7 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatur
             fail(f"cannot write {output}: {e.strerror}")
         try:
             if binary:
-                from export.pdf import render_pdf
+                from auditlog.export.pdf import render_pdf
 
                 first = next(iter(log.scan()), None)
                 pdf, _ = render_pdf(
@@ -756,7 +756,7 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatur
 def _write_bundle_file(obj: Context, w, log: NodeLog, flt, output: str):
     """Build the bundle of ``flt`` (writer ``w`` open), write it to ``output`` and record
     the export; the ``query.bundles.BuiltBundle``."""
-    from query.bundles import build_bundle
+    from auditlog.query.bundles import build_bundle
 
     built = build_bundle(w, log, obj.data_dir, flt)
     target_path = Path(output)
@@ -820,9 +820,9 @@ def verify_bundle_cmd(
     """
     import json
 
-    from engine.signing import parse_public_key
-    from export.bundle import verify_bundle
-    from export.cluster_bundle import is_cluster_bundle, verify_cluster_bundle
+    from auditlog.engine.signing import parse_public_key
+    from auditlog.export.bundle import verify_bundle
+    from auditlog.export.cluster_bundle import is_cluster_bundle, verify_cluster_bundle
 
     if (key_path is None) == (ca_path is None):
         fail("give the node's public key (--key node.pub) or the cluster CA certificate (--ca ca.pem)")
@@ -910,9 +910,9 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
       auditlog report four-eyes --from 2026-01-01 --json
       auditlog report four-eyes --pair config.filter_delete:custom.filter_delete_confirm
     """
-    from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
-    from query.filters import Filter
-    from query.scan import scan_node
+    from auditlog.export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
+    from auditlog.query.filters import Filter
+    from auditlog.query.scan import scan_node
 
     try:
         rules = parse_pairs(pairs) if pairs else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
@@ -993,9 +993,9 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
     """
     import logging
 
-    from query.http.server import bind, parse_listen, serve_forever
-    from query.http.server import serve as run_serve
-    from query.node import build_node
+    from auditlog.query.http.server import bind, parse_listen, serve_forever
+    from auditlog.query.http.server import serve as run_serve
+    from auditlog.query.node import build_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = obj.config
@@ -1044,7 +1044,7 @@ def serve(obj: Context, listen, unix_socket, demo) -> None:
 
 
 def _seed_demo(service) -> None:
-    from ingest.demo import seed_demo
+    from auditlog.ingest.demo import seed_demo
 
     head, _ = service.log.head()
     if head <= 1:  # empty (or only the recovery/first bookkeeping entry)
@@ -1095,8 +1095,8 @@ def keys_public(obj: Context, fingerprint: bool, vkey: bool) -> None:
     node = obj.data_dir.open()
     key = obj.data_dir.signing_key()
     if vkey:
-        from engine.note import Verifier
-        from engine.tree import origin
+        from auditlog.engine.note import Verifier
+        from auditlog.engine.tree import origin
 
         click.echo(str(Verifier.of(origin(node.node_id), key.public_raw)))
     elif fingerprint:
@@ -1122,9 +1122,9 @@ def checkpoint(obj: Context) -> None:
     Example:
       auditlog --data-dir /var/lib/auditlog checkpoint > gw1.checkpoint
     """
-    from engine.errors import WriterLockedError
-    from engine.tree import LogTree, record_tree_head, signed_checkpoint
-    from engine.writer import WriterLock
+    from auditlog.engine.errors import WriterLockedError
+    from auditlog.engine.tree import LogTree, record_tree_head, signed_checkpoint
+    from auditlog.engine.writer import WriterLock
 
     dd = obj.data_dir
     node = dd.open()
@@ -1181,7 +1181,7 @@ _REVOKE_OVER_API = (
 
 def _key_store(obj: Context, writer=None):
     """The API keys as the log says (query.http.auth.KeyStore); problems found go to stderr."""
-    from query.http.auth import KeyStore
+    from auditlog.query.http.auth import KeyStore
 
     node = obj.node() if writer is None else Node(writer.node, writer.key)
     store = KeyStore(node, obj.data_dir.state, writer.log if writer else NodeLog(obj.data_dir, node), writer).load()
@@ -1194,8 +1194,8 @@ def _key_store(obj: Context, writer=None):
 def _key_store_for_change(obj: Context, refused: str):
     """The key store with the node's writer (keys change through the log); refused
     with ``refused`` while a server owns the writer."""
-    from engine.errors import WriterLockedError
-    from engine.writer import WriterLock
+    from auditlog.engine.errors import WriterLockedError
+    from auditlog.engine.writer import WriterLock
 
     obj.node()
     if WriterLock.is_held(obj.data_dir.lock_path):
@@ -1222,7 +1222,7 @@ def apikey_create(obj: Context, role: str, name: str) -> None:
     Example:
       auditlog apikey create --role writer --name quarantine-service
     """
-    from query.http.auth import check_name
+    from auditlog.query.http.auth import check_name
 
     obj.node()
     check_name(name)
@@ -1297,7 +1297,7 @@ def cluster_ca_init(out: str) -> None:
     Example:
       auditlog cluster ca-init --out /etc/auditlog/ca
     """
-    from query.cluster.pki import ca_init
+    from auditlog.query.cluster.pki import ca_init
 
     cert, key = ca_init(Path(out))
     click.echo(f"wrote {cert} and {key} (keep ca.key offline; it signs node certificates)")
@@ -1328,8 +1328,8 @@ def cluster_issue_cert(ca_dir: str, node: str, san: tuple[str, ...], out: str, s
       auditlog cluster issue-cert --ca /etc/auditlog/ca --node gw2 --san gw2.example.net \\
           --signing-key /var/lib/auditlog/node.pub --out /etc/auditlog/tls
     """
-    from engine.signing import fingerprint, read_public_key
-    from query.cluster.pki import issue_cert
+    from auditlog.engine.signing import fingerprint, read_public_key
+    from auditlog.query.cluster.pki import issue_cert
 
     public_raw = read_public_key(Path(signing_key)) if signing_key else None
     cert, key = issue_cert(Path(ca_dir), node, list(san), Path(out), signing_key=public_raw)
@@ -1355,7 +1355,7 @@ def bench(quick: bool, json_path: str | None, only: tuple[str, ...]) -> None:
     Example:
       auditlog bench --quick --json bench-results.json
     """
-    from bench.runner import run_bench
+    from auditlog.bench.runner import run_bench
 
     run_bench(quick=quick, json_path=json_path, only=only)
 

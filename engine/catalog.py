@@ -26,12 +26,12 @@ from pathlib import Path
 
 import msgpack
 
-from engine.chain import NodeKey
-from engine.datadir import DataDir, Node, write_atomic
-from engine.entry import R_SIG
-from engine.frame import COMPRESSED_FROM, FrameError
-from engine.index import FrameRow, SegmentIndex, index_path
-from engine.segment import (
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.datadir import DataDir, Node, write_atomic
+from auditlog.engine.entry import R_SIG
+from auditlog.engine.frame import COMPRESSED_FROM, FrameError
+from auditlog.engine.index import FrameRow, SegmentIndex, index_path
+from auditlog.engine.segment import (
     MAX_HEADER,
     SegmentData,
     SegmentHeader,

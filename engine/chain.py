@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from engine.errors import KeyFileError
+from auditlog.engine.errors import KeyFileError
 
 KEY_BYTES = 32
 GENESIS = bytes(32)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.chain import NodeKey
-from engine.entry import RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len, record_from_canonical
-from engine.frame import OVERHEAD, encode_payload, seal_frame
-from engine.segment import FORMAT_VERSION, SegmentHeader
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.entry import RECORD_HEADER, EntryDraft, pack_draft, pack_value, packed_len, record_from_canonical
+from auditlog.engine.frame import OVERHEAD, encode_payload, seal_frame
+from auditlog.engine.segment import FORMAT_VERSION, SegmentHeader
 
 
 @dataclass

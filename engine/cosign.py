@@ -20,9 +20,9 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from engine.merkle import verify_consistency
-from engine.note import EM_DASH, Checkpoint, NoteError, check_key_name, parse
-from engine.signing import PUBLIC_BYTES, SIGNATURE_BYTES, SigningKey, verify
+from auditlog.engine.merkle import verify_consistency
+from auditlog.engine.note import EM_DASH, Checkpoint, NoteError, check_key_name, parse
+from auditlog.engine.signing import PUBLIC_BYTES, SIGNATURE_BYTES, SigningKey, verify
 
 COSIGNATURE_V1 = 0x04
 HEADER = "cosignature/v1\n"

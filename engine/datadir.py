@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.chain import NodeKey, create_key_file, load_key_file
-from engine.errors import AlreadyInitialisedError, ConfigError, KeyFileError, NotInitialisedError
-from engine.signing import (
+from auditlog.engine.chain import NodeKey, create_key_file, load_key_file
+from auditlog.engine.errors import AlreadyInitialisedError, ConfigError, KeyFileError, NotInitialisedError
+from auditlog.engine.signing import (
     PUBLIC_KEY_FILE,
     SIGN_KEY_FILE,
     SigningKey,

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import xxhash
 import zstandard
 
-from engine.chain import NodeKey
+from auditlog.engine.chain import NodeKey
 
 #: frame magic of each segment format version
 FRAME_MAGICS = {1: b"ALF1", 2: b"ALF2", 3: b"ALF3"}

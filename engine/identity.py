@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from engine.errors import ConfigError
+from auditlog.engine.errors import ConfigError
 
 NODE_URI_PREFIX = "auditlog-node:"
 #: the extension binding a node certificate to the node's Ed25519 signing key (an

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import msgpack
 
-from engine.chain import NodeKey
-from engine.items import TS_UNKNOWN_HI, TS_UNKNOWN_LO
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.items import TS_UNKNOWN_HI, TS_UNKNOWN_LO
 
 INDEX_SUFFIX = ".idx"
 # 3: damaged rows carry the times their entries can have (2: their headers' claims;

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from engine.entry import Entry, decode_entries
+from auditlog.engine.entry import Entry, decode_entries
 
 #: ``sub`` of a marker for a damaged frame
 FRAME_SUB = 50

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.catalog import SegmentInfo
-from engine.items import Damage
+from auditlog.engine.catalog import SegmentInfo
+from auditlog.engine.items import Damage
 
 
 @dataclass

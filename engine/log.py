@@ -33,15 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
-from engine.catalog import Catalog, SegmentInfo
-from engine.datadir import DataDir, Node
-from engine.entry import ENTRY_SUB, Entry
-from engine.items import Damage, VerifiedFrame
-from engine.layout import Slot, layout
-from engine.postings import Postings
-from engine.recheck import FrameChecks
-from engine.segment import SegmentData
-from engine.selective import SelectiveReads
+from auditlog.engine.catalog import Catalog, SegmentInfo
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import ENTRY_SUB, Entry
+from auditlog.engine.items import Damage, VerifiedFrame
+from auditlog.engine.layout import Slot, layout
+from auditlog.engine.postings import Postings
+from auditlog.engine.recheck import FrameChecks
+from auditlog.engine.segment import SegmentData
+from auditlog.engine.selective import SelectiveReads
 
 FAR_FUTURE = 2**62
 
@@ -91,7 +91,7 @@ class NodeLog:
     def _writer_running(self) -> bool:
         if self.catalog.live_active is not None:
             return True
-        from engine.writer import WriterLock
+        from auditlog.engine.writer import WriterLock
 
         return WriterLock.is_held(self.data_dir.lock_path)
 

@@ -22,8 +22,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from engine.errors import EngineError
-from engine.signing import PUBLIC_BYTES, SIGNATURE_BYTES, SigningKey, verify
+from auditlog.engine.errors import EngineError
+from auditlog.engine.signing import PUBLIC_BYTES, SIGNATURE_BYTES, SigningKey, verify
 
 ED25519 = 0x01
 EM_DASH = "\u2014"

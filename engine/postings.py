@@ -30,12 +30,12 @@ from collections import OrderedDict
 
 import msgpack
 
-from engine.bytecache import ByteLRU
-from engine.catalog import SegmentInfo
-from engine.chain import NodeKey
-from engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header, plain_payload
-from engine.segment import SegmentData
-from engine.terms import (
+from auditlog.engine.bytecache import ByteLRU
+from auditlog.engine.catalog import SegmentInfo
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.frame import HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, parse_header, plain_payload
+from auditlog.engine.segment import SegmentData
+from auditlog.engine.terms import (
     HASH_BITS,
     TERM_FIELDS,
     BlockReader,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import msgpack
 
-from engine.catalog import unpack_records
-from engine.chain import NodeKey
-from engine.entry import R_SIG, Entry, canonical_bytes
-from engine.frame import COMPRESSED_FROM, HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, plain_payload
-from engine.index import FrameRow
-from engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
-from engine.layout import Slot
+from auditlog.engine.catalog import unpack_records
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.entry import R_SIG, Entry, canonical_bytes
+from auditlog.engine.frame import COMPRESSED_FROM, HEADER_SIZE, MAC_SIZE, FrameError, check_frame_at, plain_payload
+from auditlog.engine.index import FrameRow
+from auditlog.engine.items import FRAME_SUB, TS_UNKNOWN_HI, TS_UNKNOWN_LO, Damage, VerifiedFrame, salvage
+from auditlog.engine.layout import Slot
 
 
 class FrameChecks:

@@ -34,10 +34,10 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from engine.catalog import SegmentInfo, index_segment
-from engine.chain import NodeKey
-from engine.datadir import DataDir, fsync_dir, side_files
-from engine.frame import (
+from auditlog.engine.catalog import SegmentInfo, index_segment
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.datadir import DataDir, fsync_dir, side_files
+from auditlog.engine.frame import (
     COMPRESSED_FROM,
     FRAME_MAGICS,
     HEADER,
@@ -48,7 +48,7 @@ from engine.frame import (
     check_frame,
     parse_header,
 )
-from engine.segment import (
+from auditlog.engine.segment import (
     MAX_HEADER,
     SegmentData,
     SegmentHeaderError,

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from engine.datadir import fsync_dir, side_files
-from engine.entry import EntryDraft, format_ts
-from engine.log import NodeLog
-from engine.state import StateSeal, StateTampered
-from engine.tiles import TileError
-from engine.tree import LogTree, TreeError
-from engine.writer import LogWriter
+from auditlog.engine.datadir import fsync_dir, side_files
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.log import NodeLog
+from auditlog.engine.state import StateSeal, StateTampered
+from auditlog.engine.tiles import TileError
+from auditlog.engine.tree import LogTree, TreeError
+from auditlog.engine.writer import LogWriter
 
 DAY_US = 86_400 * 1_000_000
 STATE_FILE = "retention.json"

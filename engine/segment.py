@@ -18,8 +18,8 @@ from pathlib import Path
 
 import msgpack
 
-from engine.chain import NodeKey
-from engine.frame import (
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.frame import (
     CURRENT_VERSION,
     FRAME_MAGICS,
     HEADER_SIZE,

@@ -26,14 +26,14 @@ from collections.abc import Callable, Iterator
 
 import msgpack
 
-from engine.bytecache import ENTRY_OVERHEAD, ByteLRU
-from engine.catalog import SegmentInfo
-from engine.entry import ENTRY_SUB, Entry
-from engine.frame import FrameError, plain_payload
-from engine.items import Damage, VerifiedFrame
-from engine.layout import Slot
-from engine.recheck import FrameChecks
-from engine.terms import record_matches, wanted_fields
+from auditlog.engine.bytecache import ENTRY_OVERHEAD, ByteLRU
+from auditlog.engine.catalog import SegmentInfo
+from auditlog.engine.entry import ENTRY_SUB, Entry
+from auditlog.engine.frame import FrameError, plain_payload
+from auditlog.engine.items import Damage, VerifiedFrame
+from auditlog.engine.layout import Slot
+from auditlog.engine.recheck import FrameChecks
+from auditlog.engine.terms import record_matches, wanted_fields
 
 #: records read through postings, kept by the MAC of their verified frame
 RECORD_CACHE_BYTES = 4 * 1024 * 1024

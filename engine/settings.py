@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.frame import MAX_PAYLOAD
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.frame import MAX_PAYLOAD
 
 FSYNC_MODES = ("always", "interval", "none")
 MIN_RETENTION_DAYS = 90

@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from engine.chain import read_secret_file, write_secret_file
-from engine.errors import KeyFileError
+from auditlog.engine.chain import read_secret_file, write_secret_file
+from auditlog.engine.errors import KeyFileError
 
 SIGN_KEY_FILE = "node.sign"
 PUBLIC_KEY_FILE = "node.pub"
@@ -124,7 +124,7 @@ def verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
 def create_signing_key(sign_path: Path, pub_path: Path) -> SigningKey:
     """A new key pair: the seed in ``sign_path`` (mode 0600, never overwritten), the
     public key in ``pub_path`` (PEM, mode 0644)."""
-    from engine.datadir import write_atomic
+    from auditlog.engine.datadir import write_atomic
 
     seed = Ed25519PrivateKey.generate().private_bytes_raw()
     write_secret_file(sign_path, seed)

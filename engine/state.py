@@ -29,9 +29,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.chain import NodeKey
-from engine.datadir import write_atomic
-from engine.errors import EngineError
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.datadir import write_atomic
+from auditlog.engine.errors import EngineError
 
 STATE_VERSION = 1
 _LABEL = b"auditlog state v1"

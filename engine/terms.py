@@ -46,8 +46,8 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from engine.chain import NodeKey
-from engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.entry import R_ACTION, R_DETAILS, R_DOMAIN, R_IP, R_TARGET, R_USER
 
 TERMS_SUFFIX = ".terms"
 # 5: each value's seq offsets stored as msgpack deltas; 4: as u32 (then rebuilt);

@@ -19,8 +19,8 @@ import os
 import struct
 from pathlib import Path
 
-from engine.chain import NodeKey
-from engine.errors import EngineError
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.errors import EngineError
 
 #: levels at and above this are stored; below, computed from a tile's leaves
 STORED_FROM = 8

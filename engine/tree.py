@@ -21,13 +21,13 @@ from collections.abc import Iterable
 
 import msgpack
 
-from engine.entry import EntryDraft, canonical_bytes
-from engine.errors import EngineError
-from engine.items import Damage, VerifiedFrame
-from engine.merkle import CompactTree, consistency_proof, inclusion_proof, leaf_hash, node_hash
-from engine.note import Checkpoint, sign
-from engine.state import StateSeal, StateTampered
-from engine.tiles import STORED_FROM, TILE_LEAVES, TileError, TreeNodes
+from auditlog.engine.entry import EntryDraft, canonical_bytes
+from auditlog.engine.errors import EngineError
+from auditlog.engine.items import Damage, VerifiedFrame
+from auditlog.engine.merkle import CompactTree, consistency_proof, inclusion_proof, leaf_hash, node_hash
+from auditlog.engine.note import Checkpoint, sign
+from auditlog.engine.state import StateSeal, StateTampered
+from auditlog.engine.tiles import STORED_FROM, TILE_LEAVES, TileError, TreeNodes
 
 TREE_FILE = "tree.json"
 #: the action of the entries that record the node's signed checkpoints

@@ -39,14 +39,14 @@ from dataclasses import asdict, dataclass, field
 
 import msgpack
 
-from engine.catalog import index_segment
-from engine.datadir import DataDir, Node
-from engine.entry import canonical_bytes
-from engine.frame import FrameError
-from engine.log import NodeLog
-from engine.recovery import quarantined
-from engine.segment import SegmentData, insert_successor, list_segments, walk_frames, with_head
-from engine.state import StateSeal, check_state_dir
+from auditlog.engine.catalog import index_segment
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import canonical_bytes
+from auditlog.engine.frame import FrameError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.recovery import quarantined
+from auditlog.engine.segment import SegmentData, insert_successor, list_segments, walk_frames, with_head
+from auditlog.engine.state import StateSeal, check_state_dir
 
 
 @dataclass

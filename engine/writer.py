@@ -27,17 +27,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import clock
-from engine.catalog import SegmentInfo, index_segment
-from engine.chain import GENESIS
-from engine.commit import Piece, plan_commit
-from engine.datadir import LEFTOVER_SUFFIX, DataDir, Node, fsync_dir, write_atomic
-from engine.entry import EntryDraft, sort_details
-from engine.errors import EngineError, WriteFailedError, WriterLockedError
-from engine.index import FrameRow, SegmentIndex, index_path
-from engine.log import NodeLog
-from engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
-from engine.segment import (
+from auditlog.engine import clock
+from auditlog.engine.catalog import SegmentInfo, index_segment
+from auditlog.engine.chain import GENESIS
+from auditlog.engine.commit import Piece, plan_commit
+from auditlog.engine.datadir import LEFTOVER_SUFFIX, DataDir, Node, fsync_dir, write_atomic
+from auditlog.engine.entry import EntryDraft, sort_details
+from auditlog.engine.errors import EngineError, WriteFailedError, WriterLockedError
+from auditlog.engine.index import FrameRow, SegmentIndex, index_path
+from auditlog.engine.log import NodeLog
+from auditlog.engine.recovery import cut_back, interrupted_commit, set_aside_blocking, verified_claims, whole_frame_in
+from auditlog.engine.segment import (
     FORMAT_VERSION,
     SegmentData,
     SegmentHeader,
@@ -46,7 +46,7 @@ from engine.segment import (
     segment_name,
     seq_from_name,
 )
-from engine.settings import StoreSettings
+from auditlog.engine.settings import StoreSettings
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 
-from engine.entry import canonical_bytes
-from engine.errors import AuditLogError
-from engine.merkle import leaf_hash, range_proof, verify_range
-from engine.note import Checkpoint, NoteError, Verifier, open_note, parse, sign
-from engine.signing import public_pem
-from engine.tree import origin
+from auditlog.engine.entry import canonical_bytes
+from auditlog.engine.errors import AuditLogError
+from auditlog.engine.merkle import leaf_hash, range_proof, verify_range
+from auditlog.engine.note import Checkpoint, NoteError, Verifier, open_note, parse, sign
+from auditlog.engine.signing import public_pem
+from auditlog.engine.tree import origin
 
 BUNDLE_VERSION = 1
 MEMBERS = ("manifest.txt", "checkpoint.txt", "node.pub", "entries.ndjson", "proofs.ndjson", "boundaries.ndjson")

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from engine.cosign import Cosigner, cosignatures, witness_name
-from engine.datadir import check_node_id
-from engine.errors import AuditLogError
-from engine.note import NoteError, Verifier, open_note, sign
-from engine.tree import origin
-from export.bundle import MAX_BUNDLE_BYTES, BundleReport, canonical_tar, verify_bundle
+from auditlog.engine.cosign import Cosigner, cosignatures, witness_name
+from auditlog.engine.datadir import check_node_id
+from auditlog.engine.errors import AuditLogError
+from auditlog.engine.note import NoteError, Verifier, open_note, sign
+from auditlog.engine.tree import origin
+from auditlog.export.bundle import MAX_BUNDLE_BYTES, BundleReport, canonical_tar, verify_bundle
 
 CLUSTER_TITLE = "auditlog cluster evidence bundle v1"
 
@@ -140,7 +140,7 @@ def load_ca(pem: bytes) -> list[x509.Certificate]:
 def node_key(cert_pem: bytes, node: str, cas: list[x509.Certificate]) -> bytes:
     """The signing key the certificate binds to ``node``, once it verifies under one of
     ``cas``; ValueError naming what does not hold."""
-    from engine.identity import node_id_of, signing_key_of
+    from auditlog.engine.identity import node_id_of, signing_key_of
 
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)

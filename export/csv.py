@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from engine.entry import WIRE_FIELDS, Entry, format_ts
+from auditlog.engine.entry import WIRE_FIELDS, Entry, format_ts
 
 #: the CSV names of wire fields that SPEC section 8 names otherwise
 _CSV_NAMES = {"ts": "timestamp", "node": "node_id", "ip": "ip_address"}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from engine.entry import Entry, format_ts
+from auditlog.engine.entry import Entry, format_ts
 
 ECS_VERSION = "8.11.0"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.errors import AuditLogError
+from auditlog.engine.errors import AuditLogError
 
 
 class ExportError(AuditLogError):

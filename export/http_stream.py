@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine.errors import ConfigError
-from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, parse_duration, text
-from export.ndjson import ndjson_lines
-from export.syslog import SyslogForwarder
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, parse_duration, text
+from auditlog.export.ndjson import ndjson_lines
+from auditlog.export.syslog import SyslogForwarder
 
 STREAM_CURSOR_FILE = "http_stream_cursor.json"
 TOKEN_HEADER = "X-Auditlog-Token"

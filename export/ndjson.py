@@ -26,8 +26,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
-from export.csv import CHUNK_CHARS, TimestampFormatter, json_default, make_json_encoder
+from auditlog.engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
+from auditlog.export.csv import CHUNK_CHARS, TimestampFormatter, json_default, make_json_encoder
 
 # Maps in stored order (ingest stores details canonically sorted), as to_wire does.
 _json = make_json_encoder(sort_keys=False)

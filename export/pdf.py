@@ -23,9 +23,9 @@ from collections.abc import Iterable
 
 from fpdf import FPDF
 
-from engine import clock
-from engine.entry import Entry, format_ts
-from export.ndjson import ndjson_lines
+from auditlog.engine import clock
+from auditlog.engine.entry import Entry, format_ts
+from auditlog.export.ndjson import ndjson_lines
 
 # fontTools says what it subsets at INFO, fpdf2 warns about fonts: neither belongs in a
 # server's log for every report

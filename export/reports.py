@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from engine.entry import Entry, format_ts
+from auditlog.engine.entry import Entry, format_ts
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("config.dkim_rotate", "config.dkim_rotate_confirm"),)
 
@@ -31,7 +31,7 @@ class FourEyesRule:
 
 def parse_pairs(texts: Iterable[str]) -> tuple[FourEyesRule, ...]:
     """``action:confirm_action`` strings -> rules (ValueError on a malformed one)."""
-    from ingest.taxonomy import ACTION_RE
+    from auditlog.ingest.taxonomy import ACTION_RE
 
     rules = []
     for t in texts:

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine.entry import ENTRY_SUB, Entry, format_ts
-from engine.errors import ConfigError
-from engine.log import NodeLog
-from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, text
-from engine.state import StateSeal, StateTampered
-from export.errors import ExportError
-from export.relp import RelpSession
+from auditlog.engine.entry import ENTRY_SUB, Entry, format_ts
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, text
+from auditlog.engine.state import StateSeal, StateTampered
+from auditlog.export.errors import ExportError
+from auditlog.export.relp import RelpSession
 
 log = logging.getLogger("auditlog.syslog")
 

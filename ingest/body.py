@@ -38,9 +38,9 @@ from typing import Any
 import msgpack
 import orjson
 
-from ingest.errors import IngestError
-from ingest.event import DuplicateKeyError, reject_duplicate_keys, validate_batch
-from ingest.limits import Limits
+from auditlog.ingest.errors import IngestError
+from auditlog.ingest.event import DuplicateKeyError, reject_duplicate_keys, validate_batch
+from auditlog.ingest.limits import Limits
 
 __all__ = ["BodyError", "UnsupportedMediaError", "decode_body", "decode_and_validate", "JSON_TYPES", "MSGPACK_TYPES"]
 

@@ -3,7 +3,7 @@
 Synchronous, thread-safe, standard library only on the wire (``http.client``,
 ``threading``), so a subsystem needs nothing beyond this package::
 
-    from ingest.client import AuditClient
+    from auditlog.ingest.client import AuditClient
 
     with AuditClient("http://127.0.0.1:8080", api_key, on_unavailable="raise") as audit:
         audit.log("alice", "quarantine.release", target="msg-1234", ip="192.0.2.10",
@@ -94,8 +94,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
-from ingest.errors import InvalidEventError
-from ingest.event import validate_batch, validate_event
+from auditlog.ingest.errors import InvalidEventError
+from auditlog.ingest.event import validate_batch, validate_event
 
 __all__ = [
     "AuditClient",

@@ -15,10 +15,10 @@ import asyncio
 import threading
 from concurrent.futures import Executor
 
-from engine.entry import EntryDraft
-from engine.errors import EngineError
-from engine.writer import AppendResult, LogWriter, canonical_drafts
-from ingest.idempotency import IdempotencyCache
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.errors import EngineError
+from auditlog.engine.writer import AppendResult, LogWriter, canonical_drafts
+from auditlog.ingest.idempotency import IdempotencyCache
 
 
 class Overloaded(Exception):

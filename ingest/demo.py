@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from engine.entry import EntryDraft
+from auditlog.engine.entry import EntryDraft
 
 ADMINS = ["alice", "bob", "carol", "dave"]
 ADMIN_IPS = {"alice": "192.0.2.10", "bob": "192.0.2.11", "carol": "2001:db8::c", "dave": "198.51.100.7"}

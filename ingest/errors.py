@@ -7,7 +7,7 @@ as structured data (``problems``) for the HTTP API and as one readable line
 
 from __future__ import annotations
 
-from engine.errors import AuditLogError
+from auditlog.engine.errors import AuditLogError
 
 # str() lists at most this many problems; a batch of 10 000 bad events would
 # otherwise produce a multi-megabyte message.

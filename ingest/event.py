@@ -23,10 +23,10 @@ from typing import Any
 
 import msgpack
 
-from engine.entry import EntryDraft, sort_details
-from ingest.errors import BatchTooLargeError, InvalidEventError
-from ingest.limits import DEFAULT_LIMITS, Limits
-from ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY, says_failure
+from auditlog.engine.entry import EntryDraft, sort_details
+from auditlog.ingest.errors import BatchTooLargeError, InvalidEventError
+from auditlog.ingest.limits import DEFAULT_LIMITS, Limits
+from auditlog.ingest.taxonomy import ACTION_RE, CUSTOM_PREFIX, RESERVED_ACTIONS, TAXONOMY, says_failure
 
 __all__ = [
     "validate_event",

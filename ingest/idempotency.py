@@ -19,10 +19,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.datadir import write_atomic
-from engine.state import StateSeal
-from ingest.body import JSON_TYPES, MSGPACK_TYPES
-from ingest.errors import IngestError
+from auditlog.engine.datadir import write_atomic
+from auditlog.engine.state import StateSeal
+from auditlog.ingest.body import JSON_TYPES, MSGPACK_TYPES
+from auditlog.ingest.errors import IngestError
 
 log = logging.getLogger("auditlog.idempotency")
 

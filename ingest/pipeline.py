@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.committer import Committer
-from ingest.idempotency import IdempotencyCache, IdempotencyKeyReused
-from ingest.validation_pool import Validator
+from auditlog.ingest.committer import Committer
+from auditlog.ingest.idempotency import IdempotencyCache, IdempotencyKeyReused
+from auditlog.ingest.validation_pool import Validator
 
 #: past this many per-key locks, the idle ones are dropped
 _MAX_LOCKS = 10000

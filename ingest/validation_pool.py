@@ -16,12 +16,12 @@ import asyncio
 import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 
-from engine.entry import pack_draft
-from engine.errors import AuditLogError
-from ingest.body import BodyError, UnsupportedMediaError, decode_and_validate
-from ingest.errors import BatchTooLargeError, InvalidEventError
-from ingest.idempotency import request_fingerprint
-from ingest.limits import Limits
+from auditlog.engine.entry import pack_draft
+from auditlog.engine.errors import AuditLogError
+from auditlog.ingest.body import BodyError, UnsupportedMediaError, decode_and_validate
+from auditlog.ingest.errors import BatchTooLargeError, InvalidEventError
+from auditlog.ingest.idempotency import request_fingerprint
+from auditlog.ingest.limits import Limits
 
 #: Ingest bodies up to this size are decoded and validated on the event loop
 #: (a few events take tens of microseconds; a hop to a thread or worker costs more).
@@ -89,7 +89,7 @@ def _worker_init() -> None:
 
 def _warm_up() -> int:
     """Import the validation path in a worker (so the first request does not pay for it)."""
-    import ingest.body  # noqa: F401
+    import auditlog.ingest.body  # noqa: F401
 
     return 1
 

@@ -10,13 +10,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from engine.note import Checkpoint, parse
-from engine.tree import LogTree, record_tree_head
-from export.bundle import write_bundle
-from export.ndjson import ndjson_lines
-from query.errors import QueryError
-from query.filters import Filter
-from query.scan import scan_node
+from auditlog.engine.note import Checkpoint, parse
+from auditlog.engine.tree import LogTree, record_tree_head
+from auditlog.export.bundle import write_bundle
+from auditlog.export.ndjson import ndjson_lines
+from auditlog.query.errors import QueryError
+from auditlog.query.filters import Filter
+from auditlog.query.scan import scan_node
 
 #: entries one bundle holds at most (it is built in memory)
 MAX_BUNDLE_ENTRIES = 200_000

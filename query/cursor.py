@@ -15,8 +15,8 @@ import base64
 import hashlib
 import json
 
-from engine.entry import ENTRY_SUB
-from query.errors import QueryError
+from auditlog.engine.entry import ENTRY_SUB
+from auditlog.query.errors import QueryError
 
 Position = tuple[int, int]
 

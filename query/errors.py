@@ -6,7 +6,7 @@ is meant to be shown to the person who typed the filter.
 
 from __future__ import annotations
 
-from engine.errors import AuditLogError
+from auditlog.engine.errors import AuditLogError
 
 # A hostile or pasted-by-mistake value can be huge; the message only needs
 # enough of it to be recognised.

@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from engine.entry import Entry, format_ts
+from auditlog.engine.entry import Entry, format_ts
 
 # The very normalisers ingest stores with, so a filter value compares equal to
 # what is on disk (private there today; one spelling of each rule in the tree).
-from ingest.event import _normalise_domain as _ingest_domain
-from ingest.event import _normalise_ip as _ingest_ip
-from ingest.taxonomy import ACTION_RE
-from query.errors import InvalidFilterError
-from query.timeparse import MAX_TS_US, parse_time
-from query.timeparse import now_us as _current_us
+from auditlog.ingest.event import _normalise_domain as _ingest_domain
+from auditlog.ingest.event import _normalise_ip as _ingest_ip
+from auditlog.ingest.taxonomy import ACTION_RE
+from auditlog.query.errors import InvalidFilterError
+from auditlog.query.timeparse import MAX_TS_US, parse_time
+from auditlog.query.timeparse import now_us as _current_us
 
 #: The parameter names understood by :meth:`Filter.from_params`.
 PARAM_NAMES = ("from", "to", "user", "action", "target", "domain", "ip", "recipient", "success", "node")

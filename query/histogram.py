@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from engine.entry import format_ts
-from query.errors import InvalidFilterError
-from query.filters import Filter
-from query.scan import scan_node
+from auditlog.engine.entry import format_ts
+from auditlog.query.errors import InvalidFilterError
+from auditlog.query.filters import Filter
+from auditlog.query.scan import scan_node
 
 #: buckets one histogram has at most
 MAX_BUCKETS = 10_000
@@ -119,7 +119,7 @@ async def gather(service, flt: Filter, interval_us: int | None) -> tuple[dict[st
             nodes[me] = {"status": "ok", "skipped": "excluded by the node filter"}
 
     async def peer(node: str, client) -> None:
-        from query.cluster.peers import PeerError
+        from auditlog.query.cluster.peers import PeerError
 
         if not flt.admits_node(node):
             nodes[node] = {"status": "ok", "skipped": "excluded by the node filter"}

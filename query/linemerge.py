@@ -26,8 +26,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator
 from operator import neg
 
-from query.lines import cut_lines
-from query.merge import Source
+from auditlog.query.lines import cut_lines
+from auditlog.query.merge import Source
 
 
 class LineSource(Source):

@@ -13,7 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterator
 
-from engine.entry import Entry
+from auditlog.engine.entry import Entry
 
 
 def _desc_node(node: str) -> tuple:

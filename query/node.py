@@ -28,25 +28,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import clock
-from engine.datadir import DataDir, Node
-from engine.entry import EntryDraft, format_ts
-from engine.log import NodeLog
-from engine.settings import StoreSettings
-from engine.state import StateSeal
-from engine.writer import AppendResult, LogWriter
-from export.http_stream import HttpStreamForwarder, HttpStreamSettings
-from export.syslog import SyslogForwarder, SyslogSettings
-from ingest.committer import Committer
-from ingest.idempotency import IdempotencyCache
-from ingest.limits import DEFAULT_LIMITS, Limits
-from ingest.pipeline import IngestPipeline
-from ingest.validation_pool import Validator
-from query.cluster.fanout import Cluster
-from query.cluster.settings import ClusterSettings
-from query.errors import QueryError
-from query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
-from query.http.metrics import Metrics
+from auditlog.engine import clock
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.state import StateSeal
+from auditlog.engine.writer import AppendResult, LogWriter
+from auditlog.export.http_stream import HttpStreamForwarder, HttpStreamSettings
+from auditlog.export.syslog import SyslogForwarder, SyslogSettings
+from auditlog.ingest.committer import Committer
+from auditlog.ingest.idempotency import IdempotencyCache
+from auditlog.ingest.limits import DEFAULT_LIMITS, Limits
+from auditlog.ingest.pipeline import IngestPipeline
+from auditlog.ingest.validation_pool import Validator
+from auditlog.query.cluster.fanout import Cluster
+from auditlog.query.cluster.settings import ClusterSettings
+from auditlog.query.errors import QueryError
+from auditlog.query.http.auth import KEY_FILE, ApiKey, KeyStore, set_aside
+from auditlog.query.http.metrics import Metrics
 
 #: entries that need no checkpoint of their own (``RunningNode._only_bookkeeping``)
 _BOOKKEEPING = frozenset({"audit.tree_head", "audit.checkpoint"})
@@ -121,7 +121,7 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
     try:
         rn.open()
         if config.cluster is not None and config.cluster.enabled:
-            from query.cluster.pki import check_own_cert
+            from auditlog.query.cluster.pki import check_own_cert
 
             problem = check_own_cert(Path(config.cluster.cert), node.node_id, writer.signing_key.public_raw)
             if problem is not None:
@@ -375,7 +375,7 @@ class RunningNode:
 
     def head_info(self) -> dict:
         """This node's row of ``/api/v1/cluster`` (also served to peers)."""
-        from engine.entry import format_ts
+        from auditlog.engine.entry import format_ts
 
         head_seq, last_ts = self.log.head()
         days = self.store.retention_days
@@ -416,7 +416,7 @@ class RunningNode:
     def record_tree_head(self) -> dict:
         """Bring the Merkle tree up to the log, sign a checkpoint and record it as an
         ``audit.tree_head`` entry (``engine.tree.TreeError`` when the log has damage)."""
-        from engine.tree import record_tree_head
+        from auditlog.engine.tree import record_tree_head
 
         with self._tree_lock:
             note, seq = record_tree_head(self.writer)
@@ -456,8 +456,8 @@ class RunningNode:
     def tree_answer(self, old_size: int) -> dict:
         """The newest signed checkpoint and the consistency proof to it from the tree of
         ``old_size`` entries (none when that tree is not smaller), for a witness check."""
-        from engine.note import Checkpoint, parse
-        from engine.tree import LogTree, TreeError
+        from auditlog.engine.note import Checkpoint, parse
+        from auditlog.engine.tree import LogTree, TreeError
 
         try:
             note = self.newest_checkpoint()
@@ -476,7 +476,7 @@ class RunningNode:
     def tree_head_job(self) -> None:
         """The background job (every few seconds): a signed checkpoint when a segment was
         sealed since the last one, or ``checkpoint_interval`` passed and the log grew."""
-        from engine.tree import TreeError
+        from auditlog.engine.tree import TreeError
 
         head = self.writer.next_seq - 1
         last = self._tree_head
@@ -498,7 +498,7 @@ class RunningNode:
         """An inclusion proof (``kind`` "inclusion": the entry of seq ``a`` in the tree of
         ``b`` entries) or a consistency proof ("consistency": from ``a`` entries to
         ``b``), for a size the tree has reached (``engine.tree.TreeError`` otherwise)."""
-        from engine.tree import LogTree, TreeError
+        from auditlog.engine.tree import LogTree, TreeError
 
         with LogTree(self.log, self.node.key, self.data_dir) as tree:
             size = tree.load().size
@@ -521,11 +521,11 @@ class RunningNode:
         """An evidence bundle of this node's entries matching ``flt`` (``query.bundles``).
         In a cluster (given the event ``loop``: this runs in a worker) its checkpoint is
         handed to the peers first and carries their cosignatures."""
-        from query.bundles import build_bundle
+        from auditlog.query.bundles import build_bundle
 
         cosign = None
         if loop is not None and self.cluster is not None and self.cluster.peers:
-            from query.cluster.checkpoints import cosign_round
+            from auditlog.query.cluster.checkpoints import cosign_round
 
             cluster = self.cluster
 
@@ -548,9 +548,9 @@ class RunningNode:
         """The newest ``limit`` signed checkpoints recorded in the log (within the time
         ``window``, a Filter of from/to, when given), newest first, and what could not be
         read of them."""
-        from engine.tree import TREE_HEAD_ACTION
-        from query.filters import Filter
-        from query.scan import scan_node
+        from auditlog.engine.tree import TREE_HEAD_ACTION
+        from auditlog.query.filters import Filter
+        from auditlog.query.scan import scan_node
 
         found: list[dict] = []
         problems: list[dict] = []
@@ -576,7 +576,7 @@ class RunningNode:
         return {"node": self.node_id, "checkpoints": found, "violations": problems}
 
     def run_retention(self, as_of_us=None, dry_run=False):
-        from engine.retention import run_retention
+        from auditlog.engine.retention import run_retention
 
         if not dry_run:
             # the snapshot must hold every key whose create entry may be dropped now
@@ -589,7 +589,7 @@ class RunningNode:
 
     def _derive_last_retention(self, report: bool = False) -> dict | None:
         """The last retention run, from the log's purge entries and the sealed quiet-run record."""
-        from engine.retention import STATE_FILE, load_last_run
+        from auditlog.engine.retention import STATE_FILE, load_last_run
 
         last, problem = load_last_run(self.log, self.seal, self.data_dir.state)
         if problem is not None and report:
@@ -609,6 +609,6 @@ class RunningNode:
 def _parse_iso(s: str | None) -> float | None:
     if not s:
         return None
-    from query.timeparse import parse_time
+    from auditlog.query.timeparse import parse_time
 
     return parse_time(s) / 1e6

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from engine.entry import Entry
-from engine.log import Item, NodeLog
-from query.filters import Filter
+from auditlog.engine.entry import Entry
+from auditlog.engine.log import Item, NodeLog
+from auditlog.query.filters import Filter
 
 
 def scan_node(

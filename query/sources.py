@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 from array import array
 
-from engine.entry import Entry
-from engine.log import checked_batches
-from export.csv import TimestampFormatter
-from export.ndjson import render
-from query.filters import Filter
-from query.linemerge import LineSource
-from query.lines import LEN_CODE, line_lengths, line_marks
-from query.merge import Source
-from query.scan import read_node, scan_node
+from auditlog.engine.entry import Entry
+from auditlog.engine.log import checked_batches
+from auditlog.export.csv import TimestampFormatter
+from auditlog.export.ndjson import render
+from auditlog.query.filters import Filter
+from auditlog.query.linemerge import LineSource
+from auditlog.query.lines import LEN_CODE, line_lengths, line_marks
+from auditlog.query.merge import Source
+from auditlog.query.scan import read_node, scan_node
 
 
 class LocalSource(Source):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from engine import clock
-from query.errors import InvalidFilterError
+from auditlog.engine import clock
+from auditlog.query.errors import InvalidFilterError
 
 # re.ASCII: \d must not accept other scripts' digits, which int() would.
 _RFC3339 = re.compile(

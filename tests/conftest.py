@@ -26,7 +26,7 @@ for _p in (str(_TESTS), str(_TESTS.parent)):
 
 import pytest  # noqa: E402
 
-from engine import clock as _clock  # noqa: E402
+from auditlog.engine import clock as _clock  # noqa: E402
 
 #: the instant in-process time starts at in every test
 TEST_EPOCH_US = 1_773_478_800_000_000  # 2026-03-14T09:00:00Z
@@ -55,7 +55,7 @@ def written(tmp_path):
     two per commit, one frame each (the torn-tail and recovery suites)."""
     from helpers_engine import draft, init_dir, settings
 
-    from engine.writer import LogWriter
+    from auditlog.engine.writer import LogWriter
 
     dd, node = init_dir(tmp_path / "data")
     with LogWriter(dd, node, settings(1 << 20)) as w:
@@ -71,9 +71,9 @@ def written(tmp_path):
 
 import pytest_asyncio  # noqa: E402
 
-from engine.datadir import DataDir  # noqa: E402
-from engine.settings import StoreSettings  # noqa: E402
-from query.node import NodeConfig, RunningNode, ServiceSettings, build_node  # noqa: E402
+from auditlog.engine.datadir import DataDir  # noqa: E402
+from auditlog.engine.settings import StoreSettings  # noqa: E402
+from auditlog.query.node import NodeConfig, RunningNode, ServiceSettings, build_node  # noqa: E402
 
 HTTP_NODE = "node-a"
 
@@ -124,7 +124,7 @@ async def make_client(make_service, aiohttp_client):
     """``await make_client(service)`` -> an aiohttp test client serving create_app(service).
 
     make_service is set up first, so the clients are closed before the services."""
-    from query.http.app import create_app
+    from auditlog.query.http.app import create_app
 
     async def make(service: RunningNode):
         return await aiohttp_client(create_app(service))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.writer import LogWriter  # noqa: E402
+from auditlog.engine.writer import LogWriter  # noqa: E402
 
 
 def arm(when: str) -> None:
@@ -42,6 +42,6 @@ def arm(when: str) -> None:
 
 if __name__ == "__main__":
     arm(sys.argv[1])
-    from cli.main import cli
+    from auditlog.cli.main import cli
 
     cli(sys.argv[2:], prog_name="auditlog")

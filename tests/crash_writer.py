@@ -36,14 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.clock import FrozenClock  # noqa: E402
-from engine.datadir import DataDir  # noqa: E402
-from engine.entry import EntryDraft  # noqa: E402
-from engine.errors import WriteFailedError  # noqa: E402
-from engine.log import NodeLog  # noqa: E402
-from engine.segment import list_segments  # noqa: E402
-from engine.settings import StoreSettings  # noqa: E402
-from engine.writer import LogWriter  # noqa: E402
+from auditlog.engine.clock import FrozenClock  # noqa: E402
+from auditlog.engine.datadir import DataDir  # noqa: E402
+from auditlog.engine.entry import EntryDraft  # noqa: E402
+from auditlog.engine.errors import WriteFailedError  # noqa: E402
+from auditlog.engine.log import NodeLog  # noqa: E402
+from auditlog.engine.segment import list_segments  # noqa: E402
+from auditlog.engine.settings import StoreSettings  # noqa: E402
+from auditlog.engine.writer import LogWriter  # noqa: E402
 
 #: the tests' epoch (tests/conftest.py TEST_EPOCH_US) less one day
 CLOCK_START_US = 1_773_478_800_000_000 - 86_400_000_000

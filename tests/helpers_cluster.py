@@ -29,7 +29,7 @@ from pathlib import Path
 
 from helpers_http import AUDITLOG, bearer, clean_env, http_request
 
-from bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
+from auditlog.bench.servers import free_ports, terminate, wait_serving  # free_ports: re-exported for the tests
 
 #: actions used for generated events (a mix of families for filter tests)
 ACTIONS = (
@@ -422,8 +422,8 @@ class StalledPeer:
 def _frames_of(data_dir: Path):
     """(data dir, node, [(segment path, its header, its bytes, [FrameRead...])]) for every
     segment, each frame walked and checked (an attack starts from an intact log)."""
-    from engine.datadir import DataDir
-    from engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
 
     dd = DataDir(Path(data_dir))
     node = dd.open()
@@ -438,7 +438,7 @@ def _frames_of(data_dir: Path):
 
 
 def _drop_derived(dd) -> None:
-    from engine.index import INDEX_SUFFIX
+    from auditlog.engine.index import INDEX_SUFFIX
 
     for p in dd.segments.iterdir():
         if p.suffix == INDEX_SUFFIX:
@@ -464,9 +464,9 @@ def rewrite_entry(data_dir: Path, seq: int, **changes) -> None:
     """Change fields of entry ``seq`` of a (stopped) node and re-sign everything from
     there with the node's own key: entry signatures, frame MACs, later segment headers.
     The node's own verification cannot tell; only a witness can."""
-    from engine.entry import R_SIG, canonical_bytes, packed_len, record_from_canonical
-    from engine.frame import FLAG_CONTINUES, build_frame
-    from engine.segment import SegmentHeader
+    from auditlog.engine.entry import R_SIG, canonical_bytes, packed_len, record_from_canonical
+    from auditlog.engine.frame import FLAG_CONTINUES, build_frame
+    from auditlog.engine.segment import SegmentHeader
 
     fields = ("user", "action", "target", "domain", "ip", "user_agent", "success", "details")
     dd, node, segs = _frames_of(data_dir)

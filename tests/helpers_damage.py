@@ -56,13 +56,13 @@ import msgpack
 import xxhash
 from helpers_engine import drop_derived, frames_of, init_dir, invoke_cli, segment_header, settings
 
-from engine.clock import FrozenClock
-from engine.datadir import DataDir
-from engine.entry import EntryDraft
-from engine.frame import FRAME_MAGICS
-from engine.log import NodeLog
-from engine.segment import list_segments
-from engine.writer import LogWriter
+from auditlog.engine.clock import FrozenClock
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.frame import FRAME_MAGICS
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import list_segments
+from auditlog.engine.writer import LogWriter
 
 NODE = "gw1"
 #: 2026-03-01T00:00:00Z: the log lies before the tests' frozen clock (2026-03-14T09:00Z), so
@@ -351,7 +351,7 @@ def build_derived(data_dir: Path) -> None:
     """Build every derived file the way the node does: a full scan (``.idx`` of sealed
     segments), an NDJSON read as a server answers it, and the ``.terms`` of every
     segment (a selective query, then the server's background build)."""
-    from query.sources import LineTaker
+    from auditlog.query.sources import LineTaker
 
     dd = DataDir(data_dir)
     node = dd.open()
@@ -1008,7 +1008,7 @@ def rows_from_ecs(text: str, what: str, ans: Answer) -> list[dict]:
 
 
 def rows_from_csv(text: str, what: str, ans: Answer) -> list[dict]:
-    from export.csv import CSV_COLUMNS
+    from auditlog.export.csv import CSV_COLUMNS
 
     text = text.lstrip("\ufeff")
     if text and not text.endswith("\r\n"):
@@ -1201,8 +1201,8 @@ def _signatures_in(damaged: Path, data: bytes, cut: int):
     and from it on.  Frames are read by their headers alone (checksums and MACs are
     the reads' business) and decompressed, as format 3 stores them; a frame that does
     not decode holds none."""
-    from engine.entry import R_SIG
-    from engine.segment import MAX_HEADER, parse_segment_header, walk_frames
+    from auditlog.engine.entry import R_SIG
+    from auditlog.engine.segment import MAX_HEADER, parse_segment_header, walk_frames
 
     node = DataDir(damaged).open()
     try:
@@ -1282,9 +1282,9 @@ async def _http_session(
     import aiohttp
     from aiohttp import web
 
-    from engine.settings import StoreSettings
-    from query.http.app import create_app
-    from query.node import NodeConfig, build_node
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.query.http.app import create_app
+    from auditlog.query.node import NodeConfig, build_node
 
     dd = DataDir(d)
     problems: list[str] = []

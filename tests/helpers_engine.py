@@ -18,12 +18,19 @@ from pathlib import Path
 
 import msgpack
 
-from engine.datadir import DataDir, Node
-from engine.entry import Entry, EntryDraft
-from engine.frame import HEADER, HEADER_SIZE, MAC_SIZE, parse_header, plain_payload
-from engine.segment import FORMAT_VERSION, MAX_HEADER, SegmentData, list_segments, parse_segment_header, walk_frames
-from engine.settings import StoreSettings
-from engine.writer import LogWriter
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import Entry, EntryDraft
+from auditlog.engine.frame import HEADER, HEADER_SIZE, MAC_SIZE, parse_header, plain_payload
+from auditlog.engine.segment import (
+    FORMAT_VERSION,
+    MAX_HEADER,
+    SegmentData,
+    list_segments,
+    parse_segment_header,
+    walk_frames,
+)
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.writer import LogWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -210,7 +217,7 @@ def invoke_cli(data_dir: Path, *args: str, config: Path | None = None):
     """Run the CLI in-process (click's CliRunner, exceptions propagate)."""
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from auditlog.cli.main import cli
 
     pre = ["--data-dir", str(data_dir)]
     if config is not None:
@@ -315,7 +322,7 @@ def rewrite_frame(path: Path, node: Node, offset: int, records: list, *, first_s
     the node key, as an insider would; entry signatures are left as given.  The
     frames after it are *not* re-MAC'd: call :func:`rechain` for that.
     """
-    from engine.frame import build_frame
+    from auditlog.engine.frame import build_frame
 
     data = path.read_bytes()
     version = segment_version(path)
@@ -332,7 +339,7 @@ def rechain(dd: DataDir, node: Node, from_segment: Path) -> None:
     """Recompute, with the key, every frame MAC from ``from_segment`` on and every
     later segment header's links, so only what the forger left alone (the
     per-entry signatures) can still give the forgery away."""
-    from engine.segment import SegmentHeader
+    from auditlog.engine.segment import SegmentHeader
 
     paths = segment_paths(dd)
     i = paths.index(from_segment)
@@ -364,8 +371,8 @@ def rewrite_in_format(dd: DataDir, node: Node, version: int) -> None:
     """Rewrite a whole (intact, stopped) log in segment format ``version`` with its key:
     the same entries, signatures and frame boundaries, every segment header and frame
     MAC made anew, as the code of that format would have written them."""
-    from engine.frame import FLAG_CONTINUES, build_frame
-    from engine.segment import SegmentHeader
+    from auditlog.engine.frame import FLAG_CONTINUES, build_frame
+    from auditlog.engine.segment import SegmentHeader
 
     prev_mac = None
     for p in segment_paths(dd):

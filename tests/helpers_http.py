@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.servers import free_ports, wait_serving
-from query.node import RunningNode
+from auditlog.bench.servers import free_ports, wait_serving
+from auditlog.query.node import RunningNode
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDITLOG = str(ROOT / ".venv" / "bin" / "auditlog")

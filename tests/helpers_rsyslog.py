@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import terminate
+from auditlog.bench.servers import terminate
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
 MODULE_DIRS = (
@@ -95,7 +95,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 def make_tls_files(out: Path, sans: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, Path]:
     """A test CA and a server certificate (SAN 127.0.0.1) for rsyslog's TLS input:
     {"ca", "cert", "key"} (EC P-256, PEM), made with the cluster PKI's own tools."""
-    from query.cluster.pki import ca_init, issue_cert
+    from auditlog.query.cluster.pki import ca_init, issue_cert
 
     ca_cert, _ = ca_init(out / "ca", name="auditlog test syslog CA")
     cert, key = issue_cert(out / "ca", "syslog-receiver", list(sans), out)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bench.runner import SCENARIOS, BenchError, run_bench
+from auditlog.bench.runner import SCENARIOS, BenchError, run_bench
 
 RESULT_KEYS = {"name", "value", "unit", "baseline", "ratio", "params", "peak_rss_mb"}
 #: results without a SQLite counterpart (latency of a live server, cluster behaviour)

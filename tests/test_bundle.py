@@ -15,14 +15,14 @@ import bundle_verifier
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli as auditlog_cli
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, format_ts
-from engine.log import NodeLog
-from engine.settings import StoreSettings
-from engine.tree import LogTree
-from engine.writer import LogWriter
-from export.bundle import MEMBERS, canonical_tar, verify_bundle, write_bundle
+from auditlog.cli.main import cli as auditlog_cli
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.tree import LogTree
+from auditlog.engine.writer import LogWriter
+from auditlog.export.bundle import MEMBERS, canonical_tar, verify_bundle, write_bundle
 
 SETTINGS = StoreSettings(segment_max_bytes=8192, fsync="none")
 
@@ -159,7 +159,7 @@ def test_an_entry_removed_from_a_time_range_bundle_is_detected(node, tmp_path):
     # even a bundle signed by the node itself but missing an entry (or the last ones of
     # the window) fails the completeness check
     with LogWriter(dd, n, SETTINGS) as w, LogTree(w.log, w.key, dd) as tree:
-        from engine.tree import record_tree_head
+        from auditlog.engine.tree import record_tree_head
 
         note, _ = record_tree_head(w)
         before_after = [(b["side"], b["entry"]) for b in map(json.loads, m["boundaries.ndjson"].splitlines())]

@@ -25,13 +25,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import cli.main
-from cli.main import cli as auditlog_cli
-from engine.datadir import DataDir
-from engine.entry import WIRE_FIELDS, format_ts
-from engine.log import NodeLog
-from engine.segment import list_segments, parse_segment_header
-from export.csv import CSV_COLUMNS
+import auditlog.cli.main
+from auditlog.cli.main import cli as auditlog_cli
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import WIRE_FIELDS, format_ts
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import list_segments, parse_segment_header
+from auditlog.export.csv import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("auditlog")
@@ -631,7 +631,7 @@ def test_verify_and_query_exit_1_on_violation(data_dir):
 
 def future(days: int) -> str:
     """``days`` after the node's clock (frozen in tests, tests/conftest.py), as RFC 3339."""
-    from engine import clock
+    from auditlog.engine import clock
 
     return format_ts(clock.now_us() + days * 86_400_000_000)
 
@@ -698,8 +698,8 @@ def test_retention_run_drops_old_segments_and_records_purge(multi_segment):
     # verification starts from the purge anchor
     assert json.loads(ok(invoke(d, "verify", "--json")))["ok"] is True
     # the last run is the purge entry itself (nothing beside the log claims it)
-    from engine.retention import load_last_run
-    from engine.state import StateSeal
+    from auditlog.engine.retention import load_last_run
+    from auditlog.engine.state import StateSeal
 
     node = DataDir(d).open()
     last, problem = load_last_run(NodeLog(DataDir(d), node), StateSeal(node.key, node.node_id), d / "state")
@@ -944,4 +944,4 @@ def test_console_script_version():
 
 
 def test_module_has_main():
-    assert callable(cli.main.main)
+    assert callable(auditlog.cli.main.main)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli as auditlog_cli
-from engine.datadir import DataDir
-from engine.log import NodeLog
-from engine.segment import list_segments
+from auditlog.cli.main import cli as auditlog_cli
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import list_segments
 
 SCRIPT = Path(sys.executable).with_name("auditlog")
 GOOD = {"user": "alice", "action": "auth.login"}

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from helpers_http import free_port
 
-from ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
-from ingest.errors import InvalidEventError
-from ingest.idempotency import IdempotencyCache
+from auditlog.ingest.client import AuditClient, BatchRejectedError, ClientClosedError, LogUnavailableError
+from auditlog.ingest.errors import InvalidEventError
+from auditlog.ingest.idempotency import IdempotencyCache
 
 AUDITLOG = str(Path(sys.executable).with_name("auditlog"))
 ACTION = "custom.client_test"
@@ -460,8 +460,8 @@ def test_idempotency_key_survives_restart(server):
 
 
 def test_idempotency_file_compaction_and_torn_line(tmp_path):
-    from engine.chain import NodeKey
-    from engine.state import StateSeal
+    from auditlog.engine.chain import NodeKey
+    from auditlog.engine.state import StateSeal
 
     seal = StateSeal(NodeKey(os.urandom(32)), "t1")
     path = tmp_path / "state" / IdempotencyCache.FILE_NAME

@@ -38,7 +38,7 @@ from helpers_cluster import (
     write_ndjson,
 )
 
-from engine.entry import format_ts
+from auditlog.engine.entry import format_ts
 
 pytestmark = pytest.mark.e2e
 

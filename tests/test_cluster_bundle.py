@@ -26,8 +26,8 @@ from bundle_verifier import check_cluster
 from helpers_cluster import LocalCluster, cli, make_events
 from helpers_http import AUDITLOG, clean_env
 
-from export.bundle import canonical_tar
-from export.cluster_bundle import verify_cluster_bundle
+from auditlog.export.bundle import canonical_tar
+from auditlog.export.cluster_bundle import verify_cluster_bundle
 
 pytestmark = pytest.mark.e2e
 

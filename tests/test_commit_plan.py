@@ -10,14 +10,14 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.chain import GENESIS
-from engine.commit import plan_commit
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, pack_draft
-from engine.frame import HEADER, HEADER_SIZE, MAX_PAYLOAD, OVERHEAD
-from engine.log import NodeLog
-from engine.segment import SegmentHeader, segment_name
-from engine.verify import verify_node
+from auditlog.engine.chain import GENESIS
+from auditlog.engine.commit import plan_commit
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, pack_draft
+from auditlog.engine.frame import HEADER, HEADER_SIZE, MAX_PAYLOAD, OVERHEAD
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import SegmentHeader, segment_name
+from auditlog.engine.verify import verify_node
 
 T0 = 1_773_478_800_000_000
 

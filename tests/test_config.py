@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import SETTINGS, Config, load_config, parse_duration, parse_retention
-from engine.errors import AuditLogError, ConfigError
-from engine.settings import MIN_RETENTION_DAYS, StoreSettings
+from auditlog.cli.config import SETTINGS, Config, load_config, parse_duration, parse_retention
+from auditlog.engine.errors import AuditLogError, ConfigError
+from auditlog.engine.settings import MIN_RETENTION_DAYS, StoreSettings
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "auditlog.toml") -> Path:
@@ -429,11 +429,11 @@ def test_settings_objects_take_their_defaults_from_the_rows():
     """The defaults users get are the rows' defaults: no second copy in a settings class."""
     from dataclasses import fields
 
-    from cli.config import TABLES
-    from engine.settings import STORE_SETTINGS
-    from export.syslog import SyslogSettings
-    from query.cluster.settings import ClusterSettings
-    from query.http.settings import ServerSettings
+    from auditlog.cli.config import TABLES
+    from auditlog.engine.settings import STORE_SETTINGS
+    from auditlog.export.syslog import SyslogSettings
+    from auditlog.query.cluster.settings import ClusterSettings
+    from auditlog.query.http.settings import ServerSettings
 
     objects = {
         "": StoreSettings(),
@@ -459,8 +459,8 @@ def test_no_default_is_written_twice_in_the_code():
     of their own, and the config loader writes none: a second copy is how defaults drift."""
     import ast
 
-    from cli.config import TABLES
-    from engine.settings import STORE_SETTINGS
+    from auditlog.cli.config import TABLES
+    from auditlog.engine.settings import STORE_SETTINGS
 
     root = Path(__file__).resolve().parent.parent
     classes = {

@@ -21,10 +21,10 @@ import pytest
 from crash_writer import expected_details
 from helpers_engine import PYTHON, draft, flip_byte, frames_of, init_dir, segment_paths, settings
 
-from engine.catalog import index_segment
-from engine.log import NodeLog
-from engine.verify import verify_node
-from engine.writer import LogWriter
+from auditlog.engine.catalog import index_segment
+from auditlog.engine.log import NodeLog
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
 
 CRASH_WRITER = str(Path(__file__).with_name("crash_writer.py"))
 

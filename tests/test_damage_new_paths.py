@@ -7,17 +7,17 @@ from __future__ import annotations
 import pytest
 from helpers_http import bearer, make_keys
 
-from engine import clock
-from engine.datadir import DataDir
-from engine.entry import EntryDraft
-from engine.frame import HEADER_SIZE
-from engine.index import index_path
-from engine.log import NodeLog
-from engine.retention import DAY_US, run_retention
-from engine.settings import StoreSettings
-from engine.tiles import STORED_FROM
-from engine.tree import TREE_DIR, LogTree, TreeError, record_tree_head
-from engine.writer import LogWriter
+from auditlog.engine import clock
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.frame import HEADER_SIZE
+from auditlog.engine.index import index_path
+from auditlog.engine.log import NodeLog
+from auditlog.engine.retention import DAY_US, run_retention
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.tiles import STORED_FROM
+from auditlog.engine.tree import TREE_DIR, LogTree, TreeError, record_tree_head
+from auditlog.engine.writer import LogWriter
 
 
 def drafts(n: int, k: int) -> list[EntryDraft]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers_engine import build_log, draft, flip_byte, frames_of, query_json, segment_paths, settings, verify_json
 
-from engine.datadir import DataDir
-from engine.writer import LogWriter
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.writer import LogWriter
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 N = 300

@@ -18,13 +18,13 @@ import re
 
 from helpers_http import bearer, post_events, query_all, run_cli
 
-from engine.datadir import DataDir
-from engine.entry import EntryDraft
-from engine.settings import StoreSettings
-from engine.writer import LogWriter
-from ingest.taxonomy import NODE_ACTIONS
-from query.cluster.fanout import Cluster
-from query.cluster.settings import ClusterSettings, PeerConfig
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.writer import LogWriter
+from auditlog.ingest.taxonomy import NODE_ACTIONS
+from auditlog.query.cluster.fanout import Cluster
+from auditlog.query.cluster.settings import ClusterSettings, PeerConfig
 
 # ECS 8.x allowed values (docs/reference/ecs-allowed-values-event-*.md in elastic/ecs)
 KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.chain import GENESIS, KEY_BYTES, NodeKey, create_key_file, load_key_file, sign_entry
-from engine.datadir import DataDir, Node
-from engine.entry import (
+from auditlog.engine.chain import GENESIS, KEY_BYTES, NodeKey, create_key_file, load_key_file, sign_entry
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import (
     R_SIG,
     RECORD_FIELDS,
     EntryDraft,
@@ -30,8 +30,8 @@ from engine.entry import (
     record_from_canonical,
     sort_details,
 )
-from engine.errors import KeyFileError
-from engine.frame import (
+from auditlog.engine.errors import KeyFileError
+from auditlog.engine.frame import (
     FRAME_MAGIC,
     FRAME_MAGICS,
     HEADER,
@@ -44,14 +44,14 @@ from engine.frame import (
     parse_header,
     plain_payload,
 )
-from engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
-from engine.log import NodeLog
-from engine.segment import FORMAT_VERSION, list_segments
-from engine.settings import StoreSettings
-from engine.verify import verify_node
-from engine.writer import LogWriter
-from query.filters import Filter
-from query.scan import scan_node
+from auditlog.engine.index import INDEX_VERSION, FrameRow, SegmentIndex, index_path
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import FORMAT_VERSION, list_segments
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
+from auditlog.query.filters import Filter
+from auditlog.query.scan import scan_node
 
 PROPS = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -796,7 +796,7 @@ def test_clock_going_back_is_recorded_once_and_time_order_holds(tmp_path):
 def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
     """The one temp-file-and-rename writer: a secret file is 0600 whatever a
     leftover temp file looked like, and the old content is replaced whole."""
-    from engine.datadir import write_atomic
+    from auditlog.engine.datadir import write_atomic
 
     target = tmp_path / "api_keys.json"
     target.write_bytes(b"old")
@@ -812,8 +812,8 @@ def test_write_atomic_mode_from_creation_and_leftover_temp(tmp_path):
 
 
 def test_api_key_snapshot_is_0600(tmp_path):
-    from engine.writer import LogWriter
-    from query.http.auth import KeyStore
+    from auditlog.engine.writer import LogWriter
+    from auditlog.query.http.auth import KeyStore
 
     dd = DataDir(tmp_path / "d")
     node = dd.init("n1")

@@ -17,10 +17,10 @@ from helpers_engine import settings as store_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.datadir import DataDir
-from engine.log import NodeLog
-from engine.verify import verify_node
-from engine.writer import LogWriter
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.log import NodeLog
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
 
 N = 9
 

@@ -13,8 +13,8 @@ from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.entry import Entry, format_ts
-from export.csv import CHUNK_CHARS, CSV_COLUMNS, iter_csv
+from auditlog.engine.entry import Entry, format_ts
+from auditlog.export.csv import CHUNK_CHARS, CSV_COLUMNS, iter_csv
 
 
 def render(entries, bom: bool = True) -> str:

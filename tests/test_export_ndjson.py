@@ -10,9 +10,9 @@ from helpers_engine import sample_entry as entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.entry import WIRE_FIELDS, Entry
-from export.csv import CHUNK_CHARS
-from export.ndjson import iter_ndjson, render_json_entry
+from auditlog.engine.entry import WIRE_FIELDS, Entry
+from auditlog.export.csv import CHUNK_CHARS
+from auditlog.export.ndjson import iter_ndjson, render_json_entry
 
 SPEC_FIELDS = [
     "id",

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from engine import clock
-from engine.chain import NodeKey
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
-from engine.frame import build_frame
-from engine.log import NodeLog
-from engine.retention import DAY_US, run_retention
-from engine.segment import SegmentHeader
-from engine.settings import StoreSettings
-from engine.verify import verify_node
-from engine.writer import LogWriter
+from auditlog.engine import clock
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, canonical_bytes, packed_len, record_from_canonical, sort_details
+from auditlog.engine.frame import build_frame
+from auditlog.engine.log import NodeLog
+from auditlog.engine.retention import DAY_US, run_retention
+from auditlog.engine.segment import SegmentHeader
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from format_verifier import verify_data_dir  # noqa: E402

@@ -21,11 +21,11 @@ from helpers_engine import (
     verify_json,
 )
 
-from engine.datadir import DataDir
-from engine.entry import R_USER
-from engine.frame import FLAG_CONTINUES
-from engine.log import NodeLog
-from engine.segment import FORMAT_VERSION, SegmentData, parse_segment_header, walk_frames
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import R_USER
+from auditlog.engine.frame import FLAG_CONTINUES
+from auditlog.engine.log import NodeLog
+from auditlog.engine.segment import FORMAT_VERSION, SegmentData, parse_segment_header, walk_frames
 
 V1_LOG = Path(__file__).with_name("data") / "v1-log"
 V1_ENTRIES = 153

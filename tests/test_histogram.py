@@ -59,8 +59,8 @@ async def test_count_and_histogram_agree_with_the_query(client, keys, service):
 
 def test_entries_that_do_not_verify_are_counted_apart(make_service, tmp_path):
 
-    from query.filters import Filter
-    from query.histogram import merge, node_counts
+    from auditlog.query.filters import Filter
+    from auditlog.query.histogram import merge, node_counts
 
     svc = make_service()
     for k in range(4):  # four commits: four frames
@@ -80,7 +80,7 @@ def test_entries_that_do_not_verify_are_counted_apart(make_service, tmp_path):
 
 
 def ev_draft(i: int):
-    from engine.entry import EntryDraft
+    from auditlog.engine.entry import EntryDraft
 
     return EntryDraft("u", "auth.login", details={"i": i})
 

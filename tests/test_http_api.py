@@ -19,10 +19,10 @@ import msgpack
 import pytest
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, ids, post_events, query, query_all, seqs
 
-from engine.entry import WIRE_FIELDS
-from engine.settings import StoreSettings
-from engine.verify import verify_node
-from query.node import ServiceSettings
+from auditlog.engine.entry import WIRE_FIELDS
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.verify import verify_node
+from auditlog.query.node import ServiceSettings
 
 NODE = "node-a"
 SPEC_CSV_COLUMNS = [
@@ -537,7 +537,7 @@ async def test_metrics_are_exact_and_parse_with_prometheus_client(client, keys, 
 
 
 def test_metric_numbers_are_exact():
-    from query.http.metrics import number
+    from auditlog.query.http.metrics import number
 
     assert number(1_234_567) == "1234567" and number(1_234_567.0) == "1234567"
     assert number(1_796_450_123.456789) == "1796450123.456789"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 from helpers_http import assert_error, bearer, ev, head_seq, post_events
 
-from engine.entry import canonical_bytes
-from engine.log import NodeLog
-from engine.merkle import leaf_hash, root
-from engine.note import Checkpoint, Verifier, open_note
-from engine.settings import StoreSettings
-from engine.signing import parse_public_key
-from engine.tree import TREE_HEAD_ACTION, origin
-from query.node import ServiceSettings
+from auditlog.engine.entry import canonical_bytes
+from auditlog.engine.log import NodeLog
+from auditlog.engine.merkle import leaf_hash, root
+from auditlog.engine.note import Checkpoint, Verifier, open_note
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.signing import parse_public_key
+from auditlog.engine.tree import TREE_HEAD_ACTION, origin
+from auditlog.query.node import ServiceSettings
 
 
 def verifier(service) -> Verifier:
@@ -131,13 +131,13 @@ def test_the_job_makes_one_at_a_seal_or_once_the_interval_passed(make_service, i
 
 
 def ev_draft(i: int):
-    from engine.entry import EntryDraft
+    from auditlog.engine.entry import EntryDraft
 
     return EntryDraft("alice", "auth.login", None, None, "192.0.2.1", None, True, {"n": i})
 
 
 async def test_proofs_over_http_verify_against_the_signed_checkpoints(client, keys, service):
-    from engine.merkle import verify_consistency, verify_inclusion
+    from auditlog.engine.merkle import verify_consistency, verify_inclusion
 
     for k in range(3):
         assert (await post_events(client, keys["writer"], [ev(100 * k + i) for i in range(150)])).status == 201
@@ -171,7 +171,7 @@ async def test_export_bundle_over_http_verifies_offline(client, keys, service):
 
     import bundle_verifier
 
-    from export.bundle import verify_bundle
+    from auditlog.export.bundle import verify_bundle
 
     for k in range(3):
         assert (await post_events(client, keys["writer"], [ev(10 * k + i) for i in range(10)])).status == 201

@@ -8,8 +8,8 @@ import json
 
 from helpers_http import KEY_ENTRIES, bearer, head_seq, make_keys, query_all
 
-from engine.settings import StoreSettings
-from engine.verify import verify_node
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.verify import verify_node
 
 WRITERS = 8
 BATCHES = 12

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from query.http.openapi import EXAMPLE_EVENT, openapi_document
+from auditlog.query.http.openapi import EXAMPLE_EVENT, openapi_document
 
 MAX_EXAMPLES = 30
 

@@ -18,11 +18,11 @@ import msgpack
 import pytest
 from helpers_http import assert_error, bearer, ev, head_seq, make_keys, query
 
-from engine.datadir import DataDir
-from engine.settings import StoreSettings
-from engine.state import StateSeal
-from ingest.idempotency import IdempotencyCache, request_fingerprint
-from query.node import RunningNode, ServiceSettings, build_node
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.state import StateSeal
+from auditlog.ingest.idempotency import IdempotencyCache, request_fingerprint
+from auditlog.query.node import RunningNode, ServiceSettings, build_node
 
 JSON = {"Content-Type": "application/json"}
 MSGPACK = {"Content-Type": "application/msgpack"}

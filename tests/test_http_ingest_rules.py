@@ -15,9 +15,9 @@ import pytest
 from helpers_engine import invoke_cli, query_json, run_cli
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, post_events, query
 
-from ingest.taxonomy import NODE_ACTIONS
-from query.cluster.fanout import Cluster
-from query.cluster.settings import ClusterSettings, PeerConfig
+from auditlog.ingest.taxonomy import NODE_ACTIONS
+from auditlog.query.cluster.fanout import Cluster
+from auditlog.query.cluster.settings import ClusterSettings, PeerConfig
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 

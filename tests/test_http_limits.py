@@ -10,9 +10,9 @@ import msgpack
 import pytest
 from helpers_http import KEY_ENTRIES, assert_error, bearer, ev, head_seq, make_keys, post_events, query, query_all
 
-from engine.settings import StoreSettings
-from ingest.limits import Limits
-from query.node import ServiceSettings
+from auditlog.engine.settings import StoreSettings
+from auditlog.ingest.limits import Limits
+from auditlog.query.node import ServiceSettings
 
 
 async def assert_unharmed(client, keys, service, head: int) -> None:
@@ -261,7 +261,7 @@ async def test_bad_query_strings_name_the_parameter(client, keys, service, param
 
 
 async def test_long_query_strings_get_the_json_error_shape(client, keys, service):
-    from query.http.base import MAX_QUERY_BYTES
+    from auditlog.query.http.base import MAX_QUERY_BYTES
 
     h = bearer(keys["reader"])
     # longer than aiohttp's own 8190-byte request line: the route still answers, in JSON

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from helpers_http import KEY_ENTRIES, ev, head_seq, ids, make_keys, post_events, query
 
-from engine.entry import EntryDraft
-from engine.settings import StoreSettings
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.settings import StoreSettings
 
 N = 3000
 USERS = ("alice", "bob", "carol", "dave")

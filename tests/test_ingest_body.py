@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.entry import EntryDraft, canonical_bytes, pack_draft
-from ingest import event as ev
-from ingest.body import BodyError, _loads_reference, decode_body, loads_json, loads_msgpack
-from ingest.limits import Limits
+from auditlog.engine.entry import EntryDraft, canonical_bytes, pack_draft
+from auditlog.ingest import event as ev
+from auditlog.ingest.body import BodyError, _loads_reference, decode_body, loads_json, loads_msgpack
+from auditlog.ingest.limits import Limits
 
 LIMITS = Limits()
 
@@ -495,11 +495,11 @@ def test_packed_draft_is_the_tail_of_the_canonical_encoding(draft):
 def test_writer_stores_packed_drafts_as_it_stores_drafts(tmp_path):
     """Packed drafts, drafts and both mixed in one commit give identical entries,
     valid signatures and a clean verify."""
-    from engine.datadir import DataDir
-    from engine.log import NodeLog
-    from engine.settings import StoreSettings
-    from engine.verify import verify_node
-    from engine.writer import LogWriter
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.log import NodeLog
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.engine.verify import verify_node
+    from auditlog.engine.writer import LogWriter
 
     drafts = [
         EntryDraft(

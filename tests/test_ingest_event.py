@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.entry import EntryDraft
-from engine.errors import AuditLogError
-from ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
-from ingest.event import parse_detail_args, validate_batch, validate_event
-from ingest.limits import Limits
-from ingest.taxonomy import (
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.errors import AuditLogError
+from auditlog.ingest.errors import BatchTooLargeError, IngestError, InvalidEventError
+from auditlog.ingest.event import parse_detail_args, validate_batch, validate_event
+from auditlog.ingest.limits import Limits
+from auditlog.ingest.taxonomy import (
     ACTION_RE,
     AUDIT_ACTIONS,
     NODE_ACTIONS,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.entry import EntryDraft
-from ingest.errors import BatchTooLargeError, InvalidEventError
-from ingest.event import parse_ndjson, reject_duplicate_keys
-from ingest.limits import Limits
+from auditlog.engine.entry import EntryDraft
+from auditlog.ingest.errors import BatchTooLargeError, InvalidEventError
+from auditlog.ingest.event import parse_ndjson, reject_duplicate_keys
+from auditlog.ingest.limits import Limits
 
 GOOD = {"user": "admin", "action": "auth.login"}
 GOOD_LINE = json.dumps(GOOD)

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
-from query.linemerge import LineSource, merge_lines, node_ranks
-from query.lines import LEN_CODE, line_marks
+from auditlog.query.cluster.peers import PeerError, pack_line_chunk, unpack_line_chunk
+from auditlog.query.linemerge import LineSource, merge_lines, node_ranks
+from auditlog.query.lines import LEN_CODE, line_marks
 
 
 class ListSource(LineSource):
@@ -204,14 +204,14 @@ def test_lines_from_verified_frames_equal_lines_from_entries(tmp_path, damage):
     frame, as lines and joined."""
     from helpers_engine import build_log, frames_of, segment_paths
 
-    from engine.items import VerifiedFrame
-    from engine.log import NodeLog
-    from export.csv import TimestampFormatter
-    from export.ndjson import ndjson_lines
-    from query.filters import Filter
-    from query.lines import cut_lines
-    from query.scan import read_node, scan_node
-    from query.sources import LineTaker
+    from auditlog.engine.items import VerifiedFrame
+    from auditlog.engine.log import NodeLog
+    from auditlog.export.csv import TimestampFormatter
+    from auditlog.export.ndjson import ndjson_lines
+    from auditlog.query.filters import Filter
+    from auditlog.query.lines import cut_lines
+    from auditlog.query.scan import read_node, scan_node
+    from auditlog.query.sources import LineTaker
 
     dd, node = build_log(tmp_path / "data", 400, per_batch=7)
     if damage:
@@ -221,7 +221,7 @@ def test_lines_from_verified_frames_equal_lines_from_entries(tmp_path, damage):
         raw[fr.payload_offset + 5] ^= 0x01
         seg.write_bytes(bytes(raw))
     log = NodeLog(dd, node)
-    from engine.entry import format_ts
+    from auditlog.engine.entry import format_ts
 
     all_ts = sorted(e.ts for e in log.scan())
     mid = format_ts(all_ts[len(all_ts) // 2])

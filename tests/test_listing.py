@@ -16,9 +16,9 @@ import os
 import pytest
 from helpers_engine import append_events, build_log, draft, segment_paths, settings
 
-from engine.log import NodeLog
-from engine.verify import verify_node
-from engine.writer import LogWriter
+from auditlog.engine.log import NodeLog
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
 
 N = 120
 

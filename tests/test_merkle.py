@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.merkle import (
+from auditlog.engine.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     CompactTree,

@@ -8,7 +8,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.merkle import CompactTree, leaf_hash, range_proof, root, verify_range
+from auditlog.engine.merkle import CompactTree, leaf_hash, range_proof, root, verify_range
 
 
 def tree(n: int):

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 from helpers_http import AUDITLOG, clean_env, free_port, run_cli
 
-from bench.servers import wait_serving
-from engine.identity import SIGNING_KEY_OID, signing_key_of
-from engine.signing import read_public_key
-from query.cluster.pki import check_own_cert
+from auditlog.bench.servers import wait_serving
+from auditlog.engine.identity import SIGNING_KEY_OID, signing_key_of
+from auditlog.engine.signing import read_public_key
+from auditlog.query.cluster.pki import check_own_cert
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -97,7 +97,7 @@ def test_check_own_cert(setup):
     pub1 = read_public_key(root / "gw1" / "node.pub")
     pub2 = read_public_key(root / "gw2" / "node.pub")
     assert check_own_cert(root / "tls" / "gw1.pem", "gw1", pub1) is None
-    from engine.errors import ConfigError
+    from auditlog.engine.errors import ConfigError
 
     with pytest.raises(ConfigError, match="another signing key"):
         check_own_cert(root / "tls" / "gw1.pem", "gw1", pub2)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.note import (
+from auditlog.engine.note import (
     MAX_NOTE_BYTES,
     Checkpoint,
     NoteError,
@@ -18,7 +18,7 @@ from engine.note import (
     sign,
     signature_line,
 )
-from engine.signing import SigningKey
+from auditlog.engine.signing import SigningKey
 
 # c2sp.org/signed-note, section "Example" (C2SP/C2SP, signed-note.md)
 SPEC_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"

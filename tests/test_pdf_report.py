@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers_http import AUDITLOG, bearer, clean_env, free_port, post_events, query_all, run_cli
 
-from export.pdf import _find_font
+from auditlog.export.pdf import _find_font
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -385,8 +385,8 @@ def pdf_attachments(pdf: bytes, tmp_path: Path) -> dict[str, bytes]:
 async def test_api_pdf_embeds_the_bundle_of_exactly_its_entries(client, keys, service, tmp_path):
     import hashlib
 
-    from engine.signing import read_public_key
-    from export.bundle import verify_bundle
+    from auditlog.engine.signing import read_public_key
+    from auditlog.export.bundle import verify_bundle
 
     resp = await post_events(client, keys["writer"], events())
     assert resp.status == 201
@@ -415,8 +415,8 @@ async def test_api_pdf_embeds_the_bundle_of_exactly_its_entries(client, keys, se
 async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_path):
     from helpers_http import make_keys
 
-    from query.cluster.pki import ca_init, issue_cert
-    from query.cluster.settings import ClusterSettings, PeerConfig
+    from auditlog.query.cluster.pki import ca_init, issue_cert
+    from auditlog.query.cluster.settings import ClusterSettings, PeerConfig
 
     ca_init(tmp_path / "ca")
     cert, key = issue_cert(tmp_path / "ca", "node-a", ["127.0.0.1"], tmp_path / "tls")
@@ -449,8 +449,8 @@ async def test_api_pdf_names_an_unreachable_node(make_service, make_client, tmp_
 
 def test_render_pdf_marks_violations_and_unreachable_nodes(tmp_path):
     """render_pdf directly: a failed entry is flagged, the summary counts it, every bad node is named."""
-    from engine.entry import Entry
-    from export.pdf import render_pdf
+    from auditlog.engine.entry import Entry
+    from auditlog.export.pdf import render_pdf
 
     ok = Entry.of(
         "gw1",
@@ -524,7 +524,7 @@ async def test_api_pdf_states_period_retention_start_digest_and_signatures(clien
 def test_long_values_break_at_separators_not_inside_words():
     from fpdf import FPDF
 
-    from export.pdf import _Table
+    from auditlog.export.pdf import _Table
 
     pdf = FPDF()
     pdf.add_page()

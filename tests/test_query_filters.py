@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.entry import Entry
-from query.errors import InvalidFilterError
-from query.filters import MARKER_ACTION, PARAM_NAMES, Filter
-from query.timeparse import parse_time
+from auditlog.engine.entry import Entry
+from auditlog.query.errors import InvalidFilterError
+from auditlog.query.filters import MARKER_ACTION, PARAM_NAMES, Filter
+from auditlog.query.timeparse import parse_time
 
 T0 = parse_time("2026-03-14T09:00:00Z")
 HOUR = 3600 * 10**6

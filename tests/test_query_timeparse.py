@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.entry import format_ts
-from query.errors import InvalidFilterError, QueryError
-from query.timeparse import MAX_TS_US, parse_time
+from auditlog.engine.entry import format_ts
+from auditlog.query.errors import InvalidFilterError, QueryError
+from auditlog.query.timeparse import MAX_TS_US, parse_time
 
 NOW = 1_773_479_553_123_456  # 2026-03-14T09:12:33.123456Z
 

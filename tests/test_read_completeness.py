@@ -31,14 +31,14 @@ from helpers_engine import (
 )
 from helpers_http import bearer, make_keys
 
-from engine.clock import FrozenClock
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, format_ts
-from engine.frame import HEADER, HEADER_SIZE
-from engine.log import NodeLog
-from engine.settings import StoreSettings
-from engine.writer import LogWriter
-from query.node import NodeConfig, build_node, forwarder
+from auditlog.engine.clock import FrozenClock
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.frame import HEADER, HEADER_SIZE
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.writer import LogWriter
+from auditlog.query.node import NodeConfig, build_node, forwarder
 
 T0 = 1_773_478_800_000_000 - 30 * 86_400_000_000  # 30 days before the tests' epoch
 USERS = ("alice", "bob", "carol")
@@ -195,7 +195,7 @@ class Served:
 @pytest.fixture
 async def serve(aiohttp_client):
     """``await serve(dd)``: a server on the (damaged) data dir."""
-    from query.http.app import create_app
+    from auditlog.query.http.app import create_app
 
     made = []
 
@@ -453,7 +453,7 @@ def test_the_syslog_feed_forwards_what_it_cannot_vouch_for(log):
 
     from test_syslog import _frames, audit_params, parse_rfc5424
 
-    from export.syslog import SyslogSettings
+    from auditlog.export.syslog import SyslogSettings
 
     dd, node, by_seq = log
     lost = set(_damage(dd, node, "delete_middle"))

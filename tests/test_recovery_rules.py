@@ -28,9 +28,9 @@ from helpers_engine import (
 )
 from helpers_http import ServeProcess, clean_env, free_port, http_request
 
-from engine.log import NodeLog
-from engine.verify import verify_node
-from engine.writer import LogWriter
+from auditlog.engine.log import NodeLog
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
 
 CRASH_SERVER = str(Path(__file__).with_name("crash_server.py"))
 
@@ -200,7 +200,7 @@ def test_a_batch_interrupted_by_a_crash_across_a_roll_is_appended_once_on_retry(
         env=clean_env(),
     )
     try:
-        from bench.servers import wait_serving
+        from auditlog.bench.servers import wait_serving
 
         assert wait_serving(proc, f"http://127.0.0.1:{port}") is None, proc.stderr.read()
         try:
@@ -241,7 +241,7 @@ def test_a_batch_interrupted_by_a_crash_across_a_roll_is_appended_once_on_retry(
 
 
 def _dd(root: Path):
-    from engine.datadir import DataDir
+    from auditlog.engine.datadir import DataDir
 
     return DataDir(root)
 

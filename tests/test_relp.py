@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from export.relp import WINDOW, RelpError, RelpSession, frame
+from auditlog.export.relp import WINDOW, RelpError, RelpSession, frame
 
 FRAME = re.compile(rb"(\d+) ([a-z]+) (\d+)[ \n]")
 

@@ -9,12 +9,12 @@ import random
 import pytest
 from helpers_engine import frames_of, keyless_rewrite
 
-from engine.datadir import DataDir
-from engine.entry import R_USER, EntryDraft
-from engine.log import NodeLog
-from engine.settings import StoreSettings
-from engine.terms import terms_path
-from engine.writer import LogWriter
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import R_USER, EntryDraft
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.terms import terms_path
+from auditlog.engine.writer import LogWriter
 
 USERS = ["alice", "bob", "carol", "dave", "eve"]
 IPS = ["192.0.2.1", "192.0.2.2", "2001:db8::1", None]

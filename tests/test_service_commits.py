@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from engine.entry import EntryDraft, pack_draft
-from engine.errors import AuditLogError
-from engine.settings import StoreSettings
+from auditlog.engine.entry import EntryDraft, pack_draft
+from auditlog.engine.errors import AuditLogError
+from auditlog.engine.settings import StoreSettings
 
 
 async def test_concurrent_appends_share_commits_and_get_their_own_seqs(make_service):
@@ -81,8 +81,8 @@ async def test_idempotency_key_is_durable_before_its_entries_are_written(make_se
 
 
 async def test_keys_of_a_commit_lost_in_a_crash_are_dropped_at_start(tmp_path):
-    from engine.datadir import DataDir
-    from query.node import NodeConfig, ServiceSettings, build_node
+    from auditlog.engine.datadir import DataDir
+    from auditlog.query.node import NodeConfig, ServiceSettings, build_node
 
     dd = DataDir(tmp_path / "data")
     dd.init("node-a")

@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from cli.main import cli as auditlog_cli
-from engine.datadir import DataDir
-from engine.entry import EntryDraft
-from engine.errors import KeyFileError
-from engine.settings import StoreSettings
-from engine.signing import SigningKey, fingerprint, parse_public_key, public_pem, verify
-from engine.writer import LogWriter
+from auditlog.cli.main import cli as auditlog_cli
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.errors import KeyFileError
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.signing import SigningKey, fingerprint, parse_public_key, public_pem, verify
+from auditlog.engine.writer import LogWriter
 
 SCRIPT = Path(sys.executable).with_name("auditlog")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from helpers_http import ServeProcess, bearer, ev, make_keys, post_events, query, run_cli
 
-from engine.entry import ENTRY_SUB, EntryDraft
+from auditlog.engine.entry import ENTRY_SUB, EntryDraft
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -376,7 +376,7 @@ def _forged_cursor_sealed_shape(path: Path, target: str) -> None:
 
 @pytest.mark.parametrize("forge", [_forged_cursor_plain, _forged_cursor_sealed_shape])
 async def test_a_cursor_moved_ahead_is_reported_and_everything_is_forwarded(make_service, make_client, receiver, forge):
-    from export.syslog import SyslogSettings
+    from auditlog.export.syslog import SyslogSettings
 
     svc = make_service(syslog=SyslogSettings(target=receiver.target))
     keys = make_keys(svc)
@@ -485,7 +485,7 @@ def test_a_forged_retention_file_does_not_show_a_purge(tmp_path):
 
 
 async def test_a_run_that_dropped_nothing_is_kept_sealed_and_shown_when_newest(make_service, make_client):
-    from engine.retention import load_last_run
+    from auditlog.engine.retention import load_last_run
 
     svc = make_service()
     keys = make_keys(svc)
@@ -507,8 +507,8 @@ async def test_a_run_that_dropped_nothing_is_kept_sealed_and_shown_when_newest(m
 
 
 def test_membership_comes_from_the_log_not_from_a_members_file(make_service):
-    from query.cluster.fanout import Cluster
-    from query.cluster.settings import ClusterSettings, PeerConfig
+    from auditlog.query.cluster.fanout import Cluster
+    from auditlog.query.cluster.settings import ClusterSettings, PeerConfig
 
     svc = make_service()
 

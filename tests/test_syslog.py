@@ -25,9 +25,9 @@ import pytest
 from helpers_http import AUDITLOG, ServeProcess, bearer, clean_env, free_port, run_cli
 from helpers_rsyslog import Rsyslog, make_tls_files, require_gtls, require_rsyslogd
 
-from engine.entry import Entry, format_ts
-from export.errors import ExportError
-from export.syslog import DEFAULT_SD_ID, check_sd_id, format_message
+from auditlog.engine.entry import Entry, format_ts
+from auditlog.export.errors import ExportError
+from auditlog.export.syslog import DEFAULT_SD_ID, check_sd_id, format_message
 
 # -- a strict RFC 5424 parser ------------------------------------------------------------
 
@@ -177,7 +177,7 @@ def test_header_fields_and_structured_data():
 
 
 def test_sequence_id_is_the_seq_and_wraps_where_rfc_5424_says():
-    from export.syslog import MAX_SEQUENCE_ID, sequence_id
+    from auditlog.export.syslog import MAX_SEQUENCE_ID, sequence_id
 
     assert [sequence_id(s) for s in (1, 2, MAX_SEQUENCE_ID, MAX_SEQUENCE_ID + 1, 2 * MAX_SEQUENCE_ID + 5)] == [
         1,
@@ -306,9 +306,9 @@ def test_forwarder_resends_what_a_reset_receiver_never_read(make_service):
     import socket
     import struct
 
-    from engine.entry import EntryDraft
-    from export.syslog import SyslogSettings
-    from query.node import forwarder
+    from auditlog.engine.entry import EntryDraft
+    from auditlog.export.syslog import SyslogSettings
+    from auditlog.query.node import forwarder
 
     service = make_service()
     service.writer.append_batch(
@@ -774,7 +774,7 @@ def rsyslog_relp(tmp_path):
 def test_relp_every_entry_arrives_acknowledged_through_receiver_restarts(tmp_path, rsyslog_relp):
     # RELP: the cursor moves only past what rsyslog's imrelp answered "200 OK" for, so a
     # receiver restart loses nothing and duplicates are bounded by the window in flight
-    from export.relp import WINDOW
+    from auditlog.export.relp import WINDOW
 
     rs = rsyslog_relp
     n = 1500

@@ -37,10 +37,10 @@ from helpers_engine import (
     write_config,
 )
 
-from engine.datadir import DataDir, Node
-from engine.entry import EntryDraft, format_ts
-from engine.frame import HEADER_SIZE
-from engine.writer import LogWriter
+from auditlog.engine.datadir import DataDir, Node
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.frame import HEADER_SIZE
+from auditlog.engine.writer import LogWriter
 
 N = 300  # events 0..299 -> seqs 1..300 (seq s carries details n = s - 1)
 PER_BATCH = 3  # 3 entries per frame

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.bytecache import ByteLRU
-from engine.chain import NodeKey
-from engine.datadir import DataDir
-from engine.entry import EntryDraft
-from engine.log import NodeLog
-from engine.postings import Postings
-from engine.settings import StoreSettings
-from engine.terms import (
+from auditlog.engine.bytecache import ByteLRU
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
+from auditlog.engine.log import NodeLog
+from auditlog.engine.postings import Postings
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.terms import (
     FIELD_NO,
     TERM_FIELDS,
     BlockReader,
@@ -33,7 +33,7 @@ from engine.terms import (
     terms_path,
     wanted_fields,
 )
-from engine.writer import LogWriter
+from auditlog.engine.writer import LogWriter
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = NodeKey(bytes(range(32))).derive(b"index")
@@ -235,7 +235,7 @@ def test_a_forged_or_damaged_header_is_refused(tmp_path):
 
 
 def test_a_header_of_the_wrong_shape_is_refused_even_with_a_valid_mac(tmp_path):
-    from engine.terms import _TRAILER, MAGIC
+    from auditlog.engine.terms import _TRAILER, MAGIC
 
     for header in (
         msgpack.packb({"v": 3, "name": "x"}),
@@ -363,9 +363,9 @@ def test_selective_reads_give_the_full_scan_answer_when_hashes_collide(many, bit
 
 
 def test_the_active_segments_postings_go_to_a_sidecar_and_are_taken_up_again(tmp_path, monkeypatch):
-    import engine.postings
+    import auditlog.engine.postings
 
-    monkeypatch.setattr(engine.postings, "PERSIST_RECORDS", 100)
+    monkeypatch.setattr(auditlog.engine.postings, "PERSIST_RECORDS", 100)
     dd = DataDir(tmp_path / "d")
     node = dd.init("gw1")
     w = LogWriter(dd, node, StoreSettings(fsync="none")).open()
@@ -393,9 +393,9 @@ def test_the_background_job_keeps_up_with_the_active_segment(tmp_path, monkeypat
     """``build_missing_terms`` (what ``serve`` runs every few seconds) indexes the active
     segment's new frames, so a query finds nothing left to index; it writes them out
     only once enough records are new."""
-    import engine.postings
+    import auditlog.engine.postings
 
-    monkeypatch.setattr(engine.postings, "PERSIST_RECORDS", 250)
+    monkeypatch.setattr(auditlog.engine.postings, "PERSIST_RECORDS", 250)
     dd = DataDir(tmp_path / "d")
     node = dd.init("gw1")
     w = LogWriter(dd, node, StoreSettings(fsync="none")).open()
@@ -420,9 +420,9 @@ def test_the_background_job_keeps_up_with_the_active_segment(tmp_path, monkeypat
 def test_a_prefix_sidecar_of_frames_rewritten_since_is_not_used(tmp_path, monkeypatch):
     """The active segment cut back and written again in place (as a rolled-back commit
     is): the sidecar of its old frames is bound to their MACs and not used."""
-    import engine.postings
+    import auditlog.engine.postings
 
-    monkeypatch.setattr(engine.postings, "PERSIST_RECORDS", 50)
+    monkeypatch.setattr(auditlog.engine.postings, "PERSIST_RECORDS", 50)
     dd = DataDir(tmp_path / "d")
     node = dd.init("gw1")
     with LogWriter(dd, node, StoreSettings(fsync="none")) as w:
@@ -448,7 +448,7 @@ def test_a_prefix_sidecar_of_frames_rewritten_since_is_not_used(tmp_path, monkey
 
 
 def test_postings_are_stored_as_deltas_and_decode_back():
-    from engine.terms import MAX_SEQ_OFFSET, Table, decode_postings, encode_postings
+    from auditlog.engine.terms import MAX_SEQ_OFFSET, Table, decode_postings, encode_postings
 
     t = Table()
     lists = [[0, 1, 2, 3], [5], [7, 130, 70_000, MAX_SEQ_OFFSET]]

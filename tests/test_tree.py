@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli as auditlog_cli
-from engine import clock
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, canonical_bytes
-from engine.log import NodeLog
-from engine.merkle import (
+from auditlog.cli.main import cli as auditlog_cli
+from auditlog.engine import clock
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, canonical_bytes
+from auditlog.engine.log import NodeLog
+from auditlog.engine.merkle import (
     CompactTree,
     consistency_proof,
     inclusion_proof,
@@ -26,13 +26,13 @@ from engine.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from engine.note import Checkpoint, NoteError, Verifier, open_note
-from engine.retention import DAY_US, run_retention
-from engine.settings import StoreSettings
-from engine.signing import parse_public_key
-from engine.state import StateSeal
-from engine.tree import TREE_FILE, LogTree, TreeError, origin
-from engine.writer import LogWriter, WriterLock
+from auditlog.engine.note import Checkpoint, NoteError, Verifier, open_note
+from auditlog.engine.retention import DAY_US, run_retention
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.signing import parse_public_key
+from auditlog.engine.state import StateSeal
+from auditlog.engine.tree import TREE_FILE, LogTree, TreeError, origin
+from auditlog.engine.writer import LogWriter, WriterLock
 
 SETTINGS = StoreSettings(segment_max_bytes=4096, fsync="none")
 

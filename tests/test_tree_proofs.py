@@ -9,18 +9,18 @@ import random
 
 import pytest
 
-from engine import clock
-from engine.datadir import DataDir
-from engine.entry import EntryDraft, canonical_bytes
-from engine.log import NodeLog
-from engine.merkle import leaf_hash, root, verify_consistency, verify_inclusion
-from engine.note import Checkpoint, Verifier, open_note
-from engine.retention import DAY_US, run_retention
-from engine.settings import StoreSettings
-from engine.signing import parse_public_key
-from engine.tiles import RECORD, STORED_FROM
-from engine.tree import TREE_DIR, LogTree, TreeError, origin, record_tree_head
-from engine.writer import LogWriter
+from auditlog.engine import clock
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft, canonical_bytes
+from auditlog.engine.log import NodeLog
+from auditlog.engine.merkle import leaf_hash, root, verify_consistency, verify_inclusion
+from auditlog.engine.note import Checkpoint, Verifier, open_note
+from auditlog.engine.retention import DAY_US, run_retention
+from auditlog.engine.settings import StoreSettings
+from auditlog.engine.signing import parse_public_key
+from auditlog.engine.tiles import RECORD, STORED_FROM
+from auditlog.engine.tree import TREE_DIR, LogTree, TreeError, origin, record_tree_head
+from auditlog.engine.writer import LogWriter
 
 SETTINGS = StoreSettings(segment_max_bytes=16384, fsync="none")
 

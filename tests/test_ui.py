@@ -40,8 +40,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 from helpers_http import AUDITLOG, bearer, clean_env, free_port
 
-from export.csv import CSV_COLUMNS
-from query.filters import PARAM_NAMES
+from auditlog.export.csv import CSV_COLUMNS
+from auditlog.query.filters import PARAM_NAMES
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -218,9 +218,9 @@ def demo(tmp_path_factory):
 def tampered(tmp_path_factory):
     """A node with 4 KiB segments whose second (sealed) segment had one payload byte of its
     first frame flipped while the node was stopped.  ``.bad`` = the ids the API flags."""
-    from engine.datadir import DataDir
-    from engine.frame import HEADER_SIZE
-    from engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.frame import HEADER_SIZE
+    from auditlog.engine.segment import MAX_HEADER, list_segments, parse_segment_header, walk_frames
 
     root = tmp_path_factory.mktemp("ui-tamper")
     node = Node(root, "gw9", {"segment_max_bytes": 4096})

@@ -8,9 +8,9 @@ import msgpack
 import pytest
 from helpers_http import free_port, make_keys
 
-from bench.servers import wait_serving
-from ingest.limits import Limits
-from query.node import ServiceSettings
+from auditlog.bench.servers import wait_serving
+from auditlog.ingest.limits import Limits
+from auditlog.query.node import ServiceSettings
 
 GOOD = [
     {"user": "alice", "action": "auth.login", "ip": "::ffff:192.0.2.7", "details": {"z": 1, "a": {"y": 2, "b": 3}}},

@@ -34,19 +34,19 @@ from helpers_cluster import LocalCluster, make_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cosign import COSIGNATURE_V1, Cosigner, cosign, cosignatures, cosigner_key_id, judge, witness_name
-from engine.merkle import CompactTree, consistency_proof, leaf_hash, node_hash
-from engine.note import Checkpoint, NoteError, Verifier, open_note, sign
-from engine.signing import SigningKey, load_signing_key
-from engine.tree import origin
-from query.cluster.witness import (
+from auditlog.engine.cosign import COSIGNATURE_V1, Cosigner, cosign, cosignatures, cosigner_key_id, judge, witness_name
+from auditlog.engine.merkle import CompactTree, consistency_proof, leaf_hash, node_hash
+from auditlog.engine.note import Checkpoint, NoteError, Verifier, open_note, sign
+from auditlog.engine.signing import SigningKey, load_signing_key
+from auditlog.engine.tree import origin
+from auditlog.query.cluster.witness import (
     MAX_PROOF_HASHES,
     MAX_SUBMISSION,
     ClusterFindings,
     parse_submission,
     submission,
 )
-from query.errors import QueryError
+from auditlog.query.errors import QueryError
 
 KEY = SigningKey(bytes(range(32)))
 OTHER = SigningKey(bytes(range(1, 33)))

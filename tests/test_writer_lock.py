@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from helpers_engine import PYTHON, draft, init_dir, run_cli, segment_paths, settings
 
-from engine.errors import WriterLockedError
-from engine.log import NodeLog
-from engine.verify import verify_node
-from engine.writer import LogWriter, WriterLock
+from auditlog.engine.errors import WriterLockedError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter, WriterLock
 
 CRASH_WRITER = str(Path(__file__).with_name("crash_writer.py"))
 

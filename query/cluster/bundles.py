@@ -9,10 +9,10 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.cluster_bundle import part_summary, write_cluster_bundle
-from query.cluster.fanout import Cluster
-from query.cluster.peers import PeerError
-from query.filters import Filter
+from auditlog.export.cluster_bundle import part_summary, write_cluster_bundle
+from auditlog.query.cluster.fanout import Cluster
+from auditlog.query.cluster.peers import PeerError
+from auditlog.query.filters import Filter
 
 #: a peer's bundle is built before it is sent: seconds it may take
 PEER_BUNDLE_WAIT = 300.0

@@ -10,14 +10,14 @@ import logging
 
 import orjson
 
-from engine.cosign import witness_name
-from engine.note import Checkpoint, NoteError, parse
-from engine.tree import TreeError
-from query.cluster.fanout import Cluster, PeerSource
-from query.cluster.peers import PeerError
-from query.filters import Filter
-from query.merge import Source
-from query.sources import LocalSource
+from auditlog.engine.cosign import witness_name
+from auditlog.engine.note import Checkpoint, NoteError, parse
+from auditlog.engine.tree import TreeError
+from auditlog.query.cluster.fanout import Cluster, PeerSource
+from auditlog.query.cluster.peers import PeerError
+from auditlog.query.filters import Filter
+from auditlog.query.merge import Source
+from auditlog.query.sources import LocalSource
 
 log = logging.getLogger("auditlog.cluster")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("auditlog.cluster")
 async def _submit(cluster: Cluster, node: str, note: str, size: int) -> str:
     """Have peer ``node`` cosign ``note`` (of ``size`` entries): its cosignature line;
     PeerError with the reason when it does not."""
-    from query.cluster.witness import submission
+    from auditlog.query.cluster.witness import submission
 
     svc, client = cluster.service, cluster.peers[node]
     old = cluster.cosigned_size.get(node, 0)
@@ -132,7 +132,7 @@ async def _tree_answer(cluster: Cluster, node: str, old: int) -> dict:
 async def _check_witness(cluster: Cluster, about: str, witness: str) -> tuple[list[dict], str | None, str | None]:
     """What ``witness`` holds of node ``about``, checked against ``about``'s tree:
     (violations, why the witness failed, why ``about`` failed)."""
-    from query.cluster.witness import COSIGNED_ACTION, REFUSED_ACTION, ClusterFindings, cosigned_of, refusal_of
+    from auditlog.query.cluster.witness import COSIGNED_ACTION, REFUSED_ACTION, ClusterFindings, cosigned_of, refusal_of
 
     findings = ClusterFindings(about, witness)
     newest = None
@@ -176,7 +176,7 @@ async def _check_witness(cluster: Cluster, about: str, witness: str) -> tuple[li
 
 async def cluster_verify(cluster: Cluster) -> dict:
     """Every node's own verification plus what its witnesses cosigned and refused, as one report."""
-    from engine.verify import verify_node
+    from auditlog.engine.verify import verify_node
 
     svc = cluster.service
     local = await svc.run(verify_node, svc.data_dir, svc.node)

@@ -13,14 +13,14 @@ import logging
 
 import aiohttp
 
-from engine.entry import Entry, EntryDraft
-from query.cluster.peers import PeerClient, PeerError
-from query.cluster.settings import ClusterSettings
-from query.cluster.witness import Witness
-from query.filters import Filter
-from query.linemerge import LineSource
-from query.merge import Source
-from query.sources import LocalLineSource, LocalSource
+from auditlog.engine.entry import Entry, EntryDraft
+from auditlog.query.cluster.peers import PeerClient, PeerError
+from auditlog.query.cluster.settings import ClusterSettings
+from auditlog.query.cluster.witness import Witness
+from auditlog.query.filters import Filter
+from auditlog.query.linemerge import LineSource
+from auditlog.query.merge import Source
+from auditlog.query.sources import LocalLineSource, LocalSource
 
 log = logging.getLogger("auditlog.cluster")
 #: where earlier versions kept the known peers (now derived from the log)
@@ -116,7 +116,7 @@ class Cluster:
         self.witness = Witness(service)
 
     async def start(self) -> None:
-        from query.cluster.pki import client_context
+        from auditlog.query.cluster.pki import client_context
 
         s = self.settings
         if s.peers:

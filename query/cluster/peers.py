@@ -17,9 +17,9 @@ from operator import attrgetter, itemgetter
 import aiohttp
 import msgpack
 
-from engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
-from query.cluster.settings import PeerConfig
-from query.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
+from auditlog.engine.entry import WIRE_FIELDS, WIRE_OPTIONAL, Entry
+from auditlog.query.cluster.settings import PeerConfig
+from auditlog.query.lines import LEN_CODE, TS_CODE, le_array, le_bytes, line_marks
 
 PEER_PREFIX = "/peer/v1"
 

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from engine.datadir import check_node_id
-from engine.errors import ConfigError
-from engine.identity import NODE_URI_PREFIX, SIGNING_KEY_OID, node_id_of, public_pem_der, signing_key_of
+from auditlog.engine.datadir import check_node_id
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.identity import NODE_URI_PREFIX, SIGNING_KEY_OID, node_id_of, public_pem_der, signing_key_of
 
 CA_DAYS = 3650
 CERT_DAYS = 825

@@ -13,15 +13,15 @@ import msgpack
 import orjson
 from aiohttp import web
 
-from engine.entry import ENTRY_SUB
-from engine.identity import node_id_of
-from query.cluster.peers import entry_to_compact, pack_line_chunk
-from query.errors import QueryError
-from query.filters import PARAM_NAMES, Filter
-from query.http.base import NODE, error_middleware
-from query.http.chunked import PartsWriter
-from query.scan import read_node, scan_node
-from query.sources import LineTaker
+from auditlog.engine.entry import ENTRY_SUB
+from auditlog.engine.identity import node_id_of
+from auditlog.query.cluster.peers import entry_to_compact, pack_line_chunk
+from auditlog.query.errors import QueryError
+from auditlog.query.filters import PARAM_NAMES, Filter
+from auditlog.query.http.base import NODE, error_middleware
+from auditlog.query.http.chunked import PartsWriter
+from auditlog.query.scan import read_node, scan_node
+from auditlog.query.sources import LineTaker
 
 CLUSTER: web.AppKey = web.AppKey("cluster", object)
 #: request bodies the peer listener takes (each route takes far less)
@@ -129,7 +129,7 @@ async def head(request: web.Request) -> web.Response:
 async def verify(request: web.Request) -> web.Response:
     peer_node(request)
     service = request.app[NODE]
-    from engine.verify import verify_node
+    from auditlog.engine.verify import verify_node
 
     report = await service.run(verify_node, service.data_dir, service.node)
     return web.json_response(report.to_dict())
@@ -140,7 +140,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
     consistency proof, a blank line, the signed note): its cosignature line, or why not
     (JSON ``{"error", "kind", "cosigned_size"}``; 409 with the size to try again from)."""
     node, der = peer_node(request)
-    from query.cluster.witness import MAX_SUBMISSION, WitnessRefused
+    from auditlog.query.cluster.witness import MAX_SUBMISSION, WitnessRefused
 
     body = await _body(request, MAX_SUBMISSION)
     cluster = request.app[CLUSTER]
@@ -196,7 +196,7 @@ async def counts(request: web.Request) -> web.Response:
         if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 15 and int(raw) > 0):
             raise QueryError("interval_us must be a positive whole number")
         interval_us = int(raw)
-    from query.histogram import node_counts
+    from auditlog.query.histogram import node_counts
 
     return web.json_response(await service.run(node_counts, service.log, flt, interval_us))
 

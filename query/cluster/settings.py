@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.datadir import check_node_id
-from engine.errors import ConfigError
-from engine.settings import Setting, check_fields, defaults_of, file_path, parse_duration, text
+from auditlog.engine.datadir import check_node_id
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.settings import Setting, check_fields, defaults_of, file_path, parse_duration, text
 
 
 @dataclass(frozen=True)

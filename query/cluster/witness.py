@@ -29,13 +29,13 @@ import re
 
 from cryptography import x509
 
-from engine import clock
-from engine.cosign import Refusal, cosign, judge, witness_name
-from engine.entry import EntryDraft, format_ts
-from engine.identity import signing_key_of
-from engine.note import Checkpoint, NoteError, Verifier, open_note
-from engine.tree import origin
-from query.errors import QueryError
+from auditlog.engine import clock
+from auditlog.engine.cosign import Refusal, cosign, judge, witness_name
+from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.identity import signing_key_of
+from auditlog.engine.note import Checkpoint, NoteError, Verifier, open_note
+from auditlog.engine.tree import origin
+from auditlog.query.errors import QueryError
 
 log = logging.getLogger("auditlog.witness")
 
@@ -191,8 +191,8 @@ class Witness:
 
     def last_cosigned(self, node: str) -> tuple[int, bytes] | None:
         """The last tree of ``node`` this witness cosigned, from its own log."""
-        from query.filters import Filter
-        from query.scan import scan_node
+        from auditlog.query.filters import Filter
+        from auditlog.query.scan import scan_node
 
         flt = Filter.from_params({"action": COSIGNED_ACTION, "target": node})
         for e in scan_node(self.service.log, flt, order="desc"):
@@ -287,7 +287,7 @@ class ClusterFindings:
         """The newest tree the witness cosigned (``cosigned_of``) against the node's
         answer (``tree_answer``: its newest signed checkpoint and the consistency
         proof from the cosigned size); a violation, or None when they agree."""
-        from engine.merkle import verify_consistency
+        from auditlog.engine.merkle import verify_consistency
 
         m, when = cosigned["size"], cosigned["ts"]
         if "error" in answer:

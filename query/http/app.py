@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from query.http.base import MAX_LINE_BYTES, NODE, error_middleware
-from query.http.routes import admin, audit_log, events, ops
-from query.node import RunningNode
+from auditlog.query.http.base import MAX_LINE_BYTES, NODE, error_middleware
+from auditlog.query.http.routes import admin, audit_log, events, ops
+from auditlog.query.node import RunningNode
 
 
 def create_app(node: RunningNode) -> web.Application:

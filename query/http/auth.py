@@ -43,12 +43,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.datadir import Node
-from engine.entry import Entry, EntryDraft, format_ts
-from engine.errors import EngineError
-from engine.log import NodeLog
-from engine.state import StateSeal, StateTampered
-from query.errors import QueryError
+from auditlog.engine.datadir import Node
+from auditlog.engine.entry import Entry, EntryDraft, format_ts
+from auditlog.engine.errors import EngineError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.state import StateSeal, StateTampered
+from auditlog.query.errors import QueryError
 
 ROLES = ("writer", "reader", "admin")
 #: what each role may do; admin includes reader, nothing includes writer's append

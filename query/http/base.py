@@ -13,10 +13,10 @@ import logging
 
 from aiohttp import web
 
-from engine.errors import AuditLogError
-from ingest.committer import Overloaded
-from query.http.auth import AuthError, require
-from query.node import RunningNode
+from auditlog.engine.errors import AuditLogError
+from auditlog.ingest.committer import Overloaded
+from auditlog.query.http.auth import AuthError, require
+from auditlog.query.node import RunningNode
 
 log = logging.getLogger("auditlog.http")
 NODE: web.AppKey[RunningNode] = web.AppKey("node", RunningNode)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.taxonomy import NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY
-from query.filters import PARAM_NAMES
+from auditlog.ingest.taxonomy import NODE_ACTIONS, RESERVED_ACTIONS, TAXONOMY
+from auditlog.query.filters import PARAM_NAMES
 
 #: One event as a client sends it (also the request body example).
 EXAMPLE_EVENT = {

@@ -11,9 +11,9 @@ import socket
 
 from aiohttp import web
 
-from engine.errors import ConfigError
-from query.http.app import create_app
-from query.node import RunningNode
+from auditlog.engine.errors import ConfigError
+from auditlog.query.http.app import create_app
+from auditlog.query.node import RunningNode
 
 log = logging.getLogger("auditlog.server")
 
@@ -57,7 +57,7 @@ def background_jobs(node: RunningNode):
             asyncio.create_task(_every(TREE_HEAD_TICK, node.tree_head_job, "tree-head", node, first_delay=5.0)),
         ]
         if node.cluster is not None and node.cluster.peers:
-            from query.cluster.checkpoints import checkpoint_loop
+            from auditlog.query.cluster.checkpoints import checkpoint_loop
 
             tasks.append(asyncio.create_task(checkpoint_loop(node.cluster)))
         yield
@@ -99,8 +99,8 @@ async def serve(
             host, port = parse_listen(listen)
             await web.TCPSite(runner, host, port).start()
         if cluster is not None and cluster.settings.listen:
-            from query.cluster.pki import server_context
-            from query.cluster.routes import create_peer_app
+            from auditlog.query.cluster.pki import server_context
+            from auditlog.query.cluster.routes import create_peer_app
 
             s = cluster.settings
             peer_runner = web.AppRunner(create_peer_app(node, cluster), access_log=None, handle_signals=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, parse_duration, text
+from auditlog.engine.settings import Setting, check_fields, defaults_of, file_path, int_at_least, parse_duration, text
 
 #: ``[server]``
 SERVER_SETTINGS: tuple[Setting, ...] = (

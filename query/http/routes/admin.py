@@ -11,8 +11,8 @@ import json
 
 from aiohttp import web
 
-from query.errors import QueryError
-from query.http.base import NODE, authorize
+from auditlog.query.errors import QueryError
+from auditlog.query.http.base import NODE, authorize
 
 
 async def create_key(request: web.Request) -> web.Response:

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from query.cursor import decode_cursor, encode_cursor, filter_fingerprint
-from query.errors import InvalidFilterError
-from query.filters import PARAM_NAMES, Filter
-from query.http.base import NODE, authorize
-from query.http.chunked import PartsWriter
-from query.linemerge import merge_lines, node_ranks
-from query.merge import Source, merge_sources
-from query.sources import LocalLineSource, LocalSource
+from auditlog.query.cursor import decode_cursor, encode_cursor, filter_fingerprint
+from auditlog.query.errors import InvalidFilterError
+from auditlog.query.filters import PARAM_NAMES, Filter
+from auditlog.query.http.base import NODE, authorize
+from auditlog.query.http.chunked import PartsWriter
+from auditlog.query.linemerge import merge_lines, node_ranks
+from auditlog.query.merge import Source, merge_sources
+from auditlog.query.sources import LocalLineSource, LocalSource
 
 PAGE_PARAMS = ("limit", "cursor", "order", "format", "follow")
 #: seconds between looks for new entries while following, and between heartbeats
@@ -174,9 +174,9 @@ async def follow(request, service, flt: Filter, positions: dict, fp: str) -> web
     ``{"node_status": {...}}`` line."""
     import time
 
-    from engine import clock
-    from engine.entry import ENTRY_SUB, format_ts
-    from export.ndjson import ndjson_lines
+    from auditlog.engine import clock
+    from auditlog.engine.entry import ENTRY_SUB, format_ts
+    from auditlog.export.ndjson import ndjson_lines
 
     order = "asc"
     positions = dict(positions)
@@ -295,8 +295,8 @@ async def stream_lines(request, service, merged: Merged, limit, ecs: bool = Fals
     ``{"node_status": {...}}`` line each, so a reader of the body alone learns
     of a peer lost mid-stream; the ``X-Auditlog-Nodes`` header has the status
     at the start."""
-    from export.ecs import iter_ecs
-    from export.ndjson import iter_ndjson
+    from auditlog.export.ecs import iter_ecs
+    from auditlog.export.ndjson import iter_ndjson
 
     render = iter_ecs if ecs else iter_ndjson
     resp = web.StreamResponse(
@@ -327,7 +327,7 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     service = request.app[NODE]
     flt, order, limit, positions, fp = parse_query(request, allowed_extra=("order", "bom"))
     bom = _flag(request.rel_url.query.get("bom", "true"), "bom")
-    from export.csv import iter_csv
+    from auditlog.export.csv import iter_csv
 
     merged = Merged(open_sources(service, flt, order, {}), order)
     rows = violations = 0
@@ -415,7 +415,7 @@ async def export_pdf(request: web.Request) -> web.Response:
         raise InvalidFilterError(
             f"more than {MAX_PDF_ROWS} entries match: narrow the filters (or use the CSV export for bulk data)"
         )
-    from export.pdf import render_pdf
+    from auditlog.export.pdf import render_pdf
 
     evidence, attachments = None, ()
     if bundle is not None:
@@ -504,7 +504,7 @@ async def _make_bundle(service, flt) -> _Bundle:
     """The evidence bundle of ``flt``: every node's on a node with peers, else this node's."""
     if service.cluster is not None and service.cluster.peers:
         # every node's bundle, cosigned checkpoints and certificates: verified with the CA
-        from query.cluster.bundles import build_cluster_bundle
+        from auditlog.query.cluster.bundles import build_cluster_bundle
 
         built = await build_cluster_bundle(service.cluster, flt)
         sizes = {n: p["checkpoint_size"] for n, p in built.details["parts"].items() if p.get("checkpoint_size")}
@@ -537,7 +537,7 @@ async def four_eyes_report(request: web.Request) -> web.Response:
     for name in q.keys():
         if name not in ("from", "to", "pair", "node"):
             raise InvalidFilterError(f"unknown query parameter {name[:60]!r} (known: from, to, pair, node)")
-    from export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
+    from auditlog.export.reports import DEFAULT_PAIRS, FourEyesRule, four_eyes, parse_pairs
 
     try:
         rules = parse_pairs(q.getall("pair")) if "pair" in q else tuple(FourEyesRule(*p) for p in DEFAULT_PAIRS)
@@ -578,7 +578,7 @@ async def histogram(request: web.Request) -> web.Response:
     authorize(request, "read")
     service = request.app[NODE]
     flt, _, _, _, _ = parse_query(request, allowed_extra=("interval",))
-    from query.histogram import gather, merge, parse_interval
+    from auditlog.query.histogram import gather, merge, parse_interval
 
     interval = request.rel_url.query.get("interval")
     if interval is None:
@@ -596,7 +596,7 @@ async def count(request: web.Request) -> web.Response:
     authorize(request, "read")
     service = request.app[NODE]
     flt, _, _, _, _ = parse_query(request, allowed_extra=())
-    from query.histogram import gather, merge
+    from auditlog.query.histogram import gather, merge
 
     per_node, nodes = await gather(service, flt, None)
     body = merge(per_node, flt, None, None)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ingest.body import BodyError
-from query.http.base import NODE, authorize
+from auditlog.ingest.body import BodyError
+from auditlog.query.http.base import NODE, authorize
 
 MAX_IDEMPOTENCY_KEY = 200
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from query.errors import InvalidFilterError
-from query.filters import Filter
-from query.http.base import NODE, authorize
-from query.http.openapi import openapi_document
+from auditlog.query.errors import InvalidFilterError
+from auditlog.query.filters import Filter
+from auditlog.query.http.base import NODE, authorize
+from auditlog.query.http.openapi import openapi_document
 
 #: signed checkpoints one GET /api/v1/checkpoints returns at most
 MAX_CHECKPOINTS = 1000
@@ -40,11 +40,11 @@ async def verify(request: web.Request) -> web.Response:
     if scope not in ("node", "cluster"):
         raise InvalidFilterError(f"scope must be node or cluster, got {scope[:20]!r}")
     if scope == "cluster" and service.cluster is not None:
-        from query.cluster.checkpoints import cluster_verify
+        from auditlog.query.cluster.checkpoints import cluster_verify
 
         body = await cluster_verify(service.cluster)
     else:
-        from engine.verify import verify_node
+        from auditlog.engine.verify import verify_node
 
         report = await service.run(verify_node, service.data_dir, service.node)
         body = report.to_dict()
