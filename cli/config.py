@@ -18,6 +18,7 @@ from typing import Any
 from auditlog.engine.datadir import check_node_id
 from auditlog.engine.errors import ConfigError
 from auditlog.engine.settings import STORE_SETTINGS, Setting, StoreSettings, parse_duration, parse_retention, text
+from auditlog.export.archive import ARCHIVE_SETTINGS, ArchiveSettings
 from auditlog.export.http_stream import HTTP_STREAM_SETTINGS, HttpStreamSettings
 from auditlog.export.syslog import SYSLOG_SETTINGS, SyslogSettings
 from auditlog.query.cluster.settings import CLUSTER_SETTINGS, ClusterSettings
@@ -36,6 +37,7 @@ TABLES: dict[str, tuple[Setting, ...]] = {
     "cluster": CLUSTER_SETTINGS,
     "syslog": SYSLOG_SETTINGS,
     "http_stream": HTTP_STREAM_SETTINGS,
+    "archive": ARCHIVE_SETTINGS,
 }
 
 #: every setting of the config file, top-level keys first
@@ -63,6 +65,8 @@ class Config:
     syslog: SyslogSettings | None = None
     #: [http_stream], when the file has the table
     http_stream: HttpStreamSettings | None = None
+    #: [archive], when the file has the table
+    archive: ArchiveSettings | None = None
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     #: warnings about the file (retired settings it still has)
@@ -96,6 +100,7 @@ class Config:
             cluster=cluster,
             syslog=self.syslog,
             http_stream=self.http_stream,
+            archive=self.archive,
         )
 
 
@@ -157,7 +162,7 @@ def load_config(path: str | Path | None) -> Config:
             known = ", ".join(s.name for s in _TOP)
             raise ConfigError(
                 f"config file {p}: unknown setting {key!r} (known: {known}, "
-                f"and the tables [server], [cluster], [syslog], [http_stream])"
+                f"and the tables [server], [cluster], [syslog], [http_stream], [archive])"
             )
     tables = {
         name: _values(rows, check_table(data[name], name, {s.key for s in rows}), p.parent)
@@ -169,9 +174,16 @@ def load_config(path: str | Path | None) -> Config:
     if "cluster" in tables:
         cluster = ClusterSettings(**tables["cluster"])
         cluster.check_tls()
+    node_id = top.pop("node_id", None)
+    store = StoreSettings(**top)
+    archive = None
+    if "archive" in tables:
+        archive = ArchiveSettings(**tables["archive"])
+        archive.check_against(store.retention_days)
     return Config(
-        node_id=top.pop("node_id", None),
-        store=StoreSettings(**top),
+        node_id=node_id,
+        store=store,
+        archive=archive,
         server=ServerSettings(**tables.get("server", {})),
         cluster=cluster,
         syslog=SyslogSettings(**tables["syslog"]) if "syslog" in tables else None,

@@ -483,26 +483,36 @@ def _print_table(entries, out) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--archive",
+    "archive",
+    is_flag=True,
+    help="Check the archive's copy of the whole chain ([archive] in the config) instead of the local log.",
+)
 @click.pass_obj
 @handle_errors
-def verify(obj: Context, as_json: bool) -> None:
+def verify(obj: Context, as_json: bool, archive: bool) -> None:
     """Check every byte of this node's log; exit 0 intact, 1 when anything is wrong.
 
     \b
-    Example:
+    Examples:
       auditlog verify --json
+      auditlog --config auditlog.toml verify --archive
     """
     from auditlog.engine.verify import verify_node
 
     node = obj.node()
     bar = None
     progress = None
-    if on_terminal() and not as_json:
-        total = sum(p.stat().st_size for p in obj.data_dir.segments.glob("*.seg"))
-        bar = click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr)
-        bar.__enter__()
-        progress = lambda done, tot: bar.update(done - bar.pos)  # noqa: E731
-    report = verify_node(obj.data_dir, node, progress)
+    if archive:
+        report = _verify_archive(obj, node, as_json)
+    else:
+        if on_terminal() and not as_json:
+            total = sum(p.stat().st_size for p in obj.data_dir.segments.glob("*.seg"))
+            bar = click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr)
+            bar.__enter__()
+            progress = lambda done, tot: bar.update(done - bar.pos)  # noqa: E731
+        report = verify_node(obj.data_dir, node, progress)
     if bar is not None:
         bar.__exit__(None, None, None)
     if as_json:
@@ -521,6 +531,44 @@ def verify(obj: Context, as_json: bool) -> None:
                 rng = f"seq {v.seq_from}..{v.seq_to}" if v.seq_to is not None else f"seq {v.seq_from}.."
                 click.echo(f"  {v.kind:20s} {rng:22s} {v.segment}: {v.detail}")
     sys.exit(0 if report.ok else EXIT_VIOLATION)
+
+
+def _verify_archive(obj: Context, node, as_json: bool):
+    """The archive's report (``export.archive_check``); the sealed record of what was
+    archived failing its seal is a violation too (the purge entries still say what
+    retention dropped)."""
+    from auditlog.engine.state import StateSeal
+    from auditlog.engine.verify import Violation
+    from auditlog.export.archive import Manifest
+    from auditlog.export.archive_check import verify_archive
+
+    settings = obj.config.archive
+    if settings is None:
+        fail("verify --archive needs an [archive] table in the config file (--config or AUDITLOG_CONFIG)")
+    problems: list[Violation] = []
+    manifest = Manifest(
+        StateSeal(node.key, node.node_id),
+        obj.data_dir.state,
+        settings.url,
+        lambda f, p: problems.append(Violation("state_corrupt", node.node_id, None, None, f"state/{f}", p)),
+    )
+    bar = None
+    progress = None
+    if on_terminal() and not as_json:
+        bar = click.progressbar(length=1, label="checking the archive", file=sys.stderr)
+        bar.__enter__()
+
+        def progress(done, total):
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+    try:
+        report = verify_archive(settings.store(), obj.data_dir, node, manifest, progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    report.violations[:0] = problems
+    return report
 
 
 # -- retention ----------------------------------------------------------------------
@@ -559,11 +607,25 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
     as_of_us = parse_time(as_of) if as_of else None
     from auditlog.engine.writer import LogWriter
 
+    archived = None
+    if obj.config.archive is not None:
+        # with an archive, a segment goes only once its archived copy is verified
+        from auditlog.engine.state import StateSeal
+        from auditlog.export.archive import Manifest
+
+        node = obj.node()
+        manifest = Manifest(
+            StateSeal(node.key, node.node_id),
+            obj.data_dir.state,
+            obj.config.archive.url,
+            lambda f, p: click.echo(f"auditlog: warning: {p}", err=True),
+        )
+        archived = manifest.archived
     with LogWriter(obj.data_dir, obj.node(), settings) as w:
         if not dry_run:
             # the API key snapshot must hold every key whose create entry may be dropped now
             _key_store(obj, w)
-        report = run_retention(w, as_of_us, dry_run)
+        report = run_retention(w, as_of_us, dry_run, archived)
     days = "forever" if report.retention_days is None else f"{report.retention_days} days"
     verb = "would drop" if dry_run else "dropped"
     if report.dropped_segments:
@@ -574,6 +636,8 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
         )
     else:
         click.echo(f"nothing to drop (retention {days}, as of {report.as_of})")
+    if report.waiting_for_archive:
+        click.echo(f"kept {report.waiting_for_archive} and what follows: not archived and verified yet")
 
 
 # -- export -------------------------------------------------------------------------

@@ -16,8 +16,10 @@ itself can only make the last run look older, never invent a purge.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from auditlog.engine.catalog import SegmentInfo
 from auditlog.engine.datadir import fsync_dir, side_files
 from auditlog.engine.entry import EntryDraft, format_ts
 from auditlog.engine.log import NodeLog
@@ -43,12 +45,22 @@ class RetentionReport:
     ts_from: str | None = None
     ts_to: str | None = None
     kept_segments: int = 0
+    #: the first segment old enough to go that stays because it is not archived yet
+    waiting_for_archive: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool = False) -> RetentionReport:
+def run_retention(
+    writer: LogWriter,
+    as_of_us: int | None = None,
+    dry_run: bool = False,
+    archived: Callable[[SegmentInfo], dict | None] | None = None,
+) -> RetentionReport:
+    """Drop the segments retention lets go.  ``archived``: when the node has an archive,
+    the verified archived copy of a segment (``{"url", "key", "version_id", "sha256"}``)
+    or None; a segment without one is kept, and so is everything after it."""
     days = writer.settings.retention_days
     now = writer.now()
     as_of = now if as_of_us is None else as_of_us
@@ -66,6 +78,7 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
         infos = writer.log.segment_infos()
         structural = {p.segment for p in writer.log.structure_problems(infos)}
         victims = []
+        copies: list[dict] = []
         candidates = infos if (would_roll and dry_run) else infos[:-1]  # never the active segment
         for info in candidates:
             idx = info.index
@@ -80,6 +93,12 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                 break
             if idx.frames and idx.max_ts >= cutoff:
                 break
+            if archived is not None:
+                copy = archived(info)
+                if copy is None:
+                    report.waiting_for_archive = info.name
+                    break
+                copies.append(copy)
             victims.append(info)
         report.kept_segments = len(infos) - len(victims)
         if victims:
@@ -116,6 +135,19 @@ def run_retention(writer: LogWriter, as_of_us: int | None = None, dry_run: bool 
                                 "as_of": report.as_of,
                                 "last_signature": victims[-1].last_sig.hex(),
                                 "segments": [[v.name, v.first_seq, v.last_seq, v.last_sig.hex()] for v in victims],
+                                **(
+                                    {
+                                        "archive": {
+                                            "url": copies[0]["url"],
+                                            "objects": [
+                                                [v.name, c["key"], c["version_id"], c["sha256"]]
+                                                for v, c in zip(victims, copies)
+                                            ],
+                                        }
+                                    }
+                                    if copies
+                                    else {}
+                                ),
                             },
                         )
                     ]

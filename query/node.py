@@ -35,7 +35,9 @@ from auditlog.engine.log import NodeLog
 from auditlog.engine.settings import StoreSettings
 from auditlog.engine.state import StateSeal
 from auditlog.engine.writer import AppendResult, LogWriter
+from auditlog.export.archive import Archiver, ArchiveSettings
 from auditlog.export.http_stream import HttpStreamForwarder, HttpStreamSettings
+from auditlog.export.s3 import StoreError
 from auditlog.export.syslog import SyslogForwarder, SyslogSettings
 from auditlog.ingest.committer import Committer
 from auditlog.ingest.idempotency import IdempotencyCache
@@ -85,6 +87,7 @@ class NodeConfig:
     cluster: ClusterSettings | None = None
     syslog: SyslogSettings | None = None
     http_stream: HttpStreamSettings | None = None
+    archive: ArchiveSettings | None = None
 
 
 def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
@@ -134,6 +137,8 @@ def build_node(config: NodeConfig, data_dir: DataDir) -> RunningNode:
             config.http_stream.token()  # a token file others can read, or none usable: refused now
             rn.stream = forwarder(rn, config.http_stream, kind=HttpStreamForwarder)
             rn.metrics_for_forwarder("auditlog_http_stream", rn.stream, "HTTP stream's receiver")
+        if config.archive is not None:
+            rn.archiver = archiver(rn, config.archive)
     except BaseException:
         rn.close()
         raise
@@ -154,6 +159,47 @@ def forwarder(rn: RunningNode, settings, batch: int | None = None, kind=SyslogFo
         rejected=rn.state_rejected,
         batch=batch,
     )
+
+
+def archiver(rn: RunningNode, settings: ArchiveSettings) -> Archiver:
+    """The archiver of ``rn``'s sealed segments.  A bucket without Object Lock when a
+    lock is asked for refuses the start (ConfigError); a store that cannot be reached
+    now is a warning, and the archiver checks the bucket again before its first copy."""
+    settings.check_against(rn.store.retention_days)
+    arch = Archiver(
+        settings,
+        store=settings.store(),
+        reader=rn.log,
+        data_dir=rn.data_dir,
+        seal=rn.seal,
+        rejected=rn.state_rejected,
+        now=rn.writer.now,
+    )
+    try:
+        arch.check_bucket()
+    except StoreError as e:
+        log.warning("archive: %s (archiving starts once the store answers)", e)
+    m = rn.metrics
+    m.gauge("auditlog_archive_segments", "Segments archived and verified", lambda: len(arch.manifest))
+    m.gauge("auditlog_archive_pending_segments", "Sealed segments not archived yet", lambda: arch.pending)
+    m.gauge(
+        "auditlog_archive_lag_seconds",
+        "Age of the newest entry of the oldest sealed segment not archived yet",
+        lambda: arch.status()["lag_seconds"],
+    )
+    m.gauge(
+        "auditlog_archive_bytes_total",
+        "Bytes archived and verified since start",
+        lambda: arch.archived_bytes,
+        kind="counter",
+    )
+    m.gauge("auditlog_archive_errors_total", "Archive errors since start", lambda: arch.errors, kind="counter")
+    m.gauge(
+        "auditlog_archive_last_success_timestamp_seconds",
+        "When a segment was last archived and verified",
+        lambda: arch.last_success,
+    )
+    return arch
 
 
 class RunningNode:
@@ -201,6 +247,8 @@ class RunningNode:
         self.syslog: SyslogForwarder | None = None
         #: the HTTP stream (export.http_stream.HttpStreamForwarder) when [http_stream] is configured
         self.stream: HttpStreamForwarder | None = None
+        #: the archiver (export.archive.Archiver) when [archive] is configured
+        self.archiver: Archiver | None = None
         self._closed = False
         #: the last signed checkpoint this process recorded: its entry's seq, the
         #: segment being written then, when (monotonic); and the last reason none could be
@@ -269,6 +317,8 @@ class RunningNode:
             self.syslog.start()
         if self.stream is not None:
             self.stream.start()
+        if self.archiver is not None:
+            self.archiver.start()
         if self.cluster is not None:
             await self.cluster.start()
 
@@ -279,6 +329,8 @@ class RunningNode:
             self.syslog.stop()
         if self.stream is not None:
             self.stream.stop()
+        if self.archiver is not None:
+            self.archiver.stop()
 
     async def running(self, app=None):
         """For an aiohttp app's ``cleanup_ctx``: started with the app, stopped with it."""
@@ -296,6 +348,8 @@ class RunningNode:
             self.syslog.stop()
         if self.stream is not None:
             self.stream.stop()
+        if self.archiver is not None:
+            self.archiver.stop()
         try:
             self.flush_key_uses()
         except Exception:  # pragma: no cover - shutdown must go on
@@ -393,6 +447,7 @@ class RunningNode:
             "last_checkpoint": cluster.last_checkpoint if cluster else None,
             "syslog": self.syslog.status() if self.syslog else None,
             "http_stream": self.stream.status() if self.stream else None,
+            "archive": self.archiver.status() if self.archiver else None,
         }
 
     def oldest_ts(self) -> int | None:
@@ -582,7 +637,8 @@ class RunningNode:
             # the snapshot must hold every key whose create entry may be dropped now
             self.keys.checkpoint()
         with self._tree_lock:  # retention brings the Merkle tree up first (engine.tree)
-            report = run_retention(self.writer, as_of_us, dry_run)
+            archived = self.archiver.archived if self.archiver is not None else None
+            report = run_retention(self.writer, as_of_us, dry_run, archived)
         if not dry_run:
             self.last_retention = self._derive_last_retention()
         return report

@@ -1,0 +1,422 @@
+"""The archive: sealed segments copied to S3-compatible object storage.
+
+Each sealed, intact segment goes to ``<prefix>/<node>/<segment name>`` as it
+is on disk (the segment format is self-verifying: header MAC, chained frame
+MACs, signed entries).  It is stored with its SHA-256 checksum, under Object
+Lock when ``object_lock`` asks for it (retained until its newest entry's time
+plus the archive's ``retention_days``; "forever": until 9999-12-31), then read
+back, compared byte for byte and indexed from the copy that came back (every
+frame's MAC checked) before it counts as archived.
+
+What is archived is kept in the sealed state file ``state/archive.json``
+(name, object version, SHA-256, size, seqs, times): retention reads it to
+drop a segment locally only once its archived copy has been verified, and
+its ``audit.retention_purge`` entry names the objects.  A state file that
+fails its seal is set aside and forgotten; the segments still on disk are
+then checked against their objects again (never trusted from the file).
+
+The archiver runs in its own thread with its own timeouts: an unreachable
+store shows as errors and a growing lag (``/metrics``, ``/api/v1/cluster``),
+never as slower appends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from auditlog.engine import clock
+from auditlog.engine.catalog import SegmentInfo, index_segment
+from auditlog.engine.datadir import DataDir
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.settings import (
+    Setting,
+    check_fields,
+    choice,
+    defaults_of,
+    file_path,
+    parse_duration,
+    parse_retention,
+    text,
+)
+from auditlog.engine.state import StateSeal, StateTampered
+from auditlog.export.s3 import S3Store, StoreError, parse_url
+
+log = logging.getLogger("auditlog.archive")
+
+LOCK_MODES = ("compliance", "governance", "off")
+STATE_FILE = "archive.json"
+#: what "forever" keeps an object locked until
+FOREVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+DAY_US = 86_400 * 1_000_000
+
+
+def _url(v, name: str) -> str:
+    text(v, name)
+    try:
+        parse_url(v)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return v
+
+
+def _endpoint(v, name: str) -> str:
+    text(v, name)
+    if not v.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {v!r}")
+    return v.rstrip("/")
+
+
+def _retention(v, name: str) -> int | None:
+    return parse_retention(v, name)
+
+
+#: ``[archive]``: sealed segments copied to S3-compatible object storage
+ARCHIVE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "archive.url",
+        None,
+        "s3://BUCKET/PREFIX: where sealed segments go",
+        _url,
+        required='[archive] needs url = "s3://BUCKET/PREFIX"',
+    ),
+    Setting("archive.endpoint", None, "the store's URL (default: AWS S3)", _endpoint),
+    Setting("archive.region", "us-east-1", "the store's region", text),
+    Setting(
+        "archive.credentials_file",
+        None,
+        "TOML file (mode 0600) with access_key_id and secret_access_key "
+        "(default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        file_path,
+        path=True,
+    ),
+    Setting(
+        "archive.retention_days",
+        None,
+        "days the archive keeps a segment after its newest entry (at least the local retention_days), "
+        'or "forever" (the default)',
+        _retention,
+    ),
+    Setting(
+        "archive.object_lock",
+        "compliance",
+        "compliance | governance | off: Object Lock mode of each object (the bucket must have Object Lock)",
+        choice(LOCK_MODES),
+    ),
+    Setting("archive.interval", 30.0, 'how often to look for newly sealed segments (seconds or "30s")', parse_duration),
+)
+_ARCHIVE = defaults_of(ARCHIVE_SETTINGS)
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    url: str
+    endpoint: str | None = _ARCHIVE["endpoint"]
+    region: str = _ARCHIVE["region"]
+    credentials_file: str | None = _ARCHIVE["credentials_file"]
+    retention_days: int | None = _ARCHIVE["retention_days"]  # None: forever
+    object_lock: str = _ARCHIVE["object_lock"]
+    interval: float = _ARCHIVE["interval"]
+
+    def __post_init__(self):
+        check_fields(self, ARCHIVE_SETTINGS)
+
+    def check_against(self, local_days: int | None) -> None:
+        """The archive keeps at least what the node keeps."""
+        if self.retention_days is not None and (local_days is None or self.retention_days < local_days):
+            here = "forever" if local_days is None else f"{local_days} days"
+            raise ConfigError(
+                f"[archive] retention_days ({self.retention_days}) must be at least the node's retention_days ({here})"
+            )
+
+    def store(self) -> S3Store:
+        return S3Store(self.url, endpoint=self.endpoint, region=self.region, credentials_file=self.credentials_file)
+
+
+@dataclass(frozen=True)
+class Archived:
+    """One segment's verified copy in the archive."""
+
+    name: str
+    key: str
+    version_id: str | None
+    sha256: str
+    size: int
+    first_seq: int
+    last_seq: int
+    min_ts: int | None
+    max_ts: int | None
+
+    def to_row(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_row(cls, d) -> Archived | None:
+        try:
+            a = cls(**d)
+        except TypeError:
+            return None
+        if not (isinstance(a.name, str) and isinstance(a.sha256, str) and type(a.size) is int):
+            return None
+        return a
+
+
+def object_name(node: str, segment: str) -> str:
+    return f"{node}/{segment}"
+
+
+class Manifest:
+    """What is archived: the sealed ``state/archive.json`` (thread-safe)."""
+
+    def __init__(self, seal: StateSeal, state_dir: Path, url: str, rejected: Callable[[str, str], None]):
+        self.seal = seal
+        self.path = Path(state_dir) / STATE_FILE
+        self.url = url
+        self._lock = threading.Lock()
+        self.items: dict[str, Archived] = {}
+        try:
+            d = seal.read(self.path)
+        except StateTampered as e:
+            rejected(STATE_FILE, f"{STATE_FILE}: {str(e).split(': ', 1)[-1]}; archived segments are checked again")
+            d = None
+        if isinstance(d, dict) and d.get("url") == url and isinstance(d.get("segments"), list):
+            for row in d["segments"]:
+                a = Archived.from_row(row) if isinstance(row, dict) else None
+                if a is not None:
+                    self.items[a.name] = a
+
+    def get(self, name: str) -> Archived | None:
+        with self._lock:
+            return self.items.get(name)
+
+    def add(self, a: Archived) -> None:
+        with self._lock:
+            self.items[a.name] = a
+            rows = [x.to_row() for x in sorted(self.items.values(), key=lambda x: x.name)]
+            self.seal.write(self.path, {"url": self.url, "segments": rows})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def archived(self, info: SegmentInfo) -> dict | None:
+        """For retention: the verified copy of ``info`` (the file on disk still being the
+        one archived), as the purge entry names it; None when there is none."""
+        a = self.get(info.name)
+        if a is None:
+            return None
+        try:
+            if info.path.stat().st_size != a.size or sha256_file(info.path) != a.sha256:
+                return None
+        except OSError:
+            return None
+        return {"url": self.url, "key": a.key, "version_id": a.version_id, "sha256": a.sha256}
+
+
+def retain_until(max_ts_us: int | None, days: int | None) -> dt.datetime:
+    """When an object whose newest entry is at ``max_ts_us`` may go (``days`` None: forever)."""
+    if days is None:
+        return FOREVER
+    base = dt.datetime.fromtimestamp((max_ts_us or 0) / 1e6, dt.UTC)
+    return base + dt.timedelta(days=days)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Archiver:
+    """Copies this node's sealed segments to the archive (in a thread)."""
+
+    def __init__(
+        self,
+        settings: ArchiveSettings,
+        *,
+        store: S3Store,
+        reader: NodeLog,
+        data_dir: DataDir,
+        seal: StateSeal,
+        rejected: Callable[[str, str], None],
+        now: Callable[[], int] = clock.now_us,
+    ):
+        """``now()``: the node's clock in µs (the lag is measured on it)."""
+        self.settings = settings
+        self.now = now
+        self.store = store
+        self.reader = reader
+        self.node = reader.node
+        self.data_dir = data_dir
+        self.manifest = Manifest(seal, data_dir.state, settings.url, rejected)
+        self.scratch = data_dir.root / "archive-check"
+        self.archived_segments = 0
+        self.archived_bytes = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_success: float | None = None  # Unix time of the last verified copy
+        self.pending = 0
+        self.oldest_pending_ts: int | None = None
+        self.bucket_checked = False
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the bucket ---------------------------------------------------------------
+
+    def check_bucket(self) -> None:
+        """The bucket is reachable and, when a lock mode is asked for, has Object Lock
+        (StoreError / ConfigError otherwise)."""
+        self.store.check_bucket()
+        if self.settings.object_lock != "off" and not self.store.lock_enabled():
+            raise ConfigError(
+                f"[archive] object_lock = {self.settings.object_lock!r}, but the bucket of {self.settings.url} "
+                'has no Object Lock: create it with Object Lock enabled, or set object_lock = "off"'
+            )
+        self.bucket_checked = True
+
+    # -- one pass ------------------------------------------------------------------
+
+    def candidates(self) -> list[SegmentInfo]:
+        """Sealed, intact segments not archived yet, oldest first."""
+        infos = self.reader.segment_infos()[:-1]  # never the active one
+        out = []
+        for info in infos:
+            if self.manifest.get(info.name) is not None:
+                continue
+            if not info.usable or info.tail is not None or info.index.damaged:
+                continue  # damage stays local, reported by verify; retention never drops it
+            out.append(info)
+        return out
+
+    def run_once(self) -> int:
+        """Archive what is sealed and not archived yet; the number of segments archived."""
+        if not self.bucket_checked:
+            self.check_bucket()
+        todo = self.candidates()
+        self._note_pending(todo)
+        done = 0
+        for info in todo:
+            if self._stop.is_set():
+                break
+            self.archive(info)
+            done += 1
+            self._note_pending(todo[done:])
+        return done
+
+    def _note_pending(self, todo: list[SegmentInfo]) -> None:
+        self.pending = len(todo)
+        self.oldest_pending_ts = todo[0].index.max_ts if todo and todo[0].index.frames else None
+
+    def archive(self, info: SegmentInfo) -> Archived:
+        """Store one segment, read it back and check it; record it as archived."""
+        data = info.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        s = self.settings
+        idx = info.index
+        lock = None if s.object_lock == "off" else s.object_lock
+        name = object_name(self.node, info.name)
+        stored = self.store.put(name, data, lock_mode=lock, retain_until=retain_until(idx.max_ts, s.retention_days))
+        back = self.store.get(name, stored.version_id)
+        problem = self.check_copy(info, back, digest)
+        if problem is not None:
+            raise StoreError(f"{s.url}: the copy of {info.name} read back {problem}")
+        a = Archived(
+            info.name,
+            stored.key,
+            stored.version_id,
+            digest,
+            len(data),
+            info.first_seq,
+            info.last_seq,
+            idx.min_ts,
+            idx.max_ts,
+        )
+        self.manifest.add(a)
+        self.archived_segments += 1
+        self.archived_bytes += len(data)
+        self.last_success = time.time()
+        return a
+
+    def check_copy(self, info: SegmentInfo, back: bytes, digest: str) -> str | None:
+        """None when ``back`` is the segment, byte for byte, and every frame of it verifies."""
+        if hashlib.sha256(back).hexdigest() != digest:
+            return f"differs from the segment ({len(back)} bytes, SHA-256 {hashlib.sha256(back).hexdigest()[:16]}...)"
+        self.scratch.mkdir(mode=0o700, exist_ok=True)
+        tmp = self.scratch / info.name
+        try:
+            tmp.write_bytes(back)
+            got = index_segment(tmp, self.reader.key, self.node)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if got.header is None or got.problem is not None:
+            return f"has no usable header ({(got.problem.detail if got.problem else 'unreadable')})"
+        if got.tail is not None or got.index.damaged or got.last_seq != info.last_seq:
+            return "does not verify frame by frame"
+        return None
+
+    # -- the thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="auditlog-archive", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                self.last_error = None
+                backoff = 1.0
+                wait = self.settings.interval
+            except (StoreError, ConfigError, OSError) as e:
+                self.errors += 1
+                self.last_error = str(e)
+                log.warning("archive: %s", e)
+                wait = min(backoff, self.settings.interval)
+                backoff = min(backoff * 2, 300.0)
+            except Exception as e:  # pragma: no cover - the thread must go on
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("archive pass failed")
+                wait = self.settings.interval
+            self.wake.wait(wait)
+            self.wake.clear()
+
+    def status(self) -> dict:
+        lag = None
+        if self.oldest_pending_ts is not None:
+            lag = max(0.0, (self.now() - self.oldest_pending_ts) / 1e6)
+        return {
+            "url": self.settings.url,
+            "object_lock": self.settings.object_lock,
+            "retention_days": "forever" if self.settings.retention_days is None else self.settings.retention_days,
+            "archived_segments": len(self.manifest),
+            "pending_segments": self.pending,
+            "lag_seconds": lag,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+        }
+
+    def archived(self, info: SegmentInfo) -> dict | None:
+        return self.manifest.archived(info)

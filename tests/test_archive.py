@@ -1,0 +1,408 @@
+"""The archive against a real S3-compatible server (SeaweedFS, started by the tests).
+
+Sealed segments are copied with their checksum, locked (COMPLIANCE: the
+store refuses to delete them), read back and verified before they count;
+retention drops a segment locally only once its copy is verified and names
+the object in its purge entry; a bucket without Object Lock is refused when
+a lock is asked for; an unreachable store never slows appends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pytest
+from helpers_engine import append_events, build_log, draft, segment_paths, settings, write_config
+from helpers_s3 import ACCESS_KEY, SECRET_KEY, SeaweedS3
+
+from auditlog.engine.errors import ConfigError
+from auditlog.engine.log import NodeLog
+from auditlog.engine.retention import run_retention
+from auditlog.engine.state import StateSeal
+from auditlog.engine.verify import verify_node
+from auditlog.engine.writer import LogWriter
+from auditlog.export.archive import FOREVER, Archiver, ArchiveSettings, retain_until
+from auditlog.export.s3 import StoreError
+
+DAY_US = 86_400 * 1_000_000
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def locked_bucket(s3):
+    """One bucket with Object Lock for the session (each bucket takes volumes of its own
+    in SeaweedFS); every test archives under a prefix of its own."""
+    return s3.bucket(f"locked-{os.getpid()}")
+
+
+@pytest.fixture(scope="session")
+def plain_bucket(s3):
+    return s3.bucket(f"plain-{os.getpid()}", lock=False)
+
+
+@pytest.fixture
+def bucket(locked_bucket):
+    return locked_bucket
+
+
+def archive_settings(s3, bucket, tmp_path, **kw) -> ArchiveSettings:
+    creds = s3.credentials_file(tmp_path / "s3.toml")
+    url = f"s3://{bucket}/audit-{next(_names)}"
+    return ArchiveSettings(url=url, endpoint=s3.endpoint, credentials_file=str(creds), **kw)
+
+
+def make_archiver(dd, node, st: ArchiveSettings, rejected=None) -> Archiver:
+    found = []
+    arch = Archiver(
+        st,
+        store=st.store(),
+        reader=NodeLog(dd, node),
+        data_dir=dd,
+        seal=StateSeal(node.key, node.node_id),
+        rejected=rejected or (lambda f, p: found.append((f, p))),
+    )
+    arch.rejections = found
+    return arch
+
+
+def test_sealed_segments_are_copied_locked_read_back_and_recorded(tmp_path, s3, bucket):
+    dd, node = build_log(tmp_path / "data", 80)
+    st = archive_settings(s3, bucket, tmp_path, retention_days=400)
+    arch = make_archiver(dd, node, st)
+    infos = NodeLog(dd, node).segment_infos()
+    sealed = infos[:-1]
+    assert arch.run_once() == len(sealed)
+    assert arch.run_once() == 0  # nothing new
+    client = s3.client()
+    for info in sealed:
+        a = arch.manifest.get(info.name)
+        assert a is not None and a.key == f"{st.url.split('/', 3)[3]}/gw1/{info.name}"
+        assert (a.first_seq, a.last_seq) == (info.first_seq, info.last_seq)
+        body = client.get_object(Bucket=bucket, Key=a.key, VersionId=a.version_id)["Body"].read()
+        assert body == info.path.read_bytes() and hashlib.sha256(body).hexdigest() == a.sha256
+        h = client.head_object(Bucket=bucket, Key=a.key, VersionId=a.version_id)
+        assert h["ObjectLockMode"] == "COMPLIANCE"
+        assert h["ObjectLockRetainUntilDate"] == retain_until(info.index.max_ts, 400).replace(microsecond=0)
+    assert arch.manifest.get(infos[-1].name) is None  # the active segment stays local only
+    # the lock holds: the store refuses to delete an archived version
+    a = arch.manifest.get(sealed[0].name)
+    with pytest.raises(Exception) as e:
+        client.delete_object(Bucket=bucket, Key=a.key, VersionId=a.version_id)
+    assert "AccessDenied" in str(e.value)
+    # the record survives a restart (sealed state), so nothing is copied twice
+    again = make_archiver(dd, node, st)
+    assert len(again.manifest) == len(sealed) and again.run_once() == 0
+    assert arch.status()["pending_segments"] == 0 and arch.status()["archived_segments"] == len(sealed)
+
+
+def test_forever_locks_until_the_end_of_9999(tmp_path, s3, bucket):
+    dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
+    arch = make_archiver(dd, node, archive_settings(s3, bucket, tmp_path, object_lock="governance"))
+    arch.run_once()
+    a = next(iter(arch.manifest.items.values()))
+    h = s3.client().head_object(Bucket=bucket, Key=a.key, VersionId=a.version_id)
+    assert h["ObjectLockMode"] == "GOVERNANCE" and h["ObjectLockRetainUntilDate"] == FOREVER
+
+
+def test_a_bucket_without_object_lock_is_refused_when_a_lock_is_asked_for(tmp_path, s3, plain_bucket):
+    plain = plain_bucket
+    dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
+    arch = make_archiver(dd, node, archive_settings(s3, plain, tmp_path))
+    with pytest.raises(ConfigError, match="has no Object Lock"):
+        arch.check_bucket()
+    with pytest.raises(ConfigError, match="has no Object Lock"):
+        arch.run_once()
+    assert len(arch.manifest) == 0
+    # without a lock it archives
+    arch = make_archiver(dd, node, archive_settings(s3, plain, tmp_path, object_lock="off"))
+    assert arch.run_once() >= 1
+
+
+def test_serve_refuses_a_bucket_without_object_lock_and_writes_nothing(tmp_path, s3, plain_bucket):
+    from helpers_engine import run_cli
+
+    plain = plain_bucket
+    dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
+    creds = s3.credentials_file(tmp_path / "s3.toml")
+    cfg = tmp_path / "auditlog.toml"
+    cfg.write_text(f'[archive]\nurl = "s3://{plain}/audit"\nendpoint = "{s3.endpoint}"\ncredentials_file = "{creds}"\n')
+    before = sorted(p.name for p in segment_paths(dd))
+    p = run_cli(dd.root, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "has no Object Lock" in p.stderr and "Traceback" not in p.stderr
+    assert SECRET_KEY not in p.stderr + p.stdout
+    assert sorted(p.name for p in segment_paths(dd)) == before
+
+
+def test_credentials_come_from_a_private_file_or_the_environment(tmp_path, s3, bucket, monkeypatch):
+    creds = s3.credentials_file(tmp_path / "s3.toml")
+    creds.chmod(0o644)
+    st = ArchiveSettings(url=f"s3://{bucket}/a", endpoint=s3.endpoint, credentials_file=str(creds))
+    with pytest.raises(StoreError, match="readable by others") as e:
+        st.store()
+    assert SECRET_KEY not in str(e.value)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(StoreError, match="AWS_ACCESS_KEY_ID"):
+        ArchiveSettings(url=f"s3://{bucket}/a", endpoint=s3.endpoint).store()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    store = ArchiveSettings(url=f"s3://{bucket}/a", endpoint=s3.endpoint).store()
+    store.check_bucket()
+    assert SECRET_KEY not in repr(store) and ACCESS_KEY not in repr(store)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"url": "https://bucket/x"}, "s3://BUCKET/PREFIX"),
+        ({"url": "s3:///x"}, "s3://BUCKET/PREFIX"),
+        ({"url": "s3://b/x", "object_lock": "strict"}, "compliance, governance, off"),
+        ({"url": "s3://b/x", "retention_days": 30}, "at least 90"),
+        ({"url": "s3://b/x", "endpoint": "ftp://x"}, "http:// or https://"),
+    ],
+)
+def test_bad_archive_settings_are_refused_with_the_setting_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ArchiveSettings(**values)
+
+
+def test_the_archive_keeps_at_least_what_the_node_keeps(tmp_path):
+    cfg = write_config(tmp_path / "c.toml", retention_days=400)
+    cfg.write_text(cfg.read_text() + '\n[archive]\nurl = "s3://b/x"\nretention_days = 365\n')
+    from auditlog.cli.config import load_config
+
+    with pytest.raises(ConfigError, match=r"retention_days \(365\) must be at least the node's retention_days"):
+        load_config(cfg)
+    cfg.write_text(cfg.read_text().replace("retention_days = 365", 'retention_days = "forever"'))
+    assert load_config(cfg).archive.retention_days is None
+
+
+def test_an_unreachable_store_never_slows_appends(tmp_path):
+    dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
+    creds = tmp_path / "s3.toml"
+    creds.write_text(f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\n')
+    creds.chmod(0o600)
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    st = ArchiveSettings(
+        url="s3://gone/audit", endpoint=f"http://127.0.0.1:{dead}", credentials_file=str(creds), interval=0.05
+    )
+    arch = make_archiver(dd, node, st)
+    arch.start()
+    try:
+        with LogWriter(dd, node, settings()) as w:
+            t0 = time.perf_counter()
+            for i in range(200):
+                w.append_batch([draft(1000 + i)])
+            took = time.perf_counter() - t0
+        deadline = time.monotonic() + 30
+        while arch.errors < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        arch.stop()
+    assert arch.errors >= 2 and "cannot be reached" in arch.last_error
+    assert SECRET_KEY not in arch.last_error
+    assert len(arch.manifest) == 0
+    # the appends went on at disk speed while the archiver failed (a generous bound: the
+    # point is that no append waited on a connection timeout)
+    assert took < 5, took
+
+
+def _old_log(tmp_path, n=80):
+    """A log whose entries are all older than 90 days at ``as_of``."""
+    dd, node = build_log(tmp_path / "data", n)
+    infos = NodeLog(dd, node).segment_infos()
+    as_of = infos[-1].index.max_ts + 100 * DAY_US
+    return dd, node, as_of
+
+
+def test_retention_drops_only_what_is_archived_and_names_the_objects(tmp_path, s3, bucket):
+    dd, node, as_of = _old_log(tmp_path)
+    st = archive_settings(s3, bucket, tmp_path)
+    arch = make_archiver(dd, node, st)
+    before = [p.name for p in segment_paths(dd)]
+    # nothing archived yet: nothing goes, whatever its age
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        rep = run_retention(w, as_of, archived=arch.archived)
+    assert rep.dropped_segments == [] and rep.waiting_for_archive == before[0]
+    assert [p.name for p in segment_paths(dd)][: len(before)] == before
+    # retention's roll sealed the active segment; archive everything sealed, then run again
+    arch.run_once()
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        rep = run_retention(w, as_of, archived=arch.archived)
+    assert rep.dropped_segments and rep.dropped_segments[0] == before[0]
+    assert all(not (dd.segments / n).exists() for n in rep.dropped_segments)
+    purge = [e for e in NodeLog(dd, node).scan() if e.action == "audit.retention_purge"][-1]
+    objects = purge.details["archive"]["objects"]
+    assert purge.details["archive"]["url"] == st.url
+    assert [o[0] for o in objects] == rep.dropped_segments
+    for name, key, version, sha in objects:
+        a = arch.manifest.get(name)
+        assert (key, version, sha) == (a.key, a.version_id, a.sha256)
+    assert verify_node(dd, node).ok
+
+
+def test_a_segment_changed_after_it_was_archived_is_kept(tmp_path, s3, bucket):
+    dd, node, as_of = _old_log(tmp_path)
+    arch = make_archiver(dd, node, archive_settings(s3, bucket, tmp_path))
+    arch.run_once()
+    first = segment_paths(dd)[0]
+    data = bytearray(first.read_bytes())
+    data[-5] ^= 0x01  # an attacker edits the local copy after it went to the archive
+    first.write_bytes(bytes(data))
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        rep = run_retention(w, as_of, archived=arch.archived)
+    assert rep.dropped_segments == [] and rep.waiting_for_archive == first.name
+    assert first.exists()
+
+
+def test_a_forged_record_is_set_aside_and_the_segments_are_checked_again(tmp_path, s3, bucket):
+    dd, node = build_log(tmp_path / "data", 60)
+    st = archive_settings(s3, bucket, tmp_path)
+    arch = make_archiver(dd, node, st)
+    n = arch.run_once()
+    state = dd.state / "archive.json"
+    state.write_bytes(state.read_bytes().replace(b'"size"', b'"sizf"', 1))
+    again = make_archiver(dd, node, st)
+    assert again.rejections and again.rejections[0][0] == "archive.json"
+    assert len(again.manifest) == 0
+    assert again.run_once() == n  # copied (and verified) again, as new versions
+
+
+def test_a_node_that_goes_on_writing_gets_its_new_segments_archived(tmp_path, s3, bucket):
+    dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
+    arch = make_archiver(dd, node, archive_settings(s3, bucket, tmp_path))
+    first = arch.run_once()
+    append_events(dd, node, 60, start=40)
+    assert arch.run_once() == len(segment_paths(dd)) - 1 - first
+    assert len(arch.manifest) == len(segment_paths(dd)) - 1
+
+
+def test_retain_until_is_the_newest_entry_plus_the_archive_retention():
+    ts = int(dt.datetime(2026, 3, 14, 9, tzinfo=dt.UTC).timestamp() * 1e6)
+    assert retain_until(ts, 365) == dt.datetime(2027, 3, 14, 9, tzinfo=dt.UTC)
+    assert retain_until(ts, None) == FOREVER
+
+
+# ----------------------------------------------------------------------------- verify --archive
+
+
+def _config(tmp_path, s3, st: ArchiveSettings, **top) -> Path:
+    lines = [f"{k} = {v}" for k, v in top.items()]
+    lines += [
+        "[archive]",
+        f'url = "{st.url}"',
+        f'endpoint = "{s3.endpoint}"',
+        f'credentials_file = "{st.credentials_file}"',
+        f'object_lock = "{st.object_lock}"',
+    ]
+    p = tmp_path / "auditlog.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _verify_archive(dd, cfg) -> tuple[int, dict]:
+    import json
+
+    from helpers_engine import run_cli
+
+    p = run_cli(dd.root, "--config", str(cfg), "verify", "--archive", "--json")
+    assert p.returncode in (0, 1), (p.returncode, p.stdout, p.stderr)
+    assert SECRET_KEY not in p.stdout + p.stderr
+    return p.returncode, json.loads(p.stdout)
+
+
+def _archived_and_purged(tmp_path, s3, bucket, **kw):
+    """A log archived whole (but the active segment), its oldest segments then dropped
+    locally by retention."""
+    dd, node, as_of = _old_log(tmp_path, 100)
+    st = archive_settings(s3, bucket, tmp_path, **kw)
+    arch = make_archiver(dd, node, st)
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        w.roll()
+    arch.run_once()
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        rep = run_retention(w, as_of, archived=arch.archived)
+    assert rep.dropped_segments
+    return dd, node, st, arch, rep
+
+
+def test_verify_archive_checks_the_whole_chain_across_archive_and_disk(tmp_path, s3, bucket):
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    total = NodeLog(dd, node).head()[0]
+    code, out = _verify_archive(dd, _config(tmp_path, s3, st))
+    assert code == 0 and out["violations"] == [], out
+    assert out["entries_checked"] == total
+
+
+def test_verify_archive_reports_an_object_stored_over_the_archived_one(tmp_path, s3, bucket):
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    victim = rep.dropped_segments[1]
+    a = arch.manifest.get(victim)
+    s3.client().put_object(Bucket=bucket, Key=a.key, Body=b"AUDITSEG forged")  # a new version on top
+    code, out = _verify_archive(dd, _config(tmp_path, s3, st))
+    assert code == 1
+    kinds = [(v["kind"], v["segment"]) for v in out["violations"]]
+    assert kinds == [("archive_overwritten", victim)], out
+    assert out["violations"][0]["seq_from"] == a.first_seq and out["violations"][0]["seq_to"] == a.last_seq
+
+
+def test_verify_archive_reports_objects_altered_or_deleted_in_an_unlocked_bucket(tmp_path, s3, plain_bucket):
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, plain_bucket, object_lock="off")
+    client = s3.client()
+    gone, changed = rep.dropped_segments[1], rep.dropped_segments[3]
+    ga, ca = arch.manifest.get(gone), arch.manifest.get(changed)
+    client.delete_object(Bucket=plain_bucket, Key=ga.key)
+    body = bytearray(client.get_object(Bucket=plain_bucket, Key=ca.key)["Body"].read())
+    body[-40] ^= 0x01  # one bit of a frame, by someone without the node key
+    client.put_object(Bucket=plain_bucket, Key=ca.key, Body=bytes(body))
+    code, out = _verify_archive(dd, _config(tmp_path, s3, st))
+    assert code == 1
+    found = {(v["kind"], v["segment"]) for v in out["violations"]}
+    assert ("archive_missing", gone) in found and ("archive_altered", changed) in found, out
+    # the chain check says what the missing and the altered copies mean for the log
+    chain = [v for v in out["violations"] if v["detail"].startswith("in the archive's chain")]
+    assert any(v["kind"] == "segment_missing" and v["seq_from"] == ga.first_seq for v in chain), chain
+    assert any(ca.first_seq <= (v["seq_from"] or 0) <= ca.last_seq for v in chain if v["kind"] != "segment_missing")
+
+
+def test_verify_archive_without_an_archive_table_says_so(tmp_path):
+    from helpers_engine import run_cli
+
+    dd, node = build_log(tmp_path / "data", 20, min_sealed=1)
+    p = run_cli(dd.root, "verify", "--archive")
+    assert p.returncode == 2 and "needs an [archive] table" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_retention_defers_to_the_archive(tmp_path, s3, bucket):
+    from helpers_engine import run_cli
+
+    dd, node, as_of = _old_log(tmp_path, 80)
+    st = archive_settings(s3, bucket, tmp_path)
+    cfg = _config(tmp_path, s3, st, retention_days=90)
+    before = [p.name for p in segment_paths(dd)]
+    as_of_text = dt.datetime.fromtimestamp(as_of / 1e6, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    p = run_cli(dd.root, "--config", str(cfg), "retention", "run", "--as-of", as_of_text)
+    assert p.returncode == 0, p.stderr
+    assert "nothing to drop" in p.stdout and f"kept {before[0]}" in p.stdout
+    assert all((dd.segments / n).exists() for n in before)
+    make_archiver(dd, node, st).run_once()
+    p = run_cli(dd.root, "--config", str(cfg), "retention", "run", "--as-of", as_of_text)
+    assert p.returncode == 0 and "dropped" in p.stdout, p.stdout + p.stderr
+    assert not (dd.segments / before[0]).exists()
