@@ -48,6 +48,26 @@ class Context:
         _ = self.config  # a broken config file is reported before anything else
         return self.data_dir.open()
 
+    def reader(self, node: Node | None = None):
+        """The node's reader; with an [archive], its reads reach into the archive for what
+        lies before the first segment on disk."""
+        from auditlog.engine.log import NodeLog
+
+        node = node or self.node()
+        log = NodeLog(self.data_dir, node)
+        if self.config.archive is not None:
+            from auditlog.engine.state import StateSeal
+            from auditlog.export.archive import attach_reads
+
+            attach_reads(
+                log,
+                self.config.archive,
+                data_dir=self.data_dir,
+                seal=StateSeal(node.key, node.node_id),
+                rejected=lambda f, p: click.echo(f"auditlog: warning: {p}", err=True),
+            )
+        return log
+
     def writer(self):
         """The node's writer, not yet opened: ``with obj.writer() as w`` takes the lock
         (opening it here as well took the lock twice, which the writer refuses)."""
@@ -368,7 +388,7 @@ def query(
     from auditlog.query.scan import scan_node
 
     flt = build_filter(from_, to, user, action, target, domain, ip, recipient, success, node)
-    log = NodeLog(obj.data_dir, obj.node())
+    log = obj.reader()
     if follow:
         if fmt not in ("table", "ndjson") or order != "asc" or limit is not None or to:
             fail("--follow prints table or ndjson, oldest first, without --limit or --to")
@@ -731,7 +751,7 @@ def _export(obj: Context, fmt, flt, output, title, bundle_path, no_bom, signatur
     from auditlog.query.scan import scan_node
 
     node_obj = obj.node()
-    log = NodeLog(obj.data_dir, node_obj)
+    log = obj.reader(node_obj)
     if fmt == "bundle":
         _export_bundle(obj, flt, node_obj, log, output)
         return
@@ -986,7 +1006,7 @@ def report_four_eyes(obj: Context, from_, to, pairs, as_json) -> None:
     params = base.to_params()
     params.pop("to", None)
     params["action"] = ",".join(sorted({r.action for r in rules} | {r.confirm for r in rules}))
-    log = NodeLog(obj.data_dir, obj.node())
+    log = obj.reader()
     rep = four_eyes(scan_node(log, Filter.from_params(params)), rules, base.from_us, base.to_us)
     if as_json:
         click.echo(json.dumps(rep, indent=2, ensure_ascii=False))

@@ -43,9 +43,15 @@ class Slot:
 
 
 def layout(
-    node: str, infos: list[SegmentInfo], anchored: Callable[[SegmentInfo], bool], writer_running: Callable[[], bool]
+    node: str,
+    infos: list[SegmentInfo],
+    anchored: Callable[[SegmentInfo], bool],
+    writer_running: Callable[[], bool],
+    covered: Callable[[int, int], bool] | None = None,
 ) -> list[Slot | Damage]:
-    """The items of the log in order (see the module docstring)."""
+    """The items of the log in order (see the module docstring).  ``covered(a, b)``:
+    seqs ``a..b`` are held by the node's archive (``engine.archived``), so their
+    absence here is no gap."""
     items: list[Slot | Damage] = []
     prev: SegmentInfo | None = None  # the last segment with a readable header
     gap: list[Damage] = []  # header-less files since ``prev``
@@ -72,7 +78,12 @@ def layout(
         for d in gap:  # the unreadable files before this one stand for the seqs in between
             d.seq_to = max(h.first_seq - 1, d.seq_from - 1)  # (an empty range: it holds none)
         if prev is None:
-            if h.first_seq != 1 and not gap_named and not anchored(info):
+            if (
+                h.first_seq != 1
+                and not gap_named
+                and not (covered is not None and covered(1, h.first_seq - 1))
+                and not anchored(info)
+            ):
                 slot.damage.insert(
                     0,
                     Damage(
@@ -87,7 +98,7 @@ def layout(
                     ),
                 )
         elif h.first_seq > expected:
-            if not gap_named:
+            if not gap_named and not (covered is not None and covered(expected, h.first_seq - 1)):
                 slot.damage.insert(
                     0,
                     Damage(

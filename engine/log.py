@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
+from auditlog.engine.archived import ArchivedRef, ArchivedSegments, archived_infos, before_disk, covered
 from auditlog.engine.catalog import Catalog, SegmentInfo
 from auditlog.engine.datadir import DataDir, Node
 from auditlog.engine.entry import ENTRY_SUB, Entry
@@ -60,6 +61,9 @@ class NodeLog:
         self._checks = FrameChecks(node.node_id, node.key)
         self._selective = SelectiveReads(node.node_id, self._checks, self._read_frames)
         self._anchor: tuple | None = None
+        #: the node's archive (``engine.archived.ArchivedSegments``), when it has one: reads
+        #: whose window reaches before the first segment on disk take it from there
+        self.archive: ArchivedSegments | None = None
 
     @property
     def live_active(self) -> Callable[[], SegmentInfo | None] | None:
@@ -76,9 +80,10 @@ class NodeLog:
         """Every segment file, indexed, in log order; the last is the active one."""
         return self.catalog.infos()
 
-    def layout(self, infos: list[SegmentInfo]) -> list[Slot | Damage]:
-        """The segments and the structural damage between them (``engine.layout``)."""
-        return layout(self.node, infos, lambda info: self._anchored(infos, info), self._writer_running)
+    def layout(self, infos: list[SegmentInfo], covered=None) -> list[Slot | Damage]:
+        """The segments and the structural damage between them (``engine.layout``);
+        ``covered``: the seqs the archive holds (``engine.archived.covered``)."""
+        return layout(self.node, infos, lambda info: self._anchored(infos, info), self._writer_running, covered)
 
     def structure_problems(self, infos: list[SegmentInfo]) -> list[Damage]:
         """The structural damage of the log: gaps, overlaps, broken links, unreadable
@@ -163,10 +168,15 @@ class NodeLog:
         lo = -FAR_FUTURE if from_us is None else from_us
         hi = FAR_FUTURE if to_us is None else to_us
         desc = order == "desc"
+        refs: list[ArchivedRef] = []
         if infos is None:
             infos = self.segment_infos()
+            if self.archive is not None and check_structure:
+                # what the window needs from before the first segment on disk comes
+                # from the archive (engine.archived), fetched as the read reaches it
+                refs = before_disk(self.archive.refs(), infos)
         if check_structure:
-            items = self.layout(infos)
+            items = self.layout(infos, covered(refs) if refs else None)
         else:
             items = [Slot(i) for i in infos if i.header is not None and i.index is not None]
         if after is None:
@@ -181,20 +191,66 @@ class NodeLog:
                 return p > _a
 
         active = infos[-1] if infos else None
+        args = (lo, hi, terms, desc, after, pos_ok, predicate)
+        if refs and not desc:
+            yield from self._archived_items(refs, *args)
         for it in reversed(items) if desc else items:
-            if type(it) is Damage:
-                if it.overlaps(lo, hi) and (pos_ok is None or pos_ok(it.position)):
-                    yield it
-                continue
-            marks = [d for d in it.damage if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position))]
-            if marks and not desc:
-                yield from marks
-            if it.sound and self._may_hold(it, lo, hi, after, desc):
-                yield from self._read_slot(
-                    it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=it.info is not active
-                )
-            if marks and desc:
-                yield from reversed(marks)
+            yield from self._visit(it, *args, sealed=type(it) is Damage or it.info is not active)
+        if refs and desc:
+            yield from self._archived_items(refs, *args)
+
+    def _visit(self, it, lo, hi, terms, desc, after, pos_ok, predicate, sealed: bool) -> Iterator[Item]:
+        """One item of a layout: damage that concerns the window, a segment's frames."""
+        if type(it) is Damage:
+            if it.overlaps(lo, hi) and (pos_ok is None or pos_ok(it.position)):
+                yield it
+            return
+        marks = [d for d in it.damage if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position))]
+        if marks and not desc:
+            yield from marks
+        if it.sound and self._may_hold(it, lo, hi, after, desc):
+            yield from self._read_slot(it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=sealed)
+        if marks and desc:
+            yield from reversed(marks)
+
+    def _archived_items(self, refs: list[ArchivedRef], lo, hi, terms, desc, after, pos_ok, predicate):
+        """The archived segments the window overlaps, each fetched when the read reaches
+        it, indexed and laid out on its own (its place in the log is its record's);
+        consecutive ones must link, as on disk."""
+        want = [
+            r for r in refs if not (r.max_ts is not None and r.max_ts < lo or r.min_ts is not None and r.min_ts >= hi)
+        ]
+        prev: SegmentInfo | None = None
+        for r in reversed(want) if desc else want:
+            got, damage = archived_infos(self.archive, [r], -FAR_FUTURE, FAR_FUTURE, self.node, self.key)
+            for d in damage:
+                if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position)):
+                    yield d
+            for info in got:
+                items = layout(self.node, [info], lambda _i: True, lambda: False)
+                nxt, before = (prev, info) if desc else (info, prev)
+                if before is not None and nxt is not None and nxt.header is not None:
+                    broken = nxt.first_seq == before.last_seq + 1 and (
+                        (before.last_mac and nxt.header.prev_mac != before.last_mac)
+                        or (before.last_sig and nxt.header.prev_sig != before.last_sig)
+                    )
+                    if broken and isinstance(items[0], Slot):
+                        items[0].damage.insert(
+                            0,
+                            Damage(
+                                self.node,
+                                "chain_broken",
+                                nxt.name,
+                                f"archived segment header does not link to the end of {before.name}",
+                                nxt.first_seq,
+                                nxt.first_seq,
+                                None,
+                                None,
+                            ),
+                        )
+                for it in reversed(items) if desc else items:
+                    yield from self._visit(it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=True)
+                prev = info
 
     def scan(
         self,
@@ -256,9 +312,14 @@ class NodeLog:
         try:
             sd = SegmentData(info.path)
         except FileNotFoundError:
-            # dropped by retention while we read (never a file under the read's window:
-            # retention only drops segments older than every window it would not report)
-            return
+            if self.archive is not None and self.archive.owns(info.path):
+                # an archived copy the cache let go since it was fetched: fetched again
+                # (checked against its record, as the first time)
+                sd = SegmentData(self.archive.fetch(info.name))
+            else:
+                # dropped by retention while we read (never a file under the read's window:
+                # retention only drops segments older than every window it would not report)
+                return
         with sd:
             data = sd.data
             if terms:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auditlog.engine import clock
+from auditlog.engine.archived import ArchivedRef, ArchiveUnavailable
 from auditlog.engine.catalog import SegmentInfo, index_segment
 from auditlog.engine.datadir import DataDir
 from auditlog.engine.errors import ConfigError
@@ -43,6 +44,7 @@ from auditlog.engine.settings import (
     choice,
     defaults_of,
     file_path,
+    int_at_least,
     parse_duration,
     parse_retention,
     text,
@@ -112,6 +114,12 @@ ARCHIVE_SETTINGS: tuple[Setting, ...] = (
         choice(LOCK_MODES),
     ),
     Setting("archive.interval", 30.0, 'how often to look for newly sealed segments (seconds or "30s")', parse_duration),
+    Setting(
+        "archive.cache_mb",
+        1024,
+        "MiB of archived segments kept on local disk for reads that reach before it",
+        int_at_least(1),
+    ),
 )
 _ARCHIVE = defaults_of(ARCHIVE_SETTINGS)
 
@@ -125,6 +133,7 @@ class ArchiveSettings:
     retention_days: int | None = _ARCHIVE["retention_days"]  # None: forever
     object_lock: str = _ARCHIVE["object_lock"]
     interval: float = _ARCHIVE["interval"]
+    cache_mb: int = _ARCHIVE["cache_mb"]
 
     def __post_init__(self):
         check_fields(self, ARCHIVE_SETTINGS)
@@ -420,3 +429,104 @@ class Archiver:
 
     def archived(self, info: SegmentInfo) -> dict | None:
         return self.manifest.archived(info)
+
+
+class ArchiveReads:
+    """What reads take from the archive (``engine.archived.ArchivedSegments``): the
+    verified copies the manifest records, fetched into ``<data-dir>/archive-cache/`` at
+    their recorded versions, checked against their recorded SHA-256, and let go
+    least recently used first beyond ``cache_mb`` (thread-safe)."""
+
+    def __init__(self, store: S3Store, manifest: Manifest, data_dir: DataDir, node: str, budget_bytes: int):
+        self.store = store
+        self.manifest = manifest
+        self.node = node
+        self.dir = data_dir.root / "archive-cache"
+        self.budget = budget_bytes
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def refs(self) -> list[ArchivedRef]:
+        items = list(self.manifest.items.values())
+        return sorted(
+            (ArchivedRef(a.name, a.first_seq, a.last_seq, a.min_ts, a.max_ts) for a in items),
+            key=lambda r: r.first_seq,
+        )
+
+    def owns(self, path: Path) -> bool:
+        return path.parent == self.dir
+
+    def fetch(self, name: str) -> Path:
+        a = self.manifest.get(name)
+        if a is None:
+            raise ArchiveUnavailable(f"{name} is not recorded as archived")
+        path = self.dir / name
+        with self._lock:
+            try:
+                if path.stat().st_size == a.size:
+                    os.utime(path)  # most recently used
+                    return path
+            except FileNotFoundError:
+                pass
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            tmp = path.with_name(name + ".part")
+            try:
+                self.store.download(object_name(self.node, name), a.version_id, tmp)
+                got = sha256_file(tmp)
+                if got != a.sha256:
+                    raise ArchiveUnavailable(
+                        f"{a.key} version {a.version_id} is not the copy that was archived (SHA-256 {got[:16]}...)"
+                    )
+                os.replace(tmp, path)
+            except StoreError as e:
+                raise ArchiveUnavailable(str(e)) from None
+            finally:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            self.fetches += 1
+            self._trim(keep=path)
+            return path
+
+    def _trim(self, keep: Path) -> None:
+        files = []
+        for p in self.dir.iterdir():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime_ns, st.st_size, p))
+        total = sum(f[1] for f in files)
+        for _, size, p in sorted(files):
+            if total <= self.budget:
+                break
+            if p == keep or p.name.startswith(keep.name):
+                continue
+            try:
+                os.unlink(p)
+                total -= size
+            except FileNotFoundError:
+                pass
+
+
+def attach_reads(
+    reader: NodeLog,
+    settings: ArchiveSettings,
+    *,
+    data_dir: DataDir,
+    seal: StateSeal,
+    rejected: Callable[[str, str], None],
+    store: S3Store | None = None,
+    manifest: Manifest | None = None,
+) -> ArchiveReads:
+    """Let ``reader``'s reads reach into the archive (``NodeLog.archive``)."""
+    reads = ArchiveReads(
+        store or settings.store(),
+        manifest or Manifest(seal, data_dir.state, settings.url, rejected),
+        data_dir,
+        reader.node,
+        settings.cache_mb << 20,
+    )
+    reader.archive = reads
+    return reads

@@ -195,6 +195,18 @@ class S3Store:
                 raise StoreMissing(f"{self.url}: no object {name}{where}") from None
             raise StoreError(f"{self.url}: cannot read {name} ({_why(e)})") from None
 
+    def download(self, name: str, version_id: str | None, dest: Path) -> None:
+        """Write the object (at ``version_id``) to ``dest``, streamed (ranged GETs in
+        parallel for a large one), never whole in memory."""
+        extra = {"VersionId": version_id} if version_id else None
+        try:
+            self._s3.download_file(self.bucket, self.key(name), str(dest), ExtraArgs=extra)
+        except Exception as e:
+            if _code(e) in ("NoSuchKey", "NoSuchVersion", "404", "NotFound"):
+                where = f" version {version_id}" if version_id else ""
+                raise StoreMissing(f"{self.url}: no object {name}{where}") from None
+            raise StoreError(f"{self.url}: cannot read {name} ({_why(e)})") from None
+
     def head(self, name: str, version_id: str | None = None) -> Stored:
         args = {"Bucket": self.bucket, "Key": self.key(name), "ChecksumMode": "ENABLED"}
         if version_id:

@@ -35,7 +35,7 @@ from auditlog.engine.log import NodeLog
 from auditlog.engine.settings import StoreSettings
 from auditlog.engine.state import StateSeal
 from auditlog.engine.writer import AppendResult, LogWriter
-from auditlog.export.archive import Archiver, ArchiveSettings
+from auditlog.export.archive import Archiver, ArchiveSettings, attach_reads
 from auditlog.export.http_stream import HttpStreamForwarder, HttpStreamSettings
 from auditlog.export.s3 import StoreError
 from auditlog.export.syslog import SyslogForwarder, SyslogSettings
@@ -179,6 +179,16 @@ def archiver(rn: RunningNode, settings: ArchiveSettings) -> Archiver:
         arch.check_bucket()
     except StoreError as e:
         log.warning("archive: %s (archiving starts once the store answers)", e)
+    # reads whose window reaches before the first segment on disk take it from the archive
+    attach_reads(
+        rn.log,
+        settings,
+        data_dir=rn.data_dir,
+        seal=rn.seal,
+        rejected=rn.state_rejected,
+        store=arch.store,
+        manifest=arch.manifest,
+    )
     m = rn.metrics
     m.gauge("auditlog_archive_segments", "Segments archived and verified", lambda: len(arch.manifest))
     m.gauge("auditlog_archive_pending_segments", "Sealed segments not archived yet", lambda: arch.pending)

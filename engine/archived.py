@@ -1,0 +1,106 @@
+"""Segments the node no longer holds on disk, read from its archive.
+
+The archive itself (an object store) lives above the engine (``export.archive``);
+the engine sees it through :class:`ArchivedSegments`: the list of segments
+whose verified copies the archive holds (:class:`ArchivedRef`: name, seqs,
+times), and ``fetch(name)``, which brings one into a local cache, checked
+against the SHA-256 recorded when it was archived, and returns its path.
+
+A read whose window reaches before the first segment on disk takes the
+archived segments that window overlaps (:func:`archived_infos`), indexes them
+like local ones (every frame checked again when read), and puts them in
+front of the local ones.  The seqs between them that the archive holds but the
+window does not need are *covered* (:func:`covered`): the layout does not
+report them as missing.  A copy that cannot be fetched or does not verify is
+damage over its seqs and times, never a silent gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from auditlog.engine.catalog import SegmentInfo, index_segment
+from auditlog.engine.chain import NodeKey
+from auditlog.engine.items import Damage
+
+
+@dataclass(frozen=True)
+class ArchivedRef:
+    name: str
+    first_seq: int
+    last_seq: int
+    min_ts: int | None
+    max_ts: int | None
+
+
+class ArchiveUnavailable(Exception):
+    """An archived segment could not be fetched or did not match its record."""
+
+
+class ArchivedSegments(Protocol):
+    def refs(self) -> list[ArchivedRef]:
+        """The archived segments, in seq order."""
+
+    def fetch(self, name: str) -> Path:
+        """A local copy of an archived segment, checked (ArchiveUnavailable otherwise)."""
+
+    def owns(self, path: Path) -> bool:
+        """Is ``path`` a fetched copy (which the cache may let go and fetch again)?"""
+
+
+def before_disk(refs: list[ArchivedRef], local: list[SegmentInfo]) -> list[ArchivedRef]:
+    """The archived segments that lie before the first segment on disk."""
+    head = next((i.first_seq for i in local if i.header is not None), None)
+    return [r for r in refs if head is None or r.last_seq < head]
+
+
+def covered(refs: list[ArchivedRef]) -> Callable[[int, int], bool]:
+    """``covered(a, b)``: do archived segments hold seqs ``a..b`` without a gap?"""
+    spans = sorted((r.first_seq, r.last_seq) for r in refs)
+
+    def check(a: int, b: int) -> bool:
+        at = a
+        for lo, hi in spans:
+            if hi < at:
+                continue
+            if lo > at:
+                return False
+            at = hi + 1
+            if at > b:
+                return True
+        return at > b
+
+    return check
+
+
+def archived_infos(
+    archive: ArchivedSegments, refs: list[ArchivedRef], lo: int, hi: int, node: str, key: NodeKey
+) -> tuple[list[SegmentInfo], list[Damage]]:
+    """The archived segments among ``refs`` whose times overlap ``[lo, hi)``, fetched and
+    indexed; damage for those that could not be fetched or do not verify."""
+    infos, damage = [], []
+    for r in refs:
+        if r.max_ts is not None and r.max_ts < lo or r.min_ts is not None and r.min_ts >= hi:
+            continue
+        try:
+            path = archive.fetch(r.name)
+            info = index_segment(path, key, node)
+        except (ArchiveUnavailable, OSError) as e:
+            damage.append(
+                Damage(
+                    node,
+                    "archive_unavailable",
+                    r.name,
+                    f"the archived copy cannot be read: {e}",
+                    r.first_seq,
+                    r.last_seq,
+                    r.min_ts,
+                    r.max_ts,
+                )
+            )
+            continue
+        infos.append(info)
+    return infos, damage
