@@ -1430,6 +1430,13 @@ def job_bundle(**kwargs: Any) -> dict:
     return run(**kwargs)
 
 
+def job_archive(**kwargs: Any) -> dict:
+    """The archive against a real local S3 server: upload, then a read from it (``bench.archive``)."""
+    from auditlog.bench.archive import job_archive as run
+
+    return run(**kwargs)
+
+
 def job_sqlite_disk_bytes(**kwargs: Any) -> dict:
     from auditlog.bench.disk import job_sqlite_disk_bytes as run
 
@@ -1461,6 +1468,7 @@ JOBS: dict[str, Callable[..., dict]] = {
     "soak_rss": job_soak_rss,
     "disk_bytes": job_disk_bytes,
     "bundle": job_bundle,
+    "archive": job_archive,
     "sqlite_disk_bytes": job_sqlite_disk_bytes,
 }
 

@@ -645,7 +645,9 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
         if not dry_run:
             # the API key snapshot must hold every key whose create entry may be dropped now
             _key_store(obj, w)
-        report = run_retention(w, as_of_us, dry_run, archived)
+        from auditlog.engine.holds import held_segment, holds_in_force
+
+        report = run_retention(w, as_of_us, dry_run, archived, held_segment(holds_in_force(w.log)))
     days = "forever" if report.retention_days is None else f"{report.retention_days} days"
     verb = "would drop" if dry_run else "dropped"
     if report.dropped_segments:
@@ -656,8 +658,106 @@ def retention_run(obj: Context, as_of, dry_run, retention_days) -> None:
         )
     else:
         click.echo(f"nothing to drop (retention {days}, as of {report.as_of})")
+    if report.kept_for_hold:
+        click.echo(f"kept what legal hold {report.kept_for_hold} covers, and what follows")
     if report.waiting_for_archive:
         click.echo(f"kept {report.waiting_for_archive} and what follows: not archived and verified yet")
+
+
+# -- legal holds --------------------------------------------------------------------
+
+
+@cli.group()
+def hold() -> None:
+    """Legal holds: time ranges retention never drops, on disk or in the archive.
+
+    \b
+    Examples:
+      auditlog hold add --from 2026-01-01 --to 2026-04-01 --reason "case 4711"
+      auditlog hold list
+      auditlog hold release gw1:1234
+    """
+
+
+def _print_hold(h: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(h, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"{h['id']:16s} {h['from']} .. {h['to']}  set {h['set_at']} by {h['by']}: {h['reason']}")
+
+
+@hold.command("add")
+@click.option("--from", "from_", required=True, metavar="TIME", help="Start of the range (RFC 3339, date, -30d).")
+@click.option("--to", required=True, metavar="TIME", help="End of the range (exclusive).")
+@click.option("--reason", required=True, help="Why (a case, a request): recorded in the log.")
+@click.option("--user", default="admin", show_default=True, help="Who sets it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hold as JSON.")
+@click.pass_obj
+@handle_errors
+def hold_add(obj: Context, from_, to, reason, user, as_json) -> None:
+    """Set a legal hold over entries from --from to --to (its audit.legal_hold_set entry
+    is the hold; its id is that entry's).
+
+    \b
+    Example:
+      auditlog hold add --from 2026-01-01 --to 2026-04-01 --reason "case 4711"
+    """
+    from auditlog.engine.holds import find, set_draft
+    from auditlog.query.timeparse import parse_time
+
+    from_us, to_us = parse_time(from_, param="--from"), parse_time(to, param="--to")
+    with obj.writer() as w:
+        res = w.append_batch([set_draft(from_us, to_us, reason, user)])
+        h = find(w.log, f"{w.node}:{res.first_seq}")
+    _print_hold(h.to_dict(), as_json)
+
+
+@hold.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the holds as JSON.")
+@click.pass_obj
+@handle_errors
+def hold_list(obj: Context, as_json) -> None:
+    """The legal holds in force.
+
+    \b
+    Example:
+      auditlog hold list --json
+    """
+    from auditlog.engine.holds import holds_in_force
+
+    holds = [h.to_dict() for h in holds_in_force(obj.reader())]
+    if as_json:
+        click.echo(json.dumps({"holds": holds}, indent=2, ensure_ascii=False))
+    elif not holds:
+        click.echo("no legal hold in force")
+    for h in holds if not as_json else ():
+        _print_hold(h, False)
+
+
+@hold.command("release")
+@click.argument("hold_id")
+@click.option("--reason", help="Why it is lifted: recorded in the log.")
+@click.option("--user", default="admin", show_default=True, help="Who releases it.")
+@click.pass_obj
+@handle_errors
+def hold_release(obj: Context, hold_id, reason, user) -> None:
+    """Release the legal hold HOLD_ID (an audit.legal_hold_release entry).
+
+    \b
+    Example:
+      auditlog hold release gw1:1234 --reason "case closed"
+    """
+    from auditlog.engine.holds import find, release_draft
+
+    with obj.writer() as w:
+        h = find(w.log, hold_id)
+        w.append_batch([release_draft(h, user, reason)])
+    click.echo(f"released {h.id} ({format_range(h)})")
+
+
+def format_range(h) -> str:
+    d = h.to_dict()
+    return f"{d['from']} .. {d['to']}"
 
 
 # -- export -------------------------------------------------------------------------

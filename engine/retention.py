@@ -47,6 +47,8 @@ class RetentionReport:
     kept_segments: int = 0
     #: the first segment old enough to go that stays because it is not archived yet
     waiting_for_archive: str | None = None
+    #: the legal hold that kept the first segment old enough to go (and what follows)
+    kept_for_hold: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,10 +59,13 @@ def run_retention(
     as_of_us: int | None = None,
     dry_run: bool = False,
     archived: Callable[[SegmentInfo], dict | None] | None = None,
+    held: Callable[[SegmentInfo], str | None] | None = None,
 ) -> RetentionReport:
     """Drop the segments retention lets go.  ``archived``: when the node has an archive,
     the verified archived copy of a segment (``{"url", "key", "version_id", "sha256"}``)
-    or None; a segment without one is kept, and so is everything after it."""
+    or None; a segment without one is kept, and so is everything after it.  ``held``:
+    the id of a legal hold in force over a segment (``engine.holds``), which keeps it
+    and everything after it."""
     days = writer.settings.retention_days
     now = writer.now()
     as_of = now if as_of_us is None else as_of_us
@@ -92,6 +97,10 @@ def run_retention(
             ):
                 break
             if idx.frames and idx.max_ts >= cutoff:
+                break
+            hold = held(info) if held is not None else None
+            if hold is not None:
+                report.kept_for_hold = hold
                 break
             if archived is not None:
                 copy = archived(info)

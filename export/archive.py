@@ -22,6 +22,7 @@ never as slower appends.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from auditlog.engine.archived import ArchivedRef, ArchiveUnavailable
 from auditlog.engine.catalog import SegmentInfo, index_segment
 from auditlog.engine.datadir import DataDir
 from auditlog.engine.errors import ConfigError
+from auditlog.engine.holds import Hold
 from auditlog.engine.log import NodeLog
 from auditlog.engine.settings import (
     Setting,
@@ -163,6 +165,8 @@ class Archived:
     last_seq: int
     min_ts: int | None
     max_ts: int | None
+    #: the S3 legal hold is on (a legal hold in force overlaps its entries)
+    legal_hold: bool = False
 
     def to_row(self) -> dict:
         return dict(self.__dict__)
@@ -258,10 +262,13 @@ class Archiver:
         seal: StateSeal,
         rejected: Callable[[str, str], None],
         now: Callable[[], int] = clock.now_us,
+        holds: Callable[[], list[Hold]] = lambda: [],
     ):
-        """``now()``: the node's clock in µs (the lag is measured on it)."""
+        """``now()``: the node's clock in µs (the lag is measured on it); ``holds()``: the
+        legal holds in force (``engine.holds``), mirrored as S3 legal holds."""
         self.settings = settings
         self.now = now
+        self.holds = holds
         self.store = store
         self.reader = reader
         self.node = reader.node
@@ -320,7 +327,23 @@ class Archiver:
             self.archive(info)
             done += 1
             self._note_pending(todo[done:])
+        self.sync_holds()
         return done
+
+    def sync_holds(self) -> int:
+        """Give each archived object the S3 legal hold its entries' times call for: on while
+        a hold in force overlaps them, off once none does.  The number changed."""
+        if self.settings.object_lock == "off":
+            return 0  # a bucket without Object Lock has no legal holds
+        holds = self.holds()
+        changed = 0
+        for a in list(self.manifest.items.values()):
+            want = any(h.overlaps(a.min_ts, a.max_ts) for h in holds)
+            if want != a.legal_hold:
+                self.store.set_legal_hold(object_name(self.node, a.name), a.version_id, want)
+                self.manifest.add(dataclasses.replace(a, legal_hold=want))
+                changed += 1
+        return changed
 
     def _note_pending(self, todo: list[SegmentInfo]) -> None:
         self.pending = len(todo)
@@ -522,8 +545,8 @@ def attach_reads(
 ) -> ArchiveReads:
     """Let ``reader``'s reads reach into the archive (``NodeLog.archive``)."""
     reads = ArchiveReads(
-        store or settings.store(),
-        manifest or Manifest(seal, data_dir.state, settings.url, rejected),
+        store if store is not None else settings.store(),
+        manifest if manifest is not None else Manifest(seal, data_dir.state, settings.url, rejected),
         data_dir,
         reader.node,
         settings.cache_mb << 20,

@@ -24,6 +24,8 @@ AUDIT_ACTIONS: frozenset[str] = frozenset(
         "audit.checkpoint",
         "audit.checkpoint_refused",
         "audit.tree_head",
+        "audit.legal_hold_set",
+        "audit.legal_hold_release",
     }
 )
 

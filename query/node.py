@@ -31,6 +31,8 @@ from pathlib import Path
 from auditlog.engine import clock
 from auditlog.engine.datadir import DataDir, Node
 from auditlog.engine.entry import EntryDraft, format_ts
+from auditlog.engine.holds import Hold, held_segment, holds_in_force, release_draft, set_draft
+from auditlog.engine.holds import find as find_hold
 from auditlog.engine.log import NodeLog
 from auditlog.engine.settings import StoreSettings
 from auditlog.engine.state import StateSeal
@@ -174,6 +176,7 @@ def archiver(rn: RunningNode, settings: ArchiveSettings) -> Archiver:
         seal=rn.seal,
         rejected=rn.state_rejected,
         now=rn.writer.now,
+        holds=rn.holds,
     )
     try:
         arch.check_bucket()
@@ -640,6 +643,26 @@ class RunningNode:
                 break
         return {"node": self.node_id, "checkpoints": found, "violations": problems}
 
+    # -- legal holds (engine.holds) ---------------------------------------------------
+
+    def holds(self) -> list[Hold]:
+        """The legal holds in force (a projection of the log)."""
+        return holds_in_force(self.log)
+
+    def set_hold(self, from_us: int, to_us: int, reason: str, by: str, ip: str | None = None) -> Hold:
+        """Set a legal hold: its entry is the hold (its id is the entry's)."""
+        res = self.writer.append_batch([set_draft(from_us, to_us, reason, by)._replace(ip=ip)])
+        if self.archiver is not None:
+            self.archiver.wake.set()  # the archive's objects in the range get their S3 legal hold
+        return find_hold(self.log, f"{self.node_id}:{res.first_seq}")
+
+    def release_hold(self, hold_id: str, by: str, reason: str | None = None, ip: str | None = None) -> Hold:
+        hold = find_hold(self.log, hold_id)
+        self.writer.append_batch([release_draft(hold, by, reason)._replace(ip=ip)])
+        if self.archiver is not None:
+            self.archiver.wake.set()
+        return hold
+
     def run_retention(self, as_of_us=None, dry_run=False):
         from auditlog.engine.retention import run_retention
 
@@ -648,7 +671,7 @@ class RunningNode:
             self.keys.checkpoint()
         with self._tree_lock:  # retention brings the Merkle tree up first (engine.tree)
             archived = self.archiver.archived if self.archiver is not None else None
-            report = run_retention(self.writer, as_of_us, dry_run, archived)
+            report = run_retention(self.writer, as_of_us, dry_run, archived, held_segment(self.holds()))
         if not dry_run:
             self.last_retention = self._derive_last_retention()
         return report

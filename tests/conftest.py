@@ -137,6 +137,35 @@ async def client(make_client, service):
     return await make_client(service)
 
 
+# -- a real S3-compatible server (tests/test_archive.py, tests/test_holds.py) -------
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """SeaweedFS's S3 gateway (``helpers_s3.SeaweedS3``), one per test process."""
+    from helpers_s3 import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def locked_bucket(s3):
+    """One bucket with Object Lock per test process (each bucket takes volumes of its own
+    in SeaweedFS); every test archives under a prefix of its own."""
+    import os
+
+    return s3.bucket(f"locked-{os.getpid()}")
+
+
+@pytest.fixture(scope="session")
+def plain_bucket(s3):
+    import os
+
+    return s3.bucket(f"plain-{os.getpid()}", lock=False)
+
+
 # -- test outcome on the item (tests/test_ui.py saves screenshots on failure) -----
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-import os
 import time
 from pathlib import Path
 
 import pytest
 from helpers_engine import append_events, build_log, draft, segment_paths, settings, write_config
-from helpers_s3 import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from helpers_http import ev
+from helpers_s3 import ACCESS_KEY, SECRET_KEY
 
 from auditlog.engine.errors import ConfigError
 from auditlog.engine.log import NodeLog
@@ -31,25 +31,6 @@ from auditlog.export.s3 import StoreError
 
 DAY_US = 86_400 * 1_000_000
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def locked_bucket(s3):
-    """One bucket with Object Lock for the session (each bucket takes volumes of its own
-    in SeaweedFS); every test archives under a prefix of its own."""
-    return s3.bucket(f"locked-{os.getpid()}")
-
-
-@pytest.fixture(scope="session")
-def plain_bucket(s3):
-    return s3.bucket(f"plain-{os.getpid()}", lock=False)
 
 
 @pytest.fixture
@@ -484,3 +465,60 @@ def test_cli_query_reaches_into_the_archive(tmp_path, s3, bucket):
     assert [e["seq"] for e in json.loads(p.stdout)] == [1, 2, 3, 4, 5]
     p = run_cli(dd.root, "query", "--format", "json", "--limit", "5")  # without the archive
     assert p.returncode == 0 and json.loads(p.stdout)[0]["seq"] > 1
+
+
+# ----------------------------------------------------------------------------- a node at work
+
+
+async def test_a_node_answers_for_what_only_its_archive_holds(tmp_path, s3, bucket, aiohttp_client):
+    """retention_days = 90 locally, the archive kept forever: a query over entries older
+    than 90 days is answered from the archive, verified; a held range survives retention;
+    the archive's state shows in /api/v1/cluster and /metrics."""
+    from helpers_http import bearer, make_keys
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from auditlog.engine.datadir import DataDir
+    from auditlog.engine.settings import StoreSettings
+    from auditlog.query.http.app import create_app
+    from auditlog.query.node import NodeConfig, build_node
+
+    dd = DataDir(tmp_path / "node")
+    dd.init("gw1")
+    st = archive_settings(s3, bucket, tmp_path)
+    node = build_node(
+        NodeConfig(StoreSettings(fsync="none", retention_days=90, segment_max_bytes=4096), archive=st), dd
+    )
+    try:
+        keys = make_keys(node)
+        client = await aiohttp_client(create_app(node))
+        writer = bearer(keys["writer"])
+        for i in range(8):
+            resp = await client.post("/api/v1/events", json=[ev(k) for k in range(i * 20, i * 20 + 20)], headers=writer)
+            assert resp.status == 201
+        node.writer.roll()
+        first = [e for e in NodeLog(dd, node.node).scan()]
+        held_ts = first[len(first) // 2].ts
+        hold = node.set_hold(held_ts, held_ts + 1, "case 12", "test")
+        assert await node.run(node.archiver.run_once) > 3
+        as_of = first[-1].ts + 100 * DAY_US
+        rep = await node.run(node.run_retention, as_of)
+        assert rep.dropped_segments and rep.kept_for_hold == hold.id
+        local_first = NodeLog(dd, node.node).segment_infos()[0].first_seq
+        assert local_first > 1
+        reader = bearer(keys["reader"])
+        page = await (await client.get("/api/v1/audit-log?limit=10000", headers=reader)).json()
+        seqs = [e["seq"] for e in page["events"]]
+        assert seqs[: local_first - 1] == list(range(1, local_first))  # from the archive
+        assert all(e["integrity"] == "ok" for e in page["events"])
+        assert seqs == list(range(1, seqs[-1] + 1))
+        held = [e for e in page["events"] if e["seq"] == first[len(first) // 2].seq]
+        assert held and (dd.segments / NodeLog(dd, node.node).segment_infos()[0].name).exists()
+        status = (await (await client.get("/api/v1/cluster", headers=reader)).json())["nodes"][0]["archive"]
+        assert status["url"] == st.url and status["archived_segments"] >= len(rep.dropped_segments)
+        assert status["errors"] == 0 and status["pending_segments"] == 0
+        text = await (await client.get("/metrics")).text()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        assert fams["auditlog_archive_segments"].samples[0].value == status["archived_segments"]
+        assert fams["auditlog_archive_errors"].type == "counter"
+    finally:
+        node.close()

@@ -15,6 +15,9 @@ from auditlog.bench.runner import SCENARIOS, BenchError, run_bench
 RESULT_KEYS = {"name", "value", "unit", "baseline", "ratio", "params", "peak_rss_mb"}
 #: results without a SQLite counterpart (latency of a live server, cluster behaviour)
 NO_BASELINE = {
+    "archive_upload",
+    "archive_first_row_ms",
+    "archive_read",
     "http_append_p99_ms",
     "merge_first_byte_ms",
     "unreachable_peer_cost_s",
@@ -60,6 +63,9 @@ def test_json_has_documented_shape(tiny_run):
         "cosign_round_ms",
         "bundle_export",
         "bundle_verify",
+        "archive_upload",
+        "archive_first_row_ms",
+        "archive_read",
     ]
     for r in on_disk["results"]:
         assert RESULT_KEYS <= r.keys(), r["name"]

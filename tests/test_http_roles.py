@@ -52,6 +52,9 @@ ROUTES = [
     ("keys-list", "GET", "/api/v1/api-keys", {"admin"}, 200),
     ("keys-create", "POST", "/api/v1/api-keys", {"admin"}, 201),
     ("keys-revoke", "DELETE", "/api/v1/api-keys/{victim}", {"admin"}, 200),
+    ("holds-list", "GET", "/api/v1/holds", {"reader", "admin"}, 200),
+    ("holds-set", "POST", "/api/v1/holds", {"admin"}, 201),
+    ("holds-release", "DELETE", "/api/v1/holds/{hold}", {"admin"}, 200),
     ("healthz", "GET", "/healthz", None, 200),
     ("metrics", "GET", "/metrics", None, 200),
     ("openapi", "GET", "/api/v1/openapi.json", None, 200),
@@ -74,12 +77,15 @@ def expected_status(cred: str, allowed: set[str] | None, ok: int) -> int:
 @pytest.mark.parametrize("name,method,path,allowed,ok", ROUTES, ids=[r[0] for r in ROUTES])
 async def test_role_matrix(client, keys, service, cred, name, method, path, allowed, ok):
     victim, _ = service.keys.create("victim", "reader")
-    path = path.format(victim=victim.id)
+    hold = service.set_hold(0, 10**15, "role matrix", "test")
+    path = path.format(victim=victim.id, hold=hold.id)
     kw = {}
     if name == "events":
         kw["json"] = [ev(1)]
     elif name == "keys-create":
         kw["json"] = {"name": "made-by-test", "role": "reader"}
+    elif name == "holds-set":
+        kw["json"] = {"from": "2026-01-01", "to": "2026-02-01", "reason": "case 1"}
     elif name.startswith("proof-"):
         service.record_tree_head()  # a checkpoint, so the tree has a size to prove in
     head = head_seq(service)
@@ -143,6 +149,7 @@ async def test_matrix_covers_every_route(client):
         if r.method != "HEAD" and r.handler.__name__ != "not_allowed"
     }
     covered = {
-        (m, p.split("?")[0].replace("{victim}", "{key_id}").replace("/ui/app.js", "/ui")) for _, m, p, _, _ in ROUTES
+        (m, p.split("?")[0].replace("{victim}", "{key_id}").replace("{hold}", "{hold_id}").replace("/ui/app.js", "/ui"))
+        for _, m, p, _, _ in ROUTES
     }
     assert served <= covered, served - covered

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from auditlog.query.http.base import MAX_LINE_BYTES, NODE, error_middleware
-from auditlog.query.http.routes import admin, audit_log, events, ops
+from auditlog.query.http.routes import admin, audit_log, events, holds, ops
 from auditlog.query.node import RunningNode
 
 
@@ -22,5 +22,6 @@ def create_app(node: RunningNode) -> web.Application:
     events.setup(app)
     audit_log.setup(app)
     admin.setup(app)
+    holds.setup(app)
     ops.setup(app)
     return app

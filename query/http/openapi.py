@@ -513,6 +513,46 @@ def openapi_document() -> dict:
                     "responses": _responses({"200": {"description": "Revoked"}}, 401, 403, 404),
                 }
             },
+            "/api/v1/holds": {
+                "get": {
+                    "summary": "The legal holds in force (reader or admin)",
+                    "security": bearer,
+                    "responses": _responses({"200": {"description": "Holds"}}, 401, 403),
+                },
+                "post": {
+                    "summary": "Set a legal hold (admin): entries from 'from' to 'to' are never purged",
+                    "security": bearer,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["from", "to", "reason"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "from": {"type": "string", "minLength": 1},
+                                        "to": {"type": "string", "minLength": 1},
+                                        "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": _responses({"201": {"description": "Set"}}, 400, 401, 403),
+                },
+            },
+            "/api/v1/holds/{hold_id}": {
+                "delete": {
+                    "summary": "Release a legal hold (admin)",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": "hold_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": _responses({"200": {"description": "Released"}}, 400, 401, 403, 404),
+                }
+            },
             "/api/v1/whoami": {
                 "get": {
                     "summary": "The calling key's name and role",
