@@ -15,35 +15,44 @@ identity whose access keys the caller uses.  SeaweedFS enforces Object Lock
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from auditlog.bench.servers import free_ports
 
 ACCESS_KEY = "AKAUDITLOGTEST"
 SECRET_KEY = "auditlog-test-secret-key-not-real"
 WEED = str(Path(sys.executable).with_name("weed"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SeaweedS3:
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
         self.proc: subprocess.Popen | None = None
-        self.ports = {
-            k: _free_port()
-            for k in ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
-        }
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+        self.ports = dict(zip(names, free_ports(len(names))))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
 
-    def start(self, timeout: float = 60.0) -> SeaweedS3:
-        data = self.workdir / "weed"
+    def start(self, timeout: float = 60.0, tries: int = 3) -> SeaweedS3:
+        """Start it and wait until its S3 gateway answers; a start that fails (a port taken
+        meanwhile by another process) is tried again on other ports."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout, attempt)
+            except RuntimeError:
+                self.stop()
+                if attempt == tries - 1:
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float, attempt: int) -> SeaweedS3:
+        data = self.workdir / f"weed-{attempt}"
         data.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "s3.json"
         conf.write_text(
@@ -82,13 +91,13 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
         ]
-        self.log = open(self.workdir / "weed.log", "wb")
+        self.log = open(self.workdir / f"weed-{attempt}.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         s3 = self.client()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited ({self.proc.returncode}); see {self.workdir / 'weed.log'}")
+                raise RuntimeError(f"weed exited ({self.proc.returncode}); see {self.log.name}")
             try:
                 s3.list_buckets()
                 return self

@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -286,6 +287,7 @@ class Archiver:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pass = threading.Lock()
 
     # -- the bucket ---------------------------------------------------------------
 
@@ -315,7 +317,12 @@ class Archiver:
         return out
 
     def run_once(self) -> int:
-        """Archive what is sealed and not archived yet; the number of segments archived."""
+        """Archive what is sealed and not archived yet; the number of segments archived.
+        One pass at a time (the thread's and one asked for, e.g. before retention)."""
+        with self._pass:
+            return self._pass_once()
+
+    def _pass_once(self) -> int:
         if not self.bucket_checked:
             self.check_bucket()
         todo = self.candidates()
@@ -350,16 +357,17 @@ class Archiver:
         self.oldest_pending_ts = todo[0].index.max_ts if todo and todo[0].index.frames else None
 
     def archive(self, info: SegmentInfo) -> Archived:
-        """Store one segment, read it back and check it; record it as archived."""
-        data = info.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        """Store one segment, read it back and check it; record it as archived.  Both
+        ways stream through files: memory stays flat whatever the segment size."""
+        size = info.path.stat().st_size
+        digest = sha256_file(info.path)
         s = self.settings
         idx = info.index
         lock = None if s.object_lock == "off" else s.object_lock
         name = object_name(self.node, info.name)
-        stored = self.store.put(name, data, lock_mode=lock, retain_until=retain_until(idx.max_ts, s.retention_days))
-        back = self.store.get(name, stored.version_id)
-        problem = self.check_copy(info, back, digest)
+        until = retain_until(idx.max_ts, s.retention_days)
+        stored = self.store.put(name, info.path, lock_mode=lock, retain_until=until, sha256=digest)
+        problem = self.check_copy(info, name, stored.version_id, digest)
         if problem is not None:
             raise StoreError(f"{s.url}: the copy of {info.name} read back {problem}")
         a = Archived(
@@ -367,7 +375,7 @@ class Archiver:
             stored.key,
             stored.version_id,
             digest,
-            len(data),
+            size,
             info.first_seq,
             info.last_seq,
             idx.min_ts,
@@ -375,24 +383,25 @@ class Archiver:
         )
         self.manifest.add(a)
         self.archived_segments += 1
-        self.archived_bytes += len(data)
+        self.archived_bytes += size
         self.last_success = time.time()
         return a
 
-    def check_copy(self, info: SegmentInfo, back: bytes, digest: str) -> str | None:
-        """None when ``back`` is the segment, byte for byte, and every frame of it verifies."""
-        if hashlib.sha256(back).hexdigest() != digest:
-            return f"differs from the segment ({len(back)} bytes, SHA-256 {hashlib.sha256(back).hexdigest()[:16]}...)"
-        self.scratch.mkdir(mode=0o700, exist_ok=True)
-        tmp = self.scratch / info.name
+    def check_copy(self, info: SegmentInfo, name: str, version_id: str | None, digest: str) -> str | None:
+        """None when the stored copy, read back, is the segment byte for byte and every
+        frame of it verifies."""
+        # named as the segment (its header says so), in a directory of this pass's own
+        where = self.scratch / f"{os.getpid()}-{threading.get_ident()}"
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = where / info.name
         try:
-            tmp.write_bytes(back)
+            self.store.download(name, version_id, tmp)
+            got_digest = sha256_file(tmp)
+            if got_digest != digest:
+                return f"differs from the segment ({tmp.stat().st_size} bytes, SHA-256 {got_digest[:16]}...)"
             got = index_segment(tmp, self.reader.key, self.node)
         finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            shutil.rmtree(where, ignore_errors=True)
         if got.header is None or got.problem is not None:
             return f"has no usable header ({(got.problem.detail if got.problem else 'unreadable')})"
         if got.tail is not None or got.index.damaged or got.last_seq != info.last_seq:

@@ -163,25 +163,46 @@ class S3Store:
     # -- objects ------------------------------------------------------------------
 
     def put(
-        self, name: str, data: bytes, *, lock_mode: str | None = None, retain_until: dt.datetime | None = None
+        self,
+        name: str,
+        data: bytes | Path,
+        *,
+        lock_mode: str | None = None,
+        retain_until: dt.datetime | None = None,
+        sha256: str | None = None,
     ) -> Stored:
-        """Store ``data`` under ``name`` with its SHA-256 checksum (the store checks it on
-        receipt), locked until ``retain_until`` in ``lock_mode`` when given."""
-        digest = hashlib.sha256(data).digest()
+        """Store ``data`` (bytes, or a file streamed from disk) under ``name`` with its
+        SHA-256 checksum (``sha256``, hex, computed when not given; the store checks it
+        on receipt), locked until ``retain_until`` in ``lock_mode`` when given."""
+        if isinstance(data, Path):
+            size = data.stat().st_size
+            if sha256 is None:
+                h = hashlib.sha256()
+                with open(data, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                sha256 = h.hexdigest()
+        else:
+            size = len(data)
+            sha256 = sha256 or hashlib.sha256(data).hexdigest()
         args = {
             "Bucket": self.bucket,
             "Key": self.key(name),
-            "Body": data,
-            "ChecksumSHA256": base64.b64encode(digest).decode(),
+            "ContentLength": size,
+            "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode(),
         }
         if lock_mode is not None:
             args["ObjectLockMode"] = lock_mode.upper()
             args["ObjectLockRetainUntilDate"] = retain_until
         try:
-            r = self._s3.put_object(**args)
+            if isinstance(data, Path):
+                with open(data, "rb") as f:
+                    r = self._s3.put_object(Body=f, **args)
+            else:
+                r = self._s3.put_object(Body=data, **args)
         except Exception as e:
             raise StoreError(f"{self.url}: cannot store {name} ({_why(e)})") from None
-        return Stored(self.key(name), r.get("VersionId"), len(data), digest.hex(), lock_mode, retain_until)
+        return Stored(self.key(name), r.get("VersionId"), size, sha256, lock_mode, retain_until)
 
     def get(self, name: str, version_id: str | None = None) -> bytes:
         args = {"Bucket": self.bucket, "Key": self.key(name)}
