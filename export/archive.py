@@ -212,8 +212,12 @@ class Manifest:
             return self.items.get(name)
 
     def add(self, a: Archived) -> None:
+        self.add_all([a])
+
+    def add_all(self, archived: list[Archived]) -> None:
         with self._lock:
-            self.items[a.name] = a
+            for a in archived:
+                self.items[a.name] = a
             rows = [x.to_row() for x in sorted(self.items.values(), key=lambda x: x.name)]
             self.seal.write(self.path, {"url": self.url, "segments": rows})
 

@@ -523,3 +523,76 @@ async def test_a_node_answers_for_what_only_its_archive_holds(tmp_path, s3, buck
         assert fams["auditlog_archive_errors"].type == "counter"
     finally:
         node.close()
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+def _rebuilt(tmp_path, dd, name="rebuilt"):
+    """A data dir with the old node's identity and keys (from a backup) and no log."""
+    import shutil as _sh
+
+    new = tmp_path / name
+    new.mkdir()
+    for f in ("node.id", "node.key", "node.sign", "node.pub"):
+        _sh.copy2(dd.root / f, new / f)
+    return new
+
+
+def test_a_node_rebuilt_from_scratch_takes_its_log_back_from_the_archive(tmp_path, s3, bucket):
+    import json
+
+    from helpers_engine import run_cli
+
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    archived_to = max(a.last_seq for a in arch.manifest.items.values())
+    cfg = _config(tmp_path, s3, st)
+    new = _rebuilt(tmp_path, dd)
+    p = run_cli(new, "--config", str(cfg), "archive", "restore", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert (out["seq_from"], out["seq_to"]) == (1, archived_to)
+    assert out["entries_checked"] == archived_to and len(out["restored"]) == out["objects"]
+    # the log is whole again and goes on after what the archive held
+    p = run_cli(new, "verify", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["violations"] == [], p.stdout
+    p = run_cli(new, "append", "--user", "alice", "--action", "auth.login")
+    assert p.returncode == 0 and p.stdout.strip() == f"gw1:{archived_to + 2}", p.stdout  # after audit.recovery
+    q = run_cli(new, "query", "--format", "json")
+    entries = json.loads(q.stdout)
+    assert [e["seq"] for e in entries] == list(range(1, archived_to + 3))
+    assert entries[archived_to]["action"] == "audit.recovery"
+    assert entries[archived_to]["details"]["reason"] == "segments restored from the archive"
+    # and the record of what is archived is back: the archive checks out
+    p = run_cli(new, "--config", str(cfg), "verify", "--archive", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["violations"] == [], p.stdout
+
+
+def test_restore_under_another_key_is_refused_and_writes_nothing(tmp_path, s3, bucket):
+    from helpers_engine import run_cli
+
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    cfg = _config(tmp_path, s3, st)
+    other = tmp_path / "other"
+    p = run_cli(other, "init", "--node-id", "gw1")  # same id, a new key: not the node that wrote them
+    assert p.returncode == 0, p.stderr
+    p = run_cli(other, "--config", str(cfg), "archive", "restore")
+    assert p.returncode == 1 and "nothing restored" in p.stderr and "foreign_segment" in p.stderr, p.stderr
+    assert list((other / "segments").glob("*.seg")) == [] if (other / "segments").exists() else True
+    assert not (other / "state" / "archive.json").exists()
+
+
+def test_restore_refuses_an_archive_with_an_altered_segment(tmp_path, s3, plain_bucket):
+    from helpers_engine import run_cli
+
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, plain_bucket, object_lock="off")
+    a = arch.manifest.get(rep.dropped_segments[1])
+    client = s3.client()
+    body = bytearray(client.get_object(Bucket=plain_bucket, Key=a.key)["Body"].read())
+    body[-40] ^= 0x01
+    client.put_object(Bucket=plain_bucket, Key=a.key, Body=bytes(body))
+    new = _rebuilt(tmp_path, dd)
+    p = run_cli(new, "--config", str(_config(tmp_path, s3, st)), "archive", "restore")
+    assert p.returncode == 1 and "nothing restored" in p.stderr, p.stderr
+    assert rep.dropped_segments[1] in p.stderr
+    assert not list((new / "segments").glob("*.seg")) if (new / "segments").exists() else True
