@@ -38,6 +38,7 @@ from auditlog.engine import clock
 from auditlog.engine.archived import ArchivedRef, ArchiveUnavailable
 from auditlog.engine.catalog import SegmentInfo, index_segment
 from auditlog.engine.datadir import DataDir
+from auditlog.engine.entry import EntryDraft
 from auditlog.engine.errors import ConfigError
 from auditlog.engine.holds import Hold
 from auditlog.engine.log import NodeLog
@@ -58,6 +59,7 @@ from auditlog.export.s3 import S3Store, StoreError, parse_url
 log = logging.getLogger("auditlog.archive")
 
 LOCK_MODES = ("compliance", "governance", "off")
+ARCHIVE_PURGE = "audit.archive_purge"
 STATE_FILE = "archive.json"
 #: what "forever" keeps an object locked until
 FOREVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
@@ -168,6 +170,9 @@ class Archived:
     max_ts: int | None
     #: the S3 legal hold is on (a legal hold in force overlaps its entries)
     legal_hold: bool = False
+    #: the archive's retention let it go (an audit.archive_purge entry says so); the
+    #: object is deleted next, again at each pass until the store lets it go
+    expiring: bool = False
 
     def to_row(self) -> dict:
         return dict(self.__dict__)
@@ -214,6 +219,15 @@ class Manifest:
     def add(self, a: Archived) -> None:
         self.add_all([a])
 
+    def remove(self, names: list[str]) -> None:
+        if not names:
+            return
+        with self._lock:
+            for n in names:
+                self.items.pop(n, None)
+            rows = [x.to_row() for x in sorted(self.items.values(), key=lambda x: x.name)]
+            self.seal.write(self.path, {"url": self.url, "segments": rows})
+
     def add_all(self, archived: list[Archived]) -> None:
         with self._lock:
             for a in archived:
@@ -238,12 +252,18 @@ class Manifest:
         return {"url": self.url, "key": a.key, "version_id": a.version_id, "sha256": a.sha256}
 
 
-def retain_until(max_ts_us: int | None, days: int | None) -> dt.datetime:
-    """When an object whose newest entry is at ``max_ts_us`` may go (``days`` None: forever)."""
+#: the shortest lock an object gets (stores refuse a retain-until date in the past)
+MIN_LOCK = dt.timedelta(days=1)
+
+
+def retain_until(max_ts_us: int | None, days: int | None, now: dt.datetime | None = None) -> dt.datetime:
+    """When an object whose newest entry is at ``max_ts_us`` may go (``days`` None: forever),
+    at least :data:`MIN_LOCK` after ``now`` (the store's clock: a lock is enforced in real time)."""
     if days is None:
         return FOREVER
     base = dt.datetime.fromtimestamp((max_ts_us or 0) / 1e6, dt.UTC)
-    return base + dt.timedelta(days=days)
+    floor = (now or dt.datetime.now(dt.UTC)) + MIN_LOCK
+    return max(base + dt.timedelta(days=days), floor.replace(microsecond=0))
 
 
 def sha256_file(path: Path) -> str:
@@ -268,12 +288,15 @@ class Archiver:
         rejected: Callable[[str, str], None],
         now: Callable[[], int] = clock.now_us,
         holds: Callable[[], list[Hold]] = lambda: [],
+        record: Callable[[EntryDraft], object] | None = None,
     ):
         """``now()``: the node's clock in µs (the lag is measured on it); ``holds()``: the
         legal holds in force (``engine.holds``), mirrored as S3 legal holds."""
         self.settings = settings
         self.now = now
         self.holds = holds
+        #: appends one of the node's own entries (the writer's); None: archive retention waits
+        self.record = record
         self.store = store
         self.reader = reader
         self.node = reader.node
@@ -339,7 +362,53 @@ class Archiver:
             done += 1
             self._note_pending(todo[done:])
         self.sync_holds()
+        self.expire()
         return done
+
+    def expire(self, as_of_us: int | None = None) -> list[str]:
+        """Delete the archived segments whose newest entry is older than the archive's
+        ``retention_days``: a prefix of the archive, never a segment a legal hold in force
+        overlaps (nor anything after it) and never one still on disk.  What goes is
+        recorded first, as an ``audit.archive_purge`` entry (``record``); without a way
+        to record, nothing goes.  The names deleted."""
+        days = self.settings.retention_days
+        if days is None or self.record is None:
+            return []
+        cutoff = (self.now() if as_of_us is None else as_of_us) - days * DAY_US
+        holds = self.holds()
+        victims: list[Archived] = []
+        for a in sorted(self.manifest.items.values(), key=lambda x: x.first_seq):
+            if a.max_ts is None or a.max_ts >= cutoff:
+                break
+            if any(h.overlaps(a.min_ts, a.max_ts) for h in holds) or (self.data_dir.segments / a.name).exists():
+                break
+            victims.append(a)
+        if not victims:
+            return []
+        new = [a for a in victims if not a.expiring]
+        if new:
+            self.record(
+                EntryDraft(
+                    "system",
+                    ARCHIVE_PURGE,
+                    details={
+                        "url": self.settings.url,
+                        "retention_days": days,
+                        "seq_from": new[0].first_seq,
+                        "seq_to": new[-1].last_seq,
+                        "objects": [[a.name, a.key, a.version_id, a.sha256, a.first_seq, a.last_seq] for a in new],
+                    },
+                )
+            )
+            self.manifest.add_all([dataclasses.replace(a, expiring=True) for a in new])
+        gone = []
+        try:
+            for a in victims:  # oldest first: a failure part way leaves a prefix gone
+                self.store.delete(object_name(self.node, a.name), a.version_id)
+                gone.append(a.name)
+        finally:
+            self.manifest.remove(gone)
+        return gone
 
     def sync_holds(self) -> int:
         """Give each archived object the S3 legal hold its entries' times call for: on while

@@ -29,7 +29,7 @@ from auditlog.engine.datadir import DataDir, Node
 from auditlog.engine.log import NodeLog
 from auditlog.engine.segment import seq_from_name
 from auditlog.engine.verify import VerifyReport, Violation, verify_node
-from auditlog.export.archive import Manifest, object_name
+from auditlog.export.archive import ARCHIVE_PURGE, Manifest, object_name
 from auditlog.export.s3 import S3Store, StoreMissing
 
 
@@ -46,12 +46,19 @@ class Expected:
 
 
 def expected_objects(reader: NodeLog, manifest: Manifest) -> dict[str, Expected]:
-    """{segment name: what the archive must hold}: the purge entries' objects, then the
+    """{segment name: what the archive must hold}: the retention purge entries' objects,
+    less those the archive's own retention let go (``audit.archive_purge``), then the
     sealed record of what was archived (which knows the newer ones)."""
     out: dict[str, Expected] = {}
-    for e in reader.scan(terms={"action": frozenset(["audit.retention_purge"])}):
+    expired: set[str] = set()
+    for e in reader.scan(terms={"action": frozenset(["audit.retention_purge", ARCHIVE_PURGE])}):
         d = e.details
-        if e.integrity != "ok" or e.action != "audit.retention_purge" or e.user != "system" or not isinstance(d, dict):
+        if e.integrity != "ok" or e.user != "system" or not isinstance(d, dict):
+            continue
+        if e.action == ARCHIVE_PURGE and d.get("url") == manifest.url:
+            expired.update(row[0] for row in d.get("objects", ()) if isinstance(row, (list, tuple)) and row)
+            continue
+        if e.action != "audit.retention_purge":
             continue
         arch = d.get("archive")
         if not isinstance(arch, dict) or arch.get("url") != manifest.url:
@@ -65,6 +72,8 @@ def expected_objects(reader: NodeLog, manifest: Manifest) -> dict[str, Expected]
             if isinstance(row, (list, tuple)) and len(row) == 4 and isinstance(row[0], str):
                 lo, hi = seqs.get(row[0], (seq_from_name(row[0]), None))
                 out[row[0]] = Expected(row[0], row[2], row[3], lo, hi, f"purge entry {e.id}")
+    for name in expired:
+        out.pop(name, None)
     for a in manifest.items.values():
         out[a.name] = Expected(a.name, a.version_id, a.sha256, a.first_seq, a.last_seq, "state/archive.json")
     return out

@@ -26,6 +26,7 @@ AUDIT_ACTIONS: frozenset[str] = frozenset(
         "audit.tree_head",
         "audit.legal_hold_set",
         "audit.legal_hold_release",
+        "audit.archive_purge",
     }
 )
 

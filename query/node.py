@@ -177,6 +177,7 @@ def archiver(rn: RunningNode, settings: ArchiveSettings) -> Archiver:
         rejected=rn.state_rejected,
         now=rn.writer.now,
         holds=rn.holds,
+        record=lambda draft: rn.writer.append_batch([draft]),
     )
     try:
         arch.check_bucket()

@@ -279,6 +279,10 @@ def test_retain_until_is_the_newest_entry_plus_the_archive_retention():
     ts = int(dt.datetime(2026, 3, 14, 9, tzinfo=dt.UTC).timestamp() * 1e6)
     assert retain_until(ts, 365) == dt.datetime(2027, 3, 14, 9, tzinfo=dt.UTC)
     assert retain_until(ts, None) == FOREVER
+    # never in the past for the store, which enforces a lock in real time: at least a day ahead
+    now = dt.datetime(2026, 12, 5, 12, tzinfo=dt.UTC)
+    assert retain_until(ts, 90, now) == dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC)
+    assert retain_until(ts, 365, now) == dt.datetime(2027, 3, 14, 9, tzinfo=dt.UTC)
 
 
 # ----------------------------------------------------------------------------- verify --archive
@@ -596,3 +600,75 @@ def test_restore_refuses_an_archive_with_an_altered_segment(tmp_path, s3, plain_
     assert p.returncode == 1 and "nothing restored" in p.stderr, p.stderr
     assert rep.dropped_segments[1] in p.stderr
     assert not list((new / "segments").glob("*.seg")) if (new / "segments").exists() else True
+
+
+# ----------------------------------------------------------------------------- the archive's own retention
+
+
+def _expiring(tmp_path, s3, bucket, **kw):
+    """An old log, archived (archive kept 120 days), its old segments dropped locally; the
+    archiver records through a writer of its own."""
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket, retention_days=120, **kw)
+    recorded = []
+
+    def record(draft):
+        with LogWriter(dd, node, settings(retention_days=90)) as w:
+            recorded.append(w.append_batch([draft]))
+
+    arch.record = record
+    last_ts = max(a.max_ts for a in arch.manifest.items.values())
+    return dd, node, st, arch, rep, recorded, last_ts
+
+
+def test_the_archive_lets_go_of_what_its_retention_no_longer_keeps(tmp_path, s3, plain_bucket):
+    dd, node, st, arch, rep, recorded, last_ts = _expiring(tmp_path, s3, plain_bucket, object_lock="off")
+    before = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)
+    gone_expected = [a.name for a in before if a.name in rep.dropped_segments]
+    # too young: nothing goes
+    assert arch.expire(last_ts + 100 * DAY_US) == []
+    gone = arch.expire(last_ts + 200 * DAY_US)
+    assert gone == gone_expected  # what is dropped locally and old enough: the prefix
+    assert all(arch.manifest.get(n) is None for n in gone) and len(recorded) == 1
+    names = {n.rsplit("/", 1)[-1] for n in arch.store.names("gw1/")}
+    assert not names & set(gone) and names == {a.name for a in arch.manifest.items.values()}
+    purge = [e for e in NodeLog(dd, node).scan() if e.action == "audit.archive_purge"]
+    assert len(purge) == 1 and [o[0] for o in purge[0].details["objects"]] == gone
+    # the archive checks out: what its retention let go is no longer expected, and the chain's
+    # new start is accounted for by the node's retention purge entries
+    code, out = _verify_archive(dd, _config(tmp_path, s3, st))
+    assert code == 0 and out["violations"] == [], out
+    assert arch.expire(last_ts + 200 * DAY_US) == []  # nothing more, nothing recorded twice
+    assert len(recorded) == 1
+
+
+def test_a_hold_keeps_archived_segments_past_the_archive_retention(tmp_path, s3, plain_bucket):
+    from auditlog.engine.holds import holds_in_force, set_draft
+
+    dd, node, st, arch, rep, recorded, last_ts = _expiring(tmp_path, s3, plain_bucket, object_lock="off")
+    ordered = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)
+    held = ordered[1]
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        w.append_batch([set_draft(held.min_ts, held.max_ts + 1, "case 77", "alice")])
+        holds = holds_in_force(w.log)
+    arch.holds = lambda: holds
+    assert arch.expire(last_ts + 200 * DAY_US) == [ordered[0].name]
+    assert arch.manifest.get(held.name) is not None
+    assert held.name in {n.rsplit("/", 1)[-1] for n in arch.store.names("gw1/")}
+
+
+def test_a_locked_object_the_store_keeps_is_tried_again_not_recorded_again(tmp_path, s3, bucket):
+    """Under COMPLIANCE, an object is locked at least a day past its archiving (stores refuse a
+    retain-until date in the past), so the store refuses to delete it yet: the archiver says so,
+    keeps its record, and tries again at its next pass without a second purge entry."""
+    dd, node, st, arch, rep, recorded, last_ts = _expiring(tmp_path, s3, bucket)
+    with pytest.raises(StoreError, match="AccessDenied"):
+        arch.expire(last_ts + 200 * DAY_US)
+    assert len(recorded) == 1
+    first = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)[0]
+    assert first.expiring and arch.manifest.get(first.name) is not None
+    with pytest.raises(StoreError):
+        arch.expire(last_ts + 200 * DAY_US)
+    assert len(recorded) == 1
+    # every copy is still there and the archive still checks out
+    code, out = _verify_archive(dd, _config(tmp_path, s3, st))
+    assert code == 0 and out["violations"] == [], out

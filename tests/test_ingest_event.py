@@ -135,7 +135,7 @@ def test_node_actions_are_the_membership_and_key_use_records():
 
 
 def test_taxonomy_entries_match_regex():
-    assert len(TAXONOMY) == 45
+    assert len(TAXONOMY) == 46
     assert all(ACTION_RE.fullmatch(a) for a in TAXONOMY)
     assert AUDIT_ACTIONS <= TAXONOMY
     assert "audit.checkpoint" in TAXONOMY and "audit.tree_head" in TAXONOMY and "auth.login" in TAXONOMY
