@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -672,3 +673,57 @@ def test_a_locked_object_the_store_keeps_is_tried_again_not_recorded_again(tmp_p
     # every copy is still there and the archive still checks out
     code, out = _verify_archive(dd, _config(tmp_path, s3, st))
     assert code == 0 and out["violations"] == [], out
+
+
+@pytest.mark.e2e
+def test_a_restored_node_that_lost_its_newest_entries_is_reported_by_its_witness(tmp_path, s3, bucket):
+    """A node restored from its archive has its log up to the last archived segment: the
+    entries of the segment it was writing are gone with the old disk.  Its witness, which
+    cosigned the longer tree, refuses the shorter one, and cluster verification says so."""
+    import shutil as _sh
+
+    from helpers_cluster import LocalCluster, NodeSpec, make_events
+    from test_witness import _records, _wait
+
+    cl = LocalCluster(
+        tmp_path / "cl", [NodeSpec("a", settings={"segment_max_bytes": 4096}), NodeSpec("b")], checkpoint_interval=0.2
+    )
+    try:
+        cl.build()
+        a, b = cl["a"], cl["b"]
+        st = archive_settings(s3, bucket, tmp_path)
+        a.config_path.write_text(
+            a.config_path.read_text()
+            + f'\n[archive]\nurl = "{st.url}"\nendpoint = "{s3.endpoint}"\n'
+            + f'credentials_file = "{st.credentials_file}"\ninterval = "0.5s"\n'
+        )
+        cl.start()
+        last = int(a.post_events(make_events(150, "before-loss"))["last_id"].split(":")[1])
+        _wait(lambda: any(d["size"] >= last for d in _records(b, "a", "audit.checkpoint")), 30, "b cosigns a")
+
+        def archived():
+            row = next(r for r in a.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "a")["archive"]
+            return row["archived_segments"] >= 3 and row["pending_segments"] == 0 and row["errors"] == 0
+
+        _wait(archived, 30, "a's sealed segments archived")
+        # the disk is lost; the keys come back from a backup
+        a.kill()
+        keep = {f: (a.data_dir / f).read_bytes() for f in ("node.id", "node.key", "node.sign", "node.pub")}
+        _sh.rmtree(a.data_dir)
+        a.data_dir.mkdir()
+        for f, data in keep.items():
+            (a.data_dir / f).write_bytes(data)
+            (a.data_dir / f).chmod(0o600 if f in ("node.key", "node.sign") else 0o644)
+        p = a.run("--config", str(a.config_path), "archive", "restore", "--json", check=False)
+        assert p.returncode == 0, p.stderr
+        restored_to = json.loads(p.stdout)["seq_to"]
+        assert restored_to < last  # what a was writing was not archived yet
+        a.start()
+        a.wait_ready()
+        refused = _wait(lambda: _records(b, "a", "audit.checkpoint_refused"), 30, "b refuses the shorter tree")
+        assert {d["reason"] for d in refused} <= {"rollback", "inconsistent"}
+        rep = b.get_ok("/api/v1/verify?scope=cluster")
+        found = [v for v in rep["violations"] if v["kind"] in ("witness_truncated", "witness_mismatch")]
+        assert found and all(v["node"] == "a" for v in found), rep["violations"]
+    finally:
+        cl.close()
