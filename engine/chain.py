@@ -93,9 +93,14 @@ def write_secret_file(path: Path, raw: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def read_secret_file(path: Path, size: int, what: str) -> bytes:
+#: the largest secret file of no fixed size (credentials) that is read
+MAX_SECRET_FILE = 64 * 1024
+
+
+def read_secret_file(path: Path, size: int | None, what: str) -> bytes:
     """The ``size`` bytes of a secret file (``what`` names it in errors), refused when
-    missing, readable by group or others, or of another length."""
+    missing, readable by group or others, or of another length (``size`` None: any
+    length up to :data:`MAX_SECRET_FILE`)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -111,7 +116,9 @@ def read_secret_file(path: Path, size: int, what: str) -> bytes:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read {what} file {path}: {e.strerror}") from None
-    if len(raw) != size:
+    if size is None and len(raw) > MAX_SECRET_FILE:
+        raise KeyFileError(f"{what} file {path} is larger than {MAX_SECRET_FILE} bytes")
+    if size is not None and len(raw) != size:
         raise KeyFileError(f"{what} file {path} is damaged (expected {size} bytes)")
     return raw
 

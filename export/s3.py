@@ -17,12 +17,13 @@ import base64
 import datetime as dt
 import hashlib
 import os
-import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auditlog.engine.chain import read_secret_file
+from auditlog.engine.errors import KeyFileError
 from auditlog.export.errors import ExportError
 
 
@@ -65,17 +66,10 @@ def read_credentials(path: str | None) -> tuple[str, str]:
                 "no archive credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or [archive] credentials_file"
             )
         return ak, sk
-    p = Path(path)
     try:
-        st = p.stat()
-        raw = p.read_bytes()
-    except OSError as e:
-        raise StoreError(f"archive credentials file {path}: {e.strerror or e}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise StoreError(
-            f"archive credentials file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"chmod 600 {path}"
-        )
+        raw = read_secret_file(Path(path), None, "archive credentials")
+    except KeyFileError as e:
+        raise StoreError(str(e)) from None
     try:
         d = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -262,20 +256,23 @@ class S3Store:
             raise StoreError(f"{self.url}: cannot list {under or 'the archive'} ({_why(e)})") from None
         return sorted(out)
 
-    def set_legal_hold(self, name: str, version_id: str | None, on: bool) -> None:
-        args = {"Bucket": self.bucket, "Key": self.key(name), "LegalHold": {"Status": "ON" if on else "OFF"}}
+    def _version_call(self, call: str, what: str, name: str, version_id: str | None, **extra) -> None:
+        args = {"Bucket": self.bucket, "Key": self.key(name), **extra}
         if version_id:
             args["VersionId"] = version_id
         try:
-            self._s3.put_object_legal_hold(**args)
+            getattr(self._s3, call)(**args)
         except Exception as e:
-            raise StoreError(f"{self.url}: cannot set the legal hold of {name} ({_why(e)})") from None
+            raise StoreError(f"{self.url}: cannot {what} {name} ({_why(e)})") from None
+
+    def set_legal_hold(self, name: str, version_id: str | None, on: bool) -> None:
+        self._version_call(
+            "put_object_legal_hold",
+            "set the legal hold of",
+            name,
+            version_id,
+            LegalHold={"Status": "ON" if on else "OFF"},
+        )
 
     def delete(self, name: str, version_id: str | None = None) -> None:
-        args = {"Bucket": self.bucket, "Key": self.key(name)}
-        if version_id:
-            args["VersionId"] = version_id
-        try:
-            self._s3.delete_object(**args)
-        except Exception as e:
-            raise StoreError(f"{self.url}: cannot delete {name} ({_why(e)})") from None
+        self._version_call("delete_object", "delete", name, version_id)

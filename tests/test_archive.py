@@ -132,7 +132,7 @@ def test_credentials_come_from_a_private_file_or_the_environment(tmp_path, s3, b
     creds = s3.credentials_file(tmp_path / "s3.toml")
     creds.chmod(0o644)
     st = ArchiveSettings(url=f"s3://{bucket}/a", endpoint=s3.endpoint, credentials_file=str(creds))
-    with pytest.raises(StoreError, match="readable by others") as e:
+    with pytest.raises(StoreError, match="readable by group or others") as e:
         st.store()
     assert SECRET_KEY not in str(e.value)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)

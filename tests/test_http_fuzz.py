@@ -39,6 +39,10 @@ def fuzz_server(tmp_path_factory):
     srv = ServeProcess(data)
     try:
         srv.wait_ready()
+        # a signed checkpoint, so that the proof operations have a tree to answer from
+        # whichever worker runs them (not only after POST /api/v1/checkpoints was fuzzed)
+        status, _, _ = srv.request("/api/v1/checkpoints", keys["admin"], method="POST")
+        assert status == 201, status
         yield srv, keys
         assert srv.terminate() == 0, srv.stderr()  # a clean stop after all of it
         # the error middleware logs every 500 as "unhandled error" (aiohttp itself logs a

@@ -9,12 +9,14 @@ One error shape for every failure, pinned by tests::
 
 from __future__ import annotations
 
+import json
 import logging
 
 from aiohttp import web
 
 from auditlog.engine.errors import AuditLogError
 from auditlog.ingest.committer import Overloaded
+from auditlog.query.errors import QueryError
 from auditlog.query.http.auth import AuthError, require
 from auditlog.query.node import RunningNode
 
@@ -94,6 +96,18 @@ async def _handle(request: web.Request, handler, node):
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     node.metrics.inc("auditlog_http_requests_total", route=route, status=resp.status)
     return resp
+
+
+async def json_object(request: web.Request, keys: set[str], required: set[str], shape: str) -> dict:
+    """The request body as a JSON object with only ``keys`` and at least ``required``
+    (QueryError naming ``shape`` otherwise)."""
+    try:
+        body = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        raise QueryError(f"body must be JSON: {shape}") from None
+    if not isinstance(body, dict) or set(body) - keys or not required <= set(body):
+        raise QueryError(f"body must be {shape}")
+    return body
 
 
 def authorize(request: web.Request, grant: str):

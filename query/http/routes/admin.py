@@ -7,23 +7,15 @@ only then changes what authentication accepts.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from auditlog.query.errors import QueryError
-from auditlog.query.http.base import NODE, authorize
+from auditlog.query.http.base import NODE, authorize, json_object
 
 
 async def create_key(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
     service = request.app[NODE]
-    try:
-        body = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError):
-        raise QueryError('body must be JSON: {"name": "...", "role": "writer|reader|admin"}') from None
-    if not isinstance(body, dict) or set(body) - {"name", "role"}:
-        raise QueryError('body must be {"name": "...", "role": "writer|reader|admin"}')
+    body = await json_object(request, {"name", "role"}, set(), '{"name": "...", "role": "writer|reader|admin"}')
     name, role, ip = body.get("name"), body.get("role"), request.remote
     rec, token = await service.run(lambda: service.keys.create(name, role, user=admin.name, ip=ip, by_key_id=admin.id))
     return web.json_response({**rec.public(), "key": token}, status=201)

@@ -7,12 +7,10 @@ retention and the archive follow from the log.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from auditlog.query.errors import QueryError
-from auditlog.query.http.base import NODE, authorize
+from auditlog.query.http.base import NODE, authorize, json_object
 from auditlog.query.timeparse import parse_time
 
 _BODY = '{"from": "<time>", "to": "<time>", "reason": "..."}'
@@ -21,12 +19,8 @@ _BODY = '{"from": "<time>", "to": "<time>", "reason": "..."}'
 async def set_hold(request: web.Request) -> web.Response:
     admin = authorize(request, "admin")
     node = request.app[NODE]
-    try:
-        body = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError):
-        raise QueryError(f"body must be JSON: {_BODY}") from None
-    if not isinstance(body, dict) or set(body) - {"from", "to", "reason"} or not {"from", "to", "reason"} <= set(body):
-        raise QueryError(f"body must be {_BODY}")
+    fields = {"from", "to", "reason"}
+    body = await json_object(request, fields, fields, _BODY)
     if not all(isinstance(body[k], str) for k in ("from", "to", "reason")):
         raise QueryError(f"from, to and reason must be strings: {_BODY}")
     from_us, to_us = parse_time(body["from"], param="from"), parse_time(body["to"], param="to")
