@@ -8,8 +8,10 @@ against the SHA-256 recorded when it was archived, and returns its path.
 
 A read whose window reaches before the first segment on disk takes the
 archived segments that window overlaps (:func:`archived_infos`), indexes them
-like local ones (every frame checked again when read), and puts them in
-front of the local ones.  The seqs between them that the archive holds but the
+like local ones (from the MAC'd ``.idx`` archived beside a segment when it
+holds for the file, as for a sealed segment on disk, else by walking it; every
+frame is checked again when read either way), and puts them in front of the
+local ones.  The seqs between them that the archive holds but the
 window does not need are *covered* (:func:`covered`): the layout does not
 report them as missing.  A copy that cannot be fetched or does not verify is
 damage over its seqs and times, never a silent gap.
@@ -22,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from auditlog.engine.catalog import SegmentInfo, index_segment
-from auditlog.engine.chain import NodeKey
+from auditlog.engine.catalog import SegmentInfo
 from auditlog.engine.items import Damage
 
 
@@ -77,17 +78,23 @@ def covered(refs: list[ArchivedRef]) -> Callable[[int, int], bool]:
 
 
 def archived_infos(
-    archive: ArchivedSegments, refs: list[ArchivedRef], lo: int, hi: int, node: str, key: NodeKey
+    archive: ArchivedSegments,
+    refs: list[ArchivedRef],
+    lo: int,
+    hi: int,
+    node: str,
+    open_info: Callable[[Path], SegmentInfo],
 ) -> tuple[list[SegmentInfo], list[Damage]]:
     """The archived segments among ``refs`` whose times overlap ``[lo, hi)``, fetched and
-    indexed; damage for those that could not be fetched or do not verify."""
+    indexed (``open_info``: the catalogue's, which takes a fetched ``.idx`` that holds
+    for the file, else walks it); damage for those that could not be fetched."""
     infos, damage = [], []
     for r in refs:
         if r.max_ts is not None and r.max_ts < lo or r.min_ts is not None and r.min_ts >= hi:
             continue
         try:
             path = archive.fetch(r.name)
-            info = index_segment(path, key, node)
+            info = open_info(path)
         except (ArchiveUnavailable, OSError) as e:
             damage.append(
                 Damage(

@@ -358,6 +358,16 @@ class Catalog:
             self._cache[path.name] = info
         return info
 
+    def open_sealed(self, path: Path) -> SegmentInfo:
+        """A sealed segment that is not in ``segments/`` (a copy fetched from the archive),
+        indexed from its ``.idx`` when that describes the whole file, else by walking it."""
+        size = path.stat().st_size
+        loaded = self._load_sidecar(path, size)
+        if loaded is not None and loaded.index.size == size:
+            loaded.file_size = size
+            return loaded
+        return index_segment(path, self.key, self.node)
+
     def _load_sidecar(self, path: Path, size: int) -> SegmentInfo | None:
         """The segment's ``.idx`` when it describes the segment as it is: all of it, or
         (an index written while the segment was active) its first frames, whose last

@@ -222,7 +222,9 @@ class NodeLog:
         ]
         prev: SegmentInfo | None = None
         for r in reversed(want) if desc else want:
-            got, damage = archived_infos(self.archive, [r], -FAR_FUTURE, FAR_FUTURE, self.node, self.key)
+            got, damage = archived_infos(
+                self.archive, [r], -FAR_FUTURE, FAR_FUTURE, self.node, self.catalog.open_sealed
+            )
             for d in damage:
                 if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position)):
                     yield d

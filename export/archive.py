@@ -41,6 +41,7 @@ from auditlog.engine.datadir import DataDir
 from auditlog.engine.entry import EntryDraft
 from auditlog.engine.errors import ConfigError
 from auditlog.engine.holds import Hold
+from auditlog.engine.index import index_path
 from auditlog.engine.log import NodeLog
 from auditlog.engine.settings import (
     Setting,
@@ -190,6 +191,12 @@ class Archived:
 
 def object_name(node: str, segment: str) -> str:
     return f"{node}/{segment}"
+
+
+def index_object(node: str, segment: str) -> str:
+    """The object of a segment's ``.idx`` (derived: reads use it only if its MAC and its
+    binding to the segment hold)."""
+    return f"{node}/{index_path(Path(segment)).name}"
 
 
 class Manifest:
@@ -406,6 +413,10 @@ class Archiver:
             for a in victims:  # oldest first: a failure part way leaves a prefix gone
                 self.store.delete(object_name(self.node, a.name), a.version_id)
                 gone.append(a.name)
+                try:
+                    self.store.delete(index_object(self.node, a.name))
+                except StoreError:
+                    pass  # derived data: a read never takes it without its segment
         finally:
             self.manifest.remove(gone)
         return gone
@@ -457,6 +468,12 @@ class Archiver:
         self.manifest.add(a)
         self.archived_segments += 1
         self.archived_bytes += size
+        # its index beside it (MAC'd with the node's index key, derived data): a read from the
+        # archive then need not walk the whole segment before its first entry
+        try:
+            self.store.put(index_object(self.node, info.name), idx.to_bytes(self.reader.key.derive(b"index")))
+        except StoreError as e:
+            log.warning("archive: the index of %s was not stored (%s); reads will index it themselves", info.name, e)
         self.last_success = time.time()
         return a
 
@@ -583,6 +600,7 @@ class ArchiveReads:
                         f"{a.key} version {a.version_id} is not the copy that was archived (SHA-256 {got[:16]}...)"
                     )
                 os.replace(tmp, path)
+                self._fetch_index(name)
             except StoreError as e:
                 raise ArchiveUnavailable(str(e)) from None
             finally:
@@ -593,6 +611,20 @@ class ArchiveReads:
             self.fetches += 1
             self._trim(keep=path)
             return path
+
+    def _fetch_index(self, name: str) -> None:
+        """The segment's archived ``.idx`` into the cache, if there is one (the catalogue
+        takes it only if it holds for the file)."""
+        dest = index_path(self.dir / name)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            self.store.download(index_object(self.node, name), None, tmp)
+            os.replace(tmp, dest)
+        except (StoreError, OSError):
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     def _trim(self, keep: Path) -> None:
         files = []
@@ -606,8 +638,8 @@ class ArchiveReads:
         for _, size, p in sorted(files):
             if total <= self.budget:
                 break
-            if p == keep or p.name.startswith(keep.name):
-                continue
+            if p.name.split(".", 1)[0] == keep.name.split(".", 1)[0]:
+                continue  # the segment just fetched and its index
             try:
                 os.unlink(p)
                 total -= size

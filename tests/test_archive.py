@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -727,3 +728,36 @@ def test_a_restored_node_that_lost_its_newest_entries_is_reported_by_its_witness
         assert found and all(v["node"] == "a" for v in found), rep["violations"]
     finally:
         cl.close()
+
+
+def test_a_read_takes_an_archived_index_only_when_it_holds(tmp_path, s3, bucket, monkeypatch):
+    """The .idx archived beside a segment spares a read the walk over the whole segment; an
+    index that fails its MAC, or another segment's, is not taken (the segment is walked), and
+    every frame is checked when read either way."""
+    import auditlog.engine.catalog as catalog
+
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    walks = []
+    real = catalog.index_segment
+    monkeypatch.setattr(catalog, "index_segment", lambda p, *a, **k: walks.append(p.name) or real(p, *a, **k))
+    expected = list(range(1, NodeLog(dd, node).head()[0] + 1))
+
+    def read_all():
+        walks.clear()
+        log, reads = _reader_with_archive(dd, node, st, arch)
+        shutil.rmtree(reads.dir, ignore_errors=True)
+        entries = list(log.scan())
+        assert [e.seq for e in entries] == expected and all(e.integrity == "ok" for e in entries)
+        return [w for w in walks if w in rep.dropped_segments]
+
+    assert read_all() == []  # every archived segment indexed from its archived .idx
+    client = s3.client()
+    prefix = st.url.split("/", 3)[3]
+    first, second = rep.dropped_segments[0], rep.dropped_segments[1]
+    idx_key = lambda seg: f"{prefix}/gw1/{seg.replace('.seg', '.idx')}"  # noqa: E731
+    bad = bytearray(client.get_object(Bucket=bucket, Key=idx_key(first))["Body"].read())
+    bad[10] ^= 0x01
+    client.put_object(Bucket=bucket, Key=idx_key(first), Body=bytes(bad))  # fails its MAC
+    other = client.get_object(Bucket=bucket, Key=idx_key(rep.dropped_segments[2]))["Body"].read()
+    client.put_object(Bucket=bucket, Key=idx_key(second), Body=other)  # another segment's, intact
+    assert sorted(read_all()) == sorted([first, second])
