@@ -1326,7 +1326,7 @@ def _seed_demo(service) -> None:
     for role, what in (
         ("reader", "query, export, verify"),
         ("writer", "append: POST /api/v1/events"),
-        ("admin", "reader + manage API keys"),
+        ("admin", "reader + manage API keys and legal holds"),
     ):
         click.echo(f"auditlog:   {role:<6} {made[role]}   ({what})", err=True)
     click.echo(made["reader"])  # the last line on stdout: the reader key, for scripts
