@@ -725,9 +725,12 @@ def hold_list(obj: Context, as_json) -> None:
     """
     from auditlog.engine.holds import holds_in_force
 
-    holds = [h.to_dict() for h in holds_in_force(obj.reader())]
+    found = holds_in_force(obj.reader())
+    holds = [h.to_dict() for h in found]
+    if found.uncertain:
+        click.echo(f"auditlog: warning: there may be more holds: {found.uncertain}; retention drops nothing", err=True)
     if as_json:
-        click.echo(json.dumps({"holds": holds}, indent=2, ensure_ascii=False))
+        click.echo(json.dumps({"holds": holds, "uncertain": found.uncertain}, indent=2, ensure_ascii=False))
     elif not holds:
         click.echo("no legal hold in force")
     for h in holds if not as_json else ():

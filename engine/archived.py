@@ -7,7 +7,7 @@ times), and ``fetch(name)``, which brings one into a local cache, checked
 against the SHA-256 recorded when it was archived, and returns its path.
 
 A read whose window reaches before the first segment on disk takes the
-archived segments that window overlaps (:func:`archived_infos`), indexes them
+archived segments that window overlaps (:func:`open_archived`), indexes them
 like local ones (from the MAC'd ``.idx`` archived beside a segment when it
 holds for the file, as for a sealed segment on disk, else by walking it; every
 frame is checked again when read either way), and puts them in front of the
@@ -35,6 +35,10 @@ class ArchivedRef:
     last_seq: int
     min_ts: int | None
     max_ts: int | None
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        """Can its entries have a ts in ``[lo, hi)``?"""
+        return not (self.max_ts is not None and self.max_ts < lo or self.min_ts is not None and self.min_ts >= hi)
 
 
 class ArchiveUnavailable(Exception):
@@ -77,37 +81,22 @@ def covered(refs: list[ArchivedRef]) -> Callable[[int, int], bool]:
     return check
 
 
-def archived_infos(
-    archive: ArchivedSegments,
-    refs: list[ArchivedRef],
-    lo: int,
-    hi: int,
-    node: str,
-    open_info: Callable[[Path], SegmentInfo],
-) -> tuple[list[SegmentInfo], list[Damage]]:
-    """The archived segments among ``refs`` whose times overlap ``[lo, hi)``, fetched and
-    indexed (``open_info``: the catalogue's, which takes a fetched ``.idx`` that holds
-    for the file, else walks it); damage for those that could not be fetched."""
-    infos, damage = [], []
-    for r in refs:
-        if r.max_ts is not None and r.max_ts < lo or r.min_ts is not None and r.min_ts >= hi:
-            continue
-        try:
-            path = archive.fetch(r.name)
-            info = open_info(path)
-        except (ArchiveUnavailable, OSError) as e:
-            damage.append(
-                Damage(
-                    node,
-                    "archive_unavailable",
-                    r.name,
-                    f"the archived copy cannot be read: {e}",
-                    r.first_seq,
-                    r.last_seq,
-                    r.min_ts,
-                    r.max_ts,
-                )
-            )
-            continue
-        infos.append(info)
-    return infos, damage
+def open_archived(
+    archive: ArchivedSegments, ref: ArchivedRef, node: str, open_info: Callable[[Path], SegmentInfo]
+) -> SegmentInfo | Damage:
+    """An archived segment fetched and indexed (``open_info``: the catalogue's, which takes
+    a fetched ``.idx`` that holds for the file, else walks it), or the damage over its
+    seqs and times when it cannot be fetched."""
+    try:
+        return open_info(archive.fetch(ref.name))
+    except (ArchiveUnavailable, OSError) as e:
+        return Damage(
+            node,
+            "archive_unavailable",
+            ref.name,
+            f"the archived copy cannot be read: {e}",
+            ref.first_seq,
+            ref.last_seq,
+            ref.min_ts,
+            ref.max_ts,
+        )

@@ -9,6 +9,12 @@ entry names.  A hold's id is its set entry's id.
 Retention keeps every segment whose entries' times overlap a hold in force
 (``held_segment``), locally and, through the archive's S3 legal holds, in the
 archive (``export.archive``).
+
+Damage anywhere in the log may hide a set entry (a compressed frame that fails
+its MAC is never opened).  The holds are then *uncertain* (``Holds.uncertain``
+says where): retention drops nothing and the archive lets nothing go and lifts
+no S3 legal hold until the damage is dealt with, so breaking a hold's entry
+never releases the hold.
 """
 
 from __future__ import annotations
@@ -89,23 +95,30 @@ def release_draft(hold: Hold, by: str, reason: str | None = None) -> EntryDraft:
     return EntryDraft(by, RELEASE, target=hold.id, details=details)
 
 
-def _intact(e) -> bool:
-    return e.integrity == "ok" and isinstance(e.details, dict)
+class Holds(list):
+    """The holds in force (a list of :class:`Hold`); ``uncertain``: why there may be more
+    (damage a set entry may hide), or None."""
+
+    uncertain: str | None = None
 
 
-def holds_in_force(log: NodeLog) -> list[Hold]:
+def holds_in_force(log: NodeLog) -> Holds:
     """The holds set and not released, oldest first."""
     holds: dict[str, Hold] = {}
     released: set[str] = set()
+    uncertain = None
     for e in log.scan(terms={"action": frozenset([SET, RELEASE])}, predicate=lambda e: e.action in (SET, RELEASE)):
-        if not _intact(e):
+        if e.integrity != "ok" or not isinstance(e.details, dict):
+            uncertain = uncertain or f"entries of the log cannot be read ({e.id}: {e.violation or e.integrity})"
             continue
         d = e.details
         if e.action == SET and type(d.get("from_us")) is int and type(d.get("to_us")) is int:
             holds[e.id] = Hold(e.id, d["from_us"], d["to_us"], str(d.get("reason", "")), e.user, e.ts)
         elif e.action == RELEASE and isinstance(d.get("hold_id"), str):
             released.add(d["hold_id"])
-    return [h for k, h in holds.items() if k not in released]
+    out = Holds(h for k, h in holds.items() if k not in released)
+    out.uncertain = uncertain
+    return out
 
 
 def find(log: NodeLog, hold_id: str) -> Hold:
@@ -115,10 +128,13 @@ def find(log: NodeLog, hold_id: str) -> Hold:
     raise HoldNotFound(f"no legal hold {hold_id!r} in force")
 
 
-def held_segment(holds: list[Hold]):
-    """For retention: the id of a hold in force over a segment's entries, or None."""
+def held_segment(holds: Holds):
+    """For retention: the id of a hold in force over a segment's entries, or None; with
+    uncertain holds, every segment is held (the reason stands for the id)."""
 
     def check(info: SegmentInfo) -> str | None:
+        if holds.uncertain:
+            return f"any (holds uncertain: {holds.uncertain})"
         idx = info.index
         if idx is None or not idx.frames:
             return None

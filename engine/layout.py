@@ -127,22 +127,8 @@ def layout(
                     None,
                 ),
             )
-        elif prev.header is not None and (
-            (prev.last_mac and h.prev_mac != prev.last_mac) or (prev.last_sig and h.prev_sig != prev.last_sig)
-        ):
-            slot.damage.insert(
-                0,
-                Damage(
-                    node,
-                    "chain_broken",
-                    info.name,
-                    f"segment header does not link to the end of {prev.name}",
-                    h.first_seq,
-                    h.first_seq,
-                    None,
-                    None,
-                ),
-            )
+        elif not links(prev, info):
+            slot.damage.insert(0, broken_link(node, prev, info))
         gap, gap_named = [], False
         items.append(slot)
         if info.tail is not None and info.index is not None and slot.sound:
@@ -166,6 +152,22 @@ def layout(
         prev = info
     _settle(node, items)
     return items
+
+
+def links(prev: SegmentInfo, info: SegmentInfo) -> bool:
+    """Does ``info``'s header link to the end of ``prev`` (the segment before it), as far
+    as ``prev``'s end is known?"""
+    h = info.header
+    return prev.header is None or not (
+        (prev.last_mac and h.prev_mac != prev.last_mac) or (prev.last_sig and h.prev_sig != prev.last_sig)
+    )
+
+
+def broken_link(node: str, prev: SegmentInfo, info: SegmentInfo) -> Damage:
+    s = info.header.first_seq
+    return Damage(
+        node, "chain_broken", info.name, f"segment header does not link to the end of {prev.name}", s, s, None, None
+    )
 
 
 def _settle(node: str, items: list[Slot | Damage]) -> None:

@@ -33,12 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
-from auditlog.engine.archived import ArchivedRef, ArchivedSegments, archived_infos, before_disk, covered
+from auditlog.engine.archived import ArchivedRef, ArchivedSegments, before_disk, covered, open_archived
 from auditlog.engine.catalog import Catalog, SegmentInfo
 from auditlog.engine.datadir import DataDir, Node
 from auditlog.engine.entry import ENTRY_SUB, Entry
 from auditlog.engine.items import Damage, VerifiedFrame
-from auditlog.engine.layout import Slot, layout
+from auditlog.engine.layout import Slot, broken_link, layout, links
 from auditlog.engine.postings import Postings
 from auditlog.engine.recheck import FrameChecks
 from auditlog.engine.segment import SegmentData
@@ -217,42 +217,28 @@ class NodeLog:
         """The archived segments the window overlaps, each fetched when the read reaches
         it, indexed and laid out on its own (its place in the log is its record's);
         consecutive ones must link, as on disk."""
-        want = [
-            r for r in refs if not (r.max_ts is not None and r.max_ts < lo or r.min_ts is not None and r.min_ts >= hi)
-        ]
+        want = [r for r in refs if r.overlaps(lo, hi)]
         prev: SegmentInfo | None = None
         for r in reversed(want) if desc else want:
-            got, damage = archived_infos(
-                self.archive, [r], -FAR_FUTURE, FAR_FUTURE, self.node, self.catalog.open_sealed
-            )
-            for d in damage:
-                if d.overlaps(lo, hi) and (pos_ok is None or pos_ok(d.position)):
-                    yield d
-            for info in got:
-                items = layout(self.node, [info], lambda _i: True, lambda: False)
-                nxt, before = (prev, info) if desc else (info, prev)
-                if before is not None and nxt is not None and nxt.header is not None:
-                    broken = nxt.first_seq == before.last_seq + 1 and (
-                        (before.last_mac and nxt.header.prev_mac != before.last_mac)
-                        or (before.last_sig and nxt.header.prev_sig != before.last_sig)
-                    )
-                    if broken and isinstance(items[0], Slot):
-                        items[0].damage.insert(
-                            0,
-                            Damage(
-                                self.node,
-                                "chain_broken",
-                                nxt.name,
-                                f"archived segment header does not link to the end of {before.name}",
-                                nxt.first_seq,
-                                nxt.first_seq,
-                                None,
-                                None,
-                            ),
-                        )
-                for it in reversed(items) if desc else items:
-                    yield from self._visit(it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=True)
-                prev = info
+            got = open_archived(self.archive, r, self.node, self.catalog.open_sealed)
+            if type(got) is Damage:
+                if got.overlaps(lo, hi) and (pos_ok is None or pos_ok(got.position)):
+                    yield got
+                continue
+            items = layout(self.node, [got], lambda _i: True, lambda: False)
+            nxt, before = (prev, got) if desc else (got, prev)
+            if (
+                before is not None
+                and nxt is not None
+                and nxt.header is not None
+                and nxt.first_seq == before.last_seq + 1
+                and not links(before, nxt)
+                and isinstance(items[0], Slot)
+            ):
+                items[0].damage.insert(0, broken_link(self.node, before, nxt))
+            for it in reversed(items) if desc else items:
+                yield from self._visit(it, lo, hi, terms, desc, after, pos_ok, predicate, sealed=True)
+            prev = got
 
     def scan(
         self,

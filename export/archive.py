@@ -207,7 +207,9 @@ class Manifest:
         self.path = Path(state_dir) / STATE_FILE
         self.url = url
         self._lock = threading.Lock()
-        self.items: dict[str, Archived] = {}
+        self._items: dict[str, Archived] = {}
+        #: the rows in seq order, made again at each change (readers take it whole)
+        self._ordered: tuple[Archived, ...] = ()
         try:
             d = seal.read(self.path)
         except StateTampered as e:
@@ -217,33 +219,42 @@ class Manifest:
             for row in d["segments"]:
                 a = Archived.from_row(row) if isinstance(row, dict) else None
                 if a is not None:
-                    self.items[a.name] = a
+                    self._items[a.name] = a
+        self._order()
+
+    def _order(self) -> None:
+        self._ordered = tuple(sorted(self._items.values(), key=lambda x: x.first_seq))
 
     def get(self, name: str) -> Archived | None:
         with self._lock:
-            return self.items.get(name)
+            return self._items.get(name)
+
+    def all(self) -> tuple[Archived, ...]:
+        """Every row, in seq order (a snapshot: safe beside a pass that changes them)."""
+        return self._ordered
 
     def add(self, a: Archived) -> None:
         self.add_all([a])
 
-    def remove(self, names: list[str]) -> None:
-        if not names:
-            return
-        with self._lock:
-            for n in names:
-                self.items.pop(n, None)
-            rows = [x.to_row() for x in sorted(self.items.values(), key=lambda x: x.name)]
-            self.seal.write(self.path, {"url": self.url, "segments": rows})
-
     def add_all(self, archived: list[Archived]) -> None:
+        self._change(archived, [])
+
+    def remove(self, names: list[str]) -> None:
+        if names:
+            self._change([], names)
+
+    def _change(self, archived: list[Archived], removed: list[str]) -> None:
         with self._lock:
             for a in archived:
-                self.items[a.name] = a
-            rows = [x.to_row() for x in sorted(self.items.values(), key=lambda x: x.name)]
+                self._items[a.name] = a
+            for n in removed:
+                self._items.pop(n, None)
+            self._order()
+            rows = [x.to_row() for x in self._ordered]
             self.seal.write(self.path, {"url": self.url, "segments": rows})
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._ordered)
 
     def archived(self, info: SegmentInfo) -> dict | None:
         """For retention: the verified copy of ``info`` (the file on disk still being the
@@ -383,8 +394,10 @@ class Archiver:
             return []
         cutoff = (self.now() if as_of_us is None else as_of_us) - days * DAY_US
         holds = self.holds()
+        if getattr(holds, "uncertain", None):
+            return []  # damage may hide a hold: nothing goes (engine.holds)
         victims: list[Archived] = []
-        for a in sorted(self.manifest.items.values(), key=lambda x: x.first_seq):
+        for a in self.manifest.all():
             if a.max_ts is None or a.max_ts >= cutoff:
                 break
             if any(h.overlaps(a.min_ts, a.max_ts) for h in holds) or (self.data_dir.segments / a.name).exists():
@@ -427,9 +440,11 @@ class Archiver:
         if self.settings.object_lock == "off":
             return 0  # a bucket without Object Lock has no legal holds
         holds = self.holds()
+        uncertain = bool(getattr(holds, "uncertain", None))
         changed = 0
-        for a in list(self.manifest.items.values()):
-            want = any(h.overlaps(a.min_ts, a.max_ts) for h in holds)
+        for a in self.manifest.all():
+            # with uncertain holds (damage may hide one) a legal hold is set, never lifted
+            want = a.legal_hold and uncertain or any(h.overlaps(a.min_ts, a.max_ts) for h in holds)
             if want != a.legal_hold:
                 self.store.set_legal_hold(object_name(self.node, a.name), a.version_id, want)
                 self.manifest.add(dataclasses.replace(a, legal_hold=want))
@@ -567,13 +582,13 @@ class ArchiveReads:
         self.budget = budget_bytes
         self._lock = threading.Lock()
         self.fetches = 0
+        self._refs: tuple[tuple, list[ArchivedRef]] = ((), [])
 
     def refs(self) -> list[ArchivedRef]:
-        items = list(self.manifest.items.values())
-        return sorted(
-            (ArchivedRef(a.name, a.first_seq, a.last_seq, a.min_ts, a.max_ts) for a in items),
-            key=lambda r: r.first_seq,
-        )
+        rows = self.manifest.all()
+        if rows is not self._refs[0]:  # made again only when the record changed
+            self._refs = (rows, [ArchivedRef(a.name, a.first_seq, a.last_seq, a.min_ts, a.max_ts) for a in rows])
+        return self._refs[1]
 
     def owns(self, path: Path) -> bool:
         return path.parent == self.dir

@@ -74,7 +74,7 @@ def expected_objects(reader: NodeLog, manifest: Manifest) -> dict[str, Expected]
                 out[row[0]] = Expected(row[0], row[2], row[3], lo, hi, f"purge entry {e.id}")
     for name in expired:
         out.pop(name, None)
-    for a in manifest.items.values():
+    for a in manifest.all():
         out[a.name] = Expected(a.name, a.version_id, a.sha256, a.first_seq, a.last_seq, "state/archive.json")
     return out
 

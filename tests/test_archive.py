@@ -94,7 +94,7 @@ def test_forever_locks_until_the_end_of_9999(tmp_path, s3, bucket):
     dd, node = build_log(tmp_path / "data", 40, min_sealed=1)
     arch = make_archiver(dd, node, archive_settings(s3, bucket, tmp_path, object_lock="governance"))
     arch.run_once()
-    a = next(iter(arch.manifest.items.values()))
+    a = next(iter(arch.manifest.all()))
     h = s3.client().head_object(Bucket=bucket, Key=a.key, VersionId=a.version_id)
     assert h["ObjectLockMode"] == "GOVERNANCE" and h["ObjectLockRetainUntilDate"] == FOREVER
 
@@ -454,7 +454,7 @@ def test_the_cache_stays_within_its_budget_and_fetches_again(tmp_path, s3, bucke
     reads.budget = 10_000  # about one small segment
     n = len(list(log.scan()))
     size = sum(p.stat().st_size for p in reads.dir.iterdir())
-    assert size <= 10_000 + max(a.size for a in arch.manifest.items.values()) * 2
+    assert size <= 10_000 + max(a.size for a in arch.manifest.all()) * 2
     assert len(list(log.scan())) == n  # read again: fetched again, still complete
     assert reads.fetches >= 2 * len(rep.dropped_segments) - 1
 
@@ -551,7 +551,7 @@ def test_a_node_rebuilt_from_scratch_takes_its_log_back_from_the_archive(tmp_pat
     from helpers_engine import run_cli
 
     dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
-    archived_to = max(a.last_seq for a in arch.manifest.items.values())
+    archived_to = max(a.last_seq for a in arch.manifest.all())
     cfg = _config(tmp_path, s3, st)
     new = _rebuilt(tmp_path, dd)
     p = run_cli(new, "--config", str(cfg), "archive", "restore", "--json")
@@ -618,13 +618,13 @@ def _expiring(tmp_path, s3, bucket, **kw):
             recorded.append(w.append_batch([draft]))
 
     arch.record = record
-    last_ts = max(a.max_ts for a in arch.manifest.items.values())
+    last_ts = max(a.max_ts for a in arch.manifest.all())
     return dd, node, st, arch, rep, recorded, last_ts
 
 
 def test_the_archive_lets_go_of_what_its_retention_no_longer_keeps(tmp_path, s3, plain_bucket):
     dd, node, st, arch, rep, recorded, last_ts = _expiring(tmp_path, s3, plain_bucket, object_lock="off")
-    before = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)
+    before = sorted(arch.manifest.all(), key=lambda a: a.first_seq)
     gone_expected = [a.name for a in before if a.name in rep.dropped_segments]
     # too young: nothing goes
     assert arch.expire(last_ts + 100 * DAY_US) == []
@@ -632,7 +632,7 @@ def test_the_archive_lets_go_of_what_its_retention_no_longer_keeps(tmp_path, s3,
     assert gone == gone_expected  # what is dropped locally and old enough: the prefix
     assert all(arch.manifest.get(n) is None for n in gone) and len(recorded) == 1
     names = {n.rsplit("/", 1)[-1] for n in arch.store.names("gw1/")}
-    assert not names & set(gone) and names == {a.name for a in arch.manifest.items.values()}
+    assert not names & set(gone) and names == {a.name for a in arch.manifest.all()}
     purge = [e for e in NodeLog(dd, node).scan() if e.action == "audit.archive_purge"]
     assert len(purge) == 1 and [o[0] for o in purge[0].details["objects"]] == gone
     # the archive checks out: what its retention let go is no longer expected, and the chain's
@@ -647,7 +647,7 @@ def test_a_hold_keeps_archived_segments_past_the_archive_retention(tmp_path, s3,
     from auditlog.engine.holds import holds_in_force, set_draft
 
     dd, node, st, arch, rep, recorded, last_ts = _expiring(tmp_path, s3, plain_bucket, object_lock="off")
-    ordered = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)
+    ordered = sorted(arch.manifest.all(), key=lambda a: a.first_seq)
     held = ordered[1]
     with LogWriter(dd, node, settings(retention_days=90)) as w:
         w.append_batch([set_draft(held.min_ts, held.max_ts + 1, "case 77", "alice")])
@@ -666,7 +666,7 @@ def test_a_locked_object_the_store_keeps_is_tried_again_not_recorded_again(tmp_p
     with pytest.raises(StoreError, match="AccessDenied"):
         arch.expire(last_ts + 200 * DAY_US)
     assert len(recorded) == 1
-    first = sorted(arch.manifest.items.values(), key=lambda a: a.first_seq)[0]
+    first = sorted(arch.manifest.all(), key=lambda a: a.first_seq)[0]
     assert first.expiring and arch.manifest.get(first.name) is not None
     with pytest.raises(StoreError):
         arch.expire(last_ts + 200 * DAY_US)
@@ -761,3 +761,20 @@ def test_a_read_takes_an_archived_index_only_when_it_holds(tmp_path, s3, bucket,
     other = client.get_object(Bucket=bucket, Key=idx_key(rep.dropped_segments[2]))["Body"].read()
     client.put_object(Bucket=bucket, Key=idx_key(second), Body=other)  # another segment's, intact
     assert sorted(read_all()) == sorted([first, second])
+
+
+def test_a_cached_archived_copy_edited_on_disk_is_damage_in_the_read(tmp_path, s3, bucket):
+    """The cache is under the data dir: someone with write access there but no key who edits
+    a fetched copy is found when the frames are checked again as they are read."""
+    from helpers_engine import flip_byte, frames_of
+
+    dd, node, st, arch, rep = _archived_and_purged(tmp_path, s3, bucket)
+    log, reads = _reader_with_archive(dd, node, st, arch)
+    total = len(list(log.scan()))
+    victim = reads.dir / rep.dropped_segments[1]
+    frame = frames_of(victim, node)[0]
+    flip_byte(victim, frame.end - 40)
+    entries = list(log.scan())
+    bad = [e for e in entries if e.integrity != "ok"]
+    assert bad and all(frame.first_seq <= e.seq <= frame.last_seq for e in bad), bad
+    assert len([e for e in entries if e.integrity == "ok"]) == total - (frame.last_seq - frame.first_seq + 1)

@@ -77,6 +77,32 @@ def test_retention_keeps_what_a_hold_covers_until_it_is_released(tmp_path):
     assert verify_node(dd, node).ok
 
 
+def test_a_broken_hold_entry_never_releases_the_hold(tmp_path):
+    """An attacker without the key cannot lift a hold by damaging its entry: the damaged frame
+    is never opened, so the holds are uncertain, and retention then drops nothing at all
+    (nor does the archive let anything go or lift an S3 legal hold)."""
+    from helpers_engine import flip_byte, frames_of, segment_paths
+
+    dd, node, infos, as_of = _old_log(tmp_path)
+    target = infos[1]
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        res = w.append_batch([set_draft(target.index.min_ts, target.index.max_ts + 1, "case 5", "alice")])
+    seg = [p for p in segment_paths(dd) if any(f.first_seq <= res.first_seq <= f.last_seq for f in frames_of(p, node))][
+        0
+    ]
+    frame = next(f for f in frames_of(seg, node) if f.first_seq <= res.first_seq <= f.last_seq)
+    flip_byte(seg, frame.end - 40)  # a payload byte: checksum and MAC fail, the records stay unread
+    found = holds_in_force(NodeLog(dd, node))
+    assert found == [] and found.uncertain and f"gw1:{res.first_seq}" in found.uncertain
+    before = [p.name for p in segment_paths(dd)]
+    with LogWriter(dd, node, settings(retention_days=90)) as w:
+        rep = run_retention(w, as_of, held=held_segment(holds_in_force(w.log)))
+    assert rep.dropped_segments == [] and rep.kept_for_hold.startswith("any (holds uncertain")
+    assert [p.name for p in segment_paths(dd)][: len(before)] == before
+    p = run_cli(dd.root, "hold", "list", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["uncertain"] and "there may be more holds" in p.stderr
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 
@@ -164,7 +190,7 @@ def test_hold_commands(tmp_path):
     p = run_cli(dd.root, "hold", "release", h["id"])
     assert p.returncode == 2 and "no legal hold" in p.stderr and "Traceback" not in p.stderr
     p = run_cli(dd.root, "hold", "list", "--json")
-    assert json.loads(p.stdout) == {"holds": []}
+    assert json.loads(p.stdout) == {"holds": [], "uncertain": None}
     p = run_cli(dd.root, "hold", "add", "--from", "2026-02-01", "--to", "2026-01-01", "--reason", "x")
     assert p.returncode == 2 and "after its 'from'" in p.stderr
     p = run_cli(dd.root, "retention", "run", "--as-of", as_of_text, "--retention-days", "90")
@@ -200,3 +226,29 @@ def test_archived_objects_a_hold_covers_get_an_s3_legal_hold(tmp_path, s3, locke
     holds[:] = []
     assert arch.sync_holds() == 1
     assert [status(i) for i in sealed] == ["OFF"] * len(sealed)
+
+
+def test_uncertain_holds_lift_no_s3_legal_hold_and_let_nothing_expire(tmp_path, s3, locked_bucket, plain_bucket):
+    from test_archive import _expiring, archive_settings, make_archiver
+
+    from auditlog.engine.holds import Holds
+
+    dd, node, infos, _ = _old_log(tmp_path)
+    arch = make_archiver(dd, node, archive_settings(s3, locked_bucket, tmp_path))
+    held = infos[1]
+    with LogWriter(dd, node, settings()) as w:
+        w.append_batch([set_draft(held.index.min_ts, held.index.max_ts + 1, "case", "alice")])
+        holds = holds_in_force(w.log)
+    arch.holds = lambda: holds
+    arch.run_once()
+    assert arch.manifest.get(held.name).legal_hold
+    unsure = Holds()
+    unsure.uncertain = "entries of the log cannot be read"
+    arch.holds = lambda: unsure
+    assert arch.sync_holds() == 0 and arch.manifest.get(held.name).legal_hold  # kept on
+    # and the archive's retention lets nothing go while a hold may be hidden
+    dd2, node2, st, arch2, rep, recorded, last_ts = _expiring(tmp_path / "two", s3, plain_bucket, object_lock="off")
+    arch2.holds = lambda: unsure
+    assert arch2.expire(last_ts + 200 * DAY_US) == [] and recorded == []
+    arch2.holds = lambda: Holds()
+    assert arch2.expire(last_ts + 200 * DAY_US)  # the same, certain: it goes

@@ -32,7 +32,8 @@ async def list_holds(request: web.Request) -> web.Response:
     authorize(request, "read")
     node = request.app[NODE]
     holds = await node.run(node.holds)
-    return web.json_response({"holds": [h.to_dict() for h in holds]})
+    # "uncertain": damage in the log may hide a hold (retention then drops nothing)
+    return web.json_response({"holds": [h.to_dict() for h in holds], "uncertain": holds.uncertain})
 
 
 async def release_hold(request: web.Request) -> web.Response:
