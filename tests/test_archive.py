@@ -778,3 +778,26 @@ def test_a_cached_archived_copy_edited_on_disk_is_damage_in_the_read(tmp_path, s
     bad = [e for e in entries if e.integrity != "ok"]
     assert bad and all(frame.first_seq <= e.seq <= frame.last_seq for e in bad), bad
     assert len([e for e in entries if e.integrity == "ok"]) == total - (frame.last_seq - frame.first_seq + 1)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe not text", "not TOML"),
+        (b"access_key_id = ", "not TOML"),
+        (b'access_key_id = "AK"\n', "needs access_key_id and secret_access_key"),
+        (b'access_key_id = "AK"\nsecret_access_key = 5\n', "needs access_key_id and secret_access_key"),
+        (b"x" * (64 * 1024 + 1), "larger than"),
+    ],
+)
+def test_a_bad_credentials_file_is_refused_in_one_line(tmp_path, content, message):
+    from auditlog.export.s3 import read_credentials
+
+    p = tmp_path / "s3.toml"
+    p.write_bytes(content)
+    p.chmod(0o600)
+    with pytest.raises(StoreError, match=message) as e:
+        read_credentials(str(p))
+    assert "\n" not in str(e.value)
+    with pytest.raises(StoreError, match="missing"):
+        read_credentials(str(tmp_path / "none.toml"))
