@@ -943,6 +943,7 @@ def scenario_soak_rss(plan: Plan, ctx: dict) -> list[Result]:
         "range_ms": _rnd([r["range_s"] * 1e3 for r in rounds]),
         "csv_ms": _rnd([r["csv_s"] * 1e3 for r in rounds]),
         "csv_rows": [r["csv_rows"] for r in rounds],
+        "writer_errors": sum(len(w["errors"]) for w in out["writers"]),
         "late_batches": sum(w["late_batches"] for w in out["writers"]),
         "worst_lag_s": round(max(w["worst_lag_s"] for w in out["writers"]), 2),
         "post_p99_ms": [round(w["post_p99_ms"], 1) for w in out["writers"] if w["post_p99_ms"] is not None],

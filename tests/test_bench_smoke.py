@@ -118,7 +118,10 @@ def test_soak_ran_a_real_server_under_paced_writers_and_a_reader(tiny_run):
     p = r["params"]
     assert r["unit"] == "MB" and r["target"] == "server RSS ≤ 256 MB" and r["status"] in ("PASS", "MISS")
     assert p["N"] == 3000 and p["writers"] == 2 and p["fsync"].startswith("always")
-    assert p["head_seq"] >= 3000 and "warning" not in p
+    # every event acknowledged, no writer error; the smoke run checks the harness, not the
+    # speed, so a warning that the offered rate was not reached on a busy machine is allowed
+    assert p["head_seq"] >= 3000 and p["writer_errors"] == 0
+    assert p.get("warning", "offered").startswith("offered"), p["warning"]
     assert r["value"] == pytest.approx(p["peak_rss_mb"], abs=0.1) and p["peak_rss_mb"] >= p["final_rss_mb"] > 1
     assert p["reader_rounds"] >= 2 and len(p["selective_ms"]) == len(p["csv_ms"]) == p["reader_rounds"]
     # every event exported once, round by round (with the node's own entries, such as

@@ -275,7 +275,7 @@ def cluster(tmp_path_factory):
     cl = LocalCluster(
         tmp_path_factory.mktemp("ui-cluster"),
         [NodeSpec("a", settings={"fsync": "none"}), NodeSpec("b", settings={"fsync": "none"})],
-        peer_timeout=1.0,
+        peer_timeout=5.0,
     )
     try:
         cl.build()
@@ -823,9 +823,12 @@ def test_live_toggle_shows_new_entries_as_they_come(page, demo):
     sign_in(page, demo.base, demo.reader)
     search(page, user="live-tester")
     expect(page.locator("#results tbody tr")).to_have_count(0)
-    page.check("#live")
+    # the stream starts after each node's newest entry, fixed before the server sends its
+    # headers: the event below is posted once they have come
+    with page.expect_response(lambda r: "follow=true" in r.url) as live:
+        page.check("#live")
+    assert live.value.status == 200
     expect(page.locator("#live-status")).to_be_visible()
-    time.sleep(1.5)  # the stream starts after each node's newest entry
     body = json.dumps([{"user": "live-tester", "action": "auth.login", "ip": "192.0.2.77"}]).encode()
     req = urllib.request.Request(
         demo.base + "/api/v1/events",

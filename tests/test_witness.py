@@ -326,7 +326,14 @@ def test_rolled_back_node_is_refused_and_reported(tmp_path):
             "inconsistent trees refused",
         )
         assert {w.name: len(_records(w, "b", "audit.checkpoint")) for w in (a, c)} == held
-        st_b = next(r for r in b.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "b")
+
+        # the witnesses record a refusal before they answer, and b takes its round's answers
+        # in only once all have come: its status is polled, not read once
+        def b_row():
+            row = next(r for r in b.get_ok("/api/v1/cluster")["nodes"] if r["node"] == "b")
+            return row if row["last_checkpoint"] is not None else None
+
+        st_b = _wait(b_row, 30, "b finished a round after its restart")
         assert st_b["last_checkpoint"]["cosigned_by"] == [], st_b
         for viewer in (a, c):
             rep = viewer.get_ok("/api/v1/verify?scope=cluster")
