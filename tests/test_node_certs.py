@@ -9,7 +9,6 @@ and warns about one that binds none.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -133,8 +132,6 @@ def test_serve_refuses_a_certificate_of_another_node_or_key(setup):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, (proc.returncode, err)
     assert "is for node 'gw1', not 'gw2'" in err and "Traceback" not in err
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", proc.ports[0])) != 0
     # gw2 with its own certificate that binds no key: serves, and says what that costs
     proc = _serve(root, "gw2", "gw2")
     try:
