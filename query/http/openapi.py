@@ -57,6 +57,12 @@ def _filters() -> list[dict]:
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+def _object_body(**properties: dict) -> dict:
+    """A required JSON request body: an object of exactly these properties, each required."""
+    schema = {"type": "object", "required": list(properties), "additionalProperties": False, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _responses(ok: dict, *codes: int) -> dict:
     r = {**ok}
     text = {
@@ -486,22 +492,10 @@ def openapi_document() -> dict:
                 "post": {
                     "summary": "Create an API key (admin); the key is shown once",
                     "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["name", "role"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "name": {"type": "string", "minLength": 1, "maxLength": 128},
-                                        "role": {"type": "string", "enum": ["writer", "reader", "admin"]},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _object_body(
+                        name={"type": "string", "minLength": 1, "maxLength": 128},
+                        role={"type": "string", "enum": ["writer", "reader", "admin"]},
+                    ),
                     "responses": _responses({"201": {"description": "Created"}}, 400, 401, 403),
                 },
             },
@@ -522,23 +516,13 @@ def openapi_document() -> dict:
                 "post": {
                     "summary": "Set a legal hold (admin): entries from 'from' to 'to' are never purged",
                     "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["from", "to", "reason"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "from": {"type": "string", "minLength": 1},
-                                        "to": {"type": "string", "minLength": 1},
-                                        "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _object_body(
+                        **{
+                            "from": {"type": "string", "minLength": 1},
+                            "to": {"type": "string", "minLength": 1},
+                            "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+                        }
+                    ),
                     "responses": _responses({"201": {"description": "Set"}}, 400, 401, 403),
                 },
             },
